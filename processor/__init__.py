@@ -1,0 +1,1 @@
+"""genops-sidecar: an OTLP/gRPC processor beside the OpenTelemetry Collector."""

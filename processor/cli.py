@@ -1,0 +1,69 @@
+"""`genops-sidecar` command line: serve, validate-config, and the pricing tools."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from processor.config import ConfigError, load_config
+from processor.observability import configure_logging
+
+
+def _config_path(args: argparse.Namespace) -> str | None:
+    return args.config or os.environ.get("GENOPS_CONFIG") or None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(_config_path(args))
+    except ConfigError as exc:
+        print(f"genops-sidecar: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config.logging.level, config.logging.format)
+    from processor import workers
+
+    return workers.run(config)
+
+
+def _validate_config(args: argparse.Namespace) -> int:
+    path = args.file or _config_path(args)
+    try:
+        config = load_config(path)
+        from prometheus_client import CollectorRegistry
+
+        from processor.server import build_stages
+
+        # Building the stages loads pricing tables, redaction rules and policies, so a broken
+        # referenced file fails validation too, not just the YAML of the config itself.
+        build_stages(config, CollectorRegistry())
+    except (ConfigError, ValueError, OSError) as exc:
+        print(f"invalid: {exc}", file=sys.stderr)
+        return 1
+    print(f"valid: {path or '(embedded defaults)'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="genops-sidecar",
+        description="OTLP/gRPC sidecar for the OpenTelemetry Collector: GenAI cost, redaction, budgets.",
+    )
+    parser.add_argument("--config", help="YAML config file (default: $GENOPS_CONFIG, else embedded defaults)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the sidecar")
+    serve.set_defaults(handler=_serve)
+    validate = commands.add_parser("validate-config", help="check a config file and everything it references")
+    validate.add_argument("file", nargs="?", help="config file (default: --config / $GENOPS_CONFIG)")
+    validate.set_defaults(handler=_validate_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""The stage contract and the pipeline that runs stages over a decoded batch.
+
+A stage never mutates protobuf messages: it returns a `BatchChanges` describing what to write.
+That is what lets a failing stage be isolated: its changes are simply not applied, the batch
+still goes out (tagged `genops.processing.error`), and the stages after it still run, so a
+pricing bug never turns off redaction.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import polars as pl
+import structlog
+
+from processor import encode
+from processor.decode import LOGS, TRACES, TelemetryBatch, WantedKeys, decode_logs, decode_traces
+from processor.observability import SidecarMetrics
+
+PROCESSING_ERROR_KEY = "genops.processing.error"
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class SpanEventToAdd:
+    row: int
+    name: str
+    time_unix_nano: int
+    attributes: dict[str, object]
+
+
+@dataclass
+class BatchChanges:
+    """What one stage wants written back.
+
+    set_attributes: attribute key -> one value per item (null: leave that item alone). Values
+        overwrite an attribute of the same key or are appended.
+    rewrites: rows (scope, owner, position, new_value) addressing values found through
+        `TelemetryBatch.string_values()`; a null new_value drops the attribute.
+    events: span events to append.
+    """
+
+    set_attributes: dict[str, pl.Series] = field(default_factory=dict)
+    rewrites: pl.DataFrame | None = None
+    events: list[SpanEventToAdd] = field(default_factory=list)
+
+    def is_empty(self) -> bool:
+        return not self.set_attributes and (self.rewrites is None or self.rewrites.height == 0) and not self.events
+
+
+class Stage(Protocol):
+    name: str
+    signals: frozenset[str]
+
+    def wanted_keys(self) -> WantedKeys: ...
+
+    def process(self, batch: TelemetryBatch) -> BatchChanges: ...
+
+
+@dataclass(frozen=True)
+class ProcessedRequest:
+    payload: bytes
+    items: int
+    failed_stages: tuple[str, ...]
+
+
+class Pipeline:
+    def __init__(self, stages: Sequence[Stage], metrics: SidecarMetrics) -> None:
+        self.stages = list(stages)
+        self.metrics = metrics
+        self._wanted = {
+            signal: WantedKeys.union(s.wanted_keys() for s in self.stages if signal in s.signals)
+            for signal in (TRACES, LOGS)
+        }
+
+    def process_traces(self, raw: bytes) -> ProcessedRequest:
+        return self._process(TRACES, decode_traces(raw, self._wanted[TRACES]), raw)
+
+    def process_logs(self, raw: bytes) -> ProcessedRequest:
+        return self._process(LOGS, decode_logs(raw, self._wanted[LOGS]), raw)
+
+    def _process(self, signal: str, batch: TelemetryBatch, raw: bytes) -> ProcessedRequest:
+        applied: list[BatchChanges] = []
+        failed: list[str] = []
+        for stage in self.stages:
+            if signal not in stage.signals or len(batch) == 0:
+                continue
+            started = time.perf_counter()
+            try:
+                changes = stage.process(batch)
+                _check_shape(changes, len(batch))
+            except Exception as exc:
+                failed.append(f"{stage.name}: {type(exc).__name__}: {exc}")
+                self.metrics.stage_errors.labels(stage=stage.name, signal=signal).inc()
+                log.exception(
+                    "stage failed; its changes are discarded", stage=stage.name, signal=signal, items=len(batch)
+                )
+                continue
+            finally:
+                self.metrics.stage_seconds.labels(stage=stage.name, signal=signal).observe(
+                    time.perf_counter() - started
+                )
+            if not changes.is_empty():
+                applied.append(changes)
+                _expose_to_later_stages(batch, changes)
+        if failed:
+            applied.append(_error_tags(len(batch), "; ".join(failed)))
+        if not applied:
+            return ProcessedRequest(raw, len(batch), tuple(failed))
+        try:
+            payload = encode.apply_and_serialize(batch, applied)
+        except Exception:
+            # Writing back failed half-way: the message may be partly edited, so the original
+            # bytes are the only safe thing to forward.
+            self.metrics.stage_errors.labels(stage="encode", signal=signal).inc()
+            log.exception("encoding changes failed; forwarding the batch unmodified", signal=signal)
+            return ProcessedRequest(raw, len(batch), (*failed, "encode"))
+        return ProcessedRequest(payload, len(batch), tuple(failed))
+
+
+def _check_shape(changes: BatchChanges, rows: int) -> None:
+    for key, column in changes.set_attributes.items():
+        if len(column) != rows:
+            raise ValueError(f"stage set {key!r} for {len(column)} items, batch has {rows}")
+
+
+def _expose_to_later_stages(batch: TelemetryBatch, changes: BatchChanges) -> None:
+    """Later stages read what earlier ones wrote (policy reads genops.cost.total) from the frame."""
+    if not changes.set_attributes:
+        return
+    frame = batch.frame
+    updates = []
+    for key, column in changes.set_attributes.items():
+        column = column.alias(key)
+        if key in frame.columns and frame.schema[key] == column.dtype:
+            updates.append(pl.coalesce(pl.lit(column), pl.col(key)).alias(key))
+        else:
+            updates.append(pl.lit(column).alias(key))
+    batch.frame = frame.with_columns(updates)
+
+
+def _error_tags(rows: int, message: str) -> BatchChanges:
+    return BatchChanges(set_attributes={PROCESSING_ERROR_KEY: pl.Series(PROCESSING_ERROR_KEY, [message] * rows)})

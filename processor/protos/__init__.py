@@ -1,0 +1,1 @@
+"""Python modules generated from proto/ by proto/generate.sh; do not edit."""

@@ -1,0 +1,96 @@
+"""OTLP/gRPC receiver: TraceService, LogsService and MetricsService Export.
+
+Handlers take the request as raw bytes (no deserializer): the pipeline parses it with the lean
+view, and metrics are passed through without being parsed at all.
+
+Durability is left to the Collector's exporter queue: a request is answered OK only after the
+downstream accepted it, and a downstream failure is answered with the downstream's own status
+code, so the Collector retries exactly what it would have retried against the backend.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+import grpc
+import structlog
+from grpc import aio
+
+from processor.decode import LOGS, TRACES, MalformedRequest
+from processor.forward import METHODS, DownstreamError, Forwarder
+from processor.observability import SidecarMetrics
+from processor.pipeline import Pipeline, ProcessedRequest
+
+METRICS = "metrics"
+
+log = structlog.get_logger(__name__)
+
+
+class ExportService:
+    def __init__(self, pipeline: Pipeline, forwarder: Forwarder, metrics: SidecarMetrics, max_inflight: int) -> None:
+        self.pipeline = pipeline
+        self.forwarder = forwarder
+        self.metrics = metrics
+        self.max_inflight = max_inflight
+        self.inflight = 0
+        processors: dict[str, Callable[[bytes], ProcessedRequest]] = {
+            TRACES: pipeline.process_traces,
+            LOGS: pipeline.process_logs,
+            METRICS: _pass_through,
+        }
+        self._processors = processors
+
+    def handlers(self) -> list[grpc.GenericRpcHandler]:
+        out = []
+        for signal, method in METHODS.items():
+            service, _, name = method.strip("/").partition("/")
+            handler = grpc.unary_unary_rpc_method_handler(
+                self._handler(signal), request_deserializer=None, response_serializer=None
+            )
+            out.append(grpc.method_handlers_generic_handler(service, {name: handler}))
+        return out
+
+    def _handler(self, signal: str) -> Callable[[bytes, aio.ServicerContext], Awaitable[bytes]]:
+        async def export(raw: bytes, context: aio.ServicerContext) -> bytes:
+            return await self.export(signal, raw, context)
+
+        return export
+
+    async def export(self, signal: str, raw: bytes, context: aio.ServicerContext) -> bytes:
+        if self.inflight >= self.max_inflight:
+            self.metrics.rejected.labels(signal=signal).inc()
+            self.metrics.requests.labels(signal=signal, outcome="rejected").inc()
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "genops-sidecar is at max_inflight_requests; retry")
+        self.inflight += 1
+        self.metrics.inflight.inc()
+        started = time.perf_counter()
+        try:
+            return await self._export(signal, raw, context)
+        finally:
+            self.inflight -= 1
+            self.metrics.inflight.dec()
+            self.metrics.request_seconds.labels(signal=signal).observe(time.perf_counter() - started)
+
+    async def _export(self, signal: str, raw: bytes, context: aio.ServicerContext) -> bytes:
+        try:
+            processed = self._processors[signal](raw)
+        except MalformedRequest as exc:
+            self.metrics.malformed.labels(signal=signal).inc()
+            self.metrics.requests.labels(signal=signal, outcome="malformed").inc()
+            log.warning("malformed request rejected", signal=signal, error=str(exc), size=len(raw))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        self.metrics.items.labels(signal=signal).inc(processed.items)
+        try:
+            response = await self.forwarder.export(signal, processed.payload)
+        except DownstreamError as exc:
+            self.metrics.forward_errors.labels(signal=signal, code=exc.code.name).inc()
+            self.metrics.requests.labels(signal=signal, outcome="forward_error").inc()
+            log.warning("downstream export failed", signal=signal, code=exc.code.name, details=exc.details)
+            await context.abort(exc.code, str(exc))
+        self.metrics.requests.labels(signal=signal, outcome="ok").inc()
+        return response
+
+
+def _pass_through(raw: bytes) -> ProcessedRequest:
+    return ProcessedRequest(raw, 1, ())

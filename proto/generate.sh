@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Regenerates the committed Python modules from the .proto files in this folder.
+# tests/test_lean_proto.py fails when the committed modules drift from the sources.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+out="${1:-$here/../processor/protos}"
+python -m grpc_tools.protoc -I"$here/genops/v1" \
+  --python_out="$out" --pyi_out="$out" --grpc_python_out="$out" \
+  "$here"/genops/v1/*.proto
