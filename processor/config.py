@@ -84,10 +84,26 @@ class RedactionConfig:
 @dataclass(frozen=True)
 class PolicyConfig:
     enabled: bool = False
+    # Budgets and policies (YAML, hot reloaded); empty means no budgets and no policies.
     policy_file: str = ""
+    reload_interval_seconds: float = 5.0
     state_backend: str = "sqlite"
     state_path: str = "/var/lib/genops/budget-state.sqlite"
     redis_url: str = ""
+    # Where a dimension comes from when the span and resource lack `genops.<dimension>`:
+    # dimension -> attribute keys tried in order (span first, then resource), separated by "|".
+    attribution_fallbacks: dict[str, str] = field(
+        default_factory=lambda: {
+            "team": "k8s.namespace.name",
+            "project": "service.name",
+            "environment": "deployment.environment.name|deployment.environment",
+        }
+    )
+    # Labels of the genops_* metrics: comma-separated, from the attribution dimensions plus model,
+    # provider. Every label keeps at most metrics_max_label_values distinct values; more become "other".
+    metrics_labels: str = "team,project,cost_center,feature,environment,model,provider"
+    metrics_label_deny: str = "customer_id"
+    metrics_max_label_values: int = 200
 
 
 @dataclass(frozen=True)
@@ -125,6 +141,10 @@ class SidecarConfig:
                 raise ConfigError(f"downstream.tls.{name}: no such file {path}")
         if self.policy.state_backend not in ("sqlite", "redis", "memory"):
             raise ConfigError("policy.state_backend must be sqlite, redis or memory")
+        if self.policy.enabled and self.policy.state_backend == "redis" and not self.policy.redis_url:
+            raise ConfigError("policy.redis_url is required when policy.state_backend is redis")
+        if self.policy.metrics_max_label_values < 1:
+            raise ConfigError("policy.metrics_max_label_values must be at least 1")
 
 
 def _strip_scheme(endpoint: str) -> str:

@@ -36,6 +36,14 @@ class Readiness:
 
     ready: bool = False
     reasons: list[str] = field(default_factory=list)
+    # Extra live check (the supervisor asks its workers); returns a reason when not ready.
+    check: Callable[[], str | None] | None = None
+
+    def status(self) -> tuple[bool, list[str]]:
+        if not self.ready:
+            return False, list(self.reasons)
+        problem = self.check() if self.check is not None else None
+        return (False, [problem]) if problem else (True, [])
 
 
 def build_stages(config: SidecarConfig, metrics_registry: CollectorRegistry) -> list[Stage]:
@@ -58,10 +66,11 @@ class ProbeServer:
                 if path == "/healthz":
                     self._send(200, b"ok\n", "text/plain")
                 elif path == "/readyz":
-                    if state.ready:
+                    ready, reasons = state.status()
+                    if ready:
                         self._send(200, b"ready\n", "text/plain")
                     else:
-                        body = ("not ready: " + "; ".join(state.reasons) + "\n").encode()
+                        body = ("not ready: " + "; ".join(reasons) + "\n").encode()
                         self._send(503, body, "text/plain")
                 elif path == "/metrics":
                     self._send(200, generate_latest(registry_of()), CONTENT_TYPE_LATEST)

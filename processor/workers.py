@@ -58,6 +58,26 @@ def _worker_main(config: SidecarConfig, index: int) -> None:
     asyncio.run(serve_forever(config, metrics, Readiness(), stages))
 
 
+def _workers_problem(children: list, listen: str) -> str | None:
+    """Ready means every worker lives and the shared port answers gRPC health checks."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    dead = [child.name for child in children if not child.is_alive()]
+    if dead:
+        return f"worker exited: {', '.join(dead)}"
+    host, _, port = listen.rpartition(":")
+    target = f"{'127.0.0.1' if host in ('0.0.0.0', '', '[::]') else host}:{port}"
+    try:
+        with grpc.insecure_channel(target) as channel:
+            answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=0.5)
+    except grpc.RpcError as exc:
+        return f"workers not serving yet ({exc.code().name})"
+    if answer.status != health_pb2.HealthCheckResponse.SERVING:
+        return "workers not serving"
+    return None
+
+
 def _run_supervisor(config: SidecarConfig) -> int:
     if config.server.listen.endswith(":0"):
         log.error("several workers need a fixed port to share; server.listen ends in :0")
@@ -78,7 +98,7 @@ def _run_supervisor(config: SidecarConfig) -> int:
     ]
     for child in children:
         child.start()
-    readiness = Readiness(ready=True)
+    readiness = Readiness(ready=True, check=lambda: _workers_problem(children, config.server.listen))
     probes = ProbeServer(config.http.listen, lambda: registry, readiness).start()
     log.info("started worker processes", workers=len(children), listen=config.server.listen)
     stop = threading.Event()

@@ -1,0 +1,231 @@
+"""Model, provider and token counts of GenAI spans, whichever convention the instrumentation used.
+
+`normalize(frame)` turns the raw attribute columns of a batch into canonical columns, one row per
+span, same order. For each canonical column the first non-null source in the table wins (a
+source missing from the frame counts as null; numbers sent as strings are cast).
+
+| column             | sources, first wins                                                            |
+|--------------------|--------------------------------------------------------------------------------|
+| genai_model        | gen_ai.response.model, llm.model_name (OpenInference), genops.model,           |
+|                    | gen_ai.request.model, llm.request.model, llm.response.model                    |
+| genai_provider     | gen_ai.provider.name, genops.provider, llm.provider (OpenInference),           |
+|                    | gen_ai.system (deprecated), llm.system (OpenInference)                         |
+| tokens_input       | gen_ai.usage.input_tokens, gen_ai.usage.prompt_tokens (deprecated, OpenLLMetry),|
+|                    | llm.usage.prompt_tokens, llm.token_count.prompt, genops.tokens.input           |
+| tokens_output      | gen_ai.usage.output_tokens, gen_ai.usage.completion_tokens,                    |
+|                    | llm.usage.completion_tokens, llm.token_count.completion, genops.tokens.output  |
+| tokens_cache_read  | gen_ai.usage.cache_read.input_tokens, gen_ai.usage.cache_read_input_tokens,    |
+|                    | gen_ai.usage.input_tokens.cached, llm.usage.cache_read_input_tokens,           |
+|                    | llm.token_count.prompt_details.cache_read, genops.tokens.cache_read            |
+| tokens_cache_write | gen_ai.usage.cache_creation.input_tokens, gen_ai.usage.cache_creation_input_tokens,|
+|                    | gen_ai.usage.input_tokens.cache_write, llm.usage.cache_creation_input_tokens,  |
+|                    | llm.token_count.prompt_details.cache_write, genops.tokens.cache_write          |
+| tokens_reasoning   | gen_ai.usage.reasoning.output_tokens, gen_ai.usage.reasoning_tokens,           |
+|                    | gen_ai.usage.output_tokens.reasoning, llm.usage.reasoning_tokens,              |
+|                    | llm.token_count.completion_details.reasoning, genops.tokens.reasoning          |
+
+The response model wins over the request model: a request for `gpt-4o` is served (and billed)
+as `gpt-4o-2024-08-06`. The provider is the one that bills the call, so the hosting provider
+(`gen_ai.provider.name`, OpenInference `llm.provider`) comes before the model vendor
+(`gen_ai.system` was often the vendor, OpenInference `llm.system` always is).
+
+Token meaning of the canonical columns (the OTel GenAI semconv rule):
+- `tokens_input` is every input token, *including* cache reads and cache writes. The semconv
+  says the cache counts SHOULD be included in `gen_ai.usage.input_tokens`; OpenInference's
+  `llm.token_count.prompt` and OpenAI/Gemini's prompt counts include them too. Anthropic's raw
+  API `input_tokens` does not, and some hand-written instrumentations copy it as is: when the
+  reported input is smaller than cache read + cache write it cannot be inclusive, so the cache
+  counts are added to it.
+- `tokens_output` is every output token, *including* reasoning tokens (semconv SHOULD; OpenAI
+  counts reasoning within completion tokens). When reported output is smaller than reasoning
+  (Gemini's candidates count excludes thoughts) the reasoning count is added.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from processor.decode import WantedKeys
+
+MODEL = "genai_model"
+PROVIDER = "genai_provider"
+TOKENS_INPUT = "tokens_input"
+TOKENS_OUTPUT = "tokens_output"
+TOKENS_CACHE_READ = "tokens_cache_read"
+TOKENS_CACHE_WRITE = "tokens_cache_write"
+TOKENS_REASONING = "tokens_reasoning"
+TOKEN_COLUMNS = (TOKENS_INPUT, TOKENS_OUTPUT, TOKENS_CACHE_READ, TOKENS_CACHE_WRITE, TOKENS_REASONING)
+
+MODEL_SOURCES = (
+    "gen_ai.response.model",
+    "llm.model_name",
+    "genops.model",
+    "gen_ai.request.model",
+    "llm.request.model",
+    "llm.response.model",
+)
+PROVIDER_SOURCES = (
+    "gen_ai.provider.name",
+    "genops.provider",
+    "llm.provider",
+    "gen_ai.system",
+    "llm.system",
+)
+TOKEN_SOURCES: dict[str, tuple[str, ...]] = {
+    TOKENS_INPUT: (
+        "gen_ai.usage.input_tokens",
+        "gen_ai.usage.prompt_tokens",
+        "llm.usage.prompt_tokens",
+        "llm.token_count.prompt",
+        "genops.tokens.input",
+    ),
+    TOKENS_OUTPUT: (
+        "gen_ai.usage.output_tokens",
+        "gen_ai.usage.completion_tokens",
+        "llm.usage.completion_tokens",
+        "llm.token_count.completion",
+        "genops.tokens.output",
+    ),
+    TOKENS_CACHE_READ: (
+        "gen_ai.usage.cache_read.input_tokens",
+        "gen_ai.usage.cache_read_input_tokens",
+        "gen_ai.usage.input_tokens.cached",
+        "llm.usage.cache_read_input_tokens",
+        "llm.token_count.prompt_details.cache_read",
+        "genops.tokens.cache_read",
+    ),
+    TOKENS_CACHE_WRITE: (
+        "gen_ai.usage.cache_creation.input_tokens",
+        "gen_ai.usage.cache_creation_input_tokens",
+        "gen_ai.usage.input_tokens.cache_write",
+        "llm.usage.cache_creation_input_tokens",
+        "llm.token_count.prompt_details.cache_write",
+        "genops.tokens.cache_write",
+    ),
+    TOKENS_REASONING: (
+        "gen_ai.usage.reasoning.output_tokens",
+        "gen_ai.usage.reasoning_tokens",
+        "gen_ai.usage.output_tokens.reasoning",
+        "llm.usage.reasoning_tokens",
+        "llm.token_count.completion_details.reasoning",
+        "genops.tokens.reasoning",
+    ),
+}
+
+GENAI_KEYS = WantedKeys(
+    item=frozenset((*MODEL_SOURCES, *PROVIDER_SOURCES, *(k for keys in TOKEN_SOURCES.values() for k in keys)))
+)
+
+# Provider spellings seen in the wild → one canonical name per billing party. Keys are lowercase.
+PROVIDER_ALIASES: dict[str, str] = {
+    "openai": "openai",
+    "anthropic": "anthropic",
+    "google": "google",
+    "gemini": "google",
+    "vertexai": "google",
+    "vertex_ai": "google",
+    "vertex": "google",
+    "gcp.gemini": "google",
+    "gcp.vertex_ai": "google",
+    "gcp.gen_ai": "google",
+    "google_genai": "google",
+    "aws.bedrock": "aws.bedrock",
+    "aws_bedrock": "aws.bedrock",
+    "bedrock": "aws.bedrock",
+    "aws": "aws.bedrock",
+    "azure.openai": "azure.openai",
+    "azure.ai.openai": "azure.openai",
+    "az.ai.openai": "azure.openai",
+    "azure_openai": "azure.openai",
+    "azure": "azure.openai",
+    "azure.ai.inference": "azure.ai.inference",
+    "az.ai.inference": "azure.ai.inference",
+    "mistral": "mistral",
+    "mistral_ai": "mistral",
+    "mistralai": "mistral",
+    "cohere": "cohere",
+    "deepseek": "deepseek",
+    "xai": "xai",
+    "x_ai": "xai",
+    "x.ai": "xai",
+    "grok": "xai",
+    "meta": "meta",
+    "groq": "groq",
+    "together": "together",
+    "together_ai": "together",
+    "togetherai": "together",
+    "fireworks": "fireworks",
+    "fireworks_ai": "fireworks",
+    "perplexity": "perplexity",
+    "ibm.watsonx.ai": "ibm.watsonx.ai",
+    "watsonx": "ibm.watsonx.ai",
+}
+
+
+def normalize_provider_expr(expr: pl.Expr) -> pl.Expr:
+    """Lowercased, trimmed, aliases mapped; unknown names pass through lowercased."""
+    lowered = expr.cast(pl.String, strict=False).str.strip_chars().str.to_lowercase()
+    mapped = lowered.replace_strict(PROVIDER_ALIASES, default=lowered, return_dtype=pl.String)
+    return pl.when(lowered == "").then(None).otherwise(mapped)
+
+
+def normalize_provider(name: str | None) -> str | None:
+    if name is None:
+        return None
+    lowered = name.strip().lower()
+    return PROVIDER_ALIASES.get(lowered, lowered) or None
+
+
+def _source(frame: pl.DataFrame, key: str, dtype: pl.DataType) -> pl.Expr:
+    if key not in frame.columns:
+        return pl.lit(None, dtype=dtype)
+    column = pl.col(key)
+    source_type = frame.schema[key]
+    if source_type == pl.String and dtype == pl.Int64:
+        # "1200" and "1200.0" both occur; go through Float64 so neither is lost.
+        column = column.str.strip_chars().cast(pl.Float64, strict=False)
+    elif not (source_type.is_numeric() or source_type in (pl.String, pl.Null)) or (
+        dtype == pl.String and source_type.is_numeric()
+    ):
+        # bytes, booleans, or a number where a name belongs: not something we can use.
+        return pl.lit(None, dtype=dtype)
+    column = column.cast(dtype, strict=False)
+    if dtype == pl.String:
+        column = pl.when(column.str.strip_chars() == "").then(None).otherwise(column)
+    return column
+
+
+def _first(frame: pl.DataFrame, keys: tuple[str, ...], dtype: pl.DataType) -> pl.Expr:
+    return pl.coalesce([_source(frame, key, dtype) for key in keys])
+
+
+def _count(frame: pl.DataFrame, column: str, keys: tuple[str, ...]) -> pl.Expr:
+    value = _first(frame, keys, pl.Int64)
+    return pl.when(value >= 0).then(value).alias(column)
+
+
+def normalize(frame: pl.DataFrame) -> pl.DataFrame:
+    """Canonical GenAI columns for every row of `frame` (same row count and order).
+
+    Columns: genai_model, genai_provider (String); tokens_input, tokens_output, tokens_cache_read,
+    tokens_cache_write, tokens_reasoning (Int64; null when the span did not report them;
+    negative counts are treated as absent).
+    """
+    # with_columns, not select: a frame with none of the sources would otherwise shrink to one row.
+    raw = frame.with_columns(
+        _first(frame, MODEL_SOURCES, pl.String).str.strip_chars().alias(MODEL),
+        normalize_provider_expr(_first(frame, PROVIDER_SOURCES, pl.String)).alias(PROVIDER),
+        *(_count(frame, column, keys) for column, keys in TOKEN_SOURCES.items()),
+    ).select(MODEL, PROVIDER, *TOKEN_COLUMNS)
+    cached = pl.col(TOKENS_CACHE_READ).fill_null(0) + pl.col(TOKENS_CACHE_WRITE).fill_null(0)
+    reasoning = pl.col(TOKENS_REASONING).fill_null(0)
+    return raw.with_columns(
+        pl.when(pl.col(TOKENS_INPUT) < cached)
+        .then(pl.col(TOKENS_INPUT) + cached)
+        .otherwise(pl.col(TOKENS_INPUT))
+        .alias(TOKENS_INPUT),
+        pl.when(pl.col(TOKENS_OUTPUT) < reasoning)
+        .then(pl.col(TOKENS_OUTPUT) + reasoning)
+        .otherwise(pl.col(TOKENS_OUTPUT))
+        .alias(TOKENS_OUTPUT),
+    )
