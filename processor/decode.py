@@ -8,13 +8,21 @@ Python objects.
 
 from __future__ import annotations
 
+import json
+import math
+import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import polars as pl
 from google.protobuf.message import DecodeError
 
 from processor.protos import otlp_lean_pb2 as lean
+
+try:
+    from processor import _otlp_native as _native
+except ImportError:  # not built (no Rust toolchain): the pure-Python walk below does the same job
+    _native = None
 
 TRACES = "traces"
 LOGS = "logs"
@@ -46,45 +54,97 @@ class WantedKeys:
 
     item: frozenset[str] = frozenset()
     resource: frozenset[str] = frozenset()
+    # True when the stage scans every value (redaction): the decoder then builds
+    # TelemetryBatch.string_values() in the same pass.
+    values: bool = False
 
     @staticmethod
     def union(all_wanted: Iterable[WantedKeys]) -> WantedKeys:
         item: set[str] = set()
         resource: set[str] = set()
+        values = False
         for wanted in all_wanted:
             item |= wanted.item
             resource |= wanted.resource
-        return WantedKeys(frozenset(item), frozenset(resource))
+            values = values or wanted.values
+        return WantedKeys(frozenset(item), frozenset(resource), values)
 
 
 @dataclass
 class TelemetryBatch:
-    """One export request, its items (spans or log records) flattened, and their columns.
+    """One export request and the columns of its items (spans or log records).
 
-    `frame` has one row per item, in `items` order, with the fixed `_`-prefixed columns, one
+    `frame` has one row per item, in request order, with the fixed `_`-prefixed columns, one
     column per wanted item attribute key, and `resource:<key>` per wanted resource key.
+    The protobuf objects (`items`, `resources`, `events`) are only walked when something needs
+    them, which is the encoder writing changes back: stages work on columns.
     """
 
     signal: str
     request: lean.ExportTraceServiceRequest | lean.ExportLogsServiceRequest
-    items: list
-    item_resource: list[int]
-    resources: list[lean.Resource]
     frame: pl.DataFrame
-    # Span events as (span row, event), flattened; empty for logs.
-    events: list[tuple[int, lean.SpanEvent]] = field(default_factory=list)
     _string_values: pl.DataFrame | None = None
+    # The frame as decoded, before stages added columns: tells the encoder which items already
+    # carry a wanted key, so new attributes are appended without scanning the attribute list.
+    decoded_frame: pl.DataFrame | None = None
+    _items: list | None = None
+    _resources: list[lean.Resource] | None = None
+    _events: list[tuple[int, lean.SpanEvent]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.decoded_frame is None:
+            self.decoded_frame = self.frame
 
     def __len__(self) -> int:
-        return len(self.items)
+        return self.frame.height
+
+    @property
+    def items(self) -> list:
+        if self._items is None:
+            self._walk()
+        return self._items
+
+    @property
+    def resources(self) -> list[lean.Resource]:
+        if self._resources is None:
+            self._walk()
+        return self._resources
+
+    @property
+    def events(self) -> list[tuple[int, lean.SpanEvent]]:
+        """Span events as (span row, event), flattened in span order; empty for logs."""
+        if self._events is None:
+            self._walk()
+        return self._events
+
+    def _walk(self) -> None:
+        items: list = []
+        resources: list[lean.Resource] = []
+        events: list[tuple[int, lean.SpanEvent]] = []
+        if self.signal == TRACES:
+            for resource_spans in self.request.resource_spans:
+                resources.append(resource_spans.resource)
+                for scope_spans in resource_spans.scope_spans:
+                    for span in scope_spans.spans:
+                        if span.events:
+                            row = len(items)
+                            events.extend((row, event) for event in span.events)
+                        items.append(span)
+        else:
+            for resource_logs in self.request.resource_logs:
+                resources.append(resource_logs.resource)
+                for scope_logs in resource_logs.scope_logs:
+                    items.extend(scope_logs.log_records)
+        self._items, self._resources, self._events = items, resources, events
 
     def string_values(self) -> pl.DataFrame:
-        """Every string value in the batch, one row each, for stages that scan values.
+        """Every attribute value (and log body) in the batch, one row each, for value scanners.
 
         Columns: scope (attribute/event/resource/body), owner (index into items, events or
         resources), position (index in the owner's attribute list; -1 for a log body), row
-        (the item the value belongs to; -1 for resource values, shared by many items), key, value.
-        Built on first use and cached: only value-scanning stages pay for it.
+        (the item the value belongs to; -1 for resource values, shared by many items), key,
+        value (text), is_string, kind (the OTLP oneof name). Built on first use and cached, or
+        up front by the decoder when a stage declared `WantedKeys.values`.
         """
         if self._string_values is None:
             self._string_values = _collect_string_values(self)
@@ -98,61 +158,144 @@ def any_value_scalar(value: lean.AnyValue) -> object:
     return getattr(value, kind)
 
 
+def native_available() -> bool:
+    return _native is not None and os.environ.get("GENOPS_NATIVE_DECODE", "1") != "0"
+
+
 def decode_traces(raw: bytes, wanted: WantedKeys) -> TelemetryBatch:
     request = _parse(lean.ExportTraceServiceRequest, raw)
-    items: list[lean.Span] = []
-    item_resource: list[int] = []
-    resources: list[lean.Resource] = []
+    if native_available():
+        return _decode_native(TRACES, request, raw, wanted)
+    batch = TelemetryBatch(TRACES, request, pl.DataFrame())
     rows: list[dict[str, object]] = []
+    item_resource: list[int] = []
     names: list[str] = []
     starts: list[int] = []
     ends: list[int] = []
     statuses: list[int] = []
-    events: list[tuple[int, lean.SpanEvent]] = []
     resource_rows: list[dict[str, object]] = []
     item_keys = wanted.item
     for resource_index, resource_spans in enumerate(request.resource_spans):
-        resources.append(resource_spans.resource)
         resource_rows.append(_pick(resource_spans.resource.attributes, wanted.resource))
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
-                row_index = len(items)
-                items.append(span)
                 item_resource.append(resource_index)
                 names.append(span.name)
                 starts.append(span.start_time_unix_nano)
                 ends.append(span.end_time_unix_nano)
                 statuses.append(span.status.code)
                 rows.append(_pick(span.attributes, item_keys) if item_keys else {})
-                if span.events:
-                    events.extend((row_index, event) for event in span.events)
     frame = _frame(rows, item_resource, resource_rows, wanted)
-    frame = frame.with_columns(
-        pl.Series(SPAN_NAME, names, dtype=pl.String),
-        pl.Series(START_TIME, starts, dtype=pl.UInt64),
-        pl.Series(END_TIME, ends, dtype=pl.UInt64),
-        pl.Series(STATUS_CODE, statuses, dtype=pl.Int32),
-    )
-    return TelemetryBatch(TRACES, request, items, item_resource, resources, frame, events)
+    batch.frame = batch.decoded_frame = frame.with_columns(_span_columns(names, starts, ends, statuses))
+    return batch
 
 
 def decode_logs(raw: bytes, wanted: WantedKeys) -> TelemetryBatch:
     request = _parse(lean.ExportLogsServiceRequest, raw)
-    items: list[lean.LogRecord] = []
-    item_resource: list[int] = []
-    resources: list[lean.Resource] = []
+    if native_available():
+        return _decode_native(LOGS, request, raw, wanted)
     rows: list[dict[str, object]] = []
+    item_resource: list[int] = []
     resource_rows: list[dict[str, object]] = []
     for resource_index, resource_logs in enumerate(request.resource_logs):
-        resources.append(resource_logs.resource)
         resource_rows.append(_pick(resource_logs.resource.attributes, wanted.resource))
         for scope_logs in resource_logs.scope_logs:
             for record in scope_logs.log_records:
-                items.append(record)
                 item_resource.append(resource_index)
                 rows.append(_pick(record.attributes, wanted.item) if wanted.item else {})
     frame = _frame(rows, item_resource, resource_rows, wanted)
-    return TelemetryBatch(LOGS, request, items, item_resource, resources, frame)
+    return TelemetryBatch(LOGS, request, frame)
+
+
+def _span_columns(names: list[str], starts: list[int], ends: list[int], statuses: list[int]) -> list[pl.Series]:
+    return [
+        pl.Series(SPAN_NAME, names, dtype=pl.String),
+        pl.Series(START_TIME, starts, dtype=pl.UInt64),
+        pl.Series(END_TIME, ends, dtype=pl.UInt64),
+        pl.Series(STATUS_CODE, statuses, dtype=pl.Int32),
+    ]
+
+
+def _decode_native(signal: str, request, raw: bytes, wanted: WantedKeys) -> TelemetryBatch:
+    """The same batch as the Python walk, with the attribute scan done by processor/native."""
+    item_keys = sorted(wanted.item)
+    resource_keys = sorted(wanted.resource)
+    try:
+        scanned = _native.scan(raw, item_keys, resource_keys, wanted.values, logs=signal == LOGS)
+    except ValueError as exc:
+        raise MalformedRequest(f"cannot parse the {signal} export request: {exc}") from exc
+    item_resource = pl.Series(RESOURCE_INDEX, scanned["item_resource"], dtype=pl.UInt32)
+    columns = [pl.Series(ROW, range(len(item_resource)), dtype=pl.UInt32), item_resource]
+    rows = len(item_resource)
+    columns.extend(_typed_column(key, *scanned["items"][key], rows) for key in item_keys)
+    resource_of_item = scanned["item_resource"]
+    for key in resource_keys:
+        # Typed per item, not per resource: a resource no span points at must not sway the type.
+        _, per_resource = scanned["resources"][key]
+        per_item = [None] * rows if per_resource is None else [per_resource[i] for i in resource_of_item]
+        columns.append(_column(RESOURCE_PREFIX + key, per_item))
+    frame = pl.DataFrame(columns)
+    if signal == TRACES:
+        frame = frame.with_columns(
+            _span_columns(scanned["names"], scanned["starts"], scanned["ends"], scanned["statuses"])
+        )
+    batch = TelemetryBatch(signal, request, frame)
+    if wanted.values:
+        batch._string_values = _native_values_frame(batch, scanned["strings"])
+    return batch
+
+
+_NATIVE_DTYPES = {
+    "string_value": pl.String,
+    "mixed": pl.String,
+    "int_value": pl.Int64,
+    "double_value": pl.Float64,
+    "bool_value": pl.Boolean,
+    "bytes_value": pl.Binary,
+}
+
+
+def _typed_column(name: str, kind: str, values: list | None, rows: int) -> pl.Series:
+    if values is None:
+        return pl.Series(name, [None] * rows, dtype=pl.Null)
+    return pl.Series(name, values, dtype=_NATIVE_DTYPES[kind])
+
+
+_NATIVE_SCOPES = {0: SCOPE_ITEM, 1: SCOPE_EVENT, 2: SCOPE_RESOURCE, 3: SCOPE_BODY}
+
+
+def _native_values_frame(batch: TelemetryBatch, scanned: dict[str, list]) -> pl.DataFrame:
+    values = scanned["value"]
+    kinds = pl.Series(scanned["kind"], dtype=pl.String)
+    # Arrays and kvlists are rare; their JSON rendering is left to the Python renderer.
+    nested = [i for i, value in enumerate(values) if value is None]
+    if nested:
+        scopes, owners, positions = scanned["scope"], scanned["owner"], scanned["position"]
+        for i in nested:
+            value = _value_at(batch, _NATIVE_SCOPES[scopes[i]], owners[i], positions[i])
+            values[i] = _render(value, value.WhichOneof("value"))
+    return pl.DataFrame(
+        {
+            "scope": pl.Series(scanned["scope"], dtype=pl.UInt8).replace_strict(_NATIVE_SCOPES, return_dtype=pl.String),
+            "owner": pl.Series(scanned["owner"], dtype=pl.Int64),
+            "position": pl.Series(scanned["position"], dtype=pl.Int64),
+            "row": pl.Series(scanned["row"], dtype=pl.Int64),
+            "key": pl.Series(scanned["key"], dtype=pl.String),
+            "value": pl.Series(values, dtype=pl.String),
+            "is_string": kinds == "string_value",
+            "kind": kinds,
+        }
+    )
+
+
+def _value_at(batch: TelemetryBatch, scope: str, owner: int, position: int) -> lean.AnyValue:
+    if scope == SCOPE_BODY:
+        return batch.items[owner].body
+    if scope == SCOPE_ITEM:
+        return batch.items[owner].attributes[position].value
+    if scope == SCOPE_EVENT:
+        return batch.events[owner][1].attributes[position].value
+    return batch.resources[owner].attributes[position].value
 
 
 def _parse(message_type, raw: bytes):
@@ -203,23 +346,37 @@ def _column(name: str, values: list[object]) -> pl.Series:
 
 
 def _collect_string_values(batch: TelemetryBatch) -> pl.DataFrame:
+    """Every attribute value and string log body; see TelemetryBatch.string_values.
+
+    Non-string values are listed too (`is_string` false, `kind` the OTLP oneof name) with a
+    textual rendering as `value`: ints and doubles as Python prints them, bools as true/false,
+    bytes as hex, arrays and kvlists as compact JSON. That lets the redaction stage mask an array
+    `gen_ai.prompt` or a structured log body as a whole; stages that only want strings filter on
+    `is_string`.
+    """
     scopes: list[str] = []
     owners: list[int] = []
     positions: list[int] = []
     item_rows: list[int] = []
     keys: list[str] = []
     values: list[str] = []
+    kinds: list[str] = []
+
+    def add(scope: str, owner: int, position: int, row: int, key: str, value: lean.AnyValue) -> None:
+        kind = value.WhichOneof("value")
+        if kind is None:
+            return
+        scopes.append(scope)
+        owners.append(owner)
+        positions.append(position)
+        item_rows.append(row)
+        keys.append(key)
+        kinds.append(kind)
+        values.append(value.string_value if kind == "string_value" else _render(value, kind))
 
     def collect(scope: str, owner: int, row: int, attributes) -> None:
         for position, kv in enumerate(attributes):
-            value = kv.value
-            if value.WhichOneof("value") == "string_value":
-                scopes.append(scope)
-                owners.append(owner)
-                positions.append(position)
-                item_rows.append(row)
-                keys.append(kv.key)
-                values.append(value.string_value)
+            add(scope, owner, position, row, kv.key, kv.value)
 
     for index, resource in enumerate(batch.resources):
         collect(SCOPE_RESOURCE, index, -1, resource.attributes)
@@ -229,13 +386,9 @@ def _collect_string_values(batch: TelemetryBatch) -> pl.DataFrame:
         collect(SCOPE_EVENT, index, row, event.attributes)
     if batch.signal == LOGS:
         for index, record in enumerate(batch.items):
-            if record.HasField("body") and record.body.WhichOneof("value") == "string_value":
-                scopes.append(SCOPE_BODY)
-                owners.append(index)
-                positions.append(-1)
-                item_rows.append(index)
-                keys.append("")
-                values.append(record.body.string_value)
+            if record.HasField("body"):
+                add(SCOPE_BODY, index, -1, index, "", record.body)
+    kind_column = pl.Series(kinds, dtype=pl.String)
     return pl.DataFrame(
         {
             "scope": pl.Series(scopes, dtype=pl.String),
@@ -244,5 +397,30 @@ def _collect_string_values(batch: TelemetryBatch) -> pl.DataFrame:
             "row": pl.Series(item_rows, dtype=pl.Int64),
             "key": pl.Series(keys, dtype=pl.String),
             "value": pl.Series(values, dtype=pl.String),
+            "is_string": kind_column == "string_value",
+            "kind": kind_column,
         }
     )
+
+
+def _render(value: lean.AnyValue, kind: str) -> str:
+    if kind in ("array_value", "kvlist_value"):
+        return json.dumps(_plain(value), ensure_ascii=False, separators=(",", ":"))
+    if kind == "bool_value":
+        return "true" if value.bool_value else "false"
+    if kind == "bytes_value":
+        return value.bytes_value.hex()
+    return str(getattr(value, kind))
+
+
+def _plain(value: lean.AnyValue) -> object:
+    kind = value.WhichOneof("value")
+    if kind == "array_value":
+        return [_plain(v) for v in value.array_value.values]
+    if kind == "kvlist_value":
+        return {kv.key: _plain(kv.value) for kv in value.kvlist_value.values}
+    if kind == "bytes_value":
+        return value.bytes_value.hex()
+    if kind == "double_value" and not math.isfinite(value.double_value):
+        return str(value.double_value)
+    return None if kind is None else getattr(value, kind)

@@ -24,7 +24,7 @@ def apply_and_serialize(batch: TelemetryBatch, all_changes: Sequence[BatchChange
         if changes.rewrites is not None and changes.rewrites.height:
             _apply_rewrites(batch, changes.rewrites)
         for key, column in changes.set_attributes.items():
-            _apply_column(batch.items, key, column)
+            _apply_column(batch, key, column)
         for event in changes.events:
             added = batch.items[event.row].events.add()
             added.name = event.name
@@ -65,14 +65,33 @@ def write_value(target: lean.AnyValue, value: object) -> None:
         raise TypeError(f"cannot write a {type(value).__name__} as an OTLP attribute value")
 
 
-def _apply_column(items: list, key: str, column: pl.Series) -> None:
+def _apply_column(batch: TelemetryBatch, key: str, column: pl.Series) -> None:
     present = column.is_not_null()
     if not present.any():
         return
-    rows = present.arg_true().to_list()
-    values = column.filter(present).to_list()
+    items = batch.items
+    decoded = batch.decoded_frame
+    if decoded is not None and key in decoded.columns:
+        # The key was decoded, so we know which items have it: the others get a plain append.
+        had_key = decoded.get_column(key).is_not_null()
+        appended = present & ~had_key
+        replaced = present & had_key
+    else:
+        appended = None
+        replaced = present
+    if appended is not None and appended.any():
+        _append_all(items, key, appended.arg_true().to_list(), column.filter(appended).to_list())
+    if replaced.any():
+        rows = replaced.arg_true().to_list()
+        for row, value in zip(rows, column.filter(replaced).to_list(), strict=True):
+            set_attribute(items[row].attributes, key, value)
+
+
+def _append_all(items: list, key: str, rows: list[int], values: list[object]) -> None:
     for row, value in zip(rows, values, strict=True):
-        set_attribute(items[row].attributes, key, value)
+        kv = items[row].attributes.add()
+        kv.key = key
+        write_value(kv.value, value)
 
 
 def _owner_attributes(batch: TelemetryBatch, scope: str, owner: int):
