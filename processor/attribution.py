@@ -44,16 +44,17 @@ class Attribution:
 
     def columns(self, frame: pl.DataFrame) -> pl.DataFrame:
         """One String column per dimension (null: unattributed), same rows as `frame`."""
+        schema = dict(frame.schema)  # built once: polars rebuilds it on every .schema access
         return frame.select(
-            pl.coalesce([_text(frame, name) for key in self.sources(dim) for name in (key, RESOURCE_PREFIX + key)])
+            pl.coalesce([_text(schema, name) for key in self.sources(dim) for name in (key, RESOURCE_PREFIX + key)])
             .cast(pl.String)
             .alias(dim)
             for dim in DIMENSIONS
         )
 
 
-def _text(frame: pl.DataFrame, column: str) -> pl.Expr:
-    if column not in frame.columns or frame.schema[column] in (pl.Null, pl.Binary):
+def _text(schema: dict[str, pl.DataType], column: str) -> pl.Expr:
+    if schema.get(column, pl.Null) in (pl.Null, pl.Binary):
         return pl.lit(None, dtype=pl.String)
     value = pl.col(column).cast(pl.String, strict=False).str.strip_chars()
     return pl.when(value == "").then(None).otherwise(value)

@@ -22,7 +22,15 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     configure_logging(config.logging.level, config.logging.format)
     from processor import workers
+    from processor.server import check_stages
 
+    try:
+        # Checked before any worker starts, so a broken pricing table or rules file is one clear
+        # message and exit code 2, not a crash loop of workers.
+        check_stages(config)
+    except (ValueError, OSError) as exc:
+        print(f"genops-sidecar: cannot start: {exc}", file=sys.stderr)
+        return 2
     return workers.run(config)
 
 
@@ -56,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate-config", help="check a config file and everything it references")
     validate.add_argument("file", nargs="?", help="config file (default: --config / $GENOPS_CONFIG)")
     validate.set_defaults(handler=_validate_config)
+    from processor.pricing_cli import add_pricing_commands
+
+    add_pricing_commands(commands)
     return parser
 
 

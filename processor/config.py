@@ -83,12 +83,14 @@ class RedactionConfig:
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    enabled: bool = False
+    # On by default: with no policy file it attributes spend and feeds the genops_* metrics.
+    enabled: bool = True
     # Budgets and policies (YAML, hot reloaded); empty means no budgets and no policies.
     policy_file: str = ""
     reload_interval_seconds: float = 5.0
     state_backend: str = "sqlite"
-    state_path: str = "/var/lib/genops/budget-state.sqlite"
+    # Empty: $XDG_STATE_HOME/genops-sidecar/budget-state.sqlite (~/.local/state/...).
+    state_path: str = ""
     redis_url: str = ""
     # Where a dimension comes from when the span and resource lack `genops.<dimension>`:
     # dimension -> attribute keys tried in order (span first, then resource), separated by "|".

@@ -4,25 +4,29 @@
 span, same order. For each canonical column the first non-null source in the table wins (a
 source missing from the frame counts as null; numbers sent as strings are cast).
 
-| column             | sources, first wins                                                            |
-|--------------------|--------------------------------------------------------------------------------|
-| genai_model        | gen_ai.response.model, llm.model_name (OpenInference), genops.model,           |
-|                    | gen_ai.request.model, llm.request.model, llm.response.model                    |
-| genai_provider     | gen_ai.provider.name, genops.provider, llm.provider (OpenInference),           |
-|                    | gen_ai.system (deprecated), llm.system (OpenInference)                         |
-| tokens_input       | gen_ai.usage.input_tokens, gen_ai.usage.prompt_tokens (deprecated, OpenLLMetry),|
-|                    | llm.usage.prompt_tokens, llm.token_count.prompt, genops.tokens.input           |
-| tokens_output      | gen_ai.usage.output_tokens, gen_ai.usage.completion_tokens,                    |
-|                    | llm.usage.completion_tokens, llm.token_count.completion, genops.tokens.output  |
-| tokens_cache_read  | gen_ai.usage.cache_read.input_tokens, gen_ai.usage.cache_read_input_tokens,    |
-|                    | gen_ai.usage.input_tokens.cached, llm.usage.cache_read_input_tokens,           |
-|                    | llm.token_count.prompt_details.cache_read, genops.tokens.cache_read            |
-| tokens_cache_write | gen_ai.usage.cache_creation.input_tokens, gen_ai.usage.cache_creation_input_tokens,|
-|                    | gen_ai.usage.input_tokens.cache_write, llm.usage.cache_creation_input_tokens,  |
-|                    | llm.token_count.prompt_details.cache_write, genops.tokens.cache_write          |
-| tokens_reasoning   | gen_ai.usage.reasoning.output_tokens, gen_ai.usage.reasoning_tokens,           |
-|                    | gen_ai.usage.output_tokens.reasoning, llm.usage.reasoning_tokens,              |
-|                    | llm.token_count.completion_details.reasoning, genops.tokens.reasoning          |
+| column             | sources, first non-null wins                                                |
+|--------------------|-----------------------------------------------------------------------------|
+| genai_model        | gen_ai.response.model, llm.model_name (OpenInference), genops.model,        |
+|                    | gen_ai.request.model, llm.request.model, llm.response.model                 |
+| genai_provider     | gen_ai.provider.name, genops.provider, llm.provider (OpenInference),        |
+|                    | gen_ai.system (deprecated), llm.system (OpenInference)                      |
+| tokens_input       | gen_ai.usage.input_tokens, gen_ai.usage.prompt_tokens (deprecated semconv,  |
+|                    | OpenLLMetry), llm.usage.prompt_tokens, llm.token_count.prompt,              |
+|                    | genops.tokens.input                                                         |
+| tokens_output      | gen_ai.usage.output_tokens, gen_ai.usage.completion_tokens,                 |
+|                    | llm.usage.completion_tokens, llm.token_count.completion,                    |
+|                    | genops.tokens.output                                                        |
+| tokens_cache_read  | gen_ai.usage.cache_read.input_tokens, gen_ai.usage.cache_read_input_tokens, |
+|                    | gen_ai.usage.input_tokens.cached, llm.usage.cache_read_input_tokens,        |
+|                    | llm.token_count.prompt_details.cache_read, genops.tokens.cache_read         |
+| tokens_cache_write | gen_ai.usage.cache_creation.input_tokens,                                   |
+|                    | gen_ai.usage.cache_creation_input_tokens,                                   |
+|                    | gen_ai.usage.input_tokens.cache_write,                                      |
+|                    | llm.usage.cache_creation_input_tokens,                                      |
+|                    | llm.token_count.prompt_details.cache_write, genops.tokens.cache_write       |
+| tokens_reasoning   | gen_ai.usage.reasoning.output_tokens, gen_ai.usage.reasoning_tokens,        |
+|                    | gen_ai.usage.output_tokens.reasoning, llm.usage.reasoning_tokens,           |
+|                    | llm.token_count.completion_details.reasoning, genops.tokens.reasoning       |
 
 The response model wins over the request model: a request for `gpt-4o` is served (and billed)
 as `gpt-4o-2024-08-06`. The provider is the one that bills the call, so the hosting provider
@@ -162,10 +166,14 @@ PROVIDER_ALIASES: dict[str, str] = {
 }
 
 
+_ALIAS_FROM = pl.Series(list(PROVIDER_ALIASES), dtype=pl.String)
+_ALIAS_TO = pl.Series(list(PROVIDER_ALIASES.values()), dtype=pl.String)
+
+
 def normalize_provider_expr(expr: pl.Expr) -> pl.Expr:
     """Lowercased, trimmed, aliases mapped; unknown names pass through lowercased."""
     lowered = expr.cast(pl.String, strict=False).str.strip_chars().str.to_lowercase()
-    mapped = lowered.replace_strict(PROVIDER_ALIASES, default=lowered, return_dtype=pl.String)
+    mapped = lowered.replace_strict(_ALIAS_FROM, _ALIAS_TO, default=lowered, return_dtype=pl.String)
     return pl.when(lowered == "").then(None).otherwise(mapped)
 
 
@@ -176,11 +184,11 @@ def normalize_provider(name: str | None) -> str | None:
     return PROVIDER_ALIASES.get(lowered, lowered) or None
 
 
-def _source(frame: pl.DataFrame, key: str, dtype: pl.DataType) -> pl.Expr:
-    if key not in frame.columns:
+def _source(schema: pl.Schema, key: str, dtype: pl.DataType) -> pl.Expr:
+    if key not in schema:
         return pl.lit(None, dtype=dtype)
     column = pl.col(key)
-    source_type = frame.schema[key]
+    source_type = schema[key]
     if source_type == pl.String and dtype == pl.Int64:
         # "1200" and "1200.0" both occur; go through Float64 so neither is lost.
         column = column.str.strip_chars().cast(pl.Float64, strict=False)
@@ -195,12 +203,17 @@ def _source(frame: pl.DataFrame, key: str, dtype: pl.DataType) -> pl.Expr:
     return column
 
 
-def _first(frame: pl.DataFrame, keys: tuple[str, ...], dtype: pl.DataType) -> pl.Expr:
-    return pl.coalesce([_source(frame, key, dtype) for key in keys])
+def _first(schema: pl.Schema, keys: tuple[str, ...], dtype: pl.DataType) -> pl.Expr:
+    # Most of the ~40 source columns are all-null (Null dtype) in any one batch: leaving them out
+    # keeps the expression small, which is most of normalize's cost on small batches.
+    present = [_source(schema, key, dtype) for key in keys if schema.get(key, pl.Null) != pl.Null]
+    if not present:
+        return pl.lit(None, dtype=dtype)
+    return present[0] if len(present) == 1 else pl.coalesce(present)
 
 
-def _count(frame: pl.DataFrame, column: str, keys: tuple[str, ...]) -> pl.Expr:
-    value = _first(frame, keys, pl.Int64)
+def _count(schema: pl.Schema, column: str, keys: tuple[str, ...]) -> pl.Expr:
+    value = _first(schema, keys, pl.Int64)
     return pl.when(value >= 0).then(value).alias(column)
 
 
@@ -212,10 +225,11 @@ def normalize(frame: pl.DataFrame) -> pl.DataFrame:
     negative counts are treated as absent).
     """
     # with_columns, not select: a frame with none of the sources would otherwise shrink to one row.
+    schema = frame.schema  # computed once: each lookup on frame.schema rebuilds it
     raw = frame.with_columns(
-        _first(frame, MODEL_SOURCES, pl.String).str.strip_chars().alias(MODEL),
-        normalize_provider_expr(_first(frame, PROVIDER_SOURCES, pl.String)).alias(PROVIDER),
-        *(_count(frame, column, keys) for column, keys in TOKEN_SOURCES.items()),
+        _first(schema, MODEL_SOURCES, pl.String).str.strip_chars().alias(MODEL),
+        normalize_provider_expr(_first(schema, PROVIDER_SOURCES, pl.String)).alias(PROVIDER),
+        *(_count(schema, column, keys) for column, keys in TOKEN_SOURCES.items()),
     ).select(MODEL, PROVIDER, *TOKEN_COLUMNS)
     cached = pl.col(TOKENS_CACHE_READ).fill_null(0) + pl.col(TOKENS_CACHE_WRITE).fill_null(0)
     reasoning = pl.col(TOKENS_REASONING).fill_null(0)

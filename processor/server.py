@@ -47,18 +47,83 @@ class Readiness:
 
 
 def build_stages(config: SidecarConfig, metrics_registry: CollectorRegistry) -> list[Stage]:
-    """The processing stages in data order: cost → redaction → policy/budget."""
+    """The processing stages in data order: cost → redaction → policy/budget.
+
+    Redaction runs after cost so token counts and models are read before anything is masked,
+    and before policy so the policy stage can see how much PII was found.
+    """
+    from processor.cost import build_cost_stage
+    from processor.policy_stage import build_policy_stage
+    from processor.redact import build_redaction_stage
+
     stages: list[Stage] = []
+    if config.cost.enabled:
+        stages.append(build_cost_stage(config.cost, metrics_registry))
+    if config.redaction.enabled:
+        stages.append(build_redaction_stage(config.redaction, metrics_registry))
+    if config.policy.enabled:
+        stages.append(build_policy_stage(config.policy, metrics_registry))
     return stages
+
+
+def check_stages(config: SidecarConfig) -> None:
+    """Loads and validates every file the stages would use, without starting threads or opening
+    state stores; raises ValueError (or OSError) naming the problem."""
+    from processor.cost import build_cost_stage
+    from processor.policy_stage import check_policy_config
+    from processor.redact import build_redaction_stage
+
+    registry = CollectorRegistry()
+    if config.cost.enabled:
+        build_cost_stage(config.cost, registry, watch=False).close()
+    if config.redaction.enabled:
+        build_redaction_stage(config.redaction, registry)
+    if config.policy.enabled:
+        check_policy_config(config.policy)
+
+
+def close_stages(stages: list[Stage]) -> None:
+    """Stops the stages' reload threads and closes their state stores."""
+    for stage in stages:
+        close = getattr(stage, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:
+                log.exception("closing a stage failed", stage=stage.name)
+
+
+# An extra GET endpoint: gets the request path with its query, returns (status, body, content type).
+Route = Callable[[str], tuple[int, bytes, str]]
+
+
+def budget_routes(stages: list[Stage]) -> dict[str, Route]:
+    """The budget status endpoint of the policy stage, when it runs in this process."""
+    from functools import partial
+
+    from processor.budget_api import BUDGETS_PATH, http_budget_status
+
+    for stage in stages:
+        reader = getattr(stage, "budget_status", None)
+        if reader is not None:
+            return {BUDGETS_PATH: partial(http_budget_status, reader)}
+    return {}
 
 
 class ProbeServer:
     """/healthz, /readyz and /metrics on a plain HTTP port, served from a background thread."""
 
-    def __init__(self, listen: str, registry_source: Callable[[], CollectorRegistry], readiness: Readiness):
+    def __init__(
+        self,
+        listen: str,
+        registry_source: Callable[[], CollectorRegistry],
+        readiness: Readiness,
+        routes: dict[str, Route] | None = None,
+    ):
         host, _, port = listen.rpartition(":")
         registry_of = registry_source
         state = readiness
+        extra_routes = dict(routes or {})
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
@@ -74,6 +139,8 @@ class ProbeServer:
                         self._send(503, body, "text/plain")
                 elif path == "/metrics":
                     self._send(200, generate_latest(registry_of()), CONTENT_TYPE_LATEST)
+                elif path in extra_routes:
+                    self._send(*extra_routes[path](self.path))
                 else:
                     self._send(404, b"not found\n", "text/plain")
 
@@ -107,6 +174,7 @@ class Worker:
     def __init__(self, config: SidecarConfig, metrics: SidecarMetrics, stages: list[Stage]) -> None:
         self.config = config
         self.metrics = metrics
+        self.stages = stages
         self.pipeline = Pipeline(stages, metrics)
         self.forwarder = Forwarder(config.downstream)
         self.service = ExportService(self.pipeline, self.forwarder, metrics, config.server.max_inflight_requests)
@@ -125,6 +193,12 @@ class Worker:
         )
         server.add_generic_rpc_handlers(self.service.handlers())
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        for stage in self.stages:
+            reader = getattr(stage, "budget_status", None)
+            if reader is not None:
+                from processor.budget_api import add_budget_service
+
+                add_budget_service(server, reader)
         self.port = server.add_insecure_port(self.config.server.listen)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.server.listen}")
@@ -160,6 +234,7 @@ class Worker:
         log.info("shutting down: refusing new requests, finishing in-flight ones", grace_seconds=grace)
         await self.server.stop(grace)
         await self.forwarder.close()
+        close_stages(self.stages)
         self.server = None
 
 

@@ -31,12 +31,12 @@ def run(config: SidecarConfig) -> int:
 
 def _run_single(config: SidecarConfig) -> int:
     from processor.observability import SidecarMetrics
-    from processor.server import ProbeServer, Readiness, build_stages, serve_forever
+    from processor.server import ProbeServer, Readiness, budget_routes, build_stages, serve_forever
 
     metrics = SidecarMetrics.create()
     readiness = Readiness(ready=False, reasons=["starting"])
     stages = build_stages(config, metrics.registry)
-    probes = ProbeServer(config.http.listen, lambda: metrics.registry, readiness).start()
+    probes = ProbeServer(config.http.listen, lambda: metrics.registry, readiness, budget_routes(stages)).start()
     log.info("probes and /metrics on HTTP", listen=config.http.listen)
     try:
         asyncio.run(serve_forever(config, metrics, readiness, stages))
@@ -78,6 +78,18 @@ def _workers_problem(children: list, listen: str) -> str | None:
     return None
 
 
+def _supervisor_routes(config: SidecarConfig) -> dict:
+    """The budget API in the supervisor reads the shared store itself (the workers' stages live in
+    other processes); with the memory backend there is nothing shared to read, so no route."""
+    if not config.policy.enabled or config.policy.state_backend == "memory":
+        return {}
+    from functools import partial
+
+    from processor.budget_api import BUDGETS_PATH, BudgetStatusReader, http_budget_status
+
+    return {BUDGETS_PATH: partial(http_budget_status, BudgetStatusReader.from_config(config.policy))}
+
+
 def _run_supervisor(config: SidecarConfig) -> int:
     if config.server.listen.endswith(":0"):
         log.error("several workers need a fixed port to share; server.listen ends in :0")
@@ -99,7 +111,7 @@ def _run_supervisor(config: SidecarConfig) -> int:
     for child in children:
         child.start()
     readiness = Readiness(ready=True, check=lambda: _workers_problem(children, config.server.listen))
-    probes = ProbeServer(config.http.listen, lambda: registry, readiness).start()
+    probes = ProbeServer(config.http.listen, lambda: registry, readiness, _supervisor_routes(config)).start()
     log.info("started worker processes", workers=len(children), listen=config.server.listen)
     stop = threading.Event()
 

@@ -1,0 +1,159 @@
+"""Budget status for gateways: `GET /v1/budgets?team=ml` (JSON) and genops.budget.v1.BudgetService.
+
+A gateway asks before calling a model and refuses the call when a budget is `blocking`
+(exceeded in enforced mode). The figures come from the same policy file and state store the
+policy stage charges spans to, for the current calendar window of each budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from urllib.parse import parse_qs, urlsplit
+
+import grpc
+
+from processor.attribution import DIMENSIONS
+from processor.budget_policy_file import PolicySource
+from processor.budget_state import BudgetStore, open_store
+from processor.config import PolicyConfig
+from processor.protos import budget_pb2
+
+BUDGETS_PATH = "/v1/budgets"
+SERVICE = "genops.budget.v1.BudgetService"
+
+
+@dataclass(frozen=True)
+class BudgetStatus:
+    name: str
+    dimension: str
+    subject: str
+    period: str
+    window: str
+    window_start: str
+    window_end: str
+    limit_usd: float
+    consumed_usd: float
+    remaining_usd: float
+    utilization: float
+    exceeded: bool
+    mode: str
+    warn_at: tuple[float, ...]
+    blocking: bool
+
+
+class BudgetStatusReader:
+    def __init__(self, source: PolicySource, store: BudgetStore) -> None:
+        self.source = source
+        self.store = store
+
+    @staticmethod
+    def from_config(config: PolicyConfig) -> BudgetStatusReader:
+        """For a process without the stage (the supervisor of several workers serves HTTP)."""
+        return BudgetStatusReader(
+            PolicySource(config.policy_file, config.reload_interval_seconds),
+            open_store(config.state_backend, config.state_path, config.redis_url),
+        )
+
+    def status(
+        self, attribution: Mapping[str, str], budget_name: str = "", now: dt.datetime | None = None
+    ) -> list[BudgetStatus]:
+        """Current window of every budget that applies to a call with this attribution."""
+        now = now or dt.datetime.now(dt.UTC)
+        found = []
+        for budget in self.source.current().budgets:
+            if budget_name and budget.name != budget_name:
+                continue
+            if budget.dimension is None:
+                subject = "*"
+            else:
+                subject = attribution.get(budget.dimension, "")
+                if not subject or (budget.value is not None and subject != budget.value):
+                    continue
+            label, start, end = budget.window(now)
+            found.append((budget, subject, label, start, end, f"{budget.name}|{subject}|{label}"))
+        consumed = self.store.read([item[-1] for item in found])
+        out = []
+        for budget, subject, label, start, end, key in found:
+            spent = consumed.get(key, 0.0)
+            exceeded = spent > budget.limit_usd
+            out.append(
+                BudgetStatus(
+                    name=budget.name,
+                    dimension=budget.dimension or "",
+                    subject=subject,
+                    period=budget.period,
+                    window=label,
+                    window_start=start.isoformat(),
+                    window_end=end.isoformat(),
+                    limit_usd=budget.limit_usd,
+                    consumed_usd=round(spent, 9),
+                    remaining_usd=round(max(budget.limit_usd - spent, 0.0), 9),
+                    utilization=round(spent / budget.limit_usd, 6),
+                    exceeded=exceeded,
+                    mode=budget.mode,
+                    warn_at=budget.warn_at,
+                    blocking=exceeded and budget.mode == "enforced",
+                )
+            )
+        return out
+
+
+def http_budget_status(reader: BudgetStatusReader, path: str) -> tuple[int, bytes, str]:
+    """Answers `GET /v1/budgets?<dimension>=<value>&budget=<name>`: (status, body, content type)."""
+    query = parse_qs(urlsplit(path).query)
+    unknown = sorted(set(query) - {*DIMENSIONS, "budget"})
+    if unknown:
+        return _json(400, {"error": f"unknown parameter {unknown[0]!r}; use {', '.join(DIMENSIONS)} or budget"})
+    attribution = {key: values[-1] for key, values in query.items() if key in DIMENSIONS}
+    try:
+        budgets = reader.status(attribution, query.get("budget", [""])[-1])
+    except Exception as exc:  # the store (Redis) may be down; the gateway decides what that means
+        return _json(503, {"error": f"budget state unavailable: {type(exc).__name__}: {exc}"})
+    return _json(200, {"blocked": any(b.blocking for b in budgets), "budgets": [_plain(b) for b in budgets]})
+
+
+def _plain(status: BudgetStatus) -> dict:
+    out = asdict(status)
+    out["warn_at"] = list(status.warn_at)
+    return out
+
+
+def _json(status: int, body: dict) -> tuple[int, bytes, str]:
+    return status, (json.dumps(body) + "\n").encode(), "application/json"
+
+
+class BudgetService:
+    """grpc.aio servicer; the store is read in a thread so the OTLP event loop never waits on it."""
+
+    def __init__(self, reader: BudgetStatusReader) -> None:
+        self.reader = reader
+
+    async def GetBudgetStatus(
+        self, request: budget_pb2.GetBudgetStatusRequest, context: grpc.aio.ServicerContext
+    ) -> budget_pb2.GetBudgetStatusResponse:
+        unknown = sorted(set(request.attribution) - set(DIMENSIONS))
+        if unknown:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown dimension {unknown[0]!r}")
+        try:
+            budgets = await asyncio.to_thread(self.reader.status, dict(request.attribution), request.budget_name)
+        except Exception as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"budget state unavailable: {exc}")
+        return budget_pb2.GetBudgetStatusResponse(
+            budgets=[budget_pb2.BudgetStatus(**asdict(b)) for b in budgets],
+            blocked=any(b.blocking for b in budgets),
+        )
+
+
+def add_budget_service(server: grpc.aio.Server, reader: BudgetStatusReader) -> None:
+    """Registers genops.budget.v1.BudgetService on a grpc.aio server (before it starts)."""
+    service = BudgetService(reader)
+    handler = grpc.unary_unary_rpc_method_handler(
+        service.GetBudgetStatus,
+        request_deserializer=budget_pb2.GetBudgetStatusRequest.FromString,
+        response_serializer=budget_pb2.GetBudgetStatusResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, {"GetBudgetStatus": handler})])

@@ -1,0 +1,568 @@
+"""Pricing tables: the file format, loading and validation, and model-name matching.
+
+A table is one file (YAML, JSON or CSV) or a directory of them (one per provider, say). Prices
+are USD per million tokens. Schema (see pricing_tables/README.md for the full text):
+
+    version: "2026-11-22"          # required in every file; a directory's version is the greatest
+    provider: openai               # default provider of the entries ("*" = any provider)
+    source: https://...            # default source URL of the entries
+    as_of: 2026-11-22              # default date the prices were checked
+    models:
+      - model: gpt-4o              # canonical name, written to genops.cost.model
+        match: exact               # exact (default) | prefix | regex
+        aliases: [gpt-4o-2024-08-06]   # more exact names
+        input: 2.5                 # uncached input
+        output: 10
+        cache_read: 1.25           # default: input price
+        cache_write: null          # default: input price
+        reasoning: null            # default: output price
+        request: 0                 # USD per request
+        tiers:                     # prices once the prompt (all input tokens) exceeds the size;
+          - above_input_tokens: 200000     # they apply to every token of the request
+            input: 2.5
+            output: 15
+        effective_from: 2025-06-10 # inclusive, UTC; spans are priced by their start time
+        effective_to: null         # exclusive
+
+Matching a span's (provider, model): names are compared lowercased; provider-specific entries beat
+provider-agnostic ("*") ones; within them exact beats prefix beats regex, the longest prefix wins,
+and regexes are tried in file order. Without a provider on the span, every provider's entries are
+candidates and first-party vendors win ties (FIRST_PARTY order).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import itertools
+import json
+import math
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+import yaml
+
+from processor.genai_attributes import normalize_provider
+
+ANY_PROVIDER = "*"
+MATCH_KINDS = ("exact", "prefix", "regex")
+TABLE_SUFFIXES = (".yaml", ".yml", ".json", ".csv")
+PRICE_FIELDS = ("input", "output", "cache_read", "cache_write", "reasoning")
+ENTRY_FIELDS = frozenset(
+    {
+        "model",
+        "provider",
+        "match",
+        "aliases",
+        *PRICE_FIELDS,
+        "request",
+        "tiers",
+        "effective_from",
+        "effective_to",
+        "source",
+        "as_of",
+        "note",
+    }
+)
+FILE_FIELDS = frozenset({"version", "provider", "source", "as_of", "currency", "models", "description"})
+TIER_FIELDS = frozenset({"above_input_tokens", *PRICE_FIELDS})
+CSV_FIELDS = (
+    "version",
+    "provider",
+    "model",
+    "match",
+    "aliases",
+    *PRICE_FIELDS,
+    "request",
+    "tier_above_input_tokens",
+    *(f"tier_{name}" for name in PRICE_FIELDS),
+    "effective_from",
+    "effective_to",
+    "source",
+    "as_of",
+    "note",
+)
+# When a span names no provider: the model's own vendor wins over resellers of the same name.
+FIRST_PARTY = ("openai", "anthropic", "google", "mistral", "cohere", "deepseek", "xai", "meta")
+# Bedrock cross-region inference profiles prefix the model id with a geography.
+_BEDROCK_REGION = re.compile(r"^(?:us|eu|apac|au|ca|jp|us-gov|global)\.(?=[a-z0-9-]+\.)")
+NS_PER_DAY = 86_400 * 1_000_000_000
+
+
+class PricingError(ValueError):
+    """The pricing table cannot be used; `problems` lists every reason found."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        super().__init__(f"invalid pricing table: {shown}")
+
+
+@dataclass(frozen=True)
+class Tier:
+    above_input_tokens: int
+    prices: dict[str, float | None]
+
+
+@dataclass(frozen=True)
+class PriceEntry:
+    provider: str
+    model: str
+    match: str
+    aliases: tuple[str, ...]
+    prices: dict[str, float | None]
+    request: float
+    tiers: tuple[Tier, ...]
+    effective_from: dt.date | None
+    effective_to: dt.date | None
+    source: str
+    as_of: dt.date | None
+    origin: str
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.provider, self.match, self.model.lower())
+
+
+@dataclass
+class PricingTable:
+    version: str
+    entries: tuple[PriceEntry, ...]
+    fingerprint: str
+    # Resolution of (provider, model) → price history, cached for the life of this table only:
+    # a reloaded table is a new object, so a stale match can never outlive the prices it came from.
+    _cache: dict[tuple[str | None, str], int | None] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        groups: dict[tuple[str, str, str], int] = {}
+        self.group_of_entry: list[int] = []
+        self.group_entry: list[PriceEntry] = []
+        for entry in self.entries:
+            group = groups.get(entry.key)
+            if group is None:
+                group = groups[entry.key] = len(groups)
+                self.group_entry.append(entry)
+            self.group_of_entry.append(group)
+        self._index: dict[str, _ProviderIndex] = {}
+        for group, entry in enumerate(self.group_entry):
+            index = self._index.setdefault(entry.provider, _ProviderIndex())
+            index.add(group, entry, [e.aliases for e in self.entries if e.key == entry.key])
+        for index in self._index.values():
+            index.finish()
+        self.price_rows = _price_rows(self)
+
+    @property
+    def model_count(self) -> int:
+        return len(self.group_entry)
+
+    @property
+    def providers(self) -> list[str]:
+        return sorted(self._index)
+
+    def resolve(self, provider: str | None, model: str | None) -> int | None:
+        """The price-history group for a span's provider and model, or None when unpriced."""
+        if not model:
+            return None
+        cache_key = (provider, model)
+        if cache_key in self._cache:
+            return self._cache[cache_key]
+        found = self._resolve(normalize_provider(provider), model)
+        if len(self._cache) > 50_000:
+            self._cache.clear()
+        self._cache[cache_key] = found
+        return found
+
+    def _resolve(self, provider: str | None, model: str) -> int | None:
+        names = lookup_names(provider, model)
+        if provider:
+            scopes = [[provider], [ANY_PROVIDER]]
+        else:
+            ranked = sorted(
+                (p for p in self._index if p != ANY_PROVIDER),
+                key=lambda p: (FIRST_PARTY.index(p) if p in FIRST_PARTY else len(FIRST_PARTY), p),
+            )
+            scopes = [ranked, [ANY_PROVIDER]]
+        for scope in scopes:
+            indexes = [self._index[p] for p in scope if p in self._index]
+            for name in names:
+                for kind in MATCH_KINDS:
+                    best: tuple[int, int] | None = None  # (prefix length, group)
+                    for index in indexes:
+                        hit = index.find(kind, name)
+                        if hit is not None and (best is None or hit[0] > best[0]):
+                            best = hit
+                    if best is not None:
+                        return best[1]
+        return None
+
+    def entry(self, group: int) -> PriceEntry:
+        return self.group_entry[group]
+
+
+class _ProviderIndex:
+    def __init__(self) -> None:
+        self.exact: dict[str, int] = {}
+        self.prefixes: list[tuple[str, int]] = []
+        self.regexes: list[tuple[re.Pattern[str], int]] = []
+
+    def add(self, group: int, entry: PriceEntry, alias_lists: list[tuple[str, ...]]) -> None:
+        name = entry.model.lower()
+        if entry.match == "exact":
+            self.exact.setdefault(name, group)
+        elif entry.match == "prefix":
+            self.prefixes.append((name, group))
+        else:
+            self.regexes.append((re.compile(entry.model, re.IGNORECASE), group))
+        for aliases in alias_lists:
+            for alias in aliases:
+                self.exact.setdefault(alias.lower(), group)
+
+    def finish(self) -> None:
+        self.prefixes.sort(key=lambda item: -len(item[0]))
+
+    def find(self, kind: str, name: str) -> tuple[int, int] | None:
+        if kind == "exact":
+            group = self.exact.get(name)
+            return None if group is None else (len(name), group)
+        if kind == "prefix":
+            for prefix, group in self.prefixes:
+                if name.startswith(prefix):
+                    return (len(prefix), group)
+            return None
+        for pattern, group in self.regexes:
+            if pattern.fullmatch(name):
+                return (0, group)
+        return None
+
+
+def lookup_names(provider: str | None, model: str) -> list[str]:
+    """Names to try for a span's model, most specific first."""
+    name = model.strip().lower()
+    if name.startswith("arn:aws:bedrock:"):
+        name = name.rsplit("/", 1)[-1]
+    name = name.removeprefix("models/")
+    if provider in (None, "aws.bedrock"):
+        name = _BEDROCK_REGION.sub("", name)
+    names = [name]
+    if "/" in name:
+        # "openai/gpt-4o" (routers), "accounts/fireworks/models/x": the last part is the model.
+        names.append(name.rsplit("/", 1)[-1])
+    return names
+
+
+def _price_rows(table: PricingTable) -> pl.DataFrame:
+    """One row per (entry, tier): what the cost stage joins spans against.
+
+    threshold is the prompt size a row applies above (-1 for base prices); the row with the greatest
+    threshold below the span's input wins. from_ns/to_ns bound the span start time (null = open).
+    """
+    rows: dict[str, list] = {
+        name: []
+        for name in (
+            "group",
+            "threshold",
+            "from_ns",
+            "to_ns",
+            *(f"p_{p}" for p in PRICE_FIELDS),
+            "p_request",
+            "entry_provider",
+            "entry_model",
+        )
+    }
+    for entry, group in zip(table.entries, table.group_of_entry, strict=True):
+        base = _filled(entry.prices, entry.prices)
+        levels = [(-1, base)] + [(t.above_input_tokens, _filled(t.prices, entry.prices)) for t in entry.tiers]
+        for threshold, prices in levels:
+            rows["group"].append(group)
+            rows["threshold"].append(threshold)
+            rows["from_ns"].append(_date_ns(entry.effective_from))
+            rows["to_ns"].append(_date_ns(entry.effective_to))
+            for name in PRICE_FIELDS:
+                rows[f"p_{name}"].append(prices[name])
+            rows["p_request"].append(entry.request)
+            rows["entry_provider"].append(entry.provider)
+            rows["entry_model"].append(entry.model)
+    return pl.DataFrame(
+        rows,
+        schema={
+            "group": pl.UInt32,
+            "threshold": pl.Int64,
+            "from_ns": pl.Int64,
+            "to_ns": pl.Int64,
+            **{f"p_{p}": pl.Float64 for p in PRICE_FIELDS},
+            "p_request": pl.Float64,
+            "entry_provider": pl.String,
+            "entry_model": pl.String,
+        },
+    )
+
+
+def _filled(prices: dict[str, float | None], base: dict[str, float | None]) -> dict[str, float]:
+    """Missing prices: a tier falls back to base; cache prices to input; reasoning to output."""
+    out = {name: prices.get(name) if prices.get(name) is not None else base.get(name) for name in PRICE_FIELDS}
+    out["input"] = out["input"] or 0.0
+    out["output"] = out["output"] or 0.0
+    for name in ("cache_read", "cache_write"):
+        if out[name] is None:
+            out[name] = out["input"]
+    if out["reasoning"] is None:
+        out["reasoning"] = out["output"]
+    return out  # type: ignore[return-value]
+
+
+def _date_ns(day: dt.date | None) -> int | None:
+    return None if day is None else (day - dt.date(1970, 1, 1)).days * NS_PER_DAY
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def table_files(path: Path) -> list[Path]:
+    """The files a table path stands for; hidden names (ConfigMap `..data`, `..2026_…`) are skipped."""
+    if path.is_dir():
+        visible = (p for p in path.iterdir() if not p.name.startswith("."))
+        return sorted(p for p in visible if p.suffix.lower() in TABLE_SUFFIXES and p.is_file())
+    return [path]
+
+
+def load_table(path: str | Path) -> PricingTable:
+    """Reads and validates a table file or directory; raises PricingError listing every problem."""
+    path = Path(path)
+    if not path.exists():
+        raise PricingError([f"{path}: no such file or directory"])
+    files = table_files(path)
+    if not files:
+        raise PricingError([f"{path}: no pricing files (*.yaml, *.yml, *.json, *.csv)"])
+    problems: list[str] = []
+    entries: list[PriceEntry] = []
+    versions: list[str] = []
+    digest = hashlib.sha256()
+    for file in files:
+        try:
+            raw = file.read_bytes()
+        except OSError as exc:
+            problems.append(f"{file}: cannot read: {exc.strerror}")
+            continue
+        digest.update(file.name.encode() + b"\0" + raw + b"\0")
+        version, file_entries, file_problems = _parse_file(file, raw)
+        problems.extend(file_problems)
+        entries.extend(file_entries)
+        if version:
+            versions.append(version)
+    problems.extend(_check_histories(entries))
+    if not entries and not problems:
+        problems.append(f"{path}: the table has no models")
+    if problems:
+        raise PricingError(problems)
+    return PricingTable(version=max(versions), entries=tuple(entries), fingerprint=digest.hexdigest()[:16])
+
+
+def _parse_file(file: Path, raw: bytes) -> tuple[str | None, list[PriceEntry], list[str]]:
+    suffix = file.suffix.lower()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None, [], [f"{file}: not UTF-8 text"]
+    if suffix == ".csv":
+        return _parse_csv(file, text)
+    try:
+        document = json.loads(text) if suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        return None, [], [f"{file}: not valid {suffix[1:].upper()}: {exc}"]
+    return parse_document(document, str(file))
+
+
+def parse_document(document: object, where: str) -> tuple[str | None, list[PriceEntry], list[str]]:
+    """Validates one YAML/JSON document of our schema (also used by the importers' self-check)."""
+    if not isinstance(document, dict):
+        return None, [], [f"{where}: must hold a mapping with version and models"]
+    problems = [f"{where}: unknown field {k!r}" for k in sorted(set(document) - FILE_FIELDS)]
+    version = document.get("version")
+    if version is None or str(version).strip() == "":
+        problems.append(f"{where}: version is required")
+        version = None
+    else:
+        version = str(version)
+    currency = str(document.get("currency", "USD"))
+    if currency.upper() != "USD":
+        problems.append(f"{where}: currency must be USD, not {currency!r}")
+    models = document.get("models")
+    if not isinstance(models, list):
+        problems.append(f"{where}: models must be a list")
+        return version, [], problems
+    defaults = {k: document.get(k) for k in ("provider", "source", "as_of")}
+    entries: list[PriceEntry] = []
+    for index, item in enumerate(models):
+        entry, entry_problems = _entry(item, defaults, f"{where}: models[{index}]")
+        problems.extend(entry_problems)
+        if entry is not None:
+            entries.append(entry)
+    return version, entries, problems
+
+
+def _parse_csv(file: Path, text: str) -> tuple[str | None, list[PriceEntry], list[str]]:
+    reader = csv.DictReader(text.splitlines())
+    unknown = sorted(set(reader.fieldnames or ()) - set(CSV_FIELDS))
+    problems = [f"{file}: unknown column {name!r}" for name in unknown]
+    versions: set[str] = set()
+    entries: list[PriceEntry] = []
+    for line, row in enumerate(reader, start=2):
+        row = {k: (v.strip() if isinstance(v, str) else v) for k, v in row.items() if k}
+        if row.get("version"):
+            versions.add(row["version"])
+        item: dict[str, object] = {
+            k: v for k, v in row.items() if v not in (None, "") and not k.startswith("tier_") and k != "version"
+        }
+        if "aliases" in item:
+            item["aliases"] = [a.strip() for a in str(item["aliases"]).split(";") if a.strip()]
+        if row.get("tier_above_input_tokens"):
+            item["tiers"] = [
+                {
+                    "above_input_tokens": row["tier_above_input_tokens"],
+                    **{p: row[f"tier_{p}"] for p in PRICE_FIELDS if row.get(f"tier_{p}")},
+                }
+            ]
+        entry, entry_problems = _entry(item, {}, f"{file}: line {line}")
+        problems.extend(entry_problems)
+        if entry is not None:
+            entries.append(entry)
+    if len(versions) != 1:
+        problems.append(f"{file}: the version column must hold one value on every row, found {sorted(versions)}")
+    return (max(versions) if versions else None), entries, problems
+
+
+def _entry(item: object, defaults: dict[str, object], where: str) -> tuple[PriceEntry | None, list[str]]:
+    if not isinstance(item, dict):
+        return None, [f"{where}: must be a mapping"]
+    problems = [f"{where}: unknown field {k!r}" for k in sorted(set(item) - ENTRY_FIELDS)]
+    model = item.get("model")
+    if not isinstance(model, str) or not model.strip():
+        return None, [*problems, f"{where}: model is required"]
+    where = f"{where} ({model})"
+    provider_raw = item.get("provider", defaults.get("provider"))
+    if not provider_raw:
+        problems.append(f"{where}: provider is required (on the entry or the file)")
+        provider = ANY_PROVIDER
+    else:
+        provider = ANY_PROVIDER if str(provider_raw) == ANY_PROVIDER else normalize_provider(str(provider_raw)) or ""
+    match = str(item.get("match", "exact"))
+    if match not in MATCH_KINDS:
+        problems.append(f"{where}: match must be exact, prefix or regex, not {match!r}")
+    elif match == "regex":
+        try:
+            re.compile(model)
+        except re.error as exc:
+            problems.append(f"{where}: bad regex: {exc}")
+    aliases = item.get("aliases", [])
+    if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
+        problems.append(f"{where}: aliases must be a list of names")
+        aliases = []
+    prices = {name: _price(item.get(name), f"{where}: {name}", problems) for name in PRICE_FIELDS}
+    if item.get("input") is None:
+        problems.append(f"{where}: input price is required")
+    request = _price(item.get("request"), f"{where}: request", problems) or 0.0
+    tiers = _tiers(item.get("tiers"), where, problems)
+    start = _date(item.get("effective_from"), f"{where}: effective_from", problems)
+    end = _date(item.get("effective_to"), f"{where}: effective_to", problems)
+    if start and end and end <= start:
+        problems.append(f"{where}: effective_to must be after effective_from")
+    as_of = _date(item.get("as_of", defaults.get("as_of")), f"{where}: as_of", problems)
+    source = item.get("source", defaults.get("source")) or ""
+    if problems:
+        return None, problems
+    entry = PriceEntry(
+        provider=provider,
+        model=model.strip(),
+        match=match,
+        aliases=tuple(aliases),
+        prices=prices,
+        request=request,
+        tiers=tiers,
+        effective_from=start,
+        effective_to=end,
+        source=str(source),
+        as_of=as_of,
+        origin=where,
+    )
+    return entry, []
+
+
+def _price(value: object, where: str, problems: list[str]) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        problems.append(f"{where} must be a number, not {value!r}")
+        return None
+    if isinstance(value, bool) or math.isnan(number) or math.isinf(number) or number < 0:
+        problems.append(f"{where} must be a non-negative number, not {value!r}")
+        return None
+    return number
+
+
+def _date(value: object, where: str, problems: list[str]) -> dt.date | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    try:
+        return dt.date.fromisoformat(str(value))
+    except ValueError:
+        problems.append(f"{where} must be a date (YYYY-MM-DD), not {value!r}")
+        return None
+
+
+def _tiers(value: object, where: str, problems: list[str]) -> tuple[Tier, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        problems.append(f"{where}: tiers must be a list")
+        return ()
+    tiers: list[Tier] = []
+    for index, raw in enumerate(value):
+        here = f"{where}: tiers[{index}]"
+        if not isinstance(raw, dict):
+            problems.append(f"{here} must be a mapping")
+            continue
+        problems.extend(f"{here}: unknown field {k!r}" for k in sorted(set(raw) - TIER_FIELDS))
+        try:
+            above = int(raw.get("above_input_tokens"))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            problems.append(f"{here}: above_input_tokens must be a whole number of tokens")
+            continue
+        if above <= 0:
+            problems.append(f"{here}: above_input_tokens must be positive")
+            continue
+        tiers.append(Tier(above, {name: _price(raw.get(name), f"{here}: {name}", problems) for name in PRICE_FIELDS}))
+    thresholds = [t.above_input_tokens for t in tiers]
+    if len(set(thresholds)) != len(thresholds):
+        problems.append(f"{where}: two tiers start at the same size")
+    return tuple(sorted(tiers, key=lambda t: t.above_input_tokens))
+
+
+def _check_histories(entries: Iterable[PriceEntry]) -> Iterator[str]:
+    """Entries for one (provider, match, model) are a price history: their date ranges may not overlap."""
+    by_key: dict[tuple[str, str, str], list[PriceEntry]] = {}
+    for entry in entries:
+        by_key.setdefault(entry.key, []).append(entry)
+    low, high = dt.date.min, dt.date.max
+    for history in by_key.values():
+        ordered = sorted(history, key=lambda e: e.effective_from or low)
+        for before, after in itertools.pairwise(ordered):
+            if (before.effective_to or high) > (after.effective_from or low):
+                yield (
+                    f"{after.origin}: overlaps {before.origin} ({before.effective_from or 'open'} to "
+                    f"{before.effective_to or 'open'}); give each price of one model distinct effective dates"
+                )
+
+
+def default_table_path() -> Path:
+    """The tables shipped with the repository, found relative to the package."""
+    return Path(__file__).resolve().parents[1] / "pricing_tables"

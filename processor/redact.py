@@ -1,0 +1,320 @@
+"""The redaction stage: mask, hash, drop or truncate values before telemetry leaves the node.
+
+Works on the long frame of every value in the batch (`TelemetryBatch.string_values()`):
+
+1. keys are classified once per distinct key (protected, allowed, first matching key rule);
+2. attributes whose key is not allowed are dropped; key rules act on whole values;
+3. the remaining values get one prefilter pass with all value patterns combined, and only the
+   values it hits go through the rules one by one. Candidate checks (Luhn, mod-97) and HMACs run
+   on the distinct matched substrings, which `str.replace_many` then writes back.
+
+Non-string values (arrays, maps, numbers) come with a textual rendering; when a rule changes one,
+the whole value is replaced by the redacted rendering as a string.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from dataclasses import dataclass
+
+import polars as pl
+from prometheus_client import CollectorRegistry, Counter
+
+from processor.config import RedactionConfig
+from processor.decode import (
+    LOGS,
+    RESOURCE_INDEX,
+    SCOPE_BODY,
+    SCOPE_EVENT,
+    SCOPE_ITEM,
+    SCOPE_RESOURCE,
+    TRACES,
+    TelemetryBatch,
+    WantedKeys,
+)
+from processor.pipeline import BatchChanges
+from processor.redaction_rules import RESERVED_RULE_NAME, Action, RedactionRules, ValueRule, load_rules
+
+COUNT_KEY = "genops.redaction.count"
+KEYS_KEY = "genops.redaction.keys"
+NOT_ALLOWED = RESERVED_RULE_NAME
+
+_REWRITE_SCHEMA = {
+    "scope": pl.String,
+    "owner": pl.Int64,
+    "position": pl.Int64,
+    "row": pl.Int64,
+    "label": pl.String,
+    "rule": pl.String,
+    "action": pl.String,
+    "new_value": pl.String,
+}
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """Values a scan changed: `index` into the scanned series, the new value (null: drop), and the
+    names of the rules that changed it."""
+
+    index: pl.Series
+    new_value: pl.Series
+    rules: pl.Series  # list[str]
+
+
+class ValueRedactor:
+    """Runs the value rules over a Series of strings; usable on its own (tests, CLI)."""
+
+    def __init__(self, rules: tuple[ValueRule, ...], hash_key: bytes | None, hash_prefix: str) -> None:
+        self.rules = rules
+        self.hash_key = hash_key
+        self.hash_prefix = hash_prefix
+        self._prefilter = "|".join(f"(?:{rule.pattern})" for rule in rules) if rules else None
+
+    def hash(self, value: str) -> str:
+        if self.hash_key is None:
+            raise RuntimeError("a hash rule needs a hash key")
+        return self.hash_prefix + hmac.new(self.hash_key, value.encode(), hashlib.sha256).hexdigest()
+
+    def scan(self, values: pl.Series) -> ScanResult:
+        empty = ScanResult(
+            pl.Series("index", [], dtype=pl.UInt32),
+            pl.Series("new_value", [], dtype=pl.String),
+            pl.Series("rules", [], dtype=pl.List(pl.String)),
+        )
+        if self._prefilter is None or values.len() == 0:
+            return empty
+        values = values.cast(pl.String)
+        hit = values.str.contains(self._prefilter).fill_null(False)
+        if not hit.any():
+            return empty
+        index = hit.arg_true()
+        current = values.filter(hit)
+        dropped = _falses(current.len())
+        fired: list[pl.Series] = []
+        for rule in self.rules:
+            matched = current.str.contains(rule.pattern).fill_null(False) & ~dropped
+            if not matched.any():
+                continue
+            changed, current, now_dropped = self._apply(rule, current, matched)
+            dropped = dropped | now_dropped
+            fired.append(_names_where(changed, rule.name))
+        if not fired:
+            return empty
+        names = pl.DataFrame({f"r{i}": column for i, column in enumerate(fired)}).select(
+            pl.concat_list(pl.all()).list.drop_nulls().alias("rules")
+        )["rules"]
+        any_change = names.list.len() > 0
+        new_value = pl.select(pl.when(pl.lit(dropped)).then(None).otherwise(pl.lit(current)))[:, 0]
+        return ScanResult(index.filter(any_change), new_value.filter(any_change), names.filter(any_change))
+
+    def _apply(self, rule: ValueRule, current: pl.Series, matched: pl.Series) -> tuple[pl.Series, pl.Series, pl.Series]:
+        """Returns (changed, new values, dropped) for one rule over the prefiltered values."""
+        no_drop = _falses(current.len())
+        action = rule.action
+        if rule.check is None and action.kind == "mask":
+            replaced = current.str.replace_all(rule.pattern, action.mask.replace("$", "$$"))
+            new = pl.select(pl.when(pl.lit(matched)).then(pl.lit(replaced)).otherwise(pl.lit(current)))[:, 0]
+            return matched & (new != current), new, no_drop
+        candidates = current.filter(matched).str.extract_all(rule.pattern).explode().drop_nulls().unique().to_list()
+        accepted: dict[str, str] = {}
+        for candidate in candidates:
+            part = rule.check(candidate) if rule.check is not None else candidate
+            if part:
+                accepted[part] = self.hash(part) if action.kind == "hash" else action.mask
+        if not accepted:
+            return no_drop, current, no_drop
+        patterns = sorted(accepted, key=len, reverse=True)
+        contains = matched & current.str.contains_any(patterns).fill_null(False)
+        if action.kind == "drop":
+            return contains, current, contains
+        # Longest first with leftmost matching, so a candidate is never cut by a shorter one.
+        replaced = current.str.replace_many(patterns, [accepted[p] for p in patterns], leftmost=True)
+        new = pl.select(pl.when(pl.lit(contains)).then(pl.lit(replaced)).otherwise(pl.lit(current)))[:, 0]
+        return contains & (new != current), new, no_drop
+
+
+def _falses(length: int) -> pl.Series:
+    return pl.repeat(False, length, eager=True, dtype=pl.Boolean)
+
+
+def _names_where(changed: pl.Series, name: str) -> pl.Series:
+    return pl.select(pl.when(pl.lit(changed)).then(pl.lit(name)).otherwise(None))[:, 0]
+
+
+class RedactionStage:
+    name = "redaction"
+    signals = frozenset({TRACES, LOGS})
+
+    def __init__(self, rules: RedactionRules, hash_key: bytes | None, registry: CollectorRegistry) -> None:
+        self.rules = rules
+        self.values = ValueRedactor(rules.value_rules, hash_key, rules.hash_prefix)
+        self.redactions = Counter(
+            "genops_redaction",
+            "Values redacted, by rule (detector), action and signal.",
+            ["detector", "action", "signal"],
+            registry=registry,
+        )
+        self._actions = {rule.name: rule.action for rule in (*rules.key_rules, *rules.value_rules)}
+        self._actions[NOT_ALLOWED] = Action("drop")
+
+    def wanted_keys(self) -> WantedKeys:
+        # No columns, but every value: the decoder then builds string_values() in its own pass.
+        return WantedKeys(values=True)
+
+    def process(self, batch: TelemetryBatch) -> BatchChanges:
+        values = batch.string_values()
+        if values.height == 0:
+            return BatchChanges()
+        if "is_string" not in values.columns:
+            values = values.with_columns(is_string=pl.lit(True), kind=pl.lit("string_value"))
+        values = values.join(self._classify(values["key"]), on="key", how="left")
+        attribute_scope = pl.col("scope").is_in([SCOPE_ITEM, SCOPE_EVENT])
+        not_allowed = ~pl.col("protected") & attribute_scope & ~pl.col("allowed")
+        by_key = (
+            ~pl.col("protected") & ~not_allowed & pl.col("key_rule").is_not_null() & (pl.col("scope") != SCOPE_BODY)
+        )
+        scan_kinds = (
+            pl.lit(True)
+            if self.rules.redact_all_types
+            else pl.col("kind").is_in(["string_value", "array_value", "kvlist_value"])
+        )
+        by_value = ~pl.col("protected") & ~not_allowed & ~by_key & scan_kinds
+        values = values.with_columns(
+            label=pl.when(pl.col("scope") == SCOPE_ITEM)
+            .then(pl.col("key"))
+            .when(pl.col("scope") == SCOPE_BODY)
+            .then(pl.lit("body"))
+            .otherwise(pl.col("scope") + pl.lit(":") + pl.col("key")),
+        )
+        parts = [
+            values.filter(not_allowed).select(
+                *_ADDRESS, rule=pl.lit(NOT_ALLOWED), action=pl.lit("drop"), new_value=pl.lit(None, pl.String)
+            ),
+            *self._key_rewrites(values.filter(by_key)),
+            self._value_rewrites(values.filter(by_value)),
+        ]
+        parts = [part.cast(_REWRITE_SCHEMA) for part in parts if part.height]  # type: ignore[arg-type]
+        if not parts:
+            return BatchChanges()
+        rewrites = pl.concat(parts, how="vertical")
+        self._count(rewrites, batch.signal)
+        return BatchChanges(
+            set_attributes=self._summary(batch, rewrites),
+            # Several value rules may have changed one value: each is counted, it is written once.
+            rewrites=rewrites.unique(["scope", "owner", "position"]).select("scope", "owner", "position", "new_value"),
+        )
+
+    def _classify(self, keys: pl.Series) -> pl.DataFrame:
+        """One row per distinct key: protected, allowed, and the first key rule that matches."""
+        distinct = keys.unique()
+        key = pl.col("key")
+        rule_index = pl.lit(None, pl.String)
+        for rule in reversed(self.rules.key_rules):
+            rule_index = pl.when(key.str.contains(rule.key_regex)).then(pl.lit(rule.name)).otherwise(rule_index)
+        allowed = (
+            pl.lit(True)
+            if self.rules.allow_all_keys
+            else key.str.contains(self.rules.allowed_key_regex)
+            if self.rules.allowed_key_regex
+            else pl.lit(False)
+        )
+        return pl.DataFrame({"key": distinct}).with_columns(
+            protected=key.str.contains(self.rules.protected_key_regex),
+            allowed=allowed,
+            key_rule=rule_index,
+        )
+
+    def _key_rewrites(self, rows: pl.DataFrame) -> list[pl.DataFrame]:
+        out = []
+        for rule in self.rules.key_rules:
+            matched = rows.filter(pl.col("key_rule") == rule.name)
+            if matched.height == 0:
+                continue
+            action = rule.action
+            if action.kind == "mask":
+                new_value = pl.lit(action.mask)
+                matched = matched.filter((pl.col("value") != action.mask) | ~pl.col("is_string"))
+            elif action.kind == "drop":
+                new_value = pl.lit(None, pl.String)
+            elif action.kind == "truncate":
+                matched = matched.filter(pl.col("value").str.len_chars() > action.length)
+                new_value = pl.col("value").str.slice(0, action.length)
+            else:
+                distinct = matched["value"].unique().to_list()
+                hashes = {value: self.values.hash(value) for value in distinct}
+                new_value = pl.col("value").replace_strict(hashes, return_dtype=pl.String)
+            out.append(
+                matched.select(*_ADDRESS, rule=pl.lit(rule.name), action=pl.lit(action.kind), new_value=new_value)
+            )
+        return out
+
+    def _value_rewrites(self, rows: pl.DataFrame) -> pl.DataFrame:
+        if rows.height == 0:
+            return pl.DataFrame(schema=_REWRITE_SCHEMA)
+        found = self.values.scan(rows["value"])
+        if found.index.len() == 0:
+            return pl.DataFrame(schema=_REWRITE_SCHEMA)
+        changed = rows[found.index].with_columns(new_value=found.new_value, rules=found.rules)
+        # One row per (value, rule) so every rule that fired is counted; the rewrite is the same.
+        return changed.explode("rules").select(
+            *_ADDRESS,
+            rule=pl.col("rules"),
+            action=pl.col("rules").replace_strict(
+                {name: action.kind for name, action in self._actions.items()}, return_dtype=pl.String
+            ),
+            new_value=pl.col("new_value"),
+        )
+
+    def _count(self, rewrites: pl.DataFrame, signal: str) -> None:
+        counts = rewrites.group_by("rule", "action").len()
+        for rule, action, count in counts.iter_rows():
+            self.redactions.labels(detector=rule, action=action, signal=signal).inc(count)
+
+    def _summary(self, batch: TelemetryBatch, rewrites: pl.DataFrame) -> dict[str, pl.Series]:
+        if self.rules.summary == "silent":
+            return {}
+        values = rewrites.unique(["scope", "owner", "position"]).select("scope", "owner", "row", "label")
+        # A resource attribute is shared by every item under that resource: count it on each.
+        item_resource = pl.DataFrame(
+            {
+                "owner": batch.frame.get_column(RESOURCE_INDEX).cast(pl.Int64),
+                "item": pl.int_range(len(batch), eager=True),
+            }
+        )
+        shared = values.filter(pl.col("scope") == SCOPE_RESOURCE).join(item_resource, on="owner")
+        per_item = pl.concat(
+            [
+                values.filter(pl.col("scope") != SCOPE_RESOURCE).select(item=pl.col("row"), label="label"),
+                shared.select(item=pl.col("item").cast(pl.Int64), label="label"),
+            ]
+        )
+        summary = per_item.group_by("item").agg(count=pl.len().cast(pl.Int64), keys=pl.col("label").unique().sort())
+        full = pl.DataFrame({"item": pl.int_range(len(batch), eager=True).cast(pl.Int64)}).join(
+            summary, on="item", how="left", maintain_order="left"
+        )
+        out = {COUNT_KEY: full["count"].alias(COUNT_KEY)}
+        if self.rules.summary == "debug":
+            out[KEYS_KEY] = full["keys"].alias(KEYS_KEY)
+        return out
+
+
+_ADDRESS = ("scope", "owner", "position", "row", "label")
+
+
+def hash_key_from_env(env_name: str, environ: dict[str, str] | None = None) -> bytes | None:
+    value = (os.environ if environ is None else environ).get(env_name, "")
+    return value.encode() if value else None
+
+
+def build_redaction_stage(config: RedactionConfig, registry: CollectorRegistry) -> RedactionStage:
+    """The stage for `config`; raises ValueError for invalid rules or a hash rule without a key."""
+    rules = load_rules(config.rules_file)
+    hash_key = hash_key_from_env(config.hash_key_env)
+    if rules.uses_hash and hash_key is None:
+        raise ValueError(
+            f"a redaction rule uses action hash but ${config.hash_key_env} is empty: "
+            "without a secret key the hashes of short values (emails, phone numbers) can be reversed"
+        )
+    return RedactionStage(rules, hash_key, registry)

@@ -1,0 +1,210 @@
+"""Redaction rules: the YAML format, its validation, and the compiled form the stage runs.
+
+Every regex is compiled by polars (Rust `regex`) at load time, so a pattern the stage could not
+run fails here, with the rule's name, instead of failing each batch at run time.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import polars as pl
+import yaml
+
+from processor.detectors import BUILTIN_DETECTORS, Check
+
+ACTIONS = ("mask", "hash", "drop", "truncate")
+SUMMARY_LEVELS = ("debug", "info", "silent")
+DEFAULT_HASH_PREFIX = "hmac-sha256:"
+# The detector label of attributes dropped because their key is not in allowed_keys.
+RESERVED_RULE_NAME = "allowed_keys"
+
+# Never redacted, whatever the rules say: token counts and the sidecar's own genops.* results are
+# what cost attribution and budgets need downstream, and they carry no user content.
+PROTECTED_KEYS = ("genops.*", "gen_ai.usage.*", "llm.token_count.*", "llm.usage.*")
+
+_RULE_FIELDS = {"name", "keys", "key_patterns", "detector", "pattern", "action", "mask", "length"}
+_TOP_FIELDS = {"allow_all_keys", "allowed_keys", "ignored_keys", "summary", "redact_all_types", "hash_prefix", "rules"}
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: str  # mask | hash | drop | truncate
+    mask: str = ""
+    length: int = 0
+
+
+@dataclass(frozen=True)
+class KeyRule:
+    """Acts on the whole value of every attribute whose key matches `key_regex` (anchored)."""
+
+    name: str
+    key_regex: str
+    action: Action
+
+
+@dataclass(frozen=True)
+class ValueRule:
+    """Acts on the substrings of values that `pattern` matches and `check` (if any) accepts."""
+
+    name: str
+    pattern: str
+    check: Check | None
+    action: Action
+
+
+@dataclass(frozen=True)
+class RedactionRules:
+    allow_all_keys: bool
+    # Anchored regexes; None matches nothing.
+    allowed_key_regex: str | None
+    protected_key_regex: str
+    key_rules: tuple[KeyRule, ...]
+    value_rules: tuple[ValueRule, ...]
+    summary: str
+    redact_all_types: bool
+    hash_prefix: str
+
+    @property
+    def uses_hash(self) -> bool:
+        return any(r.action.kind == "hash" for r in (*self.key_rules, *self.value_rules))
+
+
+def default_rules_text() -> str:
+    return resources.files("processor").joinpath("defaults/redaction.yaml").read_text()
+
+
+def load_rules(rules_file: str = "") -> RedactionRules:
+    """Reads `rules_file`, or the embedded defaults when it is empty; raises ValueError if invalid."""
+    if rules_file:
+        try:
+            text = Path(rules_file).read_text()
+        except OSError as exc:
+            raise ValueError(f"cannot read redaction rules file {rules_file}: {exc.strerror}") from exc
+        source = rules_file
+    else:
+        text, source = default_rules_text(), "embedded default redaction rules"
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{source} is not valid YAML: {exc}") from exc
+    try:
+        return parse_rules(raw or {})
+    except ValueError as exc:
+        raise ValueError(f"{source}: {exc}") from exc
+
+
+def parse_rules(raw: object) -> RedactionRules:
+    if not isinstance(raw, dict):
+        raise ValueError("redaction rules must be a mapping")
+    unknown = sorted(set(raw) - _TOP_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown redaction setting {unknown[0]!r} (known: {', '.join(sorted(_TOP_FIELDS))})")
+    summary = str(raw.get("summary", "debug"))
+    if summary not in SUMMARY_LEVELS:
+        raise ValueError(f"summary must be one of {', '.join(SUMMARY_LEVELS)}, not {summary!r}")
+    allowed = _string_list(raw.get("allowed_keys", []), "allowed_keys")
+    ignored = _string_list(raw.get("ignored_keys", []), "ignored_keys")
+    rules_raw = raw.get("rules", [])
+    if not isinstance(rules_raw, list):
+        raise ValueError("rules must be a list")
+    key_rules: list[KeyRule] = []
+    value_rules: list[ValueRule] = []
+    seen: set[str] = set()
+    for index, rule_raw in enumerate(rules_raw):
+        rule = _parse_rule(rule_raw, index)
+        if rule.name == RESERVED_RULE_NAME:
+            raise ValueError(f"rule {rule.name!r}: the name is reserved for allow-list drops")
+        if rule.name in seen:
+            raise ValueError(f"rule {rule.name!r}: the name is used twice")
+        seen.add(rule.name)
+        (key_rules if isinstance(rule, KeyRule) else value_rules).append(rule)
+    return RedactionRules(
+        allow_all_keys=bool(raw.get("allow_all_keys", True)),
+        allowed_key_regex=_keys_regex(allowed, []) if allowed else None,
+        protected_key_regex=_keys_regex([*PROTECTED_KEYS, *ignored], []),
+        key_rules=tuple(key_rules),
+        value_rules=tuple(value_rules),
+        summary=summary,
+        redact_all_types=bool(raw.get("redact_all_types", False)),
+        hash_prefix=str(raw.get("hash_prefix", DEFAULT_HASH_PREFIX)),
+    )
+
+
+def _parse_rule(raw: object, index: int) -> KeyRule | ValueRule:
+    if not isinstance(raw, dict) or not raw.get("name"):
+        raise ValueError(f"rule #{index + 1} must be a mapping with a name")
+    name = str(raw["name"])
+    where = f"rule {name!r}"
+    unknown = sorted(set(raw) - _RULE_FIELDS)
+    if unknown:
+        raise ValueError(f"{where}: unknown field {unknown[0]!r} (known: {', '.join(sorted(_RULE_FIELDS))})")
+    keys = _string_list(raw.get("keys", []), f"{where}: keys")
+    key_patterns = _string_list(raw.get("key_patterns", []), f"{where}: key_patterns")
+    detector, pattern = raw.get("detector"), raw.get("pattern")
+    kinds = sum(1 for present in (keys or key_patterns, detector, pattern) if present)
+    if kinds != 1:
+        raise ValueError(f"{where}: give exactly one of keys/key_patterns, detector or pattern")
+    action = _parse_action(raw, name, where)
+    if keys or key_patterns:
+        for key_pattern in key_patterns:
+            check_regex(key_pattern, where)
+        return KeyRule(name, _keys_regex(keys, key_patterns), action)
+    if action.kind == "truncate":
+        raise ValueError(f"{where}: truncate applies to key rules only (a match inside a value is masked or hashed)")
+    if detector is not None:
+        found = BUILTIN_DETECTORS.get(str(detector))
+        if found is None:
+            raise ValueError(f"{where}: unknown detector {detector!r} (known: {', '.join(BUILTIN_DETECTORS)})")
+        return ValueRule(name, found.pattern, found.check, action)
+    check_regex(str(pattern), where)
+    if pl.Series([""], dtype=pl.String).str.contains(str(pattern))[0]:
+        # It would insert the mask between every pair of characters.
+        raise ValueError(f"{where}: pattern {pattern!r} matches the empty string")
+    return ValueRule(name, str(pattern), None, action)
+
+
+def _parse_action(raw: dict, name: str, where: str) -> Action:
+    kind = str(raw.get("action", "mask"))
+    if kind not in ACTIONS:
+        raise ValueError(f"{where}: unknown action {kind!r} (known: {', '.join(ACTIONS)})")
+    if kind == "truncate":
+        length = raw.get("length")
+        if isinstance(length, bool) or not isinstance(length, int) or length < 0:
+            raise ValueError(f"{where}: truncate needs a non-negative integer length")
+        return Action(kind, length=length)
+    if "length" in raw:
+        raise ValueError(f"{where}: length only applies to truncate")
+    mask = raw.get("mask", f"[REDACTED:{name}]")
+    if not isinstance(mask, str):
+        raise ValueError(f"{where}: mask must be a string")
+    return Action(kind, mask=mask)
+
+
+def check_regex(pattern: str, where: str) -> None:
+    try:
+        pl.Series([""], dtype=pl.String).str.contains(pattern)
+    except pl.exceptions.PolarsError as exc:
+        first_line = str(exc).strip().splitlines()
+        raise ValueError(f"{where}: invalid regex {pattern!r}: {' '.join(first_line[:4])}") from None
+
+
+def glob_to_regex(glob: str) -> str:
+    """`gen_ai.prompt.*` → any key starting with `gen_ai.prompt.`; `*` is the only wildcard."""
+    return ".*".join(re.escape(part) for part in glob.split("*"))
+
+
+def _keys_regex(globs: list[str], patterns: list[str]) -> str:
+    parts = [glob_to_regex(g) for g in globs] + [f"(?:{p})" for p in patterns]
+    return "^(?:" + "|".join(parts) + ")$"
+
+
+def _string_list(value: object, where: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{where} must be a list of strings")
+    return list(value)
