@@ -83,6 +83,8 @@ class TelemetryBatch:
     signal: str
     request: lean.ExportTraceServiceRequest | lean.ExportLogsServiceRequest
     frame: pl.DataFrame
+    # The request bytes as received: a retried request has the same bytes (batch fingerprint).
+    raw: bytes = b""
     _string_values: pl.DataFrame | None = None
     # The frame as decoded, before stages added columns: tells the encoder which items already
     # carry a wanted key, so new attributes are appended without scanning the attribute list.
@@ -166,7 +168,7 @@ def decode_traces(raw: bytes, wanted: WantedKeys) -> TelemetryBatch:
     request = _parse(lean.ExportTraceServiceRequest, raw)
     if native_available():
         return _decode_native(TRACES, request, raw, wanted)
-    batch = TelemetryBatch(TRACES, request, pl.DataFrame())
+    batch = TelemetryBatch(TRACES, request, pl.DataFrame(), raw)
     rows: list[dict[str, object]] = []
     item_resource: list[int] = []
     names: list[str] = []
@@ -204,7 +206,7 @@ def decode_logs(raw: bytes, wanted: WantedKeys) -> TelemetryBatch:
                 item_resource.append(resource_index)
                 rows.append(_pick(record.attributes, wanted.item) if wanted.item else {})
     frame = _frame(rows, item_resource, resource_rows, wanted)
-    return TelemetryBatch(LOGS, request, frame)
+    return TelemetryBatch(LOGS, request, frame, raw)
 
 
 def _span_columns(names: list[str], starts: list[int], ends: list[int], statuses: list[int]) -> list[pl.Series]:
@@ -239,7 +241,7 @@ def _decode_native(signal: str, request, raw: bytes, wanted: WantedKeys) -> Tele
         frame = frame.with_columns(
             _span_columns(scanned["names"], scanned["starts"], scanned["ends"], scanned["statuses"])
         )
-    batch = TelemetryBatch(signal, request, frame)
+    batch = TelemetryBatch(signal, request, frame, raw)
     if wanted.values:
         batch._string_values = _native_values_frame(batch, scanned["strings"])
     return batch

@@ -66,32 +66,26 @@ def write_value(target: lean.AnyValue, value: object) -> None:
 
 
 def _apply_column(batch: TelemetryBatch, key: str, column: pl.Series) -> None:
-    present = column.is_not_null()
-    if not present.any():
-        return
+    # Plain lists: a handful of polars calls per column costs more than one pass over 1k rows.
+    values = column.to_list()
     items = batch.items
     decoded = batch.decoded_frame
     if decoded is not None and key in decoded.columns:
         # The key was decoded, so we know which items have it: the others get a plain append.
-        had_key = decoded.get_column(key).is_not_null()
-        appended = present & ~had_key
-        replaced = present & had_key
-    else:
-        appended = None
-        replaced = present
-    if appended is not None and appended.any():
-        _append_all(items, key, appended.arg_true().to_list(), column.filter(appended).to_list())
-    if replaced.any():
-        rows = replaced.arg_true().to_list()
-        for row, value in zip(rows, column.filter(replaced).to_list(), strict=True):
+        had_key = decoded.get_column(key).is_not_null().to_list()
+        for row, value in enumerate(values):
+            if value is None:
+                continue
+            if had_key[row]:
+                set_attribute(items[row].attributes, key, value)
+            else:
+                kv = items[row].attributes.add()
+                kv.key = key
+                write_value(kv.value, value)
+        return
+    for row, value in enumerate(values):
+        if value is not None:
             set_attribute(items[row].attributes, key, value)
-
-
-def _append_all(items: list, key: str, rows: list[int], values: list[object]) -> None:
-    for row, value in zip(rows, values, strict=True):
-        kv = items[row].attributes.add()
-        kv.key = key
-        write_value(kv.value, value)
 
 
 def _owner_attributes(batch: TelemetryBatch, scope: str, owner: int):

@@ -137,7 +137,7 @@ def fingerprint(batch: TelemetryBatch) -> str:
     Hashes the request as received (earlier stages never mutate it; their changes are applied
     after every stage ran), so the same bytes always give the same fingerprint.
     """
-    raw = getattr(batch, "raw", None) or batch.request.SerializeToString()
+    raw = batch.raw or batch.request.SerializeToString()
     return hashlib.blake2b(raw, digest_size=16).hexdigest()
 
 

@@ -122,9 +122,7 @@ def test_unavailable_downstream_is_reported_upstream_and_nothing_is_acknowledged
     with sidecar.channel() as channel, pytest.raises(grpc.RpcError) as failure:
         export_traces(channel, trace_request([span()]))
     assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert sidecar.metric_value(
-        "genops_sidecar_forward_errors_total", {"signal": "traces", "code": "UNAVAILABLE"}
-    ) == 1
+    assert sidecar.metric_value("genops_sidecar_forward_errors_total", {"signal": "traces", "code": "UNAVAILABLE"}) == 1
 
 
 def test_unreachable_downstream_gives_unavailable():
@@ -207,9 +205,7 @@ def test_logs_are_processed_and_metrics_pass_through_untouched(sink, make_sideca
     record = got_logs.resource_logs[0].scope_logs[0].log_records[0]
     assert record.body.string_value == "user said hi"
     assert record.attributes[-1].key == "genops.test.tag"
-    assert sink.raw_requests["opentelemetry.proto.collector.metrics.v1.MetricsService"] == [
-        metrics.SerializeToString()
-    ]
+    assert sink.raw_requests["opentelemetry.proto.collector.metrics.v1.MetricsService"] == [metrics.SerializeToString()]
 
 
 def test_requests_beyond_the_inflight_limit_get_unavailable(sink, make_sidecar):
