@@ -86,16 +86,11 @@ class TelemetryBatch:
     # The request bytes as received: a retried request has the same bytes (batch fingerprint).
     raw: bytes = b""
     _string_values: pl.DataFrame | None = None
-    # The frame as decoded, before stages added columns: tells the encoder which items already
-    # carry a wanted key, so new attributes are appended without scanning the attribute list.
-    decoded_frame: pl.DataFrame | None = None
     _items: list | None = None
     _resources: list[lean.Resource] | None = None
     _events: list[tuple[int, lean.SpanEvent]] | None = None
-
-    def __post_init__(self) -> None:
-        if self.decoded_frame is None:
-            self.decoded_frame = self.frame
+    # Row of each span event, in event order (from the native scan; else from `events`).
+    _event_rows: list[int] | None = None
 
     def __len__(self) -> int:
         return self.frame.height
@@ -118,6 +113,12 @@ class TelemetryBatch:
         if self._events is None:
             self._walk()
         return self._events
+
+    @property
+    def event_rows(self) -> list[int]:
+        if self._event_rows is None:
+            self._event_rows = [row for row, _ in self.events]
+        return self._event_rows
 
     def _walk(self) -> None:
         items: list = []
@@ -161,7 +162,12 @@ def any_value_scalar(value: lean.AnyValue) -> object:
 
 
 def native_available() -> bool:
+    """Whether the native scanner/rewriter is built and not switched off (GENOPS_NATIVE_DECODE=0)."""
     return _native is not None and os.environ.get("GENOPS_NATIVE_DECODE", "1") != "0"
+
+
+def native_module():
+    return _native
 
 
 def decode_traces(raw: bytes, wanted: WantedKeys) -> TelemetryBatch:
@@ -188,7 +194,7 @@ def decode_traces(raw: bytes, wanted: WantedKeys) -> TelemetryBatch:
                 statuses.append(span.status.code)
                 rows.append(_pick(span.attributes, item_keys) if item_keys else {})
     frame = _frame(rows, item_resource, resource_rows, wanted)
-    batch.frame = batch.decoded_frame = frame.with_columns(_span_columns(names, starts, ends, statuses))
+    batch.frame = frame.with_columns(_span_columns(names, starts, ends, statuses))
     return batch
 
 
@@ -242,6 +248,7 @@ def _decode_native(signal: str, request, raw: bytes, wanted: WantedKeys) -> Tele
             _span_columns(scanned["names"], scanned["starts"], scanned["ends"], scanned["statuses"])
         )
     batch = TelemetryBatch(signal, request, frame, raw)
+    batch._event_rows = scanned["event_rows"]
     if wanted.values:
         batch._string_values = _native_values_frame(batch, scanned["strings"])
     return batch

@@ -12,7 +12,16 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from processor.decode import SCOPE_BODY, SCOPE_EVENT, SCOPE_ITEM, SCOPE_RESOURCE, TelemetryBatch
+from processor.decode import (
+    LOGS,
+    SCOPE_BODY,
+    SCOPE_EVENT,
+    SCOPE_ITEM,
+    SCOPE_RESOURCE,
+    TelemetryBatch,
+    native_available,
+    native_module,
+)
 from processor.protos import otlp_lean_pb2 as lean
 
 if TYPE_CHECKING:
@@ -20,9 +29,18 @@ if TYPE_CHECKING:
 
 
 def apply_and_serialize(batch: TelemetryBatch, all_changes: Sequence[BatchChanges]) -> bytes:
+    """Writes the stages' changes and returns the request bytes.
+
+    Rewrites address values as they arrived, so all of them are applied first (the last one per
+    value wins); then each stage's set_attributes in stage order, then added events.
+    """
+    # Added span events are rare (budget thresholds) and left to the protobuf path.
+    if native_available() and batch.raw and not any(changes.events for changes in all_changes):
+        return _native_rewrite(batch, all_changes)
+    rewrites = _all_rewrites(all_changes)
+    if rewrites is not None:
+        _apply_rewrites(batch, rewrites)
     for changes in all_changes:
-        if changes.rewrites is not None and changes.rewrites.height:
-            _apply_rewrites(batch, changes.rewrites)
         for key, column in changes.set_attributes.items():
             _apply_column(batch, key, column)
         for event in changes.events:
@@ -32,6 +50,49 @@ def apply_and_serialize(batch: TelemetryBatch, all_changes: Sequence[BatchChange
             for key, value in event.attributes.items():
                 set_attribute(added.attributes, key, value)
     return batch.request.SerializeToString()
+
+
+def _all_rewrites(all_changes: Sequence[BatchChanges]) -> pl.DataFrame | None:
+    frames = [c.rewrites for c in all_changes if c.rewrites is not None and c.rewrites.height]
+    if not frames:
+        return None
+    frame = pl.concat([f.select("scope", "owner", "position", "new_value") for f in frames])
+    return frame.unique(["scope", "owner", "position"], keep="last", maintain_order=True)
+
+
+_SCOPE_CODES = {SCOPE_ITEM: 0, SCOPE_EVENT: 1, SCOPE_RESOURCE: 2, SCOPE_BODY: 3}
+
+
+def _native_rewrite(batch: TelemetryBatch, all_changes: Sequence[BatchChanges]) -> bytes:
+    """The same edits as the protobuf path below, spliced into the request bytes by processor/native."""
+    columns: dict[str, list] = {}
+    for changes in all_changes:
+        for key, column in changes.set_attributes.items():
+            values = column.to_list()
+            earlier = columns.get(key)
+            # A later stage's value wins where it set one, as when the changes are applied in turn.
+            columns[key] = (
+                values if earlier is None else [e if v is None else v for v, e in zip(values, earlier, strict=True)]
+            )
+    frame = _all_rewrites(all_changes)
+    scopes: list[int] = []
+    owners: list[int] = []
+    positions: list[int] = []
+    rows: list[int] = []
+    new_values: list[str | None] = []
+    if frame is not None:
+        scopes = [_SCOPE_CODES[scope] for scope in frame["scope"].to_list()]
+        owners = frame["owner"].to_list()
+        positions = frame["position"].to_list()
+        new_values = frame["new_value"].to_list()
+        event_rows = batch.event_rows if SCOPE_EVENT in frame["scope"] else []
+        rows = [
+            event_rows[owner] if scope == 1 else (owner if scope != 2 else 0)
+            for scope, owner in zip(scopes, owners, strict=True)
+        ]
+    return native_module().rewrite(
+        batch.raw, list(columns.items()), scopes, owners, positions, rows, new_values, logs=batch.signal == LOGS
+    )
 
 
 def set_attribute(attributes, key: str, value: object) -> None:
@@ -66,24 +127,8 @@ def write_value(target: lean.AnyValue, value: object) -> None:
 
 
 def _apply_column(batch: TelemetryBatch, key: str, column: pl.Series) -> None:
-    # Plain lists: a handful of polars calls per column costs more than one pass over 1k rows.
-    values = column.to_list()
     items = batch.items
-    decoded = batch.decoded_frame
-    if decoded is not None and key in decoded.columns:
-        # The key was decoded, so we know which items have it: the others get a plain append.
-        had_key = decoded.get_column(key).is_not_null().to_list()
-        for row, value in enumerate(values):
-            if value is None:
-                continue
-            if had_key[row]:
-                set_attribute(items[row].attributes, key, value)
-            else:
-                kv = items[row].attributes.add()
-                kv.key = key
-                write_value(kv.value, value)
-        return
-    for row, value in enumerate(values):
+    for row, value in enumerate(column.to_list()):
         if value is not None:
             set_attribute(items[row].attributes, key, value)
 

@@ -21,7 +21,6 @@ from processor.decode import LOGS, TRACES, TelemetryBatch, WantedKeys, decode_lo
 from processor.observability import SidecarMetrics
 
 PROCESSING_ERROR_KEY = "genops.processing.error"
-MAX_LEARNED_KEYS = 256
 
 log = structlog.get_logger(__name__)
 
@@ -77,24 +76,12 @@ class Pipeline:
             signal: WantedKeys.union(s.wanted_keys() for s in self.stages if signal in s.signals)
             for signal in (TRACES, LOGS)
         }
-        # Keys the stages have written so far. Decoding them too tells the encoder which items
-        # already carry them, so it can append instead of scanning every attribute list. The set
-        # is small and fixed in practice (genops.cost.*, genops.budget.*, ...).
-        self._written: dict[str, set[str]] = {TRACES: set(), LOGS: set()}
 
     def process_traces(self, raw: bytes) -> ProcessedRequest:
         return self._process(TRACES, decode_traces(raw, self._wanted[TRACES]), raw)
 
     def process_logs(self, raw: bytes) -> ProcessedRequest:
         return self._process(LOGS, decode_logs(raw, self._wanted[LOGS]), raw)
-
-    def _learn_written_keys(self, signal: str, applied: list[BatchChanges]) -> None:
-        written = self._written[signal]
-        new = {key for changes in applied for key in changes.set_attributes} - written
-        if new and len(written) < MAX_LEARNED_KEYS:
-            written |= new
-            wanted = self._wanted[signal]
-            self._wanted[signal] = WantedKeys(wanted.item | frozenset(new), wanted.resource, wanted.values)
 
     def _process(self, signal: str, batch: TelemetryBatch, raw: bytes) -> ProcessedRequest:
         applied: list[BatchChanges] = []
@@ -124,7 +111,6 @@ class Pipeline:
             applied.append(_error_tags(len(batch), "; ".join(failed)))
         if not applied:
             return ProcessedRequest(raw, len(batch), tuple(failed))
-        self._learn_written_keys(signal, applied)
         try:
             payload = encode.apply_and_serialize(batch, applied)
         except Exception:

@@ -1,0 +1,599 @@
+//! Reads an OTLP export request once and collects what the stages asked for (see lib.rs).
+
+use std::collections::HashMap;
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+
+use crate::wire::{Reader, WireResult, I64, LEN, VARINT};
+
+#[derive(Clone, Debug)]
+enum Scalar {
+    Str(String),
+    Bool(bool),
+    Int(i64),
+    Double(f64),
+    Bytes(Vec<u8>),
+    Array,
+    KvList,
+    Missing,
+}
+
+impl Scalar {
+    /// The OTLP oneof name, as protobuf's WhichOneof reports it.
+    fn kind(&self) -> Option<&'static str> {
+        Some(match self {
+            Scalar::Str(_) => "string_value",
+            Scalar::Bool(_) => "bool_value",
+            Scalar::Int(_) => "int_value",
+            Scalar::Double(_) => "double_value",
+            Scalar::Bytes(_) => "bytes_value",
+            Scalar::Array => "array_value",
+            Scalar::KvList => "kvlist_value",
+            Scalar::Missing => return None,
+        })
+    }
+
+    /// The text the redaction stage scans; arrays and kvlists are rendered by the caller.
+    fn render(&self) -> Option<String> {
+        match self {
+            Scalar::Str(s) => Some(s.clone()),
+            Scalar::Bool(b) => Some(if *b { "true" } else { "false" }.to_owned()),
+            Scalar::Int(i) => Some(i.to_string()),
+            Scalar::Double(d) => Some(python_float_repr(*d)),
+            Scalar::Bytes(b) => Some(b.iter().map(|x| format!("{x:02x}")).collect()),
+            Scalar::Array | Scalar::KvList | Scalar::Missing => None,
+        }
+    }
+}
+
+/// Formats a double the way Python's repr does, so both decoders render values alike.
+fn python_float_repr(d: f64) -> String {
+    if d.is_nan() {
+        return "nan".into();
+    }
+    if d.is_infinite() {
+        return if d > 0.0 { "inf".into() } else { "-inf".into() };
+    }
+    if d == 0.0 {
+        return if d.is_sign_negative() {
+            "-0.0".into()
+        } else {
+            "0.0".into()
+        };
+    }
+    // `{:e}` gives the shortest round-trip digits: "-1.2345e-7".
+    let sci = format!("{d:e}");
+    let (mantissa, exponent) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exponent: i32 = exponent.parse().unwrap_or(0);
+    let negative = mantissa.starts_with('-');
+    let digits: String = mantissa.chars().filter(|c| c.is_ascii_digit()).collect();
+    let sign = if negative { "-" } else { "" };
+    if (-4..16).contains(&exponent) {
+        let point = exponent + 1;
+        let body = if point <= 0 {
+            format!("0.{}{}", "0".repeat((-point) as usize), digits)
+        } else if point as usize >= digits.len() {
+            format!("{}{}.0", digits, "0".repeat(point as usize - digits.len()))
+        } else {
+            format!(
+                "{}.{}",
+                &digits[..point as usize],
+                &digits[point as usize..]
+            )
+        };
+        format!("{sign}{body}")
+    } else {
+        let rest = &digits[1..];
+        let mantissa = if rest.is_empty() {
+            digits[..1].to_string()
+        } else {
+            format!("{}.{}", &digits[..1], rest)
+        };
+        let esign = if exponent < 0 { "-" } else { "+" };
+        format!("{sign}{mantissa}e{esign}{:02}", exponent.abs())
+    }
+}
+
+fn text(raw: &[u8]) -> String {
+    String::from_utf8_lossy(raw).into_owned()
+}
+
+fn any_value(buf: &[u8]) -> WireResult<Scalar> {
+    let mut reader = Reader::new(buf);
+    let mut value = Scalar::Missing;
+    while !reader.done() {
+        let (field, wire) = reader.tag()?;
+        value = match (field, wire) {
+            (1, LEN) => Scalar::Str(text(reader.bytes()?)),
+            (2, VARINT) => Scalar::Bool(reader.varint()? != 0),
+            (3, VARINT) => Scalar::Int(reader.varint()? as i64),
+            (4, I64) => Scalar::Double(f64::from_bits(reader.fixed64()?)),
+            (5, LEN) => {
+                reader.bytes()?;
+                Scalar::Array
+            }
+            (6, LEN) => {
+                reader.bytes()?;
+                Scalar::KvList
+            }
+            (7, LEN) => Scalar::Bytes(reader.bytes()?.to_vec()),
+            (1..=7, _) => return Err(format!("AnyValue field {field} has wire type {wire}")),
+            _ => {
+                reader.skip(wire)?;
+                continue;
+            }
+        };
+    }
+    Ok(value)
+}
+
+/// A KeyValue's key and the raw bytes of its AnyValue (decoded only when someone wants it).
+fn key_value(buf: &[u8]) -> WireResult<(&[u8], &[u8])> {
+    let mut reader = Reader::new(buf);
+    let mut key: &[u8] = b"";
+    let mut value: &[u8] = b"";
+    while !reader.done() {
+        let (field, wire) = reader.tag()?;
+        match field {
+            1 => key = reader.expect_len(wire)?,
+            2 => value = reader.expect_len(wire)?,
+            _ => reader.skip(wire)?,
+        }
+    }
+    Ok((key, value))
+}
+
+/// Where attribute values of a wanted key land: one slot per item or per resource, stored
+/// sparsely because most wanted keys are absent from most items.
+struct Columns {
+    index: HashMap<Vec<u8>, usize>,
+    names: Vec<String>,
+    values: Vec<Vec<(usize, Scalar)>>,
+    rows: usize,
+}
+
+impl Columns {
+    fn new(keys: Vec<String>) -> Self {
+        let index = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.as_bytes().to_vec(), i))
+            .collect();
+        let values = keys.iter().map(|_| Vec::new()).collect();
+        Columns {
+            index,
+            names: keys,
+            values,
+            rows: 0,
+        }
+    }
+
+    fn new_row(&mut self) {
+        self.rows += 1;
+    }
+
+    fn wants(&self, key: &[u8]) -> Option<usize> {
+        self.index.get(key).copied()
+    }
+
+    /// The last occurrence of a key in an item wins, as when protobuf merges a map.
+    fn set(&mut self, column: usize, value: Scalar) {
+        let row = self.rows - 1;
+        let cells = &mut self.values[column];
+        match cells.last_mut() {
+            Some((last, slot)) if *last == row => *slot = value,
+            _ => cells.push((row, value)),
+        }
+    }
+
+    fn dense(&self, column: usize) -> Vec<&Scalar> {
+        let mut out = vec![&Scalar::Missing; self.rows];
+        for (row, value) in &self.values[column] {
+            out[*row] = value;
+        }
+        out
+    }
+}
+
+const SCOPE_ATTRIBUTE: u8 = 0;
+const SCOPE_EVENT: u8 = 1;
+const SCOPE_RESOURCE: u8 = 2;
+const SCOPE_BODY: u8 = 3;
+
+#[derive(Default)]
+struct StringValues {
+    scope: Vec<u8>,
+    owner: Vec<i64>,
+    position: Vec<i64>,
+    row: Vec<i64>,
+    key: Vec<String>,
+    value: Vec<Option<String>>,
+    kind: Vec<&'static str>,
+}
+
+impl StringValues {
+    fn push(&mut self, scope: u8, owner: i64, position: i64, row: i64, key: &[u8], value: &Scalar) {
+        let Some(kind) = value.kind() else { return };
+        self.scope.push(scope);
+        self.owner.push(owner);
+        self.position.push(position);
+        self.row.push(row);
+        self.key.push(text(key));
+        self.value.push(value.render());
+        self.kind.push(kind);
+    }
+}
+
+struct Scan {
+    want_strings: bool,
+    items: Columns,
+    resources: Columns,
+    item_resource: Vec<u32>,
+    names: Vec<String>,
+    starts: Vec<u64>,
+    ends: Vec<u64>,
+    statuses: Vec<i32>,
+    event_rows: Vec<u32>,
+    strings: StringValues,
+    resource_strings: StringValues,
+    event_strings: StringValues,
+}
+
+impl Scan {
+    fn attributes_of(
+        &mut self,
+        kv: &[u8],
+        target: Target,
+        owner: i64,
+        position: i64,
+        row: i64,
+    ) -> WireResult<()> {
+        let (key, raw_value) = key_value(kv)?;
+        let column = match target {
+            Target::Item => self.items.wants(key),
+            Target::Resource => self.resources.wants(key),
+            Target::Event => None,
+        };
+        if column.is_none() && !self.want_strings {
+            return Ok(());
+        }
+        let value = any_value(raw_value)?;
+        if self.want_strings {
+            let (sink, scope) = match target {
+                Target::Item => (&mut self.strings, SCOPE_ATTRIBUTE),
+                Target::Resource => (&mut self.resource_strings, SCOPE_RESOURCE),
+                Target::Event => (&mut self.event_strings, SCOPE_EVENT),
+            };
+            sink.push(scope, owner, position, row, key, &value);
+        }
+        if let Some(column) = column {
+            match target {
+                Target::Resource => self.resources.set(column, value),
+                _ => self.items.set(column, value),
+            }
+        }
+        Ok(())
+    }
+
+    fn resource(&mut self, buf: &[u8], resource_index: i64) -> WireResult<()> {
+        let mut reader = Reader::new(buf);
+        let mut position = 0;
+        while !reader.done() {
+            let (field, wire) = reader.tag()?;
+            if field == 1 {
+                let kv = reader.expect_len(wire)?;
+                self.attributes_of(kv, Target::Resource, resource_index, position, -1)?;
+                position += 1;
+            } else {
+                reader.skip(wire)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn span(&mut self, buf: &[u8], row: i64) -> WireResult<()> {
+        let mut reader = Reader::new(buf);
+        let (mut name, mut start, mut end, mut status) = (String::new(), 0u64, 0u64, 0i32);
+        let mut position = 0;
+        while !reader.done() {
+            let (field, wire) = reader.tag()?;
+            match field {
+                5 => name = text(reader.expect_len(wire)?),
+                7 | 8 => {
+                    if wire != I64 {
+                        return Err(format!("span time field {field} has wire type {wire}"));
+                    }
+                    let value = reader.fixed64()?;
+                    if field == 7 {
+                        start = value;
+                    } else {
+                        end = value;
+                    }
+                }
+                9 => {
+                    let kv = reader.expect_len(wire)?;
+                    self.attributes_of(kv, Target::Item, row, position, row)?;
+                    position += 1;
+                }
+                11 => {
+                    let event = reader.expect_len(wire)?;
+                    let event_index = self.event_rows.len() as i64;
+                    self.event_rows.push(row as u32);
+                    let mut inner = Reader::new(event);
+                    let mut event_position = 0;
+                    while !inner.done() {
+                        let (f, w) = inner.tag()?;
+                        if f == 3 {
+                            let kv = inner.expect_len(w)?;
+                            self.attributes_of(
+                                kv,
+                                Target::Event,
+                                event_index,
+                                event_position,
+                                row,
+                            )?;
+                            event_position += 1;
+                        } else {
+                            inner.skip(w)?;
+                        }
+                    }
+                }
+                15 => {
+                    let mut inner = Reader::new(reader.expect_len(wire)?);
+                    while !inner.done() {
+                        let (f, w) = inner.tag()?;
+                        if f == 3 && w == VARINT {
+                            status = inner.varint()? as i32;
+                        } else {
+                            inner.skip(w)?;
+                        }
+                    }
+                }
+                _ => reader.skip(wire)?,
+            }
+        }
+        self.names.push(name);
+        self.starts.push(start);
+        self.ends.push(end);
+        self.statuses.push(status);
+        Ok(())
+    }
+
+    fn log_record(&mut self, buf: &[u8], row: i64) -> WireResult<()> {
+        let mut reader = Reader::new(buf);
+        let mut position = 0;
+        let mut body = Scalar::Missing;
+        while !reader.done() {
+            let (field, wire) = reader.tag()?;
+            match field {
+                5 => body = any_value(reader.expect_len(wire)?)?,
+                6 => {
+                    let kv = reader.expect_len(wire)?;
+                    self.attributes_of(kv, Target::Item, row, position, row)?;
+                    position += 1;
+                }
+                _ => reader.skip(wire)?,
+            }
+        }
+        if self.want_strings {
+            self.strings.push(SCOPE_BODY, row, -1, row, b"", &body);
+        }
+        Ok(())
+    }
+
+    /// ResourceSpans / ResourceLogs: resource = 1, scope container = 2, item inside scope = 2.
+    fn resource_group(&mut self, buf: &[u8], resource_index: i64, logs: bool) -> WireResult<()> {
+        self.resources.new_row();
+        let mut reader = Reader::new(buf);
+        while !reader.done() {
+            let (field, wire) = reader.tag()?;
+            match field {
+                1 => {
+                    let resource = reader.expect_len(wire)?;
+                    self.resource(resource, resource_index)?;
+                }
+                2 => {
+                    let mut scope = Reader::new(reader.expect_len(wire)?);
+                    while !scope.done() {
+                        let (f, w) = scope.tag()?;
+                        if f == 2 {
+                            let item = scope.expect_len(w)?;
+                            let row = self.item_resource.len() as i64;
+                            self.item_resource.push(resource_index as u32);
+                            self.items.new_row();
+                            if logs {
+                                self.log_record(item, row)?;
+                            } else {
+                                self.span(item, row)?;
+                            }
+                        } else {
+                            scope.skip(w)?;
+                        }
+                    }
+                }
+                _ => reader.skip(wire)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Target {
+    Item,
+    Resource,
+    Event,
+}
+
+fn scalar_to_py(py: Python<'_>, value: &Scalar) -> PyResult<Py<PyAny>> {
+    Ok(match value {
+        Scalar::Str(s) => s.into_pyobject(py)?.into_any().unbind(),
+        Scalar::Bool(b) => b.into_pyobject(py)?.to_owned().into_any().unbind(),
+        Scalar::Int(i) => i.into_pyobject(py)?.into_any().unbind(),
+        Scalar::Double(d) => d.into_pyobject(py)?.into_any().unbind(),
+        Scalar::Bytes(b) => pyo3::types::PyBytes::new(py, b).into_any().unbind(),
+        Scalar::Array | Scalar::KvList | Scalar::Missing => py.None(),
+    })
+}
+
+/// Each column as (kind, values): kind "null" (no item has the key; values is None), a single
+/// OTLP kind ("string_value", "int_value", ...) with None where absent, or "mixed", in which case
+/// the values are rendered as text, the rule processor/decode.py applies to its own columns.
+fn columns_to_py<'py>(py: Python<'py>, columns: &Columns) -> PyResult<Bound<'py, PyDict>> {
+    let out = PyDict::new(py);
+    for (index, name) in columns.names.iter().enumerate() {
+        let values = columns.dense(index);
+        let mut kind: Option<&'static str> = None;
+        let mut mixed = false;
+        for value in values.iter().copied() {
+            let this = match value {
+                Scalar::Array | Scalar::KvList | Scalar::Missing => None,
+                other => other.kind(),
+            };
+            if let Some(this) = this {
+                match kind {
+                    None => kind = Some(this),
+                    Some(seen) if seen != this => mixed = true,
+                    _ => {}
+                }
+            }
+        }
+        let Some(kind) = kind else {
+            out.set_item(name, ("null", py.None()))?;
+            continue;
+        };
+        let list = PyList::empty(py);
+        for value in values.iter().copied() {
+            if mixed {
+                match value {
+                    Scalar::Array | Scalar::KvList | Scalar::Missing => list.append(py.None())?,
+                    Scalar::Bytes(b) => list.append(format!("{:?}", PyBytesRepr(b)))?,
+                    Scalar::Bool(b) => list.append(if *b { "True" } else { "False" })?,
+                    other => list.append(other.render())?,
+                }
+            } else {
+                list.append(scalar_to_py(py, value)?)?;
+            }
+        }
+        out.set_item(name, (if mixed { "mixed" } else { kind }, list))?;
+    }
+    Ok(out)
+}
+
+/// Python's repr of a bytes object, for the rare column mixing bytes with other kinds.
+struct PyBytesRepr<'a>(&'a [u8]);
+
+impl std::fmt::Debug for PyBytesRepr<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let quote = if self.0.contains(&b'\'') && !self.0.contains(&b'"') {
+            '"'
+        } else {
+            '\''
+        };
+        write!(f, "b{quote}")?;
+        for &byte in self.0 {
+            match byte {
+                b'\\' => write!(f, "\\\\")?,
+                b'\t' => write!(f, "\\t")?,
+                b'\n' => write!(f, "\\n")?,
+                b'\r' => write!(f, "\\r")?,
+                b'\'' if quote == '\'' => write!(f, "\\'")?,
+                0x20..=0x7e => write!(f, "{}", byte as char)?,
+                _ => write!(f, "\\x{byte:02x}")?,
+            }
+        }
+        write!(f, "{quote}")
+    }
+}
+
+fn strings_to_py<'py>(py: Python<'py>, parts: [&StringValues; 3]) -> PyResult<Bound<'py, PyDict>> {
+    let out = PyDict::new(py);
+    let scope: Vec<u8> = parts.iter().flat_map(|p| p.scope.iter().copied()).collect();
+    let owner: Vec<i64> = parts.iter().flat_map(|p| p.owner.iter().copied()).collect();
+    let position: Vec<i64> = parts
+        .iter()
+        .flat_map(|p| p.position.iter().copied())
+        .collect();
+    let row: Vec<i64> = parts.iter().flat_map(|p| p.row.iter().copied()).collect();
+    let key: Vec<&String> = parts.iter().flat_map(|p| p.key.iter()).collect();
+    let value: Vec<&Option<String>> = parts.iter().flat_map(|p| p.value.iter()).collect();
+    let kind: Vec<&str> = parts.iter().flat_map(|p| p.kind.iter().copied()).collect();
+    out.set_item("scope", scope)?;
+    out.set_item("owner", owner)?;
+    out.set_item("position", position)?;
+    out.set_item("row", row)?;
+    out.set_item("key", key)?;
+    out.set_item("value", value)?;
+    out.set_item("kind", kind)?;
+    Ok(out)
+}
+
+/// Scans a serialised ExportTraceServiceRequest (logs=False) or ExportLogsServiceRequest.
+#[pyfunction]
+#[pyo3(signature = (raw, item_keys, resource_keys, want_strings, logs=false))]
+pub fn scan<'py>(
+    py: Python<'py>,
+    raw: &[u8],
+    item_keys: Vec<String>,
+    resource_keys: Vec<String>,
+    want_strings: bool,
+    logs: bool,
+) -> PyResult<Bound<'py, PyDict>> {
+    let mut state = Scan {
+        want_strings,
+        items: Columns::new(item_keys),
+        resources: Columns::new(resource_keys),
+        item_resource: Vec::new(),
+        names: Vec::new(),
+        starts: Vec::new(),
+        ends: Vec::new(),
+        statuses: Vec::new(),
+        event_rows: Vec::new(),
+        strings: StringValues::default(),
+        resource_strings: StringValues::default(),
+        event_strings: StringValues::default(),
+    };
+    let walk = |state: &mut Scan| -> WireResult<()> {
+        let mut reader = Reader::new(raw);
+        let mut resource_index = 0;
+        while !reader.done() {
+            let (field, wire) = reader.tag()?;
+            if field == 1 {
+                let group = reader.expect_len(wire)?;
+                state.resource_group(group, resource_index, logs)?;
+                resource_index += 1;
+            } else {
+                reader.skip(wire)?;
+            }
+        }
+        Ok(())
+    };
+    py.detach(|| walk(&mut state))
+        .map_err(PyValueError::new_err)?;
+    let out = PyDict::new(py);
+    out.set_item("item_resource", &state.item_resource)?;
+    out.set_item("names", &state.names)?;
+    out.set_item("starts", &state.starts)?;
+    out.set_item("ends", &state.ends)?;
+    out.set_item("statuses", &state.statuses)?;
+    out.set_item("event_rows", &state.event_rows)?;
+    out.set_item("items", columns_to_py(py, &state.items)?)?;
+    out.set_item("resources", columns_to_py(py, &state.resources)?)?;
+    if want_strings {
+        // Same order as the Python collector: resources, then items (and log bodies), then events.
+        out.set_item(
+            "strings",
+            strings_to_py(
+                py,
+                [
+                    &state.resource_strings,
+                    &state.strings,
+                    &state.event_strings,
+                ],
+            )?,
+        )?;
+    }
+    Ok(out)
+}

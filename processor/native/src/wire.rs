@@ -1,0 +1,118 @@
+//! Protobuf wire-format reading and writing: just what the OTLP scanner and rewriter need.
+
+pub const VARINT: u8 = 0;
+pub const I64: u8 = 1;
+pub const LEN: u8 = 2;
+pub const I32: u8 = 5;
+
+pub struct Reader<'a> {
+    buf: &'a [u8],
+    pub pos: usize,
+}
+
+pub type WireResult<T> = Result<T, String>;
+
+impl<'a> Reader<'a> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        Reader { buf, pos: 0 }
+    }
+
+    pub fn done(&self) -> bool {
+        self.pos >= self.buf.len()
+    }
+
+    pub fn varint(&mut self) -> WireResult<u64> {
+        let mut value: u64 = 0;
+        for shift in (0..70).step_by(7) {
+            let byte = *self.buf.get(self.pos).ok_or("truncated varint")?;
+            self.pos += 1;
+            value |= ((byte & 0x7f) as u64) << shift;
+            if byte < 0x80 {
+                return Ok(value);
+            }
+        }
+        Err("varint too long".into())
+    }
+
+    pub fn tag(&mut self) -> WireResult<(u32, u8)> {
+        let tag = self.varint()?;
+        let field = (tag >> 3) as u32;
+        if field == 0 {
+            return Err("field number 0".into());
+        }
+        Ok((field, (tag & 7) as u8))
+    }
+
+    pub fn bytes(&mut self) -> WireResult<&'a [u8]> {
+        let len = self.varint()? as usize;
+        let end = self.pos.checked_add(len).ok_or("length overflow")?;
+        if end > self.buf.len() {
+            return Err("truncated length-delimited field".into());
+        }
+        let out = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(out)
+    }
+
+    pub fn fixed64(&mut self) -> WireResult<u64> {
+        let end = self.pos + 8;
+        if end > self.buf.len() {
+            return Err("truncated fixed64".into());
+        }
+        let mut raw = [0u8; 8];
+        raw.copy_from_slice(&self.buf[self.pos..end]);
+        self.pos = end;
+        Ok(u64::from_le_bytes(raw))
+    }
+
+    pub fn skip(&mut self, wire: u8) -> WireResult<()> {
+        match wire {
+            VARINT => {
+                self.varint()?;
+            }
+            I64 => {
+                self.fixed64()?;
+            }
+            LEN => {
+                self.bytes()?;
+            }
+            I32 => {
+                if self.pos + 4 > self.buf.len() {
+                    return Err("truncated fixed32".into());
+                }
+                self.pos += 4;
+            }
+            other => return Err(format!("unsupported wire type {other}")),
+        }
+        Ok(())
+    }
+
+    /// A length-delimited field's content, checking the wire type a declared field must have.
+    pub fn expect_len(&mut self, wire: u8) -> WireResult<&'a [u8]> {
+        if wire != LEN {
+            return Err(format!(
+                "wire type {wire} where a length-delimited field belongs"
+            ));
+        }
+        self.bytes()
+    }
+}
+
+pub fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+pub fn put_tag(out: &mut Vec<u8>, field: u32, wire: u8) {
+    put_varint(out, ((field as u64) << 3) | wire as u64);
+}
+
+/// A length-delimited field: tag, length, bytes.
+pub fn put_len(out: &mut Vec<u8>, field: u32, content: &[u8]) {
+    put_tag(out, field, LEN);
+    put_varint(out, content.len() as u64);
+    out.extend_from_slice(content);
+}
