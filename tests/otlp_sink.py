@@ -67,6 +67,8 @@ class OtlpSink:
     fail_code: grpc.StatusCode | None = None
     response_override: bytes | None = None
     delay_seconds: float = 0.0
+    # (certificate chain PEM, private key PEM, client CA PEM or None): serve TLS, mTLS with a CA.
+    tls: tuple[bytes, bytes, bytes | None] | None = None
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -81,7 +83,14 @@ class OtlpSink:
                 response_serializer=None,
             )
             server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, {"Export": handler}),))
-        self.port = server.add_insecure_port(f"127.0.0.1:{self.port}")
+        if self.tls is None:
+            self.port = server.add_insecure_port(f"127.0.0.1:{self.port}")
+        else:
+            chain, key, client_ca = self.tls
+            credentials = grpc.ssl_server_credentials(
+                [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
+            )
+            self.port = server.add_secure_port(f"127.0.0.1:{self.port}", credentials)
         server.start()
         self._server = server
         return self

@@ -16,6 +16,7 @@ from opentelemetry.proto.metrics.v1 import metrics_pb2
 from processor.config import ServerConfig
 from processor.decode import LOGS, TRACES, TelemetryBatch, WantedKeys
 from processor.pipeline import PROCESSING_ERROR_KEY, BatchChanges
+from tests.collector_harness import free_port, wait_until
 from tests.otlp_builders import log_request, span, trace_request
 from tests.otlp_sink import OtlpSink
 from tests.sidecar_runner import RunningSidecar
@@ -126,28 +127,14 @@ def test_unavailable_downstream_is_reported_upstream_and_nothing_is_acknowledged
 
 
 def test_unreachable_downstream_gives_unavailable():
-    with _closed_port() as port:
-        sidecar = RunningSidecar(f"127.0.0.1:{port}").start()
-        try:
-            with sidecar.channel() as channel, pytest.raises(grpc.RpcError) as failure:
-                export_traces(channel, trace_request([span()]))
-            assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
-        finally:
-            sidecar.stop()
-
-
-class _closed_port:
-    """A port nothing listens on: bound then released."""
-
-    def __enter__(self) -> int:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
-
-    def __exit__(self, *exc) -> None:
-        return None
+    # A port that was free a moment ago: nothing listens there.
+    sidecar = RunningSidecar(f"127.0.0.1:{free_port()}").start()
+    try:
+        with sidecar.channel() as channel, pytest.raises(grpc.RpcError) as failure:
+            export_traces(channel, trace_request([span()]))
+        assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        sidecar.stop()
 
 
 def test_downstream_partial_success_is_passed_through(sink, make_sidecar):
@@ -213,7 +200,7 @@ def test_requests_beyond_the_inflight_limit_get_unavailable(sink, make_sidecar):
     sidecar = make_sidecar(server=ServerConfig(listen="127.0.0.1:0", max_inflight_requests=1))
     with sidecar.channel() as channel, ThreadPoolExecutor(2) as pool:
         first = pool.submit(export_traces, channel, trace_request([span()]))
-        _wait_until(lambda: sidecar.worker.service.inflight == 1)
+        wait_until(lambda: sidecar.worker.service.inflight == 1, 5, "a request in flight")
         with pytest.raises(grpc.RpcError) as failure:
             export_traces(channel, trace_request([span()]))
         assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -226,19 +213,9 @@ def test_shutdown_finishes_in_flight_requests(sink):
     sidecar = RunningSidecar(sink.endpoint).start()
     with sidecar.channel() as channel, ThreadPoolExecutor(1) as pool:
         pending = pool.submit(export_traces, channel, trace_request([span()]))
-        _wait_until(lambda: sidecar.worker.service.inflight == 1)
+        wait_until(lambda: sidecar.worker.service.inflight == 1, 5, "a request in flight")
         stopped = threading.Thread(target=sidecar.stop)
         stopped.start()
         pending.result(10)
         stopped.join(10)
     assert len(sink.spans()) == 1
-
-
-def _wait_until(condition, timeout: float = 5.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        time.sleep(0.01)

@@ -13,9 +13,9 @@ import urllib.request
 import grpc
 import pytest
 
+from tests.collector_harness import free_port
 from tests.otlp_builders import span, trace_request
 from tests.otlp_sink import OtlpSink
-from tests.sidecar_runner import free_port
 from tests.test_receive_forward import export_traces
 
 
