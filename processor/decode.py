@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import polars as pl
+import pyarrow as pa
 from google.protobuf.message import DecodeError
 
 from processor.protos import otlp_lean_pb2 as lean
@@ -81,10 +82,10 @@ class TelemetryBatch:
     """
 
     signal: str
-    request: lean.ExportTraceServiceRequest | lean.ExportLogsServiceRequest
     frame: pl.DataFrame
     # The request bytes as received: a retried request has the same bytes (batch fingerprint).
-    raw: bytes = b""
+    raw: bytes
+    _request: lean.ExportTraceServiceRequest | lean.ExportLogsServiceRequest | None = None
     _string_values: pl.DataFrame | None = None
     _items: list | None = None
     _resources: list[lean.Resource] | None = None
@@ -94,6 +95,14 @@ class TelemetryBatch:
 
     def __len__(self) -> int:
         return self.frame.height
+
+    @property
+    def request(self) -> lean.ExportTraceServiceRequest | lean.ExportLogsServiceRequest:
+        """The lean protobuf view, parsed on first use (the native path never needs it)."""
+        if self._request is None:
+            message_type = lean.ExportTraceServiceRequest if self.signal == TRACES else lean.ExportLogsServiceRequest
+            self._request = _parse(message_type, self.raw)
+        return self._request
 
     @property
     def items(self) -> list:
@@ -171,10 +180,10 @@ def native_module():
 
 
 def decode_traces(raw: bytes, wanted: WantedKeys) -> TelemetryBatch:
-    request = _parse(lean.ExportTraceServiceRequest, raw)
     if native_available():
-        return _decode_native(TRACES, request, raw, wanted)
-    batch = TelemetryBatch(TRACES, request, pl.DataFrame(), raw)
+        return _decode_native(TRACES, raw, wanted)
+    request = _parse(lean.ExportTraceServiceRequest, raw)
+    batch = TelemetryBatch(TRACES, pl.DataFrame(), raw, request)
     rows: list[dict[str, object]] = []
     item_resource: list[int] = []
     names: list[str] = []
@@ -199,9 +208,9 @@ def decode_traces(raw: bytes, wanted: WantedKeys) -> TelemetryBatch:
 
 
 def decode_logs(raw: bytes, wanted: WantedKeys) -> TelemetryBatch:
-    request = _parse(lean.ExportLogsServiceRequest, raw)
     if native_available():
-        return _decode_native(LOGS, request, raw, wanted)
+        return _decode_native(LOGS, raw, wanted)
+    request = _parse(lean.ExportLogsServiceRequest, raw)
     rows: list[dict[str, object]] = []
     item_resource: list[int] = []
     resource_rows: list[dict[str, object]] = []
@@ -212,7 +221,7 @@ def decode_logs(raw: bytes, wanted: WantedKeys) -> TelemetryBatch:
                 item_resource.append(resource_index)
                 rows.append(_pick(record.attributes, wanted.item) if wanted.item else {})
     frame = _frame(rows, item_resource, resource_rows, wanted)
-    return TelemetryBatch(LOGS, request, frame, raw)
+    return TelemetryBatch(LOGS, frame, raw, request)
 
 
 def _span_columns(names: list[str], starts: list[int], ends: list[int], statuses: list[int]) -> list[pl.Series]:
@@ -224,8 +233,12 @@ def _span_columns(names: list[str], starts: list[int], ends: list[int], statuses
     ]
 
 
-def _decode_native(signal: str, request, raw: bytes, wanted: WantedKeys) -> TelemetryBatch:
-    """The same batch as the Python walk, with the attribute scan done by processor/native."""
+def _decode_native(signal: str, raw: bytes, wanted: WantedKeys) -> TelemetryBatch:
+    """The same batch as the Python walk, with the attribute scan done by processor/native.
+
+    The scan checks the wire structure (a malformed request fails here); the protobuf view is
+    only parsed if something asks for `batch.request`.
+    """
     item_keys = sorted(wanted.item)
     resource_keys = sorted(wanted.resource)
     try:
@@ -233,21 +246,35 @@ def _decode_native(signal: str, request, raw: bytes, wanted: WantedKeys) -> Tele
     except ValueError as exc:
         raise MalformedRequest(f"cannot parse the {signal} export request: {exc}") from exc
     item_resource = pl.Series(RESOURCE_INDEX, scanned["item_resource"], dtype=pl.UInt32)
-    columns = [pl.Series(ROW, range(len(item_resource)), dtype=pl.UInt32), item_resource]
     rows = len(item_resource)
-    columns.extend(_typed_column(key, *scanned["items"][key], rows) for key in item_keys)
+    columns = [pl.Series(ROW, range(rows), dtype=pl.UInt32), item_resource]
+    # Most wanted keys are absent from a given batch: those become null literals in one call
+    # instead of a list of Nones each.
+    absent: list[str] = []
+    for key in item_keys:
+        kind, values = scanned["items"][key]
+        if values is None:
+            absent.append(key)
+        else:
+            columns.append(pl.Series(key, values, dtype=_NATIVE_DTYPES[kind]))
     resource_of_item = scanned["item_resource"]
     for key in resource_keys:
-        # Typed per item, not per resource: a resource no span points at must not sway the type.
         _, per_resource = scanned["resources"][key]
-        per_item = [None] * rows if per_resource is None else [per_resource[i] for i in resource_of_item]
-        columns.append(_column(RESOURCE_PREFIX + key, per_item))
+        if per_resource is None:
+            absent.append(RESOURCE_PREFIX + key)
+            continue
+        # Typed per item, not per resource: a resource no span points at must not sway the type.
+        columns.append(_column(RESOURCE_PREFIX + key, [per_resource[i] for i in resource_of_item]))
     frame = pl.DataFrame(columns)
+    extra = [pl.lit(None, dtype=pl.Null).alias(name) for name in absent]
     if signal == TRACES:
-        frame = frame.with_columns(
-            _span_columns(scanned["names"], scanned["starts"], scanned["ends"], scanned["statuses"])
-        )
-    batch = TelemetryBatch(signal, request, frame, raw)
+        extra.extend(_span_columns(scanned["names"], scanned["starts"], scanned["ends"], scanned["statuses"]))
+    if extra:
+        # Same column order as the Python walk: fixed columns, item keys, resource keys, span fields.
+        span_fields = [SPAN_NAME, START_TIME, END_TIME, STATUS_CODE] if signal == TRACES else []
+        resource_columns = [RESOURCE_PREFIX + key for key in resource_keys]
+        frame = frame.with_columns(extra).select(ROW, RESOURCE_INDEX, *item_keys, *resource_columns, *span_fields)
+    batch = TelemetryBatch(signal, frame, raw)
     batch._event_rows = scanned["event_rows"]
     if wanted.values:
         batch._string_values = _native_values_frame(batch, scanned["strings"])
@@ -264,37 +291,58 @@ _NATIVE_DTYPES = {
 }
 
 
-def _typed_column(name: str, kind: str, values: list | None, rows: int) -> pl.Series:
-    if values is None:
-        return pl.Series(name, [None] * rows, dtype=pl.Null)
-    return pl.Series(name, values, dtype=_NATIVE_DTYPES[kind])
-
-
 _NATIVE_SCOPES = {0: SCOPE_ITEM, 1: SCOPE_EVENT, 2: SCOPE_RESOURCE, 3: SCOPE_BODY}
 
 
-def _native_values_frame(batch: TelemetryBatch, scanned: dict[str, list]) -> pl.DataFrame:
-    values = scanned["value"]
-    kinds = pl.Series(scanned["kind"], dtype=pl.String)
-    # Arrays and kvlists are rare; their JSON rendering is left to the Python renderer.
-    nested = [i for i, value in enumerate(values) if value is None]
-    if nested:
-        scopes, owners, positions = scanned["scope"], scanned["owner"], scanned["position"]
-        for i in nested:
-            value = _value_at(batch, _NATIVE_SCOPES[scopes[i]], owners[i], positions[i])
-            values[i] = _render(value, value.WhichOneof("value"))
-    return pl.DataFrame(
-        {
-            "scope": pl.Series(scanned["scope"], dtype=pl.UInt8).replace_strict(_NATIVE_SCOPES, return_dtype=pl.String),
-            "owner": pl.Series(scanned["owner"], dtype=pl.Int64),
-            "position": pl.Series(scanned["position"], dtype=pl.Int64),
-            "row": pl.Series(scanned["row"], dtype=pl.Int64),
-            "key": pl.Series(scanned["key"], dtype=pl.String),
-            "value": pl.Series(values, dtype=pl.String),
-            "is_string": kinds == "string_value",
-            "kind": kinds,
-        }
+_KIND_NAMES = {
+    1: "string_value",
+    2: "bool_value",
+    3: "int_value",
+    4: "double_value",
+    5: "array_value",
+    6: "kvlist_value",
+    7: "bytes_value",
+}
+
+
+def _native_values_frame(batch: TelemetryBatch, scanned: dict) -> pl.DataFrame:
+    """The scanner's column buffers as a frame, through Arrow: no Python object per value."""
+    n = scanned["n"]
+
+    def numbers(name: str, arrow_type: pa.DataType) -> pa.Array:
+        return pa.Array.from_buffers(arrow_type, n, [None, pa.py_buffer(scanned[name])])
+
+    def strings(prefix: str) -> pa.Array:
+        buffers = [None, pa.py_buffer(scanned[f"{prefix}_offsets"]), pa.py_buffer(scanned[f"{prefix}_data"])]
+        return pa.Array.from_buffers(pa.large_string(), n, buffers)
+
+    frame = pl.from_arrow(
+        pa.table(
+            {
+                "scope": numbers("scope", pa.uint8()),
+                "owner": numbers("owner", pa.int64()),
+                "position": numbers("position", pa.int64()),
+                "row": numbers("row", pa.int64()),
+                "key": strings("key"),
+                "value": strings("value"),
+                "kind": numbers("kind", pa.uint8()),
+            }
+        )
     )
+    frame = frame.with_columns(
+        pl.col("scope").replace_strict(_NATIVE_SCOPES, return_dtype=pl.String),
+        pl.col("kind").replace_strict(_KIND_NAMES, return_dtype=pl.String),
+    ).with_columns(is_string=pl.col("kind") == "string_value")
+    nested = scanned["nested"]
+    if nested:
+        # Arrays and kvlists are rare; their JSON rendering is left to the Python renderer.
+        addresses = frame[nested].select("scope", "owner", "position").iter_rows()
+        rendered = []
+        for scope, owner, position in addresses:
+            value = _value_at(batch, scope, owner, position)
+            rendered.append(_render(value, value.WhichOneof("value")))
+        frame = frame.with_columns(frame["value"].scatter(nested, rendered))
+    return frame.select("scope", "owner", "position", "row", "key", "value", "is_string", "kind")
 
 
 def _value_at(batch: TelemetryBatch, scope: str, owner: int, position: int) -> lean.AnyValue:

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
+use pyo3::types::{PyBytes, PyDict, PyList};
 
 use crate::wire::{Reader, WireResult, I64, LEN, VARINT};
 
@@ -36,6 +36,19 @@ impl Scalar {
     }
 
     /// The text the redaction stage scans; arrays and kvlists are rendered by the caller.
+    fn kind_code(&self) -> Option<u8> {
+        Some(match self {
+            Scalar::Str(_) => 1,
+            Scalar::Bool(_) => 2,
+            Scalar::Int(_) => 3,
+            Scalar::Double(_) => 4,
+            Scalar::Array => 5,
+            Scalar::KvList => 6,
+            Scalar::Bytes(_) => 7,
+            Scalar::Missing => return None,
+        })
+    }
+
     fn render(&self) -> Option<String> {
         match self {
             Scalar::Str(s) => Some(s.clone()),
@@ -202,27 +215,81 @@ const SCOPE_EVENT: u8 = 1;
 const SCOPE_RESOURCE: u8 = 2;
 const SCOPE_BODY: u8 = 3;
 
-#[derive(Default)]
+/// Every value with its address, in columnar buffers that become Arrow arrays on the Python side
+/// without one Python object per value.
 struct StringValues {
     scope: Vec<u8>,
     owner: Vec<i64>,
     position: Vec<i64>,
     row: Vec<i64>,
-    key: Vec<String>,
-    value: Vec<Option<String>>,
-    kind: Vec<&'static str>,
+    key_offsets: Vec<i64>,
+    key_data: Vec<u8>,
+    value_offsets: Vec<i64>,
+    value_data: Vec<u8>,
+    /// The AnyValue oneof field number (1 string ... 7 bytes).
+    kind: Vec<u8>,
+    /// Indexes of arrays and kvlists, whose text the Python side renders.
+    nested: Vec<usize>,
+}
+
+impl Default for StringValues {
+    fn default() -> Self {
+        StringValues {
+            scope: Vec::new(),
+            owner: Vec::new(),
+            position: Vec::new(),
+            row: Vec::new(),
+            key_offsets: vec![0],
+            key_data: Vec::new(),
+            value_offsets: vec![0],
+            value_data: Vec::new(),
+            kind: Vec::new(),
+            nested: Vec::new(),
+        }
+    }
 }
 
 impl StringValues {
     fn push(&mut self, scope: u8, owner: i64, position: i64, row: i64, key: &[u8], value: &Scalar) {
-        let Some(kind) = value.kind() else { return };
+        let Some(kind) = value.kind_code() else {
+            return;
+        };
+        if let Some(text) = value.render() {
+            self.value_data.extend_from_slice(text.as_bytes());
+        } else {
+            self.nested.push(self.scope.len());
+        }
         self.scope.push(scope);
         self.owner.push(owner);
         self.position.push(position);
         self.row.push(row);
-        self.key.push(text(key));
-        self.value.push(value.render());
+        self.key_data
+            .extend_from_slice(String::from_utf8_lossy(key).as_bytes());
+        self.key_offsets.push(self.key_data.len() as i64);
+        self.value_offsets.push(self.value_data.len() as i64);
         self.kind.push(kind);
+    }
+
+    fn len(&self) -> usize {
+        self.scope.len()
+    }
+
+    fn append(&mut self, other: &StringValues) {
+        let base = self.len();
+        let key_base = self.key_data.len() as i64;
+        let value_base = self.value_data.len() as i64;
+        self.scope.extend_from_slice(&other.scope);
+        self.owner.extend_from_slice(&other.owner);
+        self.position.extend_from_slice(&other.position);
+        self.row.extend_from_slice(&other.row);
+        self.key_data.extend_from_slice(&other.key_data);
+        self.key_offsets
+            .extend(other.key_offsets[1..].iter().map(|o| o + key_base));
+        self.value_data.extend_from_slice(&other.value_data);
+        self.value_offsets
+            .extend(other.value_offsets[1..].iter().map(|o| o + value_base));
+        self.kind.extend_from_slice(&other.kind);
+        self.nested.extend(other.nested.iter().map(|i| i + base));
     }
 }
 
@@ -508,25 +575,37 @@ impl std::fmt::Debug for PyBytesRepr<'_> {
     }
 }
 
+fn le_bytes<T: Copy, const N: usize>(values: &[T], to_bytes: fn(T) -> [u8; N]) -> Vec<u8> {
+    values.iter().flat_map(|v| to_bytes(*v)).collect()
+}
+
 fn strings_to_py<'py>(py: Python<'py>, parts: [&StringValues; 3]) -> PyResult<Bound<'py, PyDict>> {
+    let mut all = StringValues::default();
+    for part in parts {
+        all.append(part);
+    }
     let out = PyDict::new(py);
-    let scope: Vec<u8> = parts.iter().flat_map(|p| p.scope.iter().copied()).collect();
-    let owner: Vec<i64> = parts.iter().flat_map(|p| p.owner.iter().copied()).collect();
-    let position: Vec<i64> = parts
-        .iter()
-        .flat_map(|p| p.position.iter().copied())
-        .collect();
-    let row: Vec<i64> = parts.iter().flat_map(|p| p.row.iter().copied()).collect();
-    let key: Vec<&String> = parts.iter().flat_map(|p| p.key.iter()).collect();
-    let value: Vec<&Option<String>> = parts.iter().flat_map(|p| p.value.iter()).collect();
-    let kind: Vec<&str> = parts.iter().flat_map(|p| p.kind.iter().copied()).collect();
-    out.set_item("scope", scope)?;
-    out.set_item("owner", owner)?;
-    out.set_item("position", position)?;
-    out.set_item("row", row)?;
-    out.set_item("key", key)?;
-    out.set_item("value", value)?;
-    out.set_item("kind", kind)?;
+    out.set_item("n", all.len())?;
+    out.set_item("scope", PyBytes::new(py, &all.scope))?;
+    out.set_item("kind", PyBytes::new(py, &all.kind))?;
+    for (name, values) in [
+        ("owner", &all.owner),
+        ("position", &all.position),
+        ("row", &all.row),
+    ] {
+        out.set_item(name, PyBytes::new(py, &le_bytes(values, i64::to_le_bytes)))?;
+    }
+    out.set_item(
+        "key_offsets",
+        PyBytes::new(py, &le_bytes(&all.key_offsets, i64::to_le_bytes)),
+    )?;
+    out.set_item("key_data", PyBytes::new(py, &all.key_data))?;
+    out.set_item(
+        "value_offsets",
+        PyBytes::new(py, &le_bytes(&all.value_offsets, i64::to_le_bytes)),
+    )?;
+    out.set_item("value_data", PyBytes::new(py, &all.value_data))?;
+    out.set_item("nested", all.nested)?;
     Ok(out)
 }
 
