@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command != "serve":
+        # One-shot commands print their own results; only problems from the stages are logged.
+        configure_logging("warning", "console")
     return args.handler(args)
 
 
