@@ -182,7 +182,7 @@ class CostStage:
     def process(self, batch: TelemetryBatch) -> BatchChanges:
         table = self.table
         frame = batch.frame
-        normalized = ga.normalize(frame)
+        normalized = ga.normalized(batch)
         costs = cost_frame(normalized, frame[START_TIME], table)
         todo = costs["priceable"]
         if not self.config.override_sdk_costs and COST_TOTAL in frame.columns:

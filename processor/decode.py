@@ -12,7 +12,7 @@ import json
 import math
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import polars as pl
 import pyarrow as pa
@@ -86,6 +86,9 @@ class TelemetryBatch:
     # The request bytes as received: a retried request has the same bytes (batch fingerprint).
     raw: bytes
     _request: lean.ExportTraceServiceRequest | lean.ExportLogsServiceRequest | None = None
+    # Values derived from the decoded attributes that several stages need (normalised GenAI
+    # columns): computed once per batch. Only for values no stage's changes can affect.
+    derived: dict[str, object] = field(default_factory=dict)
     _string_values: pl.DataFrame | None = None
     _items: list | None = None
     _resources: list[lean.Resource] | None = None

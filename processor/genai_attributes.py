@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from processor.decode import WantedKeys
+from processor.decode import TelemetryBatch, WantedKeys
 
 MODEL = "genai_model"
 PROVIDER = "genai_provider"
@@ -243,3 +243,14 @@ def normalize(frame: pl.DataFrame) -> pl.DataFrame:
         .otherwise(pl.col(TOKENS_OUTPUT))
         .alias(TOKENS_OUTPUT),
     )
+
+
+def normalized(batch: TelemetryBatch) -> pl.DataFrame:
+    """normalize(batch.frame), computed once per batch and shared by the stages that need it.
+
+    Safe to share: no stage writes the attributes it reads (stages write genops.cost.* and the
+    like, and redaction never touches token counts or model names)."""
+    cached = batch.derived.get("genai")
+    if cached is None:
+        cached = batch.derived["genai"] = normalize(batch.frame)
+    return cached  # type: ignore[return-value]

@@ -18,7 +18,7 @@ from processor.budget_policy_file import PolicySource, load_policy_file
 from processor.budget_state import BudgetStore, open_store
 from processor.config import PolicyConfig
 from processor.decode import ROW, START_TIME, STATUS_CODE, TRACES, TelemetryBatch, WantedKeys
-from processor.genai_attributes import GENAI_KEYS, TOKENS_INPUT, TOKENS_OUTPUT, normalize
+from processor.genai_attributes import GENAI_KEYS, TOKENS_INPUT, TOKENS_OUTPUT, normalized
 from processor.governance_metrics import GovernanceMetrics, parse_labels
 from processor.pipeline import BatchChanges
 
@@ -51,7 +51,7 @@ class PolicyStage:
 
     def process(self, batch: TelemetryBatch) -> BatchChanges:
         policy = self.source.current()
-        spans = self._spans(batch.frame)
+        spans = self._spans(batch)
         evaluated = spans["evaluated"]
         if not evaluated.any():
             return BatchChanges()
@@ -82,9 +82,10 @@ class PolicyStage:
         self.metrics.record_budgets(charges)
         return BatchChanges(set_attributes=changes, events=outcome.events)
 
-    def _spans(self, frame: pl.DataFrame) -> pl.DataFrame:
+    def _spans(self, batch: TelemetryBatch) -> pl.DataFrame:
         """One row per span: dimensions, model, provider, tokens, cost, PII count, error, latency."""
-        genai = normalize(frame)
+        frame = batch.frame
+        genai = normalized(batch)
         dims = self.attribution.columns(frame)
         schema = dict(frame.schema)
         cost = _number(schema, "genops.cost.total", pl.Float64)
