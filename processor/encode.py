@@ -25,7 +25,7 @@ from processor.decode import (
 from processor.protos import otlp_lean_pb2 as lean
 
 if TYPE_CHECKING:
-    from processor.pipeline import BatchChanges
+    from processor.pipeline import BatchChanges, SpanEventToAdd
 
 
 def apply_and_serialize(batch: TelemetryBatch, all_changes: Sequence[BatchChanges]) -> bytes:
@@ -34,8 +34,7 @@ def apply_and_serialize(batch: TelemetryBatch, all_changes: Sequence[BatchChange
     Rewrites address values as they arrived, so all of them are applied first (the last one per
     value wins); then each stage's set_attributes in stage order, then added events.
     """
-    # Added span events are rare (budget thresholds) and left to the protobuf path.
-    if native_available() and batch.raw and not any(changes.events for changes in all_changes):
+    if native_available() and batch.raw:
         return _native_rewrite(batch, all_changes)
     rewrites = _all_rewrites(all_changes)
     if rewrites is not None:
@@ -90,9 +89,26 @@ def _native_rewrite(batch: TelemetryBatch, all_changes: Sequence[BatchChanges]) 
             event_rows[owner] if scope == 1 else (owner if scope != 2 else 0)
             for scope, owner in zip(scopes, owners, strict=True)
         ]
+    events = [(event.row, _event_bytes(event)) for changes in all_changes for event in changes.events]
     return native_module().rewrite(
-        batch.raw, list(columns.items()), scopes, owners, positions, rows, new_values, logs=batch.signal == LOGS
+        batch.raw,
+        list(columns.items()),
+        scopes,
+        owners,
+        positions,
+        rows,
+        new_values,
+        events=events,
+        logs=batch.signal == LOGS,
     )
+
+
+def _event_bytes(event: SpanEventToAdd) -> bytes:
+    # Few per batch (budget thresholds crossed), so the protobuf view builds them.
+    message = lean.SpanEvent(name=event.name, time_unix_nano=event.time_unix_nano)
+    for key, value in event.attributes.items():
+        set_attribute(message.attributes, key, value)
+    return message.SerializeToString()
 
 
 def set_attribute(attributes, key: str, value: object) -> None:

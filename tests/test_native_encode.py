@@ -11,7 +11,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
 
 from processor import decode, encode
 from processor.decode import WantedKeys, decode_logs, decode_traces
-from processor.pipeline import BatchChanges
+from processor.pipeline import BatchChanges, SpanEventToAdd
 from tests.otlp_builders import log_request, span, trace_request
 
 pytestmark = pytest.mark.skipif(decode.native_module() is None, reason="native rewriter not built")
@@ -57,6 +57,7 @@ def test_traces_encode_identically(monkeypatch, data, spans):
     rows = len(spans)
     set_columns = data.draw(st.dictionaries(st.sampled_from([*KEYS, "new.key"]), column_strategy(rows), max_size=3))
     second = data.draw(st.dictionaries(st.sampled_from(KEYS), column_strategy(rows), max_size=2))
+    new_events = data.draw(st.lists(st.tuples(st.integers(0, rows - 1), st.text(max_size=5), attributes), max_size=3))
     picks = data.draw(
         st.lists(st.tuples(st.integers(0, 10_000), st.one_of(st.none(), st.text(max_size=5))), max_size=6)
     )
@@ -70,7 +71,8 @@ def test_traces_encode_identically(monkeypatch, data, spans):
             )
             rewrites = chosen.select("scope", "owner", "position", "new_value")
         first = BatchChanges(set_attributes={k: _series(v) for k, v in set_columns.items()}, rewrites=rewrites)
-        return [first, BatchChanges(set_attributes={k: _series(v) for k, v in second.items()})]
+        events = [SpanEventToAdd(row, name, 1_760_000_000_000_000_123, attrs) for row, name, attrs in new_events]
+        return [first, BatchChanges(set_attributes={k: _series(v) for k, v in second.items()}, events=events)]
 
     native, python = encode_both(decode_traces, request.SerializeToString(), changes, monkeypatch)
     assert _traces(native) == _traces(python)

@@ -83,6 +83,8 @@ struct Edits {
     event: HashMap<Address, Replacement>,
     resource: HashMap<Address, Replacement>,
     body: HashMap<usize, Replacement>,
+    /// row -> serialised Span.Event messages to append
+    new_events: HashMap<usize, Vec<Vec<u8>>>,
     touched_rows: HashSet<usize>,
     touched_events: HashSet<usize>,
     touched_resources: HashSet<usize>,
@@ -184,6 +186,11 @@ impl Edits {
                 if let Some(value) = &self.values[column][row] {
                     put_len(&mut item, attribute_field, &key_value(key, value));
                 }
+            }
+        }
+        if let Some(events) = self.new_events.get(&row) {
+            for event in events {
+                put_len(&mut item, 11, event);
             }
         }
         put_len(out, 2, &item);
@@ -312,8 +319,9 @@ const SCOPE_BODY: u8 = 3;
 /// written over an attribute of the same key or appended. rewrites: parallel lists addressing
 /// values as decode.string_values() does (scope code 0 item attribute, 1 event, 2 resource,
 /// 3 log body; owner; position; row of the item it belongs to; new string or None to drop).
+/// events: (row, serialised Span.Event) to append to spans.
 #[pyfunction]
-#[pyo3(signature = (raw, columns, scopes, owners, positions, rows, new_values, logs=false))]
+#[pyo3(signature = (raw, columns, scopes, owners, positions, rows, new_values, events=Vec::new(), logs=false))]
 #[allow(clippy::too_many_arguments)]
 pub fn rewrite<'py>(
     py: Python<'py>,
@@ -324,9 +332,17 @@ pub fn rewrite<'py>(
     positions: Vec<i64>,
     rows: Vec<usize>,
     new_values: Vec<Option<String>>,
+    events: Vec<(usize, Vec<u8>)>,
     logs: bool,
 ) -> PyResult<Bound<'py, PyBytes>> {
     let mut edits = Edits::default();
+    if logs && !events.is_empty() {
+        return Err(PyValueError::new_err("log records have no events"));
+    }
+    for (row, event) in events {
+        edits.new_events.entry(row).or_default().push(event);
+        edits.touched_rows.insert(row);
+    }
     for (key, values) in columns {
         let column = edits.keys.len();
         let mut encoded = Vec::with_capacity(values.len());

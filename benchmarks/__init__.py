@@ -1,0 +1,1 @@
+"""Load generator and micro-benchmarks for the genops sidecar (see benchmarks/README.md)."""

@@ -1,0 +1,152 @@
+"""In-process pipeline benchmark: decode → stages → encode on one batch, no gRPC, no processes.
+
+For quick iteration on stage code: `python -m benchmarks.run micro` reports spans/s through the
+whole pipeline and the time split between decode, each stage, and writing back + serialising.
+`python -m benchmarks.run profile` runs the same loop under cProfile.
+
+Times are process CPU time (`time.process_time`, which includes polars' worker threads), not wall
+time: on a shared machine wall time counts the moments another job had the core.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import io
+import pstats
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from benchmarks.targets import POLICY_FILE
+
+
+def stage_config(stages: bool, workdir: Path | None = None):
+    """The sidecar's config with every stage on (and a realistic policy file) or all off."""
+    from processor.config import load_config
+
+    on = "true" if stages else "false"
+    env = {
+        "GENOPS_COST_ENABLED": on,
+        "GENOPS_REDACTION_ENABLED": on,
+        "GENOPS_POLICY_ENABLED": on,
+        "GENOPS_REDACTION_HASH_KEY": "benchmark-only-hash-key",
+    }
+    if stages:
+        workdir = workdir or Path(tempfile.mkdtemp(prefix="genops-micro-"))
+        env["GENOPS_POLICY_STATE_BACKEND"] = "sqlite"
+        env["GENOPS_POLICY_STATE_PATH"] = str(workdir / "budget-state.sqlite")
+        policy = workdir / "policy.yaml"
+        policy.write_text(yaml.safe_dump(POLICY_FILE, sort_keys=False))
+        env["GENOPS_POLICY_POLICY_FILE"] = str(policy)
+    return load_config(None, environ=env)
+
+
+@dataclass
+class _TimedStage:
+    """Wraps a stage to add up the time its `process` takes; the pipeline sees the same stage."""
+
+    inner: object
+    seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.name = self.inner.name
+        self.signals = self.inner.signals
+
+    def wanted_keys(self):
+        return self.inner.wanted_keys()
+
+    def process(self, batch):
+        started = time.process_time()
+        try:
+            return self.inner.process(batch)
+        finally:
+            self.seconds += time.process_time() - started
+
+
+@dataclass
+class MicroResult:
+    stages: list[str]
+    spans: int
+    seconds: float
+    decode_seconds: float
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def spans_per_second(self) -> float:
+        return self.spans / self.seconds
+
+    def table(self) -> str:
+        per_batch = self.seconds / (self.spans / 1000) * 1000
+        lines = [
+            f"stages: {', '.join(self.stages) or '(none: pass-through)'}",
+            f"spans per CPU-second (in-process): {self.spans_per_second:,.0f}   ms per 1k spans: {per_batch:.2f}",
+            "| part | share of time | ms per 1k spans |",
+            "|---|---:|---:|",
+        ]
+        rest = self.seconds - self.decode_seconds - sum(self.stage_seconds.values())
+        parts = [("decode", self.decode_seconds), *self.stage_seconds.items(), ("write back + serialise + glue", rest)]
+        for name, seconds in parts:
+            lines.append(f"| {name} | {seconds / self.seconds:.0%} | {seconds / (self.spans / 1000) * 1000:.2f} |")
+        return "\n".join(lines)
+
+
+def build_pipeline(stages: bool, workdir: Path | None = None):
+    from prometheus_client import CollectorRegistry
+
+    from processor.observability import SidecarMetrics
+    from processor.pipeline import Pipeline
+    from processor.server import build_stages
+
+    config = stage_config(stages, workdir)
+    built = build_stages(config, CollectorRegistry())
+    timed = [_TimedStage(stage) for stage in built]
+    return Pipeline(timed, SidecarMetrics.create()), timed
+
+
+def run_micro(payloads: Sequence[bytes], spans_per_request: int, stages: bool, iterations: int) -> MicroResult:
+    from processor.decode import decode_traces
+
+    pipeline, timed = build_pipeline(stages)
+    wanted = pipeline._wanted["traces"]
+    for payload in payloads[:2]:  # warm-up: imports, caches, first polars plans
+        pipeline.process_traces(payload)
+    for stage in timed:
+        stage.seconds = 0.0
+    started = time.process_time()
+    for i in range(iterations):
+        pipeline.process_traces(payloads[i % len(payloads)])
+    total = time.process_time() - started
+    # Decode is timed in a separate loop: the pipeline does not expose its own split.
+    decode_started = time.process_time()
+    for i in range(iterations):
+        decode_traces(payloads[i % len(payloads)], wanted)
+    decode = time.process_time() - decode_started
+    return MicroResult(
+        stages=[s.name for s in timed],
+        spans=iterations * spans_per_request,
+        seconds=total,
+        decode_seconds=min(decode, total),
+        stage_seconds={s.name: s.seconds for s in timed},
+    )
+
+
+def run_profile(payloads: Sequence[bytes], stages: bool, iterations: int, top: int = 35) -> str:
+    pipeline, _ = build_pipeline(stages)
+    for payload in payloads[:2]:
+        pipeline.process_traces(payload)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for i in range(iterations):
+        pipeline.process_traces(payloads[i % len(payloads)])
+    profiler.disable()
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out).strip_dirs()
+    out.write("### by own time (tottime)\n")
+    stats.sort_stats("tottime").print_stats(top)
+    out.write("### by cumulative time\n")
+    stats.sort_stats("cumulative").print_stats(top)
+    return out.getvalue()
