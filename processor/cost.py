@@ -28,7 +28,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from processor import genai_attributes as ga
 from processor.config import CostConfig
 from processor.decode import START_TIME, TRACES, TelemetryBatch, WantedKeys
-from processor.observability import multiprocess_mode
 from processor.pipeline import BatchChanges
 from processor.pricing_table import ANY_PROVIDER, PricingTable, default_table_path, load_table
 from processor.reload import ReloadMetrics, Watcher
@@ -118,7 +117,6 @@ class CostMetrics:
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> CostMetrics:
-        livemax = {"multiprocess_mode": "livemax"} if multiprocess_mode() else {}
         return cls(
             unpriced=Counter(
                 "genops_cost_unpriced_spans",
@@ -132,7 +130,7 @@ class CostMetrics:
                 "The pricing table in use (value 1), by version and model count.",
                 ["version", "models"],
                 registry=registry,
-                **livemax,
+                multiprocess_mode="livemax",
             ),
             reload=ReloadMetrics("genops_pricing", "pricing table", registry),
         )

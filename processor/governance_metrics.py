@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import polars as pl
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -22,6 +23,8 @@ from processor.attribution import DIMENSIONS
 LABEL_CHOICES = (*DIMENSIONS, "model", "provider")
 OTHER = "other"
 UNKNOWN = "unknown"
+# Most label combinations of the per-operation metrics kept as separate series.
+MAX_SERIES = 10_000
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 
 
@@ -51,6 +54,17 @@ class LabelCap:
                     seen.add(value)
             mapping = {value: value for value in seen}
         return values.replace_strict(mapping, default=OTHER, return_dtype=pl.String)
+
+
+@dataclass(frozen=True)
+class _OperationSeries:
+    cost: Gauge
+    tokens_input: Counter
+    tokens_output: Counter
+    tokens: Counter
+    operations: Counter
+    errors: Counter
+    latency: Histogram
 
 
 class GovernanceMetrics:
@@ -112,6 +126,33 @@ class GovernanceMetrics:
             registry=registry,
         )
         self._upper_bounds = pl.Series([*LATENCY_BUCKETS, float("inf")], dtype=pl.Float64)
+        # Label combination -> its children of the per-operation metrics. prometheus_client's
+        # labels() validates and locks on every call (~20 µs); a batch touches hundreds of combinations.
+        self._series: dict[tuple, _OperationSeries] = {}
+        self._series_lock = threading.Lock()
+
+    def _operation_series(self, values: tuple) -> _OperationSeries:
+        series = self._series.get(values)
+        if series is None:
+            with self._series_lock:
+                if len(self._series) >= MAX_SERIES and values not in self._series:
+                    # The per-label caps still allow a large cross product; past this many
+                    # combinations new ones are folded into one "other" series.
+                    values = (OTHER,) * len(values)
+                series = self._series.get(values)
+                if series is None:
+                    metrics = (
+                        self.cost,
+                        self.tokens_input,
+                        self.tokens_output,
+                        self.tokens,
+                        self.operations,
+                        self.errors,
+                        self.latency,
+                    )
+                    series = _OperationSeries(*(self._child(metric, list(values)) for metric in metrics))
+                    self._series[values] = series
+        return series
 
     def capped(self, frame: pl.DataFrame) -> pl.DataFrame:
         """`frame` with each label column mapped through the cardinality cap."""
@@ -135,12 +176,14 @@ class GovernanceMetrics:
             .select(*keys, "cost", "tokens_input", "tokens_output", "count", "errors")
         )
         for *values, cost, tokens_in, tokens_out, count, errors in sums.iter_rows():
-            self._child(self.cost, values).inc(cost or 0.0)
-            self._child(self.tokens_input, values).inc(tokens_in or 0)
-            self._child(self.tokens_output, values).inc(tokens_out or 0)
-            self._child(self.tokens, values).inc((tokens_in or 0) + (tokens_out or 0))
-            self._child(self.operations, values).inc(count)
-            self._child(self.errors, values).inc(errors or 0)
+            series = self._operation_series(tuple(values))
+            series.cost.inc(cost or 0.0)
+            series.tokens_input.inc(tokens_in or 0)
+            series.tokens_output.inc(tokens_out or 0)
+            series.tokens.inc((tokens_in or 0) + (tokens_out or 0))
+            series.operations.inc(count)
+            if errors:
+                series.errors.inc(errors)
         self._observe_latency(ops.filter(pl.col("latency").is_not_null() & (pl.col("latency") >= 0)))
 
     def _observe_latency(self, ops: pl.DataFrame) -> None:
@@ -154,7 +197,7 @@ class GovernanceMetrics:
             .agg(pl.len().alias("count"), pl.col("latency").sum().alias("sum"))
         )
         for *values, index, count, total in grouped.select(*keys, "bucket", "count", "sum").iter_rows():
-            child = self._child(self.latency, values)
+            child = self._operation_series(tuple(values)).latency
             # Bulk update of one bucket; prometheus_client has no batch observe. Its internals have
             # been stable for years, but fall back to per-value observe if they ever change.
             if hasattr(child, "_buckets") and hasattr(child, "_sum"):

@@ -1,14 +1,14 @@
 """The sidecar's own Prometheus metrics and structlog set-up.
 
-Metrics live in one registry object so tests and multiple pipelines in one process do not fight
-over prometheus_client's global registry. With several worker processes, prometheus_client's
-multiprocess mode (PROMETHEUS_MULTIPROC_DIR) aggregates them for the one /metrics endpoint.
+Metrics live in registry objects passed around, so tests and several pipelines in one process do
+not fight over prometheus_client's global registry. With several worker processes, the workers
+record the pipeline and stage metrics in prometheus_client's multiprocess mode
+(PROMETHEUS_MULTIPROC_DIR) and the front process adds them to its own /metrics.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from dataclasses import dataclass
 
@@ -18,27 +18,60 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
-def multiprocess_mode() -> bool:
-    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+@dataclass
+class PipelineMetrics:
+    """Recorded where the stages run (the worker processes when there are several)."""
+
+    stage_errors: Counter
+    stage_seconds: Histogram
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> PipelineMetrics:
+        return cls(
+            stage_errors=Counter(
+                "genops_sidecar_stage_errors",
+                "Batches a stage failed on (forwarded without that stage's changes).",
+                ["stage", "signal"],
+                registry=registry,
+            ),
+            stage_seconds=Histogram(
+                "genops_sidecar_stage_seconds",
+                "Time spent per batch in each stage.",
+                ["stage", "signal"],
+                buckets=STAGE_BUCKETS,
+                registry=registry,
+            ),
+        )
 
 
 @dataclass
 class SidecarMetrics:
+    """The receiving and forwarding side, plus (in a single process) the pipeline's metrics."""
+
     registry: CollectorRegistry
     requests: Counter
     items: Counter
     malformed: Counter
     rejected: Counter
     forward_errors: Counter
-    stage_errors: Counter
-    stage_seconds: Histogram
     request_seconds: Histogram
     inflight: Gauge
+    pipeline: PipelineMetrics | None
+
+    # Kept as attributes of this object too, so a Pipeline can be given the SidecarMetrics.
+    @property
+    def stage_errors(self) -> Counter:
+        assert self.pipeline is not None
+        return self.pipeline.stage_errors
+
+    @property
+    def stage_seconds(self) -> Histogram:
+        assert self.pipeline is not None
+        return self.pipeline.stage_seconds
 
     @classmethod
-    def create(cls, registry: CollectorRegistry | None = None) -> SidecarMetrics:
+    def create(cls, registry: CollectorRegistry | None = None, *, with_pipeline: bool = True) -> SidecarMetrics:
         registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
-        gauge_mode = {"multiprocess_mode": "livesum"} if multiprocess_mode() else {}
         return cls(
             registry=registry,
             requests=Counter(
@@ -71,19 +104,6 @@ class SidecarMetrics:
                 ["signal", "code"],
                 registry=registry,
             ),
-            stage_errors=Counter(
-                "genops_sidecar_stage_errors",
-                "Batches a stage failed on (forwarded without that stage's changes).",
-                ["stage", "signal"],
-                registry=registry,
-            ),
-            stage_seconds=Histogram(
-                "genops_sidecar_stage_seconds",
-                "Time spent per batch in each stage.",
-                ["stage", "signal"],
-                buckets=STAGE_BUCKETS,
-                registry=registry,
-            ),
             request_seconds=Histogram(
                 "genops_sidecar_request_seconds",
                 "Time from receiving a request to answering it, forwarding included.",
@@ -95,8 +115,8 @@ class SidecarMetrics:
                 "genops_sidecar_inflight_requests",
                 "Export requests being processed or forwarded.",
                 registry=registry,
-                **gauge_mode,
             ),
+            pipeline=PipelineMetrics.create(registry) if with_pipeline else None,
         )
 
 
@@ -111,6 +131,7 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # One write per line: worker processes share stderr, and print() writes the newline apart.
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )

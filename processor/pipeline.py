@@ -18,7 +18,7 @@ import structlog
 
 from processor import encode
 from processor.decode import LOGS, TRACES, TelemetryBatch, WantedKeys, decode_logs, decode_traces
-from processor.observability import SidecarMetrics
+from processor.observability import PipelineMetrics
 
 PROCESSING_ERROR_KEY = "genops.processing.error"
 
@@ -69,13 +69,21 @@ class ProcessedRequest:
 
 
 class Pipeline:
-    def __init__(self, stages: Sequence[Stage], metrics: SidecarMetrics) -> None:
+    def __init__(self, stages: Sequence[Stage], metrics: PipelineMetrics) -> None:
         self.stages = list(stages)
         self.metrics = metrics
         self._wanted = {
             signal: WantedKeys.union(s.wanted_keys() for s in self.stages if signal in s.signals)
             for signal in (TRACES, LOGS)
         }
+
+    def process(self, signal: str, raw: bytes) -> ProcessedRequest:
+        if signal == TRACES:
+            return self.process_traces(raw)
+        if signal == LOGS:
+            return self.process_logs(raw)
+        # Metrics have no stage: passed through untouched.
+        return ProcessedRequest(raw, 1, ())
 
     def process_traces(self, raw: bytes) -> ProcessedRequest:
         return self._process(TRACES, decode_traces(raw, self._wanted[TRACES]), raw)

@@ -17,29 +17,31 @@ import grpc
 import structlog
 from grpc import aio
 
-from processor.decode import LOGS, TRACES, MalformedRequest
+from processor.decode import MalformedRequest
 from processor.forward import METHODS, DownstreamError, Forwarder
 from processor.observability import SidecarMetrics
-from processor.pipeline import Pipeline, ProcessedRequest
+from processor.pipeline import ProcessedRequest
 
 METRICS = "metrics"
 
 log = structlog.get_logger(__name__)
 
 
+class ProcessingUnavailable(RuntimeError):
+    """The processing side cannot take the request now (a worker process died); retryable."""
+
+
+# Runs the pipeline on one request, here or in a worker process.
+Process = Callable[[str, bytes], Awaitable[ProcessedRequest]]
+
+
 class ExportService:
-    def __init__(self, pipeline: Pipeline, forwarder: Forwarder, metrics: SidecarMetrics, max_inflight: int) -> None:
-        self.pipeline = pipeline
+    def __init__(self, process: Process, forwarder: Forwarder, metrics: SidecarMetrics, max_inflight: int) -> None:
+        self.process = process
         self.forwarder = forwarder
         self.metrics = metrics
         self.max_inflight = max_inflight
         self.inflight = 0
-        processors: dict[str, Callable[[bytes], ProcessedRequest]] = {
-            TRACES: pipeline.process_traces,
-            LOGS: pipeline.process_logs,
-            METRICS: _pass_through,
-        }
-        self._processors = processors
 
     def handlers(self) -> list[grpc.GenericRpcHandler]:
         out = []
@@ -74,7 +76,11 @@ class ExportService:
 
     async def _export(self, signal: str, raw: bytes, context: aio.ServicerContext) -> bytes:
         try:
-            processed = self._processors[signal](raw)
+            processed = await self.process(signal, raw) if signal != METRICS else ProcessedRequest(raw, 1, ())
+        except ProcessingUnavailable as exc:
+            self.metrics.requests.labels(signal=signal, outcome="rejected").inc()
+            log.error("processing unavailable", signal=signal, error=str(exc))
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"genops-sidecar: {exc}; retry")
         except MalformedRequest as exc:
             self.metrics.malformed.labels(signal=signal).inc()
             self.metrics.requests.labels(signal=signal, outcome="malformed").inc()
@@ -90,7 +96,3 @@ class ExportService:
             await context.abort(exc.code, str(exc))
         self.metrics.requests.labels(signal=signal, outcome="ok").inc()
         return response
-
-
-def _pass_through(raw: bytes) -> ProcessedRequest:
-    return ProcessedRequest(raw, 1, ())

@@ -23,8 +23,6 @@ from typing import Generic, TypeVar
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from processor.observability import multiprocess_mode
-
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
@@ -69,12 +67,11 @@ def content_hash(path: Path) -> str:
 
 class ReloadMetrics:
     def __init__(self, prefix: str, what: str, registry: CollectorRegistry) -> None:
-        livemin = {"multiprocess_mode": "livemin"} if multiprocess_mode() else {}
         self.success = Gauge(
             f"{prefix}_reload_success",
             f"1 if the last {what} reload succeeded, 0 if it failed and the previous {what} is still in use.",
             registry=registry,
-            **livemin,
+            multiprocess_mode="livemin",
         )
         self.total = Counter(
             f"{prefix}_reload",

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 from grpc import aio
@@ -17,8 +18,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from processor.config import SidecarConfig
 from processor.forward import Forwarder
 from processor.observability import SidecarMetrics
-from processor.pipeline import Pipeline, Stage
+from processor.pipeline import ProcessedRequest, Stage
 from processor.receive import ExportService
+
+if TYPE_CHECKING:
+    from processor.budget_api import BudgetStatusReader
 
 log = structlog.get_logger(__name__)
 
@@ -97,17 +101,24 @@ def close_stages(stages: list[Stage]) -> None:
 Route = Callable[[str], tuple[int, bytes, str]]
 
 
-def budget_routes(stages: list[Stage]) -> dict[str, Route]:
-    """The budget status endpoint of the policy stage, when it runs in this process."""
+class Processing(Protocol):
+    """Where the pipeline runs: in this process, or in worker processes (processor/workers.py)."""
+
+    async def process(self, signal: str, raw: bytes) -> ProcessedRequest: ...
+
+    def budget_reader(self) -> BudgetStatusReader | None: ...
+
+    def close(self) -> None: ...
+
+
+def budget_routes(processing: Processing) -> dict[str, Route]:
+    """The budget status endpoint, when the policy stage keeps budgets this process can read."""
     from functools import partial
 
     from processor.budget_api import BUDGETS_PATH, http_budget_status
 
-    for stage in stages:
-        reader = getattr(stage, "budget_status", None)
-        if reader is not None:
-            return {BUDGETS_PATH: partial(http_budget_status, reader)}
-    return {}
+    reader = processing.budget_reader()
+    return {BUDGETS_PATH: partial(http_budget_status, reader)} if reader is not None else {}
 
 
 class ProbeServer:
@@ -169,15 +180,14 @@ class ProbeServer:
 
 
 class Worker:
-    """One process's gRPC server. Several may share a port through SO_REUSEPORT."""
+    """The gRPC side: receives, hands each request to the processing, forwards the result."""
 
-    def __init__(self, config: SidecarConfig, metrics: SidecarMetrics, stages: list[Stage]) -> None:
+    def __init__(self, config: SidecarConfig, metrics: SidecarMetrics, processing: Processing) -> None:
         self.config = config
         self.metrics = metrics
-        self.stages = stages
-        self.pipeline = Pipeline(stages, metrics)
+        self.processing = processing
         self.forwarder = Forwarder(config.downstream)
-        self.service = ExportService(self.pipeline, self.forwarder, metrics, config.server.max_inflight_requests)
+        self.service = ExportService(processing.process, self.forwarder, metrics, config.server.max_inflight_requests)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         self.server: aio.Server | None = None
         self.port = 0
@@ -185,20 +195,14 @@ class Worker:
 
     async def start(self) -> int:
         size = self.config.server.max_recv_message_size_mib * MIB
-        server = aio.server(
-            options=[
-                ("grpc.max_receive_message_length", size),
-                ("grpc.so_reuseport", 1),
-            ],
-        )
+        server = aio.server(options=[("grpc.max_receive_message_length", size)])
         server.add_generic_rpc_handlers(self.service.handlers())
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        for stage in self.stages:
-            reader = getattr(stage, "budget_status", None)
-            if reader is not None:
-                from processor.budget_api import add_budget_service
+        reader = self.processing.budget_reader()
+        if reader is not None:
+            from processor.budget_api import add_budget_service
 
-                add_budget_service(server, reader)
+            add_budget_service(server, reader)
         self.port = server.add_insecure_port(self.config.server.listen)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.server.listen}")
@@ -234,14 +238,14 @@ class Worker:
         log.info("shutting down: refusing new requests, finishing in-flight ones", grace_seconds=grace)
         await self.server.stop(grace)
         await self.forwarder.close()
-        close_stages(self.stages)
+        self.processing.close()
         self.server = None
 
 
 async def serve_forever(
-    config: SidecarConfig, metrics: SidecarMetrics, readiness: Readiness, stages: list[Stage]
+    config: SidecarConfig, metrics: SidecarMetrics, readiness: Readiness, processing: Processing
 ) -> None:
-    worker = Worker(config, metrics, stages)
+    worker = Worker(config, metrics, processing)
     loop = asyncio.get_running_loop()
 
     def on_signal() -> None:

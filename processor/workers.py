@@ -1,149 +1,184 @@
-"""Process model: one worker in-process, or N worker processes sharing the port.
+"""Process model: the pipeline in this process, or in N worker processes fed request by request.
 
-Python processing is CPU-bound and holds the GIL, so cores are used by processes, each with its
-own gRPC server bound with SO_REUSEPORT; the kernel spreads the Collector's connections across
-them. The parent keeps the HTTP probes and serves /metrics aggregated over all workers through
-prometheus_client's multiprocess mode.
+Python processing is CPU-bound and holds the GIL, so more cores need more processes. The
+workers sit behind the one gRPC server of the front process and receive whole requests, not
+connections: a Collector exports over a single HTTP/2 connection, so spreading connections
+(SO_REUSEPORT) would leave all but one worker idle. The request bytes go to a worker and the
+processed bytes come back (a copy each way, small next to the processing itself); the front
+process keeps receiving, forwarding, probes and /metrics, where the workers' pipeline and stage
+metrics are added through prometheus_client's multiprocess mode.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import multiprocessing
 import os
 import shutil
-import signal
 import tempfile
-import threading
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import TYPE_CHECKING
 
 import structlog
 
 from processor.config import SidecarConfig
+from processor.pipeline import Pipeline, ProcessedRequest, Stage
+from processor.receive import ProcessingUnavailable
+
+if TYPE_CHECKING:
+    from processor.budget_api import BudgetStatusReader
+    from processor.observability import PipelineMetrics
 
 log = structlog.get_logger(__name__)
 
 
-def run(config: SidecarConfig) -> int:
-    if config.server.workers == 1:
-        return _run_single(config)
-    return _run_supervisor(config)
+class InlineProcessing:
+    """The pipeline runs on the event loop of this process (one worker)."""
+
+    def __init__(self, stages: list[Stage], metrics: PipelineMetrics) -> None:
+        self.stages = stages
+        self.pipeline = Pipeline(stages, metrics)
+
+    async def process(self, signal: str, raw: bytes) -> ProcessedRequest:
+        return self.pipeline.process(signal, raw)
+
+    def budget_reader(self) -> BudgetStatusReader | None:
+        for stage in self.stages:
+            reader = getattr(stage, "budget_status", None)
+            if reader is not None:
+                return reader
+        return None
+
+    def close(self) -> None:
+        from processor.server import close_stages
+
+        close_stages(self.stages)
 
 
-def _run_single(config: SidecarConfig) -> int:
-    from processor.observability import SidecarMetrics
-    from processor.server import ProbeServer, Readiness, budget_routes, build_stages, serve_forever
-
-    metrics = SidecarMetrics.create()
-    readiness = Readiness(ready=False, reasons=["starting"])
-    stages = build_stages(config, metrics.registry)
-    probes = ProbeServer(config.http.listen, lambda: metrics.registry, readiness, budget_routes(stages)).start()
-    log.info("probes and /metrics on HTTP", listen=config.http.listen)
-    try:
-        asyncio.run(serve_forever(config, metrics, readiness, stages))
-    finally:
-        probes.stop()
-    return 0
+# The pipeline of a worker process, built once by its initializer.
+_worker_pipeline: Pipeline | None = None
 
 
-def _worker_main(config: SidecarConfig, index: int) -> None:
-    # Runs in a fresh (spawned) interpreter, so PROMETHEUS_MULTIPROC_DIR is already in the
-    # environment when prometheus_client is first imported, as multiprocess mode requires.
-    from processor.observability import SidecarMetrics, configure_logging
-    from processor.server import Readiness, build_stages, serve_forever
+def _start_worker(config: SidecarConfig) -> None:
+    # A fresh (spawned) interpreter: PROMETHEUS_MULTIPROC_DIR is in its environment before
+    # prometheus_client is first imported, as multiprocess mode requires.
+    global _worker_pipeline
+    from prometheus_client import CollectorRegistry
+
+    from processor.observability import PipelineMetrics, configure_logging
+    from processor.server import build_stages, close_stages
 
     configure_logging(config.logging.level, config.logging.format)
-    structlog.contextvars.bind_contextvars(worker=index)
-    metrics = SidecarMetrics.create()
-    stages = build_stages(config, metrics.registry)
-    asyncio.run(serve_forever(config, metrics, Readiness(), stages))
+    structlog.contextvars.bind_contextvars(worker=os.getpid())
+    registry = CollectorRegistry()
+    stages = build_stages(config, registry)
+    _worker_pipeline = Pipeline(stages, PipelineMetrics.create(registry))
+    atexit.register(close_stages, stages)
 
 
-def _workers_problem(children: list, listen: str) -> str | None:
-    """Ready means every worker lives and the shared port answers gRPC health checks."""
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    dead = [child.name for child in children if not child.is_alive()]
-    if dead:
-        return f"worker exited: {', '.join(dead)}"
-    host, _, port = listen.rpartition(":")
-    target = f"{'127.0.0.1' if host in ('0.0.0.0', '', '[::]') else host}:{port}"
-    try:
-        with grpc.insecure_channel(target) as channel:
-            answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=0.5)
-    except grpc.RpcError as exc:
-        return f"workers not serving yet ({exc.code().name})"
-    if answer.status != health_pb2.HealthCheckResponse.SERVING:
-        return "workers not serving"
-    return None
+def _process_in_worker(signal: str, raw: bytes) -> ProcessedRequest:
+    assert _worker_pipeline is not None, "worker initializer did not run"
+    processed = _worker_pipeline.process(signal, raw)
+    log.debug("batch processed", signal=signal, items=processed.items)
+    return processed
 
 
-def _supervisor_routes(config: SidecarConfig) -> dict:
-    """The budget API in the supervisor reads the shared store itself (the workers' stages live in
-    other processes); with the memory backend there is nothing shared to read, so no route."""
-    if not config.policy.enabled or config.policy.state_backend == "memory":
-        return {}
-    from functools import partial
-
-    from processor.budget_api import BUDGETS_PATH, BudgetStatusReader, http_budget_status
-
-    return {BUDGETS_PATH: partial(http_budget_status, BudgetStatusReader.from_config(config.policy))}
+def _ready() -> int:
+    return os.getpid()
 
 
-def _run_supervisor(config: SidecarConfig) -> int:
-    if config.server.listen.endswith(":0"):
-        log.error("several workers need a fixed port to share; server.listen ends in :0")
-        return 2
-    metrics_dir = tempfile.mkdtemp(prefix="genops-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+class PoolProcessing:
+    """The pipeline runs in `workers` spawned processes; requests are queued to whichever is free."""
+
+    def __init__(self, config: SidecarConfig, metrics_dir: str) -> None:
+        self.config = config
+        self.metrics_dir = metrics_dir
+        self._pool = self._new_pool()
+        self._reader: BudgetStatusReader | None = None
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=self.config.server.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_worker,
+            initargs=(self.config,),
+        )
+
+    async def start(self) -> None:
+        """Starts every worker (loading pricing tables and rules) before the port opens."""
+        loop = asyncio.get_running_loop()
+        pids = await asyncio.gather(
+            *(loop.run_in_executor(self._pool, _ready) for _ in range(self.config.server.workers * 2))
+        )
+        log.info("worker processes ready", workers=len(set(pids)))
+
+    async def process(self, signal: str, raw: bytes) -> ProcessedRequest:
+        loop = asyncio.get_running_loop()
+        pool = self._pool
+        try:
+            return await loop.run_in_executor(pool, _process_in_worker, signal, raw)
+        except BrokenProcessPool as exc:
+            # A worker died (killed, out of memory): every request it held fails with
+            # UNAVAILABLE, which the Collector retries, and a new pool takes over.
+            if pool is self._pool:
+                log.error("a worker process died; starting new workers")
+                self._pool = self._new_pool()
+                pool.shutdown(wait=False, cancel_futures=True)
+            raise ProcessingUnavailable("a worker process died") from exc
+
+    def budget_reader(self) -> BudgetStatusReader | None:
+        # The stages live in the workers; the front process reads the shared store itself. The
+        # memory backend is private to each worker, so there is nothing to read from here.
+        policy = self.config.policy
+        if not policy.enabled or policy.state_backend == "memory":
+            return None
+        if self._reader is None:
+            from processor.budget_api import BudgetStatusReader
+
+            self._reader = BudgetStatusReader.from_config(policy)
+        return self._reader
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+def run(config: SidecarConfig) -> int:
     from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
 
-    from processor.server import ProbeServer, Readiness
+    from processor.observability import PipelineMetrics, SidecarMetrics
+    from processor.server import ProbeServer, Readiness, budget_routes, build_stages, serve_forever
 
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=metrics_dir)
-    context = multiprocessing.get_context("spawn")
-    children = [
-        context.Process(target=_worker_main, args=(config, index), name=f"genops-worker-{index}")
-        for index in range(config.server.workers)
-    ]
-    for child in children:
-        child.start()
-    readiness = Readiness(ready=True, check=lambda: _workers_problem(children, config.server.listen))
-    probes = ProbeServer(config.http.listen, lambda: registry, readiness, _supervisor_routes(config)).start()
-    log.info("started worker processes", workers=len(children), listen=config.server.listen)
-    stop = threading.Event()
+    readiness = Readiness(ready=False, reasons=["starting"])
+    metrics_dir = None
+    if config.server.workers == 1:
+        metrics = SidecarMetrics.create()
+        processing: InlineProcessing | PoolProcessing = InlineProcessing(
+            build_stages(config, metrics.registry), metrics.pipeline or PipelineMetrics.create(metrics.registry)
+        )
+    else:
+        # This process imported prometheus_client already, so its own metrics stay in memory;
+        # only the spawned workers write the multiprocess files, which /metrics adds here.
+        metrics_dir = tempfile.mkdtemp(prefix="genops-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=metrics_dir)
+        metrics = SidecarMetrics.create(registry, with_pipeline=False)
+        processing = PoolProcessing(config, metrics_dir)
+    probes = ProbeServer(config.http.listen, lambda: metrics.registry, readiness, budget_routes(processing)).start()
+    log.info("probes and /metrics on HTTP", listen=config.http.listen, workers=config.server.workers)
 
-    def on_signal(signum: int, _frame: object) -> None:
-        readiness.ready = False
-        readiness.reasons = ["shutting down"]
-        stop.set()
-        for child in children:
-            if child.pid is not None and child.is_alive():
-                os.kill(child.pid, signum)
+    async def main() -> None:
+        if isinstance(processing, PoolProcessing):
+            await processing.start()
+        await serve_forever(config, metrics, readiness, processing)
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    exit_code = 0
     try:
-        while not stop.is_set():
-            dead = [child for child in children if not child.is_alive()]
-            if dead:
-                # A dead worker leaves part of the port's connections unserved; failing the
-                # whole pod lets Kubernetes restart it rather than run at reduced capacity.
-                log.error("worker process exited; stopping", worker=dead[0].name, exitcode=dead[0].exitcode)
-                readiness.ready = False
-                readiness.reasons = [f"{dead[0].name} exited"]
-                on_signal(signal.SIGTERM, None)
-                exit_code = 1
-                break
-            stop.wait(0.5)
-        for child in children:
-            child.join(config.server.shutdown_grace_seconds + 5)
-            if child.is_alive():
-                child.kill()
+        asyncio.run(main())
     finally:
         probes.stop()
-        shutil.rmtree(metrics_dir, ignore_errors=True)
-    return exit_code
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+    return 0

@@ -12,6 +12,7 @@ from processor.config import DownstreamConfig, ServerConfig, SidecarConfig
 from processor.observability import SidecarMetrics
 from processor.pipeline import Stage
 from processor.server import Worker
+from processor.workers import InlineProcessing
 
 
 class RunningSidecar:
@@ -37,7 +38,7 @@ class RunningSidecar:
         self._thread.start()
 
         async def start_worker() -> Worker:
-            worker = Worker(self.config, self.metrics, self.stages)
+            worker = Worker(self.config, self.metrics, InlineProcessing(self.stages, self.metrics.pipeline))
             await worker.start()
             return worker
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
@@ -59,7 +61,8 @@ def sink():
     sink.stop()
 
 
-def test_two_worker_processes_share_the_port_and_metrics_add_up(sink):
+def test_two_workers_share_the_requests_of_one_connection_and_metrics_add_up(sink):
+    # A Collector exports over a single connection: the workers must split requests, not connections.
     grpc_port, http_port = free_port(), free_port()
     http = f"127.0.0.1:{http_port}"
     process = start_sidecar(
@@ -68,28 +71,37 @@ def test_two_worker_processes_share_the_port_and_metrics_add_up(sink):
             "GENOPS_SERVER_WORKERS": "2",
             "GENOPS_DOWNSTREAM_ENDPOINT": sink.endpoint,
             "GENOPS_HTTP_LISTEN": http,
+            "GENOPS_LOGGING_LEVEL": "debug",
         }
     )
+    requests = 40
     try:
-        # /readyz of the supervisor answers 200 only once the workers serve the shared port.
         wait_ready(process, http)
-        requests = 40
-        for _ in range(requests):
-            # A new channel per request: new connections are what SO_REUSEPORT spreads.
-            with grpc.insecure_channel(f"127.0.0.1:{grpc_port}", options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
-                export_traces(ch, trace_request([span()]))
-        assert len(sink.spans()) == requests
+        batch = trace_request([span(attributes={"gen_ai.request.model": "gpt-4o"}) for _ in range(300)])
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel, ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda _: export_traces(channel, batch), range(requests)))
+        assert len(sink.spans()) == requests * 300
         _, metrics = http_get(f"http://{http}/metrics")
-        ok_line = next(
-            line
-            for line in metrics.splitlines()
-            if line.startswith("genops_sidecar_requests_total{") and 'outcome="ok"' in line and "traces" in line
-        )
-        assert float(ok_line.rsplit(" ", 1)[1]) == requests
+        assert sample(metrics, "genops_sidecar_requests_total", 'outcome="ok"', 'signal="traces"') == requests
+        # Stage metrics come from the workers' multiprocess files, summed.
+        assert sample(metrics, "genops_sidecar_stage_seconds_count", 'stage="cost"', 'signal="traces"') == requests
     finally:
         process.send_signal(signal.SIGTERM)
-        process.wait(30)
-    assert process.returncode == 0
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    busy_workers = {
+        json.loads(line)["worker"]
+        for line in stderr.splitlines()
+        if line.startswith("{") and '"batch processed"' in line
+    }
+    assert len(busy_workers) == 2
+
+
+def sample(metrics_text: str, name: str, *labels: str) -> float:
+    for line in metrics_text.splitlines():
+        if line.startswith(name + "{") and all(label in line for label in labels):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {name} sample with {labels}")
 
 
 def test_sigterm_stops_a_single_worker_cleanly_and_readyz_reports_serving(sink):
