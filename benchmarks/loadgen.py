@@ -20,8 +20,8 @@ MIB = 1024 * 1024
 
 
 def _channel(endpoint: str) -> aio.Channel:
-    # A local subchannel pool gives every channel its own TCP connection: SO_REUSEPORT spreads
-    # connections, not requests, over the sidecar's worker processes.
+    # A local subchannel pool gives every channel its own TCP connection, so --channels is the
+    # number of connections (one Collector exporter uses one).
     return aio.insecure_channel(
         endpoint,
         options=[

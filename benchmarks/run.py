@@ -59,8 +59,7 @@ class ScenarioResult:
     cores_used: float = 0.0
     # CPU the load generator and the sink burnt meanwhile, in cores: they share the machine.
     client_cores: float = 0.0
-    # Cores used by each of the busiest target processes: with SO_REUSEPORT, connections (not
-    # requests) are spread over workers, so a worker can sit idle.
+    # Cores used by each of the busiest target processes, to show how evenly the workers are used.
     process_cores: list[float] = field(default_factory=list)
     sink_cores: float = 0.0
     rss_start_mib: float = 0.0
@@ -437,8 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=7)
 
     def load_args(p: argparse.ArgumentParser) -> None:
-        # Many connections rather than many requests per connection: SO_REUSEPORT places connections, and
-        # with 4 connections on 2 workers all four land on one worker one time in eight.
+        # The sidecar spreads requests over its workers, whatever the number of connections;
+        # --channels 1 --inflight 4 loads it the way one Collector exporter does.
         p.add_argument("--channels", type=int, default=8, help="concurrent gRPC channels/connections (default 8)")
         p.add_argument("--inflight", type=int, default=1, help="requests in flight per channel (default 1)")
         p.add_argument("--json", help="also write the results as JSON here")

@@ -153,7 +153,9 @@ def run(config: SidecarConfig) -> int:
 
     readiness = Readiness(ready=False, reasons=["starting"])
     metrics_dir = None
-    if config.server.workers == 1:
+    any_stage = config.cost.enabled or config.redaction.enabled or config.policy.enabled
+    if config.server.workers == 1 or not any_stage:
+        # Nothing to process (pass-through) is cheaper here than a hop to a worker and back.
         metrics = SidecarMetrics.create()
         processing: InlineProcessing | PoolProcessing = InlineProcessing(
             build_stages(config, metrics.registry), metrics.pipeline or PipelineMetrics.create(metrics.registry)
