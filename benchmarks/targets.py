@@ -62,8 +62,57 @@ POLICY_FILE = {
 }
 
 
+class _TargetProcess:
+    """Start, readiness wait, log capture and stop shared by the targets."""
+
+    workdir: Path
+    process: subprocess.Popen | None
+    port: int
+    log_name = "target.log"
+    stop_seconds = 30.0
+
+    def _launch(self, command: list[str], env: dict[str, str] | None, ready_url: str, timeout: float) -> None:
+        self._log = open(self.workdir / self.log_name, "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(command, env=env, cwd=self.workdir, stdout=self._log, stderr=self._log)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{command[0]} exited {self.process.returncode}: {self.log_tail()}")
+            if _ready(ready_url):
+                return
+            time.sleep(0.1)
+        tail = self.log_tail()
+        self.stop()
+        raise RuntimeError(f"{command[0]} not ready after {timeout}s: {tail}")
+
+    def log_tail(self, chars: int = 3000) -> str:
+        path = self.workdir / self.log_name
+        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(self.stop_seconds)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if getattr(self, "_log", None) is not None:
+            self._log.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
 @dataclass
-class Sidecar:
+class Sidecar(_TargetProcess):
     """`python -m processor serve` configured through GENOPS_* environment variables."""
 
     downstream: str
@@ -105,47 +154,14 @@ class Sidecar:
         env.update(self.extra_env)
         return env
 
+    log_name = "sidecar.log"
+    stop_seconds = 40.0
+
     def start(self, timeout: float = 60) -> Sidecar:
         env = self.environment()
-        self._log = open(self.workdir / "sidecar.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "processor", "serve"], env=env, cwd=REPO, stdout=self._log, stderr=self._log
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"sidecar exited {self.process.returncode}: {self.log_tail()}")
-            if _ready(f"http://{self.http}/readyz"):
-                return self
-            time.sleep(0.1)
-        tail = self.log_tail()
-        self.stop()
-        raise RuntimeError(f"sidecar not ready after {timeout}s: {tail}")
-
-    def log_tail(self, chars: int = 3000) -> str:
-        path = self.workdir / "sidecar.log"
-        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
-
-    @property
-    def endpoint(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(40)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if getattr(self, "_log", None) is not None:
-            self._log.close()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        # cwd is the target's workdir, so the package is found through its install, as in production.
+        self._launch([sys.executable, "-m", "processor", "serve"], env, f"http://{self.http}/readyz", timeout)
+        return self
 
 
 def ottl_statements(table: list[Model]) -> list[str]:
@@ -214,7 +230,7 @@ def find_collector() -> str | None:
 
 
 @dataclass
-class Collector:
+class Collector(_TargetProcess):
     binary: str
     downstream: str
     table_size: int = 500
@@ -222,46 +238,11 @@ class Collector:
     process: subprocess.Popen | None = None
     port: int = 0
 
+    log_name = "otelcol.log"
+
     def start(self, timeout: float = 60) -> Collector:
         self.port, health = free_port(), free_port()
         config = self.workdir / "otelcol.yaml"
         config.write_text(yaml.safe_dump(collector_config(self.port, health, self.downstream, self.table_size)))
-        self._log = open(self.workdir / "otelcol.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            [self.binary, "--config", str(config)], stdout=self._log, stderr=self._log, cwd=self.workdir
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"otelcol exited {self.process.returncode}: {self.log_tail()}")
-            if _ready(f"http://127.0.0.1:{health}/"):
-                return self
-            time.sleep(0.1)
-        tail = self.log_tail()
-        self.stop()
-        raise RuntimeError(f"otelcol not ready after {timeout}s: {tail}")
-
-    def log_tail(self, chars: int = 3000) -> str:
-        path = self.workdir / "otelcol.log"
-        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
-
-    @property
-    def endpoint(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if getattr(self, "_log", None) is not None:
-            self._log.close()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        self._launch([self.binary, "--config", str(config)], None, f"http://127.0.0.1:{health}/", timeout)
+        return self
