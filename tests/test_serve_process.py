@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 import pytest
@@ -155,3 +156,55 @@ def test_validate_config_reports_valid_and_invalid_files(tmp_path):
     )
     assert broken.returncode == 1
     assert "downstream.compression" in broken.stderr
+
+
+def child_pids(pid: int) -> list[int]:
+    children = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                children.append(int(entry))
+    return children
+
+
+def test_a_killed_worker_costs_one_retry_and_no_data(sink):
+    grpc_port, http_port = free_port(), free_port()
+    http = f"127.0.0.1:{http_port}"
+    process = start_sidecar(
+        {
+            "GENOPS_SERVER_LISTEN": f"127.0.0.1:{grpc_port}",
+            "GENOPS_SERVER_WORKERS": "2",
+            "GENOPS_DOWNSTREAM_ENDPOINT": sink.endpoint,
+            "GENOPS_HTTP_LISTEN": http,
+        }
+    )
+    try:
+        wait_ready(process, http)
+        workers = [pid for pid in child_pids(process.pid) if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()]
+        assert len(workers) == 2
+        os.kill(workers[0], signal.SIGKILL)
+        answers = []
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            for i in range(10):
+                # What the Collector's retry does: send the same batch again after UNAVAILABLE.
+                request = trace_request([span(name=f"after-kill-{i}")])
+                for _ in range(50):
+                    try:
+                        export_traces(channel, request)
+                        answers.append("ok")
+                        break
+                    except grpc.RpcError as error:
+                        assert error.code() == grpc.StatusCode.UNAVAILABLE
+                        answers.append("unavailable")
+                        time.sleep(0.2)
+        assert answers.count("ok") == 10
+        assert sorted(r.span.name for r in sink.spans()) == sorted(f"after-kill-{i}" for i in range(10))
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=60)
+    assert process.returncode == 0
