@@ -91,9 +91,19 @@ class ValueRedactor:
             return empty
         index = hit.arg_true()
         current = values.filter(hit)
+        # Which rules match any value as received, in one pass: most rules match nothing in a batch,
+        # and each polars call has a fixed cost. (What an earlier rule wrote, a mask or a hash, is
+        # not something a later rule should redact again.)
+        possible = (
+            current.to_frame("v")
+            .select(pl.col("v").str.contains(rule.pattern).any().alias(str(i)) for i, rule in enumerate(self.rules))
+            .row(0)
+        )
         dropped = _falses(current.len())
         fired: list[pl.Series] = []
-        for rule in self.rules:
+        for rule, may_match in zip(self.rules, possible, strict=True):
+            if not may_match:
+                continue
             matched = current.str.contains(rule.pattern).fill_null(False) & ~dropped
             if not matched.any():
                 continue
