@@ -144,8 +144,11 @@ def _expose_to_later_stages(batch: TelemetryBatch, changes: BatchChanges) -> Non
     updates = []
     for key, column in changes.set_attributes.items():
         column = column.alias(key)
-        if key in frame.columns and frame.schema[key] == column.dtype:
-            updates.append(pl.coalesce(pl.lit(column), pl.col(key)).alias(key))
+        if key in frame.columns:
+            # Where the stage left an item alone, the item keeps the value it arrived with (cast
+            # to the stage's type: an SDK may send a cost as a string).
+            earlier = pl.col(key).cast(column.dtype, strict=False) if column.dtype != pl.Null else pl.col(key)
+            updates.append(pl.coalesce(pl.lit(column), earlier).alias(key))
         else:
             updates.append(pl.lit(column).alias(key))
     batch.frame = frame.with_columns(updates)

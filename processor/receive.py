@@ -86,6 +86,11 @@ class ExportService:
             self.metrics.requests.labels(signal=signal, outcome="malformed").inc()
             log.warning("malformed request rejected", signal=signal, error=str(exc), size=len(raw))
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except Exception:
+            # A bug outside any stage (decode, encode glue): the batch still goes out, as received.
+            self.metrics.requests.labels(signal=signal, outcome="unprocessed").inc()
+            log.exception("processing failed; forwarding the request unmodified", signal=signal, size=len(raw))
+            processed = ProcessedRequest(raw, 0, ("pipeline",))
         self.metrics.items.labels(signal=signal).inc(processed.items)
         try:
             response = await self.forwarder.export(signal, processed.payload)
@@ -94,5 +99,12 @@ class ExportService:
             self.metrics.requests.labels(signal=signal, outcome="forward_error").inc()
             log.warning("downstream export failed", signal=signal, code=exc.code.name, details=exc.details)
             await context.abort(exc.code, str(exc))
+        except Exception as exc:
+            # Not a gRPC status from the downstream (a client-side failure): UNAVAILABLE, which the
+            # Collector retries, rather than the UNKNOWN it would drop the data on.
+            self.metrics.forward_errors.labels(signal=signal, code="CLIENT_ERROR").inc()
+            self.metrics.requests.labels(signal=signal, outcome="forward_error").inc()
+            log.exception("forwarding failed", signal=signal)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"genops-sidecar could not forward: {exc}")
         self.metrics.requests.labels(signal=signal, outcome="ok").inc()
         return response

@@ -469,3 +469,22 @@ def test_spans_with_error_status_or_error_type_count_as_operation_errors(policy_
     run_pipeline(stage, trace_request([failed, llm_span(0.0, **{"error.type": "429"}), llm_span(0.0)]))
     assert registry.get_sample_value("genops_operation_errors_total", {"team": "ml"}) == 2
     assert registry.get_sample_value("genops_operations_total", {"team": "ml"}) == 3
+
+
+def test_spend_counts_sdk_costs_sent_as_strings_next_to_costs_the_sidecar_computed(policy_file):
+    from processor.config import CostConfig
+    from processor.cost import build_cost_stage
+
+    registry = CollectorRegistry()
+    cost = build_cost_stage(CostConfig(), registry, watch=False)
+    policy = build_policy_stage(stage_config(policy_file), registry)
+    common = {"genops.team": "ml", "gen_ai.request.model": "gpt-4o-mini", "gen_ai.provider.name": "openai"}
+    sdk = span(attributes={**common, "genops.cost.total": "0.5"})
+    priced = span(attributes={**common, "gen_ai.usage.input_tokens": 1_000_000, "gen_ai.usage.output_tokens": 0})
+    out = Pipeline([cost, policy], SidecarMetrics.create()).process_traces(
+        trace_request([sdk, priced]).SerializeToString()
+    )
+    assert out.failed_stages == ()
+    # $0.50 from the SDK (as a string) + 1M input tokens of gpt-4o-mini at $0.15/M.
+    labels = _labels(team="ml", project="chat-api", provider="openai")
+    assert registry.get_sample_value("genops_cost_total_usd", labels) == pytest.approx(0.65)

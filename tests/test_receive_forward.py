@@ -219,3 +219,19 @@ def test_shutdown_finishes_in_flight_requests(sink):
         pending.result(10)
         stopped.join(10)
     assert len(sink.spans()) == 1
+
+
+class UnwritableStage(TagStage):
+    """Returns a value no OTLP attribute can hold, so writing the changes back fails."""
+
+    def process(self, batch: TelemetryBatch) -> BatchChanges:
+        return BatchChanges(set_attributes={self.key: pl.Series([{"a": 1}] * len(batch), dtype=pl.Object)})
+
+
+def test_a_batch_whose_changes_cannot_be_written_goes_out_as_received(sink, make_sidecar):
+    sidecar = make_sidecar(stages=[UnwritableStage()])
+    request = trace_request([span(), span()])
+    with sidecar.channel() as channel:
+        export_traces(channel, request)
+    assert sink.trace_requests() == [request]
+    assert sidecar.metric_value("genops_sidecar_stage_errors_total", {"stage": "encode", "signal": "traces"}) == 1
