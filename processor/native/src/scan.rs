@@ -15,8 +15,9 @@ enum Scalar {
     Int(i64),
     Double(f64),
     Bytes(Vec<u8>),
-    Array,
-    KvList,
+    /// The raw ArrayValue / KeyValueList message, rendered as JSON only if someone asks.
+    Array(Vec<u8>),
+    KvList(Vec<u8>),
     Missing,
 }
 
@@ -29,8 +30,8 @@ impl Scalar {
             Scalar::Int(_) => "int_value",
             Scalar::Double(_) => "double_value",
             Scalar::Bytes(_) => "bytes_value",
-            Scalar::Array => "array_value",
-            Scalar::KvList => "kvlist_value",
+            Scalar::Array(_) => "array_value",
+            Scalar::KvList(_) => "kvlist_value",
             Scalar::Missing => return None,
         })
     }
@@ -42,8 +43,8 @@ impl Scalar {
             Scalar::Bool(_) => 2,
             Scalar::Int(_) => 3,
             Scalar::Double(_) => 4,
-            Scalar::Array => 5,
-            Scalar::KvList => 6,
+            Scalar::Array(_) => 5,
+            Scalar::KvList(_) => 6,
             Scalar::Bytes(_) => 7,
             Scalar::Missing => return None,
         })
@@ -56,7 +57,16 @@ impl Scalar {
             Scalar::Int(i) => Some(i.to_string()),
             Scalar::Double(d) => Some(python_float_repr(*d)),
             Scalar::Bytes(b) => Some(b.iter().map(|x| format!("{x:02x}")).collect()),
-            Scalar::Array | Scalar::KvList | Scalar::Missing => None,
+            Scalar::Array(raw) | Scalar::KvList(raw) => {
+                let mut out = String::new();
+                let rendered = if matches!(self, Scalar::Array(_)) {
+                    json_array(raw, &mut out)
+                } else {
+                    json_kvlist(raw, &mut out)
+                };
+                rendered.ok().map(|_| out)
+            }
+            Scalar::Missing => None,
         }
     }
 }
@@ -123,14 +133,8 @@ fn any_value(buf: &[u8]) -> WireResult<Scalar> {
             (2, VARINT) => Scalar::Bool(reader.varint()? != 0),
             (3, VARINT) => Scalar::Int(reader.varint()? as i64),
             (4, I64) => Scalar::Double(f64::from_bits(reader.fixed64()?)),
-            (5, LEN) => {
-                reader.bytes()?;
-                Scalar::Array
-            }
-            (6, LEN) => {
-                reader.bytes()?;
-                Scalar::KvList
-            }
+            (5, LEN) => Scalar::Array(reader.bytes()?.to_vec()),
+            (6, LEN) => Scalar::KvList(reader.bytes()?.to_vec()),
             (7, LEN) => Scalar::Bytes(reader.bytes()?.to_vec()),
             (1..=7, _) => return Err(format!("AnyValue field {field} has wire type {wire}")),
             _ => {
@@ -140,6 +144,101 @@ fn any_value(buf: &[u8]) -> WireResult<Scalar> {
         };
     }
     Ok(value)
+}
+
+/// Nested values as the JSON text Python's `json.dumps(..., ensure_ascii=False, separators=(",", ":"))`
+/// gives for them (processor/decode.py `_render`), so both decoders produce the same text.
+fn json_any(buf: &[u8], out: &mut String) -> WireResult<()> {
+    match any_value(buf)? {
+        Scalar::Missing => out.push_str("null"),
+        Scalar::Str(s) => json_string(&s, out),
+        Scalar::Bool(b) => out.push_str(if b { "true" } else { "false" }),
+        Scalar::Int(i) => out.push_str(&i.to_string()),
+        // Python renders a non-finite double as the string "inf" / "nan", quoted.
+        Scalar::Double(d) if d.is_finite() => out.push_str(&python_float_repr(d)),
+        Scalar::Double(d) => json_string(&python_float_repr(d), out),
+        Scalar::Bytes(b) => json_string(
+            &b.iter().map(|x| format!("{x:02x}")).collect::<String>(),
+            out,
+        ),
+        Scalar::Array(raw) => json_array(&raw, out)?,
+        Scalar::KvList(raw) => json_kvlist(&raw, out)?,
+    }
+    Ok(())
+}
+
+fn json_array(raw: &[u8], out: &mut String) -> WireResult<()> {
+    out.push('[');
+    let mut reader = Reader::new(raw);
+    let mut first = true;
+    while !reader.done() {
+        let (field, wire) = reader.tag()?;
+        if field == 1 {
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            json_any(reader.expect_len(wire)?, out)?;
+        } else {
+            reader.skip(wire)?;
+        }
+    }
+    out.push(']');
+    Ok(())
+}
+
+fn json_kvlist(raw: &[u8], out: &mut String) -> WireResult<()> {
+    // A repeated key keeps its first place and its last value, like a Python dict built in order.
+    let mut entries: Vec<(String, String)> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut reader = Reader::new(raw);
+    while !reader.done() {
+        let (field, wire) = reader.tag()?;
+        if field == 1 {
+            let (key, value) = key_value(reader.expect_len(wire)?)?;
+            let key = text(key);
+            let mut rendered = String::new();
+            json_any(value, &mut rendered)?;
+            match index.get(&key) {
+                Some(&at) => entries[at].1 = rendered,
+                None => {
+                    index.insert(key.clone(), entries.len());
+                    entries.push((key, rendered));
+                }
+            }
+        } else {
+            reader.skip(wire)?;
+        }
+    }
+    out.push('{');
+    for (i, (key, value)) in entries.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        json_string(key, out);
+        out.push(':');
+        out.push_str(value);
+    }
+    out.push('}');
+    Ok(())
+}
+
+fn json_string(text: &str, out: &mut String) {
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 /// A KeyValue's key and the raw bytes of its AnyValue (decoded only when someone wants it).
@@ -501,7 +600,7 @@ fn scalar_to_py(py: Python<'_>, value: &Scalar) -> PyResult<Py<PyAny>> {
         Scalar::Int(i) => i.into_pyobject(py)?.into_any().unbind(),
         Scalar::Double(d) => d.into_pyobject(py)?.into_any().unbind(),
         Scalar::Bytes(b) => pyo3::types::PyBytes::new(py, b).into_any().unbind(),
-        Scalar::Array | Scalar::KvList | Scalar::Missing => py.None(),
+        Scalar::Array(_) | Scalar::KvList(_) | Scalar::Missing => py.None(),
     })
 }
 
@@ -516,7 +615,7 @@ fn columns_to_py<'py>(py: Python<'py>, columns: &Columns) -> PyResult<Bound<'py,
         let mut mixed = false;
         for value in values.iter().copied() {
             let this = match value {
-                Scalar::Array | Scalar::KvList | Scalar::Missing => None,
+                Scalar::Array(_) | Scalar::KvList(_) | Scalar::Missing => None,
                 other => other.kind(),
             };
             if let Some(this) = this {
@@ -535,7 +634,9 @@ fn columns_to_py<'py>(py: Python<'py>, columns: &Columns) -> PyResult<Bound<'py,
         for value in values.iter().copied() {
             if mixed {
                 match value {
-                    Scalar::Array | Scalar::KvList | Scalar::Missing => list.append(py.None())?,
+                    Scalar::Array(_) | Scalar::KvList(_) | Scalar::Missing => {
+                        list.append(py.None())?
+                    }
                     Scalar::Bytes(b) => list.append(format!("{:?}", PyBytesRepr(b)))?,
                     Scalar::Bool(b) => list.append(if *b { "True" } else { "False" })?,
                     other => list.append(other.render())?,
