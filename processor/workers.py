@@ -65,11 +65,17 @@ def _start_worker(config: SidecarConfig) -> None:
     # A fresh (spawned) interpreter: PROMETHEUS_MULTIPROC_DIR is in its environment before
     # prometheus_client is first imported, as multiprocess mode requires.
     global _worker_pipeline
+    import signal
+
     from prometheus_client import CollectorRegistry
 
     from processor.observability import PipelineMetrics, configure_logging
     from processor.server import build_stages, close_stages
 
+    # The front process decides when workers stop (after in-flight requests are done): a Ctrl+C
+    # reaches the whole process group and must not kill them under a running request. SIGTERM
+    # keeps its default: concurrent.futures terminates the workers of a broken pool with it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging(config.logging.level, config.logging.format)
     structlog.contextvars.bind_contextvars(worker=os.getpid())
     registry = CollectorRegistry()

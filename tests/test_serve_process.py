@@ -34,11 +34,25 @@ def start_sidecar(env_extra: dict[str, str], *args: str) -> subprocess.Popen:
     env = {**os.environ, **env_extra}
     return subprocess.Popen(
         [sys.executable, "-m", "processor", *args, "serve"],
+        # Own process group: a hung sidecar is killed together with its worker processes.
+        start_new_session=True,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def terminate(process: subprocess.Popen, timeout: float = 60) -> str:
+    """SIGTERM and wait; a sidecar that does not stop in time is killed, so no test leaves one behind."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        _, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        _, stderr = process.communicate()
+        stderr += "\n[killed: did not stop within the timeout]"
+    return stderr
 
 
 def wait_ready(process: subprocess.Popen, http: str, timeout: float = 30) -> None:
@@ -87,8 +101,7 @@ def test_two_workers_share_the_requests_of_one_connection_and_metrics_add_up(sin
         # Stage metrics come from the workers' multiprocess files, summed.
         assert sample(metrics, "genops_sidecar_stage_seconds_count", 'stage="cost"', 'signal="traces"') == requests
     finally:
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=60)
+        stderr = terminate(process)
     assert process.returncode == 0, stderr
     busy_workers = {
         json.loads(line)["worker"]
@@ -122,8 +135,7 @@ def test_sigterm_stops_a_single_worker_cleanly_and_readyz_reports_serving(sink):
             export_traces(channel, trace_request([span()]))
         assert "genops_sidecar_requests_total" in http_get(f"http://{http}/metrics")[1]
     finally:
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=30)
+        stderr = terminate(process)
     assert process.returncode == 0, stderr
     assert '"event": "stopped"' in stderr
 
@@ -205,6 +217,5 @@ def test_a_killed_worker_costs_one_retry_and_no_data(sink):
         assert answers.count("ok") == 10
         assert sorted(r.span.name for r in sink.spans()) == sorted(f"after-kill-{i}" for i in range(10))
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.communicate(timeout=60)
+        terminate(process)
     assert process.returncode == 0
