@@ -27,6 +27,7 @@ from processor.observability import SidecarMetrics
 from processor.pipeline import Pipeline
 from processor.policy_stage import build_policy_stage, check_policy_config
 from processor.protos import budget_pb2
+from tests.collector_harness import running_sidecar
 from tests.otlp_builders import span, trace_request
 from tests.otlp_sink import OtlpSink, attributes_to_dict
 from tests.sidecar_runner import RunningSidecar
@@ -116,26 +117,20 @@ def run_pipeline(stage, request) -> list[dict[str, object]]:
     ]
 
 
-def test_two_sidecars_sharing_redis_tag_the_exact_span_that_crosses_the_budget(sink, policy_file, redis_url):
-    sidecars = [
-        RunningSidecar(
-            sink.endpoint,
-            stages=[
-                build_policy_stage(
-                    stage_config(policy_file, state_backend="redis", redis_url=redis_url), CollectorRegistry()
-                )
-            ],
-        ).start()
-        for _ in range(2)
-    ]
-    try:
-        with sidecars[0].channel() as channel:
+def test_two_sidecar_processes_sharing_redis_tag_the_exact_span_that_crosses_the_budget(sink, policy_file, redis_url):
+    env = {
+        "GENOPS_POLICY_POLICY_FILE": str(policy_file),
+        "GENOPS_POLICY_STATE_BACKEND": "redis",
+        "GENOPS_POLICY_REDIS_URL": redis_url,
+    }
+    with (
+        running_sidecar(sink.endpoint, extra_env=env) as first,
+        running_sidecar(sink.endpoint, extra_env=env) as second,
+    ):
+        with grpc.insecure_channel(first.listen_endpoint) as channel:
             export_traces(channel, trace_request([llm_span(), llm_span()]))
-        with sidecars[1].channel() as channel:
+        with grpc.insecure_channel(second.listen_endpoint) as channel:
             export_traces(channel, trace_request([llm_span(), llm_span(), llm_span(), llm_span()]))
-    finally:
-        for sidecar in sidecars:
-            sidecar.stop()
     spans = [s.attributes for s in sink.spans()]
     assert [s["genops.budget.consumed"] for s in spans] == [0.25, 0.5, 0.75, 1.0, 1.25, 1.5]
     assert [s["genops.budget.exceeded"] for s in spans] == [False, False, False, False, True, True]
