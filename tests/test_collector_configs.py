@@ -40,12 +40,9 @@ def test_the_shipped_sidecar_config_is_among_the_validated_configs():
     assert BUILDER_MANIFEST not in collector_configs()
 
 
-@pytest.mark.e2e
-@pytest.mark.parametrize("config", collector_configs(), ids=lambda p: str(p.relative_to(COLLECTOR_CONFIG_DIR)))
-def test_collector_accepts_config_with_its_defaults(config: Path):
-    # Validation with a bare environment proves every ${env:...} reference has a usable default.
-    env = {key: value for key, value in os.environ.items() if not key.startswith("GENOPS_")}
-    result = subprocess.run(
+def validate(config: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`otelcol validate` of one config file under the given environment."""
+    return subprocess.run(
         [str(otelcol_binary()), "validate", "--config", str(config)],
         capture_output=True,
         text=True,
@@ -53,6 +50,14 @@ def test_collector_accepts_config_with_its_defaults(config: Path):
         timeout=60,
         check=False,
     )
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("config", collector_configs(), ids=lambda p: str(p.relative_to(COLLECTOR_CONFIG_DIR)))
+def test_collector_accepts_config_with_its_defaults(config: Path):
+    # Validation with a bare environment proves every ${env:...} reference has a usable default.
+    env = {key: value for key, value in os.environ.items() if not key.startswith("GENOPS_")}
+    result = validate(config, env)
     assert result.returncode == 0, result.stderr
 
 
@@ -63,14 +68,7 @@ def test_collector_accepts_the_env_overrides_the_tests_use():
         **loop_collector_env(CollectorPorts(), "127.0.0.1:1", "127.0.0.1:2"),
         "GENOPS_OTELCOL_RETRY_INITIAL_INTERVAL": "100ms",
     }
-    result = subprocess.run(
-        [str(otelcol_binary()), "validate", "--config", str(SHIPPED_COLLECTOR_CONFIG)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
+    result = validate(SHIPPED_COLLECTOR_CONFIG, env)
     assert result.returncode == 0, result.stderr
 
 
@@ -78,14 +76,7 @@ def test_collector_accepts_the_env_overrides_the_tests_use():
 def test_collector_rejects_a_non_boolean_backend_insecure_flag():
     # Guards against the flag silently turning into a string that the Collector ignores.
     env = {**os.environ, "GENOPS_BACKEND_INSECURE": "sometimes"}
-    result = subprocess.run(
-        [str(otelcol_binary()), "validate", "--config", str(SHIPPED_COLLECTOR_CONFIG)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
+    result = validate(SHIPPED_COLLECTOR_CONFIG, env)
     assert result.returncode != 0
     assert "insecure" in result.stderr
 
