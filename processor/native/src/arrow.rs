@@ -1,0 +1,171 @@
+//! Arrow array buffers built in Rust and handed to Python as bytes.
+//!
+//! The Python side wraps them with `pyarrow.Array.from_buffers` and polars imports them without
+//! one Python object per value. Strings use the view layout (`string_view`), polars' own string
+//! representation, so importing them needs no conversion.
+
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+/// An Arrow bitmap (validity or boolean values), least significant bit first.
+#[derive(Default)]
+pub struct Bitmap {
+    bits: Vec<u8>,
+    len: usize,
+    unset: usize,
+}
+
+impl Bitmap {
+    pub fn with_capacity(len: usize) -> Self {
+        Bitmap {
+            bits: Vec::with_capacity(len.div_ceil(8)),
+            len: 0,
+            unset: 0,
+        }
+    }
+
+    pub fn push(&mut self, bit: bool) {
+        if self.len % 8 == 0 {
+            self.bits.push(0);
+        }
+        if bit {
+            *self.bits.last_mut().expect("a byte was pushed") |= 1 << (self.len % 8);
+        } else {
+            self.unset += 1;
+        }
+        self.len += 1;
+    }
+
+    pub fn to_py<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.bits)
+    }
+
+    /// As a validity buffer: None when every slot is valid, which Arrow allows and is cheaper.
+    pub fn validity_to_py<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
+        (self.unset > 0).then(|| self.to_py(py))
+    }
+}
+
+/// One 16-byte view: the length, then the value itself when it fits, else its first four bytes,
+/// the data buffer index (always 0: one buffer) and the offset in that buffer.
+pub type View = [u8; 16];
+
+const INLINE: usize = 12;
+
+/// The view of `value`, copying it into `data` unless it is short enough to sit inline.
+#[inline]
+pub fn view_of(value: &[u8], data: &mut Vec<u8>) -> View {
+    let mut view = [0u8; 16];
+    view[..4].copy_from_slice(&(value.len() as u32).to_le_bytes());
+    if value.len() <= INLINE {
+        view[4..4 + value.len()].copy_from_slice(value);
+    } else {
+        view[4..8].copy_from_slice(&value[..4]);
+        view[12..].copy_from_slice(&(data.len() as u32).to_le_bytes());
+        data.extend_from_slice(value);
+    }
+    view
+}
+
+/// The view of a value `write` appends to `data` (no temporary string); a short one is moved
+/// inline and taken back out of `data`.
+#[inline]
+pub fn view_written(data: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) -> View {
+    let start = data.len();
+    write(data);
+    let len = data.len() - start;
+    let mut view = [0u8; 16];
+    view[..4].copy_from_slice(&(len as u32).to_le_bytes());
+    if len <= INLINE {
+        view[4..4 + len].copy_from_slice(&data[start..]);
+        data.truncate(start);
+    } else {
+        view[4..8].copy_from_slice(&data[start..start + 4]);
+        view[12..].copy_from_slice(&(start as u32).to_le_bytes());
+    }
+    view
+}
+
+/// A `string_view` / `binary_view` array with a validity bitmap.
+pub struct Views {
+    views: Vec<View>,
+    data: Vec<u8>,
+    validity: Bitmap,
+}
+
+impl Views {
+    pub fn with_capacity(len: usize) -> Self {
+        Views {
+            views: Vec::with_capacity(len),
+            data: Vec::new(),
+            validity: Bitmap::with_capacity(len),
+        }
+    }
+
+    pub fn push(&mut self, value: &[u8]) {
+        self.views.push(view_of(value, &mut self.data));
+        self.validity.push(true);
+    }
+
+    pub fn push_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        self.views.push(view_written(&mut self.data, write));
+        self.validity.push(true);
+    }
+
+    pub fn push_null(&mut self) {
+        self.views.push([0u8; 16]);
+        self.validity.push(false);
+    }
+
+    /// (validity or None, views, data)
+    pub fn to_py<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<(
+        Option<Bound<'py, PyBytes>>,
+        Bound<'py, PyBytes>,
+        Bound<'py, PyBytes>,
+    )> {
+        Ok((
+            self.validity.validity_to_py(py),
+            concat_to_py(py, &[&self.views], |v| v)?,
+            PyBytes::new(py, &self.data),
+        ))
+    }
+}
+
+/// Text as Python decodes it from protobuf: invalid UTF-8 becomes U+FFFD.
+pub fn push_text(out: &mut Vec<u8>, raw: &[u8]) {
+    match std::str::from_utf8(raw) {
+        Ok(_) => out.extend_from_slice(raw),
+        Err(_) => out.extend_from_slice(String::from_utf8_lossy(raw).as_bytes()),
+    }
+}
+
+/// Primitive values as one little-endian buffer, written straight into the Python bytes object;
+/// `parts` are concatenated.
+pub fn concat_to_py<'py, T: Copy, const N: usize>(
+    py: Python<'py>,
+    parts: &[&[T]],
+    to_bytes: impl Fn(T) -> [u8; N],
+) -> PyResult<Bound<'py, PyBytes>> {
+    let total = parts.iter().map(|p| p.len()).sum::<usize>();
+    PyBytes::new_with(py, total * N, |buf| {
+        let mut chunks = buf.chunks_exact_mut(N);
+        for part in parts {
+            // The part first: zip stops on it without taking a chunk the next part needs.
+            for (value, chunk) in part.iter().zip(&mut chunks) {
+                chunk.copy_from_slice(&to_bytes(*value));
+            }
+        }
+        Ok(())
+    })
+}
+
+pub fn le_bytes<'py, T: Copy, const N: usize>(
+    py: Python<'py>,
+    values: &[T],
+    to_bytes: fn(T) -> [u8; N],
+) -> PyResult<Bound<'py, PyBytes>> {
+    concat_to_py(py, &[values], to_bytes)
+}
