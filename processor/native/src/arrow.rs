@@ -1,9 +1,12 @@
-//! Arrow array buffers built in Rust and handed to Python as bytes.
+//! Arrow array buffers: built in Rust and handed to Python as bytes (the scan), or read in place
+//! from arrays Python hands in (the rewrite).
 //!
-//! The Python side wraps them with `pyarrow.Array.from_buffers` and polars imports them without
-//! one Python object per value. Strings use the view layout (`string_view`), polars' own string
-//! representation, so importing them needs no conversion.
+//! The Python side wraps built buffers with `pyarrow.Array.from_buffers` and polars imports them
+//! without one Python object per value. Strings use the view layout (`string_view`), polars' own
+//! string representation, so neither direction converts them.
 
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
@@ -168,4 +171,108 @@ pub fn le_bytes<'py, T: Copy, const N: usize>(
     to_bytes: fn(T) -> [u8; N],
 ) -> PyResult<Bound<'py, PyBytes>> {
     concat_to_py(py, &[values], to_bytes)
+}
+
+/// An Arrow array the Python side passed in as (kind, length, offset, buffers, child), its
+/// buffers read in place through the buffer protocol. Kinds: "bool", "i64", "f64" (validity,
+/// values); "string", "binary" (validity, views, data buffers...); "list" (validity, i64
+/// offsets; child: the values array).
+pub struct ArrowIn {
+    pub kind: String,
+    pub len: usize,
+    offset: usize,
+    buffers: Vec<Option<PyBuffer<i8>>>,
+    pub child: Option<Box<ArrowIn>>,
+}
+
+impl ArrowIn {
+    pub fn extract(value: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let (kind, len, offset, buffers, child): (
+            String,
+            usize,
+            usize,
+            Vec<Option<Bound<'_, PyAny>>>,
+            Option<Bound<'_, PyAny>>,
+        ) = value.extract()?;
+        let buffers = buffers
+            .iter()
+            .map(|b| b.as_ref().map(PyBuffer::<i8>::get).transpose())
+            .collect::<PyResult<Vec<_>>>()?;
+        for buffer in buffers.iter().flatten() {
+            if !buffer.is_c_contiguous() {
+                return Err(PyValueError::new_err("Arrow buffers are contiguous"));
+            }
+        }
+        let child = child
+            .map(|c| ArrowIn::extract(&c).map(Box::new))
+            .transpose()?;
+        Ok(ArrowIn {
+            kind,
+            len,
+            offset,
+            buffers,
+            child,
+        })
+    }
+
+    fn buffer(&self, index: usize) -> &[u8] {
+        match self.buffers.get(index) {
+            Some(Some(buffer)) if buffer.len_bytes() > 0 => {
+                // The exporter keeps the memory alive and unchanged while `buffer` holds it.
+                unsafe {
+                    std::slice::from_raw_parts(buffer.buf_ptr() as *const u8, buffer.len_bytes())
+                }
+            }
+            _ => &[],
+        }
+    }
+
+    fn bit(bits: &[u8], index: usize) -> bool {
+        bits[index / 8] >> (index % 8) & 1 == 1
+    }
+
+    pub fn is_valid(&self, row: usize) -> bool {
+        let validity = self.buffer(0);
+        validity.is_empty() || Self::bit(validity, self.offset + row)
+    }
+
+    fn word(&self, row: usize) -> [u8; 8] {
+        let at = (self.offset + row) * 8;
+        self.buffer(1)[at..at + 8].try_into().expect("8 bytes")
+    }
+
+    pub fn bool_at(&self, row: usize) -> bool {
+        Self::bit(self.buffer(1), self.offset + row)
+    }
+
+    pub fn i64_at(&self, row: usize) -> i64 {
+        i64::from_le_bytes(self.word(row))
+    }
+
+    pub fn f64_at(&self, row: usize) -> f64 {
+        f64::from_le_bytes(self.word(row))
+    }
+
+    /// The value range of a list row in the child array.
+    pub fn list_range(&self, row: usize) -> std::ops::Range<usize> {
+        let offsets = self.buffer(1);
+        let at = (self.offset + row) * 8;
+        let start = i64::from_le_bytes(offsets[at..at + 8].try_into().expect("8 bytes"));
+        let end = i64::from_le_bytes(offsets[at + 8..at + 16].try_into().expect("8 bytes"));
+        start as usize..end as usize
+    }
+
+    pub fn view_at(&self, row: usize) -> PyResult<&[u8]> {
+        let at = (self.offset + row) * 16;
+        let view = &self.buffer(1)[at..at + 16];
+        let len = u32::from_le_bytes(view[..4].try_into().expect("4 bytes")) as usize;
+        if len <= INLINE {
+            return Ok(&view[4..4 + len]);
+        }
+        let index = u32::from_le_bytes(view[8..12].try_into().expect("4 bytes")) as usize;
+        let start = u32::from_le_bytes(view[12..].try_into().expect("4 bytes")) as usize;
+        self.buffer(2 + index)
+            .get(start..start + len)
+            .ok_or_else(|| PyValueError::new_err("string view out of its data buffer"))
+    }
 }

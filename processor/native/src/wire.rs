@@ -134,3 +134,15 @@ pub fn put_len(out: &mut Vec<u8>, field: u32, content: &[u8]) {
     put_varint(out, content.len() as u64);
     out.extend_from_slice(content);
 }
+
+/// Bytes `put_varint` writes for `value`.
+#[inline]
+pub fn varint_len(value: u64) -> usize {
+    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// Bytes `put_len` writes for content of `len` bytes (fields below 16 have one-byte tags).
+#[inline]
+pub fn len_field_size(field: u32, len: usize) -> usize {
+    varint_len(((field as u64) << 3) | LEN as u64) + varint_len(len as u64) + len
+}
