@@ -178,11 +178,23 @@ pub fn le_bytes<'py, T: Copy, const N: usize>(
 /// values); "string", "binary" (validity, views, data buffers...); "list" (validity, i64
 /// offsets; child: the values array).
 pub struct ArrowIn {
-    pub kind: String,
+    pub kind: Kind,
     pub len: usize,
     offset: usize,
-    buffers: Vec<Option<PyBuffer<i8>>>,
+    /// (address, length) of each buffer, taken once: `_held` keeps the memory alive.
+    slices: Vec<(usize, usize)>,
+    _held: Vec<Option<PyBuffer<i8>>>,
     pub child: Option<Box<ArrowIn>>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Bool,
+    I64,
+    F64,
+    String,
+    Binary,
+    List,
 }
 
 impl ArrowIn {
@@ -206,22 +218,44 @@ impl ArrowIn {
         let child = child
             .map(|c| ArrowIn::extract(&c).map(Box::new))
             .transpose()?;
+        let kind = match kind.as_str() {
+            "bool" => Kind::Bool,
+            "i64" => Kind::I64,
+            "f64" => Kind::F64,
+            "string" => Kind::String,
+            "binary" => Kind::Binary,
+            "list" if child.is_some() => Kind::List,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "unsupported Arrow column kind {other}"
+                )))
+            }
+        };
+        let slices = buffers
+            .iter()
+            .map(|b| match b {
+                Some(buffer) if buffer.len_bytes() > 0 => {
+                    (buffer.buf_ptr() as usize, buffer.len_bytes())
+                }
+                _ => (0, 0),
+            })
+            .collect();
         Ok(ArrowIn {
             kind,
             len,
             offset,
-            buffers,
+            slices,
+            _held: buffers,
             child,
         })
     }
 
+    #[inline]
     fn buffer(&self, index: usize) -> &[u8] {
-        match self.buffers.get(index) {
-            Some(Some(buffer)) if buffer.len_bytes() > 0 => {
-                // The exporter keeps the memory alive and unchanged while `buffer` holds it.
-                unsafe {
-                    std::slice::from_raw_parts(buffer.buf_ptr() as *const u8, buffer.len_bytes())
-                }
+        match self.slices.get(index) {
+            Some(&(address, len)) if len > 0 => {
+                // The exporter keeps the memory alive and unchanged while `_held` holds it.
+                unsafe { std::slice::from_raw_parts(address as *const u8, len) }
             }
             _ => &[],
         }

@@ -12,7 +12,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyFloat, PyInt, PyList, PyString, PyTuple};
 
-use crate::arrow::ArrowIn;
+use crate::arrow::{ArrowIn, Kind};
 use crate::fasthash::{FastMap, FastSet};
 use crate::wire::{
     len_field_size, put_len, put_tag, put_varint, Reader, WireResult, I64, LEN, VARINT,
@@ -57,27 +57,31 @@ fn cannot_write(type_name: &str) -> PyErr {
 /// AnyValue content for row `row` of an Arrow column (valid rows only), as `encode_any` writes
 /// the Python value polars' `to_list` would give for it.
 fn encode_arrow(column: &ArrowIn, row: usize, out: &mut Vec<u8>) -> PyResult<()> {
-    match column.kind.as_str() {
-        "bool" => {
+    match column.kind {
+        Kind::Bool => {
             put_tag(out, 2, VARINT);
             put_varint(out, column.bool_at(row) as u64);
         }
-        "i64" => {
+        Kind::I64 => {
             put_tag(out, 3, VARINT);
             put_varint(out, column.i64_at(row) as u64);
         }
-        "f64" => {
+        Kind::F64 => {
             put_tag(out, 4, I64);
             out.extend_from_slice(&column.f64_at(row).to_le_bytes());
         }
-        "string" => put_len(out, 1, column.view_at(row)?),
-        "binary" => put_len(out, 7, column.view_at(row)?),
-        "list" => {
+        Kind::String => put_len(out, 1, column.view_at(row)?),
+        Kind::Binary => put_len(out, 7, column.view_at(row)?),
+        Kind::List => {
             let child = column
                 .child
                 .as_deref()
                 .ok_or_else(|| PyValueError::new_err("list without values"))?;
-            let field = if child.kind == "binary" { 7 } else { 1 };
+            let field = match child.kind {
+                Kind::String => 1,
+                Kind::Binary => 7,
+                _ => return Err(PyValueError::new_err("lists of strings or bytes only")),
+            };
             let range = column.list_range(row);
             let mut content = 0;
             for index in range.clone() {
@@ -94,11 +98,6 @@ fn encode_arrow(column: &ArrowIn, row: usize, out: &mut Vec<u8>) -> PyResult<()>
                 put_varint(out, len_field_size(field, element.len()) as u64);
                 put_len(out, field, element);
             }
-        }
-        other => {
-            return Err(PyValueError::new_err(format!(
-                "unsupported Arrow column kind {other}"
-            )))
         }
     }
     Ok(())
@@ -163,14 +162,10 @@ struct Edits {
     /// row -> serialised Span.Event messages to append
     new_events: FastMap<usize, Vec<Vec<u8>>>,
     touched_rows: Vec<bool>,
+    /// Rows with item attribute rewrites: the others skip the lookup per attribute.
+    rewritten_rows: Vec<bool>,
     touched_events: FastSet<usize>,
     touched_resources: FastSet<usize>,
-}
-
-struct Counters {
-    resource: usize,
-    row: usize,
-    event: usize,
 }
 
 impl Edits {
@@ -231,7 +226,11 @@ impl Edits {
         out: &mut Vec<u8>,
         field: u32,
     ) -> WireResult<()> {
-        let rewrite = self.item.get(&(row, position));
+        let rewrite = if self.rewritten_rows.get(row).copied().unwrap_or(false) {
+            self.item.get(&(row, position))
+        } else {
+            None
+        };
         if let Some(None) = rewrite {
             // Dropped: a stage setting the same key appends it anew at the end, as in Python.
             return Ok(());
@@ -255,25 +254,19 @@ impl Edits {
         Ok(())
     }
 
-    fn item(
+    /// A changed item's new content, appended to `built`.
+    fn build_item(
         &self,
         buf: &[u8],
         row: usize,
         logs: bool,
-        counters: &mut Counters,
-        out: &mut Vec<u8>,
+        layout: &mut Layout,
     ) -> WireResult<()> {
         let attribute_field = if logs { 6 } else { 9 };
-        let count_events = !logs && !self.touched_events.is_empty();
-        if !self.touched_rows.get(row).copied().unwrap_or(false) {
-            if count_events {
-                counters.event += count_field(buf, 11)?;
-            }
-            put_len(out, 2, buf);
-            return Ok(());
-        }
-        let mut item = Vec::with_capacity(buf.len() + 512);
-        let mut done = vec![false; self.keys.len()];
+        let out = &mut layout.built;
+        let done = &mut layout.done;
+        done.clear();
+        done.resize(self.keys.len(), false);
         let mut position = 0;
         let mut reader = Reader::new(buf);
         while !reader.done() {
@@ -281,105 +274,122 @@ impl Edits {
             let (field, wire) = reader.tag()?;
             if field == attribute_field && wire == LEN {
                 let kv = reader.bytes()?;
-                self.item_attribute(row, position, kv, &mut done, &mut item, attribute_field)?;
+                self.item_attribute(row, position, kv, done, out, attribute_field)?;
                 position += 1;
             } else if !logs && field == 11 && wire == LEN {
                 let event = reader.bytes()?;
-                let index = counters.event;
-                counters.event += 1;
+                let index = layout.events;
+                layout.events += 1;
                 if self.touched_events.contains(&index) {
                     put_len(
-                        &mut item,
+                        out,
                         11,
                         &self.rewrite_attributes(event, 3, index, &self.event)?,
                     );
                 } else {
-                    put_len(&mut item, 11, event);
+                    put_len(out, 11, event);
                 }
             } else if logs && field == 5 && wire == LEN && self.body.contains_key(&row) {
                 reader.bytes()?;
                 if let Some(Some(text)) = self.body.get(&row) {
-                    put_len(&mut item, 5, &string_any(self.text(text)));
+                    put_len(out, 5, &string_any(self.text(text)));
                 }
             } else {
                 reader.skip(wire)?;
-                item.extend_from_slice(&buf[start..reader.pos]);
+                out.extend_from_slice(&buf[start..reader.pos]);
             }
         }
         for (column, key) in self.keys.iter().enumerate() {
             if !done[column] {
                 if let Some(value) = self.value(column, row) {
-                    put_key_value(&mut item, attribute_field, key, value);
+                    put_key_value(out, attribute_field, key, value);
                 }
             }
         }
         if let Some(events) = self.new_events.get(&row) {
             for event in events {
-                put_len(&mut item, 11, event);
+                put_len(out, 11, event);
             }
         }
-        put_len(out, 2, &item);
         Ok(())
     }
 
+    /// First pass: builds every changed item and resource, and records the new size of every
+    /// enclosing message, so the second pass writes each length prefix once, in place.
+    fn measure(&self, raw: &[u8], logs: bool, layout: &mut Layout) -> WireResult<usize> {
+        let mut total = 0;
+        let mut reader = Reader::new(raw);
+        while !reader.done() {
+            let start = reader.pos;
+            let (field, wire) = reader.tag()?;
+            if field == 1 && wire == LEN {
+                let size = self.measure_group(reader.bytes()?, logs, layout)?;
+                total += len_field_size(1, size);
+            } else {
+                reader.skip(wire)?;
+                total += reader.pos - start;
+            }
+        }
+        Ok(total)
+    }
+
+    /// ResourceSpans / ResourceLogs: resource is field 1, scopes field 2.
+    fn measure_group(&self, buf: &[u8], logs: bool, layout: &mut Layout) -> WireResult<usize> {
+        let resource_index = layout.resources.len();
+        layout.resources.push(None);
+        let mut size = 0;
+        let mut reader = Reader::new(buf);
+        while !reader.done() {
+            let start = reader.pos;
+            let (field, wire) = reader.tag()?;
+            if field == 1 && wire == LEN && self.touched_resources.contains(&resource_index) {
+                let rebuilt =
+                    self.rewrite_attributes(reader.bytes()?, 1, resource_index, &self.resource)?;
+                let at = layout.built.len();
+                layout.built.extend_from_slice(&rebuilt);
+                layout.resources[resource_index] = Some(at..layout.built.len());
+                size += len_field_size(1, rebuilt.len());
+            } else if field == 2 && wire == LEN {
+                size += len_field_size(2, self.measure_scope(reader.bytes()?, logs, layout)?);
+            } else {
+                reader.skip(wire)?;
+                size += reader.pos - start;
+            }
+        }
+        layout.group_sizes.push(size);
+        Ok(size)
+    }
+
     /// ScopeSpans / ScopeLogs: items are field 2.
-    fn scope(
-        &self,
-        buf: &[u8],
-        logs: bool,
-        counters: &mut Counters,
-        out: &mut Vec<u8>,
-    ) -> WireResult<()> {
-        let mut scope = Vec::with_capacity(buf.len() + buf.len() / 2);
+    fn measure_scope(&self, buf: &[u8], logs: bool, layout: &mut Layout) -> WireResult<usize> {
+        let count_events = !logs && !self.touched_events.is_empty();
+        let mut size = 0;
         let mut reader = Reader::new(buf);
         while !reader.done() {
             let start = reader.pos;
             let (field, wire) = reader.tag()?;
             if field == 2 && wire == LEN {
                 let item = reader.bytes()?;
-                self.item(item, counters.row, logs, counters, &mut scope)?;
-                counters.row += 1;
+                let row = layout.items.len();
+                if self.touched_rows.get(row).copied().unwrap_or(false) {
+                    let at = layout.built.len();
+                    self.build_item(item, row, logs, layout)?;
+                    size += len_field_size(2, layout.built.len() - at);
+                    layout.items.push(Some(at..layout.built.len()));
+                } else {
+                    if count_events {
+                        layout.events += count_field(item, 11)?;
+                    }
+                    size += len_field_size(2, item.len());
+                    layout.items.push(None);
+                }
             } else {
                 reader.skip(wire)?;
-                scope.extend_from_slice(&buf[start..reader.pos]);
+                size += reader.pos - start;
             }
         }
-        put_len(out, 2, &scope);
-        Ok(())
-    }
-
-    /// ResourceSpans / ResourceLogs: resource is field 1, scopes field 2.
-    fn group(
-        &self,
-        buf: &[u8],
-        logs: bool,
-        counters: &mut Counters,
-        out: &mut Vec<u8>,
-    ) -> WireResult<()> {
-        let resource_index = counters.resource;
-        counters.resource += 1;
-        let mut group = Vec::with_capacity(buf.len() + buf.len() / 2);
-        let mut reader = Reader::new(buf);
-        while !reader.done() {
-            let start = reader.pos;
-            let (field, wire) = reader.tag()?;
-            if field == 1 && wire == LEN && self.touched_resources.contains(&resource_index) {
-                let resource = reader.bytes()?;
-                put_len(
-                    &mut group,
-                    1,
-                    &self.rewrite_attributes(resource, 1, resource_index, &self.resource)?,
-                );
-            } else if field == 2 && wire == LEN {
-                let scope = reader.bytes()?;
-                self.scope(scope, logs, counters, &mut group)?;
-            } else {
-                reader.skip(wire)?;
-                group.extend_from_slice(&buf[start..reader.pos]);
-            }
-        }
-        put_len(out, 1, &group);
-        Ok(())
+        layout.scope_sizes.push(size);
+        Ok(size)
     }
 
     /// A message whose attributes (repeated KeyValue `field`) get value rewrites by position.
@@ -418,6 +428,7 @@ impl Edits {
     /// the same value wins, as the Python encoder keeps the last.
     fn add_rewrites(&mut self, frame: &[ArrowIn; 4], event_rows: &[usize]) -> PyResult<()> {
         let [scopes, owners, positions, new_values] = frame;
+        self.item.reserve(scopes.len);
         for i in 0..scopes.len {
             let owner = usize::try_from(owners.i64_at(i))
                 .map_err(|_| PyValueError::new_err("negative rewrite owner"))?;
@@ -433,6 +444,10 @@ impl Edits {
                 b"attribute" => {
                     self.item.insert((owner, position), replacement);
                     self.touch_row(owner);
+                    if owner >= self.rewritten_rows.len() {
+                        self.rewritten_rows.resize(owner + 1, false);
+                    }
+                    self.rewritten_rows[owner] = true;
                 }
                 b"event" => {
                     self.event.insert((owner, position), replacement);
@@ -460,6 +475,75 @@ impl Edits {
         }
         Ok(())
     }
+}
+
+/// The rewritten request's shape, from `Edits::measure`: changed items and resources (ranges of
+/// `built`; None: unchanged) and the new sizes of scopes and groups, all in request order.
+#[derive(Default)]
+struct Layout {
+    built: Vec<u8>,
+    items: Vec<Option<Range<usize>>>,
+    resources: Vec<Option<Range<usize>>>,
+    scope_sizes: Vec<usize>,
+    group_sizes: Vec<usize>,
+    /// Span events met so far (their index addresses event rewrites).
+    events: usize,
+    /// Scratch: which set_attributes columns the item being built has written.
+    done: Vec<bool>,
+}
+
+/// Second pass: the request with every changed message swapped in; lengths from the layout.
+fn emit(raw: &[u8], layout: &Layout, out: &mut Vec<u8>) -> WireResult<()> {
+    let (mut group, mut scope, mut item) = (0, 0, 0);
+    let mut reader = Reader::new(raw);
+    while !reader.done() {
+        let start = reader.pos;
+        let (field, wire) = reader.tag()?;
+        if field != 1 || wire != LEN {
+            reader.skip(wire)?;
+            out.extend_from_slice(&raw[start..reader.pos]);
+            continue;
+        }
+        let group_buf = reader.bytes()?;
+        put_tag(out, 1, LEN);
+        put_varint(out, layout.group_sizes[group] as u64);
+        let mut group_reader = Reader::new(group_buf);
+        while !group_reader.done() {
+            let start = group_reader.pos;
+            let (field, wire) = group_reader.tag()?;
+            if field == 1 && wire == LEN && layout.resources[group].is_some() {
+                group_reader.bytes()?;
+                let range = layout.resources[group].clone().expect("checked");
+                put_len(out, 1, &layout.built[range]);
+            } else if field == 2 && wire == LEN {
+                let scope_buf = group_reader.bytes()?;
+                put_tag(out, 2, LEN);
+                put_varint(out, layout.scope_sizes[scope] as u64);
+                scope += 1;
+                let mut scope_reader = Reader::new(scope_buf);
+                while !scope_reader.done() {
+                    let start = scope_reader.pos;
+                    let (field, wire) = scope_reader.tag()?;
+                    if field == 2 && wire == LEN {
+                        let original = scope_reader.bytes()?;
+                        match &layout.items[item] {
+                            Some(range) => put_len(out, 2, &layout.built[range.clone()]),
+                            None => put_len(out, 2, original),
+                        }
+                        item += 1;
+                    } else {
+                        scope_reader.skip(wire)?;
+                        out.extend_from_slice(&scope_buf[start..scope_reader.pos]);
+                    }
+                }
+            } else {
+                group_reader.skip(wire)?;
+                out.extend_from_slice(&group_buf[start..group_reader.pos]);
+            }
+        }
+        group += 1;
+    }
+    Ok(())
 }
 
 fn string_any(text: &[u8]) -> Vec<u8> {
@@ -546,24 +630,11 @@ pub fn rewrite<'py>(
         edits.add_rewrites(&frame, &event_rows)?;
     }
     let walk = || -> WireResult<Vec<u8>> {
-        let mut out = Vec::with_capacity(raw.len() + raw.len() / 4);
-        let mut counters = Counters {
-            resource: 0,
-            row: 0,
-            event: 0,
-        };
-        let mut reader = Reader::new(raw);
-        while !reader.done() {
-            let start = reader.pos;
-            let (field, wire) = reader.tag()?;
-            if field == 1 && wire == LEN {
-                let group = reader.bytes()?;
-                edits.group(group, logs, &mut counters, &mut out)?;
-            } else {
-                reader.skip(wire)?;
-                out.extend_from_slice(&raw[start..reader.pos]);
-            }
-        }
+        let mut layout = Layout::default();
+        let total = edits.measure(raw, logs, &mut layout)?;
+        let mut out = Vec::with_capacity(total);
+        emit(raw, &layout, &mut out)?;
+        debug_assert_eq!(out.len(), total);
         Ok(out)
     };
     let out = py.detach(walk).map_err(PyValueError::new_err)?;

@@ -116,6 +116,7 @@ impl<'a> Reader<'a> {
     }
 }
 
+#[inline]
 pub fn put_varint(out: &mut Vec<u8>, mut value: u64) {
     while value >= 0x80 {
         out.push((value as u8) | 0x80);
@@ -124,11 +125,13 @@ pub fn put_varint(out: &mut Vec<u8>, mut value: u64) {
     out.push(value as u8);
 }
 
+#[inline]
 pub fn put_tag(out: &mut Vec<u8>, field: u32, wire: u8) {
     put_varint(out, ((field as u64) << 3) | wire as u64);
 }
 
 /// A length-delimited field: tag, length, bytes.
+#[inline]
 pub fn put_len(out: &mut Vec<u8>, field: u32, content: &[u8]) {
     put_tag(out, field, LEN);
     put_varint(out, content.len() as u64);
