@@ -253,14 +253,28 @@ def _decode_native(signal: str, raw: bytes, wanted: WantedKeys) -> TelemetryBatc
     # Same column order as the Python walk: fixed columns, item keys, resource keys, span fields.
     names = [ROW, RESOURCE_INDEX, *item_keys, *(RESOURCE_PREFIX + key for key in resource_keys)]
     arrays = [_row_numbers(rows), _numbers(pa.uint32(), rows, scanned["item_resource"])]
-    arrays.extend(_native_column(rows, column) for column in scanned["columns"])
+    present = [ROW, RESOURCE_INDEX]
+    absent = []
+    # Most wanted keys are absent from a given batch: their all-null columns are shared series
+    # (importing an Arrow null array costs as much as a real column).
+    for name, column in zip(names[2:], scanned["columns"], strict=True):
+        if column[0] == "null":
+            absent.append(_null_column(name, rows))
+        else:
+            arrays.append(_native_column(rows, column))
+            present.append(name)
     if signal == TRACES:
         names.extend((SPAN_NAME, START_TIME, END_TIME, STATUS_CODE))
+        present.extend((SPAN_NAME, START_TIME, END_TIME, STATUS_CODE))
         arrays.append(_views(pa.string_view(), rows, scanned["names"]))
         arrays.append(_numbers(pa.uint64(), rows, scanned["starts"]))
         arrays.append(_numbers(pa.uint64(), rows, scanned["ends"]))
         arrays.append(_numbers(pa.int32(), rows, scanned["statuses"]))
-    batch = TelemetryBatch(signal, pl.from_arrow(pa.Table.from_arrays(arrays, names=names)), raw)
+    frame = pl.from_arrow(pa.Table.from_arrays(arrays, names=present))
+    if absent:
+        # Indexing by a list of names reorders eagerly (select would build a query plan).
+        frame = frame.hstack(absent)[names]
+    batch = TelemetryBatch(signal, frame, raw)
     batch._event_rows = scanned["event_rows"]
     if wanted.values:
         batch._string_values = _native_values_frame(batch, scanned["strings"])
@@ -302,10 +316,21 @@ _NATIVE_TYPES = {
 }
 
 
+_NULL_COLUMNS: dict[tuple[str, int], pl.Series] = {}
+
+
+def _null_column(name: str, rows: int) -> pl.Series:
+    # Series are immutable and an all-null one holds no data: one per (key, batch size) serves all.
+    column = _NULL_COLUMNS.get((name, rows))
+    if column is None:
+        if len(_NULL_COLUMNS) >= 4096:
+            _NULL_COLUMNS.clear()
+        column = _NULL_COLUMNS[(name, rows)] = pl.Series(name, [None] * rows, dtype=pl.Null)
+    return column
+
+
 def _native_column(n: int, column: tuple) -> pa.Array:
     kind, validity, first, second = column
-    if kind == "null":
-        return pa.nulls(n)
     if second is not None:
         return _views(_NATIVE_TYPES[kind], n, (validity, first, second))
     return _numbers(_NATIVE_TYPES[kind], n, first, validity)

@@ -122,9 +122,10 @@ _REWRITE_SCHEMA = {"scope": pl.String, "owner": pl.Int64, "position": pl.Int64, 
 
 
 def _native_rewrites(frame: pl.DataFrame) -> tuple:
-    if any(frame.schema.get(name) != dtype for name, dtype in _REWRITE_SCHEMA.items()):
-        frame = frame.select(pl.col(name).cast(dtype) for name, dtype in _REWRITE_SCHEMA.items())
-    return tuple(_arrow_parts(frame.get_column(name).to_arrow(compat_level=_NEWEST)) for name in _REWRITE_SCHEMA)
+    columns = [frame.get_column(name) for name in _REWRITE_SCHEMA]
+    if any(column.dtype != dtype for column, dtype in zip(columns, _REWRITE_SCHEMA.values(), strict=True)):
+        columns = [column.cast(dtype) for column, dtype in zip(columns, _REWRITE_SCHEMA.values(), strict=True)]
+    return tuple(_arrow_parts(column.to_arrow(compat_level=_NEWEST)) for column in columns)
 
 
 def _event_bytes(event: SpanEventToAdd) -> bytes:
