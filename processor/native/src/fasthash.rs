@@ -53,4 +53,29 @@ impl Hasher for FxHasher {
 }
 
 pub type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
+/// An attribute key as a map key, hashed by its length and its first and last eight bytes only:
+/// keys that share all three still compare in full, they only share a bucket.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct KeyBytes<'a>(pub &'a [u8]);
+
+impl std::hash::Hash for KeyBytes<'_> {
+    #[inline]
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let bytes = self.0;
+        let (head, tail) = if bytes.len() >= 8 {
+            (
+                u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")),
+                u64::from_le_bytes(bytes[bytes.len() - 8..].try_into().expect("8 bytes")),
+            )
+        } else {
+            let mut short = [0u8; 8];
+            short[..bytes.len()].copy_from_slice(bytes);
+            (u64::from_le_bytes(short), 0)
+        };
+        let mixed = (head.wrapping_mul(SEED) ^ tail ^ bytes.len() as u64).wrapping_mul(SEED);
+        // The table picks buckets by the low bits: fold the high ones in.
+        state.write_u64(mixed ^ (mixed >> 32));
+    }
+}
 pub type FastSet<K> = HashSet<K, BuildHasherDefault<FxHasher>>;

@@ -11,7 +11,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 
 use crate::arrow::{concat_to_py, le_bytes, push_text, view_of, view_written, Bitmap, View, Views};
-use crate::fasthash::FastMap;
+use crate::fasthash::{FastMap, KeyBytes};
 use crate::wire::{Reader, WireResult, I64, LEN, VARINT};
 
 #[derive(Clone, Copy, Debug)]
@@ -593,7 +593,7 @@ struct Scan<'a> {
     /// No wanted key and no value frame (pass-through): attributes are skipped unread.
     wants_nothing: bool,
     /// Every distinct attribute key of the request: one lookup per attribute finds all it needs.
-    keys: FastMap<&'a [u8], KnownKey>,
+    keys: FastMap<KeyBytes<'a>, KnownKey>,
 }
 
 #[derive(Clone, Copy)]
@@ -617,7 +617,7 @@ impl<'a> Scan<'a> {
             resource: self.resources.wants(key),
             view,
         };
-        self.keys.insert(key, known);
+        self.keys.insert(KeyBytes(key), known);
         known
     }
 
@@ -633,7 +633,7 @@ impl<'a> Scan<'a> {
             return Ok(());
         }
         let (key, raw_value) = key_value(kv)?;
-        let known = match self.keys.get(key) {
+        let known = match self.keys.get(&KeyBytes(key)) {
             Some(known) => *known,
             None => self.learn(key),
         };
