@@ -298,9 +298,10 @@ def _numbers(arrow_type: pa.DataType, n: int, data: bytes, validity: bytes | Non
     return pa.Array.from_buffers(arrow_type, n, [_buffer(validity), pa.py_buffer(data)])
 
 
-def _views(arrow_type: pa.DataType, n: int, buffers: tuple) -> pa.Array:
+def _views(arrow_type: pa.DataType, n: int, buffers: tuple, *more_data: bytes) -> pa.Array:
     validity, views, data = buffers
-    return pa.Array.from_buffers(arrow_type, n, [_buffer(validity), pa.py_buffer(views), pa.py_buffer(data)])
+    data_buffers = [pa.py_buffer(data), *map(pa.py_buffer, more_data)]
+    return pa.Array.from_buffers(arrow_type, n, [_buffer(validity), pa.py_buffer(views), *data_buffers])
 
 
 def _buffer(data: bytes | None) -> pa.Buffer | None:
@@ -346,7 +347,8 @@ def _native_values_frame(batch: TelemetryBatch, scanned: dict) -> pl.DataFrame:
             _numbers(pa.int64(), n, scanned["position"]),
             _numbers(pa.int64(), n, scanned["row"]),
             _views(pa.string_view(), n, scanned["key"]),
-            _views(pa.string_view(), n, scanned["value"]),
+            # Long string values are views into the request bytes themselves (data buffer 1).
+            _views(pa.string_view(), n, scanned["value"], batch.raw),
             _numbers(pa.bool_(), n, scanned["is_string"]),
             _views(pa.string_view(), n, scanned["kind"]),
         ],

@@ -53,7 +53,7 @@ impl Bitmap {
 /// the data buffer index (always 0: one buffer) and the offset in that buffer.
 pub type View = [u8; 16];
 
-const INLINE: usize = 12;
+pub const INLINE: usize = 12;
 
 /// The view of `value`, copying it into `data` unless it is short enough to sit inline.
 #[inline]
@@ -67,6 +67,17 @@ pub fn view_of(value: &[u8], data: &mut Vec<u8>) -> View {
         view[12..].copy_from_slice(&(data.len() as u32).to_le_bytes());
         data.extend_from_slice(value);
     }
+    view
+}
+
+/// The view of a long value that already sits in data buffer `buffer` at `offset`.
+#[inline]
+pub fn view_in(value: &[u8], buffer: u32, offset: usize) -> View {
+    let mut view = [0u8; 16];
+    view[..4].copy_from_slice(&(value.len() as u32).to_le_bytes());
+    view[4..8].copy_from_slice(&value[..4]);
+    view[8..12].copy_from_slice(&buffer.to_le_bytes());
+    view[12..].copy_from_slice(&(offset as u32).to_le_bytes());
     view
 }
 

@@ -10,7 +10,9 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 
-use crate::arrow::{concat_to_py, le_bytes, push_text, view_of, view_written, Bitmap, View, Views};
+use crate::arrow::{
+    concat_to_py, le_bytes, push_text, view_in, view_of, view_written, Bitmap, View, Views, INLINE,
+};
 use crate::fasthash::{FastMap, KeyBytes};
 use crate::wire::{Reader, WireResult, I64, LEN, VARINT};
 
@@ -468,6 +470,8 @@ struct StringValues {
     /// Keys repeat across items: each distinct key is validated and stored once (Scan::learn).
     key_data: Vec<u8>,
     value_data: Vec<u8>,
+    /// Address of the request bytes, which string values point into.
+    request: usize,
 }
 
 // Python's order: resources, then items (and log bodies), then events.
@@ -476,7 +480,7 @@ const PART_ITEM: usize = 1;
 const PART_EVENT: usize = 2;
 
 impl StringValues {
-    fn with_capacity(values: usize, bytes: usize) -> Self {
+    fn with_capacity(values: usize, bytes: usize, request: &[u8]) -> Self {
         let mut parts: [Part; 3] = Default::default();
         let items = &mut parts[PART_ITEM];
         items.scope.reserve(values);
@@ -490,6 +494,7 @@ impl StringValues {
             parts,
             key_data: Vec::new(),
             value_data: Vec::with_capacity(bytes),
+            request: request.as_ptr() as usize,
         }
     }
 
@@ -508,7 +513,14 @@ impl StringValues {
             return;
         };
         let mut rendered = true;
-        let value_view = view_written(&mut self.value_data, |out| rendered = value.render(out));
+        let value_view = match value {
+            // Most of a request's bytes are string values: the view points into the request
+            // itself (data buffer 1 on the Python side) instead of copying them.
+            Scalar::Str(text) if text.len() > INLINE && std::str::from_utf8(text).is_ok() => {
+                view_in(text, 1, text.as_ptr() as usize - self.request)
+            }
+            _ => view_written(&mut self.value_data, |out| rendered = value.render(out)),
+        };
         let part = &mut self.parts[part];
         if !rendered {
             part.nested.push(part.scope.len());
@@ -888,7 +900,8 @@ pub fn scan<'py>(
         event_rows: Vec::new(),
         strings: StringValues::with_capacity(
             strings_guess,
-            if want_strings { raw.len() } else { 0 },
+            if want_strings { raw.len() / 8 } else { 0 },
+            raw,
         ),
         keys: FastMap::default(),
         wants_nothing: item_keys.is_empty() && resource_keys.is_empty() && !want_strings,
