@@ -492,8 +492,52 @@ struct Layout {
     done: Vec<bool>,
 }
 
+/// Writes into the Python bytes object's buffer, sized by the layout. A write past its end
+/// (measure and emit disagreeing: a bug) is recorded, not a panic.
+struct Cursor<'a> {
+    buf: &'a mut [u8],
+    pos: usize,
+    overflow: bool,
+}
+
+impl Cursor<'_> {
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        match self.buf.get_mut(self.pos..self.pos + bytes.len()) {
+            Some(target) => target.copy_from_slice(bytes),
+            None => self.overflow = true,
+        }
+        self.pos += bytes.len();
+    }
+
+    #[inline]
+    fn varint(&mut self, mut value: u64) {
+        let mut encoded = [0u8; 10];
+        let mut len = 0;
+        while value >= 0x80 {
+            encoded[len] = (value as u8) | 0x80;
+            value >>= 7;
+            len += 1;
+        }
+        encoded[len] = value as u8;
+        self.put(&encoded[..=len]);
+    }
+
+    #[inline]
+    fn tag(&mut self, field: u32, wire: u8) {
+        self.varint(((field as u64) << 3) | wire as u64);
+    }
+
+    #[inline]
+    fn len_field(&mut self, field: u32, content: &[u8]) {
+        self.tag(field, LEN);
+        self.varint(content.len() as u64);
+        self.put(content);
+    }
+}
+
 /// Second pass: the request with every changed message swapped in; lengths from the layout.
-fn emit(raw: &[u8], layout: &Layout, out: &mut Vec<u8>) -> WireResult<()> {
+fn emit(raw: &[u8], layout: &Layout, out: &mut Cursor<'_>) -> WireResult<()> {
     let (mut group, mut scope, mut item) = (0, 0, 0);
     let mut reader = Reader::new(raw);
     while !reader.done() {
@@ -501,12 +545,12 @@ fn emit(raw: &[u8], layout: &Layout, out: &mut Vec<u8>) -> WireResult<()> {
         let (field, wire) = reader.tag()?;
         if field != 1 || wire != LEN {
             reader.skip(wire)?;
-            out.extend_from_slice(&raw[start..reader.pos]);
+            out.put(&raw[start..reader.pos]);
             continue;
         }
         let group_buf = reader.bytes()?;
-        put_tag(out, 1, LEN);
-        put_varint(out, layout.group_sizes[group] as u64);
+        out.tag(1, LEN);
+        out.varint(layout.group_sizes[group] as u64);
         let mut group_reader = Reader::new(group_buf);
         while !group_reader.done() {
             let start = group_reader.pos;
@@ -514,11 +558,11 @@ fn emit(raw: &[u8], layout: &Layout, out: &mut Vec<u8>) -> WireResult<()> {
             if field == 1 && wire == LEN && layout.resources[group].is_some() {
                 group_reader.bytes()?;
                 let range = layout.resources[group].clone().expect("checked");
-                put_len(out, 1, &layout.built[range]);
+                out.len_field(1, &layout.built[range]);
             } else if field == 2 && wire == LEN {
                 let scope_buf = group_reader.bytes()?;
-                put_tag(out, 2, LEN);
-                put_varint(out, layout.scope_sizes[scope] as u64);
+                out.tag(2, LEN);
+                out.varint(layout.scope_sizes[scope] as u64);
                 scope += 1;
                 let mut scope_reader = Reader::new(scope_buf);
                 while !scope_reader.done() {
@@ -527,18 +571,18 @@ fn emit(raw: &[u8], layout: &Layout, out: &mut Vec<u8>) -> WireResult<()> {
                     if field == 2 && wire == LEN {
                         let original = scope_reader.bytes()?;
                         match &layout.items[item] {
-                            Some(range) => put_len(out, 2, &layout.built[range.clone()]),
-                            None => put_len(out, 2, original),
+                            Some(range) => out.len_field(2, &layout.built[range.clone()]),
+                            None => out.len_field(2, original),
                         }
                         item += 1;
                     } else {
                         scope_reader.skip(wire)?;
-                        out.extend_from_slice(&scope_buf[start..scope_reader.pos]);
+                        out.put(&scope_buf[start..scope_reader.pos]);
                     }
                 }
             } else {
                 group_reader.skip(wire)?;
-                out.extend_from_slice(&group_buf[start..group_reader.pos]);
+                out.put(&group_buf[start..group_reader.pos]);
             }
         }
         group += 1;
@@ -629,14 +673,25 @@ pub fn rewrite<'py>(
         ];
         edits.add_rewrites(&frame, &event_rows)?;
     }
-    let walk = || -> WireResult<Vec<u8>> {
+    let measure = || -> WireResult<(Layout, usize)> {
         let mut layout = Layout::default();
         let total = edits.measure(raw, logs, &mut layout)?;
-        let mut out = Vec::with_capacity(total);
-        emit(raw, &layout, &mut out)?;
-        debug_assert_eq!(out.len(), total);
-        Ok(out)
+        Ok((layout, total))
     };
-    let out = py.detach(walk).map_err(PyValueError::new_err)?;
-    Ok(PyBytes::new(py, &out))
+    let (layout, total) = py.detach(measure).map_err(PyValueError::new_err)?;
+    // Written straight into the bytes object: its size is known from the layout.
+    PyBytes::new_with(py, total, |buf| {
+        let mut out = Cursor {
+            buf,
+            pos: 0,
+            overflow: false,
+        };
+        emit(raw, &layout, &mut out).map_err(PyValueError::new_err)?;
+        if out.overflow || out.pos != total {
+            return Err(PyValueError::new_err(
+                "rewritten request does not match its measured size",
+            ));
+        }
+        Ok(())
+    })
 }
