@@ -13,7 +13,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyFloat, PyInt, PyList, PyString, PyTuple};
 
 use crate::arrow::{ArrowIn, Kind};
-use crate::fasthash::{FastMap, FastSet};
+use crate::fasthash::{FastMap, FastSet, KeyBytes};
 use crate::wire::{
     len_field_size, put_len, put_tag, put_varint, Reader, WireResult, I64, LEN, VARINT,
 };
@@ -148,11 +148,12 @@ type Address = (usize, usize);
 type Replacement = Option<Range<usize>>;
 
 #[derive(Default)]
-struct Edits {
-    keys: Vec<Vec<u8>>,
-    key_index: FastMap<Vec<u8>, usize>,
-    /// column -> row -> AnyValue content, a range of `values_data`
-    values: Vec<Vec<Option<Range<usize>>>>,
+struct Edits<'k> {
+    keys: Vec<&'k [u8]>,
+    key_index: FastMap<KeyBytes<'k>, usize>,
+    /// column -> row -> AnyValue content as (start, end) in `values_data`; start == end: none
+    /// (no AnyValue encodes to nothing).
+    values: Vec<Vec<(u32, u32)>>,
     values_data: Vec<u8>,
     item: FastMap<Address, Replacement>,
     event: FastMap<Address, Replacement>,
@@ -168,7 +169,7 @@ struct Edits {
     touched_resources: FastSet<usize>,
 }
 
-impl Edits {
+impl<'k> Edits<'k> {
     fn touch_row(&mut self, row: usize) {
         if row >= self.touched_rows.len() {
             self.touched_rows.resize(row + 1, false);
@@ -183,36 +184,42 @@ impl Edits {
     /// Later values for a key overwrite earlier ones row by row, as when applied in turn.
     fn set_column(
         &mut self,
-        key: String,
+        key: &'k str,
         rows: usize,
         mut encode: impl FnMut(usize, &mut Vec<u8>) -> PyResult<bool>,
     ) -> PyResult<()> {
-        let column = match self.key_index.get(key.as_bytes()) {
+        let key = key.as_bytes();
+        let column = match self.key_index.get(&KeyBytes(key)) {
             Some(&column) => column,
             None => {
                 let column = self.keys.len();
-                self.key_index.insert(key.as_bytes().to_vec(), column);
-                self.keys.push(key.into_bytes());
-                self.values.push(vec![None; rows]);
+                self.key_index.insert(KeyBytes(key), column);
+                self.keys.push(key);
+                self.values.push(vec![(0, 0); rows]);
                 column
             }
         };
         if self.values[column].len() < rows {
-            self.values[column].resize(rows, None);
+            self.values[column].resize(rows, (0, 0));
         }
         for row in 0..rows {
             let start = self.values_data.len();
             if encode(row, &mut self.values_data)? {
-                self.values[column][row] = Some(start..self.values_data.len());
+                let end = u32::try_from(self.values_data.len())
+                    .map_err(|_| PyValueError::new_err("set_attributes values over 4 GiB"))?;
+                self.values[column][row] = (start as u32, end);
                 self.touch_row(row);
             }
         }
         Ok(())
     }
 
+    #[inline]
     fn value(&self, column: usize, row: usize) -> Option<&[u8]> {
         match self.values[column].get(row) {
-            Some(Some(range)) => Some(&self.values_data[range.clone()]),
+            Some(&(start, end)) if start != end => {
+                Some(&self.values_data[start as usize..end as usize])
+            }
             _ => None,
         }
     }
@@ -237,7 +244,7 @@ impl Edits {
         }
         let key = key_of(kv)?;
         // A stage's set_attributes applies after the rewrites, as in the Python encoder.
-        if let Some(&column) = self.key_index.get(key) {
+        if let Some(&column) = self.key_index.get(&KeyBytes(key)) {
             if !done[column] {
                 if let Some(value) = self.value(column, row) {
                     done[column] = true;
@@ -637,7 +644,7 @@ pub fn rewrite<'py>(
         edits.new_events.entry(row).or_default().push(event);
         edits.touch_row(row);
     }
-    for (key, values) in columns {
+    for (key, values) in &columns {
         if let Ok(list) = values.cast::<PyList>() {
             edits.set_column(key, list.len(), |row, out| {
                 let value = list.get_item(row)?;
@@ -648,7 +655,7 @@ pub fn rewrite<'py>(
                 Ok(true)
             })?;
         } else {
-            let column = ArrowIn::extract(&values)?;
+            let column = ArrowIn::extract(values)?;
             edits.set_column(key, column.len, |row, out| {
                 if !column.is_valid(row) {
                     return Ok(false);
