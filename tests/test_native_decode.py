@@ -66,7 +66,9 @@ def test_logs_decode_identically(monkeypatch, bodies, record_attributes):
     assert_same(*both(decode_logs, request.SerializeToString(), monkeypatch))
 
 
-long_values = st.one_of(st.text(min_size=10, max_size=60), st.binary(min_size=10, max_size=30), st.integers())
+long_values = st.one_of(
+    st.text(min_size=10, max_size=60), st.binary(min_size=10, max_size=30), st.integers(-(2**63), 2**63 - 1)
+)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
