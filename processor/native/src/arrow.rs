@@ -28,7 +28,7 @@ impl Bitmap {
     }
 
     pub fn push(&mut self, bit: bool) {
-        if self.len % 8 == 0 {
+        if self.len.is_multiple_of(8) {
             self.bits.push(0);
         }
         if bit {
@@ -100,6 +100,13 @@ pub fn view_written(data: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) -> Vie
     view
 }
 
+/// (validity or None, views, data) as Python bytes.
+pub type ViewBuffers<'py> = (
+    Option<Bound<'py, PyBytes>>,
+    Bound<'py, PyBytes>,
+    Bound<'py, PyBytes>,
+);
+
 /// A `string_view` / `binary_view` array with a validity bitmap.
 pub struct Views {
     views: Vec<View>,
@@ -131,15 +138,7 @@ impl Views {
         self.validity.push(false);
     }
 
-    /// (validity or None, views, data)
-    pub fn to_py<'py>(
-        &self,
-        py: Python<'py>,
-    ) -> PyResult<(
-        Option<Bound<'py, PyBytes>>,
-        Bound<'py, PyBytes>,
-        Bound<'py, PyBytes>,
-    )> {
+    pub fn to_py<'py>(&self, py: Python<'py>) -> PyResult<ViewBuffers<'py>> {
         Ok((
             self.validity.validity_to_py(py),
             concat_to_py(py, &[&self.views], |v| v)?,
@@ -208,15 +207,18 @@ pub enum Kind {
     List,
 }
 
+/// (kind, length, offset, buffers, child) as the Python side passes an array.
+type ArrowParts<'py> = (
+    String,
+    usize,
+    usize,
+    Vec<Option<Bound<'py, PyAny>>>,
+    Option<Bound<'py, PyAny>>,
+);
+
 impl ArrowIn {
     pub fn extract(value: &Bound<'_, PyAny>) -> PyResult<Self> {
-        let (kind, len, offset, buffers, child): (
-            String,
-            usize,
-            usize,
-            Vec<Option<Bound<'_, PyAny>>>,
-            Option<Bound<'_, PyAny>>,
-        ) = value.extract()?;
+        let (kind, len, offset, buffers, child): ArrowParts<'_> = value.extract()?;
         let buffers = buffers
             .iter()
             .map(|b| b.as_ref().map(PyBuffer::<i8>::get).transpose())
