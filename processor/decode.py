@@ -239,8 +239,9 @@ def _span_columns(names: list[str], starts: list[int], ends: list[int], statuses
 def _decode_native(signal: str, raw: bytes, wanted: WantedKeys) -> TelemetryBatch:
     """The same batch as the Python walk, with the attribute scan done by processor/native.
 
-    The scan checks the wire structure (a malformed request fails here); the protobuf view is
-    only parsed if something asks for `batch.request`.
+    The scan checks the wire structure (a malformed request fails here) and returns every
+    column as Arrow buffers: the frame is one import, with no Python object per value. The
+    protobuf view is only parsed if something asks for `batch.request`.
     """
     item_keys = sorted(wanted.item)
     resource_keys = sorted(wanted.resource)
@@ -248,35 +249,31 @@ def _decode_native(signal: str, raw: bytes, wanted: WantedKeys) -> TelemetryBatc
         scanned = _native.scan(raw, item_keys, resource_keys, wanted.values, logs=signal == LOGS)
     except ValueError as exc:
         raise MalformedRequest(f"cannot parse the {signal} export request: {exc}") from exc
-    item_resource = pl.Series(RESOURCE_INDEX, scanned["item_resource"], dtype=pl.UInt32)
-    rows = len(item_resource)
-    columns = [pl.Series(ROW, range(rows), dtype=pl.UInt32), item_resource]
-    # Most wanted keys are absent from a given batch: those become null literals in one call
-    # instead of a list of Nones each.
-    absent: list[str] = []
-    for key in item_keys:
-        kind, values = scanned["items"][key]
-        if values is None:
-            absent.append(key)
+    rows = scanned["rows"]
+    # Same column order as the Python walk: fixed columns, item keys, resource keys, span fields.
+    names = [ROW, RESOURCE_INDEX, *item_keys, *(RESOURCE_PREFIX + key for key in resource_keys)]
+    arrays = [_row_numbers(rows), _numbers(pa.uint32(), rows, scanned["item_resource"])]
+    present = [ROW, RESOURCE_INDEX]
+    absent = []
+    # Most wanted keys are absent from a given batch: their all-null columns are shared series
+    # (importing an Arrow null array costs as much as a real column).
+    for name, column in zip(names[2:], scanned["columns"], strict=True):
+        if column[0] == "null":
+            absent.append(_null_column(name, rows))
         else:
-            columns.append(pl.Series(key, values, dtype=_NATIVE_DTYPES[kind]))
-    resource_of_item = scanned["item_resource"]
-    for key in resource_keys:
-        _, per_resource = scanned["resources"][key]
-        if per_resource is None:
-            absent.append(RESOURCE_PREFIX + key)
-            continue
-        # Typed per item, not per resource: a resource no span points at must not sway the type.
-        columns.append(_column(RESOURCE_PREFIX + key, [per_resource[i] for i in resource_of_item]))
-    frame = pl.DataFrame(columns)
-    extra = [pl.lit(None, dtype=pl.Null).alias(name) for name in absent]
+            arrays.append(_native_column(rows, column))
+            present.append(name)
     if signal == TRACES:
-        extra.extend(_span_columns(scanned["names"], scanned["starts"], scanned["ends"], scanned["statuses"]))
-    if extra:
-        # Same column order as the Python walk: fixed columns, item keys, resource keys, span fields.
-        span_fields = [SPAN_NAME, START_TIME, END_TIME, STATUS_CODE] if signal == TRACES else []
-        resource_columns = [RESOURCE_PREFIX + key for key in resource_keys]
-        frame = frame.with_columns(extra).select(ROW, RESOURCE_INDEX, *item_keys, *resource_columns, *span_fields)
+        names.extend((SPAN_NAME, START_TIME, END_TIME, STATUS_CODE))
+        present.extend((SPAN_NAME, START_TIME, END_TIME, STATUS_CODE))
+        arrays.append(_views(pa.string_view(), rows, scanned["names"]))
+        arrays.append(_numbers(pa.uint64(), rows, scanned["starts"]))
+        arrays.append(_numbers(pa.uint64(), rows, scanned["ends"]))
+        arrays.append(_numbers(pa.int32(), rows, scanned["statuses"]))
+    frame = pl.from_arrow(pa.Table.from_arrays(arrays, names=present))
+    if absent:
+        # Indexing by a list of names reorders eagerly (select would build a query plan).
+        frame = frame.hstack(absent)[names]
     batch = TelemetryBatch(signal, frame, raw)
     batch._event_rows = scanned["event_rows"]
     if wanted.values:
@@ -284,68 +281,90 @@ def _decode_native(signal: str, raw: bytes, wanted: WantedKeys) -> TelemetryBatc
     return batch
 
 
-_NATIVE_DTYPES = {
-    "string_value": pl.String,
-    "mixed": pl.String,
-    "int_value": pl.Int64,
-    "double_value": pl.Float64,
-    "bool_value": pl.Boolean,
-    "bytes_value": pl.Binary,
+_ROW_NUMBERS: dict[int, pa.Array] = {}
+
+
+def _row_numbers(rows: int) -> pa.Array:
+    # Batches come in a few sizes; arrays are immutable, so one per size is shared.
+    numbers = _ROW_NUMBERS.get(rows)
+    if numbers is None:
+        numbers = pa.array(range(rows), type=pa.uint32())
+        if len(_ROW_NUMBERS) < 64:
+            _ROW_NUMBERS[rows] = numbers
+    return numbers
+
+
+def _numbers(arrow_type: pa.DataType, n: int, data: bytes, validity: bytes | None = None) -> pa.Array:
+    return pa.Array.from_buffers(arrow_type, n, [_buffer(validity), pa.py_buffer(data)])
+
+
+def _views(arrow_type: pa.DataType, n: int, buffers: tuple, *more_data: bytes) -> pa.Array:
+    validity, views, data = buffers
+    data_buffers = [pa.py_buffer(data), *map(pa.py_buffer, more_data)]
+    return pa.Array.from_buffers(arrow_type, n, [_buffer(validity), pa.py_buffer(views), *data_buffers])
+
+
+def _buffer(data: bytes | None) -> pa.Buffer | None:
+    return None if data is None else pa.py_buffer(data)
+
+
+_NATIVE_TYPES = {
+    "string": pa.string_view(),
+    "binary": pa.binary_view(),
+    "int": pa.int64(),
+    "double": pa.float64(),
+    "bool": pa.bool_(),
 }
 
 
-_NATIVE_SCOPES = {0: SCOPE_ITEM, 1: SCOPE_EVENT, 2: SCOPE_RESOURCE, 3: SCOPE_BODY}
+_NULL_COLUMNS: dict[tuple[str, int], pl.Series] = {}
 
 
-_KIND_NAMES = {
-    1: "string_value",
-    2: "bool_value",
-    3: "int_value",
-    4: "double_value",
-    5: "array_value",
-    6: "kvlist_value",
-    7: "bytes_value",
-}
+def _null_column(name: str, rows: int) -> pl.Series:
+    # Series are immutable and an all-null one holds no data: one per (key, batch size) serves all.
+    column = _NULL_COLUMNS.get((name, rows))
+    if column is None:
+        if len(_NULL_COLUMNS) >= 4096:
+            _NULL_COLUMNS.clear()
+        column = _NULL_COLUMNS[(name, rows)] = pl.Series(name, [None] * rows, dtype=pl.Null)
+    return column
+
+
+def _native_column(n: int, column: tuple) -> pa.Array:
+    kind, validity, first, second = column
+    if second is not None:
+        return _views(_NATIVE_TYPES[kind], n, (validity, first, second))
+    return _numbers(_NATIVE_TYPES[kind], n, first, validity)
 
 
 def _native_values_frame(batch: TelemetryBatch, scanned: dict) -> pl.DataFrame:
     """The scanner's column buffers as a frame, through Arrow: no Python object per value."""
     n = scanned["n"]
-
-    def numbers(name: str, arrow_type: pa.DataType) -> pa.Array:
-        return pa.Array.from_buffers(arrow_type, n, [None, pa.py_buffer(scanned[name])])
-
-    def strings(prefix: str) -> pa.Array:
-        buffers = [None, pa.py_buffer(scanned[f"{prefix}_offsets"]), pa.py_buffer(scanned[f"{prefix}_data"])]
-        return pa.Array.from_buffers(pa.large_string(), n, buffers)
-
-    frame = pl.from_arrow(
-        pa.table(
-            {
-                "scope": numbers("scope", pa.uint8()),
-                "owner": numbers("owner", pa.int64()),
-                "position": numbers("position", pa.int64()),
-                "row": numbers("row", pa.int64()),
-                "key": strings("key"),
-                "value": strings("value"),
-                "kind": numbers("kind", pa.uint8()),
-            }
-        )
+    table = pa.Table.from_arrays(
+        [
+            _views(pa.string_view(), n, scanned["scope"]),
+            _numbers(pa.int64(), n, scanned["owner"]),
+            _numbers(pa.int64(), n, scanned["position"]),
+            _numbers(pa.int64(), n, scanned["row"]),
+            _views(pa.string_view(), n, scanned["key"]),
+            # Long string values are views into the request bytes themselves (data buffer 1).
+            _views(pa.string_view(), n, scanned["value"], batch.raw),
+            _numbers(pa.bool_(), n, scanned["is_string"]),
+            _views(pa.string_view(), n, scanned["kind"]),
+        ],
+        names=["scope", "owner", "position", "row", "key", "value", "is_string", "kind"],
     )
-    frame = frame.with_columns(
-        pl.col("scope").replace_strict(_NATIVE_SCOPES, return_dtype=pl.String),
-        pl.col("kind").replace_strict(_KIND_NAMES, return_dtype=pl.String),
-    ).with_columns(is_string=pl.col("kind") == "string_value")
+    frame = pl.from_arrow(table)
     nested = scanned["nested"]
     if nested:
-        # Arrays and kvlists are rare; their JSON rendering is left to the Python renderer.
+        # Values the scan could not render (malformed nesting) are left to the Python renderer.
         addresses = frame[nested].select("scope", "owner", "position").iter_rows()
         rendered = []
         for scope, owner, position in addresses:
             value = _value_at(batch, scope, owner, position)
             rendered.append(_render(value, value.WhichOneof("value")))
         frame = frame.with_columns(frame["value"].scatter(nested, rendered))
-    return frame.select("scope", "owner", "position", "row", "key", "value", "is_string", "kind")
+    return frame
 
 
 def _value_at(batch: TelemetryBatch, scope: str, owner: int, position: int) -> lean.AnyValue:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import polars as pl
+import pyarrow as pa
 
 from processor.decode import (
     LOGS,
@@ -59,48 +60,72 @@ def _all_rewrites(all_changes: Sequence[BatchChanges]) -> pl.DataFrame | None:
     return frame.unique(["scope", "owner", "position"], keep="last", maintain_order=True)
 
 
-_SCOPE_CODES = {SCOPE_ITEM: 0, SCOPE_EVENT: 1, SCOPE_RESOURCE: 2, SCOPE_BODY: 3}
-
-
 def _native_rewrite(batch: TelemetryBatch, all_changes: Sequence[BatchChanges]) -> bytes:
-    """The same edits as the protobuf path below, spliced into the request bytes by processor/native."""
-    columns: dict[str, list] = {}
-    for changes in all_changes:
-        for key, column in changes.set_attributes.items():
-            values = column.to_list()
-            earlier = columns.get(key)
-            # A later stage's value wins where it set one, as when the changes are applied in turn.
-            columns[key] = (
-                values if earlier is None else [e if v is None else v for v, e in zip(values, earlier, strict=True)]
-            )
-    frame = _all_rewrites(all_changes)
-    scopes: list[int] = []
-    owners: list[int] = []
-    positions: list[int] = []
-    rows: list[int] = []
-    new_values: list[str | None] = []
-    if frame is not None:
-        scopes = [_SCOPE_CODES[scope] for scope in frame["scope"].to_list()]
-        owners = frame["owner"].to_list()
-        positions = frame["position"].to_list()
-        new_values = frame["new_value"].to_list()
-        event_rows = batch.event_rows if SCOPE_EVENT in frame["scope"] else []
-        rows = [
-            event_rows[owner] if scope == 1 else (owner if scope != 2 else 0)
-            for scope, owner in zip(scopes, owners, strict=True)
-        ]
+    """The same edits as the protobuf path below, spliced into the request bytes by processor/native.
+
+    Columns and rewrites go over as Arrow buffers read in place; the rewriter merges a key set by
+    several stages (a later stage's value wins where it set one, as when the changes are applied
+    in turn) and lets a later rewrite of the same value win, as `_all_rewrites` does.
+    """
+    columns = [
+        (key, _native_values(column))
+        for changes in all_changes
+        for key, column in changes.set_attributes.items()
+        # All null: nothing to write (the rewriter would skip every row).
+        if column.dtype != pl.Null
+    ]
+    rewrites = [
+        _native_rewrites(changes.rewrites)
+        for changes in all_changes
+        if changes.rewrites is not None and changes.rewrites.height
+    ]
     events = [(event.row, _event_bytes(event)) for changes in all_changes for event in changes.events]
     return native_module().rewrite(
         batch.raw,
-        list(columns.items()),
-        scopes,
-        owners,
-        positions,
-        rows,
-        new_values,
+        columns,
+        rewrites,
+        batch.event_rows if rewrites and batch.signal != LOGS else [],
         events=events,
         logs=batch.signal == LOGS,
     )
+
+
+_NEWEST = pl.CompatLevel.newest()
+_ARROW_KINDS = {pl.Boolean: "bool", pl.Int64: "i64", pl.Float64: "f64", pl.String: "string", pl.Binary: "binary"}
+
+
+def _native_values(column: pl.Series) -> tuple | list:
+    """The column as the rewriter reads it: Arrow buffers for the types stages set, else a list."""
+    dtype = column.dtype
+    if dtype in _ARROW_KINDS or (isinstance(dtype, pl.List) and dtype.inner in (pl.String, pl.Binary)):
+        return _arrow_parts(column.to_arrow(compat_level=_NEWEST))
+    return column.to_list()
+
+
+def _arrow_parts(array: pa.Array) -> tuple:
+    """(kind, length, offset, buffers, child) for the rewriter (processor/native/src/arrow.rs)."""
+    if isinstance(array, pa.LargeListArray):
+        return ("list", len(array), array.offset, array.buffers()[:2], _arrow_parts(array.values))
+    kind = _ARROW_TYPE_KINDS[array.type]
+    return (kind, len(array), array.offset, array.buffers(), None)
+
+
+_ARROW_TYPE_KINDS = {
+    pa.bool_(): "bool",
+    pa.int64(): "i64",
+    pa.float64(): "f64",
+    pa.string_view(): "string",
+    pa.binary_view(): "binary",
+}
+
+_REWRITE_SCHEMA = {"scope": pl.String, "owner": pl.Int64, "position": pl.Int64, "new_value": pl.String}
+
+
+def _native_rewrites(frame: pl.DataFrame) -> tuple:
+    columns = [frame.get_column(name) for name in _REWRITE_SCHEMA]
+    if any(column.dtype != dtype for column, dtype in zip(columns, _REWRITE_SCHEMA.values(), strict=True)):
+        columns = [column.cast(dtype) for column, dtype in zip(columns, _REWRITE_SCHEMA.values(), strict=True)]
+    return tuple(_arrow_parts(column.to_arrow(compat_level=_NEWEST)) for column in columns)
 
 
 def _event_bytes(event: SpanEventToAdd) -> bytes:

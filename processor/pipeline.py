@@ -141,17 +141,32 @@ def _expose_to_later_stages(batch: TelemetryBatch, changes: BatchChanges) -> Non
     if not changes.set_attributes:
         return
     frame = batch.frame
-    updates = []
+    # Column names, not frame.schema: building a Schema costs more than the swaps below.
+    index = {name: i for i, name in enumerate(frame.columns)}
+    merged = []
+    replaced: dict[str, pl.Series] = {}
     for key, column in changes.set_attributes.items():
         column = column.alias(key)
-        if key in frame.columns:
+        if key in index and frame.to_series(index[key]).dtype != pl.Null:
             # Where the stage left an item alone, the item keeps the value it arrived with (cast
             # to the stage's type: an SDK may send a cost as a string).
-            earlier = pl.col(key).cast(column.dtype, strict=False) if column.dtype != pl.Null else pl.col(key)
-            updates.append(pl.coalesce(pl.lit(column), earlier).alias(key))
+            arrived = pl.col(key).cast(column.dtype, strict=False) if column.dtype != pl.Null else pl.col(key)
+            merged.append(pl.coalesce(pl.lit(column), arrived).alias(key))
         else:
-            updates.append(pl.lit(column).alias(key))
-    batch.frame = frame.with_columns(updates)
+            # No item arrived with the key: the stage's column as it is.
+            replaced[key] = column
+    if merged:
+        batch.frame = frame.with_columns([*merged, *(pl.lit(c).alias(k) for k, c in replaced.items())])
+        return
+    # Column swaps without a query plan (with_columns builds one per call).
+    updated = frame.clone()
+    added = []
+    for key, column in replaced.items():
+        if key in index:
+            updated.replace_column(index[key], column)
+        else:
+            added.append(column)
+    batch.frame = updated.hstack(added) if added else updated
 
 
 def _error_tags(rows: int, message: str) -> BatchChanges:

@@ -66,6 +66,25 @@ def test_logs_decode_identically(monkeypatch, bodies, record_attributes):
     assert_same(*both(decode_logs, request.SerializeToString(), monkeypatch))
 
 
+long_values = st.one_of(
+    st.text(min_size=10, max_size=60), st.binary(min_size=10, max_size=30), st.integers(-(2**63), 2**63 - 1)
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    spans=st.lists(st.dictionaries(st.sampled_from(KEYS), long_values, max_size=6), max_size=6),
+    names=st.lists(st.text(max_size=40), min_size=6, max_size=6),
+)
+def test_long_values_and_names_decode_identically(monkeypatch, spans, names):
+    """Values past the 12 bytes a string view holds inline (stored apart, or in the request)."""
+    request = trace_request(
+        [span(name=name, attributes=a) for a, name in zip(spans, names, strict=False)],
+        resource={"service.name": "a service name longer than twelve bytes"},
+    )
+    assert_same(*both(decode_traces, request.SerializeToString(), monkeypatch))
+
+
 def test_double_rendering_follows_python(monkeypatch):
     doubles = [0.1, 1.0, 1e16, 1.5e-5, 0.0001, 12345.678, -2.5e300, 5e-324]
     request = trace_request([span(attributes={"n": d}) for d in doubles])

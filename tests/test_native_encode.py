@@ -99,6 +99,61 @@ def test_logs_encode_identically(monkeypatch, data, bodies):
     assert _logs(native) == _logs(python)
 
 
+TYPED = {
+    pl.Boolean: st.booleans(),
+    pl.Int64: st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    pl.Float64: st.floats(allow_nan=False),
+    pl.String: st.text(max_size=20),
+    pl.Binary: st.binary(max_size=20),
+    pl.List(pl.String): st.lists(st.text(max_size=14), max_size=3),
+    pl.List(pl.Binary): st.lists(st.binary(max_size=14), max_size=2),
+}
+
+
+@st.composite
+def typed_column(draw, rows: int) -> pl.Series:
+    """A column of one type the stages set, sometimes a slice or a concatenation (offsets, chunks)."""
+    dtype = draw(st.sampled_from(list(TYPED)))
+    values = draw(st.lists(st.one_of(st.none(), TYPED[dtype]), min_size=rows, max_size=rows))
+    shape = draw(st.sampled_from(["plain", "slice", "chunks"]))
+    if shape == "slice":
+        return pl.Series([*values[:1], *values, *values[:2]], dtype=dtype).slice(1, rows)
+    if shape == "chunks" and rows > 1:
+        return pl.concat([pl.Series(values[:1], dtype=dtype), pl.Series(values[1:], dtype=dtype)], rechunk=False)
+    return pl.Series(values, dtype=dtype)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data(), spans=st.lists(attributes, min_size=1, max_size=5))
+def test_typed_columns_encode_identically(monkeypatch, data, spans):
+    request = trace_request([span(attributes=a) for a in spans])
+    rows = len(spans)
+    stages = data.draw(
+        st.lists(st.dictionaries(st.sampled_from([*KEYS, "new.key"]), typed_column(rows), max_size=3), max_size=3)
+    )
+    picks = data.draw(st.lists(st.tuples(st.integers(0, 1000), st.none() | st.text(max_size=5)), max_size=4))
+    owner_type = data.draw(st.sampled_from([pl.Int64, pl.Int32, pl.UInt32]))
+
+    def changes(batch):
+        values = batch.string_values().sort("scope", "owner", "position")
+        rewrites = None
+        if values.height and picks:
+            new_values = [text for _, text in picks]
+            rewrites = values[[index % values.height for index, _ in picks]].select(
+                "scope",
+                pl.col("owner").cast(owner_type),
+                "position",
+                new_value=pl.Series(new_values, dtype=pl.Null if set(new_values) == {None} else pl.String),
+            )
+        return [
+            BatchChanges(set_attributes=columns, rewrites=rewrites if i == 0 else None)
+            for i, columns in enumerate(stages)
+        ]
+
+    native, python = encode_both(decode_traces, request.SerializeToString(), changes, monkeypatch)
+    assert _traces(native) == _traces(python)
+
+
 def test_untouched_spans_keep_their_exact_bytes(monkeypatch):
     spans = [span(attributes={"a": i}) for i in range(3)]
     raw = trace_request(spans).SerializeToString()

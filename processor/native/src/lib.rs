@@ -1,11 +1,13 @@
 //! Native hot path for OTLP export requests: `scan` (decode) and `rewrite` (encode).
 //!
 //! Iterating attributes as Python protobuf objects costs about a microsecond each. `scan` walks
-//! the protobuf wire format once and returns, as plain Python lists, only what the stages asked
-//! for; `rewrite` splices the stages' changes into the request bytes, copying untouched items.
+//! the protobuf wire format once and returns, as Arrow buffers (arrow.rs), only what the stages
+//! asked for; `rewrite` splices the stages' changes into the request bytes, copying untouched items.
 //! Both mirror the pure-Python paths in processor/decode.py and processor/encode.py, which remain
 //! the fallback; tests/test_native_decode.py and tests/test_native_encode.py check they agree.
 
+mod arrow;
+mod fasthash;
 mod rewrite;
 mod scan;
 mod wire;

@@ -1,42 +1,36 @@
 //! Reads an OTLP export request once and collects what the stages asked for (see lib.rs).
+//!
+//! Values are borrowed from the request bytes while scanning and written once, into the Arrow
+//! buffers the Python side turns into polars columns (see arrow.rs).
 
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::io::Write;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList};
+use pyo3::types::{PyBytes, PyDict, PyTuple};
 
+use crate::arrow::{
+    concat_to_py, le_bytes, push_text, view_in, view_of, view_written, Bitmap, View, Views, INLINE,
+};
+use crate::fasthash::{FastMap, KeyBytes};
 use crate::wire::{Reader, WireResult, I64, LEN, VARINT};
 
-#[derive(Clone, Debug)]
-enum Scalar {
-    Str(String),
+#[derive(Clone, Copy, Debug)]
+enum Scalar<'a> {
+    Str(&'a [u8]),
     Bool(bool),
     Int(i64),
     Double(f64),
-    Bytes(Vec<u8>),
+    Bytes(&'a [u8]),
     /// The raw ArrayValue / KeyValueList message, rendered as JSON only if someone asks.
-    Array(Vec<u8>),
-    KvList(Vec<u8>),
+    Array(&'a [u8]),
+    KvList(&'a [u8]),
     Missing,
 }
 
-impl Scalar {
-    /// The OTLP oneof name, as protobuf's WhichOneof reports it.
-    fn kind(&self) -> Option<&'static str> {
-        Some(match self {
-            Scalar::Str(_) => "string_value",
-            Scalar::Bool(_) => "bool_value",
-            Scalar::Int(_) => "int_value",
-            Scalar::Double(_) => "double_value",
-            Scalar::Bytes(_) => "bytes_value",
-            Scalar::Array(_) => "array_value",
-            Scalar::KvList(_) => "kvlist_value",
-            Scalar::Missing => return None,
-        })
-    }
-
-    /// The text the redaction stage scans; arrays and kvlists are rendered by the caller.
+impl Scalar<'_> {
+    /// The AnyValue oneof field number (1 string ... 7 bytes); None when no value is set.
     fn kind_code(&self) -> Option<u8> {
         Some(match self {
             Scalar::Str(_) => 1,
@@ -50,25 +44,68 @@ impl Scalar {
         })
     }
 
-    fn render(&self) -> Option<String> {
+    /// The kind a frame column takes from it: arrays, kvlists and unset values are null there.
+    fn column_kind(&self) -> Option<u8> {
         match self {
-            Scalar::Str(s) => Some(s.clone()),
-            Scalar::Bool(b) => Some(if *b { "true" } else { "false" }.to_owned()),
-            Scalar::Int(i) => Some(i.to_string()),
-            Scalar::Double(d) => Some(python_float_repr(*d)),
-            Scalar::Bytes(b) => Some(b.iter().map(|x| format!("{x:02x}")).collect()),
-            Scalar::Array(raw) | Scalar::KvList(raw) => {
-                let mut out = String::new();
-                let rendered = if matches!(self, Scalar::Array(_)) {
-                    json_array(raw, &mut out)
-                } else {
-                    json_kvlist(raw, &mut out)
-                };
-                rendered.ok().map(|_| out)
-            }
-            Scalar::Missing => None,
+            Scalar::Array(_) | Scalar::KvList(_) | Scalar::Missing => None,
+            other => other.kind_code(),
         }
     }
+
+    /// The text the redaction stage scans (processor/decode.py `_render`), written into `out`.
+    /// False when a nested value cannot be rendered here; the Python side renders it then.
+    fn render(&self, out: &mut Vec<u8>) -> bool {
+        match *self {
+            Scalar::Str(s) => push_text(out, s),
+            Scalar::Bool(b) => out.extend_from_slice(if b { b"true" } else { b"false" }),
+            Scalar::Int(i) => {
+                let _ = write!(out, "{i}");
+            }
+            Scalar::Double(d) => out.extend_from_slice(python_float_repr(d).as_bytes()),
+            Scalar::Bytes(b) => push_hex(out, b),
+            Scalar::Array(raw) | Scalar::KvList(raw) => {
+                let mut rendered = String::new();
+                let done = if matches!(self, Scalar::Array(_)) {
+                    json_array(raw, &mut rendered)
+                } else {
+                    json_kvlist(raw, &mut rendered)
+                };
+                if done.is_err() {
+                    return false;
+                }
+                out.extend_from_slice(rendered.as_bytes());
+            }
+            Scalar::Missing => return false,
+        }
+        true
+    }
+
+    /// Python's `str()` of the value, for a frame column mixing kinds (decode.py `_column`).
+    fn python_str(&self, out: &mut Vec<u8>) {
+        match *self {
+            Scalar::Bool(b) => out.extend_from_slice(if b { b"True" } else { b"False" }),
+            Scalar::Bytes(b) => {
+                let _ = write!(out, "{:?}", PyBytesRepr(b));
+            }
+            _ => {
+                self.render(out);
+            }
+        }
+    }
+}
+
+fn push_hex(out: &mut Vec<u8>, raw: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for &byte in raw {
+        out.push(DIGITS[(byte >> 4) as usize]);
+        out.push(DIGITS[(byte & 15) as usize]);
+    }
+}
+
+fn hex(raw: &[u8]) -> String {
+    let mut out = Vec::with_capacity(raw.len() * 2);
+    push_hex(&mut out, raw);
+    String::from_utf8(out).expect("hex digits are ASCII")
 }
 
 /// Formats a double the way Python's repr does, so both decoders render values alike.
@@ -119,23 +156,23 @@ fn python_float_repr(d: f64) -> String {
     }
 }
 
-fn text(raw: &[u8]) -> String {
-    String::from_utf8_lossy(raw).into_owned()
+fn text(raw: &[u8]) -> Cow<'_, str> {
+    String::from_utf8_lossy(raw)
 }
 
-fn any_value(buf: &[u8]) -> WireResult<Scalar> {
+fn any_value(buf: &[u8]) -> WireResult<Scalar<'_>> {
     let mut reader = Reader::new(buf);
     let mut value = Scalar::Missing;
     while !reader.done() {
         let (field, wire) = reader.tag()?;
         value = match (field, wire) {
-            (1, LEN) => Scalar::Str(text(reader.bytes()?)),
+            (1, LEN) => Scalar::Str(reader.bytes()?),
             (2, VARINT) => Scalar::Bool(reader.varint()? != 0),
             (3, VARINT) => Scalar::Int(reader.varint()? as i64),
             (4, I64) => Scalar::Double(f64::from_bits(reader.fixed64()?)),
-            (5, LEN) => Scalar::Array(reader.bytes()?.to_vec()),
-            (6, LEN) => Scalar::KvList(reader.bytes()?.to_vec()),
-            (7, LEN) => Scalar::Bytes(reader.bytes()?.to_vec()),
+            (5, LEN) => Scalar::Array(reader.bytes()?),
+            (6, LEN) => Scalar::KvList(reader.bytes()?),
+            (7, LEN) => Scalar::Bytes(reader.bytes()?),
             (1..=7, _) => return Err(format!("AnyValue field {field} has wire type {wire}")),
             _ => {
                 reader.skip(wire)?;
@@ -151,18 +188,15 @@ fn any_value(buf: &[u8]) -> WireResult<Scalar> {
 fn json_any(buf: &[u8], out: &mut String) -> WireResult<()> {
     match any_value(buf)? {
         Scalar::Missing => out.push_str("null"),
-        Scalar::Str(s) => json_string(&s, out),
+        Scalar::Str(s) => json_string(&text(s), out),
         Scalar::Bool(b) => out.push_str(if b { "true" } else { "false" }),
         Scalar::Int(i) => out.push_str(&i.to_string()),
         // Python renders a non-finite double as the string "inf" / "nan", quoted.
         Scalar::Double(d) if d.is_finite() => out.push_str(&python_float_repr(d)),
         Scalar::Double(d) => json_string(&python_float_repr(d), out),
-        Scalar::Bytes(b) => json_string(
-            &b.iter().map(|x| format!("{x:02x}")).collect::<String>(),
-            out,
-        ),
-        Scalar::Array(raw) => json_array(&raw, out)?,
-        Scalar::KvList(raw) => json_kvlist(&raw, out)?,
+        Scalar::Bytes(b) => json_string(&hex(b), out),
+        Scalar::Array(raw) => json_array(raw, out)?,
+        Scalar::KvList(raw) => json_kvlist(raw, out)?,
     }
     Ok(())
 }
@@ -190,13 +224,13 @@ fn json_array(raw: &[u8], out: &mut String) -> WireResult<()> {
 fn json_kvlist(raw: &[u8], out: &mut String) -> WireResult<()> {
     // A repeated key keeps its first place and its last value, like a Python dict built in order.
     let mut entries: Vec<(String, String)> = Vec::new();
-    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut index: FastMap<String, usize> = FastMap::default();
     let mut reader = Reader::new(raw);
     while !reader.done() {
         let (field, wire) = reader.tag()?;
         if field == 1 {
             let (key, value) = key_value(reader.expect_len(wire)?)?;
-            let key = text(key);
+            let key = text(key).into_owned();
             let mut rendered = String::new();
             json_any(value, &mut rendered)?;
             match index.get(&key) {
@@ -259,25 +293,22 @@ fn key_value(buf: &[u8]) -> WireResult<(&[u8], &[u8])> {
 
 /// Where attribute values of a wanted key land: one slot per item or per resource, stored
 /// sparsely because most wanted keys are absent from most items.
-struct Columns {
-    index: HashMap<Vec<u8>, usize>,
-    names: Vec<String>,
-    values: Vec<Vec<(usize, Scalar)>>,
+struct Columns<'a> {
+    index: FastMap<Vec<u8>, usize>,
+    values: Vec<Vec<(usize, Scalar<'a>)>>,
     rows: usize,
 }
 
-impl Columns {
-    fn new(keys: Vec<String>) -> Self {
+impl<'a> Columns<'a> {
+    fn new(keys: &[String]) -> Self {
         let index = keys
             .iter()
             .enumerate()
             .map(|(i, k)| (k.as_bytes().to_vec(), i))
             .collect();
-        let values = keys.iter().map(|_| Vec::new()).collect();
         Columns {
             index,
-            names: keys,
-            values,
+            values: keys.iter().map(|_| Vec::new()).collect(),
             rows: 0,
         }
     }
@@ -286,12 +317,16 @@ impl Columns {
         self.rows += 1;
     }
 
+    #[inline]
     fn wants(&self, key: &[u8]) -> Option<usize> {
+        if self.index.is_empty() {
+            return None;
+        }
         self.index.get(key).copied()
     }
 
     /// The last occurrence of a key in an item wins, as when protobuf merges a map.
-    fn set(&mut self, column: usize, value: Scalar) {
+    fn set(&mut self, column: usize, value: Scalar<'a>) {
         let row = self.rows - 1;
         let cells = &mut self.values[column];
         match cells.last_mut() {
@@ -300,12 +335,100 @@ impl Columns {
         }
     }
 
-    fn dense(&self, column: usize) -> Vec<&Scalar> {
-        let mut out = vec![&Scalar::Missing; self.rows];
+    fn dense(&self, column: usize) -> Vec<Scalar<'a>> {
+        let mut out = vec![Scalar::Missing; self.rows];
         for (row, value) in &self.values[column] {
-            out[*row] = value;
+            out[*row] = *value;
         }
         out
+    }
+}
+
+/// One frame column as (kind, validity, buffer, buffer): kind "null" (no item has a value),
+/// "string"/"binary" (views, data), "int"/"double" (values, None), "bool" (value bits, None).
+/// A column mixing kinds becomes text, the rule processor/decode.py `_column` applies.
+fn column_to_py<'py>(py: Python<'py>, values: &[Scalar<'_>]) -> PyResult<Bound<'py, PyTuple>> {
+    let mut kind: Option<u8> = None;
+    let mut mixed = false;
+    for value in values {
+        if let Some(this) = value.column_kind() {
+            match kind {
+                None => kind = Some(this),
+                Some(seen) if seen != this => mixed = true,
+                _ => {}
+            }
+        }
+    }
+    let n = values.len();
+    let none = py.None();
+    let Some(kind) = kind else {
+        return PyTuple::new(
+            py,
+            [
+                ("null".into_pyobject(py)?.into_any()),
+                none.bind(py).clone(),
+                none.bind(py).clone(),
+                none.bind(py).clone(),
+            ],
+        );
+    };
+    if mixed || kind == 1 || kind == 7 {
+        let mut views = Views::with_capacity(n);
+        for value in values {
+            match value {
+                _ if value.column_kind().is_none() => views.push_null(),
+                Scalar::Str(s) if !mixed => views.push_with(|out| push_text(out, s)),
+                Scalar::Bytes(b) if !mixed => views.push(b),
+                other => views.push_with(|out| other.python_str(out)),
+            }
+        }
+        let (validity, view_bytes, data) = views.to_py(py)?;
+        let name = if kind == 7 && !mixed {
+            "binary"
+        } else {
+            "string"
+        };
+        return (name, validity, view_bytes, data).into_pyobject(py);
+    }
+    let mut validity = Bitmap::with_capacity(n);
+    for value in values {
+        validity.push(value.column_kind().is_some());
+    }
+    let validity_bytes = validity.validity_to_py(py);
+    match kind {
+        2 => {
+            let mut bits = Bitmap::with_capacity(n);
+            for value in values {
+                bits.push(matches!(value, Scalar::Bool(true)));
+            }
+            ("bool", validity_bytes, bits.to_py(py), none).into_pyobject(py)
+        }
+        3 => {
+            let ints: Vec<i64> = values
+                .iter()
+                .map(|v| if let Scalar::Int(i) = v { *i } else { 0 })
+                .collect();
+            (
+                "int",
+                validity_bytes,
+                le_bytes(py, &ints, i64::to_le_bytes)?,
+                none,
+            )
+                .into_pyobject(py)
+        }
+        _ => {
+            let doubles: Vec<f64> = values
+                .iter()
+                .map(|v| if let Scalar::Double(d) = v { *d } else { 0.0 })
+                .collect();
+            (
+                "double",
+                validity_bytes,
+                le_bytes(py, &doubles, f64::to_le_bytes)?,
+                none,
+            )
+                .into_pyobject(py)
+        }
     }
 }
 
@@ -314,112 +437,221 @@ const SCOPE_EVENT: u8 = 1;
 const SCOPE_RESOURCE: u8 = 2;
 const SCOPE_BODY: u8 = 3;
 
-/// Every value with its address, in columnar buffers that become Arrow arrays on the Python side
-/// without one Python object per value.
-struct StringValues {
+const SCOPE_NAMES: [&str; 4] = ["attribute", "event", "resource", "body"];
+const KIND_NAMES: [&str; 8] = [
+    "",
+    "string_value",
+    "bool_value",
+    "int_value",
+    "double_value",
+    "array_value",
+    "kvlist_value",
+    "bytes_value",
+];
+
+/// Values of one scope group (resources, items, events), in the order they were met.
+#[derive(Default)]
+struct Part {
     scope: Vec<u8>,
     owner: Vec<i64>,
     position: Vec<i64>,
     row: Vec<i64>,
-    key_offsets: Vec<i64>,
-    key_data: Vec<u8>,
-    value_offsets: Vec<i64>,
-    value_data: Vec<u8>,
-    /// The AnyValue oneof field number (1 string ... 7 bytes).
+    key: Vec<View>,
+    value: Vec<View>,
     kind: Vec<u8>,
-    /// Indexes of arrays and kvlists, whose text the Python side renders.
+    /// Indexes (in this part) of nested values the scan could not render; Python renders them.
     nested: Vec<usize>,
 }
 
-impl Default for StringValues {
-    fn default() -> Self {
-        StringValues {
-            scope: Vec::new(),
-            owner: Vec::new(),
-            position: Vec::new(),
-            row: Vec::new(),
-            key_offsets: vec![0],
-            key_data: Vec::new(),
-            value_offsets: vec![0],
-            value_data: Vec::new(),
-            kind: Vec::new(),
-            nested: Vec::new(),
-        }
-    }
+/// Every value with its address (TelemetryBatch.string_values), as Arrow buffers. The three
+/// parts share the data buffers, so putting them in order only concatenates their views.
+struct StringValues {
+    parts: [Part; 3],
+    /// Keys repeat across items: each distinct key is validated and stored once (Scan::learn).
+    key_data: Vec<u8>,
+    value_data: Vec<u8>,
+    /// Address of the request bytes, which string values point into.
+    request: usize,
 }
 
+// Python's order: resources, then items (and log bodies), then events.
+const PART_RESOURCE: usize = 0;
+const PART_ITEM: usize = 1;
+const PART_EVENT: usize = 2;
+
 impl StringValues {
-    fn push(&mut self, scope: u8, owner: i64, position: i64, row: i64, key: &[u8], value: &Scalar) {
+    fn with_capacity(values: usize, bytes: usize, request: &[u8]) -> Self {
+        let mut parts: [Part; 3] = Default::default();
+        let items = &mut parts[PART_ITEM];
+        items.scope.reserve(values);
+        items.owner.reserve(values);
+        items.position.reserve(values);
+        items.row.reserve(values);
+        items.key.reserve(values);
+        items.value.reserve(values);
+        items.kind.reserve(values);
+        StringValues {
+            parts,
+            key_data: Vec::new(),
+            value_data: Vec::with_capacity(bytes),
+            request: request.as_ptr() as usize,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &mut self,
+        part: usize,
+        scope: u8,
+        owner: i64,
+        position: i64,
+        row: i64,
+        key_view: View,
+        value: &Scalar<'_>,
+    ) {
         let Some(kind) = value.kind_code() else {
             return;
         };
-        if let Some(text) = value.render() {
-            self.value_data.extend_from_slice(text.as_bytes());
-        } else {
-            self.nested.push(self.scope.len());
+        let mut rendered = true;
+        let value_view = match value {
+            // Most of a request's bytes are string values: the view points into the request
+            // itself (data buffer 1 on the Python side) instead of copying them.
+            Scalar::Str(text) if text.len() > INLINE && std::str::from_utf8(text).is_ok() => {
+                view_in(text, 1, text.as_ptr() as usize - self.request)
+            }
+            _ => view_written(&mut self.value_data, |out| rendered = value.render(out)),
+        };
+        let part = &mut self.parts[part];
+        if !rendered {
+            part.nested.push(part.scope.len());
         }
-        self.scope.push(scope);
-        self.owner.push(owner);
-        self.position.push(position);
-        self.row.push(row);
-        self.key_data
-            .extend_from_slice(String::from_utf8_lossy(key).as_bytes());
-        self.key_offsets.push(self.key_data.len() as i64);
-        self.value_offsets.push(self.value_data.len() as i64);
-        self.kind.push(kind);
+        part.scope.push(scope);
+        part.owner.push(owner);
+        part.position.push(position);
+        part.row.push(row);
+        part.key.push(key_view);
+        part.value.push(value_view);
+        part.kind.push(kind);
     }
 
-    fn len(&self) -> usize {
-        self.scope.len()
-    }
-
-    fn append(&mut self, other: &StringValues) {
-        let base = self.len();
-        let key_base = self.key_data.len() as i64;
-        let value_base = self.value_data.len() as i64;
-        self.scope.extend_from_slice(&other.scope);
-        self.owner.extend_from_slice(&other.owner);
-        self.position.extend_from_slice(&other.position);
-        self.row.extend_from_slice(&other.row);
-        self.key_data.extend_from_slice(&other.key_data);
-        self.key_offsets
-            .extend(other.key_offsets[1..].iter().map(|o| o + key_base));
-        self.value_data.extend_from_slice(&other.value_data);
-        self.value_offsets
-            .extend(other.value_offsets[1..].iter().map(|o| o + value_base));
-        self.kind.extend_from_slice(&other.kind);
-        self.nested.extend(other.nested.iter().map(|i| i + base));
+    fn to_py<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let [a, b, c] = &self.parts;
+        let n = a.scope.len() + b.scope.len() + c.scope.len();
+        let mut nested = Vec::new();
+        let mut base = 0;
+        for part in [a, b, c] {
+            nested.extend(part.nested.iter().map(|i| i + base));
+            base += part.scope.len();
+        }
+        let mut is_string = Bitmap::with_capacity(n);
+        for part in [a, b, c] {
+            for &kind in &part.kind {
+                is_string.push(kind == 1);
+            }
+        }
+        // The names are at most 12 bytes: inline views, no data buffer.
+        let scope_views = SCOPE_NAMES.map(|name| view_of(name.as_bytes(), &mut Vec::new()));
+        let kind_views = KIND_NAMES.map(|name| view_of(name.as_bytes(), &mut Vec::new()));
+        let empty = PyBytes::new(py, b"");
+        let views = |parts: [&[View]; 3]| concat_to_py(py, &parts, |v| v);
+        let out = PyDict::new(py);
+        out.set_item("n", n)?;
+        let scopes = concat_to_py(py, &[&a.scope, &b.scope, &c.scope], |code| {
+            scope_views[code as usize]
+        })?;
+        out.set_item("scope", (py.None(), scopes, &empty))?;
+        out.set_item(
+            "owner",
+            concat_to_py(py, &[&a.owner, &b.owner, &c.owner], i64::to_le_bytes)?,
+        )?;
+        let positions = concat_to_py(
+            py,
+            &[&a.position, &b.position, &c.position],
+            i64::to_le_bytes,
+        )?;
+        out.set_item("position", positions)?;
+        out.set_item(
+            "row",
+            concat_to_py(py, &[&a.row, &b.row, &c.row], i64::to_le_bytes)?,
+        )?;
+        let keys = views([&a.key, &b.key, &c.key])?;
+        out.set_item("key", (py.None(), keys, PyBytes::new(py, &self.key_data)))?;
+        let values = views([&a.value, &b.value, &c.value])?;
+        out.set_item(
+            "value",
+            (py.None(), values, PyBytes::new(py, &self.value_data)),
+        )?;
+        out.set_item("is_string", is_string.to_py(py))?;
+        let kinds = concat_to_py(py, &[&a.kind, &b.kind, &c.kind], |code| {
+            kind_views[code as usize]
+        })?;
+        out.set_item("kind", (py.None(), kinds, &empty))?;
+        out.set_item("nested", nested)?;
+        Ok(out)
     }
 }
 
-struct Scan {
+struct Scan<'a> {
     want_strings: bool,
-    items: Columns,
-    resources: Columns,
+    items: Columns<'a>,
+    resources: Columns<'a>,
     item_resource: Vec<u32>,
-    names: Vec<String>,
+    names: Views,
     starts: Vec<u64>,
     ends: Vec<u64>,
     statuses: Vec<i32>,
     event_rows: Vec<u32>,
     strings: StringValues,
-    resource_strings: StringValues,
-    event_strings: StringValues,
+    /// No wanted key and no value frame (pass-through): attributes are skipped unread.
+    wants_nothing: bool,
+    /// Every distinct attribute key of the request: one lookup per attribute finds all it needs.
+    keys: FastMap<KeyBytes<'a>, KnownKey>,
 }
 
-impl Scan {
+#[derive(Clone, Copy)]
+struct KnownKey {
+    item: Option<usize>,
+    resource: Option<usize>,
+    view: View,
+}
+
+impl<'a> Scan<'a> {
+    /// A key met for the first time: its columns, and its text stored once for the value frame.
+    #[cold]
+    fn learn(&mut self, key: &'a [u8]) -> KnownKey {
+        let view = if self.want_strings {
+            view_written(&mut self.strings.key_data, |out| push_text(out, key))
+        } else {
+            [0u8; 16]
+        };
+        let known = KnownKey {
+            item: self.items.wants(key),
+            resource: self.resources.wants(key),
+            view,
+        };
+        self.keys.insert(KeyBytes(key), known);
+        known
+    }
+
     fn attributes_of(
         &mut self,
-        kv: &[u8],
+        kv: &'a [u8],
         target: Target,
         owner: i64,
         position: i64,
         row: i64,
     ) -> WireResult<()> {
+        if self.wants_nothing {
+            return Ok(());
+        }
         let (key, raw_value) = key_value(kv)?;
+        let known = match self.keys.get(&KeyBytes(key)) {
+            Some(known) => *known,
+            None => self.learn(key),
+        };
         let column = match target {
-            Target::Item => self.items.wants(key),
-            Target::Resource => self.resources.wants(key),
+            Target::Item => known.item,
+            Target::Resource => known.resource,
             Target::Event => None,
         };
         if column.is_none() && !self.want_strings {
@@ -427,12 +659,13 @@ impl Scan {
         }
         let value = any_value(raw_value)?;
         if self.want_strings {
-            let (sink, scope) = match target {
-                Target::Item => (&mut self.strings, SCOPE_ATTRIBUTE),
-                Target::Resource => (&mut self.resource_strings, SCOPE_RESOURCE),
-                Target::Event => (&mut self.event_strings, SCOPE_EVENT),
+            let (part, scope) = match target {
+                Target::Item => (PART_ITEM, SCOPE_ATTRIBUTE),
+                Target::Resource => (PART_RESOURCE, SCOPE_RESOURCE),
+                Target::Event => (PART_EVENT, SCOPE_EVENT),
             };
-            sink.push(scope, owner, position, row, key, &value);
+            self.strings
+                .push(part, scope, owner, position, row, known.view, &value);
         }
         if let Some(column) = column {
             match target {
@@ -443,7 +676,7 @@ impl Scan {
         Ok(())
     }
 
-    fn resource(&mut self, buf: &[u8], resource_index: i64) -> WireResult<()> {
+    fn resource(&mut self, buf: &'a [u8], resource_index: i64) -> WireResult<()> {
         let mut reader = Reader::new(buf);
         let mut position = 0;
         while !reader.done() {
@@ -459,14 +692,14 @@ impl Scan {
         Ok(())
     }
 
-    fn span(&mut self, buf: &[u8], row: i64) -> WireResult<()> {
+    fn span(&mut self, buf: &'a [u8], row: i64) -> WireResult<()> {
         let mut reader = Reader::new(buf);
-        let (mut name, mut start, mut end, mut status) = (String::new(), 0u64, 0u64, 0i32);
+        let (mut name, mut start, mut end, mut status) = (&b""[..], 0u64, 0u64, 0i32);
         let mut position = 0;
         while !reader.done() {
             let (field, wire) = reader.tag()?;
             match field {
-                5 => name = text(reader.expect_len(wire)?),
+                5 => name = reader.expect_len(wire)?,
                 7 | 8 => {
                     if wire != I64 {
                         return Err(format!("span time field {field} has wire type {wire}"));
@@ -520,14 +753,14 @@ impl Scan {
                 _ => reader.skip(wire)?,
             }
         }
-        self.names.push(name);
+        self.names.push_with(|out| push_text(out, name));
         self.starts.push(start);
         self.ends.push(end);
         self.statuses.push(status);
         Ok(())
     }
 
-    fn log_record(&mut self, buf: &[u8], row: i64) -> WireResult<()> {
+    fn log_record(&mut self, buf: &'a [u8], row: i64) -> WireResult<()> {
         let mut reader = Reader::new(buf);
         let mut position = 0;
         let mut body = Scalar::Missing;
@@ -544,13 +777,14 @@ impl Scan {
             }
         }
         if self.want_strings {
-            self.strings.push(SCOPE_BODY, row, -1, row, b"", &body);
+            self.strings
+                .push(PART_ITEM, SCOPE_BODY, row, -1, row, [0u8; 16], &body);
         }
         Ok(())
     }
 
     /// ResourceSpans / ResourceLogs: resource = 1, scope container = 2, item inside scope = 2.
-    fn resource_group(&mut self, buf: &[u8], resource_index: i64, logs: bool) -> WireResult<()> {
+    fn resource_group(&mut self, buf: &'a [u8], resource_index: i64, logs: bool) -> WireResult<()> {
         self.resources.new_row();
         let mut reader = Reader::new(buf);
         while !reader.done() {
@@ -593,63 +827,6 @@ enum Target {
     Event,
 }
 
-fn scalar_to_py(py: Python<'_>, value: &Scalar) -> PyResult<Py<PyAny>> {
-    Ok(match value {
-        Scalar::Str(s) => s.into_pyobject(py)?.into_any().unbind(),
-        Scalar::Bool(b) => b.into_pyobject(py)?.to_owned().into_any().unbind(),
-        Scalar::Int(i) => i.into_pyobject(py)?.into_any().unbind(),
-        Scalar::Double(d) => d.into_pyobject(py)?.into_any().unbind(),
-        Scalar::Bytes(b) => pyo3::types::PyBytes::new(py, b).into_any().unbind(),
-        Scalar::Array(_) | Scalar::KvList(_) | Scalar::Missing => py.None(),
-    })
-}
-
-/// Each column as (kind, values): kind "null" (no item has the key; values is None), a single
-/// OTLP kind ("string_value", "int_value", ...) with None where absent, or "mixed", in which case
-/// the values are rendered as text, the rule processor/decode.py applies to its own columns.
-fn columns_to_py<'py>(py: Python<'py>, columns: &Columns) -> PyResult<Bound<'py, PyDict>> {
-    let out = PyDict::new(py);
-    for (index, name) in columns.names.iter().enumerate() {
-        let values = columns.dense(index);
-        let mut kind: Option<&'static str> = None;
-        let mut mixed = false;
-        for value in values.iter().copied() {
-            let this = match value {
-                Scalar::Array(_) | Scalar::KvList(_) | Scalar::Missing => None,
-                other => other.kind(),
-            };
-            if let Some(this) = this {
-                match kind {
-                    None => kind = Some(this),
-                    Some(seen) if seen != this => mixed = true,
-                    _ => {}
-                }
-            }
-        }
-        let Some(kind) = kind else {
-            out.set_item(name, ("null", py.None()))?;
-            continue;
-        };
-        let list = PyList::empty(py);
-        for value in values.iter().copied() {
-            if mixed {
-                match value {
-                    Scalar::Array(_) | Scalar::KvList(_) | Scalar::Missing => {
-                        list.append(py.None())?
-                    }
-                    Scalar::Bytes(b) => list.append(format!("{:?}", PyBytesRepr(b)))?,
-                    Scalar::Bool(b) => list.append(if *b { "True" } else { "False" })?,
-                    other => list.append(other.render())?,
-                }
-            } else {
-                list.append(scalar_to_py(py, value)?)?;
-            }
-        }
-        out.set_item(name, (if mixed { "mixed" } else { kind }, list))?;
-    }
-    Ok(out)
-}
-
 /// Python's repr of a bytes object, for the rare column mixing bytes with other kinds.
 struct PyBytesRepr<'a>(&'a [u8]);
 
@@ -676,41 +853,28 @@ impl std::fmt::Debug for PyBytesRepr<'_> {
     }
 }
 
-fn le_bytes<T: Copy, const N: usize>(values: &[T], to_bytes: fn(T) -> [u8; N]) -> Vec<u8> {
-    values.iter().flat_map(|v| to_bytes(*v)).collect()
-}
-
-fn strings_to_py<'py>(py: Python<'py>, parts: [&StringValues; 3]) -> PyResult<Bound<'py, PyDict>> {
-    let mut all = StringValues::default();
-    for part in parts {
-        all.append(part);
+fn walk<'a>(state: &mut Scan<'a>, raw: &'a [u8], logs: bool) -> WireResult<()> {
+    let mut reader = Reader::new(raw);
+    let mut resource_index = 0;
+    while !reader.done() {
+        let (field, wire) = reader.tag()?;
+        if field == 1 {
+            let group = reader.expect_len(wire)?;
+            state.resource_group(group, resource_index, logs)?;
+            resource_index += 1;
+        } else {
+            reader.skip(wire)?;
+        }
     }
-    let out = PyDict::new(py);
-    out.set_item("n", all.len())?;
-    out.set_item("scope", PyBytes::new(py, &all.scope))?;
-    out.set_item("kind", PyBytes::new(py, &all.kind))?;
-    for (name, values) in [
-        ("owner", &all.owner),
-        ("position", &all.position),
-        ("row", &all.row),
-    ] {
-        out.set_item(name, PyBytes::new(py, &le_bytes(values, i64::to_le_bytes)))?;
-    }
-    out.set_item(
-        "key_offsets",
-        PyBytes::new(py, &le_bytes(&all.key_offsets, i64::to_le_bytes)),
-    )?;
-    out.set_item("key_data", PyBytes::new(py, &all.key_data))?;
-    out.set_item(
-        "value_offsets",
-        PyBytes::new(py, &le_bytes(&all.value_offsets, i64::to_le_bytes)),
-    )?;
-    out.set_item("value_data", PyBytes::new(py, &all.value_data))?;
-    out.set_item("nested", all.nested)?;
-    Ok(out)
+    Ok(())
 }
 
 /// Scans a serialised ExportTraceServiceRequest (logs=False) or ExportLogsServiceRequest.
+///
+/// Returns a dict: rows; item_resource (u32 buffer); columns, one per item key then one per
+/// resource key (expanded to one value per item), each as `column_to_py` describes; names
+/// (string views), starts, ends (u64), statuses (i32) for spans; event_rows (span row of each
+/// event); strings (the string-value columns) when asked for.
 #[pyfunction]
 #[pyo3(signature = (raw, item_keys, resource_keys, want_strings, logs=false))]
 pub fn scan<'py>(
@@ -721,59 +885,68 @@ pub fn scan<'py>(
     want_strings: bool,
     logs: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
+    // A rough guess from the request size; only to avoid most regrowth.
+    let guess = raw.len() / 600 + 16;
+    let strings_guess = if want_strings { guess * 10 } else { 0 };
     let mut state = Scan {
         want_strings,
-        items: Columns::new(item_keys),
-        resources: Columns::new(resource_keys),
-        item_resource: Vec::new(),
-        names: Vec::new(),
-        starts: Vec::new(),
-        ends: Vec::new(),
-        statuses: Vec::new(),
+        items: Columns::new(&item_keys),
+        resources: Columns::new(&resource_keys),
+        item_resource: Vec::with_capacity(guess),
+        names: Views::with_capacity(if logs { 0 } else { guess }),
+        starts: Vec::with_capacity(guess),
+        ends: Vec::with_capacity(guess),
+        statuses: Vec::with_capacity(guess),
         event_rows: Vec::new(),
-        strings: StringValues::default(),
-        resource_strings: StringValues::default(),
-        event_strings: StringValues::default(),
+        strings: StringValues::with_capacity(
+            strings_guess,
+            if want_strings { raw.len() / 8 } else { 0 },
+            raw,
+        ),
+        keys: FastMap::default(),
+        wants_nothing: item_keys.is_empty() && resource_keys.is_empty() && !want_strings,
     };
-    let walk = |state: &mut Scan| -> WireResult<()> {
-        let mut reader = Reader::new(raw);
-        let mut resource_index = 0;
-        while !reader.done() {
-            let (field, wire) = reader.tag()?;
-            if field == 1 {
-                let group = reader.expect_len(wire)?;
-                state.resource_group(group, resource_index, logs)?;
-                resource_index += 1;
-            } else {
-                reader.skip(wire)?;
-            }
-        }
-        Ok(())
-    };
-    py.detach(|| walk(&mut state))
+    py.detach(|| walk(&mut state, raw, logs))
         .map_err(PyValueError::new_err)?;
     let out = PyDict::new(py);
-    out.set_item("item_resource", &state.item_resource)?;
-    out.set_item("names", &state.names)?;
-    out.set_item("starts", &state.starts)?;
-    out.set_item("ends", &state.ends)?;
-    out.set_item("statuses", &state.statuses)?;
+    out.set_item("rows", state.item_resource.len())?;
+    out.set_item(
+        "item_resource",
+        le_bytes(py, &state.item_resource, u32::to_le_bytes)?,
+    )?;
+    let columns = pyo3::types::PyList::empty(py);
+    let null_column = column_to_py(py, &[])?;
+    for column in 0..item_keys.len() {
+        if state.items.values[column].is_empty() {
+            columns.append(&null_column)?;
+        } else {
+            columns.append(column_to_py(py, &state.items.dense(column))?)?;
+        }
+    }
+    for column in 0..resource_keys.len() {
+        if state.resources.values[column].is_empty() {
+            columns.append(&null_column)?;
+            continue;
+        }
+        // Typed per item, not per resource: a resource no span points at must not sway the type.
+        let per_resource = state.resources.dense(column);
+        let per_item: Vec<Scalar<'_>> = state
+            .item_resource
+            .iter()
+            .map(|&r| per_resource[r as usize])
+            .collect();
+        columns.append(column_to_py(py, &per_item)?)?;
+    }
+    out.set_item("columns", columns)?;
+    if !logs {
+        out.set_item("names", state.names.to_py(py)?)?;
+        out.set_item("starts", le_bytes(py, &state.starts, u64::to_le_bytes)?)?;
+        out.set_item("ends", le_bytes(py, &state.ends, u64::to_le_bytes)?)?;
+        out.set_item("statuses", le_bytes(py, &state.statuses, i32::to_le_bytes)?)?;
+    }
     out.set_item("event_rows", &state.event_rows)?;
-    out.set_item("items", columns_to_py(py, &state.items)?)?;
-    out.set_item("resources", columns_to_py(py, &state.resources)?)?;
     if want_strings {
-        // Same order as the Python collector: resources, then items (and log bodies), then events.
-        out.set_item(
-            "strings",
-            strings_to_py(
-                py,
-                [
-                    &state.resource_strings,
-                    &state.strings,
-                    &state.event_strings,
-                ],
-            )?,
-        )?;
+        out.set_item("strings", state.strings.to_py(py)?)?;
     }
     Ok(out)
 }

@@ -17,11 +17,25 @@ impl<'a> Reader<'a> {
         Reader { buf, pos: 0 }
     }
 
+    #[inline]
     pub fn done(&self) -> bool {
         self.pos >= self.buf.len()
     }
 
+    #[inline]
     pub fn varint(&mut self) -> WireResult<u64> {
+        // Tags and most lengths are one byte.
+        if let Some(&byte) = self.buf.get(self.pos) {
+            if byte < 0x80 {
+                self.pos += 1;
+                return Ok(byte as u64);
+            }
+        }
+        self.varint_slow()
+    }
+
+    #[inline(never)]
+    fn varint_slow(&mut self) -> WireResult<u64> {
         let mut value: u64 = 0;
         for shift in (0..70).step_by(7) {
             let byte = *self.buf.get(self.pos).ok_or("truncated varint")?;
@@ -34,6 +48,7 @@ impl<'a> Reader<'a> {
         Err("varint too long".into())
     }
 
+    #[inline]
     pub fn tag(&mut self) -> WireResult<(u32, u8)> {
         let tag = self.varint()?;
         let field = (tag >> 3) as u32;
@@ -43,6 +58,7 @@ impl<'a> Reader<'a> {
         Ok((field, (tag & 7) as u8))
     }
 
+    #[inline]
     pub fn bytes(&mut self) -> WireResult<&'a [u8]> {
         let len = self.varint()? as usize;
         let end = self.pos.checked_add(len).ok_or("length overflow")?;
@@ -65,6 +81,7 @@ impl<'a> Reader<'a> {
         Ok(u64::from_le_bytes(raw))
     }
 
+    #[inline]
     pub fn skip(&mut self, wire: u8) -> WireResult<()> {
         match wire {
             VARINT => {
@@ -88,6 +105,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A length-delimited field's content, checking the wire type a declared field must have.
+    #[inline]
     pub fn expect_len(&mut self, wire: u8) -> WireResult<&'a [u8]> {
         if wire != LEN {
             return Err(format!(
@@ -98,6 +116,7 @@ impl<'a> Reader<'a> {
     }
 }
 
+#[inline]
 pub fn put_varint(out: &mut Vec<u8>, mut value: u64) {
     while value >= 0x80 {
         out.push((value as u8) | 0x80);
@@ -106,13 +125,27 @@ pub fn put_varint(out: &mut Vec<u8>, mut value: u64) {
     out.push(value as u8);
 }
 
+#[inline]
 pub fn put_tag(out: &mut Vec<u8>, field: u32, wire: u8) {
     put_varint(out, ((field as u64) << 3) | wire as u64);
 }
 
 /// A length-delimited field: tag, length, bytes.
+#[inline]
 pub fn put_len(out: &mut Vec<u8>, field: u32, content: &[u8]) {
     put_tag(out, field, LEN);
     put_varint(out, content.len() as u64);
     out.extend_from_slice(content);
+}
+
+/// Bytes `put_varint` writes for `value`.
+#[inline]
+pub fn varint_len(value: u64) -> usize {
+    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// Bytes `put_len` writes for content of `len` bytes (fields below 16 have one-byte tags).
+#[inline]
+pub fn len_field_size(field: u32, len: usize) -> usize {
+    varint_len(((field as u64) << 3) | LEN as u64) + varint_len(len as u64) + len
 }

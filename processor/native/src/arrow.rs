@@ -1,0 +1,325 @@
+//! Arrow array buffers: built in Rust and handed to Python as bytes (the scan), or read in place
+//! from arrays Python hands in (the rewrite).
+//!
+//! The Python side wraps built buffers with `pyarrow.Array.from_buffers` and polars imports them
+//! without one Python object per value. Strings use the view layout (`string_view`), polars' own
+//! string representation, so neither direction converts them.
+
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+/// An Arrow bitmap (validity or boolean values), least significant bit first.
+#[derive(Default)]
+pub struct Bitmap {
+    bits: Vec<u8>,
+    len: usize,
+    unset: usize,
+}
+
+impl Bitmap {
+    pub fn with_capacity(len: usize) -> Self {
+        Bitmap {
+            bits: Vec::with_capacity(len.div_ceil(8)),
+            len: 0,
+            unset: 0,
+        }
+    }
+
+    pub fn push(&mut self, bit: bool) {
+        if self.len.is_multiple_of(8) {
+            self.bits.push(0);
+        }
+        if bit {
+            *self.bits.last_mut().expect("a byte was pushed") |= 1 << (self.len % 8);
+        } else {
+            self.unset += 1;
+        }
+        self.len += 1;
+    }
+
+    pub fn to_py<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.bits)
+    }
+
+    /// As a validity buffer: None when every slot is valid, which Arrow allows and is cheaper.
+    pub fn validity_to_py<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
+        (self.unset > 0).then(|| self.to_py(py))
+    }
+}
+
+/// One 16-byte view: the length, then the value itself when it fits, else its first four bytes,
+/// the data buffer index (always 0: one buffer) and the offset in that buffer.
+pub type View = [u8; 16];
+
+pub const INLINE: usize = 12;
+
+/// The view of `value`, copying it into `data` unless it is short enough to sit inline.
+#[inline]
+pub fn view_of(value: &[u8], data: &mut Vec<u8>) -> View {
+    let mut view = [0u8; 16];
+    view[..4].copy_from_slice(&(value.len() as u32).to_le_bytes());
+    if value.len() <= INLINE {
+        view[4..4 + value.len()].copy_from_slice(value);
+    } else {
+        view[4..8].copy_from_slice(&value[..4]);
+        view[12..].copy_from_slice(&(data.len() as u32).to_le_bytes());
+        data.extend_from_slice(value);
+    }
+    view
+}
+
+/// The view of a long value that already sits in data buffer `buffer` at `offset`.
+#[inline]
+pub fn view_in(value: &[u8], buffer: u32, offset: usize) -> View {
+    let mut view = [0u8; 16];
+    view[..4].copy_from_slice(&(value.len() as u32).to_le_bytes());
+    view[4..8].copy_from_slice(&value[..4]);
+    view[8..12].copy_from_slice(&buffer.to_le_bytes());
+    view[12..].copy_from_slice(&(offset as u32).to_le_bytes());
+    view
+}
+
+/// The view of a value `write` appends to `data` (no temporary string); a short one is moved
+/// inline and taken back out of `data`.
+#[inline]
+pub fn view_written(data: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) -> View {
+    let start = data.len();
+    write(data);
+    let len = data.len() - start;
+    let mut view = [0u8; 16];
+    view[..4].copy_from_slice(&(len as u32).to_le_bytes());
+    if len <= INLINE {
+        view[4..4 + len].copy_from_slice(&data[start..]);
+        data.truncate(start);
+    } else {
+        view[4..8].copy_from_slice(&data[start..start + 4]);
+        view[12..].copy_from_slice(&(start as u32).to_le_bytes());
+    }
+    view
+}
+
+/// (validity or None, views, data) as Python bytes.
+pub type ViewBuffers<'py> = (
+    Option<Bound<'py, PyBytes>>,
+    Bound<'py, PyBytes>,
+    Bound<'py, PyBytes>,
+);
+
+/// A `string_view` / `binary_view` array with a validity bitmap.
+pub struct Views {
+    views: Vec<View>,
+    data: Vec<u8>,
+    validity: Bitmap,
+}
+
+impl Views {
+    pub fn with_capacity(len: usize) -> Self {
+        Views {
+            views: Vec::with_capacity(len),
+            data: Vec::new(),
+            validity: Bitmap::with_capacity(len),
+        }
+    }
+
+    pub fn push(&mut self, value: &[u8]) {
+        self.views.push(view_of(value, &mut self.data));
+        self.validity.push(true);
+    }
+
+    pub fn push_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        self.views.push(view_written(&mut self.data, write));
+        self.validity.push(true);
+    }
+
+    pub fn push_null(&mut self) {
+        self.views.push([0u8; 16]);
+        self.validity.push(false);
+    }
+
+    pub fn to_py<'py>(&self, py: Python<'py>) -> PyResult<ViewBuffers<'py>> {
+        Ok((
+            self.validity.validity_to_py(py),
+            concat_to_py(py, &[&self.views], |v| v)?,
+            PyBytes::new(py, &self.data),
+        ))
+    }
+}
+
+/// Text as Python decodes it from protobuf: invalid UTF-8 becomes U+FFFD.
+pub fn push_text(out: &mut Vec<u8>, raw: &[u8]) {
+    match std::str::from_utf8(raw) {
+        Ok(_) => out.extend_from_slice(raw),
+        Err(_) => out.extend_from_slice(String::from_utf8_lossy(raw).as_bytes()),
+    }
+}
+
+/// Primitive values as one little-endian buffer, written straight into the Python bytes object;
+/// `parts` are concatenated.
+pub fn concat_to_py<'py, T: Copy, const N: usize>(
+    py: Python<'py>,
+    parts: &[&[T]],
+    to_bytes: impl Fn(T) -> [u8; N],
+) -> PyResult<Bound<'py, PyBytes>> {
+    let total = parts.iter().map(|p| p.len()).sum::<usize>();
+    PyBytes::new_with(py, total * N, |buf| {
+        let mut chunks = buf.chunks_exact_mut(N);
+        for part in parts {
+            // The part first: zip stops on it without taking a chunk the next part needs.
+            for (value, chunk) in part.iter().zip(&mut chunks) {
+                chunk.copy_from_slice(&to_bytes(*value));
+            }
+        }
+        Ok(())
+    })
+}
+
+pub fn le_bytes<'py, T: Copy, const N: usize>(
+    py: Python<'py>,
+    values: &[T],
+    to_bytes: fn(T) -> [u8; N],
+) -> PyResult<Bound<'py, PyBytes>> {
+    concat_to_py(py, &[values], to_bytes)
+}
+
+/// An Arrow array the Python side passed in as (kind, length, offset, buffers, child), its
+/// buffers read in place through the buffer protocol. Kinds: "bool", "i64", "f64" (validity,
+/// values); "string", "binary" (validity, views, data buffers...); "list" (validity, i64
+/// offsets; child: the values array).
+pub struct ArrowIn {
+    pub kind: Kind,
+    pub len: usize,
+    offset: usize,
+    /// (address, length) of each buffer, taken once: `_held` keeps the memory alive.
+    slices: Vec<(usize, usize)>,
+    _held: Vec<Option<PyBuffer<i8>>>,
+    pub child: Option<Box<ArrowIn>>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Bool,
+    I64,
+    F64,
+    String,
+    Binary,
+    List,
+}
+
+/// (kind, length, offset, buffers, child) as the Python side passes an array.
+type ArrowParts<'py> = (
+    String,
+    usize,
+    usize,
+    Vec<Option<Bound<'py, PyAny>>>,
+    Option<Bound<'py, PyAny>>,
+);
+
+impl ArrowIn {
+    pub fn extract(value: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let (kind, len, offset, buffers, child): ArrowParts<'_> = value.extract()?;
+        let buffers = buffers
+            .iter()
+            .map(|b| b.as_ref().map(PyBuffer::<i8>::get).transpose())
+            .collect::<PyResult<Vec<_>>>()?;
+        for buffer in buffers.iter().flatten() {
+            if !buffer.is_c_contiguous() {
+                return Err(PyValueError::new_err("Arrow buffers are contiguous"));
+            }
+        }
+        let child = child
+            .map(|c| ArrowIn::extract(&c).map(Box::new))
+            .transpose()?;
+        let kind = match kind.as_str() {
+            "bool" => Kind::Bool,
+            "i64" => Kind::I64,
+            "f64" => Kind::F64,
+            "string" => Kind::String,
+            "binary" => Kind::Binary,
+            "list" if child.is_some() => Kind::List,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "unsupported Arrow column kind {other}"
+                )))
+            }
+        };
+        let slices = buffers
+            .iter()
+            .map(|b| match b {
+                Some(buffer) if buffer.len_bytes() > 0 => {
+                    (buffer.buf_ptr() as usize, buffer.len_bytes())
+                }
+                _ => (0, 0),
+            })
+            .collect();
+        Ok(ArrowIn {
+            kind,
+            len,
+            offset,
+            slices,
+            _held: buffers,
+            child,
+        })
+    }
+
+    #[inline]
+    fn buffer(&self, index: usize) -> &[u8] {
+        match self.slices.get(index) {
+            Some(&(address, len)) if len > 0 => {
+                // The exporter keeps the memory alive and unchanged while `_held` holds it.
+                unsafe { std::slice::from_raw_parts(address as *const u8, len) }
+            }
+            _ => &[],
+        }
+    }
+
+    fn bit(bits: &[u8], index: usize) -> bool {
+        bits[index / 8] >> (index % 8) & 1 == 1
+    }
+
+    pub fn is_valid(&self, row: usize) -> bool {
+        let validity = self.buffer(0);
+        validity.is_empty() || Self::bit(validity, self.offset + row)
+    }
+
+    fn word(&self, row: usize) -> [u8; 8] {
+        let at = (self.offset + row) * 8;
+        self.buffer(1)[at..at + 8].try_into().expect("8 bytes")
+    }
+
+    pub fn bool_at(&self, row: usize) -> bool {
+        Self::bit(self.buffer(1), self.offset + row)
+    }
+
+    pub fn i64_at(&self, row: usize) -> i64 {
+        i64::from_le_bytes(self.word(row))
+    }
+
+    pub fn f64_at(&self, row: usize) -> f64 {
+        f64::from_le_bytes(self.word(row))
+    }
+
+    /// The value range of a list row in the child array.
+    pub fn list_range(&self, row: usize) -> std::ops::Range<usize> {
+        let offsets = self.buffer(1);
+        let at = (self.offset + row) * 8;
+        let start = i64::from_le_bytes(offsets[at..at + 8].try_into().expect("8 bytes"));
+        let end = i64::from_le_bytes(offsets[at + 8..at + 16].try_into().expect("8 bytes"));
+        start as usize..end as usize
+    }
+
+    pub fn view_at(&self, row: usize) -> PyResult<&[u8]> {
+        let at = (self.offset + row) * 16;
+        let view = &self.buffer(1)[at..at + 16];
+        let len = u32::from_le_bytes(view[..4].try_into().expect("4 bytes")) as usize;
+        if len <= INLINE {
+            return Ok(&view[4..4 + len]);
+        }
+        let index = u32::from_le_bytes(view[8..12].try_into().expect("4 bytes")) as usize;
+        let start = u32::from_le_bytes(view[12..].try_into().expect("4 bytes")) as usize;
+        self.buffer(2 + index)
+            .get(start..start + len)
+            .ok_or_else(|| PyValueError::new_err("string view out of its data buffer"))
+    }
+}

@@ -1,0 +1,79 @@
+"""What later stages see of earlier stages' values, through the pipeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import polars as pl
+import pytest
+
+from processor.decode import TRACES, TelemetryBatch, WantedKeys
+from processor.observability import SidecarMetrics
+from processor.pipeline import BatchChanges, Pipeline
+from tests.otlp_builders import span, trace_request
+
+
+@dataclass
+class Setting:
+    """Sets fixed columns."""
+
+    columns: dict[str, list]
+    wanted: WantedKeys = field(default_factory=WantedKeys)
+    name: str = "setting"
+    signals: frozenset[str] = frozenset({TRACES})
+
+    def wanted_keys(self) -> WantedKeys:
+        return self.wanted
+
+    def process(self, batch: TelemetryBatch) -> BatchChanges:
+        return BatchChanges(set_attributes={key: pl.Series(values) for key, values in self.columns.items()})
+
+
+@dataclass
+class Watching:
+    """Records the frame it was given."""
+
+    wanted: WantedKeys
+    seen: list[pl.DataFrame] = field(default_factory=list)
+    name: str = "watching"
+    signals: frozenset[str] = frozenset({TRACES})
+
+    def wanted_keys(self) -> WantedKeys:
+        return self.wanted
+
+    def process(self, batch: TelemetryBatch) -> BatchChanges:
+        self.seen.append(batch.frame)
+        return BatchChanges()
+
+
+@pytest.mark.parametrize("native", ["1", "0"])
+def test_later_stages_see_earlier_values_over_what_arrived(monkeypatch, native):
+    monkeypatch.setenv("GENOPS_NATIVE_DECODE", native)
+    request = trace_request(
+        [
+            span(attributes={"genops.cost.total": "0.5", "a": 1}),
+            span(attributes={"a": 2}),
+            span(attributes={"genops.cost.total": "oops"}),
+        ]
+    )
+    first = Setting(
+        {
+            # Arrived as strings on two spans: the stage's floats win where set, the rest is cast.
+            "genops.cost.total": [None, 0.25, None],
+            # Wanted, but no span has it.
+            "genops.cost.model": ["m", None, "n"],
+            # Nobody asked for it.
+            "genops.new": [True, None, False],
+        },
+        WantedKeys(item=frozenset({"genops.cost.total", "genops.cost.model", "a"})),
+    )
+    watcher = Watching(WantedKeys(item=frozenset({"genops.cost.total"})))
+    out = Pipeline([first, watcher], SidecarMetrics.create()).process_traces(request.SerializeToString())
+    assert out.failed_stages == ()
+    frame = watcher.seen[0]
+    assert frame["genops.cost.total"].dtype == pl.Float64
+    assert frame["genops.cost.total"].to_list() == [0.5, 0.25, None]
+    assert frame["genops.cost.model"].to_list() == ["m", None, "n"]
+    assert frame["genops.new"].to_list() == [True, None, False]
+    assert frame["a"].to_list() == [1, 2, None]
+    assert frame.columns[-1] == "genops.new"
