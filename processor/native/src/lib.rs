@@ -6,6 +6,7 @@
 //! Both mirror the pure-Python paths in processor/decode.py and processor/encode.py, which remain
 //! the fallback; tests/test_native_decode.py and tests/test_native_encode.py check they agree.
 
+mod redact;
 mod rewrite;
 mod scan;
 mod wire;
@@ -16,5 +17,6 @@ use pyo3::prelude::*;
 fn _otlp_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(scan::scan, m)?)?;
     m.add_function(wrap_pyfunction!(rewrite::rewrite, m)?)?;
+    m.add_class::<redact::Redactor>()?;
     Ok(())
 }
