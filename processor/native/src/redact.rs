@@ -17,12 +17,18 @@ use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
-use regex::bytes::Regex as BytesRegex;
+use regex::bytes::RegexSet;
 use regex::{NoExpand, Regex};
+use rustc_hash::{FxHashMap, FxHashSet};
 
 /// Entries kept per cache between batches; past it the cache starts over (keys and candidates
 /// repeat from batch to batch, an unbounded stream of new ones must not grow memory).
 const CACHE_LIMIT: usize = 8192;
+/// Values up to this many bytes have the set of rules matching them remembered: short values
+/// (status words, model names, routes) repeat from batch to batch, and a lookup costs less than
+/// running the rules. It is the one cache that sees every value, hence its own, larger bound.
+const MEMO_MAX_LEN: usize = 128;
+const MEMO_LIMIT: usize = 65536;
 
 #[derive(Clone)]
 enum Action {
@@ -66,14 +72,16 @@ struct KeyClass {
 
 #[derive(Default)]
 struct Caches {
-    keys: HashMap<Vec<u8>, KeyClass>,
-    /// (value rule, candidate) -> the part its check accepted.
-    checks: HashMap<(usize, String), Option<String>>,
-    hashes: HashMap<String, String>,
+    keys: FxHashMap<Box<[u8]>, KeyClass>,
+    /// Short value -> the value rules matching it.
+    rule_matches: FxHashMap<Box<[u8]>, RuleMask>,
+    /// Per value rule: candidate -> the part its check accepted.
+    checks: Vec<FxHashMap<String, Option<String>>>,
+    hashes: FxHashMap<String, String>,
 }
 
-fn bounded<K, V>(map: &mut HashMap<K, V>) {
-    if map.len() > CACHE_LIMIT {
+fn bounded<K, V, S>(map: &mut HashMap<K, V, S>, limit: usize) {
+    if map.len() > limit {
         map.clear();
     }
 }
@@ -87,6 +95,7 @@ struct StrColumn {
     data: Vec<Option<PyBuffer<i8>>>,
 }
 
+#[derive(Clone, Copy)]
 enum StrLayout {
     View,
     Large,
@@ -111,7 +120,7 @@ fn arrow_parts<'py>(array: &Bound<'py, PyAny>) -> PyResult<(String, usize, usize
     let type_name = array.getattr("type")?.str()?.to_string();
     let offset: usize = array.getattr("offset")?.extract()?;
     let len = array.len()?;
-    let buffers: Vec<Bound<'_, PyAny>> = array.call_method0("buffers")?.extract()?;
+    let buffers: Vec<Bound<'py, PyAny>> = array.call_method0("buffers")?.extract()?;
     if array.getattr("null_count")?.extract::<usize>()? != 0 {
         return Err(PyValueError::new_err("column has nulls"));
     }
@@ -129,80 +138,81 @@ impl StrColumn {
         };
         let index = PyBuffer::get(&buffers[1])?;
         let data = buffers[2..].iter().map(optional_buffer).collect::<PyResult<Vec<_>>>()?;
-        let column = StrColumn { layout, offset, len, index, data };
-        column.validate()?;
-        Ok(column)
+        Ok(StrColumn { layout, offset, len, index, data })
     }
 
-    /// Bounds of every element checked once, so `get` cannot read outside the buffers.
-    fn validate(&self) -> PyResult<()> {
-        let index = bytes_of(&self.index);
-        let bad = || PyValueError::new_err("malformed Arrow string buffers");
-        let width = match self.layout {
-            StrLayout::View => 16,
-            StrLayout::Large => 8,
-            StrLayout::Small => 4,
+    /// The column's buffers as slices. Elements are read with checked slicing: malformed buffers
+    /// (which polars never hands out) make a call fail, never read outside them.
+    fn strs(&self) -> PyResult<Strs<'_>> {
+        let strs = Strs {
+            layout: self.layout,
+            offset: self.offset,
+            len: self.len,
+            index: bytes_of(&self.index),
+            data: self.data.iter().map(|b| b.as_ref().map_or(&b""[..], bytes_of)).collect(),
         };
-        let extra = if matches!(self.layout, StrLayout::View) { 0 } else { 1 };
-        if index.len() < (self.offset + self.len + extra) * width {
-            return Err(bad());
-        }
-        for i in 0..self.len {
-            match self.layout {
-                StrLayout::View => {
-                    let view = &index[(self.offset + i) * 16..(self.offset + i + 1) * 16];
-                    let length = u32::from_le_bytes(view[0..4].try_into().unwrap()) as usize;
-                    if length > 12 {
-                        let buffer = u32::from_le_bytes(view[8..12].try_into().unwrap()) as usize;
-                        let start = u32::from_le_bytes(view[12..16].try_into().unwrap()) as usize;
-                        let data = self.data.get(buffer).and_then(|b| b.as_ref()).ok_or_else(bad)?;
-                        if start + length > data.len_bytes() {
-                            return Err(bad());
-                        }
-                    }
-                }
-                _ => {
-                    let (start, end) = self.offsets(index, i);
-                    let size = self.data.first().and_then(|b| b.as_ref()).map_or(0, |b| b.len_bytes());
-                    if start > end || end > size {
-                        return Err(bad());
-                    }
-                }
-            }
+        strs.validate()?;
+        Ok(strs)
+    }
+}
+
+struct Strs<'a> {
+    layout: StrLayout,
+    offset: usize,
+    len: usize,
+    index: &'a [u8],
+    data: Vec<&'a [u8]>,
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> usize {
+    u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize
+}
+
+impl<'a> Strs<'a> {
+    fn validate(&self) -> PyResult<()> {
+        let (width, extra) = match self.layout {
+            StrLayout::View => (16, 0),
+            StrLayout::Large => (8, 1),
+            StrLayout::Small => (4, 1),
+        };
+        if self.index.len() < (self.offset + self.len + extra) * width {
+            return Err(PyValueError::new_err("malformed Arrow string buffers"));
         }
         Ok(())
     }
 
-    fn offsets(&self, index: &[u8], i: usize) -> (usize, usize) {
-        let at = |j: usize| match self.layout {
-            StrLayout::Large => i64::from_le_bytes(index[j * 8..j * 8 + 8].try_into().unwrap()) as usize,
-            _ => i32::from_le_bytes(index[j * 4..j * 4 + 4].try_into().unwrap()) as usize,
-        };
-        (at(self.offset + i), at(self.offset + i + 1))
-    }
-
-    fn get(&self, i: usize) -> &[u8] {
-        let index = bytes_of(&self.index);
+    /// (data buffer, start, end) of element i; buffer usize::MAX: inline in a view.
+    #[inline(always)]
+    fn bounds(&self, i: usize) -> (usize, usize, usize) {
+        let j = self.offset + i;
         match self.layout {
             StrLayout::View => {
-                let at = (self.offset + i) * 16;
-                let view = &index[at..at + 16];
-                let length = u32::from_le_bytes(view[0..4].try_into().unwrap()) as usize;
+                let length = u32_at(self.index, j * 16);
                 if length <= 12 {
-                    &index[at + 4..at + 4 + length]
+                    (usize::MAX, j * 16 + 4, j * 16 + 4 + length)
                 } else {
-                    let buffer = u32::from_le_bytes(view[8..12].try_into().unwrap()) as usize;
-                    let start = u32::from_le_bytes(view[12..16].try_into().unwrap()) as usize;
-                    &bytes_of(self.data[buffer].as_ref().unwrap())[start..start + length]
+                    let start = u32_at(self.index, j * 16 + 12);
+                    (u32_at(self.index, j * 16 + 8), start, start + length)
                 }
             }
-            _ => {
-                let (start, end) = self.offsets(index, i);
-                match &self.data[0] {
-                    Some(data) => &bytes_of(data)[start..end],
-                    None => b"",
-                }
+            StrLayout::Large => {
+                let at = |k: usize| i64::from_le_bytes(self.index[k * 8..k * 8 + 8].try_into().unwrap()) as usize;
+                (0, at(j), at(j + 1))
             }
+            StrLayout::Small => {
+                let at = |k: usize| i32::from_le_bytes(self.index[k * 4..k * 4 + 4].try_into().unwrap()) as usize;
+                (0, at(j), at(j + 1))
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn get(&self, i: usize) -> &'a [u8] {
+        let (buffer, start, end) = self.bounds(i);
+        if buffer == usize::MAX {
+            &self.index[start..end]
+        } else {
+            &self.data[buffer][start..end]
         }
     }
 }
@@ -317,12 +327,29 @@ fn char_prefix(bytes: &[u8], chars: usize) -> &[u8] {
     bytes
 }
 
+/// Which value rules match a value, one bit per rule (rule sets have at most 64 value rules; a
+/// value with no bit set is not scanned further).
+type RuleMask = u64;
+const MAX_VALUE_RULES: usize = 64;
+
 /// A value the value rules may change, as the rules see it in turn.
 struct Hit {
     row: usize,
+    /// The rules matching the value as received; while `fired` is empty, `current` is that value.
+    received: RuleMask,
     current: String,
     dropped: bool,
     fired: Vec<usize>,
+}
+
+impl Hit {
+    fn matches(&self, rule: &ValueRule, index: usize) -> bool {
+        if self.fired.is_empty() {
+            self.received & (1 << index) != 0
+        } else {
+            rule.regex.is_match(&self.current)
+        }
+    }
 }
 
 #[pyclass(frozen, module = "processor._otlp_native")]
@@ -332,9 +359,10 @@ pub struct Redactor {
     allow_all: bool,
     key_rules: Vec<KeyRule>,
     value_rules: Vec<ValueRule>,
-    prefilter: Option<BytesRegex>,
+    /// All value patterns at once: which of them match a value, in one pass.
+    value_set: RegexSet,
     redact_all_types: bool,
-    hasher: Option<Py<PyAny>>,
+    hasher: Py<PyAny>,
     caches: Mutex<Caches>,
 }
 
@@ -352,16 +380,30 @@ impl Redactor {
         })
     }
 
+    fn rule_mask(&self, text: &[u8]) -> RuleMask {
+        self.value_set.matches(text).iter().fold(0, |mask, rule| mask | (1 << rule))
+    }
+
+    /// The value rules matching `text`; 0 for most values, which is decided without a set scan.
+    fn value_rules_matching(&self, caches: &mut Caches, text: &[u8]) -> RuleMask {
+        if text.len() > MEMO_MAX_LEN {
+            return if self.value_set.is_match(text) { self.rule_mask(text) } else { 0 };
+        }
+        if let Some(mask) = caches.rule_matches.get(text) {
+            return *mask;
+        }
+        let mask = self.rule_mask(text);
+        bounded(&mut caches.rule_matches, MEMO_LIMIT);
+        caches.rule_matches.insert(text.into(), mask);
+        mask
+    }
+
     fn hash(&self, py: Python<'_>, caches: &mut Caches, value: &str) -> PyResult<String> {
         if let Some(done) = caches.hashes.get(value) {
             return Ok(done.clone());
         }
-        let hasher = self
-            .hasher
-            .as_ref()
-            .ok_or_else(|| PyValueError::new_err("a hash rule needs a hasher"))?;
-        let hashed: String = hasher.call1(py, (value,))?.extract(py)?;
-        bounded(&mut caches.hashes);
+        let hashed: String = self.hasher.call1(py, (value,))?.extract(py)?;
+        bounded(&mut caches.hashes, CACHE_LIMIT);
         caches.hashes.insert(value.to_owned(), hashed.clone());
         Ok(hashed)
     }
@@ -370,31 +412,30 @@ impl Redactor {
         let Some(check) = &self.value_rules[rule].check else {
             return Ok(Some(candidate.to_owned()));
         };
-        let cache_key = (rule, candidate.to_owned());
-        if let Some(done) = caches.checks.get(&cache_key) {
+        if caches.checks.len() <= rule {
+            caches.checks.resize_with(rule + 1, FxHashMap::default);
+        }
+        let cache = &mut caches.checks[rule];
+        if let Some(done) = cache.get(candidate) {
             return Ok(done.clone());
         }
         let part: Option<String> = check.call1(py, (candidate,))?.extract(py)?;
-        bounded(&mut caches.checks);
-        caches.checks.insert(cache_key, part.clone());
+        bounded(cache, CACHE_LIMIT);
+        cache.insert(candidate.to_owned(), part.clone());
         Ok(part)
     }
 
-    /// Runs the value rules over `hits` (values the prefilter matched), in rule order.
+    /// Runs the value rules over `hits` (the values some rule matches), in rule order.
     fn scan_values(&self, py: Python<'_>, caches: &mut Caches, hits: &mut [Hit]) -> PyResult<()> {
         // A rule that matches none of the values as received is skipped for the whole batch, as
         // the polars path does: then it cannot touch what an earlier rule wrote either.
-        let possible: Vec<bool> = self
-            .value_rules
-            .iter()
-            .map(|rule| hits.iter().any(|hit| rule.regex.is_match(&hit.current)))
-            .collect();
+        let possible = hits.iter().fold(0, |mask, hit| mask | hit.received);
         for (index, rule) in self.value_rules.iter().enumerate() {
-            if !possible[index] {
+            if possible & (1 << index) == 0 {
                 continue;
             }
             let matched: Vec<usize> = (0..hits.len())
-                .filter(|&i| !hits[i].dropped && rule.regex.is_match(&hits[i].current))
+                .filter(|&i| !hits[i].dropped && hits[i].matches(rule, index))
                 .collect();
             if matched.is_empty() {
                 continue;
@@ -402,51 +443,17 @@ impl Redactor {
             if let Some(mask) = &rule.mask_all {
                 for &i in &matched {
                     let hit = &mut hits[i];
-                    let replaced = rule.regex.replace_all(&hit.current, NoExpand(mask)).into_owned();
+                    let replaced = rule.regex.replace_all(&hit.current, NoExpand(mask));
                     if replaced != hit.current {
-                        hit.current = replaced;
+                        hit.current = replaced.into_owned();
                         hit.fired.push(index);
                     }
                 }
                 continue;
             }
-            // Candidates are the distinct substrings matched in the whole batch; an accepted one
-            // is then replaced wherever it occurs in a value the rule matched.
-            let mut accepted: Vec<(String, String)> = Vec::new();
-            let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
-            let mut candidates: Vec<String> = Vec::new();
-            for &i in &matched {
-                for found in rule.regex.find_iter(&hits[i].current) {
-                    if seen.insert(found.as_str()) {
-                        candidates.push(found.as_str().to_owned());
-                    }
-                }
-            }
-            drop(seen);
-            for candidate in &candidates {
-                let Some(part) = self.check(py, caches, index, candidate)? else {
-                    continue;
-                };
-                if part.is_empty() || accepted.iter().any(|(p, _)| *p == part) {
-                    continue;
-                }
-                let replacement = match &rule.action {
-                    Action::Hash => self.hash(py, caches, &part)?,
-                    Action::Mask(mask) => mask.clone(),
-                    _ => String::new(),
-                };
-                accepted.push((part, replacement));
-            }
-            if accepted.is_empty() {
+            let Some((automaton, replacements)) = self.accepted(py, caches, index, hits, &matched)? else {
                 continue;
-            }
-            // Longest first with leftmost-first matching: a candidate is never cut by a shorter one.
-            accepted.sort_by_key(|(part, _)| std::cmp::Reverse(part.len()));
-            let automaton: AhoCorasick = AhoCorasickBuilder::new()
-                .match_kind(MatchKind::LeftmostFirst)
-                .build(accepted.iter().map(|(p, _)| p.as_str()))
-                .map_err(|e| PyValueError::new_err(e.to_string()))?;
-            let replacements: Vec<&str> = accepted.iter().map(|(_, r)| r.as_str()).collect();
+            };
             for &i in &matched {
                 let hit = &mut hits[i];
                 if !automaton.is_match(&hit.current) {
@@ -466,6 +473,55 @@ impl Redactor {
         }
         Ok(())
     }
+
+    /// The parts of the rule's matches its check accepts, over the whole batch, and what replaces
+    /// each; a part is then replaced wherever it occurs in a value the rule matched.
+    #[allow(clippy::type_complexity)]
+    fn accepted(
+        &self,
+        py: Python<'_>,
+        caches: &mut Caches,
+        index: usize,
+        hits: &[Hit],
+        matched: &[usize],
+    ) -> PyResult<Option<(AhoCorasick, Vec<String>)>> {
+        let rule = &self.value_rules[index];
+        let mut candidates: Vec<&str> = Vec::new();
+        let mut seen: FxHashSet<&str> = FxHashSet::default();
+        for &i in matched {
+            for found in rule.regex.find_iter(&hits[i].current) {
+                if seen.insert(found.as_str()) {
+                    candidates.push(found.as_str());
+                }
+            }
+        }
+        let mut accepted: Vec<(String, String)> = Vec::new();
+        let mut parts: FxHashSet<String> = FxHashSet::default();
+        for candidate in candidates {
+            let Some(part) = self.check(py, caches, index, candidate)? else {
+                continue;
+            };
+            if part.is_empty() || !parts.insert(part.clone()) {
+                continue;
+            }
+            let replacement = match &rule.action {
+                Action::Hash => self.hash(py, caches, &part)?,
+                Action::Mask(mask) => mask.clone(),
+                _ => String::new(),
+            };
+            accepted.push((part, replacement));
+        }
+        if accepted.is_empty() {
+            return Ok(None);
+        }
+        // Longest first with leftmost-first matching: a part is never cut by a shorter one.
+        accepted.sort_by_key(|(part, _)| std::cmp::Reverse(part.len()));
+        let automaton = AhoCorasickBuilder::new()
+            .match_kind(MatchKind::LeftmostFirst)
+            .build(accepted.iter().map(|(part, _)| part.as_str()))
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        Ok(Some((automaton, accepted.into_iter().map(|(_, replacement)| replacement).collect())))
+    }
 }
 
 /// Where a changed value's rewrite and summary come from.
@@ -484,11 +540,19 @@ impl Changes {
     }
 }
 
+/// One batch's columns of `TelemetryBatch.string_values()`, read in place.
+struct Values<'a> {
+    scope: Strs<'a>,
+    key: Strs<'a>,
+    value: Strs<'a>,
+    kind: Option<Strs<'a>>,
+}
+
 #[pymethods]
 impl Redactor {
     /// key_rules: [(anchored key regex, action, mask, length)]; value_rules: [(pattern, check
     /// callable or None, action, mask)]; allowed: None matches no key (unless allow_all);
-    /// hasher: value -> keyed hash (None when no rule hashes).
+    /// hasher: value -> keyed hash, called for hash rules only.
     #[new]
     #[pyo3(signature = (protected, allowed, allow_all, key_rules, value_rules, redact_all_types, hasher))]
     fn new(
@@ -498,23 +562,19 @@ impl Redactor {
         key_rules: Vec<(String, String, String, usize)>,
         value_rules: Vec<(String, Option<Py<PyAny>>, String, String)>,
         redact_all_types: bool,
-        hasher: Option<Py<PyAny>>,
+        hasher: Py<PyAny>,
     ) -> PyResult<Self> {
+        if value_rules.len() > MAX_VALUE_RULES {
+            return Err(PyValueError::new_err(format!("more than {MAX_VALUE_RULES} value rules")));
+        }
         let key_rules = key_rules
             .into_iter()
             .map(|(regex, kind, mask, length)| {
                 Ok(KeyRule { regex: compile(&regex)?, action: Action::parse(&kind, mask, length)? })
             })
             .collect::<PyResult<Vec<_>>>()?;
-        let prefilter = if value_rules.is_empty() {
-            None
-        } else {
-            let combined: Vec<String> = value_rules.iter().map(|(p, ..)| format!("(?:{p})")).collect();
-            Some(
-                BytesRegex::new(&combined.join("|"))
-                    .map_err(|e| PyValueError::new_err(format!("invalid combined regex: {e}")))?,
-            )
-        };
+        let value_set = RegexSet::new(value_rules.iter().map(|(pattern, ..)| pattern))
+            .map_err(|e| PyValueError::new_err(format!("invalid value patterns: {e}")))?;
         let value_rules = value_rules
             .into_iter()
             .map(|(pattern, check, kind, mask)| {
@@ -532,7 +592,7 @@ impl Redactor {
             allow_all,
             key_rules,
             value_rules,
-            prefilter,
+            value_set,
             redact_all_types,
             hasher,
             caches: Mutex::new(Caches::default()),
@@ -559,23 +619,36 @@ impl Redactor {
         item_resource: &Bound<'_, PyAny>,
         summary: u8,
     ) -> PyResult<Option<Py<PyAny>>> {
-        let scope = StrColumn::from_arrow(scope)?;
-        let key = StrColumn::from_arrow(key)?;
-        let value = StrColumn::from_arrow(value)?;
+        let columns = [scope, key, value].map(StrColumn::from_arrow);
+        let [scope, key, value] = columns;
+        let (scope, key, value) = (scope?, key?, value?);
         let kind = kind.map(StrColumn::from_arrow).transpose()?;
+        let values = Values {
+            scope: scope.strs()?,
+            key: key.strs()?,
+            value: value.strs()?,
+            kind: kind.as_ref().map(StrColumn::strs).transpose()?,
+        };
         let owner = IntColumn::from_arrow(owner)?;
         let position = IntColumn::from_arrow(position)?;
         let row = IntColumn::from_arrow(row)?;
         let item_resource = IntColumn::from_arrow(item_resource)?;
-        let n = value.len;
-        let lengths = [scope.len, key.len, owner.len, position.len, row.len, kind.as_ref().map_or(n, |k| k.len)];
+        let n = values.value.len;
+        let lengths = [
+            values.scope.len,
+            values.key.len,
+            owner.len,
+            position.len,
+            row.len,
+            values.kind.as_ref().map_or(n, |k| k.len),
+        ];
         if lengths.iter().any(|len| *len != n) {
             return Err(PyValueError::new_err("columns of different lengths"));
         }
         // Taken out for the batch and put back after: a check or hash callable may let another
         // thread run, which must not find the lock held.
         let mut caches = std::mem::take(&mut *self.caches.lock().unwrap());
-        let result = self.changes(py, &mut caches, &scope, &key, &value, kind.as_ref());
+        let result = self.changes(py, &mut caches, &values);
         *self.caches.lock().unwrap() = caches;
         let changes = result?;
         if changes.rows.is_empty() {
@@ -585,7 +658,7 @@ impl Redactor {
         let mut owners = Vec::with_capacity(changes.rows.len());
         let mut positions = Vec::with_capacity(changes.rows.len());
         for &i in &changes.rows {
-            scopes.push(Some(scope.get(i)));
+            scopes.push(Some(values.scope.get(i)));
             owners.push(owner.get(i));
             positions.push(position.get(i));
         }
@@ -604,22 +677,14 @@ impl Redactor {
         let summary = if summary == 0 {
             None
         } else {
-            Some(summarise(py, &changes.rows, &scope, &key, &owner, &row, &item_resource, summary >= 2)?)
+            Some(summarise(py, &changes.rows, &values, &owner, &row, &item_resource, summary >= 2)?)
         };
         Ok(Some((rewrites, counts, summary).into_pyobject(py)?.into_any().unbind()))
     }
 }
 
 impl Redactor {
-    fn changes(
-        &self,
-        py: Python<'_>,
-        caches: &mut Caches,
-        scope: &StrColumn,
-        key: &StrColumn,
-        value: &StrColumn,
-        kind: Option<&StrColumn>,
-    ) -> PyResult<Changes> {
+    fn changes(&self, py: Python<'_>, caches: &mut Caches, values: &Values<'_>) -> PyResult<Changes> {
         let key_slots = self.key_rules.len();
         let not_allowed_slot = key_slots + self.value_rules.len();
         let mut changes = Changes {
@@ -628,32 +693,32 @@ impl Redactor {
             counts: vec![0; not_allowed_slot + 1],
         };
         let mut hits: Vec<Hit> = Vec::new();
-        for i in 0..value.len {
-            let key_bytes = key.get(i);
-            let class = match caches.keys.get(key_bytes) {
+        for i in 0..values.value.len {
+            let key = values.key.get(i);
+            let class = match caches.keys.get(key) {
                 Some(class) => *class,
                 None => {
-                    let class = self.classify(key_bytes)?;
-                    bounded(&mut caches.keys);
-                    caches.keys.insert(key_bytes.to_vec(), class);
+                    let class = self.classify(key)?;
+                    bounded(&mut caches.keys, CACHE_LIMIT);
+                    caches.keys.insert(key.into(), class);
                     class
                 }
             };
             if class.protected {
                 continue;
             }
-            let scope_bytes = scope.get(i);
-            if !class.allowed && (scope_bytes == b"attribute" || scope_bytes == b"event") {
+            let scope = values.scope.get(i);
+            if !class.allowed && (scope == b"attribute" || scope == b"event") {
                 changes.push(i, None, not_allowed_slot);
                 continue;
             }
-            let text = value.get(i);
-            let kind_bytes: &[u8] = kind.map_or(b"string_value", |k| k.get(i));
+            let text = values.value.get(i);
+            let kind: &[u8] = values.kind.as_ref().map_or(b"string_value", |k| k.get(i));
             match class.key_rule {
-                Some(rule) if scope_bytes != b"body" => {
+                Some(rule) if scope != b"body" => {
                     match &self.key_rules[rule].action {
                         Action::Mask(mask) => {
-                            if text != mask.as_bytes() || kind_bytes != b"string_value" {
+                            if text != mask.as_bytes() || kind != b"string_value" {
                                 changes.push(i, Some(mask.as_bytes()), rule);
                             }
                         }
@@ -672,10 +737,15 @@ impl Redactor {
                 }
                 _ => {}
             }
-            let scanned = self.redact_all_types
-                || matches!(kind_bytes, b"string_value" | b"array_value" | b"kvlist_value");
-            if scanned && self.prefilter.as_ref().is_some_and(|p| p.is_match(text)) {
-                hits.push(Hit { row: i, current: to_str(text)?.to_owned(), dropped: false, fired: Vec::new() });
+            if self.value_rules.is_empty()
+                || !(self.redact_all_types || matches!(kind, b"string_value" | b"array_value" | b"kvlist_value"))
+            {
+                continue;
+            }
+            let received = self.value_rules_matching(caches, text);
+            if received != 0 {
+                let current = to_str(text)?.to_owned();
+                hits.push(Hit { row: i, received, current, dropped: false, fired: Vec::new() });
             }
         }
         if !hits.is_empty() {
@@ -685,8 +755,8 @@ impl Redactor {
             if hit.fired.is_empty() {
                 continue;
             }
-            let new_value = if hit.dropped { None } else { Some(hit.current.as_bytes()) };
             // One rewrite per value; every rule that changed it is counted.
+            let new_value = if hit.dropped { None } else { Some(hit.current.as_bytes()) };
             changes.rows.push(hit.row);
             changes.new_values.push(new_value);
             for rule in &hit.fired {
@@ -699,65 +769,81 @@ impl Redactor {
 
 /// genops.redaction.count (and .keys when `keys`) per item: the values changed on the item, its
 /// events and its resource (a resource value is shared by every item under that resource).
-#[allow(clippy::too_many_arguments)]
 fn summarise(
     py: Python<'_>,
     rows: &[usize],
-    scope: &StrColumn,
-    key: &StrColumn,
+    values: &Values<'_>,
     owner: &IntColumn,
     row: &IntColumn,
     item_resource: &IntColumn,
     keys: bool,
 ) -> PyResult<Py<PyAny>> {
     let items = item_resource.len;
-    let mut per_item: Vec<Vec<usize>> = vec![Vec::new(); items];
-    let mut by_resource: Option<HashMap<i64, Vec<usize>>> = None;
+    // Labels repeat (one per key and scope): each distinct one gets a number in sorted order, so
+    // an item's labels sort and deduplicate as numbers.
+    let mut label_ids: FxHashMap<(&[u8], &[u8]), usize> = FxHashMap::default();
+    let mut labels: Vec<Vec<u8>> = Vec::new();
+    let mut change_label: Vec<usize> = Vec::with_capacity(rows.len());
+    for &i in rows {
+        let (scope, key) = (values.scope.get(i), values.key.get(i));
+        let id = *label_ids.entry((scope, key)).or_insert_with(|| {
+            labels.push(match scope {
+                b"attribute" => key.to_vec(),
+                b"body" => b"body".to_vec(),
+                _ => [scope, b":", key].concat(),
+            });
+            labels.len() - 1
+        });
+        change_label.push(id);
+    }
+    let mut order: Vec<usize> = (0..labels.len()).collect();
+    order.sort_by(|a, b| labels[*a].cmp(&labels[*b]));
+    let mut rank = vec![0; labels.len()];
+    for (position, id) in order.iter().enumerate() {
+        rank[*id] = position;
+    }
+    // (item, label rank) for every changed value and every item it counts on.
+    let mut pairs: Vec<(usize, usize)> = Vec::with_capacity(rows.len());
+    let mut by_resource: Option<FxHashMap<i64, Vec<usize>>> = None;
     for (change, &i) in rows.iter().enumerate() {
-        if scope.get(i) == b"resource" {
+        let label = rank[change_label[change]];
+        if values.scope.get(i) == b"resource" {
             let by_resource = by_resource.get_or_insert_with(|| {
-                let mut map: HashMap<i64, Vec<usize>> = HashMap::new();
+                let mut map: FxHashMap<i64, Vec<usize>> = FxHashMap::default();
                 for item in 0..items {
                     map.entry(item_resource.get(item)).or_default().push(item);
                 }
                 map
             });
-            for &item in by_resource.get(&owner.get(i)).map_or(&[][..], |v| &v[..]) {
-                per_item[item].push(change);
+            if let Some(under) = by_resource.get(&owner.get(i)) {
+                pairs.extend(under.iter().map(|item| (*item, label)));
             }
         } else {
             let item = row.get(i);
             if item >= 0 && (item as usize) < items {
-                per_item[item as usize].push(change);
+                pairs.push((item as usize, label));
             }
         }
     }
-    let label = |change: usize| -> Vec<u8> {
-        let i = rows[change];
-        let (scope_bytes, key_bytes) = (scope.get(i), key.get(i));
-        match scope_bytes {
-            b"attribute" => key_bytes.to_vec(),
-            b"body" => b"body".to_vec(),
-            _ => [scope_bytes, b":", key_bytes].concat(),
-        }
-    };
-    let counts: Vec<i64> = per_item.iter().map(|changes| changes.len() as i64).collect();
+    pairs.sort_unstable();
+    let mut counts = vec![0i64; items];
+    for (item, _) in &pairs {
+        counts[*item] += 1;
+    }
     let valid: Vec<bool> = counts.iter().map(|c| *c > 0).collect();
     let count = (items, bitmap(py, &valid), PyBytes::new(py, &le_i64(&counts)));
     let key_lists = if keys {
-        let mut offsets: Vec<i64> = Vec::with_capacity(items + 1);
-        offsets.push(0);
-        let mut labels = StringsOut::default();
-        for changes in &per_item {
-            let mut names: Vec<Vec<u8>> = changes.iter().map(|c| label(*c)).collect();
-            names.sort_unstable();
-            names.dedup();
-            for name in &names {
-                labels.push(Some(name));
-            }
-            offsets.push(offsets.last().unwrap() + names.len() as i64);
+        pairs.dedup();
+        let mut offsets: Vec<i64> = vec![0; items + 1];
+        let mut names = StringsOut::default();
+        for (item, label) in &pairs {
+            offsets[item + 1] += 1;
+            names.push(Some(&labels[order[*label]]));
         }
-        Some((items, bitmap(py, &valid), PyBytes::new(py, &le_i64(&offsets)), labels.into_py(py)?))
+        for item in 0..items {
+            offsets[item + 1] += offsets[item];
+        }
+        Some((items, bitmap(py, &valid), PyBytes::new(py, &le_i64(&offsets)), names.into_py(py)?))
     } else {
         None
     };
