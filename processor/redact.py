@@ -233,15 +233,18 @@ class RedactionStage:
         )
 
     def _process_native(self, batch: TelemetryBatch, values: pl.DataFrame) -> BatchChanges:
-        def arrow(frame: pl.DataFrame, name: str) -> pa.Array:
+        def arrow(frame: pl.DataFrame, name: str, dtypes: tuple[pl.DataType, ...]) -> pa.Array:
+            column = frame.get_column(name)
+            if column.dtype not in dtypes:  # the decoder's types are the first; anything else is cast
+                column = column.cast(dtypes[0])
             # The newest Arrow layout is polars' own (string views): handed over without a copy.
-            return frame.get_column(name).to_arrow(compat_level=_ARROW_IN_PLACE)
+            return column.to_arrow(compat_level=_ARROW_IN_PLACE)
 
         found = self._native.redact(
-            *(arrow(values, name) for name in ("scope", "key", "value")),
-            arrow(values, "kind") if "kind" in values.columns else None,
-            *(arrow(values, name) for name in ("owner", "position", "row")),
-            arrow(batch.frame, RESOURCE_INDEX),
+            *(arrow(values, name, _TEXT) for name in ("scope", "key", "value")),
+            arrow(values, "kind", _TEXT) if "kind" in values.columns else None,
+            *(arrow(values, name, _INDEX) for name in ("owner", "position", "row")),
+            arrow(batch.frame, RESOURCE_INDEX, _INDEX),
             _SUMMARY_LEVELS[self.rules.summary],
         )
         if found is None:
@@ -378,6 +381,9 @@ class RedactionStage:
 _ADDRESS = ("scope", "owner", "position", "row", "label")
 _SUMMARY_LEVELS = {"silent": 0, "info": 1, "debug": 2}
 _ARROW_IN_PLACE = pl.CompatLevel.newest()
+# Column types the native redactor reads in place.
+_TEXT = (pl.String(),)
+_INDEX = (pl.Int64(), pl.UInt32(), pl.Int32())
 
 
 def _native_redactor(rules: RedactionRules, values: ValueRedactor):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import polars as pl
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
@@ -182,3 +183,12 @@ def test_the_native_path_keeps_the_polars_paths_errors(monkeypatch):
         monkeypatch.setenv("GENOPS_NATIVE_DECODE", switch)
         with pytest.raises(RuntimeError, match="a hash rule needs a hash key"):
             RedactionStage(rules, None, CollectorRegistry()).process(batch)
+
+
+def test_value_columns_of_other_types_are_read_the_same(paired, monkeypatch):
+    batch = traces_batch([({"owner.mail": "x@example.com"}, [({"note": "mail jane.roe@example.com"}, [])])])
+    values = batch.string_values()
+    retyped = values.with_columns(pl.col("scope").cast(pl.Categorical), pl.col("owner").cast(pl.Int16))
+    other = TelemetryBatch(batch.signal, batch.frame, batch.raw, _string_values=retyped)
+    changes = paired["default"].check(other, monkeypatch)
+    assert changes.rewrites is not None and changes.rewrites.height == 2
