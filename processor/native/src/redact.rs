@@ -6,10 +6,11 @@
 //! columns of `TelemetryBatch.string_values()` as Arrow buffers (no Python object per value) and
 //! returns only what changed, as Arrow buffers again, plus the per-item summary.
 //!
-//! Candidate checks and HMACs stay Python callables: they run on a handful of distinct substrings
-//! per batch, and are cached across batches, so porting them would buy little and risk drift.
+//! Candidate checks and HMACs stay Python callables, run once per distinct substring and cached
+//! across batches (bounded): a check costs microseconds in Python, so the cache is what keeps them
+//! cheap on repeated values; porting them to Rust would also let that cache go.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
@@ -24,11 +25,12 @@ use rustc_hash::{FxHashMap, FxHashSet};
 /// Entries kept per cache between batches; past it the cache starts over (keys and candidates
 /// repeat from batch to batch, an unbounded stream of new ones must not grow memory).
 const CACHE_LIMIT: usize = 8192;
-/// Values up to this many bytes have the set of rules matching them remembered: short values
-/// (status words, model names, routes) repeat from batch to batch, and a lookup costs less than
-/// running the rules. It is the one cache that sees every value, hence its own, larger bound.
-const MEMO_MAX_LEN: usize = 128;
-const MEMO_LIMIT: usize = 65536;
+/// Short values no value rule matches are remembered: most values are such (status words, model
+/// names, routes), they repeat from batch to batch, and a lookup costs less than running the rules.
+/// It is the one cache that sees every value, hence its own, larger bound. Values a rule matches
+/// are not kept: they may be secrets, and they are few.
+const CLEAN_MAX_LEN: usize = 128;
+const CLEAN_LIMIT: usize = 65536;
 
 #[derive(Clone)]
 enum Action {
@@ -73,8 +75,7 @@ struct KeyClass {
 #[derive(Default)]
 struct Caches {
     keys: FxHashMap<Box<[u8]>, KeyClass>,
-    /// Short value -> the value rules matching it.
-    rule_matches: FxHashMap<Box<[u8]>, RuleMask>,
+    clean: FxHashSet<Box<[u8]>>,
     /// Per value rule: candidate -> the part its check accepted.
     checks: Vec<FxHashMap<String, Option<String>>>,
     hashes: FxHashMap<String, String>,
@@ -83,6 +84,12 @@ struct Caches {
 fn bounded<K, V, S>(map: &mut HashMap<K, V, S>, limit: usize) {
     if map.len() > limit {
         map.clear();
+    }
+}
+
+fn bounded_set<K, S>(set: &mut HashSet<K, S>, limit: usize) {
+    if set.len() > limit {
+        set.clear();
     }
 }
 
@@ -386,16 +393,18 @@ impl Redactor {
 
     /// The value rules matching `text`; 0 for most values, which is decided without a set scan.
     fn value_rules_matching(&self, caches: &mut Caches, text: &[u8]) -> RuleMask {
-        if text.len() > MEMO_MAX_LEN {
-            return if self.value_set.is_match(text) { self.rule_mask(text) } else { 0 };
+        let short = text.len() <= CLEAN_MAX_LEN;
+        if short && caches.clean.contains(text) {
+            return 0;
         }
-        if let Some(mask) = caches.rule_matches.get(text) {
-            return *mask;
+        if self.value_set.is_match(text) {
+            return self.rule_mask(text);
         }
-        let mask = self.rule_mask(text);
-        bounded(&mut caches.rule_matches, MEMO_LIMIT);
-        caches.rule_matches.insert(text.into(), mask);
-        mask
+        if short {
+            bounded_set(&mut caches.clean, CLEAN_LIMIT);
+            caches.clean.insert(text.into());
+        }
+        0
     }
 
     fn hash(&self, py: Python<'_>, caches: &mut Caches, value: &str) -> PyResult<String> {
