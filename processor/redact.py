@@ -387,7 +387,8 @@ _INDEX = (pl.Int64(), pl.UInt32(), pl.Int32())
 
 
 def _native_redactor(rules: RedactionRules, values: ValueRedactor):
-    """The Rust redactor for these rules, or None without the extension (or a pattern it rejects)."""
+    """The Rust redactor for these rules; None without the extension, or for rules it does not take
+    (a pattern its regex build rejects, more than 64 value rules): the polars path then runs them."""
     factory = getattr(native_module(), "Redactor", None)
     if factory is None:
         return None
