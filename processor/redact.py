@@ -42,6 +42,7 @@ from processor.decode import (
     native_available,
     native_module,
 )
+from processor.detectors import check_bearer, check_card, check_iban, check_ipv4, check_phone, check_ssn
 from processor.pipeline import BatchChanges
 from processor.redaction_rules import RESERVED_RULE_NAME, Action, RedactionRules, ValueRule, load_rules
 
@@ -381,6 +382,15 @@ class RedactionStage:
 _ADDRESS = ("scope", "owner", "position", "row", "label")
 _SUMMARY_LEVELS = {"silent": 0, "info": 1, "debug": 2}
 _ARROW_IN_PLACE = pl.CompatLevel.newest()
+# Checks the native redactor has a Rust version of (processor/native/src/detect.rs).
+_NATIVE_CHECKS = {
+    check_card: "card",
+    check_ssn: "ssn",
+    check_phone: "phone",
+    check_ipv4: "ipv4",
+    check_iban: "iban",
+    check_bearer: "bearer",
+}
 # Column types the native redactor reads in place.
 _TEXT = (pl.String(),)
 _INDEX = (pl.Int64(), pl.UInt32(), pl.Int32())
@@ -398,7 +408,10 @@ def _native_redactor(rules: RedactionRules, values: ValueRedactor):
             rules.allowed_key_regex,
             rules.allow_all_keys,
             [(rule.key_regex, rule.action.kind, rule.action.mask, rule.action.length) for rule in rules.key_rules],
-            [(rule.pattern, rule.check, rule.action.kind, rule.action.mask) for rule in rules.value_rules],
+            [
+                (rule.pattern, rule.check, _NATIVE_CHECKS.get(rule.check), rule.action.kind, rule.action.mask)
+                for rule in rules.value_rules
+            ],
             rules.redact_all_types,
             values.hash,
         )

@@ -76,7 +76,29 @@ KEYS = [
     "other.key",
 ]
 
+# Look-alikes for the candidate checks (Luhn and card schemes, SSN ranges, phone digit counts,
+# dotted quads, IBAN mod-97, bearer tokens), which run in Rust on the native path.
+_digits = st.text("0123456789", min_size=1, max_size=4)
+look_alike = st.one_of(
+    st.lists(_digits, min_size=3, max_size=6).flatmap(
+        lambda g: st.sampled_from([" ", "-", ""]).map(lambda s: s.join(g))
+    ),
+    st.lists(st.integers(0, 300).map(str) | _digits, min_size=3, max_size=5).map(".".join),
+    st.builds(lambda a, g, n: f"{a}-{g}-{n}", st.text("0123456789", min_size=3, max_size=3), _digits, _digits),
+    st.builds(lambda d: "+" + d, st.text("0123456789 .-()", min_size=6, max_size=20)),
+    st.builds(
+        lambda c, d, rest: c + d + rest,
+        st.sampled_from(["DE", "GB", "FR", "NL"]),
+        st.text("0123456789", min_size=2, max_size=2),
+        st.text("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ ", min_size=12, max_size=30),
+    ),
+    st.builds(
+        lambda t: "Bearer " + t,
+        st.text("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~+/", min_size=14, max_size=24),
+    ),
+)
 piece = st.one_of(
+    look_alike,
     st.sampled_from(CORPUS_TEXTS),
     st.sampled_from(["TICKET-123", "[REDACTED:email]", "Bearer abcDEF1234567890xyz", "h:0a1b", "T$", "ééé"]),
     st.text(max_size=8),

@@ -6,6 +6,7 @@
 //! Both mirror the pure-Python paths in processor/decode.py and processor/encode.py, which remain
 //! the fallback; tests/test_native_decode.py and tests/test_native_encode.py check they agree.
 
+mod detect;
 mod redact;
 mod rewrite;
 mod scan;

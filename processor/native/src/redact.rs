@@ -6,9 +6,9 @@
 //! columns of `TelemetryBatch.string_values()` as Arrow buffers (no Python object per value) and
 //! returns only what changed, as Arrow buffers again, plus the per-item summary.
 //!
-//! Candidate checks and HMACs stay Python callables, run once per distinct substring and cached
-//! across batches (bounded): a check costs microseconds in Python, so the cache is what keeps them
-//! cheap on repeated values; porting them to Rust would also let that cache go.
+//! The built-in candidate checks run in Rust (detect.rs); other checks (IPv6, whose parsing rules
+//! are Python's `ipaddress`) and HMACs stay Python callables, run once per distinct substring and
+//! cached across batches (bounded).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -21,6 +21,8 @@ use pyo3::types::{PyBytes, PyList};
 use regex::bytes::RegexSet;
 use regex::{NoExpand, Regex};
 use rustc_hash::{FxHashMap, FxHashSet};
+
+use crate::detect::Check;
 
 /// Entries kept per cache between batches; past it the cache starts over (keys and candidates
 /// repeat from batch to batch, an unbounded stream of new ones must not grow memory).
@@ -60,6 +62,8 @@ struct KeyRule {
 struct ValueRule {
     regex: Regex,
     check: Option<Py<PyAny>>,
+    /// The check in Rust, when it is a built-in one (the Python function stays for other input).
+    native_check: Option<Check>,
     action: Action,
     /// The plain-mask path: every match replaced by the mask, no candidate step.
     mask_all: Option<String>,
@@ -421,6 +425,9 @@ impl Redactor {
         let Some(check) = &self.value_rules[rule].check else {
             return Ok(Some(candidate.to_owned()));
         };
+        if let Some(Ok(part)) = self.value_rules[rule].native_check.map(|native| native.run(candidate)) {
+            return Ok(part);
+        }
         if caches.checks.len() <= rule {
             caches.checks.resize_with(rule + 1, FxHashMap::default);
         }
@@ -560,7 +567,7 @@ struct Values<'a> {
 #[pymethods]
 impl Redactor {
     /// key_rules: [(anchored key regex, action, mask, length)]; value_rules: [(pattern, check
-    /// callable or None, action, mask)]; allowed: None matches no key (unless allow_all);
+    /// callable or None, name of its Rust version (detect.rs) or None, action, mask)]; allowed: None matches no key (unless allow_all);
     /// hasher: value -> keyed hash, called for hash rules only.
     #[new]
     #[pyo3(signature = (protected, allowed, allow_all, key_rules, value_rules, redact_all_types, hasher))]
@@ -569,7 +576,7 @@ impl Redactor {
         allowed: Option<&str>,
         allow_all: bool,
         key_rules: Vec<(String, String, String, usize)>,
-        value_rules: Vec<(String, Option<Py<PyAny>>, String, String)>,
+        value_rules: Vec<(String, Option<Py<PyAny>>, Option<String>, String, String)>,
         redact_all_types: bool,
         hasher: Py<PyAny>,
     ) -> PyResult<Self> {
@@ -586,13 +593,14 @@ impl Redactor {
             .map_err(|e| PyValueError::new_err(format!("invalid value patterns: {e}")))?;
         let value_rules = value_rules
             .into_iter()
-            .map(|(pattern, check, kind, mask)| {
+            .map(|(pattern, check, native_check, kind, mask)| {
                 let action = Action::parse(&kind, mask, 0)?;
+                let native_check = native_check.as_deref().and_then(Check::from_name);
                 let mask_all = match (&action, &check) {
                     (Action::Mask(mask), None) => Some(mask.clone()),
                     _ => None,
                 };
-                Ok(ValueRule { regex: compile(&pattern)?, check, action, mask_all })
+                Ok(ValueRule { regex: compile(&pattern)?, check, native_check, action, mask_all })
             })
             .collect::<PyResult<Vec<_>>>()?;
         Ok(Redactor {
