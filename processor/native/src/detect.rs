@@ -69,7 +69,7 @@ fn luhn_valid(digits: &[u8]) -> bool {
             }
         })
         .sum();
-    total % 10 == 0
+    total.is_multiple_of(10)
 }
 
 /// Whether `digits` starts with a number in `low..=high` written with as many digits as `high`.

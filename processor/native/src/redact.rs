@@ -69,6 +69,9 @@ struct ValueRule {
     mask_all: Option<String>,
 }
 
+/// (pattern, check callable or None, name of its Rust version or None, action, mask).
+type ValueRuleSpec = (String, Option<Py<PyAny>>, Option<String>, String, String);
+
 #[derive(Clone, Copy)]
 struct KeyClass {
     protected: bool,
@@ -576,7 +579,7 @@ impl Redactor {
         allowed: Option<&str>,
         allow_all: bool,
         key_rules: Vec<(String, String, String, usize)>,
-        value_rules: Vec<(String, Option<Py<PyAny>>, Option<String>, String, String)>,
+        value_rules: Vec<ValueRuleSpec>,
         redact_all_types: bool,
         hasher: Py<PyAny>,
     ) -> PyResult<Self> {
