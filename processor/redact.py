@@ -10,6 +10,11 @@ Works on the long frame of every value in the batch (`TelemetryBatch.string_valu
 
 Non-string values (arrays, maps, numbers) come with a textual rendering; when a rule changes one,
 the whole value is replaced by the redacted rendering as a string.
+
+With the native extension built, the same steps run in one Rust call per batch (`Redactor` in
+processor/native/src/redact.rs) on the columns' Arrow buffers, which returns only the changed values
+and the per-item summary; the polars path below stays the fallback and the reference the native
+one is tested against (tests/test_redaction_native.py).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import os
 from dataclasses import dataclass
 
 import polars as pl
+import pyarrow as pa
 from prometheus_client import CollectorRegistry, Counter
 
 from processor.config import RedactionConfig
@@ -33,7 +39,10 @@ from processor.decode import (
     TRACES,
     TelemetryBatch,
     WantedKeys,
+    native_available,
+    native_module,
 )
+from processor.detectors import check_bearer, check_card, check_iban, check_ipv4, check_phone, check_ssn
 from processor.pipeline import BatchChanges
 from processor.redaction_rules import RESERVED_RULE_NAME, Action, RedactionRules, ValueRule, load_rules
 
@@ -168,6 +177,12 @@ class RedactionStage:
         )
         self._actions = {rule.name: rule.action for rule in (*rules.key_rules, *rules.value_rules)}
         self._actions[NOT_ALLOWED] = Action("drop")
+        self._native = _native_redactor(rules, self.values)
+        # The native redactor counts rewrites per rule slot: key rules, value rules, allow-list drop.
+        self._slots = [(rule.name, rule.action.kind) for rule in (*rules.key_rules, *rules.value_rules)] + [
+            (NOT_ALLOWED, "drop")
+        ]
+        self._slot_counters: dict[tuple[int, str], Counter] = {}
 
     def wanted_keys(self) -> WantedKeys:
         # No columns, but every value: the decoder then builds string_values() in its own pass.
@@ -177,6 +192,8 @@ class RedactionStage:
         values = batch.string_values()
         if values.height == 0:
             return BatchChanges()
+        if self._native is not None and native_available():
+            return self._process_native(batch, values)
         if "is_string" not in values.columns:
             values = values.with_columns(is_string=pl.lit(True), kind=pl.lit("string_value"))
         values = values.join(self._classify(values["key"]), on="key", how="left")
@@ -215,6 +232,58 @@ class RedactionStage:
             # Several value rules may have changed one value: each is counted, it is written once.
             rewrites=rewrites.unique(["scope", "owner", "position"]).select("scope", "owner", "position", "new_value"),
         )
+
+    def _process_native(self, batch: TelemetryBatch, values: pl.DataFrame) -> BatchChanges:
+        def arrow(frame: pl.DataFrame, name: str, dtypes: tuple[pl.DataType, ...]) -> pa.Array:
+            column = frame.get_column(name)
+            if column.dtype not in dtypes:  # the decoder's types are the first; anything else is cast
+                column = column.cast(dtypes[0])
+            # The newest Arrow layout is polars' own (string views): handed over without a copy.
+            return column.to_arrow(compat_level=_ARROW_IN_PLACE)
+
+        found = self._native.redact(
+            *(arrow(values, name, _TEXT) for name in ("scope", "key", "value")),
+            arrow(values, "kind", _TEXT) if "kind" in values.columns else None,
+            *(arrow(values, name, _INDEX) for name in ("owner", "position", "row")),
+            arrow(batch.frame, RESOURCE_INDEX, _INDEX),
+            _SUMMARY_LEVELS[self.rules.summary],
+        )
+        if found is None:
+            return BatchChanges()
+        (scopes, owners, positions, new_values), counts, summary = found
+        for slot, count in counts:
+            self._slot_counter(slot, batch.signal).inc(count)
+        rewrites = pl.DataFrame(
+            [
+                pl.Series("scope", _strings(scopes)),
+                pl.Series("owner", _int64s(owners)),
+                pl.Series("position", _int64s(positions)),
+                pl.Series("new_value", _strings(new_values)),
+            ]
+        )
+        set_attributes = {}
+        if summary is not None:
+            (items, valid, data), keys = summary
+            set_attributes[COUNT_KEY] = pl.Series(COUNT_KEY, _int64s(data, valid))
+            if keys is not None:
+                items, valid, offsets, labels = keys
+                lists = pa.Array.from_buffers(
+                    pa.large_list(pa.large_string()),
+                    items,
+                    [_buffer(valid), pa.py_buffer(offsets)],
+                    children=[_strings(labels)],
+                )
+                set_attributes[KEYS_KEY] = pl.Series(KEYS_KEY, lists)
+        return BatchChanges(set_attributes=set_attributes, rewrites=rewrites)
+
+    def _slot_counter(self, slot: int, signal: str) -> Counter:
+        counter = self._slot_counters.get((slot, signal))
+        if counter is None:
+            rule, action = self._slots[slot]
+            counter = self._slot_counters[(slot, signal)] = self.redactions.labels(
+                detector=rule, action=action, signal=signal
+            )
+        return counter
 
     def _classify(self, keys: pl.Series) -> pl.DataFrame:
         """One row per distinct key: protected, allowed, and the first key rule that matches."""
@@ -311,6 +380,56 @@ class RedactionStage:
 
 
 _ADDRESS = ("scope", "owner", "position", "row", "label")
+_SUMMARY_LEVELS = {"silent": 0, "info": 1, "debug": 2}
+_ARROW_IN_PLACE = pl.CompatLevel.newest()
+# Checks the native redactor has a Rust version of (processor/native/src/detect.rs).
+_NATIVE_CHECKS = {
+    check_card: "card",
+    check_ssn: "ssn",
+    check_phone: "phone",
+    check_ipv4: "ipv4",
+    check_iban: "iban",
+    check_bearer: "bearer",
+}
+# Column types the native redactor reads in place.
+_TEXT = (pl.String(),)
+_INDEX = (pl.Int64(), pl.UInt32(), pl.Int32())
+
+
+def _native_redactor(rules: RedactionRules, values: ValueRedactor):
+    """The Rust redactor for these rules; None without the extension, or for rules it does not take
+    (a pattern its regex build rejects, more than 64 value rules): the polars path then runs them."""
+    factory = getattr(native_module(), "Redactor", None)
+    if factory is None:
+        return None
+    try:
+        return factory(
+            rules.protected_key_regex,
+            rules.allowed_key_regex,
+            rules.allow_all_keys,
+            [(rule.key_regex, rule.action.kind, rule.action.mask, rule.action.length) for rule in rules.key_rules],
+            [
+                (rule.pattern, rule.check, _NATIVE_CHECKS.get(rule.check), rule.action.kind, rule.action.mask)
+                for rule in rules.value_rules
+            ],
+            rules.redact_all_types,
+            values.hash,
+        )
+    except ValueError:
+        return None
+
+
+def _buffer(data: bytes | None) -> pa.Buffer | None:
+    return None if data is None else pa.py_buffer(data)
+
+
+def _strings(parts: tuple[int, bytes | None, bytes, bytes]) -> pa.Array:
+    length, valid, offsets, data = parts
+    return pa.Array.from_buffers(pa.large_string(), length, [_buffer(valid), pa.py_buffer(offsets), pa.py_buffer(data)])
+
+
+def _int64s(data: bytes, valid: bytes | None = None) -> pa.Array:
+    return pa.Array.from_buffers(pa.int64(), len(data) // 8, [_buffer(valid), pa.py_buffer(data)])
 
 
 def hash_key_from_env(env_name: str, environ: dict[str, str] | None = None) -> bytes | None:

@@ -8,6 +8,8 @@
 
 mod arrow;
 mod fasthash;
+mod detect;
+mod redact;
 mod rewrite;
 mod scan;
 mod wire;
@@ -18,5 +20,6 @@ use pyo3::prelude::*;
 fn _otlp_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(scan::scan, m)?)?;
     m.add_function(wrap_pyfunction!(rewrite::rewrite, m)?)?;
+    m.add_class::<redact::Redactor>()?;
     Ok(())
 }

@@ -1,0 +1,871 @@
+//! The redaction stage's per-batch work in one call: classify keys, apply key rules, scan values.
+//!
+//! `Redactor` mirrors the pure-polars path in processor/redact.py step by step (which values each
+//! rule sees, first-rule-wins, candidate checks on distinct substrings, leftmost-longest
+//! replacement); tests/test_redaction_native.py checks both give the same changes. It reads the
+//! columns of `TelemetryBatch.string_values()` as Arrow buffers (no Python object per value) and
+//! returns only what changed, as Arrow buffers again, plus the per-item summary.
+//!
+//! The built-in candidate checks run in Rust (detect.rs); other checks (IPv6, whose parsing rules
+//! are Python's `ipaddress`) and HMACs stay Python callables, run once per distinct substring and
+//! cached across batches (bounded).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList};
+use regex::bytes::RegexSet;
+use regex::{NoExpand, Regex};
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use crate::detect::Check;
+
+/// Entries kept per cache between batches; past it the cache starts over (keys and candidates
+/// repeat from batch to batch, an unbounded stream of new ones must not grow memory).
+const CACHE_LIMIT: usize = 8192;
+/// Short values no value rule matches are remembered: most values are such (status words, model
+/// names, routes), they repeat from batch to batch, and a lookup costs less than running the rules.
+/// It is the one cache that sees every value, hence its own, larger bound. Values a rule matches
+/// are not kept: they may be secrets, and they are few.
+const CLEAN_MAX_LEN: usize = 128;
+const CLEAN_LIMIT: usize = 65536;
+
+#[derive(Clone)]
+enum Action {
+    Mask(String),
+    Hash,
+    Drop,
+    Truncate(usize),
+}
+
+impl Action {
+    fn parse(kind: &str, mask: String, length: usize) -> PyResult<Self> {
+        Ok(match kind {
+            "mask" => Action::Mask(mask),
+            "hash" => Action::Hash,
+            "drop" => Action::Drop,
+            "truncate" => Action::Truncate(length),
+            other => return Err(PyValueError::new_err(format!("unknown action {other:?}"))),
+        })
+    }
+}
+
+struct KeyRule {
+    regex: Regex,
+    action: Action,
+}
+
+struct ValueRule {
+    regex: Regex,
+    check: Option<Py<PyAny>>,
+    /// The check in Rust, when it is a built-in one (the Python function stays for other input).
+    native_check: Option<Check>,
+    action: Action,
+    /// The plain-mask path: every match replaced by the mask, no candidate step.
+    mask_all: Option<String>,
+}
+
+/// (pattern, check callable or None, name of its Rust version or None, action, mask).
+type ValueRuleSpec = (String, Option<Py<PyAny>>, Option<String>, String, String);
+
+#[derive(Clone, Copy)]
+struct KeyClass {
+    protected: bool,
+    allowed: bool,
+    key_rule: Option<usize>,
+}
+
+#[derive(Default)]
+struct Caches {
+    keys: FxHashMap<Box<[u8]>, KeyClass>,
+    clean: FxHashSet<Box<[u8]>>,
+    /// Per value rule: candidate -> the part its check accepted.
+    checks: Vec<FxHashMap<String, Option<String>>>,
+    hashes: FxHashMap<String, String>,
+}
+
+fn bounded<K, V, S>(map: &mut HashMap<K, V, S>, limit: usize) {
+    if map.len() > limit {
+        map.clear();
+    }
+}
+
+fn bounded_set<K, S>(set: &mut HashSet<K, S>, limit: usize) {
+    if set.len() > limit {
+        set.clear();
+    }
+}
+
+/// An Arrow string array (string_view, large_string or string) read in place.
+struct StrColumn {
+    layout: StrLayout,
+    offset: usize,
+    len: usize,
+    index: PyBuffer<i8>,
+    data: Vec<Option<PyBuffer<i8>>>,
+}
+
+#[derive(Clone, Copy)]
+enum StrLayout {
+    View,
+    Large,
+    Small,
+}
+
+fn bytes_of(buffer: &PyBuffer<i8>) -> &[u8] {
+    // SAFETY: a pyarrow Buffer is one contiguous, immutable block that lives as long as the
+    // PyBuffer view we hold on it.
+    unsafe { std::slice::from_raw_parts(buffer.buf_ptr() as *const u8, buffer.len_bytes()) }
+}
+
+fn optional_buffer(item: &Bound<'_, PyAny>) -> PyResult<Option<PyBuffer<i8>>> {
+    if item.is_none() {
+        Ok(None)
+    } else {
+        Ok(Some(PyBuffer::get(item)?))
+    }
+}
+
+fn arrow_parts<'py>(array: &Bound<'py, PyAny>) -> PyResult<(String, usize, usize, Vec<Bound<'py, PyAny>>)> {
+    let type_name = array.getattr("type")?.str()?.to_string();
+    let offset: usize = array.getattr("offset")?.extract()?;
+    let len = array.len()?;
+    let buffers: Vec<Bound<'py, PyAny>> = array.call_method0("buffers")?.extract()?;
+    if array.getattr("null_count")?.extract::<usize>()? != 0 {
+        return Err(PyValueError::new_err("column has nulls"));
+    }
+    Ok((type_name, offset, len, buffers))
+}
+
+impl StrColumn {
+    fn from_arrow(array: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let (type_name, offset, len, buffers) = arrow_parts(array)?;
+        let layout = match type_name.as_str() {
+            "string_view" => StrLayout::View,
+            "large_string" => StrLayout::Large,
+            "string" => StrLayout::Small,
+            other => return Err(PyValueError::new_err(format!("not a string column: {other}"))),
+        };
+        let index = PyBuffer::get(&buffers[1])?;
+        let data = buffers[2..].iter().map(optional_buffer).collect::<PyResult<Vec<_>>>()?;
+        Ok(StrColumn { layout, offset, len, index, data })
+    }
+
+    /// The column's buffers as slices. Elements are read with checked slicing: malformed buffers
+    /// (which polars never hands out) make a call fail, never read outside them.
+    fn strs(&self) -> PyResult<Strs<'_>> {
+        let strs = Strs {
+            layout: self.layout,
+            offset: self.offset,
+            len: self.len,
+            index: bytes_of(&self.index),
+            data: self.data.iter().map(|b| b.as_ref().map_or(&b""[..], bytes_of)).collect(),
+        };
+        strs.validate()?;
+        Ok(strs)
+    }
+}
+
+struct Strs<'a> {
+    layout: StrLayout,
+    offset: usize,
+    len: usize,
+    index: &'a [u8],
+    data: Vec<&'a [u8]>,
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> usize {
+    u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize
+}
+
+impl<'a> Strs<'a> {
+    fn validate(&self) -> PyResult<()> {
+        let (width, extra) = match self.layout {
+            StrLayout::View => (16, 0),
+            StrLayout::Large => (8, 1),
+            StrLayout::Small => (4, 1),
+        };
+        if self.index.len() < (self.offset + self.len + extra) * width {
+            return Err(PyValueError::new_err("malformed Arrow string buffers"));
+        }
+        Ok(())
+    }
+
+    /// (data buffer, start, end) of element i; buffer usize::MAX: inline in a view.
+    #[inline(always)]
+    fn bounds(&self, i: usize) -> (usize, usize, usize) {
+        let j = self.offset + i;
+        match self.layout {
+            StrLayout::View => {
+                let length = u32_at(self.index, j * 16);
+                if length <= 12 {
+                    (usize::MAX, j * 16 + 4, j * 16 + 4 + length)
+                } else {
+                    let start = u32_at(self.index, j * 16 + 12);
+                    (u32_at(self.index, j * 16 + 8), start, start + length)
+                }
+            }
+            StrLayout::Large => {
+                let at = |k: usize| i64::from_le_bytes(self.index[k * 8..k * 8 + 8].try_into().unwrap()) as usize;
+                (0, at(j), at(j + 1))
+            }
+            StrLayout::Small => {
+                let at = |k: usize| i32::from_le_bytes(self.index[k * 4..k * 4 + 4].try_into().unwrap()) as usize;
+                (0, at(j), at(j + 1))
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn get(&self, i: usize) -> &'a [u8] {
+        let (buffer, start, end) = self.bounds(i);
+        if buffer == usize::MAX {
+            &self.index[start..end]
+        } else {
+            &self.data[buffer][start..end]
+        }
+    }
+}
+
+/// An Arrow integer array read in place, widened to i64.
+struct IntColumn {
+    width: usize,
+    signed: bool,
+    offset: usize,
+    len: usize,
+    data: PyBuffer<i8>,
+}
+
+impl IntColumn {
+    fn from_arrow(array: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let (type_name, offset, len, buffers) = arrow_parts(array)?;
+        let (width, signed) = match type_name.as_str() {
+            "int64" => (8, true),
+            "uint32" => (4, false),
+            "int32" => (4, true),
+            other => return Err(PyValueError::new_err(format!("unsupported integer column: {other}"))),
+        };
+        let data = PyBuffer::get(&buffers[1])?;
+        if data.len_bytes() < (offset + len) * width {
+            return Err(PyValueError::new_err("malformed Arrow integer buffer"));
+        }
+        Ok(IntColumn { width, signed, offset, len, data })
+    }
+
+    fn get(&self, i: usize) -> i64 {
+        let at = (self.offset + i) * self.width;
+        let raw = &bytes_of(&self.data)[at..at + self.width];
+        match (self.width, self.signed) {
+            (8, _) => i64::from_le_bytes(raw.try_into().unwrap()),
+            (4, true) => i32::from_le_bytes(raw.try_into().unwrap()) as i64,
+            _ => u32::from_le_bytes(raw.try_into().unwrap()) as i64,
+        }
+    }
+}
+
+fn to_str(bytes: &[u8]) -> PyResult<&str> {
+    std::str::from_utf8(bytes).map_err(|_| PyValueError::new_err("value is not UTF-8"))
+}
+
+/// Builds an Arrow large_string column (offsets, data, validity bitmap or None when no nulls).
+#[derive(Default)]
+struct StringsOut {
+    offsets: Vec<i64>,
+    data: Vec<u8>,
+    valid: Vec<bool>,
+}
+
+impl StringsOut {
+    fn push(&mut self, value: Option<&[u8]>) {
+        if self.offsets.is_empty() {
+            self.offsets.push(0);
+        }
+        if let Some(bytes) = value {
+            self.data.extend_from_slice(bytes);
+        }
+        self.valid.push(value.is_some());
+        self.offsets.push(self.data.len() as i64);
+    }
+
+    fn into_py(mut self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        if self.offsets.is_empty() {
+            self.offsets.push(0);
+        }
+        let tuple = (
+            self.valid.len(),
+            bitmap(py, &self.valid),
+            PyBytes::new(py, &le_i64(&self.offsets)),
+            PyBytes::new(py, &self.data),
+        );
+        Ok(tuple.into_pyobject(py)?.into_any().unbind())
+    }
+}
+
+fn le_i64(values: &[i64]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// Arrow validity bitmap (least significant bit first), or None when every entry is valid.
+fn bitmap<'py>(py: Python<'py>, valid: &[bool]) -> Option<Bound<'py, PyBytes>> {
+    if valid.iter().all(|v| *v) {
+        return None;
+    }
+    let mut bits = vec![0u8; valid.len().div_ceil(8)];
+    for (i, v) in valid.iter().enumerate() {
+        if *v {
+            bits[i / 8] |= 1 << (i % 8);
+        }
+    }
+    Some(PyBytes::new(py, &bits))
+}
+
+fn char_count(bytes: &[u8]) -> usize {
+    bytes.iter().filter(|b| (**b & 0xC0) != 0x80).count()
+}
+
+/// The first `chars` characters of UTF-8 `bytes`.
+fn char_prefix(bytes: &[u8], chars: usize) -> &[u8] {
+    let mut seen = 0;
+    for (i, b) in bytes.iter().enumerate() {
+        if (b & 0xC0) != 0x80 {
+            if seen == chars {
+                return &bytes[..i];
+            }
+            seen += 1;
+        }
+    }
+    bytes
+}
+
+/// Which value rules match a value, one bit per rule (rule sets have at most 64 value rules; a
+/// value with no bit set is not scanned further).
+type RuleMask = u64;
+const MAX_VALUE_RULES: usize = 64;
+
+/// A value the value rules may change, as the rules see it in turn.
+struct Hit {
+    row: usize,
+    /// The rules matching the value as received; while `fired` is empty, `current` is that value.
+    received: RuleMask,
+    current: String,
+    dropped: bool,
+    fired: Vec<usize>,
+}
+
+impl Hit {
+    fn matches(&self, rule: &ValueRule, index: usize) -> bool {
+        if self.fired.is_empty() {
+            self.received & (1 << index) != 0
+        } else {
+            rule.regex.is_match(&self.current)
+        }
+    }
+}
+
+#[pyclass(frozen, module = "processor._otlp_native")]
+pub struct Redactor {
+    protected: Regex,
+    allowed: Option<Regex>,
+    allow_all: bool,
+    key_rules: Vec<KeyRule>,
+    value_rules: Vec<ValueRule>,
+    /// All value patterns at once: which of them match a value, in one pass.
+    value_set: RegexSet,
+    redact_all_types: bool,
+    hasher: Py<PyAny>,
+    caches: Mutex<Caches>,
+}
+
+fn compile(pattern: &str) -> PyResult<Regex> {
+    Regex::new(pattern).map_err(|e| PyValueError::new_err(format!("invalid regex {pattern:?}: {e}")))
+}
+
+impl Redactor {
+    fn classify(&self, key: &[u8]) -> PyResult<KeyClass> {
+        let key = to_str(key)?;
+        Ok(KeyClass {
+            protected: self.protected.is_match(key),
+            allowed: self.allow_all || self.allowed.as_ref().is_some_and(|r| r.is_match(key)),
+            key_rule: self.key_rules.iter().position(|rule| rule.regex.is_match(key)),
+        })
+    }
+
+    fn rule_mask(&self, text: &[u8]) -> RuleMask {
+        self.value_set.matches(text).iter().fold(0, |mask, rule| mask | (1 << rule))
+    }
+
+    /// The value rules matching `text`; 0 for most values, which is decided without a set scan.
+    fn value_rules_matching(&self, caches: &mut Caches, text: &[u8]) -> RuleMask {
+        let short = text.len() <= CLEAN_MAX_LEN;
+        if short && caches.clean.contains(text) {
+            return 0;
+        }
+        if self.value_set.is_match(text) {
+            return self.rule_mask(text);
+        }
+        if short {
+            bounded_set(&mut caches.clean, CLEAN_LIMIT);
+            caches.clean.insert(text.into());
+        }
+        0
+    }
+
+    fn hash(&self, py: Python<'_>, caches: &mut Caches, value: &str) -> PyResult<String> {
+        if let Some(done) = caches.hashes.get(value) {
+            return Ok(done.clone());
+        }
+        let hashed: String = self.hasher.call1(py, (value,))?.extract(py)?;
+        bounded(&mut caches.hashes, CACHE_LIMIT);
+        caches.hashes.insert(value.to_owned(), hashed.clone());
+        Ok(hashed)
+    }
+
+    fn check(&self, py: Python<'_>, caches: &mut Caches, rule: usize, candidate: &str) -> PyResult<Option<String>> {
+        let Some(check) = &self.value_rules[rule].check else {
+            return Ok(Some(candidate.to_owned()));
+        };
+        if let Some(Ok(part)) = self.value_rules[rule].native_check.map(|native| native.run(candidate)) {
+            return Ok(part);
+        }
+        if caches.checks.len() <= rule {
+            caches.checks.resize_with(rule + 1, FxHashMap::default);
+        }
+        let cache = &mut caches.checks[rule];
+        if let Some(done) = cache.get(candidate) {
+            return Ok(done.clone());
+        }
+        let part: Option<String> = check.call1(py, (candidate,))?.extract(py)?;
+        bounded(cache, CACHE_LIMIT);
+        cache.insert(candidate.to_owned(), part.clone());
+        Ok(part)
+    }
+
+    /// Runs the value rules over `hits` (the values some rule matches), in rule order.
+    fn scan_values(&self, py: Python<'_>, caches: &mut Caches, hits: &mut [Hit]) -> PyResult<()> {
+        // A rule that matches none of the values as received is skipped for the whole batch, as
+        // the polars path does: then it cannot touch what an earlier rule wrote either.
+        let possible = hits.iter().fold(0, |mask, hit| mask | hit.received);
+        for (index, rule) in self.value_rules.iter().enumerate() {
+            if possible & (1 << index) == 0 {
+                continue;
+            }
+            let matched: Vec<usize> = (0..hits.len())
+                .filter(|&i| !hits[i].dropped && hits[i].matches(rule, index))
+                .collect();
+            if matched.is_empty() {
+                continue;
+            }
+            if let Some(mask) = &rule.mask_all {
+                for &i in &matched {
+                    let hit = &mut hits[i];
+                    let replaced = rule.regex.replace_all(&hit.current, NoExpand(mask));
+                    if replaced != hit.current {
+                        hit.current = replaced.into_owned();
+                        hit.fired.push(index);
+                    }
+                }
+                continue;
+            }
+            let Some((automaton, replacements)) = self.accepted(py, caches, index, hits, &matched)? else {
+                continue;
+            };
+            for &i in &matched {
+                let hit = &mut hits[i];
+                if !automaton.is_match(&hit.current) {
+                    continue;
+                }
+                if matches!(rule.action, Action::Drop) {
+                    hit.dropped = true;
+                    hit.fired.push(index);
+                    continue;
+                }
+                let replaced = automaton.replace_all(&hit.current, &replacements);
+                if replaced != hit.current {
+                    hit.current = replaced;
+                    hit.fired.push(index);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The parts of the rule's matches its check accepts, over the whole batch, and what replaces
+    /// each; a part is then replaced wherever it occurs in a value the rule matched.
+    #[allow(clippy::type_complexity)]
+    fn accepted(
+        &self,
+        py: Python<'_>,
+        caches: &mut Caches,
+        index: usize,
+        hits: &[Hit],
+        matched: &[usize],
+    ) -> PyResult<Option<(AhoCorasick, Vec<String>)>> {
+        let rule = &self.value_rules[index];
+        let mut candidates: Vec<&str> = Vec::new();
+        let mut seen: FxHashSet<&str> = FxHashSet::default();
+        for &i in matched {
+            for found in rule.regex.find_iter(&hits[i].current) {
+                if seen.insert(found.as_str()) {
+                    candidates.push(found.as_str());
+                }
+            }
+        }
+        let mut accepted: Vec<(String, String)> = Vec::new();
+        let mut parts: FxHashSet<String> = FxHashSet::default();
+        for candidate in candidates {
+            let Some(part) = self.check(py, caches, index, candidate)? else {
+                continue;
+            };
+            if part.is_empty() || !parts.insert(part.clone()) {
+                continue;
+            }
+            let replacement = match &rule.action {
+                Action::Hash => self.hash(py, caches, &part)?,
+                Action::Mask(mask) => mask.clone(),
+                _ => String::new(),
+            };
+            accepted.push((part, replacement));
+        }
+        if accepted.is_empty() {
+            return Ok(None);
+        }
+        // Longest first with leftmost-first matching: a part is never cut by a shorter one.
+        accepted.sort_by_key(|(part, _)| std::cmp::Reverse(part.len()));
+        let automaton = AhoCorasickBuilder::new()
+            .match_kind(MatchKind::LeftmostFirst)
+            .build(accepted.iter().map(|(part, _)| part.as_str()))
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        Ok(Some((automaton, accepted.into_iter().map(|(_, replacement)| replacement).collect())))
+    }
+}
+
+/// Where a changed value's rewrite and summary come from.
+struct Changes {
+    rows: Vec<usize>,
+    new_values: StringsOut,
+    /// Rewrites counted per rule slot: key rules, then value rules, then the allow-list drop.
+    counts: Vec<u64>,
+}
+
+impl Changes {
+    fn push(&mut self, row: usize, new_value: Option<&[u8]>, slot: usize) {
+        self.rows.push(row);
+        self.new_values.push(new_value);
+        self.counts[slot] += 1;
+    }
+}
+
+/// One batch's columns of `TelemetryBatch.string_values()`, read in place.
+struct Values<'a> {
+    scope: Strs<'a>,
+    key: Strs<'a>,
+    value: Strs<'a>,
+    kind: Option<Strs<'a>>,
+}
+
+#[pymethods]
+impl Redactor {
+    /// key_rules: [(anchored key regex, action, mask, length)]; value_rules: [(pattern, check
+    /// callable or None, name of its Rust version (detect.rs) or None, action, mask)]; allowed: None matches no key (unless allow_all);
+    /// hasher: value -> keyed hash, called for hash rules only.
+    #[new]
+    #[pyo3(signature = (protected, allowed, allow_all, key_rules, value_rules, redact_all_types, hasher))]
+    fn new(
+        protected: &str,
+        allowed: Option<&str>,
+        allow_all: bool,
+        key_rules: Vec<(String, String, String, usize)>,
+        value_rules: Vec<ValueRuleSpec>,
+        redact_all_types: bool,
+        hasher: Py<PyAny>,
+    ) -> PyResult<Self> {
+        if value_rules.len() > MAX_VALUE_RULES {
+            return Err(PyValueError::new_err(format!("more than {MAX_VALUE_RULES} value rules")));
+        }
+        let key_rules = key_rules
+            .into_iter()
+            .map(|(regex, kind, mask, length)| {
+                Ok(KeyRule { regex: compile(&regex)?, action: Action::parse(&kind, mask, length)? })
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        let value_set = RegexSet::new(value_rules.iter().map(|(pattern, ..)| pattern))
+            .map_err(|e| PyValueError::new_err(format!("invalid value patterns: {e}")))?;
+        let value_rules = value_rules
+            .into_iter()
+            .map(|(pattern, check, native_check, kind, mask)| {
+                let action = Action::parse(&kind, mask, 0)?;
+                let native_check = native_check.as_deref().and_then(Check::from_name);
+                let mask_all = match (&action, &check) {
+                    (Action::Mask(mask), None) => Some(mask.clone()),
+                    _ => None,
+                };
+                Ok(ValueRule { regex: compile(&pattern)?, check, native_check, action, mask_all })
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        Ok(Redactor {
+            protected: compile(protected)?,
+            allowed: allowed.map(compile).transpose()?,
+            allow_all,
+            key_rules,
+            value_rules,
+            value_set,
+            redact_all_types,
+            hasher,
+            caches: Mutex::new(Caches::default()),
+        })
+    }
+
+    /// One batch: the columns of `string_values()` (scope, key, value, kind or None when every
+    /// value is a string, owner, position, row) and the `_resource` column of the items, as
+    /// pyarrow arrays. Returns None when nothing changed, else (rewrites, counts, summary):
+    /// rewrites = (scope, owner, position, new_value) buffers; counts = [(rule slot, count)];
+    /// summary = None, or (count buffers, keys buffers or None) for summary level 1 (info) or 2.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (scope, key, value, kind, owner, position, row, item_resource, summary))]
+    fn redact(
+        &self,
+        py: Python<'_>,
+        scope: &Bound<'_, PyAny>,
+        key: &Bound<'_, PyAny>,
+        value: &Bound<'_, PyAny>,
+        kind: Option<&Bound<'_, PyAny>>,
+        owner: &Bound<'_, PyAny>,
+        position: &Bound<'_, PyAny>,
+        row: &Bound<'_, PyAny>,
+        item_resource: &Bound<'_, PyAny>,
+        summary: u8,
+    ) -> PyResult<Option<Py<PyAny>>> {
+        let columns = [scope, key, value].map(StrColumn::from_arrow);
+        let [scope, key, value] = columns;
+        let (scope, key, value) = (scope?, key?, value?);
+        let kind = kind.map(StrColumn::from_arrow).transpose()?;
+        let values = Values {
+            scope: scope.strs()?,
+            key: key.strs()?,
+            value: value.strs()?,
+            kind: kind.as_ref().map(StrColumn::strs).transpose()?,
+        };
+        let owner = IntColumn::from_arrow(owner)?;
+        let position = IntColumn::from_arrow(position)?;
+        let row = IntColumn::from_arrow(row)?;
+        let item_resource = IntColumn::from_arrow(item_resource)?;
+        let n = values.value.len;
+        let lengths = [
+            values.scope.len,
+            values.key.len,
+            owner.len,
+            position.len,
+            row.len,
+            values.kind.as_ref().map_or(n, |k| k.len),
+        ];
+        if lengths.iter().any(|len| *len != n) {
+            return Err(PyValueError::new_err("columns of different lengths"));
+        }
+        // Taken out for the batch and put back after: a check or hash callable may let another
+        // thread run, which must not find the lock held.
+        let mut caches = std::mem::take(&mut *self.caches.lock().unwrap());
+        let result = self.changes(py, &mut caches, &values);
+        *self.caches.lock().unwrap() = caches;
+        let changes = result?;
+        if changes.rows.is_empty() {
+            return Ok(None);
+        }
+        let mut scopes = StringsOut::default();
+        let mut owners = Vec::with_capacity(changes.rows.len());
+        let mut positions = Vec::with_capacity(changes.rows.len());
+        for &i in &changes.rows {
+            scopes.push(Some(values.scope.get(i)));
+            owners.push(owner.get(i));
+            positions.push(position.get(i));
+        }
+        let rewrites = (
+            scopes.into_py(py)?,
+            PyBytes::new(py, &le_i64(&owners)),
+            PyBytes::new(py, &le_i64(&positions)),
+            changes.new_values.into_py(py)?,
+        );
+        let counts = PyList::empty(py);
+        for (slot, count) in changes.counts.iter().enumerate() {
+            if *count > 0 {
+                counts.append((slot, *count))?;
+            }
+        }
+        let summary = if summary == 0 {
+            None
+        } else {
+            Some(summarise(py, &changes.rows, &values, &owner, &row, &item_resource, summary >= 2)?)
+        };
+        Ok(Some((rewrites, counts, summary).into_pyobject(py)?.into_any().unbind()))
+    }
+}
+
+impl Redactor {
+    fn changes(&self, py: Python<'_>, caches: &mut Caches, values: &Values<'_>) -> PyResult<Changes> {
+        let key_slots = self.key_rules.len();
+        let not_allowed_slot = key_slots + self.value_rules.len();
+        let mut changes = Changes {
+            rows: Vec::new(),
+            new_values: StringsOut::default(),
+            counts: vec![0; not_allowed_slot + 1],
+        };
+        let mut hits: Vec<Hit> = Vec::new();
+        for i in 0..values.value.len {
+            let key = values.key.get(i);
+            let class = match caches.keys.get(key) {
+                Some(class) => *class,
+                None => {
+                    let class = self.classify(key)?;
+                    bounded(&mut caches.keys, CACHE_LIMIT);
+                    caches.keys.insert(key.into(), class);
+                    class
+                }
+            };
+            if class.protected {
+                continue;
+            }
+            let scope = values.scope.get(i);
+            if !class.allowed && (scope == b"attribute" || scope == b"event") {
+                changes.push(i, None, not_allowed_slot);
+                continue;
+            }
+            let text = values.value.get(i);
+            let kind: &[u8] = values.kind.as_ref().map_or(b"string_value", |k| k.get(i));
+            match class.key_rule {
+                Some(rule) if scope != b"body" => {
+                    match &self.key_rules[rule].action {
+                        Action::Mask(mask) => {
+                            if text != mask.as_bytes() || kind != b"string_value" {
+                                changes.push(i, Some(mask.as_bytes()), rule);
+                            }
+                        }
+                        Action::Drop => changes.push(i, None, rule),
+                        Action::Truncate(length) => {
+                            if char_count(text) > *length {
+                                changes.push(i, Some(char_prefix(text, *length)), rule);
+                            }
+                        }
+                        Action::Hash => {
+                            let hashed = self.hash(py, caches, to_str(text)?)?;
+                            changes.push(i, Some(hashed.as_bytes()), rule);
+                        }
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            if self.value_rules.is_empty()
+                || !(self.redact_all_types || matches!(kind, b"string_value" | b"array_value" | b"kvlist_value"))
+            {
+                continue;
+            }
+            let received = self.value_rules_matching(caches, text);
+            if received != 0 {
+                let current = to_str(text)?.to_owned();
+                hits.push(Hit { row: i, received, current, dropped: false, fired: Vec::new() });
+            }
+        }
+        if !hits.is_empty() {
+            self.scan_values(py, caches, &mut hits)?;
+        }
+        for hit in &hits {
+            if hit.fired.is_empty() {
+                continue;
+            }
+            // One rewrite per value; every rule that changed it is counted.
+            let new_value = if hit.dropped { None } else { Some(hit.current.as_bytes()) };
+            changes.rows.push(hit.row);
+            changes.new_values.push(new_value);
+            for rule in &hit.fired {
+                changes.counts[key_slots + rule] += 1;
+            }
+        }
+        Ok(changes)
+    }
+}
+
+/// genops.redaction.count (and .keys when `keys`) per item: the values changed on the item, its
+/// events and its resource (a resource value is shared by every item under that resource).
+fn summarise(
+    py: Python<'_>,
+    rows: &[usize],
+    values: &Values<'_>,
+    owner: &IntColumn,
+    row: &IntColumn,
+    item_resource: &IntColumn,
+    keys: bool,
+) -> PyResult<Py<PyAny>> {
+    let items = item_resource.len;
+    // Labels repeat (one per key and scope): each distinct one gets a number in sorted order, so
+    // an item's labels sort and deduplicate as numbers.
+    let mut label_ids: FxHashMap<(&[u8], &[u8]), usize> = FxHashMap::default();
+    let mut labels: Vec<Vec<u8>> = Vec::new();
+    let mut change_label: Vec<usize> = Vec::with_capacity(rows.len());
+    for &i in rows {
+        let (scope, key) = (values.scope.get(i), values.key.get(i));
+        let id = *label_ids.entry((scope, key)).or_insert_with(|| {
+            labels.push(match scope {
+                b"attribute" => key.to_vec(),
+                b"body" => b"body".to_vec(),
+                _ => [scope, b":", key].concat(),
+            });
+            labels.len() - 1
+        });
+        change_label.push(id);
+    }
+    let mut order: Vec<usize> = (0..labels.len()).collect();
+    order.sort_by(|a, b| labels[*a].cmp(&labels[*b]));
+    let mut rank = vec![0; labels.len()];
+    for (position, id) in order.iter().enumerate() {
+        rank[*id] = position;
+    }
+    // (item, label rank) for every changed value and every item it counts on.
+    let mut pairs: Vec<(usize, usize)> = Vec::with_capacity(rows.len());
+    let mut by_resource: Option<FxHashMap<i64, Vec<usize>>> = None;
+    for (change, &i) in rows.iter().enumerate() {
+        let label = rank[change_label[change]];
+        if values.scope.get(i) == b"resource" {
+            let by_resource = by_resource.get_or_insert_with(|| {
+                let mut map: FxHashMap<i64, Vec<usize>> = FxHashMap::default();
+                for item in 0..items {
+                    map.entry(item_resource.get(item)).or_default().push(item);
+                }
+                map
+            });
+            if let Some(under) = by_resource.get(&owner.get(i)) {
+                pairs.extend(under.iter().map(|item| (*item, label)));
+            }
+        } else {
+            let item = row.get(i);
+            if item >= 0 && (item as usize) < items {
+                pairs.push((item as usize, label));
+            }
+        }
+    }
+    pairs.sort_unstable();
+    let mut counts = vec![0i64; items];
+    for (item, _) in &pairs {
+        counts[*item] += 1;
+    }
+    let valid: Vec<bool> = counts.iter().map(|c| *c > 0).collect();
+    let count = (items, bitmap(py, &valid), PyBytes::new(py, &le_i64(&counts)));
+    let key_lists = if keys {
+        pairs.dedup();
+        let mut offsets: Vec<i64> = vec![0; items + 1];
+        let mut names = StringsOut::default();
+        for (item, label) in &pairs {
+            offsets[item + 1] += 1;
+            names.push(Some(&labels[order[*label]]));
+        }
+        for item in 0..items {
+            offsets[item + 1] += offsets[item];
+        }
+        Some((items, bitmap(py, &valid), PyBytes::new(py, &le_i64(&offsets)), names.into_py(py)?))
+    } else {
+        None
+    };
+    Ok((count, key_lists).into_pyobject(py)?.into_any().unbind())
+}
