@@ -19,6 +19,7 @@ exceeds a tier's size, that tier's prices apply to every token of the request.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import polars as pl
@@ -48,6 +49,126 @@ UNPRICED = "unpriced"
 MAX_UNPRICED_LABELS = 200
 MAX_LABEL_LENGTH = 64
 MILLION = 1_000_000.0
+# What the stage writes, in this order.
+WRITTEN = (
+    COST_TOTAL,
+    *(f"genops.cost.{part}" for part in COST_PARTS),
+    COST_CURRENCY,
+    COST_PROVIDER,
+    COST_MODEL,
+    COST_VERSION,
+    COST_STATUS,
+)
+
+
+# Internal columns of the cost query (the normalized GenAI columns come first, then these).
+_START = "_cost_start"
+_TODO = "_cost_todo"
+_KEY = "_cost_pair"
+_GROUP = "_cost_group"
+_ROW = "_cost_row"
+_UNKNOWN = "_cost_unknown"
+_UNPRICED = "_cost_unpriced"
+ENGINE = ga.ENGINE
+# Known (provider, model) pairs are kept per table up to this many; past it the set restarts from
+# the batch at hand, so a client sending random model names costs time, never unbounded memory.
+MAX_KNOWN_PAIRS = 4096
+
+
+def pair_key(provider: pl.Expr, model: pl.Expr) -> pl.Expr:
+    """One string per (provider, model), nulls included, that pair_of reads back: the provider is
+    length-prefixed, so no choice of names can make two pairs share a key."""
+    provider_part = pl.coalesce(
+        pl.concat_str(provider.str.len_chars().cast(pl.String), pl.lit(":"), provider), pl.lit("~")
+    )
+    model_part = pl.coalesce(pl.concat_str(pl.lit("="), model), pl.lit("~"))
+    return pl.concat_str(provider_part, model_part)
+
+
+def pair_of(key: str) -> tuple[str | None, str | None]:
+    if key.startswith("~"):
+        provider, rest = None, key[1:]
+    else:
+        length, _, rest = key.partition(":")
+        provider, rest = rest[: int(length)], rest[int(length) :]
+    return provider, (None if rest == "~" else rest[1:])
+
+
+@dataclass(frozen=True)
+class KnownPairs:
+    """The (provider, model) pairs already resolved against one table, sorted by key, so a batch maps
+    its spans to price groups with a binary search and a gather (no join, no Python per span).
+    Immutable: a batch adding pairs swaps in a new one, so concurrent batches never see it change."""
+
+    table: PricingTable
+    keys: pl.Series  # String, sorted
+    groups: pl.Series  # UInt32, the price group of each key (null: no entry matches)
+    pairs: dict[str, tuple[str | None, str | None]]
+
+    @classmethod
+    def of(cls, table: PricingTable, keys: Iterable[str] = ()) -> KnownPairs:
+        ordered = pl.Series(_KEY, sorted(set(keys)), dtype=pl.String).sort()
+        pairs = {key: pair_of(key) for key in ordered.to_list()}
+        groups = pl.Series(_GROUP, [table.resolve(*pair) for pair in pairs.values()], dtype=pl.UInt32)
+        return cls(table, ordered, groups, pairs)
+
+    def adding(self, keys: list[str]) -> KnownPairs:
+        """These pairs (a batch's) known too; past MAX_KNOWN_PAIRS, only these."""
+        if len(self.pairs.keys() | set(keys)) > MAX_KNOWN_PAIRS:
+            return KnownPairs.of(self.table, keys)
+        return KnownPairs.of(self.table, [*self.pairs, *keys])
+
+    def columns(self) -> list[pl.Expr]:
+        """_GROUP per span (null when unpriced) and _UNKNOWN (a span whose pair is not known yet)."""
+        key = pl.col(_KEY)
+        if self.keys.is_empty():
+            return [pl.lit(None, dtype=pl.UInt32).alias(_GROUP), key.is_not_null().alias(_UNKNOWN)]
+        at = pl.lit(self.keys).search_sorted(key).clip(upper_bound=self.keys.len() - 1)
+        known = pl.lit(self.keys).gather(at) == key
+        return [
+            pl.when(known).then(pl.lit(self.groups).gather(at)).alias(_GROUP),
+            (key.is_not_null() & ~known).alias(_UNKNOWN),
+        ]
+
+
+def _priceable() -> pl.Expr:
+    return pl.any_horizontal(pl.col(c).is_not_null() for c in ga.TOKEN_COLUMNS)
+
+
+def _costs(table: PricingTable) -> list[pl.Expr]:
+    """cost_<part>, cost_total, entry_provider, entry_model of the price row _ROW (nulls: none)."""
+    slots = table.slots
+    row = pl.col(_ROW)
+
+    def price(name: str) -> pl.Expr:
+        return slots.column(name, row)
+
+    cache_read = pl.col(ga.TOKENS_CACHE_READ).fill_null(0)
+    cache_write = pl.col(ga.TOKENS_CACHE_WRITE).fill_null(0)
+    reasoning = pl.col(ga.TOKENS_REASONING).fill_null(0)
+    output = pl.coalesce(ga.TOKENS_OUTPUT, ga.TOKENS_REASONING, pl.lit(0))
+    uncached = (pl.col(ga.TOKENS_INPUT).fill_null(0) - cache_read - cache_write).clip(lower_bound=0)
+    parts = {
+        "input": uncached * price("p_input") / MILLION,
+        "cache_read": cache_read * price("p_cache_read") / MILLION,
+        "cache_write": cache_write * price("p_cache_write") / MILLION,
+        "reasoning": reasoning * price("p_reasoning") / MILLION,
+        "output": (output - reasoning).clip(lower_bound=0) * price("p_output") / MILLION,
+        "request": price("p_request"),
+    }
+    priced = row.is_not_null()
+    return [
+        *(parts[part].alias(f"cost_{part}") for part in COST_PARTS),
+        pl.when(priced).then(pl.sum_horizontal(parts[part] for part in (*COST_PARTS, "request"))).alias("cost_total"),
+        price("entry_provider").alias("entry_provider"),
+        price("entry_model").alias("entry_model"),
+    ]
+
+
+def _price_query(work: pl.LazyFrame, known: KnownPairs) -> pl.LazyFrame:
+    """Adds _GROUP, _UNKNOWN, _ROW and the cost columns to `work` (normalized columns, _START, _KEY)."""
+    row = known.table.slots.row(pl.col(_GROUP), pl.col(_START), pl.col(ga.TOKENS_INPUT))
+    return work.with_columns(known.columns()).with_columns(row.alias(_ROW)).with_columns(_costs(known.table))
 
 
 def cost_frame(normalized: pl.DataFrame, start_ns: pl.Series, table: PricingTable) -> pl.DataFrame:
@@ -56,55 +177,25 @@ def cost_frame(normalized: pl.DataFrame, start_ns: pl.Series, table: PricingTabl
     Returns columns priceable (Boolean: the row has token counts), priced (Boolean), cost_<part>,
     cost_total (Float64), entry_provider, entry_model (String); same rows, same order.
     """
-    rows = normalized.with_columns(
-        pl.int_range(pl.len(), dtype=pl.UInt32).alias("_i"),
-        start_ns.cast(pl.Int64, strict=False).alias("_start"),
-        pl.any_horizontal(pl.col(c).is_not_null() for c in ga.TOKEN_COLUMNS).alias("priceable"),
+    work = normalized.lazy().with_columns(
+        start_ns.cast(pl.Int64, strict=False).alias(_START),
+        _priceable().alias("priceable"),
     )
-    pairs = rows.filter(pl.col("priceable")).select(ga.PROVIDER, ga.MODEL).unique()
-    resolved = pairs.with_columns(
-        pl.Series(
-            "group",
-            [table.resolve(p, m) for p, m in pairs.iter_rows()],  # one call per distinct pair, cached
-            dtype=pl.UInt32,
-        )
+    work = work.with_columns(
+        pl.when(pl.col("priceable")).then(pair_key(pl.col(ga.PROVIDER), pl.col(ga.MODEL))).alias(_KEY)
     )
-    tokens = rows.filter(pl.col("priceable")).join(resolved, on=[ga.PROVIDER, ga.MODEL], how="left", nulls_equal=True)
-    matched = (
-        tokens.filter(pl.col("group").is_not_null())
-        .join(table.price_rows, on="group", how="inner")
-        .filter(
-            (pl.col("from_ns").is_null() | (pl.col("_start") >= pl.col("from_ns")))
-            & (pl.col("to_ns").is_null() | (pl.col("_start") < pl.col("to_ns")))
-            & (pl.col(ga.TOKENS_INPUT).fill_null(0) > pl.col("threshold"))
-        )
-        .sort("_i", "threshold")
-        .unique(subset="_i", keep="last", maintain_order=True)
-    )
-    cache_read = pl.col(ga.TOKENS_CACHE_READ).fill_null(0)
-    cache_write = pl.col(ga.TOKENS_CACHE_WRITE).fill_null(0)
-    reasoning = pl.col(ga.TOKENS_REASONING).fill_null(0)
-    output = pl.coalesce(ga.TOKENS_OUTPUT, ga.TOKENS_REASONING, pl.lit(0))
-    uncached = (pl.col(ga.TOKENS_INPUT).fill_null(0) - cache_read - cache_write).clip(lower_bound=0)
-    costs = matched.select(
-        "_i",
-        "entry_provider",
-        "entry_model",
-        (uncached * pl.col("p_input") / MILLION).alias("cost_input"),
-        (cache_read * pl.col("p_cache_read") / MILLION).alias("cost_cache_read"),
-        (cache_write * pl.col("p_cache_write") / MILLION).alias("cost_cache_write"),
-        (reasoning * pl.col("p_reasoning") / MILLION).alias("cost_reasoning"),
-        ((output - reasoning).clip(lower_bound=0) * pl.col("p_output") / MILLION).alias("cost_output"),
-        pl.col("p_request").alias("cost_request"),
-    ).with_columns(
-        pl.sum_horizontal(f"cost_{part}" for part in (*COST_PARTS, "request")).alias("cost_total"),
-        pl.lit(True).alias("priced"),
-    )
+    keys = work.select(pl.col(_KEY).drop_nulls().unique()).collect(engine=ENGINE).to_series().to_list()
     return (
-        rows.select("_i", "priceable")
-        .join(costs, on="_i", how="left", maintain_order="left")
-        .with_columns(pl.col("priced").fill_null(False))
-        .drop("_i", "cost_request")
+        _price_query(work, KnownPairs.of(table, keys))
+        .select(
+            "priceable",
+            "entry_provider",
+            "entry_model",
+            *(f"cost_{part}" for part in ("input", "cache_read", "cache_write", "reasoning", "output")),
+            "cost_total",
+            pl.col(_ROW).is_not_null().alias("priced"),
+        )
+        .collect(engine=ENGINE)
     )
 
 
@@ -144,6 +235,7 @@ class CostStage:
         self.config = config
         self.metrics = CostMetrics.create(registry)
         self._table: PricingTable | None = None
+        self._known: KnownPairs | None = None
         self._labels: set[tuple[str, str]] = set()
         self._labels_lock = threading.Lock()
         path = config.pricing_file or default_table_path()
@@ -178,50 +270,76 @@ class CostStage:
         return WantedKeys(item=ga.GENAI_KEYS.item | {COST_TOTAL})
 
     def process(self, batch: TelemetryBatch) -> BatchChanges:
+        # One query per batch (two the first time a batch brings pairs the table has not seen):
+        # normalize, map spans to price groups, pick the price rows, compute and shape the columns.
         table = self.table
-        frame = batch.frame
-        normalized = ga.normalized(batch)
-        costs = cost_frame(normalized, frame[START_TIME], table)
-        todo = costs["priceable"]
-        if not self.config.override_sdk_costs and COST_TOTAL in frame.columns:
-            todo = todo & frame[COST_TOTAL].is_null()
-        result = pl.concat(
-            [pl.DataFrame({"todo": todo}), costs.drop("priceable"), normalized.select(ga.PROVIDER, ga.MODEL)],
-            how="horizontal",
-        )
-        if not result["todo"].any():
+        known = self._known
+        if known is None or known.table is not table:
+            known = self._known = KnownPairs.of(table)
+        out = self._query(self._work(batch), known).collect(engine=ENGINE)
+        if out[_UNKNOWN].any():
+            known = self._known = known.adding(out[_KEY].drop_nulls().unique().to_list())
+            out = self._query(out.select(*ga.COLUMNS, _START, _TODO, _KEY).lazy(), known).collect(engine=ENGINE)
+        if "genai" not in batch.derived:
+            batch.derived["genai"] = out[list(ga.COLUMNS)]
+        if out[_KEY].null_count() == out.height:  # nothing to price: not even an unpriced status
             return BatchChanges()
-        # A provider-agnostic ("*") entry priced it: report the provider the span named.
-        result = result.with_columns(
-            pl.when(pl.col("entry_provider") == ANY_PROVIDER)
-            .then(pl.coalesce(ga.PROVIDER, pl.lit(ANY_PROVIDER)))
-            .otherwise(pl.col("entry_provider"))
-            .alias("entry_provider")
+        self._count(out, known)
+        return BatchChanges(set_attributes={name: out[name] for name in WRITTEN})
+
+    def _work(self, batch: TelemetryBatch) -> pl.LazyFrame:
+        """The normalized columns plus _START, _TODO (priceable and not priced by the SDK) and _KEY."""
+        frame = batch.frame
+        carry = [START_TIME]
+        respect_sdk = not self.config.override_sdk_costs and COST_TOTAL in frame.columns
+        if respect_sdk:
+            carry.append(COST_TOTAL)
+        cached = batch.derived.get("genai")
+        if cached is None:
+            work = ga.normalize_lazy(frame, tuple(carry))
+        else:
+            work = cached.hstack([frame[c] for c in carry]).lazy()  # type: ignore[attr-defined]
+        todo = _priceable() & pl.col(COST_TOTAL).is_null() if respect_sdk else _priceable()
+        return work.select(
+            *ga.COLUMNS,
+            pl.col(START_TIME).cast(pl.Int64, strict=False).alias(_START),
+            todo.alias(_TODO),
+            pl.when(todo).then(pair_key(pl.col(ga.PROVIDER), pl.col(ga.MODEL))).alias(_KEY),
         )
-        self._count(result)
-        priced = pl.col("todo") & pl.col("priced")
+
+    def _query(self, work: pl.LazyFrame, known: KnownPairs) -> pl.LazyFrame:
+        priced = pl.col(_ROW).is_not_null()
 
         def when_priced(expr: pl.Expr) -> pl.Expr:
             return pl.when(priced).then(expr)
 
-        written = result.select(
+        # A provider-agnostic ("*") entry priced it: report the provider the span named.
+        provider = (
+            pl.when(pl.col("entry_provider") == ANY_PROVIDER)
+            .then(pl.coalesce(ga.PROVIDER, pl.lit(ANY_PROVIDER)))
+            .otherwise(pl.col("entry_provider"))
+        )
+        return _price_query(work, known).with_columns(
             when_priced(pl.col("cost_total")).alias(COST_TOTAL),
             *(when_priced(pl.col(f"cost_{part}")).alias(f"genops.cost.{part}") for part in COST_PARTS),
             when_priced(pl.lit("USD")).alias(COST_CURRENCY),
-            when_priced(pl.col("entry_provider")).alias(COST_PROVIDER),
+            when_priced(provider).alias(COST_PROVIDER),
             when_priced(pl.col("entry_model")).alias(COST_MODEL),
-            when_priced(pl.lit(table.version)).alias(COST_VERSION),
-            pl.when(priced).then(pl.lit(PRICED)).when(pl.col("todo")).then(pl.lit(UNPRICED)).alias(COST_STATUS),
+            when_priced(pl.lit(known.table.version)).alias(COST_VERSION),
+            pl.when(priced).then(pl.lit(PRICED)).when(pl.col(_TODO)).then(pl.lit(UNPRICED)).alias(COST_STATUS),
+            pl.when(pl.col(_TODO) & ~priced).then(pl.col(_KEY)).alias(_UNPRICED),
         )
-        return BatchChanges(set_attributes={name: written[name] for name in written.columns})
 
-    def _count(self, result: pl.DataFrame) -> None:
-        todo = result.filter(pl.col("todo"))
-        for (provider,), group in todo.filter(pl.col("priced")).group_by("entry_provider"):
-            self.metrics.priced.labels(provider=provider or "").inc(group.height)
-        unpriced = todo.filter(~pl.col("priced")).group_by(ga.PROVIDER, ga.MODEL).len()
-        for provider, model, count in unpriced.iter_rows():
-            self.metrics.unpriced.labels(*self._label(provider, model)).inc(count)
+    def _count(self, out: pl.DataFrame, known: KnownPairs) -> None:
+        for provider, count in out[COST_PROVIDER].value_counts().iter_rows():
+            if provider is not None:
+                self.metrics.priced.labels(provider=provider).inc(count)
+        unpriced = out[_UNPRICED]
+        if unpriced.null_count() == unpriced.len():
+            return
+        for key, count in unpriced.value_counts().iter_rows():
+            if key is not None:
+                self.metrics.unpriced.labels(*self._label(*known.pairs[key])).inc(count)
 
     def _label(self, provider: str | None, model: str | None) -> tuple[str, str]:
         label = ((provider or "unknown")[:MAX_LABEL_LENGTH], (model or "unknown")[:MAX_LABEL_LENGTH])

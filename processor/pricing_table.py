@@ -41,6 +41,7 @@ import math
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import polars as pl
@@ -201,6 +202,56 @@ class PricingTable:
 
     def entry(self, group: int) -> PriceEntry:
         return self.group_entry[group]
+
+    @cached_property
+    def slots(self) -> PriceSlots:
+        """The price rows laid out for a join-free lookup (built on first use, once per table)."""
+        return PriceSlots.build(self.price_rows, self.model_count)
+
+
+@dataclass(frozen=True)
+class PriceSlots:
+    """Picks a span's price row by gathers instead of a join, which costs more per batch than the
+    whole lookup: `rows` are the price rows ordered by (group, threshold), and slot k holds, per
+    group, the index in `rows` of its k-th row (null past the group's last). Groups have a few rows
+    (price history x tiers), so a handful of slots cover every group.
+    """
+
+    rows: pl.DataFrame
+    slots: tuple[pl.Series, ...]
+
+    @classmethod
+    def build(cls, price_rows: pl.DataFrame, groups: int) -> PriceSlots:
+        rows = price_rows.with_row_index("_order").sort("group", "threshold", "_order").drop("_order")
+        per_group: list[list[int]] = [[] for _ in range(groups)]
+        for index, group in enumerate(rows["group"].to_list()):
+            per_group[group].append(index)
+        depth = max((len(members) for members in per_group), default=0)
+        slots = tuple(
+            pl.Series(f"slot{k}", [m[k] if k < len(m) else None for m in per_group], dtype=pl.UInt32)
+            for k in range(depth)
+        )
+        return cls(rows, slots)
+
+    def row(self, group: pl.Expr, start_ns: pl.Expr, prompt_tokens: pl.Expr) -> pl.Expr:
+        """Index in `rows` of the price that applies (null: none), as cost_frame's join picks it:
+        the group's row in effect at start_ns with the greatest threshold below the prompt size."""
+        chosen = pl.lit(None, dtype=pl.UInt32)
+        prompt = prompt_tokens.fill_null(0)
+        for slot in self.slots:  # thresholds ascend within a group: a later slot that applies wins
+            row = pl.lit(slot).gather(group)
+            start, end = self.column("from_ns", row), self.column("to_ns", row)
+            applies = (
+                row.is_not_null()
+                & (start.is_null() | (start_ns >= start))
+                & (end.is_null() | (start_ns < end))
+                & (prompt > self.column("threshold", row))
+            )
+            chosen = pl.when(applies).then(row).otherwise(chosen)
+        return chosen
+
+    def column(self, name: str, row: pl.Expr) -> pl.Expr:
+        return pl.lit(self.rows[name]).gather(row)
 
 
 class _ProviderIndex:
