@@ -30,7 +30,15 @@ from processor import genai_attributes as ga
 from processor.config import CostConfig
 from processor.decode import START_TIME, TRACES, TelemetryBatch, WantedKeys
 from processor.pipeline import BatchChanges
-from processor.pricing_table import ANY_PROVIDER, PricingTable, default_table_path, load_table
+from processor.pricing_table import (
+    ANY_PROVIDER,
+    INT64_MAX,
+    INT64_MIN,
+    PRICE_FIELDS,
+    PricingTable,
+    default_table_path,
+    load_table,
+)
 from processor.reload import ReloadMetrics, Watcher
 
 log = structlog.get_logger(__name__)
@@ -67,6 +75,8 @@ _TODO = "_cost_todo"
 _KEY = "_cost_pair"
 _GROUP = "_cost_group"
 _ROW = "_cost_row"
+_START_LO = "_cost_start_lo"
+_START_HI = "_cost_start_hi"
 _UNKNOWN = "_cost_unknown"
 _UNPRICED = "_cost_unpriced"
 ENGINE = ga.ENGINE
@@ -135,40 +145,51 @@ def _priceable() -> pl.Expr:
     return pl.any_horizontal(pl.col(c).is_not_null() for c in ga.TOKEN_COLUMNS)
 
 
-def _costs(table: PricingTable) -> list[pl.Expr]:
-    """cost_<part>, cost_total, entry_provider, entry_model of the price row _ROW (nulls: none)."""
+def _cost_steps(table: PricingTable) -> list[list[pl.Expr]]:
+    """cost_<part>, cost_total, entry_provider, entry_model of the price row _ROW (nulls: none), in
+    steps so that no expression nests another's (see PriceSlots.row_steps)."""
     slots = table.slots
     row = pl.col(_ROW)
-
-    def price(name: str) -> pl.Expr:
-        return slots.column(name, row)
-
-    cache_read = pl.col(ga.TOKENS_CACHE_READ).fill_null(0)
-    cache_write = pl.col(ga.TOKENS_CACHE_WRITE).fill_null(0)
-    reasoning = pl.col(ga.TOKENS_REASONING).fill_null(0)
-    output = pl.coalesce(ga.TOKENS_OUTPUT, ga.TOKENS_REASONING, pl.lit(0))
-    uncached = (pl.col(ga.TOKENS_INPUT).fill_null(0) - cache_read - cache_write).clip(lower_bound=0)
-    parts = {
-        "input": uncached * price("p_input") / MILLION,
-        "cache_read": cache_read * price("p_cache_read") / MILLION,
-        "cache_write": cache_write * price("p_cache_write") / MILLION,
-        "reasoning": reasoning * price("p_reasoning") / MILLION,
-        "output": (output - reasoning).clip(lower_bound=0) * price("p_output") / MILLION,
-        "request": price("p_request"),
-    }
-    priced = row.is_not_null()
-    return [
-        *(parts[part].alias(f"cost_{part}") for part in COST_PARTS),
-        pl.when(priced).then(pl.sum_horizontal(parts[part] for part in (*COST_PARTS, "request"))).alias("cost_total"),
-        price("entry_provider").alias("entry_provider"),
-        price("entry_model").alias("entry_model"),
+    prices = [slots.column(f"p_{name}", row).alias(f"_cost_p_{name}") for name in (*PRICE_FIELDS, "request")]
+    tokens = [
+        pl.col(ga.TOKENS_INPUT).fill_null(0).alias("_cost_input"),
+        pl.col(ga.TOKENS_CACHE_READ).fill_null(0).alias("_cost_cache_read"),
+        pl.col(ga.TOKENS_CACHE_WRITE).fill_null(0).alias("_cost_cache_write"),
+        pl.col(ga.TOKENS_REASONING).fill_null(0).alias("_cost_reasoning"),
+        pl.coalesce(ga.TOKENS_OUTPUT, ga.TOKENS_REASONING, pl.lit(0)).alias("_cost_output"),
+        slots.column("entry_provider", row).alias("entry_provider"),
+        slots.column("entry_model", row).alias("entry_model"),
     ]
+    cache_read, cache_write = pl.col("_cost_cache_read"), pl.col("_cost_cache_write")
+    reasoning = pl.col("_cost_reasoning")
+    uncached = (pl.col("_cost_input") - cache_read - cache_write).clip(lower_bound=0)
+    parts = [
+        (uncached * pl.col("_cost_p_input") / MILLION).alias("cost_input"),
+        (cache_read * pl.col("_cost_p_cache_read") / MILLION).alias("cost_cache_read"),
+        (cache_write * pl.col("_cost_p_cache_write") / MILLION).alias("cost_cache_write"),
+        (reasoning * pl.col("_cost_p_reasoning") / MILLION).alias("cost_reasoning"),
+        ((pl.col("_cost_output") - reasoning).clip(lower_bound=0) * pl.col("_cost_p_output") / MILLION).alias(
+            "cost_output"
+        ),
+    ]
+    total = pl.sum_horizontal(*(f"cost_{part}" for part in COST_PARTS), "_cost_p_request")
+    return [[*prices, *tokens], parts, [pl.when(row.is_not_null()).then(total).alias("cost_total")]]
 
 
 def _price_query(work: pl.LazyFrame, known: KnownPairs) -> pl.LazyFrame:
     """Adds _GROUP, _UNKNOWN, _ROW and the cost columns to `work` (normalized columns, _START, _KEY)."""
-    row = known.table.slots.row(pl.col(_GROUP), pl.col(_START), pl.col(ga.TOKENS_INPUT))
-    return work.with_columns(known.columns()).with_columns(row.alias(_ROW)).with_columns(_costs(known.table))
+    slots = known.table.slots
+    start = pl.col(_START)
+    work = work.with_columns(
+        *known.columns(),
+        start.fill_null(INT64_MIN).alias(_START_LO),
+        start.fill_null(INT64_MAX).alias(_START_HI),
+    )
+    for step in slots.row_steps(_GROUP, _START_LO, _START_HI, ga.TOKENS_INPUT, _ROW):
+        work = work.with_columns(step)
+    for step in _cost_steps(known.table):
+        work = work.with_columns(step)
+    return work
 
 
 def cost_frame(normalized: pl.DataFrame, start_ns: pl.Series, table: PricingTable) -> pl.DataFrame:

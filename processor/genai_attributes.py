@@ -185,45 +185,65 @@ def normalize_provider(name: str | None) -> str | None:
     return PROVIDER_ALIASES.get(lowered, lowered) or None
 
 
-def _source(schema: pl.Schema, key: str, dtype: pl.DataType) -> pl.Expr:
-    if key not in schema:
-        return pl.lit(None, dtype=dtype)
-    column = pl.col(key)
-    source_type = schema[key]
-    if source_type == pl.String and dtype == pl.Int64:
-        # "1200" and "1200.0" both occur; go through Float64 so neither is lost.
-        column = column.str.strip_chars().cast(pl.Float64, strict=False)
-    elif not (source_type.is_numeric() or source_type in (pl.String, pl.Null)) or (
-        dtype == pl.String and source_type.is_numeric()
-    ):
-        # bytes, booleans, or a number where a name belongs: not something we can use.
-        return pl.lit(None, dtype=dtype)
-    column = column.cast(dtype, strict=False)
+def _usable(source_type: pl.DataType, dtype: pl.DataType) -> bool:
+    # bytes, booleans, or a number where a name belongs: not something we can use.
     if dtype == pl.String:
-        column = pl.when(column.str.strip_chars() == "").then(None).otherwise(column)
-    return column
+        return source_type == pl.String
+    return source_type == pl.String or source_type.is_numeric()
 
 
-def _first(schema: pl.Schema, keys: tuple[str, ...], dtype: pl.DataType) -> pl.Expr:
-    # Most of the ~40 source columns are all-null (Null dtype) in any one batch: leaving them out
-    # keeps the expression small, which is most of normalize's cost on small batches.
-    present = [_source(schema, key, dtype) for key in keys if schema.get(key, pl.Null) != pl.Null]
-    if not present:
-        return pl.lit(None, dtype=dtype)
-    return present[0] if len(present) == 1 else pl.coalesce(present)
+def _steps(schema: pl.Schema) -> list[list[pl.Expr]]:
+    """What normalize computes, as lists of expressions evaluated one after the other, each reading
+    the columns the one before wrote: polars' cost per batch grows with how deeply expressions
+    nest much faster than with how many there are."""
+    read: list[pl.Expr] = []
+    names: dict[str, list[str]] = {}
+    for column, keys, dtype in (
+        (MODEL, MODEL_SOURCES, pl.String),
+        (PROVIDER, PROVIDER_SOURCES, pl.String),
+        *((column, keys, pl.Int64) for column, keys in TOKEN_SOURCES.items()),
+    ):
+        # Most of the ~40 source columns are all-null (Null dtype) in any one batch: leaving them
+        # out keeps the query small, which is most of normalize's cost on small batches.
+        names[column] = []
+        for key in keys:
+            source_type = schema.get(key, pl.Null)
+            if source_type == pl.Null or not _usable(source_type, dtype):
+                continue
+            name = f"_genai_source_{len(read)}"
+            if source_type == pl.String:
+                value = pl.col(key).str.strip_chars()
+                if dtype == pl.Int64:
+                    # "1200" and "1200.0" both occur; go through Float64 so neither is lost.
+                    value = value.cast(pl.Float64, strict=False).cast(pl.Int64, strict=False)
+            else:
+                value = pl.col(key).cast(pl.Int64, strict=False)
+            read.append(value.alias(name))
+            names[column].append(name)
 
+    def first(column: str, dtype: pl.DataType) -> pl.Expr:
+        # Names are stripped, and a blank one counts as absent.
+        found = [pl.col(n) if dtype == pl.Int64 else pl.when(pl.col(n) != "").then(pl.col(n)) for n in names[column]]
+        if not found:
+            return pl.lit(None, dtype=dtype)
+        return found[0] if len(found) == 1 else pl.coalesce(found)
 
-def _count(schema: pl.Schema, column: str, keys: tuple[str, ...]) -> pl.Expr:
-    value = _first(schema, keys, pl.Int64)
-    return pl.when(value >= 0).then(value).alias(column)
-
-
-def _canonical(schema: pl.Schema) -> list[pl.Expr]:
-    return [
-        _first(schema, MODEL_SOURCES, pl.String).str.strip_chars().alias(MODEL),
-        normalize_provider_expr(_first(schema, PROVIDER_SOURCES, pl.String)).alias(PROVIDER),
-        *(_count(schema, column, keys) for column, keys in TOKEN_SOURCES.items()),
+    coalesced = [
+        first(MODEL, pl.String).alias(MODEL),
+        first(PROVIDER, pl.String).str.to_lowercase().alias(PROVIDER),
+        *(first(column, pl.Int64).alias(column) for column in TOKEN_COLUMNS),
     ]
+    # Aliases by binary search in the sorted alias names: a replace builds a hash table per batch.
+    provider = pl.col(PROVIDER)
+    at = pl.lit(_ALIAS_FROM_SORTED).search_sorted(provider).clip(upper_bound=_ALIAS_FROM_SORTED.len() - 1)
+    mapped = [
+        pl.when(pl.lit(_ALIAS_FROM_SORTED).gather(at) == provider)
+        .then(pl.lit(_ALIAS_TO_SORTED).gather(at))
+        .otherwise(provider)
+        .alias(PROVIDER),
+        *(pl.when(pl.col(c) >= 0).then(pl.col(c)).alias(c) for c in TOKEN_COLUMNS),
+    ]
+    return [step for step in (read, coalesced, mapped, _inclusive_counts()) if step]
 
 
 def _inclusive_counts() -> list[pl.Expr]:
@@ -241,31 +261,35 @@ def _inclusive_counts() -> list[pl.Expr]:
     ]
 
 
-_INCLUSIVE = _inclusive_counts()
+_ALIAS_FROM_SORTED = pl.Series(sorted(k for k, v in PROVIDER_ALIASES.items() if k != v), dtype=pl.String).sort()
+_ALIAS_TO_SORTED = pl.Series([PROVIDER_ALIASES[k] for k in _ALIAS_FROM_SORTED.to_list()], dtype=pl.String)
 # Batches of one sidecar repeat a handful of column layouts: building the ~40-source expressions
 # costs more than running them, so they are built once per layout. The key is the column names
-# and dtype classes (what _source decides on), cheap to get and hash.
-_PLAN_CACHE: dict[tuple[tuple[str, ...], tuple[type, ...]], list[pl.Expr]] = {}
+# and dtype classes (what _steps decides on), cheap to get and hash.
+_PLAN_CACHE: dict[tuple[tuple[str, ...], tuple[type, ...]], list[list[pl.Expr]]] = {}
 _PLAN_CACHE_SIZE = 256
 # Polars' default engine costs ~0.1-0.3 ms per query over the in-memory one on batch-sized frames.
 ENGINE = "in-memory"
 
 
-def _canonical_for(frame: pl.DataFrame) -> list[pl.Expr]:
+def _steps_for(frame: pl.DataFrame) -> list[list[pl.Expr]]:
     layout = (tuple(frame.columns), tuple(map(type, frame.dtypes)))
-    exprs = _PLAN_CACHE.get(layout)
-    if exprs is None:
+    steps = _PLAN_CACHE.get(layout)
+    if steps is None:
         if len(_PLAN_CACHE) >= _PLAN_CACHE_SIZE:
             _PLAN_CACHE.clear()
-        exprs = _PLAN_CACHE[layout] = _canonical(frame.schema)
-    return exprs
+        steps = _PLAN_CACHE[layout] = _steps(frame.schema)
+    return steps
 
 
 def normalize_lazy(frame: pl.DataFrame, carry: tuple[str, ...] = ()) -> pl.LazyFrame:
     """normalize(frame) as a query, with the `carry` columns of `frame` passed through after the
-    canonical ones: a stage can extend the plan and collect it once."""
+    canonical ones: a stage can extend the query and collect it once."""
     # with_columns, not select: a frame with none of the sources would otherwise shrink to one row.
-    return frame.lazy().with_columns(_canonical_for(frame)).select(*COLUMNS, *carry).with_columns(_INCLUSIVE)
+    query = frame.lazy()
+    for step in _steps_for(frame):
+        query = query.with_columns(step)
+    return query.select(*COLUMNS, *carry)
 
 
 def normalize(frame: pl.DataFrame) -> pl.DataFrame:

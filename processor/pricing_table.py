@@ -92,6 +92,7 @@ FIRST_PARTY = ("openai", "anthropic", "google", "mistral", "cohere", "deepseek",
 # Bedrock cross-region inference profiles prefix the model id with a geography.
 _BEDROCK_REGION = re.compile(r"^(?:us|eu|apac|au|ca|jp|us-gov|global)\.(?=[a-z0-9-]+\.)")
 NS_PER_DAY = 86_400 * 1_000_000_000
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 class PricingError(ValueError):
@@ -215,6 +216,10 @@ class PriceSlots:
     whole lookup: `rows` are the price rows ordered by (group, threshold), and slot k holds, per
     group, the index in `rows` of its k-th row (null past the group's last). Groups have a few rows
     (price history x tiers), so a handful of slots cover every group.
+
+    Dates are compared as start >= lo and start <= hi, lo = from_ns or Int64 min, hi = to_ns - 1 or
+    Int64 max: with the span start null read as min for lo and max for hi, only open bounds admit
+    it, as in the join's `from_ns is null or start >= from_ns` form, with fewer expressions.
     """
 
     rows: pl.DataFrame
@@ -222,7 +227,15 @@ class PriceSlots:
 
     @classmethod
     def build(cls, price_rows: pl.DataFrame, groups: int) -> PriceSlots:
-        rows = price_rows.with_row_index("_order").sort("group", "threshold", "_order").drop("_order")
+        rows = (
+            price_rows.with_row_index("_order")
+            .sort("group", "threshold", "_order")
+            .drop("_order")
+            .with_columns(
+                pl.col("from_ns").fill_null(INT64_MIN).alias("lo"),
+                (pl.col("to_ns") - 1).fill_null(INT64_MAX).alias("hi"),
+            )
+        )
         per_group: list[list[int]] = [[] for _ in range(groups)]
         for index, group in enumerate(rows["group"].to_list()):
             per_group[group].append(index)
@@ -233,22 +246,28 @@ class PriceSlots:
         )
         return cls(rows, slots)
 
-    def row(self, group: pl.Expr, start_ns: pl.Expr, prompt_tokens: pl.Expr) -> pl.Expr:
-        """Index in `rows` of the price that applies (null: none), as cost_frame's join picks it:
-        the group's row in effect at start_ns with the greatest threshold below the prompt size."""
-        chosen = pl.lit(None, dtype=pl.UInt32)
-        prompt = prompt_tokens.fill_null(0)
-        for slot in self.slots:  # thresholds ascend within a group: a later slot that applies wins
-            row = pl.lit(slot).gather(group)
-            start, end = self.column("from_ns", row), self.column("to_ns", row)
-            applies = (
-                row.is_not_null()
-                & (start.is_null() | (start_ns >= start))
-                & (end.is_null() | (start_ns < end))
-                & (prompt > self.column("threshold", row))
-            )
-            chosen = pl.when(applies).then(row).otherwise(chosen)
-        return chosen
+    def row_steps(self, group: str, start_lo: str, start_hi: str, prompt: str, out: str) -> list[list[pl.Expr]]:
+        """Expressions, to evaluate one list after the other (polars' cost grows with an expression's
+        depth faster than with its size), that leave in `out` the index in `rows` of the price that
+        applies (null: none) as cost_frame's join picks it: the group's row in effect at the span
+        start (start_lo / start_hi: the start, null filled as above) with the greatest threshold
+        below the prompt size (`prompt`, null as 0)."""
+        candidates = [pl.lit(slot).gather(pl.col(group)).alias(f"{out}_{k}") for k, slot in enumerate(self.slots)]
+        applies = [
+            (
+                (pl.col(start_lo) >= self.column("lo", pl.col(f"{out}_{k}")))
+                & (pl.col(start_hi) <= self.column("hi", pl.col(f"{out}_{k}")))
+                & (pl.col(prompt).fill_null(0) > self.column("threshold", pl.col(f"{out}_{k}")))
+            ).alias(f"{out}_applies_{k}")
+            for k in range(len(self.slots))
+        ]
+        if not self.slots:
+            return [[pl.lit(None, dtype=pl.UInt32).alias(out)]]
+        # Thresholds ascend within a group: the last slot that applies wins.
+        chosen: pl.Expr | pl.When | pl.Then = pl
+        for k in reversed(range(len(self.slots))):
+            chosen = chosen.when(pl.col(f"{out}_applies_{k}")).then(pl.col(f"{out}_{k}"))
+        return [candidates, applies, [chosen.otherwise(None).alias(out)]]
 
     def column(self, name: str, row: pl.Expr) -> pl.Expr:
         return pl.lit(self.rows[name]).gather(row)
