@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import polars as pl
 import structlog
@@ -35,6 +35,7 @@ from processor.pricing_table import (
     INT64_MAX,
     INT64_MIN,
     PRICE_FIELDS,
+    PriceSlots,
     PricingTable,
     default_table_path,
     load_table,
@@ -76,10 +77,11 @@ _KEY = "_cost_pair"
 _GROUP = "_cost_group"
 _ROW = "_cost_row"
 _START_LO = "_cost_start_lo"
+_PROMPT = "_cost_prompt"
+_PRICED = "_cost_priced"
 _START_HI = "_cost_start_hi"
 _UNKNOWN = "_cost_unknown"
 _UNPRICED = "_cost_unpriced"
-ENGINE = ga.ENGINE
 # Known (provider, model) pairs are kept per table up to this many; past it the set restarts from
 # the batch at hand, so a client sending random model names costs time, never unbounded memory.
 MAX_KNOWN_PAIRS = 4096
@@ -93,6 +95,9 @@ def pair_key(provider: pl.Expr, model: pl.Expr) -> pl.Expr:
     )
     model_part = pl.coalesce(pl.concat_str(pl.lit("="), model), pl.lit("~"))
     return pl.concat_str(provider_part, model_part)
+
+
+_PAIR_KEY = pair_key(pl.col(ga.PROVIDER), pl.col(ga.MODEL))
 
 
 def pair_of(key: str) -> tuple[str | None, str | None]:
@@ -114,6 +119,8 @@ class KnownPairs:
     keys: pl.Series  # String, sorted
     groups: pl.Series  # UInt32, the price group of each key (null: no entry matches)
     pairs: dict[str, tuple[str | None, str | None]]
+    # The stage's query steps for these pairs, per slots (built once: building costs as much as running).
+    steps: dict[int, tuple[PriceSlots, list[list[pl.Expr]]]] = field(default_factory=dict, compare=False)
 
     @classmethod
     def of(cls, table: PricingTable, keys: Iterable[str] = ()) -> KnownPairs:
@@ -145,10 +152,9 @@ def _priceable() -> pl.Expr:
     return pl.any_horizontal(pl.col(c).is_not_null() for c in ga.TOKEN_COLUMNS)
 
 
-def _cost_steps(table: PricingTable) -> list[list[pl.Expr]]:
-    """cost_<part>, cost_total, entry_provider, entry_model of the price row _ROW (nulls: none), in
-    steps so that no expression nests another's (see PriceSlots.row_steps)."""
-    slots = table.slots
+def _cost_steps(slots: PriceSlots) -> list[list[pl.Expr]]:
+    """_PRICED, the genops.cost.<part> columns, entry_provider and genops.cost.model of the price row
+    _ROW (nulls when none), in steps so that no expression nests another's (see row_steps)."""
     row = pl.col(_ROW)
     prices = [slots.column(f"p_{name}", row).alias(f"_cost_p_{name}") for name in (*PRICE_FIELDS, "request")]
     tokens = [
@@ -157,39 +163,48 @@ def _cost_steps(table: PricingTable) -> list[list[pl.Expr]]:
         pl.col(ga.TOKENS_CACHE_WRITE).fill_null(0).alias("_cost_cache_write"),
         pl.col(ga.TOKENS_REASONING).fill_null(0).alias("_cost_reasoning"),
         pl.coalesce(ga.TOKENS_OUTPUT, ga.TOKENS_REASONING, pl.lit(0)).alias("_cost_output"),
+    ]
+    entry = [
         slots.column("entry_provider", row).alias("entry_provider"),
-        slots.column("entry_model", row).alias("entry_model"),
+        slots.column("entry_model", row).alias(COST_MODEL),
+        row.is_not_null().alias(_PRICED),
     ]
     cache_read, cache_write = pl.col("_cost_cache_read"), pl.col("_cost_cache_write")
     reasoning = pl.col("_cost_reasoning")
     uncached = (pl.col("_cost_input") - cache_read - cache_write).clip(lower_bound=0)
+    output = (pl.col("_cost_output") - reasoning).clip(lower_bound=0)
     parts = [
-        (uncached * pl.col("_cost_p_input") / MILLION).alias("cost_input"),
-        (cache_read * pl.col("_cost_p_cache_read") / MILLION).alias("cost_cache_read"),
-        (cache_write * pl.col("_cost_p_cache_write") / MILLION).alias("cost_cache_write"),
-        (reasoning * pl.col("_cost_p_reasoning") / MILLION).alias("cost_reasoning"),
-        ((pl.col("_cost_output") - reasoning).clip(lower_bound=0) * pl.col("_cost_p_output") / MILLION).alias(
-            "cost_output"
-        ),
+        (uncached * pl.col("_cost_p_input") / MILLION).alias(_part("input")),
+        (cache_read * pl.col("_cost_p_cache_read") / MILLION).alias(_part("cache_read")),
+        (cache_write * pl.col("_cost_p_cache_write") / MILLION).alias(_part("cache_write")),
+        (reasoning * pl.col("_cost_p_reasoning") / MILLION).alias(_part("reasoning")),
+        (output * pl.col("_cost_p_output") / MILLION).alias(_part("output")),
     ]
-    total = pl.sum_horizontal(*(f"cost_{part}" for part in COST_PARTS), "_cost_p_request")
-    return [[*prices, *tokens], parts, [pl.when(row.is_not_null()).then(total).alias("cost_total")]]
+    return [[*prices, *tokens, *entry], parts]
 
 
-def _price_query(work: pl.LazyFrame, known: KnownPairs) -> pl.LazyFrame:
-    """Adds _GROUP, _UNKNOWN, _ROW and the cost columns to `work` (normalized columns, _START, _KEY)."""
-    slots = known.table.slots
+def _part(name: str) -> str:
+    return f"genops.cost.{name}"
+
+
+# The parts and the per-request fee, once the parts are computed (sum_horizontal skips nulls).
+_TOTAL = pl.when(pl.col(_PRICED)).then(pl.sum_horizontal(*map(_part, COST_PARTS), "_cost_p_request"))
+
+
+def price_steps(known: KnownPairs, slots: PriceSlots) -> list[list[pl.Expr]]:
+    """Steps adding _GROUP, _UNKNOWN, _ROW and the cost columns to the columns normalize makes plus
+    _START and _KEY."""
     start = pl.col(_START)
-    work = work.with_columns(
-        *known.columns(),
-        start.fill_null(INT64_MIN).alias(_START_LO),
-        start.fill_null(INT64_MAX).alias(_START_HI),
-    )
-    for step in slots.row_steps(_GROUP, _START_LO, _START_HI, ga.TOKENS_INPUT, _ROW):
-        work = work.with_columns(step)
-    for step in _cost_steps(known.table):
-        work = work.with_columns(step)
-    return work
+    first = [*known.columns(), pl.col(ga.TOKENS_INPUT).fill_null(0).alias(_PROMPT)]
+    if slots.dated:
+        first += [start.fill_null(INT64_MIN).alias(_START_LO), start.fill_null(INT64_MAX).alias(_START_HI)]
+    return [first, *slots.row_steps(_GROUP, _START_LO, _START_HI, _PROMPT, _ROW), *_cost_steps(slots)]
+
+
+def _run(query: pl.LazyFrame, steps: list[list[pl.Expr]]) -> pl.LazyFrame:
+    for step in steps:
+        query = query.with_columns(step)
+    return query
 
 
 def cost_frame(normalized: pl.DataFrame, start_ns: pl.Series, table: PricingTable) -> pl.DataFrame:
@@ -205,18 +220,19 @@ def cost_frame(normalized: pl.DataFrame, start_ns: pl.Series, table: PricingTabl
     work = work.with_columns(
         pl.when(pl.col("priceable")).then(pair_key(pl.col(ga.PROVIDER), pl.col(ga.MODEL))).alias(_KEY)
     )
-    keys = work.select(pl.col(_KEY).drop_nulls().unique()).collect(engine=ENGINE).to_series().to_list()
-    return (
-        _price_query(work, KnownPairs.of(table, keys))
-        .select(
+    keys = ga.collect(work.select(pl.col(_KEY).drop_nulls().unique())).to_series().to_list()
+    return ga.collect(
+        _run(work, price_steps(KnownPairs.of(table, keys), table.slots)).select(
             "priceable",
             "entry_provider",
-            "entry_model",
-            *(f"cost_{part}" for part in ("input", "cache_read", "cache_write", "reasoning", "output")),
-            "cost_total",
-            pl.col(_ROW).is_not_null().alias("priced"),
+            pl.col(COST_MODEL).alias("entry_model"),
+            *(
+                pl.col(_part(p)).alias(f"cost_{p}")
+                for p in ("input", "cache_read", "cache_write", "reasoning", "output")
+            ),
+            _TOTAL.alias("cost_total"),
+            pl.col(_PRICED).alias("priced"),
         )
-        .collect(engine=ENGINE)
     )
 
 
@@ -297,16 +313,55 @@ class CostStage:
         known = self._known
         if known is None or known.table is not table:
             known = self._known = KnownPairs.of(table)
-        out = self._query(self._work(batch), known).collect(engine=ENGINE)
+        starts = batch.frame[START_TIME]
+        # Null starts (none in OTLP) or not: either way the slots decide the same price rows.
+        first, last = (None, None) if starts.has_nulls() else (starts.min(), starts.max())
+        slots = table.slots_for(first, last)  # type: ignore[arg-type]
+        out = ga.collect(_run(self._work(batch), self._steps(known, slots)))
         if out[_UNKNOWN].any():
             known = self._known = known.adding(out[_KEY].drop_nulls().unique().to_list())
-            out = self._query(out.select(*ga.COLUMNS, _START, _TODO, _KEY).lazy(), known).collect(engine=ENGINE)
+            work = out.select(*ga.COLUMNS, _START, _TODO, _KEY).lazy()
+            out = ga.collect(_run(work, self._steps(known, slots)))
         if "genai" not in batch.derived:
             batch.derived["genai"] = out[list(ga.COLUMNS)]
         if out[_KEY].null_count() == out.height:  # nothing to price: not even an unpriced status
             return BatchChanges()
         self._count(out, known)
         return BatchChanges(set_attributes={name: out[name] for name in WRITTEN})
+
+    def _steps(self, known: KnownPairs, slots: PriceSlots) -> list[list[pl.Expr]]:
+        cached = known.steps.get(id(slots))
+        if cached is not None and cached[0] is slots:
+            return cached[1]
+        steps = [*price_steps(known, slots), self._written(known.table.version)]
+        if len(known.steps) >= 16:
+            known.steps.clear()
+        known.steps[id(slots)] = (slots, steps)
+        return steps
+
+    def _work(self, batch: TelemetryBatch) -> pl.LazyFrame:
+        """The normalized columns plus _START, _TODO (priceable and not priced by the SDK) and _KEY."""
+        frame = batch.frame
+        respect_sdk = not self.config.override_sdk_costs and COST_TOTAL in frame.columns
+        todo = _priceable() & pl.col(COST_TOTAL).is_null() if respect_sdk else _priceable()
+        extra = [pl.col(START_TIME).cast(pl.Int64, strict=False).alias(_START), todo.alias(_TODO)]
+        cached = batch.derived.get("genai")
+        if cached is None:
+            work = ga.normalize_lazy(frame, extra)
+        else:
+            carry = [frame[START_TIME], *([frame[COST_TOTAL]] if respect_sdk else [])]
+            work = cached.hstack(carry).lazy().select(*ga.COLUMNS, *extra)  # type: ignore[attr-defined]
+        return work.with_columns(pl.when(pl.col(_TODO)).then(_PAIR_KEY).alias(_KEY))
+
+    def _steps(self, known: KnownPairs, slots: PriceSlots) -> list[list[pl.Expr]]:
+        cached = known.steps.get(id(slots))
+        if cached is not None and cached[0] is slots:
+            return cached[1]
+        steps = [*price_steps(known, slots), self._written(known.table.version)]
+        if len(known.steps) >= 16:
+            known.steps.clear()
+        known.steps[id(slots)] = (slots, steps)
+        return steps
 
     def _work(self, batch: TelemetryBatch) -> pl.LazyFrame:
         """The normalized columns plus _START, _TODO (priceable and not priced by the SDK) and _KEY."""
@@ -325,31 +380,26 @@ class CostStage:
             *ga.COLUMNS,
             pl.col(START_TIME).cast(pl.Int64, strict=False).alias(_START),
             todo.alias(_TODO),
-            pl.when(todo).then(pair_key(pl.col(ga.PROVIDER), pl.col(ga.MODEL))).alias(_KEY),
-        )
+        ).with_columns(pl.when(pl.col(_TODO)).then(_PAIR_KEY).alias(_KEY))
 
-    def _query(self, work: pl.LazyFrame, known: KnownPairs) -> pl.LazyFrame:
-        priced = pl.col(_ROW).is_not_null()
-
-        def when_priced(expr: pl.Expr) -> pl.Expr:
-            return pl.when(priced).then(expr)
-
+    @staticmethod
+    def _written(version: str) -> list[pl.Expr]:
+        """What the stage writes that the cost steps have not (their columns are null when unpriced)."""
+        priced = pl.col(_PRICED)
         # A provider-agnostic ("*") entry priced it: report the provider the span named.
         provider = (
             pl.when(pl.col("entry_provider") == ANY_PROVIDER)
             .then(pl.coalesce(ga.PROVIDER, pl.lit(ANY_PROVIDER)))
             .otherwise(pl.col("entry_provider"))
         )
-        return _price_query(work, known).with_columns(
-            when_priced(pl.col("cost_total")).alias(COST_TOTAL),
-            *(when_priced(pl.col(f"cost_{part}")).alias(f"genops.cost.{part}") for part in COST_PARTS),
-            when_priced(pl.lit("USD")).alias(COST_CURRENCY),
-            when_priced(provider).alias(COST_PROVIDER),
-            when_priced(pl.col("entry_model")).alias(COST_MODEL),
-            when_priced(pl.lit(known.table.version)).alias(COST_VERSION),
+        return [
+            _TOTAL.alias(COST_TOTAL),
+            pl.when(priced).then(pl.lit("USD")).alias(COST_CURRENCY),
+            provider.alias(COST_PROVIDER),
+            pl.when(priced).then(pl.lit(version)).alias(COST_VERSION),
             pl.when(priced).then(pl.lit(PRICED)).when(pl.col(_TODO)).then(pl.lit(UNPRICED)).alias(COST_STATUS),
             pl.when(pl.col(_TODO) & ~priced).then(pl.col(_KEY)).alias(_UNPRICED),
-        )
+        ]
 
     def _count(self, out: pl.DataFrame, known: KnownPairs) -> None:
         for provider, count in out[COST_PROVIDER].value_counts().iter_rows():
