@@ -10,6 +10,7 @@ import itertools
 import tempfile
 from pathlib import Path
 
+import polars as pl
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
@@ -17,10 +18,11 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from processor.config import CostConfig
-from processor.cost import COST_PARTS, CostStage
+from processor.cost import COST_PARTS, MAX_KNOWN_PAIRS, CostStage, pair_key, pair_of
 from processor.decode import decode_traces
 from processor.genai_attributes import normalize_provider
 from processor.pricing_table import PricingTable, _filled
+from tests.cost_helpers import process
 from tests.otlp_builders import span, trace_request
 
 DAYS = [dt.date(2025, 3, 1) + dt.timedelta(days=n) for n in range(6)]
@@ -174,3 +176,30 @@ def test_stage_follows_the_billing_rules(models, batches):
                 priced[provider] = priced.get(provider, 0) + 1
     for provider, spans_priced in priced.items():
         assert registry.get_sample_value("genops_cost_priced_spans_total", {"provider": provider}) == spans_priced
+
+
+@settings(max_examples=200, deadline=None)
+@given(pairs=st.lists(st.tuples(st.one_of(st.none(), st.text()), st.one_of(st.none(), st.text())), max_size=20))
+def test_pair_keys_tell_every_provider_and_model_apart(pairs):
+    frame = pl.DataFrame(
+        {"provider": [p for p, _ in pairs], "model": [m for _, m in pairs]},
+        schema={"provider": pl.String, "model": pl.String},
+    )
+    keys = frame.select(pair_key(pl.col("provider"), pl.col("model"))).to_series().to_list()
+    assert [pair_of(k) for k in keys] == pairs
+
+
+def test_many_distinct_models_are_still_priced_batch_after_batch():
+    # More (provider, model) pairs than the stage keeps resolved: it starts over, prices stay right.
+    registry = CollectorRegistry()
+    stage = CostStage(CostConfig(reload_interval_seconds=0), registry, watch=False)
+    known = {"gen_ai.provider.name": "openai", "gen_ai.request.model": "gpt-4o", "gen_ai.usage.input_tokens": 1_000_000}
+    for batch in range(3):
+        attribute_sets = [known] + [
+            {"gen_ai.request.model": f"made-up-{batch}-{n}", "gen_ai.usage.input_tokens": 5}
+            for n in range(MAX_KNOWN_PAIRS // 2 + 1)
+        ]
+        _, written = process(stage, attribute_sets)
+        assert written[0]["genops.cost.input"] == pytest.approx(2.5)
+        assert {w["genops.cost.status"] for w in written[1:]} == {"unpriced"}
+    assert registry.get_sample_value("genops_cost_priced_spans_total", {"provider": "openai"}) == 3
