@@ -34,7 +34,6 @@ from processor.pricing_table import (
     ANY_PROVIDER,
     INT64_MAX,
     INT64_MIN,
-    PRICE_FIELDS,
     PriceSlots,
     PricingTable,
     default_table_path,
@@ -79,6 +78,7 @@ _ROW = "_cost_row"
 _START_LO = "_cost_start_lo"
 _PROMPT = "_cost_prompt"
 _PRICED = "_cost_priced"
+_PRICES = "_cost_prices"
 _START_HI = "_cost_start_hi"
 _UNKNOWN = "_cost_unknown"
 _UNPRICED = "_cost_unpriced"
@@ -156,31 +156,34 @@ def _cost_steps(slots: PriceSlots) -> list[list[pl.Expr]]:
     """_PRICED, the genops.cost.<part> columns, entry_provider and genops.cost.model of the price row
     _ROW (nulls when none), in steps so that no expression nests another's (see row_steps)."""
     row = pl.col(_ROW)
-    prices = [slots.column(f"p_{name}", row).alias(f"_cost_p_{name}") for name in (*PRICE_FIELDS, "request")]
-    tokens = [
+    fetch = [
+        pl.lit(slots.prices).gather(row).alias(_PRICES),
+        row.is_not_null().alias(_PRICED),
         pl.col(ga.TOKENS_INPUT).fill_null(0).alias("_cost_input"),
         pl.col(ga.TOKENS_CACHE_READ).fill_null(0).alias("_cost_cache_read"),
         pl.col(ga.TOKENS_CACHE_WRITE).fill_null(0).alias("_cost_cache_write"),
         pl.col(ga.TOKENS_REASONING).fill_null(0).alias("_cost_reasoning"),
         pl.coalesce(ga.TOKENS_OUTPUT, ga.TOKENS_REASONING, pl.lit(0)).alias("_cost_output"),
     ]
-    entry = [
-        slots.column("entry_provider", row).alias("entry_provider"),
-        slots.column("entry_model", row).alias(COST_MODEL),
-        row.is_not_null().alias(_PRICED),
-    ]
+
+    def price(name: str) -> pl.Expr:
+        return pl.col(_PRICES).struct.field(f"p_{name}")
+
     cache_read, cache_write = pl.col("_cost_cache_read"), pl.col("_cost_cache_write")
     reasoning = pl.col("_cost_reasoning")
     uncached = (pl.col("_cost_input") - cache_read - cache_write).clip(lower_bound=0)
     output = (pl.col("_cost_output") - reasoning).clip(lower_bound=0)
     parts = [
-        (uncached * pl.col("_cost_p_input") / MILLION).alias(_part("input")),
-        (cache_read * pl.col("_cost_p_cache_read") / MILLION).alias(_part("cache_read")),
-        (cache_write * pl.col("_cost_p_cache_write") / MILLION).alias(_part("cache_write")),
-        (reasoning * pl.col("_cost_p_reasoning") / MILLION).alias(_part("reasoning")),
-        (output * pl.col("_cost_p_output") / MILLION).alias(_part("output")),
+        (uncached * price("input") / MILLION).alias(_part("input")),
+        (cache_read * price("cache_read") / MILLION).alias(_part("cache_read")),
+        (cache_write * price("cache_write") / MILLION).alias(_part("cache_write")),
+        (reasoning * price("reasoning") / MILLION).alias(_part("reasoning")),
+        (output * price("output") / MILLION).alias(_part("output")),
+        price("request").alias("_cost_p_request"),
+        pl.col(_PRICES).struct.field("entry_provider").alias("entry_provider"),
+        pl.col(_PRICES).struct.field("entry_model").alias(COST_MODEL),
     ]
-    return [[*prices, *tokens, *entry], parts]
+    return [fetch, parts]
 
 
 def _part(name: str) -> str:

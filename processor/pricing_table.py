@@ -312,6 +312,12 @@ class PriceSlots:
     def column(self, name: str, row: pl.Expr) -> pl.Expr:
         return pl.lit(self.rows[name]).gather(row)
 
+    @cached_property
+    def prices(self) -> pl.Series:
+        """The prices and entry names of every row as one struct column: one gather fetches them all."""
+        names = [*(f"p_{p}" for p in PRICE_FIELDS), "p_request", "entry_provider", "entry_model"]
+        return self.rows.select(pl.struct(names).alias("prices")).to_series()
+
 
 class _ProviderIndex:
     def __init__(self) -> None:
