@@ -79,6 +79,7 @@ _START_LO = "_cost_start_lo"
 _PROMPT = "_cost_prompt"
 _PRICED = "_cost_priced"
 _PRICES = "_cost_prices"
+_AT = "_cost_at"
 _START_HI = "_cost_start_hi"
 _UNKNOWN = "_cost_unknown"
 _UNPRICED = "_cost_unpriced"
@@ -120,7 +121,7 @@ class KnownPairs:
     groups: pl.Series  # UInt32, the price group of each key (null: no entry matches)
     pairs: dict[str, tuple[str | None, str | None]]
     # The stage's query steps for these pairs, per slots (built once: building costs as much as running).
-    steps: dict[int, tuple[PriceSlots, list[list[pl.Expr]]]] = field(default_factory=dict, compare=False)
+    queries: dict[int, tuple[PriceSlots, list[list[pl.Expr]]]] = field(default_factory=dict, compare=False)
 
     @classmethod
     def of(cls, table: PricingTable, keys: Iterable[str] = ()) -> KnownPairs:
@@ -135,16 +136,19 @@ class KnownPairs:
             return KnownPairs.of(self.table, keys)
         return KnownPairs.of(self.table, [*self.pairs, *keys])
 
-    def columns(self) -> list[pl.Expr]:
+    def steps(self) -> list[list[pl.Expr]]:
         """_GROUP per span (null when unpriced) and _UNKNOWN (a span whose pair is not known yet)."""
         key = pl.col(_KEY)
         if self.keys.is_empty():
-            return [pl.lit(None, dtype=pl.UInt32).alias(_GROUP), key.is_not_null().alias(_UNKNOWN)]
-        at = pl.lit(self.keys).search_sorted(key).clip(upper_bound=self.keys.len() - 1)
+            return [[pl.lit(None, dtype=pl.UInt32).alias(_GROUP), key.is_not_null().alias(_UNKNOWN)]]
+        at = pl.col(_AT)
         known = pl.lit(self.keys).gather(at) == key
         return [
-            pl.when(known).then(pl.lit(self.groups).gather(at)).alias(_GROUP),
-            (key.is_not_null() & ~known).alias(_UNKNOWN),
+            [pl.lit(self.keys).search_sorted(key).clip(upper_bound=self.keys.len() - 1).alias(_AT)],
+            [
+                pl.when(known).then(pl.lit(self.groups).gather(at)).alias(_GROUP),
+                (key.is_not_null() & ~known).alias(_UNKNOWN),
+            ],
         ]
 
 
@@ -198,10 +202,11 @@ def price_steps(known: KnownPairs, slots: PriceSlots) -> list[list[pl.Expr]]:
     """Steps adding _GROUP, _UNKNOWN, _ROW and the cost columns to the columns normalize makes plus
     _START and _KEY."""
     start = pl.col(_START)
-    first = [*known.columns(), pl.col(ga.TOKENS_INPUT).fill_null(0).alias(_PROMPT)]
+    *before, last = known.steps()
+    last = [*last, pl.col(ga.TOKENS_INPUT).fill_null(0).alias(_PROMPT)]
     if slots.dated:
-        first += [start.fill_null(INT64_MIN).alias(_START_LO), start.fill_null(INT64_MAX).alias(_START_HI)]
-    return [first, *slots.row_steps(_GROUP, _START_LO, _START_HI, _PROMPT, _ROW), *_cost_steps(slots)]
+        last += [start.fill_null(INT64_MIN).alias(_START_LO), start.fill_null(INT64_MAX).alias(_START_HI)]
+    return [*before, last, *slots.row_steps(_GROUP, _START_LO, _START_HI, _PROMPT, _ROW), *_cost_steps(slots)]
 
 
 def _run(query: pl.LazyFrame, steps: list[list[pl.Expr]]) -> pl.LazyFrame:
@@ -333,13 +338,13 @@ class CostStage:
         return BatchChanges(set_attributes={name: out[name] for name in WRITTEN})
 
     def _steps(self, known: KnownPairs, slots: PriceSlots) -> list[list[pl.Expr]]:
-        cached = known.steps.get(id(slots))
+        cached = known.queries.get(id(slots))
         if cached is not None and cached[0] is slots:
             return cached[1]
         steps = [*price_steps(known, slots), self._written(known.table.version)]
-        if len(known.steps) >= 16:
-            known.steps.clear()
-        known.steps[id(slots)] = (slots, steps)
+        if len(known.queries) >= 16:
+            known.queries.clear()
+        known.queries[id(slots)] = (slots, steps)
         return steps
 
     def _work(self, batch: TelemetryBatch) -> pl.LazyFrame:
@@ -357,13 +362,13 @@ class CostStage:
         return work.with_columns(pl.when(pl.col(_TODO)).then(_PAIR_KEY).alias(_KEY))
 
     def _steps(self, known: KnownPairs, slots: PriceSlots) -> list[list[pl.Expr]]:
-        cached = known.steps.get(id(slots))
+        cached = known.queries.get(id(slots))
         if cached is not None and cached[0] is slots:
             return cached[1]
         steps = [*price_steps(known, slots), self._written(known.table.version)]
-        if len(known.steps) >= 16:
-            known.steps.clear()
-        known.steps[id(slots)] = (slots, steps)
+        if len(known.queries) >= 16:
+            known.queries.clear()
+        known.queries[id(slots)] = (slots, steps)
         return steps
 
     def _work(self, batch: TelemetryBatch) -> pl.LazyFrame:
