@@ -293,18 +293,23 @@ class PriceSlots:
         below the prompt size (`prompt`, never null)."""
         if not self.slots:
             return [[pl.lit(None, dtype=pl.UInt32).alias(out)]]
+        chosen: pl.Expr | pl.When | pl.Then = pl
+        if not self.dated:
+            # Small enough to be one expression: each step of its own costs more than the repeats.
+            for slot in reversed(self.slots):  # thresholds ascend within a group: the last that applies wins
+                row = pl.lit(slot).gather(pl.col(group))
+                chosen = chosen.when(pl.col(prompt) > self.column("threshold", row)).then(row)
+            return [[chosen.otherwise(None).alias(out)]]
         candidates = [pl.lit(slot).gather(pl.col(group)).alias(f"{out}_{k}") for k, slot in enumerate(self.slots)]
         applies = []
         for k in range(len(self.slots)):
             row = pl.col(f"{out}_{k}")
-            test = pl.col(prompt) > self.column("threshold", row)
-            if self.dated:
-                test = (
-                    (pl.col(start_lo) >= self.column("lo", row)) & (pl.col(start_hi) <= self.column("hi", row)) & test
-                )
+            test = (
+                (pl.col(start_lo) >= self.column("lo", row))
+                & (pl.col(start_hi) <= self.column("hi", row))
+                & (pl.col(prompt) > self.column("threshold", row))
+            )
             applies.append(test.alias(f"{out}_applies_{k}"))
-        # Thresholds ascend within a group: the last slot that applies wins.
-        chosen: pl.Expr | pl.When | pl.Then = pl
         for k in reversed(range(len(self.slots))):
             chosen = chosen.when(pl.col(f"{out}_applies_{k}")).then(pl.col(f"{out}_{k}"))
         return [candidates, applies, [chosen.otherwise(None).alias(out)]]
