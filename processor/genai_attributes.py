@@ -228,10 +228,15 @@ def _steps(schema: pl.Schema) -> list[list[pl.Expr]]:
             return pl.lit(None, dtype=dtype)
         return found[0] if len(found) == 1 else pl.coalesce(found)
 
+    def count(column: str) -> pl.Expr:
+        # Negative counts are absent. A repeated single source costs less than a step of its own.
+        value = first(column, pl.Int64)
+        return pl.when(value >= 0).then(value).alias(column)
+
     coalesced = [
         first(MODEL, pl.String).alias(MODEL),
         first(PROVIDER, pl.String).str.to_lowercase().alias(PROVIDER),
-        *(first(column, pl.Int64).alias(column) for column in TOKEN_COLUMNS),
+        *(count(column) for column in TOKEN_COLUMNS),
     ]
     # Aliases by binary search in the sorted alias names: a replace builds a hash table per batch.
     provider = pl.col(PROVIDER)
@@ -241,9 +246,9 @@ def _steps(schema: pl.Schema) -> list[list[pl.Expr]]:
         .then(pl.lit(_ALIAS_TO_SORTED).gather(at))
         .otherwise(provider)
         .alias(PROVIDER),
-        *(pl.when(pl.col(c) >= 0).then(pl.col(c)).alias(c) for c in TOKEN_COLUMNS),
+        *_inclusive_counts(),
     ]
-    return [step for step in (read, coalesced, mapped, _inclusive_counts()) if step]
+    return [step for step in (read, coalesced, mapped) if step]
 
 
 def _inclusive_counts() -> list[pl.Expr]:
