@@ -156,6 +156,15 @@ def _priceable() -> pl.Expr:
     return pl.any_horizontal(pl.col(c).is_not_null() for c in ga.TOKEN_COLUMNS)
 
 
+def _work_columns(todo: pl.Expr) -> list[pl.Expr]:
+    return [pl.col(START_TIME).cast(pl.Int64, strict=False).alias(_START), todo.alias(_TODO)]
+
+
+# _START and _TODO: spans with token counts, less those the SDK priced unless told to override.
+_WORK = _work_columns(_priceable())
+_WORK_SDK_PRICED = _work_columns(_priceable() & pl.col(COST_TOTAL).is_null())
+
+
 def _cost_steps(slots: PriceSlots) -> list[list[pl.Expr]]:
     """_PRICED, the genops.cost.<part> columns, entry_provider and genops.cost.model of the price row
     _ROW (nulls when none), in steps so that no expression nests another's (see row_steps)."""
@@ -281,6 +290,7 @@ class CostStage:
         self.metrics = CostMetrics.create(registry)
         self._table: PricingTable | None = None
         self._known: KnownPairs | None = None
+        self._priced: dict[str, Counter] = {}
         self._labels: set[tuple[str, str]] = set()
         self._labels_lock = threading.Lock()
         path = config.pricing_file or default_table_path()
@@ -351,8 +361,7 @@ class CostStage:
         """The normalized columns plus _START, _TODO (priceable and not priced by the SDK) and _KEY."""
         frame = batch.frame
         respect_sdk = not self.config.override_sdk_costs and COST_TOTAL in frame.columns
-        todo = _priceable() & pl.col(COST_TOTAL).is_null() if respect_sdk else _priceable()
-        extra = [pl.col(START_TIME).cast(pl.Int64, strict=False).alias(_START), todo.alias(_TODO)]
+        extra = _WORK_SDK_PRICED if respect_sdk else _WORK
         cached = batch.derived.get("genai")
         if cached is None:
             work = ga.normalize_lazy(frame, extra)
@@ -410,9 +419,14 @@ class CostStage:
         ]
 
     def _count(self, out: pl.DataFrame, known: KnownPairs) -> None:
-        for provider, count in out[COST_PROVIDER].value_counts().iter_rows():
+        for provider, count in out.get_column(COST_PROVIDER).value_counts().iter_rows():
             if provider is not None:
-                self.metrics.priced.labels(provider=provider).inc(count)
+                counter = self._priced.get(provider)
+                if counter is None:  # labels() takes a lock and builds a key: once per provider
+                    if len(self._priced) >= MAX_UNPRICED_LABELS:
+                        self._priced.clear()
+                    counter = self._priced[provider] = self.metrics.priced.labels(provider=provider)
+                counter.inc(count)
         unpriced = out[_UNPRICED]
         if unpriced.null_count() == unpriced.len():
             return
