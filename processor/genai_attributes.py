@@ -192,10 +192,10 @@ def _usable(source_type: pl.DataType, dtype: pl.DataType) -> bool:
     return source_type == pl.String or source_type.is_numeric()
 
 
-def _steps(schema: pl.Schema) -> list[list[pl.Expr]]:
+def _steps(schema: pl.Schema) -> tuple[list[list[pl.Expr]], list[pl.Expr]]:
     """What normalize computes, as lists of expressions evaluated one after the other, each reading
-    the columns the one before wrote: polars' cost per batch grows with how deeply expressions
-    nest much faster than with how many there are."""
+    the columns the one before wrote (polars' cost per batch grows with how deeply expressions
+    nest much faster than with how many there are), and the final selection of COLUMNS."""
     read: list[pl.Expr] = []
     names: dict[str, list[str]] = {}
     for column, keys, dtype in (
@@ -241,14 +241,15 @@ def _steps(schema: pl.Schema) -> list[list[pl.Expr]]:
     # Aliases by binary search in the sorted alias names: a replace builds a hash table per batch.
     provider = pl.col(PROVIDER)
     at = pl.lit(_ALIAS_FROM_SORTED).search_sorted(provider).clip(upper_bound=_ALIAS_FROM_SORTED.len() - 1)
-    mapped = [
+    mapped = (
         pl.when(pl.lit(_ALIAS_FROM_SORTED).gather(at) == provider)
         .then(pl.lit(_ALIAS_TO_SORTED).gather(at))
         .otherwise(provider)
-        .alias(PROVIDER),
-        *_inclusive_counts(),
-    ]
-    return [step for step in (read, coalesced, mapped) if step]
+        .alias(PROVIDER)
+    )
+    inclusive_input, inclusive_output = _inclusive_counts()
+    last = [pl.col(MODEL), mapped, inclusive_input, inclusive_output, *map(pl.col, TOKEN_COLUMNS[2:])]
+    return [step for step in (read, coalesced) if step], last
 
 
 def _inclusive_counts() -> list[pl.Expr]:
@@ -271,7 +272,7 @@ _ALIAS_TO_SORTED = pl.Series([PROVIDER_ALIASES[k] for k in _ALIAS_FROM_SORTED.to
 # Batches of one sidecar repeat a handful of column layouts: building the ~40-source expressions
 # costs more than running them, so they are built once per layout. The key is the column names
 # and dtype classes (what _steps decides on), cheap to get and hash.
-_PLAN_CACHE: dict[tuple[tuple[str, ...], tuple[type, ...]], list[list[pl.Expr]]] = {}
+_PLAN_CACHE: dict[tuple[tuple[str, ...], tuple[type, ...]], tuple[list[list[pl.Expr]], list[pl.Expr]]] = {}
 _PLAN_CACHE_SIZE = 256
 # How the per-batch queries are collected. On batch-sized frames polars' fixed costs dominate: the
 # default engine adds ~0.1-0.3 ms per query over the in-memory one, and the optimizer ~1 ms on the
@@ -284,7 +285,7 @@ def collect(query: pl.LazyFrame) -> pl.DataFrame:
     return query.collect(engine=ENGINE, optimizations=OPTIMIZATIONS)
 
 
-def _steps_for(frame: pl.DataFrame) -> list[list[pl.Expr]]:
+def _steps_for(frame: pl.DataFrame) -> tuple[list[list[pl.Expr]], list[pl.Expr]]:
     layout = (tuple(frame.columns), tuple(map(type, frame.dtypes)))
     steps = _PLAN_CACHE.get(layout)
     if steps is None:
@@ -296,12 +297,15 @@ def _steps_for(frame: pl.DataFrame) -> list[list[pl.Expr]]:
 
 def normalize_lazy(frame: pl.DataFrame, extra: list[pl.Expr] | None = None) -> pl.LazyFrame:
     """normalize(frame) as a query, so a stage can extend it and collect once. `extra` expressions
-    (over the frame's and the canonical columns) add columns after the canonical ones."""
-    # with_columns, not select: a frame with none of the sources would otherwise shrink to one row.
+    add columns after the canonical ones; they see the frame's columns and the canonical ones as
+    first found (token counts before input and output are made to include cache and reasoning)."""
+    # with_columns, not select: a frame with none of the sources would otherwise shrink to one row
+    # (the final select reads columns the steps wrote, so it keeps every row).
+    steps, last = _steps_for(frame)
     query = frame.lazy()
-    for step in _steps_for(frame):
+    for step in steps:
         query = query.with_columns(step)
-    return query.select(*COLUMNS, *(extra or ()))
+    return query.select(*last, *(extra or ()))
 
 
 def normalize(frame: pl.DataFrame) -> pl.DataFrame:
