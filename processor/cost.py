@@ -332,7 +332,7 @@ class CostStage:
         if known is None or known.table is not table:
             known = self._known = KnownPairs.of(table)
         starts = batch.frame[START_TIME]
-        # Null starts (none in OTLP) or not: either way the slots decide the same price rows.
+        # Spans that all start on one day (nearly every batch) need no date checks: see slots_for.
         first, last = (None, None) if starts.has_nulls() else (starts.min(), starts.max())
         slots = table.slots_for(first, last)  # type: ignore[arg-type]
         out = ga.collect(_run(self._work(batch), self._steps(known, slots)))
@@ -369,35 +369,6 @@ class CostStage:
             carry = [frame[START_TIME], *([frame[COST_TOTAL]] if respect_sdk else [])]
             work = cached.hstack(carry).lazy().select(*ga.COLUMNS, *extra)  # type: ignore[attr-defined]
         return work.with_columns(pl.when(pl.col(_TODO)).then(_PAIR_KEY).alias(_KEY))
-
-    def _steps(self, known: KnownPairs, slots: PriceSlots) -> list[list[pl.Expr]]:
-        cached = known.queries.get(id(slots))
-        if cached is not None and cached[0] is slots:
-            return cached[1]
-        steps = [*price_steps(known, slots), self._written(known.table.version)]
-        if len(known.queries) >= 16:
-            known.queries.clear()
-        known.queries[id(slots)] = (slots, steps)
-        return steps
-
-    def _work(self, batch: TelemetryBatch) -> pl.LazyFrame:
-        """The normalized columns plus _START, _TODO (priceable and not priced by the SDK) and _KEY."""
-        frame = batch.frame
-        carry = [START_TIME]
-        respect_sdk = not self.config.override_sdk_costs and COST_TOTAL in frame.columns
-        if respect_sdk:
-            carry.append(COST_TOTAL)
-        cached = batch.derived.get("genai")
-        if cached is None:
-            work = ga.normalize_lazy(frame, tuple(carry))
-        else:
-            work = cached.hstack([frame[c] for c in carry]).lazy()  # type: ignore[attr-defined]
-        todo = _priceable() & pl.col(COST_TOTAL).is_null() if respect_sdk else _priceable()
-        return work.select(
-            *ga.COLUMNS,
-            pl.col(START_TIME).cast(pl.Int64, strict=False).alias(_START),
-            todo.alias(_TODO),
-        ).with_columns(pl.when(pl.col(_TODO)).then(_PAIR_KEY).alias(_KEY))
 
     @staticmethod
     def _written(version: str) -> list[pl.Expr]:

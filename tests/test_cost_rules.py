@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from processor.config import CostConfig
 from processor.cost import COST_PARTS, MAX_KNOWN_PAIRS, CostStage, pair_key, pair_of
 from processor.decode import decode_traces
-from processor.genai_attributes import normalize_provider
+from processor.genai_attributes import normalize_provider, normalized
 from processor.pricing_table import PricingTable, _filled
 from tests.cost_helpers import process
 from tests.otlp_builders import span, trace_request
@@ -156,8 +156,12 @@ def expected(table: PricingTable, attributes: dict, start: int) -> dict[str, obj
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(models=tables(), batches=st.lists(st.lists(spans(), min_size=1, max_size=12), min_size=1, max_size=3))
-def test_stage_follows_the_billing_rules(models, batches):
+@given(
+    models=tables(),
+    batches=st.lists(st.lists(spans(), min_size=1, max_size=12), min_size=1, max_size=3),
+    normalized_first=st.booleans(),
+)
+def test_stage_follows_the_billing_rules(models, batches, normalized_first):
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "prices.yaml"
         path.write_text(yaml.safe_dump({"version": "t1", "models": models}))
@@ -166,7 +170,10 @@ def test_stage_follows_the_billing_rules(models, batches):
     priced: dict[str, int] = {}
     for batch in batches:
         request = trace_request([span(attributes=a, start_time_unix_nano=s) for a, s in batch])
-        changes = stage.process(decode_traces(request.SerializeToString(), stage.wanted_keys()))
+        decoded = decode_traces(request.SerializeToString(), stage.wanted_keys())
+        if normalized_first:  # another stage normalized the batch already
+            normalized(decoded)
+        changes = stage.process(decoded)
         for i, (attributes, start) in enumerate(batch):
             written = {k: c[i] for k, c in changes.set_attributes.items() if c[i] is not None}
             want = expected(stage.table, attributes, start)
