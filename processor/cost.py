@@ -336,16 +336,16 @@ class CostStage:
         first, last = (None, None) if starts.has_nulls() else (starts.min(), starts.max())
         slots = table.slots_for(first, last)  # type: ignore[arg-type]
         out = ga.collect(_run(self._work(batch), self._steps(known, slots)))
-        if out[_UNKNOWN].any():
-            known = self._known = known.adding(out[_KEY].drop_nulls().unique().to_list())
+        if out.get_column(_UNKNOWN).any():
+            known = self._known = known.adding(out.get_column(_KEY).drop_nulls().unique().to_list())
             work = out.select(*ga.COLUMNS, _START, _TODO, _KEY).lazy()
             out = ga.collect(_run(work, self._steps(known, slots)))
         if "genai" not in batch.derived:
-            batch.derived["genai"] = out[list(ga.COLUMNS)]
-        if out[_KEY].null_count() == out.height:  # nothing to price: not even an unpriced status
+            batch.derived["genai"] = pl.DataFrame([out.get_column(c) for c in ga.COLUMNS])
+        if out.get_column(_KEY).null_count() == out.height:  # nothing to price: not even an unpriced status
             return BatchChanges()
         self._count(out, known)
-        return BatchChanges(set_attributes={name: out[name] for name in WRITTEN})
+        return BatchChanges(set_attributes={name: out.get_column(name) for name in WRITTEN})
 
     def _steps(self, known: KnownPairs, slots: PriceSlots) -> list[list[pl.Expr]]:
         cached = known.queries.get(id(slots))
@@ -398,7 +398,7 @@ class CostStage:
                         self._priced.clear()
                     counter = self._priced[provider] = self.metrics.priced.labels(provider=provider)
                 counter.inc(count)
-        unpriced = out[_UNPRICED]
+        unpriced = out.get_column(_UNPRICED)
         if unpriced.null_count() == unpriced.len():
             return
         for key, count in unpriced.value_counts().iter_rows():
