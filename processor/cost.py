@@ -19,7 +19,8 @@ exceeds a tier's size, that tier's prices apply to every token of the request.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import polars as pl
 import structlog
@@ -29,7 +30,15 @@ from processor import genai_attributes as ga
 from processor.config import CostConfig
 from processor.decode import START_TIME, TRACES, TelemetryBatch, WantedKeys
 from processor.pipeline import BatchChanges
-from processor.pricing_table import ANY_PROVIDER, PricingTable, default_table_path, load_table
+from processor.pricing_table import (
+    ANY_PROVIDER,
+    INT64_MAX,
+    INT64_MIN,
+    PriceSlots,
+    PricingTable,
+    default_table_path,
+    load_table,
+)
 from processor.reload import ReloadMetrics, Watcher
 
 log = structlog.get_logger(__name__)
@@ -48,6 +57,171 @@ UNPRICED = "unpriced"
 MAX_UNPRICED_LABELS = 200
 MAX_LABEL_LENGTH = 64
 MILLION = 1_000_000.0
+# What the stage writes, in this order.
+WRITTEN = (
+    COST_TOTAL,
+    *(f"genops.cost.{part}" for part in COST_PARTS),
+    COST_CURRENCY,
+    COST_PROVIDER,
+    COST_MODEL,
+    COST_VERSION,
+    COST_STATUS,
+)
+
+
+# Internal columns of the cost query (the normalized GenAI columns come first, then these).
+_START = "_cost_start"
+_TODO = "_cost_todo"
+_KEY = "_cost_pair"
+_GROUP = "_cost_group"
+_ROW = "_cost_row"
+_START_LO = "_cost_start_lo"
+_PROMPT = "_cost_prompt"
+_PRICED = "_cost_priced"
+_PRICES = "_cost_prices"
+_AT = "_cost_at"
+_START_HI = "_cost_start_hi"
+_UNKNOWN = "_cost_unknown"
+_UNPRICED = "_cost_unpriced"
+# Known (provider, model) pairs are kept per table up to this many; past it the set restarts from
+# the batch at hand, so a client sending random model names costs time, never unbounded memory.
+MAX_KNOWN_PAIRS = 4096
+
+
+def pair_key(provider: pl.Expr, model: pl.Expr) -> pl.Expr:
+    """One string per (provider, model), nulls included, that pair_of reads back: the provider is
+    length-prefixed, so no choice of names can make two pairs share a key."""
+    provider_part = pl.coalesce(
+        pl.concat_str(provider.str.len_chars().cast(pl.String), pl.lit(":"), provider), pl.lit("~")
+    )
+    model_part = pl.coalesce(pl.concat_str(pl.lit("="), model), pl.lit("~"))
+    return pl.concat_str(provider_part, model_part)
+
+
+_PAIR_KEY = pair_key(pl.col(ga.PROVIDER), pl.col(ga.MODEL))
+
+
+def pair_of(key: str) -> tuple[str | None, str | None]:
+    if key.startswith("~"):
+        provider, rest = None, key[1:]
+    else:
+        length, _, rest = key.partition(":")
+        provider, rest = rest[: int(length)], rest[int(length) :]
+    return provider, (None if rest == "~" else rest[1:])
+
+
+@dataclass(frozen=True)
+class KnownPairs:
+    """The (provider, model) pairs already resolved against one table, sorted by key, so a batch maps
+    its spans to price groups with a binary search and a gather (no join, no Python per span).
+    Immutable: a batch adding pairs swaps in a new one, so concurrent batches never see it change."""
+
+    table: PricingTable
+    keys: pl.Series  # String, sorted
+    groups: pl.Series  # UInt32, the price group of each key (null: no entry matches)
+    pairs: dict[str, tuple[str | None, str | None]]
+    # The stage's query steps for these pairs, per slots (built once: building costs as much as running).
+    queries: dict[int, tuple[PriceSlots, list[list[pl.Expr]]]] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def of(cls, table: PricingTable, keys: Iterable[str] = ()) -> KnownPairs:
+        ordered = pl.Series(_KEY, sorted(set(keys)), dtype=pl.String).sort()
+        pairs = {key: pair_of(key) for key in ordered.to_list()}
+        groups = pl.Series(_GROUP, [table.resolve(*pair) for pair in pairs.values()], dtype=pl.UInt32)
+        return cls(table, ordered, groups, pairs)
+
+    def adding(self, keys: list[str]) -> KnownPairs:
+        """These pairs (a batch's) known too; past MAX_KNOWN_PAIRS, only these."""
+        if len(self.pairs.keys() | set(keys)) > MAX_KNOWN_PAIRS:
+            return KnownPairs.of(self.table, keys)
+        return KnownPairs.of(self.table, [*self.pairs, *keys])
+
+    def steps(self) -> list[list[pl.Expr]]:
+        """_GROUP per span (null when unpriced) and _UNKNOWN (a span whose pair is not known yet)."""
+        key = pl.col(_KEY)
+        if self.keys.is_empty():
+            return [[pl.lit(None, dtype=pl.UInt32).alias(_GROUP), key.is_not_null().alias(_UNKNOWN)]]
+        at = pl.col(_AT)
+        known = pl.lit(self.keys).gather(at) == key
+        return [
+            [pl.lit(self.keys).search_sorted(key).clip(upper_bound=self.keys.len() - 1).alias(_AT)],
+            [
+                pl.when(known).then(pl.lit(self.groups).gather(at)).alias(_GROUP),
+                (key.is_not_null() & ~known).alias(_UNKNOWN),
+            ],
+        ]
+
+
+def _priceable() -> pl.Expr:
+    return pl.any_horizontal(pl.col(c).is_not_null() for c in ga.TOKEN_COLUMNS)
+
+
+def _work_columns(todo: pl.Expr) -> list[pl.Expr]:
+    return [pl.col(START_TIME).cast(pl.Int64, strict=False).alias(_START), todo.alias(_TODO)]
+
+
+# _START and _TODO: spans with token counts, less those the SDK priced unless told to override.
+_WORK = _work_columns(_priceable())
+_WORK_SDK_PRICED = _work_columns(_priceable() & pl.col(COST_TOTAL).is_null())
+
+
+def _cost_steps(slots: PriceSlots) -> list[list[pl.Expr]]:
+    """_PRICED, the genops.cost.<part> columns, entry_provider and genops.cost.model of the price row
+    _ROW (nulls when none), in steps so that no expression nests another's (see row_steps)."""
+    row = pl.col(_ROW)
+    fetch = [
+        pl.lit(slots.prices).gather(row).alias(_PRICES),
+        row.is_not_null().alias(_PRICED),
+        pl.col(ga.TOKENS_INPUT).fill_null(0).alias("_cost_input"),
+        pl.col(ga.TOKENS_CACHE_READ).fill_null(0).alias("_cost_cache_read"),
+        pl.col(ga.TOKENS_CACHE_WRITE).fill_null(0).alias("_cost_cache_write"),
+        pl.col(ga.TOKENS_REASONING).fill_null(0).alias("_cost_reasoning"),
+        pl.coalesce(ga.TOKENS_OUTPUT, ga.TOKENS_REASONING, pl.lit(0)).alias("_cost_output"),
+    ]
+
+    def price(name: str) -> pl.Expr:
+        return pl.col(_PRICES).struct.field(f"p_{name}")
+
+    cache_read, cache_write = pl.col("_cost_cache_read"), pl.col("_cost_cache_write")
+    reasoning = pl.col("_cost_reasoning")
+    uncached = (pl.col("_cost_input") - cache_read - cache_write).clip(lower_bound=0)
+    output = (pl.col("_cost_output") - reasoning).clip(lower_bound=0)
+    parts = [
+        (uncached * price("input") / MILLION).alias(_part("input")),
+        (cache_read * price("cache_read") / MILLION).alias(_part("cache_read")),
+        (cache_write * price("cache_write") / MILLION).alias(_part("cache_write")),
+        (reasoning * price("reasoning") / MILLION).alias(_part("reasoning")),
+        (output * price("output") / MILLION).alias(_part("output")),
+        price("request").alias("_cost_p_request"),
+        pl.col(_PRICES).struct.field("entry_provider").alias("entry_provider"),
+        pl.col(_PRICES).struct.field("entry_model").alias(COST_MODEL),
+    ]
+    return [fetch, parts]
+
+
+def _part(name: str) -> str:
+    return f"genops.cost.{name}"
+
+
+# The parts and the per-request fee, once the parts are computed (sum_horizontal skips nulls).
+_TOTAL = pl.when(pl.col(_PRICED)).then(pl.sum_horizontal(*map(_part, COST_PARTS), "_cost_p_request"))
+
+
+def price_steps(known: KnownPairs, slots: PriceSlots) -> list[list[pl.Expr]]:
+    """Steps adding _GROUP, _UNKNOWN, _ROW and the cost columns to the columns normalize makes plus
+    _START and _KEY."""
+    start = pl.col(_START)
+    *before, last = known.steps()
+    last = [*last, pl.col(ga.TOKENS_INPUT).fill_null(0).alias(_PROMPT)]
+    if slots.dated:
+        last += [start.fill_null(INT64_MIN).alias(_START_LO), start.fill_null(INT64_MAX).alias(_START_HI)]
+    return [*before, last, *slots.row_steps(_GROUP, _START_LO, _START_HI, _PROMPT, _ROW), *_cost_steps(slots)]
+
+
+def _run(query: pl.LazyFrame, steps: list[list[pl.Expr]]) -> pl.LazyFrame:
+    for step in steps:
+        query = query.with_columns(step)
+    return query
 
 
 def cost_frame(normalized: pl.DataFrame, start_ns: pl.Series, table: PricingTable) -> pl.DataFrame:
@@ -56,55 +230,26 @@ def cost_frame(normalized: pl.DataFrame, start_ns: pl.Series, table: PricingTabl
     Returns columns priceable (Boolean: the row has token counts), priced (Boolean), cost_<part>,
     cost_total (Float64), entry_provider, entry_model (String); same rows, same order.
     """
-    rows = normalized.with_columns(
-        pl.int_range(pl.len(), dtype=pl.UInt32).alias("_i"),
-        start_ns.cast(pl.Int64, strict=False).alias("_start"),
-        pl.any_horizontal(pl.col(c).is_not_null() for c in ga.TOKEN_COLUMNS).alias("priceable"),
+    work = normalized.lazy().with_columns(
+        start_ns.cast(pl.Int64, strict=False).alias(_START),
+        _priceable().alias("priceable"),
     )
-    pairs = rows.filter(pl.col("priceable")).select(ga.PROVIDER, ga.MODEL).unique()
-    resolved = pairs.with_columns(
-        pl.Series(
-            "group",
-            [table.resolve(p, m) for p, m in pairs.iter_rows()],  # one call per distinct pair, cached
-            dtype=pl.UInt32,
+    work = work.with_columns(
+        pl.when(pl.col("priceable")).then(pair_key(pl.col(ga.PROVIDER), pl.col(ga.MODEL))).alias(_KEY)
+    )
+    keys = ga.collect(work.select(pl.col(_KEY).drop_nulls().unique())).to_series().to_list()
+    return ga.collect(
+        _run(work, price_steps(KnownPairs.of(table, keys), table.slots)).select(
+            "priceable",
+            "entry_provider",
+            pl.col(COST_MODEL).alias("entry_model"),
+            *(
+                pl.col(_part(p)).alias(f"cost_{p}")
+                for p in ("input", "cache_read", "cache_write", "reasoning", "output")
+            ),
+            _TOTAL.alias("cost_total"),
+            pl.col(_PRICED).alias("priced"),
         )
-    )
-    tokens = rows.filter(pl.col("priceable")).join(resolved, on=[ga.PROVIDER, ga.MODEL], how="left", nulls_equal=True)
-    matched = (
-        tokens.filter(pl.col("group").is_not_null())
-        .join(table.price_rows, on="group", how="inner")
-        .filter(
-            (pl.col("from_ns").is_null() | (pl.col("_start") >= pl.col("from_ns")))
-            & (pl.col("to_ns").is_null() | (pl.col("_start") < pl.col("to_ns")))
-            & (pl.col(ga.TOKENS_INPUT).fill_null(0) > pl.col("threshold"))
-        )
-        .sort("_i", "threshold")
-        .unique(subset="_i", keep="last", maintain_order=True)
-    )
-    cache_read = pl.col(ga.TOKENS_CACHE_READ).fill_null(0)
-    cache_write = pl.col(ga.TOKENS_CACHE_WRITE).fill_null(0)
-    reasoning = pl.col(ga.TOKENS_REASONING).fill_null(0)
-    output = pl.coalesce(ga.TOKENS_OUTPUT, ga.TOKENS_REASONING, pl.lit(0))
-    uncached = (pl.col(ga.TOKENS_INPUT).fill_null(0) - cache_read - cache_write).clip(lower_bound=0)
-    costs = matched.select(
-        "_i",
-        "entry_provider",
-        "entry_model",
-        (uncached * pl.col("p_input") / MILLION).alias("cost_input"),
-        (cache_read * pl.col("p_cache_read") / MILLION).alias("cost_cache_read"),
-        (cache_write * pl.col("p_cache_write") / MILLION).alias("cost_cache_write"),
-        (reasoning * pl.col("p_reasoning") / MILLION).alias("cost_reasoning"),
-        ((output - reasoning).clip(lower_bound=0) * pl.col("p_output") / MILLION).alias("cost_output"),
-        pl.col("p_request").alias("cost_request"),
-    ).with_columns(
-        pl.sum_horizontal(f"cost_{part}" for part in (*COST_PARTS, "request")).alias("cost_total"),
-        pl.lit(True).alias("priced"),
-    )
-    return (
-        rows.select("_i", "priceable")
-        .join(costs, on="_i", how="left", maintain_order="left")
-        .with_columns(pl.col("priced").fill_null(False))
-        .drop("_i", "cost_request")
     )
 
 
@@ -144,6 +289,8 @@ class CostStage:
         self.config = config
         self.metrics = CostMetrics.create(registry)
         self._table: PricingTable | None = None
+        self._known: KnownPairs | None = None
+        self._priced: dict[str, Counter] = {}
         self._labels: set[tuple[str, str]] = set()
         self._labels_lock = threading.Lock()
         path = config.pricing_file or default_table_path()
@@ -178,50 +325,85 @@ class CostStage:
         return WantedKeys(item=ga.GENAI_KEYS.item | {COST_TOTAL})
 
     def process(self, batch: TelemetryBatch) -> BatchChanges:
+        # One query per batch (two the first time a batch brings pairs the table has not seen):
+        # normalize, map spans to price groups, pick the price rows, compute and shape the columns.
         table = self.table
-        frame = batch.frame
-        normalized = ga.normalized(batch)
-        costs = cost_frame(normalized, frame[START_TIME], table)
-        todo = costs["priceable"]
-        if not self.config.override_sdk_costs and COST_TOTAL in frame.columns:
-            todo = todo & frame[COST_TOTAL].is_null()
-        result = pl.concat(
-            [pl.DataFrame({"todo": todo}), costs.drop("priceable"), normalized.select(ga.PROVIDER, ga.MODEL)],
-            how="horizontal",
-        )
-        if not result["todo"].any():
+        known = self._known
+        if known is None or known.table is not table:
+            known = self._known = KnownPairs.of(table)
+        starts = batch.frame[START_TIME]
+        # Spans that all start on one day (nearly every batch) need no date checks: see slots_for.
+        first, last = (None, None) if starts.has_nulls() else (starts.min(), starts.max())
+        slots = table.slots_for(first, last)  # type: ignore[arg-type]
+        out = ga.collect(_run(self._work(batch), self._steps(known, slots)))
+        if out.get_column(_UNKNOWN).any():
+            known = self._known = known.adding(out.get_column(_KEY).drop_nulls().unique().to_list())
+            work = out.select(*ga.COLUMNS, _START, _TODO, _KEY).lazy()
+            out = ga.collect(_run(work, self._steps(known, slots)))
+        if "genai" not in batch.derived:
+            batch.derived["genai"] = pl.DataFrame([out.get_column(c) for c in ga.COLUMNS])
+        if out.get_column(_KEY).null_count() == out.height:  # nothing to price: not even an unpriced status
             return BatchChanges()
+        self._count(out, known)
+        return BatchChanges(set_attributes={name: out.get_column(name) for name in WRITTEN})
+
+    def _steps(self, known: KnownPairs, slots: PriceSlots) -> list[list[pl.Expr]]:
+        cached = known.queries.get(id(slots))
+        if cached is not None and cached[0] is slots:
+            return cached[1]
+        steps = [*price_steps(known, slots), self._written(known.table.version)]
+        if len(known.queries) >= 16:
+            known.queries.clear()
+        known.queries[id(slots)] = (slots, steps)
+        return steps
+
+    def _work(self, batch: TelemetryBatch) -> pl.LazyFrame:
+        """The normalized columns plus _START, _TODO (priceable and not priced by the SDK) and _KEY."""
+        frame = batch.frame
+        respect_sdk = not self.config.override_sdk_costs and COST_TOTAL in frame.columns
+        extra = _WORK_SDK_PRICED if respect_sdk else _WORK
+        cached = batch.derived.get("genai")
+        if cached is None:
+            work = ga.normalize_lazy(frame, extra)
+        else:
+            carry = [frame[START_TIME], *([frame[COST_TOTAL]] if respect_sdk else [])]
+            work = cached.hstack(carry).lazy().select(*ga.COLUMNS, *extra)  # type: ignore[attr-defined]
+        return work.with_columns(pl.when(pl.col(_TODO)).then(_PAIR_KEY).alias(_KEY))
+
+    @staticmethod
+    def _written(version: str) -> list[pl.Expr]:
+        """What the stage writes that the cost steps have not (their columns are null when unpriced)."""
+        priced = pl.col(_PRICED)
         # A provider-agnostic ("*") entry priced it: report the provider the span named.
-        result = result.with_columns(
+        provider = (
             pl.when(pl.col("entry_provider") == ANY_PROVIDER)
             .then(pl.coalesce(ga.PROVIDER, pl.lit(ANY_PROVIDER)))
             .otherwise(pl.col("entry_provider"))
-            .alias("entry_provider")
         )
-        self._count(result)
-        priced = pl.col("todo") & pl.col("priced")
+        return [
+            _TOTAL.alias(COST_TOTAL),
+            pl.when(priced).then(pl.lit("USD")).alias(COST_CURRENCY),
+            provider.alias(COST_PROVIDER),
+            pl.when(priced).then(pl.lit(version)).alias(COST_VERSION),
+            pl.when(priced).then(pl.lit(PRICED)).when(pl.col(_TODO)).then(pl.lit(UNPRICED)).alias(COST_STATUS),
+            pl.when(pl.col(_TODO) & ~priced).then(pl.col(_KEY)).alias(_UNPRICED),
+        ]
 
-        def when_priced(expr: pl.Expr) -> pl.Expr:
-            return pl.when(priced).then(expr)
-
-        written = result.select(
-            when_priced(pl.col("cost_total")).alias(COST_TOTAL),
-            *(when_priced(pl.col(f"cost_{part}")).alias(f"genops.cost.{part}") for part in COST_PARTS),
-            when_priced(pl.lit("USD")).alias(COST_CURRENCY),
-            when_priced(pl.col("entry_provider")).alias(COST_PROVIDER),
-            when_priced(pl.col("entry_model")).alias(COST_MODEL),
-            when_priced(pl.lit(table.version)).alias(COST_VERSION),
-            pl.when(priced).then(pl.lit(PRICED)).when(pl.col("todo")).then(pl.lit(UNPRICED)).alias(COST_STATUS),
-        )
-        return BatchChanges(set_attributes={name: written[name] for name in written.columns})
-
-    def _count(self, result: pl.DataFrame) -> None:
-        todo = result.filter(pl.col("todo"))
-        for (provider,), group in todo.filter(pl.col("priced")).group_by("entry_provider"):
-            self.metrics.priced.labels(provider=provider or "").inc(group.height)
-        unpriced = todo.filter(~pl.col("priced")).group_by(ga.PROVIDER, ga.MODEL).len()
-        for provider, model, count in unpriced.iter_rows():
-            self.metrics.unpriced.labels(*self._label(provider, model)).inc(count)
+    def _count(self, out: pl.DataFrame, known: KnownPairs) -> None:
+        for provider, count in out.get_column(COST_PROVIDER).value_counts().iter_rows():
+            if provider is not None:
+                counter = self._priced.get(provider)
+                if counter is None:  # labels() takes a lock and builds a key: once per provider
+                    if len(self._priced) >= MAX_UNPRICED_LABELS:
+                        self._priced.clear()
+                    counter = self._priced[provider] = self.metrics.priced.labels(provider=provider)
+                counter.inc(count)
+        unpriced = out.get_column(_UNPRICED)
+        if unpriced.null_count() == unpriced.len():
+            return
+        for key, count in unpriced.value_counts().iter_rows():
+            if key is not None:
+                self.metrics.unpriced.labels(*self._label(*known.pairs[key])).inc(count)
 
     def _label(self, provider: str | None, model: str | None) -> tuple[str, str]:
         label = ((provider or "unknown")[:MAX_LABEL_LENGTH], (model or "unknown")[:MAX_LABEL_LENGTH])

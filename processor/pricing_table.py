@@ -41,6 +41,7 @@ import math
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import polars as pl
@@ -91,6 +92,7 @@ FIRST_PARTY = ("openai", "anthropic", "google", "mistral", "cohere", "deepseek",
 # Bedrock cross-region inference profiles prefix the model id with a geography.
 _BEDROCK_REGION = re.compile(r"^(?:us|eu|apac|au|ca|jp|us-gov|global)\.(?=[a-z0-9-]+\.)")
 NS_PER_DAY = 86_400 * 1_000_000_000
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 class PricingError(ValueError):
@@ -154,6 +156,7 @@ class PricingTable:
         for index in self._index.values():
             index.finish()
         self.price_rows = _price_rows(self)
+        self._day_slots: dict[int, PriceSlots] = {}
 
     @property
     def model_count(self) -> int:
@@ -201,6 +204,124 @@ class PricingTable:
 
     def entry(self, group: int) -> PriceEntry:
         return self.group_entry[group]
+
+    @cached_property
+    def slots(self) -> PriceSlots:
+        """The price rows laid out for a join-free lookup (built on first use, once per table)."""
+        return PriceSlots.build(self.price_rows, self.model_count)
+
+    def slots_for(self, first_ns: int | None, last_ns: int | None) -> PriceSlots:
+        """Slots for spans that all start within [first_ns, last_ns]. Prices change at day
+        boundaries, so when the span starts share a UTC day (a batch nearly always does), the rows
+        in effect that day are all there is to pick from and no start needs comparing."""
+        if first_ns is None or last_ns is None or first_ns < 0 or last_ns > INT64_MAX:
+            return self.slots
+        day = first_ns // NS_PER_DAY
+        if last_ns // NS_PER_DAY != day:
+            return self.slots
+        found = self._day_slots.get(day)
+        if found is None:
+            if len(self._day_slots) >= 64:
+                self._day_slots.clear()
+            found = self._day_slots[day] = self.slots.within(day * NS_PER_DAY, (day + 1) * NS_PER_DAY - 1)
+        return found
+
+
+@dataclass(frozen=True)
+class PriceSlots:
+    """Picks a span's price row by gathers instead of a join, which costs more per batch than the
+    whole lookup: `rows` are the price rows ordered by (group, threshold), and slot k holds, per
+    group, the index in `rows` of its k-th row (null past the group's last). Groups have a few rows
+    (price history x tiers), so a handful of slots cover every group.
+
+    Dates are compared as start >= lo and start <= hi, lo = from_ns or Int64 min, hi = to_ns - 1 or
+    Int64 max: with the span start null read as min for lo and max for hi, only open bounds admit
+    it, as in the join's `from_ns is null or start >= from_ns` form, with fewer expressions.
+    `dated` False: every row in the slots applies at any start the spans can have (see within).
+    """
+
+    rows: pl.DataFrame
+    members: tuple[tuple[int, ...], ...]  # per group, its rows (indexes in `rows`)
+    slots: tuple[pl.Series, ...]
+    dated: bool
+
+    @classmethod
+    def build(cls, price_rows: pl.DataFrame, groups: int) -> PriceSlots:
+        rows = (
+            price_rows.with_row_index("_order")
+            .sort("group", "threshold", "_order")
+            .drop("_order")
+            .with_columns(
+                pl.col("from_ns").fill_null(INT64_MIN).alias("lo"),
+                (pl.col("to_ns") - 1).fill_null(INT64_MAX).alias("hi"),
+            )
+        )
+        per_group: list[list[int]] = [[] for _ in range(groups)]
+        for index, group in enumerate(rows["group"].to_list()):
+            per_group[group].append(index)
+        return cls._of(rows, tuple(tuple(m) for m in per_group), dated=True)
+
+    @classmethod
+    def _of(cls, rows: pl.DataFrame, members: tuple[tuple[int, ...], ...], dated: bool) -> PriceSlots:
+        depth = max((len(m) for m in members), default=0)
+        slots = tuple(
+            pl.Series(f"slot{k}", [m[k] if k < len(m) else None for m in members], dtype=pl.UInt32)
+            for k in range(depth)
+        )
+        return cls(rows, members, slots, dated)
+
+    def within(self, first_ns: int, last_ns: int) -> PriceSlots:
+        """The slots for starts within [first_ns, last_ns]: rows in effect over all of it, and no
+        date checks; these slots themselves when some row's dates begin or end inside it."""
+        lo, hi = self.rows["lo"].to_list(), self.rows["hi"].to_list()
+        kept: list[tuple[int, ...]] = []
+        for members in self.members:
+            keep = []
+            for row in members:
+                if lo[row] <= first_ns and hi[row] >= last_ns:
+                    keep.append(row)
+                elif hi[row] >= first_ns and lo[row] <= last_ns:
+                    return self
+            kept.append(tuple(keep))
+        return PriceSlots._of(self.rows, tuple(kept), dated=False)
+
+    def row_steps(self, group: str, start_lo: str, start_hi: str, prompt: str, out: str) -> list[list[pl.Expr]]:
+        """Expressions, to evaluate one list after the other (polars' cost grows with an expression's
+        depth faster than with its size), that leave in `out` the index in `rows` of the price that
+        applies (null: none) as cost_frame's join picks it: the group's row in effect at the span
+        start (start_lo / start_hi: the start, null filled as above) with the greatest threshold
+        below the prompt size (`prompt`, never null)."""
+        if not self.slots:
+            return [[pl.lit(None, dtype=pl.UInt32).alias(out)]]
+        chosen: pl.Expr | pl.When | pl.Then = pl
+        if not self.dated:
+            # Small enough to be one expression: each step of its own costs more than the repeats.
+            for slot in reversed(self.slots):  # thresholds ascend within a group: the last that applies wins
+                row = pl.lit(slot).gather(pl.col(group))
+                chosen = chosen.when(pl.col(prompt) > self.column("threshold", row)).then(row)
+            return [[chosen.otherwise(None).alias(out)]]
+        candidates = [pl.lit(slot).gather(pl.col(group)).alias(f"{out}_{k}") for k, slot in enumerate(self.slots)]
+        applies = []
+        for k in range(len(self.slots)):
+            row = pl.col(f"{out}_{k}")
+            test = (
+                (pl.col(start_lo) >= self.column("lo", row))
+                & (pl.col(start_hi) <= self.column("hi", row))
+                & (pl.col(prompt) > self.column("threshold", row))
+            )
+            applies.append(test.alias(f"{out}_applies_{k}"))
+        for k in reversed(range(len(self.slots))):
+            chosen = chosen.when(pl.col(f"{out}_applies_{k}")).then(pl.col(f"{out}_{k}"))
+        return [candidates, applies, [chosen.otherwise(None).alias(out)]]
+
+    def column(self, name: str, row: pl.Expr) -> pl.Expr:
+        return pl.lit(self.rows[name]).gather(row)
+
+    @cached_property
+    def prices(self) -> pl.Series:
+        """The prices and entry names of every row as one struct column: one gather fetches them all."""
+        names = [*(f"p_{p}" for p in PRICE_FIELDS), "p_request", "entry_provider", "entry_model"]
+        return self.rows.select(pl.struct(names).alias("prices")).to_series()
 
 
 class _ProviderIndex:
