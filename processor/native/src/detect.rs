@@ -37,7 +37,9 @@ impl Check {
         // Inputs on which the Python function raises (the patterns never produce them): its error.
         let raises = match self {
             Check::Ssn => !candidate.bytes().any(|b| b != b'-' && b != b' '),
-            Check::Iban => !candidate.bytes().all(|b| b.is_ascii_alphanumeric() || b == b' '),
+            Check::Iban => !candidate
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b' '),
             _ => false,
         };
         if raises {
@@ -46,7 +48,9 @@ impl Check {
         let accepted = match self {
             Check::Card => card(candidate),
             Check::Ssn => ssn(candidate),
-            Check::Phone => (10..=15).contains(&candidate.bytes().filter(u8::is_ascii_digit).count()),
+            Check::Phone => {
+                (10..=15).contains(&candidate.bytes().filter(u8::is_ascii_digit).count())
+            }
             Check::Ipv4 => ipv4(candidate),
             Check::Iban => return Ok(iban(candidate).map(str::to_owned)),
             Check::Bearer => bearer(candidate),
@@ -83,7 +87,10 @@ fn prefix_in(digits: &[u8], low: u32, high: u32) -> bool {
 }
 
 fn card(candidate: &str) -> bool {
-    let digits: Vec<u8> = candidate.bytes().filter(|b| *b != b' ' && *b != b'-').collect();
+    let digits: Vec<u8> = candidate
+        .bytes()
+        .filter(|b| *b != b' ' && *b != b'-')
+        .collect();
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return false;
     }
@@ -96,7 +103,10 @@ fn card(candidate: &str) -> bool {
         (range(51, 55), &[16]),
         (range(2221, 2720), &[16]),
         (starts(&["34", "37"]), &[15]),
-        (starts(&["300", "301", "302", "303", "304", "305", "36", "38", "39"]), &[14, 16, 19]),
+        (
+            starts(&["300", "301", "302", "303", "304", "305", "36", "38", "39"]),
+            &[14, 16, 19],
+        ),
         (starts(&["6011", "65"]) || range(644, 649), &[16, 19]),
         (range(3528, 3589), &[16, 19]),
         (starts(&["62"]), &[16, 17, 18, 19]),
@@ -108,22 +118,37 @@ fn card(candidate: &str) -> bool {
 }
 
 fn ssn(candidate: &str) -> bool {
-    let digits: Vec<u8> = candidate.bytes().filter(|b| *b != b'-' && *b != b' ').collect();
+    let digits: Vec<u8> = candidate
+        .bytes()
+        .filter(|b| *b != b'-' && *b != b' ')
+        .collect();
     let part = |from: usize, to: usize| &digits[from.min(digits.len())..to.min(digits.len())];
     let (area, group, serial) = (part(0, 3), part(3, 5), &digits[5.min(digits.len())..]);
     // Never issued: area 000, 666 or 900-999, group 00, serial 0000.
-    !(area == b"000" || area == b"666" || area.first() == Some(&b'9') || group == b"00" || serial == b"0000")
+    !(area == b"000"
+        || area == b"666"
+        || area.first() == Some(&b'9')
+        || group == b"00"
+        || serial == b"0000")
 }
 
 fn ipv4(candidate: &str) -> bool {
     let parts: Vec<&str> = candidate.split('.').collect();
-    if parts.len() != 4 || !parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())) {
+    if parts.len() != 4
+        || !parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    {
         return false;
     }
     if parts.iter().any(|p| p.len() > 1 && p.starts_with('0')) {
         return false;
     }
-    let Some(octets) = parts.iter().map(|p| p.parse::<u8>().ok()).collect::<Option<Vec<u8>>>() else {
+    let Some(octets) = parts
+        .iter()
+        .map(|p| p.parse::<u8>().ok())
+        .collect::<Option<Vec<u8>>>()
+    else {
         return false;
     };
     let loopback = octets[0] == 127;
@@ -147,7 +172,11 @@ fn iban_valid(iban: &[u8]) -> bool {
             b'a'..=b'z' => u32::from(byte - b'a') + 10,
             _ => return false,
         };
-        remainder = if value >= 10 { (remainder * 100 + value) % 97 } else { (remainder * 10 + value) % 97 };
+        remainder = if value >= 10 {
+            (remainder * 100 + value) % 97
+        } else {
+            (remainder * 10 + value) % 97
+        };
     }
     remainder == 1
 }
@@ -174,12 +203,16 @@ fn bearer(candidate: &str) -> bool {
     };
     // "Bearer authentication" is prose; a credential has a digit, mixed case or token punctuation.
     let has_digit = token.bytes().any(|b| b.is_ascii_digit());
-    let mixed_case = token.bytes().any(|b| b.is_ascii_lowercase()) && token.bytes().any(|b| b.is_ascii_uppercase());
+    let mixed_case = token.bytes().any(|b| b.is_ascii_lowercase())
+        && token.bytes().any(|b| b.is_ascii_uppercase());
     let has_symbol = token.bytes().any(|b| b"-._~+/=".contains(&b));
     has_digit || mixed_case || has_symbol
 }
 
 /// ASCII whitespace as Python's str.split() sees it (\x0b, \x0c and \x1c-\x1f included).
 fn is_python_space(c: char) -> bool {
-    matches!(c, ' ' | '\t' | '\n' | '\x0b' | '\x0c' | '\r' | '\x1c'..='\x1f')
+    matches!(
+        c,
+        ' ' | '\t' | '\n' | '\x0b' | '\x0c' | '\r' | '\x1c'..='\x1f'
+    )
 }

@@ -5,10 +5,12 @@
 //! asked for; `rewrite` splices the stages' changes into the request bytes, copying untouched items.
 //! Both mirror the pure-Python paths in processor/decode.py and processor/encode.py, which remain
 //! the fallback; tests/test_native_decode.py and tests/test_native_encode.py check they agree.
+//! `Redactor` (redact.rs, detect.rs) runs the redaction stage's rules over a batch in one call;
+//! processor/redact.py keeps the polars path, tests/test_redaction_native.py checks they agree.
 
 mod arrow;
-mod fasthash;
 mod detect;
+mod fasthash;
 mod redact;
 mod rewrite;
 mod scan;

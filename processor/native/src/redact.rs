@@ -130,7 +130,9 @@ fn optional_buffer(item: &Bound<'_, PyAny>) -> PyResult<Option<PyBuffer<i8>>> {
     }
 }
 
-fn arrow_parts<'py>(array: &Bound<'py, PyAny>) -> PyResult<(String, usize, usize, Vec<Bound<'py, PyAny>>)> {
+fn arrow_parts<'py>(
+    array: &Bound<'py, PyAny>,
+) -> PyResult<(String, usize, usize, Vec<Bound<'py, PyAny>>)> {
     let type_name = array.getattr("type")?.str()?.to_string();
     let offset: usize = array.getattr("offset")?.extract()?;
     let len = array.len()?;
@@ -148,11 +150,24 @@ impl StrColumn {
             "string_view" => StrLayout::View,
             "large_string" => StrLayout::Large,
             "string" => StrLayout::Small,
-            other => return Err(PyValueError::new_err(format!("not a string column: {other}"))),
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "not a string column: {other}"
+                )))
+            }
         };
         let index = PyBuffer::get(&buffers[1])?;
-        let data = buffers[2..].iter().map(optional_buffer).collect::<PyResult<Vec<_>>>()?;
-        Ok(StrColumn { layout, offset, len, index, data })
+        let data = buffers[2..]
+            .iter()
+            .map(optional_buffer)
+            .collect::<PyResult<Vec<_>>>()?;
+        Ok(StrColumn {
+            layout,
+            offset,
+            len,
+            index,
+            data,
+        })
     }
 
     /// The column's buffers as slices. Elements are read with checked slicing: malformed buffers
@@ -163,7 +178,11 @@ impl StrColumn {
             offset: self.offset,
             len: self.len,
             index: bytes_of(&self.index),
-            data: self.data.iter().map(|b| b.as_ref().map_or(&b""[..], bytes_of)).collect(),
+            data: self
+                .data
+                .iter()
+                .map(|b| b.as_ref().map_or(&b""[..], bytes_of))
+                .collect(),
         };
         strs.validate()?;
         Ok(strs)
@@ -210,11 +229,15 @@ impl<'a> Strs<'a> {
                 }
             }
             StrLayout::Large => {
-                let at = |k: usize| i64::from_le_bytes(self.index[k * 8..k * 8 + 8].try_into().unwrap()) as usize;
+                let at = |k: usize| {
+                    i64::from_le_bytes(self.index[k * 8..k * 8 + 8].try_into().unwrap()) as usize
+                };
                 (0, at(j), at(j + 1))
             }
             StrLayout::Small => {
-                let at = |k: usize| i32::from_le_bytes(self.index[k * 4..k * 4 + 4].try_into().unwrap()) as usize;
+                let at = |k: usize| {
+                    i32::from_le_bytes(self.index[k * 4..k * 4 + 4].try_into().unwrap()) as usize
+                };
                 (0, at(j), at(j + 1))
             }
         }
@@ -247,13 +270,23 @@ impl IntColumn {
             "int64" => (8, true),
             "uint32" => (4, false),
             "int32" => (4, true),
-            other => return Err(PyValueError::new_err(format!("unsupported integer column: {other}"))),
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "unsupported integer column: {other}"
+                )))
+            }
         };
         let data = PyBuffer::get(&buffers[1])?;
         if data.len_bytes() < (offset + len) * width {
             return Err(PyValueError::new_err("malformed Arrow integer buffer"));
         }
-        Ok(IntColumn { width, signed, offset, len, data })
+        Ok(IntColumn {
+            width,
+            signed,
+            offset,
+            len,
+            data,
+        })
     }
 
     fn get(&self, i: usize) -> i64 {
@@ -381,7 +414,8 @@ pub struct Redactor {
 }
 
 fn compile(pattern: &str) -> PyResult<Regex> {
-    Regex::new(pattern).map_err(|e| PyValueError::new_err(format!("invalid regex {pattern:?}: {e}")))
+    Regex::new(pattern)
+        .map_err(|e| PyValueError::new_err(format!("invalid regex {pattern:?}: {e}")))
 }
 
 impl Redactor {
@@ -390,12 +424,18 @@ impl Redactor {
         Ok(KeyClass {
             protected: self.protected.is_match(key),
             allowed: self.allow_all || self.allowed.as_ref().is_some_and(|r| r.is_match(key)),
-            key_rule: self.key_rules.iter().position(|rule| rule.regex.is_match(key)),
+            key_rule: self
+                .key_rules
+                .iter()
+                .position(|rule| rule.regex.is_match(key)),
         })
     }
 
     fn rule_mask(&self, text: &[u8]) -> RuleMask {
-        self.value_set.matches(text).iter().fold(0, |mask, rule| mask | (1 << rule))
+        self.value_set
+            .matches(text)
+            .iter()
+            .fold(0, |mask, rule| mask | (1 << rule))
     }
 
     /// The value rules matching `text`; 0 for most values, which is decided without a set scan.
@@ -424,11 +464,20 @@ impl Redactor {
         Ok(hashed)
     }
 
-    fn check(&self, py: Python<'_>, caches: &mut Caches, rule: usize, candidate: &str) -> PyResult<Option<String>> {
+    fn check(
+        &self,
+        py: Python<'_>,
+        caches: &mut Caches,
+        rule: usize,
+        candidate: &str,
+    ) -> PyResult<Option<String>> {
         let Some(check) = &self.value_rules[rule].check else {
             return Ok(Some(candidate.to_owned()));
         };
-        if let Some(Ok(part)) = self.value_rules[rule].native_check.map(|native| native.run(candidate)) {
+        if let Some(Ok(part)) = self.value_rules[rule]
+            .native_check
+            .map(|native| native.run(candidate))
+        {
             return Ok(part);
         }
         if caches.checks.len() <= rule {
@@ -470,7 +519,9 @@ impl Redactor {
                 }
                 continue;
             }
-            let Some((automaton, replacements)) = self.accepted(py, caches, index, hits, &matched)? else {
+            let Some((automaton, replacements)) =
+                self.accepted(py, caches, index, hits, &matched)?
+            else {
                 continue;
             };
             for &i in &matched {
@@ -539,7 +590,13 @@ impl Redactor {
             .match_kind(MatchKind::LeftmostFirst)
             .build(accepted.iter().map(|(part, _)| part.as_str()))
             .map_err(|e| PyValueError::new_err(e.to_string()))?;
-        Ok(Some((automaton, accepted.into_iter().map(|(_, replacement)| replacement).collect())))
+        Ok(Some((
+            automaton,
+            accepted
+                .into_iter()
+                .map(|(_, replacement)| replacement)
+                .collect(),
+        )))
     }
 }
 
@@ -584,12 +641,17 @@ impl Redactor {
         hasher: Py<PyAny>,
     ) -> PyResult<Self> {
         if value_rules.len() > MAX_VALUE_RULES {
-            return Err(PyValueError::new_err(format!("more than {MAX_VALUE_RULES} value rules")));
+            return Err(PyValueError::new_err(format!(
+                "more than {MAX_VALUE_RULES} value rules"
+            )));
         }
         let key_rules = key_rules
             .into_iter()
             .map(|(regex, kind, mask, length)| {
-                Ok(KeyRule { regex: compile(&regex)?, action: Action::parse(&kind, mask, length)? })
+                Ok(KeyRule {
+                    regex: compile(&regex)?,
+                    action: Action::parse(&kind, mask, length)?,
+                })
             })
             .collect::<PyResult<Vec<_>>>()?;
         let value_set = RegexSet::new(value_rules.iter().map(|(pattern, ..)| pattern))
@@ -603,7 +665,13 @@ impl Redactor {
                     (Action::Mask(mask), None) => Some(mask.clone()),
                     _ => None,
                 };
-                Ok(ValueRule { regex: compile(&pattern)?, check, native_check, action, mask_all })
+                Ok(ValueRule {
+                    regex: compile(&pattern)?,
+                    check,
+                    native_check,
+                    action,
+                    mask_all,
+                })
             })
             .collect::<PyResult<Vec<_>>>()?;
         Ok(Redactor {
@@ -697,14 +765,32 @@ impl Redactor {
         let summary = if summary == 0 {
             None
         } else {
-            Some(summarise(py, &changes.rows, &values, &owner, &row, &item_resource, summary >= 2)?)
+            Some(summarise(
+                py,
+                &changes.rows,
+                &values,
+                &owner,
+                &row,
+                &item_resource,
+                summary >= 2,
+            )?)
         };
-        Ok(Some((rewrites, counts, summary).into_pyobject(py)?.into_any().unbind()))
+        Ok(Some(
+            (rewrites, counts, summary)
+                .into_pyobject(py)?
+                .into_any()
+                .unbind(),
+        ))
     }
 }
 
 impl Redactor {
-    fn changes(&self, py: Python<'_>, caches: &mut Caches, values: &Values<'_>) -> PyResult<Changes> {
+    fn changes(
+        &self,
+        py: Python<'_>,
+        caches: &mut Caches,
+        values: &Values<'_>,
+    ) -> PyResult<Changes> {
         let key_slots = self.key_rules.len();
         let not_allowed_slot = key_slots + self.value_rules.len();
         let mut changes = Changes {
@@ -758,14 +844,21 @@ impl Redactor {
                 _ => {}
             }
             if self.value_rules.is_empty()
-                || !(self.redact_all_types || matches!(kind, b"string_value" | b"array_value" | b"kvlist_value"))
+                || !(self.redact_all_types
+                    || matches!(kind, b"string_value" | b"array_value" | b"kvlist_value"))
             {
                 continue;
             }
             let received = self.value_rules_matching(caches, text);
             if received != 0 {
                 let current = to_str(text)?.to_owned();
-                hits.push(Hit { row: i, received, current, dropped: false, fired: Vec::new() });
+                hits.push(Hit {
+                    row: i,
+                    received,
+                    current,
+                    dropped: false,
+                    fired: Vec::new(),
+                });
             }
         }
         if !hits.is_empty() {
@@ -776,7 +869,11 @@ impl Redactor {
                 continue;
             }
             // One rewrite per value; every rule that changed it is counted.
-            let new_value = if hit.dropped { None } else { Some(hit.current.as_bytes()) };
+            let new_value = if hit.dropped {
+                None
+            } else {
+                Some(hit.current.as_bytes())
+            };
             changes.rows.push(hit.row);
             changes.new_values.push(new_value);
             for rule in &hit.fired {
@@ -851,7 +948,11 @@ fn summarise(
         counts[*item] += 1;
     }
     let valid: Vec<bool> = counts.iter().map(|c| *c > 0).collect();
-    let count = (items, bitmap(py, &valid), PyBytes::new(py, &le_i64(&counts)));
+    let count = (
+        items,
+        bitmap(py, &valid),
+        PyBytes::new(py, &le_i64(&counts)),
+    );
     let key_lists = if keys {
         pairs.dedup();
         let mut offsets: Vec<i64> = vec![0; items + 1];
@@ -863,7 +964,12 @@ fn summarise(
         for item in 0..items {
             offsets[item + 1] += offsets[item];
         }
-        Some((items, bitmap(py, &valid), PyBytes::new(py, &le_i64(&offsets)), names.into_py(py)?))
+        Some((
+            items,
+            bitmap(py, &valid),
+            PyBytes::new(py, &le_i64(&offsets)),
+            names.into_py(py)?,
+        ))
     } else {
         None
     };
