@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import random
 import shutil
 import signal
 import socket
@@ -77,11 +78,30 @@ def otelcol_binary() -> Path:
     return path
 
 
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (the OS may hand it out again, rarely)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A TCP port on 127.0.0.1 that is free now, for a process started a moment later.
+
+    Taken below the kernel's ephemeral range: a port the OS hands out for `bind(0)` can be taken
+    again, before the test's process binds it, by any outgoing connection (a Collector dialling a
+    sidecar not yet up does that), which made tests fail with "Address already in use".
+    """
+    high = max(_ephemeral_start(), 16384)
+    for _ in range(200):
+        port = random.randrange(10000, high)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise HarnessError("no free TCP port found on 127.0.0.1")
 
 
 def wait_until(

@@ -11,7 +11,6 @@ import asyncio
 import datetime as dt
 import json
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -27,7 +26,7 @@ from processor.observability import SidecarMetrics
 from processor.pipeline import Pipeline
 from processor.policy_stage import build_policy_stage, check_policy_config
 from processor.protos import budget_pb2
-from tests.collector_harness import running_sidecar
+from tests.collector_harness import free_port, running_sidecar
 from tests.otlp_builders import span, trace_request
 from tests.otlp_sink import OtlpSink, attributes_to_dict
 from tests.sidecar_runner import RunningSidecar
@@ -70,9 +69,7 @@ def redis_url(tmp_path_factory):
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     workdir = tmp_path_factory.mktemp("redis")
     process = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import pytest
 import yaml
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
 
+from tests.collector_harness import free_port
 from tests.otlp_builders import span, trace_request
 from tests.otlp_sink import OtlpSink
 
@@ -53,12 +53,6 @@ TEST_RULES = {
 pytestmark = pytest.mark.skipif(
     shutil.which("prometheus") is None, reason="prometheus binary not installed (Debian package 'prometheus')"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
