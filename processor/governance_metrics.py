@@ -11,9 +11,11 @@ mode it is summed over the worker processes, like a counter.
 
 from __future__ import annotations
 
+import bisect
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import polars as pl
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -45,26 +47,48 @@ class LabelCap:
         self._seen: dict[str, set[str]] = {}
         self._lock = threading.Lock()
 
-    def apply(self, label: str, values: pl.Series) -> pl.Series:
-        values = values.cast(pl.String).fill_null(UNKNOWN)
+    def refused(self, label: str, values: set[str]) -> set[str]:
+        """Admits `values` (smallest first) while there is room; returns those mapped to "other"."""
+        seen = self._seen.get(label)
+        if seen is not None and values <= seen:  # the common case: nothing new
+            return set()
         with self._lock:
             seen = self._seen.setdefault(label, set())
-            for value in values.unique().sort().to_list():
-                if value not in seen and len(seen) < self.max_values:
-                    seen.add(value)
-            mapping = {value: value for value in seen}
-        return values.replace_strict(mapping, default=OTHER, return_dtype=pl.String)
+            for value in sorted(values - seen):
+                if len(seen) >= self.max_values:
+                    break
+                seen.add(value)
+            return values - seen
+
+    def map(self, label: str, values: list[str | None]) -> list[str]:
+        """`values` with null as "unknown" and values beyond the cap as "other"."""
+        filled = [UNKNOWN if value is None else value for value in values]
+        refused = self.refused(label, set(filled))
+        return [OTHER if value in refused else value for value in filled] if refused else filled
 
 
 @dataclass(frozen=True)
 class _OperationSeries:
-    cost: Gauge
-    tokens_input: Counter
-    tokens_output: Counter
-    tokens: Counter
-    operations: Counter
-    errors: Counter
+    # What `inc` is called on: the children's value holders (see `_incrementer`).
+    cost: Any
+    tokens_input: Any
+    tokens_output: Any
+    tokens: Any
+    operations: Any
+    errors: Any
     latency: Histogram
+    # The histogram's bucket and sum value holders, or None to fall back to `observe`.
+    latency_buckets: list | None
+    latency_sum: Any
+
+
+def _incrementer(child: Any) -> Any:
+    """The value holder behind a Counter or non-"mostrecent" Gauge child: its `inc` skips the
+    metric's per-call checks (~1 µs each; a batch makes thousands of increments). prometheus_client
+    keeps it in `_value` for every value class (in-process and multiprocess); if that ever
+    changes, the child itself is used."""
+    value = getattr(child, "_value", None)
+    return value if callable(getattr(value, "inc", None)) else child
 
 
 class GovernanceMetrics:
@@ -125,11 +149,12 @@ class GovernanceMetrics:
             ["budget", "mode"],
             registry=registry,
         )
-        self._upper_bounds = pl.Series([*LATENCY_BUCKETS, float("inf")], dtype=pl.Float64)
         # Label combination -> its children of the per-operation metrics. prometheus_client's
         # labels() validates and locks on every call (~20 µs); a batch touches hundreds of combinations.
         self._series: dict[tuple, _OperationSeries] = {}
         self._series_lock = threading.Lock()
+        # The children of the per-verdict, per-policy and per-budget metrics, likewise.
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
     def _operation_series(self, values: tuple) -> _OperationSeries:
         series = self._series.get(values)
@@ -150,84 +175,114 @@ class GovernanceMetrics:
                         self.errors,
                         self.latency,
                     )
-                    series = _OperationSeries(*(self._child(metric, list(values)) for metric in metrics))
+                    children = [self._child(metric, list(values)) for metric in metrics]
+                    latency = children[-1]
+                    # Bulk update of the histogram's buckets; prometheus_client has no batch observe.
+                    # Its internals have been stable for years, but fall back to observe if they change.
+                    bulk = hasattr(latency, "_buckets") and hasattr(latency, "_sum")
+                    series = _OperationSeries(
+                        *(_incrementer(child) for child in children[:-1]),
+                        latency=latency,
+                        latency_buckets=list(latency._buckets) if bulk else None,
+                        latency_sum=latency._sum if bulk else None,
+                    )
                     self._series[values] = series
         return series
 
-    def capped(self, frame: pl.DataFrame) -> pl.DataFrame:
-        """`frame` with each label column mapped through the cardinality cap."""
-        return frame.with_columns(self.cap.apply(name, frame[name]).alias(name) for name in self.labels)
+    def operation_sums(self, spans: pl.LazyFrame, cost: str, refused: dict[str, set[str]] | None = None):
+        """Per label combination, sums over the evaluated spans of `spans`.
 
-    def record_operations(self, ops: pl.DataFrame) -> None:
-        """`ops`: one row per GenAI span, label columns, cost, tokens_input/output, error, latency."""
-        if ops.height == 0:
-            return
-        ops = self.capped(ops)
-        keys = list(self.labels)
-        sums = (
-            ops.group_by(keys or pl.lit(0).alias("_all"))
+        `spans`: label columns, `cost`, tokens_input/output, error, latency, evaluated. Values are
+        taken as they are, "unknown" for null, and "other" for those in `refused` (the cap).
+        """
+        keys = []
+        for name in self.labels:
+            key = pl.col(name).cast(pl.String).fill_null(UNKNOWN)
+            if refused and refused.get(name):
+                key = pl.when(key.is_in(sorted(refused[name]))).then(pl.lit(OTHER)).otherwise(key)
+            keys.append(key.alias(name))
+        latency = pl.col("latency")
+        return (
+            spans.filter("evaluated")
+            .group_by(keys or [pl.lit(0).alias("_all")])
             .agg(
-                pl.col("cost").sum(),
+                pl.col(cost).sum().alias("_cost"),
                 pl.col("tokens_input").sum(),
                 pl.col("tokens_output").sum(),
-                pl.len().alias("count"),
-                pl.col("error").sum().alias("errors"),
+                pl.len().alias("_count"),
+                pl.col("error").sum().alias("_errors"),
+                latency.filter(latency.is_not_null() & (latency >= 0)).alias("_latency"),
             )
-            .select(*keys, "cost", "tokens_input", "tokens_output", "count", "errors")
         )
-        for *values, cost, tokens_in, tokens_out, count, errors in sums.iter_rows():
+
+    def record_operations(self, sums: pl.DataFrame, spans: pl.LazyFrame, cost: str) -> None:
+        """`sums`: `operation_sums(spans, cost)` of one batch."""
+        if sums.height == 0:
+            return
+        labels = [sums.get_column(name).to_list() for name in self.labels]
+        refused = {name: self.cap.refused(name, set(values)) for name, values in zip(self.labels, labels, strict=True)}
+        if any(refused.values()):
+            # Some values became "other": their spans are summed together, as one series.
+            sums = self.operation_sums(spans, cost, refused).collect(engine="in-memory")
+            labels = [sums.get_column(name).to_list() for name in self.labels]
+        columns = [
+            sums.get_column(name).to_list()
+            for name in ("_cost", "tokens_input", "tokens_output", "_count", "_errors", "_latency")
+        ]
+        keys = zip(*labels, strict=True) if labels else [()] * sums.height
+        for values, (spent, tokens_in, tokens_out, count, errors, latencies) in zip(
+            keys, zip(*columns, strict=True), strict=True
+        ):
             series = self._operation_series(tuple(values))
-            series.cost.inc(cost or 0.0)
+            series.cost.inc(spent or 0.0)
             series.tokens_input.inc(tokens_in or 0)
             series.tokens_output.inc(tokens_out or 0)
             series.tokens.inc((tokens_in or 0) + (tokens_out or 0))
             series.operations.inc(count)
             if errors:
                 series.errors.inc(errors)
-        self._observe_latency(ops.filter(pl.col("latency").is_not_null() & (pl.col("latency") >= 0)))
+            if latencies:
+                self._observe_latency(series, latencies)
 
-    def _observe_latency(self, ops: pl.DataFrame) -> None:
-        if ops.height == 0:
+    def _observe_latency(self, series: _OperationSeries, latencies: list[float]) -> None:
+        if series.latency_buckets is None:
+            for latency in latencies:
+                series.latency.observe(latency)
             return
-        bucket = self._upper_bounds.search_sorted(ops["latency"].cast(pl.Float64), side="left")
-        keys = list(self.labels)
-        grouped = (
-            ops.with_columns(bucket.cast(pl.Int64).alias("bucket"))
-            .group_by([*keys, "bucket"])
-            .agg(pl.len().alias("count"), pl.col("latency").sum().alias("sum"))
-        )
-        for *values, index, count, total in grouped.select(*keys, "bucket", "count", "sum").iter_rows():
-            child = self._operation_series(tuple(values)).latency
-            # Bulk update of one bucket; prometheus_client has no batch observe. Its internals have
-            # been stable for years, but fall back to per-value observe if they ever change.
-            if hasattr(child, "_buckets") and hasattr(child, "_sum"):
-                child._buckets[index].inc(count)
-                child._sum.inc(total)
-            else:
-                for _ in range(count):
-                    child.observe(total / count)
+        for latency in latencies:
+            # The bucket whose upper bound is the first >= the value, as observe() picks it.
+            series.latency_buckets[bisect.bisect_left(LATENCY_BUCKETS, latency)].inc(1)
+        series.latency_sum.inc(sum(latencies))
 
-    def record_verdicts(self, results: pl.Series, violations: Sequence[tuple[str, str, str, int]]) -> None:
-        for result, count in results.drop_nulls().value_counts().iter_rows():
-            self.evaluations.labels(result=result).inc(count)
+    def record_verdicts(self, results: dict[str, int], violations: Sequence[tuple[str, str, str, int]]) -> None:
+        """`results`: verdict -> evaluated spans; `violations`: (policy, reason code, mode, spans)."""
+        for result, count in results.items():
+            if count:
+                self._labelled(self.evaluations, (result,)).inc(count)
         for policy, reason_code, mode, count in violations:
             if count:
-                self.violations.labels(policy=policy, reason_code=reason_code, mode=mode).inc(count)
+                self._labelled(self.violations, (policy, reason_code, mode)).inc(count)
 
-    def record_budgets(self, charges: pl.DataFrame) -> None:
-        """`charges`: budgets.BudgetOutcome.charges."""
-        if charges.height == 0:
-            return
-        latest = charges.group_by("name", "subject", maintain_order=True).agg(
-            pl.col("consumed").last(), pl.col("limit").last()
-        )
-        latest = latest.with_columns(self.cap.apply("budget_subject", latest["subject"]).alias("subject"))
-        for name, subject, consumed, limit in latest.iter_rows():
-            self.utilization.labels(budget=name, subject=subject).set(consumed / limit)
-            self.remaining.labels(budget=name, subject=subject).set(max(limit - consumed, 0.0))
-        over = charges.filter("exceeded").group_by("name", "mode").len()
-        for name, mode, count in over.iter_rows():
-            self.exceeded.labels(budget=name, mode=mode).inc(count)
+    def record_budgets(
+        self, levels: Sequence[tuple[str, str, float, float]], exceeded: Sequence[tuple[str, str, int]]
+    ) -> None:
+        """`levels`: (budget, subject, consumed, limit) as last charged; `exceeded`: (budget, mode, spans)."""
+        subjects = self.cap.map("budget_subject", [subject for _, subject, _, _ in levels])
+        for (name, _, consumed, limit), subject in zip(levels, subjects, strict=True):
+            self._labelled(self.utilization, (name, subject)).set(consumed / limit)
+            self._labelled(self.remaining, (name, subject)).set(max(limit - consumed, 0.0))
+        for name, mode, count in exceeded:
+            self._labelled(self.exceeded, (name, mode)).inc(count)
+
+    def _labelled(self, metric: Any, values: tuple[str, ...]) -> Any:
+        """metric.labels(*values), remembered: labels() validates and locks on every call."""
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            if len(self._children) >= MAX_SERIES:
+                self._children.clear()
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     def _child(self, metric, values: list) -> object:
         return metric.labels(*values) if self.labels else metric
