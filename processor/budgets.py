@@ -233,35 +233,40 @@ class BudgetPlan:
         flags = [pl.col(column(i, "warned")) for i, b in enumerate(self.budgets) if b.mode != "audit_only"]
         return pl.any_horizontal(flags).fill_null(False) if flags else pl.lit(False)
 
-    def tag_columns(self) -> list[pl.Expr]:
-        """Per span, the budget closest to (or furthest past) its limit: the one a reader cares about."""
-        top = pl.max_horizontal(pl.col(column(i, "utilization")) for i in range(len(self.budgets)))
+    def tag_columns(self) -> list[list[pl.Expr]]:
+        """Layers, after `charge_columns`, of the tags of each span's budget closest to (or
+        furthest past) its limit: the one a reader cares about."""
+        count = len(self.budgets)
+        utilization = [pl.col(column(i, "utilization")) for i in range(count)]
+        top = pl.max_horizontal(utilization).alias("_top")
+        # The first budget at the top utilization, like a sort keeping budget order on ties.
+        best = pl.when(utilization[0] == pl.col("_top")).then(pl.lit(0, dtype=pl.UInt32))
+        for index in range(1, count):
+            best = best.when(utilization[index] == pl.col("_top")).then(pl.lit(index, dtype=pl.UInt32))
 
-        def pick(values: list[pl.Expr]) -> pl.Expr:
-            # The first budget at the top utilization, like a sort keeping budget order on ties.
-            chosen = None
-            for index, value in enumerate(values):
-                hit = pl.col(column(index, "utilization")) == top
-                chosen = pl.when(hit).then(value) if chosen is None else chosen.when(hit).then(value)
-            return chosen  # type: ignore[return-value]
+        def pick(what: str) -> pl.Expr:
+            chosen = pl.when(pl.col("_best") == 0).then(pl.col(column(0, what)))
+            for index in range(1, count):
+                chosen = chosen.when(pl.col("_best") == index).then(pl.col(column(index, what)))
+            return chosen
 
-        consumed = [pl.col(column(i, "consumed")) for i in range(len(self.budgets))]
-        limits = [float(b.limit_usd) for b in self.budgets]
+        def constant(values: list, dtype: pl.DataType) -> pl.Expr:
+            return pl.lit(pl.Series(values, dtype=dtype)).gather(pl.col("_best"))
+
+        limit = constant([float(b.limit_usd) for b in self.budgets], pl.Float64)
+        consumed = pick("consumed")
         return [
-            pick([pl.lit(b.name) for b in self.budgets]).alias(TAGS["name"]),
-            pick([pl.lit(b.period) for b in self.budgets]).alias(TAGS["period"]),
-            pick([pl.lit(limit, dtype=pl.Float64) for limit in limits]).alias(TAGS["limit"]),
-            pick([c.round(9) for c in consumed]).alias(TAGS["consumed"]),
-            pick(
-                [
-                    (pl.lit(limit, dtype=pl.Float64) - c).clip(lower_bound=0).round(9)
-                    for c, limit in zip(consumed, limits, strict=True)
-                ]
-            ).alias(TAGS["remaining"]),
-            pick([pl.col(column(i, "utilization")).round(6) for i in range(len(self.budgets))]).alias(
-                TAGS["utilization"]
-            ),
-            pick([pl.col(column(i, "exceeded")) for i in range(len(self.budgets))]).alias(TAGS["exceeded"]),
+            [top],
+            [best.alias("_best")],
+            [
+                constant([b.name for b in self.budgets], pl.String).alias(TAGS["name"]),
+                constant([b.period for b in self.budgets], pl.String).alias(TAGS["period"]),
+                limit.alias(TAGS["limit"]),
+                consumed.round(9).alias(TAGS["consumed"]),
+                (limit - consumed).clip(lower_bound=0).round(9).alias(TAGS["remaining"]),
+                pick("utilization").round(6).alias(TAGS["utilization"]),
+                pick("exceeded").alias(TAGS["exceeded"]),
+            ],
         ]
 
     def events(self, charged: pl.DataFrame) -> list[SpanEventToAdd]:

@@ -131,3 +131,52 @@ def verdict(checks: Sequence[Check], warned: pl.Expr, evaluated: pl.Expr) -> lis
         .alias(RESULT),
         pl.when(evaluated).then(pl.coalesce(reasons)).alias(REASON_CODE),
     ]
+
+
+# Policies with at most this many checks get their verdicts from a table (2^(checks+1) rows).
+MAX_TABLE_CHECKS = 11
+
+
+class VerdictTable:
+    """Every verdict a span can get, indexed by a code: bit 0 is "warned", bit k+1 check k.
+
+    Looking the three verdict columns up by one integer per span is far cheaper in polars than
+    assembling the list of violation names per span with list expressions.
+    """
+
+    def __init__(self, checks: Sequence[Check]) -> None:
+        self.checks = tuple(checks)
+        ordered = sorted(range(len(checks)), key=lambda k: MODE_ORDER.index(checks[k].mode))
+        violations, results, reasons = [], [], []
+        for code in range(2 ** (len(checks) + 1)):
+            warned = bool(code & 1)
+            hit = [k for k in range(len(checks)) if code >> (k + 1) & 1]
+            modes = {checks[k].mode for k in hit}
+            violations.append([checks[k].name for k in hit] or None)
+            if "enforced" in modes:
+                results.append("blocked")
+            elif "advisory" in modes or warned:
+                results.append("warning")
+            else:
+                results.append("allowed")
+            first = next((checks[k].reason_code for k in ordered if k in hit), None)
+            reasons.append(first if first is not None else BUDGET_WARNING if warned else None)
+        self._columns = {
+            VIOLATIONS: pl.Series(VIOLATIONS, violations, dtype=pl.List(pl.String)),
+            RESULT: pl.Series(RESULT, results, dtype=pl.String),
+            REASON_CODE: pl.Series(REASON_CODE, reasons, dtype=pl.String),
+        }
+
+    @staticmethod
+    def fits(checks: Sequence[Check]) -> bool:
+        return len(checks) <= MAX_TABLE_CHECKS
+
+    def code(self, warned: pl.Expr, evaluated: pl.Expr) -> pl.Expr:
+        """The span's code (null for a span that gets no verdict)."""
+        bits = [warned.fill_null(False).cast(pl.UInt32)]
+        bits += [c.violated.fill_null(False).cast(pl.UInt32) * (2 ** (k + 1)) for k, c in enumerate(self.checks)]
+        return pl.when(evaluated).then(pl.sum_horizontal(bits))
+
+    def columns(self, code: str) -> list[pl.Expr]:
+        """VIOLATIONS, RESULT and REASON_CODE looked up by the code column."""
+        return [pl.lit(column).gather(pl.col(code)).alias(name) for name, column in self._columns.items()]

@@ -113,6 +113,12 @@ def _layered(query: pl.LazyFrame, layers: list[list[pl.Expr]]) -> pl.LazyFrame:
     return query
 
 
+def _merged(*parts: list[list[pl.Expr]]) -> list[list[pl.Expr]]:
+    """Layer i of the result holds layer i of each part (parts whose layers are independent)."""
+    depth = max(len(part) for part in parts)
+    return [[expr for part in parts if i < len(part) for expr in part[i]] for i in range(depth)]
+
+
 def _rule_column(index: int) -> str:
     return f"_rule{index}"
 
@@ -134,14 +140,17 @@ class _Plan:
         self.counted = [(c, _rule_column(i)) for i, c in enumerate(rule_checks)] + [
             (c, budgets.column(i, "exceeded")) for i, c in enumerate(budget_checks)
         ]
-        verdict = policies.verdict([*rule_checks, *budget_checks], self.budgets.warned(), pl.col(EVALUATED))
+        checks = [*rule_checks, *budget_checks]
+        warned, evaluated = self.budgets.warned(), pl.col(EVALUATED)
+        if policies.VerdictTable.fits(checks):
+            table = policies.VerdictTable(checks)
+            verdict = [[table.code(warned, evaluated).alias("_verdict")], table.columns("_verdict")]
+        else:
+            verdict = [policies.verdict(checks, warned, evaluated)]
         charge = self.budgets.charge_columns()
         # Tags only when some span was charged (which takes a budget).
         tags = self.budgets.tag_columns() if policy.budgets else []
-        self._charge_layers = {
-            True: [*charge, [*verdict, *tags]],
-            False: [*charge, verdict],
-        }
+        self._charge_layers = {True: [*charge, *_merged(verdict, tags)], False: [*charge, *verdict]}
         self._outputs = {
             True: [policies.VIOLATIONS, policies.RESULT, policies.REASON_CODE, *budgets.TAGS.values()],
             False: [policies.VIOLATIONS, policies.RESULT, policies.REASON_CODE],
