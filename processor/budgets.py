@@ -43,6 +43,9 @@ TAGS = {
     "exceeded": "genops.budget.exceeded",
 }
 
+# The engine of eager DataFrame calls, which these queries replaced: float sums (budget windows,
+# spend metrics) come out to the last bit as they did; the streaming engine adds in another order.
+ENGINE = "in-memory"
 # Columns the span frame must hold before `span_columns`: the batch's arrival time (a span
 # without a start time is charged to the window it arrives in), the charged start and the time
 # a crossing event gets.
@@ -52,7 +55,6 @@ EVENT_TIME = "_event_time"
 PRICED = "_priced"
 # Set by `charge_columns` when some span crossed a threshold (events are rare: built in Python).
 CROSSED = "_crossed"
-WINDOWS_SCHEMA = {"key": pl.String, "increment": pl.Float64, "budget": pl.UInt32, "start": pl.Int64, "label": pl.String}
 # Windows remembered per (budget, label) for their end; a bound, since labels keep coming.
 _MAX_WINDOW_ENDS = 4096
 
@@ -128,7 +130,7 @@ class BudgetPlan:
         ]
         return [labels + subjects, keys, running]
 
-    def windows_query(self, spans: pl.LazyFrame) -> pl.LazyFrame:
+    def _windows_query(self, spans: pl.LazyFrame) -> pl.LazyFrame:
         """One row per window charged by `spans` (with `span_columns`), in first-charge order: its
         key, increment (the batch's spend in it), budget index, first start and label.
 
@@ -145,16 +147,18 @@ class BudgetPlan:
             )
             for index, budget in enumerate(self.budgets)
         ]
-        if not parts:
-            return pl.LazyFrame(schema=WINDOWS_SCHEMA)
         return (
             pl.concat(parts)
             .group_by("key", maintain_order=True)
             .agg(pl.col("cost").sum().alias("increment"), *(pl.col(c).first() for c in ("budget", "start", "label")))
         )
 
-    def windows(self, charged: pl.DataFrame) -> Windows:
-        """`charged`: the `windows_query` result."""
+    def windows(self, spans: pl.DataFrame) -> Windows:
+        """The windows charged by `spans` (the frame with `span_columns`)."""
+        if not spans.get_column(PRICED).any() or not self.budgets:
+            return Windows({}, {}, [], [])
+        # A query of its own: collected together with the span frame's, polars computes that twice.
+        charged = self._windows_query(spans.lazy()).collect(engine=ENGINE)
         now = int(time.time())
         keys = charged.get_column("key").to_list()
         amounts = charged.get_column("increment").to_list()

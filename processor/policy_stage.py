@@ -58,11 +58,10 @@ class PolicyStage:
         genai = [column.alias(GENAI_PREFIX + column.name) for column in normalized(batch).get_columns()]
         query = frame.hstack(genai).lazy().with_columns(pl.lit(time.time_ns(), dtype=pl.Int64).alias(budgets.NOW))
         base, *layers = plan.span_layers(frame.schema)
-        query = _layered(query.select(base), layers)
-        spans, charged_windows = pl.collect_all([query, plan.budgets.windows_query(query)], engine=ENGINE)
+        spans = _layered(query.select(base), layers).collect(engine=budgets.ENGINE)
         if not spans.get_column(EVALUATED).any():
             return BatchChanges()
-        windows = plan.budgets.windows(charged_windows)
+        windows = plan.budgets.windows(spans)
         applied = self.store.apply(fingerprint(batch), windows.increments, windows.expires_at)
         charged = _layered(
             spans.lazy().with_columns(plan.budgets.before_columns(windows, applied.totals)),
@@ -70,10 +69,10 @@ class PolicyStage:
         )
         if applied.repeated:
             # A retried batch: same tags and events as the first time, but counted once.
-            charged = charged.collect(engine=ENGINE)
+            charged = charged.collect(engine=budgets.ENGINE)
         else:
             charged, sums = pl.collect_all(
-                [charged, self.metrics.operation_sums(spans.lazy(), budgets.COST)], engine=ENGINE
+                [charged, self.metrics.operation_sums(spans.lazy(), budgets.COST)], engine=budgets.ENGINE
             )
         changes = {name: charged.get_column(name) for name in plan.outputs(windows.charged)}
         events = plan.budgets.events(charged) if windows.charged else []
@@ -98,9 +97,6 @@ class PolicyStage:
 
 
 EVALUATED = "evaluated"
-# The engine of eager DataFrame calls: float sums (budget windows, spend metrics) then come out
-# to the last bit as they always did; the streaming engine adds them up in another order.
-ENGINE = "in-memory"
 # The batch's normalised GenAI columns join the frame under this prefix (no attribute clash).
 GENAI_PREFIX = "_genai:"
 # Span frame schemas remembered with their expressions; batches mostly repeat a few shapes.
