@@ -16,6 +16,7 @@ data, is what a batch pays.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -137,21 +138,28 @@ class BudgetPlan:
         Summed by a group-by over the (span, budget) charges in budget then span order: polars'
         float sum depends on that layout, and the totals kept in the store should not change
         with the way they are computed."""
-        parts = [
-            spans.filter(pl.col(column(index, "key")).is_not_null()).select(
-                pl.col(column(index, "key")).alias("key"),
-                pl.col(COST).alias("cost"),
-                pl.lit(index, dtype=pl.UInt32).alias("budget"),
-                pl.col(START).alias("start"),
-                pl.col(self._label(budget)).alias("label"),
+        parts = [spans.filter(condition).select(columns) for condition, columns in self._window_parts]
+        return pl.concat(parts).group_by("key", maintain_order=True).agg(self._window_sums)
+
+    @functools.cached_property
+    def _window_parts(self) -> list[tuple[pl.Expr, list[pl.Expr]]]:
+        return [
+            (
+                pl.col(column(index, "key")).is_not_null(),
+                [
+                    pl.col(column(index, "key")).alias("key"),
+                    pl.col(COST).alias("cost"),
+                    pl.lit(index, dtype=pl.UInt32).alias("budget"),
+                    pl.col(START).alias("start"),
+                    pl.col(self._label(budget)).alias("label"),
+                ],
             )
             for index, budget in enumerate(self.budgets)
         ]
-        return (
-            pl.concat(parts)
-            .group_by("key", maintain_order=True)
-            .agg(pl.col("cost").sum().alias("increment"), *(pl.col(c).first() for c in ("budget", "start", "label")))
-        )
+
+    @functools.cached_property
+    def _window_sums(self) -> list[pl.Expr]:
+        return [pl.col("cost").sum().alias("increment"), *(pl.col(c).first() for c in ("budget", "start", "label"))]
 
     def windows(self, spans: pl.DataFrame) -> Windows:
         """The windows charged by `spans` (the frame with `span_columns`)."""
@@ -275,9 +283,9 @@ class BudgetPlan:
 
     def events(self, charged: pl.DataFrame) -> list[SpanEventToAdd]:
         """Threshold-crossing events, budget by budget, in span order (rare: a plain loop)."""
-        rows = charged.filter(CROSSED)
-        if rows.height == 0:
+        if not charged.get_column(CROSSED).any():
             return []
+        rows = charged.filter(CROSSED)
         events = []
         row_ids = rows.get_column(ROW).to_list()
         costs = rows.get_column(COST).to_list()
