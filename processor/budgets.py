@@ -47,6 +47,19 @@ TAGS = {
 # The engine of eager DataFrame calls, which these queries replaced: float sums (budget windows,
 # spend metrics) come out to the last bit as they did; the streaming engine adds in another order.
 ENGINE = "in-memory"
+# And the optimiser passes of eager calls: the queries are small and written in the shape they
+# run in, so pushdowns and common-subexpression search cost more than they save.
+OPTIMIZATIONS = pl.QueryOptFlags(
+    predicate_pushdown=False,
+    projection_pushdown=False,
+    slice_pushdown=False,
+    comm_subplan_elim=False,
+    comm_subexpr_elim=False,
+    cluster_with_columns=False,
+    check_order_observe=False,
+    fast_projection=False,
+    sort_collapse=False,
+)
 # Columns the span frame must hold before `span_columns`: the batch's arrival time (a span
 # without a start time is charged to the window it arrives in), the charged start and the time
 # a crossing event gets.
@@ -104,8 +117,10 @@ class BudgetPlan:
         (null: not charged) and the running sum in span order.
 
         Needs COST, START, PRICED and the dimension columns."""
+        # Labels of the priced spans only: the time zone conversion and formatting cost per span.
+        start = pl.when(pl.col(PRICED)).then(pl.col(START))
         labels = [
-            pl.from_epoch(pl.col(START), "ns")
+            pl.from_epoch(start, "ns")
             .dt.replace_time_zone("UTC")
             .dt.convert_time_zone(zone)
             .dt.strftime(PERIOD_LABEL[period])
@@ -166,7 +181,7 @@ class BudgetPlan:
         if not spans.get_column(PRICED).any() or not self.budgets:
             return Windows({}, {}, [], [])
         # A query of its own: collected together with the span frame's, polars computes that twice.
-        charged = self._windows_query(spans.lazy()).collect(engine=ENGINE)
+        charged = self._windows_query(spans.lazy()).collect(engine=ENGINE, optimizations=OPTIMIZATIONS)
         now = int(time.time())
         keys = charged.get_column("key").to_list()
         amounts = charged.get_column("increment").to_list()
@@ -219,12 +234,6 @@ class BudgetPlan:
                 utilization,
                 (spent > limit).alias(column(index, "exceeded")),
                 (utilization >= min(budget.warn_at, default=1.0)).alias(column(index, "warned")),
-                # The last charge per subject, reported in order of the first (the metrics).
-                (
-                    pl.col(column(index, "subject")).is_first_distinct()
-                    & pl.col(column(index, "subject")).is_not_null()
-                ).alias(column(index, "subject_first")),
-                spent.last().over(column(index, "subject")).alias(column(index, "subject_last")),
             ]
             for threshold in budget.thresholds():
                 level = threshold * limit
@@ -332,16 +341,20 @@ class BudgetPlan:
         return events
 
     def levels(self, charged: pl.DataFrame) -> list[tuple[str, str, float, float]]:
-        """(budget, subject, consumed, limit) as last charged in this batch, per budget and subject."""
+        """(budget, subject, consumed, limit) as last charged in this batch, per budget and subject
+        in order of their first charge."""
         out = []
         for index, budget in enumerate(self.budgets):
-            first = charged.get_column(column(index, "subject_first"))
-            if not first.any():
+            subjects = charged.get_column(column(index, "subject"))
+            if subjects.null_count() == subjects.len():
                 continue
-            subjects = charged.get_column(column(index, "subject")).filter(first).to_list()
-            consumed = charged.get_column(column(index, "subject_last")).filter(first).to_list()
+            latest: dict[str, float] = {}
+            spent = charged.get_column(column(index, "consumed")).to_list()
+            for subject, consumed in zip(subjects.to_list(), spent, strict=True):
+                if subject is not None:
+                    latest[subject] = consumed
             limit = float(budget.limit_usd)
-            out += [(budget.name, subject, spent, limit) for subject, spent in zip(subjects, consumed, strict=True)]
+            out += [(budget.name, subject, consumed, limit) for subject, consumed in latest.items()]
         return out
 
     def exceeded_counts(self, charged: pl.DataFrame) -> list[tuple[str, str, int]]:

@@ -21,7 +21,7 @@ import polars as pl
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from processor.attribution import DIMENSIONS
-from processor.budgets import ENGINE
+from processor.budgets import ENGINE, OPTIMIZATIONS
 
 LABEL_CHOICES = (*DIMENSIONS, "model", "provider")
 OTHER = "other"
@@ -224,7 +224,7 @@ class GovernanceMetrics:
         refused = {name: self.cap.refused(name, set(values)) for name, values in zip(self.labels, labels, strict=True)}
         if any(refused.values()):
             # Some values became "other": their spans are summed together, as one series.
-            sums = self.operation_sums(spans, cost, refused).collect(engine=ENGINE)
+            sums = self.operation_sums(spans, cost, refused).collect(engine=ENGINE, optimizations=OPTIMIZATIONS)
             labels = [sums.get_column(name).to_list() for name in self.labels]
         columns = [
             sums.get_column(name).to_list()

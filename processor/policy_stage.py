@@ -57,9 +57,12 @@ class PolicyStage:
         frame = batch.frame
         genai = [column.alias(GENAI_PREFIX + column.name) for column in normalized(batch).get_columns()]
         query = frame.hstack(genai).lazy().with_columns(pl.lit(time.time_ns(), dtype=pl.Int64).alias(budgets.NOW))
-        base, *layers = plan.span_layers(frame.schema)
-        spans = _layered(query.select(base), layers).collect(engine=budgets.ENGINE)
-        if not spans.get_column(EVALUATED).any():
+        base, flags, *layers = plan.span_layers(frame.schema)
+        # Only GenAI spans are evaluated (~40% of a batch): the rest are left out until the
+        # results are laid back over the whole batch, the last step of the second query.
+        spans = _layered(query.select(base).with_columns(flags).filter(EVALUATED), layers)
+        spans = spans.collect(engine=budgets.ENGINE, optimizations=budgets.OPTIMIZATIONS)
+        if spans.height == 0:
             return BatchChanges()
         windows = plan.budgets.windows(spans)
         applied = self.store.apply(fingerprint(batch), windows.increments, windows.expires_at)
@@ -67,12 +70,15 @@ class PolicyStage:
             spans.lazy().with_columns(plan.budgets.before_columns(windows, applied.totals)),
             plan.charge_layers(windows.charged),
         )
+        charged = _positions(frame.height).join(charged, on=POSITION, how="left", maintain_order="left")
         if applied.repeated:
             # A retried batch: same tags and events as the first time, but counted once.
-            charged = charged.collect(engine=budgets.ENGINE)
+            charged = charged.collect(engine=budgets.ENGINE, optimizations=budgets.OPTIMIZATIONS)
         else:
             charged, sums = pl.collect_all(
-                [charged, self.metrics.operation_sums(spans.lazy(), budgets.COST)], engine=budgets.ENGINE
+                [charged, self.metrics.operation_sums(spans.lazy(), budgets.COST)],
+                engine=budgets.ENGINE,
+                optimizations=budgets.OPTIMIZATIONS,
             )
         changes = {name: charged.get_column(name) for name in plan.outputs(windows.charged)}
         events = plan.budgets.events(charged) if windows.charged else []
@@ -97,10 +103,22 @@ class PolicyStage:
 
 
 EVALUATED = "evaluated"
+POSITION = "_position"
+_POSITIONS: dict[int, pl.DataFrame] = {}
 # The batch's normalised GenAI columns join the frame under this prefix (no attribute clash).
 GENAI_PREFIX = "_genai:"
 # Span frame schemas remembered with their expressions; batches mostly repeat a few shapes.
 _MAX_SCHEMAS = 64
+
+
+def _positions(rows: int) -> pl.LazyFrame:
+    """The batch's row positions, 0 to rows - 1 (the frame results are laid back over)."""
+    found = _POSITIONS.get(rows)
+    if found is None:
+        if len(_POSITIONS) >= _MAX_SCHEMAS:
+            _POSITIONS.clear()
+        found = _POSITIONS[rows] = pl.DataFrame({POSITION: pl.Series(range(rows), dtype=pl.UInt32)})
+    return found.lazy()
 
 
 def _layered(query: pl.LazyFrame, layers: list[list[pl.Expr]]) -> pl.LazyFrame:
@@ -192,6 +210,7 @@ class _Plan:
         genai = {name: pl.col(GENAI_PREFIX + name) for name in (MODEL, PROVIDER, TOKENS_INPUT, TOKENS_OUTPUT)}
         base = [
             pl.col(ROW),
+            pl.int_range(pl.len(), dtype=pl.UInt32).alias(POSITION),
             latency,
             *self.attribution.columns(schema),
             _number(schema, budgets.COST, pl.Float64).alias(budgets.COST),
