@@ -170,30 +170,26 @@ class _Plan:
             False: [policies.VIOLATIONS, policies.RESULT, policies.REASON_CODE],
         }
         self._span_layers: dict[tuple, list[list[pl.Expr]]] = {}
+        # The frame columns whose presence and type shape the span expressions.
+        sources = [key for dim in DIMENSIONS for key in attribution.sources(dim)]
+        self._read_keys = (
+            *sources,
+            *(RESOURCE_PREFIX + key for key in sources),
+            *COST_KEYS,
+            policies.PII_COUNT,
+            ERROR_TYPE,
+            STATUS_CODE,
+            budgets.END_TIME,
+        )
 
     def span_layers(self, schema: pl.Schema) -> list[list[pl.Expr]]:
-        key = tuple((name, schema.get(name)) for name in self._read_keys())
+        key = tuple((name, schema.get(name)) for name in self._read_keys)
         layers = self._span_layers.get(key)
         if layers is None:
             if len(self._span_layers) >= _MAX_SCHEMAS:
                 self._span_layers.clear()
             layers = self._span_layers[key] = self._build_span_layers(dict(schema))
         return layers
-
-    def _read_keys(self) -> tuple[str, ...]:
-        keys = getattr(self, "_keys", None)
-        if keys is None:
-            sources = [key for dim in DIMENSIONS for key in self.attribution.sources(dim)]
-            keys = self._keys = (
-                *sources,
-                *(RESOURCE_PREFIX + key for key in sources),
-                *COST_KEYS,
-                policies.PII_COUNT,
-                ERROR_TYPE,
-                STATUS_CODE,
-                budgets.END_TIME,
-            )
-        return keys
 
     def _build_span_layers(self, schema: dict[str, pl.DataType]) -> list[list[pl.Expr]]:
         """Per span: dimensions, model, provider, tokens, cost, PII count, error, latency, whether
