@@ -70,6 +70,8 @@ class PolicyStage:
             spans.lazy().with_columns(plan.budgets.before_columns(windows, applied.totals)),
             plan.charge_layers(windows.charged),
         )
+        # Laid back over the batch: just the columns read from here on (the join copies each one).
+        charged = charged.select(POSITION, *plan.kept(windows.charged))
         charged = _positions(frame.height).join(charged, on=POSITION, how="left", maintain_order="left")
         if applied.repeated:
             # A retried batch: same tags and events as the first time, but counted once.
@@ -169,6 +171,11 @@ class _Plan:
             True: [policies.VIOLATIONS, policies.RESULT, policies.REASON_CODE, *budgets.TAGS.values()],
             False: [policies.VIOLATIONS, policies.RESULT, policies.REASON_CODE],
         }
+        counted = [column for _, column in self.counted if column not in self._outputs[True]]
+        self._kept = {
+            True: list(dict.fromkeys([*self._outputs[True], *self.budgets.reported(), *counted])),
+            False: list(dict.fromkeys([*self._outputs[False], *counted])),
+        }
         self._span_layers: dict[tuple, list[list[pl.Expr]]] = {}
         # The frame columns whose presence and type shape the span expressions.
         sources = [key for dim in DIMENSIONS for key in attribution.sources(dim)]
@@ -243,6 +250,10 @@ class _Plan:
 
     def outputs(self, charged: bool) -> list[str]:
         return self._outputs[charged]
+
+    def kept(self, charged: bool) -> list[str]:
+        """The outputs and the columns the events and metrics read."""
+        return self._kept[charged]
 
 
 def _error(schema: dict[str, pl.DataType]) -> pl.Expr:
