@@ -299,7 +299,7 @@ class BudgetPlan:
         """Threshold-crossing events, budget by budget, in span order (rare: a plain loop)."""
         if not charged.get_column(CROSSED).any():
             return []
-        rows = charged.filter(CROSSED)
+        rows = charged.filter(pl.col(CROSSED))
         events = []
         row_ids = rows.get_column(ROW).to_list()
         costs = rows.get_column(COST).to_list()

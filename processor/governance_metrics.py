@@ -204,7 +204,7 @@ class GovernanceMetrics:
             keys.append(key.alias(name))
         latency = pl.col("latency")
         return (
-            spans.filter("evaluated")
+            spans.filter(pl.col("evaluated"))
             .group_by(keys or [pl.lit(0).alias("_all")])
             .agg(
                 pl.col(cost).sum().alias("_cost"),

@@ -60,7 +60,8 @@ class PolicyStage:
         base, flags, *layers = plan.span_layers(frame.schema)
         # Only GenAI spans are evaluated (~40% of a batch): the rest are left out until the
         # results are laid back over the whole batch, the last step of the second query.
-        spans = _layered(query.select(base).with_columns(flags).filter(EVALUATED), layers)
+        # (A column, not its name: polars resolves a name against the whole frame schema.)
+        spans = _layered(query.select(base).with_columns(flags).filter(pl.col(EVALUATED)), layers)
         spans = spans.collect(engine=budgets.ENGINE, optimizations=budgets.OPTIMIZATIONS)
         if spans.height == 0:
             return BatchChanges()
