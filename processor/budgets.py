@@ -353,11 +353,9 @@ class BudgetPlan:
             subjects = charged.get_column(column(index, "subject"))
             if subjects.null_count() == subjects.len():
                 continue
-            latest: dict[str, float] = {}
-            spent = charged.get_column(column(index, "consumed")).to_list()
-            for subject, consumed in zip(subjects.to_list(), spent, strict=True):
-                if subject is not None:
-                    latest[subject] = consumed
+            # Keys keep the order of their first appearance, values are the last one's.
+            latest = dict(zip(subjects.to_list(), charged.get_column(column(index, "consumed")).to_list(), strict=True))
+            latest.pop(None, None)
             limit = float(budget.limit_usd)
             out += [(budget.name, subject, consumed, limit) for subject, consumed in latest.items()]
         return out
