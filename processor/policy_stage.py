@@ -57,11 +57,12 @@ class PolicyStage:
         frame = batch.frame
         genai = [column.alias(GENAI_PREFIX + column.name) for column in normalized(batch).get_columns()]
         query = frame.hstack(genai).lazy().with_columns(pl.lit(time.time_ns(), dtype=pl.Int64).alias(budgets.NOW))
-        base, flags, *layers = plan.span_layers(frame.schema)
+        head, evaluated, *layers = plan.span_layers(frame.schema)
         # Only GenAI spans are evaluated (~40% of a batch): the rest are left out until the
         # results are laid back over the whole batch, the last step of the second query.
         # (A column, not its name: polars resolves a name against the whole frame schema.)
-        spans = _layered(query.select(base).with_columns(flags).filter(pl.col(EVALUATED)), layers)
+        spans = query.select(head).with_columns(evaluated).filter(pl.col(EVALUATED))
+        spans = _layered(spans, layers)
         spans = spans.collect(engine=budgets.ENGINE, optimizations=budgets.OPTIMIZATIONS)
         if spans.height == 0:
             return BatchChanges()
@@ -179,7 +180,8 @@ class _Plan:
         }
         self._span_layers: dict[tuple, list[list[pl.Expr]]] = {}
         # The frame columns whose presence and type shape the span expressions.
-        sources = [key for dim in DIMENSIONS for key in attribution.sources(dim)]
+        # (Deduplicated: two dimensions may fall back to one key.)
+        sources = list(dict.fromkeys(key for dim in DIMENSIONS for key in attribution.sources(dim)))
         self._read_keys = (
             *sources,
             *(RESOURCE_PREFIX + key for key in sources),
@@ -212,39 +214,44 @@ class _Plan:
             else pl.lit(None, dtype=pl.Float64).alias("latency")
         )
         genai = {name: pl.col(GENAI_PREFIX + name) for name in (MODEL, PROVIDER, TOKENS_INPUT, TOKENS_OUTPUT)}
-        base = [
+        # What tells a GenAI span, plus the raw columns the rest is computed from after the filter.
+        raw = [name for name in self._read_keys if name in schema and name not in (*COST_KEYS, START_TIME)]
+        head = [
             pl.col(ROW),
             pl.int_range(pl.len(), dtype=pl.UInt32).alias(POSITION),
+            *(pl.col(name) for name in (START_TIME, budgets.NOW, *raw)),
+            _number(schema, budgets.COST, pl.Float64).alias(budgets.COST),
+            # Named apart from the raw columns (an attribution fallback key may be "model"), until
+            # the raw columns are read.
+            pl.coalesce(genai[MODEL], _text(schema, "genops.cost.model")).alias("_model"),
+            pl.coalesce(genai[PROVIDER], _text(schema, "genops.cost.provider")).alias("_provider"),
+            genai[TOKENS_INPUT].alias("_tokens_input"),
+            genai[TOKENS_OUTPUT].alias("_tokens_output"),
+            _text(schema, "genops.cost.status").alias("_cost_status"),
+        ]
+        cost = pl.col(budgets.COST)
+        evaluated = pl.any_horizontal(
+            pl.col("_model").is_not_null(),
+            cost.is_not_null(),
+            pl.col("_tokens_input").is_not_null(),
+            pl.col("_tokens_output").is_not_null(),
+            pl.col("_cost_status").is_not_null(),
+        )
+        rest = [
+            *(pl.col("_" + name).alias(name) for name in ("model", "provider", TOKENS_INPUT, TOKENS_OUTPUT)),
             latency,
             *self.attribution.columns(schema),
-            _number(schema, budgets.COST, pl.Float64).alias(budgets.COST),
-            pl.coalesce(genai[MODEL], _text(schema, "genops.cost.model")).alias("model"),
-            pl.coalesce(genai[PROVIDER], _text(schema, "genops.cost.provider")).alias("provider"),
-            genai[TOKENS_INPUT].alias(TOKENS_INPUT),
-            genai[TOKENS_OUTPUT].alias(TOKENS_OUTPUT),
-            _text(schema, "genops.cost.status").alias("cost_status"),
             _number(schema, policies.PII_COUNT, pl.Int64).alias(policies.PII_COUNT),
             _error(schema).alias("error"),
             *budgets.start_columns(has_end),
         ]
-        cost = pl.col(budgets.COST)
-        evaluated = pl.any_horizontal(
-            pl.col("model").is_not_null(),
-            cost.is_not_null(),
-            pl.col(TOKENS_INPUT).is_not_null(),
-            pl.col(TOKENS_OUTPUT).is_not_null(),
-            pl.col("cost_status").is_not_null(),
-        )
         flags = [
-            evaluated.alias(EVALUATED),
             (cost.is_not_null() & (cost > 0)).alias(budgets.PRICED),
-            *(
-                (policies.rule_check(rule) & evaluated).alias(_rule_column(i))
-                for i, rule in enumerate(self.policy.rules)
-            ),
+            *(policies.rule_check(rule).alias(_rule_column(i)) for i, rule in enumerate(self.policy.rules)),
         ]
-        # The first layer is selected from the batch frame, the others added to it.
-        return [base, flags, *self.budgets.span_columns()]
+        # The first layer is selected from the batch frame, the second tells the spans kept, the
+        # others are added to those.
+        return [head, [evaluated.alias(EVALUATED)], rest, flags, *self.budgets.span_columns()]
 
     def charge_layers(self, charged: bool) -> list[list[pl.Expr]]:
         return self._charge_layers[charged]
