@@ -14,7 +14,7 @@ import polars as pl
 from prometheus_client import CollectorRegistry
 
 from processor import budgets, policies
-from processor.attribution import DIMENSIONS, Attribution
+from processor.attribution import DIMENSIONS, Attribution, text
 from processor.budget_api import BudgetStatusReader
 from processor.budget_policy_file import PolicyFile, PolicySource, load_policy_file
 from processor.budget_state import BudgetStore, open_store
@@ -223,11 +223,11 @@ class _Plan:
             _number(schema, budgets.COST, pl.Float64).alias(budgets.COST),
             # Named apart from the raw columns (an attribution fallback key may be "model"), until
             # the raw columns are read.
-            pl.coalesce(genai[MODEL], _text(schema, "genops.cost.model")).alias("_model"),
-            pl.coalesce(genai[PROVIDER], _text(schema, "genops.cost.provider")).alias("_provider"),
+            pl.coalesce(genai[MODEL], text(schema, "genops.cost.model")).alias("_model"),
+            pl.coalesce(genai[PROVIDER], text(schema, "genops.cost.provider")).alias("_provider"),
             genai[TOKENS_INPUT].alias("_tokens_input"),
             genai[TOKENS_OUTPUT].alias("_tokens_output"),
-            _text(schema, "genops.cost.status").alias("_cost_status"),
+            text(schema, "genops.cost.status").alias("_cost_status"),
         ]
         cost = pl.col(budgets.COST)
         evaluated = pl.any_horizontal(
@@ -265,7 +265,7 @@ class _Plan:
 
 
 def _error(schema: dict[str, pl.DataType]) -> pl.Expr:
-    failed = _text(schema, ERROR_TYPE).is_not_null()
+    failed = text(schema, ERROR_TYPE).is_not_null()
     if STATUS_CODE in schema:  # 2 = STATUS_CODE_ERROR
         failed |= pl.col(STATUS_CODE).cast(pl.Int64, strict=False).fill_null(0) == 2
     return failed
@@ -281,13 +281,6 @@ def fingerprint(batch: TelemetryBatch) -> str:
     # SHA-256 (cut to 128 bits): twice as fast as BLAKE2b where the CPU has SHA instructions,
     # and requests are large (~700 KB for 1k spans with prompts).
     return hashlib.sha256(raw).hexdigest()[:32]
-
-
-def _text(schema: dict[str, pl.DataType], key: str) -> pl.Expr:
-    if schema.get(key, pl.Null) in (pl.Null, pl.Binary):
-        return pl.lit(None, dtype=pl.String)
-    value = pl.col(key).cast(pl.String, strict=False).str.strip_chars()
-    return pl.when(value == "").then(None).otherwise(value)
 
 
 def _number(schema: dict[str, pl.DataType], key: str, dtype: pl.DataType) -> pl.Expr:
