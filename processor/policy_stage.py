@@ -215,7 +215,14 @@ class _Plan:
         )
         genai = {name: pl.col(GENAI_PREFIX + name) for name in (MODEL, PROVIDER, TOKENS_INPUT, TOKENS_OUTPUT)}
         # What tells a GenAI span, plus the raw columns the rest is computed from after the filter.
-        raw = [name for name in self._read_keys if name in schema and name not in (*COST_KEYS, START_TIME)]
+        # (Null and binary columns read as null: not worth carrying.)
+        raw = [
+            name
+            for name in self._read_keys
+            if name in schema
+            and name not in (*COST_KEYS, START_TIME)
+            and (name in (STATUS_CODE, budgets.END_TIME) or schema[name] not in (pl.Null, pl.Binary))
+        ]
         head = [
             pl.col(ROW),
             pl.int_range(pl.len(), dtype=pl.UInt32).alias(POSITION),
