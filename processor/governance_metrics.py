@@ -190,7 +190,9 @@ class GovernanceMetrics:
                     self._series[values] = series
         return series
 
-    def operation_sums(self, spans: pl.LazyFrame, cost: str, refused: dict[str, set[str]] | None = None):
+    def operation_sums(
+        self, spans: pl.LazyFrame, cost: str, refused: dict[str, set[str]] | None = None
+    ) -> pl.LazyFrame:
         """Per label combination, sums over the evaluated spans of `spans`.
 
         `spans`: label columns, `cost`, tokens_input/output, error, latency, evaluated. Values are
