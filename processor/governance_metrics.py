@@ -12,6 +12,7 @@ mode it is summed over the worker processes, like a counter.
 from __future__ import annotations
 
 import bisect
+import functools
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -160,6 +161,8 @@ class GovernanceMetrics:
         self._update_lock = threading.Lock()
         # The children of the per-verdict, per-policy and per-budget metrics, likewise.
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        # The aggregations of `operation_sums`, per cost column name (built once).
+        self._sums_of: dict[str, list[pl.Expr]] = {}
 
     def _operation_series(self, values: tuple) -> _OperationSeries:
         series = self._series.get(values)
@@ -201,39 +204,61 @@ class GovernanceMetrics:
     def operation_sums(
         self, spans: pl.LazyFrame, cost: str, refused: dict[str, set[str]] | None = None
     ) -> pl.LazyFrame:
-        """Per label combination, sums over the evaluated spans of `spans`.
+        """Per label combination, sums over `spans` (the evaluated spans).
 
-        `spans`: label columns, `cost`, tokens_input/output, error, latency, evaluated. Values are
-        taken as they are, "unknown" for null, and "other" for those in `refused` (the cap).
+        `spans`: label columns, `cost`, tokens_input/output, error, latency. With `refused` None
+        the label values are grouped as they are (null is a group of its own: `record_operations`
+        reads it as "unknown"), which is what a batch mostly needs and costs a fraction of
+        preparing the keys. Otherwise null is "unknown" and the values in `refused` (the cap)
+        "other" before grouping.
         """
+        if refused is None:
+            return spans.group_by(self._label_columns).agg(self._sums(cost))
         keys = []
         for name in self.labels:
             key = pl.col(name).cast(pl.String).fill_null(UNKNOWN)
-            if refused and refused.get(name):
+            if refused.get(name):
                 key = pl.when(key.is_in(sorted(refused[name]))).then(pl.lit(OTHER)).otherwise(key)
             keys.append(key.alias(name))
+        return spans.group_by(keys or self._label_columns).agg(self._sums(cost))
+
+    @functools.cached_property
+    def _label_columns(self) -> list[pl.Expr]:
+        return [pl.col(name) for name in self.labels] or [pl.lit(0).alias("_all")]
+
+    def _sums(self, cost: str) -> list[pl.Expr]:
+        found = self._sums_of.get(cost)
+        if found is not None:
+            return found
         latency = pl.col("latency")
-        return (
-            spans.filter(pl.col("evaluated"))
-            .group_by(keys or [pl.lit(0).alias("_all")])
-            .agg(
-                pl.col(cost).sum().alias("_cost"),
-                pl.col("tokens_input").sum(),
-                pl.col("tokens_output").sum(),
-                pl.len().alias("_count"),
-                pl.col("error").sum().alias("_errors"),
-                latency.filter(latency.is_not_null() & (latency >= 0)).alias("_latency"),
-            )
-        )
+        found = self._sums_of[cost] = [
+            pl.col(cost).sum().alias("_cost"),
+            pl.col("tokens_input").sum(),
+            pl.col("tokens_output").sum(),
+            pl.len().alias("_count"),
+            pl.col("error").sum().alias("_errors"),
+            # (A null latency compares as null: filtered out too.)
+            latency.filter(latency >= 0).alias("_latency"),
+        ]
+        return found
 
     def record_operations(self, sums: pl.DataFrame, spans: pl.LazyFrame, cost: str) -> None:
         """`sums`: `operation_sums(spans, cost)` of one batch."""
         if sums.height == 0:
             return
-        labels = [sums.get_column(name).to_list() for name in self.labels]
+        labels = []
+        # A value "unknown" beside unlabelled spans: grouped apart, they must be one series.
+        merged = False
+        for name in self.labels:
+            column = sums.get_column(name)
+            values = column.to_list()
+            if column.null_count():
+                merged = merged or UNKNOWN in values
+                values = [UNKNOWN if value is None else value for value in values]
+            labels.append(values)
         refused = {name: self.cap.refused(name, set(values)) for name, values in zip(self.labels, labels, strict=True)}
-        if any(refused.values()):
-            # Some values became "other": their spans are summed together, as one series.
+        if any(refused.values()) or merged:
+            # Some values became "other" (or "unknown"): their spans are summed together, as one series.
             sums = self.operation_sums(spans, cost, refused).collect(engine=ENGINE, optimizations=OPTIMIZATIONS)
             labels = [sums.get_column(name).to_list() for name in self.labels]
         columns = [

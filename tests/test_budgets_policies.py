@@ -251,6 +251,17 @@ def test_label_values_beyond_the_cap_become_other(policy_file):
     assert registry.get_sample_value("genops_operations_total", {"team": "c"}) is None
 
 
+def test_spans_labelled_unknown_and_unattributed_spans_share_one_series(policy_file):
+    registry = CollectorRegistry()
+    stage = build_policy_stage(stage_config(policy_file, metrics_labels="team"), registry)
+    unattributed = span(attributes={"gen_ai.request.model": "gpt-4o-mini", "genops.cost.total": 0.1})
+    named = [llm_span(0.2, **{"genops.team": "unknown"}), llm_span(0.4, **{"genops.team": "unknown"})]
+    run_pipeline(stage, trace_request([named[0], unattributed, named[1], llm_span(1.0)]))
+    assert registry.get_sample_value("genops_operations_total", {"team": "unknown"}) == 3
+    assert registry.get_sample_value("genops_cost_total_usd", {"team": "unknown"}) == pytest.approx(0.7)
+    assert registry.get_sample_value("genops_operations_total", {"team": "ml"}) == 1
+
+
 RULES = """
 policies:
   - name: cost-cap
