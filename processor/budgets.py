@@ -198,18 +198,21 @@ class BudgetPlan:
             self._window_ends[(budget, label)] = found
         return found
 
-    def before_columns(self, windows: Windows, totals: dict[str, float]) -> list[pl.Expr]:
-        """Per budget, the window's consumed amount before this batch (from the store's totals)."""
+    def before_columns(
+        self, spans: pl.DataFrame, windows: Windows, totals: dict[str, float]
+    ) -> list[pl.Expr] | list[pl.Series]:
+        """Per budget, the window's consumed amount before this batch (from the store's totals),
+        for each span of `spans` (the frame with `span_columns`)."""
         if not windows.charged:
             return [pl.lit(None, dtype=pl.Float64).alias(column(i, "before")) for i in range(len(self.budgets))]
-        keys = pl.Series(windows.keys, dtype=pl.String)
-        before = pl.Series([totals[key] - amount for key, amount in zip(windows.keys, windows.amounts, strict=True)])
-        return [
-            pl.col(column(i, "key"))
-            .replace_strict(keys, before, default=None, return_dtype=pl.Float64)
-            .alias(column(i, "before"))
-            for i in range(len(self.budgets))
-        ]
+        # Looked up in Python: a batch charges a few windows, and polars' lookup by a string key
+        # costs several times as much per call.
+        before = {key: totals[key] - amount for key, amount in zip(windows.keys, windows.amounts, strict=True)}.get
+        columns = []
+        for index in range(len(self.budgets)):
+            keys = spans.get_column(column(index, "key")).to_list()
+            columns.append(pl.Series(column(index, "before"), [before(key) for key in keys], dtype=pl.Float64))
+        return columns
 
     def charge_columns(self) -> list[list[pl.Expr]]:
         """Layers, after `before_columns`: consumed, utilization, exceeded, warned, crossings."""

@@ -69,12 +69,12 @@ class PolicyStage:
         windows = plan.budgets.windows(spans)
         applied = self.store.apply(fingerprint(batch), windows.increments, windows.expires_at)
         charged = _layered(
-            spans.lazy().with_columns(plan.budgets.before_columns(windows, applied.totals)),
+            spans.lazy().with_columns(plan.budgets.before_columns(spans, windows, applied.totals)),
             plan.charge_layers(windows.charged),
         )
-        # Laid back over the batch: just the columns read from here on (the join copies each one).
-        charged = charged.select(POSITION, *plan.kept(windows.charged))
-        charged = _positions(frame.height).join(charged, on=POSITION, how="left", maintain_order="left")
+        # Laid back over the batch (null for the spans not evaluated): just the columns read from
+        # here on. A gather by row index, cheaper in polars than a join on the row position.
+        charged = charged.select(pl.col(plan.kept(windows.charged)).gather(_gather_index(spans, frame.height)))
         if applied.repeated:
             # A retried batch: same tags and events as the first time, but counted once.
             charged = charged.collect(engine=budgets.ENGINE, optimizations=budgets.OPTIMIZATIONS)
@@ -108,21 +108,19 @@ class PolicyStage:
 
 EVALUATED = "evaluated"
 POSITION = "_position"
-_POSITIONS: dict[int, pl.DataFrame] = {}
 # The batch's normalised GenAI columns join the frame under this prefix (no attribute clash).
 GENAI_PREFIX = "_genai:"
 # Span frame schemas remembered with their expressions; batches mostly repeat a few shapes.
 _MAX_SCHEMAS = 64
 
 
-def _positions(rows: int) -> pl.LazyFrame:
-    """The batch's row positions, 0 to rows - 1 (the frame results are laid back over)."""
-    found = _POSITIONS.get(rows)
-    if found is None:
-        if len(_POSITIONS) >= _MAX_SCHEMAS:
-            _POSITIONS.clear()
-        found = _POSITIONS[rows] = pl.DataFrame({POSITION: pl.Series(range(rows), dtype=pl.UInt32)})
-    return found.lazy()
+def _gather_index(spans: pl.DataFrame, rows: int) -> pl.Series:
+    """Per batch row, the index of its row in `spans` (the evaluated spans), or null."""
+    # In Python: a list of a thousand is built faster than polars answers three calls.
+    index: list[int | None] = [None] * rows
+    for at, position in enumerate(spans.get_column(POSITION).to_list()):
+        index[position] = at
+    return pl.Series(index, dtype=pl.UInt32)
 
 
 def _layered(query: pl.LazyFrame, layers: list[list[pl.Expr]]) -> pl.LazyFrame:
