@@ -149,22 +149,21 @@ class BudgetPlan:
         Summed by a group-by over the (span, budget) charges in budget then span order: polars'
         float sum depends on that layout, and the totals kept in the store should not change
         with the way they are computed."""
-        parts = [spans.filter(condition).select(columns) for condition, columns in self._window_parts]
+        # Selected before filtered: a filter copies every column of the span frame.
+        charged = pl.col("key").is_not_null()
+        parts = [spans.select(columns).filter(charged) for columns in self._window_parts]
         return pl.concat(parts).group_by("key", maintain_order=True).agg(self._window_sums)
 
     @functools.cached_property
-    def _window_parts(self) -> list[tuple[pl.Expr, list[pl.Expr]]]:
+    def _window_parts(self) -> list[list[pl.Expr]]:
         return [
-            (
-                pl.col(column(index, "key")).is_not_null(),
-                [
-                    pl.col(column(index, "key")).alias("key"),
-                    pl.col(COST).alias("cost"),
-                    pl.lit(index, dtype=pl.UInt32).alias("budget"),
-                    pl.col(START).alias("start"),
-                    pl.col(self._label(budget)).alias("label"),
-                ],
-            )
+            [
+                pl.col(column(index, "key")).alias("key"),
+                pl.col(COST).alias("cost"),
+                pl.lit(index, dtype=pl.UInt32).alias("budget"),
+                pl.col(START).alias("start"),
+                pl.col(self._label(budget)).alias("label"),
+            ]
             for index, budget in enumerate(self.budgets)
         ]
 
