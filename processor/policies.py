@@ -171,11 +171,12 @@ class VerdictTable:
     def fits(checks: Sequence[Check]) -> bool:
         return len(checks) <= MAX_TABLE_CHECKS
 
-    def code(self, warned: pl.Expr, evaluated: pl.Expr) -> pl.Expr:
-        """The span's code (null for a span that gets no verdict)."""
+    def code(self, warned: pl.Expr, evaluated: pl.Expr | None) -> pl.Expr:
+        """The span's code (null for a span that gets no verdict; `evaluated` None: every span gets one)."""
         bits = [warned.fill_null(False).cast(pl.UInt32)]
         bits += [c.violated.fill_null(False).cast(pl.UInt32) * (2 ** (k + 1)) for k, c in enumerate(self.checks)]
-        return pl.when(evaluated).then(pl.sum_horizontal(bits))
+        code = pl.sum_horizontal(bits)
+        return code if evaluated is None else pl.when(evaluated).then(code)
 
     def columns(self, code: str) -> list[pl.Expr]:
         """VIOLATIONS, RESULT and REASON_CODE looked up by the code column."""

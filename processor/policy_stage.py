@@ -160,7 +160,8 @@ class _Plan:
         warned, evaluated = self.budgets.warned(), pl.col(EVALUATED)
         if policies.VerdictTable.fits(checks):
             table = policies.VerdictTable(checks)
-            verdict = [[table.code(warned, evaluated).alias("_verdict")], table.columns("_verdict")]
+            # The verdicts are computed over the evaluated spans only.
+            verdict = [[table.code(warned, None).alias("_verdict")], table.columns("_verdict")]
         else:
             verdict = [policies.verdict(checks, warned, evaluated)]
         charge = self.budgets.charge_columns()
