@@ -142,13 +142,16 @@ class BudgetPlan:
         ]
         return [labels + subjects, keys, running]
 
-    def _windows_query(self, spans: pl.LazyFrame) -> pl.LazyFrame:
+    def windows_query(self, spans: pl.LazyFrame) -> pl.LazyFrame | None:
         """One row per window charged by `spans` (with `span_columns`), in first-charge order: its
-        key, increment (the batch's spend in it), budget index, first start and label.
+        key, increment (the batch's spend in it), budget index, first start and label. None
+        without budgets.
 
         Summed by a group-by over the (span, budget) charges in budget then span order: polars'
         float sum depends on that layout, and the totals kept in the store should not change
         with the way they are computed."""
+        if not self.budgets:
+            return None
         # Selected before filtered: a filter copies every column of the span frame.
         charged = pl.col("key").is_not_null()
         parts = [spans.select(columns).filter(charged) for columns in self._window_parts]
@@ -171,12 +174,11 @@ class BudgetPlan:
     def _window_sums(self) -> list[pl.Expr]:
         return [pl.col("cost").sum().alias("increment"), *(pl.col(c).first() for c in ("budget", "start", "label"))]
 
-    def windows(self, spans: pl.DataFrame) -> Windows:
-        """The windows charged by `spans` (the frame with `span_columns`)."""
-        if not spans.get_column(PRICED).any() or not self.budgets:
+    def windows(self, spans: pl.DataFrame, charged: pl.DataFrame | None) -> Windows:
+        """The windows charged by `spans` (the frame with `span_columns`); `charged` is
+        `windows_query` of it."""
+        if charged is None or not spans.get_column(PRICED).any():
             return Windows({}, {}, [], [])
-        # A query of its own: collected together with the span frame's, polars computes that twice.
-        charged = self._windows_query(spans.lazy()).collect(engine=ENGINE, optimizations=OPTIMIZATIONS)
         now = int(time.time())
         keys = charged.get_column("key").to_list()
         amounts = charged.get_column("increment").to_list()
