@@ -86,6 +86,20 @@ class _OperationSeries:
     # Every value holder above is prometheus_client's in-process MutexValue (not multiprocess).
     direct: bool = False
 
+    @property
+    def holders(self) -> tuple:
+        """The value holders a direct update adds to, unpacked in one step."""
+        return (
+            self.cost,
+            self.tokens_input,
+            self.tokens_output,
+            self.tokens,
+            self.operations,
+            self.errors,
+            self.latency_sum,
+            self.latency_buckets,
+        )
+
 
 def _incrementer(child: Any) -> Any:
     """The value holder behind a Counter or non-"mostrecent" Gauge child: its `inc` skips the
@@ -157,6 +171,8 @@ class GovernanceMetrics:
         # Label combination -> its children of the per-operation metrics. prometheus_client's
         # labels() validates and locks on every call (~20 µs); a batch touches hundreds of combinations.
         self._series: dict[tuple, _OperationSeries] = {}
+        # The `holders` of the direct ones among them: what the loop over a batch's sums reads.
+        self._direct: dict[tuple, tuple] = {}
         self._series_lock = threading.Lock()
         self._update_lock = threading.Lock()
         # The children of the per-verdict, per-policy and per-budget metrics, likewise.
@@ -266,31 +282,42 @@ class GovernanceMetrics:
             for name in ("_cost", "tokens_input", "tokens_output", "_count", "_errors", "_latency")
         ]
         keys = zip(*labels, strict=True) if labels else [()] * sums.height
-        known = self._series.get
+        direct = self._direct
+        known = direct.get
         bucket = bisect.bisect_left
+        bounds = LATENCY_BUCKETS
         # A few hundred label combinations per batch, each touching 6-9 values: the loop is kept flat.
         with self._update_lock:
             for values, spent, tokens_in, tokens_out, count, errors, latencies in zip(keys, *columns, strict=True):
-                series = known(values) or self._operation_series(values)
-                tokens_in = tokens_in or 0
-                tokens_out = tokens_out or 0
-                if series.direct:
+                holders = known(values)
+                if holders is None:
+                    series = self._operation_series(values)
+                    if series.direct:
+                        holders = series.holders
+                        if len(direct) < MAX_SERIES:
+                            direct[values] = holders
+                if holders is not None:
                     # In-process values, only ever changed here and under _update_lock: added to
-                    # in place (a quarter of inc()'s cost, which takes a lock per call).
-                    series.cost._value += spent or 0.0
-                    series.tokens_input._value += tokens_in
-                    series.tokens_output._value += tokens_out
-                    series.tokens._value += tokens_in + tokens_out
-                    series.operations._value += count
+                    # in place (a quarter of inc()'s cost, which takes a lock per call). Token sums
+                    # of a group are never null (polars sums nulls to 0).
+                    cost, tokens_in_total, tokens_out_total, tokens, operations, error_total, latency_sum, buckets = (
+                        holders
+                    )
+                    cost._value += spent or 0.0
+                    tokens_in_total._value += tokens_in
+                    tokens_out_total._value += tokens_out
+                    tokens._value += tokens_in + tokens_out
+                    operations._value += count
                     if errors:
-                        series.errors._value += errors
+                        error_total._value += errors
                     if latencies:
-                        buckets = series.latency_buckets
                         for latency in latencies:
                             # The bucket whose upper bound is the first >= the value, as observe() picks it.
-                            buckets[bucket(LATENCY_BUCKETS, latency)]._value += 1
-                        series.latency_sum._value += sum(latencies)
+                            buckets[bucket(bounds, latency)]._value += 1
+                        latency_sum._value += sum(latencies)
                     continue
+                tokens_in = tokens_in or 0
+                tokens_out = tokens_out or 0
                 series.cost.inc(spent or 0.0)
                 series.tokens_input.inc(tokens_in)
                 series.tokens_output.inc(tokens_out)
