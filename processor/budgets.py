@@ -6,19 +6,24 @@ the store answers with the total after the batch, so the amount before it is kno
 other pods charge the same window concurrently. A running sum in span order then gives each
 span's consumed amount, and a threshold is crossed on the span where that running amount first
 reaches it.
+
+The work is laid out as columns of the batch's span frame, a few per budget (its window key,
+the window's increment, the running sum, then the consumed amount), so a whole batch is charged
+with one query before the store is called and one after: the per-call cost of polars, not the
+data, is what a batch pays.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import polars as pl
 
 from processor.budget_policy_file import PERIOD_LABEL, Budget
-from processor.budget_state import BudgetStore
 from processor.decode import ROW, START_TIME
 from processor.pipeline import SpanEventToAdd
 
@@ -39,153 +44,337 @@ TAGS = {
     "exceeded": "genops.budget.exceeded",
 }
 
-CHARGE_SCHEMA = {
-    ROW: pl.UInt32,
-    "budget": pl.UInt32,
-    "name": pl.String,
-    "period": pl.String,
-    "mode": pl.String,
-    "subject": pl.String,
-    "label": pl.String,
-    "cost": pl.Float64,
-    "limit": pl.Float64,
-    "warn_from": pl.Float64,
-    "thresholds": pl.List(pl.Float64),
-    "start": pl.Int64,
-    "event_time": pl.Int64,
-}
+# The engine of eager DataFrame calls, which these queries replaced: float sums (budget windows,
+# spend metrics) come out to the last bit as they did; the streaming engine adds in another order.
+ENGINE = "in-memory"
+# And the optimiser passes of eager calls: the queries are small and written in the shape they
+# run in, so pushdowns and common-subexpression search cost more than they save.
+OPTIMIZATIONS = pl.QueryOptFlags(
+    predicate_pushdown=False,
+    projection_pushdown=False,
+    slice_pushdown=False,
+    comm_subplan_elim=False,
+    comm_subexpr_elim=False,
+    cluster_with_columns=False,
+    check_order_observe=False,
+    fast_projection=False,
+    sort_collapse=False,
+)
+# Columns the span frame must hold before `span_columns`: the batch's arrival time (a span
+# without a start time is charged to the window it arrives in), the charged start and the time
+# a crossing event gets.
+NOW = "_now"
+START = "_start"
+EVENT_TIME = "_event_time"
+PRICED = "_priced"
+# Set by `charge_columns` when some span crossed a threshold (events are rare: built in Python).
+CROSSED = "_crossed"
+# Windows remembered per (budget, label) for their end; a bound, since labels keep coming.
+_MAX_WINDOW_ENDS = 4096
 
 
-@dataclass
-class BudgetOutcome:
-    # One row per (span, budget) charged: running consumed, utilization, exceeded, warned, mode.
-    charges: pl.DataFrame
-    # One row per charged span: the tags of its most used budget.
-    tags: pl.DataFrame
-    events: list[SpanEventToAdd] = field(default_factory=list)
-    # The batch was applied before (a retry): same figures, but nothing was added.
-    repeated: bool = False
+def start_columns(has_end_time: bool) -> list[pl.Expr]:
+    """The charged start and the event time, from the raw start/end columns and NOW."""
+    start = pl.when(pl.col(START_TIME) > 0).then(pl.col(START_TIME).cast(pl.Int64)).otherwise(pl.col(NOW))
+    end = pl.col(END_TIME).cast(pl.Int64) if has_end_time else pl.lit(None, dtype=pl.Int64)
+    return [start.alias(START), pl.coalesce(end, start).alias(EVENT_TIME)]
 
 
-def evaluate(budgets: Sequence[Budget], spans: pl.DataFrame, store: BudgetStore, fingerprint: str) -> BudgetOutcome:
-    """`spans`: _row, the cost column, one column per attribution dimension, start/end times.
-
-    The store is called even when nothing is charged, to record the fingerprint: `repeated` then
-    tells the caller this batch was seen before (a retry), so its spend is not counted twice.
-    """
-    charges = _charges(budgets, spans)
-    if charges.height == 0:
-        applied = store.apply(fingerprint, {}, {})
-        return BudgetOutcome(charges, pl.DataFrame(), repeated=applied.repeated)
-    charges = charges.with_columns(pl.concat_str("name", "subject", "label", separator="|").alias("key"))
-    windows = charges.group_by("key", maintain_order=True).agg(
-        pl.col("cost").sum().alias("increment"), pl.col("budget").first(), pl.col("start").first()
-    )
-    now = int(time.time())
-    # A late span's window may have closed long ago: keep it from now on, not from its end.
-    expires = {
-        key: max(int(budgets[index].window(_at(start))[2].timestamp()), now) + KEEP_CLOSED_WINDOW_SECONDS
-        for key, index, start in windows.select("key", "budget", "start").iter_rows()
-    }
-    increments = dict(zip(windows["key"].to_list(), windows["increment"].to_list(), strict=True))
-    applied = store.apply(fingerprint, increments, expires)
-    before = windows.select(
-        "key",
-        (pl.col("key").replace_strict(applied.totals, return_dtype=pl.Float64) - pl.col("increment")).alias("before"),
-    )
-    running = pl.col("before") + pl.col("cost").cum_sum().over("key")
-    charges = (
-        charges.join(before, on="key", how="left", maintain_order="left")
-        .with_columns(running.alias("consumed"))
-        .with_columns(
-            (pl.col("consumed") - pl.col("cost")).alias("previous"),
-            (pl.col("consumed") / pl.col("limit")).alias("utilization"),
-            (pl.col("consumed") > pl.col("limit")).alias("exceeded"),
-        )
-        .with_columns((pl.col("utilization") >= pl.col("warn_from")).alias("warned"))
-    )
-    return BudgetOutcome(charges, _tags(charges), _crossings(charges), applied.repeated)
+def column(index: int, what: str) -> str:
+    """The name of budget `index`'s column `what` in the span frame."""
+    return f"_b{index}_{what}"
 
 
-def _charges(budgets: Sequence[Budget], spans: pl.DataFrame) -> pl.DataFrame:
-    priced = spans.filter(pl.col(COST).is_not_null() & (pl.col(COST) > 0))
-    if not budgets or priced.height == 0:
-        return pl.DataFrame(schema=CHARGE_SCHEMA)
-    now_ns = time.time_ns()
-    # A span without a start time (0) is charged to the window it arrives in.
-    start = pl.when(pl.col(START_TIME) > 0).then(pl.col(START_TIME).cast(pl.Int64)).otherwise(pl.lit(now_ns))
-    end = pl.col(END_TIME).cast(pl.Int64) if END_TIME in spans.columns else pl.lit(None, dtype=pl.Int64)
-    parts = []
-    for index, budget in enumerate(budgets):
-        subject = pl.lit("*") if budget.dimension is None else pl.col(budget.dimension)
-        applies = subject.is_not_null()
-        if budget.value is not None:
-            applies &= subject == budget.value
-        local = pl.from_epoch(start, "ns").dt.replace_time_zone("UTC").dt.convert_time_zone(budget.timezone)
-        parts.append(
-            priced.filter(applies).select(
-                pl.col(ROW).cast(pl.UInt32),
-                pl.lit(index, dtype=pl.UInt32).alias("budget"),
-                pl.lit(budget.name).alias("name"),
-                pl.lit(budget.period).alias("period"),
-                pl.lit(budget.mode).alias("mode"),
-                subject.cast(pl.String).alias("subject"),
-                local.dt.strftime(PERIOD_LABEL[budget.period]).alias("label"),
-                pl.col(COST).alias("cost"),
-                pl.lit(budget.limit_usd, dtype=pl.Float64).alias("limit"),
-                pl.lit(min(budget.warn_at, default=1.0), dtype=pl.Float64).alias("warn_from"),
-                pl.lit(list(budget.thresholds()), dtype=pl.List(pl.Float64)).alias("thresholds"),
-                start.alias("start"),
-                pl.coalesce(end, start).alias("event_time"),
+@dataclass(frozen=True)
+class Windows:
+    """The windows a batch charges: what the store is asked to add, and how to read its answer."""
+
+    increments: dict[str, float]
+    expires_at: dict[str, int]
+    # The same windows' keys and increments, in order.
+    keys: list[str]
+    amounts: list[float]
+
+    @property
+    def charged(self) -> bool:
+        return bool(self.increments)
+
+
+class BudgetPlan:
+    """The expressions charging one policy file's budgets, built once per policy file."""
+
+    def __init__(self, budgets: Sequence[Budget]) -> None:
+        self.budgets = tuple(budgets)
+        zones = sorted({(b.timezone, b.period) for b in self.budgets})
+        self._label_column = {zone: f"_label{i}" for i, zone in enumerate(zones)}
+        self._window_ends: dict[tuple[Budget, str], int] = {}
+
+    def _label(self, budget: Budget) -> str:
+        return self._label_column[(budget.timezone, budget.period)]
+
+    def span_columns(self) -> list[list[pl.Expr]]:
+        """Layers of columns (each may use the previous ones) adding per budget its window key
+        (null: not charged) and the running sum in span order.
+
+        Needs COST, START, PRICED and the dimension columns."""
+        # Labels of the priced spans only: the time zone conversion and formatting cost per span.
+        start = pl.when(pl.col(PRICED)).then(pl.col(START))
+        labels = [
+            _local(start, zone).dt.strftime(PERIOD_LABEL[period]).alias(column)
+            for (zone, period), column in self._label_column.items()
+        ]
+        subjects = []
+        for index, budget in enumerate(self.budgets):
+            subject = pl.lit("*") if budget.dimension is None else pl.col(budget.dimension)
+            applies = pl.col(PRICED) & subject.is_not_null()
+            if budget.value is not None:
+                applies &= subject == budget.value
+            subjects.append(pl.when(applies).then(subject.cast(pl.String)).alias(column(index, "subject")))
+        keys = [
+            pl.concat_str(pl.lit(budget.name), column(index, "subject"), self._label(budget), separator="|").alias(
+                column(index, "key")
             )
-        )
-    return pl.concat(parts)
+            for index, budget in enumerate(self.budgets)
+        ]
+        running = [
+            pl.col(COST).cum_sum().over(column(index, "key")).alias(column(index, "running"))
+            for index in range(len(self.budgets))
+        ]
+        return [labels + subjects, keys, running]
+
+    def windows_query(self, spans: pl.LazyFrame) -> pl.LazyFrame | None:
+        """One row per window charged by `spans` (with `span_columns`), in first-charge order: its
+        key, increment (the batch's spend in it), budget index, first start and label. None
+        without budgets.
+
+        Summed by a group-by over the (span, budget) charges in budget then span order: polars'
+        float sum depends on that layout, and the totals kept in the store should not change
+        with the way they are computed."""
+        if not self.budgets:
+            return None
+        # Selected before filtered: a filter copies every column of the span frame.
+        charged = pl.col("key").is_not_null()
+        parts = [spans.select(columns).filter(charged) for columns in self._window_parts]
+        return pl.concat(parts).group_by("key", maintain_order=True).agg(self._window_sums)
+
+    @functools.cached_property
+    def _window_parts(self) -> list[list[pl.Expr]]:
+        return [
+            [
+                pl.col(column(index, "key")).alias("key"),
+                pl.col(COST).alias("cost"),
+                pl.lit(index, dtype=pl.UInt32).alias("budget"),
+                pl.col(START).alias("start"),
+                pl.col(self._label(budget)).alias("label"),
+            ]
+            for index, budget in enumerate(self.budgets)
+        ]
+
+    @functools.cached_property
+    def _window_sums(self) -> list[pl.Expr]:
+        return [pl.col("cost").sum().alias("increment"), *(pl.col(c).first() for c in ("budget", "start", "label"))]
+
+    def windows(self, spans: pl.DataFrame, charged: pl.DataFrame | None) -> Windows:
+        """The windows charged by `spans` (the frame with `span_columns`); `charged` is
+        `windows_query` of it."""
+        if charged is None or not spans.get_column(PRICED).any():
+            return Windows({}, {}, [], [])
+        now = int(time.time())
+        keys = charged.get_column("key").to_list()
+        amounts = charged.get_column("increment").to_list()
+        columns = (charged.get_column(name).to_list() for name in ("budget", "label", "start"))
+        expires = {
+            # A late span's window may have closed long ago: keep it from now on, not from its end.
+            key: max(self._window_end(self.budgets[index], label, start), now) + KEEP_CLOSED_WINDOW_SECONDS
+            for key, index, label, start in zip(keys, *columns, strict=True)
+        }
+        return Windows(dict(zip(keys, amounts, strict=True)), expires, keys, amounts)
+
+    def _window_end(self, budget: Budget, label: str, start_ns: int) -> int:
+        found = self._window_ends.get((budget, label))
+        if found is None:
+            if len(self._window_ends) >= _MAX_WINDOW_ENDS:
+                self._window_ends.clear()
+            found = int(budget.window(_at(start_ns))[2].timestamp())
+            self._window_ends[(budget, label)] = found
+        return found
+
+    def before_columns(
+        self, spans: pl.DataFrame, windows: Windows, totals: dict[str, float]
+    ) -> list[pl.Expr] | list[pl.Series]:
+        """Per budget, the window's consumed amount before this batch (from the store's totals),
+        for each span of `spans` (the frame with `span_columns`)."""
+        if not windows.charged:
+            return [pl.lit(None, dtype=pl.Float64).alias(column(i, "before")) for i in range(len(self.budgets))]
+        # Looked up in Python: a batch charges a few windows, and polars' lookup by a string key
+        # costs several times as much per call.
+        before = {key: totals[key] - amount for key, amount in zip(windows.keys, windows.amounts, strict=True)}.get
+        columns = []
+        for index in range(len(self.budgets)):
+            keys = spans.get_column(column(index, "key")).to_list()
+            columns.append(pl.Series(column(index, "before"), [before(key) for key in keys], dtype=pl.Float64))
+        return columns
+
+    def charge_columns(self) -> list[list[pl.Expr]]:
+        """Layers, after `before_columns`: consumed, utilization, exceeded, warned, crossings."""
+        consumed = [
+            (pl.col(column(i, "before")) + pl.col(column(i, "running"))).alias(column(i, "consumed"))
+            for i in range(len(self.budgets))
+        ]
+        derived = []
+        crossed = []
+        for index, budget in enumerate(self.budgets):
+            limit = float(budget.limit_usd)
+            spent = pl.col(column(index, "consumed"))
+            # Divided by a full column: polars divides by a scalar as a product with its inverse,
+            # which can round the other way (and turn 0.3254125 into 0.325413 once rounded).
+            utilization = (spent / pl.when(spent.is_not_null()).then(pl.lit(limit))).alias(column(index, "utilization"))
+            previous = spent - pl.col(COST)
+            derived += [
+                utilization,
+                (spent > limit).alias(column(index, "exceeded")),
+                (utilization >= min(budget.warn_at, default=1.0)).alias(column(index, "warned")),
+            ]
+            for threshold in budget.thresholds():
+                level = threshold * limit
+                # Warn levels are crossed on reaching them; the limit itself only when spend goes past it.
+                if threshold < 1.0:
+                    crossed.append((previous < level) & (spent >= level))
+                else:
+                    crossed.append((previous <= level) & (spent > level))
+        any_crossed = pl.any_horizontal(crossed).fill_null(False) if crossed else pl.lit(False)
+        return [consumed, [*derived, any_crossed.alias(CROSSED)]]
+
+    def exceeded(self, index: int) -> pl.Expr:
+        """Span charged to budget `index` in a window past its limit."""
+        return pl.col(column(index, "exceeded")).fill_null(False)
+
+    def warned(self) -> pl.Expr:
+        """Span past a warn level of a budget that is not audit-only."""
+        flags = [pl.col(column(i, "warned")) for i, b in enumerate(self.budgets) if b.mode != "audit_only"]
+        return pl.any_horizontal(flags).fill_null(False) if flags else pl.lit(False)
+
+    def tag_columns(self) -> list[list[pl.Expr]]:
+        """Layers, after `charge_columns`, of the tags of each span's budget closest to (or
+        furthest past) its limit: the one a reader cares about."""
+        count = len(self.budgets)
+        utilization = [pl.col(column(i, "utilization")) for i in range(count)]
+        top = pl.max_horizontal(utilization).alias("_top")
+        # The first budget at the top utilization, like a sort keeping budget order on ties.
+        best = pl.when(utilization[0] == pl.col("_top")).then(pl.lit(0, dtype=pl.UInt32))
+        for index in range(1, count):
+            best = best.when(utilization[index] == pl.col("_top")).then(pl.lit(index, dtype=pl.UInt32))
+
+        def pick(what: str) -> pl.Expr:
+            chosen = pl.when(pl.col("_best") == 0).then(pl.col(column(0, what)))
+            for index in range(1, count):
+                chosen = chosen.when(pl.col("_best") == index).then(pl.col(column(index, what)))
+            return chosen
+
+        def constant(values: list, dtype: pl.DataType) -> pl.Expr:
+            return pl.lit(pl.Series(values, dtype=dtype)).gather(pl.col("_best"))
+
+        limit = constant([float(b.limit_usd) for b in self.budgets], pl.Float64)
+        consumed = pick("consumed")
+        return [
+            [top],
+            [best.alias("_best")],
+            [
+                constant([b.name for b in self.budgets], pl.String).alias(TAGS["name"]),
+                constant([b.period for b in self.budgets], pl.String).alias(TAGS["period"]),
+                limit.alias(TAGS["limit"]),
+                consumed.round(9).alias(TAGS["consumed"]),
+                (limit - consumed).clip(lower_bound=0).round(9).alias(TAGS["remaining"]),
+                pick("utilization").round(6).alias(TAGS["utilization"]),
+                pick("exceeded").alias(TAGS["exceeded"]),
+            ],
+        ]
+
+    def reported(self) -> list[str]:
+        """The columns `events`, `levels` and `exceeded_counts` read."""
+        per_budget = [column(i, what) for i in range(len(self.budgets)) for what in ("subject", "consumed", "exceeded")]
+        return [ROW, COST, EVENT_TIME, CROSSED, *self._label_column.values(), *per_budget]
+
+    def events(self, charged: pl.DataFrame) -> list[SpanEventToAdd]:
+        """Threshold-crossing events, budget by budget, in span order (rare: a plain loop)."""
+        if not charged.get_column(CROSSED).any():
+            return []
+        rows = charged.filter(pl.col(CROSSED))
+        events = []
+        row_ids = rows.get_column(ROW).to_list()
+        costs = rows.get_column(COST).to_list()
+        times = rows.get_column(EVENT_TIME).to_list()
+        for index, budget in enumerate(self.budgets):
+            limit = float(budget.limit_usd)
+            columns = zip(
+                row_ids,
+                costs,
+                times,
+                rows.get_column(column(index, "subject")).to_list(),
+                rows.get_column(self._label(budget)).to_list(),
+                rows.get_column(column(index, "consumed")).to_list(),
+                strict=True,
+            )
+            for row, cost, event_time, subject, label, consumed in columns:
+                if consumed is None:
+                    continue
+                previous = consumed - cost
+                for threshold in budget.thresholds():
+                    level = threshold * limit
+                    if threshold < 1.0:
+                        crossed = previous < level and consumed >= level
+                    else:
+                        crossed = previous <= level and consumed > level
+                    if not crossed:
+                        continue
+                    events.append(
+                        SpanEventToAdd(
+                            row=row,
+                            name=EVENT_EXCEEDED if threshold >= 1.0 else EVENT_THRESHOLD,
+                            time_unix_nano=event_time,
+                            attributes={
+                                TAGS["name"]: budget.name,
+                                "genops.budget.subject": subject,
+                                "genops.budget.window": label,
+                                "genops.budget.threshold": float(threshold),
+                                TAGS["limit"]: limit,
+                                TAGS["consumed"]: round(consumed, 9),
+                                "genops.budget.mode": budget.mode,
+                            },
+                        )
+                    )
+        return events
+
+    def levels(self, charged: pl.DataFrame) -> list[tuple[str, str, float, float]]:
+        """(budget, subject, consumed, limit) as last charged in this batch, per budget and subject
+        in order of their first charge."""
+        out = []
+        for index, budget in enumerate(self.budgets):
+            subjects = charged.get_column(column(index, "subject"))
+            if subjects.null_count() == subjects.len():
+                continue
+            # Keys keep the order of their first appearance, values are the last one's.
+            latest = dict(zip(subjects.to_list(), charged.get_column(column(index, "consumed")).to_list(), strict=True))
+            latest.pop(None, None)
+            limit = float(budget.limit_usd)
+            out += [(budget.name, subject, consumed, limit) for subject, consumed in latest.items()]
+        return out
+
+    def exceeded_counts(self, charged: pl.DataFrame) -> list[tuple[str, str, int]]:
+        """(budget, mode, spans charged past the limit) per budget."""
+        counts = []
+        for index, budget in enumerate(self.budgets):
+            count = charged.get_column(column(index, "exceeded")).sum()
+            if count:
+                counts.append((budget.name, budget.mode, int(count)))
+        return counts
+
+
+def _local(epoch_ns: pl.Expr, zone: str) -> pl.Expr:
+    """Local date and time in `zone` (UTC stays a plain datetime: same fields, half the work)."""
+    utc = pl.from_epoch(epoch_ns, "ns")
+    return utc if zone == "UTC" else utc.dt.replace_time_zone("UTC").dt.convert_time_zone(zone)
 
 
 def _at(start_ns: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(start_ns / 1e9, tz=dt.UTC)
-
-
-def _tags(charges: pl.DataFrame) -> pl.DataFrame:
-    """Per span, the budget closest to (or furthest past) its limit: the one a reader cares about."""
-    top = charges.sort([ROW, "utilization"], descending=[False, True]).unique(ROW, keep="first", maintain_order=True)
-    return top.select(
-        ROW,
-        pl.col("name").alias(TAGS["name"]),
-        pl.col("period").alias(TAGS["period"]),
-        pl.col("limit").alias(TAGS["limit"]),
-        pl.col("consumed").round(9).alias(TAGS["consumed"]),
-        (pl.col("limit") - pl.col("consumed")).clip(lower_bound=0).round(9).alias(TAGS["remaining"]),
-        pl.col("utilization").round(6).alias(TAGS["utilization"]),
-        pl.col("exceeded").alias(TAGS["exceeded"]),
-    )
-
-
-def _crossings(charges: pl.DataFrame) -> list[SpanEventToAdd]:
-    level = pl.col("thresholds") * pl.col("limit")
-    # Warn levels are crossed on reaching them; the limit itself only when spend goes past it.
-    crossed = (
-        pl.when(pl.col("thresholds") < 1.0)
-        .then((pl.col("previous") < level) & (pl.col("consumed") >= level))
-        .otherwise((pl.col("previous") <= level) & (pl.col("consumed") > level))
-    )
-    rows = charges.explode("thresholds").filter(crossed)
-    return [
-        SpanEventToAdd(
-            row=row,
-            name=EVENT_EXCEEDED if threshold >= 1.0 else EVENT_THRESHOLD,
-            time_unix_nano=event_time,
-            attributes={
-                TAGS["name"]: name,
-                "genops.budget.subject": subject,
-                "genops.budget.window": label,
-                "genops.budget.threshold": threshold,
-                TAGS["limit"]: limit,
-                TAGS["consumed"]: round(consumed, 9),
-                "genops.budget.mode": mode,
-            },
-        )
-        for row, name, subject, label, threshold, limit, consumed, mode, event_time in rows.select(
-            ROW, "name", "subject", "label", "thresholds", "limit", "consumed", "mode", "event_time"
-        ).iter_rows()
-    ]

@@ -11,14 +11,19 @@ mode it is summed over the worker processes, like a counter.
 
 from __future__ import annotations
 
+import bisect
+import functools
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import polars as pl
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.values import MutexValue
 
 from processor.attribution import DIMENSIONS
+from processor.budgets import ENGINE, OPTIMIZATIONS
 
 LABEL_CHOICES = (*DIMENSIONS, "model", "provider")
 OTHER = "other"
@@ -45,26 +50,64 @@ class LabelCap:
         self._seen: dict[str, set[str]] = {}
         self._lock = threading.Lock()
 
-    def apply(self, label: str, values: pl.Series) -> pl.Series:
-        values = values.cast(pl.String).fill_null(UNKNOWN)
+    def refused(self, label: str, values: set[str]) -> set[str]:
+        """Admits `values` (smallest first) while there is room; returns those mapped to "other"."""
+        seen = self._seen.get(label)
+        if seen is not None and values <= seen:  # the common case: nothing new
+            return set()
         with self._lock:
             seen = self._seen.setdefault(label, set())
-            for value in values.unique().sort().to_list():
-                if value not in seen and len(seen) < self.max_values:
-                    seen.add(value)
-            mapping = {value: value for value in seen}
-        return values.replace_strict(mapping, default=OTHER, return_dtype=pl.String)
+            for value in sorted(values - seen):
+                if len(seen) >= self.max_values:
+                    break
+                seen.add(value)
+            return values - seen
+
+    def map(self, label: str, values: list[str | None]) -> list[str]:
+        """`values` with null as "unknown" and values beyond the cap as "other"."""
+        filled = [UNKNOWN if value is None else value for value in values]
+        refused = self.refused(label, set(filled))
+        return [OTHER if value in refused else value for value in filled] if refused else filled
 
 
 @dataclass(frozen=True)
 class _OperationSeries:
-    cost: Gauge
-    tokens_input: Counter
-    tokens_output: Counter
-    tokens: Counter
-    operations: Counter
-    errors: Counter
+    # What `inc` is called on: the children's value holders (see `_incrementer`).
+    cost: Any
+    tokens_input: Any
+    tokens_output: Any
+    tokens: Any
+    operations: Any
+    errors: Any
     latency: Histogram
+    # The histogram's bucket and sum value holders, or None to fall back to `observe`.
+    latency_buckets: list | None
+    latency_sum: Any
+    # Every value holder above is prometheus_client's in-process MutexValue (not multiprocess).
+    direct: bool = False
+
+    @property
+    def holders(self) -> tuple:
+        """The value holders a direct update adds to, unpacked in one step."""
+        return (
+            self.cost,
+            self.tokens_input,
+            self.tokens_output,
+            self.tokens,
+            self.operations,
+            self.errors,
+            self.latency_sum,
+            self.latency_buckets,
+        )
+
+
+def _incrementer(child: Any) -> Any:
+    """The value holder behind a Counter or non-"mostrecent" Gauge child: its `inc` skips the
+    metric's per-call checks (~1 µs each; a batch makes thousands of increments). prometheus_client
+    keeps it in `_value` for every value class (in-process and multiprocess); if that ever
+    changes, the child itself is used."""
+    value = getattr(child, "_value", None)
+    return value if callable(getattr(value, "inc", None)) else child
 
 
 class GovernanceMetrics:
@@ -125,11 +168,17 @@ class GovernanceMetrics:
             ["budget", "mode"],
             registry=registry,
         )
-        self._upper_bounds = pl.Series([*LATENCY_BUCKETS, float("inf")], dtype=pl.Float64)
         # Label combination -> its children of the per-operation metrics. prometheus_client's
         # labels() validates and locks on every call (~20 µs); a batch touches hundreds of combinations.
         self._series: dict[tuple, _OperationSeries] = {}
+        # The `holders` of the direct ones among them: what the loop over a batch's sums reads.
+        self._direct: dict[tuple, tuple] = {}
         self._series_lock = threading.Lock()
+        self._update_lock = threading.Lock()
+        # The children of the per-verdict, per-policy and per-budget metrics, likewise.
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        # The aggregations of `operation_sums`, per cost column name (built once).
+        self._sums_of: dict[str, list[pl.Expr]] = {}
 
     def _operation_series(self, values: tuple) -> _OperationSeries:
         series = self._series.get(values)
@@ -150,84 +199,172 @@ class GovernanceMetrics:
                         self.errors,
                         self.latency,
                     )
-                    series = _OperationSeries(*(self._child(metric, list(values)) for metric in metrics))
+                    children = [self._child(metric, list(values)) for metric in metrics]
+                    latency = children[-1]
+                    # Bulk update of the histogram's buckets; prometheus_client has no batch observe.
+                    # Its internals have been stable for years, but fall back to observe if they change.
+                    bulk = hasattr(latency, "_buckets") and hasattr(latency, "_sum")
+                    holders = [_incrementer(child) for child in children[:-1]]
+                    buckets = list(latency._buckets) if bulk else None
+                    direct = bulk and all(type(value) is MutexValue for value in (*holders, *buckets, latency._sum))
+                    series = _OperationSeries(
+                        *holders,
+                        latency=latency,
+                        latency_buckets=buckets,
+                        latency_sum=latency._sum if bulk else None,
+                        direct=direct,
+                    )
                     self._series[values] = series
         return series
 
-    def capped(self, frame: pl.DataFrame) -> pl.DataFrame:
-        """`frame` with each label column mapped through the cardinality cap."""
-        return frame.with_columns(self.cap.apply(name, frame[name]).alias(name) for name in self.labels)
+    def operation_sums(
+        self, spans: pl.LazyFrame, cost: str, refused: dict[str, set[str]] | None = None
+    ) -> pl.LazyFrame:
+        """Per label combination, sums over `spans` (the evaluated spans).
 
-    def record_operations(self, ops: pl.DataFrame) -> None:
-        """`ops`: one row per GenAI span, label columns, cost, tokens_input/output, error, latency."""
-        if ops.height == 0:
+        `spans`: label columns, `cost`, tokens_input/output, error, latency. With `refused` None
+        the label values are grouped as they are (null is a group of its own: `record_operations`
+        reads it as "unknown"), which is what a batch mostly needs and costs a fraction of
+        preparing the keys. Otherwise null is "unknown" and the values in `refused` (the cap)
+        "other" before grouping.
+        """
+        if refused is None:
+            return spans.group_by(self._label_columns).agg(self._sums(cost))
+        keys = []
+        for name in self.labels:
+            key = pl.col(name).cast(pl.String).fill_null(UNKNOWN)
+            if refused.get(name):
+                key = pl.when(key.is_in(sorted(refused[name]))).then(pl.lit(OTHER)).otherwise(key)
+            keys.append(key.alias(name))
+        return spans.group_by(keys or self._label_columns).agg(self._sums(cost))
+
+    @functools.cached_property
+    def _label_columns(self) -> list[pl.Expr]:
+        return [pl.col(name) for name in self.labels] or [pl.lit(0).alias("_all")]
+
+    def _sums(self, cost: str) -> list[pl.Expr]:
+        found = self._sums_of.get(cost)
+        if found is not None:
+            return found
+        latency = pl.col("latency")
+        found = self._sums_of[cost] = [
+            pl.col(cost).sum().alias("_cost"),
+            pl.col("tokens_input").sum(),
+            pl.col("tokens_output").sum(),
+            pl.len().alias("_count"),
+            pl.col("error").sum().alias("_errors"),
+            # (A null latency compares as null: filtered out too.)
+            latency.filter(latency >= 0).alias("_latency"),
+        ]
+        return found
+
+    def record_operations(self, sums: pl.DataFrame, spans: pl.LazyFrame, cost: str) -> None:
+        """`sums`: `operation_sums(spans, cost)` of one batch."""
+        if sums.height == 0:
             return
-        ops = self.capped(ops)
-        keys = list(self.labels)
-        sums = (
-            ops.group_by(keys or pl.lit(0).alias("_all"))
-            .agg(
-                pl.col("cost").sum(),
-                pl.col("tokens_input").sum(),
-                pl.col("tokens_output").sum(),
-                pl.len().alias("count"),
-                pl.col("error").sum().alias("errors"),
-            )
-            .select(*keys, "cost", "tokens_input", "tokens_output", "count", "errors")
-        )
-        for *values, cost, tokens_in, tokens_out, count, errors in sums.iter_rows():
-            series = self._operation_series(tuple(values))
-            series.cost.inc(cost or 0.0)
-            series.tokens_input.inc(tokens_in or 0)
-            series.tokens_output.inc(tokens_out or 0)
-            series.tokens.inc((tokens_in or 0) + (tokens_out or 0))
-            series.operations.inc(count)
-            if errors:
-                series.errors.inc(errors)
-        self._observe_latency(ops.filter(pl.col("latency").is_not_null() & (pl.col("latency") >= 0)))
+        labels = []
+        # A value "unknown" beside unlabelled spans: grouped apart, they must be one series.
+        merged = False
+        for name in self.labels:
+            column = sums.get_column(name)
+            values = column.to_list()
+            if column.null_count():
+                merged = merged or UNKNOWN in values
+                values = [UNKNOWN if value is None else value for value in values]
+            labels.append(values)
+        refused = {name: self.cap.refused(name, set(values)) for name, values in zip(self.labels, labels, strict=True)}
+        if any(refused.values()) or merged:
+            # Some values became "other" (or "unknown"): their spans are summed together, as one series.
+            sums = self.operation_sums(spans, cost, refused).collect(engine=ENGINE, optimizations=OPTIMIZATIONS)
+            labels = [sums.get_column(name).to_list() for name in self.labels]
+        columns = [
+            sums.get_column(name).to_list()
+            for name in ("_cost", "tokens_input", "tokens_output", "_count", "_errors", "_latency")
+        ]
+        keys = zip(*labels, strict=True) if labels else [()] * sums.height
+        direct = self._direct
+        known = direct.get
+        bucket = bisect.bisect_left
+        bounds = LATENCY_BUCKETS
+        # A few hundred label combinations per batch, each touching 6-9 values: the loop is kept flat.
+        with self._update_lock:
+            for values, spent, tokens_in, tokens_out, count, errors, latencies in zip(keys, *columns, strict=True):
+                holders = known(values)
+                if holders is None:
+                    series = self._operation_series(values)
+                    if series.direct:
+                        holders = series.holders
+                        if len(direct) < MAX_SERIES:
+                            direct[values] = holders
+                if holders is not None:
+                    # In-process values, only ever changed here and under _update_lock: added to
+                    # in place (a quarter of inc()'s cost, which takes a lock per call). Token sums
+                    # of a group are never null (polars sums nulls to 0).
+                    cost, tokens_in_total, tokens_out_total, tokens, operations, error_total, latency_sum, buckets = (
+                        holders
+                    )
+                    cost._value += spent or 0.0
+                    tokens_in_total._value += tokens_in
+                    tokens_out_total._value += tokens_out
+                    tokens._value += tokens_in + tokens_out
+                    operations._value += count
+                    if errors:
+                        error_total._value += errors
+                    if latencies:
+                        for latency in latencies:
+                            # The bucket whose upper bound is the first >= the value, as observe() picks it.
+                            buckets[bucket(bounds, latency)]._value += 1
+                        latency_sum._value += sum(latencies)
+                    continue
+                tokens_in = tokens_in or 0
+                tokens_out = tokens_out or 0
+                series.cost.inc(spent or 0.0)
+                series.tokens_input.inc(tokens_in)
+                series.tokens_output.inc(tokens_out)
+                series.tokens.inc(tokens_in + tokens_out)
+                series.operations.inc(count)
+                if errors:
+                    series.errors.inc(errors)
+                if not latencies:
+                    continue
+                buckets = series.latency_buckets
+                if buckets is None:
+                    for latency in latencies:
+                        series.latency.observe(latency)
+                    continue
+                for latency in latencies:
+                    buckets[bucket(LATENCY_BUCKETS, latency)].inc(1)
+                series.latency_sum.inc(sum(latencies))
 
-    def _observe_latency(self, ops: pl.DataFrame) -> None:
-        if ops.height == 0:
-            return
-        bucket = self._upper_bounds.search_sorted(ops["latency"].cast(pl.Float64), side="left")
-        keys = list(self.labels)
-        grouped = (
-            ops.with_columns(bucket.cast(pl.Int64).alias("bucket"))
-            .group_by([*keys, "bucket"])
-            .agg(pl.len().alias("count"), pl.col("latency").sum().alias("sum"))
-        )
-        for *values, index, count, total in grouped.select(*keys, "bucket", "count", "sum").iter_rows():
-            child = self._operation_series(tuple(values)).latency
-            # Bulk update of one bucket; prometheus_client has no batch observe. Its internals have
-            # been stable for years, but fall back to per-value observe if they ever change.
-            if hasattr(child, "_buckets") and hasattr(child, "_sum"):
-                child._buckets[index].inc(count)
-                child._sum.inc(total)
-            else:
-                for _ in range(count):
-                    child.observe(total / count)
-
-    def record_verdicts(self, results: pl.Series, violations: Sequence[tuple[str, str, str, int]]) -> None:
-        for result, count in results.drop_nulls().value_counts().iter_rows():
-            self.evaluations.labels(result=result).inc(count)
+    def record_verdicts(self, results: dict[str, int], violations: Sequence[tuple[str, str, str, int]]) -> None:
+        """`results`: verdict -> evaluated spans; `violations`: (policy, reason code, mode, spans)."""
+        for result, count in results.items():
+            if count:
+                self._labelled(self.evaluations, (result,)).inc(count)
         for policy, reason_code, mode, count in violations:
             if count:
-                self.violations.labels(policy=policy, reason_code=reason_code, mode=mode).inc(count)
+                self._labelled(self.violations, (policy, reason_code, mode)).inc(count)
 
-    def record_budgets(self, charges: pl.DataFrame) -> None:
-        """`charges`: budgets.BudgetOutcome.charges."""
-        if charges.height == 0:
-            return
-        latest = charges.group_by("name", "subject", maintain_order=True).agg(
-            pl.col("consumed").last(), pl.col("limit").last()
-        )
-        latest = latest.with_columns(self.cap.apply("budget_subject", latest["subject"]).alias("subject"))
-        for name, subject, consumed, limit in latest.iter_rows():
-            self.utilization.labels(budget=name, subject=subject).set(consumed / limit)
-            self.remaining.labels(budget=name, subject=subject).set(max(limit - consumed, 0.0))
-        over = charges.filter("exceeded").group_by("name", "mode").len()
-        for name, mode, count in over.iter_rows():
-            self.exceeded.labels(budget=name, mode=mode).inc(count)
+    def record_budgets(
+        self, levels: Sequence[tuple[str, str, float, float]], exceeded: Sequence[tuple[str, str, int]]
+    ) -> None:
+        """`levels`: (budget, subject, consumed, limit) as last charged; `exceeded`: (budget, mode, spans)."""
+        subjects = self.cap.map("budget_subject", [subject for _, subject, _, _ in levels])
+        for (name, _, consumed, limit), subject in zip(levels, subjects, strict=True):
+            self._labelled(self.utilization, (name, subject)).set(consumed / limit)
+            self._labelled(self.remaining, (name, subject)).set(max(limit - consumed, 0.0))
+        for name, mode, count in exceeded:
+            self._labelled(self.exceeded, (name, mode)).inc(count)
+
+    def _labelled(self, metric: Any, values: tuple[str, ...]) -> Any:
+        """metric.labels(*values), remembered: labels() validates and locks on every call."""
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            if len(self._children) >= MAX_SERIES:
+                self._children.clear()
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     def _child(self, metric, values: list) -> object:
         return metric.labels(*values) if self.labels else metric

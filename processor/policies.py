@@ -7,7 +7,7 @@ is a tag that gateways, alerts and dashboards act on.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import polars as pl
@@ -38,24 +38,23 @@ MODE_ORDER = ("enforced", "advisory", "audit_only")
 
 @dataclass(frozen=True)
 class Check:
-    """One named check and, per span, whether it was violated."""
+    """One named check; `violated` is its Boolean column (null counts as not violated)."""
 
     name: str
     reason_code: str
     mode: str
-    violated: pl.Series  # Boolean, one per span; null counts as not violated
+    violated: pl.Expr
 
 
-def rule_checks(rules: Sequence[PolicyRule], spans: pl.DataFrame) -> list[Check]:
-    """`spans`: the cost column, model, tokens_input/output, redaction count and dimension columns."""
-    if not rules:
-        return []
-    columns = spans.select(
-        (_applies(rule) & _violation(rule)).fill_null(False).alias(str(index)) for index, rule in enumerate(rules)
-    )
-    return [
-        Check(rule.name, REASON_CODES[rule.type], rule.mode, columns[str(index)]) for index, rule in enumerate(rules)
-    ]
+def rule_check(rule: PolicyRule) -> pl.Expr:
+    """Whether a span violates `rule`, from the cost column, model, tokens_input/output,
+    redaction count and dimension columns."""
+    return (_applies(rule) & _violation(rule)).fill_null(False)
+
+
+def rule_checks(rules: Sequence[PolicyRule], column: Callable[[int], str]) -> list[Check]:
+    """The rules' checks reading their flags from `column(index)` (see `rule_check`)."""
+    return [Check(rule.name, REASON_CODES[rule.type], rule.mode, pl.col(column(i))) for i, rule in enumerate(rules)]
 
 
 def _applies(rule: PolicyRule) -> pl.Expr:
@@ -103,36 +102,82 @@ def _glob(pattern: str) -> str:
     return "".join(out)
 
 
-def verdict(checks: Sequence[Check], warned: pl.Series, evaluated: pl.Series) -> pl.DataFrame:
+def verdict(checks: Sequence[Check], warned: pl.Expr, evaluated: pl.Expr) -> list[pl.Expr]:
     """Per span: violations (list of check names, null when none), result, reason code.
 
     Only `evaluated` (GenAI) spans get a verdict; `warned` marks spans past a budget warn level.
     The reason code is the one of the most severe violation, the first listed on a tie.
     """
-    flags = pl.DataFrame(
-        [c.violated.fill_null(False).alias(f"c{i}") for i, c in enumerate(checks)]
-        + [warned.fill_null(False).alias("warned"), evaluated.alias("evaluated")]
-    )
-    names = [pl.when(pl.col(f"c{i}")).then(pl.lit(c.name)) for i, c in enumerate(checks)]
-    by_mode = {mode: [pl.col(f"c{i}") for i, c in enumerate(checks) if c.mode == mode] for mode in MODE_ORDER}
+    flags = [c.violated.fill_null(False) for c in checks]
+    names = [pl.when(flag).then(pl.lit(c.name)) for flag, c in zip(flags, checks, strict=True)]
+    by_mode = {mode: [flag for flag, c in zip(flags, checks, strict=True) if c.mode == mode] for mode in MODE_ORDER}
     blocked = pl.any_horizontal(by_mode["enforced"]) if by_mode["enforced"] else pl.lit(False)
     advisory = pl.any_horizontal(by_mode["advisory"]) if by_mode["advisory"] else pl.lit(False)
-    ordered = sorted(enumerate(checks), key=lambda item: MODE_ORDER.index(item[1].mode))
-    reasons = [pl.when(pl.col(f"c{i}")).then(pl.lit(c.reason_code)) for i, c in ordered]
-    reasons.append(pl.when(pl.col("warned")).then(pl.lit(BUDGET_WARNING)))
+    ordered = sorted(zip(flags, checks, strict=True), key=lambda item: MODE_ORDER.index(item[1].mode))
+    reasons = [pl.when(flag).then(pl.lit(c.reason_code)) for flag, c in ordered]
+    reasons.append(pl.when(warned).then(pl.lit(BUDGET_WARNING)))
     violations = (pl.concat_list(names).list.drop_nulls() if names else pl.lit([], dtype=pl.List(pl.String))).cast(
         pl.List(pl.String)
     )
-    evaluated_only = pl.col("evaluated")
-    return flags.select(
-        pl.when(evaluated_only & (violations.list.len() > 0)).then(violations).alias(VIOLATIONS),
-        pl.when(~evaluated_only)
+    return [
+        pl.when(evaluated & (violations.list.len() > 0)).then(violations).alias(VIOLATIONS),
+        pl.when(~evaluated)
         .then(None)
         .when(blocked)
         .then(pl.lit("blocked"))
-        .when(advisory | pl.col("warned"))
+        .when(advisory | warned)
         .then(pl.lit("warning"))
         .otherwise(pl.lit("allowed"))
         .alias(RESULT),
-        pl.when(evaluated_only).then(pl.coalesce(reasons)).alias(REASON_CODE),
-    )
+        pl.when(evaluated).then(pl.coalesce(reasons)).alias(REASON_CODE),
+    ]
+
+
+# Policies with at most this many checks get their verdicts from a table (2^(checks+1) rows).
+MAX_TABLE_CHECKS = 11
+
+
+class VerdictTable:
+    """Every verdict a span can get, indexed by a code: bit 0 is "warned", bit k+1 check k.
+
+    Looking the three verdict columns up by one integer per span is far cheaper in polars than
+    assembling the list of violation names per span with list expressions.
+    """
+
+    def __init__(self, checks: Sequence[Check]) -> None:
+        self.checks = tuple(checks)
+        ordered = sorted(range(len(checks)), key=lambda k: MODE_ORDER.index(checks[k].mode))
+        violations, results, reasons = [], [], []
+        for code in range(2 ** (len(checks) + 1)):
+            warned = bool(code & 1)
+            hit = [k for k in range(len(checks)) if code >> (k + 1) & 1]
+            modes = {checks[k].mode for k in hit}
+            violations.append([checks[k].name for k in hit] or None)
+            if "enforced" in modes:
+                results.append("blocked")
+            elif "advisory" in modes or warned:
+                results.append("warning")
+            else:
+                results.append("allowed")
+            first = next((checks[k].reason_code for k in ordered if k in hit), None)
+            reasons.append(first if first is not None else BUDGET_WARNING if warned else None)
+        self._columns = {
+            VIOLATIONS: pl.Series(VIOLATIONS, violations, dtype=pl.List(pl.String)),
+            RESULT: pl.Series(RESULT, results, dtype=pl.String),
+            REASON_CODE: pl.Series(REASON_CODE, reasons, dtype=pl.String),
+        }
+
+    @staticmethod
+    def fits(checks: Sequence[Check]) -> bool:
+        return len(checks) <= MAX_TABLE_CHECKS
+
+    def code(self, warned: pl.Expr, evaluated: pl.Expr | None) -> pl.Expr:
+        """The span's code (null for a span that gets no verdict; `evaluated` None: every span gets one)."""
+        bits = [warned.fill_null(False).cast(pl.UInt32)]
+        bits += [c.violated.fill_null(False).cast(pl.UInt32) * (2 ** (k + 1)) for k, c in enumerate(self.checks)]
+        code = pl.sum_horizontal(bits)
+        return code if evaluated is None else pl.when(evaluated).then(code)
+
+    def columns(self, code: str) -> list[pl.Expr]:
+        """VIOLATIONS, RESULT and REASON_CODE looked up by the code column."""
+        return [pl.lit(column).gather(pl.col(code)).alias(name) for name, column in self._columns.items()]

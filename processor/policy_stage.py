@@ -7,18 +7,20 @@ Runs last (cost → redaction → policy), so it sees `genops.cost.*` written by
 from __future__ import annotations
 
 import hashlib
+import time
+from collections import Counter
 
 import polars as pl
 from prometheus_client import CollectorRegistry
 
 from processor import budgets, policies
-from processor.attribution import Attribution
+from processor.attribution import DIMENSIONS, Attribution, text
 from processor.budget_api import BudgetStatusReader
-from processor.budget_policy_file import PolicySource, load_policy_file
+from processor.budget_policy_file import PolicyFile, PolicySource, load_policy_file
 from processor.budget_state import BudgetStore, open_store
 from processor.config import PolicyConfig
-from processor.decode import ROW, START_TIME, STATUS_CODE, TRACES, TelemetryBatch, WantedKeys
-from processor.genai_attributes import GENAI_KEYS, TOKENS_INPUT, TOKENS_OUTPUT, normalized
+from processor.decode import RESOURCE_PREFIX, ROW, START_TIME, STATUS_CODE, TRACES, TelemetryBatch, WantedKeys
+from processor.genai_attributes import GENAI_KEYS, MODEL, PROVIDER, TOKENS_INPUT, TOKENS_OUTPUT, normalized
 from processor.governance_metrics import GovernanceMetrics, parse_labels
 from processor.pipeline import BatchChanges
 
@@ -40,6 +42,7 @@ class PolicyStage:
         self.metrics = metrics
         # For the budget status API (HTTP and gRPC) in the process that runs this stage.
         self.budget_status = BudgetStatusReader(source, store)
+        self._plan: _Plan | None = None
 
     def close(self) -> None:
         self.source.close()
@@ -50,86 +53,235 @@ class PolicyStage:
         return WantedKeys.union((GENAI_KEYS, self.attribution.wanted_keys(), own))
 
     def process(self, batch: TelemetryBatch) -> BatchChanges:
-        policy = self.source.current()
-        spans = self._spans(batch)
-        evaluated = spans["evaluated"]
-        if not evaluated.any():
-            return BatchChanges()
-        outcome = budgets.evaluate(policy.budgets, spans.filter("evaluated"), self.store, fingerprint(batch))
-        charges = outcome.charges
-        checks = policies.rule_checks(policy.rules, spans)
-        for index, budget in enumerate(policy.budgets):
-            over = _rows(charges, (pl.col("budget") == index) & pl.col("exceeded"))
-            checks.append(
-                policies.Check(f"budget:{budget.name}", "budget_exceeded", budget.mode, spans[ROW].is_in(over))
-            )
-        warned_rows = _rows(charges, pl.col("warned") & (pl.col("mode") != "audit_only"))
-        verdict = policies.verdict(checks, spans[ROW].is_in(warned_rows), evaluated)
-
-        changes: dict[str, pl.Series] = {name: verdict[name] for name in verdict.columns}
-        if charges.height:
-            tags = spans.select(ROW).join(outcome.tags, on=ROW, how="left", maintain_order="left")
-            changes.update({name: tags[name] for name in budgets.TAGS.values()})
-
-        if outcome.repeated:
-            # A retried batch: same tags and events as the first time, but counted once.
-            return BatchChanges(set_attributes=changes, events=outcome.events)
-        self.metrics.record_operations(spans.filter("evaluated").rename({budgets.COST: "cost"}))
-        self.metrics.record_verdicts(
-            verdict[policies.RESULT],
-            [(c.name, c.reason_code, c.mode, int((c.violated & evaluated).sum())) for c in checks],
-        )
-        self.metrics.record_budgets(charges)
-        return BatchChanges(set_attributes=changes, events=outcome.events)
-
-    def _spans(self, batch: TelemetryBatch) -> pl.DataFrame:
-        """One row per span: dimensions, model, provider, tokens, cost, PII count, error, latency."""
+        plan = self._plan_for(self.source.current())
         frame = batch.frame
-        genai = normalized(batch)
-        dims = self.attribution.columns(frame)
-        schema = dict(frame.schema)
-        cost = _number(schema, "genops.cost.total", pl.Float64)
+        genai = [column.alias(GENAI_PREFIX + column.name) for column in normalized(batch).get_columns()]
+        query = frame.hstack(genai).lazy().with_columns(pl.lit(time.time_ns(), dtype=pl.Int64).alias(budgets.NOW))
+        head, evaluated, *layers = plan.span_layers(frame.schema)
+        # Only GenAI spans are evaluated (~40% of a batch): the rest are left out until the
+        # results are laid back over the whole batch, the last step of the second query.
+        # (A column, not its name: polars resolves a name against the whole frame schema.)
+        spans = query.select(head).with_columns(evaluated).filter(pl.col(EVALUATED))
+        spans = _layered(spans, layers).cache()
+        charges = plan.budgets.windows_query(spans)
+        if charges is None:
+            spans, charges = spans.collect(engine=budgets.ENGINE, optimizations=budgets.OPTIMIZATIONS), None
+        else:
+            # The span frame computed once (cached) for both: one collect less, its fixed cost included.
+            spans, charges = pl.collect_all(
+                [spans, charges], engine=budgets.ENGINE, optimizations=budgets.OPTIMIZATIONS
+            )
+        if spans.height == 0:
+            return BatchChanges()
+        windows = plan.budgets.windows(spans, charges)
+        applied = self.store.apply(fingerprint(batch), windows.increments, windows.expires_at)
+        charged = _layered(
+            spans.lazy().with_columns(plan.budgets.before_columns(spans, windows, applied.totals)),
+            plan.charge_layers(windows.charged),
+        )
+        # Laid back over the batch (null for the spans not evaluated): just the columns read from
+        # here on. A gather by row index, cheaper in polars than a join on the row position.
+        charged = charged.select(pl.col(plan.kept(windows.charged)).gather(_gather_index(spans, frame.height)))
+        if applied.repeated:
+            # A retried batch: same tags and events as the first time, but counted once.
+            charged = charged.collect(engine=budgets.ENGINE, optimizations=budgets.OPTIMIZATIONS)
+        else:
+            charged, sums = pl.collect_all(
+                [charged, self.metrics.operation_sums(spans.lazy(), budgets.COST)],
+                engine=budgets.ENGINE,
+                optimizations=budgets.OPTIMIZATIONS,
+            )
+        changes = {name: charged.get_column(name) for name in plan.outputs(windows.charged)}
+        events = plan.budgets.events(charged) if windows.charged else []
+        if applied.repeated:
+            return BatchChanges(set_attributes=changes, events=events)
+        self.metrics.record_operations(sums, spans.lazy(), budgets.COST)
+        results = Counter(charged.get_column(policies.RESULT).to_list())
+        results.pop(None, None)
+        self.metrics.record_verdicts(
+            results,
+            [(c.name, c.reason_code, c.mode, int(charged.get_column(column).sum())) for c, column in plan.counted],
+        )
+        if windows.charged:
+            self.metrics.record_budgets(plan.budgets.levels(charged), plan.budgets.exceeded_counts(charged))
+        return BatchChanges(set_attributes=changes, events=events)
+
+    def _plan_for(self, policy: PolicyFile) -> _Plan:
+        plan = self._plan
+        if plan is None or plan.policy is not policy:
+            plan = self._plan = _Plan(policy, self.attribution)
+        return plan
+
+
+EVALUATED = "evaluated"
+POSITION = "_position"
+# The batch's normalised GenAI columns join the frame under this prefix (no attribute clash).
+GENAI_PREFIX = "_genai:"
+# Span frame schemas remembered with their expressions; batches mostly repeat a few shapes.
+_MAX_SCHEMAS = 64
+
+
+def _gather_index(spans: pl.DataFrame, rows: int) -> pl.Series:
+    """Per batch row, the index of its row in `spans` (the evaluated spans), or null."""
+    # In Python: a list of a thousand is built faster than polars answers three calls.
+    index: list[int | None] = [None] * rows
+    for at, position in enumerate(spans.get_column(POSITION).to_list()):
+        index[position] = at
+    return pl.Series(index, dtype=pl.UInt32)
+
+
+def _layered(query: pl.LazyFrame, layers: list[list[pl.Expr]]) -> pl.LazyFrame:
+    for layer in layers:
+        query = query.with_columns(layer)
+    return query
+
+
+def _merged(*parts: list[list[pl.Expr]]) -> list[list[pl.Expr]]:
+    """Layer i of the result holds layer i of each part (parts whose layers are independent)."""
+    depth = max(len(part) for part in parts)
+    return [[expr for part in parts if i < len(part) for expr in part[i]] for i in range(depth)]
+
+
+def _rule_column(index: int) -> str:
+    return f"_rule{index}"
+
+
+class _Plan:
+    """One policy file's expressions: built once, not per batch (building them costs as much as
+    running them on a 1k-span batch)."""
+
+    def __init__(self, policy: PolicyFile, attribution: Attribution) -> None:
+        self.policy = policy
+        self.attribution = attribution
+        self.budgets = budgets.BudgetPlan(policy.budgets)
+        rule_checks = policies.rule_checks(policy.rules, _rule_column)
+        budget_checks = [
+            policies.Check(f"budget:{b.name}", policies.REASON_CODES["budget"], b.mode, self.budgets.exceeded(i))
+            for i, b in enumerate(policy.budgets)
+        ]
+        # (check, column whose sum is its violation count) for the metrics.
+        self.counted = [(c, _rule_column(i)) for i, c in enumerate(rule_checks)] + [
+            (c, budgets.column(i, "exceeded")) for i, c in enumerate(budget_checks)
+        ]
+        checks = [*rule_checks, *budget_checks]
+        warned, evaluated = self.budgets.warned(), pl.col(EVALUATED)
+        if policies.VerdictTable.fits(checks):
+            table = policies.VerdictTable(checks)
+            # The verdicts are computed over the evaluated spans only.
+            verdict = [[table.code(warned, None).alias("_verdict")], table.columns("_verdict")]
+        else:
+            verdict = [policies.verdict(checks, warned, evaluated)]
+        charge = self.budgets.charge_columns()
+        # Tags only when some span was charged (which takes a budget).
+        tags = self.budgets.tag_columns() if policy.budgets else []
+        self._charge_layers = {True: [*charge, *_merged(verdict, tags)], False: [*charge, *verdict]}
+        self._outputs = {
+            True: [policies.VIOLATIONS, policies.RESULT, policies.REASON_CODE, *budgets.TAGS.values()],
+            False: [policies.VIOLATIONS, policies.RESULT, policies.REASON_CODE],
+        }
+        counted = [column for _, column in self.counted if column not in self._outputs[True]]
+        self._kept = {
+            True: list(dict.fromkeys([*self._outputs[True], *self.budgets.reported(), *counted])),
+            False: list(dict.fromkeys([*self._outputs[False], *counted])),
+        }
+        self._span_layers: dict[tuple, list[list[pl.Expr]]] = {}
+        # The frame columns whose presence and type shape the span expressions.
+        # (Deduplicated: two dimensions may fall back to one key.)
+        sources = list(dict.fromkeys(key for dim in DIMENSIONS for key in attribution.sources(dim)))
+        self._read_keys = (
+            *sources,
+            *(RESOURCE_PREFIX + key for key in sources),
+            *COST_KEYS,
+            policies.PII_COUNT,
+            ERROR_TYPE,
+            STATUS_CODE,
+            budgets.END_TIME,
+        )
+
+    def span_layers(self, schema: pl.Schema) -> list[list[pl.Expr]]:
+        key = tuple((name, schema.get(name)) for name in self._read_keys)
+        layers = self._span_layers.get(key)
+        if layers is None:
+            if len(self._span_layers) >= _MAX_SCHEMAS:
+                self._span_layers.clear()
+            layers = self._span_layers[key] = self._build_span_layers(dict(schema))
+        return layers
+
+    def _build_span_layers(self, schema: dict[str, pl.DataType]) -> list[list[pl.Expr]]:
+        """Per span: dimensions, model, provider, tokens, cost, PII count, error, latency, whether
+        it is a GenAI span (evaluated), the rule checks and the budget charges."""
         end = budgets.END_TIME
+        has_end = end in schema
         latency = (
             pl.when((pl.col(end) >= pl.col(START_TIME)) & (pl.col(START_TIME) > 0))
             .then((pl.col(end).cast(pl.Int64) - pl.col(START_TIME).cast(pl.Int64)) / 1e9)
             .alias("latency")
-            if end in frame.columns
+            if has_end
             else pl.lit(None, dtype=pl.Float64).alias("latency")
         )
-        times = frame.select(ROW, START_TIME, *([end] if end in frame.columns else []), latency)
-        extra = frame.select(
-            cost.alias(budgets.COST),
-            _text(schema, "genops.cost.model").alias("cost_model"),
-            _text(schema, "genops.cost.provider").alias("cost_provider"),
-            _text(schema, "genops.cost.status").alias("cost_status"),
+        genai = {name: pl.col(GENAI_PREFIX + name) for name in (MODEL, PROVIDER, TOKENS_INPUT, TOKENS_OUTPUT)}
+        # What tells a GenAI span, plus the raw columns the rest is computed from after the filter.
+        # (Null and binary columns read as null: not worth carrying.)
+        raw = [
+            name
+            for name in self._read_keys
+            if name in schema
+            and name not in (*COST_KEYS, START_TIME)
+            and (name in (STATUS_CODE, budgets.END_TIME) or schema[name] not in (pl.Null, pl.Binary))
+        ]
+        head = [
+            pl.col(ROW),
+            pl.int_range(pl.len(), dtype=pl.UInt32).alias(POSITION),
+            *(pl.col(name) for name in (START_TIME, budgets.NOW, *raw)),
+            _number(schema, budgets.COST, pl.Float64).alias(budgets.COST),
+            # Named apart from the raw columns (an attribution fallback key may be "model"), until
+            # the raw columns are read.
+            pl.coalesce(genai[MODEL], text(schema, "genops.cost.model")).alias("_model"),
+            pl.coalesce(genai[PROVIDER], text(schema, "genops.cost.provider")).alias("_provider"),
+            genai[TOKENS_INPUT].alias("_tokens_input"),
+            genai[TOKENS_OUTPUT].alias("_tokens_output"),
+            text(schema, "genops.cost.status").alias("_cost_status"),
+        ]
+        cost = pl.col(budgets.COST)
+        evaluated = pl.any_horizontal(
+            pl.col("_model").is_not_null(),
+            cost.is_not_null(),
+            pl.col("_tokens_input").is_not_null(),
+            pl.col("_tokens_output").is_not_null(),
+            pl.col("_cost_status").is_not_null(),
+        )
+        rest = [
+            *(pl.col("_" + name).alias(name) for name in ("model", "provider", TOKENS_INPUT, TOKENS_OUTPUT)),
+            latency,
+            *self.attribution.columns(schema),
             _number(schema, policies.PII_COUNT, pl.Int64).alias(policies.PII_COUNT),
             _error(schema).alias("error"),
-        )
-        spans = pl.concat([times, dims, genai, extra], how="horizontal")
-        return spans.with_columns(
-            pl.coalesce("genai_model", "cost_model").alias("model"),
-            pl.coalesce("genai_provider", "cost_provider").alias("provider"),
-        ).with_columns(
-            pl.any_horizontal(
-                pl.col("model").is_not_null(),
-                pl.col(budgets.COST).is_not_null(),
-                pl.col(TOKENS_INPUT).is_not_null(),
-                pl.col(TOKENS_OUTPUT).is_not_null(),
-                pl.col("cost_status").is_not_null(),
-            ).alias("evaluated")
-        )
+            *budgets.start_columns(has_end),
+        ]
+        flags = [
+            (cost.is_not_null() & (cost > 0)).alias(budgets.PRICED),
+            *(policies.rule_check(rule).alias(_rule_column(i)) for i, rule in enumerate(self.policy.rules)),
+        ]
+        # The first layer is selected from the batch frame, the second tells the spans kept, the
+        # others are added to those.
+        return [head, [evaluated.alias(EVALUATED)], rest, flags, *self.budgets.span_columns()]
+
+    def charge_layers(self, charged: bool) -> list[list[pl.Expr]]:
+        return self._charge_layers[charged]
+
+    def outputs(self, charged: bool) -> list[str]:
+        return self._outputs[charged]
+
+    def kept(self, charged: bool) -> list[str]:
+        """The outputs and the columns the events and metrics read."""
+        return self._kept[charged]
 
 
 def _error(schema: dict[str, pl.DataType]) -> pl.Expr:
-    failed = _text(schema, ERROR_TYPE).is_not_null()
+    failed = text(schema, ERROR_TYPE).is_not_null()
     if STATUS_CODE in schema:  # 2 = STATUS_CODE_ERROR
         failed |= pl.col(STATUS_CODE).cast(pl.Int64, strict=False).fill_null(0) == 2
     return failed
-
-
-def _rows(charges: pl.DataFrame, condition: pl.Expr) -> list[int]:
-    return charges.filter(condition)[ROW].to_list() if charges.height else []
 
 
 def fingerprint(batch: TelemetryBatch) -> str:
@@ -140,13 +292,6 @@ def fingerprint(batch: TelemetryBatch) -> str:
     """
     raw = batch.raw or batch.request.SerializeToString()
     return hashlib.blake2b(raw, digest_size=16).hexdigest()
-
-
-def _text(schema: dict[str, pl.DataType], key: str) -> pl.Expr:
-    if schema.get(key, pl.Null) in (pl.Null, pl.Binary):
-        return pl.lit(None, dtype=pl.String)
-    value = pl.col(key).cast(pl.String, strict=False).str.strip_chars()
-    return pl.when(value == "").then(None).otherwise(value)
 
 
 def _number(schema: dict[str, pl.DataType], key: str, dtype: pl.DataType) -> pl.Expr:

@@ -248,6 +248,17 @@ def test_label_values_beyond_the_cap_become_other(policy_file):
     assert registry.get_sample_value("genops_operations_total", {"team": "c"}) is None
 
 
+def test_spans_labelled_unknown_and_unattributed_spans_share_one_series(policy_file):
+    registry = CollectorRegistry()
+    stage = build_policy_stage(stage_config(policy_file, metrics_labels="team"), registry)
+    unattributed = span(attributes={"gen_ai.request.model": "gpt-4o-mini", "genops.cost.total": 0.1})
+    named = [llm_span(0.2, **{"genops.team": "unknown"}), llm_span(0.4, **{"genops.team": "unknown"})]
+    run_pipeline(stage, trace_request([named[0], unattributed, named[1], llm_span(1.0)]))
+    assert registry.get_sample_value("genops_operations_total", {"team": "unknown"}) == 3
+    assert registry.get_sample_value("genops_cost_total_usd", {"team": "unknown"}) == pytest.approx(0.7)
+    assert registry.get_sample_value("genops_operations_total", {"team": "ml"}) == 1
+
+
 RULES = """
 policies:
   - name: cost-cap
@@ -273,9 +284,23 @@ policies:
 """
 
 
-def test_policy_rules_give_each_span_its_violations_result_and_reason(tmp_path):
+# Rules no span of these tests violates: with them a policy has more checks than the verdict
+# lookup table takes, which must not change any verdict.
+NEVER_VIOLATED = "".join(
+    f"""
+  - name: unreachable-{i}
+    type: max_tokens_per_request
+    max_tokens: 1000000000
+    mode: {("enforced", "advisory", "audit_only")[i % 3]}
+"""
+    for i in range(8)
+)
+
+
+@pytest.mark.parametrize("extra_rules", ["", NEVER_VIOLATED], ids=["few-checks", "many-checks"])
+def test_policy_rules_give_each_span_its_violations_result_and_reason(tmp_path, extra_rules):
     path = tmp_path / "rules.yaml"
-    path.write_text(RULES)
+    path.write_text(RULES + extra_rules)
     stage = build_policy_stage(stage_config(path), CollectorRegistry())
     customer = {"genops.customer_id": "c-1"}
     spans = run_pipeline(
@@ -480,3 +505,40 @@ def test_spend_counts_sdk_costs_sent_as_strings_next_to_costs_the_sidecar_comput
     # $0.50 from the SDK (as a string) + 1M input tokens of gpt-4o-mini at $0.15/M.
     labels = _labels(team="ml", project="chat-api", provider="openai")
     assert registry.get_sample_value("genops_cost_total_usd", labels) == pytest.approx(0.65)
+
+
+TWO_BUDGETS = """
+budgets:
+  - name: everything
+    limit_usd: 10.0
+    period: monthly
+    warn_at: [0.05]
+    mode: audit_only
+  - name: ml-daily
+    dimension: team
+    value: ml
+    limit_usd: 1.0
+    period: daily
+    warn_at: [0.5]
+    mode: enforced
+"""
+
+
+def test_a_span_under_two_budgets_is_tagged_with_the_one_nearest_its_limit(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(TWO_BUDGETS)
+    stage = build_policy_stage(stage_config(path), CollectorRegistry())
+    spans = run_pipeline(
+        stage,
+        trace_request([llm_span(0.25, **{"genops.team": "search"}), llm_span(0.5), llm_span(0.75)]),
+    )
+    assert [s["genops.budget.name"] for s in spans] == ["everything", "ml-daily", "ml-daily"]
+    assert [s["genops.budget.consumed"] for s in spans] == [0.25, 0.5, 1.25]
+    assert [s["genops.policy.result"] for s in spans] == ["allowed", "warning", "blocked"]
+    assert [s.get("genops.policy.reason_code") for s in spans] == [None, "budget_warning", "budget_exceeded"]
+    # Each budget's crossings land on the span that reached them, in budget order.
+    assert [[(name, attrs["genops.budget.name"]) for name, attrs in s["_events"]] for s in spans] == [
+        [],
+        [("genops.budget.threshold_crossed", "everything"), ("genops.budget.threshold_crossed", "ml-daily")],
+        [("genops.budget.exceeded", "ml-daily")],
+    ]
