@@ -7,16 +7,16 @@ other pods charge the same window concurrently. A running sum in span order then
 span's consumed amount, and a threshold is crossed on the span where that running amount first
 reaches it.
 
-The work is laid out as columns of the batch's span frame, a few per budget (its window key,
-the window's increment, the running sum, then the consumed amount), so a whole batch is charged
-with one query before the store is called and one after: the per-call cost of polars, not the
-data, is what a batch pays.
+The per-span inputs (window label, subject) are columns of the batch's span frame, computed in
+the query before the store is called; the window keys and running sums are then added up in
+Python (a batch holds a few hundred GenAI spans: a plain loop costs less than polars' per-call
+and per-expression overhead for the window functions); the consumed amounts go back as columns
+into the query after it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -89,11 +89,13 @@ def column(index: int, what: str) -> str:
 class Windows:
     """The windows a batch charges: what the store is asked to add, and how to read its answer."""
 
+    # Window key -> the batch's spend in it, in first-charge order (budget, then span order).
     increments: dict[str, float]
     expires_at: dict[str, int]
-    # The same windows' keys and increments, in order.
-    keys: list[str]
-    amounts: list[float]
+    # Per budget, per span: the window key charged (None: not charged) and the running sum of the
+    # batch's spend in that window up to and including the span.
+    span_keys: list[list[str | None]]
+    running: list[list[float | None]]
 
     @property
     def charged(self) -> bool:
@@ -113,10 +115,10 @@ class BudgetPlan:
         return self._label_column[(budget.timezone, budget.period)]
 
     def span_columns(self) -> list[list[pl.Expr]]:
-        """Layers of columns (each may use the previous ones) adding per budget its window key
-        (null: not charged) and the running sum in span order.
+        """Layers of columns adding the window labels and per budget its subject (null: not
+        charged), which `windows` reads.
 
-        Needs COST, START, PRICED and the dimension columns."""
+        Needs START, PRICED and the dimension columns."""
         # Labels of the priced spans only: the time zone conversion and formatting cost per span.
         start = pl.when(pl.col(PRICED)).then(pl.col(START))
         labels = [
@@ -130,65 +132,54 @@ class BudgetPlan:
             if budget.value is not None:
                 applies &= subject == budget.value
             subjects.append(pl.when(applies).then(subject.cast(pl.String)).alias(column(index, "subject")))
-        keys = [
-            pl.concat_str(pl.lit(budget.name), column(index, "subject"), self._label(budget), separator="|").alias(
-                column(index, "key")
-            )
-            for index, budget in enumerate(self.budgets)
-        ]
-        running = [
-            pl.col(COST).cum_sum().over(column(index, "key")).alias(column(index, "running"))
-            for index in range(len(self.budgets))
-        ]
-        return [labels + subjects, keys, running]
+        return [labels + subjects]
 
-    def windows_query(self, spans: pl.LazyFrame) -> pl.LazyFrame | None:
-        """One row per window charged by `spans` (with `span_columns`), in first-charge order: its
-        key, increment (the batch's spend in it), budget index, first start and label. None
-        without budgets.
-
-        Summed by a group-by over the (span, budget) charges in budget then span order: polars'
-        float sum depends on that layout, and the totals kept in the store should not change
-        with the way they are computed."""
-        if not self.budgets:
-            return None
-        # Selected before filtered: a filter copies every column of the span frame.
-        charged = pl.col("key").is_not_null()
-        parts = [spans.select(columns).filter(charged) for columns in self._window_parts]
-        return pl.concat(parts).group_by("key", maintain_order=True).agg(self._window_sums)
-
-    @functools.cached_property
-    def _window_parts(self) -> list[list[pl.Expr]]:
-        return [
-            [
-                pl.col(column(index, "key")).alias("key"),
-                pl.col(COST).alias("cost"),
-                pl.lit(index, dtype=pl.UInt32).alias("budget"),
-                pl.col(START).alias("start"),
-                pl.col(self._label(budget)).alias("label"),
-            ]
-            for index, budget in enumerate(self.budgets)
-        ]
-
-    @functools.cached_property
-    def _window_sums(self) -> list[pl.Expr]:
-        return [pl.col("cost").sum().alias("increment"), *(pl.col(c).first() for c in ("budget", "start", "label"))]
-
-    def windows(self, spans: pl.DataFrame, charged: pl.DataFrame | None) -> Windows:
-        """The windows charged by `spans` (the frame with `span_columns`); `charged` is
-        `windows_query` of it."""
-        if charged is None or not spans.get_column(PRICED).any():
+    def windows(self, spans: pl.DataFrame) -> Windows:
+        """The windows charged by `spans` (the frame with `span_columns`), with each span's key
+        and running sum per budget."""
+        if not self.budgets or not spans.get_column(PRICED).any():
             return Windows({}, {}, [], [])
+        costs = spans.get_column(COST).to_list()
+        starts = spans.get_column(START).to_list()
+        labels = {name: spans.get_column(name).to_list() for name in self._label_column.values()}
+        increments: dict[str, float] = {}
+        # key -> (budget index, label, start) of the window's first charge.
+        first: dict[str, tuple[int, str, int]] = {}
+        span_keys, running = [], []
+        for index, budget in enumerate(self.budgets):
+            prefix = budget.name + "|"
+            sums: dict[str, float] = {}
+            keys: list[str | None] = []
+            totals: list[float | None] = []
+            subjects = spans.get_column(column(index, "subject")).to_list()
+            for subject, label, cost, start in zip(subjects, labels[self._label(budget)], costs, starts, strict=True):
+                if subject is None:
+                    keys.append(None)
+                    totals.append(None)
+                    continue
+                key = prefix + subject + "|" + label
+                total = sums.get(key)
+                if total is None:
+                    total = cost
+                    if key not in first:
+                        first[key] = (index, label, start)
+                        increments[key] = 0.0
+                else:
+                    total += cost
+                sums[key] = total
+                keys.append(key)
+                totals.append(total)
+            for key, total in sums.items():
+                increments[key] += total
+            span_keys.append(keys)
+            running.append(totals)
         now = int(time.time())
-        keys = charged.get_column("key").to_list()
-        amounts = charged.get_column("increment").to_list()
-        columns = (charged.get_column(name).to_list() for name in ("budget", "label", "start"))
         expires = {
             # A late span's window may have closed long ago: keep it from now on, not from its end.
             key: max(self._window_end(self.budgets[index], label, start), now) + KEEP_CLOSED_WINDOW_SECONDS
-            for key, index, label, start in zip(keys, *columns, strict=True)
+            for key, (index, label, start) in first.items()
         }
-        return Windows(dict(zip(keys, amounts, strict=True)), expires, keys, amounts)
+        return Windows(increments, expires, span_keys, running)
 
     def _window_end(self, budget: Budget, label: str, start_ns: int) -> int:
         found = self._window_ends.get((budget, label))
@@ -199,28 +190,24 @@ class BudgetPlan:
             self._window_ends[(budget, label)] = found
         return found
 
-    def before_columns(
-        self, spans: pl.DataFrame, windows: Windows, totals: dict[str, float]
-    ) -> list[pl.Expr] | list[pl.Series]:
-        """Per budget, the window's consumed amount before this batch (from the store's totals),
-        for each span of `spans` (the frame with `span_columns`)."""
+    def consumed_columns(self, windows: Windows, totals: dict[str, float]) -> list[pl.Expr] | list[pl.Series]:
+        """Per budget and span of the frame `windows` was read from, the window's consumed amount
+        after the span: the amount before the batch (from the store's totals after it, so other
+        pods' concurrent charges count) plus the running sum."""
         if not windows.charged:
-            return [pl.lit(None, dtype=pl.Float64).alias(column(i, "before")) for i in range(len(self.budgets))]
-        # Looked up in Python: a batch charges a few windows, and polars' lookup by a string key
-        # costs several times as much per call.
-        before = {key: totals[key] - amount for key, amount in zip(windows.keys, windows.amounts, strict=True)}.get
-        columns = []
-        for index in range(len(self.budgets)):
-            keys = spans.get_column(column(index, "key")).to_list()
-            columns.append(pl.Series(column(index, "before"), [before(key) for key in keys], dtype=pl.Float64))
-        return columns
+            return [pl.lit(None, dtype=pl.Float64).alias(column(i, "consumed")) for i in range(len(self.budgets))]
+        before = {key: totals[key] - amount for key, amount in windows.increments.items()}
+        return [
+            pl.Series(
+                column(index, "consumed"),
+                [None if key is None else before[key] + total for key, total in zip(keys, running, strict=True)],
+                dtype=pl.Float64,
+            )
+            for index, (keys, running) in enumerate(zip(windows.span_keys, windows.running, strict=True))
+        ]
 
     def charge_columns(self) -> list[list[pl.Expr]]:
-        """Layers, after `before_columns`: consumed, utilization, exceeded, warned, crossings."""
-        consumed = [
-            (pl.col(column(i, "before")) + pl.col(column(i, "running"))).alias(column(i, "consumed"))
-            for i in range(len(self.budgets))
-        ]
+        """Layers, after `consumed_columns`: utilization, exceeded, warned, crossings."""
         derived = []
         crossed = []
         for index, budget in enumerate(self.budgets):
@@ -243,7 +230,7 @@ class BudgetPlan:
                 else:
                     crossed.append((previous <= level) & (spent > level))
         any_crossed = pl.any_horizontal(crossed).fill_null(False) if crossed else pl.lit(False)
-        return [consumed, [*derived, any_crossed.alias(CROSSED)]]
+        return [[*derived, any_crossed.alias(CROSSED)]]
 
     def exceeded(self, index: int) -> pl.Expr:
         """Span charged to budget `index` in a window past its limit."""

@@ -62,21 +62,13 @@ class PolicyStage:
         # results are laid back over the whole batch, the last step of the second query.
         # (A column, not its name: polars resolves a name against the whole frame schema.)
         spans = query.select(head).with_columns(evaluated).filter(pl.col(EVALUATED))
-        spans = _layered(spans, layers).cache()
-        charges = plan.budgets.windows_query(spans)
-        if charges is None:
-            spans, charges = spans.collect(engine=budgets.ENGINE, optimizations=budgets.OPTIMIZATIONS), None
-        else:
-            # The span frame computed once (cached) for both: one collect less, its fixed cost included.
-            spans, charges = pl.collect_all(
-                [spans, charges], engine=budgets.ENGINE, optimizations=budgets.OPTIMIZATIONS
-            )
+        spans = _layered(spans, layers).collect(engine=budgets.ENGINE, optimizations=budgets.OPTIMIZATIONS)
         if spans.height == 0:
             return BatchChanges()
-        windows = plan.budgets.windows(spans, charges)
+        windows = plan.budgets.windows(spans)
         applied = self.store.apply(fingerprint(batch), windows.increments, windows.expires_at)
         charged = _layered(
-            spans.lazy().with_columns(plan.budgets.before_columns(spans, windows, applied.totals)),
+            spans.lazy().with_columns(plan.budgets.consumed_columns(windows, applied.totals)),
             plan.charge_layers(windows.charged),
         )
         # Laid back over the batch (null for the spans not evaluated): just the columns read from
