@@ -277,11 +277,6 @@ class BudgetPlan:
             ],
         ]
 
-    def reported(self) -> list[str]:
-        """The columns `events`, `levels` and `exceeded_counts` read."""
-        per_budget = [column(i, what) for i in range(len(self.budgets)) for what in ("subject", "consumed", "exceeded")]
-        return [ROW, COST, EVENT_TIME, CROSSED, *self._label_column.values(), *per_budget]
-
     def events(self, charged: pl.DataFrame) -> list[SpanEventToAdd]:
         """Threshold-crossing events, budget by budget, in span order (rare: a plain loop)."""
         if not charged.get_column(CROSSED).any():

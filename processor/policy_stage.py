@@ -59,7 +59,7 @@ class PolicyStage:
         query = frame.hstack(genai).lazy().with_columns(pl.lit(time.time_ns(), dtype=pl.Int64).alias(budgets.NOW))
         head, evaluated, *layers = plan.span_layers(frame.schema)
         # Only GenAI spans are evaluated (~40% of a batch): the rest are left out until the
-        # results are laid back over the whole batch, the last step of the second query.
+        # output columns are laid back over the whole batch.
         # (A column, not its name: polars resolves a name against the whole frame schema.)
         spans = query.select(head).with_columns(evaluated).filter(pl.col(EVALUATED))
         spans = _layered(spans, layers).collect(engine=budgets.ENGINE, optimizations=budgets.OPTIMIZATIONS)
@@ -71,9 +71,6 @@ class PolicyStage:
             spans.lazy().with_columns(plan.budgets.consumed_columns(windows, applied.totals)),
             plan.charge_layers(windows.charged),
         )
-        # Laid back over the batch (null for the spans not evaluated): just the columns read from
-        # here on. A gather by row index, cheaper in polars than a join on the row position.
-        charged = charged.select(pl.col(plan.kept(windows.charged)).gather(_gather_index(spans, frame.height)))
         if applied.repeated:
             # A retried batch: same tags and events as the first time, but counted once.
             charged = charged.collect(engine=budgets.ENGINE, optimizations=budgets.OPTIMIZATIONS)
@@ -83,7 +80,12 @@ class PolicyStage:
                 engine=budgets.ENGINE,
                 optimizations=budgets.OPTIMIZATIONS,
             )
-        changes = {name: charged.get_column(name) for name in plan.outputs(windows.charged)}
+        # Laid back over the batch (null for the spans not evaluated): just the output columns (the
+        # events and metrics read the evaluated spans). A gather by row index, cheaper in polars
+        # than a join on the row position; indexing a frame by a Series plans no query.
+        outputs = plan.outputs(windows.charged)
+        laid = charged[outputs][_gather_index(spans, frame.height)]
+        changes = {name: laid.get_column(name) for name in outputs}
         events = plan.budgets.events(charged) if windows.charged else []
         if applied.repeated:
             return BatchChanges(set_attributes=changes, events=events)
@@ -170,11 +172,6 @@ class _Plan:
         self._outputs = {
             True: [policies.VIOLATIONS, policies.RESULT, policies.REASON_CODE, *budgets.TAGS.values()],
             False: [policies.VIOLATIONS, policies.RESULT, policies.REASON_CODE],
-        }
-        counted = [column for _, column in self.counted if column not in self._outputs[True]]
-        self._kept = {
-            True: list(dict.fromkeys([*self._outputs[True], *self.budgets.reported(), *counted])),
-            False: list(dict.fromkeys([*self._outputs[False], *counted])),
         }
         self._span_layers: dict[tuple, list[list[pl.Expr]]] = {}
         # The frame columns whose presence and type shape the span expressions.
@@ -263,10 +260,6 @@ class _Plan:
 
     def outputs(self, charged: bool) -> list[str]:
         return self._outputs[charged]
-
-    def kept(self, charged: bool) -> list[str]:
-        """The outputs and the columns the events and metrics read."""
-        return self._kept[charged]
 
 
 def _error(schema: dict[str, pl.DataType]) -> pl.Expr:
