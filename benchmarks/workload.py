@@ -309,6 +309,8 @@ class _Generator:
 # The first span of every request carries this trace id prefix; the 8 bytes after it are a
 # request number written at send time (see UniquePayloads).
 _MARK = b"genops-b"
+# Shared by every UniquePayloads of the process: reading Workload.payloads twice must not replay.
+_REQUEST_NUMBERS = itertools.count(1)
 
 
 class UniquePayloads(Sequence[bytes]):
@@ -322,14 +324,13 @@ class UniquePayloads(Sequence[bytes]):
     def __init__(self, bases: tuple[bytes, ...]) -> None:
         self.bases = bases
         self._offsets = [base.index(_MARK) + len(_MARK) for base in bases]
-        self._numbers = itertools.count(1)
 
     def __len__(self) -> int:
         return len(self.bases)
 
     def __getitem__(self, index: int) -> bytes:  # type: ignore[override]
         base, offset = self.bases[index], self._offsets[index]
-        return base[:offset] + next(self._numbers).to_bytes(8, "big") + base[offset + 8 :]
+        return base[:offset] + next(_REQUEST_NUMBERS).to_bytes(8, "big") + base[offset + 8 :]
 
 
 @dataclass(frozen=True)
