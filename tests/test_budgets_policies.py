@@ -507,21 +507,16 @@ def test_spend_counts_sdk_costs_sent_as_strings_next_to_costs_the_sidecar_comput
     assert registry.get_sample_value("genops_cost_total_usd", labels) == pytest.approx(0.65)
 
 
-TWO_BUDGETS = """
-budgets:
+TWO_BUDGETS = ML_BUDGET.replace(
+    "budgets:\n",
+    """budgets:
   - name: everything
     limit_usd: 10.0
     period: monthly
     warn_at: [0.05]
     mode: audit_only
-  - name: ml-daily
-    dimension: team
-    value: ml
-    limit_usd: 1.0
-    period: daily
-    warn_at: [0.5]
-    mode: enforced
-"""
+""",
+)
 
 
 def test_a_span_under_two_budgets_is_tagged_with_the_one_nearest_its_limit(tmp_path):
