@@ -244,6 +244,8 @@ def _rule(raw: object, where: str) -> PolicyRule:
         return _replace(rule, allow=allow, deny=deny)
     if kind == "required_attribution":
         dims = _strings(raw.get("dimensions", ["team"]), f"{where}: dimensions")
+        if not dims:
+            raise PolicyFileError(f"{where}: required_attribution needs at least one dimension")
         return _replace(rule, dimensions=tuple(_dimension(d, f"{where}: dimensions") for d in dims))
     return rule
 

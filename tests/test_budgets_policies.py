@@ -382,6 +382,7 @@ def test_windows_follow_the_budget_timezone(tmp_path):
         ("budgets: [{name: a, limit_usd: 1, period: daily, timezone: Mars/Base}]", "unknown timezone"),
         ("budgets: [{name: a, limit_usd: 1, period: daily, warn_at: [1.2]}]", "between 0 and 1"),
         ("policies: [{name: p, type: model_access}]", "needs allow or deny"),
+        ("policies: [{name: p, type: required_attribution, dimensions: []}]", "at least one dimension"),
         ("policies: [{name: p, type: max_tokens_per_request, max_usd: 1}]", "unknown field 'max_usd'"),
         ("budgets: [{name: a, limit_usd: 1, period: daily}, {name: a, limit_usd: 2, period: daily}]", "used twice"),
     ],
