@@ -91,14 +91,17 @@ def _native_rewrite(batch: TelemetryBatch, all_changes: Sequence[BatchChanges]) 
 
 
 _NEWEST = pl.CompatLevel.newest()
-_ARROW_KINDS = {pl.Boolean: "bool", pl.Int64: "i64", pl.Float64: "f64", pl.String: "string", pl.Binary: "binary"}
 
 
 def _native_values(column: pl.Series) -> tuple | list:
     """The column as the rewriter reads it: Arrow buffers for the types stages set, else a list."""
-    dtype = column.dtype
-    if dtype in _ARROW_KINDS or (isinstance(dtype, pl.List) and dtype.inner in (pl.String, pl.Binary)):
-        return _arrow_parts(column.to_arrow(compat_level=_NEWEST))
+    # Decided on the Arrow type: comparing polars dtypes costs more than the conversion.
+    array = column.to_arrow(compat_level=_NEWEST)
+    kind = _ARROW_TYPE_KINDS.get(array.type)
+    if kind is not None:
+        return (kind, len(array), array.offset, array.buffers(), None)
+    if isinstance(array, pa.LargeListArray) and array.type.value_type in _ARROW_LIST_ITEMS:
+        return _arrow_parts(array)
     return column.to_list()
 
 
@@ -117,6 +120,7 @@ _ARROW_TYPE_KINDS = {
     pa.string_view(): "string",
     pa.binary_view(): "binary",
 }
+_ARROW_LIST_ITEMS = (pa.string_view(), pa.binary_view())
 
 _REWRITE_SCHEMA = {"scope": pl.String, "owner": pl.Int64, "position": pl.Int64, "new_value": pl.String}
 

@@ -72,10 +72,19 @@ class Pipeline:
     def __init__(self, stages: Sequence[Stage], metrics: PipelineMetrics) -> None:
         self.stages = list(stages)
         self.metrics = metrics
+        self._timers: dict[tuple[str, str], object] = {}
+        self._stages = {signal: [s for s in self.stages if signal in s.signals] for signal in (TRACES, LOGS)}
         self._wanted = {
             signal: WantedKeys.union(s.wanted_keys() for s in self.stages if signal in s.signals)
             for signal in (TRACES, LOGS)
         }
+
+    def _timer(self, stage: str, signal: str):
+        # labels() takes a lock and builds a key: once per (stage, signal), not per batch.
+        timer = self._timers.get((stage, signal))
+        if timer is None:
+            timer = self._timers[(stage, signal)] = self.metrics.stage_seconds.labels(stage=stage, signal=signal)
+        return timer
 
     def process(self, signal: str, raw: bytes) -> ProcessedRequest:
         if signal == TRACES:
@@ -94,9 +103,8 @@ class Pipeline:
     def _process(self, signal: str, batch: TelemetryBatch, raw: bytes) -> ProcessedRequest:
         applied: list[BatchChanges] = []
         failed: list[str] = []
-        for stage in self.stages:
-            if signal not in stage.signals or len(batch) == 0:
-                continue
+        stages = self._stages[signal] if len(batch) else []
+        for position, stage in enumerate(stages, 1):
             started = time.perf_counter()
             try:
                 changes = stage.process(batch)
@@ -109,12 +117,11 @@ class Pipeline:
                 )
                 continue
             finally:
-                self.metrics.stage_seconds.labels(stage=stage.name, signal=signal).observe(
-                    time.perf_counter() - started
-                )
+                self._timer(stage.name, signal).observe(time.perf_counter() - started)
             if not changes.is_empty():
                 applied.append(changes)
-                _expose_to_later_stages(batch, changes)
+                if position < len(stages):  # the last stage's changes are only written back
+                    _expose_to_later_stages(batch, changes)
         if failed:
             applied.append(_error_tags(len(batch), "; ".join(failed)))
         if not applied:
