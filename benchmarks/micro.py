@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import cProfile
 import io
+import os
 import pstats
 import tempfile
 import time
@@ -40,7 +41,10 @@ def stage_config(stages: bool, workdir: Path | None = None):
         env["GENOPS_POLICY_STATE_BACKEND"] = "sqlite"
         env["GENOPS_POLICY_STATE_PATH"] = str(workdir / "budget-state.sqlite")
         policy = workdir / "policy.yaml"
-        policy.write_text(yaml.safe_dump(POLICY_FILE, sort_keys=False))
+        # Written aside and renamed: processes sharing a workdir (scaling) never read a half-written file.
+        staged = workdir / f".policy-{os.getpid()}.yaml"
+        staged.write_text(yaml.safe_dump(POLICY_FILE, sort_keys=False))
+        os.replace(staged, policy)
         env["GENOPS_POLICY_POLICY_FILE"] = str(policy)
     return load_config(None, environ=env)
 

@@ -4,6 +4,7 @@ python -m benchmarks.run compare   # side-by-side scenarios over gRPC, one run, 
 python -m benchmarks.run soak      # one sidecar under steady load, RSS sampled, slope reported
 python -m benchmarks.run micro     # in-process decode → stages → encode, spans/s
 python -m benchmarks.run profile   # the same under cProfile
+python -m benchmarks.run scaling   # N in-process pipelines side by side, wall spans/s vs 1
 """
 
 from __future__ import annotations
@@ -412,6 +413,16 @@ def cmd_micro(args) -> int:
     return 0
 
 
+def cmd_scaling(args) -> int:
+    from benchmarks.scaling import report, run_scaling
+
+    workload = _workload(args)
+    counts = [int(n) for n in args.processes.split(",")]
+    runs = [run_scaling(workload.bases, workload.spans_per_request, n, args.iterations) for n in counts]
+    print(report(runs))
+    return 0
+
+
 def cmd_profile(args) -> int:
     from benchmarks.micro import run_profile
 
@@ -479,6 +490,12 @@ def build_parser() -> argparse.ArgumentParser:
     workload_args(micro)
     micro.add_argument("--iterations", type=int, default=50, help="batches processed (default 50)")
     micro.set_defaults(handler=cmd_micro)
+
+    scaling = commands.add_parser("scaling", help="N in-process pipelines side by side on one budget state")
+    workload_args(scaling)
+    scaling.add_argument("--processes", default="1,2", help="comma-separated process counts (default 1,2)")
+    scaling.add_argument("--iterations", type=int, default=60, help="batches per process (default 60)")
+    scaling.set_defaults(handler=cmd_scaling)
 
     profile = commands.add_parser("profile", help="cProfile of the in-process pipeline")
     workload_args(profile)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
@@ -321,8 +321,10 @@ class UniquePayloads(Sequence[bytes]):
     path, which skips charging and the spend metrics. Same length, same content otherwise.
     """
 
-    def __init__(self, bases: tuple[bytes, ...]) -> None:
+    def __init__(self, bases: tuple[bytes, ...], numbers: Iterator[int] | None = None) -> None:
         self.bases = bases
+        # Processes sending to one sidecar (or sharing its budget state) need numbers of their own.
+        self._numbers = _REQUEST_NUMBERS if numbers is None else numbers
         self._offsets = [base.index(_MARK) + len(_MARK) for base in bases]
 
     def __len__(self) -> int:
@@ -330,7 +332,7 @@ class UniquePayloads(Sequence[bytes]):
 
     def __getitem__(self, index: int) -> bytes:  # type: ignore[override]
         base, offset = self.bases[index], self._offsets[index]
-        return base[:offset] + next(_REQUEST_NUMBERS).to_bytes(8, "big") + base[offset + 8 :]
+        return base[:offset] + next(self._numbers).to_bytes(8, "big") + base[offset + 8 :]
 
 
 @dataclass(frozen=True)

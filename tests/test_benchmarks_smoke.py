@@ -72,3 +72,13 @@ def test_the_collector_config_prices_each_of_500_models_with_one_ottl_statement(
     assert len({s.rsplit("==", 1)[1] for s in statements}) == 500
     assert any('== "gpt-4o"' in s for s in statements)
     assert len(MODELS) >= 20
+
+
+def test_the_scaling_benchmark_runs_processes_side_by_side_on_one_budget_state():
+    from benchmarks.scaling import report, run_scaling
+
+    workload = build_workload(count=1, spans=20)
+    runs = [run_scaling(workload.bases, workload.spans_per_request, n, iterations=2) for n in (1, 2)]
+    assert [len(r.runs) for r in runs] == [1, 2]
+    assert all(p.spans == 40 for r in runs for p in r.runs)
+    assert "| 2 |" in report(runs)

@@ -1,0 +1,96 @@
+"""Worker scaling without gRPC: N processes run the whole pipeline side by side on one budget state.
+
+`server.workers: N` runs the pipeline in N worker processes behind one front process. Whether N
+workers do N times the work of one depends on what they share: the cores, memory bandwidth, and
+the budget state (one SQLite file, or Redis). This runs N copies of the in-process pipeline (every
+stage on, one policy file, one SQLite state file) started together, and reports total spans/s
+(wall) against the same run with one process. The front process (receive, hand over, forward) is
+not in it: `compare` measures that with the real server, on a machine with cores to spare.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+# Numbers written into each process's requests start this far apart (see workload.UniquePayloads).
+_NUMBERS_PER_PROCESS = 10**12
+
+
+@dataclass(frozen=True)
+class ProcessRun:
+    spans: int
+    wall_seconds: float
+    cpu_seconds: float
+
+
+@dataclass(frozen=True)
+class ScalingRun:
+    processes: int
+    runs: tuple[ProcessRun, ...]
+
+    @property
+    def spans_per_second(self) -> float:
+        return sum(r.spans for r in self.runs) / max(r.wall_seconds for r in self.runs)
+
+    @property
+    def spans_per_cpu_second(self) -> float:
+        return sum(r.spans for r in self.runs) / sum(r.cpu_seconds for r in self.runs)
+
+
+def _run_one(index: int, bases: tuple[bytes, ...], spans: int, iterations: int, workdir: str, barrier, results) -> None:
+    os.environ.setdefault("POLARS_MAX_THREADS", "1")  # as `serve` sets it
+    from benchmarks.micro import build_pipeline
+    from benchmarks.workload import UniquePayloads
+
+    payloads = UniquePayloads(bases, itertools.count(index * _NUMBERS_PER_PROCESS + 1))
+    pipeline, _ = build_pipeline(True, Path(workdir))
+    for payload in payloads:  # warm-up, as micro does
+        pipeline.process_traces(payload)
+    batches = [payloads[i % len(payloads)] for i in range(iterations)]
+    barrier.wait()
+    wall, cpu = time.perf_counter(), time.process_time()
+    for payload in batches:
+        pipeline.process_traces(payload)
+    results.put(ProcessRun(spans * iterations, time.perf_counter() - wall, time.process_time() - cpu))
+
+
+def run_scaling(bases: Sequence[bytes], spans: int, processes: int, iterations: int) -> ScalingRun:
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(processes), context.Queue()
+    with tempfile.TemporaryDirectory(prefix="genops-scaling-") as workdir:
+        # One policy file and state path for all: build_pipeline writes the same files each time.
+        children = [
+            context.Process(target=_run_one, args=(i, tuple(bases), spans, iterations, workdir, barrier, results))
+            for i in range(processes)
+        ]
+        for child in children:
+            child.start()
+        runs = tuple(results.get(timeout=900) for _ in children)
+        for child in children:
+            child.join()
+            if child.exitcode:
+                raise RuntimeError(f"a scaling process exited with {child.exitcode}")
+    return ScalingRun(processes, runs)
+
+
+def report(runs: Sequence[ScalingRun]) -> str:
+    one = next((r for r in runs if r.processes == 1), runs[0])
+    lines = [
+        f"cores on this machine: {os.cpu_count()}",
+        "| processes | spans/s (wall, all processes) | spans per CPU-second | vs 1 process (wall) | efficiency |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for run in runs:
+        ratio = run.spans_per_second / one.spans_per_second
+        lines.append(
+            f"| {run.processes} | {run.spans_per_second:,.0f} | {run.spans_per_cpu_second:,.0f} | "
+            f"{ratio:.2f} | {ratio / run.processes * one.processes:.0%} |"
+        )
+    return "\n".join(lines)
