@@ -19,17 +19,7 @@ from processor.budget_api import BudgetStatusReader
 from processor.budget_policy_file import PolicyFile, PolicySource, load_policy_file
 from processor.budget_state import BudgetStore, open_store
 from processor.config import PolicyConfig
-from processor.decode import (
-    RESOURCE_PREFIX,
-    ROW,
-    START_TIME,
-    STATUS_CODE,
-    TRACES,
-    TelemetryBatch,
-    WantedKeys,
-    native_available,
-    native_module,
-)
+from processor.decode import RESOURCE_PREFIX, ROW, START_TIME, STATUS_CODE, TRACES, TelemetryBatch, WantedKeys
 from processor.genai_attributes import GENAI_KEYS, MODEL, PROVIDER, TOKENS_INPUT, TOKENS_OUTPUT, normalized
 from processor.governance_metrics import GovernanceMetrics, parse_labels
 from processor.pipeline import BatchChanges
@@ -286,8 +276,6 @@ def fingerprint(batch: TelemetryBatch) -> str:
     after every stage ran), so the same bytes always give the same fingerprint.
     """
     raw = batch.raw or batch.request.SerializeToString()
-    if native_available():
-        return native_module().fingerprint(raw)
     return hashlib.blake2b(raw, digest_size=16).hexdigest()
 
 

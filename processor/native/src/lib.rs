@@ -11,7 +11,6 @@
 mod arrow;
 mod detect;
 mod fasthash;
-mod fingerprint;
 mod redact;
 mod rewrite;
 mod scan;
@@ -24,6 +23,5 @@ fn _otlp_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(scan::scan, m)?)?;
     m.add_function(wrap_pyfunction!(rewrite::rewrite, m)?)?;
     m.add_class::<redact::Redactor>()?;
-    m.add_function(wrap_pyfunction!(fingerprint::fingerprint, m)?)?;
     Ok(())
 }
