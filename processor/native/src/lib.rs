@@ -11,6 +11,7 @@
 mod arrow;
 mod detect;
 mod fasthash;
+mod policy;
 mod redact;
 mod rewrite;
 mod scan;
@@ -23,5 +24,6 @@ fn _otlp_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(scan::scan, m)?)?;
     m.add_function(wrap_pyfunction!(rewrite::rewrite, m)?)?;
     m.add_class::<redact::Redactor>()?;
+    m.add_class::<policy::PolicyPlan>()?;
     Ok(())
 }
