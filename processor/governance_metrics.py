@@ -351,7 +351,7 @@ class GovernanceMetrics:
 
     def record_operation_groups(self, groups: Sequence[tuple]) -> None:
         """Per series: (labels from `operation_labels`, cost, tokens input, tokens output,
-        operations, errors, latency counts per bucket or None, latency sum, latencies) of one batch; the
+        operations, errors, (bucket index, latencies in it) or None, latency sum, latencies) of one batch; the
         native policy path's equivalent of `record_operations`."""
         direct = self._direct
         known = direct.get
@@ -376,9 +376,8 @@ class GovernanceMetrics:
                     if errors:
                         error_total._value += errors
                     if buckets_hit is not None:
-                        for bucket, hits in zip(buckets, buckets_hit, strict=True):
-                            if hits:
-                                bucket._value += hits
+                        for bucket, hits in buckets_hit:
+                            buckets[bucket]._value += hits
                         latency_sum._value += latency_total
                     continue
                 series.cost.inc(spent)
@@ -394,9 +393,8 @@ class GovernanceMetrics:
                     for latency in latencies:
                         series.latency.observe(latency)
                     continue
-                for bucket, hits in zip(series.latency_buckets, buckets_hit, strict=True):
-                    if hits:
-                        bucket.inc(hits)
+                for bucket, hits in buckets_hit:
+                    series.latency_buckets[bucket].inc(hits)
                 series.latency_sum.inc(latency_total)
 
     def record_verdicts(self, results: dict[str, int], violations: Sequence[tuple[str, str, str, int]]) -> None:

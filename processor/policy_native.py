@@ -128,9 +128,11 @@ class NativePolicy:
     ) -> BatchChanges | None:
         """The batch's changes, or None when the polars path must take it (nothing applied then)."""
         frame = batch.frame
+        # (Not frame.schema: building a Schema object costs more than this whole lookup.)
+        schema = dict(zip(frame.columns, frame.dtypes, strict=True))
         try:
-            texts = [_text(frame, name) for name in self.texts]
-            numbers = _numbers(frame, normalized(batch))
+            texts = [_text(frame, schema, name) for name in self.texts]
+            numbers = _numbers(frame, schema, normalized(batch))
         except Unsupported:
             return None
 
@@ -231,9 +233,9 @@ def _parts(column: pl.Series) -> tuple:
     return (kind, len(array), array.offset, array.buffers(), None)
 
 
-def _text(frame: pl.DataFrame, name: str) -> tuple | None:
+def _text(frame: pl.DataFrame, schema: dict[str, pl.DataType], name: str) -> tuple | None:
     """attribution.text's input: the column as strings (None: absent, null or binary)."""
-    dtype = frame.schema.get(name)
+    dtype = schema.get(name)
     if dtype is None or dtype in (pl.Null, pl.Binary):
         return None
     column = frame.get_column(name)
@@ -244,9 +246,9 @@ def _text(frame: pl.DataFrame, name: str) -> tuple | None:
     return _parts(column)
 
 
-def _number(frame: pl.DataFrame, name: str, dtype: pl.DataType) -> tuple | None:
+def _number(frame: pl.DataFrame, schema: dict[str, pl.DataType], name: str, dtype: pl.DataType) -> tuple | None:
     """policy_stage._number: the column as `dtype` (strings trimmed first), None when absent."""
-    found = frame.schema.get(name)
+    found = schema.get(name)
     if found is None or found in (pl.Null, pl.Binary):
         return None
     column = frame.get_column(name)
@@ -259,11 +261,11 @@ def _number(frame: pl.DataFrame, name: str, dtype: pl.DataType) -> tuple | None:
     return _parts(column)
 
 
-def _numbers(frame: pl.DataFrame, genai: pl.DataFrame) -> list[tuple | None]:
-    schema = frame.schema
+def _numbers(frame: pl.DataFrame, schema: dict[str, pl.DataType], genai: pl.DataFrame) -> list[tuple | None]:
+    genai_schema = dict(zip(genai.columns, genai.dtypes, strict=True))
 
     def canonical(name: str, dtype: pl.DataType) -> tuple | None:
-        found = genai.schema.get(name)
+        found = genai_schema.get(name)
         if found is None or found == pl.Null:
             return None
         column = genai.get_column(name)
@@ -286,8 +288,8 @@ def _numbers(frame: pl.DataFrame, genai: pl.DataFrame) -> list[tuple | None]:
         canonical(PROVIDER, pl.String),
         canonical(TOKENS_INPUT, pl.Int64),
         canonical(TOKENS_OUTPUT, pl.Int64),
-        _number(frame, budgets.COST, pl.Float64),
-        _number(frame, policies.PII_COUNT, pl.Int64),
+        _number(frame, schema, budgets.COST, pl.Float64),
+        _number(frame, schema, policies.PII_COUNT, pl.Int64),
         status,
         start,
         time_column(budgets.END_TIME),

@@ -860,7 +860,13 @@ impl PolicyPlan {
         }
         let out = PyList::empty(py);
         for (labels, group) in out_labels.into_iter().zip(sums) {
-            let buckets = (!group.latencies.is_empty()).then_some(group.buckets.to_vec());
+            // Only the buckets hit: a group holds a few spans.
+            let buckets = (!group.latencies.is_empty()).then(|| {
+                (0..group.buckets.len())
+                    .filter(|b| group.buckets[*b] > 0)
+                    .map(|b| (b, group.buckets[b]))
+                    .collect::<Vec<_>>()
+            });
             out.append((
                 labels,
                 group.cost.sum,
