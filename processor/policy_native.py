@@ -93,6 +93,7 @@ class NativePolicy:
         budget_specs = [
             (
                 b.name,
+                b.period,
                 None if b.dimension is None else dimension[b.dimension],
                 b.value,
                 zones.index((b.timezone, b.period)),
@@ -103,20 +104,18 @@ class NativePolicy:
             )
             for b in policy.budgets
         ]
-        self.plan = native_module().PolicyPlan(
-            dims, cost_texts, rules, budget_specs, len(zones), [_LABEL_SOURCES[name] for name in labels]
-        )
         table = policies.VerdictTable(checks)
-        self._verdicts = table.frame()
-        self._results = table.results()
-        self._counted = counted
-        self._constants = pl.DataFrame(
-            [
-                pl.Series(budgets.TAGS["name"], [b.name for b in policy.budgets], dtype=pl.String),
-                pl.Series(budgets.TAGS["period"], [b.period for b in policy.budgets], dtype=pl.String),
-                pl.Series(budgets.TAGS["limit"], [float(b.limit_usd) for b in policy.budgets], dtype=pl.Float64),
-            ]
+        self._results = [result for _, result, _ in table.entries]
+        self.plan = native_module().PolicyPlan(
+            dims,
+            cost_texts,
+            rules,
+            budget_specs,
+            len(zones),
+            [_LABEL_SOURCES[name] for name in labels],
+            list(table.entries),
         )
+        self._counted = counted
 
     @staticmethod
     def supports(checks: list[policies.Check]) -> bool:
@@ -154,19 +153,28 @@ class NativePolicy:
             return None
         if not found:
             return BatchChanges()
-        code, tags, events, levels, check_counts, code_counts, groups = found
-        laid = self._verdicts[_series(pa.uint32(), frame.height, code)]
-        changes = {name: laid.get_column(name) for name in laid.columns}
+        (violations, result, reason), tags, events, levels, check_counts, code_counts, groups = found
+        rows = frame.height
+        changes = {
+            policies.VIOLATIONS: _lists(policies.VIOLATIONS, rows, violations),
+            policies.RESULT: _strings(policies.RESULT, rows, result),
+            policies.REASON_CODE: _strings(policies.REASON_CODE, rows, reason),
+        }
         if tags is not None:
-            best, consumed, remaining, utilization, exceeded = tags
-            constants = self._constants[_series(pa.uint32(), frame.height, best)]
-            changes.update({name: constants.get_column(name) for name in constants.columns})
-            for name, column in (("consumed", consumed), ("remaining", remaining), ("utilization", utilization)):
-                changes[budgets.TAGS[name]] = _series(pa.float64(), frame.height, column, budgets.TAGS[name])
-            changes[budgets.TAGS["exceeded"]] = _series(pa.bool_(), frame.height, exceeded, budgets.TAGS["exceeded"])
+            name, period, limit, consumed, remaining, utilization, exceeded = tags
+            changes[budgets.TAGS["name"]] = _strings(budgets.TAGS["name"], rows, name)
+            changes[budgets.TAGS["period"]] = _strings(budgets.TAGS["period"], rows, period)
+            for what, column in (("limit", limit), ("consumed", consumed), ("remaining", remaining)):
+                changes[budgets.TAGS[what]] = _series(pa.float64(), rows, column, budgets.TAGS[what])
+            changes[budgets.TAGS["utilization"]] = _series(pa.float64(), rows, utilization, budgets.TAGS["utilization"])
+            changes[budgets.TAGS["exceeded"]] = _series(pa.bool_(), rows, exceeded, budgets.TAGS["exceeded"])
         span_events = self._events(frame, events)
         if groups is None:  # a retried batch: same tags and events as the first time, counted once
             return BatchChanges(set_attributes=changes, events=span_events)
+        groups, costs = groups
+        if costs is not None:
+            # No metric labels: one group, its cost summed by polars as the polars path does.
+            groups = [(groups[0][0], _series(pa.float64(), groups[0][4], costs).sum() or 0.0, *groups[0][2:])]
         metrics.record_operation_groups(groups)
         results: Counter[str] = Counter()
         for code_value, count in code_counts:
@@ -220,6 +228,30 @@ def _series(arrow_type: pa.DataType, rows: int, buffers: tuple, name: str = "") 
     validity, data = buffers
     array = pa.Array.from_buffers(
         arrow_type, rows, [None if validity is None else pa.py_buffer(validity), pa.py_buffer(data)]
+    )
+    return pl.Series(name, array)
+
+
+def _string_views(rows: int, buffers: tuple) -> pa.Array:
+    validity, views, data = buffers
+    return pa.Array.from_buffers(
+        pa.string_view(),
+        rows,
+        [None if validity is None else pa.py_buffer(validity), pa.py_buffer(views), pa.py_buffer(data)],
+    )
+
+
+def _strings(name: str, rows: int, buffers: tuple) -> pl.Series:
+    return pl.Series(name, _string_views(rows, buffers))
+
+
+def _lists(name: str, rows: int, buffers: tuple) -> pl.Series:
+    validity, offsets, count, names = buffers
+    array = pa.Array.from_buffers(
+        pa.large_list(pa.string_view()),
+        rows,
+        [None if validity is None else pa.py_buffer(validity), pa.py_buffer(offsets)],
+        children=[_string_views(count, names)],
     )
     return pl.Series(name, array)
 

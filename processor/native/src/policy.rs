@@ -19,7 +19,7 @@ use pyo3::types::{PyDict, PyList, PyTuple};
 use regex::Regex;
 use rustc_hash::FxHashMap;
 
-use crate::arrow::{le_bytes, ArrowIn, Bitmap, Kind};
+use crate::arrow::{le_bytes, ArrowIn, Bitmap, Kind, Views};
 
 const DIMENSIONS: usize = 6;
 /// Label sources past the dimensions: the span's model and provider.
@@ -53,6 +53,7 @@ struct Rule {
 
 struct Budget {
     name: String,
+    period: String,
     dimension: Option<usize>,
     value: Option<String>,
     zone: usize,
@@ -79,8 +80,10 @@ type RuleSpec = (
     Option<String>,
     Vec<usize>,
 );
-/// (name, dimension, value, zone, limit, lowest warn level, thresholds, counts toward "warned").
+/// (name, period, dimension, value, zone, limit, lowest warn level, thresholds, counts toward
+/// "warned").
 type BudgetSpec = (
+    String,
     String,
     Option<usize>,
     Option<String>,
@@ -104,8 +107,13 @@ pub struct PolicyPlan {
     budgets: Vec<Budget>,
     /// Label sources of the operation metrics (dimension index, LABEL_MODEL or LABEL_PROVIDER).
     labels: Vec<usize>,
+    /// Per verdict code (policies.VerdictTable): violations, result, reason code.
+    verdicts: Vec<Verdict>,
     windows: Mutex<Vec<Vec<Window>>>,
 }
+
+/// (violated check names or None, result, reason code or None).
+type Verdict = (Option<Vec<String>>, String, Option<String>);
 
 /// The frame's columns for one batch, read in place.
 struct Columns {
@@ -297,24 +305,6 @@ fn f64_column<'py>(py: Python<'py>, values: &[Option<f64>]) -> PyResult<Bound<'p
     )
 }
 
-fn u32_column<'py>(py: Python<'py>, values: &[Option<u32>]) -> PyResult<Bound<'py, PyTuple>> {
-    let mut validity = Bitmap::with_capacity(values.len());
-    let plain: Vec<u32> = values
-        .iter()
-        .map(|v| {
-            validity.push(v.is_some());
-            v.unwrap_or(0)
-        })
-        .collect();
-    PyTuple::new(
-        py,
-        [
-            validity.validity_to_py(py).into_pyobject(py)?.into_any(),
-            le_bytes(py, &plain, u32::to_le_bytes)?.into_any(),
-        ],
-    )
-}
-
 fn bool_column<'py>(py: Python<'py>, values: &[Option<bool>]) -> PyResult<Bound<'py, PyTuple>> {
     let mut validity = Bitmap::with_capacity(values.len());
     let mut bits = Bitmap::with_capacity(values.len());
@@ -471,8 +461,11 @@ impl PolicyPlan {
         budgets: Vec<BudgetSpec>,
         zones: usize,
         labels: Vec<usize>,
+        verdicts: Vec<Verdict>,
     ) -> PyResult<Self> {
-        if dimensions.len() != DIMENSIONS || rules.len() > 31 {
+        if dimensions.len() != DIMENSIONS
+            || verdicts.len() != 1 << (rules.len() + budgets.len() + 1)
+        {
             return Err(PyValueError::new_err("unsupported policy plan"));
         }
         let regex = |pattern: Option<String>| {
@@ -504,9 +497,20 @@ impl PolicyPlan {
         let budgets = budgets
             .into_iter()
             .map(
-                |(name, dimension, value, zone, limit, warn_min, thresholds, counts_warned)| {
+                |(
+                    name,
+                    period,
+                    dimension,
+                    value,
+                    zone,
+                    limit,
+                    warn_min,
+                    thresholds,
+                    counts_warned,
+                )| {
                     Budget {
                         name,
+                        period,
                         dimension,
                         value,
                         zone,
@@ -528,6 +532,7 @@ impl PolicyPlan {
             rules,
             budgets,
             labels,
+            verdicts,
             windows: Mutex::new((0..zones).map(|_| Vec::new()).collect()),
         })
     }
@@ -766,10 +771,30 @@ impl PolicyPlan {
         let mut code_counts: Vec<(u32, u64)> = code_counts.into_iter().collect();
         code_counts.sort_unstable();
         let tags = if is_charged {
+            let mut names = Views::with_capacity(rows);
+            let mut periods = Views::with_capacity(rows);
+            let mut limits = Vec::with_capacity(rows);
+            for best in &tag_best {
+                match best {
+                    Some(b) => {
+                        let budget = &budgets[*b as usize];
+                        names.push(budget.name.as_bytes());
+                        periods.push(budget.period.as_bytes());
+                        limits.push(Some(budget.limit));
+                    }
+                    None => {
+                        names.push_null();
+                        periods.push_null();
+                        limits.push(None);
+                    }
+                }
+            }
             Some(PyTuple::new(
                 py,
                 [
-                    u32_column(py, &tag_best)?,
+                    names.to_py(py)?.into_pyobject(py)?,
+                    periods.to_py(py)?.into_pyobject(py)?,
+                    f64_column(py, &limits)?,
                     f64_column(py, &tag_consumed)?,
                     f64_column(py, &tag_remaining)?,
                     f64_column(py, &tag_utilization)?,
@@ -785,7 +810,7 @@ impl PolicyPlan {
             Some(self.groups(py, &spans, &relabel)?)
         };
         let result = (
-            u32_column(py, &code)?,
+            self.verdict_columns(py, &code)?,
             tags,
             events,
             levels_out,
@@ -798,13 +823,67 @@ impl PolicyPlan {
 }
 
 impl PolicyPlan {
+    /// VIOLATIONS (list offsets, validity, names), RESULT and REASON_CODE per row of the batch.
+    fn verdict_columns<'py>(
+        &self,
+        py: Python<'py>,
+        code: &[Option<u32>],
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let rows = code.len();
+        let mut offsets: Vec<i64> = Vec::with_capacity(rows + 1);
+        offsets.push(0);
+        let mut listed = Bitmap::with_capacity(rows);
+        let mut names = Views::with_capacity(rows);
+        let mut results = Views::with_capacity(rows);
+        let mut reasons = Views::with_capacity(rows);
+        let mut count: i64 = 0;
+        for bits in code {
+            let verdict = bits.map(|b| &self.verdicts[b as usize]);
+            match verdict.and_then(|v| v.0.as_ref()) {
+                Some(violated) => {
+                    for name in violated {
+                        names.push(name.as_bytes());
+                    }
+                    count += violated.len() as i64;
+                    listed.push(true);
+                }
+                None => listed.push(false),
+            }
+            offsets.push(count);
+            match verdict {
+                Some((_, result, reason)) => {
+                    results.push(result.as_bytes());
+                    match reason {
+                        Some(reason) => reasons.push(reason.as_bytes()),
+                        None => reasons.push_null(),
+                    }
+                }
+                None => {
+                    results.push_null();
+                    reasons.push_null();
+                }
+            }
+        }
+        (
+            (
+                listed.validity_to_py(py),
+                le_bytes(py, &offsets, i64::to_le_bytes)?,
+                count as usize,
+                names.to_py(py)?,
+            ),
+            results.to_py(py)?,
+            reasons.to_py(py)?,
+        )
+            .into_pyobject(py)
+    }
+
     /// Per metric label combination, the operation sums (see GovernanceMetrics.record_operations).
     fn groups<'py, 'a>(
         &self,
         py: Python<'py>,
         spans: &[Span<'a>],
         relabel: &Bound<'py, PyAny>,
-    ) -> PyResult<Bound<'py, PyList>> {
+    ) -> PyResult<(Bound<'py, PyList>, Option<Bound<'py, PyTuple>>)> {
         let label_of = |span: &Span<'a>, source: usize| -> Option<&'a str> {
             match source {
                 LABEL_MODEL => span.model,
@@ -858,6 +937,14 @@ impl PolicyPlan {
         for (span, group) in spans.iter().zip(span_group) {
             sums[target[group]].add(span);
         }
+        // Without labels polars sums one literal group as a whole column (in blocks, not
+        // compensated): the caller sums these costs of the evaluated spans with polars.
+        let costs = if self.labels.is_empty() {
+            let costs: Vec<Option<f64>> = spans.iter().map(|s| s.cost).collect();
+            Some(f64_column(py, &costs)?)
+        } else {
+            None
+        };
         let out = PyList::empty(py);
         for (labels, group) in out_labels.into_iter().zip(sums) {
             // Only the buckets hit: a group holds a few spans.
@@ -879,6 +966,6 @@ impl PolicyPlan {
                 group.latencies,
             ))?;
         }
-        Ok(out)
+        Ok((out, costs))
     }
 }
