@@ -336,18 +336,16 @@ class GovernanceMetrics:
                     buckets[bucket(LATENCY_BUCKETS, latency)].inc(1)
                 series.latency_sum.inc(sum(latencies))
 
-    def operation_labels(self, groups: list[tuple[str | None, ...]]) -> list[tuple[str, ...]]:
-        """The series labels of a batch's label combinations (one per group, in `self.labels`
-        order): null as "unknown", values past the cap as "other", as `record_operations` labels
-        its groups. Groups whose labels become equal are one series (summed together)."""
-        if not self.labels:
-            return [()] * len(groups)
-        columns = []
-        for name, values in zip(self.labels, zip(*groups, strict=True), strict=True):
-            values = [UNKNOWN if value is None else value for value in values]
-            refused = self.cap.refused(name, set(values))
-            columns.append([OTHER if value in refused else value for value in values] if refused else values)
-        return list(zip(*columns, strict=True))
+    def operation_labels(self, distinct: list[list[str | None]]) -> list[list[str]]:
+        """Per label (in `self.labels` order), its distinct values in a batch as series labels:
+        null as "unknown", values past the cap as "other", as `record_operations` labels its
+        groups. Label combinations that become equal are one series (summed together)."""
+        mapped = []
+        for name, values in zip(self.labels, distinct, strict=True):
+            filled = [UNKNOWN if value is None else value for value in values]
+            refused = self.cap.refused(name, set(filled))
+            mapped.append([OTHER if value in refused else value for value in filled] if refused else filled)
+        return mapped
 
     def record_operation_groups(self, groups: Sequence[tuple]) -> None:
         """Per series: (labels from `operation_labels`, cost, tokens input, tokens output,

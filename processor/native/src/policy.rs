@@ -891,51 +891,70 @@ impl PolicyPlan {
                 d => span.dims[d],
             }
         };
-        let mut index: FxHashMap<Vec<Option<&str>>, usize> = FxHashMap::default();
-        let mut raw: Vec<Vec<Option<&str>>> = Vec::new();
-        let mut span_group = Vec::with_capacity(spans.len());
+        // Label values interned per label: the Python side maps each distinct value once.
+        let width = self.labels.len();
+        let mut distinct: Vec<Vec<Option<&'a str>>> = vec![Vec::new(); width];
+        let mut seen: Vec<FxHashMap<Option<&'a str>, u32>> = vec![FxHashMap::default(); width];
+        let mut codes: Vec<u32> = Vec::with_capacity(spans.len() * width);
         for span in spans {
-            let values: Vec<Option<&str>> =
-                self.labels.iter().map(|s| label_of(span, *s)).collect();
-            let group = match index.get(&values) {
+            for (l, source) in self.labels.iter().enumerate() {
+                let value = label_of(span, *source);
+                let code = *seen[l].entry(value).or_insert_with(|| {
+                    distinct[l].push(value);
+                    distinct[l].len() as u32 - 1
+                });
+                codes.push(code);
+            }
+        }
+        let listed = PyList::empty(py);
+        for values in &distinct {
+            listed.append(PyList::new(py, values)?)?;
+        }
+        // Null as "unknown" and capped values as "other": values mapped alike are one series.
+        let mapped: Vec<Vec<Bound<'py, PyAny>>> = relabel.call1((listed,))?.extract()?;
+        if mapped.len() != width
+            || mapped
+                .iter()
+                .zip(&distinct)
+                .any(|(m, d)| m.len() != d.len())
+        {
+            return Err(PyValueError::new_err("relabel returned other labels"));
+        }
+        let mut canonical: Vec<Vec<u32>> = Vec::with_capacity(width);
+        for values in &mapped {
+            let mut first: FxHashMap<String, u32> = FxHashMap::default();
+            let mut column = Vec::with_capacity(values.len());
+            for (i, value) in values.iter().enumerate() {
+                let text: String = value.extract()?;
+                column.push(*first.entry(text).or_insert(i as u32));
+            }
+            canonical.push(column);
+        }
+        for (at, code) in codes.iter_mut().enumerate() {
+            *code = canonical[at % width.max(1)][*code as usize];
+        }
+        let mut groups: FxHashMap<&[u32], usize> = FxHashMap::default();
+        let mut out_labels: Vec<Bound<'py, PyTuple>> = Vec::new();
+        let mut span_group = Vec::with_capacity(spans.len());
+        for at in 0..spans.len() {
+            let key = &codes[at * width..(at + 1) * width];
+            let group = match groups.get(key) {
                 Some(group) => *group,
                 None => {
-                    index.insert(values.clone(), raw.len());
-                    raw.push(values);
-                    raw.len() - 1
+                    let labels = key
+                        .iter()
+                        .enumerate()
+                        .map(|(l, code)| mapped[l][*code as usize].clone());
+                    out_labels.push(PyTuple::new(py, labels)?);
+                    groups.insert(key, out_labels.len() - 1);
+                    out_labels.len() - 1
                 }
             };
             span_group.push(group);
         }
-        let tuples = PyList::empty(py);
-        for values in &raw {
-            tuples.append(PyTuple::new(py, values)?)?;
-        }
-        // Null as "unknown" and capped values as "other": groups whose labels became equal are one.
-        let mapped: Vec<Bound<'py, PyTuple>> = relabel.call1((tuples,))?.extract()?;
-        let mut merged: FxHashMap<Vec<String>, usize> = FxHashMap::default();
-        let mut out_labels: Vec<Bound<'py, PyTuple>> = Vec::new();
-        let mut target = Vec::with_capacity(mapped.len());
-        for labels in mapped {
-            let key: Vec<String> = labels.extract()?;
-            let at = match merged.get(&key) {
-                Some(at) => *at,
-                None => {
-                    merged.insert(key, out_labels.len());
-                    out_labels.push(labels);
-                    out_labels.len() - 1
-                }
-            };
-            target.push(at);
-        }
-        if target.len() != raw.len() {
-            return Err(PyValueError::new_err(
-                "relabel returned another number of groups",
-            ));
-        }
         let mut sums = vec![Group::new(); out_labels.len()];
         for (span, group) in spans.iter().zip(span_group) {
-            sums[target[group]].add(span);
+            sums[group].add(span);
         }
         // Without labels polars sums one literal group as a whole column (in blocks, not
         // compensated): the caller sums these costs of the evaluated spans with polars.
