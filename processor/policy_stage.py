@@ -28,6 +28,7 @@ from processor.decode import (
     TelemetryBatch,
     WantedKeys,
     native_available,
+    native_module,
 )
 from processor.genai_attributes import GENAI_KEYS, MODEL, PROVIDER, TOKENS_INPUT, TOKENS_OUTPUT, normalized
 from processor.governance_metrics import GovernanceMetrics, parse_labels
@@ -299,6 +300,9 @@ def fingerprint(batch: TelemetryBatch) -> str:
     after every stage ran), so the same bytes always give the same fingerprint.
     """
     raw = batch.raw or batch.request.SerializeToString()
+    native = native_module()
+    if native is not None and native_available() and type(raw) is bytes and hasattr(native, "blake2b_128_hex"):
+        return native.blake2b_128_hex(raw)
     return hashlib.blake2b(raw, digest_size=16).hexdigest()
 
 
