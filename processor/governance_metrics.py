@@ -347,14 +347,17 @@ class GovernanceMetrics:
             mapped.append([OTHER if value in refused else value for value in filled] if refused else filled)
         return mapped
 
-    def record_operation_groups(self, groups: Sequence[tuple]) -> None:
-        """Per series: (labels from `operation_labels`, cost, tokens input, tokens output,
-        operations, errors, (bucket index, latencies in it) or None, latency sum, latencies) of one batch; the
-        native policy path's equivalent of `record_operations`."""
+    def record_operation_groups(self, groups: Any) -> None:
+        """The native policy path's `record_operations`: `groups` (OperationGroups, see
+        processor/native/src/policy.rs) adds itself to the series already in `_direct`, and
+        leaves the others, per series: (labels from `operation_labels`, cost, tokens input,
+        tokens output, operations, errors, [(bucket index, latencies in it)] or None, latency
+        sum, latencies)."""
         direct = self._direct
         known = direct.get
         with self._update_lock:
-            for values, spent, tokens_in, tokens_out, count, errors, buckets_hit, latency_total, latencies in groups:
+            rest = groups.add_to(direct)
+            for values, spent, tokens_in, tokens_out, count, errors, buckets_hit, latency_total, latencies in rest:
                 holders = known(values)
                 if holders is None:
                     series = self._operation_series(values)

@@ -171,10 +171,10 @@ class NativePolicy:
         span_events = self._events(frame, events)
         if groups is None:  # a retried batch: same tags and events as the first time, counted once
             return BatchChanges(set_attributes=changes, events=span_events)
-        groups, costs = groups
+        costs = groups.costs()
         if costs is not None:
             # No metric labels: one group, its cost summed by polars as the polars path does.
-            groups = [(groups[0][0], _series(pa.float64(), groups[0][4], costs).sum() or 0.0, *groups[0][2:])]
+            groups.set_cost(0, _series(pa.float64(), len(costs[1]) // 8, costs).sum() or 0.0)
         metrics.record_operation_groups(groups)
         results: Counter[str] = Counter()
         for code_value, count in code_counts:

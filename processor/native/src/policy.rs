@@ -807,7 +807,7 @@ impl PolicyPlan {
         let groups = if repeated {
             None
         } else {
-            Some(self.groups(py, &spans, &relabel)?)
+            Some(Bound::new(py, self.groups(py, &spans, &relabel)?)?)
         };
         let result = (
             self.verdict_columns(py, &code)?,
@@ -883,7 +883,7 @@ impl PolicyPlan {
         py: Python<'py>,
         spans: &[Span<'a>],
         relabel: &Bound<'py, PyAny>,
-    ) -> PyResult<(Bound<'py, PyList>, Option<Bound<'py, PyTuple>>)> {
+    ) -> PyResult<OperationGroups> {
         let label_of = |span: &Span<'a>, source: usize| -> Option<&'a str> {
             match source {
                 LABEL_MODEL => span.model,
@@ -958,33 +958,106 @@ impl PolicyPlan {
         }
         // Without labels polars sums one literal group as a whole column (in blocks, not
         // compensated): the caller sums these costs of the evaluated spans with polars.
-        let costs = if self.labels.is_empty() {
-            let costs: Vec<Option<f64>> = spans.iter().map(|s| s.cost).collect();
-            Some(f64_column(py, &costs)?)
-        } else {
-            None
+        let costs = self
+            .labels
+            .is_empty()
+            .then(|| spans.iter().map(|s| s.cost).collect());
+        Ok(OperationGroups {
+            labels: out_labels.into_iter().map(Bound::unbind).collect(),
+            sums,
+            costs,
+        })
+    }
+}
+
+/// A batch's operation sums per metric series (label combination), added to the series' value
+/// holders here for the series Python already resolved (GovernanceMetrics._direct).
+#[pyclass]
+pub struct OperationGroups {
+    labels: Vec<Py<PyTuple>>,
+    sums: Vec<Group>,
+    /// Without labels: the evaluated spans' costs, which the caller sums (see `groups`).
+    costs: Option<Vec<Option<f64>>>,
+}
+
+/// `holder._value += amount`, as the Python path adds to prometheus_client's MutexValue.
+fn add_value(holder: &Bound<'_, PyAny>, amount: f64) -> PyResult<()> {
+    let name = pyo3::intern!(holder.py(), "_value");
+    let value: f64 = holder.getattr(name)?.extract()?;
+    holder.setattr(name, value + amount)
+}
+
+#[pymethods]
+impl OperationGroups {
+    fn __len__(&self) -> usize {
+        self.sums.len()
+    }
+
+    /// The evaluated spans' costs (f64 column buffers), only for a plan without labels.
+    fn costs<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        self.costs.as_ref().map(|c| f64_column(py, c)).transpose()
+    }
+
+    fn set_cost(&mut self, group: usize, cost: f64) {
+        self.sums[group].cost = Kahan {
+            sum: cost,
+            carry: 0.0,
         };
-        let out = PyList::empty(py);
-        for (labels, group) in out_labels.into_iter().zip(sums) {
-            // Only the buckets hit: a group holds a few spans.
-            let buckets = (!group.latencies.is_empty()).then(|| {
+    }
+
+    /// Adds each group to its series' holders in `direct` (labels -> (cost, tokens input,
+    /// tokens output, tokens, operations, errors, latency sum, latency buckets)); returns the
+    /// groups not there as (labels, cost, tokens input, tokens output, operations, errors,
+    /// [(bucket, latencies in it)] or None, latency sum, latencies). The caller holds the lock.
+    fn add_to<'py>(
+        &self,
+        py: Python<'py>,
+        direct: &Bound<'py, PyDict>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let rest = PyList::empty(py);
+        for (labels, group) in self.labels.iter().zip(&self.sums) {
+            let labels = labels.bind(py);
+            let hit_buckets = || {
                 (0..group.buckets.len())
                     .filter(|b| group.buckets[*b] > 0)
                     .map(|b| (b, group.buckets[b]))
-                    .collect::<Vec<_>>()
-            });
-            out.append((
-                labels,
-                group.cost.sum,
-                group.tokens_input,
-                group.tokens_output,
-                group.count,
-                group.errors,
-                buckets,
-                group.latency_sum,
-                group.latencies,
-            ))?;
+            };
+            let Some(holders) = direct.get_item(labels)? else {
+                let buckets =
+                    (!group.latencies.is_empty()).then(|| hit_buckets().collect::<Vec<_>>());
+                rest.append((
+                    labels,
+                    group.cost.sum,
+                    group.tokens_input,
+                    group.tokens_output,
+                    group.count,
+                    group.errors,
+                    buckets,
+                    group.latency_sum,
+                    group.latencies.clone(),
+                ))?;
+                continue;
+            };
+            let holders: Bound<'py, PyTuple> = holders.extract()?;
+            add_value(&holders.get_item(0)?, group.cost.sum)?;
+            add_value(&holders.get_item(1)?, group.tokens_input as f64)?;
+            add_value(&holders.get_item(2)?, group.tokens_output as f64)?;
+            add_value(
+                &holders.get_item(3)?,
+                group.tokens_input.wrapping_add(group.tokens_output) as f64,
+            )?;
+            add_value(&holders.get_item(4)?, group.count as f64)?;
+            if group.errors > 0 {
+                add_value(&holders.get_item(5)?, group.errors as f64)?;
+            }
+            if !group.latencies.is_empty() {
+                let buckets = holders.get_item(7)?;
+                for (bucket, hits) in hit_buckets() {
+                    add_value(&buckets.get_item(bucket)?, hits as f64)?;
+                }
+                add_value(&holders.get_item(6)?, group.latency_sum)?;
+            }
         }
-        Ok((out, costs))
+        Ok(rest)
     }
 }
