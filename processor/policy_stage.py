@@ -2,6 +2,11 @@
 
 Runs last (cost → redaction → policy), so it sees `genops.cost.*` written by the cost stage and
 `genops.redaction.count` written by redaction, as frame columns.
+
+With the native extension built, a batch runs in one Rust call (processor/policy_native.py); the
+polars queries below stay the fallback (GENOPS_NATIVE_DECODE=0, a policy with more checks than the
+verdict table takes, a column type the native side does not read, a non-finite cost) and the
+reference tests/test_policy_native.py checks the native path against.
 """
 
 from __future__ import annotations

@@ -223,7 +223,9 @@ fn round(value: f64, decimals: i32) -> f64 {
     (value * scale).round_ties_even() / scale
 }
 
-/// Polars' grouped float sum: compensated (Kahan), in span order.
+/// Polars' grouped float sum as it runs on groups of fewer than 128 spans: compensated (Kahan),
+/// in span order. (Larger groups polars sums another way, which depends on its threads too: the
+/// metric may then differ in its last bits.)
 #[derive(Default, Clone, Copy)]
 struct Kahan {
     sum: f64,
