@@ -733,8 +733,8 @@ impl PolicyPlan {
                 }
             }
             bits |= u32::from(warned);
-            for k in 0..rule_count {
-                check_counts[k] += u64::from(span.rules >> k & 1);
+            for (k, count) in check_counts[..rule_count].iter_mut().enumerate() {
+                *count += u64::from(span.rules >> k & 1);
             }
             code[span.position] = Some(bits);
             *code_counts.entry(bits).or_insert(0) += 1;
