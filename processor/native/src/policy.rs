@@ -18,6 +18,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 use regex::Regex;
 use rustc_hash::FxHashMap;
+use std::collections::hash_map::Entry;
 
 use crate::arrow::{le_bytes, ArrowIn, Bitmap, Kind, Views};
 
@@ -590,7 +591,7 @@ impl PolicyPlan {
         let budgets = &self.budgets;
         let any_priced = spans.iter().any(|s| s.cost.is_some_and(|c| c > 0.0));
         let mut keys: Vec<String> = Vec::new();
-        let mut key_index: FxHashMap<String, usize> = FxHashMap::default();
+        let mut key_index: FxHashMap<(usize, &str, i64), usize> = FxHashMap::default();
         let mut sums: Vec<f64> = Vec::new();
         let mut ends: Vec<i64> = Vec::new();
         let mut labels: Vec<String> = Vec::new();
@@ -600,7 +601,7 @@ impl PolicyPlan {
         if any_priced {
             // Per zone, the window last found: a batch's spans mostly share one.
             let mut last: Vec<Option<(i64, i64, String)>> = vec![None; self.zone_count()];
-            for budget in budgets.iter() {
+            for (b, budget) in budgets.iter().enumerate() {
                 let mut column = Vec::with_capacity(spans.len());
                 for span in spans.iter() {
                     let cost = match span.cost {
@@ -625,29 +626,27 @@ impl PolicyPlan {
                         },
                     };
                     let seconds = span.start.div_euclid(1_000_000_000);
-                    let (label, end) = match &last[budget.zone] {
-                        Some((start, end, label)) if *start <= seconds && seconds < *end => {
-                            (label.clone(), *end)
-                        }
+                    let window = match &last[budget.zone] {
+                        Some(found) if found.0 <= seconds && seconds < found.1 => found,
                         _ => {
                             let found = self.window(budget.zone, seconds, &window_of)?;
-                            last[budget.zone] = Some(found.clone());
-                            (found.2, found.1)
+                            last[budget.zone].insert(found)
                         }
                     };
-                    let key = format!("{}|{}|{}", budget.name, subject, label);
-                    let index = match key_index.get(&key) {
-                        Some(index) => {
-                            sums[*index] += cost;
-                            *index
+                    // Keyed by (budget, subject, window start): the key text is built once per window.
+                    let index = match key_index.entry((b, subject, window.0)) {
+                        Entry::Occupied(entry) => {
+                            let index = *entry.get();
+                            sums[index] += cost;
+                            index
                         }
-                        None => {
+                        Entry::Vacant(entry) => {
                             let index = keys.len();
-                            key_index.insert(key.clone(), index);
-                            keys.push(key);
+                            entry.insert(index);
+                            keys.push(format!("{}|{}|{}", budget.name, subject, window.2));
                             sums.push(cost);
-                            ends.push(end);
-                            labels.push(label);
+                            ends.push(window.1);
+                            labels.push(window.2.clone());
                             subjects.push(subject.to_string());
                             index
                         }
