@@ -143,13 +143,15 @@ fn optional(value: Option<&Bound<'_, PyAny>>, kinds: &[Kind]) -> PyResult<Option
     }
 }
 
-fn utf8(bytes: &[u8]) -> PyResult<&str> {
-    std::str::from_utf8(bytes).map_err(|_| PyValueError::new_err("string column is not UTF-8"))
-}
-
 fn raw_text(column: &Option<ArrowIn>, row: usize) -> PyResult<Option<&str>> {
     match column {
-        Some(c) if c.is_valid(row) => Ok(Some(utf8(c.view_at(row)?)?)),
+        Some(c) if c.is_valid(row) => {
+            // SAFETY: only `string` (Utf8View) columns get here (see `optional`), and polars
+            // keeps its strings valid UTF-8.
+            Ok(Some(unsafe {
+                std::str::from_utf8_unchecked(c.view_at(row)?)
+            }))
+        }
         _ => Ok(None),
     }
 }
@@ -561,13 +563,12 @@ impl PolicyPlan {
         window_of: Bound<'py, PyAny>,
         relabel: Bound<'py, PyAny>,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
-        use Kind::{Binary, String as Str, F64, I64};
-        let text_kinds = [Str, Binary];
+        use Kind::{String as Str, F64, I64};
         let get = |i: usize| numbers.get(i).and_then(|v| v.as_ref());
         let columns = Columns {
             texts: texts
                 .iter()
-                .map(|t| optional(t.as_ref(), &text_kinds))
+                .map(|t| optional(t.as_ref(), &[Str]))
                 .collect::<PyResult<_>>()?,
             model: optional(get(0), &[Str])?,
             provider: optional(get(1), &[Str])?,
