@@ -336,6 +336,68 @@ class GovernanceMetrics:
                     buckets[bucket(LATENCY_BUCKETS, latency)].inc(1)
                 series.latency_sum.inc(sum(latencies))
 
+    def operation_labels(self, distinct: list[list[str | None]]) -> list[list[str]]:
+        """Per label (in `self.labels` order), its distinct values in a batch as series labels:
+        null as "unknown", values past the cap as "other", as `record_operations` labels its
+        groups. Label combinations that become equal are one series (summed together)."""
+        mapped = []
+        for name, values in zip(self.labels, distinct, strict=True):
+            filled = [UNKNOWN if value is None else value for value in values]
+            refused = self.cap.refused(name, set(filled))
+            mapped.append([OTHER if value in refused else value for value in filled] if refused else filled)
+        return mapped
+
+    def record_operation_groups(self, groups: Any) -> None:
+        """The native policy path's `record_operations`: `groups` (OperationGroups, see
+        processor/native/src/policy.rs) adds itself to the series already in `_direct`, and
+        leaves the others, per series: (labels from `operation_labels`, cost, tokens input,
+        tokens output, operations, errors, [(bucket index, latencies in it)] or None, latency
+        sum, latencies)."""
+        direct = self._direct
+        known = direct.get
+        with self._update_lock:
+            rest = groups.add_to(direct)
+            for values, spent, tokens_in, tokens_out, count, errors, buckets_hit, latency_total, latencies in rest:
+                holders = known(values)
+                if holders is None:
+                    series = self._operation_series(values)
+                    if series.direct:
+                        holders = series.holders
+                        if len(direct) < MAX_SERIES:
+                            direct[values] = holders
+                if holders is not None:
+                    cost, tokens_in_total, tokens_out_total, tokens, operations, error_total, latency_sum, buckets = (
+                        holders
+                    )
+                    cost._value += spent
+                    tokens_in_total._value += tokens_in
+                    tokens_out_total._value += tokens_out
+                    tokens._value += tokens_in + tokens_out
+                    operations._value += count
+                    if errors:
+                        error_total._value += errors
+                    if buckets_hit is not None:
+                        for bucket, hits in buckets_hit:
+                            buckets[bucket]._value += hits
+                        latency_sum._value += latency_total
+                    continue
+                series.cost.inc(spent)
+                series.tokens_input.inc(tokens_in)
+                series.tokens_output.inc(tokens_out)
+                series.tokens.inc(tokens_in + tokens_out)
+                series.operations.inc(count)
+                if errors:
+                    series.errors.inc(errors)
+                if buckets_hit is None:
+                    continue
+                if series.latency_buckets is None:
+                    for latency in latencies:
+                        series.latency.observe(latency)
+                    continue
+                for bucket, hits in buckets_hit:
+                    series.latency_buckets[bucket].inc(hits)
+                series.latency_sum.inc(latency_total)
+
     def record_verdicts(self, results: dict[str, int], violations: Sequence[tuple[str, str, str, int]]) -> None:
         """`results`: verdict -> evaluated spans; `violations`: (policy, reason code, mode, spans)."""
         for result, count in results.items():

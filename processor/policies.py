@@ -148,6 +148,8 @@ class VerdictTable:
         self.checks = tuple(checks)
         ordered = sorted(range(len(checks)), key=lambda k: MODE_ORDER.index(checks[k].mode))
         violations, results, reasons = [], [], []
+        # Per code: (violated check names or None, result, reason code or None).
+        self.entries: tuple[tuple[list[str] | None, str, str | None], ...]
         for code in range(2 ** (len(checks) + 1)):
             warned = bool(code & 1)
             hit = [k for k in range(len(checks)) if code >> (k + 1) & 1]
@@ -161,6 +163,7 @@ class VerdictTable:
                 results.append("allowed")
             first = next((checks[k].reason_code for k in ordered if k in hit), None)
             reasons.append(first if first is not None else BUDGET_WARNING if warned else None)
+        self.entries = tuple(zip(violations, results, reasons, strict=True))
         self._columns = {
             VIOLATIONS: pl.Series(VIOLATIONS, violations, dtype=pl.List(pl.String)),
             RESULT: pl.Series(RESULT, results, dtype=pl.String),

@@ -2,6 +2,11 @@
 
 Runs last (cost → redaction → policy), so it sees `genops.cost.*` written by the cost stage and
 `genops.redaction.count` written by redaction, as frame columns.
+
+With the native extension built, a batch runs in one Rust call (processor/policy_native.py); the
+polars queries below stay the fallback (GENOPS_NATIVE_DECODE=0, a policy with more checks than the
+verdict table takes, a column type the native side does not read, a non-finite cost) and the
+reference tests/test_policy_native.py checks the native path against.
 """
 
 from __future__ import annotations
@@ -19,10 +24,21 @@ from processor.budget_api import BudgetStatusReader
 from processor.budget_policy_file import PolicyFile, PolicySource, load_policy_file
 from processor.budget_state import BudgetStore, open_store
 from processor.config import PolicyConfig
-from processor.decode import RESOURCE_PREFIX, ROW, START_TIME, STATUS_CODE, TRACES, TelemetryBatch, WantedKeys
+from processor.decode import (
+    RESOURCE_PREFIX,
+    ROW,
+    START_TIME,
+    STATUS_CODE,
+    TRACES,
+    TelemetryBatch,
+    WantedKeys,
+    native_available,
+    native_module,
+)
 from processor.genai_attributes import GENAI_KEYS, MODEL, PROVIDER, TOKENS_INPUT, TOKENS_OUTPUT, normalized
 from processor.governance_metrics import GovernanceMetrics, parse_labels
 from processor.pipeline import BatchChanges
+from processor.policy_native import NativePolicy
 
 COST_KEYS = ("genops.cost.total", "genops.cost.model", "genops.cost.provider", "genops.cost.status")
 # OTel semconv: set on a GenAI span when the operation ended in an error.
@@ -54,6 +70,13 @@ class PolicyStage:
 
     def process(self, batch: TelemetryBatch) -> BatchChanges:
         plan = self._plan_for(self.source.current())
+        if plan.native is not None and native_available():
+            changes = plan.native.process(batch, self.store, self.metrics, fingerprint)
+            if changes is not None:
+                return changes
+        return self._process_polars(batch, plan)
+
+    def _process_polars(self, batch: TelemetryBatch, plan: _Plan) -> BatchChanges:
         frame = batch.frame
         genai = [column.alias(GENAI_PREFIX + column.name) for column in normalized(batch).get_columns()]
         query = frame.hstack(genai).lazy().with_columns(pl.lit(time.time_ns(), dtype=pl.Int64).alias(budgets.NOW))
@@ -103,7 +126,7 @@ class PolicyStage:
     def _plan_for(self, policy: PolicyFile) -> _Plan:
         plan = self._plan
         if plan is None or plan.policy is not policy:
-            plan = self._plan = _Plan(policy, self.attribution)
+            plan = self._plan = _Plan(policy, self.attribution, self.metrics.labels)
         return plan
 
 
@@ -144,7 +167,7 @@ class _Plan:
     """One policy file's expressions: built once, not per batch (building them costs as much as
     running them on a 1k-span batch)."""
 
-    def __init__(self, policy: PolicyFile, attribution: Attribution) -> None:
+    def __init__(self, policy: PolicyFile, attribution: Attribution, labels: tuple[str, ...] = ()) -> None:
         self.policy = policy
         self.attribution = attribution
         self.budgets = budgets.BudgetPlan(policy.budgets)
@@ -158,6 +181,12 @@ class _Plan:
             (c, budgets.column(i, "exceeded")) for i, c in enumerate(budget_checks)
         ]
         checks = [*rule_checks, *budget_checks]
+        # The whole stage in one native call, where the extension is built and the policy fits it.
+        self.native = (
+            NativePolicy(policy, attribution, labels, checks, [c for c, _ in self.counted])
+            if NativePolicy.supports(checks)
+            else None
+        )
         warned, evaluated = self.budgets.warned(), pl.col(EVALUATED)
         if policies.VerdictTable.fits(checks):
             table = policies.VerdictTable(checks)
@@ -276,6 +305,9 @@ def fingerprint(batch: TelemetryBatch) -> str:
     after every stage ran), so the same bytes always give the same fingerprint.
     """
     raw = batch.raw or batch.request.SerializeToString()
+    native = native_module()
+    if native is not None and native_available() and type(raw) is bytes and hasattr(native, "blake2b_128_hex"):
+        return native.blake2b_128_hex(raw)
     return hashlib.blake2b(raw, digest_size=16).hexdigest()
 
 

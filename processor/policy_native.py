@@ -1,0 +1,328 @@
+"""The policy stage's native path: one Rust call per batch (`PolicyPlan` in
+processor/native/src/policy.rs) instead of the polars queries of policy_stage.py.
+
+The call reads the frame's columns as Arrow buffers, finds the GenAI spans, attributes them, runs
+the rule checks, charges the budget windows (the store is a callback, so a batch is still applied
+in one atomic step), and returns the verdict and budget tag columns, the threshold events and the
+small tables the metrics need. The polars path stays the fallback and the reference:
+tests/test_policy_native.py checks both give the same changes, events, metrics and stored totals.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import polars as pl
+import pyarrow as pa
+
+from processor import budgets, policies
+from processor.attribution import DIMENSIONS, Attribution
+from processor.budget_policy_file import Budget, PolicyFile
+from processor.budget_state import BudgetStore
+from processor.decode import RESOURCE_PREFIX, ROW, START_TIME, STATUS_CODE, TelemetryBatch, native_module
+from processor.genai_attributes import MODEL, PROVIDER, TOKENS_INPUT, TOKENS_OUTPUT, normalized
+from processor.governance_metrics import GovernanceMetrics
+from processor.pipeline import BatchChanges, SpanEventToAdd
+
+ERROR_TYPE = "error.type"
+_NEWEST = pl.CompatLevel.newest()
+# Arrow types as the native side reads them (unsigned times as their 64 bits: always below 2^63
+# in practice, and the native side hands larger ones back to the polars path).
+_KINDS = {
+    pa.string_view(): "string",
+    pa.binary_view(): "binary",
+    pa.int64(): "i64",
+    pa.uint64(): "i64",
+    pa.float64(): "f64",
+}
+# Metric label -> its source in the native plan: a dimension, then model and provider.
+_LABEL_SOURCES = {name: i for i, name in enumerate((*DIMENSIONS, "model", "provider"))}
+
+
+class Unsupported(Exception):
+    """A column type the native path does not read: the polars path takes the batch."""
+
+
+class NativePolicy:
+    """One policy file's native plan (built once per policy file, like policy_stage._Plan)."""
+
+    def __init__(
+        self,
+        policy: PolicyFile,
+        attribution: Attribution,
+        labels: tuple[str, ...],
+        checks: list[policies.Check],
+        counted: list[policies.Check],
+    ) -> None:
+        self.policy = policy
+        texts: list[str] = []
+
+        def text_index(name: str) -> int:
+            if name not in texts:
+                texts.append(name)
+            return texts.index(name)
+
+        dims = [
+            [text_index(name) for key in attribution.sources(dim) for name in (key, RESOURCE_PREFIX + key)]
+            for dim in DIMENSIONS
+        ]
+        cost_texts = tuple(
+            text_index(name) for name in ("genops.cost.model", "genops.cost.provider", "genops.cost.status", ERROR_TYPE)
+        )
+        self.texts = tuple(texts)
+        dimension = {dim: i for i, dim in enumerate(DIMENSIONS)}
+        rules = [
+            (
+                rule.type,
+                [(dimension[dim], list(values)) for dim, values in rule.match.items()],
+                float(rule.max_usd) if rule.max_usd is not None else 0.0,
+                int(rule.max_tokens) if rule.max_tokens is not None else 0,
+                policies.glob_regex(rule.allow) if rule.allow else None,
+                policies.glob_regex(rule.deny) if rule.deny else None,
+                [dimension[dim] for dim in rule.dimensions],
+            )
+            for rule in policy.rules
+        ]
+        zones = sorted({(b.timezone, b.period) for b in policy.budgets})
+        self._zone_budget: list[Budget] = [
+            next(b for b in policy.budgets if (b.timezone, b.period) == zone) for zone in zones
+        ]
+        budget_specs = [
+            (
+                b.name,
+                b.period,
+                None if b.dimension is None else dimension[b.dimension],
+                b.value,
+                zones.index((b.timezone, b.period)),
+                float(b.limit_usd),
+                min(b.warn_at, default=1.0),
+                [float(t) for t in b.thresholds()],
+                b.mode != "audit_only",
+            )
+            for b in policy.budgets
+        ]
+        table = policies.VerdictTable(checks)
+        self._results = [result for _, result, _ in table.entries]
+        self.plan = native_module().PolicyPlan(
+            dims,
+            cost_texts,
+            rules,
+            budget_specs,
+            len(zones),
+            [_LABEL_SOURCES[name] for name in labels],
+            list(table.entries),
+        )
+        self._counted = counted
+
+    @staticmethod
+    def supports(checks: list[policies.Check]) -> bool:
+        module = native_module()
+        return module is not None and hasattr(module, "PolicyPlan") and policies.VerdictTable.fits(checks)
+
+    def process(
+        self, batch: TelemetryBatch, store: BudgetStore, metrics: GovernanceMetrics, fingerprint: Callable
+    ) -> BatchChanges | None:
+        """The batch's changes, or None when the polars path must take it (nothing applied then)."""
+        frame = batch.frame
+        # (Not frame.schema: building a Schema object costs more than this whole lookup.)
+        schema = dict(zip(frame.columns, frame.dtypes, strict=True))
+        try:
+            texts = [_text(frame, schema, name) for name in self.texts]
+            numbers = _numbers(frame, schema, normalized(batch))
+        except Unsupported:
+            return None
+
+        def apply(increments: dict[str, float], expires_at: dict[str, int]) -> tuple[dict[str, float], bool]:
+            applied = store.apply(fingerprint(batch), increments, expires_at)
+            return applied.totals, applied.repeated
+
+        found = self.plan.run(
+            frame.height,
+            texts,
+            numbers,
+            time.time_ns(),
+            int(time.time()),
+            apply,
+            self._window,
+            metrics.operation_labels,
+        )
+        if found is None:
+            return None
+        if not found:
+            return BatchChanges()
+        (violations, result, reason), tags, events, levels, check_counts, code_counts, groups = found
+        rows = frame.height
+        changes = {
+            policies.VIOLATIONS: _lists(policies.VIOLATIONS, rows, violations),
+            policies.RESULT: _strings(policies.RESULT, rows, result),
+            policies.REASON_CODE: _strings(policies.REASON_CODE, rows, reason),
+        }
+        if tags is not None:
+            name, period, limit, consumed, remaining, utilization, exceeded = tags
+            changes[budgets.TAGS["name"]] = _strings(budgets.TAGS["name"], rows, name)
+            changes[budgets.TAGS["period"]] = _strings(budgets.TAGS["period"], rows, period)
+            for what, column in (("limit", limit), ("consumed", consumed), ("remaining", remaining)):
+                changes[budgets.TAGS[what]] = _series(pa.float64(), rows, column, budgets.TAGS[what])
+            changes[budgets.TAGS["utilization"]] = _series(pa.float64(), rows, utilization, budgets.TAGS["utilization"])
+            changes[budgets.TAGS["exceeded"]] = _series(pa.bool_(), rows, exceeded, budgets.TAGS["exceeded"])
+        span_events = self._events(frame, events)
+        if groups is None:  # a retried batch: same tags and events as the first time, counted once
+            return BatchChanges(set_attributes=changes, events=span_events)
+        costs = groups.costs()
+        if costs is not None:
+            # No metric labels: one group, its cost summed by polars as the polars path does.
+            groups.set_cost(0, _series(pa.float64(), len(costs[1]) // 8, costs).sum() or 0.0)
+        metrics.record_operation_groups(groups)
+        results: Counter[str] = Counter()
+        for code_value, count in code_counts:
+            results[self._results[code_value]] += count
+        metrics.record_verdicts(
+            results,
+            [(c.name, c.reason_code, c.mode, count) for c, count in zip(self._counted, check_counts, strict=True)],
+        )
+        if tags is not None:
+            listed = self.policy.budgets
+            exceeded = check_counts[len(self.policy.rules) :]
+            metrics.record_budgets(
+                [(listed[b].name, subject, spent, float(listed[b].limit_usd)) for b, subject, spent in levels],
+                [(b.name, b.mode, count) for b, count in zip(listed, exceeded, strict=True) if count],
+            )
+        return BatchChanges(set_attributes=changes, events=span_events)
+
+    def _window(self, zone: int, seconds: int) -> tuple[int, int, str]:
+        """(start, end, label) of the window of a (time zone, period) holding `seconds`."""
+        label, start, end = self._zone_budget[zone].window(dt.datetime.fromtimestamp(seconds, tz=dt.UTC))
+        return int(start.timestamp()), int(end.timestamp()), label
+
+    def _events(self, frame: pl.DataFrame, found: list) -> list[SpanEventToAdd]:
+        if not found:
+            return []
+        rows = frame.get_column(ROW)
+        events = []
+        for position, index, threshold, event_time, subject, label, consumed in found:
+            budget = self.policy.budgets[index]
+            limit = float(budget.limit_usd)
+            events.append(
+                SpanEventToAdd(
+                    row=rows[position],
+                    name=budgets.EVENT_EXCEEDED if threshold >= 1.0 else budgets.EVENT_THRESHOLD,
+                    time_unix_nano=event_time,
+                    attributes={
+                        budgets.TAGS["name"]: budget.name,
+                        "genops.budget.subject": subject,
+                        "genops.budget.window": label,
+                        "genops.budget.threshold": float(threshold),
+                        budgets.TAGS["limit"]: limit,
+                        budgets.TAGS["consumed"]: round(consumed, 9),
+                        "genops.budget.mode": budget.mode,
+                    },
+                )
+            )
+        return events
+
+
+def _series(arrow_type: pa.DataType, rows: int, buffers: tuple, name: str = "") -> pl.Series:
+    validity, data = buffers
+    array = pa.Array.from_buffers(
+        arrow_type, rows, [None if validity is None else pa.py_buffer(validity), pa.py_buffer(data)]
+    )
+    return pl.Series(name, array)
+
+
+def _string_views(rows: int, buffers: tuple) -> pa.Array:
+    validity, views, data = buffers
+    return pa.Array.from_buffers(
+        pa.string_view(),
+        rows,
+        [None if validity is None else pa.py_buffer(validity), pa.py_buffer(views), pa.py_buffer(data)],
+    )
+
+
+def _strings(name: str, rows: int, buffers: tuple) -> pl.Series:
+    return pl.Series(name, _string_views(rows, buffers))
+
+
+def _lists(name: str, rows: int, buffers: tuple) -> pl.Series:
+    validity, offsets, count, names = buffers
+    array = pa.Array.from_buffers(
+        pa.large_list(pa.string_view()),
+        rows,
+        [None if validity is None else pa.py_buffer(validity), pa.py_buffer(offsets)],
+        children=[_string_views(count, names)],
+    )
+    return pl.Series(name, array)
+
+
+def _parts(column: pl.Series) -> tuple:
+    """(kind, length, offset, buffers, child) as processor/native/src/arrow.rs reads an array."""
+    array = column.to_arrow(compat_level=_NEWEST)
+    kind = _KINDS.get(array.type)
+    if kind is None:
+        raise Unsupported(str(array.type))
+    return (kind, len(array), array.offset, array.buffers(), None)
+
+
+def _text(frame: pl.DataFrame, schema: dict[str, pl.DataType], name: str) -> tuple | None:
+    """attribution.text's input: the column as strings (None: absent, null or binary)."""
+    dtype = schema.get(name)
+    if dtype is None or dtype in (pl.Null, pl.Binary):
+        return None
+    column = frame.get_column(name)
+    if dtype != pl.String:
+        if not (dtype.is_numeric() or dtype == pl.Boolean):
+            raise Unsupported(str(dtype))
+        column = column.cast(pl.String, strict=False)
+    return _parts(column)
+
+
+def _number(frame: pl.DataFrame, schema: dict[str, pl.DataType], name: str, dtype: pl.DataType) -> tuple | None:
+    """policy_stage._number: the column as `dtype` (strings trimmed first), None when absent."""
+    found = schema.get(name)
+    if found is None or found in (pl.Null, pl.Binary):
+        return None
+    column = frame.get_column(name)
+    if found != dtype:
+        if found == pl.String:
+            column = column.str.strip_chars().cast(pl.Float64, strict=False)
+        elif not (found.is_numeric() or found == pl.Boolean):
+            raise Unsupported(str(found))
+        column = column.cast(dtype, strict=False)
+    return _parts(column)
+
+
+def _numbers(frame: pl.DataFrame, schema: dict[str, pl.DataType], genai: pl.DataFrame) -> list[tuple | None]:
+    genai_schema = dict(zip(genai.columns, genai.dtypes, strict=True))
+
+    def canonical(name: str, dtype: pl.DataType) -> tuple | None:
+        found = genai_schema.get(name)
+        if found is None or found == pl.Null:
+            return None
+        column = genai.get_column(name)
+        return _parts(column if found == dtype else column.cast(dtype))
+
+    def time_column(name: str) -> tuple | None:
+        if name not in schema:
+            return None
+        column = frame.get_column(name)
+        return _parts(column if column.dtype in (pl.UInt64, pl.Int64) else column.cast(pl.Int64))
+
+    status = None
+    if STATUS_CODE in schema and schema[STATUS_CODE] not in (pl.Null, pl.Binary):
+        status = _parts(frame.get_column(STATUS_CODE).cast(pl.Int64, strict=False))
+    start = time_column(START_TIME)
+    if start is None:
+        raise Unsupported("no start times")
+    return [
+        canonical(MODEL, pl.String),
+        canonical(PROVIDER, pl.String),
+        canonical(TOKENS_INPUT, pl.Int64),
+        canonical(TOKENS_OUTPUT, pl.Int64),
+        _number(frame, schema, budgets.COST, pl.Float64),
+        _number(frame, schema, policies.PII_COUNT, pl.Int64),
+        status,
+        start,
+        time_column(budgets.END_TIME),
+    ]
