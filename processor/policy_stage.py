@@ -11,10 +11,10 @@ reference tests/test_policy_native.py checks the native path against.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections import Counter
 
+import blake3
 import polars as pl
 from prometheus_client import CollectorRegistry
 
@@ -33,7 +33,6 @@ from processor.decode import (
     TelemetryBatch,
     WantedKeys,
     native_available,
-    native_module,
 )
 from processor.genai_attributes import GENAI_KEYS, MODEL, PROVIDER, TOKENS_INPUT, TOKENS_OUTPUT, normalized
 from processor.governance_metrics import GovernanceMetrics, parse_labels
@@ -302,13 +301,12 @@ def fingerprint(batch: TelemetryBatch) -> str:
     """Identifies an export request, so the Collector retrying it is recognised.
 
     Hashes the request as received (earlier stages never mutate it; their changes are applied
-    after every stage ran), so the same bytes always give the same fingerprint.
+    after every stage ran), so the same bytes always give the same fingerprint. BLAKE3, 128 bits:
+    a cryptographic hash (a sender cannot make its batch pass for another one already charged)
+    that is ~4x cheaper than BLAKE2b on a ~650 kB request, where it was a tenth of the pipeline.
     """
     raw = batch.raw or batch.request.SerializeToString()
-    native = native_module()
-    if native is not None and native_available() and type(raw) is bytes and hasattr(native, "blake2b_128_hex"):
-        return native.blake2b_128_hex(raw)
-    return hashlib.blake2b(raw, digest_size=16).hexdigest()
+    return blake3.blake3(raw).hexdigest(length=16)
 
 
 def _number(schema: dict[str, pl.DataType], key: str, dtype: pl.DataType) -> pl.Expr:

@@ -10,7 +10,6 @@ sums in span order, as polars sums a group of fewer than 128 spans).
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 import polars as pl
@@ -255,11 +254,3 @@ def test_a_policy_with_more_checks_than_the_verdict_table_takes_the_polars_path(
     )
     assert stage.process(batch).set_attributes["genops.policy.violations"].to_list() == [[f"r{i}" for i in range(12)]]
     stage.close()
-
-
-@settings(max_examples=200, deadline=None)
-@given(data=st.one_of(st.binary(max_size=600), st.integers(0, 300_000).map(lambda n: bytes(range(256)) * (n // 256))))
-def test_the_native_fingerprint_is_blake2b_128_of_the_request(data):
-    from processor.decode import native_module
-
-    assert native_module().blake2b_128_hex(data) == hashlib.blake2b(data, digest_size=16).hexdigest()

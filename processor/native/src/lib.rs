@@ -11,7 +11,6 @@
 mod arrow;
 mod detect;
 mod fasthash;
-mod fingerprint;
 mod policy;
 mod redact;
 mod rewrite;
@@ -26,6 +25,5 @@ fn _otlp_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(rewrite::rewrite, m)?)?;
     m.add_class::<redact::Redactor>()?;
     m.add_class::<policy::PolicyPlan>()?;
-    m.add_function(wrap_pyfunction!(fingerprint::blake2b_128_hex, m)?)?;
     Ok(())
 }
