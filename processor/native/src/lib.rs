@@ -9,6 +9,7 @@
 //! processor/redact.py keeps the polars path, tests/test_redaction_native.py checks they agree.
 
 mod arrow;
+mod cost;
 mod detect;
 mod fasthash;
 mod redact;
@@ -23,5 +24,6 @@ fn _otlp_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(scan::scan, m)?)?;
     m.add_function(wrap_pyfunction!(rewrite::rewrite, m)?)?;
     m.add_class::<redact::Redactor>()?;
+    cost::register(m)?;
     Ok(())
 }
