@@ -57,6 +57,8 @@ class NativeCost:
         self._rows: dict[int, tuple[PriceSlots, object | None]] = {}
         self._sources: dict[tuple, tuple[list[list[tuple[str, str]]], list[list[tuple[str, str]]]]] = {}
         self._lock = threading.Lock()
+        # polars' sum_horizontal adds in an order that depends on its thread pool: matched natively.
+        self._threaded = pl.thread_pool_size() > 1
 
     def run(
         self,
@@ -87,7 +89,7 @@ class NativeCost:
         pairs = self._pairs_for(table)
         args = (texts, counts, genai is not None, _parts(start, "i64"), unsigned, sdk_priced, pairs)
         for attempt in range(3):
-            found = self._module.cost_batch(*args, rows, table.version)
+            found = self._module.cost_batch(*args, rows, table.version, self._threaded)
             if found[0] == "done":
                 break
             missing = found[1]

@@ -18,7 +18,20 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::arrow::{le_bytes, view_in, view_of, ArrowIn, Bitmap, Kind, View, Views, INLINE};
 
+/// Prices are per million tokens. polars divides a column by a scalar as a multiplication by its
+/// reciprocal, unless the column has one row (then its lengths match and it divides element by
+/// element), so this does too: the two differ in the last bit.
 const MILLION: f64 = 1_000_000.0;
+const PER_TOKEN: f64 = 1.0 / MILLION;
+
+#[inline]
+fn per_million(value: f64, one_row: bool) -> f64 {
+    if one_row {
+        value / MILLION
+    } else {
+        value * PER_TOKEN
+    }
+}
 const ANY_PROVIDER: &str = "*";
 /// Canonical columns, in ga.COLUMNS order.
 const MODEL: usize = 0;
@@ -201,6 +214,20 @@ fn first_count(sources: &[ArrowIn], row: usize, verbatim: bool) -> PyResult<Opti
     Ok(None)
 }
 
+/// The six terms of the total in the order polars' sum_horizontal adds its columns: a rayon
+/// reduction that halves the list once per level while its split budget (the pool's thread
+/// count, halved per split) lasts. One thread: ((a+b)+c)+((d+e)+f); two or more, every level
+/// splits: (a+(b+c))+(d+(e+f)).
+#[inline]
+fn total_of(terms: [f64; 6], threaded: bool) -> f64 {
+    let [a, b, c, d, e, f] = terms;
+    if threaded {
+        (a + (b + c)) + (d + (e + f))
+    } else {
+        ((a + b) + c) + ((d + e) + f)
+    }
+}
+
 /// The canonical GenAI columns of one span.
 struct Span<'a> {
     model: Option<&'a str>,
@@ -377,10 +404,10 @@ fn extract_columns(columns: &Bound<'_, PyList>) -> PyResult<Vec<Vec<ArrowIn>>> {
 /// Returns ("unknown", [(provider, model)]) when pairs are missing from `pairs`; else ("done",
 /// genai, written, priced counts, unpriced counts) with genai the seven canonical columns and
 /// written the stage's columns (genops.cost.* in WRITTEN order), None when no span had anything
-/// to price.
+/// to price. `threaded`: polars runs with more than one thread (see total_of).
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
-#[pyo3(signature = (texts, counts, verbatim, start, start_unsigned, sdk_priced, pairs, prices, version))]
+#[pyo3(signature = (texts, counts, verbatim, start, start_unsigned, sdk_priced, pairs, prices, version, threaded))]
 pub fn cost_batch<'py>(
     py: Python<'py>,
     texts: &Bound<'py, PyList>,
@@ -392,6 +419,7 @@ pub fn cost_batch<'py>(
     pairs: &PairGroups,
     prices: &PriceRows,
     version: &str,
+    threaded: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     let texts = extract_columns(texts)?;
     let counts = extract_columns(counts)?;
@@ -474,6 +502,7 @@ pub fn cost_batch<'py>(
     let mut status = Repeated::new(n);
     let mut priced_counts: FxHashMap<&str, u64> = FxHashMap::default();
     let mut unpriced_counts: FxHashMap<(Option<&str>, Option<&str>), u64> = FxHashMap::default();
+    let one_row = n == 1;
     for row in 0..n {
         let span = &spans[row];
         let start = (start.is_valid(row) && !(start_unsigned && start.i64_at(row) < 0))
@@ -514,19 +543,25 @@ pub fn cost_batch<'py>(
             .wrapping_sub(cache_write)
             .max(0);
         let output = output.wrapping_sub(reasoning).max(0);
-        // cost.py's parts, in its order: (tokens * price) / MILLION.
-        let input_cost = uncached as f64 * price[0] / MILLION;
-        let cache_read_cost = cache_read as f64 * price[2] / MILLION;
-        let cache_write_cost = cache_write as f64 * price[3] / MILLION;
-        let reasoning_cost = reasoning as f64 * price[4] / MILLION;
-        let output_cost = output as f64 * price[1] / MILLION;
-        // COST_PARTS order (input, output, cache_read, cache_write, reasoning), then the fee.
-        let sum = input_cost
-            + output_cost
-            + cache_read_cost
-            + cache_write_cost
-            + reasoning_cost
-            + price[5];
+        // cost.py's parts, in its order: (tokens * price) / MILLION, as polars computes it.
+        let input_cost = per_million(uncached as f64 * price[0], one_row);
+        let cache_read_cost = per_million(cache_read as f64 * price[2], one_row);
+        let cache_write_cost = per_million(cache_write as f64 * price[3], one_row);
+        let reasoning_cost = per_million(reasoning as f64 * price[4], one_row);
+        let output_cost = per_million(output as f64 * price[1], one_row);
+        // COST_PARTS order (input, output, cache_read, cache_write, reasoning), then the fee,
+        // added as polars' sum_horizontal adds them (see total_of).
+        let sum = total_of(
+            [
+                input_cost,
+                output_cost,
+                cache_read_cost,
+                cache_write_cost,
+                reasoning_cost,
+                price[5],
+            ],
+            threaded,
+        );
         for (part, value) in parts.iter_mut().zip([
             input_cost,
             output_cost,
