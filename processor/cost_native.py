@@ -59,6 +59,7 @@ class NativeCost:
         self._lock = threading.Lock()
         # polars' sum_horizontal adds in an order that depends on its thread pool: matched natively.
         self._threaded = pl.thread_pool_size() > 1
+        self._written_arrow = _written_arrow(len(written))
 
     def run(
         self,
@@ -102,12 +103,13 @@ class NativeCost:
             return None
         _, genai_buffers, written_buffers, priced, unpriced = found
         n = frame.height
-        out_genai = genai if genai is not None else _frame(n, genai_buffers, ga.COLUMNS, _genai_types())
+        if genai is None:
+            genai = pl.DataFrame(_columns_of(n, genai_buffers, ga.COLUMNS, _GENAI_ARROW))
         written = None
         if written_buffers is not None:
-            frame_out = _frame(n, written_buffers, self._written, _written_types(len(self._written)))
-            written = {name: frame_out.get_column(name) for name in self._written}
-        return NativeCosts(out_genai, written, priced, unpriced)
+            columns = _columns_of(n, written_buffers, self._written, self._written_arrow)
+            written = dict(zip(self._written, columns, strict=True))
+        return NativeCosts(genai, written, priced, unpriced)
 
     def _pairs_for(self, table: PricingTable) -> object:
         current = self._pairs
@@ -131,7 +133,7 @@ class NativeCost:
     def _columns(self, frame: pl.DataFrame, genai: pl.DataFrame | None) -> tuple[list, list] | None:
         """(text sources, count sources) as Arrow parts, or None for a layout this path cannot read."""
         if genai is not None:
-            if any(genai.schema.get(c) != dtype for c, dtype in zip(ga.COLUMNS, _genai_types(), strict=True)):
+            if any(genai.schema.get(c) != dtype for c, dtype in zip(ga.COLUMNS, _GENAI_TYPES, strict=True)):
                 return None
             texts = [[_parts(genai.get_column(c), "string")] for c in _TEXT_COLUMNS]
             counts = [[_parts(genai.get_column(c), "i64")] for c in ga.TOKEN_COLUMNS]
@@ -207,28 +209,40 @@ def _parts(series: pl.Series, kind: str) -> tuple:
     return (kind, len(array), array.offset, array.buffers(), None)
 
 
-def _genai_types() -> tuple[pl.DataType, ...]:
-    return (pl.String(), pl.String(), *(pl.Int64() for _ in ga.TOKEN_COLUMNS))
+_GENAI_TYPES = (pl.String(), pl.String(), *(pl.Int64() for _ in ga.TOKEN_COLUMNS))
+_GENAI_ARROW = (pa.string_view(), pa.string_view(), *(pa.int64() for _ in ga.TOKEN_COLUMNS))
 
 
-def _written_types(count: int) -> tuple[pl.DataType, ...]:
+def _written_arrow(count: int) -> tuple[pa.DataType, ...]:
     # WRITTEN: the total and five parts (Float64), then five strings.
-    return (*(pl.Float64() for _ in range(6)), *(pl.String() for _ in range(count - 6)))
+    return (*(pa.float64() for _ in range(6)), *(pa.string_view() for _ in range(count - 6)))
 
 
-def _frame(n: int, buffers: list, names: tuple[str, ...], dtypes: tuple[pl.DataType, ...]) -> pl.DataFrame:
-    arrays = []
-    for parts, dtype in zip(buffers, dtypes, strict=True):
-        if dtype == pl.String:
-            validity, views, data = parts
-            arrays.append(
-                pa.Array.from_buffers(pa.string_view(), n, [_buffer(validity), pa.py_buffer(views), pa.py_buffer(data)])
-            )
-        else:
-            validity, values = parts
-            arrow_type = pa.int64() if dtype == pl.Int64 else pa.float64()
-            arrays.append(pa.Array.from_buffers(arrow_type, n, [_buffer(validity), pa.py_buffer(values)]))
-    return pl.from_arrow(pa.Table.from_arrays(arrays, names=list(names)))  # type: ignore[return-value]
+def _columns_of(n: int, buffers: list, names: tuple[str, ...], types: tuple[pa.DataType, ...]) -> list[pl.Series]:
+    columns = []
+    for name, parts, arrow_type in zip(names, buffers, types, strict=True):
+        validity, *data = parts
+        array = pa.Array.from_buffers(arrow_type, n, [_buffer(validity), *map(pa.py_buffer, data)])
+        columns.append(_series(name, array))
+    return columns
+
+
+def _series(name: str, array: pa.Array) -> pl.Series:
+    if _FROM_C is None:
+        return pl.Series(name, array)
+    # polars' own import of one Arrow C array: half the cost of pl.Series(name, array), which
+    # goes through its generic constructor (a batch has 18 of these).
+    imported = _FROM_C(array)
+    imported.rename(name)
+    return pl.Series._from_pyseries(imported)
+
+
+try:
+    from polars._plr import PySeries
+
+    _FROM_C = PySeries.from_arrow_c_array
+except (ImportError, AttributeError):  # another polars build: the public constructor
+    _FROM_C = None
 
 
 def _buffer(data: bytes | None) -> pa.Buffer | None:
