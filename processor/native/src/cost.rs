@@ -16,7 +16,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use crate::arrow::{le_bytes, view_in, view_of, ArrowIn, Bitmap, Kind, View, Views, INLINE};
+use crate::arrow::{le_bytes, view_in, view_of, ArrowIn, Kind, View, INLINE};
 
 /// Prices are per million tokens. polars divides a column by a scalar as a multiplication by its
 /// reciprocal, unless the column has one row (then its lengths match and it divides element by
@@ -288,23 +288,51 @@ fn normalise<'a>(
     })
 }
 
+/// A column of `len` rows, null until set: most spans of a batch are not GenAI spans, so only
+/// the few that are get written.
+struct Validity {
+    bits: Vec<u8>,
+    set: usize,
+}
+
+impl Validity {
+    fn new(len: usize) -> Self {
+        Validity {
+            bits: vec![0; len.div_ceil(8)],
+            set: 0,
+        }
+    }
+
+    #[inline]
+    fn set(&mut self, row: usize) {
+        self.bits[row / 8] |= 1 << (row % 8);
+        self.set += 1;
+    }
+
+    /// As a validity buffer: None when every row is set, which Arrow allows and is cheaper.
+    fn to_py<'py>(&self, py: Python<'py>, len: usize) -> Option<Bound<'py, PyBytes>> {
+        (self.set < len).then(|| PyBytes::new(py, &self.bits))
+    }
+}
+
 /// Int64 or Float64 values and their validity.
 struct Numbers<T> {
     values: Vec<T>,
-    valid: Bitmap,
+    valid: Validity,
 }
 
 impl<T: Copy + Default> Numbers<T> {
     fn new(len: usize) -> Self {
         Numbers {
-            values: Vec::with_capacity(len),
-            valid: Bitmap::with_capacity(len),
+            values: vec![T::default(); len],
+            valid: Validity::new(len),
         }
     }
 
-    fn push(&mut self, value: Option<T>) {
-        self.values.push(value.unwrap_or_default());
-        self.valid.push(value.is_some());
+    #[inline]
+    fn set(&mut self, row: usize, value: T) {
+        self.values[row] = value;
+        self.valid.set(row);
     }
 }
 
@@ -313,7 +341,7 @@ type NumberBuffers<'py> = (Option<Bound<'py, PyBytes>>, Bound<'py, PyBytes>);
 impl Numbers<i64> {
     fn to_py<'py>(&self, py: Python<'py>) -> PyResult<NumberBuffers<'py>> {
         Ok((
-            self.valid.validity_to_py(py),
+            self.valid.to_py(py, self.values.len()),
             le_bytes(py, &self.values, i64::to_le_bytes)?,
         ))
     }
@@ -322,59 +350,54 @@ impl Numbers<i64> {
 impl Numbers<f64> {
     fn to_py<'py>(&self, py: Python<'py>) -> PyResult<NumberBuffers<'py>> {
         Ok((
-            self.valid.validity_to_py(py),
+            self.valid.to_py(py, self.values.len()),
             le_bytes(py, &self.values, f64::to_le_bytes)?,
         ))
     }
 }
 
-/// A string view column whose long values repeat (entry names, the version): each distinct long
-/// value is stored once in the data buffer.
-struct Repeated {
+/// A string view column. Long values that repeat (entry names, the version) are stored once:
+/// they are recognised by address, as they are slices of the price rows or of the input buffers,
+/// which stay put for the call.
+struct Texts {
     views: Vec<View>,
     data: Vec<u8>,
-    valid: Bitmap,
-    stored: FxHashMap<Vec<u8>, usize>,
+    valid: Validity,
+    stored: FxHashMap<(usize, usize), usize>,
 }
 
-impl Repeated {
+impl Texts {
     fn new(len: usize) -> Self {
-        Repeated {
-            views: Vec::with_capacity(len),
+        Texts {
+            views: vec![[0u8; 16]; len],
             data: Vec::new(),
-            valid: Bitmap::with_capacity(len),
+            valid: Validity::new(len),
             stored: FxHashMap::default(),
         }
     }
 
-    fn push(&mut self, value: Option<&str>) {
-        let Some(value) = value else {
-            self.views.push([0u8; 16]);
-            self.valid.push(false);
-            return;
-        };
+    #[inline]
+    fn set(&mut self, row: usize, value: &str) {
         let bytes = value.as_bytes();
-        let view = if bytes.len() <= INLINE {
+        self.views[row] = if bytes.len() <= INLINE {
             view_of(bytes, &mut self.data)
         } else {
-            let offset = match self.stored.get(bytes) {
-                Some(&offset) => offset,
-                None => {
-                    let offset = self.data.len();
-                    self.data.extend_from_slice(bytes);
-                    self.stored.insert(bytes.to_vec(), offset);
-                    offset
-                }
-            };
+            let data = &mut self.data;
+            let offset = *self
+                .stored
+                .entry((bytes.as_ptr() as usize, bytes.len()))
+                .or_insert_with(|| {
+                    data.extend_from_slice(bytes);
+                    data.len() - bytes.len()
+                });
             view_in(bytes, 0, offset)
         };
-        self.views.push(view);
-        self.valid.push(true);
+        self.valid.set(row);
     }
 
     fn to_py<'py>(&self, py: Python<'py>) -> PyResult<crate::arrow::ViewBuffers<'py>> {
         Ok((
-            self.valid.validity_to_py(py),
+            self.valid.to_py(py, self.views.len()),
             crate::arrow::concat_to_py(py, &[&self.views], |v| v)?,
             PyBytes::new(py, &self.data),
         ))
@@ -495,15 +518,15 @@ pub fn cost_batch<'py>(
 
     let mut parts: [Numbers<f64>; 5] = std::array::from_fn(|_| Numbers::new(n));
     let mut total = Numbers::<f64>::new(n);
-    let mut currency = Repeated::new(n);
-    let mut provider_out = Repeated::new(n);
-    let mut model_out = Repeated::new(n);
-    let mut version_out = Repeated::new(n);
-    let mut status = Repeated::new(n);
+    let mut currency = Texts::new(n);
+    let mut provider_out = Texts::new(n);
+    let mut model_out = Texts::new(n);
+    let mut version_out = Texts::new(n);
+    let mut status = Texts::new(n);
     let mut priced_counts: FxHashMap<&str, u64> = FxHashMap::default();
     let mut unpriced_counts: FxHashMap<(Option<&str>, Option<&str>), u64> = FxHashMap::default();
     let one_row = n == 1;
-    for row in 0..n {
+    for row in (0..n).filter(|&row| todo[row]) {
         let span = &spans[row];
         let start = (start.is_valid(row) && !(start_unsigned && start.i64_at(row) < 0))
             .then(|| start.i64_at(row));
@@ -511,26 +534,10 @@ pub fn cost_batch<'py>(
         let prompt = tokens[INPUT].unwrap_or(0);
         let chosen = group_of[row].and_then(|group| prices.pick(group, start, prompt));
         let Some(price_row) = chosen else {
-            for part in parts.iter_mut() {
-                part.push(None);
-            }
-            total.push(None);
-            for column in [
-                &mut currency,
-                &mut provider_out,
-                &mut model_out,
-                &mut version_out,
-            ] {
-                column.push(None);
-            }
-            if todo[row] {
-                status.push(Some("unpriced"));
-                *unpriced_counts
-                    .entry((span.provider.as_deref(), span.model))
-                    .or_default() += 1;
-            } else {
-                status.push(None);
-            }
+            status.set(row, "unpriced");
+            *unpriced_counts
+                .entry((span.provider.as_deref(), span.model))
+                .or_default() += 1;
             continue;
         };
         let price = &prices.prices[price_row];
@@ -569,10 +576,10 @@ pub fn cost_batch<'py>(
             cache_write_cost,
             reasoning_cost,
         ]) {
-            part.push(Some(value));
+            part.set(row, value);
         }
-        total.push(Some(sum));
-        currency.push(Some("USD"));
+        total.set(row, sum);
+        currency.set(row, "USD");
         let entry_provider = prices.entry_provider[price_row].as_str();
         // A provider-agnostic ("*") entry priced it: report the provider the span named.
         let reported = if entry_provider == ANY_PROVIDER {
@@ -580,11 +587,11 @@ pub fn cost_batch<'py>(
         } else {
             entry_provider
         };
-        provider_out.push(Some(reported));
+        provider_out.set(row, reported);
         *priced_counts.entry(reported).or_default() += 1;
-        model_out.push(Some(prices.entry_model[price_row].as_str()));
-        version_out.push(Some(version));
-        status.push(Some("priced"));
+        model_out.set(row, prices.entry_model[price_row].as_str());
+        version_out.set(row, version);
+        status.set(row, "priced");
     }
     let written = PyList::empty(py);
     written.append(total.to_py(py)?)?;
@@ -610,20 +617,20 @@ pub fn cost_batch<'py>(
 /// The seven canonical columns: model and provider views, then the five token counts.
 fn genai_columns<'py>(py: Python<'py>, spans: &[Span<'_>]) -> PyResult<Bound<'py, PyList>> {
     let n = spans.len();
-    let mut model = Views::with_capacity(n);
-    let mut provider = Views::with_capacity(n);
+    let mut model = Texts::new(n);
+    let mut provider = Texts::new(n);
     let mut tokens: [Numbers<i64>; 5] = std::array::from_fn(|_| Numbers::new(n));
-    for span in spans {
-        match span.model {
-            Some(text) => model.push(text.as_bytes()),
-            None => model.push_null(),
+    for (row, span) in spans.iter().enumerate() {
+        if let Some(text) = span.model {
+            model.set(row, text);
         }
-        match span.provider.as_deref() {
-            Some(text) => provider.push(text.as_bytes()),
-            None => provider.push_null(),
+        if let Some(text) = span.provider.as_deref() {
+            provider.set(row, text);
         }
         for (column, value) in tokens.iter_mut().zip(span.tokens) {
-            column.push(value);
+            if let Some(value) = value {
+                column.set(row, value);
+            }
         }
     }
     let out = PyList::empty(py);
