@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import polars as pl
 import pyarrow as pa
@@ -53,8 +54,8 @@ class NativeCost:
         self._module = native_module()
         self._written = written
         self._max_pairs = max_pairs
-        self._pairs: tuple[PricingTable, object] | None = None
-        self._rows: dict[int, tuple[PriceSlots, object | None]] = {}
+        self._pairs: tuple[PricingTable, Any] | None = None
+        self._rows: dict[int, tuple[PriceSlots, Any]] = {}
         self._sources: dict[tuple, tuple[list[list[tuple[str, str]]], list[list[tuple[str, str]]]]] = {}
         self._lock = threading.Lock()
         # polars' sum_horizontal adds in an order that depends on its thread pool: matched natively.
@@ -96,9 +97,9 @@ class NativeCost:
             missing = found[1]
             # Past the bound the known pairs restart from this batch's: random model names cost
             # time, never unbounded memory.
-            if attempt == 0 and len(pairs) + len(missing) > self._max_pairs:  # type: ignore[arg-type]
-                pairs.clear()  # type: ignore[attr-defined]
-            pairs.add([(provider, model, table.resolve(provider, model)) for provider, model in missing])  # type: ignore[attr-defined]
+            if attempt == 0 and len(pairs) + len(missing) > self._max_pairs:
+                pairs.clear()
+            pairs.add([(provider, model, table.resolve(provider, model)) for provider, model in missing])
         else:
             return None
         _, genai_buffers, written_buffers, priced, unpriced = found
@@ -111,7 +112,7 @@ class NativeCost:
             written = dict(zip(self._written, columns, strict=True))
         return NativeCosts(genai, written, priced, unpriced)
 
-    def _pairs_for(self, table: PricingTable) -> object:
+    def _pairs_for(self, table: PricingTable) -> Any:
         current = self._pairs
         if current is None or current[0] is not table:
             with self._lock:
@@ -120,7 +121,7 @@ class NativeCost:
                     current = self._pairs = (table, self._module.PairGroups(_aliases()))
         return current[1]
 
-    def _price_rows(self, slots: PriceSlots) -> object | None:
+    def _price_rows(self, slots: PriceSlots) -> Any:
         cached = self._rows.get(id(slots))
         if cached is not None and cached[0] is slots:
             return cached[1]
@@ -180,7 +181,7 @@ class NativeCost:
         return plan
 
 
-def _native_rows(module, slots: PriceSlots) -> object | None:
+def _native_rows(module: Any, slots: PriceSlots) -> Any:
     """The price rows of `slots` for the native side; None for rows it does not take (a null price)."""
     rows = slots.rows
     prices = rows.select(_PRICE_COLUMNS)
