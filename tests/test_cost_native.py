@@ -165,14 +165,32 @@ def stage_pair(path: str, override: bool) -> tuple[tuple[CostStage, CollectorReg
     return tuple(made)
 
 
+class NativeOutcomes:
+    """Records whether the native path took each batch (None: it left it to the polars path), so a
+    comparison cannot pass by running the polars path twice."""
+
+    def __init__(self, stage: CostStage) -> None:
+        assert stage._native is not None
+        self.run, self.taken = stage._native.run, []
+        stage._native.run = self  # type: ignore[method-assign]
+
+    def __call__(self, *args, **kwargs):
+        found = self.run(*args, **kwargs)
+        self.taken.append(found is not None)
+        return found
+
+
 @pytest.fixture(scope="module")
 def stages(table_path):
     # Per table and override setting: (native stage, registry), (polars stage, registry).
-    return {
+    made = {
         (table, override): stage_pair(path, override)
         for table, path in (("test", str(table_path)), ("shipped", ""))
         for override in (False, True)
     }
+    for (native_stage, _), _ in made.values():
+        NativeOutcomes(native_stage)
+    return made
 
 
 def metric_samples(registry: CollectorRegistry) -> dict:
@@ -197,7 +215,7 @@ def assert_same_bits(native_series: pl.Series, polars_series: pl.Series) -> None
         assert native_series.to_list() == polars_series.to_list(), native_series.name
 
 
-def run_both(stages_for, drawn, shared_genai: bool):
+def run_both(stages_for, drawn, shared_genai: bool, split: int = 0):
     request = trace_request([span(attributes=a, start_time_unix_nano=s) for a, s in drawn]).SerializeToString()
     (native_stage, native_registry), (polars_stage, polars_registry) = stages_for
     results = []
@@ -206,6 +224,9 @@ def run_both(stages_for, drawn, shared_genai: bool):
         (polars_stage, polars_registry, False),
     ):
         batch = decode_traces(request, stage.wanted_keys())
+        if split:  # columns in two chunks, as a frame built up by concatenation holds them
+            frame = batch.frame
+            batch.frame = pl.concat([frame.slice(0, split), frame.slice(split)], rechunk=False)
         if shared_genai:  # another stage normalised first: the cost stage prices from its columns
             batch.derived["genai"] = ga.normalize(batch.frame)
         with native(enabled):
@@ -220,10 +241,11 @@ def run_both(stages_for, drawn, shared_genai: bool):
     table=st.sampled_from(["test", "shipped"]),
     override=st.booleans(),
     shared_genai=st.integers(0, 4).map(lambda n: n == 0),
+    split=st.integers(0, 30),
 )
-def test_native_and_polars_paths_agree(stages, drawn, table, override, shared_genai):
+def test_native_and_polars_paths_agree(stages, drawn, table, override, shared_genai, split):
     (native_changes, native_genai, native_metrics), (polars_changes, polars_genai, polars_metrics) = run_both(
-        stages[(table, override)], drawn, shared_genai
+        stages[(table, override)], drawn, shared_genai, split if 0 < split < len(drawn) else 0
     )
     assert_frame_equal(native_genai, polars_genai, check_exact=True)
     assert list(native_changes.set_attributes) == list(polars_changes.set_attributes)
@@ -231,6 +253,7 @@ def test_native_and_polars_paths_agree(stages, drawn, table, override, shared_ge
         assert_same_bits(native_changes.set_attributes[name], column)
     assert native_changes.rewrites is None or native_changes.rewrites.height == 0
     assert native_metrics == polars_metrics
+    assert stages[(table, override)][0][0]._native.run.taken[-1], "the native path left the batch to polars"
     statuses = polars_changes.set_attributes.get("genops.cost.status")
     for status in ("priced", "unpriced"):
         event(f"some {status}: {statuses is not None and status in statuses.to_list()}")
