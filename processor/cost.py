@@ -3,6 +3,8 @@
 Cost is a join, not a loop over spans: the distinct (provider, model) pairs of a batch are
 resolved against the table (cached per table), joined to the table's price rows, the right row
 picked per span by start date and prompt size (tiers), and the cost computed with polars.
+With the native extension built, the same query runs in one Rust call per batch
+(processor/cost_native.py); the polars query below stays the fallback and its reference.
 
 Billing rules (tokens as normalized by genai_attributes, where input includes cached tokens and
 output includes reasoning tokens):

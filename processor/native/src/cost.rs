@@ -16,7 +16,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use crate::arrow::{le_bytes, view_in, view_of, ArrowIn, Kind, View, INLINE};
+use crate::arrow::{view_in, ArrowIn, Kind, View, INLINE};
 
 /// Prices are per million tokens. polars divides a column by a scalar as a multiplication by its
 /// reciprocal, unless the column has one row (then its lengths match and it divides element by
@@ -338,21 +338,30 @@ impl<T: Copy + Default> Numbers<T> {
 
 type NumberBuffers<'py> = (Option<Bound<'py, PyBytes>>, Bound<'py, PyBytes>);
 
-impl Numbers<i64> {
-    fn to_py<'py>(&self, py: Python<'py>) -> PyResult<NumberBuffers<'py>> {
-        Ok((
-            self.valid.to_py(py, self.values.len()),
-            le_bytes(py, &self.values, i64::to_le_bytes)?,
-        ))
+/// i64 and f64, whose Arrow buffer is their little-endian bytes.
+trait LeBytes: Copy {
+    fn le(self) -> [u8; 8];
+}
+
+impl LeBytes for i64 {
+    #[inline]
+    fn le(self) -> [u8; 8] {
+        self.to_le_bytes()
     }
 }
 
-impl Numbers<f64> {
+impl LeBytes for f64 {
+    #[inline]
+    fn le(self) -> [u8; 8] {
+        self.to_le_bytes()
+    }
+}
+
+impl<T: LeBytes + Default> Numbers<T> {
     fn to_py<'py>(&self, py: Python<'py>) -> PyResult<NumberBuffers<'py>> {
-        Ok((
-            self.valid.to_py(py, self.values.len()),
-            le_bytes(py, &self.values, f64::to_le_bytes)?,
-        ))
+        // A closure (not le_bytes' function pointer) so that the conversion inlines.
+        let values = crate::arrow::concat_to_py(py, &[&self.values], |v: T| v.le())?;
+        Ok((self.valid.to_py(py, self.values.len()), values))
     }
 }
 
@@ -380,7 +389,10 @@ impl Texts {
     fn set(&mut self, row: usize, value: &str) {
         let bytes = value.as_bytes();
         self.views[row] = if bytes.len() <= INLINE {
-            view_of(bytes, &mut self.data)
+            let mut view = [0u8; 16];
+            view[..4].copy_from_slice(&(bytes.len() as u32).to_le_bytes());
+            view[4..4 + bytes.len()].copy_from_slice(bytes);
+            view
         } else {
             let data = &mut self.data;
             let offset = *self
