@@ -163,7 +163,7 @@ impl PriceRows {
 }
 
 /// A text column's values, each the first non-blank of its sources, stripped.
-fn first_text<'a>(sources: &'a [ArrowIn], row: usize, verbatim: bool) -> PyResult<Option<&'a str>> {
+fn first_text(sources: &[ArrowIn], row: usize, verbatim: bool) -> PyResult<Option<&str>> {
     for source in sources {
         if !source.is_valid(row) {
             continue;
@@ -184,7 +184,7 @@ fn first_text<'a>(sources: &'a [ArrowIn], row: usize, verbatim: bool) -> PyResul
 /// As polars casts with strict=False: Float64 → Int64 truncates, out of range or NaN is null.
 fn float_to_int(value: f64) -> Option<i64> {
     const LIMIT: f64 = 9_223_372_036_854_775_808.0; // 2^63
-    (value >= -LIMIT && value < LIMIT).then_some(value as i64)
+    (-LIMIT..LIMIT).contains(&value).then_some(value as i64)
 }
 
 /// A token count's first non-null source (a string is stripped and read as a float first);
