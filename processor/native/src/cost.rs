@@ -16,7 +16,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use crate::arrow::{view_in, ArrowIn, Kind, View, INLINE};
+use crate::arrow::{view_of, ArrowIn, Kind, View, INLINE};
 
 /// Prices are per million tokens. polars divides a column by a scalar as a multiplication by its
 /// reciprocal, unless the column has one row (then its lengths match and it divides element by
@@ -365,14 +365,14 @@ impl<T: LeBytes + Default> Numbers<T> {
     }
 }
 
-/// A string view column. Long values that repeat (entry names, the version) are stored once:
-/// they are recognised by address, as they are slices of the price rows or of the input buffers,
-/// which stay put for the call.
+/// A string view column, null until set. The views of values that repeat (entry names, the
+/// version, the status) are made once: they are recognised by address, as they are slices of the
+/// price rows, the arguments or the input buffers, which stay put for the call.
 struct Texts {
     views: Vec<View>,
     data: Vec<u8>,
     valid: Validity,
-    stored: FxHashMap<(usize, usize), usize>,
+    stored: FxHashMap<(usize, usize), View>,
 }
 
 impl Texts {
@@ -385,26 +385,41 @@ impl Texts {
         }
     }
 
+    /// A value that repeats across rows (a price row's names, a constant): its view is made once.
     #[inline]
     fn set(&mut self, row: usize, value: &str) {
         let bytes = value.as_bytes();
-        self.views[row] = if bytes.len() <= INLINE {
-            let mut view = [0u8; 16];
-            view[..4].copy_from_slice(&(bytes.len() as u32).to_le_bytes());
-            view[4..4 + bytes.len()].copy_from_slice(bytes);
-            view
-        } else {
-            let data = &mut self.data;
-            let offset = *self
-                .stored
-                .entry((bytes.as_ptr() as usize, bytes.len()))
-                .or_insert_with(|| {
-                    data.extend_from_slice(bytes);
-                    data.len() - bytes.len()
-                });
-            view_in(bytes, 0, offset)
+        let key = (bytes.as_ptr() as usize, bytes.len());
+        let view = match self.stored.get(&key) {
+            Some(&view) => view,
+            None => {
+                let view = self.view(bytes);
+                self.stored.insert(key, view);
+                view
+            }
         };
+        self.views[row] = view;
         self.valid.set(row);
+    }
+
+    /// A value of this row only (a span's own model name).
+    #[inline]
+    fn set_once(&mut self, row: usize, value: &str) {
+        self.views[row] = self.view(value.as_bytes());
+        self.valid.set(row);
+    }
+
+    #[inline]
+    fn view(&mut self, bytes: &[u8]) -> View {
+        if bytes.len() > INLINE {
+            return view_of(bytes, &mut self.data);
+        }
+        // Built in a register: a variable-length copy into the view stalls the loads after it.
+        let mut word = bytes.len() as u128;
+        for (i, &byte) in bytes.iter().enumerate() {
+            word |= (byte as u128) << (32 + 8 * i);
+        }
+        word.to_le_bytes()
     }
 
     fn to_py<'py>(&self, py: Python<'py>) -> PyResult<crate::arrow::ViewBuffers<'py>> {
@@ -634,10 +649,10 @@ fn genai_columns<'py>(py: Python<'py>, spans: &[Span<'_>]) -> PyResult<Bound<'py
     let mut tokens: [Numbers<i64>; 5] = std::array::from_fn(|_| Numbers::new(n));
     for (row, span) in spans.iter().enumerate() {
         if let Some(text) = span.model {
-            model.set(row, text);
+            model.set_once(row, text);
         }
         if let Some(text) = span.provider.as_deref() {
-            provider.set(row, text);
+            provider.set_once(row, text);
         }
         for (column, value) in tokens.iter_mut().zip(span.tokens) {
             if let Some(value) = value {
