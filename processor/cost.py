@@ -3,6 +3,8 @@
 Cost is a join, not a loop over spans: the distinct (provider, model) pairs of a batch are
 resolved against the table (cached per table), joined to the table's price rows, the right row
 picked per span by start date and prompt size (tiers), and the cost computed with polars.
+With the native extension built, the same query runs in one Rust call per batch
+(processor/cost_native.py); the polars query below stays the fallback and its reference.
 
 Billing rules (tokens as normalized by genai_attributes, where input includes cached tokens and
 output includes reasoning tokens):
@@ -28,6 +30,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from processor import genai_attributes as ga
 from processor.config import CostConfig
+from processor.cost_native import NativeCost, native_cost_available
 from processor.decode import START_TIME, TRACES, TelemetryBatch, WantedKeys
 from processor.pipeline import BatchChanges
 from processor.pricing_table import (
@@ -293,6 +296,8 @@ class CostStage:
         self._priced: dict[str, Counter] = {}
         self._labels: set[tuple[str, str]] = set()
         self._labels_lock = threading.Lock()
+        # The native path (cost_native.py) when the extension has it; the polars query otherwise.
+        self._native = NativeCost(WRITTEN, MAX_KNOWN_PAIRS) if native_cost_available() else None
         path = config.pricing_file or default_table_path()
         # Loads (and validates) now: a broken table raises here, so serve refuses to start.
         self.watcher = Watcher(
@@ -335,6 +340,10 @@ class CostStage:
         # Spans that all start on one day (nearly every batch) need no date checks: see slots_for.
         first, last = (None, None) if starts.has_nulls() else (starts.min(), starts.max())
         slots = table.slots_for(first, last)  # type: ignore[arg-type]
+        if self._native is not None and native_cost_available():
+            done = self._process_native(batch, table, slots)
+            if done is not None:
+                return done
         out = ga.collect(_run(self._work(batch), self._steps(known, slots)))
         if out.get_column(_UNKNOWN).any():
             known = self._known = known.adding(out.get_column(_KEY).drop_nulls().unique().to_list())
@@ -346,6 +355,29 @@ class CostStage:
             return BatchChanges()
         self._count(out, known)
         return BatchChanges(set_attributes={name: out.get_column(name) for name in WRITTEN})
+
+    def _process_native(self, batch: TelemetryBatch, table: PricingTable, slots: PriceSlots) -> BatchChanges | None:
+        """The batch through the native path (cost_native.py); None when that path does not take it."""
+        frame = batch.frame
+        assert self._native is not None
+        costs = self._native.run(
+            frame,
+            batch.derived.get("genai"),  # type: ignore[arg-type]
+            table,
+            slots,
+            respect_sdk=not self.config.override_sdk_costs and COST_TOTAL in frame.columns,
+            sdk_column=COST_TOTAL,
+        )
+        if costs is None:
+            return None
+        if "genai" not in batch.derived:
+            batch.derived["genai"] = costs.genai
+        if costs.written is None:  # nothing to price: not even an unpriced status
+            return BatchChanges()
+        self._count_priced(costs.priced)
+        for provider, model, count in costs.unpriced:
+            self.metrics.unpriced.labels(*self._label(provider, model)).inc(count)
+        return BatchChanges(set_attributes=costs.written)
 
     def _steps(self, known: KnownPairs, slots: PriceSlots) -> list[list[pl.Expr]]:
         cached = known.queries.get(id(slots))
@@ -390,7 +422,16 @@ class CostStage:
         ]
 
     def _count(self, out: pl.DataFrame, known: KnownPairs) -> None:
-        for provider, count in out.get_column(COST_PROVIDER).value_counts().iter_rows():
+        self._count_priced(out.get_column(COST_PROVIDER).value_counts().iter_rows())
+        unpriced = out.get_column(_UNPRICED)
+        if unpriced.null_count() == unpriced.len():
+            return
+        for key, count in unpriced.value_counts().iter_rows():
+            if key is not None:
+                self.metrics.unpriced.labels(*self._label(*known.pairs[key])).inc(count)
+
+    def _count_priced(self, counts: Iterable[tuple[str | None, int]]) -> None:
+        for provider, count in counts:
             if provider is not None:
                 counter = self._priced.get(provider)
                 if counter is None:  # labels() takes a lock and builds a key: once per provider
@@ -398,12 +439,6 @@ class CostStage:
                         self._priced.clear()
                     counter = self._priced[provider] = self.metrics.priced.labels(provider=provider)
                 counter.inc(count)
-        unpriced = out.get_column(_UNPRICED)
-        if unpriced.null_count() == unpriced.len():
-            return
-        for key, count in unpriced.value_counts().iter_rows():
-            if key is not None:
-                self.metrics.unpriced.labels(*self._label(*known.pairs[key])).inc(count)
 
     def _label(self, provider: str | None, model: str | None) -> tuple[str, str]:
         label = ((provider or "unknown")[:MAX_LABEL_LENGTH], (model or "unknown")[:MAX_LABEL_LENGTH])

@@ -7,8 +7,12 @@
 //! the fallback; tests/test_native_decode.py and tests/test_native_encode.py check they agree.
 //! `Redactor` (redact.rs, detect.rs) runs the redaction stage's rules over a batch in one call;
 //! processor/redact.py keeps the polars path, tests/test_redaction_native.py checks they agree.
+//! `PolicyPlan` (policy.rs) and the cost kernel (cost.rs) run the policy and cost stages' per-batch
+//! work; processor/policy_native.py and processor/cost_native.py call them, the polars paths stay
+//! the fallback, tests/test_policy_native.py and tests/test_cost_native.py check they agree.
 
 mod arrow;
+mod cost;
 mod detect;
 mod fasthash;
 mod policy;
@@ -25,5 +29,6 @@ fn _otlp_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(rewrite::rewrite, m)?)?;
     m.add_class::<redact::Redactor>()?;
     m.add_class::<policy::PolicyPlan>()?;
+    cost::register(m)?;
     Ok(())
 }

@@ -1,0 +1,250 @@
+"""The cost stage's native path: its whole per-batch query (GenAI normalisation, price lookup,
+cost arithmetic, the written columns and the metric counts) in one Rust call per batch
+(`cost_batch` in processor/native/src/cost.rs), on the frame's Arrow buffers.
+
+Python keeps what is per table or per day, not per span: resolving (provider, model) pairs the
+native side has not seen against the pricing table, and laying out the price rows of each
+PriceSlots once. The polars path in processor/cost.py stays the fallback (extension not built,
+GENOPS_NATIVE_DECODE=0, a layout or price row this path does not take) and the reference
+tests/test_cost_native.py checks this one against.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+
+from processor import genai_attributes as ga
+from processor.decode import START_TIME, native_available, native_module
+from processor.pricing_table import PRICE_FIELDS, PriceSlots, PricingTable
+
+_NEWEST = pl.CompatLevel.newest()
+# How the native side reads a source column, by dtype; other numeric sources are cast to Int64
+# first, as the polars path casts them.
+_KINDS = {pl.String: "string", pl.Int64: "i64", pl.Float64: "f64"}
+_TEXT_COLUMNS = (ga.MODEL, ga.PROVIDER)
+# Layouts (column names and dtype classes) seen, as for the polars plan cache in genai_attributes.
+_SOURCES_CACHE_SIZE = 256
+_PRICE_COLUMNS = [*(f"p_{name}" for name in PRICE_FIELDS), "p_request"]
+
+
+@dataclass(frozen=True)
+class NativeCosts:
+    """One batch's results: the canonical GenAI columns, the stage's columns (None: nothing to
+    price), and the metric counts (provider, spans) and (provider, model, spans)."""
+
+    genai: pl.DataFrame
+    written: dict[str, pl.Series] | None
+    priced: list[tuple[str, int]]
+    unpriced: list[tuple[str | None, str | None, int]]
+
+
+def native_cost_available() -> bool:
+    return native_available() and hasattr(native_module(), "cost_batch")
+
+
+class NativeCost:
+    """Runs batches through cost_batch, with the per-table pairs and per-slots price rows it needs."""
+
+    def __init__(self, written: tuple[str, ...], max_pairs: int) -> None:
+        self._module = native_module()
+        self._written = written
+        self._max_pairs = max_pairs
+        self._pairs: tuple[PricingTable, Any] | None = None
+        self._rows: dict[int, tuple[PriceSlots, Any]] = {}
+        self._sources: dict[tuple, tuple[list[list[tuple[str, str]]], list[list[tuple[str, str]]]]] = {}
+        self._lock = threading.Lock()
+        # polars' sum_horizontal adds in an order that depends on its thread pool: matched natively.
+        self._threaded = pl.thread_pool_size() > 1
+        self._written_arrow = _written_arrow(len(written))
+
+    def run(
+        self,
+        frame: pl.DataFrame,
+        genai: pl.DataFrame | None,
+        table: PricingTable,
+        slots: PriceSlots,
+        respect_sdk: bool,
+        sdk_column: str,
+    ) -> NativeCosts | None:
+        """The batch's costs; None when this path does not take it (the polars path then runs)."""
+        rows = self._price_rows(slots)
+        if rows is None:
+            return None
+        columns = self._columns(frame, genai)
+        if columns is None:
+            return None
+        texts, counts = columns
+        start = frame.get_column(START_TIME)
+        unsigned = start.dtype == pl.UInt64
+        if not unsigned and start.dtype != pl.Int64:
+            start = start.cast(pl.Int64, strict=False)
+        sdk_priced = None
+        if respect_sdk:
+            sdk = frame.get_column(sdk_column)
+            if sdk.null_count() < sdk.len():
+                sdk_priced = _parts(sdk.is_not_null(), "bool")
+        pairs = self._pairs_for(table)
+        args = (texts, counts, genai is not None, _parts(start, "i64"), unsigned, sdk_priced, pairs)
+        for attempt in range(3):
+            found = self._module.cost_batch(*args, rows, table.version, self._threaded)
+            if found[0] == "done":
+                break
+            missing = found[1]
+            # Past the bound the known pairs restart from this batch's: random model names cost
+            # time, never unbounded memory.
+            if attempt == 0 and len(pairs) + len(missing) > self._max_pairs:
+                pairs.clear()
+            pairs.add([(provider, model, table.resolve(provider, model)) for provider, model in missing])
+        else:
+            return None
+        _, genai_buffers, written_buffers, priced, unpriced = found
+        n = frame.height
+        if genai is None:
+            genai = pl.DataFrame(_columns_of(n, genai_buffers, ga.COLUMNS, _GENAI_ARROW))
+        written = None
+        if written_buffers is not None:
+            columns = _columns_of(n, written_buffers, self._written, self._written_arrow)
+            written = dict(zip(self._written, columns, strict=True))
+        return NativeCosts(genai, written, priced, unpriced)
+
+    def _pairs_for(self, table: PricingTable) -> Any:
+        current = self._pairs
+        if current is None or current[0] is not table:
+            with self._lock:
+                current = self._pairs
+                if current is None or current[0] is not table:
+                    current = self._pairs = (table, self._module.PairGroups(_aliases()))
+        return current[1]
+
+    def _price_rows(self, slots: PriceSlots) -> Any:
+        cached = self._rows.get(id(slots))
+        if cached is not None and cached[0] is slots:
+            return cached[1]
+        rows = _native_rows(self._module, slots)
+        if len(self._rows) >= 64:
+            self._rows.clear()
+        self._rows[id(slots)] = (slots, rows)
+        return rows
+
+    def _columns(self, frame: pl.DataFrame, genai: pl.DataFrame | None) -> tuple[list, list] | None:
+        """(text sources, count sources) as Arrow parts, or None for a layout this path cannot read."""
+        if genai is not None:
+            if any(genai.schema.get(c) != dtype for c, dtype in zip(ga.COLUMNS, _GENAI_TYPES, strict=True)):
+                return None
+            texts = [[_parts(genai.get_column(c), "string")] for c in _TEXT_COLUMNS]
+            counts = [[_parts(genai.get_column(c), "i64")] for c in ga.TOKEN_COLUMNS]
+            return texts, counts
+        text_plan, count_plan = self._plan(frame)
+
+        def read(plan: list[list[tuple[str, str]]]) -> list[list[tuple]]:
+            out = []
+            for sources in plan:
+                column = []
+                for key, kind in sources:
+                    series = frame.get_column(key)
+                    if kind == "cast":
+                        series, kind = series.cast(pl.Int64, strict=False), "i64"
+                    column.append(_parts(series, kind))
+                out.append(column)
+            return out
+
+        return read(text_plan), read(count_plan)
+
+    def _plan(self, frame: pl.DataFrame) -> tuple[list[list[tuple[str, str]]], list[list[tuple[str, str]]]]:
+        """Per canonical column, the source columns normalize reads (see genai_attributes._steps)."""
+        layout = (tuple(frame.columns), tuple(map(type, frame.dtypes)))
+        plan = self._sources.get(layout)
+        if plan is None:
+            schema = frame.schema
+
+            def sources(keys: tuple[str, ...], dtype: pl.DataType) -> list[tuple[str, str]]:
+                found = []
+                for key in keys:
+                    source_type = schema.get(key, pl.Null)
+                    if source_type == pl.Null or not ga._usable(source_type, dtype):
+                        continue
+                    found.append((key, _KINDS.get(type(source_type), "cast")))
+                return found
+
+            plan = (
+                [sources(ga.MODEL_SOURCES, pl.String()), sources(ga.PROVIDER_SOURCES, pl.String())],
+                [sources(ga.TOKEN_SOURCES[c], pl.Int64()) for c in ga.TOKEN_COLUMNS],
+            )
+            if len(self._sources) >= _SOURCES_CACHE_SIZE:
+                self._sources.clear()
+            self._sources[layout] = plan
+        return plan
+
+
+def _native_rows(module: Any, slots: PriceSlots) -> Any:
+    """The price rows of `slots` for the native side; None for rows it does not take (a null price)."""
+    rows = slots.rows
+    prices = rows.select(_PRICE_COLUMNS)
+    if any(prices.null_count().row(0)) or rows["entry_provider"].has_nulls() or rows["entry_model"].has_nulls():
+        return None
+    return module.PriceRows(
+        rows["threshold"].to_list(),
+        rows["lo"].to_list(),
+        rows["hi"].to_list(),
+        prices.rows(),
+        rows["entry_provider"].to_list(),
+        rows["entry_model"].to_list(),
+        [list(members) for members in slots.members],
+        slots.dated,
+    )
+
+
+def _aliases() -> list[tuple[str, str]]:
+    # Identity aliases change nothing, as the polars path's sorted alias lookup leaves them out.
+    return [(name, alias) for name, alias in ga.PROVIDER_ALIASES.items() if name != alias]
+
+
+def _parts(series: pl.Series, kind: str) -> tuple:
+    """(kind, length, offset, buffers, child) as arrow.rs reads an array, in place."""
+    array = series.to_arrow(compat_level=_NEWEST)
+    return (kind, len(array), array.offset, array.buffers(), None)
+
+
+_GENAI_TYPES = (pl.String(), pl.String(), *(pl.Int64() for _ in ga.TOKEN_COLUMNS))
+_GENAI_ARROW = (pa.string_view(), pa.string_view(), *(pa.int64() for _ in ga.TOKEN_COLUMNS))
+
+
+def _written_arrow(count: int) -> tuple[pa.DataType, ...]:
+    # WRITTEN: the total and five parts (Float64), then five strings.
+    return (*(pa.float64() for _ in range(6)), *(pa.string_view() for _ in range(count - 6)))
+
+
+def _columns_of(n: int, buffers: list, names: tuple[str, ...], types: tuple[pa.DataType, ...]) -> list[pl.Series]:
+    columns = []
+    for name, parts, arrow_type in zip(names, buffers, types, strict=True):
+        validity, *data = parts
+        array = pa.Array.from_buffers(arrow_type, n, [_buffer(validity), *map(pa.py_buffer, data)])
+        columns.append(_series(name, array))
+    return columns
+
+
+def _series(name: str, array: pa.Array) -> pl.Series:
+    if _FROM_C is None:
+        return pl.Series(name, array)
+    # polars' own import of one Arrow C array: half the cost of pl.Series(name, array), which
+    # goes through its generic constructor (a batch has 18 of these).
+    imported = _FROM_C(array)
+    imported.rename(name)
+    return pl.Series._from_pyseries(imported)
+
+
+try:
+    from polars._plr import PySeries
+
+    _FROM_C = PySeries.from_arrow_c_array
+except (ImportError, AttributeError):  # another polars build: the public constructor
+    _FROM_C = None
+
+
+def _buffer(data: bytes | None) -> pa.Buffer | None:
+    return None if data is None else pa.py_buffer(data)
