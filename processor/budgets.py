@@ -195,30 +195,34 @@ class BudgetPlan:
         after the span: the amount before the batch (from the store's totals after it, so other
         pods' concurrent charges count) plus the running sum."""
         if not windows.charged:
-            return [pl.lit(None, dtype=pl.Float64).alias(column(i, "consumed")) for i in range(len(self.budgets))]
+            return [
+                pl.lit(None, dtype=pl.Float64).alias(column(i, what))
+                for i in range(len(self.budgets))
+                for what in ("consumed", "utilization")
+            ]
         before = {key: totals[key] - amount for key, amount in windows.increments.items()}
-        return [
-            pl.Series(
-                column(index, "consumed"),
-                [None if key is None else before[key] + total for key, total in zip(keys, running, strict=True)],
-                dtype=pl.Float64,
-            )
-            for index, (keys, running) in enumerate(zip(windows.span_keys, windows.running, strict=True))
-        ]
+        out = []
+        for index, (keys, running) in enumerate(zip(windows.span_keys, windows.running, strict=True)):
+            limit = float(self.budgets[index].limit_usd)
+            consumed = [None if key is None else before[key] + total for key, total in zip(keys, running, strict=True)]
+            out.append(pl.Series(column(index, "consumed"), consumed, dtype=pl.Float64))
+            # Divided here, not in polars: polars divides a column without nulls by a scalar as a
+            # product with its inverse, which can differ in the last bit from the quotient, and
+            # the tag goes to the first budget of the highest utilization (a tie must stay a tie).
+            utilization = [None if spent is None else spent / limit for spent in consumed]
+            out.append(pl.Series(column(index, "utilization"), utilization, dtype=pl.Float64))
+        return out
 
     def charge_columns(self) -> list[list[pl.Expr]]:
-        """Layers, after `consumed_columns`: utilization, exceeded, warned, crossings."""
+        """Layers, after `consumed_columns`: exceeded, warned, crossings."""
         derived = []
         crossed = []
         for index, budget in enumerate(self.budgets):
             limit = float(budget.limit_usd)
             spent = pl.col(column(index, "consumed"))
-            # Divided by a full column: polars divides by a scalar as a product with its inverse,
-            # which can round the other way (and turn 0.3254125 into 0.325413 once rounded).
-            utilization = (spent / pl.when(spent.is_not_null()).then(pl.lit(limit))).alias(column(index, "utilization"))
+            utilization = pl.col(column(index, "utilization"))  # from consumed_columns
             previous = spent - pl.col(COST)
             derived += [
-                utilization,
                 (spent > limit).alias(column(index, "exceeded")),
                 (utilization >= min(budget.warn_at, default=1.0)).alias(column(index, "warned")),
             ]

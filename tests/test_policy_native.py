@@ -254,3 +254,23 @@ def test_a_policy_with_more_checks_than_the_verdict_table_takes_the_polars_path(
     )
     assert stage.process(batch).set_attributes["genops.policy.violations"].to_list() == [[f"r{i}" for i in range(12)]]
     stage.close()
+
+
+@pytest.mark.parametrize("native", ["1", "0"])
+def test_budgets_tied_on_utilization_tag_the_first_budget_listed(tmp_path, monkeypatch, native):
+    """2.033393344266797 / 2.5 and 2.033393344266797 * (1 / 2.5) differ in the last bit: however a
+    path divides, two budgets at the same spend and limit stay tied, and the first listed wins."""
+    monkeypatch.setenv("GENOPS_NATIVE_DECODE", native)
+    path = tmp_path / "policy.yaml"
+    weekly = {"limit_usd": 2.5, "period": "weekly", "mode": "advisory"}
+    path.write_text(policy_text([{**weekly, "dimension": "environment"}, weekly], []))
+    stage, _ = build(path, "team", 100)
+    call = {"gen_ai.request.model": "gpt-4o"}
+    spans = [
+        span(attributes={**call, "genops.cost.total": 2.033393344266797, "genops.environment": "prod"}),
+        # Charged to the global budget only: the per-environment budget's column has a gap here.
+        span(attributes={**call, "genops.cost.total": 0.25}),
+    ]
+    changes = stage.process(decode_traces(trace_request(spans).SerializeToString(), stage.wanted_keys()))
+    assert changes.set_attributes["genops.budget.name"].to_list() == ["b0", "b1"]
+    stage.close()
