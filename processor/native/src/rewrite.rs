@@ -681,7 +681,12 @@ pub fn rewrite<'py>(
         edits.add_rewrites(&frame, &event_rows)?;
     }
     let measure = || -> WireResult<(Layout, usize)> {
-        let mut layout = Layout::default();
+        // Changed items are rebuilt into one buffer: sized for most of the request up front
+        // rather than grown (and copied) by doubling.
+        let mut layout = Layout {
+            built: Vec::with_capacity(raw.len() + raw.len() / 4),
+            ..Layout::default()
+        };
         let total = edits.measure(raw, logs, &mut layout)?;
         Ok((layout, total))
     };
