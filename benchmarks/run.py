@@ -418,8 +418,11 @@ def cmd_scaling(args) -> int:
 
     workload = _workload(args)
     counts = [int(n) for n in args.processes.split(",")]
-    runs = [run_scaling(workload.bases, workload.spans_per_request, n, args.iterations) for n in counts]
-    print(report(runs))
+    rounds = [
+        [run_scaling(workload.bases, workload.spans_per_request, n, args.iterations) for n in counts]
+        for _ in range(args.rounds)
+    ]
+    print(report(rounds))
     return 0
 
 
@@ -495,6 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     workload_args(scaling)
     scaling.add_argument("--processes", default="1,2", help="comma-separated process counts (default 1,2)")
     scaling.add_argument("--iterations", type=int, default=60, help="batches per process (default 60)")
+    scaling.add_argument("--rounds", type=int, default=1, help="repeat the process list; medians (default 1)")
     scaling.set_defaults(handler=cmd_scaling)
 
     profile = commands.add_parser("profile", help="cProfile of the in-process pipeline")

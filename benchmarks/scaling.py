@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import os
+import statistics
 import tempfile
 import time
 from collections.abc import Sequence
@@ -80,17 +81,23 @@ def run_scaling(bases: Sequence[bytes], spans: int, processes: int, iterations: 
     return ScalingRun(processes, runs)
 
 
-def report(runs: Sequence[ScalingRun]) -> str:
-    one = next((r for r in runs if r.processes == 1), runs[0])
+def report(rounds: Sequence[Sequence[ScalingRun]]) -> str:
+    """One table row per process count (medians over rounds); each ratio is taken within a round,
+    against that round's run with the fewest processes, since the machine's speed drifts."""
     lines = [
-        f"cores on this machine: {os.cpu_count()}",
-        "| processes | spans/s (wall, all processes) | spans per CPU-second | vs 1 process (wall) | efficiency |",
+        f"cores on this machine: {os.cpu_count()}; {len(rounds)} round(s), medians",
+        "| processes | spans/s (wall, all processes) | spans per CPU-second | vs fewest processes (wall), per round | "
+        "efficiency |",
         "|---:|---:|---:|---:|---:|",
     ]
-    for run in runs:
-        ratio = run.spans_per_second / one.spans_per_second
+    for position, first in enumerate(rounds[0]):
+        runs = [r[position] for r in rounds]
+        ratios = [r[position].spans_per_second / min(r, key=lambda x: x.processes).spans_per_second for r in rounds]
+        base = min(rounds[0], key=lambda x: x.processes).processes
+        ratio = statistics.median(ratios)
         lines.append(
-            f"| {run.processes} | {run.spans_per_second:,.0f} | {run.spans_per_cpu_second:,.0f} | "
-            f"{ratio:.2f} | {ratio / run.processes * one.processes:.0%} |"
+            f"| {first.processes} | {statistics.median(r.spans_per_second for r in runs):,.0f} | "
+            f"{statistics.median(r.spans_per_cpu_second for r in runs):,.0f} | "
+            f"{ratio:.2f} ({', '.join(f'{x:.2f}' for x in ratios)}) | {ratio / first.processes * base:.0%} |"
         )
     return "\n".join(lines)

@@ -81,4 +81,4 @@ def test_the_scaling_benchmark_runs_processes_side_by_side_on_one_budget_state()
     runs = [run_scaling(workload.bases, workload.spans_per_request, n, iterations=2) for n in (1, 2)]
     assert [len(r.runs) for r in runs] == [1, 2]
     assert all(p.spans == 40 for r in runs for p in r.runs)
-    assert "| 2 |" in report(runs)
+    assert "| 2 |" in report([runs])
