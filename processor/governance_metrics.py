@@ -12,6 +12,7 @@ mode it is summed over the worker processes, like a counter.
 from __future__ import annotations
 
 import bisect
+import collections
 import functools
 import threading
 from collections.abc import Sequence
@@ -282,59 +283,16 @@ class GovernanceMetrics:
             for name in ("_cost", "tokens_input", "tokens_output", "_count", "_errors", "_latency")
         ]
         keys = zip(*labels, strict=True) if labels else [()] * sums.height
-        direct = self._direct
-        known = direct.get
-        bucket = bisect.bisect_left
-        bounds = LATENCY_BUCKETS
-        # A few hundred label combinations per batch, each touching 6-9 values: the loop is kept flat.
+        bucket, bounds = bisect.bisect_left, LATENCY_BUCKETS
+        rows = []
+        for values, spent, tokens_in, tokens_out, count, errors, latencies in zip(keys, *columns, strict=True):
+            hits = None
+            if latencies:
+                # The bucket whose upper bound is the first >= the value, as observe() picks it.
+                hits = sorted(collections.Counter(bucket(bounds, latency) for latency in latencies).items())
+            rows.append((values, spent, tokens_in, tokens_out, count, errors, hits, sum(latencies or ()), latencies))
         with self._update_lock:
-            for values, spent, tokens_in, tokens_out, count, errors, latencies in zip(keys, *columns, strict=True):
-                holders = known(values)
-                if holders is None:
-                    series = self._operation_series(values)
-                    if series.direct:
-                        holders = series.holders
-                        if len(direct) < MAX_SERIES:
-                            direct[values] = holders
-                if holders is not None:
-                    # In-process values, only ever changed here and under _update_lock: added to
-                    # in place (a quarter of inc()'s cost, which takes a lock per call). Token sums
-                    # of a group are never null (polars sums nulls to 0).
-                    cost, tokens_in_total, tokens_out_total, tokens, operations, error_total, latency_sum, buckets = (
-                        holders
-                    )
-                    cost._value += spent or 0.0
-                    tokens_in_total._value += tokens_in
-                    tokens_out_total._value += tokens_out
-                    tokens._value += tokens_in + tokens_out
-                    operations._value += count
-                    if errors:
-                        error_total._value += errors
-                    if latencies:
-                        for latency in latencies:
-                            # The bucket whose upper bound is the first >= the value, as observe() picks it.
-                            buckets[bucket(bounds, latency)]._value += 1
-                        latency_sum._value += sum(latencies)
-                    continue
-                tokens_in = tokens_in or 0
-                tokens_out = tokens_out or 0
-                series.cost.inc(spent or 0.0)
-                series.tokens_input.inc(tokens_in)
-                series.tokens_output.inc(tokens_out)
-                series.tokens.inc(tokens_in + tokens_out)
-                series.operations.inc(count)
-                if errors:
-                    series.errors.inc(errors)
-                if not latencies:
-                    continue
-                buckets = series.latency_buckets
-                if buckets is None:
-                    for latency in latencies:
-                        series.latency.observe(latency)
-                    continue
-                for latency in latencies:
-                    buckets[bucket(LATENCY_BUCKETS, latency)].inc(1)
-                series.latency_sum.inc(sum(latencies))
+            self._add_groups(rows)
 
     def operation_labels(self, distinct: list[list[str | None]]) -> list[list[str]]:
         """Per label (in `self.labels` order), its distinct values in a batch as series labels:
@@ -353,50 +311,55 @@ class GovernanceMetrics:
         leaves the others, per series: (labels from `operation_labels`, cost, tokens input,
         tokens output, operations, errors, [(bucket index, latencies in it)] or None, latency
         sum, latencies)."""
+        with self._update_lock:
+            self._add_groups(groups.add_to(self._direct))
+
+    def _add_groups(self, rows: Any) -> None:
+        """Adds per-series sums, under `_update_lock`: (labels, cost, tokens input, tokens output,
+        operations, errors, [(latency bucket index, latencies in it)] or None, latency sum, latencies)."""
         direct = self._direct
         known = direct.get
-        with self._update_lock:
-            rest = groups.add_to(direct)
-            for values, spent, tokens_in, tokens_out, count, errors, buckets_hit, latency_total, latencies in rest:
-                holders = known(values)
-                if holders is None:
-                    series = self._operation_series(values)
-                    if series.direct:
-                        holders = series.holders
-                        if len(direct) < MAX_SERIES:
-                            direct[values] = holders
-                if holders is not None:
-                    cost, tokens_in_total, tokens_out_total, tokens, operations, error_total, latency_sum, buckets = (
-                        holders
-                    )
-                    cost._value += spent
-                    tokens_in_total._value += tokens_in
-                    tokens_out_total._value += tokens_out
-                    tokens._value += tokens_in + tokens_out
-                    operations._value += count
-                    if errors:
-                        error_total._value += errors
-                    if buckets_hit is not None:
-                        for bucket, hits in buckets_hit:
-                            buckets[bucket]._value += hits
-                        latency_sum._value += latency_total
-                    continue
-                series.cost.inc(spent)
-                series.tokens_input.inc(tokens_in)
-                series.tokens_output.inc(tokens_out)
-                series.tokens.inc(tokens_in + tokens_out)
-                series.operations.inc(count)
+        for values, spent, tokens_in, tokens_out, count, errors, buckets_hit, latency_total, latencies in rows:
+            spent, tokens_in, tokens_out = spent or 0.0, tokens_in or 0, tokens_out or 0
+            holders = known(values)
+            if holders is None:
+                series = self._operation_series(values)
+                if series.direct:
+                    holders = series.holders
+                    if len(direct) < MAX_SERIES:
+                        direct[values] = holders
+            if holders is not None:
+                # In-process values, only ever changed here and under _update_lock: added to in
+                # place (a quarter of inc()'s cost, which takes a lock per call).
+                cost, tokens_in_total, tokens_out_total, tokens, operations, error_total, latency_sum, buckets = holders
+                cost._value += spent
+                tokens_in_total._value += tokens_in
+                tokens_out_total._value += tokens_out
+                tokens._value += tokens_in + tokens_out
+                operations._value += count
                 if errors:
-                    series.errors.inc(errors)
-                if buckets_hit is None:
-                    continue
-                if series.latency_buckets is None:
-                    for latency in latencies:
-                        series.latency.observe(latency)
-                    continue
-                for bucket, hits in buckets_hit:
-                    series.latency_buckets[bucket].inc(hits)
-                series.latency_sum.inc(latency_total)
+                    error_total._value += errors
+                if buckets_hit:
+                    for bucket, hits in buckets_hit:
+                        buckets[bucket]._value += hits
+                    latency_sum._value += latency_total
+                continue
+            series.cost.inc(spent)
+            series.tokens_input.inc(tokens_in)
+            series.tokens_output.inc(tokens_out)
+            series.tokens.inc(tokens_in + tokens_out)
+            series.operations.inc(count)
+            if errors:
+                series.errors.inc(errors)
+            if not buckets_hit:
+                continue
+            if series.latency_buckets is None:
+                for latency in latencies:
+                    series.latency.observe(latency)
+                continue
+            for bucket, hits in buckets_hit:
+                series.latency_buckets[bucket].inc(hits)
+            series.latency_sum.inc(latency_total)
 
     def record_verdicts(self, results: dict[str, int], violations: Sequence[tuple[str, str, str, int]]) -> None:
         """`results`: verdict -> evaluated spans; `violations`: (policy, reason code, mode, spans)."""
