@@ -90,6 +90,8 @@ class TelemetryBatch:
     # columns): computed once per batch. Only for values no stage's changes can affect.
     derived: dict[str, object] = field(default_factory=dict)
     _string_values: pl.DataFrame | None = None
+    # The native scan's buffers of every value, made into `_string_values` only if asked for.
+    _native_strings: dict | None = None
     _items: list | None = None
     _resources: list[lean.Resource] | None = None
     _events: list[tuple[int, lean.SpanEvent]] | None = None
@@ -162,8 +164,20 @@ class TelemetryBatch:
         up front by the decoder when a stage declared `WantedKeys.values`.
         """
         if self._string_values is None:
-            self._string_values = _collect_string_values(self)
+            if self._native_strings is not None:
+                self._string_values = _native_values_frame(self, self._native_strings)
+            else:
+                self._string_values = _collect_string_values(self)
         return self._string_values
+
+    def string_value_arrays(self) -> dict[str, pa.Array] | None:
+        """`string_values()` as Arrow arrays by column name, straight from the native scan (no
+        frame built), for a native consumer; None when the scan did not list the values or left
+        some to the Python renderer."""
+        scanned = self._native_strings
+        if scanned is None or scanned["nested"]:
+            return None
+        return _native_values_arrays(self, scanned)
 
 
 def any_value_scalar(value: lean.AnyValue) -> object:
@@ -277,7 +291,10 @@ def _decode_native(signal: str, raw: bytes, wanted: WantedKeys) -> TelemetryBatc
     batch = TelemetryBatch(signal, frame, raw)
     batch._event_rows = scanned["event_rows"]
     if wanted.values:
-        batch._string_values = _native_values_frame(batch, scanned["strings"])
+        batch._native_strings = scanned["strings"]
+        if scanned["strings"]["nested"]:
+            # Rendered by the protobuf view now: a request it cannot parse is refused here, as a whole.
+            batch.string_values()
     return batch
 
 
@@ -337,24 +354,26 @@ def _native_column(n: int, column: tuple) -> pa.Array:
     return _numbers(_NATIVE_TYPES[kind], n, first, validity)
 
 
-def _native_values_frame(batch: TelemetryBatch, scanned: dict) -> pl.DataFrame:
-    """The scanner's column buffers as a frame, through Arrow: no Python object per value."""
+def _native_values_arrays(batch: TelemetryBatch, scanned: dict) -> dict[str, pa.Array]:
+    """The scanner's column buffers as Arrow arrays: no Python object per value."""
     n = scanned["n"]
-    table = pa.Table.from_arrays(
-        [
-            _views(pa.string_view(), n, scanned["scope"]),
-            _numbers(pa.int64(), n, scanned["owner"]),
-            _numbers(pa.int64(), n, scanned["position"]),
-            _numbers(pa.int64(), n, scanned["row"]),
-            _views(pa.string_view(), n, scanned["key"]),
-            # Long string values are views into the request bytes themselves (data buffer 1).
-            _views(pa.string_view(), n, scanned["value"], batch.raw),
-            _numbers(pa.bool_(), n, scanned["is_string"]),
-            _views(pa.string_view(), n, scanned["kind"]),
-        ],
-        names=["scope", "owner", "position", "row", "key", "value", "is_string", "kind"],
-    )
-    frame = pl.from_arrow(table)
+    return {
+        "scope": _views(pa.string_view(), n, scanned["scope"]),
+        "owner": _numbers(pa.int64(), n, scanned["owner"]),
+        "position": _numbers(pa.int64(), n, scanned["position"]),
+        "row": _numbers(pa.int64(), n, scanned["row"]),
+        "key": _views(pa.string_view(), n, scanned["key"]),
+        # Long string values are views into the request bytes themselves (data buffer 1).
+        "value": _views(pa.string_view(), n, scanned["value"], batch.raw),
+        "is_string": _numbers(pa.bool_(), n, scanned["is_string"]),
+        "kind": _views(pa.string_view(), n, scanned["kind"]),
+    }
+
+
+def _native_values_frame(batch: TelemetryBatch, scanned: dict) -> pl.DataFrame:
+    """The scanner's column buffers as a frame, through Arrow."""
+    arrays = _native_values_arrays(batch, scanned)
+    frame = pl.from_arrow(pa.Table.from_arrays(list(arrays.values()), names=list(arrays)))
     nested = scanned["nested"]
     if nested:
         # Values the scan could not render (malformed nesting) are left to the Python renderer.

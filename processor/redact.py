@@ -189,11 +189,19 @@ class RedactionStage:
         return WantedKeys(values=True)
 
     def process(self, batch: TelemetryBatch) -> BatchChanges:
-        values = batch.string_values()
-        if values.height == 0:
+        native = self._native is not None and native_available()
+        # The scan's own arrays when it has them: no frame of every value built only to be handed over.
+        arrays = batch.string_value_arrays() if native else None
+        if arrays is None:
+            values = batch.string_values()
+            if values.height == 0:
+                return BatchChanges()
+            if native:
+                return self._process_native(batch, _value_arrays(values))
+        elif len(arrays["value"]) == 0:
             return BatchChanges()
-        if self._native is not None and native_available():
-            return self._process_native(batch, values)
+        else:
+            return self._process_native(batch, arrays)
         if "is_string" not in values.columns:
             values = values.with_columns(is_string=pl.lit(True), kind=pl.lit("string_value"))
         values = values.join(self._classify(values["key"]), on="key", how="left")
@@ -233,19 +241,12 @@ class RedactionStage:
             rewrites=rewrites.unique(["scope", "owner", "position"]).select("scope", "owner", "position", "new_value"),
         )
 
-    def _process_native(self, batch: TelemetryBatch, values: pl.DataFrame) -> BatchChanges:
-        def arrow(frame: pl.DataFrame, name: str, dtypes: tuple[pl.DataType, ...]) -> pa.Array:
-            column = frame.get_column(name)
-            if column.dtype not in dtypes:  # the decoder's types are the first; anything else is cast
-                column = column.cast(dtypes[0])
-            # The newest Arrow layout is polars' own (string views): handed over without a copy.
-            return column.to_arrow(compat_level=_ARROW_IN_PLACE)
-
+    def _process_native(self, batch: TelemetryBatch, values: dict[str, pa.Array]) -> BatchChanges:
         found = self._native.redact(
-            *(arrow(values, name, _TEXT) for name in ("scope", "key", "value")),
-            arrow(values, "kind", _TEXT) if "kind" in values.columns else None,
-            *(arrow(values, name, _INDEX) for name in ("owner", "position", "row")),
-            arrow(batch.frame, RESOURCE_INDEX, _INDEX),
+            *(values[name] for name in ("scope", "key", "value")),
+            values.get("kind"),
+            *(values[name] for name in ("owner", "position", "row")),
+            _arrow(batch.frame, RESOURCE_INDEX, _INDEX),
             _SUMMARY_LEVELS[self.rules.summary],
         )
         if found is None:
@@ -447,3 +448,20 @@ def build_redaction_stage(config: RedactionConfig, registry: CollectorRegistry) 
             "without a secret key the hashes of short values (emails, phone numbers) can be reversed"
         )
     return RedactionStage(rules, hash_key, registry)
+
+
+def _arrow(frame: pl.DataFrame, name: str, dtypes: tuple[pl.DataType, ...]) -> pa.Array:
+    column = frame.get_column(name)
+    if column.dtype not in dtypes:  # the decoder's types are the first; anything else is cast
+        column = column.cast(dtypes[0])
+    # The newest Arrow layout is polars' own (string views): handed over without a copy.
+    return column.to_arrow(compat_level=_ARROW_IN_PLACE)
+
+
+def _value_arrays(values: pl.DataFrame) -> dict[str, pa.Array]:
+    """A `string_values()` frame's columns as the native redactor reads them."""
+    arrays = {name: _arrow(values, name, _TEXT) for name in ("scope", "key", "value")}
+    if "kind" in values.columns:
+        arrays["kind"] = _arrow(values, "kind", _TEXT)
+    arrays.update((name, _arrow(values, name, _INDEX)) for name in ("owner", "position", "row"))
+    return arrays
