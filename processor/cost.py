@@ -25,6 +25,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -336,10 +338,9 @@ class CostStage:
         known = self._known
         if known is None or known.table is not table:
             known = self._known = KnownPairs.of(table)
-        starts = batch.frame[START_TIME]
         # Spans that all start on one day (nearly every batch) need no date checks: see slots_for.
-        first, last = (None, None) if starts.has_nulls() else (starts.min(), starts.max())
-        slots = table.slots_for(first, last)  # type: ignore[arg-type]
+        first, last = _first_and_last(batch.column_array(START_TIME))
+        slots = table.slots_for(first, last)
         if self._native is not None and native_cost_available():
             done = self._process_native(batch, table, slots)
             if done is not None:
@@ -358,15 +359,13 @@ class CostStage:
 
     def _process_native(self, batch: TelemetryBatch, table: PricingTable, slots: PriceSlots) -> BatchChanges | None:
         """The batch through the native path (cost_native.py); None when that path does not take it."""
-        frame = batch.frame
         assert self._native is not None
         costs = self._native.run(
-            frame,
+            batch,
             batch.derived.get("genai"),  # type: ignore[arg-type]
             table,
             slots,
-            respect_sdk=not self.config.override_sdk_costs and COST_TOTAL in frame.columns,
-            sdk_column=COST_TOTAL,
+            sdk_column=None if self.config.override_sdk_costs else COST_TOTAL,
         )
         if costs is None:
             return None
@@ -377,7 +376,7 @@ class CostStage:
         self._count_priced(costs.priced)
         for provider, model, count in costs.unpriced:
             self.metrics.unpriced.labels(*self._label(provider, model)).inc(count)
-        return BatchChanges(set_attributes=costs.written)
+        return BatchChanges(set_attributes=costs.written, arrow=costs.written_arrow)
 
     def _steps(self, known: KnownPairs, slots: PriceSlots) -> list[list[pl.Expr]]:
         cached = known.queries.get(id(slots))
@@ -449,6 +448,14 @@ class CostStage:
                 self._labels.add(label)
                 return label
         return ("other", "other")
+
+
+def _first_and_last(starts: pa.Array | None) -> tuple[int | None, int | None]:
+    """The earliest and latest span start; (None, None) when a start is missing."""
+    if starts is None or starts.null_count or not len(starts):
+        return None, None
+    found = pc.min_max(starts)
+    return found["min"].as_py(), found["max"].as_py()
 
 
 def build_cost_stage(config: CostConfig, registry: CollectorRegistry, *, watch: bool = True) -> CostStage:

@@ -17,9 +17,11 @@ from typing import Any
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from processor import genai_attributes as ga
-from processor.decode import START_TIME, native_available, native_module
+from processor.batch_columns import array_parts, arrow_series
+from processor.decode import START_TIME, TelemetryBatch, native_available, native_module
 from processor.pricing_table import PRICE_FIELDS, PriceSlots, PricingTable
 
 _NEWEST = pl.CompatLevel.newest()
@@ -27,8 +29,6 @@ _NEWEST = pl.CompatLevel.newest()
 # first, as the polars path casts them.
 _KINDS = {pl.String: "string", pl.Int64: "i64", pl.Float64: "f64"}
 _TEXT_COLUMNS = (ga.MODEL, ga.PROVIDER)
-# Layouts (column names and dtype classes) seen, as for the polars plan cache in genai_attributes.
-_SOURCES_CACHE_SIZE = 256
 _PRICE_COLUMNS = [*(f"p_{name}" for name in PRICE_FIELDS), "p_request"]
 
 
@@ -39,6 +39,8 @@ class NativeCosts:
 
     genai: pl.DataFrame
     written: dict[str, pl.Series] | None
+    # The written columns as the Arrow arrays the Series were made from.
+    written_arrow: dict[str, pa.Array]
     priced: list[tuple[str, int]]
     unpriced: list[tuple[str | None, str | None, int]]
 
@@ -56,7 +58,6 @@ class NativeCost:
         self._max_pairs = max_pairs
         self._pairs: tuple[PricingTable, Any] | None = None
         self._rows: dict[int, tuple[PriceSlots, Any]] = {}
-        self._sources: dict[tuple, tuple[list[list[tuple[str, str]]], list[list[tuple[str, str]]]]] = {}
         self._lock = threading.Lock()
         # polars' sum_horizontal adds in an order that depends on its thread pool: matched natively.
         self._threaded = pl.thread_pool_size() > 1
@@ -64,32 +65,33 @@ class NativeCost:
 
     def run(
         self,
-        frame: pl.DataFrame,
+        batch: TelemetryBatch,
         genai: pl.DataFrame | None,
         table: PricingTable,
         slots: PriceSlots,
-        respect_sdk: bool,
-        sdk_column: str,
+        sdk_column: str | None,
     ) -> NativeCosts | None:
-        """The batch's costs; None when this path does not take it (the polars path then runs)."""
+        """The batch's costs; None when this path does not take it (the polars path then runs).
+        `sdk_column`: the column whose non-null values mark spans the SDK priced (None: price all)."""
         rows = self._price_rows(slots)
         if rows is None:
             return None
-        columns = self._columns(frame, genai)
+        columns = self._columns(batch, genai)
         if columns is None:
             return None
         texts, counts = columns
-        start = frame.get_column(START_TIME)
-        unsigned = start.dtype == pl.UInt64
-        if not unsigned and start.dtype != pl.Int64:
-            start = start.cast(pl.Int64, strict=False)
+        start = batch.column_array(START_TIME)
+        if start is None:
+            return None
+        unsigned = start.type == pa.uint64()
+        if not unsigned and start.type != pa.int64():
+            start = batch.column_series(START_TIME).cast(pl.Int64, strict=False).to_arrow()
         sdk_priced = None
-        if respect_sdk:
-            sdk = frame.get_column(sdk_column)
-            if sdk.null_count() < sdk.len():
-                sdk_priced = _parts(sdk.is_not_null(), "bool")
+        sdk = None if sdk_column is None else batch.column_array(sdk_column)
+        if sdk is not None and sdk.null_count < len(sdk):
+            sdk_priced = array_parts(pc.is_valid(sdk))
         pairs = self._pairs_for(table)
-        args = (texts, counts, genai is not None, _parts(start, "i64"), unsigned, sdk_priced, pairs)
+        args = (texts, counts, genai is not None, array_parts(start), unsigned, sdk_priced, pairs)
         for attempt in range(3):
             found = self._module.cost_batch(*args, rows, table.version, self._threaded)
             if found[0] == "done":
@@ -103,14 +105,16 @@ class NativeCost:
         else:
             return None
         _, genai_buffers, written_buffers, priced, unpriced = found
-        n = frame.height
+        n = len(batch)
         if genai is None:
-            genai = pl.DataFrame(_columns_of(n, genai_buffers, ga.COLUMNS, _GENAI_ARROW))
+            genai = pl.DataFrame(_series_of(ga.COLUMNS, _arrays_of(n, genai_buffers, _GENAI_ARROW)))
         written = None
+        written_arrow = {}
         if written_buffers is not None:
-            columns = _columns_of(n, written_buffers, self._written, self._written_arrow)
-            written = dict(zip(self._written, columns, strict=True))
-        return NativeCosts(genai, written, priced, unpriced)
+            arrays = _arrays_of(n, written_buffers, self._written_arrow)
+            written = dict(zip(self._written, _series_of(self._written, arrays), strict=True))
+            written_arrow = dict(zip(self._written, arrays, strict=True))
+        return NativeCosts(genai, written, written_arrow, priced, unpriced)
 
     def _pairs_for(self, table: PricingTable) -> Any:
         current = self._pairs
@@ -131,7 +135,7 @@ class NativeCost:
         self._rows[id(slots)] = (slots, rows)
         return rows
 
-    def _columns(self, frame: pl.DataFrame, genai: pl.DataFrame | None) -> tuple[list, list] | None:
+    def _columns(self, batch: TelemetryBatch, genai: pl.DataFrame | None) -> tuple[list, list] | None:
         """(text sources, count sources) as Arrow parts, or None for a layout this path cannot read."""
         if genai is not None:
             if any(genai.schema.get(c) != dtype for c, dtype in zip(ga.COLUMNS, _GENAI_TYPES, strict=True)):
@@ -139,46 +143,40 @@ class NativeCost:
             texts = [[_parts(genai.get_column(c), "string")] for c in _TEXT_COLUMNS]
             counts = [[_parts(genai.get_column(c), "i64")] for c in ga.TOKEN_COLUMNS]
             return texts, counts
-        text_plan, count_plan = self._plan(frame)
+        texts = [_sources(batch, keys, pl.String()) for keys in (ga.MODEL_SOURCES, ga.PROVIDER_SOURCES)]
+        counts = [_sources(batch, ga.TOKEN_SOURCES[c], pl.Int64()) for c in ga.TOKEN_COLUMNS]
+        return texts, counts
 
-        def read(plan: list[list[tuple[str, str]]]) -> list[list[tuple]]:
-            out = []
-            for sources in plan:
-                column = []
-                for key, kind in sources:
-                    series = frame.get_column(key)
-                    if kind == "cast":
-                        series, kind = series.cast(pl.Int64, strict=False), "i64"
-                    column.append(_parts(series, kind))
-                out.append(column)
-            return out
 
-        return read(text_plan), read(count_plan)
+def _sources(batch: TelemetryBatch, keys: tuple[str, ...], dtype: pl.DataType) -> list[tuple]:
+    """The columns normalize reads for one canonical column (see genai_attributes._steps), in its
+    order: those of a type it can use, other numbers cast to Int64 as the polars path casts them."""
+    found = []
+    for key in keys:
+        arrow_type = batch.column_type(key)
+        if arrow_type is None:
+            continue
+        source_type = _POLARS_TYPES.get(arrow_type)
+        if source_type is None:
+            source_type = batch.column_series(key).dtype  # type: ignore[union-attr]
+        if not ga._usable(source_type, dtype):
+            continue
+        kind = _KINDS.get(type(source_type))
+        if kind is None:
+            found.append(_parts(batch.column_series(key).cast(pl.Int64, strict=False), "i64"))  # type: ignore[union-attr]
+        else:
+            found.append(batch.column_parts(key))
+    return found
 
-    def _plan(self, frame: pl.DataFrame) -> tuple[list[list[tuple[str, str]]], list[list[tuple[str, str]]]]:
-        """Per canonical column, the source columns normalize reads (see genai_attributes._steps)."""
-        layout = (tuple(frame.columns), tuple(map(type, frame.dtypes)))
-        plan = self._sources.get(layout)
-        if plan is None:
-            schema = frame.schema
 
-            def sources(keys: tuple[str, ...], dtype: pl.DataType) -> list[tuple[str, str]]:
-                found = []
-                for key in keys:
-                    source_type = schema.get(key, pl.Null)
-                    if source_type == pl.Null or not ga._usable(source_type, dtype):
-                        continue
-                    found.append((key, _KINDS.get(type(source_type), "cast")))
-                return found
-
-            plan = (
-                [sources(ga.MODEL_SOURCES, pl.String()), sources(ga.PROVIDER_SOURCES, pl.String())],
-                [sources(ga.TOKEN_SOURCES[c], pl.Int64()) for c in ga.TOKEN_COLUMNS],
-            )
-            if len(self._sources) >= _SOURCES_CACHE_SIZE:
-                self._sources.clear()
-            self._sources[layout] = plan
-        return plan
+# The Arrow types of the columns the native scan makes, as polars names them.
+_POLARS_TYPES = {
+    pa.string_view(): pl.String(),
+    pa.binary_view(): pl.Binary(),
+    pa.int64(): pl.Int64(),
+    pa.float64(): pl.Float64(),
+    pa.bool_(): pl.Boolean(),
+}
 
 
 def _native_rows(module: Any, slots: PriceSlots) -> Any:
@@ -219,31 +217,16 @@ def _written_arrow(count: int) -> tuple[pa.DataType, ...]:
     return (*(pa.float64() for _ in range(6)), *(pa.string_view() for _ in range(count - 6)))
 
 
-def _columns_of(n: int, buffers: list, names: tuple[str, ...], types: tuple[pa.DataType, ...]) -> list[pl.Series]:
-    columns = []
-    for name, parts, arrow_type in zip(names, buffers, types, strict=True):
+def _arrays_of(n: int, buffers: list, types: tuple[pa.DataType, ...]) -> list[pa.Array]:
+    arrays = []
+    for parts, arrow_type in zip(buffers, types, strict=True):
         validity, *data = parts
-        array = pa.Array.from_buffers(arrow_type, n, [_buffer(validity), *map(pa.py_buffer, data)])
-        columns.append(_series(name, array))
-    return columns
+        arrays.append(pa.Array.from_buffers(arrow_type, n, [_buffer(validity), *map(pa.py_buffer, data)]))
+    return arrays
 
 
-def _series(name: str, array: pa.Array) -> pl.Series:
-    if _FROM_C is None:
-        return pl.Series(name, array)
-    # polars' own import of one Arrow C array: half the cost of pl.Series(name, array), which
-    # goes through its generic constructor (a batch has 18 of these).
-    imported = _FROM_C(array)
-    imported.rename(name)
-    return pl.Series._from_pyseries(imported)
-
-
-try:
-    from polars._plr import PySeries
-
-    _FROM_C = PySeries.from_arrow_c_array
-except (ImportError, AttributeError):  # another polars build: the public constructor
-    _FROM_C = None
+def _series_of(names: tuple[str, ...], arrays: list[pa.Array]) -> list[pl.Series]:
+    return [arrow_series(name, array) for name, array in zip(names, arrays, strict=True)]
 
 
 def _buffer(data: bytes | None) -> pa.Buffer | None:

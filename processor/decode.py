@@ -12,12 +12,13 @@ import json
 import math
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import polars as pl
 import pyarrow as pa
 from google.protobuf.message import DecodeError
 
+from processor.batch_columns import ScannedColumns, array_parts, series_array
 from processor.protos import otlp_lean_pb2 as lean
 
 try:
@@ -71,7 +72,6 @@ class WantedKeys:
         return WantedKeys(frozenset(item), frozenset(resource), values)
 
 
-@dataclass
 class TelemetryBatch:
     """One export request and the columns of its items (spans or log records).
 
@@ -79,26 +79,125 @@ class TelemetryBatch:
     column per wanted item attribute key, and `resource:<key>` per wanted resource key.
     The protobuf objects (`items`, `resources`, `events`) are only walked when something needs
     them, which is the encoder writing changes back: stages work on columns.
+
+    From the native scan, the columns stay the scan's buffers (`columns`), which the native
+    stages read in place, and `frame` is built from them on first use. Assigning `frame` makes
+    it the batch's columns from then on.
     """
 
-    signal: str
-    frame: pl.DataFrame
-    # The request bytes as received: a retried request has the same bytes (batch fingerprint).
-    raw: bytes
-    _request: lean.ExportTraceServiceRequest | lean.ExportLogsServiceRequest | None = None
-    # Values derived from the decoded attributes that several stages need (normalised GenAI
-    # columns): computed once per batch. Only for values no stage's changes can affect.
-    derived: dict[str, object] = field(default_factory=dict)
-    _string_values: pl.DataFrame | None = None
-    # The native scan's buffers of every value, made into `_string_values` only if asked for.
-    _native_strings: dict | None = None
-    _items: list | None = None
-    _resources: list[lean.Resource] | None = None
-    _events: list[tuple[int, lean.SpanEvent]] | None = None
-    # Row of each span event, in event order (from the native scan; else from `events`).
-    _event_rows: list[int] | None = None
+    def __init__(
+        self,
+        signal: str,
+        frame: pl.DataFrame | None,
+        raw: bytes,
+        _request: lean.ExportTraceServiceRequest | lean.ExportLogsServiceRequest | None = None,
+        derived: dict[str, object] | None = None,
+        _string_values: pl.DataFrame | None = None,
+        *,
+        columns: ScannedColumns | None = None,
+    ) -> None:
+        if frame is None and columns is None:
+            raise ValueError("a batch needs a frame or scanned columns")
+        self.signal = signal
+        self._frame = frame
+        self.columns = None if frame is not None else columns
+        # The request bytes as received: a retried request has the same bytes (batch fingerprint).
+        self.raw = raw
+        self._request = _request
+        # Values derived from the decoded attributes that several stages need (normalised GenAI
+        # columns): computed once per batch. Only for values no stage's changes can affect.
+        self.derived: dict[str, object] = {} if derived is None else derived
+        self._string_values = _string_values
+        # The native scan's buffers of every value, made into `_string_values` only if asked for.
+        self._native_strings: dict | None = None
+        self._items: list | None = None
+        self._resources: list[lean.Resource] | None = None
+        self._events: list[tuple[int, lean.SpanEvent]] | None = None
+        # Row of each span event, in event order (from the native scan; else from `events`).
+        self._event_rows: list[int] | None = None
+
+    @property
+    def frame(self) -> pl.DataFrame:
+        if self._frame is None:
+            assert self.columns is not None
+            self._frame = self.columns.frame()
+        return self._frame
+
+    @frame.setter
+    def frame(self, frame: pl.DataFrame) -> None:
+        self._frame = frame
+        self.columns = None
+
+    def set_column(self, name: str, column: pl.Series, array: pa.Array | None = None) -> None:
+        """A stage's column, for later stages to read (see pipeline._expose_to_later_stages);
+        `array`: the same column as Arrow, when the stage has it."""
+        if self.columns is not None:
+            self.columns.set(name, column, array)
+            self._frame = None
+            return
+        frame = self._frame
+        assert frame is not None
+        column = column.alias(name)
+        if name in frame.columns:
+            # Column swaps without a query plan (with_columns builds one per call).
+            updated = frame.clone()
+            updated.replace_column(frame.get_column_index(name), column)
+            self._frame = updated
+        else:
+            self._frame = frame.hstack([column])
+
+    def has_column(self, name: str) -> bool:
+        """Whether the batch has the column at all (all-null ones included)."""
+        if self.columns is not None:
+            return self.columns.has_column(name)
+        return name in self.frame.columns
+
+    def has_values(self, name: str) -> bool:
+        """Whether the batch has the column with a type other than all-null."""
+        if self.columns is not None:
+            return self.columns.has_values(name)
+        frame = self.frame
+        return name in frame.columns and frame.get_column(name).dtype != pl.Null
+
+    def column_type(self, name: str) -> pa.DataType | None:
+        """The Arrow type of a column; None when the batch has no such column or it is all-null."""
+        if self.columns is not None:
+            return self.columns.arrow_type(name)
+        array = self.column_array(name)
+        return None if array is None else array.type
+
+    def column_array(self, name: str) -> pa.Array | None:
+        """A column as Arrow; None when the batch has no such column or it is all-null."""
+        if self.columns is not None:
+            return self.columns.array(name)
+        frame = self.frame
+        if name not in frame.columns:
+            return None
+        column = frame.get_column(name)
+        return None if column.dtype == pl.Null else series_array(column)
+
+    def column_parts(self, name: str) -> tuple | None:
+        """A column as processor/native/src/arrow.rs reads it in place; None when absent, all-null
+        or of a type it does not read (see batch_columns.PART_KINDS)."""
+        if self.columns is not None:
+            return self.columns.parts(name)
+        array = self.column_array(name)
+        return None if array is None else array_parts(array)
+
+    def column_series(self, name: str) -> pl.Series | None:
+        """A column as a polars Series (for the rare casts the native stages leave to polars)."""
+        if self.columns is not None:
+            array = self.columns.array(name)
+            return None if array is None else pl.Series(name, array)
+        frame = self.frame
+        if name not in frame.columns:
+            return None
+        column = frame.get_column(name)
+        return None if column.dtype == pl.Null else column
 
     def __len__(self) -> int:
+        if self.columns is not None:
+            return self.columns.rows
         return self.frame.height
 
     @property
@@ -254,8 +353,9 @@ def _decode_native(signal: str, raw: bytes, wanted: WantedKeys) -> TelemetryBatc
     """The same batch as the Python walk, with the attribute scan done by processor/native.
 
     The scan checks the wire structure (a malformed request fails here) and returns every
-    column as Arrow buffers: the frame is one import, with no Python object per value. The
-    protobuf view is only parsed if something asks for `batch.request`.
+    column as Arrow buffers, kept as they are for the native stages; the frame is built from
+    them (one import, no Python object per value) only if something asks for it. The protobuf
+    view is only parsed if something asks for `batch.request`.
     """
     item_keys = sorted(wanted.item)
     resource_keys = sorted(wanted.resource)
@@ -265,30 +365,24 @@ def _decode_native(signal: str, raw: bytes, wanted: WantedKeys) -> TelemetryBatc
         raise MalformedRequest(f"cannot parse the {signal} export request: {exc}") from exc
     rows = scanned["rows"]
     # Same column order as the Python walk: fixed columns, item keys, resource keys, span fields.
-    names = [ROW, RESOURCE_INDEX, *item_keys, *(RESOURCE_PREFIX + key for key in resource_keys)]
-    arrays = [_row_numbers(rows), _numbers(pa.uint32(), rows, scanned["item_resource"])]
-    present = [ROW, RESOURCE_INDEX]
-    absent = []
-    # Most wanted keys are absent from a given batch: their all-null columns are shared series
-    # (importing an Arrow null array costs as much as a real column).
-    for name, column in zip(names[2:], scanned["columns"], strict=True):
-        if column[0] == "null":
-            absent.append(_null_column(name, rows))
-        else:
-            arrays.append(_native_column(rows, column))
-            present.append(name)
+    keyed = [*item_keys, *(RESOURCE_PREFIX + key for key in resource_keys)]
+    names = [ROW, RESOURCE_INDEX, *keyed]
     if signal == TRACES:
         names.extend((SPAN_NAME, START_TIME, END_TIME, STATUS_CODE))
-        present.extend((SPAN_NAME, START_TIME, END_TIME, STATUS_CODE))
-        arrays.append(_views(pa.string_view(), rows, scanned["names"]))
-        arrays.append(_numbers(pa.uint64(), rows, scanned["starts"]))
-        arrays.append(_numbers(pa.uint64(), rows, scanned["ends"]))
-        arrays.append(_numbers(pa.int32(), rows, scanned["statuses"]))
-    frame = pl.from_arrow(pa.Table.from_arrays(arrays, names=present))
-    if absent:
-        # Indexing by a list of names reorders eagerly (select would build a query plan).
-        frame = frame.hstack(absent)[names]
-    batch = TelemetryBatch(signal, frame, raw)
+    columns = ScannedColumns(rows, names)
+    columns.add_array(ROW, _row_numbers(rows))
+    columns.add_buffers(RESOURCE_INDEX, pa.uint32(), [None, scanned["item_resource"]])
+    # Most wanted keys are absent from a given batch: no column (the frame gets all-null ones).
+    for name, (kind, validity, first, second) in zip(keyed, scanned["columns"], strict=True):
+        if kind != "null":
+            buffers = [validity, first] if second is None else [validity, first, second]
+            columns.add_buffers(name, _NATIVE_TYPES[kind], buffers)
+    if signal == TRACES:
+        columns.add_buffers(SPAN_NAME, pa.string_view(), list(scanned["names"]))
+        columns.add_buffers(START_TIME, pa.uint64(), [None, scanned["starts"]])
+        columns.add_buffers(END_TIME, pa.uint64(), [None, scanned["ends"]])
+        columns.add_buffers(STATUS_CODE, pa.int32(), [None, scanned["statuses"]])
+    batch = TelemetryBatch(signal, None, raw, columns=columns)
     batch._event_rows = scanned["event_rows"]
     if wanted.values:
         batch._native_strings = scanned["strings"]
@@ -332,26 +426,6 @@ _NATIVE_TYPES = {
     "double": pa.float64(),
     "bool": pa.bool_(),
 }
-
-
-_NULL_COLUMNS: dict[tuple[str, int], pl.Series] = {}
-
-
-def _null_column(name: str, rows: int) -> pl.Series:
-    # Series are immutable and an all-null one holds no data: one per (key, batch size) serves all.
-    column = _NULL_COLUMNS.get((name, rows))
-    if column is None:
-        if len(_NULL_COLUMNS) >= 4096:
-            _NULL_COLUMNS.clear()
-        column = _NULL_COLUMNS[(name, rows)] = pl.Series(name, [None] * rows, dtype=pl.Null)
-    return column
-
-
-def _native_column(n: int, column: tuple) -> pa.Array:
-    kind, validity, first, second = column
-    if second is not None:
-        return _views(_NATIVE_TYPES[kind], n, (validity, first, second))
-    return _numbers(_NATIVE_TYPES[kind], n, first, validity)
 
 
 def _native_values_arrays(batch: TelemetryBatch, scanned: dict) -> dict[str, pa.Array]:

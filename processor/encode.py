@@ -68,7 +68,7 @@ def _native_rewrite(batch: TelemetryBatch, all_changes: Sequence[BatchChanges]) 
     in turn) and lets a later rewrite of the same value win, as `_all_rewrites` does.
     """
     columns = [
-        (key, _native_values(column))
+        (key, _native_values(column, changes.arrow.get(key)))
         for changes in all_changes
         for key, column in changes.set_attributes.items()
         # All null: nothing to write (the rewriter would skip every row).
@@ -93,10 +93,12 @@ def _native_rewrite(batch: TelemetryBatch, all_changes: Sequence[BatchChanges]) 
 _NEWEST = pl.CompatLevel.newest()
 
 
-def _native_values(column: pl.Series) -> tuple | list:
-    """The column as the rewriter reads it: Arrow buffers for the types stages set, else a list."""
+def _native_values(column: pl.Series, array: pa.Array | None = None) -> tuple | list:
+    """The column as the rewriter reads it: Arrow buffers for the types stages set, else a list.
+    `array`: the same column as Arrow, if the stage handed it over."""
     # Decided on the Arrow type: comparing polars dtypes costs more than the conversion.
-    array = column.to_arrow(compat_level=_NEWEST)
+    if array is None:
+        array = column.to_arrow(compat_level=_NEWEST)
     kind = _ARROW_TYPE_KINDS.get(array.type)
     if kind is not None:
         return (kind, len(array), array.offset, array.buffers(), None)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import polars as pl
+import pyarrow as pa
 import structlog
 
 from processor import encode
@@ -42,11 +43,15 @@ class BatchChanges:
     rewrites: rows (scope, owner, position, new_value) addressing values found through
         `TelemetryBatch.string_values()`; a null new_value drops the attribute.
     events: span events to append.
+    arrow: some of the set_attributes columns as the Arrow arrays their Series were made from,
+        which a native stage has at hand: the writer and later stages read them instead of
+        converting the Series back (the same values, never different ones).
     """
 
     set_attributes: dict[str, pl.Series] = field(default_factory=dict)
     rewrites: pl.DataFrame | None = None
     events: list[SpanEventToAdd] = field(default_factory=list)
+    arrow: dict[str, pa.Array] = field(default_factory=dict)
 
     def is_empty(self) -> bool:
         return not self.set_attributes and (self.rewrites is None or self.rewrites.height == 0) and not self.events
@@ -144,36 +149,36 @@ def _check_shape(changes: BatchChanges, rows: int) -> None:
 
 
 def _expose_to_later_stages(batch: TelemetryBatch, changes: BatchChanges) -> None:
-    """Later stages read what earlier ones wrote (policy reads genops.cost.total) from the frame."""
+    """Later stages read what earlier ones wrote (policy reads genops.cost.total) as batch columns."""
     if not changes.set_attributes:
         return
-    frame = batch.frame
-    # Column names, not frame.schema: building a Schema costs more than the swaps below.
-    index = {name: i for i, name in enumerate(frame.columns)}
+    arrived_with = {key for key in changes.set_attributes if batch.has_values(key)}
     merged = []
-    replaced: dict[str, pl.Series] = {}
     for key, column in changes.set_attributes.items():
-        column = column.alias(key)
-        if key in index and frame.to_series(index[key]).dtype != pl.Null:
+        if key in arrived_with:
             # Where the stage left an item alone, the item keeps the value it arrived with (cast
             # to the stage's type: an SDK may send a cost as a string).
-            arrived = pl.col(key).cast(column.dtype, strict=False) if column.dtype != pl.Null else pl.col(key)
-            merged.append(pl.coalesce(pl.lit(column), arrived).alias(key))
-        else:
-            # No item arrived with the key: the stage's column as it is.
-            replaced[key] = column
+            arrived = _arrived_as(batch.frame.get_column(key), column.dtype)
+            merged.append(pl.coalesce(pl.lit(column.alias(key)), arrived).alias(key))
     if merged:
-        batch.frame = frame.with_columns([*merged, *(pl.lit(c).alias(k) for k, c in replaced.items())])
+        replaced = [pl.lit(c.alias(k)).alias(k) for k, c in changes.set_attributes.items() if k not in arrived_with]
+        batch.frame = batch.frame.with_columns([*merged, *replaced])
         return
-    # Column swaps without a query plan (with_columns builds one per call).
-    updated = frame.clone()
-    added = []
-    for key, column in replaced.items():
-        if key in index:
-            updated.replace_column(index[key], column)
-        else:
-            added.append(column)
-    batch.frame = updated.hstack(added) if added else updated
+    # No item arrived with any of the keys: the stage's columns as they are.
+    for key, column in changes.set_attributes.items():
+        batch.set_column(key, column, changes.arrow.get(key))
+
+
+def _arrived_as(arrived: pl.Series, dtype: pl.DataType) -> pl.Expr:
+    """The values an attribute arrived with, read as the type a stage writes it in."""
+    if dtype == pl.Null:
+        return pl.lit(arrived)
+    try:
+        return pl.lit(arrived.cast(dtype, strict=False))
+    except pl.exceptions.PolarsError:
+        # No cast at all between the two (bytes where the stage writes a number): nothing readable,
+        # as an unparseable string would be. Raising here would lose every stage's changes.
+        return pl.lit(None, dtype=dtype)
 
 
 def _error_tags(rows: int, message: str) -> BatchChanges:

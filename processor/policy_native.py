@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from processor import budgets, policies
 from processor.attribution import DIMENSIONS, Attribution
+from processor.batch_columns import array_parts, arrow_series, series_array
 from processor.budget_policy_file import Budget, PolicyFile
 from processor.budget_state import BudgetStore
 from processor.decode import RESOURCE_PREFIX, ROW, START_TIME, STATUS_CODE, TelemetryBatch, native_module
@@ -28,16 +29,6 @@ from processor.governance_metrics import GovernanceMetrics
 from processor.pipeline import BatchChanges, SpanEventToAdd
 
 ERROR_TYPE = "error.type"
-_NEWEST = pl.CompatLevel.newest()
-# Arrow types as the native side reads them (unsigned times as their 64 bits: always below 2^63
-# in practice, and the native side hands larger ones back to the polars path).
-_KINDS = {
-    pa.string_view(): "string",
-    pa.binary_view(): "binary",
-    pa.int64(): "i64",
-    pa.uint64(): "i64",
-    pa.float64(): "f64",
-}
 # Metric label -> its source in the native plan: a dimension, then model and provider.
 _LABEL_SOURCES = {name: i for i, name in enumerate((*DIMENSIONS, "model", "provider"))}
 
@@ -126,21 +117,19 @@ class NativePolicy:
         self, batch: TelemetryBatch, store: BudgetStore, metrics: GovernanceMetrics, fingerprint: Callable
     ) -> BatchChanges | None:
         """The batch's changes, or None when the polars path must take it (nothing applied then)."""
-        frame = batch.frame
-        # (Not frame.schema: building a Schema object costs more than this whole lookup.)
-        schema = dict(zip(frame.columns, frame.dtypes, strict=True))
         try:
-            texts = [_text(frame, schema, name) for name in self.texts]
-            numbers = _numbers(frame, schema, normalized(batch))
+            texts = [_text(batch, name) for name in self.texts]
+            numbers = _numbers(batch, normalized(batch))
         except Unsupported:
             return None
+        rows = len(batch)
 
         def apply(increments: dict[str, float], expires_at: dict[str, int]) -> tuple[dict[str, float], bool]:
             applied = store.apply(fingerprint(batch), increments, expires_at)
             return applied.totals, applied.repeated
 
         found = self.plan.run(
-            frame.height,
+            rows,
             texts,
             numbers,
             time.time_ns(),
@@ -154,27 +143,31 @@ class NativePolicy:
         if not found:
             return BatchChanges()
         (violations, result, reason), tags, events, levels, check_counts, code_counts, groups = found
-        rows = frame.height
-        changes = {
-            policies.VIOLATIONS: _lists(policies.VIOLATIONS, rows, violations),
-            policies.RESULT: _strings(policies.RESULT, rows, result),
-            policies.REASON_CODE: _strings(policies.REASON_CODE, rows, reason),
+        arrays = {
+            policies.VIOLATIONS: _lists(rows, violations),
+            policies.RESULT: _string_views(rows, result),
+            policies.REASON_CODE: _string_views(rows, reason),
         }
         if tags is not None:
             name, period, limit, consumed, remaining, utilization, exceeded = tags
-            changes[budgets.TAGS["name"]] = _strings(budgets.TAGS["name"], rows, name)
-            changes[budgets.TAGS["period"]] = _strings(budgets.TAGS["period"], rows, period)
-            for what, column in (("limit", limit), ("consumed", consumed), ("remaining", remaining)):
-                changes[budgets.TAGS[what]] = _series(pa.float64(), rows, column, budgets.TAGS[what])
-            changes[budgets.TAGS["utilization"]] = _series(pa.float64(), rows, utilization, budgets.TAGS["utilization"])
-            changes[budgets.TAGS["exceeded"]] = _series(pa.bool_(), rows, exceeded, budgets.TAGS["exceeded"])
-        span_events = self._events(frame, events)
+            arrays[budgets.TAGS["name"]] = _string_views(rows, name)
+            arrays[budgets.TAGS["period"]] = _string_views(rows, period)
+            for what, column in (
+                ("limit", limit),
+                ("consumed", consumed),
+                ("remaining", remaining),
+                ("utilization", utilization),
+            ):
+                arrays[budgets.TAGS[what]] = _array(pa.float64(), rows, column)
+            arrays[budgets.TAGS["exceeded"]] = _array(pa.bool_(), rows, exceeded)
+        changes = {name: arrow_series(name, array) for name, array in arrays.items()}
+        span_events = self._events(batch, events)
         if groups is None:  # a retried batch: same tags and events as the first time, counted once
-            return BatchChanges(set_attributes=changes, events=span_events)
+            return BatchChanges(set_attributes=changes, events=span_events, arrow=arrays)
         costs = groups.costs()
         if costs is not None:
             # No metric labels: one group, its cost summed by polars as the polars path does.
-            groups.set_cost(0, _series(pa.float64(), len(costs[1]) // 8, costs).sum() or 0.0)
+            groups.set_cost(0, pl.Series(_array(pa.float64(), len(costs[1]) // 8, costs)).sum() or 0.0)
         metrics.record_operation_groups(groups)
         results: Counter[str] = Counter()
         for code_value, count in code_counts:
@@ -190,17 +183,17 @@ class NativePolicy:
                 [(listed[b].name, subject, spent, float(listed[b].limit_usd)) for b, subject, spent in levels],
                 [(b.name, b.mode, count) for b, count in zip(listed, exceeded, strict=True) if count],
             )
-        return BatchChanges(set_attributes=changes, events=span_events)
+        return BatchChanges(set_attributes=changes, events=span_events, arrow=arrays)
 
     def _window(self, zone: int, seconds: int) -> tuple[int, int, str]:
         """(start, end, label) of the window of a (time zone, period) holding `seconds`."""
         label, start, end = self._zone_budget[zone].window(dt.datetime.fromtimestamp(seconds, tz=dt.UTC))
         return int(start.timestamp()), int(end.timestamp()), label
 
-    def _events(self, frame: pl.DataFrame, found: list) -> list[SpanEventToAdd]:
+    def _events(self, batch: TelemetryBatch, found: list) -> list[SpanEventToAdd]:
         if not found:
             return []
-        rows = frame.get_column(ROW)
+        rows = batch.column_array(ROW).to_pylist()  # type: ignore[union-attr]
         events = []
         for position, index, threshold, event_time, subject, label, consumed in found:
             budget = self.policy.budgets[index]
@@ -224,12 +217,11 @@ class NativePolicy:
         return events
 
 
-def _series(arrow_type: pa.DataType, rows: int, buffers: tuple, name: str = "") -> pl.Series:
+def _array(arrow_type: pa.DataType, rows: int, buffers: tuple) -> pa.Array:
     validity, data = buffers
-    array = pa.Array.from_buffers(
+    return pa.Array.from_buffers(
         arrow_type, rows, [None if validity is None else pa.py_buffer(validity), pa.py_buffer(data)]
     )
-    return pl.Series(name, array)
 
 
 def _string_views(rows: int, buffers: tuple) -> pa.Array:
@@ -241,59 +233,64 @@ def _string_views(rows: int, buffers: tuple) -> pa.Array:
     )
 
 
-def _strings(name: str, rows: int, buffers: tuple) -> pl.Series:
-    return pl.Series(name, _string_views(rows, buffers))
-
-
-def _lists(name: str, rows: int, buffers: tuple) -> pl.Series:
+def _lists(rows: int, buffers: tuple) -> pa.Array:
     validity, offsets, count, names = buffers
-    array = pa.Array.from_buffers(
+    return pa.Array.from_buffers(
         pa.large_list(pa.string_view()),
         rows,
         [None if validity is None else pa.py_buffer(validity), pa.py_buffer(offsets)],
         children=[_string_views(count, names)],
     )
-    return pl.Series(name, array)
 
 
 def _parts(column: pl.Series) -> tuple:
     """(kind, length, offset, buffers, child) as processor/native/src/arrow.rs reads an array."""
-    array = column.to_arrow(compat_level=_NEWEST)
-    kind = _KINDS.get(array.type)
-    if kind is None:
-        raise Unsupported(str(array.type))
-    return (kind, len(array), array.offset, array.buffers(), None)
+    parts = array_parts(series_array(column))
+    if parts is None:
+        raise Unsupported(str(column.dtype))
+    return parts
 
 
-def _text(frame: pl.DataFrame, schema: dict[str, pl.DataType], name: str) -> tuple | None:
+def _readable(batch: TelemetryBatch, name: str) -> tuple[pa.DataType | None, tuple | None]:
+    """(Arrow type, parts): the type None when absent, all-null or binary (read as absent); the parts
+    None when the column must go through polars first."""
+    arrow_type = batch.column_type(name)
+    if arrow_type is None or arrow_type == pa.binary_view():
+        return None, None
+    return arrow_type, batch.column_parts(name)
+
+
+def _text(batch: TelemetryBatch, name: str) -> tuple | None:
     """attribution.text's input: the column as strings (None: absent, null or binary)."""
-    dtype = schema.get(name)
-    if dtype is None or dtype in (pl.Null, pl.Binary):
+    arrow_type, parts = _readable(batch, name)
+    if arrow_type is None:
         return None
-    column = frame.get_column(name)
-    if dtype != pl.String:
-        if not (dtype.is_numeric() or dtype == pl.Boolean):
-            raise Unsupported(str(dtype))
-        column = column.cast(pl.String, strict=False)
-    return _parts(column)
+    if arrow_type == pa.string_view():
+        return parts
+    column = batch.column_series(name)
+    assert column is not None
+    if not (column.dtype.is_numeric() or column.dtype == pl.Boolean):
+        raise Unsupported(str(column.dtype))
+    return _parts(column.cast(pl.String, strict=False))
 
 
-def _number(frame: pl.DataFrame, schema: dict[str, pl.DataType], name: str, dtype: pl.DataType) -> tuple | None:
+def _number(batch: TelemetryBatch, name: str, dtype: pl.DataType, arrow_type: pa.DataType) -> tuple | None:
     """policy_stage._number: the column as `dtype` (strings trimmed first), None when absent."""
-    found = schema.get(name)
-    if found is None or found in (pl.Null, pl.Binary):
+    found, parts = _readable(batch, name)
+    if found is None:
         return None
-    column = frame.get_column(name)
-    if found != dtype:
-        if found == pl.String:
-            column = column.str.strip_chars().cast(pl.Float64, strict=False)
-        elif not (found.is_numeric() or found == pl.Boolean):
-            raise Unsupported(str(found))
-        column = column.cast(dtype, strict=False)
-    return _parts(column)
+    if found == arrow_type:
+        return parts
+    column = batch.column_series(name)
+    assert column is not None
+    if column.dtype == pl.String:
+        column = column.str.strip_chars().cast(pl.Float64, strict=False)
+    elif not (column.dtype.is_numeric() or column.dtype == pl.Boolean):
+        raise Unsupported(str(column.dtype))
+    return _parts(column.cast(dtype, strict=False))
 
 
-def _numbers(frame: pl.DataFrame, schema: dict[str, pl.DataType], genai: pl.DataFrame) -> list[tuple | None]:
+def _numbers(batch: TelemetryBatch, genai: pl.DataFrame) -> list[tuple | None]:
     genai_schema = dict(zip(genai.columns, genai.dtypes, strict=True))
 
     def canonical(name: str, dtype: pl.DataType) -> tuple | None:
@@ -304,14 +301,20 @@ def _numbers(frame: pl.DataFrame, schema: dict[str, pl.DataType], genai: pl.Data
         return _parts(column if found == dtype else column.cast(dtype))
 
     def time_column(name: str) -> tuple | None:
-        if name not in schema:
-            return None
-        column = frame.get_column(name)
-        return _parts(column if column.dtype in (pl.UInt64, pl.Int64) else column.cast(pl.Int64))
+        arrow_type = batch.column_type(name)
+        if arrow_type is None:
+            # An all-null column reads as nulls, an absent one as absent (as on the polars path).
+            return _parts(pl.Series(name, [None] * len(batch), dtype=pl.Int64)) if batch.has_column(name) else None
+        if arrow_type in (pa.uint64(), pa.int64()):
+            return batch.column_parts(name)
+        return _parts(batch.column_series(name).cast(pl.Int64))  # type: ignore[union-attr]
 
     status = None
-    if STATUS_CODE in schema and schema[STATUS_CODE] not in (pl.Null, pl.Binary):
-        status = _parts(frame.get_column(STATUS_CODE).cast(pl.Int64, strict=False))
+    status_type = batch.column_type(STATUS_CODE)
+    if status_type == pa.int32():  # as the decoders type it: widened without a polars round trip
+        status = array_parts(batch.column_array(STATUS_CODE).cast(pa.int64()))  # type: ignore[union-attr]
+    elif status_type is not None and status_type != pa.binary_view():
+        status = _parts(batch.column_series(STATUS_CODE).cast(pl.Int64, strict=False))  # type: ignore[union-attr]
     start = time_column(START_TIME)
     if start is None:
         raise Unsupported("no start times")
@@ -320,8 +323,8 @@ def _numbers(frame: pl.DataFrame, schema: dict[str, pl.DataType], genai: pl.Data
         canonical(PROVIDER, pl.String),
         canonical(TOKENS_INPUT, pl.Int64),
         canonical(TOKENS_OUTPUT, pl.Int64),
-        _number(frame, schema, budgets.COST, pl.Float64),
-        _number(frame, schema, policies.PII_COUNT, pl.Int64),
+        _number(batch, budgets.COST, pl.Float64, pa.float64()),
+        _number(batch, policies.PII_COUNT, pl.Int64, pa.int64()),
         status,
         start,
         time_column(budgets.END_TIME),

@@ -246,7 +246,7 @@ class RedactionStage:
             *(values[name] for name in ("scope", "key", "value")),
             values.get("kind"),
             *(values[name] for name in ("owner", "position", "row")),
-            _arrow(batch.frame, RESOURCE_INDEX, _INDEX),
+            _resource_index(batch),
             _SUMMARY_LEVELS[self.rules.summary],
         )
         if found is None:
@@ -395,6 +395,7 @@ _NATIVE_CHECKS = {
 # Column types the native redactor reads in place.
 _TEXT = (pl.String(),)
 _INDEX = (pl.Int64(), pl.UInt32(), pl.Int32())
+_INDEX_ARROW = (pa.int64(), pa.uint32(), pa.int32())
 
 
 def _native_redactor(rules: RedactionRules, values: ValueRedactor):
@@ -456,6 +457,14 @@ def _arrow(frame: pl.DataFrame, name: str, dtypes: tuple[pl.DataType, ...]) -> p
         column = column.cast(dtypes[0])
     # The newest Arrow layout is polars' own (string views): handed over without a copy.
     return column.to_arrow(compat_level=_ARROW_IN_PLACE)
+
+
+def _resource_index(batch: TelemetryBatch) -> pa.Array:
+    """Each item's resource, as the native redactor reads it."""
+    array = batch.column_array(RESOURCE_INDEX)
+    if array is not None and array.type in _INDEX_ARROW:
+        return array
+    return _arrow(batch.frame, RESOURCE_INDEX, _INDEX)
 
 
 def _value_arrays(values: pl.DataFrame) -> dict[str, pa.Array]:

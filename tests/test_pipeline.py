@@ -77,3 +77,17 @@ def test_later_stages_see_earlier_values_over_what_arrived(monkeypatch, native):
     assert frame["genops.new"].to_list() == [True, None, False]
     assert frame["a"].to_list() == [1, 2, None]
     assert frame.columns[-1] == "genops.new"
+
+
+@pytest.mark.parametrize("native", ["1", "0"])
+def test_a_value_that_cannot_be_read_as_the_stage_type_does_not_cost_the_batch_its_changes(monkeypatch, native):
+    monkeypatch.setenv("GENOPS_NATIVE_DECODE", native)
+    # An SDK sent its cost as bytes: no cast to a number exists.
+    request = trace_request([span(attributes={"genops.cost.total": b"\x01"}), span(attributes={})])
+    first = Setting({"genops.cost.total": [None, 0.25]}, WantedKeys(item=frozenset({"genops.cost.total"})))
+    second = Setting({"genops.later": ["x", "y"]}, name="later")
+    watcher = Watching(WantedKeys(item=frozenset({"genops.cost.total"})))
+    out = Pipeline([first, second, watcher], SidecarMetrics.create()).process_traces(request.SerializeToString())
+    assert out.failed_stages == ()
+    assert watcher.seen[0]["genops.cost.total"].to_list() == [None, 0.25]
+    assert watcher.seen[0]["genops.later"].to_list() == ["x", "y"]
