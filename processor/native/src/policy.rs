@@ -962,27 +962,18 @@ impl PolicyPlan {
             *code = canonical[at % width.max(1)][*code as usize];
         }
         let mut groups: FxHashMap<&[u32], usize> = FxHashMap::default();
-        let mut out_labels: Vec<Bound<'py, PyTuple>> = Vec::new();
         let mut keys: Vec<u32> = Vec::new();
         let mut span_group = Vec::with_capacity(spans.len());
         for at in 0..spans.len() {
             let key = &codes[at * width..(at + 1) * width];
-            let group = match groups.get(key) {
-                Some(group) => *group,
-                None => {
-                    let labels = key
-                        .iter()
-                        .enumerate()
-                        .map(|(l, code)| mapped[l][*code as usize].clone());
-                    out_labels.push(PyTuple::new(py, labels)?);
-                    keys.extend_from_slice(key);
-                    groups.insert(key, out_labels.len() - 1);
-                    out_labels.len() - 1
-                }
-            };
+            let next = groups.len();
+            let group = *groups.entry(key).or_insert_with(|| {
+                keys.extend_from_slice(key);
+                next
+            });
             span_group.push(group);
         }
-        let mut sums = vec![Group::new(); out_labels.len()];
+        let mut sums = vec![Group::new(); groups.len()];
         for (span, group) in spans.iter().zip(span_group) {
             sums[group].add(span);
         }
@@ -993,7 +984,10 @@ impl PolicyPlan {
             .is_empty()
             .then(|| spans.iter().map(|s| s.cost).collect());
         Ok(OperationGroups {
-            labels: out_labels.into_iter().map(Bound::unbind).collect(),
+            labels: mapped
+                .into_iter()
+                .map(|values| values.into_iter().map(Bound::unbind).collect())
+                .collect(),
             texts,
             keys,
             sums,
@@ -1006,8 +1000,9 @@ impl PolicyPlan {
 /// totals here for the series Python already resolved (see operation_totals.rs).
 #[pyclass]
 pub struct OperationGroups {
-    labels: Vec<Py<PyTuple>>,
-    /// Per label, the series label of each distinct value (what `keys` index).
+    /// Per label, the series label of each distinct value (what `keys` index), as Python
+    /// objects (for the groups handed back) and as text.
+    labels: Vec<Vec<Py<PyAny>>>,
     texts: Vec<Vec<String>>,
     /// Per group, one index into `texts` per label.
     keys: Vec<u32>,
@@ -1078,11 +1073,17 @@ impl OperationGroups {
             None => rest.extend(0..self.sums.len()),
         }
         let listed = PyList::empty(py);
+        let width = self.labels.len();
         for g in rest {
             let group = &self.sums[g];
+            let key = &self.keys[g * width..(g + 1) * width];
+            let labels = key
+                .iter()
+                .zip(&self.labels)
+                .map(|(code, values)| values[*code as usize].bind(py));
             let buckets = (!group.latencies.is_empty()).then(|| group.hits().collect::<Vec<_>>());
             listed.append((
-                self.labels[g].bind(py),
+                PyTuple::new(py, labels)?,
                 group.cost.sum,
                 group.tokens_input,
                 group.tokens_output,
