@@ -13,6 +13,7 @@ import os
 import random
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -213,7 +214,12 @@ def test_multiprocess_mode_adds_up_to_the_same_values(tmp_path, monkeypatch):
     metrics_dir.mkdir()
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "GENOPS_NATIVE_DECODE": "1"}
     merged = subprocess.run(
-        [sys.executable, "-c", _MULTIPROCESS_RUN, str(path)], env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-c", _MULTIPROCESS_RUN, str(path)],
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     single = operation_samples(exposition(registry))
     assert len(single) > 100
