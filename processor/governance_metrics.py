@@ -25,6 +25,7 @@ from prometheus_client.values import MutexValue
 
 from processor.attribution import DIMENSIONS
 from processor.budgets import ENGINE, OPTIMIZATIONS
+from processor.operation_totals import operation_totals
 
 LABEL_CHOICES = (*DIMENSIONS, "model", "provider")
 OTHER = "other"
@@ -84,22 +85,9 @@ class _OperationSeries:
     # The histogram's bucket and sum value holders, or None to fall back to `observe`.
     latency_buckets: list | None
     latency_sum: Any
-    # Every value holder above is prometheus_client's in-process MutexValue (not multiprocess).
-    direct: bool = False
-
-    @property
-    def holders(self) -> tuple:
-        """The value holders a direct update adds to, unpacked in one step."""
-        return (
-            self.cost,
-            self.tokens_input,
-            self.tokens_output,
-            self.tokens,
-            self.operations,
-            self.errors,
-            self.latency_sum,
-            self.latency_buckets,
-        )
+    # The series' key in `GovernanceMetrics._totals`, or None: its values are not in-process
+    # MutexValue ones (multiprocess mode) and are changed through `inc`.
+    total: Any = None
 
 
 def _incrementer(child: Any) -> Any:
@@ -172,8 +160,10 @@ class GovernanceMetrics:
         # Label combination -> its children of the per-operation metrics. prometheus_client's
         # labels() validates and locks on every call (~20 µs); a batch touches hundreds of combinations.
         self._series: dict[tuple, _OperationSeries] = {}
-        # The `holders` of the direct ones among them: what the loop over a batch's sums reads.
-        self._direct: dict[tuple, tuple] = {}
+        # Where the in-process series keep their totals, and label combination -> a series' key
+        # there (combinations folded into "other" included): what the loop over a batch's sums reads.
+        self._totals = operation_totals(len(self.labels))
+        self._direct: dict[tuple, Any] = {}
         self._series_lock = threading.Lock()
         self._update_lock = threading.Lock()
         # The children of the per-verdict, per-policy and per-budget metrics, likewise.
@@ -208,12 +198,18 @@ class GovernanceMetrics:
                     holders = [_incrementer(child) for child in children[:-1]]
                     buckets = list(latency._buckets) if bulk else None
                     direct = bulk and all(type(value) is MutexValue for value in (*holders, *buckets, latency._sum))
+                    total = None
+                    if direct:
+                        total = self._totals.register(children)
+                        # (The native store puts its own value holders in the children.)
+                        holders = [_incrementer(child) for child in children[:-1]]
+                        buckets = list(latency._buckets)
                     series = _OperationSeries(
                         *holders,
                         latency=latency,
                         latency_buckets=buckets,
                         latency_sum=latency._sum if bulk else None,
-                        direct=direct,
+                        total=total,
                     )
                     self._series[values] = series
         return series
@@ -307,42 +303,40 @@ class GovernanceMetrics:
 
     def record_operation_groups(self, groups: Any) -> None:
         """The native policy path's `record_operations`: `groups` (OperationGroups, see
-        processor/native/src/policy.rs) adds itself to the series already in `_direct`, and
-        leaves the others, per series: (labels from `operation_labels`, cost, tokens input,
-        tokens output, operations, errors, [(bucket index, latencies in it)] or None, latency
-        sum, latencies)."""
+        processor/native/src/policy.rs) adds itself to the series already in the native totals
+        (see processor/operation_totals.py), and leaves the others, per series: (labels from
+        `operation_labels`, cost, tokens input, tokens output, operations, errors,
+        [(bucket index, latencies in it)] or None, latency sum, latencies)."""
         with self._update_lock:
-            self._add_groups(groups.add_to(self._direct))
+            self._add_groups(groups.add_to(self._totals.native))
 
     def _add_groups(self, rows: Any) -> None:
         """Adds per-series sums, under `_update_lock`: (labels, cost, tokens input, tokens output,
         operations, errors, [(latency bucket index, latencies in it)] or None, latency sum, latencies)."""
         direct = self._direct
         known = direct.get
+        add = self._totals.add
         for values, spent, tokens_in, tokens_out, count, errors, buckets_hit, latency_total, latencies in rows:
             spent, tokens_in, tokens_out = spent or 0.0, tokens_in or 0, tokens_out or 0
-            holders = known(values)
-            if holders is None:
+            total = known(values)
+            if total is None:
                 series = self._operation_series(values)
-                if series.direct:
-                    holders = series.holders
-                    if len(direct) < MAX_SERIES:
-                        direct[values] = holders
-            if holders is not None:
-                # In-process values, only ever changed here and under _update_lock: added to in
-                # place (a quarter of inc()'s cost, which takes a lock per call).
-                cost, tokens_in_total, tokens_out_total, tokens, operations, error_total, latency_sum, buckets = holders
-                cost._value += spent
-                tokens_in_total._value += tokens_in
-                tokens_out_total._value += tokens_out
-                tokens._value += tokens_in + tokens_out
-                operations._value += count
-                if errors:
-                    error_total._value += errors
-                if buckets_hit:
-                    for bucket, hits in buckets_hit:
-                        buckets[bucket]._value += hits
-                    latency_sum._value += latency_total
+                total = series.total
+                if total is not None and len(direct) < MAX_SERIES:
+                    direct[values] = total
+                    self._totals.alias(values, total)
+            if total is not None:
+                add(
+                    total,
+                    spent,
+                    tokens_in,
+                    tokens_out,
+                    tokens_in + tokens_out,
+                    count,
+                    errors or 0,
+                    buckets_hit,
+                    latency_total,
+                )
                 continue
             series.cost.inc(spent)
             series.tokens_input.inc(tokens_in)

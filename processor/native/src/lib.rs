@@ -15,6 +15,7 @@ mod arrow;
 mod cost;
 mod detect;
 mod fasthash;
+mod operation_totals;
 mod policy;
 mod redact;
 mod rewrite;
@@ -29,6 +30,7 @@ fn _otlp_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(rewrite::rewrite, m)?)?;
     m.add_class::<redact::Redactor>()?;
     m.add_class::<policy::PolicyPlan>()?;
+    m.add_class::<operation_totals::OperationTotals>()?;
     cost::register(m)?;
     Ok(())
 }

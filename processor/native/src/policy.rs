@@ -21,6 +21,7 @@ use rustc_hash::FxHashMap;
 use std::collections::hash_map::Entry;
 
 use crate::arrow::{le_bytes, ArrowIn, Bitmap, Kind, Views};
+use crate::operation_totals::{Amounts, OperationTotals};
 
 const DIMENSIONS: usize = 6;
 /// Label sources past the dimensions: the span's model and provider.
@@ -288,6 +289,27 @@ impl Group {
             self.buckets[bucket] += 1;
             self.latency_sum += latency;
             self.latencies.push(latency);
+        }
+    }
+
+    /// (bucket, latencies in it) of the buckets hit.
+    fn hits(&self) -> impl Iterator<Item = (usize, u64)> + '_ {
+        (0..self.buckets.len())
+            .filter(|b| self.buckets[*b] > 0)
+            .map(|b| (b, self.buckets[b]))
+    }
+
+    /// The sums as the Python path adds a row of them (ints converted as Python converts them).
+    fn amounts(&self) -> Amounts<impl Iterator<Item = (usize, f64)> + '_> {
+        Amounts {
+            cost: self.cost.sum,
+            tokens_input: self.tokens_input as f64,
+            tokens_output: self.tokens_output as f64,
+            tokens: self.tokens_input.wrapping_add(self.tokens_output) as f64,
+            operations: self.count as f64,
+            errors: self.errors as f64,
+            latency: (!self.latencies.is_empty())
+                .then(|| (self.hits().map(|(b, n)| (b, n as f64)), self.latency_sum)),
         }
     }
 }
@@ -923,38 +945,35 @@ impl PolicyPlan {
             return Err(PyValueError::new_err("relabel returned other labels"));
         }
         let mut canonical: Vec<Vec<u32>> = Vec::with_capacity(width);
+        let mut texts: Vec<Vec<String>> = Vec::with_capacity(width);
         for values in &mapped {
             let mut first: FxHashMap<String, u32> = FxHashMap::default();
             let mut column = Vec::with_capacity(values.len());
+            let mut text_column = Vec::with_capacity(values.len());
             for (i, value) in values.iter().enumerate() {
                 let text: String = value.extract()?;
-                column.push(*first.entry(text).or_insert(i as u32));
+                column.push(*first.entry(text.clone()).or_insert(i as u32));
+                text_column.push(text);
             }
             canonical.push(column);
+            texts.push(text_column);
         }
         for (at, code) in codes.iter_mut().enumerate() {
             *code = canonical[at % width.max(1)][*code as usize];
         }
         let mut groups: FxHashMap<&[u32], usize> = FxHashMap::default();
-        let mut out_labels: Vec<Bound<'py, PyTuple>> = Vec::new();
+        let mut keys: Vec<u32> = Vec::new();
         let mut span_group = Vec::with_capacity(spans.len());
         for at in 0..spans.len() {
             let key = &codes[at * width..(at + 1) * width];
-            let group = match groups.get(key) {
-                Some(group) => *group,
-                None => {
-                    let labels = key
-                        .iter()
-                        .enumerate()
-                        .map(|(l, code)| mapped[l][*code as usize].clone());
-                    out_labels.push(PyTuple::new(py, labels)?);
-                    groups.insert(key, out_labels.len() - 1);
-                    out_labels.len() - 1
-                }
-            };
+            let next = groups.len();
+            let group = *groups.entry(key).or_insert_with(|| {
+                keys.extend_from_slice(key);
+                next
+            });
             span_group.push(group);
         }
-        let mut sums = vec![Group::new(); out_labels.len()];
+        let mut sums = vec![Group::new(); groups.len()];
         for (span, group) in spans.iter().zip(span_group) {
             sums[group].add(span);
         }
@@ -965,28 +984,31 @@ impl PolicyPlan {
             .is_empty()
             .then(|| spans.iter().map(|s| s.cost).collect());
         Ok(OperationGroups {
-            labels: out_labels.into_iter().map(Bound::unbind).collect(),
+            labels: mapped
+                .into_iter()
+                .map(|values| values.into_iter().map(Bound::unbind).collect())
+                .collect(),
+            texts,
+            keys,
             sums,
             costs,
         })
     }
 }
 
-/// A batch's operation sums per metric series (label combination), added to the series' value
-/// holders here for the series Python already resolved (GovernanceMetrics._direct).
+/// A batch's operation sums per metric series (label combination), added to the series'
+/// totals here for the series Python already resolved (see operation_totals.rs).
 #[pyclass]
 pub struct OperationGroups {
-    labels: Vec<Py<PyTuple>>,
+    /// Per label, the series label of each distinct value (what `keys` index), as Python
+    /// objects (for the groups handed back) and as text.
+    labels: Vec<Vec<Py<PyAny>>>,
+    texts: Vec<Vec<String>>,
+    /// Per group, one index into `texts` per label.
+    keys: Vec<u32>,
     sums: Vec<Group>,
     /// Without labels: the evaluated spans' costs, which the caller sums (see `groups`).
     costs: Option<Vec<Option<f64>>>,
-}
-
-/// `holder._value += amount`, as the Python path adds to prometheus_client's MutexValue.
-fn add_value(holder: &Bound<'_, PyAny>, amount: f64) -> PyResult<()> {
-    let name = pyo3::intern!(holder.py(), "_value");
-    let value: f64 = holder.getattr(name)?.extract()?;
-    holder.setattr(name, value + amount)
 }
 
 #[pymethods]
@@ -1007,59 +1029,71 @@ impl OperationGroups {
         };
     }
 
-    /// Adds each group to its series' holders in `direct` (labels -> (cost, tokens input,
-    /// tokens output, tokens, operations, errors, latency sum, latency buckets)); returns the
-    /// groups not there as (labels, cost, tokens input, tokens output, operations, errors,
-    /// [(bucket, latencies in it)] or None, latency sum, latencies). The caller holds the lock.
+    /// Adds each group, in batch order, to its series in `totals` (when given); returns the
+    /// groups of no series there as (labels, cost, tokens input, tokens output, operations,
+    /// errors, [(bucket, latencies in it)] or None, latency sum, latencies). The caller holds
+    /// GovernanceMetrics' update lock.
+    #[pyo3(signature = (totals=None))]
     fn add_to<'py>(
         &self,
         py: Python<'py>,
-        direct: &Bound<'py, PyDict>,
+        totals: Option<&Bound<'py, OperationTotals>>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let rest = PyList::empty(py);
-        for (labels, group) in self.labels.iter().zip(&self.sums) {
-            let labels = labels.bind(py);
-            let hit_buckets = || {
-                (0..group.buckets.len())
-                    .filter(|b| group.buckets[*b] > 0)
-                    .map(|b| (b, group.buckets[b]))
-            };
-            let Some(holders) = direct.get_item(labels)? else {
-                let buckets =
-                    (!group.latencies.is_empty()).then(|| hit_buckets().collect::<Vec<_>>());
-                rest.append((
-                    labels,
-                    group.cost.sum,
-                    group.tokens_input,
-                    group.tokens_output,
-                    group.count,
-                    group.errors,
-                    buckets,
-                    group.latency_sum,
-                    group.latencies.clone(),
-                ))?;
-                continue;
-            };
-            let holders: Bound<'py, PyTuple> = holders.extract()?;
-            add_value(&holders.get_item(0)?, group.cost.sum)?;
-            add_value(&holders.get_item(1)?, group.tokens_input as f64)?;
-            add_value(&holders.get_item(2)?, group.tokens_output as f64)?;
-            add_value(
-                &holders.get_item(3)?,
-                group.tokens_input.wrapping_add(group.tokens_output) as f64,
-            )?;
-            add_value(&holders.get_item(4)?, group.count as f64)?;
-            if group.errors > 0 {
-                add_value(&holders.get_item(5)?, group.errors as f64)?;
-            }
-            if !group.latencies.is_empty() {
-                let buckets = holders.get_item(7)?;
-                for (bucket, hits) in hit_buckets() {
-                    add_value(&buckets.get_item(bucket)?, hits as f64)?;
+        let mut rest: Vec<usize> = Vec::new();
+        match totals {
+            Some(totals) => {
+                let mut state = totals.get().lock();
+                let width = self.texts.len();
+                if state.width() != width {
+                    return Err(PyValueError::new_err("totals of another label set"));
                 }
-                add_value(&holders.get_item(6)?, group.latency_sum)?;
+                // A batch has few distinct values per label: each is looked up once.
+                let ids: Vec<Vec<Option<u32>>> = self
+                    .texts
+                    .iter()
+                    .enumerate()
+                    .map(|(l, values)| values.iter().map(|v| state.label_id(l, v)).collect())
+                    .collect();
+                let mut key: Vec<u32> = Vec::with_capacity(width);
+                for (g, group) in self.sums.iter().enumerate() {
+                    key.clear();
+                    key.extend(
+                        self.keys[g * width..(g + 1) * width]
+                            .iter()
+                            .enumerate()
+                            .map_while(|(l, code)| ids[l][*code as usize]),
+                    );
+                    let series = (key.len() == width).then(|| state.series(&key)).flatten();
+                    match series {
+                        Some(series) => state.add(series, group.amounts()),
+                        None => rest.push(g),
+                    }
+                }
             }
+            None => rest.extend(0..self.sums.len()),
         }
-        Ok(rest)
+        let listed = PyList::empty(py);
+        let width = self.labels.len();
+        for g in rest {
+            let group = &self.sums[g];
+            let key = &self.keys[g * width..(g + 1) * width];
+            let labels = key
+                .iter()
+                .zip(&self.labels)
+                .map(|(code, values)| values[*code as usize].bind(py));
+            let buckets = (!group.latencies.is_empty()).then(|| group.hits().collect::<Vec<_>>());
+            listed.append((
+                PyTuple::new(py, labels)?,
+                group.cost.sum,
+                group.tokens_input,
+                group.tokens_output,
+                group.count,
+                group.errors,
+                buckets,
+                group.latency_sum,
+                group.latencies.clone(),
+            ))?;
+        }
+        Ok(listed)
     }
 }
