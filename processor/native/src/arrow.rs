@@ -155,6 +155,60 @@ pub fn push_text(out: &mut Vec<u8>, raw: &[u8]) {
     }
 }
 
+/// Appends to the memory of a new bytes object of a known size; a write past its end is
+/// recorded (and the object refused), never made.
+pub struct Out {
+    ptr: *mut u8,
+    len: usize,
+    pub pos: usize,
+    pub overflow: bool,
+}
+
+impl Out {
+    #[inline]
+    pub fn put(&mut self, bytes: &[u8]) {
+        if bytes.len() <= self.len - self.pos.min(self.len) {
+            // SAFETY: in bounds of the object's `len` bytes, checked just above.
+            unsafe {
+                std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.add(self.pos), bytes.len())
+            };
+        } else {
+            self.overflow = true;
+        }
+        self.pos += bytes.len();
+    }
+}
+
+/// A bytes object of `len` bytes written by `fill` front to back. Unlike `PyBytes::new_with`
+/// the memory is not zeroed first (the outputs are up to a megabyte): `fill` must write exactly
+/// `len` bytes, else the object is dropped and an error returned, so no unwritten byte is seen.
+pub fn bytes_written<'py>(
+    py: Python<'py>,
+    len: usize,
+    fill: impl FnOnce(&mut Out) -> PyResult<()>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    // SAFETY: a new bytes object of `len` bytes; its memory is ours until it is handed out.
+    let (bytes, ptr) = unsafe {
+        let raw =
+            pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), len as pyo3::ffi::Py_ssize_t);
+        let bytes = Bound::from_owned_ptr_or_err(py, raw)?.cast_into_unchecked::<PyBytes>();
+        (bytes, pyo3::ffi::PyBytes_AsString(raw) as *mut u8)
+    };
+    let mut out = Out {
+        ptr,
+        len,
+        pos: 0,
+        overflow: false,
+    };
+    fill(&mut out)?;
+    if out.overflow || out.pos != len {
+        return Err(PyValueError::new_err(
+            "written bytes do not match their measured size",
+        ));
+    }
+    Ok(bytes)
+}
+
 /// Primitive values as one little-endian buffer, written straight into the Python bytes object;
 /// `parts` are concatenated.
 pub fn concat_to_py<'py, T: Copy, const N: usize>(
@@ -163,12 +217,10 @@ pub fn concat_to_py<'py, T: Copy, const N: usize>(
     to_bytes: impl Fn(T) -> [u8; N],
 ) -> PyResult<Bound<'py, PyBytes>> {
     let total = parts.iter().map(|p| p.len()).sum::<usize>();
-    PyBytes::new_with(py, total * N, |buf| {
-        let mut chunks = buf.chunks_exact_mut(N);
+    bytes_written(py, total * N, |out| {
         for part in parts {
-            // The part first: zip stops on it without taking a chunk the next part needs.
-            for (value, chunk) in part.iter().zip(&mut chunks) {
-                chunk.copy_from_slice(&to_bytes(*value));
+            for value in part.iter() {
+                out.put(&to_bytes(*value));
             }
         }
         Ok(())
