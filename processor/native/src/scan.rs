@@ -225,6 +225,9 @@ fn text(raw: &[u8]) -> Cow<'_, str> {
 }
 
 fn any_value(buf: &[u8]) -> WireResult<Scalar<'_>> {
+    if let Some(value) = single_value(buf) {
+        return Ok(value);
+    }
     let mut reader = Reader::new(buf);
     let mut value = Scalar::Missing;
     while !reader.done() {
@@ -245,6 +248,22 @@ fn any_value(buf: &[u8]) -> WireResult<Scalar<'_>> {
         };
     }
     Ok(value)
+}
+
+/// The usual AnyValue, one string, int, double or bool field and nothing else, read without the
+/// field loop (which gives the same value for it); None for any other shape.
+#[inline]
+fn single_value(buf: &[u8]) -> Option<Scalar<'_>> {
+    let mut reader = Reader::new(buf);
+    reader.pos = 1;
+    let value = match *buf.first()? {
+        0x0a => Scalar::Str(reader.bytes().ok()?),
+        0x18 => Scalar::Int(reader.varint().ok()? as i64),
+        0x21 => Scalar::Double(f64::from_bits(reader.fixed64().ok()?)),
+        0x10 => Scalar::Bool(reader.varint().ok()? != 0),
+        _ => return None,
+    };
+    reader.done().then_some(value)
 }
 
 /// Nested values as the JSON text Python's `json.dumps(..., ensure_ascii=False, separators=(",", ":"))`
@@ -341,6 +360,9 @@ fn json_string(text: &str, out: &mut String) {
 
 /// A KeyValue's key and the raw bytes of its AnyValue (decoded only when someone wants it).
 fn key_value(buf: &[u8]) -> WireResult<(&[u8], &[u8])> {
+    if let Some(pair) = plain_key_value(buf) {
+        return Ok(pair);
+    }
     let mut reader = Reader::new(buf);
     let mut key: &[u8] = b"";
     let mut value: &[u8] = b"";
@@ -353,6 +375,27 @@ fn key_value(buf: &[u8]) -> WireResult<(&[u8], &[u8])> {
         }
     }
     Ok((key, value))
+}
+
+/// A KeyValue laid out as key (field 1) then value (field 2) and nothing else, read without the
+/// field loop (which gives the same pair for it); None for any other shape.
+#[inline]
+fn plain_key_value(buf: &[u8]) -> Option<(&[u8], &[u8])> {
+    if buf.first() != Some(&0x0a) {
+        return None;
+    }
+    let mut reader = Reader::new(buf);
+    reader.pos = 1;
+    let key = reader.bytes().ok()?;
+    if reader.done() {
+        return Some((key, b""));
+    }
+    if buf[reader.pos] != 0x12 {
+        return None;
+    }
+    reader.pos += 1;
+    let value = reader.bytes().ok()?;
+    reader.done().then_some((key, value))
 }
 
 /// Where attribute values of a wanted key land: one slot per item or per resource, stored
