@@ -346,28 +346,34 @@ impl ArrowIn {
         }
     }
 
+    #[inline]
     fn bit(bits: &[u8], index: usize) -> bool {
         bits[index / 8] >> (index % 8) & 1 == 1
     }
 
+    #[inline]
     pub fn is_valid(&self, row: usize) -> bool {
         let validity = self.buffer(0);
         validity.is_empty() || Self::bit(validity, self.offset + row)
     }
 
+    #[inline]
     fn word(&self, row: usize) -> [u8; 8] {
         let at = (self.offset + row) * 8;
         self.buffer(1)[at..at + 8].try_into().expect("8 bytes")
     }
 
+    #[inline]
     pub fn bool_at(&self, row: usize) -> bool {
         Self::bit(self.buffer(1), self.offset + row)
     }
 
+    #[inline]
     pub fn i64_at(&self, row: usize) -> i64 {
         i64::from_le_bytes(self.word(row))
     }
 
+    #[inline]
     pub fn f64_at(&self, row: usize) -> f64 {
         f64::from_le_bytes(self.word(row))
     }
@@ -381,17 +387,29 @@ impl ArrowIn {
         start as usize..end as usize
     }
 
+    #[inline]
     pub fn view_at(&self, row: usize) -> PyResult<&[u8]> {
+        match self.view(row) {
+            Some(value) => Ok(value),
+            None => Err(view_out_of_buffer()),
+        }
+    }
+
+    #[inline]
+    fn view(&self, row: usize) -> Option<&[u8]> {
         let at = (self.offset + row) * 16;
         let view = &self.buffer(1)[at..at + 16];
         let len = u32::from_le_bytes(view[..4].try_into().expect("4 bytes")) as usize;
         if len <= INLINE {
-            return Ok(&view[4..4 + len]);
+            return Some(&view[4..4 + len]);
         }
         let index = u32::from_le_bytes(view[8..12].try_into().expect("4 bytes")) as usize;
         let start = u32::from_le_bytes(view[12..].try_into().expect("4 bytes")) as usize;
-        self.buffer(2 + index)
-            .get(start..start + len)
-            .ok_or_else(|| PyValueError::new_err("string view out of its data buffer"))
+        self.buffer(2 + index).get(start..start + len)
     }
+}
+
+#[cold]
+fn view_out_of_buffer() -> PyErr {
+    PyValueError::new_err("string view out of its data buffer")
 }
