@@ -147,12 +147,86 @@ impl Views {
     }
 }
 
+/// Whether `raw` is valid UTF-8. Most attribute text is short and ASCII: that is checked eight
+/// bytes at a time (the last word overlapping), and only other text goes through
+/// `std::str::from_utf8`, whose per-call setup costs more than this check on short values.
+#[inline]
+pub fn is_utf8(raw: &[u8]) -> bool {
+    let ascii = if raw.len() >= 8 {
+        let mut words = raw.chunks_exact(8);
+        let mut seen = u64::from_le_bytes(raw[raw.len() - 8..].try_into().expect("8 bytes"));
+        for word in &mut words {
+            seen |= u64::from_le_bytes(word.try_into().expect("8 bytes"));
+        }
+        seen & 0x8080_8080_8080_8080 == 0
+    } else {
+        raw.iter().fold(0u8, |seen, byte| seen | byte) < 0x80
+    };
+    ascii || std::str::from_utf8(raw).is_ok()
+}
+
 /// Text as Python decodes it from protobuf: invalid UTF-8 becomes U+FFFD.
+#[inline]
 pub fn push_text(out: &mut Vec<u8>, raw: &[u8]) {
-    match std::str::from_utf8(raw) {
-        Ok(_) => out.extend_from_slice(raw),
-        Err(_) => out.extend_from_slice(String::from_utf8_lossy(raw).as_bytes()),
+    if is_utf8(raw) {
+        out.extend_from_slice(raw);
+    } else {
+        out.extend_from_slice(String::from_utf8_lossy(raw).as_bytes());
     }
+}
+
+/// Appends to the memory of a new bytes object of a known size; a write past its end is
+/// recorded (and the object refused), never made.
+pub struct Out {
+    ptr: *mut u8,
+    len: usize,
+    pub pos: usize,
+    pub overflow: bool,
+}
+
+impl Out {
+    #[inline]
+    pub fn put(&mut self, bytes: &[u8]) {
+        if bytes.len() <= self.len - self.pos.min(self.len) {
+            // SAFETY: in bounds of the object's `len` bytes, checked just above.
+            unsafe {
+                std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.add(self.pos), bytes.len())
+            };
+        } else {
+            self.overflow = true;
+        }
+        self.pos += bytes.len();
+    }
+}
+
+/// A bytes object of `len` bytes written by `fill` front to back. Unlike `PyBytes::new_with`
+/// the memory is not zeroed first (the outputs are up to a megabyte): `fill` must write exactly
+/// `len` bytes, else the object is dropped and an error returned, so no unwritten byte is seen.
+pub fn bytes_written<'py>(
+    py: Python<'py>,
+    len: usize,
+    fill: impl FnOnce(&mut Out) -> PyResult<()>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    // SAFETY: a new bytes object of `len` bytes; its memory is ours until it is handed out.
+    let (bytes, ptr) = unsafe {
+        let raw =
+            pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), len as pyo3::ffi::Py_ssize_t);
+        let bytes = Bound::from_owned_ptr_or_err(py, raw)?.cast_into_unchecked::<PyBytes>();
+        (bytes, pyo3::ffi::PyBytes_AsString(raw) as *mut u8)
+    };
+    let mut out = Out {
+        ptr,
+        len,
+        pos: 0,
+        overflow: false,
+    };
+    fill(&mut out)?;
+    if out.overflow || out.pos != len {
+        return Err(PyValueError::new_err(
+            "written bytes do not match their measured size",
+        ));
+    }
+    Ok(bytes)
 }
 
 /// Primitive values as one little-endian buffer, written straight into the Python bytes object;
@@ -163,12 +237,10 @@ pub fn concat_to_py<'py, T: Copy, const N: usize>(
     to_bytes: impl Fn(T) -> [u8; N],
 ) -> PyResult<Bound<'py, PyBytes>> {
     let total = parts.iter().map(|p| p.len()).sum::<usize>();
-    PyBytes::new_with(py, total * N, |buf| {
-        let mut chunks = buf.chunks_exact_mut(N);
+    bytes_written(py, total * N, |out| {
         for part in parts {
-            // The part first: zip stops on it without taking a chunk the next part needs.
-            for (value, chunk) in part.iter().zip(&mut chunks) {
-                chunk.copy_from_slice(&to_bytes(*value));
+            for value in part.iter() {
+                out.put(&to_bytes(*value));
             }
         }
         Ok(())
@@ -274,28 +346,34 @@ impl ArrowIn {
         }
     }
 
+    #[inline]
     fn bit(bits: &[u8], index: usize) -> bool {
         bits[index / 8] >> (index % 8) & 1 == 1
     }
 
+    #[inline]
     pub fn is_valid(&self, row: usize) -> bool {
         let validity = self.buffer(0);
         validity.is_empty() || Self::bit(validity, self.offset + row)
     }
 
+    #[inline]
     fn word(&self, row: usize) -> [u8; 8] {
         let at = (self.offset + row) * 8;
         self.buffer(1)[at..at + 8].try_into().expect("8 bytes")
     }
 
+    #[inline]
     pub fn bool_at(&self, row: usize) -> bool {
         Self::bit(self.buffer(1), self.offset + row)
     }
 
+    #[inline]
     pub fn i64_at(&self, row: usize) -> i64 {
         i64::from_le_bytes(self.word(row))
     }
 
+    #[inline]
     pub fn f64_at(&self, row: usize) -> f64 {
         f64::from_le_bytes(self.word(row))
     }
@@ -309,17 +387,29 @@ impl ArrowIn {
         start as usize..end as usize
     }
 
+    #[inline]
     pub fn view_at(&self, row: usize) -> PyResult<&[u8]> {
+        match self.view(row) {
+            Some(value) => Ok(value),
+            None => Err(view_out_of_buffer()),
+        }
+    }
+
+    #[inline]
+    fn view(&self, row: usize) -> Option<&[u8]> {
         let at = (self.offset + row) * 16;
         let view = &self.buffer(1)[at..at + 16];
         let len = u32::from_le_bytes(view[..4].try_into().expect("4 bytes")) as usize;
         if len <= INLINE {
-            return Ok(&view[4..4 + len]);
+            return Some(&view[4..4 + len]);
         }
         let index = u32::from_le_bytes(view[8..12].try_into().expect("4 bytes")) as usize;
         let start = u32::from_le_bytes(view[12..].try_into().expect("4 bytes")) as usize;
-        self.buffer(2 + index)
-            .get(start..start + len)
-            .ok_or_else(|| PyValueError::new_err("string view out of its data buffer"))
+        self.buffer(2 + index).get(start..start + len)
     }
+}
+
+#[cold]
+fn view_out_of_buffer() -> PyErr {
+    PyValueError::new_err("string view out of its data buffer")
 }

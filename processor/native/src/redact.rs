@@ -83,6 +83,8 @@ struct KeyClass {
 struct Caches {
     keys: FxHashMap<Box<[u8]>, KeyClass>,
     clean: FxHashSet<Box<[u8]>>,
+    /// The clean values of at most 12 bytes, as `short_key`s: no pointer to follow, no memcmp.
+    clean_short: FxHashSet<u128>,
     /// Per value rule: candidate -> the part its check accepted.
     checks: Vec<FxHashMap<String, Option<String>>>,
     hashes: FxHashMap<String, String>,
@@ -243,6 +245,35 @@ impl<'a> Strs<'a> {
         }
     }
 
+    /// Element i's 16-byte view in a view-layout column (None for the other layouts). Equal
+    /// views are equal strings: an inline one holds the string, another points at the same bytes.
+    #[inline(always)]
+    fn view(&self, i: usize) -> Option<u128> {
+        match self.layout {
+            StrLayout::View => {
+                let at = (self.offset + i) * 16;
+                Some(u128::from_le_bytes(
+                    self.index[at..at + 16].try_into().unwrap(),
+                ))
+            }
+            _ => None,
+        }
+    }
+
+    /// Asks the CPU to start loading element i's bytes (a hint only; nothing when out of range).
+    #[inline(always)]
+    fn prefetch(&self, i: usize) {
+        if i >= self.len {
+            return;
+        }
+        let (buffer, start, _) = self.bounds(i);
+        if let Some(data) = self.data.get(buffer) {
+            if let Some(byte) = data.get(start) {
+                prefetch(byte);
+            }
+        }
+    }
+
     #[inline(always)]
     fn get(&self, i: usize) -> &'a [u8] {
         let (buffer, start, end) = self.bounds(i);
@@ -297,6 +328,18 @@ impl IntColumn {
             (4, true) => i32::from_le_bytes(raw.try_into().unwrap()) as i64,
             _ => u32::from_le_bytes(raw.try_into().unwrap()) as i64,
         }
+    }
+}
+
+#[inline(always)]
+fn prefetch(byte: &u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint; it reads nothing and faults on nothing.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(
+            byte as *const u8 as *const i8,
+            std::arch::x86_64::_MM_HINT_T0,
+        );
     }
 }
 
@@ -374,6 +417,19 @@ fn char_prefix(bytes: &[u8], chars: usize) -> &[u8] {
     bytes
 }
 
+/// A string of at most 12 bytes as one number (its length, then its bytes, zero-padded: the
+/// inline view layout); None for a longer one.
+#[inline(always)]
+fn short_key(text: &[u8]) -> Option<u128> {
+    if text.len() > 12 {
+        return None;
+    }
+    let mut bytes = [0u8; 16];
+    bytes[..4].copy_from_slice(&(text.len() as u32).to_le_bytes());
+    bytes[4..4 + text.len()].copy_from_slice(text);
+    Some(u128::from_le_bytes(bytes))
+}
+
 /// Which value rules match a value, one bit per rule (rule sets have at most 64 value rules; a
 /// value with no bit set is not scanned further).
 type RuleMask = u64;
@@ -440,14 +496,23 @@ impl Redactor {
 
     /// The value rules matching `text`; 0 for most values, which is decided without a set scan.
     fn value_rules_matching(&self, caches: &mut Caches, text: &[u8]) -> RuleMask {
+        let tiny = short_key(text);
+        if let Some(tiny) = tiny {
+            if caches.clean_short.contains(&tiny) {
+                return 0;
+            }
+        }
         let short = text.len() <= CLEAN_MAX_LEN;
-        if short && caches.clean.contains(text) {
+        if tiny.is_none() && short && caches.clean.contains(text) {
             return 0;
         }
         if self.value_set.is_match(text) {
             return self.rule_mask(text);
         }
-        if short {
+        if let Some(tiny) = tiny {
+            bounded_set(&mut caches.clean_short, CLEAN_LIMIT);
+            caches.clean_short.insert(tiny);
+        } else if short {
             bounded_set(&mut caches.clean, CLEAN_LIMIT);
             caches.clean.insert(text.into());
         }
@@ -799,14 +864,32 @@ impl Redactor {
             counts: vec![0; not_allowed_slot + 1],
         };
         let mut hits: Vec<Hit> = Vec::new();
+        // A batch's keys repeat (the scan stores each once): classes found by view for the batch.
+        let mut batch_keys: FxHashMap<u128, KeyClass> = FxHashMap::default();
+        let attribute = short_key(b"attribute");
+        let event = short_key(b"event");
         for i in 0..values.value.len {
-            let key = values.key.get(i);
-            let class = match caches.keys.get(key) {
-                Some(class) => *class,
+            // Values sit in the request bytes, last read by the scan: their loads are started
+            // a few values ahead of the lookups that wait for them.
+            values.value.prefetch(i + 8);
+            let view = values.key.view(i);
+            let known = view.and_then(|view| batch_keys.get(&view).copied());
+            let class = match known {
+                Some(class) => class,
                 None => {
-                    let class = self.classify(key)?;
-                    bounded(&mut caches.keys, CACHE_LIMIT);
-                    caches.keys.insert(key.into(), class);
+                    let key = values.key.get(i);
+                    let class = match caches.keys.get(key) {
+                        Some(class) => *class,
+                        None => {
+                            let class = self.classify(key)?;
+                            bounded(&mut caches.keys, CACHE_LIMIT);
+                            caches.keys.insert(key.into(), class);
+                            class
+                        }
+                    };
+                    if let Some(view) = view {
+                        batch_keys.insert(view, class);
+                    }
                     class
                 }
             };
@@ -814,7 +897,13 @@ impl Redactor {
                 continue;
             }
             let scope = values.scope.get(i);
-            if !class.allowed && (scope == b"attribute" || scope == b"event") {
+            let scope_view = values.scope.view(i);
+            let item_scope = if scope_view == attribute || scope_view == event {
+                true
+            } else {
+                scope == b"attribute" || scope == b"event"
+            };
+            if !class.allowed && item_scope {
                 changes.push(i, None, not_allowed_slot);
                 continue;
             }

@@ -12,10 +12,10 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyFloat, PyInt, PyList, PyString, PyTuple};
 
-use crate::arrow::{ArrowIn, Kind};
+use crate::arrow::{bytes_written, ArrowIn, Kind, Out};
 use crate::fasthash::{FastMap, FastSet, KeyBytes};
 use crate::wire::{
-    len_field_size, put_len, put_tag, put_varint, Reader, WireResult, I64, LEN, VARINT,
+    len_field_size, put_len, put_tag, put_varint, varint_len, Reader, WireResult, I64, LEN, VARINT,
 };
 
 /// AnyValue message content for one Python value; None for Python None.
@@ -129,6 +129,10 @@ fn put_key_string(out: &mut Vec<u8>, field: u32, key: &[u8], text: &[u8]) {
 }
 
 fn key_of(kv: &[u8]) -> WireResult<&[u8]> {
+    // The usual shape (key, then value, nothing else) read directly; anything else by the loop.
+    if let Some(key) = plain_key(kv) {
+        return Ok(key);
+    }
     let mut reader = Reader::new(kv);
     let mut key: &[u8] = b"";
     while !reader.done() {
@@ -142,6 +146,35 @@ fn key_of(kv: &[u8]) -> WireResult<&[u8]> {
     Ok(key)
 }
 
+/// The key of a KeyValue laid out as field 1 then field 2 ending the message, or None.
+#[inline]
+fn plain_key(kv: &[u8]) -> Option<&[u8]> {
+    let mut reader = Reader::new(kv);
+    if kv.first() != Some(&0x0a) {
+        return None;
+    }
+    reader.pos = 1;
+    let key = reader.bytes().ok()?;
+    if reader.done() {
+        return Some(key);
+    }
+    if kv[reader.pos] != 0x12 {
+        return None;
+    }
+    reader.pos += 1;
+    reader.bytes().ok()?;
+    reader.done().then_some(key)
+}
+
+/// Whether a length-delimited field at `buf[start..]` with content `content` carries the header
+/// `put_len` writes (one-byte tag, shortest length varint): then its bytes are what `put_len`
+/// would write, and a run of such fields is copied as one block.
+#[inline]
+fn canonical(buf: &[u8], start: usize, content: &[u8]) -> bool {
+    content.as_ptr() as usize - (buf.as_ptr() as usize + start)
+        == 1 + varint_len(content.len() as u64)
+}
+
 /// Address of an attribute value: (owner, position in the owner's attribute list).
 type Address = (usize, usize);
 /// New string value (a range of `Edits::texts`), or None to drop the attribute.
@@ -151,9 +184,14 @@ type Replacement = Option<Range<usize>>;
 struct Edits<'k> {
     keys: Vec<&'k [u8]>,
     key_index: FastMap<KeyBytes<'k>, usize>,
-    /// column -> row -> AnyValue content as (start, end) in `values_data`; start == end: none
-    /// (no AnyValue encodes to nothing).
-    values: Vec<Vec<(u32, u32)>>,
+    /// row * columns + column -> AnyValue content as (start, end) in `values_data`; start == end:
+    /// none (no AnyValue encodes to nothing). Row-major: an item reads its values side by side.
+    values: Vec<(u32, u32)>,
+    /// Columns per row of `values` (every key is registered before any value is set).
+    columns: usize,
+    /// (key length % 64, last key byte) of every key, one bit each: most attributes of an item
+    /// are told apart from the set keys by this alone, without hashing their key.
+    key_filter: Vec<u64>,
     values_data: Vec<u8>,
     item: FastMap<Address, Replacement>,
     event: FastMap<Address, Replacement>,
@@ -181,6 +219,38 @@ impl<'k> Edits<'k> {
         &self.texts[range.clone()]
     }
 
+    #[inline]
+    fn key_signature(key: &[u8]) -> usize {
+        (key.len() % 64) * 256 + key.last().map_or(0, |b| *b as usize)
+    }
+
+    /// Every set key, before any value: fixes the width of the row-major value table.
+    fn set_keys<'a>(&mut self, keys: impl Iterator<Item = &'k str>, rows: usize) {
+        self.key_filter = vec![0; 64 * 256 / 64];
+        for key in keys {
+            let key = key.as_bytes();
+            if !self.key_index.contains_key(&KeyBytes(key)) {
+                self.key_index.insert(KeyBytes(key), self.keys.len());
+                self.keys.push(key);
+                let signature = Self::key_signature(key);
+                self.key_filter[signature / 64] |= 1 << (signature % 64);
+            }
+        }
+        self.columns = self.keys.len();
+        self.values = vec![(0, 0); rows * self.columns];
+    }
+
+    /// The set column of an attribute key, if any.
+    #[inline]
+    fn column_of(&self, key: &[u8]) -> Option<usize> {
+        let signature = Self::key_signature(key);
+        if self.key_filter.get(signature / 64).copied().unwrap_or(0) & (1 << (signature % 64)) == 0
+        {
+            return None;
+        }
+        self.key_index.get(&KeyBytes(key)).copied()
+    }
+
     /// Later values for a key overwrite earlier ones row by row, as when applied in turn.
     fn set_column(
         &mut self,
@@ -188,26 +258,16 @@ impl<'k> Edits<'k> {
         rows: usize,
         mut encode: impl FnMut(usize, &mut Vec<u8>) -> PyResult<bool>,
     ) -> PyResult<()> {
-        let key = key.as_bytes();
-        let column = match self.key_index.get(&KeyBytes(key)) {
-            Some(&column) => column,
-            None => {
-                let column = self.keys.len();
-                self.key_index.insert(KeyBytes(key), column);
-                self.keys.push(key);
-                self.values.push(vec![(0, 0); rows]);
-                column
-            }
-        };
-        if self.values[column].len() < rows {
-            self.values[column].resize(rows, (0, 0));
-        }
+        let column = *self
+            .key_index
+            .get(&KeyBytes(key.as_bytes()))
+            .expect("keys are registered first");
         for row in 0..rows {
             let start = self.values_data.len();
             if encode(row, &mut self.values_data)? {
                 let end = u32::try_from(self.values_data.len())
                     .map_err(|_| PyValueError::new_err("set_attributes values over 4 GiB"))?;
-                self.values[column][row] = (start as u32, end);
+                self.values[row * self.columns + column] = (start as u32, end);
                 self.touch_row(row);
             }
         }
@@ -216,7 +276,7 @@ impl<'k> Edits<'k> {
 
     #[inline]
     fn value(&self, column: usize, row: usize) -> Option<&[u8]> {
-        match self.values[column].get(row) {
+        match self.values.get(row * self.columns + column) {
             Some(&(start, end)) if start != end => {
                 Some(&self.values_data[start as usize..end as usize])
             }
@@ -224,44 +284,8 @@ impl<'k> Edits<'k> {
         }
     }
 
-    fn item_attribute(
-        &self,
-        row: usize,
-        position: usize,
-        kv: &[u8],
-        done: &mut [bool],
-        out: &mut Vec<u8>,
-        field: u32,
-    ) -> WireResult<()> {
-        let rewrite = if self.rewritten_rows.get(row).copied().unwrap_or(false) {
-            self.item.get(&(row, position))
-        } else {
-            None
-        };
-        if let Some(None) = rewrite {
-            // Dropped: a stage setting the same key appends it anew at the end, as in Python.
-            return Ok(());
-        }
-        let key = key_of(kv)?;
-        // A stage's set_attributes applies after the rewrites, as in the Python encoder.
-        if let Some(&column) = self.key_index.get(&KeyBytes(key)) {
-            if !done[column] {
-                if let Some(value) = self.value(column, row) {
-                    done[column] = true;
-                    put_key_value(out, field, key, value);
-                    return Ok(());
-                }
-            }
-        }
-        match rewrite {
-            None => put_len(out, field, kv),
-            Some(None) => {}
-            Some(Some(text)) => put_key_string(out, field, key, self.text(text)),
-        }
-        Ok(())
-    }
-
-    /// A changed item's new content, appended to `built`.
+    /// A changed item's new content, appended to `built`. Fields kept as they are accumulate
+    /// into one run of the item's bytes, copied when something changed is written (or at the end).
     fn build_item(
         &self,
         buf: &[u8],
@@ -274,43 +298,95 @@ impl<'k> Edits<'k> {
         let done = &mut layout.done;
         done.clear();
         done.resize(self.keys.len(), false);
+        let rewritten = self.rewritten_rows.get(row).copied().unwrap_or(false);
         let mut position = 0;
+        let mut run = 0;
         let mut reader = Reader::new(buf);
         while !reader.done() {
             let start = reader.pos;
             let (field, wire) = reader.tag()?;
             if field == attribute_field && wire == LEN {
                 let kv = reader.bytes()?;
-                self.item_attribute(row, position, kv, done, out, attribute_field)?;
+                let rewrite = if rewritten {
+                    self.item.get(&(row, position))
+                } else {
+                    None
+                };
                 position += 1;
+                if let Some(None) = rewrite {
+                    // Dropped: a stage setting the same key appends it anew at the end, as in Python.
+                    out.extend_from_slice(&buf[run..start]);
+                    run = reader.pos;
+                    continue;
+                }
+                let key = key_of(kv)?;
+                // A stage's set_attributes applies after the rewrites, as in the Python encoder.
+                let set = self.column_of(key).and_then(|column| {
+                    if done[column] {
+                        return None;
+                    }
+                    let value = self.value(column, row)?;
+                    done[column] = true;
+                    Some(value)
+                });
+                if let Some(value) = set {
+                    out.extend_from_slice(&buf[run..start]);
+                    put_key_value(out, attribute_field, key, value);
+                    run = reader.pos;
+                    continue;
+                }
+                match rewrite {
+                    None if canonical(buf, start, kv) => {}
+                    None => {
+                        out.extend_from_slice(&buf[run..start]);
+                        put_len(out, attribute_field, kv);
+                        run = reader.pos;
+                    }
+                    Some(text) => {
+                        out.extend_from_slice(&buf[run..start]);
+                        if let Some(text) = text {
+                            put_key_string(out, attribute_field, key, self.text(text));
+                        }
+                        run = reader.pos;
+                    }
+                }
             } else if !logs && field == 11 && wire == LEN {
                 let event = reader.bytes()?;
                 let index = layout.events;
                 layout.events += 1;
                 if self.touched_events.contains(&index) {
+                    out.extend_from_slice(&buf[run..start]);
                     put_len(
                         out,
                         11,
                         &self.rewrite_attributes(event, 3, index, &self.event)?,
                     );
-                } else {
+                    run = reader.pos;
+                } else if !canonical(buf, start, event) {
+                    out.extend_from_slice(&buf[run..start]);
                     put_len(out, 11, event);
+                    run = reader.pos;
                 }
             } else if logs && field == 5 && wire == LEN && self.body.contains_key(&row) {
                 reader.bytes()?;
+                out.extend_from_slice(&buf[run..start]);
                 if let Some(Some(text)) = self.body.get(&row) {
                     put_len(out, 5, &string_any(self.text(text)));
                 }
+                run = reader.pos;
             } else {
                 reader.skip(wire)?;
-                out.extend_from_slice(&buf[start..reader.pos]);
             }
         }
-        for (column, key) in self.keys.iter().enumerate() {
-            if !done[column] {
-                if let Some(value) = self.value(column, row) {
-                    put_key_value(out, attribute_field, key, value);
-                }
+        out.extend_from_slice(&buf[run..]);
+        let row_values = self
+            .values
+            .get(row * self.columns..(row + 1) * self.columns)
+            .unwrap_or(&[]);
+        for (column, &(start, end)) in row_values.iter().enumerate() {
+            if start != end && !done[column] {
+                let value = &self.values_data[start as usize..end as usize];
+                put_key_value(out, attribute_field, self.keys[column], value);
             }
         }
         if let Some(events) = self.new_events.get(&row) {
@@ -499,24 +575,14 @@ struct Layout {
     done: Vec<bool>,
 }
 
-/// Writes into the Python bytes object's buffer, sized by the layout. A write past its end
-/// (measure and emit disagreeing: a bug) is recorded, not a panic.
-struct Cursor<'a> {
-    buf: &'a mut [u8],
-    pos: usize,
-    overflow: bool,
+/// The writes `emit` needs on top of `Out::put`.
+trait Emit {
+    fn varint(&mut self, value: u64);
+    fn tag(&mut self, field: u32, wire: u8);
+    fn len_field(&mut self, field: u32, content: &[u8]);
 }
 
-impl Cursor<'_> {
-    #[inline]
-    fn put(&mut self, bytes: &[u8]) {
-        match self.buf.get_mut(self.pos..self.pos + bytes.len()) {
-            Some(target) => target.copy_from_slice(bytes),
-            None => self.overflow = true,
-        }
-        self.pos += bytes.len();
-    }
-
+impl Emit for Out {
     #[inline]
     fn varint(&mut self, mut value: u64) {
         let mut encoded = [0u8; 10];
@@ -544,7 +610,7 @@ impl Cursor<'_> {
 }
 
 /// Second pass: the request with every changed message swapped in; lengths from the layout.
-fn emit(raw: &[u8], layout: &Layout, out: &mut Cursor<'_>) -> WireResult<()> {
+fn emit(raw: &[u8], layout: &Layout, out: &mut Out) -> WireResult<()> {
     let (mut group, mut scope, mut item) = (0, 0, 0);
     let mut reader = Reader::new(raw);
     while !reader.done() {
@@ -644,25 +710,45 @@ pub fn rewrite<'py>(
         edits.new_events.entry(row).or_default().push(event);
         edits.touch_row(row);
     }
-    for (key, values) in &columns {
-        if let Ok(list) = values.cast::<PyList>() {
-            edits.set_column(key, list.len(), |row, out| {
+    enum Source<'a, 'py> {
+        List(&'a Bound<'py, PyList>),
+        Arrow(ArrowIn),
+    }
+    let sources = columns
+        .iter()
+        .map(|(_, values)| match values.cast::<PyList>() {
+            Ok(list) => Ok(Source::List(list)),
+            Err(_) => ArrowIn::extract(values).map(Source::Arrow),
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    let lengths: Vec<usize> = sources
+        .iter()
+        .map(|source| match source {
+            Source::List(list) => list.len(),
+            Source::Arrow(column) => column.len,
+        })
+        .collect();
+    edits.set_keys(
+        columns.iter().map(|(key, _)| key.as_str()),
+        lengths.iter().copied().max().unwrap_or(0),
+    );
+    for (((key, _), source), rows) in columns.iter().zip(&sources).zip(lengths) {
+        match source {
+            Source::List(list) => edits.set_column(key, rows, |row, out| {
                 let value = list.get_item(row)?;
                 if value.is_none() {
                     return Ok(false);
                 }
                 encode_any(&value, out)?;
                 Ok(true)
-            })?;
-        } else {
-            let column = ArrowIn::extract(values)?;
-            edits.set_column(key, column.len, |row, out| {
+            })?,
+            Source::Arrow(column) => edits.set_column(key, rows, |row, out| {
                 if !column.is_valid(row) {
                     return Ok(false);
                 }
-                encode_arrow(&column, row, out)?;
+                encode_arrow(column, row, out)?;
                 Ok(true)
-            })?;
+            })?,
         }
     }
     for frame in rewrites {
@@ -692,18 +778,7 @@ pub fn rewrite<'py>(
     };
     let (layout, total) = py.detach(measure).map_err(PyValueError::new_err)?;
     // Written straight into the bytes object: its size is known from the layout.
-    PyBytes::new_with(py, total, |buf| {
-        let mut out = Cursor {
-            buf,
-            pos: 0,
-            overflow: false,
-        };
-        emit(raw, &layout, &mut out).map_err(PyValueError::new_err)?;
-        if out.overflow || out.pos != total {
-            return Err(PyValueError::new_err(
-                "rewritten request does not match its measured size",
-            ));
-        }
-        Ok(())
+    bytes_written(py, total, |out| {
+        emit(raw, &layout, out).map_err(PyValueError::new_err)
     })
 }

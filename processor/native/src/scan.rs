@@ -11,7 +11,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 
 use crate::arrow::{
-    concat_to_py, le_bytes, push_text, view_in, view_of, view_written, Bitmap, View, Views, INLINE,
+    concat_to_py, is_utf8, le_bytes, push_text, view_in, view_of, view_written, Bitmap, View,
+    Views, INLINE,
 };
 use crate::fasthash::{FastMap, KeyBytes};
 use crate::wire::{Reader, WireResult, I64, LEN, VARINT};
@@ -58,10 +59,8 @@ impl Scalar<'_> {
         match *self {
             Scalar::Str(s) => push_text(out, s),
             Scalar::Bool(b) => out.extend_from_slice(if b { b"true" } else { b"false" }),
-            Scalar::Int(i) => {
-                let _ = write!(out, "{i}");
-            }
-            Scalar::Double(d) => out.extend_from_slice(python_float_repr(d).as_bytes()),
+            Scalar::Int(i) => push_int(out, i),
+            Scalar::Double(d) => push_float_repr(out, d),
             Scalar::Bytes(b) => push_hex(out, b),
             Scalar::Array(raw) | Scalar::KvList(raw) => {
                 let mut rendered = String::new();
@@ -108,51 +107,116 @@ fn hex(raw: &[u8]) -> String {
     String::from_utf8(out).expect("hex digits are ASCII")
 }
 
+/// Decimal digits of an integer, as `{i}` formats it, without the formatting machinery.
+fn push_int(out: &mut Vec<u8>, value: i64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = value.unsigned_abs();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    if value < 0 {
+        out.push(b'-');
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// A fixed buffer `write!` formats into: a double's `{:e}` form is at most 25 bytes.
+struct Stack {
+    bytes: [u8; 40],
+    len: usize,
+}
+
+impl std::fmt::Write for Stack {
+    fn write_str(&mut self, text: &str) -> std::fmt::Result {
+        let end = self.len + text.len();
+        self.bytes
+            .get_mut(self.len..end)
+            .ok_or(std::fmt::Error)?
+            .copy_from_slice(text.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
 /// Formats a double the way Python's repr does, so both decoders render values alike.
 fn python_float_repr(d: f64) -> String {
+    let mut out = Vec::with_capacity(24);
+    push_float_repr(&mut out, d);
+    String::from_utf8(out).expect("a formatted number is ASCII")
+}
+
+/// `python_float_repr`, appended to `out` with no allocation of its own.
+fn push_float_repr(out: &mut Vec<u8>, d: f64) {
     if d.is_nan() {
-        return "nan".into();
+        return out.extend_from_slice(b"nan");
     }
     if d.is_infinite() {
-        return if d > 0.0 { "inf".into() } else { "-inf".into() };
+        return out.extend_from_slice(if d > 0.0 { b"inf" } else { b"-inf" });
     }
     if d == 0.0 {
-        return if d.is_sign_negative() {
-            "-0.0".into()
+        return out.extend_from_slice(if d.is_sign_negative() {
+            b"-0.0"
         } else {
-            "0.0".into()
-        };
+            b"0.0"
+        });
     }
     // `{:e}` gives the shortest round-trip digits: "-1.2345e-7".
-    let sci = format!("{d:e}");
-    let (mantissa, exponent) = sci.split_once('e').unwrap_or((&sci, "0"));
-    let exponent: i32 = exponent.parse().unwrap_or(0);
-    let negative = mantissa.starts_with('-');
-    let digits: String = mantissa.chars().filter(|c| c.is_ascii_digit()).collect();
-    let sign = if negative { "-" } else { "" };
+    let mut sci = Stack {
+        bytes: [0; 40],
+        len: 0,
+    };
+    std::fmt::Write::write_fmt(&mut sci, format_args!("{d:e}")).expect("fits 40 bytes");
+    let sci = &sci.bytes[..sci.len];
+    let e = sci.iter().position(|&b| b == b'e').unwrap_or(sci.len());
+    let (mantissa, exponent) = (&sci[..e], sci.get(e + 1..).unwrap_or(b"0"));
+    let exponent: i32 = std::str::from_utf8(exponent)
+        .ok()
+        .and_then(|e| e.parse().ok())
+        .unwrap_or(0);
+    let mut digits = [0u8; 24];
+    let mut count = 0;
+    for &b in mantissa.iter().filter(|b| b.is_ascii_digit()) {
+        digits[count] = b;
+        count += 1;
+    }
+    let digits = &digits[..count];
+    if mantissa.first() == Some(&b'-') {
+        out.push(b'-');
+    }
     if (-4..16).contains(&exponent) {
         let point = exponent + 1;
-        let body = if point <= 0 {
-            format!("0.{}{}", "0".repeat((-point) as usize), digits)
+        if point <= 0 {
+            out.extend_from_slice(b"0.");
+            out.resize(out.len() + (-point) as usize, b'0');
+            out.extend_from_slice(digits);
         } else if point as usize >= digits.len() {
-            format!("{}{}.0", digits, "0".repeat(point as usize - digits.len()))
+            out.extend_from_slice(digits);
+            out.resize(out.len() + point as usize - digits.len(), b'0');
+            out.extend_from_slice(b".0");
         } else {
-            format!(
-                "{}.{}",
-                &digits[..point as usize],
-                &digits[point as usize..]
-            )
-        };
-        format!("{sign}{body}")
+            out.extend_from_slice(&digits[..point as usize]);
+            out.push(b'.');
+            out.extend_from_slice(&digits[point as usize..]);
+        }
     } else {
-        let rest = &digits[1..];
-        let mantissa = if rest.is_empty() {
-            digits[..1].to_string()
-        } else {
-            format!("{}.{}", &digits[..1], rest)
-        };
-        let esign = if exponent < 0 { "-" } else { "+" };
-        format!("{sign}{mantissa}e{esign}{:02}", exponent.abs())
+        out.push(digits[0]);
+        if digits.len() > 1 {
+            out.push(b'.');
+            out.extend_from_slice(&digits[1..]);
+        }
+        out.push(b'e');
+        out.push(if exponent < 0 { b'-' } else { b'+' });
+        let magnitude = exponent.unsigned_abs();
+        if magnitude < 10 {
+            out.push(b'0');
+        }
+        push_int(out, magnitude as i64);
     }
 }
 
@@ -161,6 +225,9 @@ fn text(raw: &[u8]) -> Cow<'_, str> {
 }
 
 fn any_value(buf: &[u8]) -> WireResult<Scalar<'_>> {
+    if let Some(value) = single_value(buf) {
+        return Ok(value);
+    }
     let mut reader = Reader::new(buf);
     let mut value = Scalar::Missing;
     while !reader.done() {
@@ -181,6 +248,22 @@ fn any_value(buf: &[u8]) -> WireResult<Scalar<'_>> {
         };
     }
     Ok(value)
+}
+
+/// The usual AnyValue, one string, int, double or bool field and nothing else, read without the
+/// field loop (which gives the same value for it); None for any other shape.
+#[inline]
+fn single_value(buf: &[u8]) -> Option<Scalar<'_>> {
+    let mut reader = Reader::new(buf);
+    reader.pos = 1;
+    let value = match *buf.first()? {
+        0x0a => Scalar::Str(reader.bytes().ok()?),
+        0x18 => Scalar::Int(reader.varint().ok()? as i64),
+        0x21 => Scalar::Double(f64::from_bits(reader.fixed64().ok()?)),
+        0x10 => Scalar::Bool(reader.varint().ok()? != 0),
+        _ => return None,
+    };
+    reader.done().then_some(value)
 }
 
 /// Nested values as the JSON text Python's `json.dumps(..., ensure_ascii=False, separators=(",", ":"))`
@@ -277,6 +360,9 @@ fn json_string(text: &str, out: &mut String) {
 
 /// A KeyValue's key and the raw bytes of its AnyValue (decoded only when someone wants it).
 fn key_value(buf: &[u8]) -> WireResult<(&[u8], &[u8])> {
+    if let Some(pair) = plain_key_value(buf) {
+        return Ok(pair);
+    }
     let mut reader = Reader::new(buf);
     let mut key: &[u8] = b"";
     let mut value: &[u8] = b"";
@@ -289,6 +375,27 @@ fn key_value(buf: &[u8]) -> WireResult<(&[u8], &[u8])> {
         }
     }
     Ok((key, value))
+}
+
+/// A KeyValue laid out as key (field 1) then value (field 2) and nothing else, read without the
+/// field loop (which gives the same pair for it); None for any other shape.
+#[inline]
+fn plain_key_value(buf: &[u8]) -> Option<(&[u8], &[u8])> {
+    if buf.first() != Some(&0x0a) {
+        return None;
+    }
+    let mut reader = Reader::new(buf);
+    reader.pos = 1;
+    let key = reader.bytes().ok()?;
+    if reader.done() {
+        return Some((key, b""));
+    }
+    if buf[reader.pos] != 0x12 {
+        return None;
+    }
+    reader.pos += 1;
+    let value = reader.bytes().ok()?;
+    reader.done().then_some((key, value))
 }
 
 /// Where attribute values of a wanted key land: one slot per item or per resource, stored
@@ -516,7 +623,7 @@ impl StringValues {
         let value_view = match value {
             // Most of a request's bytes are string values: the view points into the request
             // itself (data buffer 1 on the Python side) instead of copying them.
-            Scalar::Str(text) if text.len() > INLINE && std::str::from_utf8(text).is_ok() => {
+            Scalar::Str(text) if text.len() > INLINE && is_utf8(text) => {
                 view_in(text, 1, text.as_ptr() as usize - self.request)
             }
             _ => view_written(&mut self.value_data, |out| rendered = value.render(out)),
