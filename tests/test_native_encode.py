@@ -155,6 +155,8 @@ def test_typed_columns_encode_identically(monkeypatch, data, spans):
 
 
 def test_untouched_spans_keep_their_exact_bytes(monkeypatch):
+    # The rewriter's own property (the suite also runs with GENOPS_NATIVE_DECODE=0).
+    monkeypatch.setenv("GENOPS_NATIVE_DECODE", "1")
     spans = [span(attributes={"a": i}) for i in range(3)]
     raw = trace_request(spans).SerializeToString()
     batch = decode_traces(raw, WANTED)
