@@ -5,6 +5,7 @@ python -m benchmarks.run soak      # one sidecar under steady load, RSS sampled,
 python -m benchmarks.run micro     # in-process decode → stages → encode, spans/s
 python -m benchmarks.run profile   # the same under cProfile
 python -m benchmarks.run scaling   # N in-process pipelines side by side, wall spans/s vs 1
+python -m benchmarks.run instructions  # instructions per batch under callgrind (noise-free A/B)
 """
 
 from __future__ import annotations
@@ -413,6 +414,20 @@ def cmd_micro(args) -> int:
     return 0
 
 
+def cmd_instructions(args) -> int:
+    from benchmarks.instructions import count_instructions, missing_tools
+
+    missing = missing_tools()
+    if missing:
+        raise SystemExit(f"instructions needs valgrind's tools on PATH (Debian package valgrind): {', '.join(missing)}")
+    workload = [
+        *("--spans", str(args.spans), "--distinct", str(args.distinct), "--resources", str(args.resources)),
+        *("--genai-share", str(args.genai_share), "--seed", str(args.seed)),
+    ]
+    print(count_instructions(workload, args.batches, args.top).table())
+    return 0
+
+
 def cmd_scaling(args) -> int:
     from benchmarks.scaling import report, run_scaling
 
@@ -500,6 +515,14 @@ def build_parser() -> argparse.ArgumentParser:
     scaling.add_argument("--iterations", type=int, default=60, help="batches per process (default 60)")
     scaling.add_argument("--rounds", type=int, default=1, help="repeat the process list; medians (default 1)")
     scaling.set_defaults(handler=cmd_scaling)
+
+    instructions = commands.add_parser(
+        "instructions", help="instructions per batch under valgrind's callgrind (noise-free, all stages)"
+    )
+    workload_args(instructions)
+    instructions.add_argument("--batches", type=int, default=10, help="batches counted (default 10)")
+    instructions.add_argument("--top", type=int, default=25, help="functions listed (default 25)")
+    instructions.set_defaults(handler=cmd_instructions)
 
     profile = commands.add_parser("profile", help="cProfile of the in-process pipeline")
     workload_args(profile)

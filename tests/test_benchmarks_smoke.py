@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
-from benchmarks import run
+import pytest
+
+from benchmarks import instructions, run
 from benchmarks.micro import run_micro
 from benchmarks.sink import count_spans
 from benchmarks.targets import collector_config
@@ -82,3 +84,36 @@ def test_the_scaling_benchmark_runs_processes_side_by_side_on_one_budget_state()
     assert [len(r.runs) for r in runs] == [1, 2]
     assert all(p.spans == 40 for r in runs for p in r.runs)
     assert "| 2 |" in report([runs])
+
+
+ANNOTATED = """\
+--------------------------------------------------------------------------------
+Ir
+--------------------------------------------------------------------------------
+431,180,210 (100.0%)  PROGRAM TOTALS
+
+--------------------------------------------------------------------------------
+Ir                    file:function
+--------------------------------------------------------------------------------
+41,373,820 ( 9.60%)  ???:_otlp_native::rewrite::rewrite [/x/processor/_otlp_native.so]
+16,177,242 ( 3.75%)  ???:0x0000000000055480 [/x/site-packages/blake3/blake3.so]
+ 9,433,102 ( 2.19%)  /tmp/Python-3.11.7/Python/ceval.c:_PyEval_EvalFrameDefault'2 [/x/libpython3.11.so.1.0]
+"""
+
+
+def test_instruction_counts_are_read_from_callgrind_output():
+    profile = "events: Ir\ntotals: 300\nfn=(1) a\ntotals: 131\n"
+    assert instructions._totals(profile) == 431
+    assert instructions._top_functions(ANNOTATED, 2) == [
+        (41_373_820, "_otlp_native::rewrite::rewrite"),
+        (16_177_242, "0x0000000000055480 in blake3.so"),
+    ]
+
+
+@pytest.mark.skipif(bool(instructions.missing_tools()), reason="valgrind is not installed")
+def test_the_instruction_count_covers_only_the_measured_batches():
+    counted = instructions.count_instructions(["--spans", "50", "--distinct", "2"], batches=2, top=5)
+    assert counted.spans_per_batch == 50
+    # Imports and warm-up alone would be billions; two 50-span batches are a few million.
+    assert 0 < counted.per_batch < 50_000_000
+    assert len(counted.top) == 5
