@@ -193,14 +193,15 @@ class NativePolicy:
     def _events(self, batch: TelemetryBatch, found: list) -> list[SpanEventToAdd]:
         if not found:
             return []
-        rows = batch.column_array(ROW).to_pylist()  # type: ignore[union-attr]
+        rows = batch.column_array(ROW)
+        assert rows is not None
         events = []
         for position, index, threshold, event_time, subject, label, consumed in found:
             budget = self.policy.budgets[index]
             limit = float(budget.limit_usd)
             events.append(
                 SpanEventToAdd(
-                    row=rows[position],
+                    row=rows[position].as_py(),
                     name=budgets.EVENT_EXCEEDED if threshold >= 1.0 else budgets.EVENT_THRESHOLD,
                     time_unix_nano=event_time,
                     attributes={
