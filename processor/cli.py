@@ -26,6 +26,7 @@ def _serve(args: argparse.Namespace) -> int:
     # Measured: 23% less CPU per span with one thread (benchmarks/RESULTS.md).
     os.environ.setdefault("POLARS_MAX_THREADS", "1")
     from processor import workers
+    from processor.allocator import tune_allocator
     from processor.server import check_stages
 
     try:
@@ -35,6 +36,7 @@ def _serve(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         print(f"genops-sidecar: cannot start: {exc}", file=sys.stderr)
         return 2
+    tune_allocator()
     return workers.run(config)
 
 

@@ -69,6 +69,7 @@ def _start_worker(config: SidecarConfig) -> None:
 
     from prometheus_client import CollectorRegistry
 
+    from processor.allocator import tune_allocator
     from processor.observability import PipelineMetrics, configure_logging
     from processor.server import build_stages, close_stages
 
@@ -78,6 +79,7 @@ def _start_worker(config: SidecarConfig) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging(config.logging.level, config.logging.format)
     structlog.contextvars.bind_contextvars(worker=os.getpid())
+    tune_allocator()
     registry = CollectorRegistry()
     stages = build_stages(config, registry)
     _worker_pipeline = Pipeline(stages, PipelineMetrics.create(registry))
