@@ -21,7 +21,6 @@ from typing import Any
 
 import polars as pl
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.values import MutexValue
 
 from processor.attribution import DIMENSIONS
 from processor.budgets import ENGINE, OPTIMIZATIONS
@@ -85,8 +84,8 @@ class _OperationSeries:
     # The histogram's bucket and sum value holders, or None to fall back to `observe`.
     latency_buckets: list | None
     latency_sum: Any
-    # The series' key in `GovernanceMetrics._totals`, or None: its values are not in-process
-    # MutexValue ones (multiprocess mode) and are changed through `inc`.
+    # The series' key in `GovernanceMetrics._totals`, or None: its values are not of a kind the
+    # store holds (no native extension in multiprocess mode) and are changed through `inc`.
     total: Any = None
 
 
@@ -171,6 +170,10 @@ class GovernanceMetrics:
         # The aggregations of `operation_sums`, per cost column name (built once).
         self._sums_of: dict[str, list[pl.Expr]] = {}
 
+    def close(self) -> None:
+        """Writes out what the totals store still holds back (multiprocess mode)."""
+        self._totals.close()
+
     def _operation_series(self, values: tuple) -> _OperationSeries:
         series = self._series.get(values)
         if series is None:
@@ -197,7 +200,8 @@ class GovernanceMetrics:
                     bulk = hasattr(latency, "_buckets") and hasattr(latency, "_sum")
                     holders = [_incrementer(child) for child in children[:-1]]
                     buckets = list(latency._buckets) if bulk else None
-                    direct = bulk and all(type(value) is MutexValue for value in (*holders, *buckets, latency._sum))
+                    kind = self._totals.value_class
+                    direct = bulk and all(type(value) is kind for value in (*holders, *buckets, latency._sum))
                     total = None
                     if direct:
                         total = self._totals.register(children)

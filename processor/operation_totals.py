@@ -1,4 +1,4 @@
-"""Where the per-operation metrics' running totals live when values are in-process (not multiprocess mode).
+"""Where the per-operation metrics' running totals live.
 
 A batch adds a few hundred to a few thousand per-series sums (cost, tokens, operations, errors,
 latency buckets and sum). With the native extension every series' totals are in one native object
@@ -7,15 +7,28 @@ whole batch into in one call; each metric child then reads its value through a s
 MutexValue, so prometheus_client writes the exposition exactly as before. Without the extension
 the totals stay in the children's MutexValue objects, added to in place.
 
-Either store adds a row as GovernanceMetrics has always added it (same operations, same order,
-same skips), so both give the same values to the last bit.
+In multiprocess mode (`server.workers` > 1) a child's value is a slot in a file shared with the
+front process, and writing one costs a lock and a file write: a batch's few thousand of them
+doubled a worker's CPU per batch. There the native store adds the batch up as well, and
+FlushedTotals copies the values that changed to the children's files once a second (and when the
+stage closes), so /metrics trails the workers by at most about a second.
+
+Every store adds a row as GovernanceMetrics has always added it (same operations, same order,
+same skips), so all give the same values to the last bit.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
+from prometheus_client import values as prometheus_values
+from prometheus_client.values import MutexValue
+
 from processor.decode import native_available, native_module
+
+# How often a worker's multiprocess metric files get the totals that changed.
+FLUSH_SECONDS = 1.0
 
 # Value slots of a native series, in the order of the children handed to `register`.
 _LATENCY_SUM_SLOT = 6
@@ -27,6 +40,8 @@ class HolderTotals:
 
     # What OperationGroups.add_to takes: none, so it hands every group back to `add`.
     native = None
+    # The value holders this store can add to (others are changed through `inc`).
+    value_class: type = MutexValue
 
     def register(self, children: list) -> tuple:
         """`children`: cost, tokens input, tokens output, tokens, operations, errors, latency."""
@@ -63,9 +78,14 @@ class HolderTotals:
                 buckets[bucket]._value += hits
             latency_sum._value += latency_total
 
+    def close(self) -> None:
+        pass
+
 
 class NativeTotals:
     """Totals in a native OperationTotals; a series' key is its number there."""
+
+    value_class: type = MutexValue
 
     def __init__(self, factory: Any, width: int) -> None:
         self.native = factory(width)
@@ -89,8 +109,57 @@ class NativeTotals:
         # (As prometheus_client labels a child: label values as text.)
         self.native.alias([str(value) for value in values], series)
 
+    def close(self) -> None:
+        pass
+
+
+class FlushedTotals(NativeTotals):
+    """Multiprocess mode: totals in a native OperationTotals, copied to the children's own value
+    holders (their slots in the multiprocess files) every `interval` seconds and on `close`."""
+
+    def __init__(self, factory: Any, width: int, interval: float) -> None:
+        super().__init__(factory, width)
+        self.value_class = prometheus_values.ValueClass
+        self.interval = interval
+        # Per series number: its children's holders, in the native slot order.
+        self._holders: list[tuple] = []
+        self._flush_lock = threading.Lock()
+        self._closed = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def register(self, children: list) -> int:
+        """A new series; its children keep their own value holders, which `flush` writes."""
+        *counters, latency = children
+        self._holders.append((*(child._value for child in counters), latency._sum, *latency._buckets))
+        series = self.native.new_series()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._flush_every_interval, name="metrics-flush", daemon=True)
+            self._thread.start()
+        return series
+
+    def flush(self) -> None:
+        with self._flush_lock:
+            holders = self._holders
+            for series, slot, value in self.native.changes():
+                holders[series][slot].set(value)
+
+    def _flush_every_interval(self) -> None:
+        while not self._closed.wait(self.interval):
+            self.flush()
+
+    def close(self) -> None:
+        self._closed.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.flush()
+
 
 def operation_totals(width: int) -> HolderTotals | NativeTotals:
-    """The native store when the extension is built and on, else the MutexValue holders."""
+    """The native store when the extension is built and on (flushed to the multiprocess files in
+    multiprocess mode), else the children's own holders."""
     factory = getattr(native_module(), "OperationTotals", None)
-    return NativeTotals(factory, width) if factory is not None and native_available() else HolderTotals()
+    if factory is None or not native_available():
+        return HolderTotals()
+    if prometheus_values.ValueClass is MutexValue:
+        return NativeTotals(factory, width)
+    return FlushedTotals(factory, width, FLUSH_SECONDS)

@@ -62,6 +62,7 @@ class PolicyStage:
     def close(self) -> None:
         self.source.close()
         self.store.close()
+        self.metrics.close()
 
     def wanted_keys(self) -> WantedKeys:
         own = WantedKeys(item=frozenset((*COST_KEYS, policies.PII_COUNT, ERROR_TYPE)))

@@ -178,17 +178,23 @@ def test_series_values_read_the_native_store_through_prometheus_client(tmp_path,
 
 
 _MULTIPROCESS_RUN = """
-import sys
+import sys, time
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
+from processor import operation_totals
 from processor.decode import decode_traces
 from tests.test_operation_totals import build, requests
 
+operation_totals.FLUSH_SECONDS = float(sys.argv[3])
 stage, _ = build(sys.argv[1])
 for raw in requests():
     stage.process(decode_traces(raw, stage.wanted_keys()))
-stage.close()
+if sys.argv[2] == "close":
+    stage.close()
+else:
+    # A worker that has gone idle: what it added reaches the files without another batch.
+    time.sleep(float(sys.argv[3]) * 4)
 merged = CollectorRegistry()
 MultiProcessCollector(merged)
 sys.stdout.write(generate_latest(merged).decode())
@@ -205,7 +211,12 @@ def operation_samples(text: str) -> dict[tuple, float]:
     }
 
 
-def test_multiprocess_mode_adds_up_to_the_same_values(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("ending", "flush_seconds"),
+    [("close", 3600.0), ("idle", 0.05)],
+    ids=["written-when-the-stage-closes", "written-within-the-flush-interval"],
+)
+def test_multiprocess_mode_adds_up_to_the_same_values(tmp_path, monkeypatch, ending, flush_seconds):
     path = tmp_path / "policy.yaml"
     path.write_text(POLICY)
     stage, registry = build(path)
@@ -214,7 +225,7 @@ def test_multiprocess_mode_adds_up_to_the_same_values(tmp_path, monkeypatch):
     metrics_dir.mkdir()
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "GENOPS_NATIVE_DECODE": "1"}
     merged = subprocess.run(
-        [sys.executable, "-c", _MULTIPROCESS_RUN, str(path)],
+        [sys.executable, "-c", _MULTIPROCESS_RUN, str(path), ending, str(flush_seconds)],
         env=env,
         cwd=Path(__file__).resolve().parents[1],
         capture_output=True,
@@ -224,3 +235,27 @@ def test_multiprocess_mode_adds_up_to_the_same_values(tmp_path, monkeypatch):
     single = operation_samples(exposition(registry))
     assert len(single) > 100
     assert operation_samples(merged) == single
+
+
+def test_the_native_store_hands_over_each_changed_value_once():
+    from processor.decode import native_module
+
+    totals = native_module().OperationTotals(1)
+    first, second = totals.new_series(), totals.new_series()
+    assert totals.changes() == []
+    totals.add(second, 0.25, 10, 5, 15, 1, 0, [(2, 1)], 0.2)
+    totals.add(second, 0.25, 10, 5, 15, 1, 0, None, 0.0)
+    # Slots: cost, tokens in, tokens out, tokens, operations, (errors unchanged), latency sum, buckets.
+    assert totals.changes() == [
+        (second, 0, 0.5),
+        (second, 1, 20.0),
+        (second, 2, 10.0),
+        (second, 3, 30.0),
+        (second, 4, 2.0),
+        (second, 6, 0.2),
+        (second, 9, 1.0),
+    ]
+    assert totals.changes() == []
+    totals.add(first, 0.0, 0, 0, 0, 1, 1, None, 0.0)
+    totals.add(second, 0.125, 0, 0, 0, 0, 0, None, 0.0)
+    assert totals.changes() == [(first, 4, 1.0), (first, 5, 1.0), (second, 0, 0.625)]

@@ -6,7 +6,9 @@
 //! array per series, which `OperationGroups.add_to` (policy.rs) adds a batch into in one call, and
 //! each metric child reads its value through a `TotalValue` standing in for its MutexValue, so
 //! prometheus_client still writes the exposition (names, labels, `_created`, bucket sums) itself.
-//! processor/governance_metrics.py decides which series live here (not in multiprocess mode).
+//! In multiprocess mode the children keep their own (file-backed) values: the totals are added up
+//! here all the same, and `changes` hands over what moved since the last call, for
+//! processor/operation_totals.py to write to the files now and then instead of on every batch.
 
 use std::sync::Mutex;
 
@@ -45,6 +47,11 @@ pub struct State {
     /// Label value numbers (one per label) -> series; several keys may share a series.
     index: FxHashMap<Box<[u32]>, u32>,
     rows: Vec<[f64; SLOTS]>,
+    /// Per series: the values `changes` last handed over.
+    reported: Vec<[f64; SLOTS]>,
+    /// Series added to since the last `changes`, each once (`marked`).
+    dirty: Vec<u32>,
+    marked: Vec<bool>,
 }
 
 impl State {
@@ -64,6 +71,7 @@ impl State {
     /// Adds in the order and with the skips of GovernanceMetrics._add_groups, so that values
     /// match the in-place adds to MutexValue to the last bit.
     pub fn add<I: Iterator<Item = (usize, f64)>>(&mut self, series: u32, amounts: Amounts<I>) {
+        self.touch(series);
         let row = &mut self.rows[series as usize];
         row[COST] += amounts.cost;
         row[TOKENS_INPUT] += amounts.tokens_input;
@@ -78,6 +86,14 @@ impl State {
                 row[BUCKETS + bucket] += count;
             }
             row[LATENCY_SUM] += sum;
+        }
+    }
+
+    fn touch(&mut self, series: u32) {
+        let marked = &mut self.marked[series as usize];
+        if !*marked {
+            *marked = true;
+            self.dirty.push(series);
         }
     }
 }
@@ -114,7 +130,30 @@ impl OperationTotals {
     fn new_series(&self) -> u32 {
         let mut state = self.lock();
         state.rows.push([0.0; SLOTS]);
+        state.reported.push([0.0; SLOTS]);
+        state.marked.push(false);
         state.rows.len() as u32 - 1
+    }
+
+    /// (series, slot, value) of every value that changed since the last call, in series order of
+    /// first change, slots ascending.
+    fn changes(&self) -> Vec<(u32, usize, f64)> {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let mut out = Vec::new();
+        for series in std::mem::take(&mut state.dirty) {
+            let s = series as usize;
+            state.marked[s] = false;
+            for slot in 0..SLOTS {
+                let value = state.rows[s][slot];
+                // Bitwise, so a change between two NaNs or of a zero's sign still goes out.
+                if value.to_bits() != state.reported[s][slot].to_bits() {
+                    state.reported[s][slot] = value;
+                    out.push((series, slot, value));
+                }
+            }
+        }
+        out
     }
 
     /// From now on `add_to` adds the groups labelled `labels` to `series`.
@@ -204,13 +243,17 @@ impl TotalValue {
     }
 
     fn inc(&self, amount: f64) {
-        self.totals.get().lock().rows[self.series as usize][self.slot] += amount;
+        let mut state = self.totals.get().lock();
+        state.touch(self.series);
+        state.rows[self.series as usize][self.slot] += amount;
     }
 
     #[pyo3(signature = (value, timestamp=None))]
     fn set(&self, value: f64, timestamp: Option<Bound<'_, PyAny>>) {
         let _ = timestamp;
-        self.totals.get().lock().rows[self.series as usize][self.slot] = value;
+        let mut state = self.totals.get().lock();
+        state.touch(self.series);
+        state.rows[self.series as usize][self.slot] = value;
     }
 
     fn set_exemplar(&self, exemplar: Py<PyAny>) {
