@@ -4,7 +4,7 @@ Python processing is CPU-bound and holds the GIL, so more cores need more proces
 workers sit behind the one gRPC server of the front process and receive whole requests, not
 connections: a Collector exports over a single HTTP/2 connection, so spreading connections
 (SO_REUSEPORT) would leave all but one worker idle. The request bytes go to a worker and the
-processed bytes come back (a copy each way, small next to the processing itself); the front
+processed bytes come back through shared memory (processor/worker_channel.py); the front
 process keeps receiving, forwarding, probes and /metrics, where the workers' pipeline and stage
 metrics are added through prometheus_client's multiprocess mode.
 """
@@ -12,13 +12,10 @@ metrics are added through prometheus_client's multiprocess mode.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import multiprocessing
 import os
 import shutil
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING
 
 import structlog
@@ -26,6 +23,7 @@ import structlog
 from processor.config import SidecarConfig
 from processor.pipeline import Pipeline, ProcessedRequest, Stage
 from processor.receive import ProcessingUnavailable
+from processor.worker_channel import WorkerDied, WorkerProcess
 
 if TYPE_CHECKING:
     from processor.budget_api import BudgetStatusReader
@@ -57,84 +55,100 @@ class InlineProcessing:
         close_stages(self.stages)
 
 
-# The pipeline of a worker process, built once by its initializer.
-_worker_pipeline: Pipeline | None = None
+def build_worker_pipeline(config: SidecarConfig) -> tuple[Pipeline, list[Stage]]:
+    """In a fresh (spawned) worker: logging, then the stages and their pipeline.
 
-
-def _start_worker(config: SidecarConfig) -> None:
-    # A fresh (spawned) interpreter: PROMETHEUS_MULTIPROC_DIR is in its environment before
-    # prometheus_client is first imported, as multiprocess mode requires.
-    global _worker_pipeline
-    import signal
-
+    PROMETHEUS_MULTIPROC_DIR is in the worker's environment before prometheus_client is first
+    imported, as multiprocess mode requires.
+    """
     from prometheus_client import CollectorRegistry
 
-    from processor.allocator import tune_allocator
     from processor.observability import PipelineMetrics, configure_logging
-    from processor.server import build_stages, close_stages
+    from processor.server import build_stages
 
-    # The front process decides when workers stop (after in-flight requests are done): a Ctrl+C
-    # reaches the whole process group and must not kill them under a running request. SIGTERM
-    # keeps its default: concurrent.futures terminates the workers of a broken pool with it.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging(config.logging.level, config.logging.format)
     structlog.contextvars.bind_contextvars(worker=os.getpid())
-    tune_allocator()
     registry = CollectorRegistry()
     stages = build_stages(config, registry)
-    _worker_pipeline = Pipeline(stages, PipelineMetrics.create(registry))
-    atexit.register(close_stages, stages)
-
-
-def _process_in_worker(signal: str, raw: bytes) -> ProcessedRequest:
-    assert _worker_pipeline is not None, "worker initializer did not run"
-    processed = _worker_pipeline.process(signal, raw)
-    log.debug("batch processed", signal=signal, items=processed.items)
-    return processed
-
-
-def _ready() -> int:
-    return os.getpid()
+    return Pipeline(stages, PipelineMetrics.create(registry)), stages
 
 
 class PoolProcessing:
-    """The pipeline runs in `workers` spawned processes; requests are queued to whichever is free."""
+    """The pipeline runs in `workers` spawned processes; each request goes to a free one.
+
+    A worker that dies fails only the request it held (UNAVAILABLE, which the Collector retries)
+    and is replaced; the others keep serving.
+    """
 
     def __init__(self, config: SidecarConfig, metrics_dir: str) -> None:
         self.config = config
         self.metrics_dir = metrics_dir
-        self._pool = self._new_pool()
+        self._context = multiprocessing.get_context("spawn")
+        self._started = 0
+        self._workers = [self._spawn() for _ in range(config.server.workers)]
+        self._idle: asyncio.Queue[WorkerProcess] | None = None
         self._reader: BudgetStatusReader | None = None
+        # Replacements of dead workers still starting, and requests a cancelled caller left behind.
+        self._background: set[asyncio.Task] = set()
 
-    def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(
-            max_workers=self.config.server.workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_start_worker,
-            initargs=(self.config,),
-        )
+    def _spawn(self) -> WorkerProcess:
+        self._started += 1
+        return WorkerProcess(self._context, self.config, f"genops-worker-{self._started}")
 
     async def start(self) -> None:
         """Starts every worker (loading pricing tables and rules) before the port opens."""
-        loop = asyncio.get_running_loop()
-        pids = await asyncio.gather(
-            *(loop.run_in_executor(self._pool, _ready) for _ in range(self.config.server.workers * 2))
-        )
-        log.info("worker processes ready", workers=len(set(pids)))
+        await asyncio.gather(*(worker.ready() for worker in self._workers))
+        self._idle = asyncio.Queue()
+        for worker in self._workers:
+            self._idle.put_nowait(worker)
+        log.info("worker processes ready", workers=len(self._workers))
 
     async def process(self, signal: str, raw: bytes) -> ProcessedRequest:
-        loop = asyncio.get_running_loop()
-        pool = self._pool
+        assert self._idle is not None, "start() first"
+        worker = await self._idle.get()
+        # Shielded: a caller that gives up (deadline) must not hand the worker on before its answer
+        # is read, or the next request would read it.
+        task = asyncio.ensure_future(self._run(worker, signal, raw))
+        self._keep(task)
+        return await asyncio.shield(task)
+
+    async def _run(self, worker: WorkerProcess, signal: str, raw: bytes) -> ProcessedRequest:
         try:
-            return await loop.run_in_executor(pool, _process_in_worker, signal, raw)
-        except BrokenProcessPool as exc:
-            # A worker died (killed, out of memory): every request it held fails with
-            # UNAVAILABLE, which the Collector retries, and a new pool takes over.
-            if pool is self._pool:
-                log.error("a worker process died; starting new workers")
-                self._pool = self._new_pool()
-                pool.shutdown(wait=False, cancel_futures=True)
+            return await worker.call(signal, raw)
+        except WorkerDied as exc:
+            log.error("a worker process died; starting a new one", pid=worker.pid, error=str(exc))
+            self._replace(worker)
             raise ProcessingUnavailable("a worker process died") from exc
+        finally:
+            if worker.alive and self._idle is not None:
+                self._idle.put_nowait(worker)
+
+    def _replace(self, dead: WorkerProcess) -> None:
+        dead.discard()
+        replacement = self._spawn()
+        self._workers[self._workers.index(dead)] = replacement
+
+        async def when_ready() -> None:
+            try:
+                await replacement.ready()
+            except WorkerDied as exc:
+                log.error("a replacement worker did not start", error=str(exc))
+                await asyncio.sleep(1)  # no tight respawn loop when workers cannot start at all
+                self._replace(replacement)
+                return
+            if self._idle is not None:
+                self._idle.put_nowait(replacement)
+
+        self._keep(asyncio.ensure_future(when_ready()))
+
+    def _keep(self, task: asyncio.Task) -> None:
+        self._background.add(task)
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task) -> None:
+        self._background.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a caller that left does not make it "never retrieved"
 
     def budget_reader(self) -> BudgetStatusReader | None:
         # The stages live in the workers; the front process reads the shared store itself. The
@@ -149,7 +163,8 @@ class PoolProcessing:
         return self._reader
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        for worker in self._workers:
+            worker.stop(timeout=self.config.server.shutdown_grace_seconds + 10)
 
 
 def run(config: SidecarConfig) -> int:
