@@ -101,12 +101,10 @@ class MicroResult:
 def build_pipeline(stages: bool, workdir: Path | None = None):
     from prometheus_client import CollectorRegistry
 
-    from processor.allocator import tune_allocator
     from processor.observability import SidecarMetrics
     from processor.pipeline import Pipeline
     from processor.server import build_stages
 
-    tune_allocator()  # as `serve` does: the same malloc behaviour as the server's
     config = stage_config(stages, workdir)
     built = build_stages(config, CollectorRegistry())
     timed = [_TimedStage(stage) for stage in built]

@@ -543,8 +543,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that run the pipeline in this process (or in processes started from it) get the malloc
+# settings `serve` runs with; `instructions` runs it under valgrind, which must not be re-executed.
+IN_PROCESS = {cmd_micro, cmd_profile, cmd_scaling}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if argv is None and args.handler in IN_PROCESS:  # from the command line, not called by a test
+        from processor.allocator import tune_allocator
+
+        tune_allocator()  # may re-execute this command, once, with the settings in its environment
     return args.handler(args)
 
 

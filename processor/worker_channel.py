@@ -175,11 +175,10 @@ def worker_main(config: SidecarConfig, conn: Connection, files: BufferFiles) -> 
     # The front process decides when workers stop (after in-flight requests are done): a Ctrl+C
     # reaches the whole process group and must not kill them under a running request.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from processor.allocator import tune_allocator
+    # (The malloc settings of processor/allocator.py came with the front process's environment.)
     from processor.server import close_stages
     from processor.workers import build_worker_pipeline
 
-    tune_allocator()
     request = MappedBuffer(files.request_path, files.request_size, create=False)
     result = MappedBuffer(files.result_path, files.result_size, create=False)
     pipeline, stages = build_worker_pipeline(config)
