@@ -538,3 +538,25 @@ def test_a_span_under_two_budgets_is_tagged_with_the_one_nearest_its_limit(tmp_p
         [("genops.budget.threshold_crossed", "everything"), ("genops.budget.threshold_crossed", "ml-daily")],
         [("genops.budget.exceeded", "ml-daily")],
     ]
+
+
+def test_the_sqlite_store_adds_many_windows_of_one_batch_like_the_memory_store(tmp_path):
+    from processor.budget_state import MemoryStore, SqliteStore
+
+    # More windows than one upsert statement takes, some of them seen before.
+    first = {f"team:{i}": 0.25 + i / 1000 for i in range(450)}
+    second = {f"team:{i}": 1.0 for i in range(300, 1000)}
+    expires = {key: 4_000_000_000 for key in {**first, **second}}
+    path = str(tmp_path / "budgets.sqlite")
+    sqlite, memory = SqliteStore(path), MemoryStore()
+    for fingerprint, increments in (("a", first), ("b", second), ("a", first)):
+        got, want = sqlite.apply(fingerprint, increments, expires), memory.apply(fingerprint, increments, expires)
+        assert got.repeated == want.repeated
+        assert list(got.totals) == list(increments)
+        assert got.totals == pytest.approx(want.totals)
+    sqlite.close()
+    reopened = SqliteStore(path)
+    assert reopened.read(["team:0", "team:350", "team:999", "team:x"]) == pytest.approx(
+        {"team:0": 0.25, "team:350": 0.25 + 0.35 + 1.0, "team:999": 1.0, "team:x": 0.0}
+    )
+    reopened.close()
