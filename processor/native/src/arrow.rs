@@ -141,7 +141,7 @@ impl Views {
     pub fn to_py<'py>(&self, py: Python<'py>) -> PyResult<ViewBuffers<'py>> {
         Ok((
             self.validity.validity_to_py(py),
-            concat_to_py(py, &[&self.views], |v| v)?,
+            plain_to_py(py, &[&self.views])?,
             PyBytes::new(py, &self.data),
         ))
     }
@@ -247,12 +247,64 @@ pub fn concat_to_py<'py, T: Copy, const N: usize>(
     })
 }
 
-pub fn le_bytes<'py, T: Copy, const N: usize>(
+/// Values whose Arrow buffer holds their little-endian bytes: numbers and string views.
+pub trait Plain: Copy {
+    fn put_le(self, out: &mut Out);
+}
+
+macro_rules! plain_numbers {
+    ($($number:ty),*) => {$(
+        impl Plain for $number {
+            #[inline]
+            fn put_le(self, out: &mut Out) {
+                out.put(&self.to_le_bytes());
+            }
+        }
+    )*};
+}
+
+plain_numbers!(i64, u64, f64, i32, u32);
+
+impl Plain for View {
+    #[inline]
+    fn put_le(self, out: &mut Out) {
+        out.put(&self);
+    }
+}
+
+/// `parts` concatenated as one Arrow buffer: on a little-endian machine their memory is that
+/// buffer already, copied whole (a value at a time cost ~1M instructions per 1k-span batch).
+pub fn plain_to_py<'py, T: Plain>(
     py: Python<'py>,
-    values: &[T],
-    to_bytes: fn(T) -> [u8; N],
+    parts: &[&[T]],
 ) -> PyResult<Bound<'py, PyBytes>> {
-    concat_to_py(py, &[values], to_bytes)
+    let total = parts
+        .iter()
+        .map(|p| std::mem::size_of_val(*p))
+        .sum::<usize>();
+    bytes_written(py, total, |out| {
+        for part in parts {
+            if cfg!(target_endian = "little") {
+                // SAFETY: T is a primitive number or a byte array: no padding, every byte set.
+                let raw = unsafe {
+                    std::slice::from_raw_parts(
+                        part.as_ptr().cast::<u8>(),
+                        std::mem::size_of_val(*part),
+                    )
+                };
+                out.put(raw);
+            } else {
+                for value in part.iter() {
+                    value.put_le(out);
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+pub fn le_bytes<'py, T: Plain>(py: Python<'py>, values: &[T]) -> PyResult<Bound<'py, PyBytes>> {
+    plain_to_py(py, &[values])
 }
 
 /// An Arrow array the Python side passed in as (kind, length, offset, buffers, child), its

@@ -338,29 +338,9 @@ impl<T: Copy + Default> Numbers<T> {
 
 type NumberBuffers<'py> = (Option<Bound<'py, PyBytes>>, Bound<'py, PyBytes>);
 
-/// i64 and f64, whose Arrow buffer is their little-endian bytes.
-trait LeBytes: Copy {
-    fn le(self) -> [u8; 8];
-}
-
-impl LeBytes for i64 {
-    #[inline]
-    fn le(self) -> [u8; 8] {
-        self.to_le_bytes()
-    }
-}
-
-impl LeBytes for f64 {
-    #[inline]
-    fn le(self) -> [u8; 8] {
-        self.to_le_bytes()
-    }
-}
-
-impl<T: LeBytes + Default> Numbers<T> {
+impl<T: crate::arrow::Plain + Default> Numbers<T> {
     fn to_py<'py>(&self, py: Python<'py>) -> PyResult<NumberBuffers<'py>> {
-        // A closure (not le_bytes' function pointer) so that the conversion inlines.
-        let values = crate::arrow::concat_to_py(py, &[&self.values], |v: T| v.le())?;
+        let values = crate::arrow::plain_to_py(py, &[&self.values])?;
         Ok((self.valid.to_py(py, self.values.len()), values))
     }
 }
@@ -425,7 +405,7 @@ impl Texts {
     fn to_py<'py>(&self, py: Python<'py>) -> PyResult<crate::arrow::ViewBuffers<'py>> {
         Ok((
             self.valid.to_py(py, self.views.len()),
-            crate::arrow::concat_to_py(py, &[&self.views], |v| v)?,
+            crate::arrow::plain_to_py(py, &[&self.views])?,
             PyBytes::new(py, &self.data),
         ))
     }

@@ -327,7 +327,7 @@ fn f64_column<'py>(py: Python<'py>, values: &[Option<f64>]) -> PyResult<Bound<'p
         py,
         [
             validity.validity_to_py(py).into_pyobject(py)?.into_any(),
-            le_bytes(py, &plain, f64::to_le_bytes)?.into_any(),
+            le_bytes(py, &plain)?.into_any(),
         ],
     )
 }
@@ -891,7 +891,7 @@ impl PolicyPlan {
         (
             (
                 listed.validity_to_py(py),
-                le_bytes(py, &offsets, i64::to_le_bytes)?,
+                le_bytes(py, &offsets)?,
                 count as usize,
                 names.to_py(py)?,
             ),

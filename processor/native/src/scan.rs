@@ -11,8 +11,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 
 use crate::arrow::{
-    concat_to_py, is_utf8, le_bytes, push_text, view_in, view_of, view_written, Bitmap, View,
-    Views, INLINE,
+    concat_to_py, is_utf8, le_bytes, plain_to_py, push_text, view_in, view_of, view_written,
+    Bitmap, View, Views, INLINE,
 };
 use crate::fasthash::{FastMap, KeyBytes};
 use crate::wire::{Reader, WireResult, I64, LEN, VARINT};
@@ -515,26 +515,14 @@ fn column_to_py<'py>(py: Python<'py>, values: &[Scalar<'_>]) -> PyResult<Bound<'
                 .iter()
                 .map(|v| if let Scalar::Int(i) = v { *i } else { 0 })
                 .collect();
-            (
-                "int",
-                validity_bytes,
-                le_bytes(py, &ints, i64::to_le_bytes)?,
-                none,
-            )
-                .into_pyobject(py)
+            ("int", validity_bytes, le_bytes(py, &ints)?, none).into_pyobject(py)
         }
         _ => {
             let doubles: Vec<f64> = values
                 .iter()
                 .map(|v| if let Scalar::Double(d) = v { *d } else { 0.0 })
                 .collect();
-            (
-                "double",
-                validity_bytes,
-                le_bytes(py, &doubles, f64::to_le_bytes)?,
-                none,
-            )
-                .into_pyobject(py)
+            ("double", validity_bytes, le_bytes(py, &doubles)?, none).into_pyobject(py)
         }
     }
 }
@@ -660,27 +648,17 @@ impl StringValues {
         let scope_views = SCOPE_NAMES.map(|name| view_of(name.as_bytes(), &mut Vec::new()));
         let kind_views = KIND_NAMES.map(|name| view_of(name.as_bytes(), &mut Vec::new()));
         let empty = PyBytes::new(py, b"");
-        let views = |parts: [&[View]; 3]| concat_to_py(py, &parts, |v| v);
+        let views = |parts: [&[View]; 3]| plain_to_py(py, &parts);
         let out = PyDict::new(py);
         out.set_item("n", n)?;
         let scopes = concat_to_py(py, &[&a.scope, &b.scope, &c.scope], |code| {
             scope_views[code as usize]
         })?;
         out.set_item("scope", (py.None(), scopes, &empty))?;
-        out.set_item(
-            "owner",
-            concat_to_py(py, &[&a.owner, &b.owner, &c.owner], i64::to_le_bytes)?,
-        )?;
-        let positions = concat_to_py(
-            py,
-            &[&a.position, &b.position, &c.position],
-            i64::to_le_bytes,
-        )?;
+        out.set_item("owner", plain_to_py(py, &[&a.owner, &b.owner, &c.owner])?)?;
+        let positions = plain_to_py(py, &[&a.position, &b.position, &c.position])?;
         out.set_item("position", positions)?;
-        out.set_item(
-            "row",
-            concat_to_py(py, &[&a.row, &b.row, &c.row], i64::to_le_bytes)?,
-        )?;
+        out.set_item("row", plain_to_py(py, &[&a.row, &b.row, &c.row])?)?;
         let keys = views([&a.key, &b.key, &c.key])?;
         out.set_item("key", (py.None(), keys, PyBytes::new(py, &self.key_data)))?;
         let values = views([&a.value, &b.value, &c.value])?;
@@ -1017,10 +995,7 @@ pub fn scan<'py>(
         .map_err(PyValueError::new_err)?;
     let out = PyDict::new(py);
     out.set_item("rows", state.item_resource.len())?;
-    out.set_item(
-        "item_resource",
-        le_bytes(py, &state.item_resource, u32::to_le_bytes)?,
-    )?;
+    out.set_item("item_resource", le_bytes(py, &state.item_resource)?)?;
     let columns = pyo3::types::PyList::empty(py);
     let null_column = column_to_py(py, &[])?;
     for column in 0..item_keys.len() {
@@ -1047,9 +1022,9 @@ pub fn scan<'py>(
     out.set_item("columns", columns)?;
     if !logs {
         out.set_item("names", state.names.to_py(py)?)?;
-        out.set_item("starts", le_bytes(py, &state.starts, u64::to_le_bytes)?)?;
-        out.set_item("ends", le_bytes(py, &state.ends, u64::to_le_bytes)?)?;
-        out.set_item("statuses", le_bytes(py, &state.statuses, i32::to_le_bytes)?)?;
+        out.set_item("starts", le_bytes(py, &state.starts)?)?;
+        out.set_item("ends", le_bytes(py, &state.ends)?)?;
+        out.set_item("statuses", le_bytes(py, &state.statuses)?)?;
     }
     out.set_item("event_rows", &state.event_rows)?;
     if want_strings {
