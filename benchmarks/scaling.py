@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import os
+import queue
 import statistics
 import tempfile
 import time
@@ -73,12 +74,28 @@ def run_scaling(bases: Sequence[bytes], spans: int, processes: int, iterations: 
         ]
         for child in children:
             child.start()
-        runs = tuple(results.get(timeout=900) for _ in children)
-        for child in children:
-            child.join()
-            if child.exitcode:
-                raise RuntimeError(f"a scaling process exited with {child.exitcode}")
+        try:
+            runs = tuple(_next_result(results, children) for _ in children)
+        finally:
+            barrier.abort()  # frees the others from the barrier when one died before it
+            for child in children:
+                child.join(timeout=30)
+                if child.is_alive():
+                    child.terminate()
     return ScalingRun(processes, runs)
+
+
+def _next_result(results, children, limit_seconds: float = 900) -> ProcessRun:
+    """The next process's run; fails as soon as a process exits without one, not at the limit."""
+    deadline = time.monotonic() + limit_seconds
+    while time.monotonic() < deadline:
+        try:
+            return results.get(timeout=0.5)
+        except queue.Empty:
+            failed = [child.exitcode for child in children if child.exitcode]
+            if failed:
+                raise RuntimeError(f"a scaling process exited with {failed[0]}") from None
+    raise TimeoutError(f"no scaling result in {limit_seconds:.0f} s")
 
 
 def report(rounds: Sequence[Sequence[ScalingRun]]) -> str:

@@ -79,16 +79,8 @@ class SqliteStore:
     def __init__(self, path: str) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS consumed (key TEXT PRIMARY KEY, usd REAL NOT NULL, expires_at INTEGER NOT NULL)"
-        )
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS applied (fingerprint TEXT PRIMARY KEY, totals TEXT NOT NULL,"
-            " applied_at INTEGER NOT NULL)"
-        )
+        self._db = sqlite3.connect(path, timeout=OPEN_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False)
+        _set_up(self._db)
         self._applies = 0
 
     def apply(self, fingerprint: str, increments: dict[str, float], expires_at: dict[str, int]) -> Applied:
@@ -137,6 +129,38 @@ class SqliteStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+OPEN_TIMEOUT_SECONDS = 30.0
+
+
+def _set_up(db: sqlite3.Connection) -> None:
+    """WAL mode and the tables, retried while another process sets up the same file.
+
+    The workers of a pod start together and open one file: switching it to WAL takes an exclusive
+    lock, and SQLite answers "database is locked" there at once instead of waiting out the busy
+    timeout, so a worker could die at start-up for having come second.
+    """
+    deadline = time.monotonic() + OPEN_TIMEOUT_SECONDS
+    pause = 0.005
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS consumed"
+                " (key TEXT PRIMARY KEY, usd REAL NOT NULL, expires_at INTEGER NOT NULL)"
+            )
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS applied"
+                " (fingerprint TEXT PRIMARY KEY, totals TEXT NOT NULL, applied_at INTEGER NOT NULL)"
+            )
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.2)
 
 
 # KEYS[1]: the batch fingerprint; KEYS[2..n]: consumed keys. ARGV[1]: fingerprint TTL, then

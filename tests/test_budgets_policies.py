@@ -560,3 +560,42 @@ def test_the_sqlite_store_adds_many_windows_of_one_batch_like_the_memory_store(t
         {"team:0": 0.25, "team:350": 0.25 + 0.35 + 1.0, "team:999": 1.0, "team:x": 0.0}
     )
     reopened.close()
+
+
+def _open_and_apply(path: str, batch: str, barrier, outcomes) -> None:
+    from processor.budget_state import SqliteStore
+
+    barrier.wait()
+    try:
+        store = SqliteStore(path)
+        store.apply(batch, {"team:ml": 0.25}, {})
+        store.close()
+        outcomes.put("ok")
+    except Exception as exc:  # reported to the test, which names it
+        outcomes.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_worker_processes_opening_a_new_sqlite_state_file_together_all_start_and_count(tmp_path):
+    import multiprocessing
+
+    from processor.budget_state import SqliteStore
+
+    # The workers of a pod start at the same moment on one state file that does not exist yet.
+    context = multiprocessing.get_context("spawn")
+    workers = 6
+    for attempt in range(3):
+        path = str(tmp_path / f"start-{attempt}" / "budgets.sqlite")
+        barrier, outcomes = context.Barrier(workers), context.Queue()
+        children = [
+            context.Process(target=_open_and_apply, args=(path, f"batch-{i}", barrier, outcomes))
+            for i in range(workers)
+        ]
+        for child in children:
+            child.start()
+        results = [outcomes.get(timeout=120) for _ in children]
+        for child in children:
+            child.join(timeout=60)
+        assert results == ["ok"] * workers
+        store = SqliteStore(path)
+        assert store.read(["team:ml"]) == {"team:ml": 0.25 * workers}
+        store.close()
