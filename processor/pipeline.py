@@ -8,6 +8,7 @@ pricing bug never turns off redaction.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,7 +19,15 @@ import pyarrow as pa
 import structlog
 
 from processor import encode
-from processor.decode import LOGS, TRACES, TelemetryBatch, WantedKeys, decode_logs, decode_traces
+from processor.decode import (
+    LOGS,
+    TRACES,
+    MalformedRequest,
+    TelemetryBatch,
+    WantedKeys,
+    decode_logs,
+    decode_traces,
+)
 from processor.observability import PipelineMetrics
 
 PROCESSING_ERROR_KEY = "genops.processing.error"
@@ -66,6 +75,19 @@ class Stage(Protocol):
     def process(self, batch: TelemetryBatch) -> BatchChanges: ...
 
 
+class StartedStage(Stage, Protocol):
+    """A stage that can begin on the request bytes, on a thread of its own, before the request is
+    decoded and while the stages before it run (it reads only the request as received). At its
+    place in the order the pipeline calls `finish` instead of `process`; its changes are the
+    same, so it still comes before the stages that read what it writes."""
+
+    def can_start(self) -> bool: ...
+
+    def start(self, raw: bytes, signal: str) -> object | None: ...
+
+    def finish(self, batch: TelemetryBatch, job: object) -> BatchChanges: ...
+
+
 @dataclass(frozen=True)
 class ProcessedRequest:
     payload: bytes
@@ -79,9 +101,14 @@ class Pipeline:
         self.metrics = metrics
         self._timers: dict[tuple[str, str], object] = {}
         self._stages = {signal: [s for s in self.stages if signal in s.signals] for signal in (TRACES, LOGS)}
+        self._started = {signal: [s for s in stages if _can_start(s)] for signal, stages in self._stages.items()}
+        # A started stage reads the values itself: the decoder need not list them for it.
         self._wanted = {
-            signal: WantedKeys.union(s.wanted_keys() for s in self.stages if signal in s.signals)
-            for signal in (TRACES, LOGS)
+            signal: WantedKeys.union(
+                dataclasses.replace(s.wanted_keys(), values=False) if s in self._started[signal] else s.wanted_keys()
+                for s in stages
+            )
+            for signal, stages in self._stages.items()
         }
 
     def _timer(self, stage: str, signal: str):
@@ -100,20 +127,49 @@ class Pipeline:
         return ProcessedRequest(raw, 1, ())
 
     def process_traces(self, raw: bytes) -> ProcessedRequest:
-        return self._process(TRACES, decode_traces(raw, self._wanted[TRACES]), raw)
+        return self._run(TRACES, raw)
 
     def process_logs(self, raw: bytes) -> ProcessedRequest:
-        return self._process(LOGS, decode_logs(raw, self._wanted[LOGS]), raw)
+        return self._run(LOGS, raw)
 
-    def _process(self, signal: str, batch: TelemetryBatch, raw: bytes) -> ProcessedRequest:
+    def _run(self, signal: str, raw: bytes) -> ProcessedRequest:
+        jobs = self._start(signal, raw)
+        try:
+            decode = decode_traces if signal == TRACES else decode_logs
+            return self._process(signal, decode(raw, self._wanted[signal]), raw, jobs)
+        finally:
+            # Started stages the batch never reached (an empty or malformed request).
+            for job in jobs.values():
+                job.abandon()
+
+    def _start(self, signal: str, raw: bytes) -> dict[str, object]:
+        jobs = {}
+        for stage in self._started[signal]:
+            try:
+                job = stage.start(raw, signal)
+            except Exception:
+                # It runs in turn instead (process), where a failure is handled as any stage's.
+                log.exception("stage could not start; it runs in turn", stage=stage.name, signal=signal)
+                continue
+            if job is not None:
+                jobs[stage.name] = job
+        return jobs
+
+    def _process(self, signal: str, batch: TelemetryBatch, raw: bytes, jobs: dict[str, object]) -> ProcessedRequest:
         applied: list[BatchChanges] = []
         failed: list[str] = []
         stages = self._stages[signal] if len(batch) else []
         for position, stage in enumerate(stages, 1):
+            # For a started stage: the time the batch waited for it, not the time it ran.
             started = time.perf_counter()
+            job = jobs.pop(stage.name, None)
             try:
-                changes = stage.process(batch)
+                changes = stage.process(batch) if job is None else stage.finish(batch, job)
                 _check_shape(changes, len(batch))
+            except MalformedRequest:
+                # Found by a stage that reads deeper than the decoder did (a corrupt nested value):
+                # the request's fault, refused as a whole as the decoder refuses it.
+                raise
             except Exception as exc:
                 failed.append(f"{stage.name}: {type(exc).__name__}: {exc}")
                 self.metrics.stage_errors.labels(stage=stage.name, signal=signal).inc()
@@ -140,6 +196,11 @@ class Pipeline:
             log.exception("encoding changes failed; forwarding the batch unmodified", signal=signal)
             return ProcessedRequest(raw, len(batch), (*failed, "encode"))
         return ProcessedRequest(payload, len(batch), tuple(failed))
+
+
+def _can_start(stage: Stage) -> bool:
+    can_start = getattr(stage, "can_start", None)
+    return can_start is not None and can_start()
 
 
 def _check_shape(changes: BatchChanges, rows: int) -> None:

@@ -37,6 +37,7 @@ from processor.decode import (
     SCOPE_ITEM,
     SCOPE_RESOURCE,
     TRACES,
+    MalformedRequest,
     TelemetryBatch,
     WantedKeys,
     native_available,
@@ -185,8 +186,31 @@ class RedactionStage:
         self._slot_counters: dict[tuple[int, str], Counter] = {}
 
     def wanted_keys(self) -> WantedKeys:
-        # No columns, but every value: the decoder then builds string_values() in its own pass.
+        # No columns, but every value: the decoder then builds string_values() in its own pass
+        # (unless the stage is started: it then scans the request itself, see `start`).
         return WantedKeys(values=True)
+
+    def can_start(self) -> bool:
+        """Whether `start` runs requests on a native thread (else it returns None)."""
+        return self._native is not None and native_available()
+
+    def start(self, raw: bytes, signal: str):
+        """Starts this request's redaction on a native thread, the GIL released, before the
+        request is decoded: its own scan of the values, then the rules, while the other stages
+        run. `finish` takes the result. None when the native redactor cannot take it."""
+        if not self.can_start() or type(raw) is not bytes:
+            return None
+        return self._native.start(raw, logs=signal == LOGS)
+
+    def finish(self, batch: TelemetryBatch, job) -> BatchChanges:
+        status, found = job.finish(_SUMMARY_LEVELS[self.rules.summary])
+        if status == "malformed":
+            # The thread's scan reads every value, deeper than the decoder's scan for columns.
+            raise MalformedRequest(f"cannot parse the {batch.signal} export request: {found}")
+        if status == "python":
+            # Values only the Python renderer reads (malformed nesting): the whole stage as usual.
+            return self.process(batch)
+        return self._native_changes(found, batch.signal)
 
     def process(self, batch: TelemetryBatch) -> BatchChanges:
         native = self._native is not None and native_available()
@@ -249,11 +273,15 @@ class RedactionStage:
             _resource_index(batch),
             _SUMMARY_LEVELS[self.rules.summary],
         )
+        return self._native_changes(found, batch.signal)
+
+    def _native_changes(self, found: tuple | None, signal: str) -> BatchChanges:
+        """What the native redactor returned (see `Redactor.redact`), as the stage's changes."""
         if found is None:
             return BatchChanges()
         (scopes, owners, positions, new_values), counts, summary = found
         for slot, count in counts:
-            self._slot_counter(slot, batch.signal).inc(count)
+            self._slot_counter(slot, signal).inc(count)
         rewrites = pl.DataFrame(
             [
                 pl.Series("scope", _strings(scopes)),

@@ -599,3 +599,74 @@ def test_worker_processes_opening_a_new_sqlite_state_file_together_all_start_and
         store = SqliteStore(path)
         assert store.read(["team:ml"]) == {"team:ml": 0.25 * workers}
         store.close()
+
+
+class InTurn:
+    """The same stage without `start`: the pipeline runs it in its turn, on the batch."""
+
+    def __init__(self, stage) -> None:
+        self.stage = stage
+        self.name, self.signals = stage.name, stage.signals
+
+    def wanted_keys(self):
+        return self.stage.wanted_keys()
+
+    def process(self, batch):
+        return self.stage.process(batch)
+
+
+@pytest.mark.parametrize("native", ["1", "0"])
+def test_a_pii_policy_sees_what_redaction_found_on_its_own_thread_as_in_turn(tmp_path, monkeypatch, native):
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
+
+    from processor.redact import RedactionStage
+    from processor.redaction_rules import load_rules
+
+    monkeypatch.setenv("GENOPS_NATIVE_DECODE", native)
+    path = tmp_path / "rules.yaml"
+    path.write_text("policies:\n  - {name: no-pii, type: pii_detected, mode: advisory}\n")
+    request = trace_request(
+        [
+            llm_span(0.25, **{"gen_ai.prompt": "hello", "note": "mail ada@example.com please"}),
+            llm_span(0.25, **{"note": "nothing to see"}),
+            span(name="GET /health", attributes={"http.route": "/health"}),
+        ],
+        resource={"service.name": "chat-api", "host.ip": "10.1.2.3"},
+    ).SerializeToString()
+    outputs = []
+    for wrap in (lambda stage: stage, InTurn):
+        redaction = wrap(RedactionStage(load_rules(), None, CollectorRegistry()))
+        policy = build_policy_stage(stage_config(path), CollectorRegistry())
+        out = Pipeline([redaction, policy], SidecarMetrics.create()).process_traces(request)
+        assert out.failed_stages == ()
+        outputs.append(out.payload)
+    assert outputs[0] == outputs[1]
+    sent = trace_pb.ExportTraceServiceRequest.FromString(outputs[0])
+    spans = [attributes_to_dict(s.attributes) for s in sent.resource_spans[0].scope_spans[0].spans]
+    # The resource's address counts on every span under it; the first span adds its prompt and email.
+    assert [s["genops.redaction.count"] for s in spans] == [3, 1, 1]
+    assert [s.get("genops.policy.violations") for s in spans] == [["no-pii"], ["no-pii"], None]
+    assert spans[0]["note"] == "mail [REDACTED:email] please"
+
+
+# A string that claims 9 bytes where 1 follows, the lengths around it left right: in the first
+# element of an array value, or as a value of its own.
+CORRUPTIONS = {"nested": (b"\x0a\x03\x0a\x01a", b"\x0a\x03\x0a\x09a"), "value": (b"\x0a\x01z", b"\x0a\x09z")}
+
+
+@pytest.mark.parametrize("where", sorted(CORRUPTIONS))
+def test_a_request_with_a_corrupt_value_is_refused_as_malformed_with_redaction_on(where):
+    from processor.decode import MalformedRequest
+    from processor.redact import RedactionStage
+    from processor.redaction_rules import load_rules
+
+    attributes = {"tags": ["a", "b"], "user.email": "a@b.co", "note": "z"}
+    raw = trace_request([span(attributes=attributes)]).SerializeToString()
+    good, bad = CORRUPTIONS[where]
+    assert raw.count(good) == 1
+    corrupt = raw.replace(good, bad)
+    pipeline = Pipeline([RedactionStage(load_rules(), None, CollectorRegistry())], SidecarMetrics.create())
+    with pytest.raises(MalformedRequest):
+        pipeline.process_traces(corrupt)
+    # The stage's thread is free again: the next request goes through.
+    assert pipeline.process_traces(raw).failed_stages == ()

@@ -118,15 +118,21 @@ class PairedStages:
 
     def __init__(self, rules) -> None:
         self.native = RedactionStage(rules, b"paired-key", CollectorRegistry())
+        self.started = RedactionStage(rules, b"paired-key", CollectorRegistry())
         self.polars = RedactionStage(rules, b"paired-key", CollectorRegistry())
 
     def check(self, batch: TelemetryBatch, monkeypatch) -> BatchChanges:
         monkeypatch.setenv("GENOPS_NATIVE_DECODE", "1")
         native = self.native.process(batch)
+        # The same request redacted on the stage's own thread, from the request bytes alone.
+        job = self.started.start(batch.raw, batch.signal)
+        assert job is not None
+        started = self.started.finish(batch, job)
         monkeypatch.setenv("GENOPS_NATIVE_DECODE", "0")
         reference = self.polars.process(batch)
         assert_same_changes(native, reference)
-        assert counts(self.native) == counts(self.polars)
+        assert_same_changes(started, reference)
+        assert counts(self.native) == counts(self.started) == counts(self.polars)
         return native
 
 

@@ -11,7 +11,7 @@
 //! cached across batches (bounded).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{mpsc, Mutex};
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use pyo3::buffer::PyBuffer;
@@ -22,7 +22,9 @@ use regex::bytes::RegexSet;
 use regex::{NoExpand, Regex};
 use rustc_hash::{FxHashMap, FxHashSet};
 
+use crate::arrow::View;
 use crate::detect::Check;
+use crate::scan::{flat_values, FlatValues};
 
 /// Entries kept per cache between batches; past it the cache starts over (keys and candidates
 /// repeat from batch to batch, an unbounded stream of new ones must not grow memory).
@@ -320,13 +322,57 @@ impl IntColumn {
         })
     }
 
+    fn ints(&self) -> Ints<'_> {
+        Ints::Arrow {
+            bytes: bytes_of(&self.data),
+            width: self.width,
+            signed: self.signed,
+            offset: self.offset,
+            len: self.len,
+        }
+    }
+}
+
+/// Integers read as i64: an Arrow buffer (validated by `IntColumn::from_arrow`) or the scan's own.
+#[derive(Clone, Copy)]
+enum Ints<'a> {
+    Arrow {
+        bytes: &'a [u8],
+        width: usize,
+        signed: bool,
+        offset: usize,
+        len: usize,
+    },
+    Native(&'a [i64]),
+}
+
+impl Ints<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Ints::Arrow { len, .. } => *len,
+            Ints::Native(values) => values.len(),
+        }
+    }
+
+    #[inline(always)]
     fn get(&self, i: usize) -> i64 {
-        let at = (self.offset + i) * self.width;
-        let raw = &bytes_of(&self.data)[at..at + self.width];
-        match (self.width, self.signed) {
-            (8, _) => i64::from_le_bytes(raw.try_into().unwrap()),
-            (4, true) => i32::from_le_bytes(raw.try_into().unwrap()) as i64,
-            _ => u32::from_le_bytes(raw.try_into().unwrap()) as i64,
+        match *self {
+            Ints::Native(values) => values[i],
+            Ints::Arrow {
+                bytes,
+                width,
+                signed,
+                offset,
+                ..
+            } => {
+                let at = (offset + i) * width;
+                let raw = &bytes[at..at + width];
+                match (width, signed) {
+                    (8, _) => i64::from_le_bytes(raw.try_into().unwrap()),
+                    (4, true) => i32::from_le_bytes(raw.try_into().unwrap()) as i64,
+                    _ => u32::from_le_bytes(raw.try_into().unwrap()) as i64,
+                }
+            }
         }
     }
 }
@@ -367,14 +413,20 @@ impl StringsOut {
         self.offsets.push(self.data.len() as i64);
     }
 
-    fn into_py(mut self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        if self.offsets.is_empty() {
-            self.offsets.push(0);
-        }
+    fn into_py(self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.to_py(py)
+    }
+
+    fn to_py(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let offsets: &[i64] = if self.offsets.is_empty() {
+            &[0]
+        } else {
+            &self.offsets
+        };
         let tuple = (
             self.valid.len(),
             bitmap(py, &self.valid),
-            PyBytes::new(py, &le_i64(&self.offsets)),
+            PyBytes::new(py, &le_i64(offsets)),
             PyBytes::new(py, &self.data),
         );
         Ok(tuple.into_pyobject(py)?.into_any().unbind())
@@ -467,6 +519,8 @@ pub struct Redactor {
     redact_all_types: bool,
     hasher: Py<PyAny>,
     caches: Mutex<Caches>,
+    /// The thread `start` hands requests to, started on first use.
+    worker: Mutex<Option<mpsc::Sender<Work>>>,
 }
 
 fn compile(pattern: &str) -> PyResult<Regex> {
@@ -519,23 +573,19 @@ impl Redactor {
         0
     }
 
-    fn hash(&self, py: Python<'_>, caches: &mut Caches, value: &str) -> PyResult<String> {
+    // The Python callables (hash, checks without a Rust version) take the GIL themselves: the
+    // batch may be running on a thread of its own (`start`), the GIL released.
+    fn hash(&self, caches: &mut Caches, value: &str) -> PyResult<String> {
         if let Some(done) = caches.hashes.get(value) {
             return Ok(done.clone());
         }
-        let hashed: String = self.hasher.call1(py, (value,))?.extract(py)?;
+        let hashed: String = Python::attach(|py| self.hasher.call1(py, (value,))?.extract(py))?;
         bounded(&mut caches.hashes, CACHE_LIMIT);
         caches.hashes.insert(value.to_owned(), hashed.clone());
         Ok(hashed)
     }
 
-    fn check(
-        &self,
-        py: Python<'_>,
-        caches: &mut Caches,
-        rule: usize,
-        candidate: &str,
-    ) -> PyResult<Option<String>> {
+    fn check(&self, caches: &mut Caches, rule: usize, candidate: &str) -> PyResult<Option<String>> {
         let Some(check) = &self.value_rules[rule].check else {
             return Ok(Some(candidate.to_owned()));
         };
@@ -552,14 +602,14 @@ impl Redactor {
         if let Some(done) = cache.get(candidate) {
             return Ok(done.clone());
         }
-        let part: Option<String> = check.call1(py, (candidate,))?.extract(py)?;
+        let part: Option<String> = Python::attach(|py| check.call1(py, (candidate,))?.extract(py))?;
         bounded(cache, CACHE_LIMIT);
         cache.insert(candidate.to_owned(), part.clone());
         Ok(part)
     }
 
     /// Runs the value rules over `hits` (the values some rule matches), in rule order.
-    fn scan_values(&self, py: Python<'_>, caches: &mut Caches, hits: &mut [Hit]) -> PyResult<()> {
+    fn scan_values(&self, caches: &mut Caches, hits: &mut [Hit]) -> PyResult<()> {
         // A rule that matches none of the values as received is skipped for the whole batch, as
         // the polars path does: then it cannot touch what an earlier rule wrote either.
         let possible = hits.iter().fold(0, |mask, hit| mask | hit.received);
@@ -584,8 +634,7 @@ impl Redactor {
                 }
                 continue;
             }
-            let Some((automaton, replacements)) =
-                self.accepted(py, caches, index, hits, &matched)?
+            let Some((automaton, replacements)) = self.accepted(caches, index, hits, &matched)?
             else {
                 continue;
             };
@@ -614,7 +663,6 @@ impl Redactor {
     #[allow(clippy::type_complexity)]
     fn accepted(
         &self,
-        py: Python<'_>,
         caches: &mut Caches,
         index: usize,
         hits: &[Hit],
@@ -633,14 +681,14 @@ impl Redactor {
         let mut accepted: Vec<(String, String)> = Vec::new();
         let mut parts: FxHashSet<String> = FxHashSet::default();
         for candidate in candidates {
-            let Some(part) = self.check(py, caches, index, candidate)? else {
+            let Some(part) = self.check(caches, index, candidate)? else {
                 continue;
             };
             if part.is_empty() || !parts.insert(part.clone()) {
                 continue;
             }
             let replacement = match &rule.action {
-                Action::Hash => self.hash(py, caches, &part)?,
+                Action::Hash => self.hash(caches, &part)?,
                 Action::Mask(mask) => mask.clone(),
                 _ => String::new(),
             };
@@ -687,6 +735,11 @@ struct Values<'a> {
     key: Strs<'a>,
     value: Strs<'a>,
     kind: Option<Strs<'a>>,
+    owner: Ints<'a>,
+    position: Ints<'a>,
+    row: Ints<'a>,
+    /// The resource of each item (one entry per item, not per value).
+    item_resource: Ints<'a>,
 }
 
 #[pymethods]
@@ -749,6 +802,7 @@ impl Redactor {
             redact_all_types,
             hasher,
             caches: Mutex::new(Caches::default()),
+            worker: Mutex::new(None),
         })
     }
 
@@ -776,86 +830,258 @@ impl Redactor {
         let [scope, key, value] = columns;
         let (scope, key, value) = (scope?, key?, value?);
         let kind = kind.map(StrColumn::from_arrow).transpose()?;
+        let owner = IntColumn::from_arrow(owner)?;
+        let position = IntColumn::from_arrow(position)?;
+        let row = IntColumn::from_arrow(row)?;
+        let item_resource = IntColumn::from_arrow(item_resource)?;
         let values = Values {
             scope: scope.strs()?,
             key: key.strs()?,
             value: value.strs()?,
             kind: kind.as_ref().map(StrColumn::strs).transpose()?,
+            owner: owner.ints(),
+            position: position.ints(),
+            row: row.ints(),
+            item_resource: item_resource.ints(),
         };
-        let owner = IntColumn::from_arrow(owner)?;
-        let position = IntColumn::from_arrow(position)?;
-        let row = IntColumn::from_arrow(row)?;
-        let item_resource = IntColumn::from_arrow(item_resource)?;
         let n = values.value.len;
         let lengths = [
             values.scope.len,
             values.key.len,
-            owner.len,
-            position.len,
-            row.len,
+            values.owner.len(),
+            values.position.len(),
+            values.row.len(),
             values.kind.as_ref().map_or(n, |k| k.len),
         ];
         if lengths.iter().any(|len| *len != n) {
             return Err(PyValueError::new_err("columns of different lengths"));
         }
-        // Taken out for the batch and put back after: a check or hash callable may let another
-        // thread run, which must not find the lock held.
-        let mut caches = std::mem::take(&mut *self.caches.lock().unwrap());
-        let result = self.changes(py, &mut caches, &values);
-        *self.caches.lock().unwrap() = caches;
-        let changes = result?;
-        if changes.rows.is_empty() {
-            return Ok(None);
-        }
-        let mut scopes = StringsOut::default();
-        let mut owners = Vec::with_capacity(changes.rows.len());
-        let mut positions = Vec::with_capacity(changes.rows.len());
-        for &i in &changes.rows {
-            scopes.push(Some(values.scope.get(i)));
-            owners.push(owner.get(i));
-            positions.push(position.get(i));
-        }
-        let rewrites = (
-            scopes.into_py(py)?,
-            PyBytes::new(py, &le_i64(&owners)),
-            PyBytes::new(py, &le_i64(&positions)),
-            changes.new_values.into_py(py)?,
-        );
-        let counts = PyList::empty(py);
-        for (slot, count) in changes.counts.iter().enumerate() {
-            if *count > 0 {
-                counts.append((slot, *count))?;
-            }
-        }
-        let summary = if summary == 0 {
-            None
-        } else {
-            Some(summarise(
-                py,
-                &changes.rows,
-                &values,
-                &owner,
-                &row,
-                &item_resource,
-                summary >= 2,
-            )?)
+        let changes = self.changes_with_caches(&values)?;
+        found_to_py(py, &changes, &values, summary)
+    }
+
+    /// Starts one request's redaction on a thread of its own, the GIL released: the scan of its
+    /// values (the same as `scan(..., want_strings=True)`) and the rules. `RedactionJob.finish`
+    /// gives what `redact` gives for those values. The request must be a bytes object (immutable:
+    /// the thread reads it while Python goes on).
+    #[pyo3(signature = (raw, logs=false))]
+    fn start(
+        slf: &Bound<'_, Self>,
+        raw: &Bound<'_, PyBytes>,
+        logs: bool,
+    ) -> PyResult<RedactionJob> {
+        let redactor: Py<Redactor> = slf.clone().unbind();
+        let request: Py<PyBytes> = raw.clone().unbind();
+        let bytes = raw.as_bytes();
+        let task = Task {
+            redactor,
+            request,
+            address: bytes.as_ptr() as usize,
+            len: bytes.len(),
+            logs,
         };
-        Ok(Some(
-            (rewrites, counts, summary)
-                .into_pyobject(py)?
-                .into_any()
-                .unbind(),
-        ))
+        let (reply, result) = mpsc::sync_channel(1);
+        let mut worker = slf.get().worker.lock().unwrap();
+        if worker.is_none() {
+            *worker = Some(spawn_worker()?);
+        }
+        if let Err(mpsc::SendError((task, reply))) = worker.as_ref().unwrap().send((task, reply)) {
+            // The thread is gone (it panicked): a new one for this and later requests.
+            let fresh = spawn_worker()?;
+            fresh
+                .send((task, reply))
+                .map_err(|_| PyValueError::new_err("the redaction thread does not take work"))?;
+            *worker = Some(fresh);
+        }
+        Ok(RedactionJob {
+            result: Mutex::new(Some(result)),
+        })
     }
 }
 
+/// One request for the redaction thread.
+struct Task {
+    redactor: Py<Redactor>,
+    request: Py<PyBytes>,
+    address: usize,
+    len: usize,
+    logs: bool,
+}
+
+type Work = (Task, mpsc::SyncSender<JobOutput>);
+
+/// The redaction thread of a Redactor: one long-lived thread (a new thread per request costs its
+/// start and a cold stack), taking requests in turn. It ends when the Redactor is dropped.
+fn spawn_worker() -> PyResult<mpsc::Sender<Work>> {
+    let (sender, requests) = mpsc::channel::<Work>();
+    std::thread::Builder::new()
+        .name("genops-redaction".into())
+        .spawn(move || {
+            for (task, reply) in requests {
+                let _ = reply.send(run(task));
+            }
+        })
+        .map_err(|e| PyValueError::new_err(format!("cannot start a redaction thread: {e}")))?;
+    Ok(sender)
+}
+
+fn run(task: Task) -> JobOutput {
+    let Task {
+        redactor,
+        request,
+        address,
+        len,
+        logs,
+    } = task;
+    // SAFETY: a bytes object never changes, and `request` keeps this one alive until the output
+    // (which holds it) is dropped by `finish`, with the GIL.
+    let raw = unsafe { std::slice::from_raw_parts(address as *const u8, len) };
+    let scanned = flat_values(raw, logs);
+    let changes = match &scanned {
+        Ok(flat) if !flat.nested => Some(redactor.get().changes_with_caches(&flat_view(flat, raw))),
+        _ => None,
+    };
+    JobOutput {
+        redactor,
+        request,
+        scanned,
+        changes,
+    }
+}
+
+/// What a redaction thread hands back: the Python objects it kept alive (dropped with the GIL
+/// held), the values it scanned and the changes (None: not run, as for values Python must render).
+struct JobOutput {
+    redactor: Py<Redactor>,
+    request: Py<PyBytes>,
+    scanned: Result<FlatValues, String>,
+    changes: Option<PyResult<Changes>>,
+}
+
+/// A redaction started by `Redactor.start`.
+#[pyclass(frozen, module = "processor._otlp_native")]
+pub struct RedactionJob {
+    result: Mutex<Option<mpsc::Receiver<JobOutput>>>,
+}
+
+#[pymethods]
+impl RedactionJob {
+    /// Waits for the thread (the GIL released). Returns ("done", what `redact` returns);
+    /// ("python", None) when the request holds values only Python renders (the caller runs the
+    /// other path); ("malformed", the scan's message) for a request the scan cannot read.
+    fn finish(&self, py: Python<'_>, summary: u8) -> PyResult<(&'static str, Option<Py<PyAny>>)> {
+        let result = self.result.lock().unwrap().take();
+        let Some(result) = result else {
+            return Err(PyValueError::new_err("redaction job already finished"));
+        };
+        let output = py
+            .detach(move || result.recv())
+            .map_err(|_| PyValueError::new_err("the redaction thread failed"))?;
+        let JobOutput {
+            redactor,
+            request,
+            scanned,
+            changes,
+        } = output;
+        drop(redactor);
+        let flat = match scanned {
+            Ok(flat) => flat,
+            Err(message) => {
+                let message = message.into_pyobject(py)?.into_any().unbind();
+                return Ok(("malformed", Some(message)));
+            }
+        };
+        let Some(changes) = changes else {
+            return Ok(("python", None));
+        };
+        let changes = changes?;
+        let values = flat_view(&flat, request.bind(py).as_bytes());
+        Ok(("done", found_to_py(py, &changes, &values, summary)?))
+    }
+
+    /// Waits for the thread and drops its result (a request given up on before `finish`).
+    fn abandon(&self, py: Python<'_>) {
+        if let Some(result) = self.result.lock().unwrap().take() {
+            let _ = py.detach(move || result.recv());
+        }
+    }
+}
+
+/// The scan's values read as the columns `redact` reads.
+fn flat_view<'a>(flat: &'a FlatValues, request: &'a [u8]) -> Values<'a> {
+    let views = |views: &'a [View], data: Vec<&'a [u8]>| Strs {
+        layout: StrLayout::View,
+        offset: 0,
+        len: views.len(),
+        index: views.as_flattened(),
+        data,
+    };
+    Values {
+        scope: views(&flat.scope, Vec::new()),
+        key: views(&flat.key, vec![&flat.key_data]),
+        value: views(&flat.value, vec![&flat.value_data, request]),
+        kind: Some(views(&flat.kind, Vec::new())),
+        owner: Ints::Native(&flat.owner),
+        position: Ints::Native(&flat.position),
+        row: Ints::Native(&flat.row),
+        item_resource: Ints::Native(&flat.item_resource),
+    }
+}
+
+/// `redact`'s return value for these changes.
+fn found_to_py(
+    py: Python<'_>,
+    changes: &Changes,
+    values: &Values<'_>,
+    summary: u8,
+) -> PyResult<Option<Py<PyAny>>> {
+    if changes.rows.is_empty() {
+        return Ok(None);
+    }
+    let mut scopes = StringsOut::default();
+    let mut owners = Vec::with_capacity(changes.rows.len());
+    let mut positions = Vec::with_capacity(changes.rows.len());
+    for &i in &changes.rows {
+        scopes.push(Some(values.scope.get(i)));
+        owners.push(values.owner.get(i));
+        positions.push(values.position.get(i));
+    }
+    let rewrites = (
+        scopes.into_py(py)?,
+        PyBytes::new(py, &le_i64(&owners)),
+        PyBytes::new(py, &le_i64(&positions)),
+        changes.new_values.to_py(py)?,
+    );
+    let counts = PyList::empty(py);
+    for (slot, count) in changes.counts.iter().enumerate() {
+        if *count > 0 {
+            counts.append((slot, *count))?;
+        }
+    }
+    let summary = if summary == 0 {
+        None
+    } else {
+        Some(summarise(py, &changes.rows, values, summary >= 2)?)
+    };
+    Ok(Some(
+        (rewrites, counts, summary)
+            .into_pyobject(py)?
+            .into_any()
+            .unbind(),
+    ))
+}
+
 impl Redactor {
-    fn changes(
-        &self,
-        py: Python<'_>,
-        caches: &mut Caches,
-        values: &Values<'_>,
-    ) -> PyResult<Changes> {
+    fn changes_with_caches(&self, values: &Values<'_>) -> PyResult<Changes> {
+        // Taken out for the batch and put back after: a check or hash callable may let another
+        // thread run, which must not find the lock held.
+        let mut caches = std::mem::take(&mut *self.caches.lock().unwrap());
+        let result = self.changes(&mut caches, values);
+        *self.caches.lock().unwrap() = caches;
+        result
+    }
+
+    fn changes(&self, caches: &mut Caches, values: &Values<'_>) -> PyResult<Changes> {
         let key_slots = self.key_rules.len();
         let not_allowed_slot = key_slots + self.value_rules.len();
         let mut changes = Changes {
@@ -924,7 +1150,7 @@ impl Redactor {
                             }
                         }
                         Action::Hash => {
-                            let hashed = self.hash(py, caches, to_str(text)?)?;
+                            let hashed = self.hash(caches, to_str(text)?)?;
                             changes.push(i, Some(hashed.as_bytes()), rule);
                         }
                     }
@@ -951,7 +1177,7 @@ impl Redactor {
             }
         }
         if !hits.is_empty() {
-            self.scan_values(py, caches, &mut hits)?;
+            self.scan_values(caches, &mut hits)?;
         }
         for hit in &hits {
             if hit.fired.is_empty() {
@@ -979,12 +1205,10 @@ fn summarise(
     py: Python<'_>,
     rows: &[usize],
     values: &Values<'_>,
-    owner: &IntColumn,
-    row: &IntColumn,
-    item_resource: &IntColumn,
     keys: bool,
 ) -> PyResult<Py<PyAny>> {
-    let items = item_resource.len;
+    let (owner, row, item_resource) = (values.owner, values.row, values.item_resource);
+    let items = item_resource.len();
     // Labels repeat (one per key and scope): each distinct one gets a number in sorted order, so
     // an item's labels sort and deduplicate as numbers.
     let mut label_ids: FxHashMap<(&[u8], &[u8]), usize> = FxHashMap::default();

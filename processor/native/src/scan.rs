@@ -676,8 +676,90 @@ impl StringValues {
     }
 }
 
+/// Every value of a request with its address, flattened in Python's order (resources, items,
+/// events), for the native redactor: what `StringValues::to_py` hands to Python, kept in Rust.
+pub(crate) struct FlatValues {
+    pub scope: Vec<View>,
+    pub key: Vec<View>,
+    /// Views into `value_data` (buffer 0) or into the request bytes (buffer 1).
+    pub value: Vec<View>,
+    pub kind: Vec<View>,
+    pub owner: Vec<i64>,
+    pub position: Vec<i64>,
+    pub row: Vec<i64>,
+    pub key_data: Vec<u8>,
+    pub value_data: Vec<u8>,
+    /// The resource of each item.
+    pub item_resource: Vec<i64>,
+    /// Some value could not be rendered here (malformed nesting): Python has to render it.
+    pub nested: bool,
+}
+
+impl StringValues {
+    fn flatten(self, item_resource: &[u32]) -> FlatValues {
+        let scope_views = SCOPE_NAMES.map(|name| view_of(name.as_bytes(), &mut Vec::new()));
+        let kind_views = KIND_NAMES.map(|name| view_of(name.as_bytes(), &mut Vec::new()));
+        let n: usize = self.parts.iter().map(|p| p.scope.len()).sum();
+        let mut flat = FlatValues {
+            scope: Vec::with_capacity(n),
+            key: Vec::with_capacity(n),
+            value: Vec::with_capacity(n),
+            kind: Vec::with_capacity(n),
+            owner: Vec::with_capacity(n),
+            position: Vec::with_capacity(n),
+            row: Vec::with_capacity(n),
+            key_data: self.key_data,
+            value_data: self.value_data,
+            item_resource: item_resource.iter().map(|&r| i64::from(r)).collect(),
+            nested: self.parts.iter().any(|p| !p.nested.is_empty()),
+        };
+        for part in &self.parts {
+            flat.scope
+                .extend(part.scope.iter().map(|&code| scope_views[code as usize]));
+            flat.key.extend_from_slice(&part.key);
+            flat.value.extend_from_slice(&part.value);
+            flat.kind
+                .extend(part.kind.iter().map(|&code| kind_views[code as usize]));
+            flat.owner.extend_from_slice(&part.owner);
+            flat.position.extend_from_slice(&part.position);
+            flat.row.extend_from_slice(&part.row);
+        }
+        flat
+    }
+}
+
+/// The values of a request the way `scan(..., want_strings=True)` lists them, without Python
+/// (callable with the GIL released, from any thread).
+pub(crate) fn flat_values(raw: &[u8], logs: bool) -> WireResult<FlatValues> {
+    let guess = raw.len() / 600 + 16;
+    let mut state = Scan {
+        want_strings: true,
+        want_spans: false,
+        items: Columns::new(&[]),
+        resources: Columns::new(&[]),
+        item_resource: Vec::with_capacity(guess),
+        names: Views::with_capacity(if logs { 0 } else { guess }),
+        starts: Vec::with_capacity(guess),
+        ends: Vec::with_capacity(guess),
+        statuses: Vec::with_capacity(guess),
+        event_rows: Vec::new(),
+        strings: StringValues::with_capacity(guess * 10, raw.len() / 8, raw),
+        keys: FastMap::default(),
+        wants_nothing: false,
+    };
+    walk(&mut state, raw, logs)?;
+    let Scan {
+        strings,
+        item_resource,
+        ..
+    } = state;
+    Ok(strings.flatten(&item_resource))
+}
+
 struct Scan<'a> {
     want_strings: bool,
+    /// Span names, times and statuses (not wanted by a scan for the values only).
+    want_spans: bool,
     items: Columns<'a>,
     resources: Columns<'a>,
     item_resource: Vec<u32>,
@@ -838,10 +920,12 @@ impl<'a> Scan<'a> {
                 _ => reader.skip(wire)?,
             }
         }
-        self.names.push_with(|out| push_text(out, name));
-        self.starts.push(start);
-        self.ends.push(end);
-        self.statuses.push(status);
+        if self.want_spans {
+            self.names.push_with(|out| push_text(out, name));
+            self.starts.push(start);
+            self.ends.push(end);
+            self.statuses.push(status);
+        }
         Ok(())
     }
 
@@ -975,6 +1059,7 @@ pub fn scan<'py>(
     let strings_guess = if want_strings { guess * 10 } else { 0 };
     let mut state = Scan {
         want_strings,
+        want_spans: !logs,
         items: Columns::new(&item_keys),
         resources: Columns::new(&resource_keys),
         item_resource: Vec::with_capacity(guess),
