@@ -70,14 +70,11 @@ class _TimedStage:
         finally:
             self.seconds += time.process_time() - started
 
-    # A stage the pipeline starts early (redaction): its thread's CPU time is not counted here,
-    # only the main thread's (process_time counts every thread: the split would mislead).
-    def can_start(self) -> bool:
-        can_start = getattr(self.inner, "can_start", None)
-        return can_start is not None and can_start()
-
-    def start(self, raw, signal):
-        return self.inner.start(raw, signal)
+    # A stage whose values go to a native consumer (redaction): its thread's CPU time is not
+    # counted here, only the main thread's wait (process_time counts every thread).
+    def values_consumer(self):
+        consumer = getattr(self.inner, "values_consumer", None)
+        return None if consumer is None else consumer()
 
     def finish(self, batch, job):
         started = time.process_time()

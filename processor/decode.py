@@ -110,6 +110,8 @@ class TelemetryBatch:
         self._string_values = _string_values
         # The native scan's buffers of every value, made into `_string_values` only if asked for.
         self._native_strings: dict | None = None
+        # When the decoder handed every value to a native consumer instead (`values_to`): its job.
+        self.values_job: object | None = None
         self._items: list | None = None
         self._resources: list[lean.Resource] | None = None
         self._events: list[tuple[int, lean.SpanEvent]] | None = None
@@ -295,9 +297,11 @@ def native_module():
     return _native
 
 
-def decode_traces(raw: bytes, wanted: WantedKeys) -> TelemetryBatch:
+def decode_traces(raw: bytes, wanted: WantedKeys, values_to: object | None = None) -> TelemetryBatch:
+    """`values_to`: a native consumer (processor._otlp_native.Redactor) the native scan hands every
+    value to, on its own thread; `batch.values_job` is then its job. Ignored by the Python walk."""
     if native_available():
-        return _decode_native(TRACES, raw, wanted)
+        return _decode_native(TRACES, raw, wanted, values_to)
     request = _parse(lean.ExportTraceServiceRequest, raw)
     batch = TelemetryBatch(TRACES, pl.DataFrame(), raw, request)
     rows: list[dict[str, object]] = []
@@ -323,9 +327,10 @@ def decode_traces(raw: bytes, wanted: WantedKeys) -> TelemetryBatch:
     return batch
 
 
-def decode_logs(raw: bytes, wanted: WantedKeys) -> TelemetryBatch:
+def decode_logs(raw: bytes, wanted: WantedKeys, values_to: object | None = None) -> TelemetryBatch:
+    """`values_to`: as for `decode_traces`."""
     if native_available():
-        return _decode_native(LOGS, raw, wanted)
+        return _decode_native(LOGS, raw, wanted, values_to)
     request = _parse(lean.ExportLogsServiceRequest, raw)
     rows: list[dict[str, object]] = []
     item_resource: list[int] = []
@@ -349,7 +354,7 @@ def _span_columns(names: list[str], starts: list[int], ends: list[int], statuses
     ]
 
 
-def _decode_native(signal: str, raw: bytes, wanted: WantedKeys) -> TelemetryBatch:
+def _decode_native(signal: str, raw: bytes, wanted: WantedKeys, values_to: object | None = None) -> TelemetryBatch:
     """The same batch as the Python walk, with the attribute scan done by processor/native.
 
     The scan checks the wire structure (a malformed request fails here) and returns every
@@ -360,7 +365,7 @@ def _decode_native(signal: str, raw: bytes, wanted: WantedKeys) -> TelemetryBatc
     item_keys = sorted(wanted.item)
     resource_keys = sorted(wanted.resource)
     try:
-        scanned = _native.scan(raw, item_keys, resource_keys, wanted.values, logs=signal == LOGS)
+        scanned = _native.scan(raw, item_keys, resource_keys, wanted.values, logs=signal == LOGS, values_to=values_to)
     except ValueError as exc:
         raise MalformedRequest(f"cannot parse the {signal} export request: {exc}") from exc
     rows = scanned["rows"]
@@ -384,7 +389,8 @@ def _decode_native(signal: str, raw: bytes, wanted: WantedKeys) -> TelemetryBatc
         columns.add_buffers(STATUS_CODE, pa.int32(), [None, scanned["statuses"]])
     batch = TelemetryBatch(signal, None, raw, columns=columns)
     batch._event_rows = scanned["event_rows"]
-    if wanted.values:
+    batch.values_job = scanned.get("values_job")
+    if wanted.values and batch.values_job is None:
         batch._native_strings = scanned["strings"]
         if scanned["strings"]["nested"]:
             # Rendered by the protobuf view now: a request it cannot parse is refused here, as a whole.

@@ -75,15 +75,14 @@ class Stage(Protocol):
     def process(self, batch: TelemetryBatch) -> BatchChanges: ...
 
 
-class StartedStage(Stage, Protocol):
-    """A stage that can begin on the request bytes, on a thread of its own, before the request is
-    decoded and while the stages before it run (it reads only the request as received). At its
-    place in the order the pipeline calls `finish` instead of `process`; its changes are the
+class ValuesStage(Stage, Protocol):
+    """A stage with a native consumer of every value (`values_consumer`, None when it has none):
+    the decoder's scan hands the values to it, and it works on them on a thread of its own while
+    the stages before it run (it reads only the request as received). At its place in the order
+    the pipeline calls `finish` with the consumer's job instead of `process`; the changes are the
     same, so it still comes before the stages that read what it writes."""
 
-    def can_start(self) -> bool: ...
-
-    def start(self, raw: bytes, signal: str) -> object | None: ...
+    def values_consumer(self) -> object | None: ...
 
     def finish(self, batch: TelemetryBatch, job: object) -> BatchChanges: ...
 
@@ -101,11 +100,17 @@ class Pipeline:
         self.metrics = metrics
         self._timers: dict[tuple[str, str], object] = {}
         self._stages = {signal: [s for s in self.stages if signal in s.signals] for signal in (TRACES, LOGS)}
-        self._started = {signal: [s for s in stages if _can_start(s)] for signal, stages in self._stages.items()}
-        # A started stage reads the values itself: the decoder need not list them for it.
+        # One stage per signal at most gets the values from the scan (the first that takes them).
+        self._consumers = {
+            signal: next(((s, c) for s in stages if (c := _values_consumer(s)) is not None), None)
+            for signal, stages in self._stages.items()
+        }
+        # Values handed to a consumer are not also listed for Python.
         self._wanted = {
             signal: WantedKeys.union(
-                dataclasses.replace(s.wanted_keys(), values=False) if s in self._started[signal] else s.wanted_keys()
+                dataclasses.replace(s.wanted_keys(), values=False)
+                if self._consumers[signal] and s is self._consumers[signal][0]
+                else s.wanted_keys()
                 for s in stages
             )
             for signal, stages in self._stages.items()
@@ -133,34 +138,23 @@ class Pipeline:
         return self._run(LOGS, raw)
 
     def _run(self, signal: str, raw: bytes) -> ProcessedRequest:
-        jobs = self._start(signal, raw)
+        consumer = self._consumers[signal]
+        decode = decode_traces if signal == TRACES else decode_logs
+        batch = decode(raw, self._wanted[signal], values_to=consumer[1] if consumer else None)
+        jobs = {consumer[0].name: batch.values_job} if consumer and batch.values_job is not None else {}
         try:
-            decode = decode_traces if signal == TRACES else decode_logs
-            return self._process(signal, decode(raw, self._wanted[signal]), raw, jobs)
+            return self._process(signal, batch, raw, jobs)
         finally:
-            # Started stages the batch never reached (an empty or malformed request).
+            # A job the batch never reached (a request with no item).
             for job in jobs.values():
                 job.abandon()
-
-    def _start(self, signal: str, raw: bytes) -> dict[str, object]:
-        jobs = {}
-        for stage in self._started[signal]:
-            try:
-                job = stage.start(raw, signal)
-            except Exception:
-                # It runs in turn instead (process), where a failure is handled as any stage's.
-                log.exception("stage could not start; it runs in turn", stage=stage.name, signal=signal)
-                continue
-            if job is not None:
-                jobs[stage.name] = job
-        return jobs
 
     def _process(self, signal: str, batch: TelemetryBatch, raw: bytes, jobs: dict[str, object]) -> ProcessedRequest:
         applied: list[BatchChanges] = []
         failed: list[str] = []
         stages = self._stages[signal] if len(batch) else []
         for position, stage in enumerate(stages, 1):
-            # For a started stage: the time the batch waited for it, not the time it ran.
+            # For a stage with a job: the time the batch waited for it, not the time it ran.
             started = time.perf_counter()
             job = jobs.pop(stage.name, None)
             try:
@@ -198,9 +192,9 @@ class Pipeline:
         return ProcessedRequest(payload, len(batch), tuple(failed))
 
 
-def _can_start(stage: Stage) -> bool:
-    can_start = getattr(stage, "can_start", None)
-    return can_start is not None and can_start()
+def _values_consumer(stage: Stage) -> object | None:
+    consumer = getattr(stage, "values_consumer", None)
+    return None if consumer is None else consumer()
 
 
 def _check_shape(changes: BatchChanges, rows: int) -> None:

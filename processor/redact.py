@@ -11,10 +11,13 @@ Works on the long frame of every value in the batch (`TelemetryBatch.string_valu
 Non-string values (arrays, maps, numbers) come with a textual rendering; when a rule changes one,
 the whole value is replaced by the redacted rendering as a string.
 
-With the native extension built, the same steps run in one Rust call per batch (`Redactor` in
-processor/native/src/redact.rs) on the columns' Arrow buffers, which returns only the changed values
-and the per-item summary; the polars path below stays the fallback and the reference the native
-one is tested against (tests/test_redaction_native.py).
+With the native extension built, the same steps run in Rust (`Redactor` in
+processor/native/src/redact.rs), which returns only the changed values and the per-item summary.
+In a pipeline the decoder's scan hands every value straight to the redactor's own thread, which
+runs the rules with the GIL released while the stages before this one (cost) run; the stage takes
+the result at its turn (`values_consumer`, `finish`). Called on its own, `process` hands the
+values over as Arrow buffers instead. The polars path below stays the fallback and the reference
+the native one is tested against (tests/test_redaction_native.py).
 """
 
 from __future__ import annotations
@@ -37,7 +40,6 @@ from processor.decode import (
     SCOPE_ITEM,
     SCOPE_RESOURCE,
     TRACES,
-    MalformedRequest,
     TelemetryBatch,
     WantedKeys,
     native_available,
@@ -190,23 +192,14 @@ class RedactionStage:
         # (unless the stage is started: it then scans the request itself, see `start`).
         return WantedKeys(values=True)
 
-    def can_start(self) -> bool:
-        """Whether `start` runs requests on a native thread (else it returns None)."""
-        return self._native is not None and native_available()
-
-    def start(self, raw: bytes, signal: str):
-        """Starts this request's redaction on a native thread, the GIL released, before the
-        request is decoded: its own scan of the values, then the rules, while the other stages
-        run. `finish` takes the result. None when the native redactor cannot take it."""
-        if not self.can_start() or type(raw) is not bytes:
-            return None
-        return self._native.start(raw, logs=signal == LOGS)
+    def values_consumer(self) -> object | None:
+        """The native redactor, which the decoder's scan hands every value to: the rules then run
+        on its own thread, the GIL released, while the stages before this one run; `finish` takes
+        the result at this stage's turn. None without the native redactor (`process` runs)."""
+        return self._native if self._native is not None and native_available() else None
 
     def finish(self, batch: TelemetryBatch, job) -> BatchChanges:
         status, found = job.finish(_SUMMARY_LEVELS[self.rules.summary])
-        if status == "malformed":
-            # The thread's scan reads every value, deeper than the decoder's scan for columns.
-            raise MalformedRequest(f"cannot parse the {batch.signal} export request: {found}")
         if status == "python":
             # Values only the Python renderer reads (malformed nesting): the whole stage as usual.
             return self.process(batch)

@@ -124,10 +124,11 @@ class PairedStages:
     def check(self, batch: TelemetryBatch, monkeypatch) -> BatchChanges:
         monkeypatch.setenv("GENOPS_NATIVE_DECODE", "1")
         native = self.native.process(batch)
-        # The same request redacted on the stage's own thread, from the request bytes alone.
-        job = self.started.start(batch.raw, batch.signal)
-        assert job is not None
-        started = self.started.finish(batch, job)
+        # The same request, its values handed by the scan to the redactor's own thread.
+        decode = decode_traces if batch.signal == "traces" else decode_logs
+        handed = decode(batch.raw, WantedKeys(), values_to=self.started.values_consumer())
+        assert handed.values_job is not None
+        started = self.started.finish(handed, handed.values_job)
         monkeypatch.setenv("GENOPS_NATIVE_DECODE", "0")
         reference = self.polars.process(batch)
         assert_same_changes(native, reference)

@@ -24,7 +24,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::arrow::View;
 use crate::detect::Check;
-use crate::scan::{flat_values, FlatValues};
+use crate::scan::{FlatValues, ScannedValues};
 
 /// Entries kept per cache between batches; past it the cache starts over (keys and candidates
 /// repeat from batch to batch, an unbounded stream of new ones must not grow memory).
@@ -859,26 +859,24 @@ impl Redactor {
         let changes = self.changes_with_caches(&values)?;
         found_to_py(py, &changes, &values, summary)
     }
+}
 
-    /// Starts one request's redaction on a thread of its own, the GIL released: the scan of its
-    /// values (the same as `scan(..., want_strings=True)`) and the rules. `RedactionJob.finish`
-    /// gives what `redact` gives for those values. The request must be a bytes object (immutable:
-    /// the thread reads it while Python goes on).
-    #[pyo3(signature = (raw, logs=false))]
-    fn start(
+impl Redactor {
+    /// Starts the rules over a request's values (listed by the decoder's scan) on the redactor's
+    /// thread, the GIL released. `RedactionJob.finish` gives what `redact` gives for them.
+    /// `request` is the bytes object long values point into (immutable: read while Python goes on).
+    pub(crate) fn start(
         slf: &Bound<'_, Self>,
-        raw: &Bound<'_, PyBytes>,
-        logs: bool,
+        request: &Bound<'_, PyBytes>,
+        values: ScannedValues,
     ) -> PyResult<RedactionJob> {
-        let redactor: Py<Redactor> = slf.clone().unbind();
-        let request: Py<PyBytes> = raw.clone().unbind();
-        let bytes = raw.as_bytes();
+        let bytes = request.as_bytes();
         let task = Task {
-            redactor,
-            request,
+            redactor: slf.clone().unbind(),
             address: bytes.as_ptr() as usize,
             len: bytes.len(),
-            logs,
+            request: request.clone().unbind(),
+            values,
         };
         let (reply, result) = mpsc::sync_channel(1);
         let mut worker = slf.get().worker.lock().unwrap();
@@ -905,7 +903,7 @@ struct Task {
     request: Py<PyBytes>,
     address: usize,
     len: usize,
-    logs: bool,
+    values: ScannedValues,
 }
 
 type Work = (Task, mpsc::SyncSender<JobOutput>);
@@ -931,30 +929,31 @@ fn run(task: Task) -> JobOutput {
         request,
         address,
         len,
-        logs,
+        values,
     } = task;
     // SAFETY: a bytes object never changes, and `request` keeps this one alive until the output
     // (which holds it) is dropped by `finish`, with the GIL.
     let raw = unsafe { std::slice::from_raw_parts(address as *const u8, len) };
-    let scanned = flat_values(raw, logs);
-    let changes = match &scanned {
-        Ok(flat) if !flat.nested => Some(redactor.get().changes_with_caches(&flat_view(flat, raw))),
-        _ => None,
+    let flat = values.flatten();
+    let changes = if flat.nested {
+        None
+    } else {
+        Some(redactor.get().changes_with_caches(&flat_view(&flat, raw)))
     };
     JobOutput {
         redactor,
         request,
-        scanned,
+        flat,
         changes,
     }
 }
 
 /// What a redaction thread hands back: the Python objects it kept alive (dropped with the GIL
-/// held), the values it scanned and the changes (None: not run, as for values Python must render).
+/// held), the values and the changes (None: not run, as for values Python must render).
 struct JobOutput {
     redactor: Py<Redactor>,
     request: Py<PyBytes>,
-    scanned: Result<FlatValues, String>,
+    flat: FlatValues,
     changes: Option<PyResult<Changes>>,
 }
 
@@ -966,9 +965,9 @@ pub struct RedactionJob {
 
 #[pymethods]
 impl RedactionJob {
-    /// Waits for the thread (the GIL released). Returns ("done", what `redact` returns);
+    /// Waits for the thread (the GIL released). Returns ("done", what `redact` returns), or
     /// ("python", None) when the request holds values only Python renders (the caller runs the
-    /// other path); ("malformed", the scan's message) for a request the scan cannot read.
+    /// other path).
     fn finish(&self, py: Python<'_>, summary: u8) -> PyResult<(&'static str, Option<Py<PyAny>>)> {
         let result = self.result.lock().unwrap().take();
         let Some(result) = result else {
@@ -980,17 +979,10 @@ impl RedactionJob {
         let JobOutput {
             redactor,
             request,
-            scanned,
+            flat,
             changes,
         } = output;
         drop(redactor);
-        let flat = match scanned {
-            Ok(flat) => flat,
-            Err(message) => {
-                let message = message.into_pyobject(py)?.into_any().unbind();
-                return Ok(("malformed", Some(message)));
-            }
-        };
         let Some(changes) = changes else {
             return Ok(("python", None));
         };

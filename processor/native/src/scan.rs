@@ -15,6 +15,7 @@ use crate::arrow::{
     Bitmap, View, Views, INLINE,
 };
 use crate::fasthash::{FastMap, KeyBytes};
+use crate::redact::Redactor;
 use crate::wire::{Reader, WireResult, I64, LEN, VARINT};
 
 #[derive(Clone, Copy, Debug)]
@@ -695,6 +696,22 @@ pub(crate) struct FlatValues {
     pub nested: bool,
 }
 
+/// The values a scan listed, handed to the native redactor instead of to Python.
+pub(crate) struct ScannedValues {
+    strings: StringValues,
+    item_resource: Vec<u32>,
+}
+
+impl ScannedValues {
+    pub(crate) fn flatten(self) -> FlatValues {
+        let ScannedValues {
+            strings: values,
+            item_resource,
+        } = self;
+        values.flatten(&item_resource)
+    }
+}
+
 impl StringValues {
     fn flatten(self, item_resource: &[u32]) -> FlatValues {
         let scope_views = SCOPE_NAMES.map(|name| view_of(name.as_bytes(), &mut Vec::new()));
@@ -728,38 +745,8 @@ impl StringValues {
     }
 }
 
-/// The values of a request the way `scan(..., want_strings=True)` lists them, without Python
-/// (callable with the GIL released, from any thread).
-pub(crate) fn flat_values(raw: &[u8], logs: bool) -> WireResult<FlatValues> {
-    let guess = raw.len() / 600 + 16;
-    let mut state = Scan {
-        want_strings: true,
-        want_spans: false,
-        items: Columns::new(&[]),
-        resources: Columns::new(&[]),
-        item_resource: Vec::with_capacity(guess),
-        names: Views::with_capacity(if logs { 0 } else { guess }),
-        starts: Vec::with_capacity(guess),
-        ends: Vec::with_capacity(guess),
-        statuses: Vec::with_capacity(guess),
-        event_rows: Vec::new(),
-        strings: StringValues::with_capacity(guess * 10, raw.len() / 8, raw),
-        keys: FastMap::default(),
-        wants_nothing: false,
-    };
-    walk(&mut state, raw, logs)?;
-    let Scan {
-        strings,
-        item_resource,
-        ..
-    } = state;
-    Ok(strings.flatten(&item_resource))
-}
-
 struct Scan<'a> {
     want_strings: bool,
-    /// Span names, times and statuses (not wanted by a scan for the values only).
-    want_spans: bool,
     items: Columns<'a>,
     resources: Columns<'a>,
     item_resource: Vec<u32>,
@@ -920,12 +907,10 @@ impl<'a> Scan<'a> {
                 _ => reader.skip(wire)?,
             }
         }
-        if self.want_spans {
-            self.names.push_with(|out| push_text(out, name));
-            self.starts.push(start);
-            self.ends.push(end);
-            self.statuses.push(status);
-        }
+        self.names.push_with(|out| push_text(out, name));
+        self.starts.push(start);
+        self.ends.push(end);
+        self.statuses.push(status);
         Ok(())
     }
 
@@ -1043,23 +1028,27 @@ fn walk<'a>(state: &mut Scan<'a>, raw: &'a [u8], logs: bool) -> WireResult<()> {
 /// Returns a dict: rows; item_resource (u32 buffer); columns, one per item key then one per
 /// resource key (expanded to one value per item), each as `column_to_py` describes; names
 /// (string views), starts, ends (u64), statuses (i32) for spans; event_rows (span row of each
-/// event); strings (the string-value columns) when asked for.
+/// event); strings (the string-value columns) when asked for, or with `values_to` (a Redactor)
+/// values_job instead: the values go to that redactor's thread (`RedactionJob`), not to Python.
 #[pyfunction]
-#[pyo3(signature = (raw, item_keys, resource_keys, want_strings, logs=false))]
+#[pyo3(signature = (raw, item_keys, resource_keys, want_strings, logs=false, values_to=None))]
 pub fn scan<'py>(
     py: Python<'py>,
-    raw: &[u8],
+    raw: &Bound<'py, PyBytes>,
     item_keys: Vec<String>,
     resource_keys: Vec<String>,
     want_strings: bool,
     logs: bool,
+    values_to: Option<Bound<'py, Redactor>>,
 ) -> PyResult<Bound<'py, PyDict>> {
+    let request = raw;
+    let raw = request.as_bytes();
+    let want_strings = want_strings || values_to.is_some();
     // A rough guess from the request size; only to avoid most regrowth.
     let guess = raw.len() / 600 + 16;
     let strings_guess = if want_strings { guess * 10 } else { 0 };
     let mut state = Scan {
         want_strings,
-        want_spans: !logs,
         items: Columns::new(&item_keys),
         resources: Columns::new(&resource_keys),
         item_resource: Vec::with_capacity(guess),
@@ -1112,7 +1101,13 @@ pub fn scan<'py>(
         out.set_item("statuses", le_bytes(py, &state.statuses)?)?;
     }
     out.set_item("event_rows", &state.event_rows)?;
-    if want_strings {
+    if let Some(redactor) = values_to {
+        let values = ScannedValues {
+            strings: std::mem::replace(&mut state.strings, StringValues::with_capacity(0, 0, raw)),
+            item_resource: state.item_resource.clone(),
+        };
+        out.set_item("values_job", Redactor::start(&redactor, request, values)?)?;
+    } else if want_strings {
         out.set_item("strings", state.strings.to_py(py)?)?;
     }
     Ok(out)
