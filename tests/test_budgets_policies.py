@@ -670,3 +670,33 @@ def test_a_request_with_a_corrupt_value_is_refused_as_malformed_with_redaction_o
         pipeline.process_traces(corrupt)
     # The stage's thread is free again: the next request goes through.
     assert pipeline.process_traces(raw).failed_stages == ()
+
+
+def test_the_sqlite_store_copies_its_log_into_the_database_in_the_background_not_in_apply(tmp_path):
+    import os
+
+    from processor.budget_state import SqliteStore
+
+    def fill(store: SqliteStore) -> None:
+        for i in range(400):
+            store.apply(f"batch-{i}", {f"team:t{j}": 0.25 for j in range(8)}, {})
+
+    # Without the background copy, the log grows past the 1000 pages at which SQLite would copy it
+    # in the middle of an apply, and the database file keeps only its empty tables.
+    waiting = str(tmp_path / "waiting.sqlite")
+    store = SqliteStore(waiting, checkpoint_seconds=3600)
+    fill(store)
+    page_size = store._db.execute("PRAGMA page_size").fetchone()[0]
+    assert os.path.getsize(waiting + "-wal") > 1000 * page_size
+    assert os.path.getsize(waiting) < 16 * page_size
+    store.close()
+
+    copied = str(tmp_path / "copied.sqlite")
+    store = SqliteStore(copied, checkpoint_seconds=0.05)
+    fill(store)
+    deadline = time.monotonic() + 10
+    while os.path.getsize(copied) < 16 * page_size and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert os.path.getsize(copied) >= 16 * page_size
+    assert store.read(["team:t0"]) == {"team:t0": 100.0}
+    store.close()
