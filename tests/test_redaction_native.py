@@ -57,7 +57,13 @@ CUSTOM_RULES = {
     ],
 }
 INFO_RULES = {"summary": "info", "rules": [{"name": "e", "detector": "email"}, {"name": "w", "pattern": "é+"}]}
-RULE_SETS = {"default": load_rules(), "custom": parse_rules(CUSTOM_RULES), "info": parse_rules(INFO_RULES)}
+RULE_SETS = {
+    "default": load_rules(),
+    "custom": parse_rules(CUSTOM_RULES),
+    # Value rules read text only here: numbers outside the allow list are still dropped.
+    "custom_text_only": parse_rules({**CUSTOM_RULES, "redact_all_types": False}),
+    "info": parse_rules(INFO_RULES),
+}
 
 KEYS = [
     "note",
@@ -221,3 +227,13 @@ def test_value_columns_of_other_types_are_read_the_same(paired, monkeypatch):
     other = TelemetryBatch(batch.signal, batch.frame, batch.raw, _string_values=retyped)
     changes = paired["default"].check(other, monkeypatch)
     assert changes.rewrites is not None and changes.rewrites.height == 2
+
+
+def test_values_of_every_type_outside_the_allow_list_are_dropped_on_every_path(paired, monkeypatch):
+    """The scan lists for the redactor only the values its rules can change: a number outside the
+    allow list is one of them even when the value rules read text only."""
+    attributes = {"other.key": 7, "other.flag": True, "other.ratio": 0.5, "n": 3, "genops.team": 5, "note": "x"}
+    batch = traces_batch([({"service.name": "svc"}, [(attributes, [dict(attributes)])])])
+    changes = paired["custom_text_only"].check(batch, monkeypatch)
+    dropped = changes.rewrites.filter(pl.col("new_value").is_null())
+    assert sorted(dropped["scope"].to_list()) == ["attribute"] * 3 + ["event"] * 3

@@ -528,7 +528,46 @@ fn compile(pattern: &str) -> PyResult<Regex> {
         .map_err(|e| PyValueError::new_err(format!("invalid regex {pattern:?}: {e}")))
 }
 
+/// Which of a key's values the rules can change (`Redactor::values_needed`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Needed {
+    Every,
+    /// Text, arrays and maps: numbers, booleans and bytes pass every rule unchanged.
+    Text,
+    None,
+}
+
 impl Redactor {
+    /// Which values of `key` the rules can change: the scan leaves the others out of the values it
+    /// hands over. Mirrors the order of `changes`: protected keys are never touched; a key rule or
+    /// a key outside the allow list acts on any value; otherwise only the value rules, which read
+    /// text (unless `redact_all_types`).
+    pub(crate) fn values_needed(&self, key: &[u8]) -> Needed {
+        let cached = self.caches.lock().unwrap().keys.get(key).copied();
+        let class = match cached {
+            Some(class) => class,
+            None => match self.classify(key) {
+                Ok(class) => {
+                    let mut caches = self.caches.lock().unwrap();
+                    bounded(&mut caches.keys, CACHE_LIMIT);
+                    caches.keys.insert(key.into(), class);
+                    class
+                }
+                // Not UTF-8: `changes` reports it; every value goes there.
+                Err(_) => return Needed::Every,
+            },
+        };
+        if class.protected {
+            Needed::None
+        } else if class.key_rule.is_some() || !class.allowed || self.redact_all_types {
+            Needed::Every
+        } else if self.value_rules.is_empty() {
+            Needed::None
+        } else {
+            Needed::Text
+        }
+    }
+
     fn classify(&self, key: &[u8]) -> PyResult<KeyClass> {
         let key = to_str(key)?;
         Ok(KeyClass {

@@ -15,7 +15,7 @@ use crate::arrow::{
     Bitmap, View, Views, INLINE,
 };
 use crate::fasthash::{FastMap, KeyBytes};
-use crate::redact::Redactor;
+use crate::redact::{Needed, Redactor};
 use crate::wire::{Reader, WireResult, I64, LEN, VARINT};
 
 #[derive(Clone, Copy, Debug)]
@@ -760,6 +760,8 @@ struct Scan<'a> {
     wants_nothing: bool,
     /// Every distinct attribute key of the request: one lookup per attribute finds all it needs.
     keys: FastMap<KeyBytes<'a>, KnownKey>,
+    /// The redactor the values go to: only the values its rules can change are listed.
+    values_for: Option<&'a Redactor>,
 }
 
 #[derive(Clone, Copy)]
@@ -767,6 +769,7 @@ struct KnownKey {
     item: Option<usize>,
     resource: Option<usize>,
     view: View,
+    needed: Needed,
 }
 
 impl<'a> Scan<'a> {
@@ -782,6 +785,9 @@ impl<'a> Scan<'a> {
             item: self.items.wants(key),
             resource: self.resources.wants(key),
             view,
+            needed: self
+                .values_for
+                .map_or(Needed::Every, |redactor| redactor.values_needed(key)),
         };
         self.keys.insert(KeyBytes(key), known);
         known
@@ -812,7 +818,15 @@ impl<'a> Scan<'a> {
             return Ok(());
         }
         let value = any_value(raw_value)?;
-        if self.want_strings {
+        let listed = match known.needed {
+            Needed::Every => true,
+            Needed::Text => matches!(
+                value,
+                Scalar::Str(_) | Scalar::Array(_) | Scalar::KvList(_)
+            ),
+            Needed::None => false,
+        };
+        if self.want_strings && listed {
             let (part, scope) = match target {
                 Target::Item => (PART_ITEM, SCOPE_ATTRIBUTE),
                 Target::Resource => (PART_RESOURCE, SCOPE_RESOURCE),
@@ -1064,6 +1078,7 @@ pub fn scan<'py>(
         ),
         keys: FastMap::default(),
         wants_nothing: item_keys.is_empty() && resource_keys.is_empty() && !want_strings,
+        values_for: values_to.as_ref().map(|redactor| redactor.get()),
     };
     py.detach(|| walk(&mut state, raw, logs))
         .map_err(PyValueError::new_err)?;
@@ -1101,12 +1116,12 @@ pub fn scan<'py>(
         out.set_item("statuses", le_bytes(py, &state.statuses)?)?;
     }
     out.set_item("event_rows", &state.event_rows)?;
-    if let Some(redactor) = values_to {
+    if let Some(redactor) = values_to.as_ref() {
         let values = ScannedValues {
             strings: std::mem::replace(&mut state.strings, StringValues::with_capacity(0, 0, raw)),
             item_resource: state.item_resource.clone(),
         };
-        out.set_item("values_job", Redactor::start(&redactor, request, values)?)?;
+        out.set_item("values_job", Redactor::start(redactor, request, values)?)?;
     } else if want_strings {
         out.set_item("strings", state.strings.to_py(py)?)?;
     }
