@@ -75,6 +75,15 @@ class Stage(Protocol):
     def process(self, batch: TelemetryBatch) -> BatchChanges: ...
 
 
+class PreparingStage(Stage, Protocol):
+    """A stage with work that can be done ahead (`prepare`): while a values job of an earlier stage
+    runs on its thread, the pipeline lets the stages after it prepare. `prepare` may read the
+    request and what the stages before the job's stage wrote, never what that stage writes; the
+    stage's `process` does whatever `prepare` left undone (it may also fail or not be called)."""
+
+    def prepare(self, batch: TelemetryBatch) -> None: ...
+
+
 class ValuesStage(Stage, Protocol):
     """A stage with a native consumer of every value (`values_consumer`, None when it has none):
     the decoder's scan hands the values to it, and it works on them on a thread of its own while
@@ -154,9 +163,12 @@ class Pipeline:
         failed: list[str] = []
         stages = self._stages[signal] if len(batch) else []
         for position, stage in enumerate(stages, 1):
+            job = jobs.pop(stage.name, None)
+            if job is not None:
+                # The main thread would otherwise only wait for the job's thread.
+                _prepare(stages[position:], batch)
             # For a stage with a job: the time the batch waited for it, not the time it ran.
             started = time.perf_counter()
-            job = jobs.pop(stage.name, None)
             try:
                 changes = stage.process(batch) if job is None else stage.finish(batch, job)
                 _check_shape(changes, len(batch))
@@ -190,6 +202,18 @@ class Pipeline:
             log.exception("encoding changes failed; forwarding the batch unmodified", signal=signal)
             return ProcessedRequest(raw, len(batch), (*failed, "encode"))
         return ProcessedRequest(payload, len(batch), tuple(failed))
+
+
+def _prepare(stages: Sequence[Stage], batch: TelemetryBatch) -> None:
+    for stage in stages:
+        prepare = getattr(stage, "prepare", None)
+        if prepare is None:
+            continue
+        try:
+            prepare(batch)
+        except Exception:
+            # Not a failure of the batch: the stage's own turn redoes the work and reports it.
+            log.debug("a stage could not prepare; it works at its turn", stage=stage.name, exc_info=True)
 
 
 def _values_consumer(stage: Stage) -> object | None:

@@ -37,6 +37,11 @@ class Unsupported(Exception):
     """A column type the native path does not read: the polars path takes the batch."""
 
 
+# batch.derived key of the inputs `NativePolicy.prepare` read, and where the PII count sits in them.
+_PREPARED = "policy.native_inputs"
+_PII_AT = 5
+
+
 class NativePolicy:
     """One policy file's native plan (built once per policy file, like policy_stage._Plan)."""
 
@@ -113,13 +118,27 @@ class NativePolicy:
         module = native_module()
         return module is not None and hasattr(module, "PolicyPlan") and policies.VerdictTable.fits(checks)
 
+    def prepare(self, batch: TelemetryBatch) -> None:
+        """Reads the plan's inputs ahead, but for the PII count (the redaction stage's output,
+        read by `process`)."""
+        try:
+            inputs = ([_text(batch, name) for name in self.texts], _numbers(batch, normalized(batch)))
+        except Unsupported:
+            return
+        batch.derived[_PREPARED] = (self, inputs)
+
     def process(
         self, batch: TelemetryBatch, store: BudgetStore, metrics: GovernanceMetrics, fingerprint: Callable
     ) -> BatchChanges | None:
         """The batch's changes, or None when the polars path must take it (nothing applied then)."""
+        prepared = batch.derived.pop(_PREPARED, None)
         try:
-            texts = [_text(batch, name) for name in self.texts]
-            numbers = _numbers(batch, normalized(batch))
+            if prepared is not None and prepared[0] is self:
+                texts, numbers = prepared[1]
+                numbers[_PII_AT] = _pii_count(batch)
+            else:
+                texts = [_text(batch, name) for name in self.texts]
+                numbers = _numbers(batch, normalized(batch))
         except Unsupported:
             return None
         rows = len(batch)
@@ -291,6 +310,10 @@ def _number(batch: TelemetryBatch, name: str, dtype: pl.DataType, arrow_type: pa
     return _parts(column.cast(dtype, strict=False))
 
 
+def _pii_count(batch: TelemetryBatch) -> tuple | None:
+    return _number(batch, policies.PII_COUNT, pl.Int64, pa.int64())
+
+
 def _numbers(batch: TelemetryBatch, genai: pl.DataFrame) -> list[tuple | None]:
     genai_schema = dict(zip(genai.columns, genai.dtypes, strict=True))
 
@@ -325,7 +348,7 @@ def _numbers(batch: TelemetryBatch, genai: pl.DataFrame) -> list[tuple | None]:
         canonical(TOKENS_INPUT, pl.Int64),
         canonical(TOKENS_OUTPUT, pl.Int64),
         _number(batch, budgets.COST, pl.Float64, pa.float64()),
-        _number(batch, policies.PII_COUNT, pl.Int64, pa.int64()),
+        _pii_count(batch),
         status,
         start,
         time_column(budgets.END_TIME),

@@ -42,6 +42,8 @@ from processor.policy_native import NativePolicy
 COST_KEYS = ("genops.cost.total", "genops.cost.model", "genops.cost.provider", "genops.cost.status")
 # OTel semconv: set on a GenAI span when the operation ended in an error.
 ERROR_TYPE = "error.type"
+# batch.derived key of the request's fingerprint.
+FINGERPRINT = "policy.fingerprint"
 
 
 class PolicyStage:
@@ -67,6 +69,14 @@ class PolicyStage:
     def wanted_keys(self) -> WantedKeys:
         own = WantedKeys(item=frozenset((*COST_KEYS, policies.PII_COUNT, ERROR_TYPE)))
         return WantedKeys.union((GENAI_KEYS, self.attribution.wanted_keys(), own))
+
+    def prepare(self, batch: TelemetryBatch) -> None:
+        """Reads ahead what does not come from the redaction stage (all but its PII count) and
+        fingerprints the request, while the redaction stage's thread runs."""
+        fingerprint(batch)
+        plan = self._plan_for(self.source.current())
+        if plan.native is not None and native_available():
+            plan.native.prepare(batch)
 
     def process(self, batch: TelemetryBatch) -> BatchChanges:
         plan = self._plan_for(self.source.current())
@@ -306,8 +316,11 @@ def fingerprint(batch: TelemetryBatch) -> str:
     a cryptographic hash (a sender cannot make its batch pass for another one already charged)
     that is ~4x cheaper than BLAKE2b on a ~650 kB request, where it was a tenth of the pipeline.
     """
-    raw = batch.raw or batch.request.SerializeToString()
-    return blake3.blake3(raw).hexdigest(length=16)
+    done = batch.derived.get(FINGERPRINT)
+    if done is None:
+        raw = batch.raw or batch.request.SerializeToString()
+        done = batch.derived[FINGERPRINT] = blake3.blake3(raw).hexdigest(length=16)
+    return done  # type: ignore[return-value]
 
 
 def _number(schema: dict[str, pl.DataType], key: str, dtype: pl.DataType) -> pl.Expr:

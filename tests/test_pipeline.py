@@ -91,3 +91,40 @@ def test_a_value_that_cannot_be_read_as_the_stage_type_does_not_cost_the_batch_i
     assert out.failed_stages == ()
     assert watcher.seen[0]["genops.cost.total"].to_list() == [None, 0.25]
     assert watcher.seen[0]["genops.later"].to_list() == ["x", "y"]
+
+
+@dataclass
+class Preparing(Watching):
+    """Records what it saw when preparing; its preparation fails when told to."""
+
+    fail: bool = False
+    prepared: list[pl.DataFrame] = field(default_factory=list)
+    name: str = "preparing"
+
+    def prepare(self, batch: TelemetryBatch) -> None:
+        if self.fail:
+            raise RuntimeError("cannot prepare")
+        self.prepared.append(batch.frame)
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_stages_after_redaction_prepare_on_what_came_before_it_and_run_in_their_turn(fail):
+    from prometheus_client import CollectorRegistry
+
+    from processor.redact import RedactionStage
+    from processor.redaction_rules import load_rules
+
+    pytest.importorskip("processor._otlp_native")
+    request = trace_request([span(attributes={"note": "mail ada@example.com"}), span(attributes={})])
+    cost = Setting({"genops.cost.total": [0.5, None]}, name="cost")
+    redaction = RedactionStage(load_rules(), None, CollectorRegistry())
+    later = Preparing(WantedKeys(item=frozenset({"genops.redaction.count"})), fail=fail)
+    out = Pipeline([cost, redaction, later], SidecarMetrics.create()).process_traces(request.SerializeToString())
+    assert out.failed_stages == ()
+    # Prepared once, with the cost stage's column and without the redaction stage's; then in turn with both.
+    if not fail:
+        assert len(later.prepared) == 1
+        assert later.prepared[0]["genops.cost.total"].to_list() == [0.5, None]
+        assert later.prepared[0]["genops.redaction.count"].to_list() == [None, None]
+    assert later.seen[0]["genops.redaction.count"].to_list() == [1, None]
+    assert later.seen[0]["genops.cost.total"].to_list() == [0.5, None]
