@@ -183,3 +183,69 @@ def run_profile(payloads: Sequence[bytes], stages: bool, iterations: int, top: i
     out.write("### by cumulative time\n")
     stats.sort_stats("cumulative").print_stats(top)
     return out.getvalue()
+
+
+@dataclass
+class WallResult:
+    """Wall time of batches sent through the pipeline one at a time (what a lone batch waits)."""
+
+    stages: list[str]
+    batch_ms: list[float]
+    # Mean wall time per batch of each stage's turn, as the pipeline's own stage timer measures it
+    # (for the redaction stage: the wait for its thread, not the time the thread ran).
+    stage_ms: dict[str, float]
+
+    def table(self) -> str:
+        ordered = sorted(self.batch_ms)
+
+        def at(q: float) -> float:
+            return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+        mean = sum(ordered) / len(ordered)
+        lines = [
+            f"stages: {', '.join(self.stages) or '(none: pass-through)'}; {len(ordered)} batches, one at a time",
+            f"wall ms per batch: p50 {at(0.5):.2f}, p99 {at(0.99):.2f}, mean {mean:.2f}",
+            "| part | mean wall ms per batch |",
+            "|---|---:|",
+        ]
+        for name, ms in self.stage_ms.items():
+            lines.append(f"| {name} | {ms:.2f} |")
+        lines.append(f"| decode + write back + glue | {mean - sum(self.stage_ms.values()):.2f} |")
+        return "\n".join(lines)
+
+
+def _stage_seconds(metrics) -> dict[str, float]:
+    return {
+        sample.labels["stage"]: sample.value
+        for metric in metrics.stage_seconds.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_sum")
+    }
+
+
+def run_wall(payloads: Sequence[bytes], stages: bool, iterations: int) -> WallResult:
+    """The pipeline as `serve` builds it (no wrapper around the stages), timed batch by batch."""
+    from prometheus_client import CollectorRegistry
+
+    from processor.observability import SidecarMetrics
+    from processor.pipeline import Pipeline
+    from processor.server import build_stages
+
+    built = build_stages(stage_config(stages), CollectorRegistry())
+    metrics = SidecarMetrics.create()
+    pipeline = Pipeline(built, metrics)
+    for payload in payloads:  # warm-up, as in run_micro
+        pipeline.process_traces(payload)
+    before = _stage_seconds(metrics)
+    batches = [payloads[i % len(payloads)] for i in range(iterations)]
+    times = []
+    for payload in batches:
+        started = time.perf_counter()
+        pipeline.process_traces(payload)
+        times.append((time.perf_counter() - started) * 1000)
+    after = _stage_seconds(metrics)
+    return WallResult(
+        stages=[s.name for s in built],
+        batch_ms=times,
+        stage_ms={name: (after[name] - before.get(name, 0.0)) * 1000 / iterations for name in after},
+    )

@@ -3,6 +3,7 @@
 python -m benchmarks.run compare   # side-by-side scenarios over gRPC, one run, ratios
 python -m benchmarks.run soak      # one sidecar under steady load, RSS sampled, slope reported
 python -m benchmarks.run micro     # in-process decode → stages → encode, spans/s
+python -m benchmarks.run latency   # the same, one batch at a time: wall time per batch and per stage
 python -m benchmarks.run profile   # the same under cProfile
 python -m benchmarks.run scaling   # N in-process pipelines side by side, wall spans/s vs 1
 python -m benchmarks.run instructions  # instructions per batch under callgrind (noise-free A/B)
@@ -418,6 +419,16 @@ def cmd_micro(args) -> int:
     return 0
 
 
+def cmd_latency(args) -> int:
+    from benchmarks.micro import run_wall
+
+    workload = _workload(args)
+    for stages in (False, True):
+        print(run_wall(workload.payloads, stages, args.iterations).table())
+        print()
+    return 0
+
+
 def cmd_instructions(args) -> int:
     from benchmarks.instructions import count_instructions, missing_tools
 
@@ -518,6 +529,11 @@ def build_parser() -> argparse.ArgumentParser:
     micro.add_argument("--iterations", type=int, default=50, help="batches processed (default 50)")
     micro.set_defaults(handler=cmd_micro)
 
+    latency = commands.add_parser("latency", help="in-process pipeline, one batch at a time, wall time")
+    workload_args(latency)
+    latency.add_argument("--iterations", type=int, default=200, help="batches processed (default 200)")
+    latency.set_defaults(handler=cmd_latency)
+
     scaling = commands.add_parser("scaling", help="N in-process pipelines side by side on one budget state")
     workload_args(scaling)
     scaling.add_argument("--processes", default="1,2", help="comma-separated process counts (default 1,2)")
@@ -545,7 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Commands that run the pipeline in this process (or in processes started from it) get the malloc
 # settings `serve` runs with; `instructions` runs it under valgrind, which must not be re-executed.
-IN_PROCESS = {cmd_micro, cmd_profile, cmd_scaling}
+IN_PROCESS = {cmd_micro, cmd_latency, cmd_profile, cmd_scaling}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,8 @@ handing free memory back every 10 s with malloc_trim made RSS creep up again, by
 minutes: left out.)
 
 An operator who sets any malloc tunable in GLIBC_TUNABLES keeps exactly those. Other C libraries
-(musl) are left as they are.
+(musl) are left as they are. The native module's own buffers do not come from glibc: it allocates
+with mimalloc, a heap per thread (processor/native/src/lib.rs says why).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from benchmarks import instructions, run
-from benchmarks.micro import run_micro
+from benchmarks.micro import run_micro, run_wall
 from benchmarks.sink import count_spans
 from benchmarks.targets import collector_config
 from benchmarks.workload import MODELS, build_requests, build_workload
@@ -51,6 +51,14 @@ def test_the_in_process_micro_benchmark_runs_the_pipeline():
     result = run_micro(workload.payloads, workload.spans_per_request, stages=False, iterations=2)
     assert result.spans == 100
     assert "spans per CPU-second" in result.table()
+
+
+def test_the_in_process_latency_benchmark_times_every_batch_and_each_stage():
+    workload = build_workload(count=1, spans=50)
+    result = run_wall(workload.payloads, stages=True, iterations=3)
+    assert len(result.batch_ms) == 3
+    assert set(result.stage_ms) == {"cost", "redaction", "policy"}
+    assert "wall ms per batch" in result.table()
 
 
 def test_the_workload_mixes_genai_and_plain_spans_with_pii_and_the_counting_sink_agrees():
