@@ -19,7 +19,9 @@ import grpc
 from processor.attribution import DIMENSIONS
 from processor.budget_policy_file import PolicySource
 from processor.budget_state import BudgetStore, open_store
+from processor.budgets import TAGS
 from processor.config import PolicyConfig
+from processor.outbound import NO_REDACTION, OutboundRedaction
 from processor.protos import budget_pb2
 
 BUDGETS_PATH = "/v1/budgets"
@@ -46,16 +48,20 @@ class BudgetStatus:
 
 
 class BudgetStatusReader:
-    def __init__(self, source: PolicySource, store: BudgetStore) -> None:
+    """`outbound` redacts what an answer carries besides figures (see processor/outbound.py)."""
+
+    def __init__(self, source: PolicySource, store: BudgetStore, outbound: OutboundRedaction = NO_REDACTION) -> None:
         self.source = source
         self.store = store
+        self.outbound = outbound
 
     @staticmethod
-    def from_config(config: PolicyConfig) -> BudgetStatusReader:
+    def from_config(config: PolicyConfig, outbound: OutboundRedaction = NO_REDACTION) -> BudgetStatusReader:
         """For a process without the stage (the supervisor of several workers serves HTTP)."""
         return BudgetStatusReader(
             PolicySource(config.policy_file, config.reload_interval_seconds),
             open_store(config.state_backend, config.state_path, config.redis_url),
+            outbound,
         )
 
     def status(
@@ -82,9 +88,9 @@ class BudgetStatusReader:
             exceeded = spent > budget.limit_usd
             out.append(
                 BudgetStatus(
-                    name=budget.name,
+                    name=self.outbound.label(TAGS["name"], budget.name),
                     dimension=budget.dimension or "",
-                    subject=subject,
+                    subject=self.outbound.label(f"genops.{budget.dimension or 'budget'}", subject),
                     period=budget.period,
                     window=label,
                     window_start=start.isoformat(),
@@ -112,7 +118,7 @@ def http_budget_status(reader: BudgetStatusReader, path: str) -> tuple[int, byte
     try:
         budgets = reader.status(attribution, query.get("budget", [""])[-1])
     except Exception as exc:  # the store (Redis) may be down; the gateway decides what that means
-        return _json(503, {"error": f"budget state unavailable: {type(exc).__name__}: {exc}"})
+        return _json(503, {"error": reader.outbound.message(f"budget state unavailable: {type(exc).__name__}: {exc}")})
     return _json(200, {"blocked": any(b.blocking for b in budgets), "budgets": [_plain(b) for b in budgets]})
 
 
@@ -141,7 +147,9 @@ class BudgetService:
         try:
             budgets = await asyncio.to_thread(self.reader.status, dict(request.attribution), request.budget_name)
         except Exception as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"budget state unavailable: {exc}")
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, self.reader.outbound.message(f"budget state unavailable: {exc}")
+            )
         return budget_pb2.GetBudgetStatusResponse(
             budgets=[budget_pb2.BudgetStatus(**asdict(b)) for b in budgets],
             blocked=any(b.blocking for b in budgets),

@@ -34,6 +34,7 @@ from processor import genai_attributes as ga
 from processor.config import CostConfig
 from processor.cost_native import NativeCost, native_cost_available
 from processor.decode import START_TIME, TRACES, TelemetryBatch, WantedKeys
+from processor.outbound import NO_REDACTION, OutboundRedaction
 from processor.pipeline import BatchChanges
 from processor.pricing_table import (
     ANY_PROVIDER,
@@ -290,8 +291,15 @@ class CostStage:
     name = "cost"
     signals = frozenset({TRACES})
 
-    def __init__(self, config: CostConfig, registry: CollectorRegistry, watch: bool = True) -> None:
+    def __init__(
+        self,
+        config: CostConfig,
+        registry: CollectorRegistry,
+        watch: bool = True,
+        outbound: OutboundRedaction = NO_REDACTION,
+    ) -> None:
         self.config = config
+        self.outbound = outbound
         self.metrics = CostMetrics.create(registry)
         self._table: PricingTable | None = None
         self._known: KnownPairs | None = None
@@ -436,11 +444,17 @@ class CostStage:
                 if counter is None:  # labels() takes a lock and builds a key: once per provider
                     if len(self._priced) >= MAX_UNPRICED_LABELS:
                         self._priced.clear()
-                    counter = self._priced[provider] = self.metrics.priced.labels(provider=provider)
+                    published = self.outbound.label(ga.GENOPS_PROVIDER, provider)[:MAX_LABEL_LENGTH]
+                    counter = self._priced[provider] = self.metrics.priced.labels(provider=published)
                 counter.inc(count)
 
     def _label(self, provider: str | None, model: str | None) -> tuple[str, str]:
-        label = ((provider or "unknown")[:MAX_LABEL_LENGTH], (model or "unknown")[:MAX_LABEL_LENGTH])
+        # The span's own provider and model, so redacted as those attributes are (an API key sent
+        # as the model name is masked in the trace and must not come out as a label).
+        label = (
+            self.outbound.label(ga.GENOPS_PROVIDER, provider or "unknown")[:MAX_LABEL_LENGTH],
+            self.outbound.label(ga.GENOPS_MODEL, model or "unknown")[:MAX_LABEL_LENGTH],
+        )
         with self._labels_lock:
             if label in self._labels:
                 return label
@@ -458,9 +472,15 @@ def _first_and_last(starts: pa.Array | None) -> tuple[int | None, int | None]:
     return found["min"].as_py(), found["max"].as_py()
 
 
-def build_cost_stage(config: CostConfig, registry: CollectorRegistry, *, watch: bool = True) -> CostStage:
+def build_cost_stage(
+    config: CostConfig,
+    registry: CollectorRegistry,
+    *,
+    watch: bool = True,
+    outbound: OutboundRedaction = NO_REDACTION,
+) -> CostStage:
     """The cost stage, its pricing table loaded and validated (PricingError if it is broken).
 
     watch=False skips the reload thread (validate-config only needs the table checked).
     """
-    return CostStage(config, registry, watch=watch)
+    return CostStage(config, registry, watch=watch, outbound=outbound)

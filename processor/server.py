@@ -57,16 +57,21 @@ def build_stages(config: SidecarConfig, metrics_registry: CollectorRegistry) -> 
     and before policy so the policy stage can see how much PII was found.
     """
     from processor.cost import build_cost_stage
+    from processor.outbound import NO_REDACTION
     from processor.policy_stage import build_policy_stage
     from processor.redact import build_redaction_stage
 
+    # Built first: its rules also redact what the other stages make from span values (metric
+    # labels, written attributes, answers), see processor/outbound.py.
+    redaction = build_redaction_stage(config.redaction, metrics_registry) if config.redaction.enabled else None
+    outbound = redaction.outbound if redaction is not None else NO_REDACTION
     stages: list[Stage] = []
     if config.cost.enabled:
-        stages.append(build_cost_stage(config.cost, metrics_registry))
-    if config.redaction.enabled:
-        stages.append(build_redaction_stage(config.redaction, metrics_registry))
+        stages.append(build_cost_stage(config.cost, metrics_registry, outbound=outbound))
+    if redaction is not None:
+        stages.append(redaction)
     if config.policy.enabled:
-        stages.append(build_policy_stage(config.policy, metrics_registry))
+        stages.append(build_policy_stage(config.policy, metrics_registry, outbound=outbound))
     return stages
 
 

@@ -158,8 +158,9 @@ class PoolProcessing:
             return None
         if self._reader is None:
             from processor.budget_api import BudgetStatusReader
+            from processor.redact import build_outbound
 
-            self._reader = BudgetStatusReader.from_config(policy)
+            self._reader = BudgetStatusReader.from_config(policy, build_outbound(self.config.redaction))
         return self._reader
 
     def close(self) -> None:
