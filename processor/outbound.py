@@ -73,9 +73,13 @@ class OutboundRedaction:
         """A metric label (or API field) value standing for attribute `key`: redacted, then capped."""
         return cap_bytes(self.value(key, value))
 
+    def free_text(self, value: str) -> str:
+        """A free text made by the sidecar (an error message, a log line's value), redacted."""
+        return self.value(MESSAGE_KEY, value)
+
     def message(self, value: str) -> str:
-        """A free text made by the sidecar (an error message written to spans or answers)."""
-        return cap_bytes(self.value(MESSAGE_KEY, value), MESSAGE_MAX_BYTES)
+        """An error message written to spans or answers: redacted, capped."""
+        return cap_bytes(self.free_text(value), MESSAGE_MAX_BYTES)
 
     def strings(self, key: str, column: pl.Series) -> pl.Series | None:
         """`column` (strings of attribute `key`, one per item) redacted, or None when no value changes."""

@@ -57,6 +57,7 @@ def build_stages(config: SidecarConfig, metrics_registry: CollectorRegistry) -> 
     and before policy so the policy stage can see how much PII was found.
     """
     from processor.cost import build_cost_stage
+    from processor.observability import redact_logs_with
     from processor.outbound import NO_REDACTION
     from processor.policy_stage import build_policy_stage
     from processor.redact import build_redaction_stage
@@ -65,6 +66,7 @@ def build_stages(config: SidecarConfig, metrics_registry: CollectorRegistry) -> 
     # labels, written attributes, answers), see processor/outbound.py.
     redaction = build_redaction_stage(config.redaction, metrics_registry) if config.redaction.enabled else None
     outbound = redaction.outbound if redaction is not None else NO_REDACTION
+    redact_logs_with(outbound.free_text if outbound.enabled else None)
     stages: list[Stage] = []
     if config.cost.enabled:
         stages.append(build_cost_stage(config.cost, metrics_registry, outbound=outbound))

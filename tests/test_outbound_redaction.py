@@ -181,3 +181,46 @@ def test_budget_api_answers_show_subjects_as_the_trace_shows_them(sidecar):
     answer = json.loads(body)
     assert [b["subject"] for b in answer["budgets"]] == ["[REDACTED:email]"]
     assert EMAIL.encode() not in body
+
+
+_LOGGING_RUN = """
+import sys
+from prometheus_client import CollectorRegistry
+from processor.config import SidecarConfig, PolicyConfig
+from processor.observability import SidecarMetrics, configure_logging
+from processor.pipeline import Pipeline
+from processor.server import build_stages
+from tests.otlp_builders import span, trace_request
+
+configure_logging("info", "json")
+stages = build_stages(SidecarConfig(policy=PolicyConfig(state_backend="memory")), CollectorRegistry())
+
+
+class Failing:
+    name = "failing"
+    signals = frozenset({"traces"})
+
+    def wanted_keys(self):
+        return stages[0].wanted_keys()
+
+    def process(self, batch):
+        raise ValueError("cannot reach " + sys.argv[1] + " " + "x" * 100_000)
+
+
+request = trace_request([span(attributes={"gen_ai.request.model": "gpt-4o"})]).SerializeToString()
+Pipeline([*stages, Failing()], SidecarMetrics.create().pipeline).process_traces(request)
+"""
+
+
+def test_log_lines_are_redacted_and_bounded(engine):
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _LOGGING_RUN, EMAIL], capture_output=True, text=True, timeout=120, check=True
+    )
+    lines = [line for line in done.stderr.splitlines() if "stage failed" in line]
+    assert len(lines) == 1
+    assert "cannot reach [REDACTED:email]" in lines[0]
+    assert EMAIL not in done.stderr
+    assert len(lines[0]) < 20_000
