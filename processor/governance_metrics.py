@@ -61,7 +61,8 @@ class LabelCap:
     def published(self, label: str, values: list[str]) -> list[str]:
         """`values` as label values may show them (redacted, capped in length)."""
         key = "genops." + label
-        return [self.outbound.label(key, value) for value in values]
+        publish = self.outbound.label
+        return [publish(key, value) for value in values]
 
     def refused(self, label: str, values: set[str]) -> set[str]:
         """Admits `values` (smallest first) while there is room; returns those mapped to "other"."""

@@ -273,7 +273,7 @@ def _redact_written(changes: BatchChanges, outbound: OutboundRedaction) -> None:
     """What a stage wrote from span values as they arrived (the model a span named, a budget
     subject) leaves the sidecar as the redaction rules leave an attribute of that key."""
     for key, column in changes.set_attributes.items():
-        redacted = outbound.strings(key, column)
+        redacted = outbound.strings(key, column, changes.arrow.get(key))
         if redacted is not None:
             changes.set_attributes[key] = redacted
             # The encoder reads the Arrow array where there is one: it held the values before.
