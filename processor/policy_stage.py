@@ -38,6 +38,7 @@ from processor.genai_attributes import GENAI_KEYS, MODEL, PROVIDER, TOKENS_INPUT
 from processor.governance_metrics import GovernanceMetrics, parse_labels
 from processor.pipeline import BatchChanges
 from processor.policy_native import NativePolicy
+from processor.span_values import InvalidValueMetrics, check_batch
 
 COST_KEYS = ("genops.cost.total", "genops.cost.model", "genops.cost.provider", "genops.cost.status")
 # OTel semconv: set on a GenAI span when the operation ended in an error.
@@ -51,12 +52,18 @@ class PolicyStage:
     signals = frozenset({TRACES})
 
     def __init__(
-        self, source: PolicySource, store: BudgetStore, attribution: Attribution, metrics: GovernanceMetrics
+        self,
+        source: PolicySource,
+        store: BudgetStore,
+        attribution: Attribution,
+        metrics: GovernanceMetrics,
+        invalid: InvalidValueMetrics | None = None,
     ) -> None:
         self.source = source
         self.store = store
         self.attribution = attribution
         self.metrics = metrics
+        self._invalid = invalid or InvalidValueMetrics.of(CollectorRegistry())
         # For the budget status API (HTTP and gRPC) in the process that runs this stage.
         self.budget_status = BudgetStatusReader(source, store)
         self._plan: _Plan | None = None
@@ -74,11 +81,15 @@ class PolicyStage:
         """Reads ahead what does not come from the redaction stage (all but its PII count) and
         fingerprints the request, while the redaction stage's thread runs."""
         fingerprint(batch)
+        check_batch(batch)
         plan = self._plan_for(self.source.current())
         if plan.native is not None and native_available():
             plan.native.prepare(batch)
 
     def process(self, batch: TelemetryBatch) -> BatchChanges:
+        # A bad cost or time is ignored for its own span: both paths below read clean columns.
+        check_batch(batch)
+        self._invalid.record(batch)
         plan = self._plan_for(self.source.current())
         if plan.native is not None and native_available():
             changes = plan.native.process(batch, self.store, self.metrics, fingerprint)
@@ -340,6 +351,7 @@ def build_policy_stage(config: PolicyConfig, registry: CollectorRegistry) -> Pol
         store=open_store(config.state_backend, config.state_path, config.redis_url),
         attribution=Attribution.from_config(config.attribution_fallbacks),
         metrics=GovernanceMetrics(registry, labels, config.metrics_max_label_values),
+        invalid=InvalidValueMetrics.of(registry),
     )
 
 
