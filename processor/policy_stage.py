@@ -348,7 +348,7 @@ def build_policy_stage(config: PolicyConfig, registry: CollectorRegistry) -> Pol
     labels = parse_labels(config.metrics_labels, config.metrics_label_deny)
     return PolicyStage(
         source=PolicySource(config.policy_file, config.reload_interval_seconds, registry),
-        store=open_store(config.state_backend, config.state_path, config.redis_url),
+        store=open_store(config.state_backend, config.state_path, config.redis_url, registry),
         attribution=Attribution.from_config(config.attribution_fallbacks),
         metrics=GovernanceMetrics(registry, labels, config.metrics_max_label_values),
         invalid=InvalidValueMetrics.of(registry),
