@@ -10,19 +10,24 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from urllib.parse import parse_qs, urlsplit
 
 import grpc
+import structlog
 
 from processor.attribution import DIMENSIONS
 from processor.budget_policy_file import PolicySource
 from processor.budget_state import BudgetStore, open_store
+from processor.budget_store_guard import UNAVAILABLE
 from processor.budgets import TAGS
 from processor.config import PolicyConfig
 from processor.outbound import NO_REDACTION, OutboundRedaction
 from processor.protos import budget_pb2
+
+log = structlog.get_logger(__name__)
 
 BUDGETS_PATH = "/v1/budgets"
 SERVICE = "genops.budget.v1.BudgetService"
@@ -118,7 +123,9 @@ def http_budget_status(reader: BudgetStatusReader, path: str) -> tuple[int, byte
     try:
         budgets = reader.status(attribution, query.get("budget", [""])[-1])
     except Exception as exc:  # the store (Redis) may be down; the gateway decides what that means
-        return _json(503, {"error": reader.outbound.message(f"budget state unavailable: {type(exc).__name__}: {exc}")})
+        # Not the client's error text: it may name the store's address.
+        log.warning("budget status read failed", error_type=type(exc).__name__)
+        return _json(503, {"error": UNAVAILABLE})
     return _json(200, {"blocked": any(b.blocking for b in budgets), "budgets": [_plain(b) for b in budgets]})
 
 
@@ -129,7 +136,18 @@ def _plain(status: BudgetStatus) -> dict:
 
 
 def _json(status: int, body: dict) -> tuple[int, bytes, str]:
-    return status, (json.dumps(body) + "\n").encode(), "application/json"
+    # JSON has no NaN or Infinity: a non-finite number (a sum past the largest float) is null.
+    return status, (json.dumps(_finite(body), allow_nan=False) + "\n").encode(), "application/json"
+
+
+def _finite(value: object) -> object:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
 
 
 class BudgetService:
@@ -147,9 +165,9 @@ class BudgetService:
         try:
             budgets = await asyncio.to_thread(self.reader.status, dict(request.attribution), request.budget_name)
         except Exception as exc:
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE, self.reader.outbound.message(f"budget state unavailable: {exc}")
-            )
+            # Not the exception's text: it may name the store's address.
+            log.warning("budget status read failed", error_type=type(exc).__name__)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, UNAVAILABLE)
         return budget_pb2.GetBudgetStatusResponse(
             budgets=[budget_pb2.BudgetStatus(**asdict(b)) for b in budgets],
             blocked=any(b.blocking for b in budgets),

@@ -15,6 +15,7 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from processor.budget_store_guard import store_degraded
 from processor.config import SidecarConfig
 from processor.forward import Forwarder
 from processor.observability import SidecarMetrics
@@ -151,7 +152,9 @@ class ProbeServer:
                 elif path == "/readyz":
                     ready, reasons = state.status()
                     if ready:
-                        self._send(200, b"ready\n", "text/plain")
+                        # A budget store outage keeps the node ready (charges are kept), but says so.
+                        degraded = store_degraded(registry_of())
+                        self._send(200, f"ready\n{degraded}\n".encode() if degraded else b"ready\n", "text/plain")
                     else:
                         body = ("not ready: " + "; ".join(reasons) + "\n").encode()
                         self._send(503, body, "text/plain")
