@@ -11,7 +11,7 @@ import difflib
 import math
 import os
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -386,18 +386,28 @@ def setting_env_names(cls: type = SidecarConfig, prefix: str = ENV_PREFIX, where
     return names
 
 
-def _check_unknown_env(config: SidecarConfig, environ: Mapping[str, str]) -> None:
-    """A mistyped variable would otherwise be ignored and its setting silently keep the default."""
+def unknown_environment(config: SidecarConfig, names: Iterable[str]) -> list[str]:
+    """The `GENOPS_*` names among `names` that are neither settings nor known non-setting variables."""
     known = set(setting_env_names())
     allowed = NON_SETTING_ENV | {config.redaction.hash_key_env, config.budget_api.token_env}
-    for name in sorted(environ):
-        if not name.startswith(ENV_PREFIX) or name in known or name in allowed:
-            continue
-        if name.startswith(NON_SETTING_ENV_PREFIXES):
-            continue
-        close = difflib.get_close_matches(name, sorted(known | allowed), n=1)
+    return sorted(
+        name
+        for name in names
+        if name.startswith(ENV_PREFIX)
+        and name not in known
+        and name not in allowed
+        and not name.startswith(NON_SETTING_ENV_PREFIXES)
+    )
+
+
+def _check_unknown_env(config: SidecarConfig, environ: Mapping[str, str]) -> None:
+    """A mistyped variable would otherwise be ignored and its setting silently keep the default."""
+    unknown = unknown_environment(config, environ)
+    if unknown:
+        candidates = sorted(set(setting_env_names()) | NON_SETTING_ENV)
+        close = difflib.get_close_matches(unknown[0], candidates, n=1)
         hint = f"; did you mean {close[0]}?" if close else ""
-        raise ConfigError(f"unknown environment variable {name}: no such setting{hint}")
+        raise ConfigError(f"unknown environment variable {unknown[0]}: no such setting{hint}")
 
 
 def _check_secret(environ: Mapping[str, str], env_name: str, setting_name: str, *, min_length: int) -> None:
