@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from processor.config import SidecarConfig, load_config, setting_env_names, unknown_environment
+from processor.config import NON_SETTING_ENV, SidecarConfig, load_config, setting_env_names, unknown_environment
 from tests.collector_harness import free_port
 from tests.test_serve_process import terminate, wait_ready
 
@@ -28,7 +28,7 @@ TOKEN = "0123456789abcdef0123456789abcdef"
 def base_env(tmp_path: Path) -> dict[str, str]:
     """The caller's environment without its GENOPS_* variables, ports that are free, and state
     kept in tmp_path, so a config that is wrongly accepted starts a harmless sidecar."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GENOPS_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GENOPS_") or k in NON_SETTING_ENV}
     env["XDG_STATE_HOME"] = str(tmp_path / "state")
     env["GENOPS_SERVER_LISTEN"] = f"127.0.0.1:{free_port()}"
     env["GENOPS_HTTP_LISTEN"] = f"127.0.0.1:{free_port()}"
