@@ -58,8 +58,9 @@ class Limits:
     address: str = ""
 
 
-def setting(default=dataclasses.MISSING, *, factory=dataclasses.MISSING, **limits):
-    return field(default=default, default_factory=factory, metadata={"limits": Limits(**limits)})
+def setting(default: object, **limits: typing.Any):
+    """A field with a default and its Limits: the table of accepted values is the dataclasses."""
+    return field(default=default, metadata={"limits": Limits(**limits)})
 
 
 @dataclass(frozen=True)
@@ -182,10 +183,6 @@ class SidecarConfig:
                 raise ConfigError(f"downstream.tls.{name}: no such file {path}")
         if self.policy.enabled and self.policy.state_backend == "redis" and not self.policy.redis_url:
             raise ConfigError("policy.redis_url is required when policy.state_backend is redis")
-        policy = self.policy
-        sqlite_path = policy.state_path if policy.enabled and policy.state_backend == "sqlite" else ""
-        if sqlite_path and Path(sqlite_path).is_dir():
-            raise ConfigError(f"policy.state_path {sqlite_path} is a directory; give the SQLite file inside it")
 
 
 def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> SidecarConfig:
