@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hmac
 import json
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from urllib.parse import parse_qs, urlsplit
@@ -23,7 +25,7 @@ from processor.budget_policy_file import PolicySource
 from processor.budget_state import BudgetStore, open_store
 from processor.budget_store_guard import UNAVAILABLE
 from processor.budgets import TAGS
-from processor.config import PolicyConfig
+from processor.config import BudgetApiConfig, PolicyConfig
 from processor.outbound import NO_REDACTION, OutboundRedaction
 from processor.protos import budget_pb2
 
@@ -31,6 +33,43 @@ log = structlog.get_logger(__name__)
 
 BUDGETS_PATH = "/v1/budgets"
 SERVICE = "genops.budget.v1.BudgetService"
+# The HTTP header and the gRPC metadata key (gRPC keys are lower case) carrying `Bearer <token>`.
+AUTHORIZATION = "authorization"
+BEARER = "bearer"
+
+
+@dataclass(frozen=True)
+class BudgetAccess:
+    """Who may read budgets: anyone (no token configured) or callers presenting the bearer token.
+
+    Budgets show every team's spend, so a deployment reachable beyond the pod sets a token.
+    """
+
+    token: bytes | None = None
+
+    @staticmethod
+    def from_config(config: BudgetApiConfig, environ: Mapping[str, str] | None = None) -> BudgetAccess:
+        # load_config has refused a blank or short token already.
+        value = (os.environ if environ is None else environ).get(config.token_env, "").strip()
+        return BudgetAccess(_bytes(value) if value else None)
+
+    @property
+    def open(self) -> bool:
+        return self.token is None
+
+    def allows(self, authorization: str) -> bool:
+        """`authorization` is the header / metadata value as sent, `Bearer <token>`."""
+        if self.token is None:
+            return True
+        scheme, _, credentials = authorization.strip().partition(" ")
+        # Compared in constant time even for a wrong scheme, so timing tells nothing about the token.
+        matches = hmac.compare_digest(_bytes(credentials.strip()), self.token)
+        return matches and scheme.lower() == BEARER
+
+
+def _bytes(text: str) -> bytes:
+    # surrogatepass: a header with undecodable bytes still compares, and never equal to a valid token.
+    return text.encode("utf-8", "surrogatepass")
 
 
 @dataclass(frozen=True)
@@ -153,12 +192,17 @@ def _finite(value: object) -> object:
 class BudgetService:
     """grpc.aio servicer; the store is read in a thread so the OTLP event loop never waits on it."""
 
-    def __init__(self, reader: BudgetStatusReader) -> None:
+    def __init__(self, reader: BudgetStatusReader, access: BudgetAccess) -> None:
         self.reader = reader
+        self.access = access
 
     async def GetBudgetStatus(
         self, request: budget_pb2.GetBudgetStatusRequest, context: grpc.aio.ServicerContext
     ) -> budget_pb2.GetBudgetStatusResponse:
+        metadata = context.invocation_metadata() or ()
+        authorization = next((str(value) for key, value in metadata if key == AUTHORIZATION), "")
+        if not self.access.allows(authorization):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "budget API: missing or wrong bearer token")
         unknown = sorted(set(request.attribution) - set(DIMENSIONS))
         if unknown:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown dimension {unknown[0]!r}")
@@ -174,9 +218,12 @@ class BudgetService:
         )
 
 
-def add_budget_service(server: grpc.aio.Server, reader: BudgetStatusReader) -> None:
-    """Registers genops.budget.v1.BudgetService on a grpc.aio server (before it starts)."""
-    service = BudgetService(reader)
+def add_budget_service(
+    server: grpc.aio.Server, reader: BudgetStatusReader, access: BudgetAccess = BudgetAccess()
+) -> None:
+    """Registers genops.budget.v1.BudgetService on a grpc.aio server (before it starts); without
+    `access` (no token) anyone reaching the port may read budgets."""
+    service = BudgetService(reader, access)
     handler = grpc.unary_unary_rpc_method_handler(
         service.GetBudgetStatus,
         request_deserializer=budget_pb2.GetBudgetStatusRequest.FromString,

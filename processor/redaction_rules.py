@@ -194,8 +194,11 @@ def check_regex(pattern: str, where: str) -> None:
     try:
         pl.Series([""], dtype=pl.String).str.contains(pattern)
     except pl.exceptions.PolarsError as exc:
-        first_line = str(exc).strip().splitlines()
-        raise ValueError(f"{where}: invalid regex {pattern!r}: {' '.join(first_line[:4])}") from None
+        lines = [line.strip() for line in str(exc).strip().splitlines()]
+        # The engine repeats the pattern with a caret under it; the reason is the "error:" line.
+        reason = next((line for line in reversed(lines) if line.startswith("error:")), lines[0] if lines else "")
+        shown = pattern if len(pattern) <= 80 else f"{pattern[:60]}... ({len(pattern)} characters)"
+        raise ValueError(f"{where}: invalid regex {shown!r}: {reason[:200]}") from None
 
 
 def glob_to_regex(glob: str) -> str:
