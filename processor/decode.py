@@ -8,8 +8,6 @@ Python objects.
 
 from __future__ import annotations
 
-import json
-import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -18,7 +16,9 @@ import polars as pl
 import pyarrow as pa
 from google.protobuf.message import DecodeError
 
+from processor import nested_values
 from processor.batch_columns import ScannedColumns, array_parts, series_array
+from processor.nested_values import NestedValueError
 from processor.protos import otlp_lean_pb2 as lean
 
 try:
@@ -583,22 +583,12 @@ def _collect_string_values(batch: TelemetryBatch) -> pl.DataFrame:
 
 def _render(value: lean.AnyValue, kind: str) -> str:
     if kind in ("array_value", "kvlist_value"):
-        return json.dumps(_plain(value), ensure_ascii=False, separators=(",", ":"))
+        try:
+            return nested_values.render(kind, getattr(value, kind))
+        except NestedValueError as exc:
+            raise MalformedRequest(f"cannot read a nested attribute value: {exc}") from exc
     if kind == "bool_value":
         return "true" if value.bool_value else "false"
     if kind == "bytes_value":
         return value.bytes_value.hex()
     return str(getattr(value, kind))
-
-
-def _plain(value: lean.AnyValue) -> object:
-    kind = value.WhichOneof("value")
-    if kind == "array_value":
-        return [_plain(v) for v in value.array_value.values]
-    if kind == "kvlist_value":
-        return {kv.key: _plain(kv.value) for kv in value.kvlist_value.values}
-    if kind == "bytes_value":
-        return value.bytes_value.hex()
-    if kind == "double_value" and not math.isfinite(value.double_value):
-        return str(value.double_value)
-    return None if kind is None else getattr(value, kind)

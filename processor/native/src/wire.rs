@@ -3,18 +3,27 @@
 pub const VARINT: u8 = 0;
 pub const I64: u8 = 1;
 pub const LEN: u8 = 2;
+pub const START_GROUP: u8 = 3;
+pub const END_GROUP: u8 = 4;
 pub const I32: u8 = 5;
 
+#[derive(Clone)]
 pub struct Reader<'a> {
     buf: &'a [u8],
     pub pos: usize,
+    /// Field number of the last tag read: a group is skipped up to the end tag of that number.
+    last_field: u32,
 }
 
 pub type WireResult<T> = Result<T, String>;
 
 impl<'a> Reader<'a> {
     pub fn new(buf: &'a [u8]) -> Self {
-        Reader { buf, pos: 0 }
+        Reader {
+            buf,
+            pos: 0,
+            last_field: 0,
+        }
     }
 
     #[inline]
@@ -55,6 +64,7 @@ impl<'a> Reader<'a> {
         if field == 0 {
             return Err("field number 0".into());
         }
+        self.last_field = field;
         Ok((field, (tag & 7) as u8))
     }
 
@@ -81,8 +91,39 @@ impl<'a> Reader<'a> {
         Ok(u64::from_le_bytes(raw))
     }
 
+    /// Skips the field whose tag was just read. Protobuf parsers keep a field of a wire type its
+    /// number does not declare, or a group, as an unknown field: callers skip those with this too.
     #[inline]
     pub fn skip(&mut self, wire: u8) -> WireResult<()> {
+        if wire == START_GROUP {
+            return self.skip_group(self.last_field);
+        }
+        self.skip_plain(wire)
+    }
+
+    /// A group (possibly holding groups) up to its end tag, walked without recursion.
+    #[cold]
+    fn skip_group(&mut self, field: u32) -> WireResult<()> {
+        let mut open = vec![field];
+        while let Some(&innermost) = open.last() {
+            if self.done() {
+                return Err("truncated group".into());
+            }
+            let (inner, wire) = self.tag()?;
+            match wire {
+                START_GROUP => open.push(inner),
+                END_GROUP if inner == innermost => {
+                    open.pop();
+                }
+                END_GROUP => return Err(format!("group {innermost} ended by field {inner}")),
+                other => self.skip_plain(other)?,
+            }
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn skip_plain(&mut self, wire: u8) -> WireResult<()> {
         match wire {
             VARINT => {
                 self.varint()?;
@@ -99,20 +140,10 @@ impl<'a> Reader<'a> {
                 }
                 self.pos += 4;
             }
-            other => return Err(format!("unsupported wire type {other}")),
+            END_GROUP => return Err("end of a group that was not started".into()),
+            other => return Err(format!("invalid wire type {other}")),
         }
         Ok(())
-    }
-
-    /// A length-delimited field's content, checking the wire type a declared field must have.
-    #[inline]
-    pub fn expect_len(&mut self, wire: u8) -> WireResult<&'a [u8]> {
-        if wire != LEN {
-            return Err(format!(
-                "wire type {wire} where a length-delimited field belongs"
-            ));
-        }
-        self.bytes()
     }
 }
 
