@@ -117,6 +117,9 @@ class TelemetryBatch:
         self._events: list[tuple[int, lean.SpanEvent]] | None = None
         # Row of each span event, in event order (from the native scan; else from `events`).
         self._event_rows: list[int] | None = None
+        # The request holds bytes its protobuf view drops (earlier copies of a oneof or value field
+        # sent twice): it then goes out re-serialised, as the stages saw it, never as received.
+        self.drops_bytes = False
 
     @property
     def frame(self) -> pl.DataFrame:
@@ -324,6 +327,7 @@ def decode_traces(raw: bytes, wanted: WantedKeys, values_to: object | None = Non
                 rows.append(_pick(span.attributes, item_keys) if item_keys else {})
     frame = _frame(rows, item_resource, resource_rows, wanted)
     batch.frame = frame.with_columns(_span_columns(names, starts, ends, statuses))
+    batch.drops_bytes = _drops_bytes(request, raw)
     return batch
 
 
@@ -342,7 +346,15 @@ def decode_logs(raw: bytes, wanted: WantedKeys, values_to: object | None = None)
                 item_resource.append(resource_index)
                 rows.append(_pick(record.attributes, wanted.item) if wanted.item else {})
     frame = _frame(rows, item_resource, resource_rows, wanted)
-    return TelemetryBatch(LOGS, frame, raw, request)
+    batch = TelemetryBatch(LOGS, frame, raw, request)
+    batch.drops_bytes = _drops_bytes(request, raw)
+    return batch
+
+
+def _drops_bytes(request, raw: bytes) -> bool:
+    # Unknown fields are kept as their bytes, so only what the parser dropped (or wrote shorter:
+    # a padded varint, an explicit default) makes the view serialise to another size.
+    return request.ByteSize() != len(raw)
 
 
 def _span_columns(names: list[str], starts: list[int], ends: list[int], statuses: list[int]) -> list[pl.Series]:

@@ -161,7 +161,8 @@ class Pipeline:
     def _process(self, signal: str, batch: TelemetryBatch, raw: bytes, jobs: dict[str, object]) -> ProcessedRequest:
         applied: list[BatchChanges] = []
         failed: list[str] = []
-        stages = self._stages[signal] if len(batch) else []
+        # Every stage runs on a request without items too: its resources still carry values.
+        stages = self._stages[signal]
         for position, stage in enumerate(stages, 1):
             job = jobs.pop(stage.name, None)
             if job is not None:
@@ -191,7 +192,7 @@ class Pipeline:
                     _expose_to_later_stages(batch, changes)
         if failed:
             applied.append(_error_tags(len(batch), "; ".join(failed)))
-        if not applied:
+        if not applied and not batch.drops_bytes:
             return ProcessedRequest(raw, len(batch), tuple(failed))
         try:
             payload = encode.apply_and_serialize(batch, applied)

@@ -738,11 +738,18 @@ impl StringValues {
         part.kind.push(kind);
     }
 
-    /// A value whose oneof field came more than once: its kind is the last copy's (the one a
-    /// protobuf parser keeps), its text every copy's rendering, one a line, so a secret in a
-    /// copy the parser drops is still found (and the whole value rewritten).
+    /// A value whose oneof field came more than once: its text is every copy's rendering, one a
+    /// line, so a secret in a copy a protobuf parser drops is still found (and the whole value
+    /// rewritten). Its kind is the last text copy's, so the stages that scan only text see it
+    /// (the last copy's when none is text).
     fn push_copies(&mut self, address: Address, key_view: View, copies: &[Scalar<'_>]) {
-        let Some(kind) = copies.last().and_then(Scalar::kind_code) else {
+        let text = copies.iter().rev().find(|copy| {
+            matches!(
+                copy,
+                Scalar::Str(_) | Scalar::Array(_) | Scalar::KvList(_)
+            )
+        });
+        let Some(kind) = text.or(copies.last()).and_then(Scalar::kind_code) else {
             return;
         };
         let mut rendered = true;
