@@ -70,8 +70,9 @@ def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
 def _tag(buf: bytes, pos: int, end: int) -> tuple[int, int, int]:
     tag, pos = _varint(buf, pos, end)
     field = tag >> 3
-    if field == 0:
-        raise NestedValueError("field number 0")
+    # Protobuf field numbers are 1 to 2^29 - 1; parsers refuse others as corrupt.
+    if not 0 < field < 1 << 29:
+        raise NestedValueError(f"field number {field} out of range")
     return field, tag & 7, pos
 
 

@@ -154,7 +154,7 @@ class Pipeline:
         try:
             return self._process(signal, batch, raw, jobs)
         finally:
-            # A job the batch never reached (a request with no item).
+            # A job whose stage was never reached (a request refused by an earlier stage).
             for job in jobs.values():
                 job.abandon()
 

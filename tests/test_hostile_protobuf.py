@@ -13,7 +13,7 @@ import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
 from prometheus_client import CollectorRegistry
 
-from processor.decode import native_module
+from processor.decode import WantedKeys, decode_traces, native_module
 from processor.nested_values import MAX_NESTING
 from processor.redact import RedactionStage
 from processor.redaction_rules import load_rules
@@ -277,3 +277,46 @@ def test_a_log_resource_without_records_is_redacted(decoder, sink, sidecar):
     assert export(sidecar, request.SerializeToString(), LOGS) == grpc.StatusCode.OK
     [sent] = forwarded(sink, LOGS)
     assert EMAIL not in sent
+
+
+# --- both decoders render nested values alike ------------------------------------------------
+
+NESTED = {
+    "array 30,000 deep": deep_array(30_000, EMAIL),
+    "kvlist 20,000 deep": deep_kvlist(20_000, EMAIL),
+    "unknown fields and a group in an array": field(5, b"\x08\x01" + GROUP + field(1, string_any(b"v"))),
+    "copies inside an array": field(5, field(1, string_any(EMAIL) + b"\x18\x07") + field(1, b"\x21" + bytes(8))),
+    "a kvlist repeating a key and a value": field(
+        6,
+        field(1, key_value(b"a", string_any(b"1")))
+        + field(1, field(1, b"b") + field(2, b"\x10\x01") + field(2, field(7, b"\xff")))
+        + field(1, key_value(b"a", field(6, b""))),
+    ),
+    "invalid UTF-8 and odd doubles": field(
+        5, field(1, string_any(b"\xff\xfeok")) + field(1, b"\x21" + bytes.fromhex("000000000000f07f"))
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NESTED))
+def test_both_decoders_render_nested_values_alike(monkeypatch, case):
+    if native_module() is None:
+        pytest.skip("native module not built")
+    raw = trace_bytes(field(9, key_value(b"note", NESTED[case])))
+    rendered = {}
+    for path in ("1", "0"):
+        monkeypatch.setenv("GENOPS_NATIVE_DECODE", path)
+        batch = decode_traces(raw, WantedKeys(values=True))
+        rendered[path] = batch.string_values().select("kind", "value").rows()
+    assert rendered["1"] == rendered["0"]
+    assert len(rendered["1"]) == 1
+
+
+@pytest.mark.parametrize(
+    "tag",
+    [b"\x80\x80\x80\x80\x10", b"\x88\x80\x80\x80\x80\x01"],
+    ids=["field 2^29", "field 2^32 + 1, which 32 bits would read as field 1"],
+)
+def test_a_field_number_out_of_range_is_refused_on_both_paths(decoder, sink, sidecar, tag):
+    assert export(sidecar, VALID + tag + b"\x01") == grpc.StatusCode.INVALID_ARGUMENT
+    assert forwarded(sink) == []

@@ -743,12 +743,10 @@ impl StringValues {
     /// rewritten). Its kind is the last text copy's, so the stages that scan only text see it
     /// (the last copy's when none is text).
     fn push_copies(&mut self, address: Address, key_view: View, copies: &[Scalar<'_>]) {
-        let text = copies.iter().rev().find(|copy| {
-            matches!(
-                copy,
-                Scalar::Str(_) | Scalar::Array(_) | Scalar::KvList(_)
-            )
-        });
+        let text = copies
+            .iter()
+            .rev()
+            .find(|copy| matches!(copy, Scalar::Str(_) | Scalar::Array(_) | Scalar::KvList(_)));
         let Some(kind) = text.or(copies.last()).and_then(Scalar::kind_code) else {
             return;
         };
@@ -963,10 +961,7 @@ impl<'a> Scan<'a> {
         }
         let (value, copies) = any_value_copies(raw_value.chunks())?;
         let text_like = |value: &Scalar<'_>| {
-            matches!(
-                value,
-                Scalar::Str(_) | Scalar::Array(_) | Scalar::KvList(_)
-            )
+            matches!(value, Scalar::Str(_) | Scalar::Array(_) | Scalar::KvList(_))
         };
         let listed = match known.needed {
             Needed::Every => true,
@@ -1293,4 +1288,74 @@ pub fn scan<'py>(
         out.set_item("strings", state.strings.to_py(py)?)?;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::put_len;
+
+    fn field(number: u32, content: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        put_len(&mut out, number, content);
+        out
+    }
+
+    fn deep_array(depth: usize) -> Vec<u8> {
+        let mut value = field(1, b"x");
+        for _ in 0..depth {
+            value = field(5, &field(1, &value));
+        }
+        value
+    }
+
+    fn rendered(any_value: &[u8]) -> WireResult<String> {
+        let mut out = String::new();
+        let (value, _) = any_value_copies(&[any_value])?;
+        json_nested(value, &mut out)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn values_nested_to_the_limit_render_without_recursion() {
+        let raw = deep_array(MAX_NESTING);
+        let small_stack = std::thread::Builder::new().stack_size(256 * 1024);
+        let text = small_stack
+            .spawn(move || rendered(&raw))
+            .unwrap()
+            .join()
+            .unwrap();
+        let text = text.expect("within the limit");
+        assert_eq!(text.len(), 2 * MAX_NESTING + 3);
+        assert!(text.starts_with("[[[") && text.contains("[\"x\"]") && text.ends_with("]]]"));
+    }
+
+    #[test]
+    fn a_value_past_the_limit_is_an_error() {
+        let error = rendered(&deep_array(MAX_NESTING + 1)).unwrap_err();
+        assert!(error.contains("nested deeper than"), "{error}");
+    }
+
+    #[test]
+    fn kvlists_render_as_python_dicts() {
+        let entry = |key: &[u8], value: &[u8]| field(1, &[field(1, key), field(2, value)].concat());
+        let list = [
+            entry(b"a", &field(1, b"1")),
+            entry(b"b", b"\x18\x02"),
+            entry(b"a", &field(5, &field(1, b"\x10\x01"))),
+        ]
+        .concat();
+        assert_eq!(rendered(&field(6, &list)).unwrap(), r#"{"a":[true],"b":2}"#);
+    }
+
+    #[test]
+    fn wrong_wire_types_are_unknown_fields_and_copies_are_kept() {
+        // string_value as a varint (unknown), then two string values.
+        let raw = [b"\x08\x01".to_vec(), field(1, b"first"), field(1, b"last")].concat();
+        let (value, copies) = any_value_copies(&[&raw]).unwrap();
+        assert!(matches!(value, Scalar::Str(b"last")));
+        assert_eq!(copies.map(|c| c.len()), Some(2));
+        let in_array = field(5, &field(1, &raw));
+        assert_eq!(rendered(&in_array).unwrap(), r#"["first","last"]"#);
+    }
 }
