@@ -160,14 +160,15 @@ class Pipeline:
         try:
             return self._process(signal, batch, raw, jobs)
         finally:
-            # A job the batch never reached (a request with no item).
+            # A job whose stage was never reached (a request refused by an earlier stage).
             for job in jobs.values():
                 job.abandon()
 
     def _process(self, signal: str, batch: TelemetryBatch, raw: bytes, jobs: dict[str, object]) -> ProcessedRequest:
         applied: list[BatchChanges] = []
         failed: list[str] = []
-        stages = self._stages[signal] if len(batch) else []
+        # Every stage runs on a request without items too: its resources still carry values.
+        stages = self._stages[signal]
         for position, stage in enumerate(stages, 1):
             job = jobs.pop(stage.name, None)
             if job is not None:
@@ -197,7 +198,7 @@ class Pipeline:
                     _expose_to_later_stages(batch, changes)
         if failed:
             applied.append(_error_tags(len(batch), self.outbound.message("; ".join(failed))))
-        if not applied:
+        if not applied and not batch.drops_bytes:
             return ProcessedRequest(raw, len(batch), tuple(failed))
         if self.outbound.enabled:
             for changes in applied:
