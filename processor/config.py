@@ -64,6 +64,9 @@ class LoggingConfig:
     format: str = "json"
 
 
+NEAR_MATCHES = ("estimate", "unpriced")
+
+
 @dataclass(frozen=True)
 class CostConfig:
     enabled: bool = True
@@ -71,6 +74,9 @@ class CostConfig:
     pricing_file: str = ""
     override_sdk_costs: bool = False
     reload_interval_seconds: float = 5.0
+    # A model only near a known family (see processor/model_versions.py): "estimate" prices it with
+    # the family's prices as genops.cost.status "estimated"; "unpriced" leaves it unpriced.
+    near_matches: str = "estimate"
 
 
 @dataclass(frozen=True)
@@ -141,6 +147,8 @@ class SidecarConfig:
             path = getattr(tls, name)
             if tls.enabled and path and not Path(path).is_file():
                 raise ConfigError(f"downstream.tls.{name}: no such file {path}")
+        if self.cost.near_matches not in NEAR_MATCHES:
+            raise ConfigError(f"cost.near_matches must be estimate or unpriced, not {self.cost.near_matches!r}")
         if self.policy.state_backend not in ("sqlite", "redis", "memory"):
             raise ConfigError("policy.state_backend must be sqlite, redis or memory")
         if self.policy.enabled and self.policy.state_backend == "redis" and not self.policy.redis_url:

@@ -28,6 +28,11 @@ Matching a span's (provider, model): names are compared lowercased; provider-spe
 provider-agnostic ("*") ones; within them exact beats prefix beats regex, the longest prefix wins,
 and regexes are tried in file order. Without a provider on the span, every provider's entries are
 candidates and first-party vendors win ties (FIRST_PARTY order).
+
+A prefix entry matches its own name and that name's snapshots only (the rule is
+processor/model_versions.py's: a date, a Bedrock or Vertex version may follow, nothing else).
+A name that matches nothing but starts with a prefix entry's text is *near* that family: `match`
+returns the family with `near` set, for the cost stage to write as estimated (or unpriced).
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ import polars as pl
 import yaml
 
 from processor.genai_attributes import normalize_provider
+from processor.model_versions import is_snapshot_of
 
 ANY_PROVIDER = "*"
 MATCH_KINDS = ("exact", "prefix", "regex")
@@ -130,6 +136,15 @@ class PriceEntry:
         return (self.provider, self.match, self.model.lower())
 
 
+@dataclass(frozen=True)
+class ModelMatch:
+    """The price history a span's model resolves to. `near`: the model is not the entry's (nor
+    one of its snapshots), it only starts with a prefix entry's text; its price is an estimate."""
+
+    group: int
+    near: bool = False
+
+
 @dataclass
 class PricingTable:
     version: str
@@ -137,7 +152,7 @@ class PricingTable:
     fingerprint: str
     # Resolution of (provider, model) → price history, cached for the life of this table only:
     # a reloaded table is a new object, so a stale match can never outlive the prices it came from.
-    _cache: dict[tuple[str | None, str], int | None] = field(default_factory=dict, repr=False)
+    _cache: dict[tuple[str | None, str], ModelMatch | None] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         groups: dict[tuple[str, str, str], int] = {}
@@ -167,20 +182,33 @@ class PricingTable:
         return sorted(self._index)
 
     def resolve(self, provider: str | None, model: str | None) -> int | None:
-        """The price-history group for a span's provider and model, or None when unpriced."""
+        """The price-history group of a span's provider and model: its own entry (exact, a prefix
+        entry's snapshot, a regex); None when unpriced or only near a family (see match)."""
+        found = self.match(provider, model)
+        return None if found is None or found.near else found.group
+
+    def match(self, provider: str | None, model: str | None) -> ModelMatch | None:
+        """The model's own entry, else the family it is near (`near` set), else None."""
         if not model:
             return None
         cache_key = (provider, model)
         if cache_key in self._cache:
             return self._cache[cache_key]
-        found = self._resolve(normalize_provider(provider), model)
+        normalized = normalize_provider(provider)
+        scopes = self._scopes(normalized)
+        names = lookup_names(normalized, model)
+        group = self._resolve(scopes, names)
+        if group is not None:
+            found: ModelMatch | None = ModelMatch(group)
+        else:
+            near = self._near(scopes, names)
+            found = None if near is None else ModelMatch(near, near=True)
         if len(self._cache) > 50_000:
             self._cache.clear()
         self._cache[cache_key] = found
         return found
 
-    def _resolve(self, provider: str | None, model: str) -> int | None:
-        names = lookup_names(provider, model)
+    def _scopes(self, provider: str | None) -> list[list[str]]:
         if provider:
             scopes = [[provider], [ANY_PROVIDER]]
         else:
@@ -189,6 +217,9 @@ class PricingTable:
                 key=lambda p: (FIRST_PARTY.index(p) if p in FIRST_PARTY else len(FIRST_PARTY), p),
             )
             scopes = [ranked, [ANY_PROVIDER]]
+        return scopes
+
+    def _resolve(self, scopes: list[list[str]], names: list[str]) -> int | None:
         for scope in scopes:
             indexes = [self._index[p] for p in scope if p in self._index]
             for name in names:
@@ -200,6 +231,20 @@ class PricingTable:
                             best = hit
                     if best is not None:
                         return best[1]
+        return None
+
+    def _near(self, scopes: list[list[str]], names: list[str]) -> int | None:
+        """The family (longest prefix entry whose text the name starts with), scopes in order."""
+        for scope in scopes:
+            indexes = [self._index[p] for p in scope if p in self._index]
+            for name in names:
+                best: tuple[int, int] | None = None
+                for index in indexes:
+                    hit = index.near(name)
+                    if hit is not None and (best is None or hit[0] > best[0]):
+                        best = hit
+                if best is not None:
+                    return best[1]
         return None
 
     def entry(self, group: int) -> PriceEntry:
@@ -351,13 +396,30 @@ class _ProviderIndex:
             return None if group is None else (len(name), group)
         if kind == "prefix":
             for prefix, group in self.prefixes:
-                if name.startswith(prefix):
+                if is_snapshot_of(name, prefix):
                     return (len(prefix), group)
             return None
         for pattern, group in self.regexes:
             if pattern.fullmatch(name):
                 return (0, group)
         return None
+
+    def near(self, name: str) -> tuple[int, int] | None:
+        """The longest prefix entry `name` starts with, snapshot or not."""
+        for prefix, group in self.prefixes:
+            if name.startswith(prefix):
+                return (len(prefix), group)
+        return None
+
+
+def priced_match(
+    table: PricingTable, provider: str | None, model: str | None, *, estimate_near: bool
+) -> ModelMatch | None:
+    """The table's match for a pair as the stage prices it: a near match only when estimating."""
+    found = table.match(provider, model)
+    if found is None or (found.near and not estimate_near):
+        return None
+    return found
 
 
 def lookup_names(provider: str | None, model: str) -> list[str]:
