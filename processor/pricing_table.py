@@ -164,10 +164,13 @@ class PricingTable:
                 group = groups[entry.key] = len(groups)
                 self.group_entry.append(entry)
             self.group_of_entry.append(group)
+        aliases: list[list[tuple[str, ...]]] = [[] for _ in self.group_entry]
+        for entry, group in zip(self.entries, self.group_of_entry, strict=True):
+            aliases[group].append(entry.aliases)
         self._index: dict[str, _ProviderIndex] = {}
         for group, entry in enumerate(self.group_entry):
             index = self._index.setdefault(entry.provider, _ProviderIndex())
-            index.add(group, entry, [e.aliases for e in self.entries if e.key == entry.key])
+            index.add(group, entry, aliases[group])
         for index in self._index.values():
             index.finish()
         self.price_rows = _price_rows(self)
@@ -422,15 +425,24 @@ def priced_match(
     return found
 
 
+def without_region(name: str) -> str:
+    """A Bedrock model id without its cross-region inference profile (`us.`, `global.`, ...)."""
+    return _BEDROCK_REGION.sub("", name)
+
+
 def lookup_names(provider: str | None, model: str) -> list[str]:
     """Names to try for a span's model, most specific first."""
     name = model.strip().lower()
     if name.startswith("arn:aws:bedrock:"):
         name = name.rsplit("/", 1)[-1]
     name = name.removeprefix("models/")
-    if provider in (None, "aws.bedrock"):
-        name = _BEDROCK_REGION.sub("", name)
     names = [name]
+    if provider in (None, "aws.bedrock"):
+        # A cross-region profile is priced by its own entry when the table has one (`global.` and
+        # geographic profiles are priced apart), else by the model's.
+        regionless = without_region(name)
+        if regionless != name:
+            names.append(regionless)
     if "/" in name:
         # "openai/gpt-4o" (routers), "accounts/fireworks/models/x": the last part is the model.
         names.append(name.rsplit("/", 1)[-1])
