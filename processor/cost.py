@@ -20,7 +20,9 @@ exceeds a tier's size, that tier's prices apply to every token of the request.
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -283,6 +285,7 @@ class CostMetrics:
     priced: Counter
     estimated: Counter
     table_info: Gauge
+    table_age: Gauge
     reload: ReloadMetrics
 
     @classmethod
@@ -308,6 +311,13 @@ class CostMetrics:
                 registry=registry,
                 multiprocess_mode="livemax",
             ),
+            table_age=Gauge(
+                "genops_pricing_table_age_seconds",
+                "Seconds since the newest as_of date of the pricing table in use (when its prices were "
+                "last checked); updated on every load and batch.",
+                registry=registry,
+                multiprocess_mode="livemax",
+            ),
             reload=ReloadMetrics("genops_pricing", "pricing table", registry),
         )
 
@@ -320,6 +330,7 @@ class CostStage:
         self.config = config
         self.metrics = CostMetrics.create(registry)
         self._table: PricingTable | None = None
+        self._checked_at: float | None = None
         self._known: KnownPairs | None = None
         self._priced: dict[str, Counter] = {}
         self._labels: set[tuple[str, str]] = set()
@@ -346,6 +357,8 @@ class CostStage:
         if previous is not None:
             self.metrics.table_info.remove(previous.version, str(previous.model_count))
         self.metrics.table_info.labels(table.version, str(table.model_count)).set(1)
+        self._checked_at = _midnight(table.checked_on)
+        self._refresh_age()
         log.info("pricing table in use", version=table.version, models=table.model_count, path=str(self.watcher_path))
 
     @property
@@ -358,10 +371,15 @@ class CostStage:
     def wanted_keys(self) -> WantedKeys:
         return WantedKeys(item=ga.GENAI_KEYS.item | {COST_TOTAL})
 
+    def _refresh_age(self) -> None:
+        if self._checked_at is not None:
+            self.metrics.table_age.set(max(time.time() - self._checked_at, 0.0))
+
     def process(self, batch: TelemetryBatch) -> BatchChanges:
         # One query per batch (two the first time a batch brings pairs the table has not seen):
         # normalize, map spans to price groups, pick the price rows, compute and shape the columns.
         table = self.table
+        self._refresh_age()
         known = self._known
         if known is None or known.table is not table:
             known = self._known = KnownPairs.of(table, estimate_near=self._estimate_near)
@@ -493,6 +511,11 @@ class CostStage:
                 self._labels.add(label)
                 return label
         return ("other", "other")
+
+
+def _midnight(day: dt.date | None) -> float | None:
+    """The day's start, UTC, in Unix seconds."""
+    return None if day is None else dt.datetime.combine(day, dt.time(), dt.UTC).timestamp()
 
 
 def _first_and_last(starts: pa.Array | None) -> tuple[int | None, int | None]:

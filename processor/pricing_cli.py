@@ -1,4 +1,5 @@
-"""`genops-sidecar pricing check|import|build|quote`: validate, convert, rebuild and try out pricing tables."""
+"""`genops-sidecar pricing check|import|build|diff|quote`: validate, convert, rebuild, compare and try out
+pricing tables."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from processor import genai_attributes as ga
 from processor.catalogue.build import BuildOptions, build
 from processor.catalogue.genai_prices_source import SourceError
 from processor.cost import COST_PARTS, cost_frame
+from processor.pricing_diff import diff_tables
+from processor.pricing_diff import render as render_diff
 from processor.pricing_table import (
     PRICE_FIELDS,
     PricingError,
@@ -94,6 +97,11 @@ def add_pricing_commands(subparsers: argparse._SubParsersAction) -> None:
     built.add_argument("--version", dest="table_version", help="version of the new table (default: the as-of date)")
     built.set_defaults(handler=run_build)
 
+    compared = commands.add_parser("diff", help="added, removed and changed prices between two tables")
+    compared.add_argument("old")
+    compared.add_argument("new")
+    compared.set_defaults(handler=run_diff)
+
     quote = commands.add_parser("quote", help="price one request")
     quote.add_argument("model")
     quote.add_argument("--input", type=int, default=0, help="input tokens, cached ones included")
@@ -156,6 +164,24 @@ def run_build(args: argparse.Namespace) -> int:
         + (f" (report: {options.report})" if options.report else "")
     )
     return 0
+
+
+def run_diff(args: argparse.Namespace) -> int:
+    """Exit 0: same prices; 1: they differ (the changes printed); 2: a table cannot be loaded."""
+    tables = []
+    for path in (args.old, args.new):
+        try:
+            tables.append(load_table(path))
+        except PricingError as exc:
+            print(f"error: {path}: {exc}", file=sys.stderr)
+            return 2
+    diff = diff_tables(*tables)
+    for line in render_diff(diff):
+        print(line)
+    old, new = tables
+    counts = f"{len(diff.added)} added, {len(diff.removed)} removed, {len(diff.changed)} changed"
+    print(f"{old.version} -> {new.version}: {counts}", file=sys.stderr)
+    return 0 if diff.empty else 1
 
 
 def run_quote(args: argparse.Namespace) -> int:

@@ -184,6 +184,11 @@ class PricingTable:
     def providers(self) -> list[str]:
         return sorted(self._index)
 
+    @cached_property
+    def checked_on(self) -> dt.date | None:
+        """The newest `as_of` of the entries: when the table's prices were last checked."""
+        return max((e.as_of for e in self.entries if e.as_of is not None), default=None)
+
     def resolve(self, provider: str | None, model: str | None) -> int | None:
         """The price-history group of a span's provider and model: its own entry (exact, a prefix
         entry's snapshot, a regex); None when unpriced or only near a family (see match)."""

@@ -138,3 +138,17 @@ def test_the_shipped_tables_cover_the_major_providers_with_sources_and_dates():
     assert {"groq", "together", "fireworks"} & set(table.providers)
     assert all(e.source.startswith("https://") and e.as_of is not None for e in table.entries)
     assert any(e.effective_to is not None for e in table.entries), "at least one historical price"
+
+
+def test_a_bedrock_profile_is_priced_by_its_own_entry_before_the_model_s(tmp_path):
+    # Geographic profiles cost 10% more than the global one: a table can price them apart.
+    (tmp_path / "b.yaml").write_text(
+        'version: "b1"\nprovider: aws.bedrock\nmodels:\n'
+        "  - {model: global.anthropic.claude-x-20250101, match: prefix, input: 3}\n"
+        "  - {model: anthropic.claude-x-20250101, match: prefix, input: 3.3}\n"
+    )
+    table = load_table(tmp_path / "b.yaml")
+    assert price_of(table, "aws.bedrock", "global.anthropic.claude-x-20250101-v1:0") == 3
+    assert price_of(table, "aws.bedrock", "us.anthropic.claude-x-20250101-v1:0") == 3.3
+    assert price_of(table, "aws.bedrock", "anthropic.claude-x-20250101-v1:0") == 3.3
+    assert price_of(table, None, "eu.anthropic.claude-x-20250101-v1:0") == 3.3
