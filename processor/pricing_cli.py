@@ -208,6 +208,8 @@ def run_quote(args: argparse.Namespace) -> int:
         print(f"no price for {args.model!r} (provider {args.provider or 'any'}) on {day} in {path}", file=sys.stderr)
         return 1
     print(f"model: {row['entry_model']} ({row['entry_provider']}), pricing version {table.version}, {day}")
+    if row["estimated"]:
+        print(f"  estimated: {args.model!r} is not {row['entry_model']} nor one of its snapshots, only near it")
     for part in COST_PARTS:
         print(f"  {part:<12} ${row[f'cost_{part}']:.6f}")
     print(f"  {'total':<12} ${row['cost_total']:.6f}")

@@ -68,3 +68,15 @@ def test_table_age_counts_from_the_newest_price_check(tmp_path):
     checked = dt.datetime(2026, 2, 1, tzinfo=dt.UTC).timestamp()
     age = registry.get_sample_value("genops_pricing_table_age_seconds")
     assert age == pytest.approx(time.time() - checked, abs=60)
+
+
+def test_quote_says_when_a_price_is_only_an_estimate(tmp_path, capsys):
+    (tmp_path / "t.yaml").write_text(
+        'version: "q1"\nprovider: openai\nmodels:\n  - {model: gpt-q, match: prefix, input: 1, output: 2}\n'
+    )
+    args = ("--input", "1000000", "--provider", "openai", "--pricing", str(tmp_path / "t.yaml"))
+    assert run("pricing", "quote", "gpt-q-2031-01-01", *args) == 0
+    assert "estimated" not in capsys.readouterr().out
+    assert run("pricing", "quote", "gpt-q.5", *args) == 0
+    out = capsys.readouterr().out
+    assert "model: gpt-q (openai)" in out and "estimated: 'gpt-q.5' is not gpt-q" in out
