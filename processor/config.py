@@ -117,6 +117,9 @@ class LoggingConfig:
     format: str = setting("json", choices=("json", "console"))
 
 
+NEAR_MATCHES = ("estimate", "unpriced")
+
+
 @dataclass(frozen=True)
 class CostConfig:
     enabled: bool = True
@@ -124,6 +127,9 @@ class CostConfig:
     pricing_file: str = ""
     override_sdk_costs: bool = False
     reload_interval_seconds: float = setting(5.0, above=0, max=86_400)
+    # A model only near a known family (see processor/model_versions.py): "estimate" prices it with
+    # the family's prices as genops.cost.status "estimated"; "unpriced" leaves it unpriced.
+    near_matches: str = setting("estimate", choices=NEAR_MATCHES)
 
 
 @dataclass(frozen=True)

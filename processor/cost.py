@@ -20,7 +20,9 @@ exceeds a tier's size, that tier's prices apply to every token of the request.
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -44,6 +46,7 @@ from processor.pricing_table import (
     PricingTable,
     default_table_path,
     load_table,
+    priced_match,
 )
 from processor.reload import ReloadMetrics, Watcher
 from processor.span_values import SDK_COSTS, CostCheck, InvalidValueMetrics, check_batch
@@ -61,6 +64,8 @@ PRICED = "priced"
 UNPRICED = "unpriced"
 # An SDK cost that is not a finite amount at or above zero, on a span the table could not price.
 INVALID_SDK_COST = "invalid_sdk_cost"
+# Priced with the prices of a family the model is only near (processor/model_versions.py).
+ESTIMATED = "estimated"
 # Unpriced-span metric labels: beyond this many distinct (provider, model) pairs, new ones are
 # counted as "other" so a client sending random model names cannot blow up the metric series.
 MAX_UNPRICED_LABELS = 200
@@ -92,6 +97,8 @@ _AT = "_cost_at"
 _START_HI = "_cost_start_hi"
 _UNKNOWN = "_cost_unknown"
 _UNPRICED = "_cost_unpriced"
+_ESTIMATED = "_cost_estimated"
+_ESTIMATED_KEY = "_cost_estimated_pair"
 # Known (provider, model) pairs are kept per table up to this many; past it the set restarts from
 # the batch at hand, so a client sending random model names costs time, never unbounded memory.
 MAX_KNOWN_PAIRS = 4096
@@ -128,34 +135,46 @@ class KnownPairs:
     table: PricingTable
     keys: pl.Series  # String, sorted
     groups: pl.Series  # UInt32, the price group of each key (null: no entry matches)
+    estimated: pl.Series  # Boolean, per key: the group is a family the model is only near
     pairs: dict[str, tuple[str | None, str | None]]
+    estimate_near: bool
     # The stage's query steps for these pairs, per slots (built once: building costs as much as running).
     queries: dict[int, tuple[PriceSlots, list[list[pl.Expr]]]] = field(default_factory=dict, compare=False)
 
     @classmethod
-    def of(cls, table: PricingTable, keys: Iterable[str] = ()) -> KnownPairs:
+    def of(cls, table: PricingTable, keys: Iterable[str] = (), estimate_near: bool = True) -> KnownPairs:
         ordered = pl.Series(_KEY, sorted(set(keys)), dtype=pl.String).sort()
         pairs = {key: pair_of(key) for key in ordered.to_list()}
-        groups = pl.Series(_GROUP, [table.resolve(*pair) for pair in pairs.values()], dtype=pl.UInt32)
-        return cls(table, ordered, groups, pairs)
+        matches = [priced_match(table, *pair, estimate_near=estimate_near) for pair in pairs.values()]
+        groups = pl.Series(_GROUP, [None if m is None else m.group for m in matches], dtype=pl.UInt32)
+        estimated = pl.Series(_ESTIMATED, [m is not None and m.near for m in matches], dtype=pl.Boolean)
+        return cls(table, ordered, groups, estimated, pairs, estimate_near)
 
     def adding(self, keys: list[str]) -> KnownPairs:
         """These pairs (a batch's) known too; past MAX_KNOWN_PAIRS, only these."""
         if len(self.pairs.keys() | set(keys)) > MAX_KNOWN_PAIRS:
-            return KnownPairs.of(self.table, keys)
-        return KnownPairs.of(self.table, [*self.pairs, *keys])
+            return KnownPairs.of(self.table, keys, self.estimate_near)
+        return KnownPairs.of(self.table, [*self.pairs, *keys], self.estimate_near)
 
     def steps(self) -> list[list[pl.Expr]]:
-        """_GROUP per span (null when unpriced) and _UNKNOWN (a span whose pair is not known yet)."""
+        """_GROUP per span (null when unpriced), _ESTIMATED (its group is a family the model is only
+        near) and _UNKNOWN (a span whose pair is not known yet)."""
         key = pl.col(_KEY)
         if self.keys.is_empty():
-            return [[pl.lit(None, dtype=pl.UInt32).alias(_GROUP), key.is_not_null().alias(_UNKNOWN)]]
+            return [
+                [
+                    pl.lit(None, dtype=pl.UInt32).alias(_GROUP),
+                    pl.lit(False).alias(_ESTIMATED),
+                    key.is_not_null().alias(_UNKNOWN),
+                ]
+            ]
         at = pl.col(_AT)
         known = pl.lit(self.keys).gather(at) == key
         return [
             [pl.lit(self.keys).search_sorted(key).clip(upper_bound=self.keys.len() - 1).alias(_AT)],
             [
                 pl.when(known).then(pl.lit(self.groups).gather(at)).alias(_GROUP),
+                (known & pl.lit(self.estimated).gather(at)).fill_null(False).alias(_ESTIMATED),
                 (key.is_not_null() & ~known).alias(_UNKNOWN),
             ],
         ]
@@ -236,8 +255,9 @@ def _run(query: pl.LazyFrame, steps: list[list[pl.Expr]]) -> pl.LazyFrame:
 def cost_frame(normalized: pl.DataFrame, start_ns: pl.Series, table: PricingTable) -> pl.DataFrame:
     """Per row of `normalized` (genai_attributes.normalize output): the cost parts, or nulls.
 
-    Returns columns priceable (Boolean: the row has token counts), priced (Boolean), cost_<part>,
-    cost_total (Float64), entry_provider, entry_model (String); same rows, same order.
+    Returns columns priceable (Boolean: the row has token counts), priced (Boolean: a price was
+    found), estimated (Boolean: that price is a near family's), cost_<part>, cost_total (Float64),
+    entry_provider, entry_model (String); same rows, same order.
     """
     work = normalized.lazy().with_columns(
         start_ns.cast(pl.Int64, strict=False).alias(_START),
@@ -258,6 +278,7 @@ def cost_frame(normalized: pl.DataFrame, start_ns: pl.Series, table: PricingTabl
             ),
             _TOTAL.alias("cost_total"),
             pl.col(_PRICED).alias("priced"),
+            (pl.col(_PRICED) & pl.col(_ESTIMATED)).alias("estimated"),
         )
     )
 
@@ -266,7 +287,9 @@ def cost_frame(normalized: pl.DataFrame, start_ns: pl.Series, table: PricingTabl
 class CostMetrics:
     unpriced: Counter
     priced: Counter
+    estimated: Counter
     table_info: Gauge
+    table_age: Gauge
     reload: ReloadMetrics
 
     @classmethod
@@ -279,10 +302,23 @@ class CostMetrics:
                 registry=registry,
             ),
             priced=Counter("genops_cost_priced_spans", "GenAI spans priced.", ["provider"], registry=registry),
+            estimated=Counter(
+                "genops_cost_estimated_spans",
+                "GenAI spans whose model is only near a priced family, priced with the family's prices.",
+                ["provider", "model"],
+                registry=registry,
+            ),
             table_info=Gauge(
                 "genops_pricing_table_info",
                 "The pricing table in use (value 1), by version and model count.",
                 ["version", "models"],
+                registry=registry,
+                multiprocess_mode="livemax",
+            ),
+            table_age=Gauge(
+                "genops_pricing_table_age_seconds",
+                "Seconds since the newest as_of date of the pricing table in use (when its prices were "
+                "last checked); updated on every load and batch.",
                 registry=registry,
                 multiprocess_mode="livemax",
             ),
@@ -306,12 +342,14 @@ class CostStage:
         self.metrics = CostMetrics.create(registry)
         self._invalid = InvalidValueMetrics.of(registry)
         self._table: PricingTable | None = None
+        self._checked_at: float | None = None
         self._known: KnownPairs | None = None
         self._priced: dict[str, Counter] = {}
         self._labels: set[tuple[str, str]] = set()
         self._labels_lock = threading.Lock()
         # The native path (cost_native.py) when the extension has it; the polars query otherwise.
-        self._native = NativeCost(WRITTEN, MAX_KNOWN_PAIRS) if native_cost_available() else None
+        self._estimate_near = config.near_matches != "unpriced"
+        self._native = NativeCost(WRITTEN, MAX_KNOWN_PAIRS, self._estimate_near) if native_cost_available() else None
         path = config.pricing_file or default_table_path()
         # Loads (and validates) now: a broken table raises here, so serve refuses to start.
         self.watcher = Watcher(
@@ -331,6 +369,8 @@ class CostStage:
         if previous is not None:
             self.metrics.table_info.remove(previous.version, str(previous.model_count))
         self.metrics.table_info.labels(table.version, str(table.model_count)).set(1)
+        self._checked_at = _midnight(table.checked_on)
+        self._refresh_age()
         log.info("pricing table in use", version=table.version, models=table.model_count, path=str(self.watcher_path))
 
     @property
@@ -343,6 +383,10 @@ class CostStage:
     def wanted_keys(self) -> WantedKeys:
         return WantedKeys(item=ga.GENAI_KEYS.item | {COST_TOTAL})
 
+    def _refresh_age(self) -> None:
+        if self._checked_at is not None:
+            self.metrics.table_age.set(max(time.time() - self._checked_at, 0.0))
+
     def process(self, batch: TelemetryBatch) -> BatchChanges:
         # Bad SDK costs and times are taken out of the batch's columns first: such a span is
         # priced from its tokens (or left unpriced), and the others never see them.
@@ -354,9 +398,10 @@ class CostStage:
         # One query per batch (two the first time a batch brings pairs the table has not seen):
         # normalize, map spans to price groups, pick the price rows, compute and shape the columns.
         table = self.table
+        self._refresh_age()
         known = self._known
         if known is None or known.table is not table:
-            known = self._known = KnownPairs.of(table)
+            known = self._known = KnownPairs.of(table, estimate_near=self._estimate_near)
         # Spans that all start on one day (nearly every batch) need no date checks: see slots_for.
         first, last = _first_and_last(batch.column_array(START_TIME))
         slots = table.slots_for(first, last)
@@ -395,6 +440,8 @@ class CostStage:
         self._count_priced(costs.priced)
         for provider, model, count in costs.unpriced:
             self.metrics.unpriced.labels(*self._label(provider, model)).inc(count)
+        for provider, model, count in costs.estimated:
+            self.metrics.estimated.labels(*self._label(provider, model)).inc(count)
         return BatchChanges(set_attributes=costs.written, arrow=costs.written_arrow)
 
     def _steps(self, known: KnownPairs, slots: PriceSlots) -> list[list[pl.Expr]]:
@@ -424,6 +471,7 @@ class CostStage:
     def _written(version: str) -> list[pl.Expr]:
         """What the stage writes that the cost steps have not (their columns are null when unpriced)."""
         priced = pl.col(_PRICED)
+        estimated = priced & pl.col(_ESTIMATED)
         # A provider-agnostic ("*") entry priced it: report the provider the span named.
         provider = (
             pl.when(pl.col("entry_provider") == ANY_PROVIDER)
@@ -435,12 +483,27 @@ class CostStage:
             pl.when(priced).then(pl.lit("USD")).alias(COST_CURRENCY),
             provider.alias(COST_PROVIDER),
             pl.when(priced).then(pl.lit(version)).alias(COST_VERSION),
-            pl.when(priced).then(pl.lit(PRICED)).when(pl.col(_TODO)).then(pl.lit(UNPRICED)).alias(COST_STATUS),
+            pl.when(estimated)
+            .then(pl.lit(ESTIMATED))
+            .when(priced)
+            .then(pl.lit(PRICED))
+            .when(pl.col(_TODO))
+            .then(pl.lit(UNPRICED))
+            .alias(COST_STATUS),
             pl.when(pl.col(_TODO) & ~priced).then(pl.col(_KEY)).alias(_UNPRICED),
+            pl.when(estimated).then(pl.col(_KEY)).alias(_ESTIMATED_KEY),
         ]
 
     def _count(self, out: pl.DataFrame, known: KnownPairs) -> None:
-        self._count_priced(out.get_column(COST_PROVIDER).value_counts().iter_rows())
+        providers = out.get_column(COST_PROVIDER)
+        estimated = out.get_column(_ESTIMATED_KEY)
+        if estimated.null_count() != estimated.len():
+            # Estimated spans are counted by model, never as priced.
+            providers = providers.filter(out.get_column(COST_STATUS) == PRICED)
+            for key, count in estimated.value_counts().iter_rows():
+                if key is not None:
+                    self.metrics.estimated.labels(*self._label(*known.pairs[key])).inc(count)
+        self._count_priced(providers.value_counts().iter_rows())
         unpriced = out.get_column(_UNPRICED)
         if unpriced.null_count() == unpriced.len():
             return
@@ -501,6 +564,11 @@ def _with_sdk_costs(changes: BatchChanges, sdk: object) -> BatchChanges:
             written[name] = column
             arrow.pop(name, None)  # the Series is the value now: the writer converts it
     return BatchChanges(set_attributes=written, rewrites=changes.rewrites, events=changes.events, arrow=arrow)
+
+
+def _midnight(day: dt.date | None) -> float | None:
+    """The day's start, UTC, in Unix seconds."""
+    return None if day is None else dt.datetime.combine(day, dt.time(), dt.UTC).timestamp()
 
 
 def _first_and_last(starts: pa.Array | None) -> tuple[int | None, int | None]:

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 from processor import genai_attributes as ga
 from processor.batch_columns import array_parts, arrow_series
 from processor.decode import START_TIME, TelemetryBatch, native_available, native_module
-from processor.pricing_table import PRICE_FIELDS, PriceSlots, PricingTable
+from processor.pricing_table import PRICE_FIELDS, PriceSlots, PricingTable, priced_match
 
 _NEWEST = pl.CompatLevel.newest()
 # How the native side reads a source column, by dtype; other numeric sources are cast to Int64
@@ -35,7 +35,8 @@ _PRICE_COLUMNS = [*(f"p_{name}" for name in PRICE_FIELDS), "p_request"]
 @dataclass(frozen=True)
 class NativeCosts:
     """One batch's results: the canonical GenAI columns, the stage's columns (None: nothing to
-    price), and the metric counts (provider, spans) and (provider, model, spans)."""
+    price), and the metric counts: priced (provider, spans), unpriced and estimated (provider,
+    model, spans)."""
 
     genai: pl.DataFrame
     written: dict[str, pl.Series] | None
@@ -43,6 +44,7 @@ class NativeCosts:
     written_arrow: dict[str, pa.Array]
     priced: list[tuple[str, int]]
     unpriced: list[tuple[str | None, str | None, int]]
+    estimated: list[tuple[str | None, str | None, int]]
 
 
 def native_cost_available() -> bool:
@@ -52,8 +54,9 @@ def native_cost_available() -> bool:
 class NativeCost:
     """Runs batches through cost_batch, with the per-table pairs and per-slots price rows it needs."""
 
-    def __init__(self, written: tuple[str, ...], max_pairs: int) -> None:
+    def __init__(self, written: tuple[str, ...], max_pairs: int, estimate_near: bool = True) -> None:
         self._module = native_module()
+        self._estimate_near = estimate_near
         self._written = written
         self._max_pairs = max_pairs
         self._pairs: tuple[PricingTable, Any] | None = None
@@ -101,10 +104,10 @@ class NativeCost:
             # time, never unbounded memory.
             if attempt == 0 and len(pairs) + len(missing) > self._max_pairs:
                 pairs.clear()
-            pairs.add([(provider, model, table.resolve(provider, model)) for provider, model in missing])
+            pairs.add([self._pair(table, provider, model) for provider, model in missing])
         else:
             return None
-        _, genai_buffers, written_buffers, priced, unpriced = found
+        _, genai_buffers, written_buffers, priced, unpriced, estimated = found
         n = len(batch)
         if genai is None:
             genai = pl.DataFrame(_series_of(ga.COLUMNS, _arrays_of(n, genai_buffers, _GENAI_ARROW)))
@@ -114,7 +117,12 @@ class NativeCost:
             arrays = _arrays_of(n, written_buffers, self._written_arrow)
             written = dict(zip(self._written, _series_of(self._written, arrays), strict=True))
             written_arrow = dict(zip(self._written, arrays, strict=True))
-        return NativeCosts(genai, written, written_arrow, priced, unpriced)
+        return NativeCosts(genai, written, written_arrow, priced, unpriced, estimated)
+
+    def _pair(self, table: PricingTable, provider: str | None, model: str | None) -> tuple:
+        """(provider, model, price group or None, estimated) as PairGroups.add takes it."""
+        found = priced_match(table, provider, model, estimate_near=self._estimate_near)
+        return (provider, model, None if found is None else found.group, found is not None and found.near)
 
     def _pairs_for(self, table: PricingTable) -> Any:
         current = self._pairs

@@ -1,4 +1,5 @@
-"""`genops-sidecar pricing check|import|quote`: validate, convert and try out pricing tables."""
+"""`genops-sidecar pricing check|import|build|diff|quote`: validate, convert, rebuild, compare and try out
+pricing tables."""
 
 from __future__ import annotations
 
@@ -14,7 +15,11 @@ import polars as pl
 import yaml
 
 from processor import genai_attributes as ga
+from processor.catalogue.build import BuildOptions, build
+from processor.catalogue.genai_prices_source import SourceError
 from processor.cost import COST_PARTS, cost_frame
+from processor.pricing_diff import diff_tables
+from processor.pricing_diff import render as render_diff
 from processor.pricing_table import (
     PRICE_FIELDS,
     PricingError,
@@ -78,6 +83,25 @@ def add_pricing_commands(subparsers: argparse._SubParsersAction) -> None:
 
     imported.set_defaults(handler=run_import)
 
+    built = commands.add_parser("build", help="rebuild the catalogue from genai-prices and litellm data files")
+    built.add_argument(
+        "--genai-prices", required=True, help='"installed" (the genai-prices package) or a genai-prices data file'
+    )
+    built.add_argument("--litellm", required=True, help="litellm's model_prices_and_context_window.json")
+    built.add_argument("--litellm-version", default="unknown", help="the litellm release the file comes from")
+    built.add_argument("--overrides", required=True, help="the reviewed overrides (a pricing table file)")
+    built.add_argument("-o", "--output", required=True, help="the table directory to write")
+    built.add_argument("--report", help="where to write the report of disagreements and unconverted entries")
+    built.add_argument("--source-names", help="where to write the sources' model names (gzip JSON, for the lint)")
+    built.add_argument("--as-of", help="date the sources were read, YYYY-MM-DD (default: today)")
+    built.add_argument("--version", dest="table_version", help="version of the new table (default: the as-of date)")
+    built.set_defaults(handler=run_build)
+
+    compared = commands.add_parser("diff", help="added, removed and changed prices between two tables")
+    compared.add_argument("old")
+    compared.add_argument("new")
+    compared.set_defaults(handler=run_diff)
+
     quote = commands.add_parser("quote", help="price one request")
     quote.add_argument("model")
     quote.add_argument("--input", type=int, default=0, help="input tokens, cached ones included")
@@ -109,6 +133,57 @@ def run_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_build(args: argparse.Namespace) -> int:
+    try:
+        as_of = dt.date.fromisoformat(args.as_of) if args.as_of else dt.datetime.now(dt.UTC).date()
+    except ValueError:
+        print(f"error: --as-of must be a date (YYYY-MM-DD), not {args.as_of!r}", file=sys.stderr)
+        return 2
+    options = BuildOptions(
+        genai_prices=args.genai_prices,
+        litellm=args.litellm,
+        overrides=Path(args.overrides),
+        out=Path(args.output),
+        report=Path(args.report) if args.report else None,
+        as_of=as_of,
+        version=args.table_version or as_of.isoformat(),
+        litellm_version=args.litellm_version,
+        source_names=Path(args.source_names) if args.source_names else None,
+    )
+    try:
+        facts = build(options)
+    except SourceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except PricingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"wrote {facts.models} models over {len(facts.providers)} providers to {options.out}; "
+        f"{len(facts.disagreements)} disagreements over 1%, {len(facts.unconvertible)} entries not converted"
+        + (f" (report: {options.report})" if options.report else "")
+    )
+    return 0
+
+
+def run_diff(args: argparse.Namespace) -> int:
+    """Exit 0: same prices; 1: they differ (the changes printed); 2: a table cannot be loaded."""
+    tables = []
+    for path in (args.old, args.new):
+        try:
+            tables.append(load_table(path))
+        except PricingError as exc:
+            print(f"error: {path}: {exc}", file=sys.stderr)
+            return 2
+    diff = diff_tables(*tables)
+    for line in render_diff(diff):
+        print(line)
+    old, new = tables
+    counts = f"{len(diff.added)} added, {len(diff.removed)} removed, {len(diff.changed)} changed"
+    print(f"{old.version} -> {new.version}: {counts}", file=sys.stderr)
+    return 0 if diff.empty else 1
+
+
 def run_quote(args: argparse.Namespace) -> int:
     path = args.pricing or os.environ.get(PRICING_ENV) or default_table_path()
     try:
@@ -133,6 +208,8 @@ def run_quote(args: argparse.Namespace) -> int:
         print(f"no price for {args.model!r} (provider {args.provider or 'any'}) on {day} in {path}", file=sys.stderr)
         return 1
     print(f"model: {row['entry_model']} ({row['entry_provider']}), pricing version {table.version}, {day}")
+    if row["estimated"]:
+        print(f"  estimated: {args.model!r} is not {row['entry_model']} nor one of its snapshots, only near it")
     for part in COST_PARTS:
         print(f"  {part:<12} ${row[f'cost_{part}']:.6f}")
     print(f"  {'total':<12} ${row['cost_total']:.6f}")

@@ -28,6 +28,11 @@ Matching a span's (provider, model): names are compared lowercased; provider-spe
 provider-agnostic ("*") ones; within them exact beats prefix beats regex, the longest prefix wins,
 and regexes are tried in file order. Without a provider on the span, every provider's entries are
 candidates and first-party vendors win ties (FIRST_PARTY order).
+
+A prefix entry matches its own name and that name's snapshots only (the rule is
+processor/model_versions.py's: a date, a Bedrock or Vertex version may follow, nothing else).
+A name that matches nothing but starts with a prefix entry's text is *near* that family: `match`
+returns the family with `near` set, for the cost stage to write as estimated (or unpriced).
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ import polars as pl
 import yaml
 
 from processor.genai_attributes import normalize_provider
+from processor.model_versions import is_snapshot_of
 
 ANY_PROVIDER = "*"
 MATCH_KINDS = ("exact", "prefix", "regex")
@@ -130,6 +136,15 @@ class PriceEntry:
         return (self.provider, self.match, self.model.lower())
 
 
+@dataclass(frozen=True)
+class ModelMatch:
+    """The price history a span's model resolves to. `near`: the model is not the entry's (nor
+    one of its snapshots), it only starts with a prefix entry's text; its price is an estimate."""
+
+    group: int
+    near: bool = False
+
+
 @dataclass
 class PricingTable:
     version: str
@@ -137,7 +152,7 @@ class PricingTable:
     fingerprint: str
     # Resolution of (provider, model) → price history, cached for the life of this table only:
     # a reloaded table is a new object, so a stale match can never outlive the prices it came from.
-    _cache: dict[tuple[str | None, str], int | None] = field(default_factory=dict, repr=False)
+    _cache: dict[tuple[str | None, str], ModelMatch | None] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         groups: dict[tuple[str, str, str], int] = {}
@@ -149,10 +164,13 @@ class PricingTable:
                 group = groups[entry.key] = len(groups)
                 self.group_entry.append(entry)
             self.group_of_entry.append(group)
+        aliases: list[list[tuple[str, ...]]] = [[] for _ in self.group_entry]
+        for entry, group in zip(self.entries, self.group_of_entry, strict=True):
+            aliases[group].append(entry.aliases)
         self._index: dict[str, _ProviderIndex] = {}
         for group, entry in enumerate(self.group_entry):
             index = self._index.setdefault(entry.provider, _ProviderIndex())
-            index.add(group, entry, [e.aliases for e in self.entries if e.key == entry.key])
+            index.add(group, entry, aliases[group])
         for index in self._index.values():
             index.finish()
         self.price_rows = _price_rows(self)
@@ -166,21 +184,39 @@ class PricingTable:
     def providers(self) -> list[str]:
         return sorted(self._index)
 
+    @cached_property
+    def checked_on(self) -> dt.date | None:
+        """The newest `as_of` of the entries: when the table's prices were last checked."""
+        return max((e.as_of for e in self.entries if e.as_of is not None), default=None)
+
     def resolve(self, provider: str | None, model: str | None) -> int | None:
-        """The price-history group for a span's provider and model, or None when unpriced."""
+        """The price-history group of a span's provider and model: its own entry (exact, a prefix
+        entry's snapshot, a regex); None when unpriced or only near a family (see match)."""
+        found = self.match(provider, model)
+        return None if found is None or found.near else found.group
+
+    def match(self, provider: str | None, model: str | None) -> ModelMatch | None:
+        """The model's own entry, else the family it is near (`near` set), else None."""
         if not model:
             return None
         cache_key = (provider, model)
         if cache_key in self._cache:
             return self._cache[cache_key]
-        found = self._resolve(normalize_provider(provider), model)
+        normalized = normalize_provider(provider)
+        scopes = self._scopes(normalized)
+        names = lookup_names(normalized, model)
+        group = self._resolve(scopes, names)
+        if group is not None:
+            found: ModelMatch | None = ModelMatch(group)
+        else:
+            near = self._near(scopes, names)
+            found = None if near is None else ModelMatch(near, near=True)
         if len(self._cache) > 50_000:
             self._cache.clear()
         self._cache[cache_key] = found
         return found
 
-    def _resolve(self, provider: str | None, model: str) -> int | None:
-        names = lookup_names(provider, model)
+    def _scopes(self, provider: str | None) -> list[list[str]]:
         if provider:
             scopes = [[provider], [ANY_PROVIDER]]
         else:
@@ -189,6 +225,9 @@ class PricingTable:
                 key=lambda p: (FIRST_PARTY.index(p) if p in FIRST_PARTY else len(FIRST_PARTY), p),
             )
             scopes = [ranked, [ANY_PROVIDER]]
+        return scopes
+
+    def _resolve(self, scopes: list[list[str]], names: list[str]) -> int | None:
         for scope in scopes:
             indexes = [self._index[p] for p in scope if p in self._index]
             for name in names:
@@ -200,6 +239,20 @@ class PricingTable:
                             best = hit
                     if best is not None:
                         return best[1]
+        return None
+
+    def _near(self, scopes: list[list[str]], names: list[str]) -> int | None:
+        """The family (longest prefix entry whose text the name starts with), scopes in order."""
+        for scope in scopes:
+            indexes = [self._index[p] for p in scope if p in self._index]
+            for name in names:
+                best: tuple[int, int] | None = None
+                for index in indexes:
+                    hit = index.near(name)
+                    if hit is not None and (best is None or hit[0] > best[0]):
+                        best = hit
+                if best is not None:
+                    return best[1]
         return None
 
     def entry(self, group: int) -> PriceEntry:
@@ -351,13 +404,35 @@ class _ProviderIndex:
             return None if group is None else (len(name), group)
         if kind == "prefix":
             for prefix, group in self.prefixes:
-                if name.startswith(prefix):
+                if is_snapshot_of(name, prefix):
                     return (len(prefix), group)
             return None
         for pattern, group in self.regexes:
             if pattern.fullmatch(name):
                 return (0, group)
         return None
+
+    def near(self, name: str) -> tuple[int, int] | None:
+        """The longest prefix entry `name` starts with, snapshot or not."""
+        for prefix, group in self.prefixes:
+            if name.startswith(prefix):
+                return (len(prefix), group)
+        return None
+
+
+def priced_match(
+    table: PricingTable, provider: str | None, model: str | None, *, estimate_near: bool
+) -> ModelMatch | None:
+    """The table's match for a pair as the stage prices it: a near match only when estimating."""
+    found = table.match(provider, model)
+    if found is None or (found.near and not estimate_near):
+        return None
+    return found
+
+
+def without_region(name: str) -> str:
+    """A Bedrock model id without its cross-region inference profile (`us.`, `global.`, ...)."""
+    return _BEDROCK_REGION.sub("", name)
 
 
 def lookup_names(provider: str | None, model: str) -> list[str]:
@@ -366,9 +441,13 @@ def lookup_names(provider: str | None, model: str) -> list[str]:
     if name.startswith("arn:aws:bedrock:"):
         name = name.rsplit("/", 1)[-1]
     name = name.removeprefix("models/")
-    if provider in (None, "aws.bedrock"):
-        name = _BEDROCK_REGION.sub("", name)
     names = [name]
+    if provider in (None, "aws.bedrock"):
+        # A cross-region profile is priced by its own entry when the table has one (`global.` and
+        # geographic profiles are priced apart), else by the model's.
+        regionless = without_region(name)
+        if regionless != name:
+            names.append(regionless)
     if "/" in name:
         # "openai/gpt-4o" (routers), "accounts/fireworks/models/x": the last part is the model.
         names.append(name.rsplit("/", 1)[-1])

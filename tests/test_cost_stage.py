@@ -129,9 +129,9 @@ REAL_MODELS = [
             "genops.tokens.output": 100,
         },
         "2025-10-09",
-        (0.0016, 0.0, 0.0, 0.0, 0.0004),  # cross-region prefix stripped; $0.80 / $4
+        (0.0016, 0.0, 0.0, 0.0, 0.0004),  # the eu. profile's own entry; $0.80 / $4
         0.002,
-        "anthropic.claude-3-5-haiku",
+        "eu.anthropic.claude-3-5-haiku-20241022-v1:0",
         id="bedrock-genops-cross-region",
     ),
     pytest.param(

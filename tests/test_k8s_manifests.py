@@ -77,8 +77,16 @@ def mount_path(c: dict, volume: str) -> str:
     return path
 
 
+def configmaps_of_volume(spec: dict, volume: str) -> list[str]:
+    """The ConfigMaps a volume mounts: one, or several projected into one directory."""
+    (found,) = [v for v in spec["volumes"] if v["name"] == volume]
+    if "configMap" in found:
+        return [found["configMap"]["name"]]
+    return [source["configMap"]["name"] for source in found["projected"]["sources"]]
+
+
 def configmap_of_volume(spec: dict, volume: str) -> str:
-    (found,) = [v["configMap"]["name"] for v in spec["volumes"] if v["name"] == volume]
+    (found,) = configmaps_of_volume(spec, volume)
     return found
 
 
@@ -248,9 +256,10 @@ def test_hot_reloaded_configmaps_are_mounted_as_directories_under_fixed_names():
     spec = pod_spec(objects)
     # subPath mounts never see the kubelet's ..data symlink swap, so no mount may use one.
     assert all("subPath" not in m for c in all_containers(spec) for m in c.get("volumeMounts", []))
-    for volume in ("pricing", "policy"):
-        name = configmap_of_volume(spec, volume)
-        assert name in ("genops-pricing", "genops-policy")
+    assert configmap_of_volume(spec, "policy") == "genops-policy"
+    pricing = configmaps_of_volume(spec, "pricing")
+    assert len(pricing) > 1 and all(name.startswith("genops-pricing-") for name in pricing)
+    for name in ("genops-policy", *pricing):
         find(objects, "ConfigMap", name)
 
 
@@ -325,11 +334,11 @@ def test_dashboard_configmap_is_discoverable_by_grafanas_sidecar():
 
 
 def mount_configmap(objects: tuple[dict, ...], spec: dict, volume: str, into: Path) -> Path:
-    """Writes a volume's ConfigMap out as the kubelet would mount it: one file per key."""
-    configmap = find(objects, "ConfigMap", configmap_of_volume(spec, volume))
+    """Writes a volume's ConfigMaps out as the kubelet would mount them: one file per key."""
     into.mkdir(parents=True)
-    for key, value in (configmap.get("data") or {}).items():
-        (into / key).write_text(value)
+    for name in configmaps_of_volume(spec, volume):
+        for key, value in (find(objects, "ConfigMap", name).get("data") or {}).items():
+            (into / key).write_text(value)
     return into
 
 
@@ -397,8 +406,15 @@ def test_collector_config_copy_matches_collector_config_dir():
 def test_pricing_configmap_holds_exactly_the_repositorys_pricing_tables():
     originals = {p.name: p.read_text() for p in (REPO / "pricing_tables").iterdir() if p.is_file()}
     originals = {name: text for name, text in originals.items() if not name.startswith(".")}
-    configmap = find(render(DEFAULT), "ConfigMap", "genops-pricing")
-    assert (configmap.get("data") or {}) == originals, "run k8s/sync-config.sh"
+    objects = render(DEFAULT)
+    held: dict[str, str] = {}
+    for name in configmaps_of_volume(pod_spec(objects), "pricing"):
+        data = find(objects, "ConfigMap", name).get("data") or {}
+        assert not held.keys() & data.keys(), "a table in two pricing ConfigMaps"
+        held.update(data)
+        # Small enough for client-side `kubectl apply`, whose last-applied annotation is capped at 256 KiB.
+        assert sum(len(k) + len(v.encode()) for k, v in data.items()) < 256 * 1024, name
+    assert held == originals, "run k8s/sync-config.sh"
 
 
 # --- the sidecar image ---------------------------------------------------------------------------

@@ -141,7 +141,7 @@ def test_import_from_genai_prices_keeps_dated_prices_and_tiers(tmp_path):
     ]
     assert chat[0]["aliases"] == ["deepseek-v3"]
     table = load_table(out)
-    tiered = table.entry(table.resolve("deepseek", "deepseek-long-ctx"))
+    tiered = table.entry(table.resolve("deepseek", "deepseek-long"))
     assert (tiered.match, tiered.request, tiered.tiers[0].above_input_tokens) == ("prefix", 0.005, 128_000)
 
 

@@ -13,7 +13,7 @@ version: "2026-01-01"
 models:
   - {provider: openai, model: gpt-4o, input: 1}
   - {provider: openai, model: gpt-4, match: prefix, input: 2}
-  - {provider: openai, model: gpt-4o-, match: prefix, input: 3}
+  - {provider: openai, model: gpt-4o-mini, match: prefix, input: 3}
   - {provider: openai, model: 'gpt-.*-turbo', match: regex, input: 4}
   - {provider: "*", model: gpt-4o-mini, input: 5}
   - {provider: "*", model: llama-3.1-8b, match: prefix, input: 6}
@@ -37,11 +37,11 @@ def price_of(table, provider, model):
     [
         ("openai", "gpt-4o", 1),  # exact beats prefix
         ("openai", "GPT-4o", 1),  # case does not matter
-        ("openai", "gpt-4o-2024-08-06", 3),  # longest prefix wins
+        ("openai", "gpt-4o-mini-2024-07-18", 3),  # longest prefix wins (gpt-4 is not its family)
         ("openai", "gpt-4-0613", 2),
         ("openai", "gpt-3.5-turbo", 4),  # regex last
         ("openai", "gpt-4o-mini", 3),  # provider-specific prefix beats provider-agnostic exact
-        ("groq", "llama-3.1-8b-instant", 6),  # agnostic entries price any provider
+        ("groq", "llama-3.1-8b", 6),  # agnostic entries price any provider
         ("groq", "gpt-4o", None),  # but another provider's entry does not
         ("azure.ai.openai", "gpt-4o", 7),  # provider aliases are normalized
         (None, "gpt-4o", 1),  # no provider: the first-party vendor wins
@@ -138,3 +138,17 @@ def test_the_shipped_tables_cover_the_major_providers_with_sources_and_dates():
     assert {"groq", "together", "fireworks"} & set(table.providers)
     assert all(e.source.startswith("https://") and e.as_of is not None for e in table.entries)
     assert any(e.effective_to is not None for e in table.entries), "at least one historical price"
+
+
+def test_a_bedrock_profile_is_priced_by_its_own_entry_before_the_model_s(tmp_path):
+    # Geographic profiles cost 10% more than the global one: a table can price them apart.
+    (tmp_path / "b.yaml").write_text(
+        'version: "b1"\nprovider: aws.bedrock\nmodels:\n'
+        "  - {model: global.anthropic.claude-x-20250101, match: prefix, input: 3}\n"
+        "  - {model: anthropic.claude-x-20250101, match: prefix, input: 3.3}\n"
+    )
+    table = load_table(tmp_path / "b.yaml")
+    assert price_of(table, "aws.bedrock", "global.anthropic.claude-x-20250101-v1:0") == 3
+    assert price_of(table, "aws.bedrock", "us.anthropic.claude-x-20250101-v1:0") == 3.3
+    assert price_of(table, "aws.bedrock", "anthropic.claude-x-20250101-v1:0") == 3.3
+    assert price_of(table, None, "eu.anthropic.claude-x-20250101-v1:0") == 3.3

@@ -38,6 +38,8 @@ DOCUMENTED_METRICS = frozenset(
         "genops_sidecar_stage_errors_total",
         "genops_sidecar_request_seconds",
         "genops_pricing_reload_success",
+        "genops_pricing_table_age_seconds",
+        "genops_cost_estimated_spans_total",
     }
 )
 HISTOGRAMS = frozenset({"genops_operation_latency_seconds", "genops_sidecar_request_seconds"})
@@ -50,6 +52,7 @@ REQUIRED_ALERTS = frozenset(
         "GenopsUnpricedModelsSeen",
         "GenopsSidecarForwardErrors",
         "GenopsPricingReloadFailing",
+        "GenopsPricingTableStale",
     }
 )
 

@@ -47,7 +47,15 @@ const REASONING: usize = 4;
 #[pyclass(frozen)]
 pub struct PairGroups {
     aliases: FxHashMap<String, String>,
-    groups: Mutex<FxHashMap<Vec<u8>, Option<u32>>>,
+    groups: Mutex<FxHashMap<Vec<u8>, PairGroup>>,
+}
+
+/// What a known pair resolved to: its price group (None: unpriced), and whether that group is a
+/// family the model is only near (priced as "estimated", never "priced").
+#[derive(Clone, Copy, Default)]
+struct PairGroup {
+    group: Option<u32>,
+    estimated: bool,
 }
 
 #[pymethods]
@@ -60,13 +68,14 @@ impl PairGroups {
         }
     }
 
-    /// Known pairs: (provider, model, price group or None when unpriced).
-    fn add(&self, pairs: Vec<(Option<String>, Option<String>, Option<u32>)>) {
+    /// Known pairs: (provider, model, price group or None when unpriced, estimated).
+    #[allow(clippy::type_complexity)]
+    fn add(&self, pairs: Vec<(Option<String>, Option<String>, Option<u32>, bool)>) {
         let mut groups = self.groups.lock().expect("pair lock");
         let mut key = Vec::new();
-        for (provider, model, group) in pairs {
+        for (provider, model, group, estimated) in pairs {
             pair_key(&mut key, provider.as_deref(), model.as_deref());
-            groups.insert(key.clone(), group);
+            groups.insert(key.clone(), PairGroup { group, estimated });
         }
     }
 
@@ -432,7 +441,7 @@ fn extract_columns(columns: &Bound<'_, PyList>) -> PyResult<Vec<Vec<ArrowIn>>> {
 /// the SDK priced (not to be priced again), or None.
 ///
 /// Returns ("unknown", [(provider, model)]) when pairs are missing from `pairs`; else ("done",
-/// genai, written, priced counts, unpriced counts) with genai the seven canonical columns and
+/// genai, written, priced counts, unpriced counts, estimated counts) with genai the seven canonical columns and
 /// written the stage's columns (genops.cost.* in WRITTEN order), None when no span had anything
 /// to price. `threaded`: polars runs with more than one thread (see total_of).
 #[pyfunction]
@@ -487,7 +496,7 @@ pub fn cost_batch<'py>(
                     .is_some_and(|p| p.is_valid(row) && p.bool_at(row))
         })
         .collect();
-    let mut group_of: Vec<Option<u32>> = vec![None; n];
+    let mut group_of: Vec<PairGroup> = vec![PairGroup::default(); n];
     {
         let known = pairs.groups.lock().expect("pair lock");
         let mut key = Vec::new();
@@ -497,7 +506,7 @@ pub fn cost_batch<'py>(
             let span = &spans[row];
             pair_key(&mut key, span.provider.as_deref(), span.model);
             match known.get(&key) {
-                Some(&group) => group_of[row] = group,
+                Some(&found) => group_of[row] = found,
                 None => {
                     if unknown.insert(key.clone()) {
                         missing.append((span.provider.as_deref(), span.model))?;
@@ -518,6 +527,7 @@ pub fn cost_batch<'py>(
             py.None(),
             PyList::empty(py),
             PyList::empty(py),
+            PyList::empty(py),
         )
             .into_pyobject(py)
             .map(Bound::into_any);
@@ -532,6 +542,7 @@ pub fn cost_batch<'py>(
     let mut status = Texts::new(n);
     let mut priced_counts: FxHashMap<&str, u64> = FxHashMap::default();
     let mut unpriced_counts: FxHashMap<(Option<&str>, Option<&str>), u64> = FxHashMap::default();
+    let mut estimated_counts: FxHashMap<(Option<&str>, Option<&str>), u64> = FxHashMap::default();
     let one_row = n == 1;
     for row in (0..n).filter(|&row| todo[row]) {
         let span = &spans[row];
@@ -539,7 +550,9 @@ pub fn cost_batch<'py>(
             .then(|| start.i64_at(row));
         let tokens = span.tokens;
         let prompt = tokens[INPUT].unwrap_or(0);
-        let chosen = group_of[row].and_then(|group| prices.pick(group, start, prompt));
+        let chosen = group_of[row]
+            .group
+            .and_then(|group| prices.pick(group, start, prompt));
         let Some(price_row) = chosen else {
             status.set(row, "unpriced");
             *unpriced_counts
@@ -595,10 +608,18 @@ pub fn cost_batch<'py>(
             entry_provider
         };
         provider_out.set(row, reported);
-        *priced_counts.entry(reported).or_default() += 1;
         model_out.set(row, prices.entry_model[price_row].as_str());
         version_out.set(row, version);
-        status.set(row, "priced");
+        if group_of[row].estimated {
+            // Counted by model, never as priced.
+            *estimated_counts
+                .entry((span.provider.as_deref(), span.model))
+                .or_default() += 1;
+            status.set(row, "estimated");
+        } else {
+            *priced_counts.entry(reported).or_default() += 1;
+            status.set(row, "priced");
+        }
     }
     let written = PyList::empty(py);
     written.append(total.to_py(py)?)?;
@@ -616,7 +637,11 @@ pub fn cost_batch<'py>(
     for ((provider, model), count) in unpriced_counts {
         unpriced.append((provider, model, count))?;
     }
-    ("done", genai, written, priced, unpriced)
+    let estimated = PyList::empty(py);
+    for ((provider, model), count) in estimated_counts {
+        estimated.append((provider, model, count))?;
+    }
+    ("done", genai, written, priced, unpriced, estimated)
         .into_pyobject(py)
         .map(Bound::into_any)
 }
