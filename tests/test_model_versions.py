@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry
 
-from processor.config import ConfigError, CostConfig, SidecarConfig
+from processor.config import ConfigError, CostConfig, load_config
 from processor.cost import CostStage
 from processor.cost_native import native_cost_available
 from processor.model_versions import is_snapshot_of
@@ -175,6 +175,5 @@ def test_near_matches_can_be_left_unpriced(tmp_path, native_path):
 
 
 def test_near_matches_setting_is_checked():
-    config = SidecarConfig(cost=CostConfig(near_matches="guess"))
-    with pytest.raises(ConfigError, match=r"cost\.near_matches must be estimate or unpriced"):
-        config.validate()
+    with pytest.raises(ConfigError, match=r"cost\.near_matches.*estimate or unpriced"):
+        load_config(None, environ={"GENOPS_COST_NEAR_MATCHES": "guess"})
