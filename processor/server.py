@@ -15,6 +15,7 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from processor.admission import InflightBudget
 from processor.config import SidecarConfig
 from processor.forward import Forwarder
 from processor.observability import SidecarMetrics
@@ -187,7 +188,8 @@ class Worker:
         self.metrics = metrics
         self.processing = processing
         self.forwarder = Forwarder(config.downstream)
-        self.service = ExportService(processing.process, self.forwarder, metrics, config.server.max_inflight_requests)
+        budget = InflightBudget(config.server.max_inflight_requests, config.server.max_recv_message_size_mib * MIB)
+        self.service = ExportService(processing.process, self.forwarder, metrics, budget)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         self.server: aio.Server | None = None
         self.port = 0

@@ -16,12 +16,14 @@ import multiprocessing
 import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import structlog
 
 from processor.config import SidecarConfig
 from processor.pipeline import Pipeline, ProcessedRequest, Stage
+from processor.poison import PoisonRequests
 from processor.receive import ProcessingUnavailable
 from processor.worker_channel import WorkerDied, WorkerProcess
 
@@ -33,14 +35,21 @@ log = structlog.get_logger(__name__)
 
 
 class InlineProcessing:
-    """The pipeline runs on the event loop of this process (one worker)."""
+    """The pipeline runs in this process (one worker), one request at a time on its own thread.
+
+    Not on the event loop: a loop busy with a batch cannot start the handlers of the requests
+    arriving meanwhile, so they would wait inside gRPC, uncounted, and max_inflight_requests
+    would never answer UNAVAILABLE.
+    """
 
     def __init__(self, stages: list[Stage], metrics: PipelineMetrics) -> None:
         self.stages = stages
         self.pipeline = Pipeline(stages, metrics)
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="pipeline")
 
     async def process(self, signal: str, raw: bytes) -> ProcessedRequest:
-        return self.pipeline.process(signal, raw)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self.pipeline.process, signal, raw)
 
     def budget_reader(self) -> BudgetStatusReader | None:
         for stage in self.stages:
@@ -52,6 +61,7 @@ class InlineProcessing:
     def close(self) -> None:
         from processor.server import close_stages
 
+        self._thread.shutdown(wait=True)
         close_stages(self.stages)
 
 
@@ -77,7 +87,8 @@ class PoolProcessing:
     """The pipeline runs in `workers` spawned processes; each request goes to a free one.
 
     A worker that dies fails only the request it held (UNAVAILABLE, which the Collector retries)
-    and is replaced; the others keep serving.
+    and is replaced; the others keep serving. A request that kills a second worker is refused
+    (processor/poison.py).
     """
 
     def __init__(self, config: SidecarConfig, metrics_dir: str) -> None:
@@ -88,6 +99,7 @@ class PoolProcessing:
         self._workers = [self._spawn() for _ in range(config.server.workers)]
         self._idle: asyncio.Queue[WorkerProcess] | None = None
         self._reader: BudgetStatusReader | None = None
+        self._poison = PoisonRequests()
         # Replacements of dead workers still starting, and requests a cancelled caller left behind.
         self._background: set[asyncio.Task] = set()
 
@@ -105,6 +117,7 @@ class PoolProcessing:
 
     async def process(self, signal: str, raw: bytes) -> ProcessedRequest:
         assert self._idle is not None, "start() first"
+        self._poison.check(raw)
         worker = await self._idle.get()
         # Shielded: a caller that gives up (deadline) must not hand the worker on before its answer
         # is read, or the next request would read it.
@@ -118,6 +131,8 @@ class PoolProcessing:
         except WorkerDied as exc:
             log.error("a worker process died; starting a new one", pid=worker.pid, error=str(exc))
             self._replace(worker)
+            digest = self._poison.died_on(raw)
+            log.warning("noted the request a worker died on", size=digest.size, sha256=digest.sha256)
             raise ProcessingUnavailable("a worker process died") from exc
         finally:
             if worker.alive and self._idle is not None:
