@@ -17,13 +17,14 @@ import os
 import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import structlog
 
 from processor.config import SidecarConfig
 from processor.pipeline import Pipeline, ProcessedRequest, Stage
-from processor.poison import PoisonRequests
+from processor.poison import CrashJournal, PoisonRequests
 from processor.receive import ProcessingUnavailable
 from processor.worker_channel import WorkerDied, WorkerProcess
 
@@ -42,14 +43,25 @@ class InlineProcessing:
     would never answer UNAVAILABLE.
     """
 
-    def __init__(self, stages: list[Stage], metrics: PipelineMetrics) -> None:
+    def __init__(self, stages: list[Stage], metrics: PipelineMetrics, journal: CrashJournal | None = None) -> None:
         self.stages = stages
         self.pipeline = Pipeline(stages, metrics)
+        self.journal = journal
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="pipeline")
 
     async def process(self, signal: str, raw: bytes) -> ProcessedRequest:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, self.pipeline.process, signal, raw)
+        return await loop.run_in_executor(self._thread, self._process, signal, raw)
+
+    def _process(self, signal: str, raw: bytes) -> ProcessedRequest:
+        # On the pipeline thread, so the journal names exactly the request being processed.
+        if self.journal is None:
+            return self.pipeline.process(signal, raw)
+        self.journal.begin(raw)
+        try:
+            return self.pipeline.process(signal, raw)
+        finally:
+            self.journal.end()
 
     def budget_reader(self) -> BudgetStatusReader | None:
         for stage in self.stages:
@@ -63,6 +75,8 @@ class InlineProcessing:
 
         self._thread.shutdown(wait=True)
         close_stages(self.stages)
+        if self.journal is not None:
+            self.journal.close()
 
 
 def build_worker_pipeline(config: SidecarConfig) -> tuple[Pipeline, list[Stage]]:
@@ -118,12 +132,18 @@ class PoolProcessing:
     async def process(self, signal: str, raw: bytes) -> ProcessedRequest:
         assert self._idle is not None, "start() first"
         self._poison.check(raw)
-        worker = await self._idle.get()
-        # Shielded: a caller that gives up (deadline) must not hand the worker on before its answer
-        # is read, or the next request would read it.
-        task = asyncio.ensure_future(self._run(worker, signal, raw))
-        self._keep(task)
-        return await asyncio.shield(task)
+        while True:
+            worker = await self._idle.get()
+            # Shielded: a caller that gives up (deadline) must not hand the worker on before its
+            # answer is read, or the next request would read it.
+            task = asyncio.ensure_future(self._run(worker, signal, raw))
+            self._keep(task)
+            try:
+                return await asyncio.shield(task)
+            except WorkerDied as exc:
+                if exc.took_request:
+                    raise ProcessingUnavailable("a worker process died") from exc
+                # It died before it took the request (while idle): not this request's doing.
 
     async def _run(self, worker: WorkerProcess, signal: str, raw: bytes) -> ProcessedRequest:
         try:
@@ -131,9 +151,10 @@ class PoolProcessing:
         except WorkerDied as exc:
             log.error("a worker process died; starting a new one", pid=worker.pid, error=str(exc))
             self._replace(worker)
-            digest = self._poison.died_on(raw)
-            log.warning("noted the request a worker died on", size=digest.size, sha256=digest.sha256)
-            raise ProcessingUnavailable("a worker process died") from exc
+            if exc.took_request:
+                digest = self._poison.died_on(raw)
+                log.warning("noted the request a worker died on", request=str(digest))
+            raise
         finally:
             if worker.alive and self._idle is not None:
                 self._idle.put_nowait(worker)
@@ -182,6 +203,13 @@ class PoolProcessing:
             worker.stop(timeout=self.config.server.shutdown_grace_seconds + 10)
 
 
+def crash_journal_dir(config: SidecarConfig) -> Path:
+    """Next to the budget state: a volume that outlives the container in k8s/ (an emptyDir)."""
+    from processor.budget_state import default_state_path
+
+    return Path(config.policy.state_path or default_state_path()).parent / "crash-journal"
+
+
 def run(config: SidecarConfig) -> int:
     from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
@@ -196,7 +224,9 @@ def run(config: SidecarConfig) -> int:
         # Nothing to process (pass-through) is cheaper here than a hop to a worker and back.
         metrics = SidecarMetrics.create()
         processing: InlineProcessing | PoolProcessing = InlineProcessing(
-            build_stages(config, metrics.registry), metrics.pipeline or PipelineMetrics.create(metrics.registry)
+            build_stages(config, metrics.registry),
+            metrics.pipeline or PipelineMetrics.create(metrics.registry),
+            CrashJournal.open(crash_journal_dir(config)),
         )
     else:
         # This process imported prometheus_client already, so its own metrics stay in memory;
