@@ -131,3 +131,55 @@ def test_the_remembered_requests_are_bounded_and_other_bytes_pass():
         poison.check(b"ccc")
     poison.check(b"ddd")  # same size, other bytes
     poison.check(b"bb")  # one death only: still retried
+
+
+def test_with_one_worker_a_request_that_crashed_the_sidecar_twice_is_refused_after_the_restart(sink, tmp_path):
+    grpc_port, http_port = free_port(), free_port()
+    http = f"127.0.0.1:{http_port}"
+    env = {
+        "GENOPS_SERVER_LISTEN": f"127.0.0.1:{grpc_port}",
+        "GENOPS_SERVER_WORKERS": "1",
+        "GENOPS_DOWNSTREAM_ENDPOINT": sink.endpoint,
+        "GENOPS_HTTP_LISTEN": http,
+        "GENOPS_NATIVE_DECODE": "0",
+        "XDG_STATE_HOME": str(tmp_path),
+    }
+    inflight_file = tmp_path / "genops-sidecar" / "crash-journal" / "inflight"
+    attributes = {"gen_ai.prompt": "hello there " * 5}
+    poison = trace_request([span(name="kills-sidecar", attributes={**attributes, "k": i}) for i in range(14_000)])
+
+    def crash_on_it() -> grpc.StatusCode:
+        """Sends the request and kills the sidecar by its PID while the journal says it is processing it."""
+        process = start_sidecar(env)
+        try:
+            wait_ready(process, http)
+            with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel, ThreadPoolExecutor(1) as pool:
+                answer = pool.submit(export_traces, channel, poison)
+                wait_until(lambda: any(inflight_file.read_bytes()), 30, "the request in the pipeline")
+                os.kill(process.pid, signal.SIGKILL)
+                with pytest.raises(grpc.RpcError) as failed:
+                    answer.result(30)
+                return failed.value.code()
+        finally:
+            process.wait(30)
+
+    assert crash_on_it() == grpc.StatusCode.UNAVAILABLE  # what the Collector retries
+    assert crash_on_it() == grpc.StatusCode.UNAVAILABLE
+    process = start_sidecar(env)
+    try:
+        wait_ready(process, http)
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            for _ in range(2):
+                with pytest.raises(grpc.RpcError) as refused:
+                    export_traces(channel, poison)
+                assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            export_traces(channel, trace_request([span(name="harmless")]))
+        metrics = http_get(f"http://{http}/metrics")[1]
+        assert sample(metrics, "genops_sidecar_poison_requests_total", 'signal="traces"') == 2
+    finally:
+        stderr = terminate(process)
+    assert process.returncode == 0
+    assert [r.span.name for r in sink.spans()] == ["harmless"]
+    digest = str(RequestDigest.of(poison.SerializeToString()))
+    assert sum(digest in line and "died processing a request" in line for line in stderr.splitlines()) == 1
+    assert sum(digest in line and "refusing a request" in line for line in stderr.splitlines()) == 1
