@@ -161,7 +161,8 @@ def test_with_one_worker_a_request_that_crashed_the_sidecar_twice_is_refused_aft
                     answer.result(30)
                 return failed.value.code()
         finally:
-            process.wait(30)
+            if process.poll() is None:
+                terminate(process)  # (the kill did not happen: the test failed before it)
 
     assert crash_on_it() == grpc.StatusCode.UNAVAILABLE  # what the Collector retries
     assert crash_on_it() == grpc.StatusCode.UNAVAILABLE
