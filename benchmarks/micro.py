@@ -59,6 +59,10 @@ class _TimedStage:
     def __post_init__(self) -> None:
         self.name = self.inner.name
         self.signals = self.inner.signals
+        # The pipeline redacts what the stages write with the redaction stage's rules.
+        outbound = getattr(self.inner, "outbound", None)
+        if outbound is not None:
+            self.outbound = outbound
 
     def wanted_keys(self):
         return self.inner.wanted_keys()

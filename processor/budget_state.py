@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 import structlog
+from prometheus_client import CollectorRegistry
 
 # Long enough for the Collector's retry queue (5 min by default, longer with a persistent queue).
 FINGERPRINT_TTL_SECONDS = 24 * 3600
@@ -92,9 +93,16 @@ class SqliteStore:
 
     def __init__(self, path: str, checkpoint_seconds: float = CHECKPOINT_SECONDS) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, timeout=OPEN_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False)
-        _set_up(self._db)
+        try:
+            _set_up(self._db)
+            # The file this connection writes: if it is unlinked, writes still succeed, into nothing.
+            self._inode = os.stat(path).st_ino
+        except BaseException:
+            self._db.close()
+            raise
         self._db.execute("PRAGMA wal_autocheckpoint=0")
         self._applies = 0
         self._stop = threading.Event()
@@ -131,13 +139,47 @@ class SqliteStore:
                     self._db.execute("DELETE FROM consumed WHERE expires_at < ?", (now,))
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                # A failed BEGIN (read-only file) leaves no transaction: rolling back would raise a
+                # second error ("no transaction is active") hiding the first.
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
             return Applied(totals, False)
 
     def read(self, keys: list[str]) -> dict[str, float]:
         with self._lock:
             return self._read_locked(keys)
+
+    def file_replaced(self) -> bool:
+        """Whether the path no longer names the file this store writes (deleted or replaced)."""
+        try:
+            return os.stat(self.path).st_ino != self._inode
+        except FileNotFoundError:
+            return True
+
+    def dump(self) -> tuple[list[tuple], list[tuple]]:
+        """Every row of the open file (which may be unlinked already): consumed, then applied."""
+        with self._lock:
+            consumed = self._db.execute("SELECT key, usd, expires_at FROM consumed").fetchall()
+            applied = self._db.execute("SELECT fingerprint, totals, applied_at FROM applied").fetchall()
+        return consumed, applied
+
+    def load(self, rows: tuple[list[tuple], list[tuple]]) -> None:
+        """Rows of `dump`, where this file has none for them yet (another worker may have loaded
+        the same copy first)."""
+        consumed, applied = rows
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany("INSERT OR IGNORE INTO consumed (key, usd, expires_at) VALUES (?, ?, ?)", consumed)
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO applied (fingerprint, totals, applied_at) VALUES (?, ?, ?)", applied
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
 
     def _read_locked(self, keys: list[str]) -> dict[str, float]:
         found = {}
@@ -216,9 +258,8 @@ class RedisStore:
     """Shared by every pod pointing at the same Redis: cluster-wide budgets for a DaemonSet."""
 
     def __init__(self, url: str) -> None:
-        import redis  # only deployments using this backend need the client
 
-        self._redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        self._redis = redis_client(url)
         self._apply = self._redis.register_script(_APPLY_SCRIPT)
 
     def apply(self, fingerprint: str, increments: dict[str, float], expires_at: dict[str, int]) -> Applied:
@@ -246,6 +287,48 @@ class RedisStore:
         self._redis.close()
 
 
+# A store call waits this long for Redis at most: the stage runs on the request path (on the event
+# loop with one worker), and a hung server must cost one short wait, not the Collector's timeout.
+REDIS_TIMEOUT_SECONDS = 0.5
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel", "sentinel")
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+
+
+def redis_client(url: str, timeout: float = REDIS_TIMEOUT_SECONDS):
+    """A client for `url`: redis:// or rediss:// (one server), redis+sentinel:// or sentinel://
+    host:port[,host:port...]/service[/db] (the master Sentinel names), redis+cluster://host:port
+    (a Redis Cluster). No retries inside the client: the guarded store keeps a failed charge."""
+    from urllib.parse import unquote, urlsplit
+
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    options = {"socket_timeout": timeout, "socket_connect_timeout": timeout, "retry": Retry(NoBackoff(), 0)}
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme in CLUSTER_SCHEMES:
+        from redis.cluster import RedisCluster
+
+        plain = url.replace(parts.scheme + "://", "rediss://" if scheme.startswith("rediss") else "redis://", 1)
+        return RedisCluster.from_url(plain, **options)
+    if scheme in SENTINEL_SCHEMES:
+        from redis.sentinel import Sentinel
+
+        hosts = []
+        for host in parts.netloc.rpartition("@")[2].split(","):
+            name, _, port = host.rpartition(":")
+            hosts.append((name.strip("[]") or "localhost", int(port or 26379)))
+        path = [piece for piece in parts.path.split("/") if piece]
+        if not path:
+            raise ValueError("a Sentinel URL names its service: sentinel://host:port/service")
+        password = unquote(parts.password) if parts.password else None
+        db = int(path[1]) if len(path) > 1 else 0
+        sentinel = Sentinel(hosts, sentinel_kwargs=dict(options), **options)
+        return sentinel.master_for(path[0], password=password, db=db, **options)
+    return redis.Redis.from_url(url, **options)
+
+
 def _recorded(recorded: dict[str, float], increments: dict[str, float], current: dict[str, float]) -> dict[str, float]:
     """Totals for a repeated batch. A key the first application did not have (the policy file
     changed in between) is reported as if this batch had been added, without adding it."""
@@ -259,9 +342,40 @@ def default_state_path() -> Path:
     return Path(base) / "genops-sidecar" / "budget-state.sqlite"
 
 
-def open_store(backend: str, state_path: str, redis_url: str) -> BudgetStore:
+def open_store(backend: str, state_path: str, redis_url: str, registry: CollectorRegistry | None = None) -> BudgetStore:
+    """The configured store, guarded (processor/budget_store_guard.py): a failing Redis or SQLite
+    file keeps charges for later instead of losing them. Its charges kept on disk, if it comes to
+    that, go next to the state file (for Redis: in the default state directory)."""
+    from processor.budget_store_guard import GuardedStore
+
     if backend == "memory":
         return MemoryStore()
+    pid = os.getpid()
     if backend == "redis":
-        return RedisStore(redis_url)
-    return SqliteStore(state_path or str(default_state_path()))
+        spill_dir = Path(state_path).parent if state_path else default_state_path().parent
+        return GuardedStore(
+            lambda: RedisStore(redis_url),
+            where=redacted_url(redis_url),
+            kind="redis",
+            spill_path=spill_dir / f"redis-pending.{pid}.jsonl",
+            spill_glob="redis-pending.*.jsonl",
+            registry=registry,
+        )
+    path = state_path or str(default_state_path())
+    name = Path(path).name
+    return GuardedStore(
+        lambda: SqliteStore(path),
+        where=path,
+        kind="sqlite",
+        spill_path=Path(path).parent / f"{name}.pending.{pid}.jsonl",
+        spill_glob=f"{name}.pending.*.jsonl",
+        registry=registry,
+    )
+
+
+def redacted_url(url: str) -> str:
+    """The URL for log lines: scheme, hosts and path, never a password."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"

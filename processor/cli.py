@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import argparse
 import os
+import sqlite3
 import sys
 
-from processor.config import ConfigError, load_config
+from processor.config import CONFIG_ENV, ConfigError, load_config
 from processor.observability import configure_logging
+
+# What an operator can get wrong at start (a port in use, an unusable state file, a broken
+# referenced file): one line and exit code 2, not a traceback. RecursionError: a regex or YAML
+# nested thousands deep.
+STARTUP_ERRORS = (ValueError, OSError, sqlite3.Error, RecursionError)
 
 
 def _config_path(args: argparse.Namespace) -> str | None:
-    return args.config or os.environ.get("GENOPS_CONFIG") or None
+    return getattr(args, "config", None) or os.environ.get(CONFIG_ENV) or None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 500 else text[:497] + "..."
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -22,7 +33,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         config = load_config(_config_path(args))
     except ConfigError as exc:
-        print(f"genops-sidecar: invalid configuration: {exc}", file=sys.stderr)
+        print(f"genops-sidecar: invalid configuration: {_one_line(exc)}", file=sys.stderr)
         return 2
     configure_logging(config.logging.level, config.logging.format)
     # Before polars is imported (here and, through the environment, in worker processes): a batch
@@ -36,10 +47,10 @@ def _serve(args: argparse.Namespace) -> int:
         # Checked before any worker starts, so a broken pricing table or rules file is one clear
         # message and exit code 2, not a crash loop of workers.
         check_stages(config)
-    except (ValueError, OSError) as exc:
-        print(f"genops-sidecar: cannot start: {exc}", file=sys.stderr)
+        return workers.run(config)
+    except STARTUP_ERRORS as exc:
+        print(f"genops-sidecar: cannot start: {_one_line(exc)}", file=sys.stderr)
         return 2
-    return workers.run(config)
 
 
 def _validate_config(args: argparse.Namespace) -> int:
@@ -48,13 +59,14 @@ def _validate_config(args: argparse.Namespace) -> int:
         config = load_config(path)
         from prometheus_client import CollectorRegistry
 
-        from processor.server import build_stages
+        from processor.server import build_stages, check_stages, close_stages
 
+        check_stages(config)
         # Building the stages loads pricing tables, redaction rules and policies, so a broken
         # referenced file fails validation too, not just the YAML of the config itself.
-        build_stages(config, CollectorRegistry())
-    except (ConfigError, ValueError, OSError) as exc:
-        print(f"invalid: {exc}", file=sys.stderr)
+        close_stages(build_stages(config, CollectorRegistry()))
+    except (ConfigError, *STARTUP_ERRORS) as exc:
+        print(f"invalid: {_one_line(exc)}", file=sys.stderr)
         return 1
     print(f"valid: {path or '(embedded defaults)'}")
     return 0
@@ -65,11 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
         prog="genops-sidecar",
         description="OTLP/gRPC sidecar for the OpenTelemetry Collector: GenAI cost, redaction, budgets.",
     )
-    parser.add_argument("--config", help="YAML config file (default: $GENOPS_CONFIG, else embedded defaults)")
+    config_help = f"YAML config file (default: ${CONFIG_ENV}, else embedded defaults)"
+    parser.add_argument("--config", help=config_help)
+    # Also accepted after the command (`serve --config FILE`, the form the README uses); SUPPRESS
+    # keeps a value given before the command when none is given after it.
+    after = argparse.ArgumentParser(add_help=False)
+    after.add_argument("--config", default=argparse.SUPPRESS, help=config_help)
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the sidecar")
+    serve = commands.add_parser("serve", help="run the sidecar", parents=[after])
     serve.set_defaults(handler=_serve)
-    validate = commands.add_parser("validate-config", help="check a config file and everything it references")
+    validate = commands.add_parser(
+        "validate-config", help="check a config file and everything it references", parents=[after]
+    )
     validate.add_argument("file", nargs="?", help="config file (default: --config / $GENOPS_CONFIG)")
     validate.set_defaults(handler=_validate_config)
     from processor.pricing_cli import add_pricing_commands

@@ -34,6 +34,7 @@ from processor import genai_attributes as ga
 from processor.config import CostConfig
 from processor.cost_native import NativeCost, native_cost_available
 from processor.decode import START_TIME, TRACES, TelemetryBatch, WantedKeys
+from processor.outbound import NO_REDACTION, OutboundRedaction
 from processor.pipeline import BatchChanges
 from processor.pricing_table import (
     ANY_PROVIDER,
@@ -45,6 +46,7 @@ from processor.pricing_table import (
     load_table,
 )
 from processor.reload import ReloadMetrics, Watcher
+from processor.span_values import SDK_COSTS, CostCheck, InvalidValueMetrics, check_batch
 
 log = structlog.get_logger(__name__)
 
@@ -57,6 +59,8 @@ COST_VERSION = "genops.cost.pricing_version"
 COST_STATUS = "genops.cost.status"
 PRICED = "priced"
 UNPRICED = "unpriced"
+# An SDK cost that is not a finite amount at or above zero, on a span the table could not price.
+INVALID_SDK_COST = "invalid_sdk_cost"
 # Unpriced-span metric labels: beyond this many distinct (provider, model) pairs, new ones are
 # counted as "other" so a client sending random model names cannot blow up the metric series.
 MAX_UNPRICED_LABELS = 200
@@ -290,9 +294,17 @@ class CostStage:
     name = "cost"
     signals = frozenset({TRACES})
 
-    def __init__(self, config: CostConfig, registry: CollectorRegistry, watch: bool = True) -> None:
+    def __init__(
+        self,
+        config: CostConfig,
+        registry: CollectorRegistry,
+        watch: bool = True,
+        outbound: OutboundRedaction = NO_REDACTION,
+    ) -> None:
         self.config = config
+        self.outbound = outbound
         self.metrics = CostMetrics.create(registry)
+        self._invalid = InvalidValueMetrics.of(registry)
         self._table: PricingTable | None = None
         self._known: KnownPairs | None = None
         self._priced: dict[str, Counter] = {}
@@ -332,6 +344,13 @@ class CostStage:
         return WantedKeys(item=ga.GENAI_KEYS.item | {COST_TOTAL})
 
     def process(self, batch: TelemetryBatch) -> BatchChanges:
+        # Bad SDK costs and times are taken out of the batch's columns first: such a span is
+        # priced from its tokens (or left unpriced), and the others never see them.
+        check_batch(batch)
+        self._invalid.record(batch)
+        return _with_sdk_costs(self._priced_changes(batch), batch.derived.get(SDK_COSTS))
+
+    def _priced_changes(self, batch: TelemetryBatch) -> BatchChanges:
         # One query per batch (two the first time a batch brings pairs the table has not seen):
         # normalize, map spans to price groups, pick the price rows, compute and shape the columns.
         table = self.table
@@ -436,11 +455,17 @@ class CostStage:
                 if counter is None:  # labels() takes a lock and builds a key: once per provider
                     if len(self._priced) >= MAX_UNPRICED_LABELS:
                         self._priced.clear()
-                    counter = self._priced[provider] = self.metrics.priced.labels(provider=provider)
+                    published = self.outbound.label(ga.GENOPS_PROVIDER, provider)[:MAX_LABEL_LENGTH]
+                    counter = self._priced[provider] = self.metrics.priced.labels(provider=published)
                 counter.inc(count)
 
     def _label(self, provider: str | None, model: str | None) -> tuple[str, str]:
-        label = ((provider or "unknown")[:MAX_LABEL_LENGTH], (model or "unknown")[:MAX_LABEL_LENGTH])
+        # The span's own provider and model, so redacted as those attributes are (an API key sent
+        # as the model name is masked in the trace and must not come out as a label).
+        label = (
+            self.outbound.label(ga.GENOPS_PROVIDER, provider or "unknown")[:MAX_LABEL_LENGTH],
+            self.outbound.label(ga.GENOPS_MODEL, model or "unknown")[:MAX_LABEL_LENGTH],
+        )
         with self._labels_lock:
             if label in self._labels:
                 return label
@@ -448,6 +473,34 @@ class CostStage:
                 self._labels.add(label)
                 return label
         return ("other", "other")
+
+
+def _with_sdk_costs(changes: BatchChanges, sdk: object) -> BatchChanges:
+    """The stage's changes plus, for the spans it did not price, the SDK's cost as a number where
+    it came as text, and an `invalid_sdk_cost` status where it was ignored."""
+    if not isinstance(sdk, CostCheck) or not (sdk.was_text or sdk.ignored.any()):
+        return changes
+    written = dict(changes.set_attributes)
+    arrow = dict(changes.arrow)
+    rows = sdk.usable.len()
+    total = written.get(COST_TOTAL)
+    if total is None:
+        total = pl.Series(COST_TOTAL, [None] * rows, dtype=pl.Float64)
+    status = written.get(COST_STATUS)
+    if status is None:
+        status = pl.Series(COST_STATUS, [None] * rows, dtype=pl.String)
+    unpriced = total.is_null()
+    frame = pl.DataFrame({"total": total, "status": status, "usable": sdk.usable, "ignored": sdk.ignored})
+    out = frame.select(
+        (pl.coalesce("total", "usable") if sdk.was_text else pl.col("total")).alias(COST_TOTAL),
+        pl.when(pl.col("ignored") & unpriced).then(pl.lit(INVALID_SDK_COST)).otherwise("status").alias(COST_STATUS),
+    )
+    for name in (COST_TOTAL, COST_STATUS):
+        column = out.get_column(name)
+        if column.null_count() < rows:
+            written[name] = column
+            arrow.pop(name, None)  # the Series is the value now: the writer converts it
+    return BatchChanges(set_attributes=written, rewrites=changes.rewrites, events=changes.events, arrow=arrow)
 
 
 def _first_and_last(starts: pa.Array | None) -> tuple[int | None, int | None]:
@@ -458,9 +511,15 @@ def _first_and_last(starts: pa.Array | None) -> tuple[int | None, int | None]:
     return found["min"].as_py(), found["max"].as_py()
 
 
-def build_cost_stage(config: CostConfig, registry: CollectorRegistry, *, watch: bool = True) -> CostStage:
+def build_cost_stage(
+    config: CostConfig,
+    registry: CollectorRegistry,
+    *,
+    watch: bool = True,
+    outbound: OutboundRedaction = NO_REDACTION,
+) -> CostStage:
     """The cost stage, its pricing table loaded and validated (PricingError if it is broken).
 
     watch=False skips the reload thread (validate-config only needs the table checked).
     """
-    return CostStage(config, registry, watch=watch)
+    return CostStage(config, registry, watch=watch, outbound=outbound)

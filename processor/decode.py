@@ -8,8 +8,6 @@ Python objects.
 
 from __future__ import annotations
 
-import json
-import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -18,7 +16,9 @@ import polars as pl
 import pyarrow as pa
 from google.protobuf.message import DecodeError
 
+from processor import nested_values
 from processor.batch_columns import ScannedColumns, array_parts, series_array
+from processor.nested_values import NestedValueError
 from processor.protos import otlp_lean_pb2 as lean
 
 try:
@@ -117,6 +117,9 @@ class TelemetryBatch:
         self._events: list[tuple[int, lean.SpanEvent]] | None = None
         # Row of each span event, in event order (from the native scan; else from `events`).
         self._event_rows: list[int] | None = None
+        # The request holds bytes its protobuf view drops (earlier copies of a oneof or value field
+        # sent twice): it then goes out re-serialised, as the stages saw it, never as received.
+        self.drops_bytes = False
 
     @property
     def frame(self) -> pl.DataFrame:
@@ -324,6 +327,7 @@ def decode_traces(raw: bytes, wanted: WantedKeys, values_to: object | None = Non
                 rows.append(_pick(span.attributes, item_keys) if item_keys else {})
     frame = _frame(rows, item_resource, resource_rows, wanted)
     batch.frame = frame.with_columns(_span_columns(names, starts, ends, statuses))
+    batch.drops_bytes = _drops_bytes(request, raw)
     return batch
 
 
@@ -342,7 +346,15 @@ def decode_logs(raw: bytes, wanted: WantedKeys, values_to: object | None = None)
                 item_resource.append(resource_index)
                 rows.append(_pick(record.attributes, wanted.item) if wanted.item else {})
     frame = _frame(rows, item_resource, resource_rows, wanted)
-    return TelemetryBatch(LOGS, frame, raw, request)
+    batch = TelemetryBatch(LOGS, frame, raw, request)
+    batch.drops_bytes = _drops_bytes(request, raw)
+    return batch
+
+
+def _drops_bytes(request, raw: bytes) -> bool:
+    # Unknown fields are kept as their bytes, so only what the parser dropped (or wrote shorter:
+    # a padded varint, an explicit default) makes the view serialise to another size.
+    return request.ByteSize() != len(raw)
 
 
 def _span_columns(names: list[str], starts: list[int], ends: list[int], statuses: list[int]) -> list[pl.Series]:
@@ -583,22 +595,12 @@ def _collect_string_values(batch: TelemetryBatch) -> pl.DataFrame:
 
 def _render(value: lean.AnyValue, kind: str) -> str:
     if kind in ("array_value", "kvlist_value"):
-        return json.dumps(_plain(value), ensure_ascii=False, separators=(",", ":"))
+        try:
+            return nested_values.render(kind, getattr(value, kind))
+        except NestedValueError as exc:
+            raise MalformedRequest(f"cannot read a nested attribute value: {exc}") from exc
     if kind == "bool_value":
         return "true" if value.bool_value else "false"
     if kind == "bytes_value":
         return value.bytes_value.hex()
     return str(getattr(value, kind))
-
-
-def _plain(value: lean.AnyValue) -> object:
-    kind = value.WhichOneof("value")
-    if kind == "array_value":
-        return [_plain(v) for v in value.array_value.values]
-    if kind == "kvlist_value":
-        return {kv.key: _plain(kv.value) for kv in value.kvlist_value.values}
-    if kind == "bytes_value":
-        return value.bytes_value.hex()
-    if kind == "double_value" and not math.isfinite(value.double_value):
-        return str(value.double_value)
-    return None if kind is None else getattr(value, kind)

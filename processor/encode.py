@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 import pyarrow as pa
 
+from processor import nested_values
 from processor.decode import (
     LOGS,
     SCOPE_BODY,
@@ -165,10 +166,13 @@ def write_value(target: lean.AnyValue, value: object) -> None:
     elif isinstance(value, bytes):
         target.bytes_value = value
     elif isinstance(value, list | tuple | pl.Series):
-        target.array_value.SetInParent()
-        del target.array_value.values[:]
+        # The lean view keeps an ArrayValue as its bytes (see nested_values).
+        elements = []
         for element in value:
-            write_value(target.array_value.values.add(), element)
+            encoded = lean.AnyValue()
+            write_value(encoded, element)
+            elements.append(encoded.SerializeToString())
+        target.array_value = nested_values.array_bytes(elements)
     else:
         raise TypeError(f"cannot write a {type(value).__name__} as an OTLP attribute value")
 

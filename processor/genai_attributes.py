@@ -61,17 +61,21 @@ TOKENS_REASONING = "tokens_reasoning"
 TOKEN_COLUMNS = (TOKENS_INPUT, TOKENS_OUTPUT, TOKENS_CACHE_READ, TOKENS_CACHE_WRITE, TOKENS_REASONING)
 COLUMNS = (MODEL, PROVIDER, *TOKEN_COLUMNS)
 
+# The GenOps spelling of model and provider: also the key what the sidecar makes of a span's model
+# or provider (a metric label) is redacted as.
+GENOPS_MODEL = "genops.model"
+GENOPS_PROVIDER = "genops.provider"
 MODEL_SOURCES = (
     "gen_ai.response.model",
     "llm.model_name",
-    "genops.model",
+    GENOPS_MODEL,
     "gen_ai.request.model",
     "llm.request.model",
     "llm.response.model",
 )
 PROVIDER_SOURCES = (
     "gen_ai.provider.name",
-    "genops.provider",
+    GENOPS_PROVIDER,
     "llm.provider",
     "gen_ai.system",
     "llm.system",

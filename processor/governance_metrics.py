@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from processor.attribution import DIMENSIONS
 from processor.budgets import ENGINE, OPTIMIZATIONS
 from processor.operation_totals import operation_totals
+from processor.outbound import NO_REDACTION, OutboundRedaction
 
 LABEL_CHOICES = (*DIMENSIONS, "model", "provider")
 OTHER = "other"
@@ -44,12 +45,24 @@ def parse_labels(allow: str, deny: str) -> tuple[str, ...]:
 
 
 class LabelCap:
-    """Keeps at most `max_values` distinct values per label; later newcomers map to "other"."""
+    """Keeps at most `max_values` distinct values per label; later newcomers map to "other".
 
-    def __init__(self, max_values: int) -> None:
+    Label values are made from span values before redaction: each is published as the redaction
+    rules leave a `genops.<label>` attribute (an email as team masked as it is in the trace) and cut
+    to `LABEL_MAX_BYTES` (see processor/outbound.py), before it is counted against the cap.
+    """
+
+    def __init__(self, max_values: int, outbound: OutboundRedaction = NO_REDACTION) -> None:
         self.max_values = max_values
+        self.outbound = outbound
         self._seen: dict[str, set[str]] = {}
         self._lock = threading.Lock()
+
+    def published(self, label: str, values: list[str]) -> list[str]:
+        """`values` as label values may show them (redacted, capped in length)."""
+        key = "genops." + label
+        publish = self.outbound.label
+        return [publish(key, value) for value in values]
 
     def refused(self, label: str, values: set[str]) -> set[str]:
         """Admits `values` (smallest first) while there is room; returns those mapped to "other"."""
@@ -65,8 +78,8 @@ class LabelCap:
             return values - seen
 
     def map(self, label: str, values: list[str | None]) -> list[str]:
-        """`values` with null as "unknown" and values beyond the cap as "other"."""
-        filled = [UNKNOWN if value is None else value for value in values]
+        """`values` published, with null as "unknown" and values beyond the cap as "other"."""
+        filled = self.published(label, [UNKNOWN if value is None else value for value in values])
         refused = self.refused(label, set(filled))
         return [OTHER if value in refused else value for value in filled] if refused else filled
 
@@ -99,9 +112,15 @@ def _incrementer(child: Any) -> Any:
 
 
 class GovernanceMetrics:
-    def __init__(self, registry: CollectorRegistry, labels: Sequence[str], max_values: int) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        labels: Sequence[str],
+        max_values: int,
+        outbound: OutboundRedaction = NO_REDACTION,
+    ) -> None:
         self.labels = tuple(labels)
-        self.cap = LabelCap(max_values)
+        self.cap = LabelCap(max_values, outbound)
         names = list(self.labels)
         self.cost = Gauge(
             "genops_cost_total_usd",
@@ -219,23 +238,23 @@ class GovernanceMetrics:
         return series
 
     def operation_sums(
-        self, spans: pl.LazyFrame, cost: str, refused: dict[str, set[str]] | None = None
+        self, spans: pl.LazyFrame, cost: str, renamed: dict[str, dict[str, str]] | None = None
     ) -> pl.LazyFrame:
         """Per label combination, sums over `spans` (the evaluated spans).
 
-        `spans`: label columns, `cost`, tokens_input/output, error, latency. With `refused` None
+        `spans`: label columns, `cost`, tokens_input/output, error, latency. With `renamed` None
         the label values are grouped as they are (null is a group of its own: `record_operations`
         reads it as "unknown"), which is what a batch mostly needs and costs a fraction of
-        preparing the keys. Otherwise null is "unknown" and the values in `refused` (the cap)
-        "other" before grouping.
+        preparing the keys. Otherwise null is "unknown" and the values in `renamed` take the label
+        they are published as (redacted, or "other" past the cap) before grouping.
         """
-        if refused is None:
+        if renamed is None:
             return spans.group_by(self._label_columns).agg(self._sums(cost))
         keys = []
         for name in self.labels:
             key = pl.col(name).cast(pl.String).fill_null(UNKNOWN)
-            if refused.get(name):
-                key = pl.when(key.is_in(sorted(refused[name]))).then(pl.lit(OTHER)).otherwise(key)
+            if renamed.get(name):
+                key = key.replace(renamed[name])
             keys.append(key.alias(name))
         return spans.group_by(keys or self._label_columns).agg(self._sums(cost))
 
@@ -273,10 +292,16 @@ class GovernanceMetrics:
                 merged = merged or UNKNOWN in values
                 values = [UNKNOWN if value is None else value for value in values]
             labels.append(values)
-        refused = {name: self.cap.refused(name, set(values)) for name, values in zip(self.labels, labels, strict=True)}
-        if any(refused.values()) or merged:
-            # Some values became "other" (or "unknown"): their spans are summed together, as one series.
-            sums = self.operation_sums(spans, cost, refused).collect(engine=ENGINE, optimizations=OPTIMIZATIONS)
+        renamed = {}
+        for name, values in zip(self.labels, labels, strict=True):
+            published = dict(zip(values, self.cap.published(name, values), strict=True))
+            refused = self.cap.refused(name, set(published.values()))
+            final = {value: OTHER if label in refused else label for value, label in published.items()}
+            renamed[name] = {value: label for value, label in final.items() if value != label}
+        if any(renamed.values()) or merged:
+            # Some values are published otherwise ("other", redacted, or "unknown"): their spans are
+            # summed together, as one series.
+            sums = self.operation_sums(spans, cost, renamed).collect(engine=ENGINE, optimizations=OPTIMIZATIONS)
             labels = [sums.get_column(name).to_list() for name in self.labels]
         columns = [
             sums.get_column(name).to_list()
@@ -298,12 +323,7 @@ class GovernanceMetrics:
         """Per label (in `self.labels` order), its distinct values in a batch as series labels:
         null as "unknown", values past the cap as "other", as `record_operations` labels its
         groups. Label combinations that become equal are one series (summed together)."""
-        mapped = []
-        for name, values in zip(self.labels, distinct, strict=True):
-            filled = [UNKNOWN if value is None else value for value in values]
-            refused = self.cap.refused(name, set(filled))
-            mapped.append([OTHER if value in refused else value for value in filled] if refused else filled)
-        return mapped
+        return [self.cap.map(name, values) for name, values in zip(self.labels, distinct, strict=True)]
 
     def record_operation_groups(self, groups: Any) -> None:
         """The native policy path's `record_operations`: `groups` (OperationGroups, see
@@ -366,6 +386,7 @@ class GovernanceMetrics:
                 self._labelled(self.evaluations, (result,)).inc(count)
         for policy, reason_code, mode, count in violations:
             if count:
+                (policy,) = self.cap.published("policy", [policy])
                 self._labelled(self.violations, (policy, reason_code, mode)).inc(count)
 
     def record_budgets(
@@ -373,10 +394,12 @@ class GovernanceMetrics:
     ) -> None:
         """`levels`: (budget, subject, consumed, limit) as last charged; `exceeded`: (budget, mode, spans)."""
         subjects = self.cap.map("budget_subject", [subject for _, subject, _, _ in levels])
-        for (name, _, consumed, limit), subject in zip(levels, subjects, strict=True):
+        names = self.cap.published("budget", [name for name, _, _, _ in levels])
+        for (_, _, consumed, limit), subject, name in zip(levels, subjects, names, strict=True):
             self._labelled(self.utilization, (name, subject)).set(consumed / limit)
             self._labelled(self.remaining, (name, subject)).set(max(limit - consumed, 0.0))
         for name, mode, count in exceeded:
+            (name,) = self.cap.published("budget", [name])
             self._labelled(self.exceeded, (name, mode)).inc(count)
 
     def _labelled(self, metric: Any, values: tuple[str, ...]) -> Any:

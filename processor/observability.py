@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from processor.outbound import cap_bytes
 
 STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
@@ -135,6 +138,29 @@ class SidecarMetrics:
         )
 
 
+# Log values are cut to this many bytes (a traceback fits; a value echoed from a broken file does not).
+LOG_VALUE_MAX_BYTES = 8192
+# The redaction of log values, once the stages are built (see `redact_logs_with`).
+_log_redaction: Callable[[str], str] | None = None
+
+
+def redact_logs_with(redact: Callable[[str], str] | None) -> None:
+    """Log lines leave the process too, and exception texts are made from span values: from now on
+    every string value of a log line goes through `redact` (processor/outbound.py `message`)."""
+    global _log_redaction
+    _log_redaction = redact
+
+
+def _redacted_values(_logger: object, _method: str, event: dict) -> dict:
+    redact = _log_redaction
+    for key, value in event.items():
+        if isinstance(value, str):
+            if redact is not None:
+                value = redact(value)
+            event[key] = cap_bytes(value, LOG_VALUE_MAX_BYTES)
+    return event
+
+
 def configure_logging(level: str = "info", fmt: str = "json") -> None:
     renderer = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer()
     structlog.configure(
@@ -143,6 +169,7 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            _redacted_values,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),

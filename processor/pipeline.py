@@ -29,6 +29,7 @@ from processor.decode import (
     decode_traces,
 )
 from processor.observability import PipelineMetrics
+from processor.outbound import NO_REDACTION, OutboundRedaction
 
 PROCESSING_ERROR_KEY = "genops.processing.error"
 
@@ -107,6 +108,11 @@ class Pipeline:
     def __init__(self, stages: Sequence[Stage], metrics: PipelineMetrics) -> None:
         self.stages = list(stages)
         self.metrics = metrics
+        # The redaction stage's rules for what the stages write (see processor/outbound.py).
+        self.outbound: OutboundRedaction = next(
+            (found for s in self.stages if isinstance(found := getattr(s, "outbound", None), OutboundRedaction)),
+            NO_REDACTION,
+        )
         self._timers: dict[tuple[str, str], object] = {}
         self._stages = {signal: [s for s in self.stages if signal in s.signals] for signal in (TRACES, LOGS)}
         # One stage per signal at most gets the values from the scan (the first that takes them).
@@ -154,14 +160,15 @@ class Pipeline:
         try:
             return self._process(signal, batch, raw, jobs)
         finally:
-            # A job the batch never reached (a request with no item).
+            # A job whose stage was never reached (a request refused by an earlier stage).
             for job in jobs.values():
                 job.abandon()
 
     def _process(self, signal: str, batch: TelemetryBatch, raw: bytes, jobs: dict[str, object]) -> ProcessedRequest:
         applied: list[BatchChanges] = []
         failed: list[str] = []
-        stages = self._stages[signal] if len(batch) else []
+        # Every stage runs on a request without items too: its resources still carry values.
+        stages = self._stages[signal]
         for position, stage in enumerate(stages, 1):
             job = jobs.pop(stage.name, None)
             if job is not None:
@@ -190,9 +197,12 @@ class Pipeline:
                 if position < len(stages):  # the last stage's changes are only written back
                     _expose_to_later_stages(batch, changes)
         if failed:
-            applied.append(_error_tags(len(batch), "; ".join(failed)))
-        if not applied:
+            applied.append(_error_tags(len(batch), self.outbound.message("; ".join(failed))))
+        if not applied and not batch.drops_bytes:
             return ProcessedRequest(raw, len(batch), tuple(failed))
+        if self.outbound.enabled:
+            for changes in applied:
+                _redact_written(changes, self.outbound)
         try:
             payload = encode.apply_and_serialize(batch, applied)
         except Exception:
@@ -258,6 +268,21 @@ def _arrived_as(arrived: pl.Series, dtype: pl.DataType) -> pl.Expr:
         # No cast at all between the two (bytes where the stage writes a number): nothing readable,
         # as an unparseable string would be. Raising here would lose every stage's changes.
         return pl.lit(None, dtype=dtype)
+
+
+def _redact_written(changes: BatchChanges, outbound: OutboundRedaction) -> None:
+    """What a stage wrote from span values as they arrived (the model a span named, a budget
+    subject) leaves the sidecar as the redaction rules leave an attribute of that key."""
+    for key, column in changes.set_attributes.items():
+        redacted = outbound.strings(key, column, changes.arrow.get(key))
+        if redacted is not None:
+            changes.set_attributes[key] = redacted
+            # The encoder reads the Arrow array where there is one: it held the values before.
+            changes.arrow.pop(key, None)
+    for event in changes.events:
+        for key, value in event.attributes.items():
+            if isinstance(value, str):
+                event.attributes[key] = outbound.value(key, value)
 
 
 def _error_tags(rows: int, message: str) -> BatchChanges:

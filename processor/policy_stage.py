@@ -36,8 +36,10 @@ from processor.decode import (
 )
 from processor.genai_attributes import GENAI_KEYS, MODEL, PROVIDER, TOKENS_INPUT, TOKENS_OUTPUT, normalized
 from processor.governance_metrics import GovernanceMetrics, parse_labels
+from processor.outbound import NO_REDACTION, OutboundRedaction
 from processor.pipeline import BatchChanges
 from processor.policy_native import NativePolicy
+from processor.span_values import InvalidValueMetrics, check_batch
 
 COST_KEYS = ("genops.cost.total", "genops.cost.model", "genops.cost.provider", "genops.cost.status")
 # OTel semconv: set on a GenAI span when the operation ended in an error.
@@ -51,14 +53,21 @@ class PolicyStage:
     signals = frozenset({TRACES})
 
     def __init__(
-        self, source: PolicySource, store: BudgetStore, attribution: Attribution, metrics: GovernanceMetrics
+        self,
+        source: PolicySource,
+        store: BudgetStore,
+        attribution: Attribution,
+        metrics: GovernanceMetrics,
+        outbound: OutboundRedaction = NO_REDACTION,
+        invalid: InvalidValueMetrics | None = None,
     ) -> None:
         self.source = source
         self.store = store
         self.attribution = attribution
         self.metrics = metrics
+        self._invalid = invalid or InvalidValueMetrics.of(CollectorRegistry())
         # For the budget status API (HTTP and gRPC) in the process that runs this stage.
-        self.budget_status = BudgetStatusReader(source, store)
+        self.budget_status = BudgetStatusReader(source, store, outbound)
         self._plan: _Plan | None = None
 
     def close(self) -> None:
@@ -74,11 +83,15 @@ class PolicyStage:
         """Reads ahead what does not come from the redaction stage (all but its PII count) and
         fingerprints the request, while the redaction stage's thread runs."""
         fingerprint(batch)
+        check_batch(batch)
         plan = self._plan_for(self.source.current())
         if plan.native is not None and native_available():
             plan.native.prepare(batch)
 
     def process(self, batch: TelemetryBatch) -> BatchChanges:
+        # A bad cost or time is ignored for its own span: both paths below read clean columns.
+        check_batch(batch)
+        self._invalid.record(batch)
         plan = self._plan_for(self.source.current())
         if plan.native is not None and native_available():
             changes = plan.native.process(batch, self.store, self.metrics, fingerprint)
@@ -332,14 +345,19 @@ def _number(schema: dict[str, pl.DataType], key: str, dtype: pl.DataType) -> pl.
     return column.cast(dtype, strict=False)
 
 
-def build_policy_stage(config: PolicyConfig, registry: CollectorRegistry) -> PolicyStage:
-    """The policy/budget stage; `stage.budget_status` serves the budget status API."""
+def build_policy_stage(
+    config: PolicyConfig, registry: CollectorRegistry, outbound: OutboundRedaction = NO_REDACTION
+) -> PolicyStage:
+    """The policy/budget stage; `stage.budget_status` serves the budget status API. `outbound`
+    redacts the metric labels and answers it makes from span values."""
     labels = parse_labels(config.metrics_labels, config.metrics_label_deny)
     return PolicyStage(
         source=PolicySource(config.policy_file, config.reload_interval_seconds, registry),
-        store=open_store(config.state_backend, config.state_path, config.redis_url),
+        store=open_store(config.state_backend, config.state_path, config.redis_url, registry),
         attribution=Attribution.from_config(config.attribution_fallbacks),
-        metrics=GovernanceMetrics(registry, labels, config.metrics_max_label_values),
+        metrics=GovernanceMetrics(registry, labels, config.metrics_max_label_values, outbound),
+        outbound=outbound,
+        invalid=InvalidValueMetrics.of(registry),
     )
 
 

@@ -46,6 +46,7 @@ from processor.decode import (
     native_module,
 )
 from processor.detectors import check_bearer, check_card, check_iban, check_ipv4, check_phone, check_ssn
+from processor.outbound import NO_REDACTION, OutboundRedaction
 from processor.pipeline import BatchChanges
 from processor.redaction_rules import RESERVED_RULE_NAME, Action, RedactionRules, ValueRule, load_rules
 
@@ -186,6 +187,8 @@ class RedactionStage:
             (NOT_ALLOWED, "drop")
         ]
         self._slot_counters: dict[tuple[int, str], Counter] = {}
+        # These rules for what the sidecar sends out besides the request's own values.
+        self.outbound = OutboundRedaction(self.redact_one)
 
     def wanted_keys(self) -> WantedKeys:
         # No columns, but every value: the decoder then builds string_values() in its own pass
@@ -258,6 +261,39 @@ class RedactionStage:
             rewrites=rewrites.unique(["scope", "owner", "position"]).select("scope", "owner", "position", "new_value"),
         )
 
+    def redact_one(self, key: str, value: str) -> str | None:
+        """`value` as these rules leave a span attribute `key` (None: dropped). Not counted in
+        `genops_redaction_total`: used for what the sidecar makes from values, not for telemetry."""
+        if self._native is not None and native_available():
+            strings = [pa.array([text], pa.large_string()) for text in (SCOPE_ITEM, key, value)]
+            ints = [pa.array([0], pa.int64()) for _ in range(3)]
+            found = self._native.redact(*strings, None, *ints, pa.array([0], pa.int64()), 0)
+            if found is None:
+                return value
+            (_, _, _, new_values), _, _ = found
+            return _strings(new_values)[0].as_py()
+        values = pl.DataFrame({"key": [key], "value": [value]})
+        classes = self._classify(values["key"]).row(0, named=True)
+        if classes["protected"]:
+            return value
+        if not classes["allowed"]:
+            return None
+        rule = next((r for r in self.rules.key_rules if r.name == classes["key_rule"]), None)
+        if rule is not None:
+            rows = values.with_columns(
+                scope=pl.lit(SCOPE_ITEM),
+                owner=0,
+                position=0,
+                row=0,
+                label=pl.lit(key),
+                is_string=True,
+                key_rule=pl.lit(rule.name),
+            )
+            rewrites = self._key_rewrites(rows)
+            return rewrites[0]["new_value"][0] if rewrites else value
+        found = self.values.scan(values["value"])
+        return found.new_value[0] if found.index.len() else value
+
     def _process_native(self, batch: TelemetryBatch, values: dict[str, pa.Array]) -> BatchChanges:
         found = self._native.redact(
             *(values[name] for name in ("scope", "key", "value")),
@@ -321,10 +357,13 @@ class RedactionStage:
             if self.rules.allowed_key_regex
             else pl.lit(False)
         )
+        protected = key.str.contains(self.rules.protected_key_regex)
+        # See VALUES_ONLY_KEYS: allowed, no key rule, the value rules still run.
+        values_only = ~protected & key.str.contains(self.rules.values_only_key_regex)
         return pl.DataFrame({"key": distinct}).with_columns(
-            protected=key.str.contains(self.rules.protected_key_regex),
-            allowed=allowed,
-            key_rule=rule_index,
+            protected=protected,
+            allowed=allowed | values_only,
+            key_rule=pl.when(values_only).then(pl.lit(None, pl.String)).otherwise(rule_index),
         )
 
     def _key_rewrites(self, rows: pl.DataFrame) -> list[pl.DataFrame]:
@@ -428,6 +467,7 @@ def _native_redactor(rules: RedactionRules, values: ValueRedactor):
     try:
         return factory(
             rules.protected_key_regex,
+            rules.values_only_key_regex,
             rules.allowed_key_regex,
             rules.allow_all_keys,
             [(rule.key_regex, rule.action.kind, rule.action.mask, rule.action.length) for rule in rules.key_rules],
@@ -495,3 +535,9 @@ def _value_arrays(values: pl.DataFrame) -> dict[str, pa.Array]:
         arrays["kind"] = _arrow(values, "kind", _TEXT)
     arrays.update((name, _arrow(values, name, _INDEX)) for name in ("owner", "position", "row"))
     return arrays
+
+
+def build_outbound(config: RedactionConfig) -> OutboundRedaction:
+    """The redaction of what a process without the stage sends out (the front process of several
+    workers answers the budget API): the stage's rules, or length caps only when redaction is off."""
+    return build_redaction_stage(config, CollectorRegistry()).outbound if config.enabled else NO_REDACTION

@@ -22,9 +22,13 @@ DEFAULT_HASH_PREFIX = "hmac-sha256:"
 # The detector label of attributes dropped because their key is not in allowed_keys.
 RESERVED_RULE_NAME = "allowed_keys"
 
-# Never redacted, whatever the rules say: token counts and the sidecar's own genops.* results are
-# what cost attribution and budgets need downstream, and they carry no user content.
-PROTECTED_KEYS = ("genops.*", "gen_ai.usage.*", "llm.token_count.*", "llm.usage.*")
+# Never redacted, whatever the rules say: token counts are what cost attribution and budgets need
+# downstream, and a count carries no user content.
+PROTECTED_KEYS = ("gen_ai.usage.*", "llm.token_count.*", "llm.usage.*", "genops.tokens.*")
+# Only the value rules act on these: the allow list never drops them and no key rule masks them
+# whole (cost attribution reads them downstream), but an SDK may put anything into `genops.team`
+# or `genops.project`, so a detector still finds an email or a card number there.
+VALUES_ONLY_KEYS = ("genops.*",)
 
 _RULE_FIELDS = {"name", "keys", "key_patterns", "detector", "pattern", "action", "mask", "length"}
 _TOP_FIELDS = {"allow_all_keys", "allowed_keys", "ignored_keys", "summary", "redact_all_types", "hash_prefix", "rules"}
@@ -62,6 +66,7 @@ class RedactionRules:
     # Anchored regexes; None matches nothing.
     allowed_key_regex: str | None
     protected_key_regex: str
+    values_only_key_regex: str
     key_rules: tuple[KeyRule, ...]
     value_rules: tuple[ValueRule, ...]
     summary: str
@@ -126,6 +131,7 @@ def parse_rules(raw: object) -> RedactionRules:
         allow_all_keys=bool(raw.get("allow_all_keys", True)),
         allowed_key_regex=_keys_regex(allowed, []) if allowed else None,
         protected_key_regex=_keys_regex([*PROTECTED_KEYS, *ignored], []),
+        values_only_key_regex=_keys_regex(list(VALUES_ONLY_KEYS), []),
         key_rules=tuple(key_rules),
         value_rules=tuple(value_rules),
         summary=summary,
@@ -188,8 +194,11 @@ def check_regex(pattern: str, where: str) -> None:
     try:
         pl.Series([""], dtype=pl.String).str.contains(pattern)
     except pl.exceptions.PolarsError as exc:
-        first_line = str(exc).strip().splitlines()
-        raise ValueError(f"{where}: invalid regex {pattern!r}: {' '.join(first_line[:4])}") from None
+        lines = [line.strip() for line in str(exc).strip().splitlines()]
+        # The engine repeats the pattern with a caret under it; the reason is the "error:" line.
+        reason = next((line for line in reversed(lines) if line.startswith("error:")), lines[0] if lines else "")
+        shown = pattern if len(pattern) <= 80 else f"{pattern[:60]}... ({len(pattern)} characters)"
+        raise ValueError(f"{where}: invalid regex {shown!r}: {reason[:200]}") from None
 
 
 def glob_to_regex(glob: str) -> str:

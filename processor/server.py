@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
-import threading
+import socket
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import structlog
@@ -16,8 +18,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from processor.admission import InflightBudget
-from processor.config import SidecarConfig
+from processor.budget_store_guard import store_degraded
+from processor.config import BudgetApiConfig, HttpConfig, SidecarConfig
 from processor.forward import Forwarder
+from processor.http_server import BoundedHttpServer, HttpRequest, HttpResponse
 from processor.observability import SidecarMetrics
 from processor.pipeline import ProcessedRequest, Stage
 from processor.receive import ExportService
@@ -58,16 +62,23 @@ def build_stages(config: SidecarConfig, metrics_registry: CollectorRegistry) -> 
     and before policy so the policy stage can see how much PII was found.
     """
     from processor.cost import build_cost_stage
+    from processor.observability import redact_logs_with
+    from processor.outbound import NO_REDACTION
     from processor.policy_stage import build_policy_stage
     from processor.redact import build_redaction_stage
 
+    # Built first: its rules also redact what the other stages make from span values (metric
+    # labels, written attributes, answers), see processor/outbound.py.
+    redaction = build_redaction_stage(config.redaction, metrics_registry) if config.redaction.enabled else None
+    outbound = redaction.outbound if redaction is not None else NO_REDACTION
+    redact_logs_with(outbound.free_text if outbound.enabled else None)
     stages: list[Stage] = []
     if config.cost.enabled:
-        stages.append(build_cost_stage(config.cost, metrics_registry))
-    if config.redaction.enabled:
-        stages.append(build_redaction_stage(config.redaction, metrics_registry))
+        stages.append(build_cost_stage(config.cost, metrics_registry, outbound=outbound))
+    if redaction is not None:
+        stages.append(redaction)
     if config.policy.enabled:
-        stages.append(build_policy_stage(config.policy, metrics_registry))
+        stages.append(build_policy_stage(config.policy, metrics_registry, outbound=outbound))
     return stages
 
 
@@ -85,6 +96,28 @@ def check_stages(config: SidecarConfig) -> None:
         build_redaction_stage(config.redaction, registry)
     if config.policy.enabled:
         check_policy_config(config.policy)
+        if config.policy.state_backend == "sqlite":
+            check_state_file(config.policy.state_path)
+
+
+def check_state_file(state_path: str) -> None:
+    """An existing budget state file must be a SQLite database; opened read-only, so nothing is
+    created or changed by the check."""
+    from processor.budget_state import default_state_path
+
+    path = Path(state_path) if state_path else default_state_path()
+    where = "policy.state_path" if state_path else f"policy.state_path (default {path})"
+    if path.is_dir():
+        raise ValueError(f"{where} {path} is a directory; give the SQLite file inside it")
+    if not path.exists():
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            db.execute("PRAGMA schema_version").fetchone()
+    except sqlite3.Error as exc:
+        raise ValueError(
+            f"{where} {path} cannot be used as budget state ({exc}); move it away to start with empty budgets"
+        ) from None
 
 
 def close_stages(stages: list[Stage]) -> None:
@@ -98,8 +131,8 @@ def close_stages(stages: list[Stage]) -> None:
                 log.exception("closing a stage failed", stage=stage.name)
 
 
-# An extra GET endpoint: gets the request path with its query, returns (status, body, content type).
-Route = Callable[[str], tuple[int, bytes, str]]
+# An extra GET endpoint: the request (path with its query, credentials) to its response.
+Route = Callable[[HttpRequest], HttpResponse]
 
 
 class Processing(Protocol):
@@ -112,72 +145,86 @@ class Processing(Protocol):
     def close(self) -> None: ...
 
 
-def budget_routes(processing: Processing) -> dict[str, Route]:
-    """The budget status endpoint, when the policy stage keeps budgets this process can read."""
-    from functools import partial
-
-    from processor.budget_api import BUDGETS_PATH, http_budget_status
+def budget_routes(processing: Processing, budget_api: BudgetApiConfig) -> dict[str, Route]:
+    """The budget status endpoint, when the policy stage keeps budgets this process can read;
+    behind the bearer token of `budget_api` when one is set."""
+    from processor.budget_api import BUDGETS_PATH, BudgetAccess, http_budget_status
 
     reader = processing.budget_reader()
-    return {BUDGETS_PATH: partial(http_budget_status, reader)} if reader is not None else {}
+    if reader is None:
+        return {}
+    access = BudgetAccess.from_config(budget_api)
+
+    def budgets(request: HttpRequest) -> HttpResponse:
+        if not access.allows(request.authorization):
+            body = b'{"error": "missing or wrong bearer token"}\n'
+            return HttpResponse(401, body, "application/json", (("WWW-Authenticate", 'Bearer realm="genops"'),))
+        return HttpResponse(*http_budget_status(reader, request.path))
+
+    return {BUDGETS_PATH: budgets}
 
 
 class ProbeServer:
-    """/healthz, /readyz and /metrics on a plain HTTP port, served from a background thread."""
+    """/healthz, /readyz and /metrics (always open: the kubelet and Prometheus carry no token) and
+    the extra routes, on the plain HTTP port (processor/http_server.py)."""
 
     def __init__(
         self,
-        listen: str,
+        http: HttpConfig,
         registry_source: Callable[[], CollectorRegistry],
         readiness: Readiness,
         routes: dict[str, Route] | None = None,
     ):
-        host, _, port = listen.rpartition(":")
-        registry_of = registry_source
-        state = readiness
-        extra_routes = dict(routes or {})
+        self.registry_source = registry_source
+        self.readiness = readiness
+        self.routes = dict(routes or {})
+        self.server = BoundedHttpServer(http, self.handle)
+        self.port = self.server.port
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                if path == "/healthz":
-                    self._send(200, b"ok\n", "text/plain")
-                elif path == "/readyz":
-                    ready, reasons = state.status()
-                    if ready:
-                        self._send(200, b"ready\n", "text/plain")
-                    else:
-                        body = ("not ready: " + "; ".join(reasons) + "\n").encode()
-                        self._send(503, body, "text/plain")
-                elif path == "/metrics":
-                    self._send(200, generate_latest(registry_of()), CONTENT_TYPE_LATEST)
-                elif path in extra_routes:
-                    self._send(*extra_routes[path](self.path))
-                else:
-                    self._send(404, b"not found\n", "text/plain")
-
-            def _send(self, status: int, body: bytes, content_type: str) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass  # probes every few seconds would drown the structured log
-
-        self.httpd = ThreadingHTTPServer((host.strip("[]") or "0.0.0.0", int(port)), Handler)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="probe-http", daemon=True)
+    def handle(self, request: HttpRequest) -> HttpResponse:
+        path = request.path.split("?", 1)[0]
+        if path == "/healthz":
+            return HttpResponse(200, b"ok\n")
+        if path == "/readyz":
+            ready, reasons = self.readiness.status()
+            if ready:
+                # A budget store outage keeps the node ready (charges are kept), but says so.
+                degraded = store_degraded(self.registry_source())
+                return HttpResponse(200, f"ready\n{degraded}\n".encode() if degraded else b"ready\n")
+            return HttpResponse(503, ("not ready: " + "; ".join(reasons) + "\n").encode())
+        if path == "/metrics":
+            return HttpResponse(200, generate_latest(self.registry_source()), CONTENT_TYPE_LATEST)
+        if path in self.routes:
+            return self.routes[path](request)
+        return HttpResponse(404, b"not found\n")
 
     def start(self) -> ProbeServer:
-        self._thread.start()
+        self.server.start()
         return self
 
     def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.server.stop()
+
+
+def _check_port_free(listen: str) -> None:
+    """Binds the address once without SO_REUSEPORT, so a taken port is one clear error here instead
+    of gRPC's own log line and a vaguer one after it."""
+    host, _, port = listen.rpartition(":")
+    if int(port) == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(
+            host.strip("[]") or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise OSError(f"server.listen {listen}: cannot resolve the host ({exc.strerror})") from None
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                raise OSError(f"server.listen {listen}: cannot listen ({exc.strerror or exc})") from None
 
 
 class Worker:
@@ -197,17 +244,29 @@ class Worker:
 
     async def start(self) -> int:
         size = self.config.server.max_recv_message_size_mib * MIB
-        server = aio.server(options=[("grpc.max_receive_message_length", size)])
+        # No SO_REUSEPORT: a second sidecar on the same port must fail to start, not share the port.
+        server = aio.server(options=[("grpc.max_receive_message_length", size), ("grpc.so_reuseport", 0)])
         server.add_generic_rpc_handlers(self.service.handlers())
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reader = self.processing.budget_reader()
         if reader is not None:
-            from processor.budget_api import add_budget_service
+            from processor.budget_api import BudgetAccess, add_budget_service
 
-            add_budget_service(server, reader)
-        self.port = server.add_insecure_port(self.config.server.listen)
+            access = BudgetAccess.from_config(self.config.budget_api)
+            if access.open:
+                log.warning(
+                    "the budget API is open to anyone reaching the gRPC and HTTP ports",
+                    token_env=self.config.budget_api.token_env,
+                )
+            add_budget_service(server, reader, access)
+        listen = self.config.server.listen
+        _check_port_free(listen)
+        try:
+            self.port = server.add_insecure_port(listen)
+        except RuntimeError as exc:  # grpcio raises this when the address is taken
+            raise OSError(f"server.listen {listen}: cannot listen ({exc})") from None
         if self.port == 0:
-            raise OSError(f"cannot listen on {self.config.server.listen}")
+            raise OSError(f"server.listen {listen}: cannot listen (address in use or not local)")
         await server.start()
         self.server = server
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)

@@ -194,8 +194,9 @@ class PoolProcessing:
             return None
         if self._reader is None:
             from processor.budget_api import BudgetStatusReader
+            from processor.redact import build_outbound
 
-            self._reader = BudgetStatusReader.from_config(policy)
+            self._reader = BudgetStatusReader.from_config(policy, build_outbound(self.config.redaction))
         return self._reader
 
     def close(self) -> None:
@@ -237,7 +238,8 @@ def run(config: SidecarConfig) -> int:
         MultiProcessCollector(registry, path=metrics_dir)
         metrics = SidecarMetrics.create(registry, with_pipeline=False)
         processing = PoolProcessing(config, metrics_dir)
-    probes = ProbeServer(config.http.listen, lambda: metrics.registry, readiness, budget_routes(processing)).start()
+    routes = budget_routes(processing, config.budget_api)
+    probes = ProbeServer(config.http, lambda: metrics.registry, readiness, routes).start()
     log.info("probes and /metrics on HTTP", listen=config.http.listen, workers=config.server.workers)
 
     async def main() -> None:

@@ -67,11 +67,10 @@ class OtlpSink:
     fail_code: grpc.StatusCode | None = None
     response_override: bytes | None = None
     delay_seconds: float = 0.0
-    # False: keep the raw bytes only, for requests python-protobuf cannot parse (nesting past its
-    # recursion limit, invalid UTF-8) that a Collector's parser takes.
-    parse: bool = True
     # (certificate chain PEM, private key PEM, client CA PEM or None): serve TLS, mTLS with a CA.
     tls: tuple[bytes, bytes, bytes | None] | None = None
+    # False: record the raw bytes only (for requests protobuf's recursive parser cannot read).
+    parse: bool = True
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -113,9 +112,10 @@ class OtlpSink:
                 time.sleep(self.delay_seconds)
             if self.fail_code is not None:
                 context.abort(self.fail_code, "sink told to fail")
+            request = request_type.FromString(raw) if self.parse else None
             with self._lock:
-                if self.parse:
-                    self.requests[service].append(request_type.FromString(raw))
+                if request is not None:
+                    self.requests[service].append(request)
                 self.raw_requests[service].append(raw)
             if self.response_override is not None:
                 return self.response_override

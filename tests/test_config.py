@@ -65,8 +65,16 @@ def test_environment_overrides_the_file(tmp_path):
         ("server: {workers: many}\n", {}, "server.workers must be an integer"),
         ("[1, 2]\n", {}, "mapping at the top level"),
         ("server: {listen: [\n", {}, "not valid YAML"),
-        ("", {"GENOPS_SERVER_WORKERS": "0"}, "server.workers must be at least 1"),
-        ("", {"GENOPS_DOWNSTREAM_TLS_ENABLED": "perhaps"}, "GENOPS_DOWNSTREAM_TLS_ENABLED must be true or false"),
+        (
+            "",
+            {"GENOPS_SERVER_WORKERS": "0"},
+            r"server.workers must be an integer from 1 to 256, not 0 \(from \$GENOPS_SERVER_WORKERS\)",
+        ),
+        (
+            "",
+            {"GENOPS_DOWNSTREAM_TLS_ENABLED": "perhaps"},
+            "downstream.tls.enabled must be true or false.*_TLS_ENABLED",
+        ),
     ],
 )
 def test_wrong_settings_are_rejected_with_a_message_naming_them(tmp_path, text, environ, message):

@@ -452,3 +452,98 @@ def test_dockerfile_context_files_exist_and_build_an_installable_wheel(tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     (wheel,) = tmp_path.glob("genops_sidecar-*.whl")
     assert wheel.stat().st_size > 0
+
+
+# --- budget API token and network policy ----------------------------------------------------------
+
+
+def secret_ref(c: dict, name: str) -> dict:
+    (found,) = [item["valueFrom"]["secretKeyRef"] for item in c.get("env", []) if item["name"] == name]
+    return found
+
+
+@pytest.mark.parametrize("kustomization", [DEFAULT, CLUSTER_BUDGETS])
+def test_budget_api_token_comes_from_a_shipped_secret_named_by_the_sidecar_config(kustomization):
+    objects = render(kustomization)
+    sidecar = container(pod_spec(objects), SIDECAR)
+    config = load_sidecar_config(sidecar)
+    ref = secret_ref(sidecar, config.budget_api.token_env)
+    secret = find(objects, "Secret", ref["name"])
+    assert ref["key"] in secret["data"]
+    # The placeholder is empty: a token everybody can read in this repository would be no token.
+    assert secret["data"][ref["key"]] == ""
+    # Once an operator fills it in, the pod's config accepts it and the API is guarded.
+    token = "a" * 64
+    assert load_sidecar_config(sidecar, **{config.budget_api.token_env: token}).budget_api == config.budget_api
+
+
+def network_policies(objects: tuple[dict, ...]) -> list[dict]:
+    return [o for o in objects if o["kind"] == "NetworkPolicy"]
+
+
+def selects(policy: dict, labels: dict) -> bool:
+    return policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+
+
+def allowed_ports(rules: list[dict]) -> dict[int, list[dict]]:
+    """port -> the `from`/`to` peers of every rule that opens it ([] = from anywhere)."""
+    out: dict[int, list[dict]] = {}
+    for rule in rules:
+        peers = rule.get("from", rule.get("to", []))
+        for port in rule.get("ports", []):
+            out.setdefault(port["port"], []).extend(peers or [{}])
+    return out
+
+
+def pod_policies(objects: tuple[dict, ...], pod_labels: dict, kind: str) -> list[dict]:
+    return [p for p in network_policies(objects) if selects(p, pod_labels) and kind in p["spec"].get("policyTypes", [])]
+
+
+def test_network_policy_admits_otlp_from_anywhere_and_scrapes_from_monitoring_only():
+    objects = render(DEFAULT)
+    daemonset = find(objects, "DaemonSet", "genops-otelcol")
+    labels = daemonset["spec"]["template"]["metadata"]["labels"]
+    policies = pod_policies(objects, labels, "Ingress")
+    assert policies, "no NetworkPolicy isolates the node agent's ingress"
+    ingress = allowed_ports([rule for p in policies for rule in p["spec"].get("ingress", [])])
+    assert ingress[4317] == [{}] and ingress[4318] == [{}]
+    monitoring = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    assert ingress[9477] == [monitoring]
+    assert ingress[8888] == [monitoring]
+    # Nothing else is reachable: the loopback ports (4417 sidecar, 4418 return) are not opened.
+    assert set(ingress) == {4317, 4318, 9477, 8888}
+    # Every port the scrape Service targets is one the policy opens to Prometheus.
+    metrics = find(objects, "Service", "genops-sidecar-metrics")
+    assert {p["targetPort"] for p in metrics["spec"]["ports"]} <= {9477, 8888}
+
+
+@pytest.mark.parametrize("kustomization", [DEFAULT, CLUSTER_BUDGETS])
+def test_network_policy_egress_allows_dns_and_the_backend(kustomization):
+    objects = render(kustomization)
+    spec = pod_spec(objects)
+    labels = find(objects, "DaemonSet", "genops-otelcol")["spec"]["template"]["metadata"]["labels"]
+    rules = [rule for p in pod_policies(objects, labels, "Egress") for rule in p["spec"].get("egress", [])]
+    assert rules, "no NetworkPolicy isolates the node agent's egress"
+    protocols = {(port["port"], port.get("protocol", "TCP")) for rule in rules for port in rule.get("ports", [])}
+    assert {(53, "UDP"), (53, "TCP")} <= protocols
+    backend = env_of(container(spec, COLLECTOR))["GENOPS_BACKEND_ENDPOINT"]
+    host, port = backend.rsplit(":", 1)
+    egress = allowed_ports(rules)
+    namespace = host.split(".")[1]
+    assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}} in egress[int(port)]
+
+
+def test_cluster_budgets_network_policy_lets_the_sidecars_and_only_them_reach_redis():
+    objects = render(CLUSTER_BUDGETS)
+    agent_labels = find(objects, "DaemonSet", "genops-otelcol")["spec"]["template"]["metadata"]["labels"]
+    redis = find(objects, "StatefulSet", "genops-redis")
+    redis_labels = redis["spec"]["template"]["metadata"]["labels"]
+    redis_port = redis["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"]
+    egress = allowed_ports([r for p in pod_policies(objects, agent_labels, "Egress") for r in p["spec"]["egress"]])
+    assert any(
+        peer.get("podSelector", {}).get("matchLabels", {}).items() <= redis_labels.items()
+        for peer in egress[redis_port]
+    )
+    ingress = allowed_ports([r for p in pod_policies(objects, redis_labels, "Ingress") for r in p["spec"]["ingress"]])
+    assert set(ingress) == {redis_port}
+    assert all(peer["podSelector"]["matchLabels"].items() <= agent_labels.items() for peer in ingress[redis_port])

@@ -11,6 +11,7 @@ sums in span order, as polars sums a group of fewer than 128 spans).
 from __future__ import annotations
 
 import json
+import time
 
 import polars as pl
 import pytest
@@ -96,7 +97,9 @@ genai_attributes = st.fixed_dictionaries(
             st.sampled_from([0.125, 0.25, 0.5]),
             st.sampled_from([0.0, 0.05, 0.1, 0.3, 1.0, -0.1]),
             st.floats(min_value=0, max_value=3, allow_nan=False),
-            st.sampled_from(["0.2", " 0.75 ", "n/a", "1e-1"]),
+            st.sampled_from(["0.2", " 0.75 ", "n/a", "1e-1", "inf", "nan"]),
+            # Ignored for their span alone (counted in genops_invalid_values_total).
+            st.sampled_from([float("nan"), float("inf"), float("-inf"), -3.0]),
             st.integers(0, 2),
         ),
         "gen_ai.usage.input_tokens": st.integers(0, 900),
@@ -106,13 +109,14 @@ genai_attributes = st.fixed_dictionaries(
     },
 )
 start_time = st.one_of(
-    st.sampled_from([0, BASE_NS, BASE_NS + DAY_NS // 2, BASE_NS + DAY_NS, BASE_NS + 40 * DAY_NS]),
+    st.sampled_from([0, BASE_NS, BASE_NS + DAY_NS // 2, BASE_NS + DAY_NS, BASE_NS + 40 * DAY_NS, 2**63, 2**64 - 10**7]),
     st.integers(DST_NS - 12 * HOUR_NS, DST_NS + 12 * HOUR_NS),
 )
 one_span = st.tuples(
     genai_attributes,
     start_time,
-    st.sampled_from([None, 0, 1_500_000, 2 * 10**9, -10]),  # end minus start (None: no end)
+    # End minus start (None: no end; "huge": an end past 2^63 ns).
+    st.sampled_from([None, 0, 1_500_000, 2 * 10**9, -10, "huge"]),
     st.sampled_from([0, 1, 2]),  # status code
 )
 resource = st.fixed_dictionaries(
@@ -184,6 +188,8 @@ def stored(stage) -> dict[str, float]:
 )
 @given(policy=policy, batches=batches, metrics_labels=labels, max_values=st.sampled_from([1, 3, 100]))
 def test_native_and_polars_paths_agree(tmp_path_factory, monkeypatch, policy, batches, metrics_labels, max_values):
+    # Spans without a start are charged (and get events) at the time they arrive: one clock for both.
+    monkeypatch.setattr(time, "time_ns", lambda: BASE_NS + 7 * HOUR_NS)
     path = tmp_path_factory.mktemp("policy") / "policy.yaml"
     path.write_text(policy_text(*policy))
     (native, native_registry) = build(path, metrics_labels, max_values)
@@ -193,7 +199,10 @@ def test_native_and_polars_paths_agree(tmp_path_factory, monkeypatch, policy, ba
         built = []
         for attributes, start, duration, status in spans:
             one = span(attributes=attributes, start_time_unix_nano=start) if attributes else span(name="GET /")
-            one.end_time_unix_nano = 0 if duration is None else max(start + duration, 0)
+            if duration == "huge":
+                one.end_time_unix_nano = 2**64 - 1
+            else:
+                one.end_time_unix_nano = 0 if duration is None else min(max(start + duration, 0), 2**64 - 1)
             one.status.code = status
             built.append(one)
         raw = trace_request(built, resource_attributes or None).SerializeToString()

@@ -510,6 +510,9 @@ impl Hit {
 #[pyclass(frozen, module = "processor._otlp_native")]
 pub struct Redactor {
     protected: Regex,
+    /// Keys only the value rules act on (the sidecar's own `genops.*`): never dropped by the
+    /// allow list nor masked whole by a key rule, but a detector still finds what an SDK put there.
+    values_only: Regex,
     allowed: Option<Regex>,
     allow_all: bool,
     key_rules: Vec<KeyRule>,
@@ -570,6 +573,13 @@ impl Redactor {
 
     fn classify(&self, key: &[u8]) -> PyResult<KeyClass> {
         let key = to_str(key)?;
+        if !self.protected.is_match(key) && self.values_only.is_match(key) {
+            return Ok(KeyClass {
+                protected: false,
+                allowed: true,
+                key_rule: None,
+            });
+        }
         Ok(KeyClass {
             protected: self.protected.is_match(key),
             allowed: self.allow_all || self.allowed.as_ref().is_some_and(|r| r.is_match(key)),
@@ -787,9 +797,11 @@ impl Redactor {
     /// callable or None, name of its Rust version (detect.rs) or None, action, mask)]; allowed: None matches no key (unless allow_all);
     /// hasher: value -> keyed hash, called for hash rules only.
     #[new]
-    #[pyo3(signature = (protected, allowed, allow_all, key_rules, value_rules, redact_all_types, hasher))]
+    #[pyo3(signature = (protected, values_only, allowed, allow_all, key_rules, value_rules, redact_all_types, hasher))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         protected: &str,
+        values_only: &str,
         allowed: Option<&str>,
         allow_all: bool,
         key_rules: Vec<(String, String, String, usize)>,
@@ -833,6 +845,7 @@ impl Redactor {
             .collect::<PyResult<Vec<_>>>()?;
         Ok(Redactor {
             protected: compile(protected)?,
+            values_only: compile(values_only)?,
             allowed: allowed.map(compile).transpose()?,
             allow_all,
             key_rules,

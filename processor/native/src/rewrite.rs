@@ -137,8 +137,8 @@ fn key_of(kv: &[u8]) -> WireResult<&[u8]> {
     let mut key: &[u8] = b"";
     while !reader.done() {
         let (field, wire) = reader.tag()?;
-        if field == 1 {
-            key = reader.expect_len(wire)?;
+        if (field, wire) == (1, LEN) {
+            key = reader.bytes()?;
         } else {
             reader.skip(wire)?;
         }
@@ -674,7 +674,8 @@ fn count_field(buf: &[u8], wanted: u32) -> WireResult<usize> {
     let mut count = 0;
     while !reader.done() {
         let (field, wire) = reader.tag()?;
-        if field == wanted {
+        // Another wire type under the number is an unknown field, as for the scan.
+        if (field, wire) == (wanted, LEN) {
             count += 1;
         }
         reader.skip(wire)?;

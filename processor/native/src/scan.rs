@@ -63,14 +63,9 @@ impl Scalar<'_> {
             Scalar::Int(i) => push_int(out, i),
             Scalar::Double(d) => push_float_repr(out, d),
             Scalar::Bytes(b) => push_hex(out, b),
-            Scalar::Array(raw) | Scalar::KvList(raw) => {
+            Scalar::Array(_) | Scalar::KvList(_) => {
                 let mut rendered = String::new();
-                let done = if matches!(self, Scalar::Array(_)) {
-                    json_array(raw, &mut rendered)
-                } else {
-                    json_kvlist(raw, &mut rendered)
-                };
-                if done.is_err() {
+                if json_nested(*self, &mut rendered).is_err() {
                     return false;
                 }
                 out.extend_from_slice(rendered.as_bytes());
@@ -225,30 +220,43 @@ fn text(raw: &[u8]) -> Cow<'_, str> {
     String::from_utf8_lossy(raw)
 }
 
-fn any_value(buf: &[u8]) -> WireResult<Scalar<'_>> {
-    if let Some(value) = single_value(buf) {
-        return Ok(value);
+/// An AnyValue sent as one or more messages (a KeyValue or LogRecord repeating its value field:
+/// protobuf merges them as one). Returns the value a protobuf parser keeps (the last field of
+/// the oneof) and, when the oneof field appears more than once, every copy in order: the
+/// redaction stage has to see the copies a parser drops too, since their bytes go out as sent.
+fn any_value_copies<'a>(chunks: &[&'a [u8]]) -> WireResult<(Scalar<'a>, Option<Vec<Scalar<'a>>>)> {
+    if let [buf] = chunks {
+        if let Some(value) = single_value(buf) {
+            return Ok((value, None));
+        }
     }
-    let mut reader = Reader::new(buf);
     let mut value = Scalar::Missing;
-    while !reader.done() {
-        let (field, wire) = reader.tag()?;
-        value = match (field, wire) {
-            (1, LEN) => Scalar::Str(reader.bytes()?),
-            (2, VARINT) => Scalar::Bool(reader.varint()? != 0),
-            (3, VARINT) => Scalar::Int(reader.varint()? as i64),
-            (4, I64) => Scalar::Double(f64::from_bits(reader.fixed64()?)),
-            (5, LEN) => Scalar::Array(reader.bytes()?),
-            (6, LEN) => Scalar::KvList(reader.bytes()?),
-            (7, LEN) => Scalar::Bytes(reader.bytes()?),
-            (1..=7, _) => return Err(format!("AnyValue field {field} has wire type {wire}")),
-            _ => {
-                reader.skip(wire)?;
-                continue;
+    let mut copies: Option<Vec<Scalar<'a>>> = None;
+    for buf in chunks {
+        let mut reader = Reader::new(buf);
+        while !reader.done() {
+            let (field, wire) = reader.tag()?;
+            let next = match (field, wire) {
+                (1, LEN) => Scalar::Str(reader.bytes()?),
+                (2, VARINT) => Scalar::Bool(reader.varint()? != 0),
+                (3, VARINT) => Scalar::Int(reader.varint()? as i64),
+                (4, I64) => Scalar::Double(f64::from_bits(reader.fixed64()?)),
+                (5, LEN) => Scalar::Array(reader.bytes()?),
+                (6, LEN) => Scalar::KvList(reader.bytes()?),
+                (7, LEN) => Scalar::Bytes(reader.bytes()?),
+                // A declared number with another wire type is an unknown field to protobuf.
+                _ => {
+                    reader.skip(wire)?;
+                    continue;
+                }
+            };
+            if !matches!(value, Scalar::Missing) {
+                copies.get_or_insert_with(|| vec![value]).push(next);
             }
-        };
+            value = next;
+        }
     }
-    Ok(value)
+    Ok((value, copies))
 }
 
 /// The usual AnyValue, one string, int, double or bool field and nothing else, read without the
@@ -267,10 +275,114 @@ fn single_value(buf: &[u8]) -> Option<Scalar<'_>> {
     reader.done().then_some(value)
 }
 
+/// Deepest nesting of arrays and kvlists inside one value that is rendered for the redaction
+/// stage. Both walks here are iterative, so the limit bounds memory (about 40 bytes a level),
+/// not the stack; it is ten times protobuf-go's default recursion limit (10,000). A deeper value
+/// is not rendered here, and processor/decode.py refuses it (see `MAX_NESTING` there).
+pub const MAX_NESTING: usize = 100_000;
+
+/// One open level of `json_nested`: the rest of an array, a kvlist's entries, or the copies of
+/// a value whose oneof field was repeated.
+enum Level<'a> {
+    Array(Reader<'a>),
+    KvList(std::vec::IntoIter<(String, KvValue<'a>)>),
+    Copies(std::vec::IntoIter<Scalar<'a>>),
+}
+
+/// What the innermost open level gives next.
+enum Next<'a> {
+    Chunks(KvValue<'a>),
+    Value(Scalar<'a>),
+    Close,
+}
+
 /// Nested values as the JSON text Python's `json.dumps(..., ensure_ascii=False, separators=(",", ":"))`
-/// gives for them (processor/decode.py `_render`), so both decoders produce the same text.
-fn json_any(buf: &[u8], out: &mut String) -> WireResult<()> {
-    match any_value(buf)? {
+/// gives for them (processor/decode.py `render_nested` builds the same text), walked with a
+/// stack of levels instead of recursion. Copies of a repeated oneof field are written in order,
+/// separated by commas.
+fn json_nested(top: Scalar<'_>, out: &mut String) -> WireResult<()> {
+    // Each open level and whether it has written nothing yet (no comma before its first value).
+    let mut levels: Vec<(Level<'_>, bool)> = Vec::new();
+    let mut depth = 0;
+    let mut pending = Some(top);
+    loop {
+        if let Some(value) = pending.take() {
+            let level = match value {
+                Scalar::Array(raw) => {
+                    out.push('[');
+                    Level::Array(Reader::new(raw))
+                }
+                Scalar::KvList(raw) => {
+                    out.push('{');
+                    Level::KvList(kv_entries(raw)?.into_iter())
+                }
+                scalar => {
+                    json_scalar(scalar, out);
+                    Level::Copies(Vec::new().into_iter())
+                }
+            };
+            if !matches!(level, Level::Copies(_)) {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err(format!("a value nested deeper than {MAX_NESTING} levels"));
+                }
+                levels.push((level, true));
+            }
+        }
+        let Some((level, first)) = levels.last_mut() else {
+            return Ok(());
+        };
+        let next = match level {
+            Level::Array(reader) => loop {
+                if reader.done() {
+                    break Next::Close;
+                }
+                let (field, wire) = reader.tag()?;
+                if (field, wire) == (1, LEN) {
+                    break Next::Chunks(KvValue::One(reader.bytes()?));
+                }
+                reader.skip(wire)?;
+            },
+            Level::KvList(entries) => match entries.next() {
+                Some((key, value)) => {
+                    if !*first {
+                        out.push(',');
+                    }
+                    *first = false;
+                    json_string(&key, out);
+                    out.push(':');
+                    Next::Chunks(value)
+                }
+                None => Next::Close,
+            },
+            Level::Copies(copies) => copies.next().map_or(Next::Close, Next::Value),
+        };
+        if matches!(level, Level::Array(_) | Level::Copies(_)) && !matches!(next, Next::Close) {
+            if !*first {
+                out.push(',');
+            }
+            *first = false;
+        }
+        match next {
+            Next::Close => {
+                match levels.pop() {
+                    Some((Level::Array(_), _)) => out.push(']'),
+                    Some((Level::KvList(_), _)) => out.push('}'),
+                    _ => continue,
+                }
+                depth -= 1;
+            }
+            Next::Value(value) => pending = Some(value),
+            Next::Chunks(chunks) => match any_value_copies(chunks.chunks())? {
+                (value, None) => pending = Some(value),
+                (_, Some(copies)) => levels.push((Level::Copies(copies.into_iter()), true)),
+            },
+        }
+    }
+}
+
+fn json_scalar(value: Scalar<'_>, out: &mut String) {
+    match value {
         Scalar::Missing => out.push_str("null"),
         Scalar::Str(s) => json_string(&text(s), out),
         Scalar::Bool(b) => out.push_str(if b { "true" } else { "false" }),
@@ -279,66 +391,33 @@ fn json_any(buf: &[u8], out: &mut String) -> WireResult<()> {
         Scalar::Double(d) if d.is_finite() => out.push_str(&python_float_repr(d)),
         Scalar::Double(d) => json_string(&python_float_repr(d), out),
         Scalar::Bytes(b) => json_string(&hex(b), out),
-        Scalar::Array(raw) => json_array(raw, out)?,
-        Scalar::KvList(raw) => json_kvlist(raw, out)?,
+        Scalar::Array(_) | Scalar::KvList(_) => unreachable!("nested values open a level"),
     }
-    Ok(())
 }
 
-fn json_array(raw: &[u8], out: &mut String) -> WireResult<()> {
-    out.push('[');
-    let mut reader = Reader::new(raw);
-    let mut first = true;
-    while !reader.done() {
-        let (field, wire) = reader.tag()?;
-        if field == 1 {
-            if !first {
-                out.push(',');
-            }
-            first = false;
-            json_any(reader.expect_len(wire)?, out)?;
-        } else {
-            reader.skip(wire)?;
-        }
-    }
-    out.push(']');
-    Ok(())
-}
-
-fn json_kvlist(raw: &[u8], out: &mut String) -> WireResult<()> {
-    // A repeated key keeps its first place and its last value, like a Python dict built in order.
-    let mut entries: Vec<(String, String)> = Vec::new();
+/// A kvlist's entries: a repeated key keeps its first place and its last value, like a Python
+/// dict built in order.
+fn kv_entries(raw: &[u8]) -> WireResult<Vec<(String, KvValue<'_>)>> {
+    let mut entries: Vec<(String, KvValue<'_>)> = Vec::new();
     let mut index: FastMap<String, usize> = FastMap::default();
     let mut reader = Reader::new(raw);
     while !reader.done() {
         let (field, wire) = reader.tag()?;
-        if field == 1 {
-            let (key, value) = key_value(reader.expect_len(wire)?)?;
-            let key = text(key).into_owned();
-            let mut rendered = String::new();
-            json_any(value, &mut rendered)?;
-            match index.get(&key) {
-                Some(&at) => entries[at].1 = rendered,
-                None => {
-                    index.insert(key.clone(), entries.len());
-                    entries.push((key, rendered));
-                }
-            }
-        } else {
+        if (field, wire) != (1, LEN) {
             reader.skip(wire)?;
+            continue;
+        }
+        let (key, value) = key_value(reader.bytes()?)?;
+        let key = text(key).into_owned();
+        match index.get(&key) {
+            Some(&at) => entries[at].1 = value,
+            None => {
+                index.insert(key.clone(), entries.len());
+                entries.push((key, value));
+            }
         }
     }
-    out.push('{');
-    for (i, (key, value)) in entries.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        json_string(key, out);
-        out.push(':');
-        out.push_str(value);
-    }
-    out.push('}');
-    Ok(())
+    Ok(entries)
 }
 
 fn json_string(text: &str, out: &mut String) {
@@ -359,22 +438,44 @@ fn json_string(text: &str, out: &mut String) {
     out.push('"');
 }
 
+/// The AnyValue of a KeyValue as sent: usually one message, several when the value field is
+/// repeated (protobuf merges them).
+#[derive(Clone)]
+enum KvValue<'a> {
+    One(&'a [u8]),
+    Many(Vec<&'a [u8]>),
+}
+
+impl<'a> KvValue<'a> {
+    fn chunks(&self) -> &[&'a [u8]] {
+        match self {
+            KvValue::One(one) => std::slice::from_ref(one),
+            KvValue::Many(many) => many,
+        }
+    }
+}
+
 /// A KeyValue's key and the raw bytes of its AnyValue (decoded only when someone wants it).
-fn key_value(buf: &[u8]) -> WireResult<(&[u8], &[u8])> {
-    if let Some(pair) = plain_key_value(buf) {
-        return Ok(pair);
+fn key_value(buf: &[u8]) -> WireResult<(&[u8], KvValue<'_>)> {
+    if let Some((key, value)) = plain_key_value(buf) {
+        return Ok((key, KvValue::One(value)));
     }
     let mut reader = Reader::new(buf);
     let mut key: &[u8] = b"";
-    let mut value: &[u8] = b"";
+    let mut values: Vec<&[u8]> = Vec::new();
     while !reader.done() {
         let (field, wire) = reader.tag()?;
-        match field {
-            1 => key = reader.expect_len(wire)?,
-            2 => value = reader.expect_len(wire)?,
+        match (field, wire) {
+            (1, LEN) => key = reader.bytes()?,
+            (2, LEN) => values.push(reader.bytes()?),
             _ => reader.skip(wire)?,
         }
     }
+    let value = match values.len() {
+        0 => KvValue::One(b""),
+        1 => KvValue::One(values[0]),
+        _ => KvValue::Many(values),
+    };
     Ok((key, value))
 }
 
@@ -559,6 +660,16 @@ struct Part {
     nested: Vec<usize>,
 }
 
+/// Where a listed value belongs (TelemetryBatch.string_values columns) and its part.
+#[derive(Clone, Copy)]
+struct Address {
+    part: usize,
+    scope: u8,
+    owner: i64,
+    position: i64,
+    row: i64,
+}
+
 /// Every value with its address (TelemetryBatch.string_values), as Arrow buffers. The three
 /// parts share the data buffers, so putting them in order only concatenates their views.
 struct StringValues {
@@ -594,20 +705,17 @@ impl StringValues {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn push(
-        &mut self,
-        part: usize,
-        scope: u8,
-        owner: i64,
-        position: i64,
-        row: i64,
-        key_view: View,
-        value: &Scalar<'_>,
-    ) {
+    fn push(&mut self, address: Address, key_view: View, value: &Scalar<'_>) {
         let Some(kind) = value.kind_code() else {
             return;
         };
+        let Address {
+            part,
+            scope,
+            owner,
+            position,
+            row,
+        } = address;
         let mut rendered = true;
         let value_view = match value {
             // Most of a request's bytes are string values: the view points into the request
@@ -625,6 +733,40 @@ impl StringValues {
         part.owner.push(owner);
         part.position.push(position);
         part.row.push(row);
+        part.key.push(key_view);
+        part.value.push(value_view);
+        part.kind.push(kind);
+    }
+
+    /// A value whose oneof field came more than once: its text is every copy's rendering, one a
+    /// line, so a secret in a copy a protobuf parser drops is still found (and the whole value
+    /// rewritten). Its kind is the last text copy's, so the stages that scan only text see it
+    /// (the last copy's when none is text).
+    fn push_copies(&mut self, address: Address, key_view: View, copies: &[Scalar<'_>]) {
+        let text = copies
+            .iter()
+            .rev()
+            .find(|copy| matches!(copy, Scalar::Str(_) | Scalar::Array(_) | Scalar::KvList(_)));
+        let Some(kind) = text.or(copies.last()).and_then(Scalar::kind_code) else {
+            return;
+        };
+        let mut rendered = true;
+        let value_view = view_written(&mut self.value_data, |out| {
+            for (i, copy) in copies.iter().enumerate() {
+                if i > 0 {
+                    out.push(b'\n');
+                }
+                rendered &= matches!(copy, Scalar::Missing) || copy.render(out);
+            }
+        });
+        let part = &mut self.parts[address.part];
+        if !rendered {
+            part.nested.push(part.scope.len());
+        }
+        part.scope.push(address.scope);
+        part.owner.push(address.owner);
+        part.position.push(address.position);
+        part.row.push(address.row);
         part.key.push(key_view);
         part.value.push(value_view);
         part.kind.push(kind);
@@ -817,13 +959,16 @@ impl<'a> Scan<'a> {
         if column.is_none() && !self.want_strings {
             return Ok(());
         }
-        let value = any_value(raw_value)?;
+        let (value, copies) = any_value_copies(raw_value.chunks())?;
+        let text_like = |value: &Scalar<'_>| {
+            matches!(value, Scalar::Str(_) | Scalar::Array(_) | Scalar::KvList(_))
+        };
         let listed = match known.needed {
             Needed::Every => true,
-            Needed::Text => matches!(
-                value,
-                Scalar::Str(_) | Scalar::Array(_) | Scalar::KvList(_)
-            ),
+            Needed::Text => match &copies {
+                None => text_like(&value),
+                Some(copies) => copies.iter().any(text_like),
+            },
             Needed::None => false,
         };
         if self.want_strings && listed {
@@ -832,8 +977,17 @@ impl<'a> Scan<'a> {
                 Target::Resource => (PART_RESOURCE, SCOPE_RESOURCE),
                 Target::Event => (PART_EVENT, SCOPE_EVENT),
             };
-            self.strings
-                .push(part, scope, owner, position, row, known.view, &value);
+            let address = Address {
+                part,
+                scope,
+                owner,
+                position,
+                row,
+            };
+            match &copies {
+                None => self.strings.push(address, known.view, &value),
+                Some(copies) => self.strings.push_copies(address, known.view, copies),
+            }
         }
         if let Some(column) = column {
             match target {
@@ -849,8 +1003,8 @@ impl<'a> Scan<'a> {
         let mut position = 0;
         while !reader.done() {
             let (field, wire) = reader.tag()?;
-            if field == 1 {
-                let kv = reader.expect_len(wire)?;
+            if (field, wire) == (1, LEN) {
+                let kv = reader.bytes()?;
                 self.attributes_of(kv, Target::Resource, resource_index, position, -1)?;
                 position += 1;
             } else {
@@ -866,12 +1020,10 @@ impl<'a> Scan<'a> {
         let mut position = 0;
         while !reader.done() {
             let (field, wire) = reader.tag()?;
-            match field {
-                5 => name = reader.expect_len(wire)?,
-                7 | 8 => {
-                    if wire != I64 {
-                        return Err(format!("span time field {field} has wire type {wire}"));
-                    }
+            // A declared number with another wire type is an unknown field to protobuf: skipped.
+            match (field, wire) {
+                (5, LEN) => name = reader.bytes()?,
+                (7 | 8, I64) => {
                     let value = reader.fixed64()?;
                     if field == 7 {
                         start = value;
@@ -879,21 +1031,21 @@ impl<'a> Scan<'a> {
                         end = value;
                     }
                 }
-                9 => {
-                    let kv = reader.expect_len(wire)?;
+                (9, LEN) => {
+                    let kv = reader.bytes()?;
                     self.attributes_of(kv, Target::Item, row, position, row)?;
                     position += 1;
                 }
-                11 => {
-                    let event = reader.expect_len(wire)?;
+                (11, LEN) => {
+                    let event = reader.bytes()?;
                     let event_index = self.event_rows.len() as i64;
                     self.event_rows.push(row as u32);
                     let mut inner = Reader::new(event);
                     let mut event_position = 0;
                     while !inner.done() {
                         let (f, w) = inner.tag()?;
-                        if f == 3 {
-                            let kv = inner.expect_len(w)?;
+                        if (f, w) == (3, LEN) {
+                            let kv = inner.bytes()?;
                             self.attributes_of(
                                 kv,
                                 Target::Event,
@@ -907,8 +1059,8 @@ impl<'a> Scan<'a> {
                         }
                     }
                 }
-                15 => {
-                    let mut inner = Reader::new(reader.expect_len(wire)?);
+                (15, LEN) => {
+                    let mut inner = Reader::new(reader.bytes()?);
                     while !inner.done() {
                         let (f, w) = inner.tag()?;
                         if f == 3 && w == VARINT {
@@ -931,22 +1083,32 @@ impl<'a> Scan<'a> {
     fn log_record(&mut self, buf: &'a [u8], row: i64) -> WireResult<()> {
         let mut reader = Reader::new(buf);
         let mut position = 0;
-        let mut body = Scalar::Missing;
+        // A repeated body field is one merged AnyValue to protobuf.
+        let mut body: Vec<&'a [u8]> = Vec::new();
         while !reader.done() {
             let (field, wire) = reader.tag()?;
-            match field {
-                5 => body = any_value(reader.expect_len(wire)?)?,
-                6 => {
-                    let kv = reader.expect_len(wire)?;
+            match (field, wire) {
+                (5, LEN) => body.push(reader.bytes()?),
+                (6, LEN) => {
+                    let kv = reader.bytes()?;
                     self.attributes_of(kv, Target::Item, row, position, row)?;
                     position += 1;
                 }
                 _ => reader.skip(wire)?,
             }
         }
-        if self.want_strings {
-            self.strings
-                .push(PART_ITEM, SCOPE_BODY, row, -1, row, [0u8; 16], &body);
+        if self.want_strings && !body.is_empty() {
+            let address = Address {
+                part: PART_ITEM,
+                scope: SCOPE_BODY,
+                owner: row,
+                position: -1,
+                row,
+            };
+            match any_value_copies(&body)? {
+                (value, None) => self.strings.push(address, [0u8; 16], &value),
+                (_, Some(copies)) => self.strings.push_copies(address, [0u8; 16], &copies),
+            }
         }
         Ok(())
     }
@@ -957,17 +1119,17 @@ impl<'a> Scan<'a> {
         let mut reader = Reader::new(buf);
         while !reader.done() {
             let (field, wire) = reader.tag()?;
-            match field {
-                1 => {
-                    let resource = reader.expect_len(wire)?;
+            match (field, wire) {
+                (1, LEN) => {
+                    let resource = reader.bytes()?;
                     self.resource(resource, resource_index)?;
                 }
-                2 => {
-                    let mut scope = Reader::new(reader.expect_len(wire)?);
+                (2, LEN) => {
+                    let mut scope = Reader::new(reader.bytes()?);
                     while !scope.done() {
                         let (f, w) = scope.tag()?;
-                        if f == 2 {
-                            let item = scope.expect_len(w)?;
+                        if (f, w) == (2, LEN) {
+                            let item = scope.bytes()?;
                             let row = self.item_resource.len() as i64;
                             self.item_resource.push(resource_index as u32);
                             self.items.new_row();
@@ -1026,8 +1188,8 @@ fn walk<'a>(state: &mut Scan<'a>, raw: &'a [u8], logs: bool) -> WireResult<()> {
     let mut resource_index = 0;
     while !reader.done() {
         let (field, wire) = reader.tag()?;
-        if field == 1 {
-            let group = reader.expect_len(wire)?;
+        if (field, wire) == (1, LEN) {
+            let group = reader.bytes()?;
             state.resource_group(group, resource_index, logs)?;
             resource_index += 1;
         } else {
@@ -1126,4 +1288,74 @@ pub fn scan<'py>(
         out.set_item("strings", state.strings.to_py(py)?)?;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::put_len;
+
+    fn field(number: u32, content: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        put_len(&mut out, number, content);
+        out
+    }
+
+    fn deep_array(depth: usize) -> Vec<u8> {
+        let mut value = field(1, b"x");
+        for _ in 0..depth {
+            value = field(5, &field(1, &value));
+        }
+        value
+    }
+
+    fn rendered(any_value: &[u8]) -> WireResult<String> {
+        let mut out = String::new();
+        let (value, _) = any_value_copies(&[any_value])?;
+        json_nested(value, &mut out)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn values_nested_to_the_limit_render_without_recursion() {
+        let raw = deep_array(MAX_NESTING);
+        let small_stack = std::thread::Builder::new().stack_size(256 * 1024);
+        let text = small_stack
+            .spawn(move || rendered(&raw))
+            .unwrap()
+            .join()
+            .unwrap();
+        let text = text.expect("within the limit");
+        assert_eq!(text.len(), 2 * MAX_NESTING + 3);
+        assert!(text.starts_with("[[[") && text.contains("[\"x\"]") && text.ends_with("]]]"));
+    }
+
+    #[test]
+    fn a_value_past_the_limit_is_an_error() {
+        let error = rendered(&deep_array(MAX_NESTING + 1)).unwrap_err();
+        assert!(error.contains("nested deeper than"), "{error}");
+    }
+
+    #[test]
+    fn kvlists_render_as_python_dicts() {
+        let entry = |key: &[u8], value: &[u8]| field(1, &[field(1, key), field(2, value)].concat());
+        let list = [
+            entry(b"a", &field(1, b"1")),
+            entry(b"b", b"\x18\x02"),
+            entry(b"a", &field(5, &field(1, b"\x10\x01"))),
+        ]
+        .concat();
+        assert_eq!(rendered(&field(6, &list)).unwrap(), r#"{"a":[true],"b":2}"#);
+    }
+
+    #[test]
+    fn wrong_wire_types_are_unknown_fields_and_copies_are_kept() {
+        // string_value as a varint (unknown), then two string values.
+        let raw = [b"\x08\x01".to_vec(), field(1, b"first"), field(1, b"last")].concat();
+        let (value, copies) = any_value_copies(&[&raw]).unwrap();
+        assert!(matches!(value, Scalar::Str(b"last")));
+        assert_eq!(copies.map(|c| c.len()), Some(2));
+        let in_array = field(5, &field(1, &raw));
+        assert_eq!(rendered(&in_array).unwrap(), r#"["first","last"]"#);
+    }
 }

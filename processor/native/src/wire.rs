@@ -3,18 +3,28 @@
 pub const VARINT: u8 = 0;
 pub const I64: u8 = 1;
 pub const LEN: u8 = 2;
+pub const START_GROUP: u8 = 3;
+pub const END_GROUP: u8 = 4;
 pub const I32: u8 = 5;
+const MAX_FIELD_NUMBER: u64 = (1 << 29) - 1;
 
+#[derive(Clone)]
 pub struct Reader<'a> {
     buf: &'a [u8],
     pub pos: usize,
+    /// Field number of the last tag read: a group is skipped up to the end tag of that number.
+    last_field: u32,
 }
 
 pub type WireResult<T> = Result<T, String>;
 
 impl<'a> Reader<'a> {
     pub fn new(buf: &'a [u8]) -> Self {
-        Reader { buf, pos: 0 }
+        Reader {
+            buf,
+            pos: 0,
+            last_field: 0,
+        }
     }
 
     #[inline]
@@ -51,10 +61,13 @@ impl<'a> Reader<'a> {
     #[inline]
     pub fn tag(&mut self) -> WireResult<(u32, u8)> {
         let tag = self.varint()?;
-        let field = (tag >> 3) as u32;
-        if field == 0 {
-            return Err("field number 0".into());
-        }
+        // Protobuf field numbers are 1 to 2^29 - 1; parsers refuse others as corrupt.
+        let field = match tag >> 3 {
+            0 => return Err("field number 0".into()),
+            number @ 1..=MAX_FIELD_NUMBER => number as u32,
+            number => return Err(format!("field number {number} out of range")),
+        };
+        self.last_field = field;
         Ok((field, (tag & 7) as u8))
     }
 
@@ -81,8 +94,39 @@ impl<'a> Reader<'a> {
         Ok(u64::from_le_bytes(raw))
     }
 
+    /// Skips the field whose tag was just read. Protobuf parsers keep a field of a wire type its
+    /// number does not declare, or a group, as an unknown field: callers skip those with this too.
     #[inline]
     pub fn skip(&mut self, wire: u8) -> WireResult<()> {
+        if wire == START_GROUP {
+            return self.skip_group(self.last_field);
+        }
+        self.skip_plain(wire)
+    }
+
+    /// A group (possibly holding groups) up to its end tag, walked without recursion.
+    #[cold]
+    fn skip_group(&mut self, field: u32) -> WireResult<()> {
+        let mut open = vec![field];
+        while let Some(&innermost) = open.last() {
+            if self.done() {
+                return Err("truncated group".into());
+            }
+            let (inner, wire) = self.tag()?;
+            match wire {
+                START_GROUP => open.push(inner),
+                END_GROUP if inner == innermost => {
+                    open.pop();
+                }
+                END_GROUP => return Err(format!("group {innermost} ended by field {inner}")),
+                other => self.skip_plain(other)?,
+            }
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn skip_plain(&mut self, wire: u8) -> WireResult<()> {
         match wire {
             VARINT => {
                 self.varint()?;
@@ -99,20 +143,10 @@ impl<'a> Reader<'a> {
                 }
                 self.pos += 4;
             }
-            other => return Err(format!("unsupported wire type {other}")),
+            END_GROUP => return Err("end of a group that was not started".into()),
+            other => return Err(format!("invalid wire type {other}")),
         }
         Ok(())
-    }
-
-    /// A length-delimited field's content, checking the wire type a declared field must have.
-    #[inline]
-    pub fn expect_len(&mut self, wire: u8) -> WireResult<&'a [u8]> {
-        if wire != LEN {
-            return Err(format!(
-                "wire type {wire} where a length-delimited field belongs"
-            ));
-        }
-        self.bytes()
     }
 }
 
@@ -148,4 +182,50 @@ pub fn varint_len(value: u64) -> usize {
 #[inline]
 pub fn len_field_size(field: u32, len: usize) -> usize {
     varint_len(((field as u64) << 3) | LEN as u64) + varint_len(len as u64) + len
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn skipped(buf: &[u8]) -> WireResult<usize> {
+        let mut reader = Reader::new(buf);
+        let (_, wire) = reader.tag()?;
+        reader.skip(wire)?;
+        Ok(reader.pos)
+    }
+
+    #[test]
+    fn a_group_is_skipped_to_its_own_end_tag() {
+        // field 1 group { field 1 varint, field 2 group { field 2 varint } } then a varint.
+        let buf = b"\x0b\x08\x01\x13\x10\x02\x14\x0c\x08\x01";
+        assert_eq!(skipped(buf), Ok(8));
+    }
+
+    #[test]
+    fn groups_nested_a_million_deep_are_skipped_without_recursion() {
+        let depth = 1_000_000;
+        let mut buf = vec![0x0b; depth];
+        buf.extend(std::iter::repeat_n(0x0c, depth));
+        let small_stack = std::thread::Builder::new().stack_size(64 * 1024);
+        let skipped = small_stack
+            .spawn(move || skipped(&buf))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(skipped, Ok(2 * depth));
+    }
+
+    #[test]
+    fn broken_groups_and_wire_types_are_errors() {
+        assert!(skipped(b"\x0b\x08\x01").is_err(), "truncated");
+        assert!(skipped(b"\x0b\x14").is_err(), "ended by another field");
+        assert!(skipped(b"\x0c").is_err(), "end without start");
+        assert!(skipped(b"\x0e").is_err(), "wire type 6");
+        assert!(skipped(b"\x0f").is_err(), "wire type 7");
+        assert!(
+            skipped(b"\x80\x80\x80\x80\x10\x01").is_err(),
+            "field number 2^29"
+        );
+    }
 }
