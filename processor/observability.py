@@ -56,6 +56,8 @@ class SidecarMetrics:
     items: Counter
     malformed: Counter
     rejected: Counter
+    over_budget: Counter
+    poison: Counter
     forward_errors: Counter
     request_seconds: Histogram
     inflight: Gauge
@@ -98,6 +100,19 @@ class SidecarMetrics:
             rejected=Counter(
                 "genops_sidecar_rejected_requests",
                 "Requests refused with UNAVAILABLE because too many were in flight (backpressure).",
+                ["signal"],
+                registry=registry,
+            ),
+            over_budget=Counter(
+                "genops_sidecar_over_budget_requests",
+                "Requests refused with UNAVAILABLE before being read: the decompressed request bytes "
+                "in flight left no room for another (backpressure).",
+                ["signal"],
+                registry=registry,
+            ),
+            poison=Counter(
+                "genops_sidecar_poison_requests",
+                "Requests refused with INVALID_ARGUMENT because the same bytes killed worker processes.",
                 ["signal"],
                 registry=registry,
             ),

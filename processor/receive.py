@@ -1,7 +1,9 @@
 """OTLP/gRPC receiver: TraceService, LogsService and MetricsService Export.
 
-Handlers take the request as raw bytes (no deserializer): the pipeline parses it with the lean
-view, and metrics are passed through without being parsed at all.
+Handlers read the request as raw bytes (no deserializer): the pipeline parses it with the lean
+view, and metrics are passed through without being parsed at all. They are registered as
+stream-unary (the same wire format as a unary call) so that a request is admitted before its
+message is read, and so decompressed, at all (processor/admission.py).
 
 Durability is left to the Collector's exporter queue: a request is answered OK only after the
 downstream accepted it, and a downstream failure is answered with the downstream's own status
@@ -17,10 +19,12 @@ import grpc
 import structlog
 from grpc import aio
 
+from processor.admission import InflightBudget
 from processor.decode import MalformedRequest
 from processor.forward import METHODS, DownstreamError, Forwarder
 from processor.observability import SidecarMetrics
 from processor.pipeline import ProcessedRequest
+from processor.poison import PoisonRequest
 
 METRICS = "metrics"
 
@@ -36,51 +40,78 @@ Process = Callable[[str, bytes], Awaitable[ProcessedRequest]]
 
 
 class ExportService:
-    def __init__(self, process: Process, forwarder: Forwarder, metrics: SidecarMetrics, max_inflight: int) -> None:
+    def __init__(self, process: Process, forwarder: Forwarder, metrics: SidecarMetrics, budget: InflightBudget) -> None:
         self.process = process
         self.forwarder = forwarder
         self.metrics = metrics
-        self.max_inflight = max_inflight
-        self.inflight = 0
+        self.budget = budget
+
+    @property
+    def inflight(self) -> int:
+        return self.budget.requests
 
     def handlers(self) -> list[grpc.GenericRpcHandler]:
         out = []
         for signal, method in METHODS.items():
             service, _, name = method.strip("/").partition("/")
-            handler = grpc.unary_unary_rpc_method_handler(
+            handler = grpc.stream_unary_rpc_method_handler(
                 self._handler(signal), request_deserializer=None, response_serializer=None
             )
             out.append(grpc.method_handlers_generic_handler(service, {name: handler}))
         return out
 
-    def _handler(self, signal: str) -> Callable[[bytes, aio.ServicerContext], Awaitable[bytes]]:
-        async def export(raw: bytes, context: aio.ServicerContext) -> bytes:
-            return await self.export(signal, raw, context)
+    def _handler(self, signal: str) -> Callable[[object, aio.ServicerContext], Awaitable[bytes]]:
+        async def export(_requests: object, context: aio.ServicerContext) -> bytes:
+            return await self.admit(signal, context)
 
         return export
 
-    async def export(self, signal: str, raw: bytes, context: aio.ServicerContext) -> bytes:
-        if self.inflight >= self.max_inflight:
+    async def admit(self, signal: str, context: aio.ServicerContext) -> bytes:
+        # UNAVAILABLE, not RESOURCE_EXHAUSTED: the Collector retries RESOURCE_EXHAUSTED only when
+        # the answer carries RetryInfo, and would drop the batch otherwise.
+        if not self.budget.enter():
             self.metrics.rejected.labels(signal=signal).inc()
             self.metrics.requests.labels(signal=signal, outcome="rejected").inc()
             await context.abort(grpc.StatusCode.UNAVAILABLE, "genops-sidecar is at max_inflight_requests; retry")
-        self.inflight += 1
         self.metrics.inflight.inc()
         started = time.perf_counter()
         try:
-            return await self._export(signal, raw, context)
+            if not await self.budget.start_read():
+                self.metrics.over_budget.labels(signal=signal).inc()
+                self.metrics.requests.labels(signal=signal, outcome="rejected").inc()
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE, "genops-sidecar is at its budget of request bytes in flight; retry"
+                )
+            size = 0
+            try:
+                raw = await context.read()
+                size = len(raw) if isinstance(raw, bytes) else 0
+            finally:
+                await self.budget.end_read(size)
+            try:
+                if not isinstance(raw, bytes):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the request carried no message")
+                return await self.export(signal, raw, context)
+            finally:
+                await self.budget.release(size)
         finally:
-            self.inflight -= 1
+            self.budget.leave()
             self.metrics.inflight.dec()
             self.metrics.request_seconds.labels(signal=signal).observe(time.perf_counter() - started)
 
-    async def _export(self, signal: str, raw: bytes, context: aio.ServicerContext) -> bytes:
+    async def export(self, signal: str, raw: bytes, context: aio.ServicerContext) -> bytes:
         try:
             processed = await self.process(signal, raw) if signal != METRICS else ProcessedRequest(raw, 1, ())
         except ProcessingUnavailable as exc:
             self.metrics.requests.labels(signal=signal, outcome="rejected").inc()
             log.error("processing unavailable", signal=signal, error=str(exc))
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"genops-sidecar: {exc}; retry")
+        except PoisonRequest as exc:
+            self.metrics.poison.labels(signal=signal).inc()
+            self.metrics.requests.labels(signal=signal, outcome="malformed").inc()
+            if exc.first_refusal:
+                log.error("refusing a request that killed worker processes", signal=signal, error=str(exc))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except MalformedRequest as exc:
             self.metrics.malformed.labels(signal=signal).inc()
             self.metrics.requests.labels(signal=signal, outcome="malformed").inc()

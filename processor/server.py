@@ -17,6 +17,7 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from processor.admission import InflightBudget
 from processor.budget_store_guard import store_degraded
 from processor.config import BudgetApiConfig, HttpConfig, SidecarConfig
 from processor.forward import Forwarder
@@ -234,7 +235,8 @@ class Worker:
         self.metrics = metrics
         self.processing = processing
         self.forwarder = Forwarder(config.downstream)
-        self.service = ExportService(processing.process, self.forwarder, metrics, config.server.max_inflight_requests)
+        budget = InflightBudget(config.server.max_inflight_requests, config.server.max_recv_message_size_mib * MIB)
+        self.service = ExportService(processing.process, self.forwarder, metrics, budget)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         self.server: aio.Server | None = None
         self.port = 0

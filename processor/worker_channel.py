@@ -20,6 +20,7 @@ import os
 import pickle
 import shutil
 import signal
+import struct
 import tempfile
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -40,7 +41,19 @@ READY = b"ready"
 
 
 class WorkerDied(RuntimeError):
-    """The worker process ended (killed, out of memory) before it answered."""
+    """The worker process ended (killed, out of memory) before it answered.
+
+    `took_request`: whether it had started on the request, so its death may be the request's doing.
+    """
+
+    def __init__(self, message: str, took_request: bool = False) -> None:
+        super().__init__(message)
+        self.took_request = took_request
+
+
+# After the request bytes in the request buffer: the number of the request the worker took last,
+# written by the worker before it processes it, read by the front process after a death.
+TAKEN = struct.Struct("<Q")
 
 
 @dataclass(frozen=True)
@@ -68,13 +81,19 @@ class MappedBuffer:
 
     def put(self, data: bytes) -> bool:
         """Copies `data` in; False (nothing copied) when it does not fit."""
-        if len(data) > len(self._map):
+        if len(data) > len(self._map) - TAKEN.size:
             return False
         self._map[: len(data)] = data
         return True
 
     def take(self, length: int) -> bytes:
         return self._map[:length]
+
+    def mark_taken(self, number: int) -> None:
+        TAKEN.pack_into(self._map, len(self._map) - TAKEN.size, number)
+
+    def taken(self) -> int:
+        return TAKEN.unpack_from(self._map, len(self._map) - TAKEN.size)[0]
 
     def close(self) -> None:
         self._map.close()
@@ -87,7 +106,9 @@ class WorkerProcess:
         size = config.server.max_recv_message_size_mib * 1024 * 1024
         out = config.downstream.max_send_message_size_mib * 1024 * 1024
         self._dir = tempfile.mkdtemp(prefix="genops-worker-")
-        files = BufferFiles(os.path.join(self._dir, "request"), size, os.path.join(self._dir, "result"), out)
+        files = BufferFiles(
+            os.path.join(self._dir, "request"), size + TAKEN.size, os.path.join(self._dir, "result"), out + TAKEN.size
+        )
         self._request = MappedBuffer(files.request_path, files.request_size, create=True)
         self._result = MappedBuffer(files.result_path, files.result_size, create=True)
         self._conn, child = context.Pipe()
@@ -95,6 +116,7 @@ class WorkerProcess:
         self.process.start()
         child.close()
         self.alive = True
+        self._sent = 0
 
     @property
     def pid(self) -> int | None:
@@ -113,12 +135,18 @@ class WorkerProcess:
     async def call(self, signal_name: str, raw: bytes) -> ProcessedRequest:
         """Runs the pipeline on `raw` in the worker; re-raises what the pipeline raised there."""
         inline = None if self._request.put(raw) else raw
+        self._sent += 1
+        number = self._sent
         try:
-            self._conn.send_bytes(pickle.dumps((signal_name, len(raw), inline), pickle.HIGHEST_PROTOCOL))
+            self._conn.send_bytes(pickle.dumps((signal_name, len(raw), inline, number), pickle.HIGHEST_PROTOCOL))
         except OSError as exc:
             self.alive = False
             raise WorkerDied(f"worker {self.pid} is gone") from exc
-        answer = pickle.loads(await self._answer())
+        try:
+            message = await self._answer()
+        except WorkerDied as exc:
+            raise WorkerDied(str(exc), took_request=self._request.taken() == number) from None
+        answer = pickle.loads(message)
         if isinstance(answer, BaseException):
             raise answer
         length, items, failed, inline_result = answer
@@ -195,7 +223,8 @@ def worker_main(config: SidecarConfig, conn: Connection, files: BufferFiles) -> 
 
 
 def _answer(pipeline: Any, request: MappedBuffer, result: MappedBuffer, message: bytes) -> bytes:
-    signal_name, length, inline = pickle.loads(message)
+    signal_name, length, inline, number = pickle.loads(message)
+    request.mark_taken(number)
     raw = inline if inline is not None else request.take(length)
     try:
         processed = pipeline.process(signal_name, raw)

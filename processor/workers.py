@@ -16,12 +16,15 @@ import multiprocessing
 import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import structlog
 
 from processor.config import SidecarConfig
 from processor.pipeline import Pipeline, ProcessedRequest, Stage
+from processor.poison import CrashJournal, PoisonRequests
 from processor.receive import ProcessingUnavailable
 from processor.worker_channel import WorkerDied, WorkerProcess
 
@@ -33,14 +36,32 @@ log = structlog.get_logger(__name__)
 
 
 class InlineProcessing:
-    """The pipeline runs on the event loop of this process (one worker)."""
+    """The pipeline runs in this process (one worker), one request at a time on its own thread.
 
-    def __init__(self, stages: list[Stage], metrics: PipelineMetrics) -> None:
+    Not on the event loop: a loop busy with a batch cannot start the handlers of the requests
+    arriving meanwhile, so they would wait inside gRPC, uncounted, and max_inflight_requests
+    would never answer UNAVAILABLE.
+    """
+
+    def __init__(self, stages: list[Stage], metrics: PipelineMetrics, journal: CrashJournal | None = None) -> None:
         self.stages = stages
         self.pipeline = Pipeline(stages, metrics)
+        self.journal = journal
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="pipeline")
 
     async def process(self, signal: str, raw: bytes) -> ProcessedRequest:
-        return self.pipeline.process(signal, raw)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self._process, signal, raw)
+
+    def _process(self, signal: str, raw: bytes) -> ProcessedRequest:
+        # On the pipeline thread, so the journal names exactly the request being processed.
+        if self.journal is None:
+            return self.pipeline.process(signal, raw)
+        self.journal.begin(raw)
+        try:
+            return self.pipeline.process(signal, raw)
+        finally:
+            self.journal.end()
 
     def budget_reader(self) -> BudgetStatusReader | None:
         for stage in self.stages:
@@ -52,7 +73,10 @@ class InlineProcessing:
     def close(self) -> None:
         from processor.server import close_stages
 
+        self._thread.shutdown(wait=True)
         close_stages(self.stages)
+        if self.journal is not None:
+            self.journal.close()
 
 
 def build_worker_pipeline(config: SidecarConfig) -> tuple[Pipeline, list[Stage]]:
@@ -77,7 +101,8 @@ class PoolProcessing:
     """The pipeline runs in `workers` spawned processes; each request goes to a free one.
 
     A worker that dies fails only the request it held (UNAVAILABLE, which the Collector retries)
-    and is replaced; the others keep serving.
+    and is replaced; the others keep serving. A request that kills a second worker is refused
+    (processor/poison.py).
     """
 
     def __init__(self, config: SidecarConfig, metrics_dir: str) -> None:
@@ -88,6 +113,7 @@ class PoolProcessing:
         self._workers = [self._spawn() for _ in range(config.server.workers)]
         self._idle: asyncio.Queue[WorkerProcess] | None = None
         self._reader: BudgetStatusReader | None = None
+        self._poison = PoisonRequests()
         # Replacements of dead workers still starting, and requests a cancelled caller left behind.
         self._background: set[asyncio.Task] = set()
 
@@ -105,12 +131,19 @@ class PoolProcessing:
 
     async def process(self, signal: str, raw: bytes) -> ProcessedRequest:
         assert self._idle is not None, "start() first"
-        worker = await self._idle.get()
-        # Shielded: a caller that gives up (deadline) must not hand the worker on before its answer
-        # is read, or the next request would read it.
-        task = asyncio.ensure_future(self._run(worker, signal, raw))
-        self._keep(task)
-        return await asyncio.shield(task)
+        self._poison.check(raw)
+        while True:
+            worker = await self._idle.get()
+            # Shielded: a caller that gives up (deadline) must not hand the worker on before its
+            # answer is read, or the next request would read it.
+            task = asyncio.ensure_future(self._run(worker, signal, raw))
+            self._keep(task)
+            try:
+                return await asyncio.shield(task)
+            except WorkerDied as exc:
+                if exc.took_request:
+                    raise ProcessingUnavailable("a worker process died") from exc
+                # It died before it took the request (while idle): not this request's doing.
 
     async def _run(self, worker: WorkerProcess, signal: str, raw: bytes) -> ProcessedRequest:
         try:
@@ -118,7 +151,10 @@ class PoolProcessing:
         except WorkerDied as exc:
             log.error("a worker process died; starting a new one", pid=worker.pid, error=str(exc))
             self._replace(worker)
-            raise ProcessingUnavailable("a worker process died") from exc
+            if exc.took_request:
+                digest = self._poison.died_on(raw)
+                log.warning("noted the request a worker died on", request=str(digest))
+            raise
         finally:
             if worker.alive and self._idle is not None:
                 self._idle.put_nowait(worker)
@@ -168,6 +204,13 @@ class PoolProcessing:
             worker.stop(timeout=self.config.server.shutdown_grace_seconds + 10)
 
 
+def crash_journal_dir(config: SidecarConfig) -> Path:
+    """Next to the budget state: a volume that outlives the container in k8s/ (an emptyDir)."""
+    from processor.budget_state import default_state_path
+
+    return Path(config.policy.state_path or default_state_path()).parent / "crash-journal"
+
+
 def run(config: SidecarConfig) -> int:
     from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
@@ -182,7 +225,9 @@ def run(config: SidecarConfig) -> int:
         # Nothing to process (pass-through) is cheaper here than a hop to a worker and back.
         metrics = SidecarMetrics.create()
         processing: InlineProcessing | PoolProcessing = InlineProcessing(
-            build_stages(config, metrics.registry), metrics.pipeline or PipelineMetrics.create(metrics.registry)
+            build_stages(config, metrics.registry),
+            metrics.pipeline or PipelineMetrics.create(metrics.registry),
+            CrashJournal.open(crash_journal_dir(config)),
         )
     else:
         # This process imported prometheus_client already, so its own metrics stay in memory;
