@@ -34,6 +34,9 @@ NON_SETTING_ENV = frozenset(
         "GENOPS_SIDECAR_ENDPOINT",
         "GENOPS_BACKEND_ENDPOINT",
         "GENOPS_BACKEND_INSECURE",
+        # tests/test_fuzz_otlp.py: the fuzz run's seed and length (a CI job's environment).
+        "GENOPS_FUZZ_SEED",
+        "GENOPS_FUZZ_SECONDS",
     }
 )
 NON_SETTING_ENV_PREFIXES = ("GENOPS_OTELCOL_",)
