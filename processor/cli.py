@@ -7,6 +7,7 @@ import os
 import sys
 
 from processor.config import ConfigError, load_config
+from processor.error_text import clip
 from processor.observability import configure_logging
 
 
@@ -37,7 +38,7 @@ def _serve(args: argparse.Namespace) -> int:
         # message and exit code 2, not a crash loop of workers.
         check_stages(config)
     except (ValueError, OSError) as exc:
-        print(f"genops-sidecar: cannot start: {exc}", file=sys.stderr)
+        print(f"genops-sidecar: cannot start: {clip(str(exc))}", file=sys.stderr)
         return 2
     return workers.run(config)
 
@@ -54,7 +55,7 @@ def _validate_config(args: argparse.Namespace) -> int:
         # referenced file fails validation too, not just the YAML of the config itself.
         build_stages(config, CollectorRegistry())
     except (ConfigError, ValueError, OSError) as exc:
-        print(f"invalid: {exc}", file=sys.stderr)
+        print(f"invalid: {clip(str(exc))}", file=sys.stderr)
         return 1
     print(f"valid: {path or '(embedded defaults)'}")
     return 0

@@ -14,7 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
+from processor.file_limits import read_text_limited
+from processor.safe_yaml import YamlError, load_yaml
 
 ENV_PREFIX = "GENOPS_"
 
@@ -167,13 +168,15 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
     raw: dict = {}
     if path:
         try:
-            text = Path(path).read_text()
+            text = read_text_limited(Path(path))
+        except ValueError as exc:
+            raise ConfigError(f"config file {exc}") from None
         except OSError as exc:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
         try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+            loaded = load_yaml(text)
+        except YamlError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
