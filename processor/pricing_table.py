@@ -102,7 +102,7 @@ class PricingError(ValueError):
     """The pricing table cannot be used; `problems` lists every reason found."""
 
     def __init__(self, problems: list[str]) -> None:
-        self.problems = [clip(problem, 300) for problem in problems]
+        self.problems = [clip(problem, 600) for problem in problems]
         listed = "; ".join(self.problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
         super().__init__(f"invalid pricing table: {listed}")
 
@@ -580,7 +580,7 @@ def _entry(item: object, defaults: dict[str, object], where: str) -> tuple[Price
     model = item.get("model")
     if not isinstance(model, str) or not model.strip():
         return None, [*problems, f"{where}: model is required"]
-    where = f"{where} ({clip(model, 80)})"
+    where = f"{where} ({clip(model, 60)})"
     provider_raw = item.get("provider", defaults.get("provider"))
     if not provider_raw:
         problems.append(f"{where}: provider is required (on the entry or the file)")
