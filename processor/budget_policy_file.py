@@ -13,11 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
 from prometheus_client import CollectorRegistry
 
 from processor.attribution import DIMENSIONS
+from processor.error_text import clip, shown
+from processor.file_limits import read_text_limited
+from processor.linear_regex import regex_problem
 from processor.reload import ReloadMetrics, Watcher
+from processor.safe_yaml import YamlError, load_yaml
 
 PERIODS = ("daily", "weekly", "monthly")
 MODES = ("enforced", "advisory", "audit_only")
@@ -33,7 +36,8 @@ PERIOD_LABEL = {"daily": "%Y-%m-%d", "weekly": "%G-W%V", "monthly": "%Y-%m"}
 
 
 class PolicyFileError(ValueError):
-    pass
+    def __init__(self, message: str) -> None:
+        super().__init__(clip(message))
 
 
 @dataclass(frozen=True)
@@ -95,7 +99,9 @@ EMPTY = PolicyFile()
 
 def load_policy_file(path: str | Path) -> PolicyFile:
     try:
-        text = Path(path).read_text()
+        text = read_text_limited(Path(path))
+    except ValueError as exc:
+        raise PolicyFileError(f"policy file {exc}") from None
     except OSError as exc:
         raise PolicyFileError(f"cannot read policy file {path}: {exc.strerror}") from exc
     return parse_policy_file(text, str(path))
@@ -103,9 +109,9 @@ def load_policy_file(path: str | Path) -> PolicyFile:
 
 def parse_policy_file(text: str, where: str = "policy file") -> PolicyFile:
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise PolicyFileError(f"{where} is not valid YAML: {exc}") from exc
+        raw = load_yaml(text)
+    except YamlError as exc:
+        raise PolicyFileError(f"{where} is not valid YAML: {exc}") from None
     raw = raw or {}
     if not isinstance(raw, dict):
         raise PolicyFileError(f"{where} must hold a mapping")
@@ -116,7 +122,7 @@ def parse_policy_file(text: str, where: str = "policy file") -> PolicyFile:
     for kind, names in (("budget", [b.name for b in budgets]), ("policy", [r.name for r in rules])):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise PolicyFileError(f"{where}: {kind} name {duplicates[0]!r} is used twice")
+            raise PolicyFileError(f"{where}: {kind} name {shown(duplicates[0])} is used twice")
     return PolicyFile(budgets, rules)
 
 
@@ -128,16 +134,16 @@ def _list(raw: dict, key: str) -> list:
 
 
 def _known(raw: dict, known: set[str], where: str) -> None:
-    unknown = sorted(set(raw) - known)
+    unknown = sorted(set(raw) - known, key=str)
     if unknown:
-        raise PolicyFileError(f"{where}: unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})")
+        raise PolicyFileError(f"{where}: unknown field {shown(unknown[0])} (known: {', '.join(sorted(known))})")
 
 
 def _timezone(name: object, where: str) -> str:
     try:
         ZoneInfo(str(name))
     except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise PolicyFileError(f"{where}: unknown timezone {name!r}") from exc
+        raise PolicyFileError(f"{where}: unknown timezone {shown(name)}") from exc
     return str(name)
 
 
@@ -151,22 +157,22 @@ def _name(raw: dict, where: str) -> str:
 def _choice(raw: dict, key: str, choices: tuple[str, ...], default: str | None, where: str) -> str:
     value = raw.get(key, default)
     if value not in choices:
-        raise PolicyFileError(f"{where}: {key} must be one of {', '.join(choices)}, not {value!r}")
+        raise PolicyFileError(f"{where}: {key} must be one of {', '.join(choices)}, not {shown(value)}")
     return value
 
 
 def _number(raw: dict, key: str, where: str, *, integer: bool = False) -> float | int:
     value = raw.get(key)
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise PolicyFileError(f"{where}: {key} must be a non-negative number, not {value!r}")
+        raise PolicyFileError(f"{where}: {key} must be a non-negative number, not {shown(value)}")
     if integer and value != int(value):
-        raise PolicyFileError(f"{where}: {key} must be a whole number, not {value!r}")
+        raise PolicyFileError(f"{where}: {key} must be a whole number, not {shown(value)}")
     return int(value) if integer else float(value)
 
 
 def _dimension(value: object, where: str) -> str:
     if value not in DIMENSIONS:
-        raise PolicyFileError(f"{where}: unknown dimension {value!r} (known: {', '.join(DIMENSIONS)})")
+        raise PolicyFileError(f"{where}: unknown dimension {shown(value)} (known: {', '.join(DIMENSIONS)})")
     return str(value)
 
 
@@ -241,6 +247,13 @@ def _rule(raw: object, where: str) -> PolicyRule:
         allow, deny = _strings(raw.get("allow"), f"{where}: allow"), _strings(raw.get("deny"), f"{where}: deny")
         if not allow and not deny:
             raise PolicyFileError(f"{where}: model_access needs allow or deny")
+        from processor.policies import glob_regex  # policies imports this module
+
+        for key, patterns in (("allow", allow), ("deny", deny)):
+            # Checked here, or a list the regex engine cannot compile fails every batch at run time.
+            reason = regex_problem(glob_regex(patterns)) if patterns else None
+            if reason is not None:
+                raise PolicyFileError(f"{where}: {key} patterns cannot be used: {reason}")
         return _replace(rule, allow=allow, deny=deny)
     if kind == "required_attribution":
         dims = _strings(raw.get("dimensions", ["team"]), f"{where}: dimensions")

@@ -8,6 +8,7 @@ import sqlite3
 import sys
 
 from processor.config import CONFIG_ENV, ConfigError, load_config
+from processor.error_text import clip
 from processor.observability import configure_logging
 
 # What an operator can get wrong at start (a port in use, an unusable state file, a broken
@@ -21,8 +22,7 @@ def _config_path(args: argparse.Namespace) -> str | None:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 500 else text[:497] + "..."
+    return clip(" ".join(str(exc).split()) or type(exc).__name__)
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -15,7 +15,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
+from processor.file_limits import read_text_limited
+from processor.safe_yaml import YamlError, load_yaml
 
 ENV_PREFIX = "GENOPS_"
 CONFIG_ENV = "GENOPS_CONFIG"
@@ -200,15 +201,17 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
     raw: object = {}
     if path:
         try:
-            text = Path(path).read_text()
+            text = read_text_limited(Path(path))
+        except ValueError as exc:
+            raise ConfigError(f"config file {exc}") from None
         except OSError as exc:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
         except UnicodeDecodeError:
             raise ConfigError(f"config file {path} is not UTF-8 text") from None
         try:
-            raw = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(exc).split())}") from None
+            raw = load_yaml(text)
+        except YamlError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):

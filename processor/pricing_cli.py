@@ -27,6 +27,7 @@ from processor.pricing_table import (
     load_table,
     parse_document,
 )
+from processor.safe_yaml import dump_yaml
 
 PRICING_ENV = "GENOPS_COST_PRICING_FILE"
 
@@ -237,7 +238,7 @@ def run_import(args: argparse.Namespace) -> int:
         for problem in problems[:20]:
             print(f"  - {problem}", file=sys.stderr)
         return 1
-    out = yaml.safe_dump(table, sort_keys=False, allow_unicode=True, width=120)
+    out = dump_yaml(table, sort_keys=False, allow_unicode=True, width=120)
     if args.output:
         Path(args.output).write_text(out)
         print(f"wrote {len(table['models'])} models to {args.output}", file=sys.stderr)

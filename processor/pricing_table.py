@@ -50,10 +50,13 @@ from functools import cached_property
 from pathlib import Path
 
 import polars as pl
-import yaml
 
+from processor.error_text import clip, shown
+from processor.file_limits import MAX_DIRECTORY_BYTES, FileTooLarge, check_directory_total, read_limited
 from processor.genai_attributes import normalize_provider
+from processor.linear_regex import first_fullmatch, fullmatch_pattern, refused, regex_problem
 from processor.model_versions import is_snapshot_of
+from processor.safe_yaml import load_yaml
 
 ANY_PROVIDER = "*"
 MATCH_KINDS = ("exact", "prefix", "regex")
@@ -105,9 +108,9 @@ class PricingError(ValueError):
     """The pricing table cannot be used; `problems` lists every reason found."""
 
     def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-        super().__init__(f"invalid pricing table: {shown}")
+        self.problems = [clip(problem, 600) for problem in problems]
+        listed = "; ".join(self.problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        super().__init__(f"invalid pricing table: {listed}")
 
 
 @dataclass(frozen=True)
@@ -381,7 +384,9 @@ class _ProviderIndex:
     def __init__(self) -> None:
         self.exact: dict[str, int] = {}
         self.prefixes: list[tuple[str, int]] = []
-        self.regexes: list[tuple[re.Pattern[str], int]] = []
+        # Run by the linear-time engine (processor/linear_regex.py), never by Python's `re`.
+        self.regexes: list[str] = []
+        self.regex_groups: list[int] = []
 
     def add(self, group: int, entry: PriceEntry, alias_lists: list[tuple[str, ...]]) -> None:
         name = entry.model.lower()
@@ -390,7 +395,8 @@ class _ProviderIndex:
         elif entry.match == "prefix":
             self.prefixes.append((name, group))
         else:
-            self.regexes.append((re.compile(entry.model, re.IGNORECASE), group))
+            self.regexes.append(fullmatch_pattern(entry.model))
+            self.regex_groups.append(group)
         for aliases in alias_lists:
             for alias in aliases:
                 self.exact.setdefault(alias.lower(), group)
@@ -407,10 +413,8 @@ class _ProviderIndex:
                 if is_snapshot_of(name, prefix):
                     return (len(prefix), group)
             return None
-        for pattern, group in self.regexes:
-            if pattern.fullmatch(name):
-                return (0, group)
-        return None
+        hit = first_fullmatch(self.regexes, name)
+        return None if hit is None else (0, self.regex_groups[hit])
 
     def near(self, name: str) -> tuple[int, int] | None:
         """The longest prefix entry `name` starts with, snapshot or not."""
@@ -537,13 +541,21 @@ def load_table(path: str | Path) -> PricingTable:
     files = table_files(path)
     if not files:
         raise PricingError([f"{path}: no pricing files (*.yaml, *.yml, *.json, *.csv)"])
+    if path.is_dir():
+        try:
+            check_directory_total(path, files, MAX_DIRECTORY_BYTES)
+        except FileTooLarge as exc:
+            raise PricingError([str(exc)]) from None
     problems: list[str] = []
     entries: list[PriceEntry] = []
     versions: list[str] = []
     digest = hashlib.sha256()
     for file in files:
         try:
-            raw = file.read_bytes()
+            raw = read_limited(file)
+        except FileTooLarge as exc:
+            problems.append(str(exc))
+            continue
         except OSError as exc:
             problems.append(f"{file}: cannot read: {exc.strerror}")
             continue
@@ -568,11 +580,16 @@ def _parse_file(file: Path, raw: bytes) -> tuple[str | None, list[PriceEntry], l
     except UnicodeDecodeError:
         return None, [], [f"{file}: not UTF-8 text"]
     if suffix == ".csv":
-        return _parse_csv(file, text)
+        try:
+            return _parse_csv(file, text)
+        except csv.Error as exc:
+            return None, [], [f"{file}: not valid CSV: {clip(str(exc), 200)}"]
     try:
-        document = json.loads(text) if suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        return None, [], [f"{file}: not valid {suffix[1:].upper()}: {exc}"]
+        document = json.loads(text) if suffix == ".json" else load_yaml(text)
+    except (ValueError, RecursionError) as exc:
+        # JSONDecodeError, YamlError, an integer too long to convert, nesting beyond the stack.
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else clip(str(exc), 300)
+        return None, [], [f"{file}: not valid {suffix[1:].upper()}: {reason}"]
     return parse_document(document, str(file))
 
 
@@ -580,7 +597,7 @@ def parse_document(document: object, where: str) -> tuple[str | None, list[Price
     """Validates one YAML/JSON document of our schema (also used by the importers' self-check)."""
     if not isinstance(document, dict):
         return None, [], [f"{where}: must hold a mapping with version and models"]
-    problems = [f"{where}: unknown field {k!r}" for k in sorted(set(document) - FILE_FIELDS)]
+    problems = [f"{where}: unknown field {k!r}" for k in sorted(set(document) - FILE_FIELDS, key=str)]
     version = document.get("version")
     if version is None or str(version).strip() == "":
         problems.append(f"{where}: version is required")
@@ -589,7 +606,7 @@ def parse_document(document: object, where: str) -> tuple[str | None, list[Price
         version = str(version)
     currency = str(document.get("currency", "USD"))
     if currency.upper() != "USD":
-        problems.append(f"{where}: currency must be USD, not {currency!r}")
+        problems.append(f"{where}: currency must be USD, not {shown(currency)}")
     models = document.get("models")
     if not isinstance(models, list):
         problems.append(f"{where}: models must be a list")
@@ -638,11 +655,11 @@ def _parse_csv(file: Path, text: str) -> tuple[str | None, list[PriceEntry], lis
 def _entry(item: object, defaults: dict[str, object], where: str) -> tuple[PriceEntry | None, list[str]]:
     if not isinstance(item, dict):
         return None, [f"{where}: must be a mapping"]
-    problems = [f"{where}: unknown field {k!r}" for k in sorted(set(item) - ENTRY_FIELDS)]
+    problems = [f"{where}: unknown field {k!r}" for k in sorted(set(item) - ENTRY_FIELDS, key=str)]
     model = item.get("model")
     if not isinstance(model, str) or not model.strip():
         return None, [*problems, f"{where}: model is required"]
-    where = f"{where} ({model})"
+    where = f"{where} ({clip(model, 60)})"
     provider_raw = item.get("provider", defaults.get("provider"))
     if not provider_raw:
         problems.append(f"{where}: provider is required (on the entry or the file)")
@@ -651,12 +668,11 @@ def _entry(item: object, defaults: dict[str, object], where: str) -> tuple[Price
         provider = ANY_PROVIDER if str(provider_raw) == ANY_PROVIDER else normalize_provider(str(provider_raw)) or ""
     match = str(item.get("match", "exact"))
     if match not in MATCH_KINDS:
-        problems.append(f"{where}: match must be exact, prefix or regex, not {match!r}")
+        problems.append(f"{where}: match must be exact, prefix or regex, not {shown(match)}")
     elif match == "regex":
-        try:
-            re.compile(model)
-        except re.error as exc:
-            problems.append(f"{where}: bad regex: {exc}")
+        reason = regex_problem(fullmatch_pattern(model.strip()))
+        if reason is not None:
+            problems.append(f"{where}: {refused(model.strip(), reason)}")
     aliases = item.get("aliases", [])
     if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
         problems.append(f"{where}: aliases must be a list of names")
@@ -697,10 +713,10 @@ def _price(value: object, where: str, problems: list[str]) -> float | None:
     try:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        problems.append(f"{where} must be a number, not {value!r}")
+        problems.append(f"{where} must be a number, not {shown(value)}")
         return None
     if isinstance(value, bool) or math.isnan(number) or math.isinf(number) or number < 0:
-        problems.append(f"{where} must be a non-negative number, not {value!r}")
+        problems.append(f"{where} must be a non-negative number, not {shown(value)}")
         return None
     return number
 
@@ -715,7 +731,7 @@ def _date(value: object, where: str, problems: list[str]) -> dt.date | None:
     try:
         return dt.date.fromisoformat(str(value))
     except ValueError:
-        problems.append(f"{where} must be a date (YYYY-MM-DD), not {value!r}")
+        problems.append(f"{where} must be a date (YYYY-MM-DD), not {shown(value)}")
         return None
 
 
@@ -731,7 +747,7 @@ def _tiers(value: object, where: str, problems: list[str]) -> tuple[Tier, ...]:
         if not isinstance(raw, dict):
             problems.append(f"{here} must be a mapping")
             continue
-        problems.extend(f"{here}: unknown field {k!r}" for k in sorted(set(raw) - TIER_FIELDS))
+        problems.extend(f"{here}: unknown field {k!r}" for k in sorted(set(raw) - TIER_FIELDS, key=str))
         try:
             above = int(raw.get("above_input_tokens"))  # type: ignore[arg-type]
         except (TypeError, ValueError):

@@ -12,9 +12,12 @@ from importlib import resources
 from pathlib import Path
 
 import polars as pl
-import yaml
 
 from processor.detectors import BUILTIN_DETECTORS, Check
+from processor.error_text import clip, shown
+from processor.file_limits import read_text_limited
+from processor.linear_regex import regex_problem
+from processor.safe_yaml import YamlError, load_yaml
 
 ACTIONS = ("mask", "hash", "drop", "truncate")
 SUMMARY_LEVELS = ("debug", "info", "silent")
@@ -86,31 +89,33 @@ def load_rules(rules_file: str = "") -> RedactionRules:
     """Reads `rules_file`, or the embedded defaults when it is empty; raises ValueError if invalid."""
     if rules_file:
         try:
-            text = Path(rules_file).read_text()
+            text = read_text_limited(Path(rules_file))
+        except ValueError as exc:
+            raise ValueError(f"redaction rules file {exc}") from None
         except OSError as exc:
             raise ValueError(f"cannot read redaction rules file {rules_file}: {exc.strerror}") from exc
         source = rules_file
     else:
         text, source = default_rules_text(), "embedded default redaction rules"
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{source} is not valid YAML: {exc}") from exc
+        raw = load_yaml(text)
+    except YamlError as exc:
+        raise ValueError(f"{source} is not valid YAML: {exc}") from None
     try:
         return parse_rules(raw or {})
     except ValueError as exc:
-        raise ValueError(f"{source}: {exc}") from exc
+        raise ValueError(clip(f"{source}: {exc}")) from None
 
 
 def parse_rules(raw: object) -> RedactionRules:
     if not isinstance(raw, dict):
         raise ValueError("redaction rules must be a mapping")
-    unknown = sorted(set(raw) - _TOP_FIELDS)
+    unknown = sorted(set(raw) - _TOP_FIELDS, key=str)
     if unknown:
-        raise ValueError(f"unknown redaction setting {unknown[0]!r} (known: {', '.join(sorted(_TOP_FIELDS))})")
+        raise ValueError(f"unknown redaction setting {shown(unknown[0])} (known: {', '.join(sorted(_TOP_FIELDS))})")
     summary = str(raw.get("summary", "debug"))
     if summary not in SUMMARY_LEVELS:
-        raise ValueError(f"summary must be one of {', '.join(SUMMARY_LEVELS)}, not {summary!r}")
+        raise ValueError(f"summary must be one of {', '.join(SUMMARY_LEVELS)}, not {shown(summary)}")
     allowed = _string_list(raw.get("allowed_keys", []), "allowed_keys")
     ignored = _string_list(raw.get("ignored_keys", []), "ignored_keys")
     rules_raw = raw.get("rules", [])
@@ -122,9 +127,9 @@ def parse_rules(raw: object) -> RedactionRules:
     for index, rule_raw in enumerate(rules_raw):
         rule = _parse_rule(rule_raw, index)
         if rule.name == RESERVED_RULE_NAME:
-            raise ValueError(f"rule {rule.name!r}: the name is reserved for allow-list drops")
+            raise ValueError(f"rule {shown(rule.name)}: the name is reserved for allow-list drops")
         if rule.name in seen:
-            raise ValueError(f"rule {rule.name!r}: the name is used twice")
+            raise ValueError(f"rule {shown(rule.name)}: the name is used twice")
         seen.add(rule.name)
         (key_rules if isinstance(rule, KeyRule) else value_rules).append(rule)
     return RedactionRules(
@@ -144,10 +149,10 @@ def _parse_rule(raw: object, index: int) -> KeyRule | ValueRule:
     if not isinstance(raw, dict) or not raw.get("name"):
         raise ValueError(f"rule #{index + 1} must be a mapping with a name")
     name = str(raw["name"])
-    where = f"rule {name!r}"
-    unknown = sorted(set(raw) - _RULE_FIELDS)
+    where = f"rule {shown(name)}"
+    unknown = sorted(set(raw) - _RULE_FIELDS, key=str)
     if unknown:
-        raise ValueError(f"{where}: unknown field {unknown[0]!r} (known: {', '.join(sorted(_RULE_FIELDS))})")
+        raise ValueError(f"{where}: unknown field {shown(unknown[0])} (known: {', '.join(sorted(_RULE_FIELDS))})")
     keys = _string_list(raw.get("keys", []), f"{where}: keys")
     key_patterns = _string_list(raw.get("key_patterns", []), f"{where}: key_patterns")
     detector, pattern = raw.get("detector"), raw.get("pattern")
@@ -164,19 +169,19 @@ def _parse_rule(raw: object, index: int) -> KeyRule | ValueRule:
     if detector is not None:
         found = BUILTIN_DETECTORS.get(str(detector))
         if found is None:
-            raise ValueError(f"{where}: unknown detector {detector!r} (known: {', '.join(BUILTIN_DETECTORS)})")
+            raise ValueError(f"{where}: unknown detector {shown(detector)} (known: {', '.join(BUILTIN_DETECTORS)})")
         return ValueRule(name, found.pattern, found.check, action)
     check_regex(str(pattern), where)
     if pl.Series([""], dtype=pl.String).str.contains(str(pattern))[0]:
         # It would insert the mask between every pair of characters.
-        raise ValueError(f"{where}: pattern {pattern!r} matches the empty string")
+        raise ValueError(f"{where}: pattern {shown(pattern)} matches the empty string")
     return ValueRule(name, str(pattern), None, action)
 
 
 def _parse_action(raw: dict, name: str, where: str) -> Action:
     kind = str(raw.get("action", "mask"))
     if kind not in ACTIONS:
-        raise ValueError(f"{where}: unknown action {kind!r} (known: {', '.join(ACTIONS)})")
+        raise ValueError(f"{where}: unknown action {shown(kind)} (known: {', '.join(ACTIONS)})")
     if kind == "truncate":
         length = raw.get("length")
         if isinstance(length, bool) or not isinstance(length, int) or length < 0:
@@ -191,14 +196,9 @@ def _parse_action(raw: dict, name: str, where: str) -> Action:
 
 
 def check_regex(pattern: str, where: str) -> None:
-    try:
-        pl.Series([""], dtype=pl.String).str.contains(pattern)
-    except pl.exceptions.PolarsError as exc:
-        lines = [line.strip() for line in str(exc).strip().splitlines()]
-        # The engine repeats the pattern with a caret under it; the reason is the "error:" line.
-        reason = next((line for line in reversed(lines) if line.startswith("error:")), lines[0] if lines else "")
-        shown = pattern if len(pattern) <= 80 else f"{pattern[:60]}... ({len(pattern)} characters)"
-        raise ValueError(f"{where}: invalid regex {shown!r}: {reason[:200]}") from None
+    reason = regex_problem(pattern)
+    if reason is not None:
+        raise ValueError(f"{where}: invalid regex {shown(pattern)}: {reason}")
 
 
 def glob_to_regex(glob: str) -> str:

@@ -9,12 +9,17 @@ Every `interval` seconds the watcher takes a cheap signature (resolved realpath,
 each file). Only when that changed does it hash the contents, and only when the contents changed
 does it call `load`. A load that raises keeps the last good value: the reason is logged, and the
 `<prefix>_reload_success` gauge drops to 0 until a later load succeeds.
+
+Reloads run `load` in a child process (processor/isolated_load.py): a hostile or huge file can
+then neither hold the GIL against the event loop, nor raise this process's memory peak, nor delay
+shutdown; the child is killed on stop() and after LOAD_TIMEOUT_SECONDS.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -23,9 +28,16 @@ from typing import Generic, TypeVar
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from processor.error_text import clip
+from processor.file_limits import MAX_FILE_BYTES
+from processor.isolated_load import LoadStopped, load_isolated
+
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
+# Far above what a file under the size caps takes to load (about 10 s for 8 MiB of YAML).
+LOAD_TIMEOUT_SECONDS = 120.0
+_CHUNK = 1024 * 1024
 
 
 def watched_files(path: Path) -> list[Path]:
@@ -54,11 +66,21 @@ def signature(path: Path) -> tuple:
 
 
 def content_hash(path: Path) -> str:
+    """Hash of the files' contents, read in chunks; a file over the size cap counts by its size only
+    (the load refuses it anyway), so a huge file is never read whole into memory."""
     digest = hashlib.sha256()
     for file in watched_files(path):
         digest.update(file.name.encode() + b"\0")
         try:
-            digest.update(file.read_bytes())
+            with open(file, "rb", opener=lambda name, flags: os.open(name, flags | os.O_NONBLOCK)) as handle:
+                info = os.fstat(handle.fileno())
+                if info.st_size > MAX_FILE_BYTES or not stat.S_ISREG(info.st_mode):
+                    digest.update(f"unread:{info.st_size}:{info.st_mtime_ns}:{info.st_mode}".encode())
+                else:
+                    for chunk in iter(lambda: handle.read(_CHUNK), b""):
+                        digest.update(chunk)
+                        if handle.tell() > MAX_FILE_BYTES:
+                            break
         except OSError as exc:
             digest.update(f"unreadable:{exc.errno}".encode())
         digest.update(b"\0")
@@ -141,13 +163,18 @@ class Watcher(Generic[T]):
         if digest == self._hash:
             return None
         try:
-            value = self.load(self.path)
+            value = load_isolated(self.load, self.path, timeout=LOAD_TIMEOUT_SECONDS, stop=self._stop)
+        except LoadStopped:
+            return None
         except Exception as exc:
             # Remember the bad contents so the same broken file is not re-parsed every poll;
             # the next edit changes the hash and is tried again.
             self._hash = digest
             log.error(
-                "reload rejected; keeping the previous version", name=self.name, path=str(self.path), reason=str(exc)
+                "reload rejected; keeping the previous version",
+                name=self.name,
+                path=str(self.path),
+                reason=clip(str(exc)),
             )
             if self.metrics:
                 self.metrics.success.set(0)
