@@ -86,9 +86,20 @@ def check_ipv4(candidate: str) -> str | None:
     return candidate
 
 
+def _slice_like(address: str) -> bool:
+    """`1::2`, `::10`, `a::b`: what a Python or NumPy slice (`arr[1::2]`) looks like. A person
+    writing an address with `::` gives it a hex group (`fe80::1`) or more groups (`2001:db8::1`)."""
+    if address.count("::") != 1:
+        return False
+    groups = [g for side in address.split("::") for g in side.split(":") if g]
+    if any(len(side.split(":")) > 1 for side in address.split("::")):
+        return False
+    return all(g.isdigit() or len(g) <= 2 for g in groups)
+
+
 def check_ipv6(candidate: str) -> str | None:
     trimmed = candidate.rstrip(":.")
-    if trimmed.count(":") < 2:
+    if trimmed.count(":") < 2 or _slice_like(trimmed):
         return None
     try:
         address = ipaddress.IPv6Address(trimmed)
@@ -136,7 +147,20 @@ def check_phone(candidate: str) -> str | None:
     return candidate if 10 <= digits <= 15 else None
 
 
+def check_google_key(candidate: str) -> str | None:
+    return candidate[:39]
+
+
+def check_url_userinfo(candidate: str) -> str | None:
+    """`https://user:pass@`: only the userinfo is redacted, the scheme and host stay readable."""
+    start = candidate.find("://") + 3
+    userinfo = candidate[start:-1]
+    return userinfo if ":" in userinfo else None
+
+
 _H6 = "[0-9a-f]{1,4}"
+# "RSA PRIVATE KEY", "OPENSSH PRIVATE KEY", "ENCRYPTED PRIVATE KEY", "PGP PRIVATE KEY BLOCK", ...
+_KEY_LABEL = r"[ A-Z0-9]*PRIVATE KEY(?: BLOCK)?-----"
 _EMAIL_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 
 # Order matters: detectors run in this order when the rules list them in it, and a more specific
@@ -154,6 +178,41 @@ BUILTIN_DETECTORS: dict[str, Detector] = {
             r"(?i)" + B + r"bearer[ \t]+[A-Za-z0-9\-._~+/]{16,}=*",
             check_bearer,
             "'Bearer <token>' credentials of 16+ characters",
+        ),
+        Detector(
+            "private_key",
+            # To the END line, or to the end of the value when a log line cut the block short.
+            r"(?s)-----BEGIN" + _KEY_LABEL + r".*?(?:-----END" + _KEY_LABEL + r"|$)",
+            description="PEM, OpenSSH and PGP private-key blocks, BEGIN to END line",
+        ),
+        Detector(
+            "url_credentials",
+            r"(?i)" + B + r"[a-z][a-z0-9+.-]{1,30}://[^\s/?#@:]*:[^\s/?#@]+@",
+            check_url_userinfo,
+            "user:password in URLs (scheme://user:pass@host): the userinfo is masked",
+        ),
+        Detector(
+            "slack_webhook",
+            r"(?:https?://)?hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9_/+-]{20,}",
+            description="Slack incoming-webhook and workflow URLs",
+        ),
+        Detector(
+            "slack_token",
+            B + r"(?:xox[abposre]-[0-9]{1,13}-[A-Za-z0-9-]{10,}|xapp-[0-9]-[A-Z0-9]{8,}-[0-9]{8,}-[A-Za-z0-9]{16,})",
+            description="Slack bot, user, app, refresh and legacy tokens (xoxb-, xoxp-, xapp-, ...)",
+        ),
+        Detector(
+            "stripe_key",
+            B + r"(?:sk|rk)_(?:live|test|prod)_[0-9A-Za-z]{10,99}" + B,
+            description="Stripe secret and restricted keys (sk_live_, sk_test_, rk_live_, ...)",
+        ),
+        Detector(
+            "google_api_key",
+            # A key may end in "-", after which no word boundary holds: the next character (or the
+            # end) is matched instead, and the check cuts it off.
+            B + r"AIza[0-9A-Za-z_-]{35}(?:[^0-9A-Za-z_-]|$)",
+            check=check_google_key,
+            description="Google API keys (AIza + 35 characters)",
         ),
         Detector(
             "anthropic_key",
@@ -179,6 +238,41 @@ BUILTIN_DETECTORS: dict[str, Detector] = {
             "github_token",
             B + r"(?:(?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9_]{60,})" + B,
             description="GitHub personal, OAuth, app and fine-grained tokens",
+        ),
+        Detector(
+            "gitlab_token",
+            B + r"(?:glpat|gldt|glrt|glptt|glsoat|glcbt)-[0-9A-Za-z_-]{20,}(?:\.[0-9a-z]{2}[0-9a-z]{7})?",
+            description="GitLab personal, deploy, runner, trigger and CI job tokens (glpat-, ...)",
+        ),
+        Detector(
+            "npm_token",
+            B + r"npm_[A-Za-z0-9]{36}" + B,
+            description="npm access tokens (npm_ + 36 characters)",
+        ),
+        Detector(
+            "huggingface_token",
+            B + r"(?:hf|api_org)_[A-Za-z]{34}" + B,
+            description="Hugging Face user and organisation tokens (hf_ + 34 letters)",
+        ),
+        Detector(
+            "azure_storage_key",
+            r"(?i)" + B + r"(?:AccountKey|SharedAccessKey)=[A-Za-z0-9+/]{20,}={0,2}",
+            description="Azure storage and Service Bus keys in connection strings (AccountKey=...)",
+        ),
+        Detector(
+            "azure_sas_token",
+            B + r"sig=(?:[A-Za-z0-9+/]|%2[BbFf]){30,}(?:=|%3[Dd]){0,2}",
+            description="Azure shared access signatures (the sig= of a SAS token)",
+        ),
+        Detector(
+            "twilio_key",
+            B + r"(?:AC|SK)[0-9a-f]{32}" + B,
+            description="Twilio account SIDs and API key SIDs (AC/SK + 32 hex)",
+        ),
+        Detector(
+            "sendgrid_key",
+            B + r"SG\.[A-Za-z0-9_-]{16,32}\.[A-Za-z0-9_-]{16,}",
+            description="SendGrid API keys (SG.<id>.<secret>)",
         ),
         Detector(
             "email",
@@ -220,7 +314,9 @@ BUILTIN_DETECTORS: dict[str, Detector] = {
             "ipv4",
             # The leading word characters make "v1.2.3.4" one candidate, which the check rejects,
             # instead of letting "2.3.4.5" of "v1.2.3.4.5" through as an address.
-            B + r"[A-Za-z0-9_]*[0-9]{1,3}(?:\.[0-9]{1,3}){3,}" + B,
+            # A product token in front ("Chrome/142.0.0.0", RFC 9110 User-Agent) joins the
+            # candidate too: a version, not an address.
+            B + r"(?:[A-Z][A-Za-z0-9_-]*/)?[A-Za-z0-9_]*[0-9]{1,3}(?:\.[0-9]{1,3}){3,}" + B,
             check_ipv4,
             "IPv4 addresses (loopback and 0.0.0.0 excluded)",
         ),

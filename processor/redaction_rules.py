@@ -34,7 +34,16 @@ PROTECTED_KEYS = ("gen_ai.usage.*", "llm.token_count.*", "llm.usage.*", "genops.
 VALUES_ONLY_KEYS = ("genops.*",)
 
 _RULE_FIELDS = {"name", "keys", "key_patterns", "detector", "pattern", "action", "mask", "length"}
-_TOP_FIELDS = {"allow_all_keys", "allowed_keys", "ignored_keys", "summary", "redact_all_types", "hash_prefix", "rules"}
+_TOP_FIELDS = {
+    "allow_all_keys",
+    "allowed_keys",
+    "ignored_keys",
+    "structure_keys",
+    "summary",
+    "redact_all_types",
+    "hash_prefix",
+    "rules",
+}
 
 
 @dataclass(frozen=True)
@@ -118,6 +127,8 @@ def parse_rules(raw: object) -> RedactionRules:
         raise ValueError(f"summary must be one of {', '.join(SUMMARY_LEVELS)}, not {shown(summary)}")
     allowed = _string_list(raw.get("allowed_keys", []), "allowed_keys")
     ignored = _string_list(raw.get("ignored_keys", []), "ignored_keys")
+    # A message's role or finish reason is structure: key rules on the message mask its content.
+    structure = _string_list(raw.get("structure_keys", []), "structure_keys")
     rules_raw = raw.get("rules", [])
     if not isinstance(rules_raw, list):
         raise ValueError("rules must be a list")
@@ -136,7 +147,7 @@ def parse_rules(raw: object) -> RedactionRules:
         allow_all_keys=bool(raw.get("allow_all_keys", True)),
         allowed_key_regex=_keys_regex(allowed, []) if allowed else None,
         protected_key_regex=_keys_regex([*PROTECTED_KEYS, *ignored], []),
-        values_only_key_regex=_keys_regex(list(VALUES_ONLY_KEYS), []),
+        values_only_key_regex=_keys_regex([*VALUES_ONLY_KEYS, *structure], []),
         key_rules=tuple(key_rules),
         value_rules=tuple(value_rules),
         summary=summary,

@@ -88,7 +88,7 @@ def test_spans_events_resources_and_log_bodies_are_redacted_in_transit(redacting
                 events=[("gen_ai.choice", {"gen_ai.completion.0.content": "sure", "detail": "card " + CARD})],
             )
         ],
-        resource={"service.name": "chat-api", "host.ip": "10.20.30.40"},
+        resource={"service.name": "chat-api", "client.address": "10.20.30.40"},
     )
     logs = log_request(["user SSN is 219-09-9999"], attributes={"auth": "Bearer abcDEF1234567890xyz"})
     with sidecar.channel() as channel:
@@ -107,14 +107,14 @@ def test_spans_events_resources_and_log_bodies_are_redacted_in_transit(redacting
     }
     assert attributes_to_dict(got.resource_spans[0].resource.attributes) == {
         "service.name": "chat-api",
-        "host.ip": "[REDACTED:ipv4]",
+        "client.address": "[REDACTED:ipv4]",
     }
     assert attributes[COUNT_KEY] == 5
     assert attributes[KEYS_KEY] == [
         "event:detail",
         "event:gen_ai.completion.0.content",
         "gen_ai.prompt",
-        "resource:host.ip",
+        "resource:client.address",
         "user.note",
     ]
     record = sink.log_requests()[-1].resource_logs[0].scope_logs[0].log_records[0]
