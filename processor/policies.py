@@ -22,7 +22,9 @@ REASON_CODE = "genops.policy.reason_code"
 MODEL = "model"
 TOKENS_INPUT = "tokens_input"
 TOKENS_OUTPUT = "tokens_output"
-PII_COUNT = "genops.redaction.count"
+# Values a detector or value pattern changed on the span, written by redaction (a key rule masking
+# a prompt by its key is not a finding).
+PII_COUNT = "genops.redaction.detected"
 
 REASON_CODES = {
     "max_cost_per_operation": "cost_per_operation_exceeded",

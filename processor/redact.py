@@ -46,12 +46,14 @@ from processor.decode import (
     native_module,
 )
 from processor.detectors import check_bearer, check_card, check_iban, check_ipv4, check_phone, check_ssn
+from processor import policies
 from processor.outbound import NO_REDACTION, OutboundRedaction
 from processor.pipeline import BatchChanges
 from processor.redaction_rules import RESERVED_RULE_NAME, Action, RedactionRules, ValueRule, load_rules
 
 COUNT_KEY = "genops.redaction.count"
 KEYS_KEY = "genops.redaction.keys"
+DETECTED_KEY = policies.PII_COUNT
 NOT_ALLOWED = RESERVED_RULE_NAME
 
 _REWRITE_SCHEMA = {
@@ -181,6 +183,7 @@ class RedactionStage:
         )
         self._actions = {rule.name: rule.action for rule in (*rules.key_rules, *rules.value_rules)}
         self._actions[NOT_ALLOWED] = Action("drop")
+        self._value_rule_names = [rule.name for rule in rules.value_rules]
         self._native = _native_redactor(rules, self.values)
         # The native redactor counts rewrites per rule slot: key rules, value rules, allow-list drop.
         self._slots = [(rule.name, rule.action.kind) for rule in (*rules.key_rules, *rules.value_rules)] + [
@@ -321,7 +324,7 @@ class RedactionStage:
         )
         set_attributes = {}
         if summary is not None:
-            (items, valid, data), keys = summary
+            (items, valid, data), keys, detected = summary
             set_attributes[COUNT_KEY] = pl.Series(COUNT_KEY, _int64s(data, valid))
             if keys is not None:
                 items, valid, offsets, labels = keys
@@ -332,6 +335,8 @@ class RedactionStage:
                     children=[_strings(labels)],
                 )
                 set_attributes[KEYS_KEY] = pl.Series(KEYS_KEY, lists)
+            valid, data = detected
+            set_attributes[DETECTED_KEY] = pl.Series(DETECTED_KEY, _int64s(data, valid))
         return BatchChanges(set_attributes=set_attributes, rewrites=rewrites)
 
     def _slot_counter(self, slot: int, signal: str) -> Counter:
@@ -415,7 +420,13 @@ class RedactionStage:
     def _summary(self, batch: TelemetryBatch, rewrites: pl.DataFrame) -> dict[str, pl.Series]:
         if self.rules.summary == "silent":
             return {}
-        values = rewrites.unique(["scope", "owner", "position"]).select("scope", "owner", "row", "label")
+        # A value a value rule changed is a finding (`genops.redaction.detected`, what the
+        # pii_detected policy reads); a key rule masking a prompt by its key finds nothing.
+        values = rewrites.group_by(["scope", "owner", "position"], maintain_order=True).agg(
+            pl.col("row").first(),
+            pl.col("label").first(),
+            pl.col("rule").is_in(self._value_rule_names).any().alias("detected"),
+        )
         # A resource attribute is shared by every item under that resource: count it on each.
         item_resource = pl.DataFrame(
             {
@@ -426,17 +437,25 @@ class RedactionStage:
         shared = values.filter(pl.col("scope") == SCOPE_RESOURCE).join(item_resource, on="owner")
         per_item = pl.concat(
             [
-                values.filter(pl.col("scope") != SCOPE_RESOURCE).select(item=pl.col("row"), label="label"),
-                shared.select(item=pl.col("item").cast(pl.Int64), label="label"),
+                values.filter(pl.col("scope") != SCOPE_RESOURCE).select(
+                    item=pl.col("row"), label="label", detected="detected"
+                ),
+                shared.select(item=pl.col("item").cast(pl.Int64), label="label", detected="detected"),
             ]
         )
-        summary = per_item.group_by("item").agg(count=pl.len().cast(pl.Int64), keys=pl.col("label").unique().sort())
+        found = pl.col("detected").sum().cast(pl.Int64)
+        summary = per_item.group_by("item").agg(
+            count=pl.len().cast(pl.Int64),
+            keys=pl.col("label").unique().sort(),
+            detected=pl.when(found > 0).then(found),
+        )
         full = pl.DataFrame({"item": pl.int_range(len(batch), eager=True).cast(pl.Int64)}).join(
             summary, on="item", how="left", maintain_order="left"
         )
         out = {COUNT_KEY: full["count"].alias(COUNT_KEY)}
         if self.rules.summary == "debug":
             out[KEYS_KEY] = full["keys"].alias(KEYS_KEY)
+        out[DETECTED_KEY] = full["detected"].alias(DETECTED_KEY)
         return out
 
 

@@ -312,7 +312,7 @@ def test_policy_rules_give_each_span_its_violations_result_and_reason(tmp_path, 
                 llm_span(0.25, **customer, **{"gen_ai.request.model": "gpt-4o"}),
                 llm_span(0.25, **customer, **{"gen_ai.request.model": "Claude-3-5-Haiku-latest"}),
                 llm_span(0.25, **{"genops.team": "search", "gen_ai.request.model": "gpt-4o"}),
-                llm_span(0.25, **customer, **{"genops.redaction.count": 2}),
+                llm_span(0.25, **customer, **{"genops.redaction.detected": 2}),
                 llm_span(0.25, **customer, **{"gen_ai.usage.input_tokens": 900, "gen_ai.usage.output_tokens": 200}),
                 span(name="GET /health", attributes={"http.route": "/health"}),
             ]
@@ -628,10 +628,10 @@ def test_a_pii_policy_sees_what_redaction_found_on_its_own_thread_as_in_turn(tmp
     request = trace_request(
         [
             llm_span(0.25, **{"gen_ai.prompt": "hello", "note": "mail ada@example.com please"}),
+            llm_span(0.25, **{"gen_ai.prompt": "hello", "note": "nothing to see"}),
             llm_span(0.25, **{"note": "nothing to see"}),
-            span(name="GET /health", attributes={"http.route": "/health"}),
         ],
-        resource={"service.name": "chat-api", "host.ip": "10.1.2.3"},
+        resource={"service.name": "chat-api"},
     ).SerializeToString()
     outputs = []
     for wrap in (lambda stage: stage, InTurn):
@@ -643,9 +643,10 @@ def test_a_pii_policy_sees_what_redaction_found_on_its_own_thread_as_in_turn(tmp
     assert outputs[0] == outputs[1]
     sent = trace_pb.ExportTraceServiceRequest.FromString(outputs[0])
     spans = [attributes_to_dict(s.attributes) for s in sent.resource_spans[0].scope_spans[0].spans]
-    # The resource's address counts on every span under it; the first span adds its prompt and email.
-    assert [s["genops.redaction.count"] for s in spans] == [3, 1, 1]
-    assert [s.get("genops.policy.violations") for s in spans] == [["no-pii"], ["no-pii"], None]
+    # A prompt masked by its key is counted but found no PII: only the detected email violates.
+    assert [s.get("genops.redaction.count") for s in spans] == [2, 1, None]
+    assert [s.get("genops.redaction.detected") for s in spans] == [1, None, None]
+    assert [s.get("genops.policy.violations") for s in spans] == [["no-pii"], None, None]
     assert spans[0]["note"] == "mail [REDACTED:email] please"
 
 

@@ -104,7 +104,7 @@ genai_attributes = st.fixed_dictionaries(
         ),
         "gen_ai.usage.input_tokens": st.integers(0, 900),
         "gen_ai.usage.output_tokens": st.integers(0, 300),
-        "genops.redaction.count": st.one_of(st.integers(0, 2), st.sampled_from(["1", " 2 ", "x"])),
+        "genops.redaction.detected": st.one_of(st.integers(0, 2), st.sampled_from(["1", " 2 ", "x"])),
         "error.type": st.sampled_from(["timeout", " "]),
     },
 )
@@ -257,7 +257,7 @@ def test_a_policy_with_more_checks_than_the_verdict_table_takes_the_polars_path(
     assert stage._plan_for(stage.source.current()).native is None
     batch = decode_traces(
         trace_request(
-            [span(attributes={"gen_ai.request.model": "gpt-4o", "genops.redaction.count": 1})]
+            [span(attributes={"gen_ai.request.model": "gpt-4o", "genops.redaction.detected": 1})]
         ).SerializeToString(),
         stage.wanted_keys(),
     )

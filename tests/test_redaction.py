@@ -17,7 +17,7 @@ from processor.config import RedactionConfig
 from processor.detectors import luhn_valid
 from processor.observability import SidecarMetrics
 from processor.pipeline import Pipeline
-from processor.redact import COUNT_KEY, KEYS_KEY, RedactionStage, build_redaction_stage
+from processor.redact import COUNT_KEY, DETECTED_KEY, KEYS_KEY, RedactionStage, build_redaction_stage
 from processor.redaction_rules import load_rules, parse_rules
 from tests.otlp_builders import log_request, span, trace_request
 from tests.otlp_sink import OtlpSink, attributes_to_dict
@@ -148,7 +148,7 @@ def test_summary_level_info_gives_the_count_only_and_silent_nothing():
     (info,) = spans_of(
         run_traces(custom_stage({"summary": "info", "rules": [{"name": "e", "detector": "email"}]}), request)
     )
-    assert attributes_to_dict(info.attributes) == {"note": "[REDACTED:e]", COUNT_KEY: 1}
+    assert attributes_to_dict(info.attributes) == {"note": "[REDACTED:e]", COUNT_KEY: 1, DETECTED_KEY: 1}
     silent = custom_stage({"summary": "silent", "rules": [{"name": "e", "detector": "email"}]})
     (quiet,) = spans_of(run_traces(silent, request))
     assert attributes_to_dict(quiet.attributes) == {"note": "[REDACTED:e]"}
@@ -192,7 +192,9 @@ def test_drop_removes_the_attribute_for_key_and_value_rules():
         [span(attributes={"a": 1, "http.request.header.cookie": "sid=1", "note": f"card {CARD}", "b": "keep"})]
     )
     (out,) = spans_of(run_traces(stage, request))
-    assert [kv.key for kv in out.attributes] == ["a", "b", COUNT_KEY, KEYS_KEY]
+    assert [kv.key for kv in out.attributes] == ["a", "b", COUNT_KEY, KEYS_KEY, DETECTED_KEY]
+    # Only the card was a finding; the cookie went by its key.
+    assert attributes_to_dict(out.attributes)[DETECTED_KEY] == 1
     assert attributes_to_dict(out.attributes)[KEYS_KEY] == ["http.request.header.cookie", "note"]
 
 
@@ -243,6 +245,8 @@ def test_allow_list_drops_other_item_and_event_keys_but_keeps_resources_ignored_
         "genops.cost.total": 0.25,
         COUNT_KEY: 5,
         KEYS_KEY: ["custom.flag", "event:http.route", "event:other", "resource:owner", "user.email"],
+        # The two emails the detector found; the allow list's drops are not findings.
+        DETECTED_KEY: 2,
     }
     assert attributes_to_dict(out.events[0].attributes) == {"http.route": "/u/[REDACTED:email]"}
     assert attributes_to_dict(got.resource_spans[0].resource.attributes) == {

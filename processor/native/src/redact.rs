@@ -768,6 +768,8 @@ struct Changes {
     new_values: StringsOut,
     /// Rewrites counted per rule slot: key rules, then value rules, then the allow-list drop.
     counts: Vec<u64>,
+    /// `rows[detected_from..]` are the values the value rules changed (findings, not keys).
+    detected_from: usize,
 }
 
 impl Changes {
@@ -1105,7 +1107,13 @@ fn found_to_py(
     let summary = if summary == 0 {
         None
     } else {
-        Some(summarise(py, &changes.rows, values, summary >= 2)?)
+        Some(summarise(
+            py,
+            &changes.rows,
+            changes.detected_from,
+            values,
+            summary >= 2,
+        )?)
     };
     Ok(Some(
         (rewrites, counts, summary)
@@ -1132,6 +1140,7 @@ impl Redactor {
             rows: Vec::new(),
             new_values: StringsOut::default(),
             counts: vec![0; not_allowed_slot + 1],
+            detected_from: 0,
         };
         let mut hits: Vec<Hit> = Vec::new();
         // A batch's keys repeat (the scan stores each once): classes found by view for the batch.
@@ -1223,6 +1232,7 @@ impl Redactor {
         if !hits.is_empty() {
             self.scan_values(caches, &mut hits)?;
         }
+        changes.detected_from = changes.rows.len();
         for hit in &hits {
             if hit.fired.is_empty() {
                 continue;
@@ -1244,10 +1254,12 @@ impl Redactor {
 }
 
 /// genops.redaction.count (and .keys when `keys`) per item: the values changed on the item, its
-/// events and its resource (a resource value is shared by every item under that resource).
+/// events and its resource (a resource value is shared by every item under that resource); and
+/// genops.redaction.detected, the same count over `rows[detected_from..]` (value-rule findings).
 fn summarise(
     py: Python<'_>,
     rows: &[usize],
+    detected_from: usize,
     values: &Values<'_>,
     keys: bool,
 ) -> PyResult<Py<PyAny>> {
@@ -1278,9 +1290,11 @@ fn summarise(
     }
     // (item, label rank) for every changed value and every item it counts on.
     let mut pairs: Vec<(usize, usize)> = Vec::with_capacity(rows.len());
+    let mut detected = vec![0i64; items];
     let mut by_resource: Option<FxHashMap<i64, Vec<usize>>> = None;
     for (change, &i) in rows.iter().enumerate() {
         let label = rank[change_label[change]];
+        let counted_from = pairs.len();
         if values.scope.get(i) == b"resource" {
             let by_resource = by_resource.get_or_insert_with(|| {
                 let mut map: FxHashMap<i64, Vec<usize>> = FxHashMap::default();
@@ -1296,6 +1310,11 @@ fn summarise(
             let item = row.get(i);
             if item >= 0 && (item as usize) < items {
                 pairs.push((item as usize, label));
+            }
+        }
+        if change >= detected_from {
+            for (item, _) in &pairs[counted_from..] {
+                detected[*item] += 1;
             }
         }
     }
@@ -1330,5 +1349,10 @@ fn summarise(
     } else {
         None
     };
-    Ok((count, key_lists).into_pyobject(py)?.into_any().unbind())
+    let found: Vec<bool> = detected.iter().map(|c| *c > 0).collect();
+    let detected = (bitmap(py, &found), PyBytes::new(py, &le_i64(&detected)));
+    Ok((count, key_lists, detected)
+        .into_pyobject(py)?
+        .into_any()
+        .unbind())
 }
