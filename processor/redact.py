@@ -31,6 +31,7 @@ import polars as pl
 import pyarrow as pa
 from prometheus_client import CollectorRegistry, Counter
 
+from processor import policies
 from processor.config import RedactionConfig
 from processor.decode import (
     LOGS,
@@ -46,7 +47,6 @@ from processor.decode import (
     native_module,
 )
 from processor.detectors import check_bearer, check_card, check_iban, check_ipv4, check_phone, check_ssn
-from processor import policies
 from processor.outbound import NO_REDACTION, OutboundRedaction
 from processor.pipeline import BatchChanges
 from processor.redaction_rules import RESERVED_RULE_NAME, Action, RedactionRules, ValueRule, load_rules
