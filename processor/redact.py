@@ -22,7 +22,6 @@ the native one is tested against (tests/test_redaction_native.py).
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 from dataclasses import dataclass
@@ -81,16 +80,19 @@ class ScanResult:
 class ValueRedactor:
     """Runs the value rules over a Series of strings; usable on its own (tests, CLI)."""
 
-    def __init__(self, rules: tuple[ValueRule, ...], hash_key: bytes | None, hash_prefix: str) -> None:
+    def __init__(
+        self, rules: tuple[ValueRule, ...], hash_key: bytes | None, hash_prefix: str, digest: str = "sha256"
+    ) -> None:
         self.rules = rules
         self.hash_key = hash_key
         self.hash_prefix = hash_prefix
+        self.digest = digest
         self._prefilter = "|".join(f"(?:{rule.pattern})" for rule in rules) if rules else None
 
     def hash(self, value: str) -> str:
         if self.hash_key is None:
             raise RuntimeError("a hash rule needs a hash key")
-        return self.hash_prefix + hmac.new(self.hash_key, value.encode(), hashlib.sha256).hexdigest()
+        return self.hash_prefix + hmac.new(self.hash_key, value.encode(), self.digest).hexdigest()
 
     def scan(self, values: pl.Series) -> ScanResult:
         empty = ScanResult(
@@ -174,7 +176,7 @@ class RedactionStage:
 
     def __init__(self, rules: RedactionRules, hash_key: bytes | None, registry: CollectorRegistry) -> None:
         self.rules = rules
-        self.values = ValueRedactor(rules.value_rules, hash_key, rules.hash_prefix)
+        self.values = ValueRedactor(rules.value_rules, hash_key, rules.hash_prefix, rules.hash_digest)
         self.redactions = Counter(
             "genops_redaction",
             "Values redacted, by rule (detector), action and signal.",

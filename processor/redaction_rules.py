@@ -20,8 +20,9 @@ from processor.linear_regex import regex_problem
 from processor.safe_yaml import YamlError, load_yaml
 
 ACTIONS = ("mask", "hash", "drop", "truncate")
+# The HMACs a hash action can use (the Collector redaction processor's names).
+HASH_FUNCTIONS = {"hmac-sha256": "sha256", "hmac-sha512": "sha512"}
 SUMMARY_LEVELS = ("debug", "info", "silent")
-DEFAULT_HASH_PREFIX = "hmac-sha256:"
 # The detector label of attributes dropped because their key is not in allowed_keys.
 RESERVED_RULE_NAME = "allowed_keys"
 
@@ -38,7 +39,11 @@ _TOP_FIELDS = {
     "allow_all_keys",
     "allowed_keys",
     "ignored_keys",
+    "ignored_key_patterns",
     "structure_keys",
+    "allowed_values",
+    "default_mask",
+    "hash_function",
     "summary",
     "redact_all_types",
     "hash_prefix",
@@ -73,6 +78,21 @@ class ValueRule:
 
 
 @dataclass(frozen=True)
+class AllowedValues:
+    """A value rule's check that keeps a match `allowed` (an anchored regex) matches whole: the
+    Collector's `allowed_values`, which win over what a rule would redact."""
+
+    check: Check | None
+    allowed: str
+
+    def __call__(self, candidate: str) -> str | None:
+        part = self.check(candidate) if self.check is not None else candidate
+        if part and pl.select(pl.lit(part).str.contains(self.allowed)).item():
+            return None
+        return part
+
+
+@dataclass(frozen=True)
 class RedactionRules:
     allow_all_keys: bool
     # Anchored regexes; None matches nothing.
@@ -84,6 +104,7 @@ class RedactionRules:
     summary: str
     redact_all_types: bool
     hash_prefix: str
+    hash_digest: str = "sha256"  # hashlib name of the HMAC's digest
 
     @property
     def uses_hash(self) -> bool:
@@ -129,6 +150,19 @@ def parse_rules(raw: object) -> RedactionRules:
     ignored = _string_list(raw.get("ignored_keys", []), "ignored_keys")
     # A message's role or finish reason is structure: key rules on the message mask its content.
     structure = _string_list(raw.get("structure_keys", []), "structure_keys")
+    ignored_patterns = _string_list(raw.get("ignored_key_patterns", []), "ignored_key_patterns")
+    for pattern in ignored_patterns:
+        check_regex(pattern, "ignored_key_patterns")
+    allowed_values = _string_list(raw.get("allowed_values", []), "allowed_values")
+    for pattern in allowed_values:
+        check_regex(pattern, "allowed_values")
+    allowed_regex = r"\A(?:" + "|".join(f"(?:{p})" for p in allowed_values) + r")\z" if allowed_values else None
+    default_mask = raw.get("default_mask")
+    if default_mask is not None and not isinstance(default_mask, str):
+        raise ValueError("default_mask must be a string")
+    hash_function = str(raw.get("hash_function", "hmac-sha256"))
+    if hash_function not in HASH_FUNCTIONS:
+        raise ValueError(f"hash_function must be one of {', '.join(HASH_FUNCTIONS)}, not {shown(hash_function)}")
     rules_raw = raw.get("rules", [])
     if not isinstance(rules_raw, list):
         raise ValueError("rules must be a list")
@@ -136,7 +170,7 @@ def parse_rules(raw: object) -> RedactionRules:
     value_rules: list[ValueRule] = []
     seen: set[str] = set()
     for index, rule_raw in enumerate(rules_raw):
-        rule = _parse_rule(rule_raw, index)
+        rule = _parse_rule(rule_raw, index, default_mask, allowed_regex)
         if rule.name == RESERVED_RULE_NAME:
             raise ValueError(f"rule {shown(rule.name)}: the name is reserved for allow-list drops")
         if rule.name in seen:
@@ -146,17 +180,18 @@ def parse_rules(raw: object) -> RedactionRules:
     return RedactionRules(
         allow_all_keys=bool(raw.get("allow_all_keys", True)),
         allowed_key_regex=_keys_regex(allowed, []) if allowed else None,
-        protected_key_regex=_keys_regex([*PROTECTED_KEYS, *ignored], []),
+        protected_key_regex=_keys_regex([*PROTECTED_KEYS, *ignored], ignored_patterns),
         values_only_key_regex=_keys_regex([*VALUES_ONLY_KEYS, *structure], []),
         key_rules=tuple(key_rules),
         value_rules=tuple(value_rules),
         summary=summary,
         redact_all_types=bool(raw.get("redact_all_types", False)),
-        hash_prefix=str(raw.get("hash_prefix", DEFAULT_HASH_PREFIX)),
+        hash_prefix=str(raw.get("hash_prefix", f"{hash_function}:")),
+        hash_digest=HASH_FUNCTIONS[hash_function],
     )
 
 
-def _parse_rule(raw: object, index: int) -> KeyRule | ValueRule:
+def _parse_rule(raw: object, index: int, default_mask: str | None, allowed: str | None) -> KeyRule | ValueRule:
     if not isinstance(raw, dict) or not raw.get("name"):
         raise ValueError(f"rule #{index + 1} must be a mapping with a name")
     name = str(raw["name"])
@@ -170,7 +205,7 @@ def _parse_rule(raw: object, index: int) -> KeyRule | ValueRule:
     kinds = sum(1 for present in (keys or key_patterns, detector, pattern) if present)
     if kinds != 1:
         raise ValueError(f"{where}: give exactly one of keys/key_patterns, detector or pattern")
-    action = _parse_action(raw, name, where)
+    action = _parse_action(raw, name, where, default_mask)
     if keys or key_patterns:
         for key_pattern in key_patterns:
             check_regex(key_pattern, where)
@@ -181,15 +216,19 @@ def _parse_rule(raw: object, index: int) -> KeyRule | ValueRule:
         found = BUILTIN_DETECTORS.get(str(detector))
         if found is None:
             raise ValueError(f"{where}: unknown detector {shown(detector)} (known: {', '.join(BUILTIN_DETECTORS)})")
-        return ValueRule(name, found.pattern, found.check, action)
+        return ValueRule(name, found.pattern, _allowing(found.check, allowed), action)
     check_regex(str(pattern), where)
     if pl.Series([""], dtype=pl.String).str.contains(str(pattern))[0]:
         # It would insert the mask between every pair of characters.
         raise ValueError(f"{where}: pattern {shown(pattern)} matches the empty string")
-    return ValueRule(name, str(pattern), None, action)
+    return ValueRule(name, str(pattern), _allowing(None, allowed), action)
 
 
-def _parse_action(raw: dict, name: str, where: str) -> Action:
+def _allowing(check: Check | None, allowed: str | None) -> Check | None:
+    return check if allowed is None else AllowedValues(check, allowed)
+
+
+def _parse_action(raw: dict, name: str, where: str, default_mask: str | None) -> Action:
     kind = str(raw.get("action", "mask"))
     if kind not in ACTIONS:
         raise ValueError(f"{where}: unknown action {shown(kind)} (known: {', '.join(ACTIONS)})")
@@ -200,7 +239,7 @@ def _parse_action(raw: dict, name: str, where: str) -> Action:
         return Action(kind, length=length)
     if "length" in raw:
         raise ValueError(f"{where}: length only applies to truncate")
-    mask = raw.get("mask", f"[REDACTED:{name}]")
+    mask = raw.get("mask", f"[REDACTED:{name}]" if default_mask is None else default_mask)
     if not isinstance(mask, str):
         raise ValueError(f"{where}: mask must be a string")
     return Action(kind, mask=mask)

@@ -63,6 +63,16 @@ RULE_SETS = {
     # Value rules read text only here: numbers outside the allow list are still dropped.
     "custom_text_only": parse_rules({**CUSTOM_RULES, "redact_all_types": False}),
     "info": parse_rules(INFO_RULES),
+    # The Collector-style options: allowed values win over every value rule (checked or not).
+    "collector_options": parse_rules(
+        {
+            **CUSTOM_RULES,
+            "allowed_values": ["TICKET-1[0-9]{2}", ".*@example\\.com", "10\\..*"],
+            "ignored_key_patterns": ["other\\..*"],
+            "hash_function": "hmac-sha512",
+            "default_mask": "****",
+        }
+    ),
 }
 
 KEYS = [
