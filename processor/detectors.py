@@ -105,7 +105,8 @@ def check_ipv6(candidate: str) -> str | None:
         address = ipaddress.IPv6Address(trimmed)
     except ValueError:
         return None
-    if address.is_loopback or address.is_unspecified:
+    # :: and ::1 only (newer Pythons also call ::ffff:127.0.0.1 loopback; the Rust check does not).
+    if int(address) in (0, 1):
         return None
     return trimmed
 

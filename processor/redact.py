@@ -45,7 +45,17 @@ from processor.decode import (
     native_available,
     native_module,
 )
-from processor.detectors import check_bearer, check_card, check_iban, check_ipv4, check_phone, check_ssn
+from processor.detectors import (
+    check_bearer,
+    check_card,
+    check_google_key,
+    check_iban,
+    check_ipv4,
+    check_ipv6,
+    check_phone,
+    check_ssn,
+    check_url_userinfo,
+)
 from processor.outbound import NO_REDACTION, OutboundRedaction
 from processor.pipeline import BatchChanges
 from processor.redaction_rules import RESERVED_RULE_NAME, Action, RedactionRules, ValueRule, load_rules
@@ -472,6 +482,9 @@ _NATIVE_CHECKS = {
     check_ipv4: "ipv4",
     check_iban: "iban",
     check_bearer: "bearer",
+    check_ipv6: "ipv6",
+    check_google_key: "google_key",
+    check_url_userinfo: "url_userinfo",
 }
 # Column types the native redactor reads in place.
 _TEXT = (pl.String(),)

@@ -13,6 +13,9 @@ pub enum Check {
     Ipv4,
     Iban,
     Bearer,
+    Ipv6,
+    GoogleKey,
+    UrlUserinfo,
 }
 
 impl Check {
@@ -24,6 +27,9 @@ impl Check {
             "ipv4" => Check::Ipv4,
             "iban" => Check::Iban,
             "bearer" => Check::Bearer,
+            "ipv6" => Check::Ipv6,
+            "google_key" => Check::GoogleKey,
+            "url_userinfo" => Check::UrlUserinfo,
             _ => return None,
         })
     }
@@ -54,6 +60,9 @@ impl Check {
             Check::Ipv4 => ipv4(candidate),
             Check::Iban => return Ok(iban(candidate).map(str::to_owned)),
             Check::Bearer => bearer(candidate),
+            Check::Ipv6 => return Ok(ipv6(candidate).map(str::to_owned)),
+            Check::GoogleKey => return Ok(Some(candidate[..candidate.len().min(39)].to_owned())),
+            Check::UrlUserinfo => return Ok(url_userinfo(candidate).map(str::to_owned)),
         };
         Ok(accepted.then(|| candidate.to_owned()))
     }
@@ -215,4 +224,33 @@ fn is_python_space(c: char) -> bool {
         c,
         ' ' | '\t' | '\n' | '\x0b' | '\x0c' | '\r' | '\x1c'..='\x1f'
     )
+}
+
+/// `1::2`, `::10`, `a::b`: what a slice looks like (detectors._slice_like).
+fn slice_like(address: &str) -> bool {
+    let Some((left, right)) = address.split_once("::") else {
+        return false;
+    };
+    if right.contains("::") || left.contains(':') || right.contains(':') {
+        return false;
+    }
+    [left, right]
+        .iter()
+        .filter(|g| !g.is_empty())
+        .all(|g| g.bytes().all(|b| b.is_ascii_digit()) || g.len() <= 2)
+}
+
+fn ipv6(candidate: &str) -> Option<&str> {
+    let trimmed = candidate.trim_end_matches([':', '.']);
+    if trimmed.matches(':').count() < 2 || slice_like(trimmed) {
+        return None;
+    }
+    let address: std::net::Ipv6Addr = trimmed.parse().ok()?;
+    (!(address.is_loopback() || address.is_unspecified())).then_some(trimmed)
+}
+
+fn url_userinfo(candidate: &str) -> Option<&str> {
+    let start = candidate.find("://").map_or(2, |at| at + 3);
+    let userinfo = candidate.get(start..candidate.len().checked_sub(1)?)?;
+    userinfo.contains(':').then_some(userinfo)
 }
