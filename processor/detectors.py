@@ -199,12 +199,15 @@ BUILTIN_DETECTORS: dict[str, Detector] = {
         ),
         Detector(
             "slack_token",
-            B + r"(?:xox[abposre]-[0-9]{1,13}-[A-Za-z0-9-]{10,}|xapp-[0-9]-[A-Z0-9]{8,}-[0-9]{8,}-[A-Za-z0-9]{16,})",
+            # A workspace or user id (8-13 digits, or one version digit: xoxa-2-, xoxe-1-), then the tail.
+            B
+            + r"(?:xox[abposre]-(?:[0-9]{8,13}|[0-9])-[A-Za-z0-9-]{18,}"
+            + r"|xapp-[0-9]-[A-Z0-9]{8,}-[0-9]{8,}-[A-Za-z0-9]{16,})",
             description="Slack bot, user, app, refresh and legacy tokens (xoxb-, xoxp-, xapp-, ...)",
         ),
         Detector(
             "stripe_key",
-            B + r"(?:sk|rk)_(?:live|test|prod)_[0-9A-Za-z]{10,99}" + B,
+            B + r"(?:sk|rk)_(?:live|test|prod)_[0-9A-Za-z]{20,}" + B,
             description="Stripe secret and restricted keys (sk_live_, sk_test_, rk_live_, ...)",
         ),
         Detector(
