@@ -18,6 +18,7 @@ import polars as pl
 import pytest
 import yaml
 
+from processor.detectors import BUILTIN_DETECTORS
 from processor.redact import ValueRedactor
 from processor.redaction_rules import load_rules
 
@@ -49,9 +50,10 @@ def scanned(redactor: ValueRedactor, texts: list[str]) -> list[str]:
     return out
 
 
-def test_every_built_in_detector_has_a_corpus_file():
+def test_every_built_in_detector_has_a_corpus_file_and_runs_by_default():
     rule_names = {rule.name for rule in load_rules().value_rules}
     assert rule_names <= set(corpus())
+    assert set(BUILTIN_DETECTORS) <= rule_names
 
 
 def test_recall_on_positives_is_complete(redactor):
