@@ -36,6 +36,7 @@ from processor.decode import (
 )
 from processor.genai_attributes import GENAI_KEYS, MODEL, PROVIDER, TOKENS_INPUT, TOKENS_OUTPUT, normalized
 from processor.governance_metrics import GovernanceMetrics, parse_labels
+from processor.ledger import LedgerPlan, LedgerSettings
 from processor.outbound import NO_REDACTION, OutboundRedaction
 from processor.pipeline import BatchChanges
 from processor.policy_native import NativePolicy
@@ -60,9 +61,11 @@ class PolicyStage:
         metrics: GovernanceMetrics,
         outbound: OutboundRedaction = NO_REDACTION,
         invalid: InvalidValueMetrics | None = None,
+        ledger: LedgerPlan | None = None,
     ) -> None:
         self.source = source
         self.store = store
+        self.ledger = ledger
         self.attribution = attribution
         self.metrics = metrics
         self._invalid = invalid or InvalidValueMetrics.of(CollectorRegistry())
@@ -76,7 +79,8 @@ class PolicyStage:
         self.metrics.close()
 
     def wanted_keys(self) -> WantedKeys:
-        own = WantedKeys(item=frozenset((*COST_KEYS, policies.PII_COUNT, ERROR_TYPE)))
+        ledger = self.ledger.wanted_keys() if self.ledger is not None else ()
+        own = WantedKeys(item=frozenset((*COST_KEYS, *ledger, policies.PII_COUNT, ERROR_TYPE)))
         return WantedKeys.union((GENAI_KEYS, self.attribution.wanted_keys(), own))
 
     def prepare(self, batch: TelemetryBatch) -> None:
@@ -93,13 +97,15 @@ class PolicyStage:
         check_batch(batch)
         self._invalid.record(batch)
         plan = self._plan_for(self.source.current())
+        # The ledger's charge goes into the batch's one store call (retried batches charge it once).
+        store = self.store if self.ledger is None else self.ledger.charging(self.store, batch, time.time_ns())
         if plan.native is not None and native_available():
-            changes = plan.native.process(batch, self.store, self.metrics, fingerprint)
+            changes = plan.native.process(batch, store, self.metrics, fingerprint)
             if changes is not None:
                 return changes
-        return self._process_polars(batch, plan)
+        return self._process_polars(batch, plan, store)
 
-    def _process_polars(self, batch: TelemetryBatch, plan: _Plan) -> BatchChanges:
+    def _process_polars(self, batch: TelemetryBatch, plan: _Plan, store: BudgetStore) -> BatchChanges:
         frame = batch.frame
         genai = [column.alias(GENAI_PREFIX + column.name) for column in normalized(batch).get_columns()]
         query = frame.hstack(genai).lazy().with_columns(pl.lit(time.time_ns(), dtype=pl.Int64).alias(budgets.NOW))
@@ -112,7 +118,7 @@ class PolicyStage:
         if spans.height == 0:
             return BatchChanges()
         windows = plan.budgets.windows(spans)
-        applied = self.store.apply(fingerprint(batch), windows.increments, windows.expires_at)
+        applied = store.apply(fingerprint(batch), windows.increments, windows.expires_at)
         charged = _layered(
             spans.lazy().with_columns(plan.budgets.consumed_columns(windows, applied.totals)),
             plan.charge_layers(windows.charged),
@@ -351,13 +357,20 @@ def build_policy_stage(
     """The policy/budget stage; `stage.budget_status` serves the budget status API. `outbound`
     redacts the metric labels and answers it makes from span values."""
     labels = parse_labels(config.metrics_labels, config.metrics_label_deny)
+    attribution = Attribution.from_config(config.attribution_fallbacks)
+    ledger = (
+        LedgerPlan(LedgerSettings.from_config(config.ledger), attribution, outbound, registry)
+        if config.ledger.enabled
+        else None
+    )
     return PolicyStage(
         source=PolicySource(config.policy_file, config.reload_interval_seconds, registry),
         store=open_store(config.state_backend, config.state_path, config.redis_url, registry),
-        attribution=Attribution.from_config(config.attribution_fallbacks),
+        attribution=attribution,
         metrics=GovernanceMetrics(registry, labels, config.metrics_max_label_values, outbound),
         outbound=outbound,
         invalid=InvalidValueMetrics.of(registry),
+        ledger=ledger,
     )
 
 
@@ -365,5 +378,6 @@ def check_policy_config(config: PolicyConfig) -> None:
     """For `validate-config`: raises ValueError naming the first problem, without opening the store."""
     parse_labels(config.metrics_labels, config.metrics_label_deny)
     Attribution.from_config(config.attribution_fallbacks)
+    LedgerSettings.from_config(config.ledger)
     if config.policy_file:
         load_policy_file(config.policy_file)
