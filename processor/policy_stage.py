@@ -11,6 +11,7 @@ reference tests/test_policy_native.py checks the native path against.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import Counter
 
@@ -21,7 +22,8 @@ from prometheus_client import CollectorRegistry
 from processor import budgets, policies
 from processor.attribution import DIMENSIONS, Attribution, text
 from processor.budget_api import BudgetStatusReader
-from processor.budget_policy_file import PolicyFile, PolicySource, load_policy_file
+from processor.budget_forecast import FORECAST_TAG, forecast_column, level_forecasts, now_utc
+from processor.budget_policy_file import Budget, PolicyFile, PolicySource, load_policy_file
 from processor.budget_state import BudgetStore, open_store
 from processor.config import PolicyConfig
 from processor.decode import (
@@ -99,11 +101,12 @@ class PolicyStage:
         plan = self._plan_for(self.source.current())
         # The ledger's charge goes into the batch's one store call (retried batches charge it once).
         store = self.store if self.ledger is None else self.ledger.charging(self.store, batch, time.time_ns())
+        changes = None
         if plan.native is not None and native_available():
             changes = plan.native.process(batch, store, self.metrics, fingerprint)
-            if changes is not None:
-                return changes
-        return self._process_polars(batch, plan, store)
+        if changes is None:
+            changes = self._process_polars(batch, plan, store)
+        return _with_forecast(changes, plan.budget_names)
 
     def _process_polars(self, batch: TelemetryBatch, plan: _Plan, store: BudgetStore) -> BatchChanges:
         frame = batch.frame
@@ -149,7 +152,9 @@ class PolicyStage:
             [(c.name, c.reason_code, c.mode, int(charged.get_column(column).sum())) for c, column in plan.counted],
         )
         if windows.charged:
-            self.metrics.record_budgets(plan.budgets.levels(charged), plan.budgets.exceeded_counts(charged))
+            levels = plan.budgets.levels(charged)
+            forecasts = level_forecasts(plan.budget_names, levels, now_utc())
+            self.metrics.record_budgets(levels, plan.budgets.exceeded_counts(charged), forecasts)
         return BatchChanges(set_attributes=changes, events=events)
 
     def _plan_for(self, policy: PolicyFile) -> _Plan:
@@ -200,6 +205,7 @@ class _Plan:
         self.policy = policy
         self.attribution = attribution
         self.budgets = budgets.BudgetPlan(policy.budgets)
+        self.budget_names = {b.name: b for b in policy.budgets}
         rule_checks = policies.rule_checks(policy.rules, _rule_column)
         budget_checks = [
             policies.Check(f"budget:{b.name}", policies.REASON_CODES["budget"], b.mode, self.budgets.exceeded(i))
@@ -318,6 +324,21 @@ class _Plan:
 
     def outputs(self, charged: bool) -> list[str]:
         return self._outputs[charged]
+
+
+def _with_forecast(changes: BatchChanges, listed: dict[str, Budget]) -> BatchChanges:
+    """`changes` plus genops.budget.forecast beside the budget tags (both paths write those)."""
+    tags = changes.set_attributes
+    if budgets.TAGS["name"] not in tags:
+        return changes
+    forecast = forecast_column(
+        tags[budgets.TAGS["name"]],
+        tags[budgets.TAGS["consumed"]],
+        tags[budgets.TAGS["limit"]],
+        listed,
+        now_utc(),
+    )
+    return dataclasses.replace(changes, set_attributes={**tags, FORECAST_TAG: forecast})
 
 
 def _error(schema: dict[str, pl.DataType]) -> pl.Expr:
