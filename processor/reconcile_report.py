@@ -135,7 +135,7 @@ def as_html(result: Reconciliation, title: str = "Spend reconciliation") -> str:
 body {{ font-family: sans-serif; margin: 16px; color: #222; }}
 table {{ border-collapse: collapse; font-size: 13px; }}
 td, th {{ border: 1px solid #ccc; padding: 3px 6px; }}
-td:nth-child(n+4) {{ text-align: right; }}
+td:nth-child(n+4):nth-child(-n+7) {{ text-align: right; }}
 tr.{BILLED_ONLY} {{ background: #fde8e8; }}
 tr.{SEEN_ONLY} {{ background: #fff6d6; }}
 </style></head><body>

@@ -8,6 +8,8 @@ import datetime as dt
 import io
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -283,3 +285,66 @@ def test_a_billing_file_in_another_currency_is_one_clear_error(week, tmp_path):
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1
     assert "line 2: currency 'EUR'" in result.stderr and "not converted" in result.stderr
+
+
+def chromium() -> str:
+    for name in ("chromium", "chromium-browser"):
+        found = shutil.which(name)
+        if found:
+            return found
+    pytest.skip("chromium not installed (Debian package 'chromium')")
+
+
+def test_the_html_report_is_self_contained_and_shows_the_daily_chart_in_chromium(week, tmp_path):
+    from PIL import Image
+
+    from processor.reconcile_report import BILLED_COLOUR, OURS_COLOUR
+
+    page = tmp_path / "report.html"
+    result = cli(
+        "reconcile",
+        "--focus", str(focus_export(tmp_path / "focus.csv")),
+        "--openai-costs", str(openai_report(tmp_path / "openai.json")),
+        "--format", "html", "--output", str(page),
+        config=week["config"],
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    html = page.read_text()
+    # No external assets: nothing is fetched when the page opens.
+    assert "<svg" in html and "<script" not in html.lower()
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", html, re.IGNORECASE)
+    shot = tmp_path / "shot.png"
+    run = subprocess.run(
+        [
+            chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+            "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1000,600",
+            f"--screenshot={shot}", page.as_uri(),
+        ],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert shot.exists(), run.stderr[-2000:]
+    image = Image.open(shot).convert("RGB")
+    colours = {}
+    for pixel in image.getdata():
+        colours[pixel] = colours.get(pixel, 0) + 1
+
+    def count(hex_colour: str) -> int:
+        wanted = tuple(int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
+        return sum(
+            n for pixel, n in colours.items() if all(abs(a - b) <= 6 for a, b in zip(pixel, wanted, strict=True))
+        )
+
+    # Seven days of bars of each series: day 5's o1 charge makes the tallest billed bar.
+    assert count(BILLED_COLOUR) > 2000
+    assert count(OURS_COLOUR) > 500
+    # The billed bars stand in seven separate columns across the chart.
+    blue = tuple(int(BILLED_COLOUR[i : i + 2], 16) for i in (1, 3, 5))
+    columns = [
+        x for x in range(image.width) if any(_near(image.getpixel((x, y)), blue) for y in range(0, image.height, 2))
+    ]
+    runs = sum(1 for a, b in zip([None, *columns], columns[:], strict=False) if a is None or b != a + 1)
+    assert runs >= 7 + 1  # the bars, plus the legend swatch
+
+
+def _near(pixel: tuple, wanted: tuple) -> bool:
+    return all(abs(a - b) <= 6 for a, b in zip(pixel, wanted, strict=True))
