@@ -280,7 +280,8 @@ class LedgerPlan:
 def _number(schema: dict[str, pl.DataType], key: str) -> pl.Expr:
     """A cost column as a finite amount at or above zero, else null (a bad value is ignored for
     its own span, as the budget charge ignores it)."""
-    if schema.get(key, pl.Null) in (pl.Null, pl.Binary):
+    dtype = schema.get(key, pl.Null)
+    if dtype in (pl.Null, pl.Binary) or not (dtype.is_numeric() or dtype in (pl.String, pl.Boolean)):
         return pl.lit(None, dtype=pl.Float64)
     column = pl.col(key)
     if schema[key] == pl.String:
