@@ -93,13 +93,20 @@ def test_a_bad_cost_part_on_one_span_changes_no_other_spans_row(monkeypatch, nat
     assert rows["web"].usd_parts == {"input": 0.1875}
 
 
-def test_ledger_in_redis_is_charged_once_per_batch_and_kept_for_the_retention_days(redis_url):  # noqa: F811
+def test_ledger_in_redis_is_charged_once_per_batch_and_kept_for_the_retention_days(tmp_path, redis_url):  # noqa: F811
     import redis
 
-    config = PolicyConfig(
-        state_backend="redis", redis_url=redis_url, ledger=LedgerConfig(enabled=True, keys="team", retention_days=3)
-    )
-    stages = [build_policy_stage(config, CollectorRegistry()) for _ in range(2)]
+    ledger = LedgerConfig(enabled=True, keys="team", retention_days=3)
+    # (state_path: where each pod's guard would keep charges while Redis is down.)
+    stages = [
+        build_policy_stage(
+            PolicyConfig(
+                state_backend="redis", redis_url=redis_url, state_path=str(tmp_path / f"pod{i}" / "s"), ledger=ledger
+            ),
+            CollectorRegistry(),
+        )
+        for i in range(2)
+    ]
     request = trace_request([priced("ml", 0.25), priced("ml", 0.5, model="gpt-4o-mini")])
     try:
         # The same request through two sidecars sharing Redis (a retry landing on another pod).
