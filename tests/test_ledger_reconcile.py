@@ -348,3 +348,35 @@ def test_the_html_report_is_self_contained_and_shows_the_daily_chart_in_chromium
 
 def _near(pixel: tuple, wanted: tuple) -> bool:
     return all(abs(a - b) <= 6 for a, b in zip(pixel, wanted, strict=True))
+
+
+def test_an_anthropic_cost_report_in_cents_is_all_unseen_spend_when_no_span_called_anthropic(week, tmp_path):
+    report = {
+        "data": [
+            {
+                "starting_at": f"{DAYS[1]}T00:00:00Z",
+                "ending_at": f"{DAYS[2]}T00:00:00Z",
+                "results": [
+                    {"currency": "USD", "amount": "250.0", "model": "claude-sonnet-4-20250514",
+                     "description": "Claude Sonnet 4 Usage - Input Tokens", "cost_type": "tokens",
+                     "token_type": "uncached_input_tokens", "service_tier": "standard", "workspace_id": None},
+                    {"currency": "USD", "amount": "75.5", "model": "claude-sonnet-4-20250514",
+                     "description": "Claude Sonnet 4 Usage - Output Tokens", "cost_type": "tokens",
+                     "token_type": "output_tokens", "service_tier": "standard", "workspace_id": None},
+                    {"currency": "USD", "amount": "0", "model": None, "description": "Web Search Usage",
+                     "cost_type": "web_search", "token_type": None, "service_tier": None, "workspace_id": None},
+                ],
+            }
+        ],
+        "has_more": False,
+        "next_page": None,
+    }  # fmt: skip
+    path = tmp_path / "anthropic.json"
+    path.write_text(json.dumps(report))
+    result = cli("reconcile", "--anthropic-costs", str(path), "--format", "csv", config=week["config"])
+    assert result.returncode == 0, result.stderr
+    rows = report_rows(result.stdout)
+    # Cents: 250.0 + 75.5 = $3.255; the sidecar saw no Anthropic call, and OpenAI is not compared.
+    assert list(rows) == [(DAYS[1], "anthropic", "claude-sonnet-4-20250514")]
+    row = rows[(DAYS[1], "anthropic", "claude-sonnet-4-20250514")]
+    assert (row["status"], float(row["billed_usd"]), float(row["ours_usd"])) == ("billed_not_seen", 3.255, 0.0)
