@@ -324,9 +324,7 @@ def test_the_html_report_is_self_contained_and_shows_the_daily_chart_in_chromium
     )  # fmt: skip
     assert shot.exists(), run.stderr[-2000:]
     image = Image.open(shot).convert("RGB")
-    colours = {}
-    for pixel in image.getdata():
-        colours[pixel] = colours.get(pixel, 0) + 1
+    colours = {pixel: n for n, pixel in image.getcolors(maxcolors=image.width * image.height)}
 
     def count(hex_colour: str) -> int:
         wanted = tuple(int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
