@@ -99,22 +99,31 @@ def render(rows: Sequence[LedgerRow], fmt: str) -> str:
         out = io.StringIO()
         csv.writer(out, lineterminator="\n").writerows(table)
         return out.getvalue()
-    return text_table(table, numeric_from=3 + len(keys))
+    return text_table(table)
 
 
-def text_table(table: Sequence[Sequence[str]], numeric_from: int) -> str:
-    """Columns padded to their widest cell; numbers (from column `numeric_from`) right-aligned."""
+def text_table(table: Sequence[Sequence[str]]) -> str:
+    """Columns padded to their widest cell; columns of numbers right-aligned."""
     if not table:
         return ""
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    numeric = [all(_is_number(row[i]) for row in table[1:]) and len(table) > 1 for i in range(len(widths))]
     lines = []
     for row in table:
         padded = [
-            cell.rjust(width) if i >= numeric_from else cell.ljust(width)
-            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+            cell.rjust(width) if right else cell.ljust(width)
+            for cell, width, right in zip(row, widths, numeric, strict=True)
         ]
         lines.append("  ".join(padded).rstrip())
     return "\n".join(lines) + "\n"
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return cell == ""
+    return True
 
 
 def _day(text: str) -> str:

@@ -37,7 +37,7 @@ def _cells(row: ReconciledRow) -> list[str]:
 
 def as_table(result: Reconciliation) -> str:
     table = [HEADER, *(_cells(r) for r in result.rows)]
-    body = text_table(table, numeric_from=3)
+    body = text_table(table)
     total = f"total billed {result.billed_usd:.6f} USD, attributed {result.ours_usd:.6f} USD"
     last = result.last_day
     if last is not None and last.drift_ratio is not None:

@@ -193,3 +193,16 @@ def test_ledger_keys_outside_the_attribution_dimensions_are_a_config_error(tmp_p
     result = run_cli(env, "validate-config")
     assert result.returncode == 1
     assert "policy.ledger.keys: unknown dimension 'colour'" in result.stderr
+
+
+def test_get_v1_ledger_takes_the_budget_api_token(tmp_path):
+    from tests.test_http_port import TOKEN, Sidecar
+
+    with Sidecar(
+        tmp_path, GENOPS_BUDGET_API_TOKEN=TOKEN, **POLICY_LEDGER_ENV | {"GENOPS_POLICY_STATE_BACKEND": "memory"}
+    ) as sidecar:
+        status, headers, _ = get(sidecar.url("/v1/ledger"))
+        assert status == 401 and headers["WWW-Authenticate"].startswith("Bearer")
+        assert get(sidecar.url("/v1/ledger"), f"Bearer {TOKEN}x")[0] == 401
+        status, _, body = get(sidecar.url("/v1/ledger"), f"Bearer {TOKEN}")
+        assert (status, json.loads(body)) == (200, {"rows": []})
