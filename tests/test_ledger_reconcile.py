@@ -378,3 +378,47 @@ def test_an_anthropic_cost_report_in_cents_is_all_unseen_spend_when_no_span_call
     assert list(rows) == [(DAYS[1], "anthropic", "claude-sonnet-4-20250514")]
     row = rows[(DAYS[1], "anthropic", "claude-sonnet-4-20250514")]
     assert (row["status"], float(row["billed_usd"]), float(row["ours_usd"])) == ("billed_not_seen", 3.255, 0.0)
+
+
+def test_bedrock_and_vertex_lines_find_their_models_by_the_most_specific_name(tmp_path):
+    from processor.billing_sources import read_focus
+    from processor.ledger import LedgerRow
+    from processor.reconcile import reconcile
+
+    day = "2026-10-05"
+    rows = [
+        LedgerRow(day, "aws.bedrock", "anthropic.claude-3-5-sonnet-20241022-v2:0", (("team", "ml"),), 1.25),
+        LedgerRow(day, "aws.bedrock", "anthropic.claude-3-5-haiku-20241022-v1:0", (("team", "ml"),), 0.5),
+        LedgerRow(day, "gcp.vertex_ai", "gemini-2.0-flash", (), 0.25),
+        LedgerRow(day, "gcp.vertex_ai", "gemini-2.0-flash-lite", (), 0.125),
+        # A provider no billing file covers: not reported as never billed.
+        LedgerRow(day, "openai", "gpt-4o", (), 9.0),
+    ]
+    path = tmp_path / "focus.csv"
+    with path.open("w", newline="") as out:
+        writer = csv.DictWriter(out, FOCUS_COLUMNS)
+        writer.writeheader()
+        for provider, service, sku, description, billed, effective in [
+            ("AWS", "Amazon Bedrock", "USE1-Anthropic.Claude-3-5-Sonnet-20241022-V2:0-input-tokens", "", 1.0, 0.9),
+            ("AWS", "Amazon Bedrock", "USE1-Anthropic.Claude-3-5-Sonnet-20241022-V2:0-output-tokens", "", 0.5, 0.45),
+            ("AWS", "Amazon Bedrock", "USE1-Anthropic.Claude-3-5-Haiku-20241022-V1:0-input-tokens", "", 0.5, 0.5),
+            ("Google Cloud", "Vertex AI", "A1B2-C3D4", "Gemini 2.0 Flash Lite Input Tokens", 0.125, 0.125),
+            ("Google Cloud", "Vertex AI", "E5F6-A7B8", "Gemini 2.0 Flash Input Tokens", 0.25, 0.25),
+        ]:
+            writer.writerow(
+                {
+                    "ChargePeriodStart": f"{day}T00:00:00Z", "ChargePeriodEnd": "2026-10-06T00:00:00Z",
+                    "ProviderName": provider, "ServiceName": service, "SkuId": sku,
+                    "ChargeDescription": description, "BilledCost": billed, "EffectiveCost": effective,
+                    "BillingCurrency": "USD", "ChargeCategory": "Usage",
+                }
+            )  # fmt: skip
+    billed = {(r.provider, r.model): r for r in reconcile(read_focus(path), rows).rows}
+    assert {key: (r.billed_usd, r.ours_usd, r.status) for key, r in billed.items()} == {
+        ("aws.bedrock", "anthropic.claude-3-5-sonnet-20241022-v2:0"): (1.5, 1.25, "matched"),
+        ("aws.bedrock", "anthropic.claude-3-5-haiku-20241022-v1:0"): (0.5, 0.5, "matched"),
+        ("gcp.vertex_ai", "gemini-2.0-flash"): (0.25, 0.25, "matched"),
+        ("gcp.vertex_ai", "gemini-2.0-flash-lite"): (0.125, 0.125, "matched"),
+    }
+    effective = {(r.provider, r.model): r for r in reconcile(read_focus(path, "EffectiveCost"), rows).rows}
+    assert effective[("aws.bedrock", "anthropic.claude-3-5-sonnet-20241022-v2:0")].billed_usd == pytest.approx(1.35)
