@@ -51,6 +51,10 @@ class BudgetStore(Protocol):
 
     def read(self, keys: list[str]) -> dict[str, float]: ...
 
+    def scan(self, prefix: str) -> dict[str, float]:
+        """Every consumed key starting with `prefix` and its total (the spend ledger's rows)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -78,6 +82,10 @@ class MemoryStore:
     def read(self, keys: list[str]) -> dict[str, float]:
         with self._lock:
             return {key: self._consumed.get(key, 0.0) for key in keys}
+
+    def scan(self, prefix: str) -> dict[str, float]:
+        with self._lock:
+            return {key: usd for key, usd in self._consumed.items() if key.startswith(prefix)}
 
     def close(self) -> None:
         pass
@@ -149,6 +157,14 @@ class SqliteStore:
     def read(self, keys: list[str]) -> dict[str, float]:
         with self._lock:
             return self._read_locked(keys)
+
+    def scan(self, prefix: str) -> dict[str, float]:
+        # A range on the primary key, not LIKE: LIKE would read '_' and '%' in a prefix as patterns.
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT key, usd FROM consumed WHERE key >= ? AND key < ?", (prefix, prefix + "\U0010ffff")
+            ).fetchall()
+        return {key: float(usd) for key, usd in rows}
 
     def file_replaced(self) -> bool:
         """Whether the path no longer names the file this store writes (deleted or replaced)."""
@@ -283,8 +299,24 @@ class RedisStore:
         values = self._redis.mget([REDIS_PREFIX + key for key in keys])
         return {key: 0.0 if value is None else float(value) for key, value in zip(keys, values, strict=True)}
 
+    def scan(self, prefix: str) -> dict[str, float]:
+        pattern = _glob_escaped(REDIS_PREFIX + prefix) + "*"
+        keys = sorted({key.decode() if isinstance(key, bytes) else key for key in self._redis.scan_iter(pattern, 1000)})
+        found: dict[str, float] = {}
+        for at in range(0, len(keys), 1000):
+            chunk = keys[at : at + 1000]
+            for key, value in zip(chunk, self._redis.mget(chunk), strict=True):
+                if value is not None:  # expired between the scan and the read
+                    found[key.removeprefix(REDIS_PREFIX)] = float(value)
+        return found
+
     def close(self) -> None:
         self._redis.close()
+
+
+def _glob_escaped(text: str) -> str:
+    """`text` matched literally by a Redis SCAN pattern."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 # A store call waits this long for Redis at most: the stage runs on the request path (on the event

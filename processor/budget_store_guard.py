@@ -169,6 +169,19 @@ class GuardedStore:
         with self._lock:
             return self._estimates(keys)
 
+    def scan(self, prefix: str) -> dict[str, float]:
+        """The ledger's rows as stored, with the charges kept for the store added (for rows it has)."""
+        backend = self._backend if self.problem is None else None
+        if backend is None:
+            raise StoreUnavailable()
+        try:
+            found = backend.scan(prefix)
+        except Exception as exc:
+            self._down(exc)
+            raise StoreUnavailable() from None
+        with self._lock:
+            return {key: value + self._kept_sum(key) for key, value in found.items()}
+
     def close(self) -> None:
         self._stop.set()
         self._thread.join()

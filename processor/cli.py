@@ -1,4 +1,4 @@
-"""`genops-sidecar` command line: serve, validate-config, and the pricing tools."""
+"""`genops-sidecar` command line: serve, validate-config, the pricing tools, ledger and reconcile."""
 
 from __future__ import annotations
 
@@ -94,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     from processor.pricing_cli import add_pricing_commands
 
     add_pricing_commands(commands)
+    from processor.ledger_cli import add_ledger_command
+    from processor.reconcile_cli import add_reconcile_command
+
+    add_ledger_command(commands, [after])
+    add_reconcile_command(commands, [after])
     return parser
 
 

@@ -145,6 +145,17 @@ class RedactionConfig:
 
 
 @dataclass(frozen=True)
+class LedgerConfig:
+    # The spend ledger (processor/ledger.py): what was charged per UTC day, provider, model and
+    # these attribution dimensions (comma-separated), kept in the budget state store.
+    enabled: bool = False
+    keys: str = "team,project"
+    retention_days: int = setting(400, min=1, max=3660)
+    # Distinct (provider, model, keys) rows per day and process; spans beyond go to an overflow row.
+    max_rows_per_day: int = setting(5000, min=1, max=1_000_000)
+
+
+@dataclass(frozen=True)
 class PolicyConfig:
     # On by default: with no policy file it attributes spend and feeds the genops_* metrics.
     enabled: bool = True
@@ -169,6 +180,7 @@ class PolicyConfig:
     metrics_labels: str = "team,project,cost_center,feature,environment,model,provider"
     metrics_label_deny: str = "customer_id"
     metrics_max_label_values: int = setting(200, min=1, max=100_000)
+    ledger: LedgerConfig = field(default_factory=LedgerConfig)
 
 
 @dataclass(frozen=True)

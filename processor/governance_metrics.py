@@ -23,6 +23,7 @@ import polars as pl
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from processor.attribution import DIMENSIONS
+from processor.budget_forecast import FORECAST_METRIC
 from processor.budgets import ENGINE, OPTIMIZATIONS
 from processor.operation_totals import operation_totals
 from processor.outbound import NO_REDACTION, OutboundRedaction
@@ -165,6 +166,13 @@ class GovernanceMetrics:
         self.remaining = Gauge(
             "genops_budget_remaining_usd",
             "USD left in the current budget window (0 when exceeded), as last seen.",
+            ["budget", "subject"],
+            registry=registry,
+            multiprocess_mode="mostrecent",
+        )
+        self.forecast = Gauge(
+            FORECAST_METRIC,
+            "Seconds until the budget window's limit at its rate so far; +Inf: not within this window.",
             ["budget", "subject"],
             registry=registry,
             multiprocess_mode="mostrecent",
@@ -390,14 +398,20 @@ class GovernanceMetrics:
                 self._labelled(self.violations, (policy, reason_code, mode)).inc(count)
 
     def record_budgets(
-        self, levels: Sequence[tuple[str, str, float, float]], exceeded: Sequence[tuple[str, str, int]]
+        self,
+        levels: Sequence[tuple[str, str, float, float]],
+        exceeded: Sequence[tuple[str, str, int]],
+        forecasts: Sequence[float] = (),
     ) -> None:
-        """`levels`: (budget, subject, consumed, limit) as last charged; `exceeded`: (budget, mode, spans)."""
+        """`levels`: (budget, subject, consumed, limit) as last charged; `exceeded`: (budget, mode,
+        spans); `forecasts`: per level, seconds to its exhaustion (processor/budget_forecast.py)."""
         subjects = self.cap.map("budget_subject", [subject for _, subject, _, _ in levels])
         names = self.cap.published("budget", [name for name, _, _, _ in levels])
         for (_, _, consumed, limit), subject, name in zip(levels, subjects, names, strict=True):
             self._labelled(self.utilization, (name, subject)).set(consumed / limit)
             self._labelled(self.remaining, (name, subject)).set(max(limit - consumed, 0.0))
+        for subject, name, seconds in zip(subjects, names, forecasts, strict=False):
+            self._labelled(self.forecast, (name, subject)).set(seconds)
         for name, mode, count in exceeded:
             (name,) = self.cap.published("budget", [name])
             self._labelled(self.exceeded, (name, mode)).inc(count)

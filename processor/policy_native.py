@@ -21,6 +21,7 @@ import pyarrow as pa
 from processor import budgets, policies
 from processor.attribution import DIMENSIONS, Attribution
 from processor.batch_columns import array_parts, arrow_series, series_array
+from processor.budget_forecast import level_forecasts, now_utc
 from processor.budget_policy_file import Budget, PolicyFile
 from processor.budget_state import BudgetStore
 from processor.decode import RESOURCE_PREFIX, ROW, START_TIME, STATUS_CODE, TelemetryBatch, native_module
@@ -198,9 +199,11 @@ class NativePolicy:
         if tags is not None:
             listed = self.policy.budgets
             exceeded = check_counts[len(self.policy.rules) :]
+            found_levels = [(listed[b].name, who, spent, float(listed[b].limit_usd)) for b, who, spent in levels]
             metrics.record_budgets(
-                [(listed[b].name, subject, spent, float(listed[b].limit_usd)) for b, subject, spent in levels],
+                found_levels,
                 [(b.name, b.mode, count) for b, count in zip(listed, exceeded, strict=True) if count],
+                level_forecasts({b.name: b for b in listed}, found_levels, now_utc()),
             )
         return BatchChanges(set_attributes=changes, events=span_events, arrow=arrays)
 

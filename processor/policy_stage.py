@@ -11,6 +11,7 @@ reference tests/test_policy_native.py checks the native path against.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import Counter
 
@@ -21,7 +22,8 @@ from prometheus_client import CollectorRegistry
 from processor import budgets, policies
 from processor.attribution import DIMENSIONS, Attribution, text
 from processor.budget_api import BudgetStatusReader
-from processor.budget_policy_file import PolicyFile, PolicySource, load_policy_file
+from processor.budget_forecast import FORECAST_TAG, forecast_column, level_forecasts, now_utc
+from processor.budget_policy_file import Budget, PolicyFile, PolicySource, load_policy_file
 from processor.budget_state import BudgetStore, open_store
 from processor.config import PolicyConfig
 from processor.decode import (
@@ -36,6 +38,7 @@ from processor.decode import (
 )
 from processor.genai_attributes import GENAI_KEYS, MODEL, PROVIDER, TOKENS_INPUT, TOKENS_OUTPUT, normalized
 from processor.governance_metrics import GovernanceMetrics, parse_labels
+from processor.ledger import LedgerPlan, LedgerSettings
 from processor.outbound import NO_REDACTION, OutboundRedaction
 from processor.pipeline import BatchChanges
 from processor.policy_native import NativePolicy
@@ -60,9 +63,11 @@ class PolicyStage:
         metrics: GovernanceMetrics,
         outbound: OutboundRedaction = NO_REDACTION,
         invalid: InvalidValueMetrics | None = None,
+        ledger: LedgerPlan | None = None,
     ) -> None:
         self.source = source
         self.store = store
+        self.ledger = ledger
         self.attribution = attribution
         self.metrics = metrics
         self._invalid = invalid or InvalidValueMetrics.of(CollectorRegistry())
@@ -76,7 +81,8 @@ class PolicyStage:
         self.metrics.close()
 
     def wanted_keys(self) -> WantedKeys:
-        own = WantedKeys(item=frozenset((*COST_KEYS, policies.PII_COUNT, ERROR_TYPE)))
+        ledger = self.ledger.wanted_keys() if self.ledger is not None else ()
+        own = WantedKeys(item=frozenset((*COST_KEYS, *ledger, policies.PII_COUNT, ERROR_TYPE)))
         return WantedKeys.union((GENAI_KEYS, self.attribution.wanted_keys(), own))
 
     def prepare(self, batch: TelemetryBatch) -> None:
@@ -93,13 +99,16 @@ class PolicyStage:
         check_batch(batch)
         self._invalid.record(batch)
         plan = self._plan_for(self.source.current())
+        # The ledger's charge goes into the batch's one store call (retried batches charge it once).
+        store = self.store if self.ledger is None else self.ledger.charging(self.store, batch, time.time_ns())
+        changes = None
         if plan.native is not None and native_available():
-            changes = plan.native.process(batch, self.store, self.metrics, fingerprint)
-            if changes is not None:
-                return changes
-        return self._process_polars(batch, plan)
+            changes = plan.native.process(batch, store, self.metrics, fingerprint)
+        if changes is None:
+            changes = self._process_polars(batch, plan, store)
+        return _with_forecast(changes, plan.budget_names)
 
-    def _process_polars(self, batch: TelemetryBatch, plan: _Plan) -> BatchChanges:
+    def _process_polars(self, batch: TelemetryBatch, plan: _Plan, store: BudgetStore) -> BatchChanges:
         frame = batch.frame
         genai = [column.alias(GENAI_PREFIX + column.name) for column in normalized(batch).get_columns()]
         query = frame.hstack(genai).lazy().with_columns(pl.lit(time.time_ns(), dtype=pl.Int64).alias(budgets.NOW))
@@ -112,7 +121,7 @@ class PolicyStage:
         if spans.height == 0:
             return BatchChanges()
         windows = plan.budgets.windows(spans)
-        applied = self.store.apply(fingerprint(batch), windows.increments, windows.expires_at)
+        applied = store.apply(fingerprint(batch), windows.increments, windows.expires_at)
         charged = _layered(
             spans.lazy().with_columns(plan.budgets.consumed_columns(windows, applied.totals)),
             plan.charge_layers(windows.charged),
@@ -143,7 +152,9 @@ class PolicyStage:
             [(c.name, c.reason_code, c.mode, int(charged.get_column(column).sum())) for c, column in plan.counted],
         )
         if windows.charged:
-            self.metrics.record_budgets(plan.budgets.levels(charged), plan.budgets.exceeded_counts(charged))
+            levels = plan.budgets.levels(charged)
+            forecasts = level_forecasts(plan.budget_names, levels, now_utc())
+            self.metrics.record_budgets(levels, plan.budgets.exceeded_counts(charged), forecasts)
         return BatchChanges(set_attributes=changes, events=events)
 
     def _plan_for(self, policy: PolicyFile) -> _Plan:
@@ -194,6 +205,7 @@ class _Plan:
         self.policy = policy
         self.attribution = attribution
         self.budgets = budgets.BudgetPlan(policy.budgets)
+        self.budget_names = {b.name: b for b in policy.budgets}
         rule_checks = policies.rule_checks(policy.rules, _rule_column)
         budget_checks = [
             policies.Check(f"budget:{b.name}", policies.REASON_CODES["budget"], b.mode, self.budgets.exceeded(i))
@@ -314,6 +326,21 @@ class _Plan:
         return self._outputs[charged]
 
 
+def _with_forecast(changes: BatchChanges, listed: dict[str, Budget]) -> BatchChanges:
+    """`changes` plus genops.budget.forecast beside the budget tags (both paths write those)."""
+    tags = changes.set_attributes
+    if budgets.TAGS["name"] not in tags:
+        return changes
+    forecast = forecast_column(
+        tags[budgets.TAGS["name"]],
+        tags[budgets.TAGS["consumed"]],
+        tags[budgets.TAGS["limit"]],
+        listed,
+        now_utc(),
+    )
+    return dataclasses.replace(changes, set_attributes={**tags, FORECAST_TAG: forecast})
+
+
 def _error(schema: dict[str, pl.DataType]) -> pl.Expr:
     failed = text(schema, ERROR_TYPE).is_not_null()
     if STATUS_CODE in schema:  # 2 = STATUS_CODE_ERROR
@@ -351,13 +378,20 @@ def build_policy_stage(
     """The policy/budget stage; `stage.budget_status` serves the budget status API. `outbound`
     redacts the metric labels and answers it makes from span values."""
     labels = parse_labels(config.metrics_labels, config.metrics_label_deny)
+    attribution = Attribution.from_config(config.attribution_fallbacks)
+    ledger = (
+        LedgerPlan(LedgerSettings.from_config(config.ledger), attribution, outbound, registry)
+        if config.ledger.enabled
+        else None
+    )
     return PolicyStage(
         source=PolicySource(config.policy_file, config.reload_interval_seconds, registry),
         store=open_store(config.state_backend, config.state_path, config.redis_url, registry),
-        attribution=Attribution.from_config(config.attribution_fallbacks),
+        attribution=attribution,
         metrics=GovernanceMetrics(registry, labels, config.metrics_max_label_values, outbound),
         outbound=outbound,
         invalid=InvalidValueMetrics.of(registry),
+        ledger=ledger,
     )
 
 
@@ -365,5 +399,6 @@ def check_policy_config(config: PolicyConfig) -> None:
     """For `validate-config`: raises ValueError naming the first problem, without opening the store."""
     parse_labels(config.metrics_labels, config.metrics_label_deny)
     Attribution.from_config(config.attribution_fallbacks)
+    LedgerSettings.from_config(config.ledger)
     if config.policy_file:
         load_policy_file(config.policy_file)

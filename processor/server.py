@@ -161,7 +161,17 @@ def budget_routes(processing: Processing, budget_api: BudgetApiConfig) -> dict[s
             return HttpResponse(401, body, "application/json", (("WWW-Authenticate", 'Bearer realm="genops"'),))
         return HttpResponse(*http_budget_status(reader, request.path))
 
-    return {BUDGETS_PATH: budgets}
+    def ledger(request: HttpRequest) -> HttpResponse:
+        from processor.ledger_cli import http_ledger
+
+        if not access.allows(request.authorization):
+            body = b'{"error": "missing or wrong bearer token"}\n'
+            return HttpResponse(401, body, "application/json", (("WWW-Authenticate", 'Bearer realm="genops"'),))
+        return HttpResponse(*http_ledger(reader.store, reader.outbound, request.path))
+
+    from processor.ledger_cli import LEDGER_PATH
+
+    return {BUDGETS_PATH: budgets, LEDGER_PATH: ledger}
 
 
 class ProbeServer:

@@ -40,6 +40,7 @@ DOCUMENTED_METRICS = frozenset(
         "genops_pricing_reload_success",
         "genops_pricing_table_age_seconds",
         "genops_cost_estimated_spans_total",
+        "genops_budget_forecast_exhaustion_seconds",
     }
 )
 HISTOGRAMS = frozenset({"genops_operation_latency_seconds", "genops_sidecar_request_seconds"})
@@ -53,6 +54,7 @@ REQUIRED_ALERTS = frozenset(
         "GenopsSidecarForwardErrors",
         "GenopsPricingReloadFailing",
         "GenopsPricingTableStale",
+        "GenopsBudgetExhaustionForecast",
     }
 )
 
