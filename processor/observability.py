@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -151,7 +152,7 @@ def redact_logs_with(redact: Callable[[str], str] | None) -> None:
     _log_redaction = redact
 
 
-def _redacted_values(_logger: object, _method: str, event: dict) -> dict:
+def _redacted_values(_logger: object, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     redact = _log_redaction
     for key, value in event.items():
         if isinstance(value, str):

@@ -12,7 +12,7 @@ import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 import polars as pl
 import pyarrow as pa
@@ -30,6 +30,9 @@ from processor.decode import (
 )
 from processor.observability import PipelineMetrics
 from processor.outbound import NO_REDACTION, OutboundRedaction
+
+if TYPE_CHECKING:
+    from processor._otlp_native import RedactionJob, Redactor
 
 PROCESSING_ERROR_KEY = "genops.processing.error"
 
@@ -92,9 +95,9 @@ class ValuesStage(Stage, Protocol):
     the pipeline calls `finish` with the consumer's job instead of `process`; the changes are the
     same, so it still comes before the stages that read what it writes."""
 
-    def values_consumer(self) -> object | None: ...
+    def values_consumer(self) -> Redactor | None: ...
 
-    def finish(self, batch: TelemetryBatch, job: object) -> BatchChanges: ...
+    def finish(self, batch: TelemetryBatch, job: RedactionJob) -> BatchChanges: ...
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,7 @@ class Pipeline:
         self._wanted = {
             signal: WantedKeys.union(
                 dataclasses.replace(s.wanted_keys(), values=False)
-                if self._consumers[signal] and s is self._consumers[signal][0]
+                if (consumer := self._consumers[signal]) is not None and s is consumer[0]
                 else s.wanted_keys()
                 for s in stages
             )
@@ -164,7 +167,9 @@ class Pipeline:
             for job in jobs.values():
                 job.abandon()
 
-    def _process(self, signal: str, batch: TelemetryBatch, raw: bytes, jobs: dict[str, object]) -> ProcessedRequest:
+    def _process(
+        self, signal: str, batch: TelemetryBatch, raw: bytes, jobs: dict[str, RedactionJob]
+    ) -> ProcessedRequest:
         applied: list[BatchChanges] = []
         failed: list[str] = []
         # Every stage runs on a request without items too: its resources still carry values.
@@ -177,7 +182,7 @@ class Pipeline:
             # For a stage with a job: the time the batch waited for it, not the time it ran.
             started = time.perf_counter()
             try:
-                changes = stage.process(batch) if job is None else stage.finish(batch, job)
+                changes = stage.process(batch) if job is None else cast(ValuesStage, stage).finish(batch, job)
                 _check_shape(changes, len(batch))
             except MalformedRequest:
                 # Found by a stage that reads deeper than the decoder did (a corrupt nested value):
@@ -226,7 +231,7 @@ def _prepare(stages: Sequence[Stage], batch: TelemetryBatch) -> None:
             log.debug("a stage could not prepare; it works at its turn", stage=stage.name, exc_info=True)
 
 
-def _values_consumer(stage: Stage) -> object | None:
+def _values_consumer(stage: Stage) -> Redactor | None:
     consumer = getattr(stage, "values_consumer", None)
     return None if consumer is None else consumer()
 

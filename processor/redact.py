@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import polars as pl
@@ -48,7 +49,7 @@ from processor.decode import (
 from processor.detectors import check_bearer, check_card, check_iban, check_ipv4, check_phone, check_ssn
 from processor.outbound import NO_REDACTION, OutboundRedaction
 from processor.pipeline import BatchChanges
-from processor.redaction_rules import RESERVED_RULE_NAME, Action, RedactionRules, ValueRule, load_rules
+from processor.redaction_rules import RESERVED_RULE_NAME, Action, KeyRule, RedactionRules, ValueRule, load_rules
 
 COUNT_KEY = "genops.redaction.count"
 KEYS_KEY = "genops.redaction.keys"
@@ -179,13 +180,12 @@ class RedactionStage:
             ["detector", "action", "signal"],
             registry=registry,
         )
-        self._actions = {rule.name: rule.action for rule in (*rules.key_rules, *rules.value_rules)}
+        every_rule: tuple[KeyRule | ValueRule, ...] = (*rules.key_rules, *rules.value_rules)
+        self._actions = {rule.name: rule.action for rule in every_rule}
         self._actions[NOT_ALLOWED] = Action("drop")
         self._native = _native_redactor(rules, self.values)
         # The native redactor counts rewrites per rule slot: key rules, value rules, allow-list drop.
-        self._slots = [(rule.name, rule.action.kind) for rule in (*rules.key_rules, *rules.value_rules)] + [
-            (NOT_ALLOWED, "drop")
-        ]
+        self._slots = [(rule.name, rule.action.kind) for rule in every_rule] + [(NOT_ALLOWED, "drop")]
         self._slot_counters: dict[tuple[int, str], Counter] = {}
         # These rules for what the sidecar sends out besides the request's own values.
         self.outbound = OutboundRedaction(self.redact_one)
@@ -443,8 +443,14 @@ class RedactionStage:
 _ADDRESS = ("scope", "owner", "position", "row", "label")
 _SUMMARY_LEVELS = {"silent": 0, "info": 1, "debug": 2}
 _ARROW_IN_PLACE = pl.CompatLevel.newest()
+
+
 # Checks the native redactor has a Rust version of (processor/native/src/detect.rs).
-_NATIVE_CHECKS = {
+def _native_check(check: Callable[[str], str | None] | None) -> str | None:
+    return None if check is None else _NATIVE_CHECKS.get(check)
+
+
+_NATIVE_CHECKS: dict[Callable[[str], str | None], str] = {
     check_card: "card",
     check_ssn: "ssn",
     check_phone: "phone",
@@ -472,7 +478,7 @@ def _native_redactor(rules: RedactionRules, values: ValueRedactor):
             rules.allow_all_keys,
             [(rule.key_regex, rule.action.kind, rule.action.mask, rule.action.length) for rule in rules.key_rules],
             [
-                (rule.pattern, rule.check, _NATIVE_CHECKS.get(rule.check), rule.action.kind, rule.action.mask)
+                (rule.pattern, rule.check, _native_check(rule.check), rule.action.kind, rule.action.mask)
                 for rule in rules.value_rules
             ],
             rules.redact_all_types,
