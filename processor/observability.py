@@ -28,6 +28,7 @@ class PipelineMetrics:
 
     stage_errors: Counter
     stage_seconds: Histogram
+    stage_engine: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> PipelineMetrics:
@@ -43,6 +44,12 @@ class PipelineMetrics:
                 "Time spent per batch in each stage.",
                 ["stage", "signal"],
                 buckets=STAGE_BUCKETS,
+                registry=registry,
+            ),
+            stage_engine=Counter(
+                "genops_sidecar_stage_engine",
+                "Batches per stage by the engine that ran it: native (Rust), polars, none (nothing to do).",
+                ["stage", "signal", "engine"],
                 registry=registry,
             ),
         )

@@ -38,7 +38,7 @@ from processor.decode import (
 from processor.genai_attributes import GENAI_KEYS, MODEL, PROVIDER, TOKENS_INPUT, TOKENS_OUTPUT, normalized
 from processor.governance_metrics import GovernanceMetrics, parse_labels
 from processor.outbound import NO_REDACTION, OutboundRedaction
-from processor.pipeline import BatchChanges
+from processor.pipeline import ENGINE_NATIVE, ENGINE_POLARS, BatchChanges
 from processor.policy_native import NativePolicy
 from processor.span_values import InvalidValueMetrics, check_batch
 
@@ -100,8 +100,8 @@ class PolicyStage:
         if plan.native is not None and native_available():
             changes = plan.native.process(batch, self.store, self.metrics, fingerprint)
             if changes is not None:
-                return changes
-        return self._process_polars(batch, plan)
+                return changes.with_engine(ENGINE_NATIVE)
+        return self._process_polars(batch, plan).with_engine(ENGINE_POLARS)
 
     def _process_polars(self, batch: TelemetryBatch, plan: _Plan) -> BatchChanges:
         frame = batch.frame

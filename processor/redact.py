@@ -48,7 +48,7 @@ from processor.decode import (
 )
 from processor.detectors import check_bearer, check_card, check_iban, check_ipv4, check_phone, check_ssn
 from processor.outbound import NO_REDACTION, OutboundRedaction
-from processor.pipeline import BatchChanges
+from processor.pipeline import ENGINE_NATIVE, ENGINE_POLARS, BatchChanges
 from processor.redaction_rules import RESERVED_RULE_NAME, Action, KeyRule, RedactionRules, ValueRule, load_rules
 
 COUNT_KEY = "genops.redaction.count"
@@ -252,10 +252,11 @@ class RedactionStage:
         ]
         parts = [part.cast(_REWRITE_SCHEMA) for part in parts if part.height]  # type: ignore[arg-type]
         if not parts:
-            return BatchChanges()
+            return BatchChanges(engine=ENGINE_POLARS)
         rewrites = pl.concat(parts, how="vertical")
         self._count(rewrites, batch.signal)
         return BatchChanges(
+            engine=ENGINE_POLARS,
             set_attributes=self._summary(batch, rewrites),
             # Several value rules may have changed one value: each is counted, it is written once.
             rewrites=rewrites.unique(["scope", "owner", "position"]).select("scope", "owner", "position", "new_value"),
@@ -307,7 +308,7 @@ class RedactionStage:
     def _native_changes(self, found: tuple | None, signal: str) -> BatchChanges:
         """What the native redactor returned (see `Redactor.redact`), as the stage's changes."""
         if found is None:
-            return BatchChanges()
+            return BatchChanges(engine=ENGINE_NATIVE)
         (scopes, owners, positions, new_values), counts, summary = found
         for slot, count in counts:
             self._slot_counter(slot, signal).inc(count)
@@ -332,7 +333,7 @@ class RedactionStage:
                     children=[_strings(labels)],
                 )
                 set_attributes[KEYS_KEY] = pl.Series(KEYS_KEY, lists)
-        return BatchChanges(set_attributes=set_attributes, rewrites=rewrites)
+        return BatchChanges(set_attributes=set_attributes, rewrites=rewrites, engine=ENGINE_NATIVE)
 
     def _slot_counter(self, slot: int, signal: str) -> Counter:
         counter = self._slot_counters.get((slot, signal))
