@@ -82,6 +82,11 @@ class SidecarMetrics:
         assert self.pipeline is not None
         return self.pipeline.stage_seconds
 
+    @property
+    def stage_engine(self) -> Counter:
+        assert self.pipeline is not None
+        return self.pipeline.stage_engine
+
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None, *, with_pipeline: bool = True) -> SidecarMetrics:
         registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
