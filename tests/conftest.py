@@ -27,4 +27,15 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"skipped under CI ({REQUIRE_TOOLS_ENV} is set), .ci/run must provide it: {reason}"
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    report = outcome.get_result()
+    # A whole module skipped at import (pytest.importorskip at the top of a test file).
+    if report.skipped and tools_required():
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI ({REQUIRE_TOOLS_ENV} is set), .ci/run must provide it: {reason}"
+
+
 pytest_plugins = ["pytester"]

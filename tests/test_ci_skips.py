@@ -31,16 +31,20 @@ def test_plain():
 def suite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
     pytester.makeconftest(CONFTEST)
     pytester.makepyfile(SUITE)
+    pytester.makepyfile(test_needs_a_module='import pytest\npytest.importorskip("no_such_module_here")\n')
     return pytester
 
 
 @pytest.mark.parametrize("value", ["1", "true"])
 def test_under_ci_a_skip_fails_with_its_reason(suite, monkeypatch, value):
     monkeypatch.setenv("CI", value)
-    result = suite.runpytest_subprocess("-p", "no:cacheprovider")
+    # (A collection error stops a run by default, which fails it too; here the rest runs on to be counted.)
+    result = suite.runpytest_subprocess("-p", "no:cacheprovider", "--continue-on-collection-errors")
     # A skip at setup (a skipif mark) shows as an error, one in the test body as a failure: both fail the run.
-    result.assert_outcomes(passed=1, failed=1, errors=1, xfailed=1)
+    # The module skipped at import counts as a collection error.
+    result.assert_outcomes(passed=1, failed=1, errors=2, xfailed=1)
     result.stdout.fnmatch_lines(["*skipped under CI*frobnicator is not installed*", "*skipped under CI*no widget*"])
+    result.stdout.fnmatch_lines(["*skipped under CI*no_such_module_here*"])
 
 
 @pytest.mark.parametrize("value", [None, "0", ""])
@@ -50,4 +54,4 @@ def test_outside_ci_a_missing_tool_skips(suite, monkeypatch, value):
     else:
         monkeypatch.setenv("CI", value)
     result = suite.runpytest_subprocess("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=1, skipped=2, xfailed=1)
+    result.assert_outcomes(passed=1, skipped=3, xfailed=1)
