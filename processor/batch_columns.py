@@ -52,7 +52,7 @@ try:
 
     _FROM_C = PySeries.from_arrow_c_array
 except (ImportError, AttributeError):  # another polars build: the public constructor
-    _FROM_C = None
+    _FROM_C = None  # type: ignore[assignment]  # checked before each call
 
 
 class ScannedColumns:

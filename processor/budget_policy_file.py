@@ -11,6 +11,7 @@ import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from prometheus_client import CollectorRegistry
@@ -263,7 +264,7 @@ def _rule(raw: object, where: str) -> PolicyRule:
     return rule
 
 
-def _replace(rule: PolicyRule, **changes: object) -> PolicyRule:
+def _replace(rule: PolicyRule, **changes: Any) -> PolicyRule:
     return dataclasses.replace(rule, **changes)
 
 

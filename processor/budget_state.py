@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 from prometheus_client import CollectorRegistry
@@ -336,7 +336,11 @@ def redis_client(url: str, timeout: float = REDIS_TIMEOUT_SECONDS):
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    options = {"socket_timeout": timeout, "socket_connect_timeout": timeout, "retry": Retry(NoBackoff(), 0)}
+    options: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry": Retry(NoBackoff(), 0),
+    }
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme in CLUSTER_SCHEMES:

@@ -20,12 +20,17 @@ import datetime as dt
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
 
 import polars as pl
 
 from processor.budget_policy_file import PERIOD_LABEL, Budget
 from processor.decode import ROW, START_TIME
 from processor.pipeline import SpanEventToAdd
+
+if TYPE_CHECKING:
+    from polars._typing import PolarsDataType
+    from polars.expr.whenthen import ChainedThen, Then
 
 COST = "genops.cost.total"
 END_TIME = "_end_time_unix_nano"
@@ -46,7 +51,7 @@ TAGS = {
 
 # The engine of eager DataFrame calls, which these queries replaced: float sums (budget windows,
 # spend metrics) come out to the last bit as they did; the streaming engine adds in another order.
-ENGINE = "in-memory"
+ENGINE: Final = "in-memory"
 # And the optimiser passes of eager calls: the queries are small and written in the shape they
 # run in, so pushdowns and common-subexpression search cost more than they save.
 OPTIMIZATIONS = pl.QueryOptFlags(
@@ -204,7 +209,10 @@ class BudgetPlan:
         out = []
         for index, (keys, running) in enumerate(zip(windows.span_keys, windows.running, strict=True)):
             limit = float(self.budgets[index].limit_usd)
-            consumed = [None if key is None else before[key] + total for key, total in zip(keys, running, strict=True)]
+            consumed = [
+                None if key is None or total is None else before[key] + total
+                for key, total in zip(keys, running, strict=True)
+            ]
             out.append(pl.Series(column(index, "consumed"), consumed, dtype=pl.Float64))
             # Divided here, not in polars: polars divides a column without nulls by a scalar as a
             # product with its inverse, which can differ in the last bit from the quotient, and
@@ -252,17 +260,17 @@ class BudgetPlan:
         utilization = [pl.col(column(i, "utilization")) for i in range(count)]
         top = pl.max_horizontal(utilization).alias("_top")
         # The first budget at the top utilization, like a sort keeping budget order on ties.
-        best = pl.when(utilization[0] == pl.col("_top")).then(pl.lit(0, dtype=pl.UInt32))
+        best: Then | ChainedThen = pl.when(utilization[0] == pl.col("_top")).then(pl.lit(0, dtype=pl.UInt32))
         for index in range(1, count):
             best = best.when(utilization[index] == pl.col("_top")).then(pl.lit(index, dtype=pl.UInt32))
 
         def pick(what: str) -> pl.Expr:
-            chosen = pl.when(pl.col("_best") == 0).then(pl.col(column(0, what)))
+            chosen: Then | ChainedThen = pl.when(pl.col("_best") == 0).then(pl.col(column(0, what)))
             for index in range(1, count):
                 chosen = chosen.when(pl.col("_best") == index).then(pl.col(column(index, what)))
             return chosen
 
-        def constant(values: list, dtype: pl.DataType) -> pl.Expr:
+        def constant(values: list, dtype: PolarsDataType) -> pl.Expr:
             return pl.lit(pl.Series(values, dtype=dtype)).gather(pl.col("_best"))
 
         limit = constant([float(b.limit_usd) for b in self.budgets], pl.Float64)

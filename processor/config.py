@@ -228,6 +228,7 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
             raw = {}
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    assert isinstance(raw, dict)  # checked above when read from a file
     config = _build(SidecarConfig, raw, "")
     config = _override(config, environ, ENV_PREFIX)
     _check_unknown_env(config, environ)
@@ -252,7 +253,7 @@ def _build(cls: type, raw: dict, where: str):
         f = fields[name]
         setting_name = _join(where, name)
         hint = hints[name]
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             # `redaction:` with nothing under it keeps the defaults; `redaction: false` is a mistake
             # (it would read as "off" but switch nothing off), as are `[]` and `0`.
             if value is None:
@@ -305,13 +306,13 @@ def _coerce(hint, value: object, where: str, env: str):
     if hint is bool:
         if isinstance(value, bool):
             return value
-        if from_env and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
+        if from_env and str(value).lower() in ("true", "false", "1", "0", "yes", "no"):
+            return str(value).lower() in ("true", "1", "yes")
         _fail(where, "true or false", value, env)
     if hint is int:
         if from_env:
             try:
-                return int(value.strip())
+                return int(str(value).strip())
             except ValueError:
                 _fail(where, "an integer", value, env)
         if isinstance(value, bool) or not isinstance(value, int):
@@ -320,7 +321,7 @@ def _coerce(hint, value: object, where: str, env: str):
     if hint is float:
         if from_env:
             try:
-                value = float(value.strip())
+                value = float(str(value).strip())
             except ValueError:
                 _fail(where, "a number", value, env)
         if isinstance(value, bool) or not isinstance(value, int | float):

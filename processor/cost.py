@@ -37,7 +37,7 @@ from processor.config import CostConfig
 from processor.cost_native import NativeCost, native_cost_available
 from processor.decode import START_TIME, TRACES, TelemetryBatch, WantedKeys
 from processor.outbound import NO_REDACTION, OutboundRedaction
-from processor.pipeline import BatchChanges
+from processor.pipeline import ENGINE_NATIVE, ENGINE_POLARS, BatchChanges
 from processor.pricing_table import (
     ANY_PROVIDER,
     INT64_MAX,
@@ -408,7 +408,7 @@ class CostStage:
         if self._native is not None and native_cost_available():
             done = self._process_native(batch, table, slots)
             if done is not None:
-                return done
+                return done.with_engine(ENGINE_NATIVE)
         out = ga.collect(_run(self._work(batch), self._steps(known, slots)))
         if out.get_column(_UNKNOWN).any():
             known = self._known = known.adding(out.get_column(_KEY).drop_nulls().unique().to_list())
@@ -417,9 +417,9 @@ class CostStage:
         if "genai" not in batch.derived:
             batch.derived["genai"] = pl.DataFrame([out.get_column(c) for c in ga.COLUMNS])
         if out.get_column(_KEY).null_count() == out.height:  # nothing to price: not even an unpriced status
-            return BatchChanges()
+            return BatchChanges(engine=ENGINE_POLARS)
         self._count(out, known)
-        return BatchChanges(set_attributes={name: out.get_column(name) for name in WRITTEN})
+        return BatchChanges(set_attributes={name: out.get_column(name) for name in WRITTEN}, engine=ENGINE_POLARS)
 
     def _process_native(self, batch: TelemetryBatch, table: PricingTable, slots: PriceSlots) -> BatchChanges | None:
         """The batch through the native path (cost_native.py); None when that path does not take it."""

@@ -88,7 +88,7 @@ class NativeCost:
             return None
         unsigned = start.type == pa.uint64()
         if not unsigned and start.type != pa.int64():
-            start = batch.column_series(START_TIME).cast(pl.Int64, strict=False).to_arrow()
+            start = batch.column_series(START_TIME).cast(pl.Int64, strict=False).to_arrow()  # type: ignore[union-attr]  # present: its array was just read
         sdk_priced = None
         sdk = None if sdk_column is None else batch.column_array(sdk_column)
         if sdk is not None and sdk.null_count < len(sdk):
@@ -148,18 +148,18 @@ class NativeCost:
         if genai is not None:
             if any(genai.schema.get(c) != dtype for c, dtype in zip(ga.COLUMNS, _GENAI_TYPES, strict=True)):
                 return None
-            texts = [[_parts(genai.get_column(c), "string")] for c in _TEXT_COLUMNS]
-            counts = [[_parts(genai.get_column(c), "i64")] for c in ga.TOKEN_COLUMNS]
+            texts: list[list[tuple | None]] = [[_parts(genai.get_column(c), "string")] for c in _TEXT_COLUMNS]
+            counts: list[list[tuple | None]] = [[_parts(genai.get_column(c), "i64")] for c in ga.TOKEN_COLUMNS]
             return texts, counts
         texts = [_sources(batch, keys, pl.String()) for keys in (ga.MODEL_SOURCES, ga.PROVIDER_SOURCES)]
         counts = [_sources(batch, ga.TOKEN_SOURCES[c], pl.Int64()) for c in ga.TOKEN_COLUMNS]
         return texts, counts
 
 
-def _sources(batch: TelemetryBatch, keys: tuple[str, ...], dtype: pl.DataType) -> list[tuple]:
+def _sources(batch: TelemetryBatch, keys: tuple[str, ...], dtype: pl.DataType) -> list[tuple | None]:
     """The columns normalize reads for one canonical column (see genai_attributes._steps), in its
     order: those of a type it can use, other numbers cast to Int64 as the polars path casts them."""
-    found = []
+    found: list[tuple | None] = []
     for key in keys:
         arrow_type = batch.column_type(key)
         if arrow_type is None:

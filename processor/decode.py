@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import polars as pl
 import pyarrow as pa
@@ -21,10 +22,14 @@ from processor.batch_columns import ScannedColumns, array_parts, series_array
 from processor.nested_values import NestedValueError
 from processor.protos import otlp_lean_pb2 as lean
 
+if TYPE_CHECKING:
+    from processor._otlp_native import RedactionJob, Redactor
+
 try:
     from processor import _otlp_native as _native
 except ImportError:  # not built (no Rust toolchain): the pure-Python walk below does the same job
-    _native = None
+    # Typed as the module so the stub checks each call; every caller checks native_available() first.
+    _native = None  # type: ignore[assignment]
 
 TRACES = "traces"
 LOGS = "logs"
@@ -111,7 +116,7 @@ class TelemetryBatch:
         # The native scan's buffers of every value, made into `_string_values` only if asked for.
         self._native_strings: dict | None = None
         # When the decoder handed every value to a native consumer instead (`values_to`): its job.
-        self.values_job: object | None = None
+        self.values_job: RedactionJob | None = None
         self._items: list | None = None
         self._resources: list[lean.Resource] | None = None
         self._events: list[tuple[int, lean.SpanEvent]] | None = None
@@ -217,12 +222,14 @@ class TelemetryBatch:
     def items(self) -> list:
         if self._items is None:
             self._walk()
+        assert self._items is not None  # _walk sets it
         return self._items
 
     @property
     def resources(self) -> list[lean.Resource]:
         if self._resources is None:
             self._walk()
+        assert self._resources is not None  # _walk sets it
         return self._resources
 
     @property
@@ -230,6 +237,7 @@ class TelemetryBatch:
         """Span events as (span row, event), flattened in span order; empty for logs."""
         if self._events is None:
             self._walk()
+        assert self._events is not None  # _walk sets it
         return self._events
 
     @property
@@ -300,7 +308,7 @@ def native_module():
     return _native
 
 
-def decode_traces(raw: bytes, wanted: WantedKeys, values_to: object | None = None) -> TelemetryBatch:
+def decode_traces(raw: bytes, wanted: WantedKeys, values_to: Redactor | None = None) -> TelemetryBatch:
     """`values_to`: a native consumer (processor._otlp_native.Redactor) the native scan hands every
     value to, on its own thread; `batch.values_job` is then its job. Ignored by the Python walk."""
     if native_available():
@@ -331,7 +339,7 @@ def decode_traces(raw: bytes, wanted: WantedKeys, values_to: object | None = Non
     return batch
 
 
-def decode_logs(raw: bytes, wanted: WantedKeys, values_to: object | None = None) -> TelemetryBatch:
+def decode_logs(raw: bytes, wanted: WantedKeys, values_to: Redactor | None = None) -> TelemetryBatch:
     """`values_to`: as for `decode_traces`."""
     if native_available():
         return _decode_native(LOGS, raw, wanted, values_to)
@@ -366,7 +374,7 @@ def _span_columns(names: list[str], starts: list[int], ends: list[int], statuses
     ]
 
 
-def _decode_native(signal: str, raw: bytes, wanted: WantedKeys, values_to: object | None = None) -> TelemetryBatch:
+def _decode_native(signal: str, raw: bytes, wanted: WantedKeys, values_to: Redactor | None = None) -> TelemetryBatch:
     """The same batch as the Python walk, with the attribute scan done by processor/native.
 
     The scan checks the wire structure (a malformed request fails here) and returns every
@@ -466,6 +474,7 @@ def _native_values_frame(batch: TelemetryBatch, scanned: dict) -> pl.DataFrame:
     """The scanner's column buffers as a frame, through Arrow."""
     arrays = _native_values_arrays(batch, scanned)
     frame = pl.from_arrow(pa.Table.from_arrays(list(arrays.values()), names=list(arrays)))
+    assert isinstance(frame, pl.DataFrame)  # a Table always converts to a frame
     nested = scanned["nested"]
     if nested:
         # Values the scan could not render (malformed nesting) are left to the Python renderer.

@@ -41,7 +41,7 @@ class Forwarder:
     def __init__(self, config: DownstreamConfig) -> None:
         self.config = config
         mib = 1024 * 1024
-        options = [
+        options: list[tuple[str, int | str]] = [
             ("grpc.max_send_message_length", config.max_send_message_size_mib * mib),
             ("grpc.max_receive_message_length", 16 * mib),
         ]

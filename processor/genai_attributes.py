@@ -47,9 +47,14 @@ Token meaning of the canonical columns (the OTel GenAI semconv rule):
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Final
+
 import polars as pl
 
 from processor.decode import TelemetryBatch, WantedKeys
+
+if TYPE_CHECKING:
+    from polars._typing import PolarsDataType
 
 MODEL = "genai_model"
 PROVIDER = "genai_provider"
@@ -189,7 +194,7 @@ def normalize_provider(name: str | None) -> str | None:
     return PROVIDER_ALIASES.get(lowered, lowered) or None
 
 
-def _usable(source_type: pl.DataType, dtype: pl.DataType) -> bool:
+def _usable(source_type: PolarsDataType, dtype: PolarsDataType) -> bool:
     # bytes, booleans, or a number where a name belongs: not something we can use.
     if dtype == pl.String:
         return source_type == pl.String
@@ -225,7 +230,7 @@ def _steps(schema: pl.Schema) -> tuple[list[list[pl.Expr]], list[pl.Expr]]:
             read.append(value.alias(name))
             names[column].append(name)
 
-    def first(column: str, dtype: pl.DataType) -> pl.Expr:
+    def first(column: str, dtype: PolarsDataType) -> pl.Expr:
         # Names are stripped, and a blank one counts as absent.
         found = [pl.col(n) if dtype == pl.Int64 else pl.when(pl.col(n) != "").then(pl.col(n)) for n in names[column]]
         if not found:
@@ -281,7 +286,7 @@ _PLAN_CACHE_SIZE = 256
 # How the per-batch queries are collected. On batch-sized frames polars' fixed costs dominate: the
 # default engine adds ~0.1-0.3 ms per query over the in-memory one, and the optimizer ~1 ms on the
 # cost stage's query, which is written step by step with nothing for it to remove.
-ENGINE = "in-memory"
+ENGINE: Final = "in-memory"
 OPTIMIZATIONS = pl.QueryOptFlags.none()
 
 

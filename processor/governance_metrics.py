@@ -228,15 +228,21 @@ class GovernanceMetrics:
                     holders = [_incrementer(child) for child in children[:-1]]
                     buckets = list(latency._buckets) if bulk else None
                     kind = self._totals.value_class
-                    direct = bulk and all(type(value) is kind for value in (*holders, *buckets, latency._sum))
+                    direct = bulk and all(type(value) is kind for value in (*holders, *(buckets or ()), latency._sum))
                     total = None
                     if direct:
                         total = self._totals.register(children)
                         # (The native store puts its own value holders in the children.)
                         holders = [_incrementer(child) for child in children[:-1]]
                         buckets = list(latency._buckets)
+                    cost, tokens_input, tokens_output, tokens, operations, errors = holders
                     series = _OperationSeries(
-                        *holders,
+                        cost=cost,
+                        tokens_input=tokens_input,
+                        tokens_output=tokens_output,
+                        tokens=tokens,
+                        operations=operations,
+                        errors=errors,
                         latency=latency,
                         latency_buckets=buckets,
                         latency_sum=latency._sum if bulk else None,
@@ -426,5 +432,5 @@ class GovernanceMetrics:
             child = self._children[key] = metric.labels(*values)
         return child
 
-    def _child(self, metric, values: list) -> object:
+    def _child(self, metric, values: list) -> Any:
         return metric.labels(*values) if self.labels else metric

@@ -135,7 +135,7 @@ def _any_value(buf: bytes, chunks: list[Chunk]) -> tuple[tuple | None, list | No
             if wire == _LEN and field in (1, 5, 6, 7):
                 start, pos = _length(buf, pos, end)
                 if field == 1:
-                    found = ("str", _text(buf[start:pos]))
+                    found: tuple[str, object] = ("str", _text(buf[start:pos]))
                 elif field == 7:
                     found = ("bytes", buf[start:pos].hex())
                 else:
@@ -224,6 +224,7 @@ def _json_nested(buf: bytes, top: tuple) -> str:
             has_pending = False
             kind = pending[0] if pending is not None else None
             if kind in ("array", "kvlist"):
+                assert pending is not None  # kind is read from it
                 depth += 1
                 if depth > MAX_NESTING:
                     raise NestedValueError(f"a value nested deeper than {MAX_NESTING} levels")

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -27,6 +28,7 @@ class PipelineMetrics:
 
     stage_errors: Counter
     stage_seconds: Histogram
+    stage_engine: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> PipelineMetrics:
@@ -42,6 +44,12 @@ class PipelineMetrics:
                 "Time spent per batch in each stage.",
                 ["stage", "signal"],
                 buckets=STAGE_BUCKETS,
+                registry=registry,
+            ),
+            stage_engine=Counter(
+                "genops_sidecar_stage_engine",
+                "Batches per stage by the engine that ran it: native (Rust), polars, none (nothing to do).",
+                ["stage", "signal", "engine"],
                 registry=registry,
             ),
         )
@@ -73,6 +81,11 @@ class SidecarMetrics:
     def stage_seconds(self) -> Histogram:
         assert self.pipeline is not None
         return self.pipeline.stage_seconds
+
+    @property
+    def stage_engine(self) -> Counter:
+        assert self.pipeline is not None
+        return self.pipeline.stage_engine
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None, *, with_pipeline: bool = True) -> SidecarMetrics:
@@ -151,7 +164,7 @@ def redact_logs_with(redact: Callable[[str], str] | None) -> None:
     _log_redaction = redact
 
 
-def _redacted_values(_logger: object, _method: str, event: dict) -> dict:
+def _redacted_values(_logger: object, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     redact = _log_redaction
     for key, value in event.items():
         if isinstance(value, str):

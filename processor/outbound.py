@@ -108,7 +108,8 @@ class OutboundRedaction:
         changed = {value: new for value, new in changed.items() if new != value}
         if not changed:
             return None
-        return column.replace(changed, return_dtype=pl.String)  # type: ignore[arg-type]
+        # A String column mapped str -> str stays String (polars 2 dropped `return_dtype` here).
+        return column.replace(changed)
 
 
 def _or_dropped(redacted: str | None) -> str:

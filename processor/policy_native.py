@@ -14,6 +14,7 @@ import datetime as dt
 import time
 from collections import Counter
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 import pyarrow as pa
@@ -28,6 +29,9 @@ from processor.decode import RESOURCE_PREFIX, ROW, START_TIME, STATUS_CODE, Tele
 from processor.genai_attributes import MODEL, PROVIDER, TOKENS_INPUT, TOKENS_OUTPUT, normalized
 from processor.governance_metrics import GovernanceMetrics
 from processor.pipeline import BatchChanges, SpanEventToAdd
+
+if TYPE_CHECKING:
+    from polars._typing import PolarsDataType
 
 ERROR_TYPE = "error.type"
 # Metric label -> its source in the native plan: a dimension, then model and provider.
@@ -132,7 +136,8 @@ class NativePolicy:
         self, batch: TelemetryBatch, store: BudgetStore, metrics: GovernanceMetrics, fingerprint: Callable
     ) -> BatchChanges | None:
         """The batch's changes, or None when the polars path must take it (nothing applied then)."""
-        prepared = batch.derived.pop(_PREPARED, None)
+        # batch.derived is untyped (issue 19 replaces it with typed hand-offs): prepare() put it there.
+        prepared: Any = batch.derived.pop(_PREPARED, None)
         try:
             if prepared is not None and prepared[0] is self:
                 texts, numbers = prepared[1]
@@ -297,7 +302,7 @@ def _text(batch: TelemetryBatch, name: str) -> tuple | None:
     return _parts(column.cast(pl.String, strict=False))
 
 
-def _number(batch: TelemetryBatch, name: str, dtype: pl.DataType, arrow_type: pa.DataType) -> tuple | None:
+def _number(batch: TelemetryBatch, name: str, dtype: PolarsDataType, arrow_type: pa.DataType) -> tuple | None:
     """policy_stage._number: the column as `dtype` (strings trimmed first), None when absent."""
     found, parts = _readable(batch, name)
     if found is None:
@@ -320,7 +325,7 @@ def _pii_count(batch: TelemetryBatch) -> tuple | None:
 def _numbers(batch: TelemetryBatch, genai: pl.DataFrame) -> list[tuple | None]:
     genai_schema = dict(zip(genai.columns, genai.dtypes, strict=True))
 
-    def canonical(name: str, dtype: pl.DataType) -> tuple | None:
+    def canonical(name: str, dtype: PolarsDataType) -> tuple | None:
         found = genai_schema.get(name)
         if found is None or found == pl.Null:
             return None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import Counter
+from typing import TYPE_CHECKING
 
 import blake3
 import polars as pl
@@ -40,9 +41,12 @@ from processor.genai_attributes import GENAI_KEYS, MODEL, PROVIDER, TOKENS_INPUT
 from processor.governance_metrics import GovernanceMetrics, parse_labels
 from processor.ledger import LedgerPlan, LedgerSettings
 from processor.outbound import NO_REDACTION, OutboundRedaction
-from processor.pipeline import BatchChanges
+from processor.pipeline import ENGINE_NATIVE, ENGINE_POLARS, BatchChanges
 from processor.policy_native import NativePolicy
 from processor.span_values import InvalidValueMetrics, check_batch
+
+if TYPE_CHECKING:
+    from polars._typing import PolarsDataType
 
 COST_KEYS = ("genops.cost.total", "genops.cost.model", "genops.cost.provider", "genops.cost.status")
 # OTel semconv: set on a GenAI span when the operation ended in an error.
@@ -104,8 +108,10 @@ class PolicyStage:
         changes = None
         if plan.native is not None and native_available():
             changes = plan.native.process(batch, store, self.metrics, fingerprint)
+            if changes is not None:
+                changes = changes.with_engine(ENGINE_NATIVE)
         if changes is None:
-            changes = self._process_polars(batch, plan, store)
+            changes = self._process_polars(batch, plan, store).with_engine(ENGINE_POLARS)
         return _with_forecast(changes, plan.budget_names)
 
     def _process_polars(self, batch: TelemetryBatch, plan: _Plan, store: BudgetStore) -> BatchChanges:
@@ -116,22 +122,22 @@ class PolicyStage:
         # Only GenAI spans are evaluated (~40% of a batch): the rest are left out until the
         # output columns are laid back over the whole batch.
         # (A column, not its name: polars resolves a name against the whole frame schema.)
-        spans = query.select(head).with_columns(evaluated).filter(pl.col(EVALUATED))
-        spans = _layered(spans, layers).collect(engine=budgets.ENGINE, optimizations=budgets.OPTIMIZATIONS)
+        evaluated_spans = query.select(head).with_columns(evaluated).filter(pl.col(EVALUATED))
+        spans = _layered(evaluated_spans, layers).collect(engine=budgets.ENGINE, optimizations=budgets.OPTIMIZATIONS)
         if spans.height == 0:
             return BatchChanges()
         windows = plan.budgets.windows(spans)
         applied = store.apply(fingerprint(batch), windows.increments, windows.expires_at)
-        charged = _layered(
+        charging = _layered(
             spans.lazy().with_columns(plan.budgets.consumed_columns(windows, applied.totals)),
             plan.charge_layers(windows.charged),
         )
         if applied.repeated:
             # A retried batch: same tags and events as the first time, but counted once.
-            charged = charged.collect(engine=budgets.ENGINE, optimizations=budgets.OPTIMIZATIONS)
+            charged = charging.collect(engine=budgets.ENGINE, optimizations=budgets.OPTIMIZATIONS)
         else:
             charged, sums = pl.collect_all(
-                [charged, self.metrics.operation_sums(spans.lazy(), budgets.COST)],
+                [charging, self.metrics.operation_sums(spans.lazy(), budgets.COST)],
                 engine=budgets.ENGINE,
                 optimizations=budgets.OPTIMIZATIONS,
             )
@@ -363,7 +369,7 @@ def fingerprint(batch: TelemetryBatch) -> str:
     return done  # type: ignore[return-value]
 
 
-def _number(schema: dict[str, pl.DataType], key: str, dtype: pl.DataType) -> pl.Expr:
+def _number(schema: dict[str, pl.DataType], key: str, dtype: PolarsDataType) -> pl.Expr:
     if schema.get(key, pl.Null) in (pl.Null, pl.Binary):
         return pl.lit(None, dtype=dtype)
     column = pl.col(key)

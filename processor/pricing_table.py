@@ -48,6 +48,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -349,7 +350,8 @@ class PriceSlots:
         below the prompt size (`prompt`, never null)."""
         if not self.slots:
             return [[pl.lit(None, dtype=pl.UInt32).alias(out)]]
-        chosen: pl.Expr | pl.When | pl.Then = pl
+        # Starts as the module (pl.when), then a Then whose .when chains: no one type covers both.
+        chosen: Any = pl
         if not self.dated:
             # Small enough to be one expression: each step of its own costs more than the repeats.
             for slot in reversed(self.slots):  # thresholds ascend within a group: the last that applies wins

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hmac
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import polars as pl
@@ -57,8 +58,8 @@ from processor.detectors import (
     check_url_userinfo,
 )
 from processor.outbound import NO_REDACTION, OutboundRedaction
-from processor.pipeline import BatchChanges
-from processor.redaction_rules import RESERVED_RULE_NAME, Action, RedactionRules, ValueRule, load_rules
+from processor.pipeline import ENGINE_NATIVE, ENGINE_POLARS, BatchChanges
+from processor.redaction_rules import RESERVED_RULE_NAME, Action, KeyRule, RedactionRules, ValueRule, load_rules
 
 COUNT_KEY = "genops.redaction.count"
 KEYS_KEY = "genops.redaction.keys"
@@ -193,14 +194,13 @@ class RedactionStage:
             ["detector", "action", "signal"],
             registry=registry,
         )
-        self._actions = {rule.name: rule.action for rule in (*rules.key_rules, *rules.value_rules)}
+        every_rule: tuple[KeyRule | ValueRule, ...] = (*rules.key_rules, *rules.value_rules)
+        self._actions = {rule.name: rule.action for rule in every_rule}
         self._actions[NOT_ALLOWED] = Action("drop")
         self._value_rule_names = [rule.name for rule in rules.value_rules]
         self._native = _native_redactor(rules, self.values)
         # The native redactor counts rewrites per rule slot: key rules, value rules, allow-list drop.
-        self._slots = [(rule.name, rule.action.kind) for rule in (*rules.key_rules, *rules.value_rules)] + [
-            (NOT_ALLOWED, "drop")
-        ]
+        self._slots = [(rule.name, rule.action.kind) for rule in every_rule] + [(NOT_ALLOWED, "drop")]
         self._slot_counters: dict[tuple[int, str], Counter] = {}
         # These rules for what the sidecar sends out besides the request's own values.
         self.outbound = OutboundRedaction(self.redact_one)
@@ -267,10 +267,11 @@ class RedactionStage:
         ]
         parts = [part.cast(_REWRITE_SCHEMA) for part in parts if part.height]  # type: ignore[arg-type]
         if not parts:
-            return BatchChanges()
+            return BatchChanges(engine=ENGINE_POLARS)
         rewrites = pl.concat(parts, how="vertical")
         self._count(rewrites, batch.signal)
         return BatchChanges(
+            engine=ENGINE_POLARS,
             set_attributes=self._summary(batch, rewrites),
             # Several value rules may have changed one value: each is counted, it is written once.
             rewrites=rewrites.unique(["scope", "owner", "position"]).select("scope", "owner", "position", "new_value"),
@@ -322,7 +323,7 @@ class RedactionStage:
     def _native_changes(self, found: tuple | None, signal: str) -> BatchChanges:
         """What the native redactor returned (see `Redactor.redact`), as the stage's changes."""
         if found is None:
-            return BatchChanges()
+            return BatchChanges(engine=ENGINE_NATIVE)
         (scopes, owners, positions, new_values), counts, summary = found
         for slot, count in counts:
             self._slot_counter(slot, signal).inc(count)
@@ -349,7 +350,7 @@ class RedactionStage:
                 set_attributes[KEYS_KEY] = pl.Series(KEYS_KEY, lists)
             valid, data = detected
             set_attributes[DETECTED_KEY] = pl.Series(DETECTED_KEY, _int64s(data, valid))
-        return BatchChanges(set_attributes=set_attributes, rewrites=rewrites)
+        return BatchChanges(set_attributes=set_attributes, rewrites=rewrites, engine=ENGINE_NATIVE)
 
     def _slot_counter(self, slot: int, signal: str) -> Counter:
         counter = self._slot_counters.get((slot, signal))
@@ -474,8 +475,14 @@ class RedactionStage:
 _ADDRESS = ("scope", "owner", "position", "row", "label")
 _SUMMARY_LEVELS = {"silent": 0, "info": 1, "debug": 2}
 _ARROW_IN_PLACE = pl.CompatLevel.newest()
+
+
 # Checks the native redactor has a Rust version of (processor/native/src/detect.rs).
-_NATIVE_CHECKS = {
+def _native_check(check: Callable[[str], str | None] | None) -> str | None:
+    return None if check is None else _NATIVE_CHECKS.get(check)
+
+
+_NATIVE_CHECKS: dict[Callable[[str], str | None], str] = {
     check_card: "card",
     check_ssn: "ssn",
     check_phone: "phone",
@@ -506,7 +513,7 @@ def _native_redactor(rules: RedactionRules, values: ValueRedactor):
             rules.allow_all_keys,
             [(rule.key_regex, rule.action.kind, rule.action.mask, rule.action.length) for rule in rules.key_rules],
             [
-                (rule.pattern, rule.check, _NATIVE_CHECKS.get(rule.check), rule.action.kind, rule.action.mask)
+                (rule.pattern, rule.check, _native_check(rule.check), rule.action.kind, rule.action.mask)
                 for rule in rules.value_rules
             ],
             rules.redact_all_types,

@@ -108,7 +108,8 @@ class RedactionRules:
 
     @property
     def uses_hash(self) -> bool:
-        return any(r.action.kind == "hash" for r in (*self.key_rules, *self.value_rules))
+        rules: tuple[KeyRule | ValueRule, ...] = (*self.key_rules, *self.value_rules)
+        return any(r.action.kind == "hash" for r in rules)
 
 
 def default_rules_text() -> str:
@@ -176,7 +177,10 @@ def parse_rules(raw: object) -> RedactionRules:
         if rule.name in seen:
             raise ValueError(f"rule {shown(rule.name)}: the name is used twice")
         seen.add(rule.name)
-        (key_rules if isinstance(rule, KeyRule) else value_rules).append(rule)
+        if isinstance(rule, KeyRule):
+            key_rules.append(rule)
+        else:
+            value_rules.append(rule)
     return RedactionRules(
         allow_all_keys=bool(raw.get("allow_all_keys", True)),
         allowed_key_regex=_keys_regex(allowed, []) if allowed else None,

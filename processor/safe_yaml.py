@@ -74,4 +74,4 @@ class _NoAliasDumper(yaml.SafeDumper):
 
 def dump_yaml(data: object, **options: object) -> str:
     """yaml.safe_dump, writing a shared object out each time: load_yaml refuses aliases."""
-    return yaml.dump(data, Dumper=_NoAliasDumper, **options)  # type: ignore[call-overload]
+    return yaml.dump(data, Dumper=_NoAliasDumper, **options)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 
+import polars as pl
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
 from prometheus_client import CollectorRegistry, generate_latest
@@ -224,3 +225,15 @@ def test_log_lines_are_redacted_and_bounded(engine):
     assert "cannot reach [REDACTED:email]" in lines[0]
     assert EMAIL not in done.stderr
     assert len(lines[0]) < 20_000
+
+
+def test_a_written_column_is_redacted_value_by_value_and_stays_text():
+    from processor.outbound import OutboundRedaction
+
+    outbound = OutboundRedaction(lambda _key, value: value.replace(EMAIL, "[REDACTED:email]"))
+    column = pl.Series("genops.cost.model", [f"m {EMAIL}", None, "plain", f"m {EMAIL}"])
+    redacted = outbound.strings("genops.cost.model", column)
+    assert redacted is not None
+    assert redacted.dtype == pl.String
+    assert redacted.to_list() == ["m [REDACTED:email]", None, "plain", "m [REDACTED:email]"]
+    assert outbound.strings("genops.cost.model", pl.Series("genops.cost.model", ["plain", None])) is None

@@ -55,7 +55,7 @@ def _number(value: float) -> float | int:
 
 
 def document_of(provider: str, entries: list[CatalogueEntry], version: str, source: str, as_of: dt.date) -> dict:
-    defaults = {"source": source, "as_of": as_of.isoformat()}
+    defaults: dict[str, object] = {"source": source, "as_of": as_of.isoformat()}
     return {
         "version": version,
         "provider": provider,

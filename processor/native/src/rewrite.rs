@@ -783,3 +783,7 @@ pub fn rewrite<'py>(
         emit(raw, &layout, out).map_err(PyValueError::new_err)
     })
 }
+
+#[cfg(test)]
+#[path = "tests/rewrite_tests.rs"]
+mod rewrite_tests;

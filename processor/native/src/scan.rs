@@ -1359,3 +1359,7 @@ mod tests {
         assert_eq!(rendered(&in_array).unwrap(), r#"["first","last"]"#);
     }
 }
+
+#[cfg(test)]
+#[path = "tests/scan_tests.rs"]
+mod scan_tests;

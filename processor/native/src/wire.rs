@@ -229,3 +229,7 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+#[path = "tests/wire_tests.rs"]
+mod wire_tests;
