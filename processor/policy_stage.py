@@ -18,7 +18,7 @@ import blake3
 import polars as pl
 from prometheus_client import CollectorRegistry
 
-from processor import budgets, policies
+from processor import awu, budgets, policies
 from processor.attribution import DIMENSIONS, Attribution, text
 from processor.budget_api import BudgetStatusReader
 from processor.budget_policy_file import PolicyFile, PolicySource, load_policy_file
@@ -77,7 +77,7 @@ class PolicyStage:
 
     def wanted_keys(self) -> WantedKeys:
         own = WantedKeys(item=frozenset((*COST_KEYS, policies.PII_COUNT, ERROR_TYPE)))
-        return WantedKeys.union((GENAI_KEYS, self.attribution.wanted_keys(), own))
+        return WantedKeys.union((GENAI_KEYS, self.attribution.wanted_keys(), own, awu.wanted_keys()))
 
     def prepare(self, batch: TelemetryBatch) -> None:
         """Reads ahead what does not come from the redaction stage (all but its PII count) and
@@ -93,11 +93,12 @@ class PolicyStage:
         check_batch(batch)
         self._invalid.record(batch)
         plan = self._plan_for(self.source.current())
+        changes = None
         if plan.native is not None and native_available():
             changes = plan.native.process(batch, self.store, self.metrics, fingerprint)
-            if changes is not None:
-                return changes
-        return self._process_polars(batch, plan)
+        if changes is None:
+            changes = self._process_polars(batch, plan)
+        return awu.add_awu_changes(batch, changes, self.attribution)
 
     def _process_polars(self, batch: TelemetryBatch, plan: _Plan) -> BatchChanges:
         frame = batch.frame
@@ -148,7 +149,7 @@ class PolicyStage:
 
     def _plan_for(self, policy: PolicyFile) -> _Plan:
         plan = self._plan
-        if plan is None or plan.policy is not policy:
+        if plan is None or plan.source is not policy:
             plan = self._plan = _Plan(policy, self.attribution, self.metrics.labels)
         return plan
 
@@ -190,8 +191,9 @@ class _Plan:
     """One policy file's expressions: built once, not per batch (building them costs as much as
     running them on a 1k-span batch)."""
 
-    def __init__(self, policy: PolicyFile, attribution: Attribution, labels: tuple[str, ...] = ()) -> None:
-        self.policy = policy
+    def __init__(self, source: PolicyFile, attribution: Attribution, labels: tuple[str, ...] = ()) -> None:
+        self.source = source
+        policy = self.policy = policies.with_spec_checks(source)
         self.attribution = attribution
         self.budgets = budgets.BudgetPlan(policy.budgets)
         rule_checks = policies.rule_checks(policy.rules, _rule_column)
