@@ -108,7 +108,8 @@ class OutboundRedaction:
         changed = {value: new for value, new in changed.items() if new != value}
         if not changed:
             return None
-        return column.replace(changed, return_dtype=pl.String)  # type: ignore[arg-type]
+        # (Strings replaced by strings: the dtype stays; polars 2 has no return_dtype here.)
+        return column.replace(changed)  # type: ignore[arg-type]
 
 
 def _or_dropped(redacted: str | None) -> str:
