@@ -43,8 +43,11 @@ def sink():
     sink.stop()
 
 
-def sidecar_env(tmp_path) -> dict[str, str]:
-    return {"GENOPS_POLICY_STATE_BACKEND": "memory", "GENOPS_POLICY_STATE_PATH": str(tmp_path / "unused.sqlite")}
+def export_through_sidecar(sink: OtlpSink, tmp_path, request) -> None:
+    """`request` through a real `genops-sidecar serve` process on its defaults, into `sink`."""
+    env = {"GENOPS_POLICY_STATE_BACKEND": "memory", "GENOPS_POLICY_STATE_PATH": str(tmp_path / "unused.sqlite")}
+    with running_sidecar(sink.endpoint, extra_env=env) as sidecar, grpc.insecure_channel(sidecar.listen_endpoint) as ch:
+        export_traces(ch, request)
 
 
 def test_the_sidecar_output_carries_the_required_attributes_and_passes_the_partial_conformance_check(sink, tmp_path):
@@ -57,9 +60,7 @@ def test_the_sidecar_output_carries_the_required_attributes_and_passes_the_parti
         ],
         resource=RESOURCE,
     )
-    with running_sidecar(sink.endpoint, extra_env=sidecar_env(tmp_path)) as sidecar:
-        with grpc.insecure_channel(sidecar.listen_endpoint) as channel:
-            export_traces(channel, request)
+    export_through_sidecar(sink, tmp_path, request)
     spans = [s.attributes for s in sink.spans()]
     awus = spans[:3]
     for attributes in awus:
@@ -94,9 +95,7 @@ def test_the_sidecar_output_carries_the_required_attributes_and_passes_the_parti
 
 
 def test_the_conformance_command_passes_the_sidecar_output_and_fails_the_dialect_it_spoke_before(sink, tmp_path):
-    with running_sidecar(sink.endpoint, extra_env=sidecar_env(tmp_path)) as sidecar:
-        with grpc.insecure_channel(sidecar.listen_endpoint) as channel:
-            export_traces(channel, trace_request([genai_span("chat"), genai_span("embeddings")], resource=RESOURCE))
+    export_through_sidecar(sink, tmp_path, trace_request([genai_span("chat"), genai_span("embeddings")], resource=RESOURCE))
     output = tmp_path / "traces.jsonl"
     output.write_text("".join(json_format.MessageToJson(r, indent=None) + "\n" for r in sink.trace_requests()))
     passed = _conformance_command(output)
