@@ -95,7 +95,8 @@ def test_the_sidecar_output_carries_the_required_attributes_and_passes_the_parti
 
 
 def test_the_conformance_command_passes_the_sidecar_output_and_fails_the_dialect_it_spoke_before(sink, tmp_path):
-    export_through_sidecar(sink, tmp_path, trace_request([genai_span("chat"), genai_span("embeddings")], resource=RESOURCE))
+    request = trace_request([genai_span("chat"), genai_span("embeddings")], resource=RESOURCE)
+    export_through_sidecar(sink, tmp_path, request)
     output = tmp_path / "traces.jsonl"
     output.write_text("".join(json_format.MessageToJson(r, indent=None) + "\n" for r in sink.trace_requests()))
     passed = _conformance_command(output)
