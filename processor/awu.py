@@ -49,38 +49,56 @@ def add_awu_changes(batch: TelemetryBatch, changes: BatchChanges, attribution: A
     result = changes.set_attributes.get(gs.POLICY_RESULT)
     if result is None or result.null_count() == len(result):
         return changes
-    frame = _inputs(batch, attribution).with_columns(
-        result.alias(gs.POLICY_RESULT),
-        _reasons(changes, len(result)).alias(gs.POLICY_REASON_CODE),
-    )
+    frame = _inputs(batch, attribution)
     schema = dict(frame.schema)
-    decided = pl.col(gs.POLICY_RESULT).is_not_null()
     cost = _cost(schema)
     operation = pl.coalesce([text(schema, key) for key in gs.OPERATION_SOURCES])
     dimensions = zip(DIMENSIONS, attribution.columns(schema), strict=True)
-    attribution_columns = {dimension_key(dim): column for dim, column in dimensions}
     written = [
-        pl.when(decided).then(pl.lit(gs.SPEC_VERSION_VALUE)).alias(gs.SPEC_VERSION),
+        pl.lit(gs.SPEC_VERSION_VALUE).alias(gs.SPEC_VERSION),
         # Attribution from the resource or a fallback key, on the span itself (the spec reads it
         # there); a span's own value is left as it came (§2.3: immutable).
         *(
-            pl.when(decided & text(schema, key).is_null()).then(column).alias(key)
-            for key, column in attribution_columns.items()
+            pl.when(text(schema, dimension_key(dim)).is_null()).then(column).alias(dimension_key(dim))
+            for dim, column in dimensions
         ),
-        pl.when(decided).then(operation).alias(gs.OPERATION_NAME),
-        pl.when(decided).then(operation.str.to_lowercase().replace(gs.OPERATION_TYPES)).alias(gs.OPERATION_TYPE),
-        pl.when(decided).then(cost).alias(gs.ACCOUNTING_ACTUAL),
-        pl.when(decided & cost.is_not_null()).then(pl.lit(gs.ACCOUNTING_UNIT_USD)).alias(gs.ACCOUNTING_UNIT),
+        operation.alias(gs.OPERATION_NAME),
+        operation.str.to_lowercase().replace(gs.OPERATION_TYPES).alias(gs.OPERATION_TYPE),
+        cost.alias(gs.ACCOUNTING_ACTUAL),
+        pl.when(cost.is_not_null()).then(pl.lit(gs.ACCOUNTING_UNIT_USD)).alias(gs.ACCOUNTING_UNIT),
     ]
-    out = frame.select(
-        *written,
-        _event_inputs(schema, decided, cost),
+    # Only the decided spans (~40% of a batch) are computed, then laid back over the batch.
+    decided = (
+        frame.lazy()
+        .with_columns(
+            result.alias(gs.POLICY_RESULT),
+            _reasons(changes, len(result)).alias(gs.POLICY_REASON_CODE),
+            pl.int_range(pl.len(), dtype=pl.UInt32).alias(_POSITION),
+        )
+        .filter(pl.col(gs.POLICY_RESULT).is_not_null())
+        .select(pl.col(_POSITION), *written, *_event_inputs(schema, cost))
+        .collect()
     )
-    for column in out.select(pl.exclude("_events")).get_columns():
+    names = [gs.SPEC_VERSION, *(dimension_key(dim) for dim in DIMENSIONS), *_WRITTEN]
+    laid = decided.select(names)[_lay_back(decided.get_column(_POSITION), len(result))]
+    for column in laid.get_columns():
         if column.null_count() < len(column):  # an all-null column writes nothing
             changes.set_attributes[column.name] = column
-    changes.events.extend(_events(_decided(out.get_column("_events"))))
+    inputs = decided.select(pl.exclude(_POSITION, *names))
+    changes.events.extend(_events(_Decided(*(column.to_list() for column in inputs.get_columns()))))
     return changes
+
+
+_POSITION = "_awu_position"
+_WRITTEN = (gs.OPERATION_NAME, gs.OPERATION_TYPE, gs.ACCOUNTING_ACTUAL, gs.ACCOUNTING_UNIT)
+
+
+def _lay_back(positions: pl.Series, rows: int) -> pl.Series:
+    """Per batch row, the index of its row among the decided ones, or null."""
+    index: list[int | None] = [None] * rows
+    for at, position in enumerate(positions.to_list()):
+        index[position] = at
+    return pl.Series(index, dtype=pl.UInt32)
 
 
 def _inputs(batch: TelemetryBatch, attribution: Attribution) -> pl.DataFrame:
@@ -117,42 +135,24 @@ def _cost(schema: dict[str, pl.DataType]) -> pl.Expr:
     return pl.when(number.is_finite() & (number >= 0)).then(number)
 
 
-def _event_inputs(schema: dict[str, pl.DataType], decided: pl.Expr, cost: pl.Expr) -> pl.Expr:
+def _event_inputs(schema: dict[str, pl.DataType], cost: pl.Expr) -> list[pl.Expr]:
+    """The columns of `_Decided`, in its order."""
+
     def number(name: str) -> pl.Expr:
         return pl.col(name).cast(pl.Int64) if name in schema else pl.lit(0, dtype=pl.Int64)
 
     start = number(START_TIME)
     end = number(END_TIME)
-    return (
-        pl.when(decided)
-        .then(
-            pl.struct(
-                pl.col(ROW).alias("row") if ROW in schema else pl.int_range(pl.len()).alias("row"),
-                pl.col(gs.POLICY_RESULT).cast(pl.String).alias("result"),
-                pl.col(gs.POLICY_REASON_CODE).cast(pl.String).alias("reason"),
-                start.alias("start"),
-                pl.when(end > 0).then(end).otherwise(start).alias("end"),
-                cost.alias("cost"),
-                text(schema, gs.COST_PROVIDER).alias("provider"),
-                text(schema, gs.COST_MODEL).alias("model"),
-            )
-        )
-        .alias("_events")
-    )
-
-
-def _decided(column: pl.Series) -> _Decided:
-    found = column.drop_nulls().struct.unnest()
-    return _Decided(
-        rows=found.get_column("row").to_list(),
-        results=found.get_column("result").to_list(),
-        reasons=found.get_column("reason").to_list(),
-        starts=found.get_column("start").to_list(),
-        ends=found.get_column("end").to_list(),
-        costs=found.get_column("cost").to_list(),
-        providers=found.get_column("provider").to_list(),
-        models=found.get_column("model").to_list(),
-    )
+    return [
+        pl.col(ROW),
+        pl.col(gs.POLICY_RESULT).cast(pl.String),
+        pl.col(gs.POLICY_REASON_CODE).cast(pl.String),
+        start.alias("start"),
+        pl.when(end > 0).then(end).otherwise(start).alias("end"),
+        cost.alias("cost"),
+        text(schema, gs.COST_PROVIDER).alias("provider"),
+        text(schema, gs.COST_MODEL).alias("model"),
+    ]
 
 
 def _events(decided: _Decided) -> list[SpanEventToAdd]:
