@@ -139,7 +139,12 @@ def _native_rewrites(frame: pl.DataFrame) -> tuple:
 def _event_bytes(event: SpanEventToAdd) -> bytes:
     """The event as a serialised Span.Event: written by hand for scalar attributes (every GenAI
     span gets events, and the protobuf view costs ~20 µs an event); others go through the view."""
-    parts = [_FIXED64_TIME, _U64.pack(event.time_unix_nano & _U64_MAX), _text_field(_TAG_NAME, event.name)]
+    # proto3 leaves out fields at their default (0, ""); a oneof member is written whatever its value.
+    time = event.time_unix_nano & _U64_MAX
+    parts = [
+        _FIXED64_TIME + _U64.pack(time) if time else b"",
+        _text_field(_TAG_NAME, event.name) if event.name else b"",
+    ]
     for key, value in event.attributes.items():
         encoded = _attribute_bytes(key, value)
         if encoded is None:
@@ -195,7 +200,8 @@ def _attribute_bytes(key: str, value: object) -> bytes | None:
         any_value = _text_field(1 << 3 | 2, value)
     else:
         return None
-    key_value = _text_field(1 << 3 | 2, key) + bytes([2 << 3 | 2]) + _varint(len(any_value)) + any_value
+    key_field = _text_field(1 << 3 | 2, key) if key else b""
+    key_value = key_field + bytes([2 << 3 | 2]) + _varint(len(any_value)) + any_value
     encoded = bytes([_TAG_ATTRIBUTE]) + _varint(len(key_value)) + key_value
     if cacheable:
         if len(_KEY_VALUES) >= _KEY_VALUES_LIMIT:

@@ -9,6 +9,8 @@ import sys
 import grpc
 import pytest
 from google.protobuf import json_format
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
 from prometheus_client import CollectorRegistry
 
@@ -309,3 +311,30 @@ def test_attribution_copied_onto_the_span_passes_outbound_redaction(tmp_path):
     assert "genops.team" in got
     assert "alice@example.com" not in got["genops.team"]
     assert got["genops.project"] == "chat-api"
+
+
+scalars = st.one_of(
+    st.text(max_size=300),
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.floats(allow_nan=False),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    name=st.text(max_size=80),
+    time_unix_nano=st.integers(min_value=0, max_value=2**64 - 1),
+    attributes=st.dictionaries(st.text(max_size=40), st.one_of(scalars, st.lists(scalars, max_size=3)), max_size=6),
+)
+def test_span_events_are_written_as_the_protobuf_view_writes_them(name, time_unix_nano, attributes):
+    """The events every GenAI span now gets are serialised by hand: the same message as protobuf's."""
+    from processor.encode import _event_bytes, set_attribute
+    from processor.pipeline import SpanEventToAdd
+    from processor.protos import otlp_lean_pb2 as lean
+
+    event = SpanEventToAdd(row=0, name=name, time_unix_nano=time_unix_nano, attributes=attributes)
+    expected = lean.SpanEvent(name=name, time_unix_nano=time_unix_nano)
+    for key, value in attributes.items():
+        set_attribute(expected.attributes, key, value)
+    assert _event_bytes(event) == expected.SerializeToString()
