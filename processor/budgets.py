@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Final
 
 import polars as pl
 
+from processor import genops_semconv as gs
 from processor.budget_policy_file import PERIOD_LABEL, Budget
 from processor.decode import ROW, START_TIME
 from processor.pipeline import SpanEventToAdd
@@ -32,22 +33,51 @@ if TYPE_CHECKING:
     from polars._typing import PolarsDataType
     from polars.expr.whenthen import ChainedThen, Then
 
-COST = "genops.cost.total"
+COST = gs.COST_TOTAL
 END_TIME = "_end_time_unix_nano"
-EVENT_THRESHOLD = "genops.budget.threshold_crossed"
-EVENT_EXCEEDED = "genops.budget.exceeded"
+# The spec's one alert event for every threshold crossed (genops.budget.threshold 1.0: exceeded).
+EVENT_ALERT = gs.EVENT_BUDGET_ALERT
 # Old windows are kept a while after they close so late spans and the status API still see them.
 KEEP_CLOSED_WINDOW_SECONDS = 7 * 86400
 
 TAGS = {
-    "name": "genops.budget.name",
-    "period": "genops.budget.period",
-    "limit": "genops.budget.limit",
-    "consumed": "genops.budget.consumed",
-    "remaining": "genops.budget.remaining",
-    "utilization": "genops.budget.utilization",
-    "exceeded": "genops.budget.exceeded",
+    "name": gs.BUDGET_NAME,
+    "period": gs.BUDGET_PERIOD,
+    "allocated": gs.BUDGET_ALLOCATED,
+    "limit": gs.BUDGET_LIMIT,
+    "consumed": gs.BUDGET_CONSUMED,
+    "remaining": gs.BUDGET_REMAINING,
+    "utilization": gs.BUDGET_UTILIZATION,
+    "exceeded": gs.BUDGET_EXCEEDED_FLAG,
 }
+# Attributes of an alert event besides the spec's name, consumed and allocated.
+ALERT_SUBJECT = "genops.budget.subject"
+ALERT_WINDOW = "genops.budget.window"
+ALERT_THRESHOLD = "genops.budget.threshold"
+ALERT_MODE = "genops.budget.mode"
+
+
+def alert_event(
+    row: int, event_time: int, budget: Budget, subject: str | None, label: str, threshold: float, consumed: float
+) -> SpanEventToAdd:
+    """The genops.budget.alert event of `budget` crossing `threshold` (a fraction of its limit)."""
+    limit = float(budget.limit_usd)
+    return SpanEventToAdd(
+        row=row,
+        name=EVENT_ALERT,
+        time_unix_nano=event_time,
+        attributes={
+            TAGS["name"]: budget.name,
+            ALERT_SUBJECT: subject,
+            ALERT_WINDOW: label,
+            ALERT_THRESHOLD: float(threshold),
+            TAGS["allocated"]: limit,
+            TAGS["limit"]: limit,
+            TAGS["consumed"]: round(consumed, 9),
+            ALERT_MODE: budget.mode,
+        },
+    )
+
 
 # The engine of eager DataFrame calls, which these queries replaced: float sums (budget windows,
 # spend metrics) come out to the last bit as they did; the streaming engine adds in another order.
@@ -281,6 +311,7 @@ class BudgetPlan:
             [
                 constant([b.name for b in self.budgets], pl.String).alias(TAGS["name"]),
                 constant([b.period for b in self.budgets], pl.String).alias(TAGS["period"]),
+                limit.alias(TAGS["allocated"]),
                 limit.alias(TAGS["limit"]),
                 consumed.round(9).alias(TAGS["consumed"]),
                 (limit - consumed).clip(lower_bound=0).round(9).alias(TAGS["remaining"]),
@@ -321,22 +352,7 @@ class BudgetPlan:
                         crossed = previous <= level and consumed > level
                     if not crossed:
                         continue
-                    events.append(
-                        SpanEventToAdd(
-                            row=row,
-                            name=EVENT_EXCEEDED if threshold >= 1.0 else EVENT_THRESHOLD,
-                            time_unix_nano=event_time,
-                            attributes={
-                                TAGS["name"]: budget.name,
-                                "genops.budget.subject": subject,
-                                "genops.budget.window": label,
-                                "genops.budget.threshold": float(threshold),
-                                TAGS["limit"]: limit,
-                                TAGS["consumed"]: round(consumed, 9),
-                                "genops.budget.mode": budget.mode,
-                            },
-                        )
-                    )
+                    events.append(alert_event(row, event_time, budget, subject, label, threshold, consumed))
         return events
 
     def levels(self, charged: pl.DataFrame) -> list[tuple[str, str, float, float]]:

@@ -1,4 +1,4 @@
-"""`genops-sidecar` command line: serve, validate-config, the pricing tools, ledger and reconcile."""
+"""`genops-sidecar` command line: serve, validate-config, conformance, the pricing tools, ledger and reconcile."""
 
 from __future__ import annotations
 
@@ -72,6 +72,23 @@ def _validate_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _conformance(args: argparse.Namespace) -> int:
+    """Exit 0: every AWU conforms; 1: violations (one line each); 2: the file cannot be read."""
+    from pathlib import Path
+
+    from processor import conformance
+
+    try:
+        requests = conformance.read_requests(Path(args.file))
+    except (ValueError, OSError) as exc:
+        print(f"genops-sidecar: conformance: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    report = conformance.check(requests, args.level)
+    for line in conformance.render(report):
+        print(line)
+    return 0 if report.compliant else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="genops-sidecar",
@@ -91,6 +108,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("file", nargs="?", help="config file (default: --config / $GENOPS_CONFIG)")
     validate.set_defaults(handler=_validate_config)
+    conformance = commands.add_parser(
+        "conformance",
+        help="report GenOps v0.1 violations per AI Workload Unit in OTLP trace output",
+    )
+    conformance.add_argument("file", help="OTLP trace requests: JSON lines (Collector file exporter) or one protobuf")
+    conformance.add_argument(
+        "--level", choices=("full", "partial"), default="partial", help="§9.1 full or §9.2 partial compliance"
+    )
+    conformance.set_defaults(handler=_conformance)
     from processor.pricing_cli import add_pricing_commands
 
     add_pricing_commands(commands)

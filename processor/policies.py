@@ -1,23 +1,26 @@
 """Policy rules evaluated per GenAI span, and how violations combine into one verdict.
 
-A rule in `enforced` mode makes its violations `blocked`, `advisory` makes them `warning`, and
-`audit_only` only records them (result stays `allowed`). The sidecar never drops a span: the verdict
+A rule in `enforced` mode makes its violations `BLOCKED`, `advisory` makes them `WARNING`, and
+`audit_only` only records them (result stays `ALLOWED`): the decision states and reason codes of the
+GenOps specification (processor/genops_semconv.py). The sidecar never drops a span: the verdict
 is a tag that gateways, alerts and dashboards act on.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import polars as pl
 
-from processor.budget_policy_file import PolicyRule
+from processor import genops_semconv as gs
+from processor.budget_policy_file import PolicyFile, PolicyRule
 from processor.budgets import COST
 
-VIOLATIONS = "genops.policy.violations"
-RESULT = "genops.policy.result"
-REASON_CODE = "genops.policy.reason_code"
+VIOLATIONS = gs.POLICY_VIOLATIONS
+RESULT = gs.POLICY_RESULT
+REASON_CODE = gs.POLICY_REASON_CODE
 
 MODEL = "model"
 TOKENS_INPUT = "tokens_input"
@@ -26,16 +29,32 @@ TOKENS_OUTPUT = "tokens_output"
 # a prompt by its key is not a finding).
 PII_COUNT = "genops.redaction.detected"
 
+# Per check type: its spec reason code (§5.2), or an `x_` extension (§5.5) where the taxonomy has none.
 REASON_CODES = {
-    "max_cost_per_operation": "cost_per_operation_exceeded",
-    "model_access": "model_not_allowed",
-    "required_attribution": "attribution_missing",
-    "pii_detected": "pii_detected",
-    "max_tokens_per_request": "tokens_per_request_exceeded",
-    "budget": "budget_exceeded",
+    "max_cost_per_operation": gs.X_MAX_COST_PER_OPERATION,
+    "model_access": gs.POLICY_DENY_MODEL,
+    "required_attribution": gs.X_ATTRIBUTION_MISSING,
+    "pii_detected": gs.X_PII_DETECTED,
+    "max_tokens_per_request": gs.X_MAX_TOKENS_PER_REQUEST,
+    "budget": gs.BUDGET_EXCEEDED,
 }
-BUDGET_WARNING = "budget_warning"
+BUDGET_WARNING = gs.X_BUDGET_WARNING
 MODE_ORDER = ("enforced", "advisory", "audit_only")
+
+# The spec requires team, project and environment on every AI Workload Unit and forbids placeholder
+# values (§2.3, §9.1.8): a GenAI span without one gets no made-up value but a WARNING, from this
+# check every policy has after its own rules. Its reason code comes last among the advisory ones.
+SPEC_ATTRIBUTION_RULE = PolicyRule(
+    name="genops-spec-attribution",
+    type="required_attribution",
+    mode="advisory",
+    dimensions=gs.REQUIRED_DIMENSIONS,
+)
+
+
+def with_spec_checks(policy: PolicyFile) -> PolicyFile:
+    """`policy` with the checks the GenOps specification asks of every span added after its rules."""
+    return dataclasses.replace(policy, rules=(*policy.rules, SPEC_ATTRIBUTION_RULE))
 
 
 @dataclass(frozen=True)
@@ -46,6 +65,8 @@ class Check:
     reason_code: str
     mode: str
     violated: pl.Expr
+    # Among violations of one mode, the reason code of the lowest rank wins (then the first listed).
+    rank: int = 0
 
 
 def rule_check(rule: PolicyRule) -> pl.Expr:
@@ -56,7 +77,14 @@ def rule_check(rule: PolicyRule) -> pl.Expr:
 
 def rule_checks(rules: Sequence[PolicyRule], column: Callable[[int], str]) -> list[Check]:
     """The rules' checks reading their flags from `column(index)` (see `rule_check`)."""
-    return [Check(rule.name, REASON_CODES[rule.type], rule.mode, pl.col(column(i))) for i, rule in enumerate(rules)]
+    return [
+        Check(rule.name, REASON_CODES[rule.type], rule.mode, pl.col(column(i)), int(rule == SPEC_ATTRIBUTION_RULE))
+        for i, rule in enumerate(rules)
+    ]
+
+
+def _severity(check: Check) -> tuple[int, int]:
+    return MODE_ORDER.index(check.mode), check.rank
 
 
 def _applies(rule: PolicyRule) -> pl.Expr:
@@ -115,7 +143,7 @@ def verdict(checks: Sequence[Check], warned: pl.Expr, evaluated: pl.Expr) -> lis
     by_mode = {mode: [flag for flag, c in zip(flags, checks, strict=True) if c.mode == mode] for mode in MODE_ORDER}
     blocked = pl.any_horizontal(by_mode["enforced"]) if by_mode["enforced"] else pl.lit(False)
     advisory = pl.any_horizontal(by_mode["advisory"]) if by_mode["advisory"] else pl.lit(False)
-    ordered = sorted(zip(flags, checks, strict=True), key=lambda item: MODE_ORDER.index(item[1].mode))
+    ordered = sorted(zip(flags, checks, strict=True), key=lambda item: _severity(item[1]))
     reasons = [pl.when(flag).then(pl.lit(c.reason_code)) for flag, c in ordered]
     reasons.append(pl.when(warned).then(pl.lit(BUDGET_WARNING)))
     violations = (pl.concat_list(names).list.drop_nulls() if names else pl.lit([], dtype=pl.List(pl.String))).cast(
@@ -126,17 +154,18 @@ def verdict(checks: Sequence[Check], warned: pl.Expr, evaluated: pl.Expr) -> lis
         pl.when(~evaluated)
         .then(None)
         .when(blocked)
-        .then(pl.lit("blocked"))
+        .then(pl.lit(gs.BLOCKED))
         .when(advisory | warned)
-        .then(pl.lit("warning"))
-        .otherwise(pl.lit("allowed"))
+        .then(pl.lit(gs.WARNING))
+        .otherwise(pl.lit(gs.ALLOWED))
         .alias(RESULT),
-        pl.when(evaluated).then(pl.coalesce(reasons)).alias(REASON_CODE),
+        # §5.3: no reason code on an ALLOWED span (an audit-only violation is listed, not a reason).
+        pl.when(evaluated & (blocked | advisory | warned)).then(pl.coalesce(reasons)).alias(REASON_CODE),
     ]
 
 
 # Policies with at most this many checks get their verdicts from a table (2^(checks+1) rows).
-MAX_TABLE_CHECKS = 11
+MAX_TABLE_CHECKS = 12
 
 
 class VerdictTable:
@@ -148,7 +177,7 @@ class VerdictTable:
 
     def __init__(self, checks: Sequence[Check]) -> None:
         self.checks = tuple(checks)
-        ordered = sorted(range(len(checks)), key=lambda k: MODE_ORDER.index(checks[k].mode))
+        ordered = sorted(range(len(checks)), key=lambda k: _severity(checks[k]))
         violations, results, reasons = [], [], []
         # Per code: (violated check names or None, result, reason code or None).
         self.entries: tuple[tuple[list[str] | None, str, str | None], ...]
@@ -158,13 +187,15 @@ class VerdictTable:
             modes = {checks[k].mode for k in hit}
             violations.append([checks[k].name for k in hit] or None)
             if "enforced" in modes:
-                results.append("blocked")
+                results.append(gs.BLOCKED)
             elif "advisory" in modes or warned:
-                results.append("warning")
+                results.append(gs.WARNING)
             else:
-                results.append("allowed")
+                results.append(gs.ALLOWED)
             first = next((checks[k].reason_code for k in ordered if k in hit), None)
-            reasons.append(first if first is not None else BUDGET_WARNING if warned else None)
+            reason = first if first is not None else BUDGET_WARNING if warned else None
+            # §5.3: no reason code on an ALLOWED span (an audit-only violation is listed, not a reason).
+            reasons.append(None if results[-1] == gs.ALLOWED else reason)
         self.entries = tuple(zip(violations, results, reasons, strict=True))
         self._columns = {
             VIOLATIONS: pl.Series(VIOLATIONS, violations, dtype=pl.List(pl.String)),

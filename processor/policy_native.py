@@ -178,6 +178,7 @@ class NativePolicy:
             arrays[budgets.TAGS["name"]] = _string_views(rows, name)
             arrays[budgets.TAGS["period"]] = _string_views(rows, period)
             for what, column in (
+                ("allocated", limit),
                 ("limit", limit),
                 ("consumed", consumed),
                 ("remaining", remaining),
@@ -225,22 +226,8 @@ class NativePolicy:
         events = []
         for position, index, threshold, event_time, subject, label, consumed in found:
             budget = self.policy.budgets[index]
-            limit = float(budget.limit_usd)
             events.append(
-                SpanEventToAdd(
-                    row=rows[position].as_py(),
-                    name=budgets.EVENT_EXCEEDED if threshold >= 1.0 else budgets.EVENT_THRESHOLD,
-                    time_unix_nano=event_time,
-                    attributes={
-                        budgets.TAGS["name"]: budget.name,
-                        "genops.budget.subject": subject,
-                        "genops.budget.window": label,
-                        "genops.budget.threshold": float(threshold),
-                        budgets.TAGS["limit"]: limit,
-                        budgets.TAGS["consumed"]: round(consumed, 9),
-                        "genops.budget.mode": budget.mode,
-                    },
-                )
+                budgets.alert_event(rows[position].as_py(), event_time, budget, subject, label, threshold, consumed)
             )
         return events
 

@@ -20,7 +20,7 @@ import blake3
 import polars as pl
 from prometheus_client import CollectorRegistry
 
-from processor import budgets, policies
+from processor import awu, budgets, policies
 from processor.attribution import DIMENSIONS, Attribution, text
 from processor.budget_api import BudgetStatusReader
 from processor.budget_forecast import FORECAST_TAG, forecast_column, level_forecasts, now_utc
@@ -87,7 +87,7 @@ class PolicyStage:
     def wanted_keys(self) -> WantedKeys:
         ledger = self.ledger.wanted_keys() if self.ledger is not None else ()
         own = WantedKeys(item=frozenset((*COST_KEYS, *ledger, policies.PII_COUNT, ERROR_TYPE)))
-        return WantedKeys.union((GENAI_KEYS, self.attribution.wanted_keys(), own))
+        return WantedKeys.union((GENAI_KEYS, self.attribution.wanted_keys(), own, awu.wanted_keys()))
 
     def prepare(self, batch: TelemetryBatch) -> None:
         """Reads ahead what does not come from the redaction stage (all but its PII count) and
@@ -112,7 +112,7 @@ class PolicyStage:
                 changes = changes.with_engine(ENGINE_NATIVE)
         if changes is None:
             changes = self._process_polars(batch, plan, store).with_engine(ENGINE_POLARS)
-        return _with_forecast(changes, plan.budget_names)
+        return _with_forecast(awu.add_awu_changes(batch, changes, self.attribution), plan.budget_names)
 
     def _process_polars(self, batch: TelemetryBatch, plan: _Plan, store: BudgetStore) -> BatchChanges:
         frame = batch.frame
@@ -165,7 +165,7 @@ class PolicyStage:
 
     def _plan_for(self, policy: PolicyFile) -> _Plan:
         plan = self._plan
-        if plan is None or plan.policy is not policy:
+        if plan is None or plan.source is not policy:
             plan = self._plan = _Plan(policy, self.attribution, self.metrics.labels)
         return plan
 
@@ -207,8 +207,9 @@ class _Plan:
     """One policy file's expressions: built once, not per batch (building them costs as much as
     running them on a 1k-span batch)."""
 
-    def __init__(self, policy: PolicyFile, attribution: Attribution, labels: tuple[str, ...] = ()) -> None:
-        self.policy = policy
+    def __init__(self, source: PolicyFile, attribution: Attribution, labels: tuple[str, ...] = ()) -> None:
+        self.source = source
+        policy = self.policy = policies.with_spec_checks(source)
         self.attribution = attribution
         self.budgets = budgets.BudgetPlan(policy.budgets)
         self.budget_names = {b.name: b for b in policy.budgets}

@@ -44,8 +44,13 @@ budgets:
 """
 
 
+# The attribution the GenOps spec requires of every GenAI span (a span without it gets a WARNING).
+# (The project comes from the resource's service.name.)
+ATTRIBUTED = {"genops.team": "ml", "genops.environment": "production"}
+
+
 def llm_span(cost: float = 0.25, start_time_unix_nano: int = 1_760_000_000_000_000_000, **attributes: object):
-    attrs: dict[str, object] = {"genops.team": "ml", "gen_ai.request.model": "gpt-4o-mini", "genops.cost.total": cost}
+    attrs: dict[str, object] = {**ATTRIBUTED, "gen_ai.request.model": "gpt-4o-mini", "genops.cost.total": cost}
     attrs.update(attributes)
     return span(attributes=attrs, start_time_unix_nano=start_time_unix_nano)
 
@@ -132,15 +137,16 @@ def test_two_sidecar_processes_sharing_redis_tag_the_exact_span_that_crosses_the
     assert [s["genops.budget.consumed"] for s in spans] == [0.25, 0.5, 0.75, 1.0, 1.25, 1.5]
     assert [s["genops.budget.exceeded"] for s in spans] == [False, False, False, False, True, True]
     results = [s["genops.policy.result"] for s in spans]
-    assert results == ["allowed", "warning", "warning", "warning", "blocked", "blocked"]
+    assert results == ["ALLOWED", "WARNING", "WARNING", "WARNING", "BLOCKED", "BLOCKED"]
     assert spans[4]["genops.policy.violations"] == ["budget:ml-daily"]
-    assert spans[4]["genops.policy.reason_code"] == "budget_exceeded"
+    assert spans[4]["genops.policy.reason_code"] == "BUDGET_EXCEEDED"
     assert spans[4]["genops.budget.remaining"] == 0.0
-    events = [[e.name for e in s.span.events] for s in sink.spans()]
-    assert events == [[], ["genops.budget.threshold_crossed"], [], [], ["genops.budget.exceeded"], []]
-    exceeded = attributes_to_dict(sink.spans()[4].span.events[0].attributes)
+    alerts = [[e for e in s.span.events if e.name == "genops.budget.alert"] for s in sink.spans()]
+    assert [len(found) for found in alerts] == [0, 1, 0, 0, 1, 0]
+    exceeded = attributes_to_dict(alerts[4][0].attributes)
     assert exceeded["genops.budget.name"] == "ml-daily"
     assert exceeded["genops.budget.consumed"] == 1.25
+    assert exceeded["genops.budget.allocated"] == 1.0
     assert exceeded["genops.budget.threshold"] == 1.0
 
 
@@ -175,14 +181,15 @@ def test_a_batch_retried_after_a_forward_failure_is_counted_once(sink, policy_fi
         sidecar.stop()
     spans = [s.attributes for s in sink.spans()]
     assert [s["genops.budget.consumed"] for s in spans] == [0.25, 0.5, 0.75, 1.0]
-    assert [len(s.span.events) for s in sink.spans()] == [0, 1, 0, 0]
+    alerts = [[e for e in s.span.events if e.name == "genops.budget.alert"] for s in sink.spans()]
+    assert [len(found) for found in alerts] == [0, 1, 0, 0]
     assert registry.get_sample_value("genops_operations_total", _labels(project="chat-api", team="ml")) == 4
     assert registry.get_sample_value("genops_cost_total_usd", _labels(project="chat-api", team="ml")) == 1.0
 
 
 def _labels(**values: str) -> dict[str, str]:
-    labels = dict.fromkeys(("team", "project", "cost_center", "feature", "environment", "provider"), "unknown")
-    labels["model"] = "gpt-4o-mini"
+    labels = dict.fromkeys(("team", "project", "cost_center", "feature", "provider"), "unknown")
+    labels.update(model="gpt-4o-mini", environment="production")
     labels.update(values)
     return labels
 
@@ -227,11 +234,11 @@ def test_metrics_expose_every_product_series_after_traffic(policy_file):
     assert registry.get_sample_value("genops_budget_utilization_ratio", {"budget": "ml-daily", "subject": "ml"}) == 1.25
     assert registry.get_sample_value("genops_budget_remaining_usd", {"budget": "ml-daily", "subject": "ml"}) == 0
     assert registry.get_sample_value("genops_budget_exceeded_total", {"budget": "ml-daily", "mode": "enforced"}) == 1
-    assert registry.get_sample_value("genops_policy_evaluations_total", {"result": "blocked"}) == 1
+    assert registry.get_sample_value("genops_policy_evaluations_total", {"result": "BLOCKED"}) == 1
     assert (
         registry.get_sample_value(
             "genops_policy_violations_total",
-            {"policy": "budget:ml-daily", "reason_code": "budget_exceeded", "mode": "enforced"},
+            {"policy": "budget:ml-daily", "reason_code": "BUDGET_EXCEEDED", "mode": "enforced"},
         )
         == 1
     )
@@ -323,13 +330,14 @@ def test_policy_rules_give_each_span_its_violations_result_and_reason(tmp_path, 
         for s in spans
     ]
     assert verdicts == [
-        (None, "allowed", None),
-        (["cost-cap"], "warning", "cost_per_operation_exceeded"),
-        (["ml-models"], "blocked", "model_not_allowed"),
-        (None, "allowed", None),
-        (["attributed"], "allowed", "attribution_missing"),
-        (["no-pii"], "warning", "pii_detected"),
-        (["token-cap"], "blocked", "tokens_per_request_exceeded"),
+        (None, "ALLOWED", None),
+        (["cost-cap"], "WARNING", "x_max_cost_per_operation"),
+        (["ml-models"], "BLOCKED", "POLICY_DENY_MODEL"),
+        (None, "ALLOWED", None),
+        # Audit-only: listed, but an ALLOWED span carries no reason code (spec §5.3).
+        (["attributed"], "ALLOWED", None),
+        (["no-pii"], "WARNING", "x_pii_detected"),
+        (["token-cap"], "BLOCKED", "x_max_tokens_per_request"),
         (None, None, None),
     ]
 
@@ -496,7 +504,7 @@ def test_spend_counts_sdk_costs_sent_as_strings_next_to_costs_the_sidecar_comput
     registry = CollectorRegistry()
     cost = build_cost_stage(CostConfig(), registry, watch=False)
     policy = build_policy_stage(stage_config(policy_file), registry)
-    common = {"genops.team": "ml", "gen_ai.request.model": "gpt-4o-mini", "gen_ai.provider.name": "openai"}
+    common = {**ATTRIBUTED, "gen_ai.request.model": "gpt-4o-mini", "gen_ai.provider.name": "openai"}
     sdk = span(attributes={**common, "genops.cost.total": "0.5"})
     priced = span(attributes={**common, "gen_ai.usage.input_tokens": 1_000_000, "gen_ai.usage.output_tokens": 0})
     out = Pipeline([cost, policy], SidecarMetrics.create()).process_traces(
@@ -530,13 +538,13 @@ def test_a_span_under_two_budgets_is_tagged_with_the_one_nearest_its_limit(tmp_p
     )
     assert [s["genops.budget.name"] for s in spans] == ["everything", "ml-daily", "ml-daily"]
     assert [s["genops.budget.consumed"] for s in spans] == [0.25, 0.5, 1.25]
-    assert [s["genops.policy.result"] for s in spans] == ["allowed", "warning", "blocked"]
-    assert [s.get("genops.policy.reason_code") for s in spans] == [None, "budget_warning", "budget_exceeded"]
+    assert [s["genops.policy.result"] for s in spans] == ["ALLOWED", "WARNING", "BLOCKED"]
+    assert [s.get("genops.policy.reason_code") for s in spans] == [None, "x_budget_warning", "BUDGET_EXCEEDED"]
     # Each budget's crossings land on the span that reached them, in budget order.
-    assert [[(name, attrs["genops.budget.name"]) for name, attrs in s["_events"]] for s in spans] == [
+    assert [[(n, a["genops.budget.name"]) for n, a in s["_events"] if n == "genops.budget.alert"] for s in spans] == [
         [],
-        [("genops.budget.threshold_crossed", "everything"), ("genops.budget.threshold_crossed", "ml-daily")],
-        [("genops.budget.exceeded", "ml-daily")],
+        [("genops.budget.alert", "everything"), ("genops.budget.alert", "ml-daily")],
+        [("genops.budget.alert", "ml-daily")],
     ]
 
 

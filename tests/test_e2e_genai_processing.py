@@ -17,6 +17,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+from processor import conformance
 from tests.otel_traffic import received_log_bodies, wait_for_items
 from tests.otlp_builders import log_request
 from tests.otlp_sink import OtlpSink
@@ -40,7 +41,8 @@ def sink():
 
 
 def send_chat_spans(endpoint: str) -> set[str]:
-    provider = TracerProvider(resource=Resource.create({"service.name": "support-bot", "genops.team": "support"}))
+    resource = {"service.name": "support-bot", "genops.team": "support", "deployment.environment.name": "production"}
+    provider = TracerProvider(resource=Resource.create(resource))
     provider.add_span_processor(
         BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=True, timeout=10), schedule_delay_millis=50)
     )
@@ -49,6 +51,7 @@ def send_chat_spans(endpoint: str) -> set[str]:
     for i in range(N_SPANS):
         name = f"chat gpt-4o-mini #{i}"
         with tracer.start_as_current_span(name) as span:
+            span.set_attribute("gen_ai.operation.name", "chat")
             span.set_attribute("gen_ai.provider.name", "openai")
             span.set_attribute("gen_ai.request.model", "gpt-4o-mini")
             span.set_attribute("gen_ai.usage.input_tokens", 1_000_000)
@@ -85,6 +88,10 @@ def test_prompts_arrive_redacted_and_priced_through_the_real_collector(sink: Otl
         assert attributes["genops.cost.status"] == "priced"
         # Token counts are never redacted.
         assert attributes["gen_ai.usage.input_tokens"] == 1_000_000
+    # Every span is a GenOps v0.1 AI Workload Unit with the required attributes (partial compliance:
+    # there is no reservation before execution).
+    report = conformance.check(sink.trace_requests(), conformance.PARTIAL)
+    assert (report.units, report.violations) == (N_SPANS, ())
 
 
 def test_log_bodies_arrive_redacted_through_the_real_collector(sink: OtlpSink):

@@ -103,13 +103,40 @@ def test_a_nan_cost_and_a_huge_end_time_leave_the_other_teams_charged(tmp_path, 
     monkeypatch.setenv("GENOPS_NATIVE_DECODE", native)
     stage, registry = build(tmp_path)
     spans = [
-        ({"genops.team": "ml", "gen_ai.request.model": "gpt-4o", "genops.cost.total": 0.75}, BASE_NS, BASE_NS + 1),
-        ({"genops.team": "x", "gen_ai.request.model": "gpt-4o", "genops.cost.total": float("nan")}, BASE_NS, BASE_NS),
-        ({"genops.team": "ml", "gen_ai.request.model": "gpt-4o", "genops.cost.total": 0.5}, BASE_NS, 2**64 - 1),
+        (
+            {
+                "genops.team": "ml",
+                "genops.environment": "prod",
+                "gen_ai.request.model": "gpt-4o",
+                "genops.cost.total": 0.75,
+            },
+            BASE_NS,
+            BASE_NS + 1,
+        ),
+        (
+            {
+                "genops.team": "x",
+                "genops.environment": "prod",
+                "gen_ai.request.model": "gpt-4o",
+                "genops.cost.total": float("nan"),
+            },
+            BASE_NS,
+            BASE_NS,
+        ),
+        (
+            {
+                "genops.team": "ml",
+                "genops.environment": "prod",
+                "gen_ai.request.model": "gpt-4o",
+                "genops.cost.total": 0.5,
+            },
+            BASE_NS,
+            2**64 - 1,
+        ),
     ]
     got = run(stage, spans)
     assert [s["genops.budget.consumed"] for s in got] == [0.75, None, 1.25]
-    assert [s["genops.policy.result"] for s in got] == ["blocked", "allowed", "blocked"]
+    assert [s["genops.policy.result"] for s in got] == ["BLOCKED", "ALLOWED", "BLOCKED"]
     text = generate_latest(registry).decode()
     assert 'genops_invalid_values_total{field="cost",reason="nan"} 1.0' in text
     assert 'genops_invalid_values_total{field="end_time",reason="out_of_range"} 1.0' in text

@@ -230,6 +230,10 @@ def test_native_and_polars_paths_agree(tmp_path_factory, monkeypatch, policy, ba
     fallback.close()
 
 
+# The attribution the GenOps spec asks of every GenAI span.
+ATTRIBUTED = {"genops.team": "ml", "genops.project": "chat", "genops.environment": "production"}
+
+
 def test_native_path_tags_and_verdicts_a_crossing_span(tmp_path, monkeypatch):
     """A known case for the native path alone: the span reaching the warn level and the one past the limit."""
     monkeypatch.setenv("GENOPS_NATIVE_DECODE", "1")
@@ -240,24 +244,25 @@ def test_native_path_tags_and_verdicts_a_crossing_span(tmp_path, monkeypatch):
     batch = decode_traces(trace_request([span(attributes=attributes)] * 3).SerializeToString(), stage.wanted_keys())
     changes = stage.process(batch)
     assert changes.set_attributes["genops.budget.consumed"].to_list() == [0.5, 1.0, 1.5]
-    assert changes.set_attributes["genops.policy.result"].to_list() == ["warning", "warning", "blocked"]
+    assert changes.set_attributes["genops.policy.result"].to_list() == ["WARNING", "WARNING", "BLOCKED"]
     assert changes.set_attributes["genops.policy.violations"].dtype == pl.List(pl.String)
-    assert [(e.row, e.name) for e in changes.events] == [
-        (0, "genops.budget.threshold_crossed"),
-        (2, "genops.budget.exceeded"),
+    assert [(e.row, e.name) for e in changes.events if e.name == "genops.budget.alert"] == [
+        (0, "genops.budget.alert"),
+        (2, "genops.budget.alert"),
     ]
     stage.close()
 
 
 def test_a_policy_with_more_checks_than_the_verdict_table_takes_the_polars_path(tmp_path):
     path = tmp_path / "policy.yaml"
+    # 12 rules and the spec's attribution check.
     rules = [{"type": "pii_detected", "mode": "audit_only"} for _ in range(12)]
     path.write_text(policy_text([], rules))
     stage, _ = build(path, "team", 100)
     assert stage._plan_for(stage.source.current()).native is None
     batch = decode_traces(
         trace_request(
-            [span(attributes={"gen_ai.request.model": "gpt-4o", "genops.redaction.detected": 1})]
+            [span(attributes={**ATTRIBUTED, "gen_ai.request.model": "gpt-4o", "genops.redaction.detected": 1})]
         ).SerializeToString(),
         stage.wanted_keys(),
     )
