@@ -33,11 +33,12 @@ from prometheus_client import CollectorRegistry, Counter
 
 from processor.config import RedactionConfig
 from processor.decode import (
+    KEYLESS_SCOPES,
     LOGS,
     RESOURCE_INDEX,
-    SCOPE_BODY,
     SCOPE_EVENT,
     SCOPE_ITEM,
+    SCOPE_LINK,
     SCOPE_RESOURCE,
     TRACES,
     TelemetryBatch,
@@ -225,11 +226,12 @@ class RedactionStage:
         if "is_string" not in values.columns:
             values = values.with_columns(is_string=pl.lit(True), kind=pl.lit("string_value"))
         values = values.join(self._classify(values["key"]), on="key", how="left")
-        attribute_scope = pl.col("scope").is_in([SCOPE_ITEM, SCOPE_EVENT])
+        # The allow-list is for attributes of one span or record; resource and scope attributes
+        # are shared by many, and text places have no key.
+        attribute_scope = pl.col("scope").is_in([SCOPE_ITEM, SCOPE_EVENT, SCOPE_LINK])
+        keyless = pl.col("scope").is_in(KEYLESS_SCOPES)
         not_allowed = ~pl.col("protected") & attribute_scope & ~pl.col("allowed")
-        by_key = (
-            ~pl.col("protected") & ~not_allowed & pl.col("key_rule").is_not_null() & (pl.col("scope") != SCOPE_BODY)
-        )
+        by_key = ~pl.col("protected") & ~not_allowed & pl.col("key_rule").is_not_null() & ~keyless
         scan_kinds = (
             pl.lit(True)
             if self.rules.redact_all_types
@@ -239,8 +241,8 @@ class RedactionStage:
         values = values.with_columns(
             label=pl.when(pl.col("scope") == SCOPE_ITEM)
             .then(pl.col("key"))
-            .when(pl.col("scope") == SCOPE_BODY)
-            .then(pl.lit("body"))
+            .when(keyless)
+            .then(pl.col("scope"))
             .otherwise(pl.col("scope") + pl.lit(":") + pl.col("key")),
         )
         parts = [
