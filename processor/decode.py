@@ -652,8 +652,8 @@ def _collect_string_values(batch: TelemetryBatch) -> pl.DataFrame:
     except unknown_fields.WireError as exc:
         raise MalformedRequest(f"cannot walk the {batch.signal} export request: {exc}") from exc
     for field in unknown:
-        whole = batch.raw[field.start : field.end].decode("utf-8", "replace")
-        add(SCOPE_UNKNOWN, field.start, field.end, field.row, "", lean.AnyValue(string_value=whole))
+        rendered = unknown_fields.text(batch.raw[field.content_start : field.content_end])
+        add(SCOPE_UNKNOWN, field.start, field.end, field.row, "", lean.AnyValue(string_value=rendered))
     kind_column = pl.Series(kinds, dtype=pl.String)
     return pl.DataFrame(
         {

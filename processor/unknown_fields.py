@@ -64,11 +64,57 @@ LOGS_REQUEST = _request(LOG_RECORD)
 
 @dataclass(frozen=True)
 class UnknownField:
-    """A whole field (tag included) at raw[start:end]; `row` the item it sits in, -1 outside items."""
+    """A whole field (tag included) at raw[start:end], carrying raw[content_start:content_end];
+    `row` the item it sits in, -1 outside items."""
 
     start: int
     end: int
+    content_start: int
+    content_end: int
     row: int
+
+
+# Levels of messages inside an unknown field whose strings `text` lists on their own.
+UNKNOWN_DEPTH = 8
+
+
+def text(content: bytes) -> str:
+    """What the value rules see for an unknown field: its bytes, then, when they read as protobuf
+    fields, the content of each length-delimited one, one a line, to UNKNOWN_DEPTH levels: a string
+    inside is seen apart from the length byte before it (56 is the byte "8", which would glue
+    itself to an "sk-..." key). processor/native/src/scan.rs `unknown_text` gives the same text."""
+    lines: list[str] = []
+    pending = [(content, 0)]
+    while pending:
+        buf, depth = pending.pop()
+        lines.append(buf.decode("utf-8", "replace"))
+        if depth < UNKNOWN_DEPTH:
+            parts = _length_delimited_parts(buf)
+            if parts is not None:
+                pending.extend((part, depth + 1) for part in reversed(parts))
+    return "\n".join(lines)
+
+
+def _length_delimited_parts(buf: bytes) -> list[bytes] | None:
+    parts = []
+    pos = 0
+    try:
+        while pos < len(buf):
+            key, pos = _varint(buf, pos)
+            field, wire = key >> 3, key & 7
+            if not 1 <= field < 1 << 29:
+                return None
+            if wire == LEN:
+                length, pos = _varint(buf, pos)
+                if pos + length > len(buf):
+                    return None
+                parts.append(buf[pos : pos + length])
+                pos += length
+            else:
+                pos = _skip(buf, pos, field, wire)
+    except WireError:
+        return None
+    return parts
 
 
 class WireError(ValueError):
@@ -144,9 +190,14 @@ def find(raw: bytes, logs: bool) -> list[UnknownField]:
                 items += 1
             open_messages.append((pos + length, child, row))
             continue
+        after_tag = pos
         pos = _skip(raw, pos, field, wire)
-        if not declared and wire in (LEN, START_GROUP):
-            found.append(UnknownField(start, pos, row))
+        if not declared and wire == LEN:
+            _, content = _varint(raw, after_tag)
+            found.append(UnknownField(start, pos, content, pos, row))
+        elif not declared and wire == START_GROUP:
+            end_tag = len(_encode_varint(field << 3 | END_GROUP))
+            found.append(UnknownField(start, pos, after_tag, pos - end_tag, row))
     return found
 
 

@@ -756,6 +756,19 @@ impl StringValues {
         part.kind.push(kind);
     }
 
+    /// A value whose text `write` writes, of kind `kind` (an AnyValue oneof number).
+    fn push_written(&mut self, address: Address, kind: u8, write: impl FnOnce(&mut Vec<u8>)) {
+        let value_view = view_written(&mut self.value_data, write);
+        let part = &mut self.parts[address.part];
+        part.scope.push(address.scope);
+        part.owner.push(address.owner);
+        part.position.push(address.position);
+        part.row.push(address.row);
+        part.key.push([0u8; 16]);
+        part.value.push(value_view);
+        part.kind.push(kind);
+    }
+
     /// A value whose oneof field came more than once: its text is every copy's rendering, one a
     /// line, so a secret in a copy a protobuf parser drops is still found (and the whole value
     /// rewritten). Its kind is the last text copy's, so the stages that scan only text see it
@@ -1005,6 +1018,62 @@ fn unknown_inside<'a>(buf: &'a [u8], schema: Schema, found: &mut Vec<&'a [u8]>) 
     Ok(())
 }
 
+/// The bytes an unknown field (tag included, as `unknown_inside` and `Scan::pass` give it)
+/// carries: a length-delimited field's content, the fields between a group's start and end tags.
+fn unknown_content(whole: &[u8]) -> &[u8] {
+    let mut reader = Reader::new(whole);
+    match reader.tag() {
+        Ok((_, LEN)) => reader.bytes().unwrap_or(whole),
+        Ok((field, _)) => {
+            let end_tag = crate::wire::varint_len(((field as u64) << 3) | 4);
+            whole
+                .get(reader.pos..whole.len().saturating_sub(end_tag))
+                .unwrap_or(whole)
+        }
+        Err(_) => whole,
+    }
+}
+
+/// Levels of messages inside an unknown field whose strings `unknown_text` lists on their own.
+const UNKNOWN_DEPTH: usize = 8;
+
+/// The text the value rules see for an unknown field: its bytes, then, when they read as protobuf
+/// fields, the content of each length-delimited one, one a line, to `UNKNOWN_DEPTH` levels. A
+/// string inside is then seen apart from the length byte before it (a length of 56 is the byte
+/// "8", which would glue itself to an "sk-..." key and hide it from a rule wanting a boundary).
+/// processor/unknown_fields.py `text` gives the same text.
+fn unknown_text(content: &[u8], out: &mut Vec<u8>) {
+    let mut pending: Vec<(&[u8], usize)> = vec![(content, 0)];
+    let mut first = true;
+    while let Some((buf, depth)) = pending.pop() {
+        if !first {
+            out.push(b'\n');
+        }
+        first = false;
+        push_text(out, buf);
+        if depth < UNKNOWN_DEPTH {
+            if let Some(parts) = length_delimited_parts(buf) {
+                pending.extend(parts.into_iter().rev().map(|part| (part, depth + 1)));
+            }
+        }
+    }
+}
+
+/// The contents of the length-delimited fields of `buf` when all of it reads as protobuf fields.
+fn length_delimited_parts(buf: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut reader = Reader::new(buf);
+    let mut parts = Vec::new();
+    while !reader.done() {
+        let (_, wire) = reader.tag().ok()?;
+        if wire == LEN {
+            parts.push(reader.bytes().ok()?);
+        } else {
+            reader.skip(wire).ok()?;
+        }
+    }
+    Some(parts)
+}
+
 /// Whether a KeyValue is the usual key plus one scalar value, which has no field to be unknown.
 #[inline]
 fn plain_scalar_kv(kv: &[u8]) -> bool {
@@ -1159,7 +1228,9 @@ impl<'a> Scan<'a> {
             position: at + whole.len() as i64,
             row,
         };
-        self.strings.push(address, [0u8; 16], &Scalar::Str(whole));
+        let content = unknown_content(whole);
+        self.strings
+            .push_written(address, 1, |out| unknown_text(content, out));
     }
 
     /// Unknown fields inside a value message that is not the plain key-and-scalar shape.
