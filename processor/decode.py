@@ -28,6 +28,7 @@ except ImportError:  # not built (no Rust toolchain): the pure-Python walk below
 
 TRACES = "traces"
 LOGS = "logs"
+METRICS = "metrics"
 
 # Columns every span frame has, whatever the stages asked for.
 ROW = "_row"

@@ -223,6 +223,41 @@ class RedactionStage:
             return BatchChanges()
         else:
             return self._process_native(batch, arrays)
+        rewrites = self._python_rewrites(values)
+        if rewrites is None:
+            return BatchChanges()
+        self._count(rewrites, batch.signal)
+        return BatchChanges(
+            set_attributes=self._summary(batch, rewrites),
+            # Several value rules may have changed one value: each is counted, it is written once.
+            rewrites=rewrites.unique(["scope", "owner", "position"]).select("scope", "owner", "position", "new_value"),
+        )
+
+    def redact_values(self, values: pl.DataFrame, signal: str) -> pl.DataFrame:
+        """The rewrites (scope, owner, position, new_value; null: drop) of a frame shaped like
+        `TelemetryBatch.string_values()` that belongs to no span or record (metric data points):
+        counted in genops_redaction_total under `signal`, no per-item summary."""
+        if values.height == 0:
+            return pl.DataFrame(schema={name: _REWRITE_SCHEMA[name] for name in _WRITTEN})
+        if self._native is not None and native_available():
+            found = self._native.redact(
+                *(_arrow(values, name, _TEXT) for name in ("scope", "key", "value", "kind")),
+                *(_arrow(values, name, _INDEX) for name in ("owner", "position", "row")),
+                pa.array([], pa.int64()),
+                _SUMMARY_LEVELS["silent"],
+            )
+            changes = self._native_changes(found, signal)
+            if changes.rewrites is None:
+                return pl.DataFrame(schema={name: _REWRITE_SCHEMA[name] for name in _WRITTEN})
+            return changes.rewrites
+        rewrites = self._python_rewrites(values)
+        if rewrites is None:
+            return pl.DataFrame(schema={name: _REWRITE_SCHEMA[name] for name in _WRITTEN})
+        self._count(rewrites, signal)
+        return rewrites.unique(["scope", "owner", "position"]).select(*_WRITTEN)
+
+    def _python_rewrites(self, values: pl.DataFrame) -> pl.DataFrame | None:
+        """Every (value, rule) that changes a value of a `string_values()` frame, by the polars path."""
         if "is_string" not in values.columns:
             values = values.with_columns(is_string=pl.lit(True), kind=pl.lit("string_value"))
         values = values.join(self._classify(values["key"]), on="key", how="left")
@@ -254,14 +289,8 @@ class RedactionStage:
         ]
         parts = [part.cast(_REWRITE_SCHEMA) for part in parts if part.height]  # type: ignore[arg-type]
         if not parts:
-            return BatchChanges()
-        rewrites = pl.concat(parts, how="vertical")
-        self._count(rewrites, batch.signal)
-        return BatchChanges(
-            set_attributes=self._summary(batch, rewrites),
-            # Several value rules may have changed one value: each is counted, it is written once.
-            rewrites=rewrites.unique(["scope", "owner", "position"]).select("scope", "owner", "position", "new_value"),
-        )
+            return None
+        return pl.concat(parts, how="vertical")
 
     def redact_one(self, key: str, value: str) -> str | None:
         """`value` as these rules leave a span attribute `key` (None: dropped). Not counted in
@@ -443,6 +472,7 @@ class RedactionStage:
 
 
 _ADDRESS = ("scope", "owner", "position", "row", "label")
+_WRITTEN = ("scope", "owner", "position", "new_value")
 _SUMMARY_LEVELS = {"silent": 0, "info": 1, "debug": 2}
 _ARROW_IN_PLACE = pl.CompatLevel.newest()
 # Checks the native redactor has a Rust version of (processor/native/src/detect.rs).
