@@ -7,6 +7,7 @@ declare is not forwarded, while unknown fields without one go out as received.
 
 from __future__ import annotations
 
+import polars as pl
 import pytest
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as logs_pb
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
@@ -167,8 +168,9 @@ def _span_with(extra: bytes, name: str = "chat gpt-4o") -> bytes:
     return span(name=name).SerializeToString() + extra
 
 
-def _traces(span_bytes: list[bytes], resource: bytes = b"") -> bytes:
-    scope = trace_pb2.ScopeSpans(scope=common_pb2.InstrumentationScope(name="s")).SerializeToString()
+def _traces(span_bytes: list[bytes], resource: bytes = b"", scope_attributes: dict | None = None) -> bytes:
+    instrumentation = common_pb2.InstrumentationScope(name="s", attributes=key_values(scope_attributes or {}))
+    scope = trace_pb2.ScopeSpans(scope=instrumentation).SerializeToString()
     scope += b"".join(_field(2, s) for s in span_bytes)
     return _field(1, _field(1, resource) + _field(2, scope))
 
@@ -250,3 +252,29 @@ def test_an_unknown_field_in_a_log_record_is_dropped(pipeline, nested):
     assert API_KEY.encode() not in payload
     out = logs_pb.ExportLogsServiceRequest.FromString(payload)
     assert out.resource_logs[0].scope_logs[0].log_records[0].body.string_value == "said hi"
+
+
+def test_both_decoders_list_the_same_values_in_every_place(monkeypatch):
+    if native_module() is None:
+        pytest.skip("native module not built")
+    from processor.decode import WantedKeys, decode_traces
+
+    item = span(name=f"to {EMAIL}", attributes={"a": EMAIL}, events=[(f"ev {EMAIL}", {"k": "v"})])
+    item.status.message = "failed: \xff-free text"
+    item.links[0].attributes.extend(key_values({"l1": "a", "l2": ["x", 1]}))
+    item.links.add().attributes.extend(key_values({"l3": EMAIL}))
+    group = bytes([0x9B, 0x06]) + _field(1, b"in a group") + bytes([0x9C, 0x06])  # field 99
+    raw_span = item.SerializeToString() + _unknown(98, _field(1, API_KEY.encode())) + group
+    resource = _field(1, _key_value(_unknown(97, b"kv extra")))
+    raw = _traces([raw_span, span(name="plain").SerializeToString()], resource, {"s1": EMAIL, "s2": 2})
+    rows = {}
+    for path in ("1", "0"):
+        monkeypatch.setenv("GENOPS_NATIVE_DECODE", path)
+        values = decode_traces(raw, WantedKeys(values=True)).string_values()
+        rows[path] = values.select("scope", "owner", "position", "row", "key", "value", "kind").sort(pl.all()).rows()
+    assert rows["1"] == rows["0"]
+    scopes = {row[0] for row in rows["1"]}
+    assert scopes >= {"span_name", "status", "event_name", "link", "scope", "unknown", "attribute", "event"}
+    unknown = [row for row in rows["1"] if row[0] == "unknown"]
+    assert len(unknown) == 3
+    assert any(API_KEY in row[5].split("\n") for row in unknown)
