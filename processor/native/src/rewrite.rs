@@ -900,8 +900,10 @@ fn strip(raw: &[u8], ranges: &mut Vec<Range<usize>>) -> WireResult<Vec<u8>> {
 /// either an Arrow column (see arrow.rs `ArrowIn`) or a Python list; a later column for the same
 /// key wins where it has a value. Values are written over an attribute of the same key or
 /// appended. rewrites: frames of (scope, owner, position, new_value) Arrow columns addressing
-/// values as decode.string_values() does (scope attribute/event/resource/body; a null new_value
-/// drops the attribute). event_rows: the span row of each event, for event rewrites. events:
+/// values as decode.string_values() does (scope attribute/event/resource/body/link/scope, the
+/// text places span_name/status/event_name, whose null new_value clears the text, and unknown,
+/// whose field is dropped whatever the new value; a null new_value drops an attribute).
+/// event_rows: the span row of each event, for event rewrites and event names. events:
 /// (row, serialised Span.Event) to append to spans.
 #[pyfunction]
 #[pyo3(signature = (raw, columns, rewrites, event_rows, events=Vec::new(), logs=false))]
