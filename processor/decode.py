@@ -49,6 +49,8 @@ SCOPE_BODY = "body"
 SCOPE_SPAN_NAME = "span_name"
 SCOPE_STATUS = "status"
 SCOPE_EVENT_NAME = "event_name"
+# LogRecord.event_name: owner the record's row.
+SCOPE_LOG_EVENT = "log_event"
 # Link attributes: owner the span row, position counted across the span's links in order.
 SCOPE_LINK = "link"
 # InstrumentationScope attributes: owner the scope's index in request order.
@@ -56,7 +58,7 @@ SCOPE_SCOPE = "scope"
 # A field the OTLP schema does not declare: owner and position its byte range in the request.
 SCOPE_UNKNOWN = "unknown"
 # Places that hold a text rather than a key and a value: only value rules apply to them.
-KEYLESS_SCOPES = (SCOPE_BODY, SCOPE_SPAN_NAME, SCOPE_STATUS, SCOPE_EVENT_NAME, SCOPE_UNKNOWN)
+KEYLESS_SCOPES = (SCOPE_BODY, SCOPE_SPAN_NAME, SCOPE_STATUS, SCOPE_EVENT_NAME, SCOPE_LOG_EVENT, SCOPE_UNKNOWN)
 
 
 class MalformedRequest(ValueError):
@@ -637,6 +639,7 @@ def _collect_string_values(batch: TelemetryBatch) -> pl.DataFrame:
             collect(SCOPE_ITEM, index, index, item.attributes)
             if item.HasField("body"):
                 add(SCOPE_BODY, index, -1, index, "", item.body)
+            text(SCOPE_LOG_EVENT, index, index, item.event_name.decode("utf-8", "replace"))
             continue
         text(SCOPE_SPAN_NAME, index, index, item.name)
         collect(SCOPE_ITEM, index, index, item.attributes)

@@ -20,6 +20,7 @@ from processor.decode import (
     SCOPE_EVENT_NAME,
     SCOPE_ITEM,
     SCOPE_LINK,
+    SCOPE_LOG_EVENT,
     SCOPE_RESOURCE,
     SCOPE_SCOPE,
     SCOPE_SPAN_NAME,
@@ -231,6 +232,9 @@ def _apply_rewrites(batch: TelemetryBatch, rewrites: pl.DataFrame) -> None:
             continue
         if scope == SCOPE_EVENT_NAME:
             batch.events[owner][1].name = new_value or ""
+            continue
+        if scope == SCOPE_LOG_EVENT:
+            batch.items[owner].event_name = (new_value or "").encode()
             continue
         attributes, index = _attribute_at(batch, scope, owner, position)
         if new_value is None:

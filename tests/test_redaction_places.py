@@ -121,6 +121,17 @@ def test_log_scope_attributes_are_redacted(pipeline):
     assert out.resource_logs[0].scope_logs[0].log_records[0].body.string_value == "said hi"
 
 
+def test_a_log_record_event_name_is_redacted(pipeline):
+    request = log_request(["said hi", "said bye"])
+    records = request.resource_logs[0].scope_logs[0].log_records
+    records[0].event_name = f"mail sent to {EMAIL}"
+    records[1].event_name = "mail.sent"
+    payload = pipeline.process_logs(request.SerializeToString()).payload
+    out = logs_pb.ExportLogsServiceRequest.FromString(payload).resource_logs[0].scope_logs[0].log_records
+    assert [r.event_name for r in out] == [f"mail sent to {MASKED_EMAIL}", "mail.sent"]
+    assert out[1] == records[1]
+
+
 def test_a_secret_in_one_place_changes_no_other_span(pipeline):
     clean = span(name="clean span", events=[("clean event", {"k": "v"})])
     dirty = span(name=f"for {EMAIL}")

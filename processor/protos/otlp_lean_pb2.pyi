@@ -109,12 +109,14 @@ class ExportTraceServiceRequest(_message.Message):
     def __init__(self, resource_spans: _Optional[_Iterable[_Union[ResourceSpans, _Mapping]]] = ...) -> None: ...
 
 class LogRecord(_message.Message):
-    __slots__ = ("body", "attributes")
+    __slots__ = ("body", "attributes", "event_name")
     BODY_FIELD_NUMBER: _ClassVar[int]
     ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    EVENT_NAME_FIELD_NUMBER: _ClassVar[int]
     body: AnyValue
     attributes: _containers.RepeatedCompositeFieldContainer[KeyValue]
-    def __init__(self, body: _Optional[_Union[AnyValue, _Mapping]] = ..., attributes: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ...) -> None: ...
+    event_name: bytes
+    def __init__(self, body: _Optional[_Union[AnyValue, _Mapping]] = ..., attributes: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ..., event_name: _Optional[bytes] = ...) -> None: ...
 
 class ScopeLogs(_message.Message):
     __slots__ = ("scope", "log_records")

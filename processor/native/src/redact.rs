@@ -1248,7 +1248,7 @@ impl Redactor {
 fn keyless(scope: &[u8]) -> bool {
     matches!(
         scope,
-        b"body" | b"span_name" | b"status" | b"event_name" | b"unknown"
+        b"body" | b"span_name" | b"status" | b"event_name" | b"log_event" | b"unknown"
     )
 }
 

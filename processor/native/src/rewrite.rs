@@ -209,6 +209,8 @@ struct Edits<'k> {
     span_name: FastMap<usize, Replacement>,
     status: FastMap<usize, Replacement>,
     event_name: FastMap<usize, Replacement>,
+    /// row -> new LogRecord.event_name (None: cleared).
+    log_event: FastMap<usize, Replacement>,
     /// (span row, position across the span's links) -> new link attribute value.
     link: FastMap<Address, Replacement>,
     link_rows: FastSet<usize>,
@@ -403,6 +405,16 @@ impl<'k> Edits<'k> {
                 let (rebuilt, count) = self.rewrite_message(link, attributes, None)?;
                 link_position += count;
                 put_len(out, 13, &rebuilt);
+                run = reader.pos;
+            } else if logs && field == 12 && wire == LEN && self.log_event.contains_key(&row) {
+                reader.bytes()?;
+                out.extend_from_slice(&buf[run..start]);
+                if !name_written {
+                    if let Some(Some(text)) = self.log_event.get(&row) {
+                        put_len(out, 12, self.text(text));
+                    }
+                    name_written = true;
+                }
                 run = reader.pos;
             } else if logs && field == 5 && wire == LEN && self.body.contains_key(&row) {
                 reader.bytes()?;
@@ -630,6 +642,10 @@ impl<'k> Edits<'k> {
                         PyValueError::new_err("rewrite of an event the request does not have")
                     })?;
                     self.touch_row(row);
+                }
+                b"log_event" => {
+                    self.log_event.insert(owner, replacement);
+                    self.touch_row(owner);
                 }
                 b"link" => {
                     self.link.insert((owner, position), replacement);
@@ -901,7 +917,7 @@ fn strip(raw: &[u8], ranges: &mut Vec<Range<usize>>) -> WireResult<Vec<u8>> {
 /// key wins where it has a value. Values are written over an attribute of the same key or
 /// appended. rewrites: frames of (scope, owner, position, new_value) Arrow columns addressing
 /// values as decode.string_values() does (scope attribute/event/resource/body/link/scope, the
-/// text places span_name/status/event_name, whose null new_value clears the text, and unknown,
+/// text places span_name/status/event_name/log_event, whose null new_value clears the text, and unknown,
 /// whose field is dropped whatever the new value; a null new_value drops an attribute).
 /// event_rows: the span row of each event, for event rewrites and event names. events:
 /// (row, serialised Span.Event) to append to spans.

@@ -639,9 +639,10 @@ const SCOPE_EVENT_NAME: u8 = 6;
 const SCOPE_LINK: u8 = 7;
 const SCOPE_SCOPE: u8 = 8;
 const SCOPE_UNKNOWN: u8 = 9;
+const SCOPE_LOG_EVENT: u8 = 10;
 
 // At most 12 bytes each: inline views (see `to_py`). processor/decode.py spells the same names.
-const SCOPE_NAMES: [&str; 10] = [
+const SCOPE_NAMES: [&str; 11] = [
     "attribute",
     "event",
     "resource",
@@ -652,6 +653,7 @@ const SCOPE_NAMES: [&str; 10] = [
     "link",
     "scope",
     "unknown",
+    "log_event",
 ];
 const KIND_NAMES: [&str; 8] = [
     "",
@@ -1417,6 +1419,10 @@ impl<'a> Scan<'a> {
             let (field, wire) = reader.tag()?;
             match (field, wire) {
                 (5, LEN) => body.push(reader.bytes()?),
+                (12, LEN) => {
+                    let event_name = reader.bytes()?;
+                    self.text_place(PART_ITEM, SCOPE_LOG_EVENT, row, row, event_name);
+                }
                 (6, LEN) => {
                     let kv = reader.bytes()?;
                     self.attributes_of(kv, Target::Item, row, position, row)?;
