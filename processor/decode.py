@@ -17,7 +17,7 @@ import polars as pl
 import pyarrow as pa
 from google.protobuf.message import DecodeError
 
-from processor import nested_values
+from processor import nested_values, unknown_fields
 from processor.batch_columns import ScannedColumns, array_parts, series_array
 from processor.nested_values import NestedValueError
 from processor.protos import otlp_lean_pb2 as lean
@@ -33,6 +33,7 @@ except ImportError:  # not built (no Rust toolchain): the pure-Python walk below
 
 TRACES = "traces"
 LOGS = "logs"
+METRICS = "metrics"
 
 # Columns every span frame has, whatever the stages asked for.
 ROW = "_row"
@@ -49,6 +50,20 @@ SCOPE_ITEM = "attribute"
 SCOPE_EVENT = "event"
 SCOPE_RESOURCE = "resource"
 SCOPE_BODY = "body"
+# A span's name, its status message, a span event's name: one text each, no key.
+SCOPE_SPAN_NAME = "span_name"
+SCOPE_STATUS = "status"
+SCOPE_EVENT_NAME = "event_name"
+# LogRecord.event_name: owner the record's row.
+SCOPE_LOG_EVENT = "log_event"
+# Link attributes: owner the span row, position counted across the span's links in order.
+SCOPE_LINK = "link"
+# InstrumentationScope attributes: owner the scope's index in request order.
+SCOPE_SCOPE = "scope"
+# A field the OTLP schema does not declare: owner and position its byte range in the request.
+SCOPE_UNKNOWN = "unknown"
+# Places that hold a text rather than a key and a value: only value rules apply to them.
+KEYLESS_SCOPES = (SCOPE_BODY, SCOPE_SPAN_NAME, SCOPE_STATUS, SCOPE_EVENT_NAME, SCOPE_LOG_EVENT, SCOPE_UNKNOWN)
 
 
 class MalformedRequest(ValueError):
@@ -120,6 +135,7 @@ class TelemetryBatch:
         self._items: list | None = None
         self._resources: list[lean.Resource] | None = None
         self._events: list[tuple[int, lean.SpanEvent]] | None = None
+        self._scopes: list[lean.InstrumentationScope] | None = None
         # Row of each span event, in event order (from the native scan; else from `events`).
         self._event_rows: list[int] | None = None
         # The request holds bytes its protobuf view drops (earlier copies of a oneof or value field
@@ -241,6 +257,21 @@ class TelemetryBatch:
         return self._events
 
     @property
+    def scopes(self) -> list[lean.InstrumentationScope]:
+        """InstrumentationScope messages in request order (a scope attribute's owner indexes it)."""
+        if self._scopes is None:
+            self._walk()
+        return self._scopes
+
+    def reparse(self, raw: bytes) -> None:
+        """Makes the protobuf view the one of `raw` (the request with unknown fields dropped);
+        `self.raw` stays the bytes as received. Addresses of values do not change: they count
+        declared fields only."""
+        message_type = lean.ExportTraceServiceRequest if self.signal == TRACES else lean.ExportLogsServiceRequest
+        self._request = _parse(message_type, raw)
+        self._items = self._resources = self._events = self._scopes = None
+
+    @property
     def event_rows(self) -> list[int]:
         if self._event_rows is None:
             self._event_rows = [row for row, _ in self.events]
@@ -250,10 +281,12 @@ class TelemetryBatch:
         items: list = []
         resources: list[lean.Resource] = []
         events: list[tuple[int, lean.SpanEvent]] = []
+        scopes: list[lean.InstrumentationScope] = []
         if self.signal == TRACES:
             for resource_spans in self.request.resource_spans:
                 resources.append(resource_spans.resource)
                 for scope_spans in resource_spans.scope_spans:
+                    scopes.extend(scope_spans.scope)
                     for span in scope_spans.spans:
                         if span.events:
                             row = len(items)
@@ -263,15 +296,18 @@ class TelemetryBatch:
             for resource_logs in self.request.resource_logs:
                 resources.append(resource_logs.resource)
                 for scope_logs in resource_logs.scope_logs:
+                    scopes.extend(scope_logs.scope)
                     items.extend(scope_logs.log_records)
-        self._items, self._resources, self._events = items, resources, events
+        self._items, self._resources, self._events, self._scopes = items, resources, events, scopes
 
     def string_values(self) -> pl.DataFrame:
         """Every attribute value (and log body) in the batch, one row each, for value scanners.
 
-        Columns: scope (attribute/event/resource/body), owner (index into items, events or
-        resources), position (index in the owner's attribute list; -1 for a log body), row
-        (the item the value belongs to; -1 for resource values, shared by many items), key,
+        Columns: scope (attribute/event/resource/body/link/scope, or a keyless text place:
+        span_name/status/event_name/unknown; see the SCOPE_ constants), owner (index into items,
+        events, resources or scopes), position (index in the owner's attribute list; -1 for a
+        text place), row (the item the value belongs to; -1 for resource and scope values, shared
+        by many items), key ("" for text places),
         value (text), is_string, kind (the OTLP oneof name). Built on first use and cached, or
         up front by the decoder when a stage declared `WantedKeys.values`.
         """
@@ -490,11 +526,26 @@ def _native_values_frame(batch: TelemetryBatch, scanned: dict) -> pl.DataFrame:
 def _value_at(batch: TelemetryBatch, scope: str, owner: int, position: int) -> lean.AnyValue:
     if scope == SCOPE_BODY:
         return batch.items[owner].body
+    if scope == SCOPE_LINK:
+        attributes, index = link_attribute(batch.items[owner], position)
+        return attributes[index].value
+    if scope == SCOPE_SCOPE:
+        return batch.scopes[owner].attributes[position].value
     if scope == SCOPE_ITEM:
         return batch.items[owner].attributes[position].value
     if scope == SCOPE_EVENT:
         return batch.events[owner][1].attributes[position].value
     return batch.resources[owner].attributes[position].value
+
+
+def link_attribute(span: lean.Span, position: int) -> tuple:
+    """(attribute list of a link, index in it) of the link attribute at `position`, counted across
+    the span's links in order (the SCOPE_LINK address)."""
+    for link in span.links:
+        if position < len(link.attributes):
+            return link.attributes, position
+        position -= len(link.attributes)
+    raise IndexError("no link attribute at that position")
 
 
 def _parse(message_type, raw: bytes):
@@ -573,20 +624,49 @@ def _collect_string_values(batch: TelemetryBatch) -> pl.DataFrame:
         kinds.append(kind)
         values.append(value.string_value if kind == "string_value" else _render(value, kind))
 
-    def collect(scope: str, owner: int, row: int, attributes) -> None:
-        for position, kv in enumerate(attributes):
+    def collect(scope: str, owner: int, row: int, attributes, first: int = 0) -> None:
+        for position, kv in enumerate(attributes, first):
             add(scope, owner, position, row, kv.key, kv.value)
 
-    for index, resource in enumerate(batch.resources):
-        collect(SCOPE_RESOURCE, index, -1, resource.attributes)
+    def text(scope: str, owner: int, row: int, value: str) -> None:
+        if value:
+            add(scope, owner, -1, row, "", lean.AnyValue(string_value=value))
+
+    # In the native scan's order: each resource then its scopes; each item's values in field
+    # order; each event's name then attributes.
+    request = batch.request
+    groups = request.resource_spans if batch.signal != LOGS else request.resource_logs
+    scope_index = 0
+    for index, group in enumerate(groups):
+        collect(SCOPE_RESOURCE, index, -1, group.resource.attributes)
+        for scope_group in group.scope_spans if batch.signal != LOGS else group.scope_logs:
+            for scope in scope_group.scope:
+                collect(SCOPE_SCOPE, scope_index, -1, scope.attributes)
+                scope_index += 1
     for index, item in enumerate(batch.items):
+        if batch.signal == LOGS:
+            collect(SCOPE_ITEM, index, index, item.attributes)
+            if item.HasField("body"):
+                add(SCOPE_BODY, index, -1, index, "", item.body)
+            text(SCOPE_LOG_EVENT, index, index, item.event_name.decode("utf-8", "replace"))
+            continue
+        text(SCOPE_SPAN_NAME, index, index, item.name)
         collect(SCOPE_ITEM, index, index, item.attributes)
+        first = 0
+        for link in item.links:
+            collect(SCOPE_LINK, index, index, link.attributes, first)
+            first += len(link.attributes)
+        text(SCOPE_STATUS, index, index, item.status.message.decode("utf-8", "replace"))
     for index, (row, event) in enumerate(batch.events):
+        text(SCOPE_EVENT_NAME, index, row, event.name)
         collect(SCOPE_EVENT, index, row, event.attributes)
-    if batch.signal == LOGS:
-        for index, record in enumerate(batch.items):
-            if record.HasField("body"):
-                add(SCOPE_BODY, index, -1, index, "", record.body)
+    try:
+        unknown = unknown_fields.find(batch.raw, batch.signal == LOGS)
+    except unknown_fields.WireError as exc:
+        raise MalformedRequest(f"cannot walk the {batch.signal} export request: {exc}") from exc
+    for field in unknown:
+        rendered = unknown_fields.text(batch.raw[field.content_start : field.content_end])
+        add(SCOPE_UNKNOWN, field.start, field.end, field.row, "", lean.AnyValue(string_value=rendered))
     kind_column = pl.Series(kinds, dtype=pl.String)
     return pl.DataFrame(
         {

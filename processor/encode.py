@@ -14,14 +14,22 @@ from typing import TYPE_CHECKING
 import polars as pl
 import pyarrow as pa
 
-from processor import nested_values
+from processor import nested_values, unknown_fields
 from processor.decode import (
     LOGS,
     SCOPE_BODY,
     SCOPE_EVENT,
+    SCOPE_EVENT_NAME,
     SCOPE_ITEM,
+    SCOPE_LINK,
+    SCOPE_LOG_EVENT,
     SCOPE_RESOURCE,
+    SCOPE_SCOPE,
+    SCOPE_SPAN_NAME,
+    SCOPE_STATUS,
+    SCOPE_UNKNOWN,
     TelemetryBatch,
+    link_attribute,
     native_available,
     native_module,
 )
@@ -251,19 +259,31 @@ def _apply_column(batch: TelemetryBatch, key: str, column: pl.Series) -> None:
             set_attribute(items[row].attributes, key, value)
 
 
-def _owner_attributes(batch: TelemetryBatch, scope: str, owner: int):
+def _attribute_at(batch: TelemetryBatch, scope: str, owner: int, position: int) -> tuple:
+    """(attribute list, index in it) of the value a rewrite addresses."""
     if scope == SCOPE_ITEM:
-        return batch.items[owner].attributes
+        return batch.items[owner].attributes, position
     if scope == SCOPE_EVENT:
-        return batch.events[owner][1].attributes
+        return batch.events[owner][1].attributes, position
     if scope == SCOPE_RESOURCE:
-        return batch.resources[owner].attributes
+        return batch.resources[owner].attributes, position
+    if scope == SCOPE_LINK:
+        return link_attribute(batch.items[owner], position)
+    if scope == SCOPE_SCOPE:
+        return batch.scopes[owner].attributes, position
     raise ValueError(f"unknown attribute scope {scope!r}")
 
 
 def _apply_rewrites(batch: TelemetryBatch, rewrites: pl.DataFrame) -> None:
-    drops: dict[tuple[str, int], list[int]] = defaultdict(list)
+    unknown = rewrites.filter(pl.col("scope") == SCOPE_UNKNOWN)
+    if unknown.height:
+        # Before anything else: the view of the request without them (addresses stay the same).
+        ranges = list(zip(unknown["owner"].to_list(), unknown["position"].to_list(), strict=True))
+        batch.reparse(unknown_fields.strip(batch.raw, ranges))
+    drops: dict[tuple[str, int, int], tuple[object, list[int]]] = {}
     for scope, owner, position, new_value in rewrites.select("scope", "owner", "position", "new_value").iter_rows():
+        if scope == SCOPE_UNKNOWN:
+            continue
         if scope == SCOPE_BODY:
             record = batch.items[owner]
             if new_value is None:
@@ -271,12 +291,26 @@ def _apply_rewrites(batch: TelemetryBatch, rewrites: pl.DataFrame) -> None:
             else:
                 record.body.string_value = new_value
             continue
-        if new_value is None:
-            drops[(scope, owner)].append(position)
+        # Text places: a drop clears the text (the span, its status and its event stay).
+        if scope == SCOPE_SPAN_NAME:
+            batch.items[owner].name = new_value or ""
             continue
-        _owner_attributes(batch, scope, owner)[position].value.string_value = new_value
+        if scope == SCOPE_STATUS:
+            batch.items[owner].status.message = (new_value or "").encode()
+            continue
+        if scope == SCOPE_EVENT_NAME:
+            batch.events[owner][1].name = new_value or ""
+            continue
+        if scope == SCOPE_LOG_EVENT:
+            batch.items[owner].event_name = (new_value or "").encode()
+            continue
+        attributes, index = _attribute_at(batch, scope, owner, position)
+        if new_value is None:
+            # Keyed by the list's first address: a link's attributes are one list of the span's.
+            drops.setdefault((scope, owner, position - index), (attributes, []))[1].append(index)
+            continue
+        attributes[index].value.string_value = new_value
     # Positions refer to the list as decoded, so drop from the end backwards.
-    for (scope, owner), positions in drops.items():
-        attributes = _owner_attributes(batch, scope, owner)
-        for position in sorted(set(positions), reverse=True):
-            del attributes[position]
+    for attributes, indexes in drops.values():
+        for index in sorted(set(indexes), reverse=True):
+            del attributes[index]

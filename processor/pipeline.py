@@ -18,9 +18,10 @@ import polars as pl
 import pyarrow as pa
 import structlog
 
-from processor import encode
+from processor import encode, metrics_redaction
 from processor.decode import (
     LOGS,
+    METRICS,
     TRACES,
     MalformedRequest,
     TelemetryBatch,
@@ -131,6 +132,7 @@ class Pipeline:
         self._timers: dict[tuple[str, str], object] = {}
         # (stage, signal) -> the engine it ran on last: a change (or the first batch) is logged.
         self._engines: dict[tuple[str, str], str] = {}
+        self._metrics_redaction = next((s for s in self.stages if callable(getattr(s, "redact_values", None))), None)
         self._stages = {signal: [s for s in self.stages if signal in s.signals] for signal in (TRACES, LOGS)}
         # One stage per signal at most gets the values from the scan (the first that takes them).
         self._consumers = {
@@ -167,8 +169,26 @@ class Pipeline:
             return self.process_traces(raw)
         if signal == LOGS:
             return self.process_logs(raw)
-        # Metrics have no stage: passed through untouched.
-        return ProcessedRequest(raw, 1, ())
+        return self.process_metrics(raw)
+
+    def process_metrics(self, raw: bytes) -> ProcessedRequest:
+        """Only redaction reads metrics (processor/metrics_redaction.py); without it they pass."""
+        stage = self._metrics_redaction
+        if stage is None:
+            return ProcessedRequest(raw, 1, ())
+        started = time.perf_counter()
+        try:
+            redacted = metrics_redaction.redact_metrics(raw, stage)
+        except MalformedRequest:
+            raise
+        except Exception:
+            # As for a failed stage on spans: the request still goes out, the failure is counted.
+            self.metrics.stage_errors.labels(stage=stage.name, signal=METRICS).inc()
+            log.exception("stage failed; its changes are discarded", stage=stage.name, signal=METRICS)
+            return ProcessedRequest(raw, 1, (stage.name,))
+        finally:
+            self._timer(stage.name, METRICS).observe(time.perf_counter() - started)
+        return ProcessedRequest(redacted.payload, redacted.data_points, ())
 
     def process_traces(self, raw: bytes) -> ProcessedRequest:
         return self._run(TRACES, raw)

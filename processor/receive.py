@@ -1,7 +1,7 @@
 """OTLP/gRPC receiver: TraceService, LogsService and MetricsService Export.
 
 Handlers read the request as raw bytes (no deserializer): the pipeline parses it with the lean
-view, and metrics are passed through without being parsed at all. They are registered as
+view (metrics: only the redaction stage reads them, processor/metrics_redaction.py). They are registered as
 stream-unary (the same wire format as a unary call) so that a request is admitted before its
 message is read, and so decompressed, at all (processor/admission.py).
 
@@ -25,8 +25,6 @@ from processor.forward import METHODS, DownstreamError, Forwarder
 from processor.observability import SidecarMetrics
 from processor.pipeline import ProcessedRequest
 from processor.poison import PoisonRequest
-
-METRICS = "metrics"
 
 log = structlog.get_logger(__name__)
 
@@ -101,7 +99,7 @@ class ExportService:
 
     async def export(self, signal: str, raw: bytes, context: aio.ServicerContext) -> bytes:
         try:
-            processed = await self.process(signal, raw) if signal != METRICS else ProcessedRequest(raw, 1, ())
+            processed = await self.process(signal, raw)
         except ProcessingUnavailable as exc:
             self.metrics.requests.labels(signal=signal, outcome="rejected").inc()
             log.error("processing unavailable", signal=signal, error=str(exc))

@@ -34,11 +34,12 @@ from prometheus_client import CollectorRegistry, Counter
 from processor import policies
 from processor.config import RedactionConfig
 from processor.decode import (
+    KEYLESS_SCOPES,
     LOGS,
     RESOURCE_INDEX,
-    SCOPE_BODY,
     SCOPE_EVENT,
     SCOPE_ITEM,
+    SCOPE_LINK,
     SCOPE_RESOURCE,
     TRACES,
     TelemetryBatch,
@@ -237,14 +238,51 @@ class RedactionStage:
             return BatchChanges()
         else:
             return self._process_native(batch, arrays)
+        rewrites = self._python_rewrites(values)
+        if rewrites is None:
+            return BatchChanges(engine=ENGINE_POLARS)
+        self._count(rewrites, batch.signal)
+        return BatchChanges(
+            engine=ENGINE_POLARS,
+            set_attributes=self._summary(batch, rewrites),
+            # Several value rules may have changed one value: each is counted, it is written once.
+            rewrites=rewrites.unique(["scope", "owner", "position"]).select("scope", "owner", "position", "new_value"),
+        )
+
+    def redact_values(self, values: pl.DataFrame, signal: str) -> pl.DataFrame:
+        """The rewrites (scope, owner, position, new_value; null: drop) of a frame shaped like
+        `TelemetryBatch.string_values()` that belongs to no span or record (metric data points):
+        counted in genops_redaction_total under `signal`, no per-item summary."""
+        if values.height == 0:
+            return pl.DataFrame(schema={name: _REWRITE_SCHEMA[name] for name in _WRITTEN})
+        if self._native is not None and native_available():
+            found = self._native.redact(
+                *(_arrow(values, name, _TEXT) for name in ("scope", "key", "value", "kind")),
+                *(_arrow(values, name, _INDEX) for name in ("owner", "position", "row")),
+                pa.array([], pa.int64()),
+                _SUMMARY_LEVELS["silent"],
+            )
+            changes = self._native_changes(found, signal)
+            if changes.rewrites is None:
+                return pl.DataFrame(schema={name: _REWRITE_SCHEMA[name] for name in _WRITTEN})
+            return changes.rewrites
+        rewrites = self._python_rewrites(values)
+        if rewrites is None:
+            return pl.DataFrame(schema={name: _REWRITE_SCHEMA[name] for name in _WRITTEN})
+        self._count(rewrites, signal)
+        return rewrites.unique(["scope", "owner", "position"]).select(*_WRITTEN)
+
+    def _python_rewrites(self, values: pl.DataFrame) -> pl.DataFrame | None:
+        """Every (value, rule) that changes a value of a `string_values()` frame, by the polars path."""
         if "is_string" not in values.columns:
             values = values.with_columns(is_string=pl.lit(True), kind=pl.lit("string_value"))
         values = values.join(self._classify(values["key"]), on="key", how="left")
-        attribute_scope = pl.col("scope").is_in([SCOPE_ITEM, SCOPE_EVENT])
+        # The allow-list is for attributes of one span or record; resource and scope attributes
+        # are shared by many, and text places have no key.
+        attribute_scope = pl.col("scope").is_in([SCOPE_ITEM, SCOPE_EVENT, SCOPE_LINK])
+        keyless = pl.col("scope").is_in(KEYLESS_SCOPES)
         not_allowed = ~pl.col("protected") & attribute_scope & ~pl.col("allowed")
-        by_key = (
-            ~pl.col("protected") & ~not_allowed & pl.col("key_rule").is_not_null() & (pl.col("scope") != SCOPE_BODY)
-        )
+        by_key = ~pl.col("protected") & ~not_allowed & pl.col("key_rule").is_not_null() & ~keyless
         scan_kinds = (
             pl.lit(True)
             if self.rules.redact_all_types
@@ -254,8 +292,8 @@ class RedactionStage:
         values = values.with_columns(
             label=pl.when(pl.col("scope") == SCOPE_ITEM)
             .then(pl.col("key"))
-            .when(pl.col("scope") == SCOPE_BODY)
-            .then(pl.lit("body"))
+            .when(keyless)
+            .then(pl.col("scope"))
             .otherwise(pl.col("scope") + pl.lit(":") + pl.col("key")),
         )
         parts = [
@@ -267,15 +305,8 @@ class RedactionStage:
         ]
         parts = [part.cast(_REWRITE_SCHEMA) for part in parts if part.height]  # type: ignore[arg-type]
         if not parts:
-            return BatchChanges(engine=ENGINE_POLARS)
-        rewrites = pl.concat(parts, how="vertical")
-        self._count(rewrites, batch.signal)
-        return BatchChanges(
-            engine=ENGINE_POLARS,
-            set_attributes=self._summary(batch, rewrites),
-            # Several value rules may have changed one value: each is counted, it is written once.
-            rewrites=rewrites.unique(["scope", "owner", "position"]).select("scope", "owner", "position", "new_value"),
-        )
+            return None
+        return pl.concat(parts, how="vertical")
 
     def redact_one(self, key: str, value: str) -> str | None:
         """`value` as these rules leave a span attribute `key` (None: dropped). Not counted in
@@ -473,6 +504,7 @@ class RedactionStage:
 
 
 _ADDRESS = ("scope", "owner", "position", "row", "label")
+_WRITTEN = ("scope", "owner", "position", "new_value")
 _SUMMARY_LEVELS = {"silent": 0, "info": 1, "debug": 2}
 _ARROW_IN_PLACE = pl.CompatLevel.newest()
 

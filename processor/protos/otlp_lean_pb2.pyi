@@ -49,32 +49,50 @@ class SpanEvent(_message.Message):
     def __init__(self, time_unix_nano: _Optional[int] = ..., name: _Optional[str] = ..., attributes: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ...) -> None: ...
 
 class Status(_message.Message):
-    __slots__ = ("code",)
+    __slots__ = ("message", "code")
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
+    message: bytes
     code: int
-    def __init__(self, code: _Optional[int] = ...) -> None: ...
+    def __init__(self, message: _Optional[bytes] = ..., code: _Optional[int] = ...) -> None: ...
+
+class SpanLink(_message.Message):
+    __slots__ = ("attributes",)
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    attributes: _containers.RepeatedCompositeFieldContainer[KeyValue]
+    def __init__(self, attributes: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ...) -> None: ...
+
+class InstrumentationScope(_message.Message):
+    __slots__ = ("attributes",)
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    attributes: _containers.RepeatedCompositeFieldContainer[KeyValue]
+    def __init__(self, attributes: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ...) -> None: ...
 
 class Span(_message.Message):
-    __slots__ = ("name", "start_time_unix_nano", "end_time_unix_nano", "attributes", "events", "status")
+    __slots__ = ("name", "start_time_unix_nano", "end_time_unix_nano", "attributes", "events", "links", "status")
     NAME_FIELD_NUMBER: _ClassVar[int]
     START_TIME_UNIX_NANO_FIELD_NUMBER: _ClassVar[int]
     END_TIME_UNIX_NANO_FIELD_NUMBER: _ClassVar[int]
     ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    LINKS_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     name: str
     start_time_unix_nano: int
     end_time_unix_nano: int
     attributes: _containers.RepeatedCompositeFieldContainer[KeyValue]
     events: _containers.RepeatedCompositeFieldContainer[SpanEvent]
+    links: _containers.RepeatedCompositeFieldContainer[SpanLink]
     status: Status
-    def __init__(self, name: _Optional[str] = ..., start_time_unix_nano: _Optional[int] = ..., end_time_unix_nano: _Optional[int] = ..., attributes: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ..., events: _Optional[_Iterable[_Union[SpanEvent, _Mapping]]] = ..., status: _Optional[_Union[Status, _Mapping]] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., start_time_unix_nano: _Optional[int] = ..., end_time_unix_nano: _Optional[int] = ..., attributes: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ..., events: _Optional[_Iterable[_Union[SpanEvent, _Mapping]]] = ..., links: _Optional[_Iterable[_Union[SpanLink, _Mapping]]] = ..., status: _Optional[_Union[Status, _Mapping]] = ...) -> None: ...
 
 class ScopeSpans(_message.Message):
-    __slots__ = ("spans",)
+    __slots__ = ("scope", "spans")
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
     SPANS_FIELD_NUMBER: _ClassVar[int]
+    scope: _containers.RepeatedCompositeFieldContainer[InstrumentationScope]
     spans: _containers.RepeatedCompositeFieldContainer[Span]
-    def __init__(self, spans: _Optional[_Iterable[_Union[Span, _Mapping]]] = ...) -> None: ...
+    def __init__(self, scope: _Optional[_Iterable[_Union[InstrumentationScope, _Mapping]]] = ..., spans: _Optional[_Iterable[_Union[Span, _Mapping]]] = ...) -> None: ...
 
 class ResourceSpans(_message.Message):
     __slots__ = ("resource", "scope_spans")
@@ -91,18 +109,22 @@ class ExportTraceServiceRequest(_message.Message):
     def __init__(self, resource_spans: _Optional[_Iterable[_Union[ResourceSpans, _Mapping]]] = ...) -> None: ...
 
 class LogRecord(_message.Message):
-    __slots__ = ("body", "attributes")
+    __slots__ = ("body", "attributes", "event_name")
     BODY_FIELD_NUMBER: _ClassVar[int]
     ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    EVENT_NAME_FIELD_NUMBER: _ClassVar[int]
     body: AnyValue
     attributes: _containers.RepeatedCompositeFieldContainer[KeyValue]
-    def __init__(self, body: _Optional[_Union[AnyValue, _Mapping]] = ..., attributes: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ...) -> None: ...
+    event_name: bytes
+    def __init__(self, body: _Optional[_Union[AnyValue, _Mapping]] = ..., attributes: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ..., event_name: _Optional[bytes] = ...) -> None: ...
 
 class ScopeLogs(_message.Message):
-    __slots__ = ("log_records",)
+    __slots__ = ("scope", "log_records")
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
     LOG_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    scope: _containers.RepeatedCompositeFieldContainer[InstrumentationScope]
     log_records: _containers.RepeatedCompositeFieldContainer[LogRecord]
-    def __init__(self, log_records: _Optional[_Iterable[_Union[LogRecord, _Mapping]]] = ...) -> None: ...
+    def __init__(self, scope: _Optional[_Iterable[_Union[InstrumentationScope, _Mapping]]] = ..., log_records: _Optional[_Iterable[_Union[LogRecord, _Mapping]]] = ...) -> None: ...
 
 class ResourceLogs(_message.Message):
     __slots__ = ("resource", "scope_logs")

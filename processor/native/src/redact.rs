@@ -1180,7 +1180,7 @@ impl Redactor {
             let item_scope = if scope_view == attribute || scope_view == event {
                 true
             } else {
-                scope == b"attribute" || scope == b"event"
+                scope == b"attribute" || scope == b"event" || scope == b"link"
             };
             if !class.allowed && item_scope {
                 changes.push(i, None, not_allowed_slot);
@@ -1189,7 +1189,7 @@ impl Redactor {
             let text = values.value.get(i);
             let kind: &[u8] = values.kind.as_ref().map_or(b"string_value", |k| k.get(i));
             match class.key_rule {
-                Some(rule) if scope != b"body" => {
+                Some(rule) if !keyless(scope) => {
                     match &self.key_rules[rule].action {
                         Action::Mask(mask) => {
                             if text != mask.as_bytes() || kind != b"string_value" {
@@ -1253,6 +1253,15 @@ impl Redactor {
     }
 }
 
+/// Places that hold one text, not a key and a value (processor/decode.py KEYLESS_SCOPES): only
+/// the value rules apply to them.
+fn keyless(scope: &[u8]) -> bool {
+    matches!(
+        scope,
+        b"body" | b"span_name" | b"status" | b"event_name" | b"log_event" | b"unknown"
+    )
+}
+
 /// genops.redaction.count (and .keys when `keys`) per item: the values changed on the item, its
 /// events and its resource (a resource value is shared by every item under that resource); and
 /// genops.redaction.detected, the same count over `rows[detected_from..]` (value-rule findings).
@@ -1276,6 +1285,7 @@ fn summarise(
             labels.push(match scope {
                 b"attribute" => key.to_vec(),
                 b"body" => b"body".to_vec(),
+                _ if keyless(scope) => scope.to_vec(),
                 _ => [scope, b":", key].concat(),
             });
             labels.len() - 1

@@ -205,6 +205,20 @@ struct Edits<'k> {
     rewritten_rows: Vec<bool>,
     touched_events: FastSet<usize>,
     touched_resources: FastSet<usize>,
+    /// row -> new span name / status message; event index -> new event name (None: cleared).
+    span_name: FastMap<usize, Replacement>,
+    status: FastMap<usize, Replacement>,
+    event_name: FastMap<usize, Replacement>,
+    /// row -> new LogRecord.event_name (None: cleared).
+    log_event: FastMap<usize, Replacement>,
+    /// (span row, position across the span's links) -> new link attribute value.
+    link: FastMap<Address, Replacement>,
+    link_rows: FastSet<usize>,
+    /// (scope index in request order, position) -> new InstrumentationScope attribute value.
+    scope: FastMap<Address, Replacement>,
+    touched_scopes: FastSet<usize>,
+    /// Byte ranges of unknown fields to drop from the request before anything else is written.
+    unknown: Vec<Range<usize>>,
 }
 
 impl<'k> Edits<'k> {
@@ -300,6 +314,8 @@ impl<'k> Edits<'k> {
         done.resize(self.keys.len(), false);
         let rewritten = self.rewritten_rows.get(row).copied().unwrap_or(false);
         let mut position = 0;
+        let mut link_position = 0;
+        let mut name_written = false;
         let mut run = 0;
         let mut reader = Reader::new(buf);
         while !reader.done() {
@@ -356,17 +372,50 @@ impl<'k> Edits<'k> {
                 layout.events += 1;
                 if self.touched_events.contains(&index) {
                     out.extend_from_slice(&buf[run..start]);
-                    put_len(
-                        out,
-                        11,
-                        &self.rewrite_attributes(event, 3, index, &self.event)?,
-                    );
+                    let attributes = Some((3, index, 0, &self.event));
+                    let name = self.event_name.get(&index).map(|name| (2, name));
+                    put_len(out, 11, &self.rewrite_message(event, attributes, name)?.0);
                     run = reader.pos;
                 } else if !canonical(buf, start, event) {
                     out.extend_from_slice(&buf[run..start]);
                     put_len(out, 11, event);
                     run = reader.pos;
                 }
+            } else if !logs && field == 5 && wire == LEN && self.span_name.contains_key(&row) {
+                reader.bytes()?;
+                out.extend_from_slice(&buf[run..start]);
+                // Every copy of a repeated name becomes the one new name.
+                if !name_written {
+                    if let Some(Some(text)) = self.span_name.get(&row) {
+                        put_len(out, 5, self.text(text));
+                    }
+                    name_written = true;
+                }
+                run = reader.pos;
+            } else if !logs && field == 15 && wire == LEN && self.status.contains_key(&row) {
+                let status = reader.bytes()?;
+                out.extend_from_slice(&buf[run..start]);
+                let message = self.status.get(&row).map(|message| (2, message));
+                put_len(out, 15, &self.rewrite_message(status, None, message)?.0);
+                run = reader.pos;
+            } else if !logs && field == 13 && wire == LEN && self.link_rows.contains(&row) {
+                let link = reader.bytes()?;
+                out.extend_from_slice(&buf[run..start]);
+                let attributes = Some((4, row, link_position, &self.link));
+                let (rebuilt, count) = self.rewrite_message(link, attributes, None)?;
+                link_position += count;
+                put_len(out, 13, &rebuilt);
+                run = reader.pos;
+            } else if logs && field == 12 && wire == LEN && self.log_event.contains_key(&row) {
+                reader.bytes()?;
+                out.extend_from_slice(&buf[run..start]);
+                if !name_written {
+                    if let Some(Some(text)) = self.log_event.get(&row) {
+                        put_len(out, 12, self.text(text));
+                    }
+                    name_written = true;
+                }
+                run = reader.pos;
             } else if logs && field == 5 && wire == LEN && self.body.contains_key(&row) {
                 reader.bytes()?;
                 out.extend_from_slice(&buf[run..start]);
@@ -426,8 +475,8 @@ impl<'k> Edits<'k> {
             let start = reader.pos;
             let (field, wire) = reader.tag()?;
             if field == 1 && wire == LEN && self.touched_resources.contains(&resource_index) {
-                let rebuilt =
-                    self.rewrite_attributes(reader.bytes()?, 1, resource_index, &self.resource)?;
+                let attributes = Some((1, resource_index, 0, &self.resource));
+                let (rebuilt, _) = self.rewrite_message(reader.bytes()?, attributes, None)?;
                 let at = layout.built.len();
                 layout.built.extend_from_slice(&rebuilt);
                 layout.resources[resource_index] = Some(at..layout.built.len());
@@ -451,7 +500,21 @@ impl<'k> Edits<'k> {
         while !reader.done() {
             let start = reader.pos;
             let (field, wire) = reader.tag()?;
-            if field == 2 && wire == LEN {
+            if field == 1 && wire == LEN {
+                let instrumentation = reader.bytes()?;
+                let index = layout.scopes.len();
+                if self.touched_scopes.contains(&index) {
+                    let attributes = Some((3, index, 0, &self.scope));
+                    let (rebuilt, _) = self.rewrite_message(instrumentation, attributes, None)?;
+                    let at = layout.built.len();
+                    layout.built.extend_from_slice(&rebuilt);
+                    layout.scopes.push(Some(at..layout.built.len()));
+                    size += len_field_size(1, rebuilt.len());
+                } else {
+                    layout.scopes.push(None);
+                    size += reader.pos - start;
+                }
+            } else if field == 2 && wire == LEN {
                 let item = reader.bytes()?;
                 let row = layout.items.len();
                 if self.touched_rows.get(row).copied().unwrap_or(false) {
@@ -475,36 +538,52 @@ impl<'k> Edits<'k> {
         Ok(size)
     }
 
-    /// A message whose attributes (repeated KeyValue `field`) get value rewrites by position.
-    fn rewrite_attributes(
+    /// A message with value rewrites of its attributes (repeated KeyValue field `attributes.0`,
+    /// addressed as (owner, position counted from `first`)) and of its text field `text.0` (every
+    /// copy replaced by the one new text; None clears it). Returns it and its attribute count.
+    fn rewrite_message(
         &self,
         buf: &[u8],
-        field_number: u32,
-        owner: usize,
-        rewrites: &FastMap<Address, Replacement>,
-    ) -> WireResult<Vec<u8>> {
+        attributes: Option<(u32, usize, usize, &FastMap<Address, Replacement>)>,
+        text: Option<(u32, &Replacement)>,
+    ) -> WireResult<(Vec<u8>, usize)> {
         let mut out = Vec::with_capacity(buf.len() + 64);
         let mut reader = Reader::new(buf);
-        let mut position = 0;
+        let mut count = 0;
+        let mut text_written = false;
         while !reader.done() {
             let start = reader.pos;
             let (field, wire) = reader.tag()?;
-            if field == field_number && wire == LEN {
-                let kv = reader.bytes()?;
-                match rewrites.get(&(owner, position)) {
-                    None => put_len(&mut out, field, kv),
-                    Some(None) => {}
-                    Some(Some(text)) => {
-                        put_key_string(&mut out, field, key_of(kv)?, self.text(text))
+            match (attributes, text) {
+                (Some((attribute_field, owner, first, rewrites)), _)
+                    if field == attribute_field && wire == LEN =>
+                {
+                    let kv = reader.bytes()?;
+                    match rewrites.get(&(owner, first + count)) {
+                        None => put_len(&mut out, field, kv),
+                        Some(None) => {}
+                        Some(Some(text)) => {
+                            put_key_string(&mut out, field, key_of(kv)?, self.text(text))
+                        }
+                    }
+                    count += 1;
+                }
+                (_, Some((text_field, replacement))) if field == text_field && wire == LEN => {
+                    reader.bytes()?;
+                    if !text_written {
+                        if let Some(new_text) = replacement {
+                            put_len(&mut out, field, self.text(new_text));
+                        }
+                        text_written = true;
                     }
                 }
-                position += 1;
-            } else {
-                reader.skip(wire)?;
-                out.extend_from_slice(&buf[start..reader.pos]);
+                _ => {
+                    reader.skip(wire)?;
+                    out.extend_from_slice(&buf[start..reader.pos]);
+                }
             }
         }
-        Ok(out)
+        Ok((out, count))
     }
 
     /// One rewrites frame as (scope, owner, position, new_value) Arrow columns; a later row for
@@ -548,6 +627,42 @@ impl<'k> Edits<'k> {
                     self.body.insert(owner, replacement);
                     self.touch_row(owner);
                 }
+                b"span_name" => {
+                    self.span_name.insert(owner, replacement);
+                    self.touch_row(owner);
+                }
+                b"status" => {
+                    self.status.insert(owner, replacement);
+                    self.touch_row(owner);
+                }
+                b"event_name" => {
+                    self.event_name.insert(owner, replacement);
+                    self.touched_events.insert(owner);
+                    let row = *event_rows.get(owner).ok_or_else(|| {
+                        PyValueError::new_err("rewrite of an event the request does not have")
+                    })?;
+                    self.touch_row(row);
+                }
+                b"log_event" => {
+                    self.log_event.insert(owner, replacement);
+                    self.touch_row(owner);
+                }
+                b"link" => {
+                    self.link.insert((owner, position), replacement);
+                    self.link_rows.insert(owner);
+                    self.touch_row(owner);
+                }
+                b"scope" => {
+                    self.scope.insert((owner, position), replacement);
+                    self.touched_scopes.insert(owner);
+                }
+                // Owner and position are the field's byte range: it is dropped, whatever the
+                // new value (a field unknown to the schema has no value to write back).
+                b"unknown" => {
+                    let end = usize::try_from(positions.i64_at(i))
+                        .map_err(|_| PyValueError::new_err("negative unknown field end"))?;
+                    self.unknown.push(owner..end);
+                }
                 other => {
                     return Err(PyValueError::new_err(format!(
                         "unknown attribute scope {:?}",
@@ -567,6 +682,8 @@ struct Layout {
     built: Vec<u8>,
     items: Vec<Option<Range<usize>>>,
     resources: Vec<Option<Range<usize>>>,
+    /// InstrumentationScope messages in request order (None: unchanged).
+    scopes: Vec<Option<Range<usize>>>,
     scope_sizes: Vec<usize>,
     group_sizes: Vec<usize>,
     /// Span events met so far (their index addresses event rewrites).
@@ -611,7 +728,7 @@ impl Emit for Out {
 
 /// Second pass: the request with every changed message swapped in; lengths from the layout.
 fn emit(raw: &[u8], layout: &Layout, out: &mut Out) -> WireResult<()> {
-    let (mut group, mut scope, mut item) = (0, 0, 0);
+    let (mut group, mut scope, mut item, mut instrumentation) = (0, 0, 0, 0);
     let mut reader = Reader::new(raw);
     while !reader.done() {
         let start = reader.pos;
@@ -641,7 +758,14 @@ fn emit(raw: &[u8], layout: &Layout, out: &mut Out) -> WireResult<()> {
                 while !scope_reader.done() {
                     let start = scope_reader.pos;
                     let (field, wire) = scope_reader.tag()?;
-                    if field == 2 && wire == LEN {
+                    if field == 1 && wire == LEN {
+                        scope_reader.bytes()?;
+                        match &layout.scopes[instrumentation] {
+                            Some(range) => out.len_field(1, &layout.built[range.clone()]),
+                            None => out.put(&scope_buf[start..scope_reader.pos]),
+                        }
+                        instrumentation += 1;
+                    } else if field == 2 && wire == LEN {
                         let original = scope_reader.bytes()?;
                         match &layout.items[item] {
                             Some(range) => out.len_field(2, &layout.built[range.clone()]),
@@ -683,14 +807,119 @@ fn count_field(buf: &[u8], wanted: u32) -> WireResult<usize> {
     Ok(count)
 }
 
+/// What `strip_walk` meets on the way to the fields it drops.
+enum StripStep {
+    /// Bytes kept as they are.
+    Keep(Range<usize>),
+    /// A message holding a dropped field: its tag bytes, then its content (start) is walked.
+    Enter(Range<usize>, usize),
+    /// The end of the message whose content starts here.
+    Leave(usize),
+}
+
+/// Walks a request down to the whole fields at `ranges` (sorted, disjoint), entering only the
+/// messages that hold one, with a stack rather than recursion (values nest without bound).
+fn strip_walk(
+    raw: &[u8],
+    ranges: &[Range<usize>],
+    mut step: impl FnMut(StripStep),
+) -> WireResult<()> {
+    let dropped = |field: &Range<usize>| {
+        let i = ranges.partition_point(|r| r.start < field.start);
+        ranges.get(i) == Some(field)
+    };
+    let holds = |start: usize, end: usize| {
+        let i = ranges.partition_point(|r| r.start < start);
+        ranges.get(i).is_some_and(|r| r.end <= end)
+    };
+    // (content start, end) of each entered message; the request itself at the bottom.
+    let mut open = vec![(0, raw.len())];
+    let mut reader = Reader::new(raw);
+    while let Some(&(content, end)) = open.last() {
+        if reader.pos >= end {
+            if reader.pos > end {
+                return Err("a field runs past its message".into());
+            }
+            open.pop();
+            if !open.is_empty() {
+                step(StripStep::Leave(content));
+            }
+            continue;
+        }
+        let start = reader.pos;
+        let (_, wire) = reader.tag()?;
+        if wire == LEN {
+            let tag_end = reader.pos;
+            let len = reader.varint()? as usize;
+            let content = reader.pos;
+            let field_end = content.checked_add(len).ok_or("length overflow")?;
+            if field_end > end {
+                return Err("truncated length-delimited field".into());
+            }
+            if dropped(&(start..field_end)) {
+                reader.pos = field_end;
+            } else if holds(content, field_end) {
+                step(StripStep::Enter(start..tag_end, content));
+                open.push((content, field_end));
+            } else {
+                reader.pos = field_end;
+                step(StripStep::Keep(start..field_end));
+            }
+        } else {
+            reader.skip(wire)?;
+            if !dropped(&(start..reader.pos)) {
+                step(StripStep::Keep(start..reader.pos));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The request without the unknown fields at `ranges` (whole fields, as the scan listed them),
+/// every enclosing length prefix recomputed; everything else byte for byte as received.
+fn strip(raw: &[u8], ranges: &mut Vec<Range<usize>>) -> WireResult<Vec<u8>> {
+    ranges.sort_by_key(|range| range.start);
+    ranges.dedup();
+    if ranges.windows(2).any(|pair| pair[0].end > pair[1].start) {
+        return Err("overlapping unknown fields".into());
+    }
+    // First pass: the new content size of every entered message, by its content start.
+    let mut sizes: FastMap<usize, usize> = FastMap::default();
+    let mut open: Vec<usize> = vec![0];
+    strip_walk(raw, ranges, |step| match step {
+        StripStep::Keep(range) => *open.last_mut().expect("the request") += range.len(),
+        StripStep::Enter(tag, _) => {
+            *open.last_mut().expect("the request") += tag.len();
+            open.push(0);
+        }
+        StripStep::Leave(content) => {
+            let size = open.pop().expect("entered");
+            sizes.insert(content, size);
+            *open.last_mut().expect("the request") += varint_len(size as u64) + size;
+        }
+    })?;
+    let mut out = Vec::with_capacity(open[0]);
+    strip_walk(raw, ranges, |step| match step {
+        StripStep::Keep(range) => out.extend_from_slice(&raw[range]),
+        StripStep::Enter(tag, content) => {
+            out.extend_from_slice(&raw[tag]);
+            put_varint(&mut out, sizes[&content] as u64);
+        }
+        StripStep::Leave(_) => {}
+    })?;
+    Ok(out)
+}
+
 /// Applies changes to a serialised trace (logs=False) or logs export request.
 ///
 /// columns: [(key, values)] in stage order, values one per item (null: leave the item alone),
 /// either an Arrow column (see arrow.rs `ArrowIn`) or a Python list; a later column for the same
 /// key wins where it has a value. Values are written over an attribute of the same key or
 /// appended. rewrites: frames of (scope, owner, position, new_value) Arrow columns addressing
-/// values as decode.string_values() does (scope attribute/event/resource/body; a null new_value
-/// drops the attribute). event_rows: the span row of each event, for event rewrites. events:
+/// values as decode.string_values() does (scope attribute/event/resource/body/link/scope, the
+/// text places span_name/status/event_name/log_event, whose null new_value clears the text, and unknown,
+/// whose field is dropped whatever the new value; a null new_value drops an attribute).
+/// event_rows: the span row of each event, for event rewrites and event names. events:
 /// (row, serialised Span.Event) to append to spans.
 #[pyfunction]
 #[pyo3(signature = (raw, columns, rewrites, event_rows, events=Vec::new(), logs=false))]
@@ -767,6 +996,18 @@ pub fn rewrite<'py>(
         ];
         edits.add_rewrites(&frame, &event_rows)?;
     }
+    // Unknown fields holding a secret go first; positions count known fields only, so every
+    // other rewrite still addresses the same value.
+    let stripped;
+    let raw = if edits.unknown.is_empty() {
+        raw
+    } else {
+        let mut ranges = std::mem::take(&mut edits.unknown);
+        stripped = py
+            .detach(|| strip(raw, &mut ranges))
+            .map_err(PyValueError::new_err)?;
+        &stripped[..]
+    };
     let measure = || -> WireResult<(Layout, usize)> {
         // Changed items are rebuilt into one buffer: sized for most of the request up front
         // rather than grown (and copied) by doubling.

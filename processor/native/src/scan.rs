@@ -16,7 +16,7 @@ use crate::arrow::{
 };
 use crate::fasthash::{FastMap, KeyBytes};
 use crate::redact::{Needed, Redactor};
-use crate::wire::{Reader, WireResult, I64, LEN, VARINT};
+use crate::wire::{Reader, WireResult, I32, I64, LEN, START_GROUP, VARINT};
 
 #[derive(Clone, Copy, Debug)]
 enum Scalar<'a> {
@@ -633,8 +633,28 @@ const SCOPE_ATTRIBUTE: u8 = 0;
 const SCOPE_EVENT: u8 = 1;
 const SCOPE_RESOURCE: u8 = 2;
 const SCOPE_BODY: u8 = 3;
+const SCOPE_SPAN_NAME: u8 = 4;
+const SCOPE_STATUS: u8 = 5;
+const SCOPE_EVENT_NAME: u8 = 6;
+const SCOPE_LINK: u8 = 7;
+const SCOPE_SCOPE: u8 = 8;
+const SCOPE_UNKNOWN: u8 = 9;
+const SCOPE_LOG_EVENT: u8 = 10;
 
-const SCOPE_NAMES: [&str; 4] = ["attribute", "event", "resource", "body"];
+// At most 12 bytes each: inline views (see `to_py`). processor/decode.py spells the same names.
+const SCOPE_NAMES: [&str; 11] = [
+    "attribute",
+    "event",
+    "resource",
+    "body",
+    "span_name",
+    "status",
+    "event_name",
+    "link",
+    "scope",
+    "unknown",
+    "log_event",
+];
 const KIND_NAMES: [&str; 8] = [
     "",
     "string_value",
@@ -734,6 +754,19 @@ impl StringValues {
         part.position.push(position);
         part.row.push(row);
         part.key.push(key_view);
+        part.value.push(value_view);
+        part.kind.push(kind);
+    }
+
+    /// A value whose text `write` writes, of kind `kind` (an AnyValue oneof number).
+    fn push_written(&mut self, address: Address, kind: u8, write: impl FnOnce(&mut Vec<u8>)) {
+        let value_view = view_written(&mut self.value_data, write);
+        let part = &mut self.parts[address.part];
+        part.scope.push(address.scope);
+        part.owner.push(address.owner);
+        part.position.push(address.position);
+        part.row.push(address.row);
+        part.key.push([0u8; 16]);
         part.value.push(value_view);
         part.kind.push(kind);
     }
@@ -887,6 +920,168 @@ impl StringValues {
     }
 }
 
+/// The OTLP messages the scan walks, for telling their declared fields from unknown ones: a
+/// field whose (number, wire type) pair is not declared is kept by protobuf parsers as unknown
+/// bytes and forwarded, so the redaction stage has to see what it holds (see `Scan::unknown`).
+#[derive(Clone, Copy)]
+enum Schema {
+    Request,
+    ResourceGroup,
+    Resource,
+    ScopeGroup,
+    Scope,
+    Span,
+    Event,
+    Link,
+    Status,
+    LogRecord,
+    KeyValue,
+    AnyValue,
+    ArrayValue,
+    KeyValueList,
+}
+
+impl Schema {
+    /// Whether the message declares the field with this wire type (opentelemetry-proto 1.x).
+    fn declares(self, field: u32, wire: u8) -> bool {
+        match self {
+            Schema::Request => matches!((field, wire), (1, LEN)),
+            Schema::ResourceGroup | Schema::ScopeGroup => matches!((field, wire), (1..=3, LEN)),
+            Schema::Resource => matches!((field, wire), (1 | 3, LEN) | (2, VARINT)),
+            Schema::Scope => matches!((field, wire), (1..=3, LEN) | (4, VARINT)),
+            Schema::Span => matches!(
+                (field, wire),
+                (1..=5 | 9 | 11 | 13 | 15, LEN)
+                    | (6 | 10 | 12 | 14, VARINT)
+                    | (7 | 8, I64)
+                    | (16, I32)
+            ),
+            Schema::Event => matches!((field, wire), (1, I64) | (2 | 3, LEN) | (4, VARINT)),
+            Schema::Link => matches!((field, wire), (1..=4, LEN) | (5, VARINT) | (6, I32)),
+            Schema::Status => matches!((field, wire), (2, LEN) | (3, VARINT)),
+            Schema::LogRecord => matches!(
+                (field, wire),
+                (1 | 11, I64) | (2 | 7, VARINT) | (3 | 5 | 6 | 9 | 10 | 12, LEN) | (8, I32)
+            ),
+            Schema::KeyValue => matches!((field, wire), (1 | 2, LEN)),
+            Schema::AnyValue => {
+                matches!(
+                    (field, wire),
+                    (1 | 5 | 6 | 7, LEN) | (2 | 3, VARINT) | (4, I64)
+                )
+            }
+            Schema::ArrayValue | Schema::KeyValueList => matches!((field, wire), (1, LEN)),
+        }
+    }
+
+    /// The message a declared length-delimited field of a value holds, for `unknown_inside`.
+    fn child(self, field: u32) -> Option<Schema> {
+        match (self, field) {
+            (Schema::KeyValue, 2) | (Schema::ArrayValue, 1) => Some(Schema::AnyValue),
+            (Schema::AnyValue, 5) => Some(Schema::ArrayValue),
+            (Schema::AnyValue, 6) => Some(Schema::KeyValueList),
+            (Schema::KeyValueList, 1) => Some(Schema::KeyValue),
+            _ => None,
+        }
+    }
+}
+
+/// Whether protobuf keeps a field of this wire type that the schema does not declare as bytes a
+/// secret can sit in (a length-delimited field or a group; numbers cannot hold text).
+#[inline]
+fn holds_bytes(wire: u8) -> bool {
+    wire == LEN || wire == START_GROUP
+}
+
+/// Every unknown length-delimited field or group inside a value message (a KeyValue or an
+/// AnyValue), at any depth of its arrays and kvlists, walked with a stack rather than recursion.
+fn unknown_inside<'a>(buf: &'a [u8], schema: Schema, found: &mut Vec<&'a [u8]>) -> WireResult<()> {
+    let mut open = vec![(Reader::new(buf), buf, schema)];
+    while let Some((reader, buf, schema)) = open.last_mut() {
+        if reader.done() {
+            open.pop();
+            continue;
+        }
+        let (schema, buf) = (*schema, *buf);
+        let start = reader.pos;
+        let (field, wire) = reader.tag()?;
+        if wire == LEN && schema.declares(field, wire) {
+            let content = reader.bytes()?;
+            if let Some(child) = schema.child(field) {
+                open.push((Reader::new(content), content, child));
+            }
+            continue;
+        }
+        reader.skip(wire)?;
+        if holds_bytes(wire) && !schema.declares(field, wire) {
+            found.push(&buf[start..reader.pos]);
+        }
+    }
+    Ok(())
+}
+
+/// The bytes an unknown field (tag included, as `unknown_inside` and `Scan::pass` give it)
+/// carries: a length-delimited field's content, the fields between a group's start and end tags.
+fn unknown_content(whole: &[u8]) -> &[u8] {
+    let mut reader = Reader::new(whole);
+    match reader.tag() {
+        Ok((_, LEN)) => reader.bytes().unwrap_or(whole),
+        Ok((field, _)) => {
+            let end_tag = crate::wire::varint_len(((field as u64) << 3) | 4);
+            whole
+                .get(reader.pos..whole.len().saturating_sub(end_tag))
+                .unwrap_or(whole)
+        }
+        Err(_) => whole,
+    }
+}
+
+/// Levels of messages inside an unknown field whose strings `unknown_text` lists on their own.
+const UNKNOWN_DEPTH: usize = 8;
+
+/// The text the value rules see for an unknown field: its bytes, then, when they read as protobuf
+/// fields, the content of each length-delimited one, one a line, to `UNKNOWN_DEPTH` levels. A
+/// string inside is then seen apart from the length byte before it (a length of 56 is the byte
+/// "8", which would glue itself to an "sk-..." key and hide it from a rule wanting a boundary).
+/// processor/unknown_fields.py `text` gives the same text.
+fn unknown_text(content: &[u8], out: &mut Vec<u8>) {
+    let mut pending: Vec<(&[u8], usize)> = vec![(content, 0)];
+    let mut first = true;
+    while let Some((buf, depth)) = pending.pop() {
+        if !first {
+            out.push(b'\n');
+        }
+        first = false;
+        push_text(out, buf);
+        if depth < UNKNOWN_DEPTH {
+            if let Some(parts) = length_delimited_parts(buf) {
+                pending.extend(parts.into_iter().rev().map(|part| (part, depth + 1)));
+            }
+        }
+    }
+}
+
+/// The contents of the length-delimited fields of `buf` when all of it reads as protobuf fields.
+fn length_delimited_parts(buf: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut reader = Reader::new(buf);
+    let mut parts = Vec::new();
+    while !reader.done() {
+        let (_, wire) = reader.tag().ok()?;
+        if wire == LEN {
+            parts.push(reader.bytes().ok()?);
+        } else {
+            reader.skip(wire).ok()?;
+        }
+    }
+    Some(parts)
+}
+
+/// Whether a KeyValue is the usual key plus one scalar value, which has no field to be unknown.
+#[inline]
+fn plain_scalar_kv(kv: &[u8]) -> bool {
+    plain_key_value(kv).is_some_and(|(_, value)| value.is_empty() || single_value(value).is_some())
+}
+
 struct Scan<'a> {
     want_strings: bool,
     items: Columns<'a>,
@@ -904,6 +1099,8 @@ struct Scan<'a> {
     keys: FastMap<KeyBytes<'a>, KnownKey>,
     /// The redactor the values go to: only the values its rules can change are listed.
     values_for: Option<&'a Redactor>,
+    /// InstrumentationScopes met so far: a scope attribute's owner is its scope's index.
+    scopes: i64,
 }
 
 #[derive(Clone, Copy)]
@@ -947,6 +1144,9 @@ impl<'a> Scan<'a> {
             return Ok(());
         }
         let (key, raw_value) = key_value(kv)?;
+        if self.want_strings && !plain_scalar_kv(kv) {
+            self.unknown_in_value(kv, Schema::KeyValue, row)?;
+        }
         let known = match self.keys.get(&KeyBytes(key)) {
             Some(known) => *known,
             None => self.learn(key),
@@ -954,7 +1154,7 @@ impl<'a> Scan<'a> {
         let column = match target {
             Target::Item => known.item,
             Target::Resource => known.resource,
-            Target::Event => None,
+            Target::Event | Target::Link | Target::Scope => None,
         };
         if column.is_none() && !self.want_strings {
             return Ok(());
@@ -976,6 +1176,8 @@ impl<'a> Scan<'a> {
                 Target::Item => (PART_ITEM, SCOPE_ATTRIBUTE),
                 Target::Resource => (PART_RESOURCE, SCOPE_RESOURCE),
                 Target::Event => (PART_EVENT, SCOPE_EVENT),
+                Target::Link => (PART_ITEM, SCOPE_LINK),
+                Target::Scope => (PART_RESOURCE, SCOPE_SCOPE),
             };
             let address = Address {
                 part,
@@ -998,31 +1200,112 @@ impl<'a> Scan<'a> {
         Ok(())
     }
 
-    fn resource(&mut self, buf: &'a [u8], resource_index: i64) -> WireResult<()> {
-        let mut reader = Reader::new(buf);
-        let mut position = 0;
-        while !reader.done() {
-            let (field, wire) = reader.tag()?;
-            if (field, wire) == (1, LEN) {
-                let kv = reader.bytes()?;
-                self.attributes_of(kv, Target::Resource, resource_index, position, -1)?;
-                position += 1;
-            } else {
-                reader.skip(wire)?;
-            }
+    /// A field the scan does not read: skipped, and listed (scope "unknown", owner and position
+    /// its byte range in the request) when `schema` does not declare it and it holds bytes, so the
+    /// redaction stage can drop it when it carries a secret (see rewrite.rs `strip`).
+    #[inline]
+    fn pass(
+        &mut self,
+        reader: &mut Reader<'a>,
+        buf: &'a [u8],
+        start: usize,
+        (field, wire): (u32, u8),
+        schema: Schema,
+        row: i64,
+    ) -> WireResult<()> {
+        reader.skip(wire)?;
+        if self.want_strings && holds_bytes(wire) && !schema.declares(field, wire) {
+            self.unknown(&buf[start..reader.pos], row);
         }
         Ok(())
+    }
+
+    #[cold]
+    fn unknown(&mut self, whole: &'a [u8], row: i64) {
+        let at = (whole.as_ptr() as usize - self.strings.request) as i64;
+        let address = Address {
+            part: PART_ITEM,
+            scope: SCOPE_UNKNOWN,
+            owner: at,
+            position: at + whole.len() as i64,
+            row,
+        };
+        let content = unknown_content(whole);
+        self.strings
+            .push_written(address, 1, |out| unknown_text(content, out));
+    }
+
+    /// Unknown fields inside a value message that is not the plain key-and-scalar shape.
+    fn unknown_in_value(&mut self, buf: &'a [u8], schema: Schema, row: i64) -> WireResult<()> {
+        let mut found = Vec::new();
+        unknown_inside(buf, schema, &mut found)?;
+        for whole in found {
+            self.unknown(whole, row);
+        }
+        Ok(())
+    }
+
+    /// A place holding one text (a span name, a status message, an event name): listed with no
+    /// key, so only the value rules apply to it.
+    fn text_place(&mut self, part: usize, scope: u8, owner: i64, row: i64, text: &'a [u8]) {
+        if !self.want_strings || text.is_empty() {
+            return;
+        }
+        let address = Address {
+            part,
+            scope,
+            owner,
+            position: -1,
+            row,
+        };
+        self.strings.push(address, [0u8; 16], &Scalar::Str(text));
+    }
+
+    /// A message whose repeated KeyValue field `attribute_field` is attributes of `target`;
+    /// returns how many it has. Positions count on from `first` (link attributes of a span are
+    /// numbered across its links).
+    #[allow(clippy::too_many_arguments)]
+    fn attribute_message(
+        &mut self,
+        buf: &'a [u8],
+        schema: Schema,
+        attribute_field: u32,
+        target: Target,
+        owner: i64,
+        first: i64,
+        row: i64,
+    ) -> WireResult<i64> {
+        let mut reader = Reader::new(buf);
+        let mut position = first;
+        while !reader.done() {
+            let start = reader.pos;
+            let (field, wire) = reader.tag()?;
+            if (field, wire) == (attribute_field, LEN) {
+                let kv = reader.bytes()?;
+                self.attributes_of(kv, target, owner, position, row)?;
+                position += 1;
+            } else {
+                self.pass(&mut reader, buf, start, (field, wire), schema, row)?;
+            }
+        }
+        Ok(position - first)
     }
 
     fn span(&mut self, buf: &'a [u8], row: i64) -> WireResult<()> {
         let mut reader = Reader::new(buf);
         let (mut name, mut start, mut end, mut status) = (&b""[..], 0u64, 0u64, 0i32);
         let mut position = 0;
+        let mut link_position = 0;
         while !reader.done() {
+            let field_start = reader.pos;
             let (field, wire) = reader.tag()?;
             // A declared number with another wire type is an unknown field to protobuf: skipped.
             match (field, wire) {
-                (5, LEN) => name = reader.bytes()?,
+                // Every copy of a repeated name is listed: protobuf keeps the last, all go out.
+                (5, LEN) => {
+                    name = reader.bytes()?;
+                    self.text_place(PART_ITEM, SCOPE_SPAN_NAME, row, row, name);
+                }
                 (7 | 8, I64) => {
                     let value = reader.fixed64()?;
                     if field == 7 {
@@ -1043,34 +1326,80 @@ impl<'a> Scan<'a> {
                     let mut inner = Reader::new(event);
                     let mut event_position = 0;
                     while !inner.done() {
+                        let inner_start = inner.pos;
                         let (f, w) = inner.tag()?;
-                        if (f, w) == (3, LEN) {
-                            let kv = inner.bytes()?;
-                            self.attributes_of(
-                                kv,
-                                Target::Event,
-                                event_index,
-                                event_position,
+                        match (f, w) {
+                            (2, LEN) => {
+                                let event_name = inner.bytes()?;
+                                let (part, scope) = (PART_EVENT, SCOPE_EVENT_NAME);
+                                self.text_place(part, scope, event_index, row, event_name);
+                            }
+                            (3, LEN) => {
+                                let kv = inner.bytes()?;
+                                self.attributes_of(
+                                    kv,
+                                    Target::Event,
+                                    event_index,
+                                    event_position,
+                                    row,
+                                )?;
+                                event_position += 1;
+                            }
+                            _ => self.pass(
+                                &mut inner,
+                                event,
+                                inner_start,
+                                (f, w),
+                                Schema::Event,
                                 row,
-                            )?;
-                            event_position += 1;
-                        } else {
-                            inner.skip(w)?;
+                            )?,
                         }
                     }
+                }
+                (13, LEN) => {
+                    let link = reader.bytes()?;
+                    link_position += self.attribute_message(
+                        link,
+                        Schema::Link,
+                        4,
+                        Target::Link,
+                        row,
+                        link_position,
+                        row,
+                    )?;
                 }
                 (15, LEN) => {
-                    let mut inner = Reader::new(reader.bytes()?);
+                    let status_buf = reader.bytes()?;
+                    let mut inner = Reader::new(status_buf);
                     while !inner.done() {
+                        let inner_start = inner.pos;
                         let (f, w) = inner.tag()?;
-                        if f == 3 && w == VARINT {
-                            status = inner.varint()? as i32;
-                        } else {
-                            inner.skip(w)?;
+                        match (f, w) {
+                            (3, VARINT) => status = inner.varint()? as i32,
+                            // Every copy of a repeated message is listed, as for the name.
+                            (2, LEN) => {
+                                let text = inner.bytes()?;
+                                self.text_place(PART_ITEM, SCOPE_STATUS, row, row, text);
+                            }
+                            _ => self.pass(
+                                &mut inner,
+                                status_buf,
+                                inner_start,
+                                (f, w),
+                                Schema::Status,
+                                row,
+                            )?,
                         }
                     }
                 }
-                _ => reader.skip(wire)?,
+                _ => self.pass(
+                    &mut reader,
+                    buf,
+                    field_start,
+                    (field, wire),
+                    Schema::Span,
+                    row,
+                )?,
             }
         }
         self.names.push_with(|out| push_text(out, name));
@@ -1086,18 +1415,35 @@ impl<'a> Scan<'a> {
         // A repeated body field is one merged AnyValue to protobuf.
         let mut body: Vec<&'a [u8]> = Vec::new();
         while !reader.done() {
+            let start = reader.pos;
             let (field, wire) = reader.tag()?;
             match (field, wire) {
                 (5, LEN) => body.push(reader.bytes()?),
+                (12, LEN) => {
+                    let event_name = reader.bytes()?;
+                    self.text_place(PART_ITEM, SCOPE_LOG_EVENT, row, row, event_name);
+                }
                 (6, LEN) => {
                     let kv = reader.bytes()?;
                     self.attributes_of(kv, Target::Item, row, position, row)?;
                     position += 1;
                 }
-                _ => reader.skip(wire)?,
+                _ => self.pass(
+                    &mut reader,
+                    buf,
+                    start,
+                    (field, wire),
+                    Schema::LogRecord,
+                    row,
+                )?,
             }
         }
         if self.want_strings && !body.is_empty() {
+            for chunk in &body {
+                if single_value(chunk).is_none() {
+                    self.unknown_in_value(chunk, Schema::AnyValue, row)?;
+                }
+            }
             let address = Address {
                 part: PART_ITEM,
                 scope: SCOPE_BODY,
@@ -1118,32 +1464,72 @@ impl<'a> Scan<'a> {
         self.resources.new_row();
         let mut reader = Reader::new(buf);
         while !reader.done() {
+            let start = reader.pos;
             let (field, wire) = reader.tag()?;
             match (field, wire) {
                 (1, LEN) => {
                     let resource = reader.bytes()?;
-                    self.resource(resource, resource_index)?;
+                    self.attribute_message(
+                        resource,
+                        Schema::Resource,
+                        1,
+                        Target::Resource,
+                        resource_index,
+                        0,
+                        -1,
+                    )?;
                 }
                 (2, LEN) => {
-                    let mut scope = Reader::new(reader.bytes()?);
+                    let group = reader.bytes()?;
+                    let mut scope = Reader::new(group);
                     while !scope.done() {
+                        let scope_start = scope.pos;
                         let (f, w) = scope.tag()?;
-                        if (f, w) == (2, LEN) {
-                            let item = scope.bytes()?;
-                            let row = self.item_resource.len() as i64;
-                            self.item_resource.push(resource_index as u32);
-                            self.items.new_row();
-                            if logs {
-                                self.log_record(item, row)?;
-                            } else {
-                                self.span(item, row)?;
+                        match (f, w) {
+                            (2, LEN) => {
+                                let item = scope.bytes()?;
+                                let row = self.item_resource.len() as i64;
+                                self.item_resource.push(resource_index as u32);
+                                self.items.new_row();
+                                if logs {
+                                    self.log_record(item, row)?;
+                                } else {
+                                    self.span(item, row)?;
+                                }
                             }
-                        } else {
-                            scope.skip(w)?;
+                            (1, LEN) if self.want_strings => {
+                                let instrumentation = scope.bytes()?;
+                                let index = self.scopes;
+                                self.scopes += 1;
+                                self.attribute_message(
+                                    instrumentation,
+                                    Schema::Scope,
+                                    3,
+                                    Target::Scope,
+                                    index,
+                                    0,
+                                    -1,
+                                )?;
+                            }
+                            _ => self.pass(
+                                &mut scope,
+                                group,
+                                scope_start,
+                                (f, w),
+                                Schema::ScopeGroup,
+                                -1,
+                            )?,
                         }
                     }
                 }
-                _ => reader.skip(wire)?,
+                _ => self.pass(
+                    &mut reader,
+                    buf,
+                    start,
+                    (field, wire),
+                    Schema::ResourceGroup,
+                    -1,
+                )?,
             }
         }
         Ok(())
@@ -1155,6 +1541,8 @@ enum Target {
     Item,
     Resource,
     Event,
+    Link,
+    Scope,
 }
 
 /// Python's repr of a bytes object, for the rare column mixing bytes with other kinds.
@@ -1187,13 +1575,14 @@ fn walk<'a>(state: &mut Scan<'a>, raw: &'a [u8], logs: bool) -> WireResult<()> {
     let mut reader = Reader::new(raw);
     let mut resource_index = 0;
     while !reader.done() {
+        let start = reader.pos;
         let (field, wire) = reader.tag()?;
         if (field, wire) == (1, LEN) {
             let group = reader.bytes()?;
             state.resource_group(group, resource_index, logs)?;
             resource_index += 1;
         } else {
-            reader.skip(wire)?;
+            state.pass(&mut reader, raw, start, (field, wire), Schema::Request, -1)?;
         }
     }
     Ok(())
@@ -1241,6 +1630,7 @@ pub fn scan<'py>(
         keys: FastMap::default(),
         wants_nothing: item_keys.is_empty() && resource_keys.is_empty() && !want_strings,
         values_for: values_to.as_ref().map(|redactor| redactor.get()),
+        scopes: 0,
     };
     py.detach(|| walk(&mut state, raw, logs))
         .map_err(PyValueError::new_err)?;

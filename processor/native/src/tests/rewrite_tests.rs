@@ -81,3 +81,50 @@ fn a_field_is_canonical_only_with_the_shortest_length_prefix() {
     let padded = [0x0a, 0x83, 0x00, b'a', b'b', b'c'];
     assert!(!canonical(&padded, 0, &padded[3..]));
 }
+
+fn field(number: u32, content: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    put_len(&mut out, number, content);
+    out
+}
+
+#[test]
+fn a_dropped_field_takes_its_bytes_and_every_enclosing_length_with_it() {
+    let unknown = field(99, b"secret");
+    let kept = field(1, b"kept");
+    let inner = [kept.clone(), unknown.clone()].concat();
+    let raw = [field(1, &field(2, &inner)), field(1, b"other")].concat();
+    let at = raw
+        .windows(unknown.len())
+        .position(|w| w == unknown)
+        .unwrap();
+    let stripped = strip(&raw, &mut vec![at..at + unknown.len()]).unwrap();
+    assert_eq!(
+        stripped,
+        [field(1, &field(2, &kept)), field(1, b"other")].concat()
+    );
+}
+
+#[test]
+fn a_field_nested_twenty_thousand_deep_is_dropped_without_recursion() {
+    // Far past what recursion fits in a 128 KiB stack.
+    let depth = 20_000;
+    let unknown = field(99, b"secret");
+    let mut raw = [field(1, b"x"), unknown.clone()].concat();
+    let mut expected = field(1, b"x");
+    for _ in 0..depth {
+        raw = field(5, &raw);
+        expected = field(5, &expected);
+    }
+    let at = raw
+        .windows(unknown.len())
+        .rposition(|w| w == unknown)
+        .unwrap();
+    let small_stack = std::thread::Builder::new().stack_size(128 * 1024);
+    let stripped = small_stack
+        .spawn(move || strip(&raw, &mut vec![at..at + unknown.len()]))
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(stripped.unwrap(), expected);
+}
