@@ -77,8 +77,9 @@ def forecast_column(
     c, limit = pl.col("c"), pl.col("l")
     window_elapsed = pl.col("n").replace_strict(elapsed, default=None, return_dtype=pl.Float64)
     window_left = pl.col("n").replace_strict(left, default=None, return_dtype=pl.Float64)
-    seconds = pl.when(c >= limit).then(pl.lit(0.0)).when(c > 0).then((limit - c) * window_elapsed / c)
-    seconds = pl.when(seconds <= window_left).then(seconds)
+    at_rate = pl.when(c >= limit).then(pl.lit(0.0)).when(c > 0).then((limit - c) * window_elapsed / c)
+    # Past the window's end the window resets first: no exhaustion to forecast.
+    seconds = pl.when(at_rate <= window_left).then(at_rate)
     now_ns = int(now.timestamp() * 1e9)
     at = pl.from_epoch(pl.lit(now_ns, dtype=pl.Int64) + (seconds * 1e9).cast(pl.Int64), "ns")
     return frame.select(at.dt.strftime("%Y-%m-%dT%H:%M:%SZ").alias(FORECAST_TAG)).to_series()

@@ -169,12 +169,13 @@ def _unit_problems(unit: _Unit, level: str) -> Iterator[tuple[str, str]]:
 
 
 def _required(attributes: dict[str, object], key: str, number: bool = False) -> Iterator[tuple[str, str]]:
+    value = attributes.get(key)
     if key not in attributes:
         yield "9.1.1", f"required attribute {key} missing"
-    elif number and (isinstance(attributes[key], bool) or not isinstance(attributes[key], int | float)):
+    elif number and (isinstance(value, bool) or not isinstance(value, int | float)):
         yield "9.1.1", f"{key} is not a number"
-    elif not number and (not isinstance(attributes[key], str) or _placeholder(attributes[key])):
-        yield "9.1.8", f"{key} has an empty or placeholder value {shown(attributes[key])}"
+    elif not number and (not isinstance(value, str) or _placeholder(value)):
+        yield "9.1.8", f"{key} has an empty or placeholder value {shown(value)}"
 
 
 def _placeholder(value: str) -> bool:

@@ -261,6 +261,7 @@ class TelemetryBatch:
         """InstrumentationScope messages in request order (a scope attribute's owner indexes it)."""
         if self._scopes is None:
             self._walk()
+        assert self._scopes is not None  # _walk sets it
         return self._scopes
 
     def reparse(self, raw: bytes) -> None:

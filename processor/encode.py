@@ -7,9 +7,8 @@ the lean view does not declare, is re-emitted byte for byte.
 from __future__ import annotations
 
 import struct
-from collections import defaultdict
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 import pyarrow as pa
@@ -259,7 +258,7 @@ def _apply_column(batch: TelemetryBatch, key: str, column: pl.Series) -> None:
             set_attribute(items[row].attributes, key, value)
 
 
-def _attribute_at(batch: TelemetryBatch, scope: str, owner: int, position: int) -> tuple:
+def _attribute_at(batch: TelemetryBatch, scope: str, owner: int, position: int) -> tuple[Any, int]:
     """(attribute list, index in it) of the value a rewrite addresses."""
     if scope == SCOPE_ITEM:
         return batch.items[owner].attributes, position
@@ -280,7 +279,7 @@ def _apply_rewrites(batch: TelemetryBatch, rewrites: pl.DataFrame) -> None:
         # Before anything else: the view of the request without them (addresses stay the same).
         ranges = list(zip(unknown["owner"].to_list(), unknown["position"].to_list(), strict=True))
         batch.reparse(unknown_fields.strip(batch.raw, ranges))
-    drops: dict[tuple[str, int, int], tuple[object, list[int]]] = {}
+    drops: dict[tuple[str, int, int], tuple[Any, list[int]]] = {}
     for scope, owner, position, new_value in rewrites.select("scope", "owner", "position", "new_value").iter_rows():
         if scope == SCOPE_UNKNOWN:
             continue

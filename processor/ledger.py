@@ -16,6 +16,7 @@ import json
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import polars as pl
 import structlog
@@ -28,6 +29,9 @@ from processor.cost import COST_PARTS, COST_TOTAL
 from processor.decode import START_TIME, TelemetryBatch
 from processor.genai_attributes import MODEL, PROVIDER, TOKEN_COLUMNS, normalized
 from processor.outbound import NO_REDACTION, OutboundRedaction
+
+if TYPE_CHECKING:
+    from polars._typing import PolarsDataType
 
 log = structlog.get_logger(__name__)
 
@@ -244,7 +248,7 @@ class LedgerPlan:
         genai = normalized(batch)
         genai_columns = {name: genai.get_column(name) for name in genai.columns}
 
-        def genai_column(name: str, dtype: pl.DataType) -> pl.Expr:
+        def genai_column(name: str, dtype: PolarsDataType) -> pl.Expr:
             found = genai_columns.get(name)
             if found is None or found.dtype == pl.Null:
                 return pl.lit(None, dtype=dtype)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import polars as pl
 from google.protobuf.message import DecodeError
@@ -41,7 +42,7 @@ def redact_metrics(raw: bytes, stage) -> RedactedMetrics:
         request = metrics_service_pb2.ExportMetricsServiceRequest.FromString(raw)
     except DecodeError as exc:
         raise MalformedRequest(f"cannot parse the metrics export request: {exc}") from exc
-    lists: list[tuple[str, object]] = []
+    lists: list[tuple[str, Any]] = []
     points = 0
     for resource_metrics in request.resource_metrics:
         lists.append((SCOPE_RESOURCE, resource_metrics.resource.attributes))
@@ -83,7 +84,7 @@ def _data_point_attributes(metric) -> Iterator[list]:
         yield [point.attributes, *(exemplar.filtered_attributes for exemplar in exemplars)]
 
 
-def _values(lists: list[tuple[str, object]]) -> pl.DataFrame:
+def _values(lists: list[tuple[str, Any]]) -> pl.DataFrame:
     """The attributes as `TelemetryBatch.string_values()` rows: owner indexes `lists`."""
     scopes: list[str] = []
     owners: list[int] = []

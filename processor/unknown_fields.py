@@ -17,7 +17,7 @@ from dataclasses import dataclass
 VARINT, I64, LEN, START_GROUP, END_GROUP, I32 = 0, 1, 2, 3, 4, 5
 
 # message -> {(field number, wire type): message it holds, or None for a leaf}; opentelemetry-proto 1.x.
-_Schema = dict[tuple[int, int], object]
+_Schema = dict[tuple[int, int], "_Schema | None"]
 ANY_VALUE: _Schema = {(1, LEN): None, (2, VARINT): None, (3, VARINT): None, (4, I64): None, (7, LEN): None}
 KEY_VALUE: _Schema = {(1, LEN): None, (2, LEN): ANY_VALUE}
 ARRAY_VALUE: _Schema = {(1, LEN): ANY_VALUE}
