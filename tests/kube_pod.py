@@ -21,6 +21,7 @@ import datetime as dt
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,6 +136,8 @@ class KubePod:
         spec["containers"] = [*init, *spec["containers"]]
         for c in spec["containers"]:
             c["image"] = self.images[c["name"]]
+            # On the host network a containerPort is only a label; podman refuses port mappings there.
+            c.pop("ports", None)
             env = []
             for item in c.get("env", []):
                 if "valueFrom" in item:
@@ -178,10 +181,18 @@ class KubePod:
     def container_id(self, name: str) -> str:
         return f"{self.name}-{name}"
 
-    def play(self) -> None:
+    def play(self, sidecars_started: Callable[[], None]) -> None:
+        """Starts the pod; the main containers only once `sidecars_started` returns, as the kubelet
+        starts them only after the native sidecars' startup probes pass (podman starts all at once,
+        so the main containers are stopped at once and started again)."""
         path = self.workdir / "pod.yaml"
         path.write_text(self.manifest())
         podman("kube", "play", "--replace", "--network", "host", str(path), timeout=300)
+        for name in self.mains:
+            podman("stop", "--time", "0", self.container_id(name))
+        sidecars_started()
+        for name in self.mains:
+            podman("start", self.container_id(name))
 
     def state(self, name: str) -> dict:
         out = podman("inspect", "--format", "{{json .State}}", self.container_id(name)).stdout

@@ -127,13 +127,10 @@ def pod(images, tmp_path_factory):
     kube = KubePod(render(DEFAULT), tmp_path_factory.mktemp("pod"), images, overrides)
     kube.remove()
     try:
-        kube.play()
         running = Pod(kube, ports, sink)
-        # The kubelet holds the Collector back until the sidecar's startup probe passes; podman starts
-        # both at once, which the Collector's retrying exporter tolerates.
         startup = kube.template["spec"]["initContainers"][0]["startupProbe"]
         startup_seconds = startup["periodSeconds"] * startup["failureThreshold"]
-        wait_http_ok(running.probe_url(SIDECAR, "startupProbe"), startup_seconds, kube)
+        kube.play(lambda: wait_http_ok(running.probe_url(SIDECAR, "startupProbe"), startup_seconds, kube))
         wait_http_ok(running.probe_url(COLLECTOR, "readinessProbe"), 60, kube)
         yield running
     finally:
