@@ -178,6 +178,10 @@ class KubePod:
         }
         return yaml.safe_dump(pod, sort_keys=False)
 
+    def container(self, name: str) -> dict:
+        (found,) = [c for c in self.spec["containers"] if c["name"] == name]
+        return found
+
     def container_id(self, name: str) -> str:
         return f"{self.name}-{name}"
 

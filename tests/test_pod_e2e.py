@@ -33,7 +33,7 @@ from tests.collector_harness import free_port
 from tests.cost_helpers import process
 from tests.kube_pod import REPO, KubePod, write_configmap_dir
 from tests.otlp_sink import OtlpSink
-from tests.test_k8s_manifests import COLLECTOR, DEFAULT, SIDECAR, render
+from tests.test_k8s_manifests import COLLECTOR, DEFAULT, RETURN_COLLECTOR, SIDECAR, render
 
 pytestmark = pytest.mark.pod
 
@@ -63,7 +63,7 @@ def images() -> dict[str, str]:
     built = subprocess.run(["bash", str(REPO / "k8s" / "image" / "build.sh")], capture_output=True, text=True)
     assert built.returncode == 0, built.stderr[-4000:]
     sidecar, otelcol = built.stdout.split()
-    return {SIDECAR: sidecar, COLLECTOR: otelcol}
+    return {SIDECAR: sidecar, COLLECTOR: otelcol, RETURN_COLLECTOR: otelcol}
 
 
 def http_status(url: str) -> int:
@@ -95,16 +95,23 @@ class Pod:
     def otlp_endpoint(self) -> str:
         return f"127.0.0.1:{self.ports[4317]}"
 
+    def wait_sidecars_started(self) -> None:
+        """Each native sidecar's startup probe, in order, within its failureThreshold x periodSeconds."""
+        for name in self.kube.sidecars:
+            startup = self.kube.container(name)["startupProbe"]
+            seconds = startup["periodSeconds"] * startup["failureThreshold"]
+            wait_http_ok(self.probe_url(name, "startupProbe"), seconds, self.kube)
+
     def probe_url(self, container_name: str, probe: str) -> str:
-        (c,) = [c for c in self.kube.spec["containers"] if c["name"] == container_name]
-        get = c[probe]["httpGet"]
+        get = self.kube.container(container_name)[probe]["httpGet"]
         return f"http://127.0.0.1:{self.ports[get['port']]}{get['path']}"
 
 
 @pytest.fixture(scope="module")
 def pod(images, tmp_path_factory):
     sink = OtlpSink().start()
-    ports = {port: free_port() for port in (4317, 4318, 8888, 13133, 9477, 4417, 4418)}
+    manifest_ports = (4317, 4318, 8888, 13133, 9477, 4417, 4418, 4419, 4427, 4428, 8889, 13134)
+    ports = {port: free_port() for port in manifest_ports}
     here = {port: f"127.0.0.1:{p}" for port, p in ports.items()}
     overrides = {
         COLLECTOR: {
@@ -113,6 +120,18 @@ def pod(images, tmp_path_factory):
             "GENOPS_OTELCOL_HEALTH": here[13133],
             "GENOPS_OTELCOL_METRICS_HOST": "127.0.0.1",
             "GENOPS_OTELCOL_METRICS_PORT": str(ports[8888]),
+            "GENOPS_OTELCOL_RETURN_GRPC": here[4419],
+            "GENOPS_BACKEND_ENDPOINT": here[4419],
+            "GENOPS_SIDECAR_ENDPOINT": here[4417],
+            # Long enough that the stop test's spans are still in the batch when SIGTERM comes.
+            "GENOPS_OTELCOL_BATCH_TIMEOUT": "5s",
+        },
+        RETURN_COLLECTOR: {
+            "GENOPS_OTELCOL_APPS_GRPC": here[4427],
+            "GENOPS_OTELCOL_APPS_HTTP": here[4428],
+            "GENOPS_OTELCOL_HEALTH": here[13134],
+            "GENOPS_OTELCOL_METRICS_HOST": "127.0.0.1",
+            "GENOPS_OTELCOL_METRICS_PORT": str(ports[8889]),
             "GENOPS_OTELCOL_RETURN_GRPC": here[4418],
             "GENOPS_SIDECAR_ENDPOINT": here[4417],
             "GENOPS_BACKEND_ENDPOINT": sink.endpoint,
@@ -128,9 +147,7 @@ def pod(images, tmp_path_factory):
     kube.remove()
     try:
         running = Pod(kube, ports, sink)
-        startup = kube.template["spec"]["initContainers"][0]["startupProbe"]
-        startup_seconds = startup["periodSeconds"] * startup["failureThreshold"]
-        kube.play(lambda: wait_http_ok(running.probe_url(SIDECAR, "startupProbe"), startup_seconds, kube))
+        kube.play(running.wait_sidecars_started)
         wait_http_ok(running.probe_url(COLLECTOR, "readinessProbe"), 60, kube)
         yield running
     finally:
@@ -183,12 +200,14 @@ def test_spans_come_back_priced_and_redacted(pod):
 
 
 def test_probes_answer_on_the_ports_the_manifests_name(pod):
-    sidecar = pod.kube.template["spec"]["initContainers"][0]
+    sidecar = pod.kube.container(SIDECAR)
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert sidecar[probe]["httpGet"]["port"] == 9477
         assert http_status(pod.probe_url(SIDECAR, probe)) == 200, probe
-    for probe in ("livenessProbe", "readinessProbe"):
-        assert http_status(pod.probe_url(COLLECTOR, probe)) == 200, probe
+    for name in (COLLECTOR, RETURN_COLLECTOR):
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            if probe in pod.kube.container(name):
+                assert http_status(pod.probe_url(name, probe)) == 200, (name, probe)
 
 
 def test_a_pricing_configmap_update_reprices_without_a_restart(pod, tmp_path):
@@ -220,8 +239,9 @@ def test_a_pricing_configmap_update_reprices_without_a_restart(pod, tmp_path):
 
 
 def test_stopping_the_pod_loses_nothing_in_flight(pod):
-    # Spans the Collector has taken but not yet sent on when it is told to stop: the Collector's drain
-    # goes through the sidecar and back into the Collector before it reaches the sink.
+    # Spans the Collector has taken but not yet sent on when it is told to stop (its batch processor
+    # holds them for GENOPS_OTELCOL_BATCH_TIMEOUT, 5 s here): the drain goes through the sidecar and
+    # the return leg before it reaches the sink.
     ids = send_spans(pod.otlp_endpoint(), 500, GEN_AI)
     grace = pod.kube.template["spec"]["terminationGracePeriodSeconds"]
     took = pod.kube.stop(grace)
@@ -229,5 +249,5 @@ def test_stopping_the_pod_loses_nothing_in_flight(pod):
     got = received(pod.sink, ids, timeout=5)
     assert len(got) == len(ids), f"{len(ids) - len(got)} of {len(ids)} spans lost on stop"
     assert all(a[COST_TOTAL] > 0 for a in got.values())
-    for name in (COLLECTOR, SIDECAR):
+    for name in (COLLECTOR, SIDECAR, RETURN_COLLECTOR):
         assert pod.kube.state(name)["ExitCode"] == 0, pod.kube.logs(name)[-3000:]
