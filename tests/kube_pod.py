@@ -202,6 +202,16 @@ class KubePod:
         out = podman("inspect", "--format", "{{json .State}}", self.container_id(name)).stdout
         return yaml.safe_load(out)
 
+    def runtime_config(self, name: str) -> dict:
+        """What podman really applied to a container: user and read-only root filesystem."""
+        out = podman(
+            "inspect",
+            "--format",
+            '{"user": "{{.Config.User}}", "read_only": {{.HostConfig.ReadonlyRootfs}}}',
+            self.container_id(name),
+        ).stdout
+        return yaml.safe_load(out)
+
     def logs(self, name: str) -> str:
         result = podman("logs", self.container_id(name), check=False)
         return result.stdout + result.stderr

@@ -199,6 +199,15 @@ def test_spans_come_back_priced_and_redacted(pod):
         assert attributes[COUNT_KEY] >= 1
 
 
+def test_every_container_runs_non_root_on_a_read_only_root_filesystem(pod):
+    user = str(pod.kube.template["spec"]["securityContext"]["runAsUser"])
+    for c in pod.kube.spec["containers"]:
+        applied = pod.kube.runtime_config(c["name"])
+        assert c["securityContext"]["readOnlyRootFilesystem"] and applied["read_only"] is True, c["name"]
+        assert applied["user"].partition(":")[0] == user != "0", c["name"]
+        assert pod.kube.state(c["name"])["Running"], c["name"]
+
+
 def test_probes_answer_on_the_ports_the_manifests_name(pod):
     sidecar = pod.kube.container(SIDECAR)
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
