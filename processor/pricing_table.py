@@ -781,6 +781,12 @@ def _check_histories(entries: Iterable[PriceEntry]) -> Iterator[str]:
                 )
 
 
+# An installed wheel carries the repository's pricing_tables/ inside the package (setup.py maps it
+# there); a source checkout or an editable install has only the top-level folder.
+_PACKAGED_TABLES = Path(__file__).resolve().parent / "pricing_tables"
+_REPOSITORY_TABLES = Path(__file__).resolve().parents[1] / "pricing_tables"
+
+
 def default_table_path() -> Path:
-    """The tables shipped with the repository, found relative to the package."""
-    return Path(__file__).resolve().parents[1] / "pricing_tables"
+    """The default pricing tables: the ones packaged in the wheel, else the repository's."""
+    return _PACKAGED_TABLES if _PACKAGED_TABLES.is_dir() else _REPOSITORY_TABLES

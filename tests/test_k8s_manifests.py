@@ -35,6 +35,8 @@ DEFAULT = "."
 CLUSTER_BUDGETS = "overlays/cluster-budgets"
 SIDECAR = "genops-sidecar"
 COLLECTOR = "otelcol"
+# The Collector running the return leg (sidecar -> backend), a native sidecar stopped last.
+RETURN_COLLECTOR = "otelcol-return"
 
 
 @functools.cache
@@ -245,7 +247,8 @@ def test_sidecar_config_listens_on_loopback_and_returns_to_the_collector():
     collector_env = env_of(collector)
     assert config.server.listen.startswith("127.0.0.1:")
     assert collector_env["GENOPS_SIDECAR_ENDPOINT"] == config.server.listen
-    assert collector_env["GENOPS_OTELCOL_RETURN_GRPC"] == config.downstream.endpoint
+    assert env_of(container(spec, RETURN_COLLECTOR))["GENOPS_OTELCOL_RETURN_GRPC"] == config.downstream.endpoint
+    assert collector_env["GENOPS_OTELCOL_RETURN_GRPC"] != config.downstream.endpoint
     assert config.downstream.endpoint.startswith("127.0.0.1:")
     assert config.http.listen == "0.0.0.0:9477"
 
@@ -399,7 +402,7 @@ def test_readme_overlay_example_sets_the_image_and_backend(tmp_path):
     objects = render(tmp_path)
     spec = pod_spec(objects)
     assert container(spec, SIDECAR)["image"] == "registry.example.com/genops-sidecar:0.1.0"
-    backend = env_of(container(spec, COLLECTOR))["GENOPS_BACKEND_ENDPOINT"]
+    backend = env_of(container(spec, RETURN_COLLECTOR))["GENOPS_BACKEND_ENDPOINT"]
     assert backend == "otel-gateway.observability.svc.cluster.local:4317"
     for obj in objects:
         if obj["apiVersion"] != OPERATOR_API:
@@ -554,7 +557,7 @@ def test_network_policy_egress_allows_dns_and_the_backend(kustomization):
     assert rules, "no NetworkPolicy isolates the node agent's egress"
     protocols = {(port["port"], port.get("protocol", "TCP")) for rule in rules for port in rule.get("ports", [])}
     assert {(53, "UDP"), (53, "TCP")} <= protocols
-    backend = env_of(container(spec, COLLECTOR))["GENOPS_BACKEND_ENDPOINT"]
+    backend = env_of(container(spec, RETURN_COLLECTOR))["GENOPS_BACKEND_ENDPOINT"]
     host, port = backend.rsplit(":", 1)
     egress = allowed_ports(rules)
     namespace = host.split(".")[1]
