@@ -1,0 +1,208 @@
+"""Budget state faults against `genops-sidecar serve` as real processes (two workers): a real
+redis-server killed and hung by its PID under concurrent traffic, a SQLite file made read-only,
+deleted and corrupt while in use. Every answer is OK and in time, the outage shows in /readyz, a
+metric and one log line, and every cent is charged exactly once once the store is back."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+
+from tests.collector_harness import free_port
+from tests.otlp_builders import span, trace_request
+from tests.otlp_sink import OtlpSink
+from tests.test_budget_store_faults import START_NS, start_redis
+from tests.test_receive_forward import export_traces
+from tests.test_serve_process import http_get, start_sidecar, terminate, wait_ready
+
+POLICY = {"budgets": [{"name": "all", "limit_usd": 1_000_000.0, "period": "daily", "mode": "enforced"}]}
+# The Collector's export timeout: an answer later than this is a failed export, retried.
+COLLECTOR_TIMEOUT_SECONDS = 10.0
+# Binary fractions: any order of additions gives the exact same total.
+COSTS = (0.25, 0.125, 0.5, 0.0625)
+
+
+@pytest.fixture
+def sink():
+    sink = OtlpSink().start()
+    yield sink
+    sink.stop()
+
+
+class Traffic:
+    """Batches sent from several threads at once until stopped, each retried once like the
+    Collector does when its first attempt failed or timed out; counts what was sent."""
+
+    def __init__(self, grpc_port: int, threads: int = 4) -> None:
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
+        self.sent_usd = 0.0
+        self.batches = 0
+        self.slowest = 0.0
+        self.failures: list[str] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(threads)
+        self._running = [self._pool.submit(self._loop, index) for index in range(threads)]
+
+    def _loop(self, index: int) -> None:
+        count = 0
+        while not self._stop.is_set():
+            count += 1
+            costs = [COSTS[(index + count + i) % len(COSTS)] for i in range(3)]
+            batch = trace_request(
+                [
+                    span(
+                        name=f"chat {index}-{count}-{i}",
+                        attributes={"gen_ai.request.model": "gpt-4o", "genops.cost.total": cost},
+                        start_time_unix_nano=START_NS,
+                    )
+                    for i, cost in enumerate(costs)
+                ]
+            )
+            began = time.monotonic()
+            try:
+                export_traces(self.channel, batch)  # with the Collector's timeout
+                took = time.monotonic() - began
+                # Every fourth batch comes again, as after an export the Collector saw fail.
+                if count % 4 == 0:
+                    export_traces(self.channel, batch)
+            except grpc.RpcError as exc:
+                with self._lock:
+                    self.failures.append(f"{exc.code()}: {exc.details()}")
+                continue
+            with self._lock:
+                self.sent_usd += sum(costs)
+                self.batches += 1
+                self.slowest = max(self.slowest, took)
+            time.sleep(0.02)
+
+    def wait_batches(self, more: int, seconds: float = 30.0) -> None:
+        target = self.batches + more
+        deadline = time.monotonic() + seconds
+        while self.batches < target:
+            assert time.monotonic() < deadline, f"traffic stalled at {self.batches} batches: {self.failures[:3]}"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for running in self._running:
+            running.result(60)
+        self._pool.shutdown()
+        self.channel.close()
+
+
+def redis_total(port: int) -> float:
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=port)
+    try:
+        keys = [key for key in client.keys("genops:*") if b":batch:" not in key]
+        return sum(float(value) for value in client.mget(keys)) if keys else 0.0
+    finally:
+        client.close()
+
+
+def wait_for(condition, seconds: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} not met in time"
+        time.sleep(0.1)
+
+
+def store_up(http: str) -> float:
+    return sample_plain(http_get(f"http://{http}/metrics")[1], "genops_budget_store_up")
+
+
+def sample_plain(metrics_text: str, name: str) -> float:
+    for line in metrics_text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {name} sample")
+
+
+def serve(tmp_path, sink: OtlpSink, **policy: str) -> tuple[object, int, str]:
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(json.dumps(POLICY))
+    grpc_port, http_port = free_port(), free_port()
+    http = f"127.0.0.1:{http_port}"
+    env = {
+        "GENOPS_SERVER_LISTEN": f"127.0.0.1:{grpc_port}",
+        "GENOPS_SERVER_WORKERS": "2",
+        "GENOPS_DOWNSTREAM_ENDPOINT": sink.endpoint,
+        "GENOPS_HTTP_LISTEN": http,
+        "GENOPS_POLICY_POLICY_FILE": str(policy_file),
+        **{"GENOPS_POLICY_" + key.upper(): value for key, value in policy.items()},
+    }
+    process = start_sidecar(env)
+    wait_ready(process, http)
+    return process, grpc_port, http
+
+
+def error_lines(stderr: str, needle: str) -> list[str]:
+    return [line for line in stderr.splitlines() if needle in line and '"error"' in line]
+
+
+def test_redis_killed_then_hung_under_traffic_charges_every_cent_exactly_once(tmp_path, sink):
+    redis_port = free_port()
+    redis_dir = tmp_path / "redis"
+    redis_dir.mkdir()
+    redis_process = start_redis(redis_port, redis_dir)
+    process, grpc_port, http = serve(
+        tmp_path,
+        sink,
+        state_backend="redis",
+        redis_url=f"redis://127.0.0.1:{redis_port}/0",
+        state_path=str(tmp_path / "state" / "budgets.sqlite"),
+    )
+    traffic = Traffic(grpc_port)
+    try:
+        traffic.wait_batches(10)
+        os.kill(redis_process.pid, signal.SIGKILL)
+        redis_process.wait()
+        traffic.wait_batches(40)
+        assert store_up(http) == 0
+        status, body = http_get(f"http://{http}/readyz")
+        assert status == 200 and "degraded: budget store unavailable" in body, body
+        assert str(redis_port) not in body
+
+        redis_process = start_redis(redis_port, redis_dir)
+        wait_for(lambda: store_up(http) == 1, what="store back after the kill")
+        traffic.wait_batches(10)
+
+        os.kill(redis_process.pid, signal.SIGSTOP)
+        try:
+            traffic.wait_batches(40)
+            assert store_up(http) == 0
+        finally:
+            os.kill(redis_process.pid, signal.SIGCONT)
+        wait_for(lambda: store_up(http) == 1, what="store back after the hang")
+        traffic.wait_batches(10)
+    finally:
+        traffic.stop()
+        stderr_before_stop = None
+        try:
+            wait_for(lambda: store_up(http) == 1 and "degraded" not in http_get(f"http://{http}/readyz")[1])
+        finally:
+            stderr_before_stop = terminate(process)
+            totals = redis_total(redis_port)
+            redis_process.kill()
+            redis_process.wait()
+
+    assert process.returncode == 0, stderr_before_stop
+    assert traffic.failures == []
+    # Well inside the Collector's export timeout, even while Redis hung.
+    assert traffic.slowest < COLLECTOR_TIMEOUT_SECONDS / 4, traffic.slowest
+    assert traffic.batches >= 110
+    assert totals == traffic.sent_usd, (totals, traffic.sent_usd)
+    # One line per outage and worker, not one per batch; none carries the address.
+    assert 2 <= len(error_lines(stderr_before_stop, "did not answer")) <= 4, stderr_before_stop
+    for received in sink.spans():
+        error = str(received.attributes.get("genops.processing.error", ""))
+        assert "127.0.0.1" not in error and str(redis_port) not in error, error
