@@ -5,9 +5,13 @@ metric and one log line, and every cent is charged exactly once once the store i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +24,7 @@ from tests.otlp_builders import span, trace_request
 from tests.otlp_sink import OtlpSink
 from tests.test_budget_store_faults import START_NS, start_redis
 from tests.test_receive_forward import export_traces
-from tests.test_serve_process import http_get, start_sidecar, terminate, wait_ready
+from tests.test_serve_process import http_get, terminate, wait_ready
 
 POLICY = {"budgets": [{"name": "all", "limit_usd": 1_000_000.0, "period": "daily", "mode": "enforced"}]}
 # The Collector's export timeout: an answer later than this is a failed export, retried.
@@ -127,7 +131,7 @@ def sample_plain(metrics_text: str, name: str) -> float:
     raise AssertionError(f"no {name} sample")
 
 
-def serve(tmp_path, sink: OtlpSink, **policy: str) -> tuple[object, int, str]:
+def serve(tmp_path, sink: OtlpSink, wrapper: list[str] | None = None, **policy: str) -> tuple[object, int, str]:
     policy_file = tmp_path / "policy.yaml"
     policy_file.write_text(json.dumps(POLICY))
     grpc_port, http_port = free_port(), free_port()
@@ -140,7 +144,14 @@ def serve(tmp_path, sink: OtlpSink, **policy: str) -> tuple[object, int, str]:
         "GENOPS_POLICY_POLICY_FILE": str(policy_file),
         **{"GENOPS_POLICY_" + key.upper(): value for key, value in policy.items()},
     }
-    process = start_sidecar(env)
+    process = subprocess.Popen(
+        [*(wrapper or []), sys.executable, "-m", "processor", "serve"],
+        start_new_session=True,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_ready(process, http)
     return process, grpc_port, http
 
@@ -206,3 +217,100 @@ def test_redis_killed_then_hung_under_traffic_charges_every_cent_exactly_once(tm
     for received in sink.spans():
         error = str(received.attributes.get("genops.processing.error", ""))
         assert "127.0.0.1" not in error and str(redis_port) not in error, error
+
+
+def sqlite_total(path) -> float:
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        (total,) = db.execute("SELECT COALESCE(SUM(usd), 0) FROM consumed").fetchone()
+    return total
+
+
+def serve_without_root_file_access(tmp_path, sink: OtlpSink, **policy: str):
+    """The sidecar as root without CAP_DAC_OVERRIDE: file modes bind it as they bind any user."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv is not installed")
+    return serve(tmp_path, sink, wrapper=[setpriv, "--bounding-set=-dac_override,-dac_read_search"], **policy)
+
+
+def test_a_read_only_sqlite_file_is_named_with_the_fix_and_its_charges_land_once_it_is_writable(tmp_path, sink):
+    state = tmp_path / "state"
+    path = state / "budgets.sqlite"
+    first, grpc_port, http = serve(tmp_path, sink, state_path=str(path))
+    traffic = Traffic(grpc_port)
+    traffic.wait_batches(10)
+    traffic.stop()
+    terminate(first)
+    before = traffic.sent_usd
+    assert sqlite_total(path) == before
+    for file in state.glob("budgets.sqlite*"):
+        file.chmod(0o444)
+
+    process, grpc_port, http = serve_without_root_file_access(tmp_path, sink, state_path=str(path))
+    traffic = Traffic(grpc_port)
+    try:
+        traffic.wait_batches(20)
+        assert store_up(http) == 0
+        assert "degraded" in http_get(f"http://{http}/readyz")[1]
+        for file in state.glob("budgets.sqlite*"):
+            file.chmod(0o644)
+        wait_for(lambda: store_up(http) == 1, what="store back once writable")
+        traffic.wait_batches(10)
+    finally:
+        traffic.stop()
+        stderr = terminate(process)
+    assert process.returncode == 0, stderr
+    assert traffic.failures == []
+    assert sqlite_total(path) == before + traffic.sent_usd
+    named = error_lines(stderr, "is read-only: make it and its directory writable")
+    assert named and all(str(path) in line for line in named), stderr
+    assert "no transaction is active" not in stderr
+
+
+def test_a_read_only_state_directory_is_named_with_the_fix_and_loses_no_charge(tmp_path, sink):
+    state = tmp_path / "state"
+    state.mkdir()
+    path = state / "budgets.sqlite"
+    state.chmod(0o555)
+    process, grpc_port, http = serve_without_root_file_access(tmp_path, sink, state_path=str(path))
+    traffic = Traffic(grpc_port)
+    try:
+        traffic.wait_batches(20)
+        assert store_up(http) == 0
+        state.chmod(0o755)
+        wait_for(lambda: store_up(http) == 1, what="store back once the directory is writable")
+        traffic.wait_batches(10)
+    finally:
+        state.chmod(0o755)
+        traffic.stop()
+        stderr = terminate(process)
+    assert process.returncode == 0, stderr
+    assert traffic.failures == []
+    assert sqlite_total(path) == traffic.sent_usd
+    assert error_lines(stderr, str(path)), stderr
+    assert "no transaction is active" not in stderr
+    assert "Traceback" not in stderr, stderr
+
+
+def test_a_sqlite_file_deleted_under_traffic_keeps_its_spend(tmp_path, sink):
+    path = tmp_path / "state" / "budgets.sqlite"
+    process, grpc_port, http = serve(tmp_path, sink, state_path=str(path))
+    traffic = Traffic(grpc_port)
+    try:
+        traffic.wait_batches(10)
+        # The database last, as `rm -r` would: its log files must be gone when the loss is seen.
+        for file in sorted(path.parent.glob("budgets.sqlite*"), reverse=True):
+            file.unlink()
+        traffic.wait_batches(20)
+        wait_for(lambda: path.exists() and store_up(http) == 1, what="file recreated")
+        traffic.wait_batches(10)
+    finally:
+        traffic.stop()
+        stderr = terminate(process)
+    assert process.returncode == 0, stderr
+    assert traffic.failures == []
+    assert sqlite_total(path) == traffic.sent_usd
+    named = error_lines(stderr, "was deleted while in use")
+    assert named and all(str(path) in line for line in named), stderr
