@@ -329,7 +329,7 @@ class RedisStore:
 
 # A store call waits this long for Redis at most: the stage runs on the request path (on the event
 # loop with one worker), and a hung server must cost one short wait, not the Collector's timeout.
-REDIS_TIMEOUT_SECONDS = 0.5
+REDIS_TIMEOUT_SECONDS = 0.25
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel", "sentinel")
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 
