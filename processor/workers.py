@@ -202,6 +202,9 @@ class PoolProcessing:
     def close(self) -> None:
         for worker in self._workers:
             worker.stop(timeout=self.config.server.shutdown_grace_seconds + 10)
+        if self._reader is not None:
+            # Its store takes over charges dead workers left behind too: stopped like theirs.
+            self._reader.store.close()
 
 
 def crash_journal_dir(config: SidecarConfig) -> Path:

@@ -148,3 +148,18 @@ def test_a_corrupt_sqlite_file_keeps_charges_until_it_is_moved_away(tmp_path):
     wait_for(lambda: metric(registry, "genops_budget_store_up") == 1)
     assert charged(stage) == 0.75
     stage.close()
+
+
+def test_charges_left_by_a_process_with_this_processes_pid_are_applied(tmp_path):
+    # A restarted container's worker often gets the PID of the one before it, whose spill file
+    # carries that PID in its name.
+    path = tmp_path / "budgets.sqlite"
+    window = "all|*|" + time.strftime("%Y-%m-%d", time.gmtime(START_NS // 10**9))
+    left = tmp_path / f"budgets.sqlite.pending.{os.getpid()}.jsonl"
+    left.write_text(json.dumps(["before-restart", {window: 0.375}, {}]) + "\n")
+    stage, registry = stage_with(tmp_path, state_backend="sqlite", state_path=str(path))
+    try:
+        wait_for(lambda: not left.exists() and metric(registry, "genops_budget_store_pending_charges") == 0)
+        assert charged(stage) == 0.375
+    finally:
+        stage.close()

@@ -314,3 +314,43 @@ def test_a_sqlite_file_deleted_under_traffic_keeps_its_spend(tmp_path, sink):
     assert sqlite_total(path) == traffic.sent_usd
     named = error_lines(stderr, "was deleted while in use")
     assert named and all(str(path) in line for line in named), stderr
+
+
+def write_spill(path, charges: list[tuple[str, float]]) -> float:
+    key = "all|*|" + time.strftime("%Y-%m-%d", time.gmtime(START_NS // 10**9))
+    path.write_text("".join(json.dumps([fingerprint, {key: usd}, {}]) + "\n" for fingerprint, usd in charges))
+    return sum(usd for _, usd in charges)
+
+
+def test_two_workers_take_over_each_left_behind_spill_file_once_and_leave_a_live_ones_alone(tmp_path, sink):
+    import fcntl
+
+    state = tmp_path / "state"
+    state.mkdir()
+    path = state / "budgets.sqlite"
+    # Files of three processes that died with charges kept; one charge is in two of them (a
+    # Collector retry kept by two workers): the store adds it once.
+    left = write_spill(state / "budgets.sqlite.pending.101.jsonl", [("a", 0.25), ("b", 0.5), ("shared", 2.0)])
+    left += write_spill(state / "budgets.sqlite.pending.102-0f0f0f0f.jsonl", [("c", 0.125), ("shared", 2.0)]) - 2.0
+    left += write_spill(state / "budgets.sqlite.pending.103.jsonl", [("d", 1.0)])
+    live_file = state / "budgets.sqlite.pending.104.jsonl"
+    live_usd = write_spill(live_file, [("e", 4.0)])
+    live = live_file.open("r")
+    fcntl.flock(live, fcntl.LOCK_EX)  # its process (this test) still runs
+    process, _, _ = serve(tmp_path, sink, state_path=str(path))
+    try:
+        wait_for(lambda: path.exists() and sqlite_total(path) == left, what="left-behind charges applied")
+        time.sleep(1.5)  # every recovery pass has looked at the locked file again
+        assert live_file.exists() and sqlite_total(path) == left
+        live.close()
+        wait_for(lambda: sqlite_total(path) == left + live_usd, what="the released file taken over")
+    finally:
+        live.close()
+        stderr = terminate(process)
+    assert process.returncode == 0, stderr
+    assert sqlite_total(path) == left + live_usd
+    assert sorted(file.name for file in state.iterdir() if ".pending." in file.name) == []
+    taken = [json.loads(line)["file"] for line in stderr.splitlines() if '"took over budget charges' in line]
+    assert sorted(taken) == sorted(
+        str(state / f"budgets.sqlite.pending.{n}.jsonl") for n in ("101", "102-0f0f0f0f", "103", "104")
+    )
