@@ -17,6 +17,7 @@ outage must not take the pipeline down).
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 from collections import deque
@@ -116,6 +117,7 @@ class GuardedStore:
         self._restore: StateRows | None = None
         # One copy of a deleted file at a time (a batch and the recovery thread may both see it).
         self._file_lock = threading.Lock()
+        self._told_unwritable = False
         self._retry_seconds = retry_seconds
         self._max_in_memory = max_in_memory
         self.metrics = StoreMetrics(registry)
@@ -308,6 +310,7 @@ class GuardedStore:
                 # Every pass: a worker that died later (killed, out of memory) left its file then.
                 self._take_over_left_behind()
                 self._check_file()
+                self._check_writable()
                 if self.problem is not None or self.pending():
                     self._recover()
             except Exception:
@@ -318,6 +321,23 @@ class GuardedStore:
     def _check_file(self) -> None:
         with self._file_lock:
             self._check_file_locked()
+
+    def _check_writable(self) -> None:
+        """A file or directory made read-only while open is still written through the open
+        connection, until the next start fails on it: said now, once, while it can be fixed."""
+        backend = self._backend
+        if self.problem is not None or not isinstance(backend, SqliteStore):
+            return  # a store that is down has said why
+        path = Path(backend.path)
+        writable = all(os.access(p, os.W_OK) for p in (path, path.parent) if p.exists())
+        if not writable and not self._told_unwritable:
+            log.error(
+                f"budget state file {self.where} or its directory became read-only: it is still written"
+                " through the open file, but the next start cannot open it; make both writable by this"
+                " process",
+                store=self.where,
+            )
+        self._told_unwritable = not writable
 
     def _check_file_locked(self) -> None:
         backend = self._backend

@@ -163,3 +163,31 @@ def test_charges_left_by_a_process_with_this_processes_pid_are_applied(tmp_path)
         assert charged(stage) == 0.375
     finally:
         stage.close()
+
+
+def test_a_sqlite_file_corrupted_in_use_is_named_and_later_charges_land_in_its_replacement(tmp_path, capsys):
+    path = tmp_path / "budgets.sqlite"
+    stage, registry = stage_with(tmp_path, state_backend="sqlite", state_path=str(path))
+    try:
+        send(stage, [0.25])
+        for file in tmp_path.glob("budgets.sqlite*"):
+            if ".pending." not in file.name:
+                with file.open("r+b") as out:
+                    out.write(b"\xff" * max(file.stat().st_size, 4096))
+        assert [r.lower() for r in send(stage, [0.5, 0.125])] == ["allowed", "allowed"]
+        wait_for(lambda: metric(registry, "genops_budget_store_up") == 0)
+        for file in tmp_path.glob("budgets.sqlite*"):
+            if ".pending." not in file.name:
+                file.rename(tmp_path / ("broken-" + file.name))
+        wait_for(lambda: metric(registry, "genops_budget_store_up") == 1)
+        send(stage, [0.0625])
+    finally:
+        stage.close()
+    restarted, _ = stage_with(tmp_path, state_backend="sqlite", state_path=str(path))
+    try:
+        # What the corrupt file held is gone (a backup brings it back); nothing charged after it.
+        assert charged(restarted) == 0.6875
+    finally:
+        restarted.close()
+    named = [line for line in capsys.readouterr().out.splitlines() if "is not a usable SQLite database" in line]
+    assert len(named) == 1 and str(path) in named[0] and "move it away" in named[0], named

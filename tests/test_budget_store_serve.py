@@ -354,3 +354,25 @@ def test_two_workers_take_over_each_left_behind_spill_file_once_and_leave_a_live
     assert sorted(taken) == sorted(
         str(state / f"budgets.sqlite.pending.{n}.jsonl") for n in ("101", "102-0f0f0f0f", "103", "104")
     )
+
+
+def test_a_sqlite_file_made_read_only_in_use_is_named_at_once_and_charges_go_on(tmp_path, sink):
+    state = tmp_path / "state"
+    path = state / "budgets.sqlite"
+    process, grpc_port, _ = serve_without_root_file_access(tmp_path, sink, state_path=str(path))
+    traffic = Traffic(grpc_port)
+    try:
+        traffic.wait_batches(10)
+        path.chmod(0o444)
+        time.sleep(2.5)  # a few passes of every process's store check
+        traffic.wait_batches(10)
+    finally:
+        path.chmod(0o644)
+        traffic.stop()
+        stderr = terminate(process)
+    assert process.returncode == 0, stderr
+    assert traffic.failures == []
+    assert sqlite_total(path) == traffic.sent_usd
+    named = error_lines(stderr, "became read-only")
+    # One line per process holding the file (two workers and the front process), not per batch.
+    assert 1 <= len(named) <= 3 and all(str(path) in line for line in named), stderr
