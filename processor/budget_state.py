@@ -29,6 +29,7 @@ log = structlog.get_logger(__name__)
 
 # SQLite's busy timeout, and how long opening a state file other processes are setting up may take.
 OPEN_TIMEOUT_SECONDS = 30.0
+APPLY_BUSY_SECONDS = 2.0
 # How often a SQLite store copies its write-ahead log into the database (off the request path).
 CHECKPOINT_SECONDS = 1.0
 
@@ -118,6 +119,10 @@ class SqliteStore:
             self._db.close()
             raise
         self._db.execute("PRAGMA wal_autocheckpoint=0")
+        # A batch waits this long at most for another process's write: one that holds the file
+        # longer (stopped mid-write, a stuck disk) gets the batch's charge kept for later, not an
+        # answer after the Collector's 10 s export timeout.
+        self._db.execute(f"PRAGMA busy_timeout={int(APPLY_BUSY_SECONDS * 1000)}")
         self._applies = 0
         self._stop = threading.Event()
         self._checkpointer = threading.Thread(

@@ -191,3 +191,25 @@ def test_a_sqlite_file_corrupted_in_use_is_named_and_later_charges_land_in_its_r
         restarted.close()
     named = [line for line in capsys.readouterr().out.splitlines() if "is not a usable SQLite database" in line]
     assert len(named) == 1 and str(path) in named[0] and "move it away" in named[0], named
+
+
+def test_a_sqlite_file_another_process_holds_locked_costs_a_batch_seconds_not_the_export_timeout(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "budgets.sqlite"
+    stage, registry = stage_with(tmp_path, state_backend="sqlite", state_path=str(path))
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        send(stage, [0.25])
+        # Another worker stopped (SIGSTOP, a stuck disk) in the middle of its write.
+        holder.execute("BEGIN IMMEDIATE")
+        began = time.monotonic()
+        assert [r.lower() for r in send(stage, [0.5])] == ["allowed"]
+        assert [r.lower() for r in send(stage, [0.125])] == ["allowed"]
+        assert time.monotonic() - began < 5  # the Collector gives up on an export after 10 s
+        holder.execute("ROLLBACK")
+        wait_for(lambda: metric(registry, "genops_budget_store_up") == 1)
+        assert charged(stage) == 0.875
+    finally:
+        holder.close()
+        stage.close()
