@@ -14,6 +14,7 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from processor.budget_state import MemoryStore
 from processor.config import PolicyConfig
 from processor.decode import decode_traces
 from processor.policy_stage import build_policy_stage
@@ -213,3 +214,48 @@ def test_a_sqlite_file_another_process_holds_locked_costs_a_batch_seconds_not_th
     finally:
         holder.close()
         stage.close()
+
+
+class FlakyBackend(MemoryStore):
+    """A real in-memory store that fails while `down` is set, as a dead server would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = True
+
+    def apply(self, fingerprint, increments, expires_at):
+        if self.down:
+            raise ConnectionError("connection refused to 10.0.0.7:6379")
+        return super().apply(fingerprint, increments, expires_at)
+
+
+def test_with_no_writable_spill_file_charges_stay_in_memory_then_are_dropped_counted(tmp_path, capsys):
+    from processor.budget_store_guard import GuardedStore
+
+    backend = FlakyBackend()
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    registry = CollectorRegistry()
+    store = GuardedStore(
+        lambda: backend,
+        where="redis://store",
+        kind="redis",
+        spill_path=blocker / "redis-pending.1.jsonl",
+        spill_glob="redis-pending.*.jsonl",
+        registry=registry,
+        retry_seconds=0.1,
+        max_in_memory=2,
+    )
+    try:
+        for number in range(25):
+            store.apply(f"batch-{number}", {"k": 0.25}, {})
+        assert metric(registry, "genops_budget_store_pending_charges") == 20  # 2, then 10 times that
+        assert metric(registry, "genops_budget_charges_lost_total") == 5
+        backend.down = False
+        wait_for(lambda: store.up and store.pending() == 0)
+        assert backend.read(["k"]) == {"k": 20 * 0.25}
+    finally:
+        store.close()
+    out = capsys.readouterr().out
+    assert out.count("cannot be spilled to") == 1
+    assert "10.0.0.7" not in out
