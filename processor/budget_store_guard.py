@@ -118,6 +118,9 @@ class GuardedStore:
         # One copy of a deleted file at a time (a batch and the recovery thread may both see it).
         self._file_lock = threading.Lock()
         self._told_unwritable = False
+        self._told_dropped = False
+        # The first ones of _pending that came from the spill file (still in it until applied).
+        self._loaded_in_pending = 0
         self._retry_seconds = retry_seconds
         self._max_in_memory = max_in_memory
         self.metrics = StoreMetrics(registry)
@@ -199,18 +202,20 @@ class GuardedStore:
             except Exception:
                 log.warning("closing the budget store failed", store=self.where, exc_info=True)
         with self._lock:
-            if self._pending:
+            # Those read from the spill file are still in it.
+            unspilled = list(self._pending)[self._loaded_in_pending :]
+            if unspilled:
                 try:
-                    self._spill.append(list(self._pending))
+                    self._spill.append(unspilled)
                     self._pending.clear()
                 except OSError as exc:
                     log.error(
                         f"stopping with budget charges not applied and the spill file {self._spill.path} not"
                         f" writable ({exc.strerror}): they are lost; make its directory writable",
                         store=self.where,
-                        lost=len(self._pending),
+                        lost=len(unspilled),
                     )
-                    self.metrics.lost.inc(len(self._pending))
+                    self.metrics.lost.inc(len(unspilled))
             if self._spill.count:
                 log.error(
                     "stopping with budget charges not applied; they stay in the spill file for the next start",
@@ -234,11 +239,14 @@ class GuardedStore:
                 self._pending.append(charge)
             else:
                 self.metrics.lost.inc()
-                log.error(
-                    "budget charge dropped: the store is down, the spill file cannot be written and memory is full",
-                    store=self.where,
-                    spill_file=str(self._spill.path),
-                )
+                if not self._told_dropped:  # once per outage; the counter has every one
+                    self._told_dropped = True
+                    log.error(
+                        "budget charges dropped: the store is down, the spill file cannot be written and"
+                        f" memory is full; counted in {LOST}",
+                        store=self.where,
+                        spill_file=str(self._spill.path),
+                    )
             self.metrics.pending.set(self._pending_locked())
             return Applied(dict(totals), False)
 
@@ -394,18 +402,22 @@ class GuardedStore:
                             self._spill.clear()
                             self._spill_loaded = 0
                             continue
-                        self._pending.extend(self._spill.read())
+                        loaded = self._spill.read()
+                        self._pending.extend(loaded)
+                        self._loaded_in_pending = len(loaded)
                         self._spill_loaded = self._spill.count
                     if not self._pending:
                         self._kept.clear()
                         self.metrics.pending.set(0)
                         was_down, self.problem = self.problem is not None, None
+                        self._told_dropped = False
                         self.metrics.up.set(1)
                         break
                     charge = self._pending[0]
                 done = backend.apply(charge.fingerprint, charge.increments, charge.expires_at)
                 with self._lock:
                     self._pending.popleft()
+                    self._loaded_in_pending = max(0, self._loaded_in_pending - 1)
                     self.metrics.pending.set(self._pending_locked())
                 applied += 1
                 if done.totals:

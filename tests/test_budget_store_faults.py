@@ -259,3 +259,37 @@ def test_with_no_writable_spill_file_charges_stay_in_memory_then_are_dropped_cou
     out = capsys.readouterr().out
     assert out.count("cannot be spilled to") == 1
     assert "10.0.0.7" not in out
+
+
+def test_charges_kept_at_stop_are_taken_over_by_the_next_start_and_applied_once(tmp_path):
+    from processor.budget_store_guard import GuardedStore
+
+    def guarded(backend, name: str) -> GuardedStore:
+        return GuardedStore(
+            lambda: backend,
+            where="redis://store",
+            kind="redis",
+            spill_path=tmp_path / f"redis-pending.{name}.jsonl",
+            spill_glob="redis-pending.*.jsonl",
+            retry_seconds=0.1,
+            max_in_memory=2,
+        )
+
+    dead = FlakyBackend()
+    first = guarded(dead, "first")
+    for number in range(5):
+        first.apply(f"batch-{number}", {"k": 0.25}, {})
+    first.apply("batch-1", {"k": 0.25}, {})  # a Collector retry while down
+    first.close()
+    lines = (tmp_path / "redis-pending.first.jsonl").read_text().splitlines()
+    assert len(lines) == 5
+
+    alive = FlakyBackend()
+    alive.down = False
+    second = guarded(alive, "second")
+    try:
+        wait_for(lambda: not (tmp_path / "redis-pending.first.jsonl").exists() and second.pending() == 0)
+        assert alive.read(["k"]) == {"k": 1.25}
+    finally:
+        second.close()
+    assert list(tmp_path.glob("redis-pending.*")) == []
