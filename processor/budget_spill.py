@@ -64,12 +64,21 @@ class SpillFile:
         # Files that could not be read (permissions): retried on each take-over pass, logged once.
         self._unreadable: set[Path] = set()
 
-    def append(self, charges: list[PendingCharge]) -> None:
-        """Raises OSError when the file cannot be written (the charges are then not in it)."""
+    def append(self, charges: list[PendingCharge], durable: bool = True) -> None:
+        """Raises OSError when the file cannot be written (the charges are then not in it).
+        Not `durable`: written to the OS only, which outlives this process but not the machine."""
         handle = self._open()
-        handle.write("".join(_encode(charge) for charge in charges))
-        handle.flush()
-        os.fsync(handle.fileno())
+        end = handle.seek(0, os.SEEK_END)
+        try:
+            handle.write("".join(_encode(charge) for charge in charges))
+            handle.flush()
+            if durable:
+                os.fsync(handle.fileno())
+        except OSError:
+            # A part written (disk full) would run into the next line and spoil it.
+            with contextlib.suppress(OSError):
+                handle.truncate(end)
+            raise
         self.count += len(charges)
 
     def read(self) -> list[PendingCharge]:

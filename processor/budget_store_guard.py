@@ -37,11 +37,9 @@ UNAVAILABLE = "budget store unavailable"
 STORE_UP = "genops_budget_store_up"
 PENDING = "genops_budget_store_pending_charges"
 LOST = "genops_budget_charges_lost_total"
-# Charges kept in memory before they go to the spill file.
-MAX_PENDING_IN_MEMORY = 10_000
-# When the spill file cannot be written either, memory keeps this many times more before charges
-# are dropped (counted and logged): a bound on what a double failure may cost in memory.
-UNSPILLABLE_FACTOR = 10
+# Charges kept in memory when the spill file cannot be written either; more are dropped (counted
+# and logged): a bound on what a double failure may cost in memory.
+MAX_PENDING_IN_MEMORY = 100_000
 # Windows whose last known total is remembered for the estimates (a bound: keys keep coming).
 MAX_KNOWN_TOTALS = 100_000
 RETRY_SECONDS = 1.0
@@ -233,9 +231,11 @@ class GuardedStore:
                 self._known[key] = self._known.get(key, 0.0) + amount
             totals = {key: self._known[key] for key in charge.increments}
             self._kept[charge.fingerprint] = totals
-            if len(self._pending) >= self._max_in_memory and self._spilled_now(charge):
+            # To the file first: a worker killed during the outage (out of memory, a poison
+            # request) leaves its charges there for the next process to take over.
+            if self._spilled_now(charge):
                 pass
-            elif len(self._pending) < self._max_in_memory * UNSPILLABLE_FACTOR:
+            elif len(self._pending) < self._max_in_memory:
                 self._pending.append(charge)
             else:
                 self.metrics.lost.inc()
@@ -254,7 +254,7 @@ class GuardedStore:
         """Whether `charge` went to the spill file; a file that cannot be written is logged once
         (until it can again), and the charge then stays in memory."""
         try:
-            self._spill.append([charge])
+            self._spill.append([charge], durable=False)
         except OSError as exc:
             if self._spill_problem is None:
                 self._spill_problem = str(exc.strerror)
@@ -402,7 +402,8 @@ class GuardedStore:
                             self._spill.clear()
                             self._spill_loaded = 0
                             continue
-                        loaded = self._spill.read()
+                        # Only those not loaded before: the rest of the file is applied already.
+                        loaded = self._spill.read()[self._spill_loaded :]
                         self._pending.extend(loaded)
                         self._loaded_in_pending = len(loaded)
                         self._spill_loaded = self._spill.count

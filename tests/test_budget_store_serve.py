@@ -23,6 +23,7 @@ from tests.collector_harness import free_port
 from tests.otlp_builders import span, trace_request
 from tests.otlp_sink import OtlpSink
 from tests.test_budget_store_faults import START_NS, start_redis
+from tests.test_poison_requests import workers_of
 from tests.test_receive_forward import export_traces
 from tests.test_serve_process import http_get, terminate, wait_ready
 
@@ -80,12 +81,26 @@ class Traffic:
             except grpc.RpcError as exc:
                 with self._lock:
                     self.failures.append(f"{exc.code()}: {exc.details()}")
-                continue
+                # Retried until answered, as the Collector does: a failed attempt may have been
+                # charged already, and the retry must not be charged again.
+                if not self._retry(batch):
+                    continue
+                took = time.monotonic() - began
             with self._lock:
                 self.sent_usd += sum(costs)
                 self.batches += 1
                 self.slowest = max(self.slowest, took)
             time.sleep(0.02)
+
+    def _retry(self, batch) -> bool:
+        for _ in range(20):
+            time.sleep(0.2)
+            try:
+                export_traces(self.channel, batch)
+                return True
+            except grpc.RpcError:
+                continue
+        return False
 
     def wait_batches(self, more: int, seconds: float = 30.0) -> None:
         target = self.batches + more
@@ -376,3 +391,42 @@ def test_a_sqlite_file_made_read_only_in_use_is_named_at_once_and_charges_go_on(
     named = error_lines(stderr, "became read-only")
     # One line per process holding the file (two workers and the front process), not per batch.
     assert 1 <= len(named) <= 3 and all(str(path) in line for line in named), stderr
+
+
+def test_a_worker_killed_while_redis_is_down_loses_none_of_the_charges_it_kept(tmp_path, sink):
+    redis_port = free_port()
+    redis_dir = tmp_path / "redis"
+    redis_dir.mkdir()
+    redis_process = start_redis(redis_port, redis_dir)
+    process, grpc_port, http = serve(
+        tmp_path,
+        sink,
+        state_backend="redis",
+        redis_url=f"redis://127.0.0.1:{redis_port}/0",
+        state_path=str(tmp_path / "state" / "budgets.sqlite"),
+    )
+    traffic = Traffic(grpc_port)
+    try:
+        traffic.wait_batches(10)
+        os.kill(redis_process.pid, signal.SIGKILL)
+        redis_process.wait()
+        traffic.wait_batches(30)
+        workers = workers_of(process.pid)
+        assert len(workers) == 2
+        os.kill(workers[0], signal.SIGKILL)  # out of memory, a poison request
+        wait_for(lambda: len(workers_of(process.pid)) == 2 and workers[0] not in workers_of(process.pid))
+        traffic.wait_batches(30)
+        redis_process = start_redis(redis_port, redis_dir)
+        wait_for(lambda: store_up(http) == 1, what="store back")
+        traffic.wait_batches(10)
+    finally:
+        traffic.stop()
+        try:
+            wait_for(lambda: "degraded" not in http_get(f"http://{http}/readyz")[1])
+        finally:
+            stderr = terminate(process)
+            totals = redis_total(redis_port)
+            redis_process.kill()
+            redis_process.wait()
+    assert process.returncode == 0, stderr
+    assert totals == traffic.sent_usd, (totals, traffic.sent_usd)
