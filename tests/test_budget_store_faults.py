@@ -160,8 +160,8 @@ def test_charges_left_by_a_process_with_this_processes_pid_are_applied(tmp_path)
     left.write_text(json.dumps(["before-restart", {window: 0.375}, {}]) + "\n")
     stage, registry = stage_with(tmp_path, state_backend="sqlite", state_path=str(path))
     try:
-        wait_for(lambda: not left.exists() and metric(registry, "genops_budget_store_pending_charges") == 0)
-        assert charged(stage) == 0.375
+        wait_for(lambda: charged(stage) == 0.375 and metric(registry, "genops_budget_store_pending_charges") == 0)
+        assert not left.exists()
     finally:
         stage.close()
 
