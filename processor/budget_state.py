@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import sqlite3
 import threading
 import time
@@ -28,6 +29,7 @@ log = structlog.get_logger(__name__)
 
 # SQLite's busy timeout, and how long opening a state file other processes are setting up may take.
 OPEN_TIMEOUT_SECONDS = 30.0
+APPLY_BUSY_SECONDS = 2.0
 # How often a SQLite store copies its write-ahead log into the database (off the request path).
 CHECKPOINT_SECONDS = 1.0
 
@@ -36,6 +38,15 @@ CHECKPOINT_SECONDS = 1.0
 class Applied:
     totals: dict[str, float]
     repeated: bool
+
+
+@dataclass(frozen=True)
+class StateRows:
+    """A SQLite state file's rows, to be loaded into another file (see SqliteStore.load)."""
+
+    source: str
+    consumed: list[tuple[str, float, int]]
+    applied: list[tuple[str, str, int]]
 
 
 class BudgetStore(Protocol):
@@ -107,11 +118,19 @@ class SqliteStore:
         try:
             _set_up(self._db)
             # The file this connection writes: if it is unlinked, writes still succeed, into nothing.
-            self._inode = os.stat(path).st_ino
+            found = os.stat(path)
+            self._inode = found.st_ino
+            # Names this file among its copies loaded elsewhere (see `load`); no other live file
+            # has its inode while this one is open.
+            self._source = f"{found.st_dev}:{found.st_ino}"
         except BaseException:
             self._db.close()
             raise
         self._db.execute("PRAGMA wal_autocheckpoint=0")
+        # A batch waits this long at most for another process's write: one that holds the file
+        # longer (stopped mid-write, a stuck disk) gets the batch's charge kept for later, not an
+        # answer after the Collector's 10 s export timeout.
+        self._db.execute(f"PRAGMA busy_timeout={int(APPLY_BUSY_SECONDS * 1000)}")
         self._applies = 0
         self._stop = threading.Event()
         self._checkpointer = threading.Thread(
@@ -173,23 +192,49 @@ class SqliteStore:
         except FileNotFoundError:
             return True
 
-    def dump(self) -> tuple[list[tuple], list[tuple]]:
-        """Every row of the open file (which may be unlinked already): consumed, then applied."""
+    def take_rows(self) -> StateRows:
+        """Every row of the open file (which may be unlinked already), closing the connection in
+        the same step: nothing written after it can go into a file no one reads any more."""
         with self._lock:
             consumed = self._db.execute("SELECT key, usd, expires_at FROM consumed").fetchall()
             applied = self._db.execute("SELECT fingerprint, totals, applied_at FROM applied").fetchall()
-        return consumed, applied
+            self._db.close()
+        return StateRows(self._source, consumed, applied)
 
-    def load(self, rows: tuple[list[tuple], list[tuple]]) -> None:
-        """Rows of `dump`, where this file has none for them yet (another worker may have loaded
-        the same copy first)."""
-        consumed, applied = rows
+    def load(self, rows: StateRows) -> None:
+        """The rows of another file into this one. Every worker of a pod had the deleted file open
+        and each loads its own later copy of it: per key, only what the file held beyond what an
+        earlier copy of it brought here is added (recorded in `restored`), so no worker's charges
+        made in between are lost and none is added twice."""
         with self._lock:
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS restored"
+                " (source TEXT NOT NULL, key TEXT NOT NULL, usd REAL NOT NULL, PRIMARY KEY (source, key))"
+            )
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.executemany("INSERT OR IGNORE INTO consumed (key, usd, expires_at) VALUES (?, ?, ?)", consumed)
+                for key, usd, expires_at in rows.consumed:
+                    found = self._db.execute(
+                        "SELECT usd FROM restored WHERE source = ? AND key = ?", (rows.source, key)
+                    ).fetchone()
+                    # The file only grows while in use: a copy taken earlier than the one loaded
+                    # already holds less, and adds nothing.
+                    added = usd - (found[0] if found else 0.0)
+                    if added <= 0:
+                        continue
+                    self._db.execute(
+                        "INSERT INTO consumed (key, usd, expires_at) VALUES (?, ?, ?)"
+                        " ON CONFLICT(key) DO UPDATE SET usd = usd + excluded.usd,"
+                        " expires_at = max(expires_at, excluded.expires_at)",
+                        (key, added, expires_at),
+                    )
+                    self._db.execute(
+                        "INSERT INTO restored (source, key, usd) VALUES (?, ?, ?)"
+                        " ON CONFLICT(source, key) DO UPDATE SET usd = excluded.usd",
+                        (rows.source, key, usd),
+                    )
                 self._db.executemany(
-                    "INSERT OR IGNORE INTO applied (fingerprint, totals, applied_at) VALUES (?, ?, ?)", applied
+                    "INSERT OR IGNORE INTO applied (fingerprint, totals, applied_at) VALUES (?, ?, ?)", rows.applied
                 )
                 self._db.execute("COMMIT")
             except BaseException:
@@ -321,7 +366,7 @@ def _glob_escaped(text: str) -> str:
 
 # A store call waits this long for Redis at most: the stage runs on the request path (on the event
 # loop with one worker), and a hung server must cost one short wait, not the Collector's timeout.
-REDIS_TIMEOUT_SECONDS = 0.5
+REDIS_TIMEOUT_SECONDS = 0.25
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel", "sentinel")
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 
@@ -386,7 +431,9 @@ def open_store(backend: str, state_path: str, redis_url: str, registry: Collecto
 
     if backend == "memory":
         return MemoryStore()
-    pid = os.getpid()
+    # Unique per store, not per PID: a restarted container's worker often gets its predecessor's
+    # PID, and must not mistake that one's left-behind charges for its own.
+    pid = f"{os.getpid()}-{secrets.token_hex(4)}"
     if backend == "redis":
         spill_dir = Path(state_path).parent if state_path else default_state_path().parent
         return GuardedStore(

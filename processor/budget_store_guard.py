@@ -17,20 +17,18 @@ outage must not take the pipeline down).
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
 import os
 import sqlite3
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from processor.budget_state import Applied, BudgetStore, SqliteStore, _recorded
+from processor.budget_spill import PendingCharge, SpillFile
+from processor.budget_state import Applied, BudgetStore, SqliteStore, StateRows, _recorded
 
 log = structlog.get_logger(__name__)
 
@@ -38,8 +36,10 @@ log = structlog.get_logger(__name__)
 UNAVAILABLE = "budget store unavailable"
 STORE_UP = "genops_budget_store_up"
 PENDING = "genops_budget_store_pending_charges"
-# Charges kept in memory before they go to the spill file.
-MAX_PENDING_IN_MEMORY = 10_000
+LOST = "genops_budget_charges_lost_total"
+# Charges kept in memory when the spill file cannot be written either; more are dropped (counted
+# and logged): a bound on what a double failure may cost in memory.
+MAX_PENDING_IN_MEMORY = 100_000
 # Windows whose last known total is remembered for the estimates (a bound: keys keep coming).
 MAX_KNOWN_TOTALS = 100_000
 RETRY_SECONDS = 1.0
@@ -48,13 +48,6 @@ RETRY_SECONDS = 1.0
 class StoreUnavailable(Exception):
     def __init__(self) -> None:
         super().__init__(UNAVAILABLE)
-
-
-@dataclass(frozen=True)
-class PendingCharge:
-    fingerprint: str
-    increments: dict[str, float]
-    expires_at: dict[str, int]
 
 
 class StoreMetrics:
@@ -70,6 +63,11 @@ class StoreMetrics:
             "Budget charges kept (in memory or spilled to disk) until the state store answers again.",
             registry=registry,
             multiprocess_mode="livesum",
+        )
+        self.lost = Counter(
+            LOST,
+            "Budget charges dropped: the store was down, the spill file could not be written and memory was full.",
+            registry=registry,
         )
         self.up.set(1)
 
@@ -109,9 +107,18 @@ class GuardedStore:
         # Names the store in log lines: a file path, or the Redis URL without its credentials.
         self.where = where
         self.kind = kind
-        self._spill_path = spill_path
-        # Matches the spill files of every process sharing the store's directory.
-        self._spill_glob = spill_glob
+        self._spill = SpillFile(spill_path, spill_glob)
+        self._spill_problem: str | None = None
+        # How many of the spill file's charges are in _pending, being applied.
+        self._spill_loaded = 0
+        # Rows of a deleted state file not yet loaded into its replacement.
+        self._restore: StateRows | None = None
+        # One copy of a deleted file at a time (a batch and the recovery thread may both see it).
+        self._file_lock = threading.Lock()
+        self._told_unwritable = False
+        self._told_dropped = False
+        # The first ones of _pending that came from the spill file (still in it until applied).
+        self._loaded_in_pending = 0
         self._retry_seconds = retry_seconds
         self._max_in_memory = max_in_memory
         self.metrics = StoreMetrics(registry)
@@ -119,7 +126,6 @@ class GuardedStore:
         self._pending: deque[PendingCharge] = deque()
         # Fingerprint -> the totals its batch was answered with, for every kept charge.
         self._kept: dict[str, dict[str, float]] = {}
-        self._spilled = 0
         self._known: dict[str, float] = {}
         self._backend: BudgetStore | None = None
         self.problem: str | None = None
@@ -137,7 +143,11 @@ class GuardedStore:
 
     def pending(self) -> int:
         with self._lock:
-            return len(self._pending) + self._spilled
+            return self._pending_locked()
+
+    def _pending_locked(self) -> int:
+        # The spill file's charges being applied are in _pending too.
+        return len(self._pending) + self._spill.count - self._spill_loaded
 
     def apply(self, fingerprint: str, increments: dict[str, float], expires_at: dict[str, int]) -> Applied:
         with self._lock:
@@ -145,6 +155,12 @@ class GuardedStore:
             if kept is not None:
                 return Applied(_recorded(kept, increments, self._estimates(list(increments))), True)
             backend = self._backend if self.problem is None else None
+        if isinstance(backend, SqliteStore) and backend.file_replaced():
+            # Checked on every batch (one stat): a charge written into a deleted file is found only
+            # when this process copies that file, and a Collector retry sent meanwhile to another
+            # worker would not find its fingerprint in the new file and be charged again.
+            self._check_file()
+            backend = None
         if backend is not None:
             try:
                 applied = backend.apply(fingerprint, increments, expires_at)
@@ -185,20 +201,40 @@ class GuardedStore:
     def close(self) -> None:
         self._stop.set()
         self._thread.join()
+        # A last pass: charges written since the last check into a file deleted meanwhile, or kept
+        # while the store was down, go to the store now if it answers.
+        with contextlib.suppress(Exception):
+            self._check_file()
+            if self.problem is not None or self.pending():
+                self._recover()
         if self._backend is not None:
             try:
                 self._backend.close()
             except Exception:
                 log.warning("closing the budget store failed", store=self.where, exc_info=True)
-        if self.pending():
-            log.error(
-                "stopping with budget charges not applied; they stay in the spill file for the next start",
-                store=self.where,
-                pending=self.pending(),
-                spill_file=str(self._spill_path),
-            )
-            with self._lock:
-                self._spill_all_locked()
+        with self._lock:
+            # Those read from the spill file are still in it.
+            unspilled = list(self._pending)[self._loaded_in_pending :]
+            if unspilled:
+                try:
+                    self._spill.append(unspilled)
+                    self._pending.clear()
+                except OSError as exc:
+                    log.error(
+                        f"stopping with budget charges not applied and the spill file {self._spill.path} not"
+                        f" writable ({exc.strerror}): they are lost; make its directory writable",
+                        store=self.where,
+                        lost=len(unspilled),
+                    )
+                    self.metrics.lost.inc(len(unspilled))
+            if self._spill.count:
+                log.error(
+                    "stopping with budget charges not applied; they stay in the spill file for the next start",
+                    store=self.where,
+                    pending=self._spill.count,
+                    spill_file=str(self._spill.path),
+                )
+            self._spill.close()
 
     # -- while down ------------------------------------------------------------------------------
 
@@ -208,12 +244,41 @@ class GuardedStore:
                 self._known[key] = self._known.get(key, 0.0) + amount
             totals = {key: self._known[key] for key in charge.increments}
             self._kept[charge.fingerprint] = totals
-            if len(self._pending) < self._max_in_memory:
+            # To the file first: a worker killed during the outage (out of memory, a poison
+            # request) leaves its charges there for the next process to take over.
+            if self._spilled_now(charge):
+                pass
+            elif len(self._pending) < self._max_in_memory:
                 self._pending.append(charge)
             else:
-                self._spill_locked([charge])
-            self.metrics.pending.set(len(self._pending) + self._spilled)
+                self.metrics.lost.inc()
+                if not self._told_dropped:  # once per outage; the counter has every one
+                    self._told_dropped = True
+                    log.error(
+                        "budget charges dropped: the store is down, the spill file cannot be written and"
+                        f" memory is full; counted in {LOST}",
+                        store=self.where,
+                        spill_file=str(self._spill.path),
+                    )
+            self.metrics.pending.set(self._pending_locked())
             return Applied(dict(totals), False)
+
+    def _spilled_now(self, charge: PendingCharge) -> bool:
+        """Whether `charge` went to the spill file; a file that cannot be written is logged once
+        (until it can again), and the charge then stays in memory."""
+        try:
+            self._spill.append([charge], durable=False)
+        except OSError as exc:
+            if self._spill_problem is None:
+                self._spill_problem = str(exc.strerror)
+                log.error(
+                    f"budget charges cannot be spilled to {self._spill.path} ({exc.strerror}): kept in memory"
+                    " only, and lost if this process stops; make the directory writable",
+                    store=self.where,
+                )
+            return False
+        self._spill_problem = None
+        return True
 
     def _estimates(self, keys: list[str]) -> dict[str, float]:
         # _known holds the last stored total plus every kept charge added since.
@@ -225,9 +290,10 @@ class GuardedStore:
         return sum(charge.increments.get(key, 0.0) for charge in self._pending) + self._spilled_sum(key)
 
     def _spilled_sum(self, key: str) -> float:
-        if not self._spilled:
+        if not self._spill.count:
             return 0.0
-        return sum(charge.increments.get(key, 0.0) for charge in self._read_spill())
+        unloaded = self._spill.read()[self._spill_loaded :]
+        return sum(charge.increments.get(key, 0.0) for charge in unloaded)
 
     def _remember(self, totals: dict[str, float]) -> None:
         with self._lock:
@@ -247,70 +313,25 @@ class GuardedStore:
             error_type=type(error).__name__,
         )
 
-    # -- spill file ------------------------------------------------------------------------------
-
-    def _spill_locked(self, charges: list[PendingCharge]) -> None:
-        self._spill_path.parent.mkdir(parents=True, exist_ok=True)
-        with self._spill_path.open("a", encoding="utf-8") as out:
+    def _take_over_left_behind(self) -> None:
+        charges = self._spill.take_over_left_behind()
+        if not charges:
+            return
+        with self._lock:
             for charge in charges:
-                out.write(json.dumps([charge.fingerprint, charge.increments, charge.expires_at]) + "\n")
-            out.flush()
-            os.fsync(out.fileno())
-        self._spilled += len(charges)
-
-    def _spill_all_locked(self) -> None:
-        if self._pending:
-            self._spill_locked(list(self._pending))
-            self._pending.clear()
-
-    def _read_spill(self) -> list[PendingCharge]:
-        try:
-            lines = self._spill_path.read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            return []
-        charges = []
-        for line in lines:
-            try:
-                fingerprint, increments, expires_at = json.loads(line)
-            except ValueError:
-                continue  # a line cut short by a crash while it was written: nothing was kept of it
-            charges.append(PendingCharge(fingerprint, increments, expires_at))
-        return charges
-
-    def _adopt_left_behind(self) -> None:
-        """Spill files of processes that stopped (or died) with charges not applied: each process
-        holds a lock on its own, so a file whose lock can be taken has no owner left."""
-        self._spill_path.parent.mkdir(parents=True, exist_ok=True)
-        self._own_lock = self._spill_path.open("a")
-        fcntl.flock(self._own_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        for path in sorted(self._spill_path.parent.glob(self._spill_glob)):
-            if path == self._spill_path:
-                continue
-            with path.open("a+") as other:
-                try:
-                    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError:
-                    continue  # its process still runs
-                previous, self._spill_path = self._spill_path, path
-                try:
-                    charges = self._read_spill()
-                finally:
-                    self._spill_path = previous
-                with self._lock:
-                    self._spill_locked(charges)
-                    for charge in charges:
-                        self._kept[charge.fingerprint] = {}
-                    self.metrics.pending.set(len(self._pending) + self._spilled)
-                path.unlink(missing_ok=True)
-                log.info("took over budget charges a stopped process had kept", file=str(path), charges=len(charges))
+                # Answered by a process that stopped: a retry here finds it kept, with no totals.
+                self._kept.setdefault(charge.fingerprint, {})
+            self.metrics.pending.set(self._pending_locked())
 
     # -- recovery thread -------------------------------------------------------------------------
 
     def _recover_loop(self) -> None:
-        self._adopt_left_behind()
         while True:
             try:
+                # Every pass: a worker that died later (killed, out of memory) left its file then.
+                self._take_over_left_behind()
                 self._check_file()
+                self._check_writable()
                 if self.problem is not None or self.pending():
                     self._recover()
             except Exception:
@@ -319,61 +340,99 @@ class GuardedStore:
                 return
 
     def _check_file(self) -> None:
+        with self._file_lock:
+            self._check_file_locked()
+
+    def _check_writable(self) -> None:
+        """A file or directory made read-only while open is still written through the open
+        connection, until the next start fails on it: said now, once, while it can be fixed."""
+        backend = self._backend
+        if self.problem is not None or not isinstance(backend, SqliteStore):
+            return  # a store that is down has said why
+        path = Path(backend.path)
+        writable = all(os.access(p, os.W_OK) for p in (path, path.parent) if p.exists())
+        if not writable and not self._told_unwritable:
+            log.error(
+                f"budget state file {self.where} or its directory became read-only: it is still written"
+                " through the open file, but the next start cannot open it; make both writable by this"
+                " process",
+                store=self.where,
+            )
+        self._told_unwritable = not writable
+
+    def _check_file_locked(self) -> None:
         backend = self._backend
         if self.problem is not None or not isinstance(backend, SqliteStore) or not backend.file_replaced():
             return
         # The file was deleted (or replaced) under the open connection, which still writes into the
         # unlinked copy. Charges are kept from now (marked down) while its rows go into a new file
-        # at the path; the recovery then applies the kept ones there.
+        # at the path (by _reopen, on the recovery thread); the kept ones are applied there after.
         with self._lock:
             self.problem = f"budget state file {self.where} was deleted while in use"
             self.metrics.up.set(0)
-        rows = backend.dump()
-        fresh = self._open()
-        assert isinstance(fresh, SqliteStore)
-        fresh.load(rows)
-        self._backend = fresh
+        rows = backend.take_rows()
         backend.close()
+        # Held until they are in a file: a new one that cannot be made now is retried by _recover.
+        self._restore = rows
         log.error(
-            f"budget state file {self.where} was deleted while in use: recreated it with the spend it held;"
+            f"budget state file {self.where} was deleted while in use: recreating it with the spend it held;"
             " keep the file on a volume nothing else cleans",
             store=self.where,
-            windows=len(rows[0]),
+            windows=len(rows.consumed),
         )
-        self._recover(reopen=False)
 
-    def _recover(self, reopen: bool = True) -> None:
-        if self.problem is not None and reopen:
-            # Reopened each time: a file made writable again, a Redis restarted elsewhere.
+    def _reopen(self) -> bool:
+        """Reopened each time: a file made writable again, a Redis restarted elsewhere. Under the
+        file lock: the rows of a deleted file being copied go into the new one first."""
+        with self._file_lock:
             stale, self._backend = self._backend, None
             if stale is not None:
                 with contextlib.suppress(Exception):
                     stale.close()
             try:
                 self._backend = self._open()
+                if self._restore is not None:
+                    assert isinstance(self._backend, SqliteStore)
+                    self._backend.load(self._restore)
+                    self._restore = None
             except Exception:
-                return
+                return False
+        return True
+
+    def _recover(self) -> None:
+        if self.problem is not None and not self._reopen():
+            return
         backend = self._backend
         assert backend is not None
         applied = 0
         try:
             while True:
                 with self._lock:
-                    if not self._pending and self._spilled:
-                        self._pending.extend(self._read_spill())
-                        self._spilled = 0
-                        self._spill_path.write_text("")  # emptied, not removed: this process holds its lock
+                    if not self._pending and self._spill.count:
+                        # The file is emptied only once all it held is applied: a process killed
+                        # meanwhile leaves it whole, and the store skips what it applied already.
+                        if self._spill_loaded == self._spill.count:
+                            self._spill.clear()
+                            self._spill_loaded = 0
+                            continue
+                        # Only those not loaded before: the rest of the file is applied already.
+                        loaded = self._spill.read()[self._spill_loaded :]
+                        self._pending.extend(loaded)
+                        self._loaded_in_pending = len(loaded)
+                        self._spill_loaded = self._spill.count
                     if not self._pending:
                         self._kept.clear()
                         self.metrics.pending.set(0)
                         was_down, self.problem = self.problem is not None, None
+                        self._told_dropped = False
                         self.metrics.up.set(1)
                         break
                     charge = self._pending[0]
                 done = backend.apply(charge.fingerprint, charge.increments, charge.expires_at)
                 with self._lock:
                     self._pending.popleft()
-                    self.metrics.pending.set(len(self._pending) + self._spilled)
+                    self._loaded_in_pending = max(0, self._loaded_in_pending - 1)
+                    self.metrics.pending.set(self._pending_locked())
                 applied += 1
                 if done.totals:
                     self._remember(done.totals)

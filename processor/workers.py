@@ -161,6 +161,12 @@ class PoolProcessing:
 
     def _replace(self, dead: WorkerProcess) -> None:
         dead.discard()
+        if dead.pid is not None:
+            from prometheus_client.multiprocess import mark_process_dead
+
+            # Its "live" gauges (genops_budget_store_up, pending charges) leave the sums: a worker
+            # killed while the store was down must not keep it shown down once it is back.
+            mark_process_dead(dead.pid, self.metrics_dir)
         replacement = self._spawn()
         self._workers[self._workers.index(dead)] = replacement
 
@@ -202,6 +208,9 @@ class PoolProcessing:
     def close(self) -> None:
         for worker in self._workers:
             worker.stop(timeout=self.config.server.shutdown_grace_seconds + 10)
+        if self._reader is not None:
+            # Its store takes over charges dead workers left behind too: stopped like theirs.
+            self._reader.store.close()
 
 
 def crash_journal_dir(config: SidecarConfig) -> Path:
