@@ -199,7 +199,7 @@ def run_quote(args: argparse.Namespace) -> int:
         "gen_ai.usage.input_tokens": args.input,
         "gen_ai.usage.output_tokens": args.output,
         "gen_ai.usage.cache_read.input_tokens": args.cache_read,
-        "gen_ai.usage.cache_creation.input_tokens": args.cache_write,
+        "gen_ai.usage.cache_write.input_tokens": args.cache_write,
         "gen_ai.usage.reasoning.output_tokens": args.reasoning,
     }
     frame = pl.DataFrame({k: [v] for k, v in attributes.items()}, strict=False)
