@@ -23,7 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from processor import billing_dimensions
 from processor import genai_attributes as ga
 from processor.config import CostConfig
 from processor.cost_native import NativeCost, native_cost_available
@@ -381,7 +382,7 @@ class CostStage:
         self.watcher.stop()
 
     def wanted_keys(self) -> WantedKeys:
-        return WantedKeys(item=ga.GENAI_KEYS.item | {COST_TOTAL})
+        return WantedKeys(item=ga.GENAI_KEYS.item | {COST_TOTAL, *billing_dimensions.SOURCES})
 
     def _refresh_age(self) -> None:
         if self._checked_at is not None:
@@ -392,12 +393,21 @@ class CostStage:
         # priced from its tokens (or left unpriced), and the others never see them.
         check_batch(batch)
         self._invalid.record(batch)
-        return _with_sdk_costs(self._priced_changes(batch), batch.derived.get(SDK_COSTS))
+        table = self.table
+        priced = self._priced_changes(batch, table)
+        priced = billing_dimensions.apply_dimensions(batch, priced, table, self._group_of(table))
+        return _with_sdk_costs(priced, batch.derived.get(SDK_COSTS))
 
-    def _priced_changes(self, batch: TelemetryBatch) -> BatchChanges:
+    def _group_of(self, table: PricingTable) -> Callable[[str | None, str | None], int | None]:
+        def group_of(provider: str | None, model: str | None) -> int | None:
+            found = priced_match(table, provider, model, estimate_near=self._estimate_near)
+            return None if found is None else found.group
+
+        return group_of
+
+    def _priced_changes(self, batch: TelemetryBatch, table: PricingTable) -> BatchChanges:
         # One query per batch (two the first time a batch brings pairs the table has not seen):
         # normalize, map spans to price groups, pick the price rows, compute and shape the columns.
-        table = self.table
         self._refresh_age()
         known = self._known
         if known is None or known.table is not table:

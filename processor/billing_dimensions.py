@@ -1,0 +1,235 @@
+"""Billing dimensions beyond token counts: the service tier, 1-hour cache writes and the search
+context size of a request, applied to the costs the cost stage computed from tokens.
+
+What an invoice bills and a span can say (sources below, first non-null wins):
+- service tier (OpenAI flex, priority, batch; Anthropic and Gemini batch): the entry's (or its
+  file's) `service_tiers` factor times every token part; the per-request fee is not scaled. A tier
+  the entry has no factor for is priced at the standard prices, and `genops.cost.assumed` says so.
+  `default`, `auto`, `standard` and `on_demand` are the standard prices.
+- 1-hour cache writes: of the cache write tokens, those the span counts as 1-hour writes cost the
+  cache write price of the row that priced the span (long-context tiers included) times the
+  entry's `cache_write_1h_factor`; the rest are 5-minute writes. A count above the cache writes
+  is clipped to them.
+- search context size: the per-request fee is the entry's `search_context_fees` for the size the
+  span names; a span that names none (or a size the entry does not list) pays the entry's
+  `request` fee, and `genops.cost.assumed` names the size that fee is for.
+
+Only spans that carry a dimension, or are priced by an entry with search context fees, are
+recomputed (one Python step per such span, on the costs the batch query wrote): a batch without
+any is returned as it came. No value the sender chose is written back: the tier written is the
+table's name for it, and an unknown tier or size is reported as the assumption made instead.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import polars as pl
+
+from processor import genai_attributes as ga
+from processor.decode import START_TIME, TelemetryBatch
+from processor.pipeline import BatchChanges
+from processor.pricing_table import PriceEntry, PricingTable
+
+# The span attributes read, first non-null wins.
+SERVICE_TIER_SOURCES = (
+    "openai.response.service_tier",
+    "gen_ai.openai.response.service_tier",
+    "openai.request.service_tier",
+    "gen_ai.openai.request.service_tier",
+    "genops.service_tier",
+)
+CACHE_WRITE_1H_SOURCES = ("genops.tokens.cache_write_1h",)
+SEARCH_CONTEXT_SOURCES = ("genops.request.search_context_size",)
+SOURCES = (*SERVICE_TIER_SOURCES, *CACHE_WRITE_1H_SOURCES, *SEARCH_CONTEXT_SOURCES)
+STANDARD_TIERS = frozenset({"default", "auto", "standard", "on_demand"})
+
+# What is written.
+COST_SERVICE_TIER = "genops.cost.service_tier"
+COST_ASSUMED = "genops.cost.assumed"
+STANDARD_ASSUMED = "service_tier=standard"
+# The token parts (genops.cost.<part>) and the total, as the cost stage writes them.
+PART_NAMES = ("input", "cache_read", "cache_write", "reasoning", "output")
+TOTAL = "genops.cost.total"
+MILLION = 1_000_000.0
+NS_PER_DAY = 86_400 * 1_000_000_000
+
+
+@dataclass(frozen=True)
+class SpanDimensions:
+    """What one span says about the dimensions (None: it does not say)."""
+
+    service_tier: str | None
+    cache_write_1h_tokens: int | None
+    search_context_size: str | None
+
+
+@dataclass(frozen=True)
+class SpanCost:
+    """One span's token parts (PART_NAMES order) and per-request fee."""
+
+    parts: tuple[float, float, float, float, float]
+    request: float
+
+    @property
+    def total(self) -> float:
+        return sum(self.parts) + self.request
+
+
+@dataclass(frozen=True)
+class Repriced:
+    cost: SpanCost
+    service_tier: str | None
+    assumed: str | None
+
+
+def reprice(entry: PriceEntry, cost: SpanCost, cache_write_tokens: int, dims: SpanDimensions) -> Repriced:
+    """The span's cost with its dimensions applied, from the costs its tokens were priced at."""
+    parts = list(cost.parts)
+    assumptions: list[str] = []
+    written_1h = min(dims.cache_write_1h_tokens or 0, cache_write_tokens)
+    if written_1h > 0 and entry.cache_write_1h_factor is not None:
+        five_minute_price = parts[2] / cache_write_tokens  # the priced row's, tiers included
+        parts[2] += written_1h * five_minute_price * (entry.cache_write_1h_factor - 1.0)
+    tier = None
+    if dims.service_tier is not None and dims.service_tier not in STANDARD_TIERS:
+        factor = entry.service_tiers.get(dims.service_tier)
+        if factor is None:
+            assumptions.append(STANDARD_ASSUMED)
+        else:
+            tier = dims.service_tier
+            parts = [part * factor for part in parts]
+    request = cost.request
+    if entry.search_context_fees:
+        fee = entry.search_context_fees.get(dims.search_context_size or "")
+        if fee is None:
+            assumptions.append(f"search_context_size={entry.assumed_search_context}")
+        else:
+            request = fee
+    return Repriced(SpanCost(tuple(parts), request), tier, ",".join(assumptions) or None)  # type: ignore[arg-type]
+
+
+def apply_dimensions(
+    batch: TelemetryBatch,
+    changes: BatchChanges,
+    table: PricingTable,
+    group_of: Callable[[str | None, str | None], int | None],
+) -> BatchChanges:
+    """`changes` (the cost stage's) with the batch's billing dimensions applied; `group_of` is the
+    stage's (provider, model) -> price group."""
+    total = changes.set_attributes.get(TOTAL)
+    genai = batch.derived.get("genai")
+    if total is None or not isinstance(genai, pl.DataFrame) or total.null_count() == total.len():
+        return changes
+    dims = _dimension_columns(batch)
+    fee_models = table.search_fee_models
+    model = changes.set_attributes.get("genops.cost.model")
+    candidates = pl.repeat(False, total.len(), eager=True)
+    for column in dims.values():
+        if column is not None:
+            candidates = candidates | column.is_not_null()
+    if fee_models and model is not None:
+        candidates = candidates | model.is_in(fee_models).fill_null(False)
+    rows = (candidates & total.is_not_null()).arg_true().to_list()
+    if not rows:
+        return changes
+    written = dict(changes.set_attributes)
+    arrow = dict(changes.arrow)
+    parts = {name: written[f"genops.cost.{name}"].to_list() for name in PART_NAMES}
+    totals = total.to_list()
+    tiers: list[str | None] = [None] * total.len()
+    assumed: list[str | None] = [None] * total.len()
+    providers, models = genai.get_column(ga.PROVIDER), genai.get_column(ga.MODEL)
+    cache_writes = genai.get_column(ga.TOKENS_CACHE_WRITE)
+    starts = batch.column_series(START_TIME)
+    for row in rows:
+        group = group_of(providers[row], models[row])
+        if group is None:
+            continue
+        entry = _entry_at(table, group, None if starts is None else starts[row])
+        before = tuple(parts[name][row] or 0.0 for name in PART_NAMES)
+        cost = SpanCost(before, totals[row] - sum(before))  # type: ignore[arg-type]
+        span = SpanDimensions(
+            service_tier=_text(dims[SERVICE_TIER_SOURCES], row),
+            cache_write_1h_tokens=_count(dims[CACHE_WRITE_1H_SOURCES], row),
+            search_context_size=_text(dims[SEARCH_CONTEXT_SOURCES], row),
+        )
+        found = reprice(entry, cost, cache_writes[row] or 0, span)
+        if found.cost == cost and found.service_tier is None and found.assumed is None:
+            continue  # left exactly as the batch query wrote it
+        for name, value in zip(PART_NAMES, found.cost.parts, strict=True):
+            parts[name][row] = value
+        totals[row] = found.cost.total
+        tiers[row], assumed[row] = found.service_tier, found.assumed
+    for name in PART_NAMES:
+        key = f"genops.cost.{name}"
+        written[key] = pl.Series(key, parts[name], dtype=pl.Float64)
+        arrow.pop(key, None)  # the Series is the value now
+    written[TOTAL] = pl.Series(TOTAL, totals, dtype=pl.Float64)
+    arrow.pop(TOTAL, None)
+    for key, values in ((COST_SERVICE_TIER, tiers), (COST_ASSUMED, assumed)):
+        if any(v is not None for v in values):
+            written[key] = pl.Series(key, values, dtype=pl.String)
+    return BatchChanges(set_attributes=written, rewrites=changes.rewrites, events=changes.events, arrow=arrow)
+
+
+def _dimension_columns(batch: TelemetryBatch) -> dict[tuple[str, ...], pl.Series | None]:
+    """Per dimension, its first usable source per span (None: no span says)."""
+    out: dict[tuple[str, ...], pl.Series | None] = {}
+    for sources, read in (
+        (SERVICE_TIER_SOURCES, _name_values),
+        (CACHE_WRITE_1H_SOURCES, _count_values),
+        (SEARCH_CONTEXT_SOURCES, _name_values),
+    ):
+        found = [read(column) for column in map(batch.column_series, sources) if column is not None]
+        usable = [column for column in found if column is not None]
+        if not usable:
+            out[sources] = None
+        elif len(usable) == 1:
+            out[sources] = usable[0]
+        else:
+            out[sources] = (
+                pl.DataFrame({str(i): c for i, c in enumerate(usable)}).select(pl.coalesce(pl.all())).to_series()
+            )
+    return out
+
+
+def _name_values(column: pl.Series) -> pl.Series | None:
+    """Lowercased names, blanks as null; None for a column that is not text."""
+    if column.dtype != pl.String:
+        return None
+    name = pl.first().str.strip_chars().str.to_lowercase()
+    return column.to_frame().select(pl.when(name != "").then(name)).to_series()
+
+
+def _count_values(column: pl.Series) -> pl.Series | None:
+    """Whole token counts (text and doubles read as genai_attributes reads counts); others null."""
+    if column.dtype == pl.String:
+        column = column.str.strip_chars().cast(pl.Float64, strict=False)
+    elif column.dtype.is_numeric():
+        column = column.cast(pl.Float64)
+    else:
+        return None
+    value = pl.first()
+    usable = value.is_finite() & (value >= 0) & (value < 2.0**62)
+    return column.to_frame().select(pl.when(usable).then(value).cast(pl.Int64)).to_series()
+
+
+def _entry_at(table: PricingTable, group: int, start_ns: int | None) -> PriceEntry:
+    """The group's entry in effect at the span start (its price history's), else its first."""
+    if start_ns:
+        day = dt.date(1970, 1, 1) + dt.timedelta(days=start_ns // NS_PER_DAY)
+        for entry in table.histories[group]:
+            if (entry.effective_from or dt.date.min) <= day < (entry.effective_to or dt.date.max):
+                return entry
+    return table.entry(group)
+
+
+def _text(column: pl.Series | None, row: int) -> str | None:
+    return None if column is None else column[row]
+
+
+def _count(column: pl.Series | None, row: int) -> int | None:
+    return None if column is None else column[row]
