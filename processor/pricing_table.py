@@ -116,6 +116,7 @@ CSV_FIELDS = (
 FIRST_PARTY = ("openai", "anthropic", "google", "mistral", "cohere", "deepseek", "xai", "meta")
 # Bedrock cross-region inference profiles prefix the model id with a geography.
 _BEDROCK_REGION = re.compile(r"^(?:us|eu|apac|au|ca|jp|us-gov|global)\.(?=[a-z0-9-]+\.)")
+_BEDROCK_VENDOR = re.compile(r"^[a-z][a-z0-9]*\.(?=[a-z])")
 NS_PER_DAY = 86_400 * 1_000_000_000
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
@@ -491,6 +492,10 @@ def lookup_names(provider: str | None, model: str) -> list[str]:
         regionless = without_region(name)
         if regionless != name:
             names.append(regionless)
+        # `anthropic.claude-3-haiku-…`: tables also name Bedrock models without their vendor.
+        vendorless = _BEDROCK_VENDOR.sub("", regionless)
+        if vendorless != regionless:
+            names.append(vendorless)
     if "/" in name:
         # "openai/gpt-4o" (routers), "accounts/fireworks/models/x": the last part is the model.
         names.append(name.rsplit("/", 1)[-1])
