@@ -50,7 +50,7 @@ from processor.pricing_table import (
     priced_match,
 )
 from processor.reload import ReloadMetrics, Watcher
-from processor.span_values import SDK_COSTS, CostCheck, InvalidValueMetrics, check_batch
+from processor.span_values import SDK_COST_KEYS, SDK_COSTS, CostCheck, InvalidValueMetrics, check_batch
 
 log = structlog.get_logger(__name__)
 
@@ -67,6 +67,9 @@ UNPRICED = "unpriced"
 INVALID_SDK_COST = "invalid_sdk_cost"
 # Priced with the prices of a family the model is only near (processor/model_versions.py).
 ESTIMATED = "estimated"
+# Ours, on a span that came with an SDK cost, and the SDK's minus ours.
+COST_COMPUTED = "genops.cost.computed_total"
+COST_SDK_DIFFERENCE = "genops.cost.sdk_difference"
 # Unpriced-span metric labels: beyond this many distinct (provider, model) pairs, new ones are
 # counted as "other" so a client sending random model names cannot blow up the metric series.
 MAX_UNPRICED_LABELS = 200
@@ -189,9 +192,8 @@ def _work_columns(todo: pl.Expr) -> list[pl.Expr]:
     return [pl.col(START_TIME).cast(pl.Int64, strict=False).alias(_START), todo.alias(_TODO)]
 
 
-# _START and _TODO: spans with token counts, less those the SDK priced unless told to override.
+# _START and _TODO: spans with token counts (those the SDK priced too: see _with_sdk_costs).
 _WORK = _work_columns(_priceable())
-_WORK_SDK_PRICED = _work_columns(_priceable() & pl.col(COST_TOTAL).is_null())
 
 
 def _cost_steps(slots: PriceSlots) -> list[list[pl.Expr]]:
@@ -382,7 +384,7 @@ class CostStage:
         self.watcher.stop()
 
     def wanted_keys(self) -> WantedKeys:
-        return WantedKeys(item=ga.GENAI_KEYS.item | {COST_TOTAL, *billing_dimensions.SOURCES})
+        return WantedKeys(item=ga.GENAI_KEYS.item | {*SDK_COST_KEYS, *billing_dimensions.SOURCES})
 
     def _refresh_age(self) -> None:
         if self._checked_at is not None:
@@ -396,7 +398,7 @@ class CostStage:
         table = self.table
         priced = self._priced_changes(batch, table)
         priced = billing_dimensions.apply_dimensions(batch, priced, table, self._group_of(table))
-        return _with_sdk_costs(priced, batch.derived.get(SDK_COSTS))
+        return _with_sdk_costs(priced, batch.derived.get(SDK_COSTS), self.config.override_sdk_costs)
 
     def _group_of(self, table: PricingTable) -> Callable[[str | None, str | None], int | None]:
         def group_of(provider: str | None, model: str | None) -> int | None:
@@ -439,7 +441,7 @@ class CostStage:
             batch.derived.get("genai"),  # type: ignore[arg-type]
             table,
             slots,
-            sdk_column=None if self.config.override_sdk_costs else COST_TOTAL,
+            sdk_column=None,  # SDK-priced spans are priced too: _with_sdk_costs compares the two
         )
         if costs is None:
             return None
@@ -465,16 +467,14 @@ class CostStage:
         return steps
 
     def _work(self, batch: TelemetryBatch) -> pl.LazyFrame:
-        """The normalized columns plus _START, _TODO (priceable and not priced by the SDK) and _KEY."""
+        """The normalized columns plus _START, _TODO (priceable) and _KEY."""
         frame = batch.frame
-        respect_sdk = not self.config.override_sdk_costs and COST_TOTAL in frame.columns
-        extra = _WORK_SDK_PRICED if respect_sdk else _WORK
+        extra = _WORK
         cached = batch.derived.get("genai")
         if cached is None:
             work = ga.normalize_lazy(frame, extra)
         else:
-            carry = [frame[START_TIME], *([frame[COST_TOTAL]] if respect_sdk else [])]
-            work = cached.hstack(carry).lazy().select(*ga.COLUMNS, *extra)  # type: ignore[attr-defined]
+            work = cached.hstack([frame[START_TIME]]).lazy().select(*ga.COLUMNS, *extra)  # type: ignore[attr-defined]
         return work.with_columns(pl.when(pl.col(_TODO)).then(_PAIR_KEY).alias(_KEY))
 
     @staticmethod
@@ -548,31 +548,55 @@ class CostStage:
         return ("other", "other")
 
 
-def _with_sdk_costs(changes: BatchChanges, sdk: object) -> BatchChanges:
-    """The stage's changes plus, for the spans it did not price, the SDK's cost as a number where
-    it came as text, and an `invalid_sdk_cost` status where it was ignored."""
-    if not isinstance(sdk, CostCheck) or not (sdk.was_text or sdk.ignored.any()):
+def _with_sdk_costs(changes: BatchChanges, sdk: object, override: bool) -> BatchChanges:
+    """The stage's changes (every span priced, the SDK's too) and the SDK's costs together.
+
+    A span with a usable SDK cost keeps it as genops.cost.total (ours instead with
+    `override_sdk_costs`) and nothing else of ours but genops.cost.computed_total and
+    genops.cost.sdk_difference (the SDK's minus ours), so price drift shows. An SDK cost that came
+    as text or under another key is written as the number in genops.cost.total; a span whose SDK
+    cost was unusable and that the table could not price gets the `invalid_sdk_cost` status."""
+    if not isinstance(sdk, CostCheck):
+        return changes
+    has_sdk = sdk.usable.is_not_null()
+    if not has_sdk.any() and not sdk.ignored.any():
         return changes
     written = dict(changes.set_attributes)
     arrow = dict(changes.arrow)
     rows = sdk.usable.len()
-    total = written.get(COST_TOTAL)
-    if total is None:
-        total = pl.Series(COST_TOTAL, [None] * rows, dtype=pl.Float64)
-    status = written.get(COST_STATUS)
-    if status is None:
-        status = pl.Series(COST_STATUS, [None] * rows, dtype=pl.String)
-    unpriced = total.is_null()
-    frame = pl.DataFrame({"total": total, "status": status, "usable": sdk.usable, "ignored": sdk.ignored})
-    out = frame.select(
-        (pl.coalesce("total", "usable") if sdk.was_text else pl.col("total")).alias(COST_TOTAL),
-        pl.when(pl.col("ignored") & unpriced).then(pl.lit(INVALID_SDK_COST)).otherwise("status").alias(COST_STATUS),
+    rewrite = sdk.rewrite if sdk.rewrite is not None else pl.Series([sdk.was_text] * rows, dtype=pl.Boolean)
+    ours = written.get(COST_TOTAL, pl.Series(COST_TOTAL, [None] * rows, dtype=pl.Float64))
+    status = written.get(COST_STATUS, pl.Series(COST_STATUS, [None] * rows, dtype=pl.String))
+    frame = pl.DataFrame(
+        {"ours": ours, "status": status, "sdk": sdk.usable, "has": has_sdk, "ignored": sdk.ignored, "rewrite": rewrite}
     )
-    for name in (COST_TOTAL, COST_STATUS):
+    both = pl.col("has") & pl.col("ours").is_not_null()
+    sdk_total = pl.when(pl.col("rewrite")).then(pl.col("sdk"))
+    total = pl.coalesce("ours", sdk_total) if override else pl.when(pl.col("has")).then(sdk_total).otherwise("ours")
+    out = frame.select(
+        total.alias(COST_TOTAL),
+        pl.when(pl.col("ignored") & total.is_null())
+        .then(pl.lit(INVALID_SDK_COST))
+        .otherwise("status")
+        .alias(COST_STATUS),
+        pl.when(both).then("ours").alias(COST_COMPUTED),
+        pl.when(both).then(pl.col("sdk") - pl.col("ours")).alias(COST_SDK_DIFFERENCE),
+    )
+    if not override:
+        # The SDK's cost stands: none of our other columns describe it.
+        kept = ~has_sdk
+        for name, column in list(written.items()):
+            if name not in (COST_TOTAL, COST_STATUS):
+                written[name] = column.to_frame().select(pl.when(kept).then(pl.first())).to_series()
+                arrow.pop(name, None)
+        out = out.with_columns(pl.when(kept).then(pl.col(COST_STATUS)).alias(COST_STATUS))
+    for name in (COST_TOTAL, COST_STATUS, COST_COMPUTED, COST_SDK_DIFFERENCE):
         column = out.get_column(name)
+        arrow.pop(name, None)  # the Series is the value now: the writer converts it
         if column.null_count() < rows:
             written[name] = column
-            arrow.pop(name, None)  # the Series is the value now: the writer converts it
+        else:
+            written.pop(name, None)
     return BatchChanges(set_attributes=written, rewrites=changes.rewrites, events=changes.events, arrow=arrow)
 
 

@@ -207,8 +207,10 @@ def test_costs_already_set_by_an_sdk_are_kept_unless_overridden(tmp_path):
     ]
     keep = CostStage(CostConfig(pricing_file=str(table), reload_interval_seconds=0), CollectorRegistry())
     _, (sdk, ours) = process(keep, spans)
-    assert sdk == {}
+    # The SDK's cost stands; ours and the difference are written beside it.
+    assert sdk == {"genops.cost.computed_total": pytest.approx(2.5), "genops.cost.sdk_difference": pytest.approx(-2.0)}
     assert ours["genops.cost.total"] == pytest.approx(2.5)
+    assert "genops.cost.sdk_difference" not in ours
 
     override = CostStage(
         CostConfig(pricing_file=str(table), reload_interval_seconds=0, override_sdk_costs=True), CollectorRegistry()
