@@ -36,7 +36,7 @@ from processor import billing_dimensions
 from processor import genai_attributes as ga
 from processor.config import CostConfig
 from processor.cost_native import NativeCost, native_cost_available
-from processor.decode import START_TIME, TRACES, TelemetryBatch, WantedKeys
+from processor.decode import LOGS, START_TIME, TRACES, TelemetryBatch, WantedKeys
 from processor.outbound import NO_REDACTION, OutboundRedaction
 from processor.pipeline import BatchChanges
 from processor.pricing_table import (
@@ -331,7 +331,9 @@ class CostMetrics:
 
 class CostStage:
     name = "cost"
-    signals = frozenset({TRACES})
+    # GenAI events sent as logs (gen_ai.client.inference.operation.details) carry model and usage
+    # as spans do: any log record with token counts is priced like a span, by its time.
+    signals = frozenset({TRACES, LOGS})
 
     def __init__(
         self,
@@ -393,6 +395,10 @@ class CostStage:
     def process(self, batch: TelemetryBatch) -> BatchChanges:
         # Bad SDK costs and times are taken out of the batch's columns first: such a span is
         # priced from its tokens (or left unpriced), and the others never see them.
+        if batch.signal == LOGS:
+            if not any(batch.column_type(key) is not None for keys in ga.TOKEN_SOURCES.values() for key in keys):
+                return BatchChanges()  # no record reports usage: nothing to price
+            _with_record_times(batch)
         check_batch(batch)
         self._invalid.record(batch)
         table = self.table
@@ -598,6 +604,15 @@ def _with_sdk_costs(changes: BatchChanges, sdk: object, override: bool) -> Batch
         else:
             written.pop(name, None)
     return BatchChanges(set_attributes=written, rewrites=changes.rewrites, events=changes.events, arrow=arrow)
+
+
+def _with_record_times(batch: TelemetryBatch) -> None:
+    """A log batch's record times (the observed time when a record has none) as the start times
+    spans are priced by."""
+    if batch.column_array(START_TIME) is not None:
+        return
+    times = [record.time_unix_nano or record.observed_time_unix_nano for record in batch.items]
+    batch.set_column(START_TIME, pl.Series(START_TIME, times, dtype=pl.UInt64))
 
 
 def _midnight(day: dt.date | None) -> float | None:

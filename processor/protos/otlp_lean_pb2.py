@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0fotlp_lean.proto\x12\x0egenops.lean.v1\"\xb4\x01\n\x08\x41nyValue\x12\x16\n\x0cstring_value\x18\x01 \x01(\tH\x00\x12\x14\n\nbool_value\x18\x02 \x01(\x08H\x00\x12\x13\n\tint_value\x18\x03 \x01(\x03H\x00\x12\x16\n\x0c\x64ouble_value\x18\x04 \x01(\x01H\x00\x12\x15\n\x0b\x61rray_value\x18\x05 \x01(\x0cH\x00\x12\x16\n\x0ckvlist_value\x18\x06 \x01(\x0cH\x00\x12\x15\n\x0b\x62ytes_value\x18\x07 \x01(\x0cH\x00\x42\x07\n\x05value\"@\n\x08KeyValue\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\'\n\x05value\x18\x02 \x01(\x0b\x32\x18.genops.lean.v1.AnyValue\"8\n\x08Resource\x12,\n\nattributes\x18\x01 \x03(\x0b\x32\x18.genops.lean.v1.KeyValue\"_\n\tSpanEvent\x12\x16\n\x0etime_unix_nano\x18\x01 \x01(\x06\x12\x0c\n\x04name\x18\x02 \x01(\t\x12,\n\nattributes\x18\x03 \x03(\x0b\x32\x18.genops.lean.v1.KeyValue\"\x16\n\x06Status\x12\x0c\n\x04\x63ode\x18\x03 \x01(\x05\"\xcf\x01\n\x04Span\x12\x0c\n\x04name\x18\x05 \x01(\t\x12\x1c\n\x14start_time_unix_nano\x18\x07 \x01(\x06\x12\x1a\n\x12\x65nd_time_unix_nano\x18\x08 \x01(\x06\x12,\n\nattributes\x18\t \x03(\x0b\x32\x18.genops.lean.v1.KeyValue\x12)\n\x06\x65vents\x18\x0b \x03(\x0b\x32\x19.genops.lean.v1.SpanEvent\x12&\n\x06status\x18\x0f \x01(\x0b\x32\x16.genops.lean.v1.Status\"1\n\nScopeSpans\x12#\n\x05spans\x18\x02 \x03(\x0b\x32\x14.genops.lean.v1.Span\"l\n\rResourceSpans\x12*\n\x08resource\x18\x01 \x01(\x0b\x32\x18.genops.lean.v1.Resource\x12/\n\x0bscope_spans\x18\x02 \x03(\x0b\x32\x1a.genops.lean.v1.ScopeSpans\"R\n\x19\x45xportTraceServiceRequest\x12\x35\n\x0eresource_spans\x18\x01 \x03(\x0b\x32\x1d.genops.lean.v1.ResourceSpans\"a\n\tLogRecord\x12&\n\x04\x62ody\x18\x05 \x01(\x0b\x32\x18.genops.lean.v1.AnyValue\x12,\n\nattributes\x18\x06 \x03(\x0b\x32\x18.genops.lean.v1.KeyValue\";\n\tScopeLogs\x12.\n\x0blog_records\x18\x02 \x03(\x0b\x32\x19.genops.lean.v1.LogRecord\"i\n\x0cResourceLogs\x12*\n\x08resource\x18\x01 \x01(\x0b\x32\x18.genops.lean.v1.Resource\x12-\n\nscope_logs\x18\x02 \x03(\x0b\x32\x19.genops.lean.v1.ScopeLogs\"O\n\x18\x45xportLogsServiceRequest\x12\x33\n\rresource_logs\x18\x01 \x03(\x0b\x32\x1c.genops.lean.v1.ResourceLogsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0fotlp_lean.proto\x12\x0egenops.lean.v1\"\xb4\x01\n\x08\x41nyValue\x12\x16\n\x0cstring_value\x18\x01 \x01(\tH\x00\x12\x14\n\nbool_value\x18\x02 \x01(\x08H\x00\x12\x13\n\tint_value\x18\x03 \x01(\x03H\x00\x12\x16\n\x0c\x64ouble_value\x18\x04 \x01(\x01H\x00\x12\x15\n\x0b\x61rray_value\x18\x05 \x01(\x0cH\x00\x12\x16\n\x0ckvlist_value\x18\x06 \x01(\x0cH\x00\x12\x15\n\x0b\x62ytes_value\x18\x07 \x01(\x0cH\x00\x42\x07\n\x05value\"@\n\x08KeyValue\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\'\n\x05value\x18\x02 \x01(\x0b\x32\x18.genops.lean.v1.AnyValue\"8\n\x08Resource\x12,\n\nattributes\x18\x01 \x03(\x0b\x32\x18.genops.lean.v1.KeyValue\"_\n\tSpanEvent\x12\x16\n\x0etime_unix_nano\x18\x01 \x01(\x06\x12\x0c\n\x04name\x18\x02 \x01(\t\x12,\n\nattributes\x18\x03 \x03(\x0b\x32\x18.genops.lean.v1.KeyValue\"\x16\n\x06Status\x12\x0c\n\x04\x63ode\x18\x03 \x01(\x05\"\xcf\x01\n\x04Span\x12\x0c\n\x04name\x18\x05 \x01(\t\x12\x1c\n\x14start_time_unix_nano\x18\x07 \x01(\x06\x12\x1a\n\x12\x65nd_time_unix_nano\x18\x08 \x01(\x06\x12,\n\nattributes\x18\t \x03(\x0b\x32\x18.genops.lean.v1.KeyValue\x12)\n\x06\x65vents\x18\x0b \x03(\x0b\x32\x19.genops.lean.v1.SpanEvent\x12&\n\x06status\x18\x0f \x01(\x0b\x32\x16.genops.lean.v1.Status\"1\n\nScopeSpans\x12#\n\x05spans\x18\x02 \x03(\x0b\x32\x14.genops.lean.v1.Span\"l\n\rResourceSpans\x12*\n\x08resource\x18\x01 \x01(\x0b\x32\x18.genops.lean.v1.Resource\x12/\n\x0bscope_spans\x18\x02 \x03(\x0b\x32\x1a.genops.lean.v1.ScopeSpans\"R\n\x19\x45xportTraceServiceRequest\x12\x35\n\x0eresource_spans\x18\x01 \x03(\x0b\x32\x1d.genops.lean.v1.ResourceSpans\"\x9a\x01\n\tLogRecord\x12\x16\n\x0etime_unix_nano\x18\x01 \x01(\x06\x12\x1f\n\x17observed_time_unix_nano\x18\x0b \x01(\x06\x12&\n\x04\x62ody\x18\x05 \x01(\x0b\x32\x18.genops.lean.v1.AnyValue\x12,\n\nattributes\x18\x06 \x03(\x0b\x32\x18.genops.lean.v1.KeyValue\";\n\tScopeLogs\x12.\n\x0blog_records\x18\x02 \x03(\x0b\x32\x19.genops.lean.v1.LogRecord\"i\n\x0cResourceLogs\x12*\n\x08resource\x18\x01 \x01(\x0b\x32\x18.genops.lean.v1.Resource\x12-\n\nscope_logs\x18\x02 \x03(\x0b\x32\x19.genops.lean.v1.ScopeLogs\"O\n\x18\x45xportLogsServiceRequest\x12\x33\n\rresource_logs\x18\x01 \x03(\x0b\x32\x1c.genops.lean.v1.ResourceLogsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,12 +49,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESOURCESPANS']._serialized_end=832
   _globals['_EXPORTTRACESERVICEREQUEST']._serialized_start=834
   _globals['_EXPORTTRACESERVICEREQUEST']._serialized_end=916
-  _globals['_LOGRECORD']._serialized_start=918
-  _globals['_LOGRECORD']._serialized_end=1015
-  _globals['_SCOPELOGS']._serialized_start=1017
-  _globals['_SCOPELOGS']._serialized_end=1076
-  _globals['_RESOURCELOGS']._serialized_start=1078
-  _globals['_RESOURCELOGS']._serialized_end=1183
-  _globals['_EXPORTLOGSSERVICEREQUEST']._serialized_start=1185
-  _globals['_EXPORTLOGSSERVICEREQUEST']._serialized_end=1264
+  _globals['_LOGRECORD']._serialized_start=919
+  _globals['_LOGRECORD']._serialized_end=1073
+  _globals['_SCOPELOGS']._serialized_start=1075
+  _globals['_SCOPELOGS']._serialized_end=1134
+  _globals['_RESOURCELOGS']._serialized_start=1136
+  _globals['_RESOURCELOGS']._serialized_end=1241
+  _globals['_EXPORTLOGSSERVICEREQUEST']._serialized_start=1243
+  _globals['_EXPORTLOGSSERVICEREQUEST']._serialized_end=1322
 # @@protoc_insertion_point(module_scope)

@@ -91,12 +91,16 @@ class ExportTraceServiceRequest(_message.Message):
     def __init__(self, resource_spans: _Optional[_Iterable[_Union[ResourceSpans, _Mapping]]] = ...) -> None: ...
 
 class LogRecord(_message.Message):
-    __slots__ = ("body", "attributes")
+    __slots__ = ("time_unix_nano", "observed_time_unix_nano", "body", "attributes")
+    TIME_UNIX_NANO_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_TIME_UNIX_NANO_FIELD_NUMBER: _ClassVar[int]
     BODY_FIELD_NUMBER: _ClassVar[int]
     ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    time_unix_nano: int
+    observed_time_unix_nano: int
     body: AnyValue
     attributes: _containers.RepeatedCompositeFieldContainer[KeyValue]
-    def __init__(self, body: _Optional[_Union[AnyValue, _Mapping]] = ..., attributes: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ...) -> None: ...
+    def __init__(self, time_unix_nano: _Optional[int] = ..., observed_time_unix_nano: _Optional[int] = ..., body: _Optional[_Union[AnyValue, _Mapping]] = ..., attributes: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ...) -> None: ...
 
 class ScopeLogs(_message.Message):
     __slots__ = ("log_records",)
