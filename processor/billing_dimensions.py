@@ -10,6 +10,11 @@ What an invoice bills and a span can say (sources below, first non-null wins):
   cache write price of the row that priced the span (long-context tiers included) times the
   entry's `cache_write_1h_factor`; the rest are 5-minute writes. A count above the cache writes
   is clipped to them.
+- per-modality tokens (`gen_ai.usage.{audio,image,video}.input_tokens`,
+  `gen_ai.usage.audio.output_tokens`, OpenInference `llm.token_count.prompt_details.audio` and
+  `completion_details.audio`): parts of the input (uncached) or output counts, billed at the
+  entry's `modality_prices` instead of the text price they were priced at; text tokens and kinds
+  without such a price stay at the text price.
 - search context size: the per-request fee is the entry's `search_context_fees` for the size the
   span names; a span that names none (or a size the entry does not list) pays the entry's
   `request` fee, and `genops.cost.assumed` names the size that fee is for.
@@ -24,7 +29,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import polars as pl
 
@@ -43,7 +48,19 @@ SERVICE_TIER_SOURCES = (
 )
 CACHE_WRITE_1H_SOURCES = ("genops.tokens.cache_write_1h",)
 SEARCH_CONTEXT_SOURCES = ("genops.request.search_context_size",)
-SOURCES = (*SERVICE_TIER_SOURCES, *CACHE_WRITE_1H_SOURCES, *SEARCH_CONTEXT_SOURCES)
+# Per-modality counts (parts of the input or output counts), by MODALITY_KINDS.
+MODALITY_SOURCES: dict[str, tuple[str, ...]] = {
+    "audio_input": ("gen_ai.usage.audio.input_tokens", "llm.token_count.prompt_details.audio"),
+    "audio_output": ("gen_ai.usage.audio.output_tokens", "llm.token_count.completion_details.audio"),
+    "image_input": ("gen_ai.usage.image.input_tokens",),
+    "video_input": ("gen_ai.usage.video.input_tokens",),
+}
+SOURCES = (
+    *SERVICE_TIER_SOURCES,
+    *CACHE_WRITE_1H_SOURCES,
+    *SEARCH_CONTEXT_SOURCES,
+    *(key for keys in MODALITY_SOURCES.values() for key in keys),
+)
 STANDARD_TIERS = frozenset({"default", "auto", "standard", "on_demand"})
 
 # What is written.
@@ -64,6 +81,17 @@ class SpanDimensions:
     service_tier: str | None
     cache_write_1h_tokens: int | None
     search_context_size: str | None
+    # Tokens by MODALITY_KINDS, of those the span reports.
+    modality_tokens: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SpanTokens:
+    """The span's canonical counts the parts were priced from (genai_attributes' meaning)."""
+
+    uncached_input: int
+    output_without_reasoning: int
+    cache_write: int
 
 
 @dataclass(frozen=True)
@@ -85,14 +113,15 @@ class Repriced:
     assumed: str | None
 
 
-def reprice(entry: PriceEntry, cost: SpanCost, cache_write_tokens: int, dims: SpanDimensions) -> Repriced:
+def reprice(entry: PriceEntry, cost: SpanCost, tokens: SpanTokens, dims: SpanDimensions) -> Repriced:
     """The span's cost with its dimensions applied, from the costs its tokens were priced at."""
     parts = list(cost.parts)
     assumptions: list[str] = []
-    written_1h = min(dims.cache_write_1h_tokens or 0, cache_write_tokens)
+    written_1h = min(dims.cache_write_1h_tokens or 0, tokens.cache_write)
     if written_1h > 0 and entry.cache_write_1h_factor is not None:
-        five_minute_price = parts[2] / cache_write_tokens  # the priced row's, tiers included
+        five_minute_price = parts[2] / tokens.cache_write  # the priced row's, tiers included
         parts[2] += written_1h * five_minute_price * (entry.cache_write_1h_factor - 1.0)
+    _modalities(entry, parts, tokens, dims.modality_tokens)
     tier = None
     if dims.service_tier is not None and dims.service_tier not in STANDARD_TIERS:
         factor = entry.service_tiers.get(dims.service_tier)
@@ -109,6 +138,30 @@ def reprice(entry: PriceEntry, cost: SpanCost, cache_write_tokens: int, dims: Sp
         else:
             request = fee
     return Repriced(SpanCost(tuple(parts), request), tier, ",".join(assumptions) or None)  # type: ignore[arg-type]
+
+
+def _modalities(entry: PriceEntry, parts: list[float], tokens: SpanTokens, counts: dict[str, int]) -> None:
+    """Audio, image and video tokens at their own prices instead of the text price they were
+    billed at (input kinds are uncached input, output kinds output, clipped to those counts)."""
+    input_left, output_left = tokens.uncached_input, tokens.output_without_reasoning
+    # The priced row's text prices per token (long-context tiers and dates included).
+    input_price = parts[0] / input_left if input_left > 0 else 0.0
+    output_price = parts[4] / output_left if output_left > 0 else 0.0
+    for kind, count in counts.items():
+        price = entry.modality_prices.get(kind)
+        if price is None or count <= 0:
+            continue
+        is_output = kind.endswith("_output")
+        left = output_left if is_output else input_left
+        count = min(count, left)
+        if count <= 0:
+            continue
+        text_price = output_price if is_output else input_price
+        parts[4 if is_output else 0] += count * (price / MILLION - text_price)
+        if is_output:
+            output_left -= count
+        else:
+            input_left -= count
 
 
 def apply_dimensions(
@@ -142,7 +195,7 @@ def apply_dimensions(
     tiers: list[str | None] = [None] * total.len()
     assumed: list[str | None] = [None] * total.len()
     providers, models = genai.get_column(ga.PROVIDER), genai.get_column(ga.MODEL)
-    cache_writes = genai.get_column(ga.TOKENS_CACHE_WRITE)
+    counts = {name: genai.get_column(name).to_list() for name in ga.TOKEN_COLUMNS}
     starts = batch.column_series(START_TIME)
     for row in rows:
         group = group_of(providers[row], models[row])
@@ -155,8 +208,11 @@ def apply_dimensions(
             service_tier=_text(dims[SERVICE_TIER_SOURCES], row),
             cache_write_1h_tokens=_count(dims[CACHE_WRITE_1H_SOURCES], row),
             search_context_size=_text(dims[SEARCH_CONTEXT_SOURCES], row),
+            modality_tokens={
+                kind: n for kind, keys in MODALITY_SOURCES.items() if (n := _count(dims[keys], row)) is not None
+            },
         )
-        found = reprice(entry, cost, cache_writes[row] or 0, span)
+        found = reprice(entry, cost, _tokens_of(counts, row), span)
         if found.cost == cost and found.service_tier is None and found.assumed is None:
             continue  # left exactly as the batch query wrote it
         for name, value in zip(PART_NAMES, found.cost.parts, strict=True):
@@ -182,6 +238,7 @@ def _dimension_columns(batch: TelemetryBatch) -> dict[tuple[str, ...], pl.Series
         (SERVICE_TIER_SOURCES, _name_values),
         (CACHE_WRITE_1H_SOURCES, _count_values),
         (SEARCH_CONTEXT_SOURCES, _name_values),
+        *((keys, _count_values) for keys in MODALITY_SOURCES.values()),
     ):
         found = [read(column) for column in map(batch.column_series, sources) if column is not None]
         usable = [column for column in found if column is not None]
@@ -225,6 +282,19 @@ def _entry_at(table: PricingTable, group: int, start_ns: int | None) -> PriceEnt
             if (entry.effective_from or dt.date.min) <= day < (entry.effective_to or dt.date.max):
                 return entry
     return table.entry(group)
+
+
+def _tokens_of(counts: dict[str, list], row: int) -> SpanTokens:
+    def count(name: str) -> int:
+        return counts[name][row] or 0
+
+    read, write, reasoning = count(ga.TOKENS_CACHE_READ), count(ga.TOKENS_CACHE_WRITE), count(ga.TOKENS_REASONING)
+    output = counts[ga.TOKENS_OUTPUT][row]
+    return SpanTokens(
+        uncached_input=max(count(ga.TOKENS_INPUT) - read - write, 0),
+        output_without_reasoning=max((reasoning if output is None else output) - reasoning, 0),
+        cache_write=write,
+    )
 
 
 def _text(column: pl.Series | None, row: int) -> str | None:

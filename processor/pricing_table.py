@@ -26,6 +26,7 @@ are USD per million tokens. Schema (see pricing_tables/README.md for the full te
         service_tiers: {batch: 0.5, flex: 0.5}   # token prices x factor, by the tier the span names
         cache_write_1h_factor: 1.6 # 1-hour cache writes cost the cache write price x this
         search_context_fees: {low: 0.005, high: 0.012}   # USD per request, by search context size
+        modality_prices: {audio_input: 40, audio_output: 80}   # per million audio/image/video tokens
 
 service_tiers and cache_write_1h_factor may be given per file too (the provider's rule); an entry's
 own value wins. How the cost stage applies them: processor/billing_dimensions.py.
@@ -73,8 +74,12 @@ PRICE_FIELDS = ("input", "output", "cache_read", "cache_write", "reasoning")
 SERVICE_TIERS = "service_tiers"
 CACHE_WRITE_1H_FACTOR = "cache_write_1h_factor"
 SEARCH_CONTEXT_FEES = "search_context_fees"
+MODALITY_PRICES = "modality_prices"
+# The per-modality token prices an entry may give (USD per million tokens), in place of the text
+# input and output prices for those tokens.
+MODALITY_KINDS = ("audio_input", "audio_output", "image_input", "video_input")
 PROVIDER_BILLING_FIELDS = (SERVICE_TIERS, CACHE_WRITE_1H_FACTOR)
-BILLING_FIELDS = (*PROVIDER_BILLING_FIELDS, SEARCH_CONTEXT_FEES)
+BILLING_FIELDS = (*PROVIDER_BILLING_FIELDS, SEARCH_CONTEXT_FEES, MODALITY_PRICES)
 ENTRY_FIELDS = frozenset(
     {
         "model",
@@ -155,6 +160,8 @@ class PriceEntry:
     cache_write_1h_factor: float | None = None
     # USD per request by search context size (lowercase); `request` is the assumed size's fee.
     search_context_fees: dict[str, float] = field(default_factory=dict)
+    # USD per million tokens by MODALITY_KINDS (audio_input...); absent: the text price.
+    modality_prices: dict[str, float] = field(default_factory=dict)
 
     @property
     def assumed_search_context(self) -> str | None:
@@ -741,6 +748,12 @@ def _entry(item: object, defaults: dict[str, object], where: str) -> tuple[Price
         problems,
     )
     fees = _factors(item.get(SEARCH_CONTEXT_FEES), f"{where}: {SEARCH_CONTEXT_FEES}", problems)
+    modality = _factors(item.get(MODALITY_PRICES), f"{where}: {MODALITY_PRICES}", problems)
+    problems.extend(
+        f"{where}: {MODALITY_PRICES}: unknown kind {shown(kind)} (one of {', '.join(MODALITY_KINDS)})"
+        for kind in modality
+        if kind not in MODALITY_KINDS
+    )
     if fees and request not in fees.values():
         problems.append(
             f"{where}: request ({request}) must be the fee of one of the search_context_fees sizes: the one a span "
@@ -764,6 +777,7 @@ def _entry(item: object, defaults: dict[str, object], where: str) -> tuple[Price
         service_tiers=tiers_by_name,
         cache_write_1h_factor=factor_1h,
         search_context_fees=fees,
+        modality_prices=modality,
     )
     return entry, []
 

@@ -217,3 +217,51 @@ def test_tables_refuse_bad_dimension_prices(tmp_path):
         load_table(bad)
     text = str(error.value)
     assert "service_tiers: batch" in text and "high must be a number" in text and "request (0.004)" in text
+
+
+def test_audio_image_and_video_tokens_cost_their_own_prices(stage):
+    _, (realtime, openinference, gemini, clipped, text_only) = process(
+        stage,
+        [
+            # gpt-realtime: text $4/$16, audio $32/$64, image input $5.
+            openai(
+                "gpt-realtime",
+                10_000,
+                2_000,
+                **{
+                    "gen_ai.usage.audio.input_tokens": 6_000,
+                    "gen_ai.usage.image.input_tokens": 1_000,
+                    "gen_ai.usage.text.input_tokens": 3_000,
+                    "gen_ai.usage.audio.output_tokens": 1_500,
+                },
+            ),
+            # OpenInference counts; gpt-4o-mini-audio-preview: text $0.15/$0.60, audio $10/$20.
+            {
+                "llm.provider": "openai",
+                "llm.model_name": "gpt-4o-mini-audio-preview-2024-12-17",
+                "llm.token_count.prompt": 2_000,
+                "llm.token_count.prompt_details.audio": 1_500,
+                "llm.token_count.completion": 1_000,
+                "llm.token_count.completion_details.audio": 800,
+            },
+            # Gemini 2.5 Flash: audio input $1 where text is $0.30.
+            {
+                "gen_ai.provider.name": "gcp.gemini",
+                "gen_ai.response.model": "gemini-2.5-flash",
+                "gen_ai.usage.input_tokens": 10_000,
+                "gen_ai.usage.audio.input_tokens": 8_000,
+                "gen_ai.usage.output_tokens": 1_000,
+            },
+            # More audio than input: every input token is audio.
+            openai("gpt-realtime", 10_000, 0, **{"gen_ai.usage.audio.input_tokens": 50_000}),
+            # No audio price for gpt-4o: its audio tokens stay at the text price.
+            openai("gpt-4o", 10_000, 1_000, **{"gen_ai.usage.audio.input_tokens": 5_000}),
+        ],
+    )
+    assert realtime["genops.cost.input"] == pytest.approx(0.012 + 0.192 + 0.005)
+    assert realtime["genops.cost.output"] == pytest.approx(0.008 + 0.096)
+    assert realtime["genops.cost.total"] == pytest.approx(0.313)
+    assert openinference["genops.cost.total"] == pytest.approx(0.000075 + 0.015 + 0.00012 + 0.016)
+    assert gemini["genops.cost.total"] == pytest.approx(0.0006 + 0.008 + 0.0025)
+    assert clipped["genops.cost.total"] == pytest.approx(0.32)
+    assert text_only["genops.cost.total"] == pytest.approx(0.035)
