@@ -36,7 +36,7 @@ import polars as pl
 from processor import genai_attributes as ga
 from processor.decode import START_TIME, TelemetryBatch
 from processor.pipeline import BatchChanges
-from processor.pricing_table import PriceEntry, PricingTable
+from processor.pricing_table import ANY_PROVIDER, PriceEntry, PricingTable
 
 # The span attributes read, first non-null wins.
 SERVICE_TIER_SOURCES = (
@@ -169,22 +169,33 @@ def apply_dimensions(
     changes: BatchChanges,
     table: PricingTable,
     group_of: Callable[[str | None, str | None], int | None],
+    priced_providers: set[str] | None = None,
 ) -> BatchChanges:
     """`changes` (the cost stage's) with the batch's billing dimensions applied; `group_of` is the
-    stage's (provider, model) -> price group."""
+    stage's (provider, model) -> price group; `priced_providers`, when known, the providers the
+    batch's spans were priced by (a batch no fee provider priced needs no fee check)."""
     total = changes.set_attributes.get(TOTAL)
     genai = batch.derived.get("genai")
     if total is None or not isinstance(genai, pl.DataFrame) or total.null_count() == total.len():
         return changes
-    dims = _dimension_columns(batch)
+    # Most batches carry no dimension and no search fee: they cost a few lookups, no query.
+    present = any(batch.column_type(key) is not None for key in SOURCES)
     fee_models = table.search_fee_models
     model = changes.set_attributes.get("genops.cost.model")
-    candidates = pl.repeat(False, total.len(), eager=True)
-    for column in dims.values():
-        if column is not None:
-            candidates = candidates | column.is_not_null()
-    if fee_models and model is not None:
-        candidates = candidates | model.is_in(fee_models).fill_null(False)
+    fees = bool(fee_models) and model is not None
+    if fees and priced_providers is not None and ANY_PROVIDER not in table.search_fee_providers:
+        fees = not table.search_fee_providers.isdisjoint(priced_providers)
+    if not present and not fees:
+        return changes
+    dims = _dimension_columns(batch)
+    masks = [column.is_not_null() for column in dims.values() if column is not None]
+    if fees:
+        masks.append(model.is_in(fee_models).fill_null(False))  # type: ignore[union-attr]
+    if not masks:
+        return changes
+    candidates = masks[0]
+    for mask in masks[1:]:
+        candidates = candidates | mask
     rows = (candidates & total.is_not_null()).arg_true().to_list()
     if not rows:
         return changes

@@ -106,6 +106,8 @@ _ESTIMATED_KEY = "_cost_estimated_pair"
 # Known (provider, model) pairs are kept per table up to this many; past it the set restarts from
 # the batch at hand, so a client sending random model names costs time, never unbounded memory.
 MAX_KNOWN_PAIRS = 4096
+# batch.derived key: the providers (as written to genops.cost.provider) that priced spans of the batch.
+PRICED_PROVIDERS = "cost.priced_providers"
 
 
 def pair_key(provider: pl.Expr, model: pl.Expr) -> pl.Expr:
@@ -403,7 +405,10 @@ class CostStage:
         self._invalid.record(batch)
         table = self.table
         priced = self._priced_changes(batch, table)
-        priced = billing_dimensions.apply_dimensions(batch, priced, table, self._group_of(table))
+        providers = batch.derived.get(PRICED_PROVIDERS)
+        priced = billing_dimensions.apply_dimensions(
+            batch, priced, table, self._group_of(table), providers if isinstance(providers, set) else None
+        )
         return _with_sdk_costs(priced, batch.derived.get(SDK_COSTS), self.config.override_sdk_costs)
 
     def _group_of(self, table: PricingTable) -> Callable[[str | None, str | None], int | None]:
@@ -437,6 +442,7 @@ class CostStage:
         if out.get_column(_KEY).null_count() == out.height:  # nothing to price: not even an unpriced status
             return BatchChanges()
         self._count(out, known)
+        batch.derived[PRICED_PROVIDERS] = set(out.get_column(COST_PROVIDER).drop_nulls().unique().to_list())
         return BatchChanges(set_attributes={name: out.get_column(name) for name in WRITTEN})
 
     def _process_native(self, batch: TelemetryBatch, table: PricingTable, slots: PriceSlots) -> BatchChanges | None:
@@ -456,6 +462,7 @@ class CostStage:
         if costs.written is None:  # nothing to price: not even an unpriced status
             return BatchChanges()
         self._count_priced(costs.priced)
+        batch.derived[PRICED_PROVIDERS] = {provider for provider, _ in costs.priced}
         for provider, model, count in costs.unpriced:
             self.metrics.unpriced.labels(*self._label(provider, model)).inc(count)
         for provider, model, count in costs.estimated:

@@ -309,6 +309,10 @@ class PricingTable:
         return sorted({e.model for e in self.entries if e.search_context_fees})
 
     @cached_property
+    def search_fee_providers(self) -> frozenset[str]:
+        return frozenset(e.provider for e in self.entries if e.search_context_fees)
+
+    @cached_property
     def slots(self) -> PriceSlots:
         """The price rows laid out for a join-free lookup (built on first use, once per table)."""
         return PriceSlots.build(self.price_rows, self.model_count)
