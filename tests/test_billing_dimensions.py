@@ -265,3 +265,25 @@ def test_audio_image_and_video_tokens_cost_their_own_prices(stage):
     assert gemini["genops.cost.total"] == pytest.approx(0.0006 + 0.008 + 0.0025)
     assert clipped["genops.cost.total"] == pytest.approx(0.32)
     assert text_only["genops.cost.total"] == pytest.approx(0.035)
+
+
+def test_both_paths_apply_the_dimensions_alike(stage, monkeypatch):
+    spans = [
+        openai("o3", 10_000, 1_000, **{"openai.response.service_tier": "priority"}),
+        openai("gpt-realtime", 10_000, 2_000, **{"gen_ai.usage.audio.input_tokens": 6_000}),
+        {"gen_ai.provider.name": "perplexity", "gen_ai.request.model": "sonar", "gen_ai.usage.input_tokens": 9},
+        {
+            "gen_ai.provider.name": "anthropic",
+            "gen_ai.response.model": "claude-haiku-4-5-20251001",
+            "gen_ai.usage.input_tokens": 2_000,
+            "gen_ai.usage.cache_write.input_tokens": 1_000,
+            "genops.tokens.cache_write_1h": 1_000,
+        },
+    ]
+    results = []
+    for native in ("1", "0"):
+        monkeypatch.setenv("GENOPS_NATIVE_DECODE", native)
+        results.append(process(stage, spans)[1])
+    assert results[0] == results[1]
+    # Haiku 4.5: $1 input, 1-hour writes $2.
+    assert results[0][3]["genops.cost.total"] == pytest.approx(0.001 + 0.002)
