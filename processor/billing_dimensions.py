@@ -212,7 +212,7 @@ def apply_dimensions(
         group = group_of(providers[row], models[row])
         if group is None:
             continue
-        entry = _entry_at(table, group, None if starts is None else starts[row])
+        entry = entry_at(table, group, None if starts is None else starts[row])
         before = tuple(parts[name][row] or 0.0 for name in PART_NAMES)
         cost = SpanCost(before, totals[row] - sum(before))  # type: ignore[arg-type]
         span = SpanDimensions(
@@ -285,7 +285,7 @@ def _count_values(column: pl.Series) -> pl.Series | None:
     return column.to_frame().select(pl.when(usable).then(value).cast(pl.Int64)).to_series()
 
 
-def _entry_at(table: PricingTable, group: int, start_ns: int | None) -> PriceEntry:
+def entry_at(table: PricingTable, group: int, start_ns: int | None) -> PriceEntry:
     """The group's entry in effect at the span start (its price history's), else its first."""
     if start_ns:
         day = dt.date(1970, 1, 1) + dt.timedelta(days=start_ns // NS_PER_DAY)
@@ -293,6 +293,11 @@ def _entry_at(table: PricingTable, group: int, start_ns: int | None) -> PriceEnt
             if (entry.effective_from or dt.date.min) <= day < (entry.effective_to or dt.date.max):
                 return entry
     return table.entry(group)
+
+
+def tokens_of(counts: dict[str, list], row: int) -> SpanTokens:
+    """Row `row`'s counts as reprice takes them, from canonical columns (as lists)."""
+    return _tokens_of(counts, row)
 
 
 def _tokens_of(counts: dict[str, list], row: int) -> SpanTokens:
