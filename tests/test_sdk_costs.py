@@ -93,3 +93,39 @@ def test_with_override_ours_is_the_cost_and_the_difference_still_shows(tmp_path)
     assert sdk["genops.cost.status"] == "priced"
     assert sdk["genops.cost.sdk_difference"] == pytest.approx(-0.5)
     assert only_sdk == {"genops.cost.total": 0.1}
+
+
+def test_a_budget_is_charged_the_sdk_cost_reported_under_another_convention(tmp_path, monkeypatch):
+    import json
+
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+    from processor.config import PolicyConfig
+    from processor.observability import SidecarMetrics
+    from processor.pipeline import Pipeline
+    from processor.policy_stage import build_policy_stage
+    from tests.otlp_builders import span, trace_request
+    from tests.test_invalid_span_values import POLICY
+
+    policy_file = tmp_path / "policy.json"
+    policy_file.write_text(json.dumps(POLICY))
+    cost, _ = stage_for(tmp_path)
+    policy = build_policy_stage(
+        PolicyConfig(enabled=True, policy_file=str(policy_file), state_backend="memory"), CollectorRegistry()
+    )
+    spans = [
+        span(attributes={"genops.team": "ml", "gen_ai.request.model": "gpt-4o", "gen_ai.usage.cost": 0.25}),
+        span(attributes={"genops.team": "ml", "gen_ai.request.model": "gpt-4o", "llm.cost.total": "0.5"}),
+        span(attributes={"genops.team": "ml", "gen_ai.request.model": "gpt-4o", "gen_ai.usage.cost": float("nan")}),
+    ]
+    for native in ("1", "0"):
+        monkeypatch.setenv("GENOPS_NATIVE_DECODE", native)
+        out = Pipeline([cost, policy], SidecarMetrics.create()).process_traces(trace_request(spans).SerializeToString())
+        parsed = trace_service_pb2.ExportTraceServiceRequest.FromString(out.payload)
+        found = [{kv.key: kv.value for kv in item.attributes} for item in parsed.resource_spans[0].scope_spans[0].spans]
+        first, second = (f["genops.budget.consumed"].double_value for f in found[:2])
+        assert second - first == pytest.approx(0.5)
+        assert [f["genops.cost.total"].double_value for f in found[:2]] == [0.25, 0.5]
+        assert "genops.cost.total" not in found[2]
+        assert found[2]["genops.cost.status"].string_value == "invalid_sdk_cost"
+    policy.close()
