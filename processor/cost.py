@@ -194,8 +194,10 @@ def _work_columns(todo: pl.Expr) -> list[pl.Expr]:
     return [pl.col(START_TIME).cast(pl.Int64, strict=False).alias(_START), todo.alias(_TODO)]
 
 
-# _START and _TODO: spans with token counts (those the SDK priced too: see _with_sdk_costs).
+# _START and _TODO: spans with token counts, less those the SDK priced unless told to override
+# (ours for those is computed apart, uncounted: see _ours_beside_sdk).
 _WORK = _work_columns(_priceable())
+_WORK_SDK_PRICED = _work_columns(_priceable() & pl.col(COST_TOTAL).is_null())
 
 
 def _cost_steps(slots: PriceSlots) -> list[list[pl.Expr]]:
@@ -409,7 +411,27 @@ class CostStage:
         priced = billing_dimensions.apply_dimensions(
             batch, priced, table, self._group_of(table), providers if isinstance(providers, set) else None
         )
-        return _with_sdk_costs(priced, batch.derived.get(SDK_COSTS), self.config.override_sdk_costs)
+        sdk = batch.derived.get(SDK_COSTS)
+        ours = None if self.config.override_sdk_costs else self._ours_beside_sdk(batch, table, sdk)
+        return _with_sdk_costs(priced, sdk, ours)
+
+    def _ours_beside_sdk(self, batch: TelemetryBatch, table: PricingTable, sdk: object) -> pl.Series | None:
+        """Our cost of the spans whose SDK cost stands (null elsewhere): computed apart from the
+        batch query, which leaves them out, and not counted in the priced/unpriced metrics."""
+        genai = batch.derived.get("genai")
+        if not isinstance(sdk, CostCheck) or not isinstance(genai, pl.DataFrame):
+            return None
+        rows = sdk.usable.is_not_null().arg_true()
+        if rows.is_empty():
+            return None
+        starts = batch.column_series(START_TIME)
+        start = pl.Series([None] * len(rows), dtype=pl.Int64) if starts is None else starts.gather(rows)
+        found = cost_frame(genai[rows], start, table)
+        total = found.get_column("cost_total")
+        if not self._estimate_near:
+            total = found.select(pl.when(~pl.col("estimated")).then(pl.col("cost_total"))).to_series()
+        ours = pl.Series(COST_COMPUTED, [None] * sdk.usable.len(), dtype=pl.Float64)
+        return ours.scatter(rows, total)
 
     def _group_of(self, table: PricingTable) -> Callable[[str | None, str | None], int | None]:
         def group_of(provider: str | None, model: str | None) -> int | None:
@@ -453,7 +475,7 @@ class CostStage:
             batch.derived.get("genai"),  # type: ignore[arg-type]
             table,
             slots,
-            sdk_column=None,  # SDK-priced spans are priced too: _with_sdk_costs compares the two
+            sdk_column=None if self.config.override_sdk_costs else COST_TOTAL,
         )
         if costs is None:
             return None
@@ -480,14 +502,16 @@ class CostStage:
         return steps
 
     def _work(self, batch: TelemetryBatch) -> pl.LazyFrame:
-        """The normalized columns plus _START, _TODO (priceable) and _KEY."""
+        """The normalized columns plus _START, _TODO (priceable and not priced by the SDK) and _KEY."""
         frame = batch.frame
-        extra = _WORK
+        respect_sdk = not self.config.override_sdk_costs and COST_TOTAL in frame.columns
+        extra = _WORK_SDK_PRICED if respect_sdk else _WORK
         cached = batch.derived.get("genai")
         if cached is None:
             work = ga.normalize_lazy(frame, extra)
         else:
-            work = cached.hstack([frame[START_TIME]]).lazy().select(*ga.COLUMNS, *extra)  # type: ignore[attr-defined]
+            carry = [frame[START_TIME], *([frame[COST_TOTAL]] if respect_sdk else [])]
+            work = cached.hstack(carry).lazy().select(*ga.COLUMNS, *extra)  # type: ignore[attr-defined]
         return work.with_columns(pl.when(pl.col(_TODO)).then(_PAIR_KEY).alias(_KEY))
 
     @staticmethod
@@ -561,14 +585,16 @@ class CostStage:
         return ("other", "other")
 
 
-def _with_sdk_costs(changes: BatchChanges, sdk: object, override: bool) -> BatchChanges:
-    """The stage's changes (every span priced, the SDK's too) and the SDK's costs together.
+def _with_sdk_costs(changes: BatchChanges, sdk: object, ours_beside: pl.Series | None) -> BatchChanges:
+    """The stage's changes and the SDK's costs together.
 
-    A span with a usable SDK cost keeps it as genops.cost.total (ours instead with
-    `override_sdk_costs`) and nothing else of ours but genops.cost.computed_total and
-    genops.cost.sdk_difference (the SDK's minus ours), so price drift shows. An SDK cost that came
-    as text or under another key is written as the number in genops.cost.total; a span whose SDK
-    cost was unusable and that the table could not price gets the `invalid_sdk_cost` status."""
+    A span with a usable SDK cost keeps it as genops.cost.total unless `override_sdk_costs` (then
+    the stage priced it and ours is the total); either way, where we price it too, ours is written
+    as genops.cost.computed_total and the SDK's minus ours as genops.cost.sdk_difference, so price
+    drift shows. `ours_beside`: ours for the spans whose SDK cost stands (None: overriding, or
+    none). An SDK cost that came as text or under another key is written as the number in
+    genops.cost.total; a span whose SDK cost was unusable and that the table could not price gets
+    the `invalid_sdk_cost` status."""
     if not isinstance(sdk, CostCheck):
         return changes
     has_sdk = sdk.usable.is_not_null()
@@ -578,31 +604,32 @@ def _with_sdk_costs(changes: BatchChanges, sdk: object, override: bool) -> Batch
     arrow = dict(changes.arrow)
     rows = sdk.usable.len()
     rewrite = sdk.rewrite if sdk.rewrite is not None else pl.Series([sdk.was_text] * rows, dtype=pl.Boolean)
-    ours = written.get(COST_TOTAL, pl.Series(COST_TOTAL, [None] * rows, dtype=pl.Float64))
+    total = written.get(COST_TOTAL, pl.Series(COST_TOTAL, [None] * rows, dtype=pl.Float64))
     status = written.get(COST_STATUS, pl.Series(COST_STATUS, [None] * rows, dtype=pl.String))
+    ours = total if ours_beside is None else ours_beside
     frame = pl.DataFrame(
-        {"ours": ours, "status": status, "sdk": sdk.usable, "has": has_sdk, "ignored": sdk.ignored, "rewrite": rewrite}
+        {
+            "total": total,
+            "ours": ours,
+            "status": status,
+            "sdk": sdk.usable,
+            "has": has_sdk,
+            "ignored": sdk.ignored,
+            "rewrite": rewrite,
+        }
     )
     both = pl.col("has") & pl.col("ours").is_not_null()
-    sdk_total = pl.when(pl.col("rewrite")).then(pl.col("sdk"))
-    total = pl.coalesce("ours", sdk_total) if override else pl.when(pl.col("has")).then(sdk_total).otherwise("ours")
+    # Ours where we priced it (always, overriding), else the SDK's number where it needs writing.
+    new_total = pl.coalesce("total", pl.when(pl.col("rewrite")).then(pl.col("sdk")))
     out = frame.select(
-        total.alias(COST_TOTAL),
-        pl.when(pl.col("ignored") & total.is_null())
+        new_total.alias(COST_TOTAL),
+        pl.when(pl.col("ignored") & new_total.is_null())
         .then(pl.lit(INVALID_SDK_COST))
         .otherwise("status")
         .alias(COST_STATUS),
         pl.when(both).then("ours").alias(COST_COMPUTED),
         pl.when(both).then(pl.col("sdk") - pl.col("ours")).alias(COST_SDK_DIFFERENCE),
     )
-    if not override:
-        # The SDK's cost stands: none of our other columns describe it.
-        kept = ~has_sdk
-        for name, column in list(written.items()):
-            if name not in (COST_TOTAL, COST_STATUS):
-                written[name] = column.to_frame().select(pl.when(kept).then(pl.first())).to_series()
-                arrow.pop(name, None)
-        out = out.with_columns(pl.when(kept).then(pl.col(COST_STATUS)).alias(COST_STATUS))
     for name in (COST_TOTAL, COST_STATUS, COST_COMPUTED, COST_SDK_DIFFERENCE):
         column = out.get_column(name)
         arrow.pop(name, None)  # the Series is the value now: the writer converts it
