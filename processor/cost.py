@@ -23,7 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -32,10 +32,11 @@ import pyarrow.compute as pc
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from processor import billing_dimensions
 from processor import genai_attributes as ga
 from processor.config import CostConfig
 from processor.cost_native import NativeCost, native_cost_available
-from processor.decode import START_TIME, TRACES, TelemetryBatch, WantedKeys
+from processor.decode import LOGS, START_TIME, TRACES, TelemetryBatch, WantedKeys
 from processor.outbound import NO_REDACTION, OutboundRedaction
 from processor.pipeline import ENGINE_NATIVE, ENGINE_POLARS, BatchChanges
 from processor.pricing_table import (
@@ -49,7 +50,7 @@ from processor.pricing_table import (
     priced_match,
 )
 from processor.reload import ReloadMetrics, Watcher
-from processor.span_values import SDK_COSTS, CostCheck, InvalidValueMetrics, check_batch
+from processor.span_values import SDK_COST_KEYS, SDK_COSTS, CostCheck, InvalidValueMetrics, check_batch
 
 log = structlog.get_logger(__name__)
 
@@ -66,6 +67,9 @@ UNPRICED = "unpriced"
 INVALID_SDK_COST = "invalid_sdk_cost"
 # Priced with the prices of a family the model is only near (processor/model_versions.py).
 ESTIMATED = "estimated"
+# Ours, on a span that came with an SDK cost, and the SDK's minus ours.
+COST_COMPUTED = "genops.cost.computed_total"
+COST_SDK_DIFFERENCE = "genops.cost.sdk_difference"
 # Unpriced-span metric labels: beyond this many distinct (provider, model) pairs, new ones are
 # counted as "other" so a client sending random model names cannot blow up the metric series.
 MAX_UNPRICED_LABELS = 200
@@ -102,6 +106,8 @@ _ESTIMATED_KEY = "_cost_estimated_pair"
 # Known (provider, model) pairs are kept per table up to this many; past it the set restarts from
 # the batch at hand, so a client sending random model names costs time, never unbounded memory.
 MAX_KNOWN_PAIRS = 4096
+# batch.derived key: the providers (as written to genops.cost.provider) that priced spans of the batch.
+PRICED_PROVIDERS = "cost.priced_providers"
 
 
 def pair_key(provider: pl.Expr, model: pl.Expr) -> pl.Expr:
@@ -188,7 +194,8 @@ def _work_columns(todo: pl.Expr) -> list[pl.Expr]:
     return [pl.col(START_TIME).cast(pl.Int64, strict=False).alias(_START), todo.alias(_TODO)]
 
 
-# _START and _TODO: spans with token counts, less those the SDK priced unless told to override.
+# _START and _TODO: spans with token counts, less those the SDK priced unless told to override
+# (ours for those is computed apart, uncounted: see _ours_beside_sdk).
 _WORK = _work_columns(_priceable())
 _WORK_SDK_PRICED = _work_columns(_priceable() & pl.col(COST_TOTAL).is_null())
 
@@ -328,7 +335,9 @@ class CostMetrics:
 
 class CostStage:
     name = "cost"
-    signals = frozenset({TRACES})
+    # GenAI events sent as logs (gen_ai.client.inference.operation.details) carry model and usage
+    # as spans do: any log record with token counts is priced like a span, by its time.
+    signals = frozenset({TRACES, LOGS})
 
     def __init__(
         self,
@@ -381,7 +390,7 @@ class CostStage:
         self.watcher.stop()
 
     def wanted_keys(self) -> WantedKeys:
-        return WantedKeys(item=ga.GENAI_KEYS.item | {COST_TOTAL})
+        return WantedKeys(item=ga.GENAI_KEYS.item | {*SDK_COST_KEYS, *billing_dimensions.SOURCES})
 
     def _refresh_age(self) -> None:
         if self._checked_at is not None:
@@ -390,14 +399,50 @@ class CostStage:
     def process(self, batch: TelemetryBatch) -> BatchChanges:
         # Bad SDK costs and times are taken out of the batch's columns first: such a span is
         # priced from its tokens (or left unpriced), and the others never see them.
+        if batch.signal == LOGS:
+            if not any(batch.column_type(key) is not None for keys in ga.TOKEN_SOURCES.values() for key in keys):
+                return BatchChanges()  # no record reports usage: nothing to price
+            _with_record_times(batch)
         check_batch(batch)
         self._invalid.record(batch)
-        return _with_sdk_costs(self._priced_changes(batch), batch.derived.get(SDK_COSTS))
+        table = self.table
+        priced = self._priced_changes(batch, table)
+        providers = batch.derived.get(PRICED_PROVIDERS)
+        priced = billing_dimensions.apply_dimensions(
+            batch, priced, table, self._group_of(table), providers if isinstance(providers, set) else None
+        )
+        sdk = batch.derived.get(SDK_COSTS)
+        ours = None if self.config.override_sdk_costs else self._ours_beside_sdk(batch, table, sdk)
+        return _with_sdk_costs(priced, sdk, ours)
 
-    def _priced_changes(self, batch: TelemetryBatch) -> BatchChanges:
+    def _ours_beside_sdk(self, batch: TelemetryBatch, table: PricingTable, sdk: object) -> pl.Series | None:
+        """Our cost of the spans whose SDK cost stands (null elsewhere): computed apart from the
+        batch query, which leaves them out, and not counted in the priced/unpriced metrics."""
+        genai = batch.derived.get("genai")
+        if not isinstance(sdk, CostCheck) or not isinstance(genai, pl.DataFrame):
+            return None
+        rows = sdk.usable.is_not_null().arg_true()
+        if rows.is_empty():
+            return None
+        starts = batch.column_series(START_TIME)
+        start = pl.Series([None] * len(rows), dtype=pl.Int64) if starts is None else starts.gather(rows)
+        found = cost_frame(genai[rows], start, table)
+        total = found.get_column("cost_total")
+        if not self._estimate_near:
+            total = found.select(pl.when(~pl.col("estimated")).then(pl.col("cost_total"))).to_series()
+        ours = pl.Series(COST_COMPUTED, [None] * sdk.usable.len(), dtype=pl.Float64)
+        return ours.scatter(rows, total)
+
+    def _group_of(self, table: PricingTable) -> Callable[[str | None, str | None], int | None]:
+        def group_of(provider: str | None, model: str | None) -> int | None:
+            found = priced_match(table, provider, model, estimate_near=self._estimate_near)
+            return None if found is None else found.group
+
+        return group_of
+
+    def _priced_changes(self, batch: TelemetryBatch, table: PricingTable) -> BatchChanges:
         # One query per batch (two the first time a batch brings pairs the table has not seen):
         # normalize, map spans to price groups, pick the price rows, compute and shape the columns.
-        table = self.table
         self._refresh_age()
         known = self._known
         if known is None or known.table is not table:
@@ -419,6 +464,7 @@ class CostStage:
         if out.get_column(_KEY).null_count() == out.height:  # nothing to price: not even an unpriced status
             return BatchChanges(engine=ENGINE_POLARS)
         self._count(out, known)
+        batch.derived[PRICED_PROVIDERS] = set(out.get_column(COST_PROVIDER).drop_nulls().unique().to_list())
         return BatchChanges(set_attributes={name: out.get_column(name) for name in WRITTEN}, engine=ENGINE_POLARS)
 
     def _process_native(self, batch: TelemetryBatch, table: PricingTable, slots: PriceSlots) -> BatchChanges | None:
@@ -438,6 +484,7 @@ class CostStage:
         if costs.written is None:  # nothing to price: not even an unpriced status
             return BatchChanges()
         self._count_priced(costs.priced)
+        batch.derived[PRICED_PROVIDERS] = {provider for provider, _ in costs.priced}
         for provider, model, count in costs.unpriced:
             self.metrics.unpriced.labels(*self._label(provider, model)).inc(count)
         for provider, model, count in costs.estimated:
@@ -538,32 +585,68 @@ class CostStage:
         return ("other", "other")
 
 
-def _with_sdk_costs(changes: BatchChanges, sdk: object) -> BatchChanges:
-    """The stage's changes plus, for the spans it did not price, the SDK's cost as a number where
-    it came as text, and an `invalid_sdk_cost` status where it was ignored."""
-    if not isinstance(sdk, CostCheck) or not (sdk.was_text or sdk.ignored.any()):
+def _with_sdk_costs(changes: BatchChanges, sdk: object, ours_beside: pl.Series | None) -> BatchChanges:
+    """The stage's changes and the SDK's costs together.
+
+    A span with a usable SDK cost keeps it as genops.cost.total unless `override_sdk_costs` (then
+    the stage priced it and ours is the total); either way, where we price it too, ours is written
+    as genops.cost.computed_total and the SDK's minus ours as genops.cost.sdk_difference, so price
+    drift shows. `ours_beside`: ours for the spans whose SDK cost stands (None: overriding, or
+    none). An SDK cost that came as text or under another key is written as the number in
+    genops.cost.total; a span whose SDK cost was unusable and that the table could not price gets
+    the `invalid_sdk_cost` status."""
+    if not isinstance(sdk, CostCheck):
+        return changes
+    has_sdk = sdk.usable.is_not_null()
+    if not has_sdk.any() and not sdk.ignored.any():
         return changes
     written = dict(changes.set_attributes)
     arrow = dict(changes.arrow)
     rows = sdk.usable.len()
-    total = written.get(COST_TOTAL)
-    if total is None:
-        total = pl.Series(COST_TOTAL, [None] * rows, dtype=pl.Float64)
-    status = written.get(COST_STATUS)
-    if status is None:
-        status = pl.Series(COST_STATUS, [None] * rows, dtype=pl.String)
-    unpriced = total.is_null()
-    frame = pl.DataFrame({"total": total, "status": status, "usable": sdk.usable, "ignored": sdk.ignored})
-    out = frame.select(
-        (pl.coalesce("total", "usable") if sdk.was_text else pl.col("total")).alias(COST_TOTAL),
-        pl.when(pl.col("ignored") & unpriced).then(pl.lit(INVALID_SDK_COST)).otherwise("status").alias(COST_STATUS),
+    rewrite = sdk.rewrite if sdk.rewrite is not None else pl.Series([sdk.was_text] * rows, dtype=pl.Boolean)
+    total = written.get(COST_TOTAL, pl.Series(COST_TOTAL, [None] * rows, dtype=pl.Float64))
+    status = written.get(COST_STATUS, pl.Series(COST_STATUS, [None] * rows, dtype=pl.String))
+    ours = total if ours_beside is None else ours_beside
+    frame = pl.DataFrame(
+        {
+            "total": total,
+            "ours": ours,
+            "status": status,
+            "sdk": sdk.usable,
+            "has": has_sdk,
+            "ignored": sdk.ignored,
+            "rewrite": rewrite,
+        }
     )
-    for name in (COST_TOTAL, COST_STATUS):
+    both = pl.col("has") & pl.col("ours").is_not_null()
+    # Ours where we priced it (always, overriding), else the SDK's number where it needs writing.
+    new_total = pl.coalesce("total", pl.when(pl.col("rewrite")).then(pl.col("sdk")))
+    out = frame.select(
+        new_total.alias(COST_TOTAL),
+        pl.when(pl.col("ignored") & new_total.is_null())
+        .then(pl.lit(INVALID_SDK_COST))
+        .otherwise("status")
+        .alias(COST_STATUS),
+        pl.when(both).then("ours").alias(COST_COMPUTED),
+        pl.when(both).then(pl.col("sdk") - pl.col("ours")).alias(COST_SDK_DIFFERENCE),
+    )
+    for name in (COST_TOTAL, COST_STATUS, COST_COMPUTED, COST_SDK_DIFFERENCE):
         column = out.get_column(name)
+        arrow.pop(name, None)  # the Series is the value now: the writer converts it
         if column.null_count() < rows:
             written[name] = column
-            arrow.pop(name, None)  # the Series is the value now: the writer converts it
+        else:
+            written.pop(name, None)
     return BatchChanges(set_attributes=written, rewrites=changes.rewrites, events=changes.events, arrow=arrow)
+
+
+def _with_record_times(batch: TelemetryBatch) -> None:
+    """A log batch's record times (the observed time when a record has none) as the start times
+    spans are priced by."""
+    if batch.column_array(START_TIME) is not None:
+        return
+    times = [record.time_unix_nano or record.observed_time_unix_nano for record in batch.items]
+    batch.set_column(START_TIME, pl.Series(START_TIME, times, dtype=pl.UInt64))
 
 
 def _midnight(day: dt.date | None) -> float | None:

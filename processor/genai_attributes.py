@@ -6,8 +6,9 @@ source missing from the frame counts as null; numbers sent as strings are cast).
 
 | column             | sources, first non-null wins                                                |
 |--------------------|-----------------------------------------------------------------------------|
-| genai_model        | gen_ai.response.model, llm.model_name (OpenInference), genops.model,        |
-|                    | gen_ai.request.model, llm.request.model, llm.response.model                 |
+| genai_model        | gen_ai.response.model, llm.response.model_name (OpenInference),             |
+|                    | llm.model_name (OpenInference), genops.model, gen_ai.request.model,         |
+|                    | llm.request.model, llm.response.model                                       |
 | genai_provider     | gen_ai.provider.name, genops.provider, llm.provider (OpenInference),        |
 |                    | gen_ai.system (deprecated), llm.system (OpenInference)                      |
 | tokens_input       | gen_ai.usage.input_tokens, gen_ai.usage.prompt_tokens (deprecated semconv,  |
@@ -19,7 +20,8 @@ source missing from the frame counts as null; numbers sent as strings are cast).
 | tokens_cache_read  | gen_ai.usage.cache_read.input_tokens, gen_ai.usage.cache_read_input_tokens, |
 |                    | gen_ai.usage.input_tokens.cached, llm.usage.cache_read_input_tokens,        |
 |                    | llm.token_count.prompt_details.cache_read, genops.tokens.cache_read         |
-| tokens_cache_write | gen_ai.usage.cache_creation.input_tokens,                                   |
+| tokens_cache_write | gen_ai.usage.cache_write.input_tokens (semconv since the rename),           |
+|                    | gen_ai.usage.cache_creation.input_tokens (its name before),                 |
 |                    | gen_ai.usage.cache_creation_input_tokens,                                   |
 |                    | gen_ai.usage.input_tokens.cache_write,                                      |
 |                    | llm.usage.cache_creation_input_tokens,                                      |
@@ -72,6 +74,7 @@ GENOPS_MODEL = "genops.model"
 GENOPS_PROVIDER = "genops.provider"
 MODEL_SOURCES = (
     "gen_ai.response.model",
+    "llm.response.model_name",
     "llm.model_name",
     GENOPS_MODEL,
     "gen_ai.request.model",
@@ -109,6 +112,7 @@ TOKEN_SOURCES: dict[str, tuple[str, ...]] = {
         "genops.tokens.cache_read",
     ),
     TOKENS_CACHE_WRITE: (
+        "gen_ai.usage.cache_write.input_tokens",
         "gen_ai.usage.cache_creation.input_tokens",
         "gen_ai.usage.cache_creation_input_tokens",
         "gen_ai.usage.input_tokens.cache_write",

@@ -11,6 +11,11 @@ snapshots, and nothing else. After the entry's text, only a snapshot suffix may 
 - a Vertex AI version: `@001`, `@latest`, `@default`, `@20250807`;
 - these in that order (`-20250929-v1:0`), or nothing.
 
+A prefix entry may end inside such a suffix (genai-prices' `claude-sonnet-4-2025`,
+`claude-sonnet-4@`, `gpt-4-0`): it then stands for the name before the suffix's separator
+(`-`, `_`, `@`, `:`), and matches that name's snapshots that begin with the entry's tail, so
+`claude-sonnet-4-2025` prices `claude-sonnet-4-20250514` (not `claude-sonnet-4-5`).
+
 Everything else makes a different model, however close the name: `gpt-5` does not price
 `gpt-5.2`, `gpt-5-mini` or `gpt-5.1-codex`, nor `claude-opus-4` `claude-opus-4-6`. Not
 snapshots either: `-preview`, `-exp` and `-latest` (previews have been priced apart from the
@@ -41,6 +46,19 @@ def is_snapshot_suffix(rest: str) -> bool:
     return SNAPSHOT_SUFFIX.fullmatch(rest) is not None
 
 
+_SEPARATORS = "-_@:"
+# A suffix is at most a date, a number and two versions: an entry's tail inside one is shorter.
+_MAX_TAIL = 24
+
+
 def is_snapshot_of(name: str, family: str) -> bool:
-    """Whether the lowercased `name` is the prefix entry `family` itself or one of its snapshots."""
-    return name.startswith(family) and is_snapshot_suffix(name[len(family) :])
+    """Whether the lowercased `name` is the prefix entry `family` itself or one of its snapshots
+    (when `family` ends inside a snapshot suffix: a snapshot of the name before it)."""
+    if not name.startswith(family):
+        return False
+    if is_snapshot_suffix(name[len(family) :]):
+        return True
+    for cut in range(len(family) - 1, max(len(family) - _MAX_TAIL, 0), -1):
+        if family[cut] in _SEPARATORS and is_snapshot_suffix(name[cut:]):
+            return True
+    return False

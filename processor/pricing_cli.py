@@ -14,6 +14,7 @@ from pathlib import Path
 import polars as pl
 import yaml
 
+from processor import billing_dimensions as bd
 from processor import genai_attributes as ga
 from processor.catalogue.build import BuildOptions, build
 from processor.catalogue.genai_prices_source import SourceError
@@ -23,6 +24,7 @@ from processor.pricing_diff import render as render_diff
 from processor.pricing_table import (
     PRICE_FIELDS,
     PricingError,
+    PricingTable,
     default_table_path,
     load_table,
     parse_document,
@@ -111,6 +113,11 @@ def add_pricing_commands(subparsers: argparse._SubParsersAction) -> None:
     quote.add_argument("--cache-write", type=int, default=None)
     quote.add_argument("--reasoning", type=int, default=None)
     quote.add_argument("--provider", default=None)
+    quote.add_argument("--service-tier", default=None, help="batch, flex, priority... (default: standard)")
+    quote.add_argument("--cache-write-1h", type=int, default=None, help="of the cache writes, 1-hour ones")
+    quote.add_argument("--audio-input", type=int, default=None, help="of the input tokens, audio ones")
+    quote.add_argument("--audio-output", type=int, default=None, help="of the output tokens, audio ones")
+    quote.add_argument("--search-context-size", default=None, help="low, medium or high (search fees)")
     quote.add_argument("--at", default=None, help="date of the request, YYYY-MM-DD (default: today)")
     quote.add_argument("--pricing", default=None, help=f"table (default: ${PRICING_ENV}, else the shipped tables)")
     quote.set_defaults(handler=run_quote)
@@ -199,22 +206,48 @@ def run_quote(args: argparse.Namespace) -> int:
         "gen_ai.usage.input_tokens": args.input,
         "gen_ai.usage.output_tokens": args.output,
         "gen_ai.usage.cache_read.input_tokens": args.cache_read,
-        "gen_ai.usage.cache_creation.input_tokens": args.cache_write,
+        "gen_ai.usage.cache_write.input_tokens": args.cache_write,
         "gen_ai.usage.reasoning.output_tokens": args.reasoning,
     }
     frame = pl.DataFrame({k: [v] for k, v in attributes.items()}, strict=False)
     start = pl.Series([(day - dt.date(1970, 1, 1)).days * 86_400 * 10**9], dtype=pl.Int64)
-    (row,) = cost_frame(ga.normalize(frame), start, table).to_dicts()
+    normalized = ga.normalize(frame)
+    (row,) = cost_frame(normalized, start, table).to_dicts()
     if not row["priced"]:
         print(f"no price for {args.model!r} (provider {args.provider or 'any'}) on {day} in {path}", file=sys.stderr)
         return 1
+    repriced = _with_dimensions(args, table, normalized, row, start[0])
     print(f"model: {row['entry_model']} ({row['entry_provider']}), pricing version {table.version}, {day}")
     if row["estimated"]:
         print(f"  estimated: {args.model!r} is not {row['entry_model']} nor one of its snapshots, only near it")
+    if repriced.service_tier:
+        print(f"  service tier: {repriced.service_tier}")
+    if repriced.assumed:
+        print(f"  assumed: {repriced.assumed}")
+    costs = dict(zip(bd.PART_NAMES, repriced.cost.parts, strict=True))
     for part in COST_PARTS:
-        print(f"  {part:<12} ${row[f'cost_{part}']:.6f}")
-    print(f"  {'total':<12} ${row['cost_total']:.6f}")
+        print(f"  {part:<12} ${costs[part]:.6f}")
+    print(f"  {'total':<12} ${repriced.cost.total:.6f}")
     return 0
+
+
+def _with_dimensions(
+    args: argparse.Namespace, table: PricingTable, normalized: pl.DataFrame, row: dict, start_ns: int
+) -> bd.Repriced:
+    """The quote with the billing dimensions given on the command line (processor/billing_dimensions.py)."""
+    parts = tuple(row[f"cost_{name}"] or 0.0 for name in bd.PART_NAMES)
+    cost = bd.SpanCost(parts, row["cost_total"] - sum(parts))  # type: ignore[arg-type]
+    found = table.match(args.provider, args.model)
+    assert found is not None  # priced above
+    modality = {"audio_input": args.audio_input, "audio_output": args.audio_output}
+    dims = bd.SpanDimensions(
+        service_tier=args.service_tier.strip().lower() if args.service_tier else None,
+        cache_write_1h_tokens=args.cache_write_1h,
+        search_context_size=args.search_context_size.strip().lower() if args.search_context_size else None,
+        modality_tokens={kind: n for kind, n in modality.items() if n is not None},
+    )
+    counts = {name: normalized.get_column(name).to_list() for name in ga.TOKEN_COLUMNS}
+    return bd.reprice(bd.entry_at(table, found.group, start_ns), cost, bd.tokens_of(counts, 0), dims)
 
 
 def run_import(args: argparse.Namespace) -> int:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from processor.pricing_table import PRICE_FIELDS, PriceEntry, PricingTable
+from processor.pricing_table import BILLING_FIELDS, PRICE_FIELDS, PriceEntry, PricingTable
 
 EntryKey = tuple[str, str, str, dt.date | None]
 
@@ -65,6 +65,7 @@ def _prices(entry: PriceEntry) -> str:
         given.append(f"request {entry.request:g}")
     if entry.tiers:
         given.append(f"{len(entry.tiers)} tier(s)")
+    given += [f"{name} {_shown(getattr(entry, name))}" for name in BILLING_FIELDS if getattr(entry, name)]
     return ", ".join(given)
 
 
@@ -79,9 +80,19 @@ def _changes(old: PriceEntry, new: PriceEntry) -> tuple[str, ...]:
         out.append("tiers changed")
     if old.effective_to != new.effective_to:
         out.append(f"effective_to {old.effective_to or 'open'} -> {new.effective_to or 'open'}")
+    for name in BILLING_FIELDS:  # service tiers, 1-hour cache writes, search fees, modality prices
+        before, after = getattr(old, name), getattr(new, name)
+        if before != after:
+            out.append(f"{name} {_shown(before)} -> {_shown(after)}")
     if set(old.aliases) != set(new.aliases):
         out.append(f"aliases {sorted(old.aliases)} -> {sorted(new.aliases)}")
     return tuple(out)
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(value.items())) + "}" if value else "none"
+    return "none" if value is None else f"{value:g}"
 
 
 def _value(price: float | None) -> str:

@@ -23,6 +23,13 @@ are USD per million tokens. Schema (see pricing_tables/README.md for the full te
             output: 15
         effective_from: 2025-06-10 # inclusive, UTC; spans are priced by their start time
         effective_to: null         # exclusive
+        service_tiers: {batch: 0.5, flex: 0.5}   # token prices x factor, by the tier the span names
+        cache_write_1h_factor: 1.6 # 1-hour cache writes cost the cache write price x this
+        search_context_fees: {low: 0.005, high: 0.012}   # USD per request, by search context size
+        modality_prices: {audio_input: 40, audio_output: 80}   # per million audio/image/video tokens
+
+service_tiers and cache_write_1h_factor may be given per file too (the provider's rule); an entry's
+own value wins. How the cost stage applies them: processor/billing_dimensions.py.
 
 Matching a span's (provider, model): names are compared lowercased; provider-specific entries beat
 provider-agnostic ("*") ones; within them exact beats prefix beats regex, the longest prefix wins,
@@ -63,6 +70,17 @@ ANY_PROVIDER = "*"
 MATCH_KINDS = ("exact", "prefix", "regex")
 TABLE_SUFFIXES = (".yaml", ".yml", ".json", ".csv")
 PRICE_FIELDS = ("input", "output", "cache_read", "cache_write", "reasoning")
+# Billing dimensions beyond token prices (processor/billing_dimensions.py applies them); the first
+# two may be file defaults, as a provider's rule for all its models.
+SERVICE_TIERS = "service_tiers"
+CACHE_WRITE_1H_FACTOR = "cache_write_1h_factor"
+SEARCH_CONTEXT_FEES = "search_context_fees"
+MODALITY_PRICES = "modality_prices"
+# The per-modality token prices an entry may give (USD per million tokens), in place of the text
+# input and output prices for those tokens.
+MODALITY_KINDS = ("audio_input", "audio_output", "image_input", "video_input")
+PROVIDER_BILLING_FIELDS = (SERVICE_TIERS, CACHE_WRITE_1H_FACTOR)
+BILLING_FIELDS = (*PROVIDER_BILLING_FIELDS, SEARCH_CONTEXT_FEES, MODALITY_PRICES)
 ENTRY_FIELDS = frozenset(
     {
         "model",
@@ -77,9 +95,12 @@ ENTRY_FIELDS = frozenset(
         "source",
         "as_of",
         "note",
+        *BILLING_FIELDS,
     }
 )
-FILE_FIELDS = frozenset({"version", "provider", "source", "as_of", "currency", "models", "description"})
+FILE_FIELDS = frozenset(
+    {"version", "provider", "source", "as_of", "currency", "models", "description", *PROVIDER_BILLING_FIELDS}
+)
 TIER_FIELDS = frozenset({"above_input_tokens", *PRICE_FIELDS})
 CSV_FIELDS = (
     "version",
@@ -101,6 +122,7 @@ CSV_FIELDS = (
 FIRST_PARTY = ("openai", "anthropic", "google", "mistral", "cohere", "deepseek", "xai", "meta")
 # Bedrock cross-region inference profiles prefix the model id with a geography.
 _BEDROCK_REGION = re.compile(r"^(?:us|eu|apac|au|ca|jp|us-gov|global)\.(?=[a-z0-9-]+\.)")
+_BEDROCK_VENDOR = re.compile(r"^[a-z][a-z0-9]*\.(?=[a-z])")
 NS_PER_DAY = 86_400 * 1_000_000_000
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
@@ -134,6 +156,18 @@ class PriceEntry:
     source: str
     as_of: dt.date | None
     origin: str
+    # Token price factor by service tier name (lowercase): batch, flex, priority...
+    service_tiers: dict[str, float] = field(default_factory=dict)
+    cache_write_1h_factor: float | None = None
+    # USD per request by search context size (lowercase); `request` is the assumed size's fee.
+    search_context_fees: dict[str, float] = field(default_factory=dict)
+    # USD per million tokens by MODALITY_KINDS (audio_input...); absent: the text price.
+    modality_prices: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def assumed_search_context(self) -> str | None:
+        """The size a span that does not say its search context size is billed at."""
+        return next((size for size, fee in self.search_context_fees.items() if fee == self.request), None)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -261,6 +295,23 @@ class PricingTable:
 
     def entry(self, group: int) -> PriceEntry:
         return self.group_entry[group]
+
+    @cached_property
+    def histories(self) -> tuple[tuple[PriceEntry, ...], ...]:
+        """Per price group, its entries (the model's price history)."""
+        found: list[list[PriceEntry]] = [[] for _ in self.group_entry]
+        for entry, group in zip(self.entries, self.group_of_entry, strict=True):
+            found[group].append(entry)
+        return tuple(map(tuple, found))
+
+    @cached_property
+    def search_fee_models(self) -> list[str]:
+        """The canonical names of entries whose request fee depends on the search context size."""
+        return sorted({e.model for e in self.entries if e.search_context_fees})
+
+    @cached_property
+    def search_fee_providers(self) -> frozenset[str]:
+        return frozenset(e.provider for e in self.entries if e.search_context_fees)
 
     @cached_property
     def slots(self) -> PriceSlots:
@@ -454,6 +505,10 @@ def lookup_names(provider: str | None, model: str) -> list[str]:
         regionless = without_region(name)
         if regionless != name:
             names.append(regionless)
+        # `anthropic.claude-3-haiku-…`: tables also name Bedrock models without their vendor.
+        vendorless = _BEDROCK_VENDOR.sub("", regionless)
+        if vendorless != regionless:
+            names.append(vendorless)
     if "/" in name:
         # "openai/gpt-4o" (routers), "accounts/fireworks/models/x": the last part is the model.
         names.append(name.rsplit("/", 1)[-1])
@@ -613,7 +668,7 @@ def parse_document(document: object, where: str) -> tuple[str | None, list[Price
     if not isinstance(models, list):
         problems.append(f"{where}: models must be a list")
         return version, [], problems
-    defaults = {k: document.get(k) for k in ("provider", "source", "as_of")}
+    defaults = {k: document.get(k) for k in ("provider", "source", "as_of", *PROVIDER_BILLING_FIELDS)}
     entries: list[PriceEntry] = []
     for index, item in enumerate(models):
         entry, entry_problems = _entry(item, defaults, f"{where}: models[{index}]")
@@ -690,6 +745,26 @@ def _entry(item: object, defaults: dict[str, object], where: str) -> tuple[Price
         problems.append(f"{where}: effective_to must be after effective_from")
     as_of = _date(item.get("as_of", defaults.get("as_of")), f"{where}: as_of", problems)
     source = item.get("source", defaults.get("source")) or ""
+    tiers_by_name = _factors(
+        item.get(SERVICE_TIERS, defaults.get(SERVICE_TIERS)), f"{where}: {SERVICE_TIERS}", problems
+    )
+    factor_1h = _price(
+        item.get(CACHE_WRITE_1H_FACTOR, defaults.get(CACHE_WRITE_1H_FACTOR)),
+        f"{where}: {CACHE_WRITE_1H_FACTOR}",
+        problems,
+    )
+    fees = _factors(item.get(SEARCH_CONTEXT_FEES), f"{where}: {SEARCH_CONTEXT_FEES}", problems)
+    modality = _factors(item.get(MODALITY_PRICES), f"{where}: {MODALITY_PRICES}", problems)
+    problems.extend(
+        f"{where}: {MODALITY_PRICES}: unknown kind {shown(kind)} (one of {', '.join(MODALITY_KINDS)})"
+        for kind in modality
+        if kind not in MODALITY_KINDS
+    )
+    if fees and request not in fees.values():
+        problems.append(
+            f"{where}: request ({request}) must be the fee of one of the search_context_fees sizes: the one a span "
+            "that does not say its size is billed at"
+        )
     if problems:
         return None, problems
     entry = PriceEntry(
@@ -705,8 +780,27 @@ def _entry(item: object, defaults: dict[str, object], where: str) -> tuple[Price
         source=str(source),
         as_of=as_of,
         origin=where,
+        service_tiers=tiers_by_name,
+        cache_write_1h_factor=factor_1h,
+        search_context_fees=fees,
+        modality_prices=modality,
     )
     return entry, []
+
+
+def _factors(value: object, where: str, problems: list[str]) -> dict[str, float]:
+    """A mapping of names (lowercased) to non-negative numbers."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        problems.append(f"{where} must be a mapping of names to numbers")
+        return {}
+    out: dict[str, float] = {}
+    for name, raw in value.items():
+        number = _price(raw, f"{where}: {clip(str(name), 40)}", problems)
+        if number is not None:
+            out[str(name).strip().lower()] = number
+    return out
 
 
 def _price(value: object, where: str, problems: list[str]) -> float | None:

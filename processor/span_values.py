@@ -20,6 +20,9 @@ from processor.decode import START_TIME, TelemetryBatch
 from processor.genai_attributes import TOKEN_SOURCES
 
 COST = "genops.cost.total"
+# Where SDKs report the cost of a call, in precedence order: ours, OpenLIT/Laminar's, the proposed
+# GenAI convention, OpenInference's. The first usable one is the span's SDK cost, read as ours.
+SDK_COST_KEYS = (COST, "gen_ai.usage.cost", "gen_ai.usage.cost.amount", "llm.cost.total")
 END_TIME = "_end_time_unix_nano"
 # batch.derived keys: the batch's times and cost were checked (and replaced by their clean
 # columns); the SDK costs as checked (a CostCheck), when the batch had any.
@@ -46,13 +49,15 @@ class InvalidCount:
 
 @dataclass(frozen=True)
 class CostCheck:
-    """The SDK's genops.cost.total per span: the usable amount (Float64, null when none), whether
-    a value was sent and ignored, and whether the column came as text (a stage writing the cost
-    then writes the number, so text never goes out as the cost)."""
+    """The SDK's cost per span (the first usable of SDK_COST_KEYS): the usable amount (Float64,
+    null when none), whether a value was sent and none was usable, and whether the amount is to be
+    written as genops.cost.total (it came as text, or under another key: a stage writing the cost
+    then writes the number, so text never goes out as the cost and every reader finds it there)."""
 
     usable: pl.Series
     ignored: pl.Series
     was_text: bool
+    rewrite: pl.Series | None = None  # Boolean per span; None: was_text says for every span
 
 
 class InvalidValueMetrics:
@@ -205,6 +210,29 @@ def _token_reasons(column: pl.Series) -> list[InvalidCount]:
     return _counts(FIELD_TOKENS, frame.select(reason).to_series())
 
 
+def _sdk_costs(sent: dict[str, pl.Series], rows: int) -> tuple[CostCheck, list[InvalidCount]]:
+    """The first usable SDK cost per span, and every value ignored (counted per key sent)."""
+    usable: list[pl.Series] = []
+    ignored: list[pl.Series] = []
+    invalid: list[InvalidCount] = []
+    for column in sent.values():
+        costs, reasons = clean_costs(column, rows)
+        usable.append(costs.rename(f"usable{len(usable)}"))
+        ignored.append(reasons.is_not_null().rename(f"ignored{len(ignored)}"))
+        invalid += _counts(FIELD_COST, reasons)
+    if list(sent) == [COST]:
+        text = sent[COST].dtype == pl.String
+        return CostCheck(usable[0], ignored[0], text), invalid
+    frame = pl.DataFrame(usable)
+    amount = frame.select(pl.coalesce(pl.all()).alias(COST)).to_series()
+    own = frame.get_column("usable0") if COST in sent else pl.Series([None] * rows, dtype=pl.Float64)
+    own_text = COST in sent and sent[COST].dtype == pl.String
+    # Written back where the amount is not already genops.cost.total as a number.
+    rewrite = amount.is_not_null() & (own.is_null() | own_text)
+    nothing_usable = amount.is_null() & pl.DataFrame(ignored).select(pl.any_horizontal(pl.all())).to_series()
+    return CostCheck(amount, nothing_usable, bool(rewrite.any()), rewrite), invalid
+
+
 def check_batch(batch: TelemetryBatch) -> list[InvalidCount]:
     """Replaces the batch's start, end and cost columns by their clean ones (once per batch), so
     every reader after it (native or polars) sees only values it can compute with. Returns what
@@ -223,15 +251,13 @@ def check_batch(batch: TelemetryBatch) -> list[InvalidCount]:
             batch.set_column(START_TIME, clean_start)
             if clean_end is not None:
                 batch.set_column(END_TIME, clean_end)
-    sent = batch.column_series(COST)
-    if sent is not None:
-        costs, reasons = clean_costs(sent, rows)
-        invalid = _counts(FIELD_COST, reasons)
+    sent = {key: column for key in SDK_COST_KEYS if (column := batch.column_series(key)) is not None}
+    if sent:
+        check, invalid = _sdk_costs(sent, rows)
         found += invalid
-        was_text = sent.dtype == pl.String
-        if invalid or was_text:
-            batch.set_column(COST, costs)
-        batch.derived[SDK_COSTS] = CostCheck(costs, reasons.is_not_null(), was_text)
+        if invalid or check.was_text:
+            batch.set_column(COST, check.usable)
+        batch.derived[SDK_COSTS] = check
     found += invalid_tokens(batch)
     batch.derived[_CHECKED] = found
     return found

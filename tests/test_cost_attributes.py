@@ -125,3 +125,25 @@ def test_a_frame_without_any_genai_column_keeps_its_rows_as_nulls():
     out = normalize(pl.DataFrame({"_row": [0, 1, 2]}))
     assert out.height == 3
     assert out.null_count().row(0) == (3,) * 7
+
+
+def test_cache_writes_are_read_under_the_renamed_semconv_key():
+    # The GenAI conventions renamed gen_ai.usage.cache_creation.input_tokens to cache_write.
+    (renamed, old, both) = normalized(
+        {"gen_ai.usage.input_tokens": 5_000, "gen_ai.usage.cache_write.input_tokens": 3_000},
+        {"gen_ai.usage.input_tokens": 5_000, "gen_ai.usage.cache_creation.input_tokens": 2_000},
+        {
+            "gen_ai.usage.input_tokens": 5_000,
+            "gen_ai.usage.cache_write.input_tokens": 1_500,
+            "gen_ai.usage.cache_creation.input_tokens": 1_400,
+        },
+    )
+    assert [r["tokens_cache_write"] for r in (renamed, old, both)] == [3_000, 2_000, 1_500]
+
+
+def test_openinference_response_model_name_is_the_billed_model():
+    (row, alone) = normalized(
+        {"llm.model_name": "gpt-4o", "llm.response.model_name": "gpt-4o-2024-11-20"},
+        {"llm.response.model_name": "claude-haiku-4-5-20251001"},
+    )
+    assert (row["genai_model"], alone["genai_model"]) == ("gpt-4o-2024-11-20", "claude-haiku-4-5-20251001")

@@ -112,7 +112,7 @@ def spans(draw) -> tuple[dict, int]:
         if value is not None:
             attributes[key] = value
     if draw(st.integers(0, 9)) == 0:
-        attributes["genops.cost.total"] = 0.5  # the SDK priced it: left alone
+        attributes["genops.cost.total"] = 0.5  # the SDK priced it: kept, ours written beside it
     start = (draw(st.sampled_from(DAYS)) - dt.date(1970, 1, 1)).days * NS_PER_DAY + draw(
         st.sampled_from([0, 1, NS_PER_DAY - 1])
     )
@@ -122,7 +122,15 @@ def spans(draw) -> tuple[dict, int]:
 def expected(table: PricingTable, attributes: dict, start: int) -> dict[str, object]:
     """What the stage writes on one span, by the rules in processor/cost.py's docstring."""
     if "genops.cost.total" in attributes:
-        return {}
+        # The SDK's cost stands; ours and the difference are written beside it when we price it.
+        ours = expected(table, {k: v for k, v in attributes.items() if k != "genops.cost.total"}, start)
+        if "genops.cost.total" not in ours:
+            return {}
+        total = ours["genops.cost.total"].expected
+        return {
+            "genops.cost.computed_total": pytest.approx(total, rel=1e-12),
+            "genops.cost.sdk_difference": pytest.approx(attributes["genops.cost.total"] - total, rel=1e-9, abs=1e-15),
+        }
     tokens = [attributes.get(f"gen_ai.usage.{k}") for k in ("input_tokens", "output_tokens")]
     cache_read = attributes.get("gen_ai.usage.cache_read.input_tokens")
     cache_write = attributes.get("gen_ai.usage.cache_creation.input_tokens")

@@ -207,8 +207,10 @@ def test_costs_already_set_by_an_sdk_are_kept_unless_overridden(tmp_path):
     ]
     keep = CostStage(CostConfig(pricing_file=str(table), reload_interval_seconds=0), CollectorRegistry())
     _, (sdk, ours) = process(keep, spans)
-    assert sdk == {}
+    # The SDK's cost stands; ours and the difference are written beside it.
+    assert sdk == {"genops.cost.computed_total": pytest.approx(2.5), "genops.cost.sdk_difference": pytest.approx(-2.0)}
     assert ours["genops.cost.total"] == pytest.approx(2.5)
+    assert "genops.cost.sdk_difference" not in ours
 
     override = CostStage(
         CostConfig(pricing_file=str(table), reload_interval_seconds=0, override_sdk_costs=True), CollectorRegistry()
@@ -254,3 +256,23 @@ def test_a_provider_agnostic_price_reports_the_spans_provider(tmp_path):
     )
     assert (written["genops.cost.provider"], written["genops.cost.model"]) == ("groq", "llama-3.1-8b")
     assert written["genops.cost.total"] == pytest.approx(0.2)
+
+
+def test_cache_writes_under_the_renamed_semconv_key_are_billed_at_the_cache_write_price(shipped):
+    stage, _ = shipped
+    _, (written,) = process(
+        stage,
+        [
+            {
+                "gen_ai.provider.name": "anthropic",
+                "gen_ai.response.model": "claude-sonnet-4-5-20250929",
+                "gen_ai.usage.input_tokens": 10_000,
+                "gen_ai.usage.cache_write.input_tokens": 8_000,
+                "gen_ai.usage.output_tokens": 100,
+            }
+        ],
+    )
+    # Sonnet 4.5: $3/M input, $3.75/M 5-minute cache writes, $15/M output.
+    assert written["genops.cost.cache_write"] == pytest.approx(8_000 * 3.75 / 1e6)
+    assert written["genops.cost.input"] == pytest.approx(2_000 * 3 / 1e6)
+    assert written["genops.cost.total"] == pytest.approx(0.03 + 0.006 + 0.0015)

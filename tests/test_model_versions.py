@@ -44,6 +44,13 @@ SNAPSHOTS = [
     ("zeta-2031-12-31", "zeta"),
     ("zeta_20310101", "zeta"),
 ]
+# An entry ending inside a snapshot suffix stands for the name before it.
+FRAGMENT_SNAPSHOTS = [
+    ("claude-sonnet-4-20250514", "claude-sonnet-4-2025"),
+    ("claude-sonnet-4@20250514", "claude-sonnet-4@"),
+    ("gpt-4-0613", "gpt-4-0"),
+    ("zeta-20310101-v1:0", "zeta-2031"),
+]
 OTHER_MODELS = [
     ("gpt-5.2", "gpt-5"),
     ("gpt-5-mini", "gpt-5"),
@@ -61,16 +68,42 @@ OTHER_MODELS = [
     ("zeta:free", "zeta"),
     ("zeta-v1-turbo", "zeta"),
 ]
+FRAGMENT_OTHERS = [
+    ("claude-sonnet-4-2025-turbo", "claude-sonnet-4-2025"),
+    ("claude-sonnet-4-20259999", "claude-sonnet-4-2025"),
+    ("gpt-4-0-mini", "gpt-4-0"),
+]
 
 
-@pytest.mark.parametrize(("name", "family"), SNAPSHOTS)
+@pytest.mark.parametrize(("name", "family"), SNAPSHOTS + FRAGMENT_SNAPSHOTS)
 def test_snapshots_of_a_family_are_the_family(name, family):
     assert is_snapshot_of(name, family)
 
 
-@pytest.mark.parametrize(("name", "family"), OTHER_MODELS)
+@pytest.mark.parametrize(("name", "family"), OTHER_MODELS + FRAGMENT_OTHERS)
 def test_other_versions_are_not_the_family(name, family):
     assert not is_snapshot_of(name, family)
+
+
+def test_a_bedrock_model_is_found_under_its_name_without_the_vendor(tmp_path):
+    (tmp_path / "bedrock.yaml").write_text(
+        "version: v1\nprovider: aws.bedrock\nmodels:\n"
+        "  - {model: claude-3-haiku-20240307, match: prefix, input: 0.25, output: 1.25}\n"
+        "  - {model: anthropic.claude-3-haiku-20240307, match: prefix, input: 9, output: 9}\n"
+        "  - {model: nova-pro, match: prefix, input: 0.8, output: 3.2}\n"
+    )
+    table = load_table(tmp_path / "bedrock.yaml")
+    models = {
+        name: table.entry(table.resolve("aws.bedrock", name)).model  # type: ignore[arg-type]
+        for name in ("amazon.nova-pro-v1:0", "us.amazon.nova-pro-v1:0", "anthropic.claude-3-haiku-20240307-v1:0")
+    }
+    # The vendor's own spelling first; without the vendor only when that has no entry.
+    assert models == {
+        "amazon.nova-pro-v1:0": "nova-pro",
+        "us.amazon.nova-pro-v1:0": "nova-pro",
+        "anthropic.claude-3-haiku-20240307-v1:0": "anthropic.claude-3-haiku-20240307",
+    }
+    assert table.resolve("openai", "amazon.nova-pro-v1:0") is None  # only Bedrock names carry a vendor
 
 
 @pytest.fixture

@@ -150,3 +150,20 @@ def test_import_of_something_else_fails_cleanly(tmp_path, capsys):
     source.write_text("- 1\n- 2\n")
     assert run("pricing", "import", "--from", "genai-prices", str(source)) == 2
     assert "is not a genai-prices file" in capsys.readouterr().err
+
+
+def test_quote_takes_the_billing_dimensions(capsys):
+    day = ["--at", "2025-10-15"]
+    assert (
+        run("pricing", "quote", "sonar", "--provider", "perplexity", "--input", "1000", "--output", "1000", *day) == 0
+    )
+    assumed = capsys.readouterr().out
+    assert "assumed: search_context_size=low" in assumed and "total        $0.007000" in assumed
+    argv = ("pricing", "quote", "sonar", "--provider", "perplexity", "--input", "1000", "--output", "1000")
+    assert run(*argv, "--search-context-size", "high", *day) == 0
+    assert "total        $0.014000" in capsys.readouterr().out
+    assert run("pricing", "quote", "o3", "--input", "10000", "--output", "1000", "--service-tier", "flex", *day) == 0
+    assert "total        $0.014000" in capsys.readouterr().out  # $1/$4 instead of $2/$8
+    realtime = ("pricing", "quote", "gpt-realtime", "--input", "10000", "--output", "2000")
+    assert run(*realtime, "--audio-input", "6000", "--audio-output", "1500", *day) == 0
+    assert "total        $0.312000" in capsys.readouterr().out

@@ -80,3 +80,19 @@ def test_quote_says_when_a_price_is_only_an_estimate(tmp_path, capsys):
     assert run("pricing", "quote", "gpt-q.5", *args) == 0
     out = capsys.readouterr().out
     assert "model: gpt-q (openai)" in out and "estimated: 'gpt-q.5' is not gpt-q" in out
+
+
+def test_diff_shows_billing_dimension_changes(tmp_path, capsys):
+    head = "version: v{n}\nprovider: openai\nservice_tiers: {tiers}\nmodels:\n"
+    (tmp_path / "old.yaml").write_text(
+        head.format(n=1, tiers="{batch: 0.5}") + "  - {model: gpt-a, input: 1, output: 4}\n"
+    )
+    (tmp_path / "new.yaml").write_text(
+        head.format(n=2, tiers="{batch: 0.5, flex: 0.5}")
+        + "  - {model: gpt-a, input: 1, output: 4, modality_prices: {audio_input: 40}}\n"
+    )
+    assert run("pricing", "diff", str(tmp_path / "old.yaml"), str(tmp_path / "new.yaml")) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        "~ openai gpt-a: service_tiers {batch: 0.5} -> {batch: 0.5, flex: 0.5}; "
+        "modality_prices none -> {audio_input: 40}"
+    ]

@@ -56,3 +56,18 @@ def litellm_provider(route: str) -> str | None:
     if not route:
         return None
     return LITELLM_PROVIDERS.get(route) or normalize_provider(route)
+
+
+# Billing rules of a provider for all its models, written as file defaults of its table (an entry,
+# an override, may set its own). Token price factors by service tier, from the pricing pages:
+# OpenAI Batch API and Flex processing are half the standard prices
+# (https://openai.com/api/pricing/), as are Anthropic's Message Batches
+# (https://docs.anthropic.com/en/docs/build-with-claude/batch-processing#pricing) and Gemini's
+# Batch Mode (https://ai.google.dev/gemini-api/docs/batch-mode). Anthropic 1-hour cache writes
+# cost 2x the input price where 5-minute writes cost 1.25x: 1.6x the cache write price
+# (https://docs.anthropic.com/en/docs/build-with-claude/prompt-caching#pricing).
+PROVIDER_BILLING: dict[str, dict[str, object]] = {
+    "openai": {"service_tiers": {"batch": 0.5, "flex": 0.5}},
+    "anthropic": {"service_tiers": {"batch": 0.5}, "cache_write_1h_factor": 1.6},
+    "google": {"service_tiers": {"batch": 0.5}},
+}

@@ -8,6 +8,7 @@ import math
 import yaml
 
 from processor.catalogue.entries import CatalogueEntry
+from processor.catalogue.providers import PROVIDER_BILLING
 from processor.pricing_table import PRICE_FIELDS, PricingError, PricingTable, parse_document
 
 
@@ -60,6 +61,7 @@ def document_of(provider: str, entries: list[CatalogueEntry], version: str, sour
         "version": version,
         "provider": provider,
         **defaults,
+        **PROVIDER_BILLING.get(provider, {}),
         "models": [entry_mapping(e, defaults) for e in entries],
     }
 

@@ -109,14 +109,18 @@ class ExportTraceServiceRequest(_message.Message):
     def __init__(self, resource_spans: _Optional[_Iterable[_Union[ResourceSpans, _Mapping]]] = ...) -> None: ...
 
 class LogRecord(_message.Message):
-    __slots__ = ("body", "attributes", "event_name")
+    __slots__ = ("time_unix_nano", "observed_time_unix_nano", "body", "attributes", "event_name")
+    TIME_UNIX_NANO_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_TIME_UNIX_NANO_FIELD_NUMBER: _ClassVar[int]
     BODY_FIELD_NUMBER: _ClassVar[int]
     ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     EVENT_NAME_FIELD_NUMBER: _ClassVar[int]
+    time_unix_nano: int
+    observed_time_unix_nano: int
     body: AnyValue
     attributes: _containers.RepeatedCompositeFieldContainer[KeyValue]
     event_name: bytes
-    def __init__(self, body: _Optional[_Union[AnyValue, _Mapping]] = ..., attributes: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ..., event_name: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, time_unix_nano: _Optional[int] = ..., observed_time_unix_nano: _Optional[int] = ..., body: _Optional[_Union[AnyValue, _Mapping]] = ..., attributes: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ..., event_name: _Optional[bytes] = ...) -> None: ...
 
 class ScopeLogs(_message.Message):
     __slots__ = ("scope", "log_records")
