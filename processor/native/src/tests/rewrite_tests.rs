@@ -98,7 +98,7 @@ fn a_dropped_field_takes_its_bytes_and_every_enclosing_length_with_it() {
         .windows(unknown.len())
         .position(|w| w == unknown)
         .unwrap();
-    let stripped = strip(&raw, &mut vec![at..at + unknown.len()]).unwrap();
+    let stripped = strip(&raw, &mut Vec::from([at..at + unknown.len()])).unwrap();
     assert_eq!(
         stripped,
         [field(1, &field(2, &kept)), field(1, b"other")].concat()
@@ -122,7 +122,7 @@ fn a_field_nested_twenty_thousand_deep_is_dropped_without_recursion() {
         .unwrap();
     let small_stack = std::thread::Builder::new().stack_size(128 * 1024);
     let stripped = small_stack
-        .spawn(move || strip(&raw, &mut vec![at..at + unknown.len()]))
+        .spawn(move || strip(&raw, &mut Vec::from([at..at + unknown.len()])))
         .unwrap()
         .join()
         .unwrap();
