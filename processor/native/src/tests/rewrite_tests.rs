@@ -98,7 +98,8 @@ fn a_dropped_field_takes_its_bytes_and_every_enclosing_length_with_it() {
         .windows(unknown.len())
         .position(|w| w == unknown)
         .unwrap();
-    let stripped = strip(&raw, &mut Vec::from([at..at + unknown.len()])).unwrap();
+    let dropped = at..at + unknown.len();
+    let stripped = strip(&raw, &mut vec![dropped]).unwrap();
     assert_eq!(
         stripped,
         [field(1, &field(2, &kept)), field(1, b"other")].concat()
@@ -120,9 +121,10 @@ fn a_field_nested_twenty_thousand_deep_is_dropped_without_recursion() {
         .windows(unknown.len())
         .rposition(|w| w == unknown)
         .unwrap();
+    let dropped = at..at + unknown.len();
     let small_stack = std::thread::Builder::new().stack_size(128 * 1024);
     let stripped = small_stack
-        .spawn(move || strip(&raw, &mut Vec::from([at..at + unknown.len()])))
+        .spawn(move || strip(&raw, &mut vec![dropped]))
         .unwrap()
         .join()
         .unwrap();
