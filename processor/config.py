@@ -38,6 +38,10 @@ NON_SETTING_ENV = frozenset(
         # tests/test_fuzz_otlp.py: the fuzz run's seed and length (a CI job's environment).
         "GENOPS_FUZZ_SEED",
         "GENOPS_FUZZ_SECONDS",
+        # k8s/image/make-bases.sh and build.sh: the local Debian bases and the image tag (a CI job's environment).
+        "GENOPS_BASE_SUITE",
+        "GENOPS_DEBIAN_MIRROR",
+        "GENOPS_SIDECAR_IMAGE",
     }
 )
 NON_SETTING_ENV_PREFIXES = ("GENOPS_OTELCOL_",)
