@@ -54,6 +54,12 @@ def _put_varint(out: bytearray, value: int) -> None:
     out.append(value)
 
 
+def varint_bytes(value: int) -> bytes:
+    out = bytearray()
+    _put_varint(out, value)
+    return bytes(out)
+
+
 def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
     value = 0
     for shift in range(0, 70, 7):

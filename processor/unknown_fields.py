@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from processor.nested_values import varint_bytes
+
 VARINT, I64, LEN, START_GROUP, END_GROUP, I32 = 0, 1, 2, 3, 4, 5
 
 # message -> {(field number, wire type): message it holds, or None for a leaf}; opentelemetry-proto 1.x.
@@ -196,7 +198,7 @@ def find(raw: bytes, logs: bool) -> list[UnknownField]:
             _, content = _varint(raw, after_tag)
             found.append(UnknownField(start, pos, content, pos, row))
         elif not declared and wire == START_GROUP:
-            end_tag = len(_encode_varint(field << 3 | END_GROUP))
+            end_tag = len(varint_bytes(field << 3 | END_GROUP))
             found.append(UnknownField(start, pos, after_tag, pos - end_tag, row))
     return found
 
@@ -253,14 +255,5 @@ def _serialise(root: list) -> bytes:
             stack.extend((part, False) for part in node[1] if isinstance(part, list))
             continue
         content = b"".join(part if isinstance(part, bytes) else done.pop(id(part)) for part in node[1])
-        done[id(node)] = node[0] + _encode_varint(len(content)) + content if node is not root else content
+        done[id(node)] = node[0] + varint_bytes(len(content)) + content if node is not root else content
     return done[id(root)]
-
-
-def _encode_varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
