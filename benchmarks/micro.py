@@ -129,9 +129,9 @@ class MicroResult:
 def build_pipeline(stages: bool, workdir: Path | None = None):
     from prometheus_client import CollectorRegistry
 
+    from processor.core.pipeline import Pipeline
     from processor.observability import SidecarMetrics
-    from processor.pipeline import Pipeline
-    from processor.server import build_stages
+    from processor.stages.assembly import build_stages
 
     config = stage_config(stages, workdir)
     built = build_stages(config, CollectorRegistry())
@@ -140,7 +140,7 @@ def build_pipeline(stages: bool, workdir: Path | None = None):
 
 
 def run_micro(payloads: Sequence[bytes], spans_per_request: int, stages: bool, iterations: int) -> MicroResult:
-    from processor.decode import decode_traces
+    from processor.core.decode import decode_traces
 
     pipeline, timed = build_pipeline(stages)
     wanted = pipeline._wanted["traces"]
@@ -231,9 +231,9 @@ def run_wall(payloads: Sequence[bytes], stages: bool, iterations: int) -> WallRe
     """The pipeline as `serve` builds it (no wrapper around the stages), timed batch by batch."""
     from prometheus_client import CollectorRegistry
 
+    from processor.core.pipeline import Pipeline
     from processor.observability import SidecarMetrics
-    from processor.pipeline import Pipeline
-    from processor.server import build_stages
+    from processor.stages.assembly import build_stages
 
     built = build_stages(stage_config(stages), CollectorRegistry())
     metrics = SidecarMetrics.create()

@@ -567,7 +567,7 @@ IN_PROCESS = {cmd_micro, cmd_latency, cmd_profile, cmd_scaling}
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if argv is None and args.handler in IN_PROCESS:  # from the command line, not called by a test
-        from processor.allocator import tune_allocator
+        from processor.transport.allocator import tune_allocator
 
         tune_allocator()  # may re-execute this command, once, with the settings in its environment
     return args.handler(args)

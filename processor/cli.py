@@ -7,8 +7,8 @@ import os
 import sqlite3
 import sys
 
-from processor.config import CONFIG_ENV, ConfigError, load_config
-from processor.error_text import clip
+from processor.config import CONFIG_ENV, ConfigError, config_path, load_config
+from processor.files.error_text import one_line
 from processor.observability import configure_logging
 
 # What an operator can get wrong at start (a port in use, an unusable state file, a broken
@@ -17,31 +17,23 @@ from processor.observability import configure_logging
 STARTUP_ERRORS = (ValueError, OSError, sqlite3.Error, RecursionError)
 
 
-def _config_path(args: argparse.Namespace) -> str | None:
-    return getattr(args, "config", None) or os.environ.get(CONFIG_ENV) or None
-
-
-def _one_line(exc: BaseException) -> str:
-    return clip(" ".join(str(exc).split()) or type(exc).__name__)
-
-
 def _serve(args: argparse.Namespace) -> int:
-    from processor.allocator import tune_allocator
+    from processor.transport.allocator import tune_allocator
 
     # First, before any library starts a thread: threads keep the malloc arena they first used.
     tune_allocator()
     try:
-        config = load_config(_config_path(args))
+        config = load_config(config_path(args))
     except ConfigError as exc:
-        print(f"genops-sidecar: invalid configuration: {_one_line(exc)}", file=sys.stderr)
+        print(f"genops-sidecar: invalid configuration: {one_line(exc)}", file=sys.stderr)
         return 2
     configure_logging(config.logging.level, config.logging.format)
     # Before polars is imported (here and, through the environment, in worker processes): a batch
     # is too small for polars' thread pool to pay off, and cores are used by worker processes.
     # Measured: 23% less CPU per span with one thread (benchmarks/RESULTS.md).
     os.environ.setdefault("POLARS_MAX_THREADS", "1")
-    from processor import workers
-    from processor.server import check_stages
+    from processor.stages.assembly import check_stages
+    from processor.transport import workers
 
     try:
         # Checked before any worker starts, so a broken pricing table or rules file is one clear
@@ -49,24 +41,24 @@ def _serve(args: argparse.Namespace) -> int:
         check_stages(config)
         return workers.run(config)
     except STARTUP_ERRORS as exc:
-        print(f"genops-sidecar: cannot start: {_one_line(exc)}", file=sys.stderr)
+        print(f"genops-sidecar: cannot start: {one_line(exc)}", file=sys.stderr)
         return 2
 
 
 def _validate_config(args: argparse.Namespace) -> int:
-    path = args.file or _config_path(args)
+    path = args.file or config_path(args)
     try:
         config = load_config(path)
         from prometheus_client import CollectorRegistry
 
-        from processor.server import build_stages, check_stages, close_stages
+        from processor.stages.assembly import build_stages, check_stages, close_stages
 
         check_stages(config)
         # Building the stages loads pricing tables, redaction rules and policies, so a broken
         # referenced file fails validation too, not just the YAML of the config itself.
         close_stages(build_stages(config, CollectorRegistry()))
     except (ConfigError, *STARTUP_ERRORS) as exc:
-        print(f"invalid: {_one_line(exc)}", file=sys.stderr)
+        print(f"invalid: {one_line(exc)}", file=sys.stderr)
         return 1
     print(f"valid: {path or '(embedded defaults)'}")
     return 0
@@ -76,12 +68,12 @@ def _conformance(args: argparse.Namespace) -> int:
     """Exit 0: every AWU conforms; 1: violations (one line each); 2: the file cannot be read."""
     from pathlib import Path
 
-    from processor import conformance
+    from processor.stages.policy import conformance
 
     try:
         requests = conformance.read_requests(Path(args.file))
     except (ValueError, OSError) as exc:
-        print(f"genops-sidecar: conformance: {_one_line(exc)}", file=sys.stderr)
+        print(f"genops-sidecar: conformance: {one_line(exc)}", file=sys.stderr)
         return 2
     report = conformance.check(requests, args.level)
     for line in conformance.render(report):
@@ -117,11 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--level", choices=("full", "partial"), default="partial", help="§9.1 full or §9.2 partial compliance"
     )
     conformance.set_defaults(handler=_conformance)
-    from processor.pricing_cli import add_pricing_commands
+    from processor.stages.cost.pricing_cli import add_pricing_commands
 
     add_pricing_commands(commands)
-    from processor.ledger_cli import add_ledger_command
-    from processor.reconcile_cli import add_reconcile_command
+    from processor.billing.ledger_cli import add_ledger_command
+    from processor.billing.reconcile_cli import add_reconcile_command
 
     add_ledger_command(commands, [after])
     add_reconcile_command(commands, [after])

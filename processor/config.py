@@ -15,8 +15,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from processor.file_limits import read_text_limited
-from processor.safe_yaml import YamlError, load_yaml
+from processor.files.file_limits import read_text_limited
+from processor.files.safe_yaml import YamlError, load_yaml
 
 ENV_PREFIX = "GENOPS_"
 CONFIG_ENV = "GENOPS_CONFIG"
@@ -30,8 +30,8 @@ MAX_MESSAGE_SIZE_MIB = 2047
 NON_SETTING_ENV = frozenset(
     {
         CONFIG_ENV,
-        "GENOPS_NATIVE_DECODE",  # processor/decode.py: 0 forces the pure-Python path
-        "GENOPS_MALLOC_SETTINGS",  # processor/allocator.py: marks our own GLIBC_TUNABLES
+        "GENOPS_NATIVE_DECODE",  # processor/core/decode.py: 0 forces the pure-Python path
+        "GENOPS_MALLOC_SETTINGS",  # processor/transport/allocator.py: marks our own GLIBC_TUNABLES
         "GENOPS_SIDECAR_ENDPOINT",
         "GENOPS_BACKEND_ENDPOINT",
         "GENOPS_BACKEND_INSECURE",
@@ -135,7 +135,7 @@ class CostConfig:
     pricing_file: str = ""
     override_sdk_costs: bool = False
     reload_interval_seconds: float = setting(5.0, above=0, max=86_400)
-    # A model only near a known family (see processor/model_versions.py): "estimate" prices it with
+    # A model only near a known family (see processor/stages/cost/model_versions.py): "estimate" prices it with
     # the family's prices as genops.cost.status "estimated"; "unpriced" leaves it unpriced.
     near_matches: str = setting("estimate", choices=NEAR_MATCHES)
 
@@ -150,7 +150,7 @@ class RedactionConfig:
 
 @dataclass(frozen=True)
 class LedgerConfig:
-    # The spend ledger (processor/ledger.py): what was charged per UTC day, provider, model and
+    # The spend ledger (processor/stages/policy/ledger.py): what was charged per UTC day, provider, model and
     # these attribution dimensions (comma-separated), kept in the budget state store.
     enabled: bool = False
     keys: str = "team,project"
@@ -209,6 +209,11 @@ class SidecarConfig:
                 raise ConfigError(f"downstream.tls.{name}: no such file {path}")
         if self.policy.enabled and self.policy.state_backend == "redis" and not self.policy.redis_url:
             raise ConfigError("policy.redis_url is required when policy.state_backend is redis")
+
+
+def config_path(args: object) -> str | None:
+    """The config file a command was given: its `--config`, else $GENOPS_CONFIG, else None (defaults)."""
+    return getattr(args, "config", None) or os.environ.get(CONFIG_ENV) or None
 
 
 def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> SidecarConfig:

@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from processor.outbound import cap_bytes
+from processor.core.outbound import cap_bytes
 
 STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
@@ -159,7 +159,7 @@ _log_redaction: Callable[[str], str] | None = None
 
 def redact_logs_with(redact: Callable[[str], str] | None) -> None:
     """Log lines leave the process too, and exception texts are made from span values: from now on
-    every string value of a log line goes through `redact` (processor/outbound.py `message`)."""
+    every string value of a log line goes through `redact` (processor/core/outbound.py `message`)."""
     global _log_redaction
     _log_redaction = redact
 

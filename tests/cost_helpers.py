@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from processor.decode import decode_traces
-from processor.pipeline import BatchChanges
+from processor.core.contract import BatchChanges
+from processor.core.decode import decode_traces
 from tests.otlp_builders import span, trace_request
 
 

@@ -9,10 +9,10 @@ import threading
 import grpc
 
 from processor.config import DownstreamConfig, ServerConfig, SidecarConfig
+from processor.core.contract import Stage
 from processor.observability import SidecarMetrics
-from processor.pipeline import Stage
-from processor.server import Worker
-from processor.workers import InlineProcessing
+from processor.transport.server import Worker
+from processor.transport.workers import InlineProcessing
 
 
 class RunningSidecar:

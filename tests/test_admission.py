@@ -10,8 +10,8 @@ import grpc
 import pytest
 
 from processor.config import ServerConfig
-from processor.decode import TelemetryBatch
-from processor.pipeline import BatchChanges
+from processor.core.contract import BatchChanges
+from processor.core.decode import TelemetryBatch
 from tests.collector_harness import wait_until
 from tests.otlp_builders import span, trace_request
 from tests.otlp_sink import OtlpSink

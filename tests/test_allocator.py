@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from processor.allocator import MARKER
+from processor.transport.allocator import MARKER
 
 pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc malloc settings")
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc
 # flight do. Prints whether the settings are in effect, then the minor page faults per cycle.
 CYCLES = """
 import resource, sys
-from processor.allocator import tune_allocator
+from processor.transport.allocator import tune_allocator
 print(tune_allocator() if sys.argv[1] == "tune" else "untouched")
 def cycle():
     buffers = [b"x" * (640 * 1024) for _ in range(4)]
@@ -58,7 +58,7 @@ def test_malloc_settings_set_by_the_operator_are_kept():
 def test_a_process_started_by_a_tuned_one_inherits_the_settings_without_re_executing():
     script = """
 import os, subprocess, sys
-from processor.allocator import tune_allocator
+from processor.transport.allocator import tune_allocator
 if sys.argv[1] == "parent":
     tune_allocator()
     sys.exit(subprocess.run([sys.executable, "-c", sys.argv[2], "child"]).returncode)

@@ -10,9 +10,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal, assert_series_equal
 
-from processor import batch_columns, decode
-from processor.decode import END_TIME, RESOURCE_INDEX, ROW, START_TIME, STATUS_CODE, decode_traces
-from processor.pipeline import BatchChanges, _expose_to_later_stages
+from processor.core import batch_columns, decode
+from processor.core.contract import BatchChanges
+from processor.core.decode import END_TIME, RESOURCE_INDEX, ROW, START_TIME, STATUS_CODE, decode_traces
+from processor.core.pipeline import _expose_to_later_stages
 from tests.otlp_builders import span, trace_request
 from tests.test_native_decode import WANTED, attributes
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import blake3
 import pytest
 
-from processor.decode import WantedKeys, decode_traces
-from processor.policy_stage import fingerprint
+from processor.core.decode import WantedKeys, decode_traces
+from processor.stages.policy.stage import fingerprint
 from tests.otlp_builders import span, trace_request
 
 

@@ -7,8 +7,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from processor.config import CostConfig
-from processor.cost import CostStage
-from processor.pricing_table import PricingError, load_table
+from processor.stages.cost.polars_path import CostStage
+from processor.stages.cost.pricing_table import PricingError, load_table
 from tests.cost_helpers import process
 
 

@@ -9,8 +9,8 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry
 
-from processor.budget_forecast import exhaustion_seconds
-from processor.policy_stage import build_policy_stage
+from processor.stages.policy.budget_forecast import exhaustion_seconds
+from processor.stages.policy.stage import build_policy_stage
 from tests.otlp_builders import trace_request
 from tests.test_budgets_policies import llm_span, run_pipeline, stage_config
 

@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from processor.budget_state import open_store, redacted_url
+from processor.stages.policy.budget_state import redacted_url
+from processor.stages.policy.budget_store_guard import open_store
 from tests.collector_harness import free_port
 
 KEY = "all|*|2026-12-07"

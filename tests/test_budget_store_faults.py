@@ -14,10 +14,10 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from processor.budget_state import MemoryStore
 from processor.config import PolicyConfig
-from processor.decode import decode_traces
-from processor.policy_stage import build_policy_stage
+from processor.core.decode import decode_traces
+from processor.stages.policy.budget_state import MemoryStore
+from processor.stages.policy.stage import build_policy_stage
 from tests.collector_harness import free_port
 from tests.otlp_builders import span, trace_request
 
@@ -237,7 +237,7 @@ class FlakyBackend(MemoryStore):
 
 
 def test_with_no_writable_spill_file_charges_stay_in_memory_then_are_dropped_counted(tmp_path, capsys):
-    from processor.budget_store_guard import GuardedStore
+    from processor.stages.policy.budget_store_guard import GuardedStore
 
     backend = FlakyBackend()
     blocker = tmp_path / "not-a-directory"
@@ -269,7 +269,7 @@ def test_with_no_writable_spill_file_charges_stay_in_memory_then_are_dropped_cou
 
 
 def test_charges_kept_at_stop_are_taken_over_by_the_next_start_and_applied_once(tmp_path):
-    from processor.budget_store_guard import GuardedStore
+    from processor.stages.policy.budget_store_guard import GuardedStore
 
     def guarded(backend, name: str) -> GuardedStore:
         return GuardedStore(

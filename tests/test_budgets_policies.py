@@ -19,13 +19,13 @@ import grpc
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from processor.budget_api import BUDGETS_PATH, BudgetStatusReader, add_budget_service, http_budget_status
-from processor.budget_policy_file import PolicyFileError, parse_policy_file
 from processor.config import PolicyConfig
+from processor.core.pipeline import Pipeline
 from processor.observability import SidecarMetrics
-from processor.pipeline import Pipeline
-from processor.policy_stage import build_policy_stage, check_policy_config
 from processor.protos import budget_pb2
+from processor.stages.policy.budget_api import BUDGETS_PATH, BudgetStatusReader, add_budget_service, http_budget_status
+from processor.stages.policy.policy_file import PolicyFileError, parse_policy_file
+from processor.stages.policy.stage import build_policy_stage, check_policy_config
 from tests.collector_harness import free_port, running_sidecar
 from tests.otlp_builders import span, trace_request
 from tests.otlp_sink import OtlpSink, attributes_to_dict
@@ -499,7 +499,7 @@ def test_spans_with_error_status_or_error_type_count_as_operation_errors(policy_
 
 def test_spend_counts_sdk_costs_sent_as_strings_next_to_costs_the_sidecar_computed(policy_file):
     from processor.config import CostConfig
-    from processor.cost import build_cost_stage
+    from processor.stages.cost.polars_path import build_cost_stage
 
     registry = CollectorRegistry()
     cost = build_cost_stage(CostConfig(), registry, watch=False)
@@ -549,7 +549,7 @@ def test_a_span_under_two_budgets_is_tagged_with_the_one_nearest_its_limit(tmp_p
 
 
 def test_the_sqlite_store_adds_many_windows_of_one_batch_like_the_memory_store(tmp_path):
-    from processor.budget_state import MemoryStore, SqliteStore
+    from processor.stages.policy.budget_state import MemoryStore, SqliteStore
 
     # More windows than one upsert statement takes, some of them seen before.
     first = {f"team:{i}": 0.25 + i / 1000 for i in range(450)}
@@ -571,7 +571,7 @@ def test_the_sqlite_store_adds_many_windows_of_one_batch_like_the_memory_store(t
 
 
 def _open_and_apply(path: str, batch: str, barrier, outcomes) -> None:
-    from processor.budget_state import SqliteStore
+    from processor.stages.policy.budget_state import SqliteStore
 
     barrier.wait()
     try:
@@ -586,7 +586,7 @@ def _open_and_apply(path: str, batch: str, barrier, outcomes) -> None:
 def test_worker_processes_opening_a_new_sqlite_state_file_together_all_start_and_count(tmp_path):
     import multiprocessing
 
-    from processor.budget_state import SqliteStore
+    from processor.stages.policy.budget_state import SqliteStore
 
     # The workers of a pod start at the same moment on one state file that does not exist yet.
     context = multiprocessing.get_context("spawn")
@@ -627,8 +627,8 @@ class InTurn:
 def test_a_pii_policy_sees_what_redaction_found_on_its_own_thread_as_in_turn(tmp_path, monkeypatch, native):
     from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
 
-    from processor.redact import RedactionStage
-    from processor.redaction_rules import load_rules
+    from processor.stages.redaction.rules import load_rules
+    from processor.stages.redaction.stage import RedactionStage
 
     monkeypatch.setenv("GENOPS_NATIVE_DECODE", native)
     path = tmp_path / "rules.yaml"
@@ -665,9 +665,9 @@ CORRUPTIONS = {"nested": (b"\x0a\x03\x0a\x01a", b"\x0a\x03\x0a\x09a"), "value": 
 
 @pytest.mark.parametrize("where", sorted(CORRUPTIONS))
 def test_a_request_with_a_corrupt_value_is_refused_as_malformed_with_redaction_on(where):
-    from processor.decode import MalformedRequest
-    from processor.redact import RedactionStage
-    from processor.redaction_rules import load_rules
+    from processor.core.decode import MalformedRequest
+    from processor.stages.redaction.rules import load_rules
+    from processor.stages.redaction.stage import RedactionStage
 
     attributes = {"tags": ["a", "b"], "user.email": "a@b.co", "note": "z"}
     raw = trace_request([span(attributes=attributes)]).SerializeToString()
@@ -684,7 +684,7 @@ def test_a_request_with_a_corrupt_value_is_refused_as_malformed_with_redaction_o
 def test_the_sqlite_store_copies_its_log_into_the_database_in_the_background_not_in_apply(tmp_path):
     import os
 
-    from processor.budget_state import SqliteStore
+    from processor.stages.policy.budget_state import SqliteStore
 
     def fill(store: SqliteStore) -> None:
         for i in range(400):

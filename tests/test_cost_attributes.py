@@ -5,8 +5,8 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from processor.decode import decode_traces
-from processor.genai_attributes import GENAI_KEYS, normalize
+from processor.core.decode import decode_traces
+from processor.core.genai_attributes import GENAI_KEYS, normalize
 from tests.otlp_builders import span, trace_request
 
 

@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 from prometheus_client import CollectorRegistry
 
-from processor import genai_attributes as ga
 from processor.config import CostConfig
-from processor.cost import MAX_UNPRICED_LABELS, CostStage
-from processor.cost_native import native_cost_available
-from processor.decode import decode_traces
+from processor.core import genai_attributes as ga
+from processor.core.decode import decode_traces
+from processor.stages.cost.polars_path import MAX_UNPRICED_LABELS, CostStage
+from processor.stages.cost.stage import native_cost_available
 from tests.cost_helpers import start_ns
 from tests.otlp_builders import span, trace_request
 

@@ -17,7 +17,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from processor import conformance
+from processor.stages.policy import conformance
 from tests.otel_traffic import received_log_bodies, wait_for_items
 from tests.otlp_builders import log_request
 from tests.otlp_sink import OtlpSink

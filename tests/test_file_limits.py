@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from processor.budget_policy_file import PolicyFileError, load_policy_file
 from processor.config import ConfigError, CostConfig, load_config
-from processor.cost import CostStage
-from processor.file_limits import MAX_DIRECTORY_BYTES, MAX_FILE_BYTES
-from processor.isolated_load import LoadFailed, LoadStopped, load_isolated
-from processor.pricing_table import PricingError, load_table
-from processor.redaction_rules import load_rules
-from processor.safe_yaml import MAX_DEPTH, YamlError, load_yaml
+from processor.files.file_limits import MAX_DIRECTORY_BYTES, MAX_FILE_BYTES
+from processor.files.isolated_load import LoadFailed, LoadStopped, load_isolated
+from processor.files.safe_yaml import MAX_DEPTH, YamlError, load_yaml
+from processor.stages.cost.polars_path import CostStage
+from processor.stages.cost.pricing_table import PricingError, load_table
+from processor.stages.policy.policy_file import PolicyFileError, load_policy_file
+from processor.stages.redaction.rules import load_rules
 from tests.cost_helpers import SMALL_TABLE
 
 # 787 bytes that stand for 9^9 strings once expanded.
@@ -175,7 +175,7 @@ def test_a_catastrophic_regex_matches_in_linear_time(tmp_path):
     # run past its timeout; on a linear-time engine it is instant.
     path = regex_table(tmp_path, "(a+)+b")
     probe = (
-        "from processor.pricing_table import load_table; import sys; t = load_table(sys.argv[1]);"
+        "from processor.stages.cost.pricing_table import load_table; import sys; t = load_table(sys.argv[1]);"
         "print(t.resolve('openai', 'a' * 40), t.resolve('openai', 'aaab') is not None, t.resolve('openai', 'gpt-4o'))"
     )
     result = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True, timeout=60)
@@ -230,7 +230,7 @@ def loader_children() -> list[int]:
                 parent = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1]
             except OSError:
                 continue
-            if b"processor.isolated_load" in cmdline and int(parent) == os.getpid():
+            if b"processor.files.isolated_load" in cmdline and int(parent) == os.getpid():
                 found.append(int(entry))
     return found
 

@@ -508,9 +508,9 @@ def test_a_secret_inside_an_unknown_field_is_not_forwarded():
     from prometheus_client import CollectorRegistry
 
     from processor.config import PolicyConfig, SidecarConfig
+    from processor.core.pipeline import Pipeline
     from processor.observability import SidecarMetrics
-    from processor.pipeline import Pipeline
-    from processor.server import build_stages
+    from processor.stages.assembly import build_stages
     from tests.otlp_builders import log_request
 
     request = log_request(["said hi"])

@@ -11,9 +11,9 @@ from opentelemetry.proto.logs.v1 import logs_pb2
 from prometheus_client import CollectorRegistry
 
 from processor.config import CostConfig
-from processor.cost import CostStage
+from processor.core.pipeline import Pipeline
 from processor.observability import SidecarMetrics
-from processor.pipeline import Pipeline
+from processor.stages.cost.polars_path import CostStage
 from tests.otlp_builders import any_value, key_values
 
 EVENT = {"event.name": "gen_ai.client.inference.operation.details"}

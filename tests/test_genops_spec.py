@@ -14,12 +14,12 @@ from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
 from prometheus_client import CollectorRegistry
 
-from processor import conformance
 from processor.config import PolicyConfig, SidecarConfig
+from processor.core.pipeline import Pipeline
 from processor.observability import SidecarMetrics
-from processor.pipeline import Pipeline
-from processor.policy_stage import build_policy_stage
-from processor.server import build_stages
+from processor.stages.assembly import build_stages
+from processor.stages.policy import conformance
+from processor.stages.policy.stage import build_policy_stage
 from tests.collector_harness import running_sidecar
 from tests.otlp_builders import span, trace_request
 from tests.otlp_sink import OtlpSink, attributes_to_dict
@@ -329,8 +329,8 @@ scalars = st.one_of(
 )
 def test_span_events_are_written_as_the_protobuf_view_writes_them(name, time_unix_nano, attributes):
     """The events every GenAI span now gets are serialised by hand: the same message as protobuf's."""
-    from processor.encode import _event_bytes, set_attribute
-    from processor.pipeline import SpanEventToAdd
+    from processor.core.contract import SpanEventToAdd
+    from processor.core.encode import _event_bytes, set_attribute
     from processor.protos import otlp_lean_pb2 as lean
 
     event = SpanEventToAdd(row=0, name=name, time_unix_nano=time_unix_nano, attributes=attributes)

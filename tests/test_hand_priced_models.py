@@ -8,8 +8,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from processor.config import CostConfig
-from processor.cost import CostStage
-from processor.cost_native import native_cost_available
+from processor.stages.cost.polars_path import CostStage
+from processor.stages.cost.stage import native_cost_available
 from tests.cost_helpers import process
 from tests.test_cost_native import native
 

@@ -14,10 +14,10 @@ import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
 from prometheus_client import CollectorRegistry
 
-from processor.decode import WantedKeys, decode_traces, native_module
-from processor.nested_values import MAX_NESTING
-from processor.redact import RedactionStage
-from processor.redaction_rules import load_rules
+from processor.core.decode import WantedKeys, decode_traces, native_module
+from processor.core.nested_values import MAX_NESTING
+from processor.stages.redaction.rules import load_rules
+from processor.stages.redaction.stage import RedactionStage
 from tests.otlp_builders import log_request, span, trace_request
 from tests.otlp_sink import OtlpSink
 from tests.sidecar_runner import RunningSidecar

@@ -13,8 +13,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from processor.budget_api import SERVICE
 from processor.protos import budget_pb2
+from processor.stages.policy.budget_api import SERVICE
 from tests.test_config_cli import base_env
 from tests.test_serve_process import start_sidecar, terminate, wait_ready
 

@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 
 from processor.config import CostConfig, PolicyConfig
-from processor.cost import CostStage
-from processor.decode import decode_traces
-from processor.policy_stage import build_policy_stage
+from processor.core.decode import decode_traces
+from processor.stages.cost.polars_path import CostStage
+from processor.stages.policy.stage import build_policy_stage
 from tests.cost_helpers import process, write_small_table
 from tests.otlp_builders import span, trace_request
 

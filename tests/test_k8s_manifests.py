@@ -22,8 +22,8 @@ import pytest
 import yaml
 from kubernetes_validate.utils import ValidationError
 
-from processor.budget_policy_file import load_policy_file
 from processor.config import load_config
+from processor.stages.policy.policy_file import load_policy_file
 
 REPO = Path(__file__).resolve().parent.parent
 K8S = REPO / "k8s"

@@ -12,9 +12,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from processor.config import LedgerConfig, PolicyConfig, load_config
-from processor.ledger import OVERFLOW, read_rows
-from processor.policy_stage import build_policy_stage
-from processor.redact import build_outbound
+from processor.stages.policy.ledger import OVERFLOW, read_rows
+from processor.stages.policy.stage import build_policy_stage
+from processor.stages.redaction.stage import build_outbound
 from tests.otlp_builders import span, trace_request
 from tests.test_budgets_policies import redis_url, run_pipeline  # noqa: F401 (fixture)
 from tests.test_config_cli import base_env

@@ -19,7 +19,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from processor.config import CostConfig, LedgerConfig, PolicyConfig, RedactionConfig, SidecarConfig
-from processor.server import build_stages, close_stages
+from processor.stages.assembly import build_stages, close_stages
 from tests.otlp_builders import span, trace_request
 from tests.otlp_sink import OtlpSink
 from tests.sidecar_runner import RunningSidecar
@@ -298,7 +298,7 @@ def chromium() -> str:
 def test_the_html_report_is_self_contained_and_shows_the_daily_chart_in_chromium(week, tmp_path):
     from PIL import Image
 
-    from processor.reconcile_report import BILLED_COLOUR, OURS_COLOUR
+    from processor.billing.reconcile_report import BILLED_COLOUR, OURS_COLOUR
 
     page = tmp_path / "report.html"
     result = cli(
@@ -381,9 +381,9 @@ def test_an_anthropic_cost_report_in_cents_is_all_unseen_spend_when_no_span_call
 
 
 def test_bedrock_and_vertex_lines_find_their_models_by_the_most_specific_name(tmp_path):
-    from processor.billing_sources import read_focus
-    from processor.ledger import LedgerRow
-    from processor.reconcile import reconcile
+    from processor.billing.reconcile import reconcile
+    from processor.billing.sources import read_focus
+    from processor.stages.policy.ledger import LedgerRow
 
     day = "2026-10-05"
     rows = [

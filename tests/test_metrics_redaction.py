@@ -12,10 +12,10 @@ from opentelemetry.proto.resource.v1 import resource_pb2
 from prometheus_client import CollectorRegistry
 
 from processor.config import PolicyConfig, SidecarConfig
-from processor.decode import native_module
+from processor.core.decode import native_module
+from processor.core.pipeline import Pipeline
 from processor.observability import SidecarMetrics
-from processor.pipeline import Pipeline
-from processor.server import build_stages
+from processor.stages.assembly import build_stages
 from tests.otlp_builders import key_values
 from tests.otlp_sink import OtlpSink
 from tests.sidecar_runner import RunningSidecar

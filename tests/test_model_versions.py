@@ -8,10 +8,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from processor.config import ConfigError, CostConfig, load_config
-from processor.cost import CostStage
-from processor.cost_native import native_cost_available
-from processor.model_versions import is_snapshot_of
-from processor.pricing_table import load_table
+from processor.stages.cost.model_versions import is_snapshot_of
+from processor.stages.cost.polars_path import CostStage
+from processor.stages.cost.pricing_table import load_table
+from processor.stages.cost.stage import native_cost_available
 from tests.cost_helpers import process
 from tests.test_cost_native import native
 

@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
-from processor import decode
-from processor.decode import MalformedRequest, WantedKeys, decode_logs, decode_traces
+from processor.core import decode
+from processor.core.decode import MalformedRequest, WantedKeys, decode_logs, decode_traces
 from tests.otlp_builders import log_request, span, trace_request
 
 pytestmark = pytest.mark.skipif(decode._native is None, reason="native scanner not built")

@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as logs_pb
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
 
-from processor import decode, encode
-from processor.decode import WantedKeys, decode_logs, decode_traces
-from processor.pipeline import BatchChanges, SpanEventToAdd
+from processor.core import decode, encode
+from processor.core.contract import BatchChanges, SpanEventToAdd
+from processor.core.decode import WantedKeys, decode_logs, decode_traces
 from tests.otlp_builders import log_request, span, trace_request
 
 pytestmark = pytest.mark.skipif(decode.native_module() is None, reason="native rewriter not built")

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from processor import decode
-from processor.decode import WantedKeys, decode_traces
+from processor.core import decode
+from processor.core.decode import WantedKeys, decode_traces
 
 pytestmark = pytest.mark.skipif(decode._native is None, reason="native scanner not built")
 

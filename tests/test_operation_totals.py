@@ -1,5 +1,5 @@
 """The per-operation metrics read the same in /metrics wherever their totals are kept
-(processor/operation_totals.py): in the native store or in prometheus_client's own values, added
+(processor/stages/policy/operation_totals.py): in the native store or in prometheus_client's own values, added
 to by the native policy path or the polars one, in one process or in multiprocess mode.
 
 The exposition is compared as text, byte for byte, leaving out the `_created` lines (when a
@@ -20,11 +20,11 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from processor import governance_metrics
 from processor.config import PolicyConfig
-from processor.decode import decode_traces, native_available
-from processor.operation_totals import HolderTotals, NativeTotals
-from processor.policy_stage import build_policy_stage
+from processor.core.decode import decode_traces, native_available
+from processor.stages.policy import metrics as governance_metrics
+from processor.stages.policy.operation_totals import HolderTotals, NativeTotals
+from processor.stages.policy.stage import build_policy_stage
 from tests.otlp_builders import span, trace_request
 
 pytestmark = pytest.mark.skipif(not native_available(), reason="native extension not built")
@@ -182,8 +182,8 @@ import sys, time
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
-from processor import operation_totals
-from processor.decode import decode_traces
+from processor.stages.policy import operation_totals
+from processor.core.decode import decode_traces
 from tests.test_operation_totals import build, requests
 
 operation_totals.FLUSH_SECONDS = float(sys.argv[3])
@@ -238,7 +238,7 @@ def test_multiprocess_mode_adds_up_to_the_same_values(tmp_path, monkeypatch, end
 
 
 def test_the_native_store_hands_over_each_changed_value_once():
-    from processor.decode import native_module
+    from processor.core.decode import native_module
 
     totals = native_module().OperationTotals(1)
     first, second = totals.new_series(), totals.new_series()

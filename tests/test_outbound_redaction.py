@@ -2,7 +2,7 @@
 and events the stages write, budget API answers and error texts meet the redaction rules first,
 and label values are capped in length.
 
-Each test runs the stages as `serve` builds them (processor/server.py `build_stages`), on both
+Each test runs the stages as `serve` builds them (processor/transport/server.py `build_stages`), on both
 the native and the pure-Python path.
 """
 
@@ -15,11 +15,12 @@ import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
 from prometheus_client import CollectorRegistry, generate_latest
 
-from processor.budget_api import http_budget_status
 from processor.config import PolicyConfig, SidecarConfig
+from processor.core.contract import BatchChanges
+from processor.core.pipeline import Pipeline
 from processor.observability import SidecarMetrics
-from processor.pipeline import BatchChanges, Pipeline
-from processor.server import build_stages, close_stages
+from processor.stages.assembly import build_stages, close_stages
+from processor.stages.policy.budget_api import http_budget_status
 from tests.otlp_builders import span, trace_request
 from tests.otlp_sink import attributes_to_dict
 
@@ -189,8 +190,8 @@ import sys
 from prometheus_client import CollectorRegistry
 from processor.config import SidecarConfig, PolicyConfig
 from processor.observability import SidecarMetrics, configure_logging
-from processor.pipeline import Pipeline
-from processor.server import build_stages
+from processor.core.pipeline import Pipeline
+from processor.stages.assembly import build_stages
 from tests.otlp_builders import span, trace_request
 
 configure_logging("info", "json")
@@ -228,7 +229,7 @@ def test_log_lines_are_redacted_and_bounded(engine):
 
 
 def test_a_written_column_is_redacted_value_by_value_and_stays_text():
-    from processor.outbound import OutboundRedaction
+    from processor.core.outbound import OutboundRedaction
 
     outbound = OutboundRedaction(lambda _key, value: value.replace(EMAIL, "[REDACTED:email]"))
     column = pl.Series("genops.cost.model", [f"m {EMAIL}", None, "plain", f"m {EMAIL}"])

@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 import polars as pl
 import pytest
 
-from processor.decode import TRACES, TelemetryBatch, WantedKeys
+from processor.core.contract import BatchChanges
+from processor.core.decode import TRACES, TelemetryBatch, WantedKeys
+from processor.core.pipeline import Pipeline
 from processor.observability import SidecarMetrics
-from processor.pipeline import BatchChanges, Pipeline
 from tests.otlp_builders import span, trace_request
 
 
@@ -111,8 +112,8 @@ class Preparing(Watching):
 def test_stages_after_redaction_prepare_on_what_came_before_it_and_run_in_their_turn(monkeypatch, fail):
     from prometheus_client import CollectorRegistry
 
-    from processor.redact import RedactionStage
-    from processor.redaction_rules import load_rules
+    from processor.stages.redaction.rules import load_rules
+    from processor.stages.redaction.stage import RedactionStage
 
     pytest.importorskip("processor._otlp_native")
     # The overlap exists only while the native redactor's values job runs; a CI step runs the suite
@@ -136,8 +137,8 @@ def test_stages_after_redaction_prepare_on_what_came_before_it_and_run_in_their_
 def test_without_the_native_path_stages_after_redaction_see_its_columns_at_their_turn(monkeypatch):
     from prometheus_client import CollectorRegistry
 
-    from processor.redact import RedactionStage
-    from processor.redaction_rules import load_rules
+    from processor.stages.redaction.rules import load_rules
+    from processor.stages.redaction.stage import RedactionStage
 
     monkeypatch.setenv("GENOPS_NATIVE_DECODE", "0")
     request = trace_request([span(attributes={"note": "mail ada@example.com"}), span(attributes={})])

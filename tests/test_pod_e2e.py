@@ -27,8 +27,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from prometheus_client import CollectorRegistry
 
 from processor.config import CostConfig
-from processor.cost import COST_TOTAL, COST_VERSION, CostStage
-from processor.redact import COUNT_KEY
+from processor.stages.cost.polars_path import COST_TOTAL, COST_VERSION, CostStage
+from processor.stages.redaction.stage import COUNT_KEY
 from tests.collector_harness import free_port
 from tests.cost_helpers import process
 from tests.kube_pod import REPO, KubePod, write_configmap_dir

@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from processor.poison import PoisonRequests, RequestDigest
+from processor.transport.poison import PoisonRequests, RequestDigest
 from tests.collector_harness import free_port, wait_until
 from tests.otlp_builders import span, trace_request
 from tests.otlp_sink import OtlpSink

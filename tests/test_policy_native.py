@@ -1,4 +1,4 @@
-"""The policy stage's native path (processor/policy_native.py, processor/native/src/policy.rs) and
+"""The policy stage's native path (processor/stages/policy/native.py, processor/native/src/stages/policy.rs) and
 its polars path give the same changes, events, metrics and stored budget totals.
 
 Each example runs one random policy file over a few random batches (some retried) through two
@@ -22,8 +22,8 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from processor.config import PolicyConfig
-from processor.decode import WantedKeys, decode_traces, native_available
-from processor.policy_stage import build_policy_stage
+from processor.core.decode import WantedKeys, decode_traces, native_available
+from processor.stages.policy.stage import build_policy_stage
 from tests.otlp_builders import span, trace_request
 
 pytestmark = pytest.mark.skipif(not native_available(), reason="native extension not built")

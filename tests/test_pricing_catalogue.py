@@ -11,8 +11,8 @@ import json
 import pytest
 import yaml
 
-from processor.model_versions import is_snapshot_of
-from processor.pricing_table import default_table_path, load_table, lookup_names
+from processor.stages.cost.model_versions import is_snapshot_of
+from processor.stages.cost.pricing_table import default_table_path, load_table, lookup_names
 from tests.test_pricing_cli import run
 
 GENAI_PRICES = """\

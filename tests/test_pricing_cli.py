@@ -8,8 +8,8 @@ import json
 import pytest
 import yaml
 
-from processor.pricing_cli import add_pricing_commands
-from processor.pricing_table import load_table
+from processor.stages.cost.pricing_cli import add_pricing_commands
+from processor.stages.cost.pricing_table import load_table
 from tests.cost_helpers import write_small_table
 
 

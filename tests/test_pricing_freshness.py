@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from processor.config import CostConfig
-from processor.cost import CostStage
+from processor.stages.cost.polars_path import CostStage
 from tests.cost_helpers import process
 from tests.test_pricing_cli import run
 

@@ -10,8 +10,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from processor.config import CostConfig
-from processor.cost import CostStage
-from processor.pricing_table import PricingError
+from processor.stages.cost.polars_path import CostStage
+from processor.stages.cost.pricing_table import PricingError
 from tests.cost_helpers import SMALL_TABLE, process
 from tests.otlp_builders import span, trace_request
 from tests.otlp_sink import OtlpSink

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from processor.pricing_table import PricingError, default_table_path, load_table
+from processor.stages.cost.pricing_table import PricingError, default_table_path, load_table
 
 MATCHING = """\
 version: "2026-01-01"

@@ -14,8 +14,8 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
 from opentelemetry.proto.metrics.v1 import metrics_pb2
 
 from processor.config import ServerConfig
-from processor.decode import LOGS, TRACES, TelemetryBatch, WantedKeys
-from processor.pipeline import PROCESSING_ERROR_KEY, BatchChanges
+from processor.core.contract import PROCESSING_ERROR_KEY, BatchChanges
+from processor.core.decode import LOGS, TRACES, TelemetryBatch, WantedKeys
 from tests.collector_harness import free_port, wait_until
 from tests.otlp_builders import log_request, span, trace_request
 from tests.otlp_sink import OtlpSink

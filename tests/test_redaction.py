@@ -14,11 +14,11 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
 from prometheus_client import CollectorRegistry
 
 from processor.config import RedactionConfig
-from processor.detectors import luhn_valid
+from processor.core.pipeline import Pipeline
 from processor.observability import SidecarMetrics
-from processor.pipeline import Pipeline
-from processor.redact import COUNT_KEY, DETECTED_KEY, KEYS_KEY, RedactionStage, build_redaction_stage
-from processor.redaction_rules import load_rules, parse_rules
+from processor.stages.redaction.detectors import luhn_valid
+from processor.stages.redaction.rules import load_rules, parse_rules
+from processor.stages.redaction.stage import COUNT_KEY, DETECTED_KEY, KEYS_KEY, RedactionStage, build_redaction_stage
 from tests.otlp_builders import log_request, span, trace_request
 from tests.otlp_sink import OtlpSink, attributes_to_dict
 from tests.sidecar_runner import RunningSidecar

@@ -18,9 +18,9 @@ import polars as pl
 import pytest
 import yaml
 
-from processor.detectors import BUILTIN_DETECTORS
-from processor.redact import ValueRedactor
-from processor.redaction_rules import load_rules
+from processor.stages.redaction.detectors import BUILTIN_DETECTORS
+from processor.stages.redaction.rules import load_rules
+from processor.stages.redaction.stage import ValueRedactor
 
 CORPUS = Path(__file__).parent / "redaction_corpus"
 README = Path(__file__).parent.parent / "README.md"

@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 from polars.testing import assert_frame_equal, assert_series_equal
 from prometheus_client import CollectorRegistry
 
-from processor.decode import TelemetryBatch, WantedKeys, decode_logs, decode_traces, native_module
-from processor.pipeline import BatchChanges
-from processor.redact import RedactionStage
-from processor.redaction_rules import load_rules, parse_rules
+from processor.core.contract import BatchChanges
+from processor.core.decode import TelemetryBatch, WantedKeys, decode_logs, decode_traces, native_module
+from processor.stages.redaction.rules import load_rules, parse_rules
+from processor.stages.redaction.stage import RedactionStage
 from tests.otlp_builders import log_request, span, trace_request
 
 pytestmark = pytest.mark.skipif(getattr(native_module(), "Redactor", None) is None, reason="native redactor not built")

@@ -9,7 +9,7 @@ import hmac
 
 import pytest
 
-from processor.redaction_rules import parse_rules
+from processor.stages.redaction.rules import parse_rules
 from tests.otlp_builders import span, trace_request
 from tests.otlp_sink import attributes_to_dict
 from tests.test_redaction import custom_stage, run_traces, spans_of

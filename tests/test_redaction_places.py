@@ -16,10 +16,10 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 from prometheus_client import CollectorRegistry
 
 from processor.config import PolicyConfig, SidecarConfig
-from processor.decode import native_module
+from processor.core.decode import native_module
+from processor.core.pipeline import Pipeline
 from processor.observability import SidecarMetrics
-from processor.pipeline import Pipeline
-from processor.server import build_stages
+from processor.stages.assembly import build_stages
 from tests.otlp_builders import key_values, log_request, span, trace_request
 
 EMAIL = "jane.roe@example.org"
@@ -268,7 +268,7 @@ def test_an_unknown_field_in_a_log_record_is_dropped(pipeline, nested):
 def test_both_decoders_list_the_same_values_in_every_place(monkeypatch):
     if native_module() is None:
         pytest.skip("native module not built")
-    from processor.decode import WantedKeys, decode_traces
+    from processor.core.decode import WantedKeys, decode_traces
 
     item = span(name=f"to {EMAIL}", attributes={"a": EMAIL}, events=[(f"ev {EMAIL}", {"k": "v"})])
     item.status.message = "failed: \xff-free text"

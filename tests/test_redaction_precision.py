@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from processor.redact import COUNT_KEY, DETECTED_KEY
+from processor.stages.redaction.stage import COUNT_KEY, DETECTED_KEY
 from tests.otlp_builders import span, trace_request
 from tests.otlp_sink import attributes_to_dict
 from tests.test_redaction import default_stage, run_traces, spans_of

@@ -7,7 +7,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from processor.config import CostConfig
-from processor.cost import CostStage
+from processor.stages.cost.polars_path import CostStage
 from tests.cost_helpers import process, write_small_table
 
 # gpt-4o at $2.50/M input in the small table: 1M input tokens cost $2.50 by our prices.
@@ -101,9 +101,9 @@ def test_a_budget_is_charged_the_sdk_cost_reported_under_another_convention(tmp_
     from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
     from processor.config import PolicyConfig
+    from processor.core.pipeline import Pipeline
     from processor.observability import SidecarMetrics
-    from processor.pipeline import Pipeline
-    from processor.policy_stage import build_policy_stage
+    from processor.stages.policy.stage import build_policy_stage
     from tests.otlp_builders import span, trace_request
     from tests.test_invalid_span_values import POLICY
 

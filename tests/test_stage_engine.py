@@ -10,10 +10,10 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from processor.config import PolicyConfig, SidecarConfig
+from processor.core.pipeline import Pipeline
 from processor.observability import SidecarMetrics
-from processor.pipeline import Pipeline
-from processor.policies import MAX_TABLE_CHECKS
-from processor.server import build_stages, close_stages
+from processor.stages.assembly import build_stages, close_stages
+from processor.stages.policy.rules import MAX_TABLE_CHECKS
 from tests.otlp_builders import span, trace_request
 
 LLM = {

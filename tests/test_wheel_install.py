@@ -15,9 +15,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from processor.config import CostConfig
-from processor.cost import COST_MODEL, COST_TOTAL, CostStage
-from processor.pricing_table import TABLE_SUFFIXES
-from processor.redact import COUNT_KEY
+from processor.stages.cost.polars_path import COST_MODEL, COST_TOTAL, CostStage
+from processor.stages.cost.pricing_table import TABLE_SUFFIXES
+from processor.stages.redaction.stage import COUNT_KEY
 from tests.collector_harness import free_port
 from tests.cost_helpers import process
 from tests.otlp_builders import span, trace_request
@@ -61,7 +61,7 @@ def installed(tmp_path_factory) -> Path:
 
 def test_the_wheel_holds_every_default_pricing_table_and_the_redaction_defaults(installed):
     probe = (
-        "import json, processor, processor.pricing_table as t, processor.redaction_rules as r;"
+        "import json, processor, processor.stages.cost.pricing_table as t, processor.stages.redaction.rules as r;"
         "print(json.dumps([processor.__file__, str(t.default_table_path()), sorted(p.name for p in"
         " t.default_table_path().iterdir()), len(r.default_rules_text()) > 0]))"
     )

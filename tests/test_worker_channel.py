@@ -10,8 +10,8 @@ import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
 
 from processor.config import load_config
-from processor.decode import MalformedRequest
-from processor.workers import PoolProcessing
+from processor.core.decode import MalformedRequest
+from processor.transport.workers import PoolProcessing
 from tests.otlp_builders import span, trace_request
 
 

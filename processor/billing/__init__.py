@@ -1,0 +1,1 @@
+"""The spend ledger and its reconciliation against provider billing exports."""

@@ -1,0 +1,1365 @@
+//! The redaction stage's per-batch work in one call: classify keys, apply key rules, scan values.
+//!
+//! `Redactor` mirrors the pure-polars path in processor/stages/redaction/stage.py step by step (which values each
+//! rule sees, first-rule-wins, candidate checks on distinct substrings, leftmost-longest
+//! replacement); tests/test_redaction_native.py checks both give the same changes. It reads the
+//! columns of `TelemetryBatch.string_values()` as Arrow buffers (no Python object per value) and
+//! returns only what changed, as Arrow buffers again, plus the per-item summary.
+//!
+//! The built-in candidate checks run in Rust (detect.rs); other checks (IPv6, whose parsing rules
+//! are Python's `ipaddress`) and HMACs stay Python callables, run once per distinct substring and
+//! cached across batches (bounded).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{mpsc, Mutex};
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList};
+use regex::bytes::RegexSet;
+use regex::{NoExpand, Regex};
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use crate::otlp::arrow::View;
+use crate::otlp::scan::{FlatValues, Needed, ScannedValues, ValuesFilter};
+use crate::stages::detect::Check;
+
+/// Entries kept per cache between batches; past it the cache starts over (keys and candidates
+/// repeat from batch to batch, an unbounded stream of new ones must not grow memory).
+const CACHE_LIMIT: usize = 8192;
+/// Short values no value rule matches are remembered: most values are such (status words, model
+/// names, routes), they repeat from batch to batch, and a lookup costs less than running the rules.
+/// It is the one cache that sees every value, hence its own, larger bound. Values a rule matches
+/// are not kept: they may be secrets, and they are few.
+const CLEAN_MAX_LEN: usize = 128;
+const CLEAN_LIMIT: usize = 65536;
+
+#[derive(Clone)]
+enum Action {
+    Mask(String),
+    Hash,
+    Drop,
+    Truncate(usize),
+}
+
+impl Action {
+    fn parse(kind: &str, mask: String, length: usize) -> PyResult<Self> {
+        Ok(match kind {
+            "mask" => Action::Mask(mask),
+            "hash" => Action::Hash,
+            "drop" => Action::Drop,
+            "truncate" => Action::Truncate(length),
+            other => return Err(PyValueError::new_err(format!("unknown action {other:?}"))),
+        })
+    }
+}
+
+struct KeyRule {
+    regex: Regex,
+    action: Action,
+}
+
+struct ValueRule {
+    regex: Regex,
+    check: Option<Py<PyAny>>,
+    /// The check in Rust, when it is a built-in one (the Python function stays for other input).
+    native_check: Option<Check>,
+    action: Action,
+    /// The plain-mask path: every match replaced by the mask, no candidate step.
+    mask_all: Option<String>,
+}
+
+/// (pattern, check callable or None, name of its Rust version or None, action, mask).
+type ValueRuleSpec = (String, Option<Py<PyAny>>, Option<String>, String, String);
+
+#[derive(Clone, Copy)]
+struct KeyClass {
+    protected: bool,
+    allowed: bool,
+    key_rule: Option<usize>,
+}
+
+#[derive(Default)]
+struct Caches {
+    keys: FxHashMap<Box<[u8]>, KeyClass>,
+    clean: FxHashSet<Box<[u8]>>,
+    /// The clean values of at most 12 bytes, as `short_key`s: no pointer to follow, no memcmp.
+    clean_short: FxHashSet<u128>,
+    /// Per value rule: candidate -> the part its check accepted.
+    checks: Vec<FxHashMap<String, Option<String>>>,
+    hashes: FxHashMap<String, String>,
+}
+
+fn bounded<K, V, S>(map: &mut HashMap<K, V, S>, limit: usize) {
+    if map.len() > limit {
+        map.clear();
+    }
+}
+
+fn bounded_set<K, S>(set: &mut HashSet<K, S>, limit: usize) {
+    if set.len() > limit {
+        set.clear();
+    }
+}
+
+/// An Arrow string array (string_view, large_string or string) read in place.
+struct StrColumn {
+    layout: StrLayout,
+    offset: usize,
+    len: usize,
+    index: PyBuffer<i8>,
+    data: Vec<Option<PyBuffer<i8>>>,
+}
+
+#[derive(Clone, Copy)]
+enum StrLayout {
+    View,
+    Large,
+    Small,
+}
+
+fn bytes_of(buffer: &PyBuffer<i8>) -> &[u8] {
+    // SAFETY: a pyarrow Buffer is one contiguous, immutable block that lives as long as the
+    // PyBuffer view we hold on it.
+    unsafe { std::slice::from_raw_parts(buffer.buf_ptr() as *const u8, buffer.len_bytes()) }
+}
+
+fn optional_buffer(item: &Bound<'_, PyAny>) -> PyResult<Option<PyBuffer<i8>>> {
+    if item.is_none() {
+        Ok(None)
+    } else {
+        Ok(Some(PyBuffer::get(item)?))
+    }
+}
+
+fn arrow_parts<'py>(
+    array: &Bound<'py, PyAny>,
+) -> PyResult<(String, usize, usize, Vec<Bound<'py, PyAny>>)> {
+    let type_name = array.getattr("type")?.str()?.to_string();
+    let offset: usize = array.getattr("offset")?.extract()?;
+    let len = array.len()?;
+    let buffers: Vec<Bound<'py, PyAny>> = array.call_method0("buffers")?.extract()?;
+    if array.getattr("null_count")?.extract::<usize>()? != 0 {
+        return Err(PyValueError::new_err("column has nulls"));
+    }
+    Ok((type_name, offset, len, buffers))
+}
+
+impl StrColumn {
+    fn from_arrow(array: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let (type_name, offset, len, buffers) = arrow_parts(array)?;
+        let layout = match type_name.as_str() {
+            "string_view" => StrLayout::View,
+            "large_string" => StrLayout::Large,
+            "string" => StrLayout::Small,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "not a string column: {other}"
+                )))
+            }
+        };
+        let index = PyBuffer::get(&buffers[1])?;
+        let data = buffers[2..]
+            .iter()
+            .map(optional_buffer)
+            .collect::<PyResult<Vec<_>>>()?;
+        Ok(StrColumn {
+            layout,
+            offset,
+            len,
+            index,
+            data,
+        })
+    }
+
+    /// The column's buffers as slices. Elements are read with checked slicing: malformed buffers
+    /// (which polars never hands out) make a call fail, never read outside them.
+    fn strs(&self) -> PyResult<Strs<'_>> {
+        let strs = Strs {
+            layout: self.layout,
+            offset: self.offset,
+            len: self.len,
+            index: bytes_of(&self.index),
+            data: self
+                .data
+                .iter()
+                .map(|b| b.as_ref().map_or(&b""[..], bytes_of))
+                .collect(),
+        };
+        strs.validate()?;
+        Ok(strs)
+    }
+}
+
+struct Strs<'a> {
+    layout: StrLayout,
+    offset: usize,
+    len: usize,
+    index: &'a [u8],
+    data: Vec<&'a [u8]>,
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> usize {
+    u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize
+}
+
+impl<'a> Strs<'a> {
+    fn validate(&self) -> PyResult<()> {
+        let (width, extra) = match self.layout {
+            StrLayout::View => (16, 0),
+            StrLayout::Large => (8, 1),
+            StrLayout::Small => (4, 1),
+        };
+        if self.index.len() < (self.offset + self.len + extra) * width {
+            return Err(PyValueError::new_err("malformed Arrow string buffers"));
+        }
+        Ok(())
+    }
+
+    /// (data buffer, start, end) of element i; buffer usize::MAX: inline in a view.
+    #[inline(always)]
+    fn bounds(&self, i: usize) -> (usize, usize, usize) {
+        let j = self.offset + i;
+        match self.layout {
+            StrLayout::View => {
+                let length = u32_at(self.index, j * 16);
+                if length <= 12 {
+                    (usize::MAX, j * 16 + 4, j * 16 + 4 + length)
+                } else {
+                    let start = u32_at(self.index, j * 16 + 12);
+                    (u32_at(self.index, j * 16 + 8), start, start + length)
+                }
+            }
+            StrLayout::Large => {
+                let at = |k: usize| {
+                    i64::from_le_bytes(self.index[k * 8..k * 8 + 8].try_into().unwrap()) as usize
+                };
+                (0, at(j), at(j + 1))
+            }
+            StrLayout::Small => {
+                let at = |k: usize| {
+                    i32::from_le_bytes(self.index[k * 4..k * 4 + 4].try_into().unwrap()) as usize
+                };
+                (0, at(j), at(j + 1))
+            }
+        }
+    }
+
+    /// Element i's 16-byte view in a view-layout column (None for the other layouts). Equal
+    /// views are equal strings: an inline one holds the string, another points at the same bytes.
+    #[inline(always)]
+    fn view(&self, i: usize) -> Option<u128> {
+        match self.layout {
+            StrLayout::View => {
+                let at = (self.offset + i) * 16;
+                Some(u128::from_le_bytes(
+                    self.index[at..at + 16].try_into().unwrap(),
+                ))
+            }
+            _ => None,
+        }
+    }
+
+    /// Asks the CPU to start loading element i's bytes (a hint only; nothing when out of range).
+    #[inline(always)]
+    fn prefetch(&self, i: usize) {
+        if i >= self.len {
+            return;
+        }
+        let (buffer, start, _) = self.bounds(i);
+        if let Some(data) = self.data.get(buffer) {
+            if let Some(byte) = data.get(start) {
+                prefetch(byte);
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn get(&self, i: usize) -> &'a [u8] {
+        let (buffer, start, end) = self.bounds(i);
+        if buffer == usize::MAX {
+            &self.index[start..end]
+        } else {
+            &self.data[buffer][start..end]
+        }
+    }
+}
+
+/// An Arrow integer array read in place, widened to i64.
+struct IntColumn {
+    width: usize,
+    signed: bool,
+    offset: usize,
+    len: usize,
+    data: PyBuffer<i8>,
+}
+
+impl IntColumn {
+    fn from_arrow(array: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let (type_name, offset, len, buffers) = arrow_parts(array)?;
+        let (width, signed) = match type_name.as_str() {
+            "int64" => (8, true),
+            "uint32" => (4, false),
+            "int32" => (4, true),
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "unsupported integer column: {other}"
+                )))
+            }
+        };
+        let data = PyBuffer::get(&buffers[1])?;
+        if data.len_bytes() < (offset + len) * width {
+            return Err(PyValueError::new_err("malformed Arrow integer buffer"));
+        }
+        Ok(IntColumn {
+            width,
+            signed,
+            offset,
+            len,
+            data,
+        })
+    }
+
+    fn ints(&self) -> Ints<'_> {
+        Ints::Arrow {
+            bytes: bytes_of(&self.data),
+            width: self.width,
+            signed: self.signed,
+            offset: self.offset,
+            len: self.len,
+        }
+    }
+}
+
+/// Integers read as i64: an Arrow buffer (validated by `IntColumn::from_arrow`) or the scan's own.
+#[derive(Clone, Copy)]
+enum Ints<'a> {
+    Arrow {
+        bytes: &'a [u8],
+        width: usize,
+        signed: bool,
+        offset: usize,
+        len: usize,
+    },
+    Native(&'a [i64]),
+}
+
+impl Ints<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Ints::Arrow { len, .. } => *len,
+            Ints::Native(values) => values.len(),
+        }
+    }
+
+    #[inline(always)]
+    fn get(&self, i: usize) -> i64 {
+        match *self {
+            Ints::Native(values) => values[i],
+            Ints::Arrow {
+                bytes,
+                width,
+                signed,
+                offset,
+                ..
+            } => {
+                let at = (offset + i) * width;
+                let raw = &bytes[at..at + width];
+                match (width, signed) {
+                    (8, _) => i64::from_le_bytes(raw.try_into().unwrap()),
+                    (4, true) => i32::from_le_bytes(raw.try_into().unwrap()) as i64,
+                    _ => u32::from_le_bytes(raw.try_into().unwrap()) as i64,
+                }
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn prefetch(byte: &u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint; it reads nothing and faults on nothing.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(
+            byte as *const u8 as *const i8,
+            std::arch::x86_64::_MM_HINT_T0,
+        );
+    }
+}
+
+fn to_str(bytes: &[u8]) -> PyResult<&str> {
+    std::str::from_utf8(bytes).map_err(|_| PyValueError::new_err("value is not UTF-8"))
+}
+
+/// Builds an Arrow large_string column (offsets, data, validity bitmap or None when no nulls).
+#[derive(Default)]
+struct StringsOut {
+    offsets: Vec<i64>,
+    data: Vec<u8>,
+    valid: Vec<bool>,
+}
+
+impl StringsOut {
+    fn push(&mut self, value: Option<&[u8]>) {
+        if self.offsets.is_empty() {
+            self.offsets.push(0);
+        }
+        if let Some(bytes) = value {
+            self.data.extend_from_slice(bytes);
+        }
+        self.valid.push(value.is_some());
+        self.offsets.push(self.data.len() as i64);
+    }
+
+    fn into_py(self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.to_py(py)
+    }
+
+    fn to_py(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let offsets: &[i64] = if self.offsets.is_empty() {
+            &[0]
+        } else {
+            &self.offsets
+        };
+        let tuple = (
+            self.valid.len(),
+            bitmap(py, &self.valid),
+            PyBytes::new(py, &le_i64(offsets)),
+            PyBytes::new(py, &self.data),
+        );
+        Ok(tuple.into_pyobject(py)?.into_any().unbind())
+    }
+}
+
+fn le_i64(values: &[i64]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// Arrow validity bitmap (least significant bit first), or None when every entry is valid.
+fn bitmap<'py>(py: Python<'py>, valid: &[bool]) -> Option<Bound<'py, PyBytes>> {
+    if valid.iter().all(|v| *v) {
+        return None;
+    }
+    let mut bits = vec![0u8; valid.len().div_ceil(8)];
+    for (i, v) in valid.iter().enumerate() {
+        if *v {
+            bits[i / 8] |= 1 << (i % 8);
+        }
+    }
+    Some(PyBytes::new(py, &bits))
+}
+
+fn char_count(bytes: &[u8]) -> usize {
+    bytes.iter().filter(|b| (**b & 0xC0) != 0x80).count()
+}
+
+/// The first `chars` characters of UTF-8 `bytes`.
+fn char_prefix(bytes: &[u8], chars: usize) -> &[u8] {
+    let mut seen = 0;
+    for (i, b) in bytes.iter().enumerate() {
+        if (b & 0xC0) != 0x80 {
+            if seen == chars {
+                return &bytes[..i];
+            }
+            seen += 1;
+        }
+    }
+    bytes
+}
+
+/// A string of at most 12 bytes as one number (its length, then its bytes, zero-padded: the
+/// inline view layout); None for a longer one.
+#[inline(always)]
+fn short_key(text: &[u8]) -> Option<u128> {
+    if text.len() > 12 {
+        return None;
+    }
+    let mut bytes = [0u8; 16];
+    bytes[..4].copy_from_slice(&(text.len() as u32).to_le_bytes());
+    bytes[4..4 + text.len()].copy_from_slice(text);
+    Some(u128::from_le_bytes(bytes))
+}
+
+/// Which value rules match a value, one bit per rule (rule sets have at most 64 value rules; a
+/// value with no bit set is not scanned further).
+type RuleMask = u64;
+const MAX_VALUE_RULES: usize = 64;
+
+/// A value the value rules may change, as the rules see it in turn.
+struct Hit {
+    row: usize,
+    /// The rules matching the value as received; while `fired` is empty, `current` is that value.
+    received: RuleMask,
+    current: String,
+    dropped: bool,
+    fired: Vec<usize>,
+}
+
+impl Hit {
+    fn matches(&self, rule: &ValueRule, index: usize) -> bool {
+        if self.fired.is_empty() {
+            self.received & (1 << index) != 0
+        } else {
+            rule.regex.is_match(&self.current)
+        }
+    }
+}
+
+#[pyclass(frozen, module = "processor._otlp_native")]
+pub struct Redactor {
+    protected: Regex,
+    /// Keys only the value rules act on (the sidecar's own `genops.*`): never dropped by the
+    /// allow list nor masked whole by a key rule, but a detector still finds what an SDK put there.
+    values_only: Regex,
+    allowed: Option<Regex>,
+    allow_all: bool,
+    key_rules: Vec<KeyRule>,
+    value_rules: Vec<ValueRule>,
+    /// All value patterns at once: which of them match a value, in one pass.
+    value_set: RegexSet,
+    redact_all_types: bool,
+    hasher: Py<PyAny>,
+    caches: Mutex<Caches>,
+    /// The thread `start` hands requests to, started on first use.
+    worker: Mutex<Option<mpsc::Sender<Work>>>,
+}
+
+fn compile(pattern: &str) -> PyResult<Regex> {
+    Regex::new(pattern)
+        .map_err(|e| PyValueError::new_err(format!("invalid regex {pattern:?}: {e}")))
+}
+
+impl ValuesFilter for Redactor {
+    fn values_needed(&self, key: &[u8]) -> Needed {
+        Redactor::values_needed(self, key)
+    }
+}
+
+impl Redactor {
+    /// Which values of `key` the rules can change: the scan leaves the others out of the values it
+    /// hands over. Mirrors the order of `changes`: protected keys are never touched; a key rule or
+    /// a key outside the allow list acts on any value; otherwise only the value rules, which read
+    /// text (unless `redact_all_types`).
+    pub(crate) fn values_needed(&self, key: &[u8]) -> Needed {
+        let cached = self.caches.lock().unwrap().keys.get(key).copied();
+        let class = match cached {
+            Some(class) => class,
+            None => match self.classify(key) {
+                Ok(class) => {
+                    let mut caches = self.caches.lock().unwrap();
+                    bounded(&mut caches.keys, CACHE_LIMIT);
+                    caches.keys.insert(key.into(), class);
+                    class
+                }
+                // Not UTF-8: `changes` reports it; every value goes there.
+                Err(_) => return Needed::Every,
+            },
+        };
+        if class.protected {
+            Needed::None
+        } else if class.key_rule.is_some() || !class.allowed || self.redact_all_types {
+            Needed::Every
+        } else if self.value_rules.is_empty() {
+            Needed::None
+        } else {
+            Needed::Text
+        }
+    }
+
+    fn classify(&self, key: &[u8]) -> PyResult<KeyClass> {
+        let key = to_str(key)?;
+        if !self.protected.is_match(key) && self.values_only.is_match(key) {
+            return Ok(KeyClass {
+                protected: false,
+                allowed: true,
+                key_rule: None,
+            });
+        }
+        Ok(KeyClass {
+            protected: self.protected.is_match(key),
+            allowed: self.allow_all || self.allowed.as_ref().is_some_and(|r| r.is_match(key)),
+            key_rule: self
+                .key_rules
+                .iter()
+                .position(|rule| rule.regex.is_match(key)),
+        })
+    }
+
+    fn rule_mask(&self, text: &[u8]) -> RuleMask {
+        self.value_set
+            .matches(text)
+            .iter()
+            .fold(0, |mask, rule| mask | (1 << rule))
+    }
+
+    /// The value rules matching `text`; 0 for most values, which is decided without a set scan.
+    fn value_rules_matching(&self, caches: &mut Caches, text: &[u8]) -> RuleMask {
+        let tiny = short_key(text);
+        if let Some(tiny) = tiny {
+            if caches.clean_short.contains(&tiny) {
+                return 0;
+            }
+        }
+        let short = text.len() <= CLEAN_MAX_LEN;
+        if tiny.is_none() && short && caches.clean.contains(text) {
+            return 0;
+        }
+        if self.value_set.is_match(text) {
+            return self.rule_mask(text);
+        }
+        if let Some(tiny) = tiny {
+            bounded_set(&mut caches.clean_short, CLEAN_LIMIT);
+            caches.clean_short.insert(tiny);
+        } else if short {
+            bounded_set(&mut caches.clean, CLEAN_LIMIT);
+            caches.clean.insert(text.into());
+        }
+        0
+    }
+
+    // The Python callables (hash, checks without a Rust version) take the GIL themselves: the
+    // batch may be running on a thread of its own (`start`), the GIL released.
+    fn hash(&self, caches: &mut Caches, value: &str) -> PyResult<String> {
+        if let Some(done) = caches.hashes.get(value) {
+            return Ok(done.clone());
+        }
+        let hashed: String = Python::attach(|py| self.hasher.call1(py, (value,))?.extract(py))?;
+        bounded(&mut caches.hashes, CACHE_LIMIT);
+        caches.hashes.insert(value.to_owned(), hashed.clone());
+        Ok(hashed)
+    }
+
+    fn check(&self, caches: &mut Caches, rule: usize, candidate: &str) -> PyResult<Option<String>> {
+        let Some(check) = &self.value_rules[rule].check else {
+            return Ok(Some(candidate.to_owned()));
+        };
+        if let Some(Ok(part)) = self.value_rules[rule]
+            .native_check
+            .map(|native| native.run(candidate))
+        {
+            return Ok(part);
+        }
+        if caches.checks.len() <= rule {
+            caches.checks.resize_with(rule + 1, FxHashMap::default);
+        }
+        let cache = &mut caches.checks[rule];
+        if let Some(done) = cache.get(candidate) {
+            return Ok(done.clone());
+        }
+        let part: Option<String> = Python::attach(|py| check.call1(py, (candidate,))?.extract(py))?;
+        bounded(cache, CACHE_LIMIT);
+        cache.insert(candidate.to_owned(), part.clone());
+        Ok(part)
+    }
+
+    /// Runs the value rules over `hits` (the values some rule matches), in rule order.
+    fn scan_values(&self, caches: &mut Caches, hits: &mut [Hit]) -> PyResult<()> {
+        // A rule that matches none of the values as received is skipped for the whole batch, as
+        // the polars path does: then it cannot touch what an earlier rule wrote either.
+        let possible = hits.iter().fold(0, |mask, hit| mask | hit.received);
+        for (index, rule) in self.value_rules.iter().enumerate() {
+            if possible & (1 << index) == 0 {
+                continue;
+            }
+            let matched: Vec<usize> = (0..hits.len())
+                .filter(|&i| !hits[i].dropped && hits[i].matches(rule, index))
+                .collect();
+            if matched.is_empty() {
+                continue;
+            }
+            if let Some(mask) = &rule.mask_all {
+                for &i in &matched {
+                    let hit = &mut hits[i];
+                    let replaced = rule.regex.replace_all(&hit.current, NoExpand(mask));
+                    if replaced != hit.current {
+                        hit.current = replaced.into_owned();
+                        hit.fired.push(index);
+                    }
+                }
+                continue;
+            }
+            let Some((automaton, replacements)) = self.accepted(caches, index, hits, &matched)?
+            else {
+                continue;
+            };
+            for &i in &matched {
+                let hit = &mut hits[i];
+                if !automaton.is_match(&hit.current) {
+                    continue;
+                }
+                if matches!(rule.action, Action::Drop) {
+                    hit.dropped = true;
+                    hit.fired.push(index);
+                    continue;
+                }
+                let replaced = automaton.replace_all(&hit.current, &replacements);
+                if replaced != hit.current {
+                    hit.current = replaced;
+                    hit.fired.push(index);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The parts of the rule's matches its check accepts, over the whole batch, and what replaces
+    /// each; a part is then replaced wherever it occurs in a value the rule matched.
+    #[allow(clippy::type_complexity)]
+    fn accepted(
+        &self,
+        caches: &mut Caches,
+        index: usize,
+        hits: &[Hit],
+        matched: &[usize],
+    ) -> PyResult<Option<(AhoCorasick, Vec<String>)>> {
+        let rule = &self.value_rules[index];
+        let mut candidates: Vec<&str> = Vec::new();
+        let mut seen: FxHashSet<&str> = FxHashSet::default();
+        for &i in matched {
+            for found in rule.regex.find_iter(&hits[i].current) {
+                if seen.insert(found.as_str()) {
+                    candidates.push(found.as_str());
+                }
+            }
+        }
+        let mut accepted: Vec<(String, String)> = Vec::new();
+        let mut parts: FxHashSet<String> = FxHashSet::default();
+        for candidate in candidates {
+            let Some(part) = self.check(caches, index, candidate)? else {
+                continue;
+            };
+            if part.is_empty() || !parts.insert(part.clone()) {
+                continue;
+            }
+            let replacement = match &rule.action {
+                Action::Hash => self.hash(caches, &part)?,
+                Action::Mask(mask) => mask.clone(),
+                _ => String::new(),
+            };
+            accepted.push((part, replacement));
+        }
+        if accepted.is_empty() {
+            return Ok(None);
+        }
+        // Longest first with leftmost-first matching: a part is never cut by a shorter one.
+        accepted.sort_by_key(|(part, _)| std::cmp::Reverse(part.len()));
+        let automaton = AhoCorasickBuilder::new()
+            .match_kind(MatchKind::LeftmostFirst)
+            .build(accepted.iter().map(|(part, _)| part.as_str()))
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        Ok(Some((
+            automaton,
+            accepted
+                .into_iter()
+                .map(|(_, replacement)| replacement)
+                .collect(),
+        )))
+    }
+}
+
+/// Where a changed value's rewrite and summary come from.
+struct Changes {
+    rows: Vec<usize>,
+    new_values: StringsOut,
+    /// Rewrites counted per rule slot: key rules, then value rules, then the allow-list drop.
+    counts: Vec<u64>,
+    /// `rows[detected_from..]` are the values the value rules changed (findings, not keys).
+    detected_from: usize,
+}
+
+impl Changes {
+    fn push(&mut self, row: usize, new_value: Option<&[u8]>, slot: usize) {
+        self.rows.push(row);
+        self.new_values.push(new_value);
+        self.counts[slot] += 1;
+    }
+}
+
+/// One batch's columns of `TelemetryBatch.string_values()`, read in place.
+struct Values<'a> {
+    scope: Strs<'a>,
+    key: Strs<'a>,
+    value: Strs<'a>,
+    kind: Option<Strs<'a>>,
+    owner: Ints<'a>,
+    position: Ints<'a>,
+    row: Ints<'a>,
+    /// The resource of each item (one entry per item, not per value).
+    item_resource: Ints<'a>,
+}
+
+#[pymethods]
+impl Redactor {
+    /// key_rules: [(anchored key regex, action, mask, length)]; value_rules: [(pattern, check
+    /// callable or None, name of its Rust version (detect.rs) or None, action, mask)]; allowed: None matches no key (unless allow_all);
+    /// hasher: value -> keyed hash, called for hash rules only.
+    #[new]
+    #[pyo3(signature = (protected, values_only, allowed, allow_all, key_rules, value_rules, redact_all_types, hasher))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        protected: &str,
+        values_only: &str,
+        allowed: Option<&str>,
+        allow_all: bool,
+        key_rules: Vec<(String, String, String, usize)>,
+        value_rules: Vec<ValueRuleSpec>,
+        redact_all_types: bool,
+        hasher: Py<PyAny>,
+    ) -> PyResult<Self> {
+        if value_rules.len() > MAX_VALUE_RULES {
+            return Err(PyValueError::new_err(format!(
+                "more than {MAX_VALUE_RULES} value rules"
+            )));
+        }
+        let key_rules = key_rules
+            .into_iter()
+            .map(|(regex, kind, mask, length)| {
+                Ok(KeyRule {
+                    regex: compile(&regex)?,
+                    action: Action::parse(&kind, mask, length)?,
+                })
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        let value_set = RegexSet::new(value_rules.iter().map(|(pattern, ..)| pattern))
+            .map_err(|e| PyValueError::new_err(format!("invalid value patterns: {e}")))?;
+        let value_rules = value_rules
+            .into_iter()
+            .map(|(pattern, check, native_check, kind, mask)| {
+                let action = Action::parse(&kind, mask, 0)?;
+                let native_check = native_check.as_deref().and_then(Check::from_name);
+                let mask_all = match (&action, &check) {
+                    (Action::Mask(mask), None) => Some(mask.clone()),
+                    _ => None,
+                };
+                Ok(ValueRule {
+                    regex: compile(&pattern)?,
+                    check,
+                    native_check,
+                    action,
+                    mask_all,
+                })
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        Ok(Redactor {
+            protected: compile(protected)?,
+            values_only: compile(values_only)?,
+            allowed: allowed.map(compile).transpose()?,
+            allow_all,
+            key_rules,
+            value_rules,
+            value_set,
+            redact_all_types,
+            hasher,
+            caches: Mutex::new(Caches::default()),
+            worker: Mutex::new(None),
+        })
+    }
+
+    /// One batch: the columns of `string_values()` (scope, key, value, kind or None when every
+    /// value is a string, owner, position, row) and the `_resource` column of the items, as
+    /// pyarrow arrays. Returns None when nothing changed, else (rewrites, counts, summary):
+    /// rewrites = (scope, owner, position, new_value) buffers; counts = [(rule slot, count)];
+    /// summary = None, or (count buffers, keys buffers or None) for summary level 1 (info) or 2.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (scope, key, value, kind, owner, position, row, item_resource, summary))]
+    fn redact(
+        &self,
+        py: Python<'_>,
+        scope: &Bound<'_, PyAny>,
+        key: &Bound<'_, PyAny>,
+        value: &Bound<'_, PyAny>,
+        kind: Option<&Bound<'_, PyAny>>,
+        owner: &Bound<'_, PyAny>,
+        position: &Bound<'_, PyAny>,
+        row: &Bound<'_, PyAny>,
+        item_resource: &Bound<'_, PyAny>,
+        summary: u8,
+    ) -> PyResult<Option<Py<PyAny>>> {
+        let columns = [scope, key, value].map(StrColumn::from_arrow);
+        let [scope, key, value] = columns;
+        let (scope, key, value) = (scope?, key?, value?);
+        let kind = kind.map(StrColumn::from_arrow).transpose()?;
+        let owner = IntColumn::from_arrow(owner)?;
+        let position = IntColumn::from_arrow(position)?;
+        let row = IntColumn::from_arrow(row)?;
+        let item_resource = IntColumn::from_arrow(item_resource)?;
+        let values = Values {
+            scope: scope.strs()?,
+            key: key.strs()?,
+            value: value.strs()?,
+            kind: kind.as_ref().map(StrColumn::strs).transpose()?,
+            owner: owner.ints(),
+            position: position.ints(),
+            row: row.ints(),
+            item_resource: item_resource.ints(),
+        };
+        let n = values.value.len;
+        let lengths = [
+            values.scope.len,
+            values.key.len,
+            values.owner.len(),
+            values.position.len(),
+            values.row.len(),
+            values.kind.as_ref().map_or(n, |k| k.len),
+        ];
+        if lengths.iter().any(|len| *len != n) {
+            return Err(PyValueError::new_err("columns of different lengths"));
+        }
+        let changes = self.changes_with_caches(&values)?;
+        found_to_py(py, &changes, &values, summary)
+    }
+}
+
+impl Redactor {
+    /// Starts the rules over a request's values (listed by the decoder's scan) on the redactor's
+    /// thread, the GIL released. `RedactionJob.finish` gives what `redact` gives for them.
+    /// `request` is the bytes object long values point into (immutable: read while Python goes on).
+    pub(crate) fn start(
+        slf: &Bound<'_, Self>,
+        request: &Bound<'_, PyBytes>,
+        values: ScannedValues,
+    ) -> PyResult<RedactionJob> {
+        let bytes = request.as_bytes();
+        let task = Task {
+            redactor: slf.clone().unbind(),
+            address: bytes.as_ptr() as usize,
+            len: bytes.len(),
+            request: request.clone().unbind(),
+            values,
+        };
+        let (reply, result) = mpsc::sync_channel(1);
+        let mut worker = slf.get().worker.lock().unwrap();
+        if worker.is_none() {
+            *worker = Some(spawn_worker()?);
+        }
+        if let Err(mpsc::SendError((task, reply))) = worker.as_ref().unwrap().send((task, reply)) {
+            // The thread is gone (it panicked): a new one for this and later requests.
+            let fresh = spawn_worker()?;
+            fresh
+                .send((task, reply))
+                .map_err(|_| PyValueError::new_err("the redaction thread does not take work"))?;
+            *worker = Some(fresh);
+        }
+        Ok(RedactionJob {
+            result: Mutex::new(Some(result)),
+        })
+    }
+}
+
+/// One request for the redaction thread.
+struct Task {
+    redactor: Py<Redactor>,
+    request: Py<PyBytes>,
+    address: usize,
+    len: usize,
+    values: ScannedValues,
+}
+
+type Work = (Task, mpsc::SyncSender<JobOutput>);
+
+/// The redaction thread of a Redactor: one long-lived thread (a new thread per request costs its
+/// start and a cold stack), taking requests in turn. It ends when the Redactor is dropped.
+fn spawn_worker() -> PyResult<mpsc::Sender<Work>> {
+    let (sender, requests) = mpsc::channel::<Work>();
+    std::thread::Builder::new()
+        .name("genops-redaction".into())
+        .spawn(move || {
+            for (task, reply) in requests {
+                let _ = reply.send(run(task));
+            }
+        })
+        .map_err(|e| PyValueError::new_err(format!("cannot start a redaction thread: {e}")))?;
+    Ok(sender)
+}
+
+fn run(task: Task) -> JobOutput {
+    let Task {
+        redactor,
+        request,
+        address,
+        len,
+        values,
+    } = task;
+    // SAFETY: a bytes object never changes, and `request` keeps this one alive until the output
+    // (which holds it) is dropped by `finish`, with the GIL.
+    let raw = unsafe { std::slice::from_raw_parts(address as *const u8, len) };
+    let flat = values.flatten();
+    let changes = if flat.nested {
+        None
+    } else {
+        Some(redactor.get().changes_with_caches(&flat_view(&flat, raw)))
+    };
+    JobOutput {
+        redactor,
+        request,
+        flat,
+        changes,
+    }
+}
+
+/// What a redaction thread hands back: the Python objects it kept alive (dropped with the GIL
+/// held), the values and the changes (None: not run, as for values Python must render).
+struct JobOutput {
+    redactor: Py<Redactor>,
+    request: Py<PyBytes>,
+    flat: FlatValues,
+    changes: Option<PyResult<Changes>>,
+}
+
+/// A redaction started by `Redactor.start`.
+#[pyclass(frozen, module = "processor._otlp_native")]
+pub struct RedactionJob {
+    result: Mutex<Option<mpsc::Receiver<JobOutput>>>,
+}
+
+#[pymethods]
+impl RedactionJob {
+    /// Waits for the thread (the GIL released). Returns ("done", what `redact` returns), or
+    /// ("python", None) when the request holds values only Python renders (the caller runs the
+    /// other path).
+    fn finish(&self, py: Python<'_>, summary: u8) -> PyResult<(&'static str, Option<Py<PyAny>>)> {
+        let result = self.result.lock().unwrap().take();
+        let Some(result) = result else {
+            return Err(PyValueError::new_err("redaction job already finished"));
+        };
+        let output = py
+            .detach(move || result.recv())
+            .map_err(|_| PyValueError::new_err("the redaction thread failed"))?;
+        let JobOutput {
+            redactor,
+            request,
+            flat,
+            changes,
+        } = output;
+        drop(redactor);
+        let Some(changes) = changes else {
+            return Ok(("python", None));
+        };
+        let changes = changes?;
+        let values = flat_view(&flat, request.bind(py).as_bytes());
+        Ok(("done", found_to_py(py, &changes, &values, summary)?))
+    }
+
+    /// Waits for the thread and drops its result (a request given up on before `finish`).
+    fn abandon(&self, py: Python<'_>) {
+        if let Some(result) = self.result.lock().unwrap().take() {
+            let _ = py.detach(move || result.recv());
+        }
+    }
+}
+
+/// The scan's values read as the columns `redact` reads.
+fn flat_view<'a>(flat: &'a FlatValues, request: &'a [u8]) -> Values<'a> {
+    let views = |views: &'a [View], data: Vec<&'a [u8]>| Strs {
+        layout: StrLayout::View,
+        offset: 0,
+        len: views.len(),
+        index: views.as_flattened(),
+        data,
+    };
+    Values {
+        scope: views(&flat.scope, Vec::new()),
+        key: views(&flat.key, vec![&flat.key_data]),
+        value: views(&flat.value, vec![&flat.value_data, request]),
+        kind: Some(views(&flat.kind, Vec::new())),
+        owner: Ints::Native(&flat.owner),
+        position: Ints::Native(&flat.position),
+        row: Ints::Native(&flat.row),
+        item_resource: Ints::Native(&flat.item_resource),
+    }
+}
+
+/// `redact`'s return value for these changes.
+fn found_to_py(
+    py: Python<'_>,
+    changes: &Changes,
+    values: &Values<'_>,
+    summary: u8,
+) -> PyResult<Option<Py<PyAny>>> {
+    if changes.rows.is_empty() {
+        return Ok(None);
+    }
+    let mut scopes = StringsOut::default();
+    let mut owners = Vec::with_capacity(changes.rows.len());
+    let mut positions = Vec::with_capacity(changes.rows.len());
+    for &i in &changes.rows {
+        scopes.push(Some(values.scope.get(i)));
+        owners.push(values.owner.get(i));
+        positions.push(values.position.get(i));
+    }
+    let rewrites = (
+        scopes.into_py(py)?,
+        PyBytes::new(py, &le_i64(&owners)),
+        PyBytes::new(py, &le_i64(&positions)),
+        changes.new_values.to_py(py)?,
+    );
+    let counts = PyList::empty(py);
+    for (slot, count) in changes.counts.iter().enumerate() {
+        if *count > 0 {
+            counts.append((slot, *count))?;
+        }
+    }
+    let summary = if summary == 0 {
+        None
+    } else {
+        Some(summarise(
+            py,
+            &changes.rows,
+            changes.detected_from,
+            values,
+            summary >= 2,
+        )?)
+    };
+    Ok(Some(
+        (rewrites, counts, summary)
+            .into_pyobject(py)?
+            .into_any()
+            .unbind(),
+    ))
+}
+
+impl Redactor {
+    fn changes_with_caches(&self, values: &Values<'_>) -> PyResult<Changes> {
+        // Taken out for the batch and put back after: a check or hash callable may let another
+        // thread run, which must not find the lock held.
+        let mut caches = std::mem::take(&mut *self.caches.lock().unwrap());
+        let result = self.changes(&mut caches, values);
+        *self.caches.lock().unwrap() = caches;
+        result
+    }
+
+    fn changes(&self, caches: &mut Caches, values: &Values<'_>) -> PyResult<Changes> {
+        let key_slots = self.key_rules.len();
+        let not_allowed_slot = key_slots + self.value_rules.len();
+        let mut changes = Changes {
+            rows: Vec::new(),
+            new_values: StringsOut::default(),
+            counts: vec![0; not_allowed_slot + 1],
+            detected_from: 0,
+        };
+        let mut hits: Vec<Hit> = Vec::new();
+        // A batch's keys repeat (the scan stores each once): classes found by view for the batch.
+        let mut batch_keys: FxHashMap<u128, KeyClass> = FxHashMap::default();
+        let attribute = short_key(b"attribute");
+        let event = short_key(b"event");
+        for i in 0..values.value.len {
+            // Values sit in the request bytes, last read by the scan: their loads are started
+            // a few values ahead of the lookups that wait for them.
+            values.value.prefetch(i + 8);
+            let view = values.key.view(i);
+            let known = view.and_then(|view| batch_keys.get(&view).copied());
+            let class = match known {
+                Some(class) => class,
+                None => {
+                    let key = values.key.get(i);
+                    let class = match caches.keys.get(key) {
+                        Some(class) => *class,
+                        None => {
+                            let class = self.classify(key)?;
+                            bounded(&mut caches.keys, CACHE_LIMIT);
+                            caches.keys.insert(key.into(), class);
+                            class
+                        }
+                    };
+                    if let Some(view) = view {
+                        batch_keys.insert(view, class);
+                    }
+                    class
+                }
+            };
+            if class.protected {
+                continue;
+            }
+            let scope = values.scope.get(i);
+            let scope_view = values.scope.view(i);
+            let item_scope = if scope_view == attribute || scope_view == event {
+                true
+            } else {
+                scope == b"attribute" || scope == b"event" || scope == b"link"
+            };
+            if !class.allowed && item_scope {
+                changes.push(i, None, not_allowed_slot);
+                continue;
+            }
+            let text = values.value.get(i);
+            let kind: &[u8] = values.kind.as_ref().map_or(b"string_value", |k| k.get(i));
+            match class.key_rule {
+                Some(rule) if !keyless(scope) => {
+                    match &self.key_rules[rule].action {
+                        Action::Mask(mask) => {
+                            if text != mask.as_bytes() || kind != b"string_value" {
+                                changes.push(i, Some(mask.as_bytes()), rule);
+                            }
+                        }
+                        Action::Drop => changes.push(i, None, rule),
+                        Action::Truncate(length) => {
+                            if char_count(text) > *length {
+                                changes.push(i, Some(char_prefix(text, *length)), rule);
+                            }
+                        }
+                        Action::Hash => {
+                            let hashed = self.hash(caches, to_str(text)?)?;
+                            changes.push(i, Some(hashed.as_bytes()), rule);
+                        }
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            if self.value_rules.is_empty()
+                || !(self.redact_all_types
+                    || matches!(kind, b"string_value" | b"array_value" | b"kvlist_value"))
+            {
+                continue;
+            }
+            let received = self.value_rules_matching(caches, text);
+            if received != 0 {
+                let current = to_str(text)?.to_owned();
+                hits.push(Hit {
+                    row: i,
+                    received,
+                    current,
+                    dropped: false,
+                    fired: Vec::new(),
+                });
+            }
+        }
+        if !hits.is_empty() {
+            self.scan_values(caches, &mut hits)?;
+        }
+        changes.detected_from = changes.rows.len();
+        for hit in &hits {
+            if hit.fired.is_empty() {
+                continue;
+            }
+            // One rewrite per value; every rule that changed it is counted.
+            let new_value = if hit.dropped {
+                None
+            } else {
+                Some(hit.current.as_bytes())
+            };
+            changes.rows.push(hit.row);
+            changes.new_values.push(new_value);
+            for rule in &hit.fired {
+                changes.counts[key_slots + rule] += 1;
+            }
+        }
+        Ok(changes)
+    }
+}
+
+/// Places that hold one text, not a key and a value (processor/core/decode.py KEYLESS_SCOPES): only
+/// the value rules apply to them.
+fn keyless(scope: &[u8]) -> bool {
+    matches!(
+        scope,
+        b"body" | b"span_name" | b"status" | b"event_name" | b"log_event" | b"unknown"
+    )
+}
+
+/// genops.redaction.count (and .keys when `keys`) per item: the values changed on the item, its
+/// events and its resource (a resource value is shared by every item under that resource); and
+/// genops.redaction.detected, the same count over `rows[detected_from..]` (value-rule findings).
+fn summarise(
+    py: Python<'_>,
+    rows: &[usize],
+    detected_from: usize,
+    values: &Values<'_>,
+    keys: bool,
+) -> PyResult<Py<PyAny>> {
+    let (owner, row, item_resource) = (values.owner, values.row, values.item_resource);
+    let items = item_resource.len();
+    // Labels repeat (one per key and scope): each distinct one gets a number in sorted order, so
+    // an item's labels sort and deduplicate as numbers.
+    let mut label_ids: FxHashMap<(&[u8], &[u8]), usize> = FxHashMap::default();
+    let mut labels: Vec<Vec<u8>> = Vec::new();
+    let mut change_label: Vec<usize> = Vec::with_capacity(rows.len());
+    for &i in rows {
+        let (scope, key) = (values.scope.get(i), values.key.get(i));
+        let id = *label_ids.entry((scope, key)).or_insert_with(|| {
+            labels.push(match scope {
+                b"attribute" => key.to_vec(),
+                b"body" => b"body".to_vec(),
+                _ if keyless(scope) => scope.to_vec(),
+                _ => [scope, b":", key].concat(),
+            });
+            labels.len() - 1
+        });
+        change_label.push(id);
+    }
+    let mut order: Vec<usize> = (0..labels.len()).collect();
+    order.sort_by(|a, b| labels[*a].cmp(&labels[*b]));
+    let mut rank = vec![0; labels.len()];
+    for (position, id) in order.iter().enumerate() {
+        rank[*id] = position;
+    }
+    // (item, label rank) for every changed value and every item it counts on.
+    let mut pairs: Vec<(usize, usize)> = Vec::with_capacity(rows.len());
+    let mut detected = vec![0i64; items];
+    let mut by_resource: Option<FxHashMap<i64, Vec<usize>>> = None;
+    for (change, &i) in rows.iter().enumerate() {
+        let label = rank[change_label[change]];
+        let counted_from = pairs.len();
+        if values.scope.get(i) == b"resource" {
+            let by_resource = by_resource.get_or_insert_with(|| {
+                let mut map: FxHashMap<i64, Vec<usize>> = FxHashMap::default();
+                for item in 0..items {
+                    map.entry(item_resource.get(item)).or_default().push(item);
+                }
+                map
+            });
+            if let Some(under) = by_resource.get(&owner.get(i)) {
+                pairs.extend(under.iter().map(|item| (*item, label)));
+            }
+        } else {
+            let item = row.get(i);
+            if item >= 0 && (item as usize) < items {
+                pairs.push((item as usize, label));
+            }
+        }
+        if change >= detected_from {
+            for (item, _) in &pairs[counted_from..] {
+                detected[*item] += 1;
+            }
+        }
+    }
+    pairs.sort_unstable();
+    let mut counts = vec![0i64; items];
+    for (item, _) in &pairs {
+        counts[*item] += 1;
+    }
+    let valid: Vec<bool> = counts.iter().map(|c| *c > 0).collect();
+    let count = (
+        items,
+        bitmap(py, &valid),
+        PyBytes::new(py, &le_i64(&counts)),
+    );
+    let key_lists = if keys {
+        pairs.dedup();
+        let mut offsets: Vec<i64> = vec![0; items + 1];
+        let mut names = StringsOut::default();
+        for (item, label) in &pairs {
+            offsets[item + 1] += 1;
+            names.push(Some(&labels[order[*label]]));
+        }
+        for item in 0..items {
+            offsets[item + 1] += offsets[item];
+        }
+        Some((
+            items,
+            bitmap(py, &valid),
+            PyBytes::new(py, &le_i64(&offsets)),
+            names.into_py(py)?,
+        ))
+    } else {
+        None
+    };
+    let found: Vec<bool> = detected.iter().map(|c| *c > 0).collect();
+    let detected = (bitmap(py, &found), PyBytes::new(py, &le_i64(&detected)));
+    Ok((count, key_lists, detected)
+        .into_pyobject(py)?
+        .into_any()
+        .unbind())
+}

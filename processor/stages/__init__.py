@@ -1,0 +1,1 @@
+"""The stages, in data order: cost, redaction, policy (with budgets); `assembly` builds them from the config."""

@@ -1,0 +1,82 @@
+"""Merges the two sources: genai-prices first (it has price histories), LiteLLM for the models it
+lacks, and every price both give for one model compared.
+
+A LiteLLM model is "had" by genai-prices when the version-safe matcher prices its name with a
+genai-prices entry of the same provider (its own name, an alias, or a snapshot of a prefix entry);
+then the current prices are compared field by field and every difference above the tolerance is a
+Disagreement. Otherwise the LiteLLM entry joins the catalogue as the model's own entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from processor.stages.cost.catalogue.entries import CatalogueEntry, Disagreement, SourceData, Unconvertible
+from processor.stages.cost.catalogue.tables import table_of
+
+COMPARED = ("input", "output", "cache_read", "cache_write")
+TOLERANCE = 0.01
+
+
+@dataclass(frozen=True)
+class Merged:
+    entries: tuple[CatalogueEntry, ...]
+    disagreements: tuple[Disagreement, ...]
+    duplicates: tuple[Unconvertible, ...]
+    compared: int  # models both sources price
+
+
+def merge(primary: SourceData, secondary: SourceData, tolerance: float = TOLERANCE) -> Merged:
+    kept, duplicates = deduplicate(primary.entries)
+    table, by_group = table_of(kept)
+    entries = list(kept)
+    disagreements: list[Disagreement] = []
+    compared = 0
+    for entry in secondary.entries:
+        found = table.match(entry.provider, entry.model)
+        if found is None or found.near or table.entry(found.group).provider != entry.provider:
+            entries.append(entry)
+            continue
+        current = by_group[found.group]
+        compared += 1
+        for name in COMPARED:
+            # Given prices only: a default (cache = input) is no claim of the source's.
+            theirs, ours = current.prices.get(name), entry.prices.get(name)
+            if theirs is None or ours is None:
+                continue
+            disagreement = Disagreement(entry.provider, entry.model, name, theirs, ours, f"{current.origin} kept")
+            if disagreement.relative > tolerance:
+                disagreements.append(disagreement)
+    return Merged(tuple(entries), tuple(disagreements), tuple(duplicates), compared)
+
+
+def deduplicate(entries: tuple[CatalogueEntry, ...]) -> tuple[list[CatalogueEntry], list[Unconvertible]]:
+    """First one wins: one entry per (provider, match, model, start), one owner per exact name."""
+    seen: set[tuple] = set()
+    owners: dict[tuple[str, str], str] = {}
+    kept: list[CatalogueEntry] = []
+    dropped: list[Unconvertible] = []
+    for entry in entries:
+        key = (entry.provider, entry.match, entry.model.lower(), entry.effective_from)
+        if key in seen:
+            dropped.append(Unconvertible(entry.origin, entry.provider, entry.model, "priced by an earlier model"))
+            continue
+        if entry.match == "exact":
+            owner = owners.get((entry.provider, entry.model.lower()))
+            if owner is not None and owner != entry.model.lower():
+                dropped.append(Unconvertible(entry.origin, entry.provider, entry.model, f"an alias of {owner}"))
+                continue
+            aliases = []
+            for alias in entry.aliases:
+                alias_owner = owners.setdefault((entry.provider, alias.lower()), entry.model.lower())
+                if alias_owner == entry.model.lower():
+                    aliases.append(alias)
+                else:
+                    reason = f"already priced by {alias_owner}"
+                    dropped.append(Unconvertible(entry.origin, entry.provider, alias, reason))
+            owners.setdefault((entry.provider, entry.model.lower()), entry.model.lower())
+            if len(aliases) != len(entry.aliases):
+                entry = replace(entry, aliases=tuple(aliases))
+        seen.add(key)
+        kept.append(entry)
+    return kept, dropped

@@ -1,0 +1,352 @@
+"""The policy stage's native path: one Rust call per batch (`PolicyPlan` in
+processor/native/src/stages/policy.rs) instead of the polars queries of policy_stage.py.
+
+The call reads the frame's columns as Arrow buffers, finds the GenAI spans, attributes them, runs
+the rule checks, charges the budget windows (the store is a callback, so a batch is still applied
+in one atomic step), and returns the verdict and budget tag columns, the threshold events and the
+small tables the metrics need. The polars path stays the fallback and the reference:
+tests/test_policy_native.py checks both give the same changes, events, metrics and stored totals.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+import pyarrow as pa
+
+from processor.core.attribution import DIMENSIONS, Attribution
+from processor.core.batch_columns import array_parts, arrow_series, series_array
+from processor.core.contract import BatchChanges, SpanEventToAdd
+from processor.core.decode import RESOURCE_PREFIX, ROW, START_TIME, STATUS_CODE, TelemetryBatch, native_module
+from processor.core.genai_attributes import MODEL, PROVIDER, TOKENS_INPUT, TOKENS_OUTPUT, normalized
+from processor.files.linear_regex import glob_regex
+from processor.stages.policy import budgets
+from processor.stages.policy import rules as policies
+from processor.stages.policy.budget_forecast import level_forecasts, now_utc
+from processor.stages.policy.budget_state import BudgetStore
+from processor.stages.policy.metrics import GovernanceMetrics
+from processor.stages.policy.policy_file import Budget, PolicyFile
+
+if TYPE_CHECKING:
+    from polars._typing import PolarsDataType
+
+ERROR_TYPE = "error.type"
+# Metric label -> its source in the native plan: a dimension, then model and provider.
+_LABEL_SOURCES = {name: i for i, name in enumerate((*DIMENSIONS, "model", "provider"))}
+
+
+class Unsupported(Exception):
+    """A column type the native path does not read: the polars path takes the batch."""
+
+
+# batch.derived key of the inputs `NativePolicy.prepare` read, and where the PII count sits in them.
+_PREPARED = "policy.native_inputs"
+_PII_AT = 5
+
+
+class NativePolicy:
+    """One policy file's native plan (built once per policy file, like policy_stage._Plan)."""
+
+    def __init__(
+        self,
+        policy: PolicyFile,
+        attribution: Attribution,
+        labels: tuple[str, ...],
+        checks: list[policies.Check],
+        counted: list[policies.Check],
+    ) -> None:
+        self.policy = policy
+        texts: list[str] = []
+
+        def text_index(name: str) -> int:
+            if name not in texts:
+                texts.append(name)
+            return texts.index(name)
+
+        dims = [
+            [text_index(name) for key in attribution.sources(dim) for name in (key, RESOURCE_PREFIX + key)]
+            for dim in DIMENSIONS
+        ]
+        cost_texts = tuple(
+            text_index(name) for name in ("genops.cost.model", "genops.cost.provider", "genops.cost.status", ERROR_TYPE)
+        )
+        self.texts = tuple(texts)
+        dimension = {dim: i for i, dim in enumerate(DIMENSIONS)}
+        rules = [
+            (
+                rule.type,
+                [(dimension[dim], list(values)) for dim, values in rule.match.items()],
+                float(rule.max_usd) if rule.max_usd is not None else 0.0,
+                int(rule.max_tokens) if rule.max_tokens is not None else 0,
+                glob_regex(rule.allow) if rule.allow else None,
+                glob_regex(rule.deny) if rule.deny else None,
+                [dimension[dim] for dim in rule.dimensions],
+            )
+            for rule in policy.rules
+        ]
+        zones = sorted({(b.timezone, b.period) for b in policy.budgets})
+        self._zone_budget: list[Budget] = [
+            next(b for b in policy.budgets if (b.timezone, b.period) == zone) for zone in zones
+        ]
+        budget_specs = [
+            (
+                b.name,
+                b.period,
+                None if b.dimension is None else dimension[b.dimension],
+                b.value,
+                zones.index((b.timezone, b.period)),
+                float(b.limit_usd),
+                min(b.warn_at, default=1.0),
+                [float(t) for t in b.thresholds()],
+                b.mode != "audit_only",
+            )
+            for b in policy.budgets
+        ]
+        table = policies.VerdictTable(checks)
+        self._results = [result for _, result, _ in table.entries]
+        self.plan = native_module().PolicyPlan(
+            dims,
+            cost_texts,
+            rules,
+            budget_specs,
+            len(zones),
+            [_LABEL_SOURCES[name] for name in labels],
+            list(table.entries),
+        )
+        self._counted = counted
+
+    @staticmethod
+    def supports(checks: list[policies.Check]) -> bool:
+        module = native_module()
+        return module is not None and hasattr(module, "PolicyPlan") and policies.VerdictTable.fits(checks)
+
+    def prepare(self, batch: TelemetryBatch) -> None:
+        """Reads the plan's inputs ahead, but for the PII count (the redaction stage's output,
+        read by `process`)."""
+        try:
+            inputs = ([_text(batch, name) for name in self.texts], _numbers(batch, normalized(batch)))
+        except Unsupported:
+            return
+        batch.derived[_PREPARED] = (self, inputs)
+
+    def process(
+        self, batch: TelemetryBatch, store: BudgetStore, metrics: GovernanceMetrics, fingerprint: Callable
+    ) -> BatchChanges | None:
+        """The batch's changes, or None when the polars path must take it (nothing applied then)."""
+        # batch.derived is untyped (issue 19 replaces it with typed hand-offs): prepare() put it there.
+        prepared: Any = batch.derived.pop(_PREPARED, None)
+        try:
+            if prepared is not None and prepared[0] is self:
+                texts, numbers = prepared[1]
+                numbers[_PII_AT] = _pii_count(batch)
+            else:
+                texts = [_text(batch, name) for name in self.texts]
+                numbers = _numbers(batch, normalized(batch))
+        except Unsupported:
+            return None
+        rows = len(batch)
+
+        def apply(increments: dict[str, float], expires_at: dict[str, int]) -> tuple[dict[str, float], bool]:
+            applied = store.apply(fingerprint(batch), increments, expires_at)
+            return applied.totals, applied.repeated
+
+        found = self.plan.run(
+            rows,
+            texts,
+            numbers,
+            time.time_ns(),
+            int(time.time()),
+            apply,
+            self._window,
+            metrics.operation_labels,
+        )
+        if found is None:
+            return None
+        if not found:
+            return BatchChanges()
+        (violations, result, reason), tags, events, levels, check_counts, code_counts, groups = found
+        arrays = {
+            policies.VIOLATIONS: _lists(rows, violations),
+            policies.RESULT: _string_views(rows, result),
+            policies.REASON_CODE: _string_views(rows, reason),
+        }
+        if tags is not None:
+            name, period, limit, consumed, remaining, utilization, exceeded = tags
+            arrays[budgets.TAGS["name"]] = _string_views(rows, name)
+            arrays[budgets.TAGS["period"]] = _string_views(rows, period)
+            for what, column in (
+                ("allocated", limit),
+                ("limit", limit),
+                ("consumed", consumed),
+                ("remaining", remaining),
+                ("utilization", utilization),
+            ):
+                arrays[budgets.TAGS[what]] = _array(pa.float64(), rows, column)
+            arrays[budgets.TAGS["exceeded"]] = _array(pa.bool_(), rows, exceeded)
+        changes = {name: arrow_series(name, array) for name, array in arrays.items()}
+        span_events = self._events(batch, events)
+        if groups is None:  # a retried batch: same tags and events as the first time, counted once
+            return BatchChanges(set_attributes=changes, events=span_events, arrow=arrays)
+        costs = groups.costs()
+        if costs is not None:
+            # No metric labels: one group, its cost summed by polars as the polars path does.
+            groups.set_cost(0, pl.Series(_array(pa.float64(), len(costs[1]) // 8, costs)).sum() or 0.0)
+        metrics.record_operation_groups(groups)
+        results: Counter[str] = Counter()
+        for code_value, count in code_counts:
+            results[self._results[code_value]] += count
+        metrics.record_verdicts(
+            results,
+            [(c.name, c.reason_code, c.mode, count) for c, count in zip(self._counted, check_counts, strict=True)],
+        )
+        if tags is not None:
+            listed = self.policy.budgets
+            exceeded = check_counts[len(self.policy.rules) :]
+            found_levels = [(listed[b].name, who, spent, float(listed[b].limit_usd)) for b, who, spent in levels]
+            metrics.record_budgets(
+                found_levels,
+                [(b.name, b.mode, count) for b, count in zip(listed, exceeded, strict=True) if count],
+                level_forecasts({b.name: b for b in listed}, found_levels, now_utc()),
+            )
+        return BatchChanges(set_attributes=changes, events=span_events, arrow=arrays)
+
+    def _window(self, zone: int, seconds: int) -> tuple[int, int, str]:
+        """(start, end, label) of the window of a (time zone, period) holding `seconds`."""
+        label, start, end = self._zone_budget[zone].window(dt.datetime.fromtimestamp(seconds, tz=dt.UTC))
+        return int(start.timestamp()), int(end.timestamp()), label
+
+    def _events(self, batch: TelemetryBatch, found: list) -> list[SpanEventToAdd]:
+        if not found:
+            return []
+        rows = batch.column_array(ROW)
+        assert rows is not None
+        events = []
+        for position, index, threshold, event_time, subject, label, consumed in found:
+            budget = self.policy.budgets[index]
+            events.append(
+                budgets.alert_event(rows[position].as_py(), event_time, budget, subject, label, threshold, consumed)
+            )
+        return events
+
+
+def _array(arrow_type: pa.DataType, rows: int, buffers: tuple) -> pa.Array:
+    validity, data = buffers
+    return pa.Array.from_buffers(
+        arrow_type, rows, [None if validity is None else pa.py_buffer(validity), pa.py_buffer(data)]
+    )
+
+
+def _string_views(rows: int, buffers: tuple) -> pa.Array:
+    validity, views, data = buffers
+    return pa.Array.from_buffers(
+        pa.string_view(),
+        rows,
+        [None if validity is None else pa.py_buffer(validity), pa.py_buffer(views), pa.py_buffer(data)],
+    )
+
+
+def _lists(rows: int, buffers: tuple) -> pa.Array:
+    validity, offsets, count, names = buffers
+    return pa.Array.from_buffers(
+        pa.large_list(pa.string_view()),
+        rows,
+        [None if validity is None else pa.py_buffer(validity), pa.py_buffer(offsets)],
+        children=[_string_views(count, names)],
+    )
+
+
+def _parts(column: pl.Series) -> tuple:
+    """(kind, length, offset, buffers, child) as processor/native/src/otlp/arrow.rs reads an array."""
+    parts = array_parts(series_array(column))
+    if parts is None:
+        raise Unsupported(str(column.dtype))
+    return parts
+
+
+def _readable(batch: TelemetryBatch, name: str) -> tuple[pa.DataType | None, tuple | None]:
+    """(Arrow type, parts): the type None when absent, all-null or binary (read as absent); the parts
+    None when the column must go through polars first."""
+    arrow_type = batch.column_type(name)
+    if arrow_type is None or arrow_type == pa.binary_view():
+        return None, None
+    return arrow_type, batch.column_parts(name)
+
+
+def _text(batch: TelemetryBatch, name: str) -> tuple | None:
+    """attribution.text's input: the column as strings (None: absent, null or binary)."""
+    arrow_type, parts = _readable(batch, name)
+    if arrow_type is None:
+        return None
+    if arrow_type == pa.string_view():
+        return parts
+    column = batch.column_series(name)
+    assert column is not None
+    if not (column.dtype.is_numeric() or column.dtype == pl.Boolean):
+        raise Unsupported(str(column.dtype))
+    return _parts(column.cast(pl.String, strict=False))
+
+
+def _number(batch: TelemetryBatch, name: str, dtype: PolarsDataType, arrow_type: pa.DataType) -> tuple | None:
+    """policy_stage._number: the column as `dtype` (strings trimmed first), None when absent."""
+    found, parts = _readable(batch, name)
+    if found is None:
+        return None
+    if found == arrow_type:
+        return parts
+    column = batch.column_series(name)
+    assert column is not None
+    if column.dtype == pl.String:
+        column = column.str.strip_chars().cast(pl.Float64, strict=False)
+    elif not (column.dtype.is_numeric() or column.dtype == pl.Boolean):
+        raise Unsupported(str(column.dtype))
+    return _parts(column.cast(dtype, strict=False))
+
+
+def _pii_count(batch: TelemetryBatch) -> tuple | None:
+    return _number(batch, policies.PII_COUNT, pl.Int64, pa.int64())
+
+
+def _numbers(batch: TelemetryBatch, genai: pl.DataFrame) -> list[tuple | None]:
+    genai_schema = dict(zip(genai.columns, genai.dtypes, strict=True))
+
+    def canonical(name: str, dtype: PolarsDataType) -> tuple | None:
+        found = genai_schema.get(name)
+        if found is None or found == pl.Null:
+            return None
+        column = genai.get_column(name)
+        return _parts(column if found == dtype else column.cast(dtype))
+
+    def time_column(name: str) -> tuple | None:
+        arrow_type = batch.column_type(name)
+        if arrow_type is None:
+            # An all-null column reads as nulls, an absent one as absent (as on the polars path).
+            return _parts(pl.Series(name, [None] * len(batch), dtype=pl.Int64)) if batch.has_column(name) else None
+        if arrow_type in (pa.uint64(), pa.int64()):
+            return batch.column_parts(name)
+        return _parts(batch.column_series(name).cast(pl.Int64))  # type: ignore[union-attr]
+
+    status = None
+    status_type = batch.column_type(STATUS_CODE)
+    if status_type == pa.int32():  # as the decoders type it: widened without a polars round trip
+        status = array_parts(batch.column_array(STATUS_CODE).cast(pa.int64()))  # type: ignore[union-attr]
+    elif status_type is not None and status_type != pa.binary_view():
+        status = _parts(batch.column_series(STATUS_CODE).cast(pl.Int64, strict=False))  # type: ignore[union-attr]
+    start = time_column(START_TIME)
+    if start is None:
+        raise Unsupported("no start times")
+    return [
+        canonical(MODEL, pl.String),
+        canonical(PROVIDER, pl.String),
+        canonical(TOKENS_INPUT, pl.Int64),
+        canonical(TOKENS_OUTPUT, pl.Int64),
+        _number(batch, budgets.COST, pl.Float64, pa.float64()),
+        _pii_count(batch),
+        status,
+        start,
+        time_column(budgets.END_TIME),
+    ]

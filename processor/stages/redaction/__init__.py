@@ -1,0 +1,1 @@
+"""The redaction stage: rules, detectors and the stage that masks values before telemetry leaves the node."""

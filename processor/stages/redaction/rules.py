@@ -1,0 +1,273 @@
+"""Redaction rules: the YAML format, its validation, and the compiled form the stage runs.
+
+Every regex is compiled by polars (Rust `regex`) at load time, so a pattern the stage could not
+run fails here, with the rule's name, instead of failing each batch at run time.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import polars as pl
+
+from processor.files.error_text import clip, shown
+from processor.files.file_limits import read_text_limited
+from processor.files.linear_regex import regex_problem
+from processor.files.safe_yaml import YamlError, load_yaml
+from processor.stages.redaction.detectors import BUILTIN_DETECTORS, Check
+
+ACTIONS = ("mask", "hash", "drop", "truncate")
+# The HMACs a hash action can use (the Collector redaction processor's names).
+HASH_FUNCTIONS = {"hmac-sha256": "sha256", "hmac-sha512": "sha512"}
+SUMMARY_LEVELS = ("debug", "info", "silent")
+# The detector label of attributes dropped because their key is not in allowed_keys.
+RESERVED_RULE_NAME = "allowed_keys"
+
+# Never redacted, whatever the rules say: token counts are what cost attribution and budgets need
+# downstream, and a count carries no user content.
+PROTECTED_KEYS = ("gen_ai.usage.*", "llm.token_count.*", "llm.usage.*", "genops.tokens.*")
+# Only the value rules act on these: the allow list never drops them and no key rule masks them
+# whole (cost attribution reads them downstream), but an SDK may put anything into `genops.team`
+# or `genops.project`, so a detector still finds an email or a card number there.
+VALUES_ONLY_KEYS = ("genops.*",)
+
+_RULE_FIELDS = {"name", "keys", "key_patterns", "detector", "pattern", "action", "mask", "length"}
+_TOP_FIELDS = {
+    "allow_all_keys",
+    "allowed_keys",
+    "ignored_keys",
+    "ignored_key_patterns",
+    "structure_keys",
+    "allowed_values",
+    "default_mask",
+    "hash_function",
+    "summary",
+    "redact_all_types",
+    "hash_prefix",
+    "rules",
+}
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: str  # mask | hash | drop | truncate
+    mask: str = ""
+    length: int = 0
+
+
+@dataclass(frozen=True)
+class KeyRule:
+    """Acts on the whole value of every attribute whose key matches `key_regex` (anchored)."""
+
+    name: str
+    key_regex: str
+    action: Action
+
+
+@dataclass(frozen=True)
+class ValueRule:
+    """Acts on the substrings of values that `pattern` matches and `check` (if any) accepts."""
+
+    name: str
+    pattern: str
+    check: Check | None
+    action: Action
+
+
+@dataclass(frozen=True)
+class AllowedValues:
+    """A value rule's check that keeps a match `allowed` (an anchored regex) matches whole: the
+    Collector's `allowed_values`, which win over what a rule would redact."""
+
+    check: Check | None
+    allowed: str
+
+    def __call__(self, candidate: str) -> str | None:
+        part = self.check(candidate) if self.check is not None else candidate
+        if part and pl.select(pl.lit(part).str.contains(self.allowed)).item():
+            return None
+        return part
+
+
+@dataclass(frozen=True)
+class RedactionRules:
+    allow_all_keys: bool
+    # Anchored regexes; None matches nothing.
+    allowed_key_regex: str | None
+    protected_key_regex: str
+    values_only_key_regex: str
+    key_rules: tuple[KeyRule, ...]
+    value_rules: tuple[ValueRule, ...]
+    summary: str
+    redact_all_types: bool
+    hash_prefix: str
+    hash_digest: str = "sha256"  # hashlib name of the HMAC's digest
+
+    @property
+    def uses_hash(self) -> bool:
+        rules: tuple[KeyRule | ValueRule, ...] = (*self.key_rules, *self.value_rules)
+        return any(r.action.kind == "hash" for r in rules)
+
+
+def default_rules_text() -> str:
+    return resources.files("processor.stages.redaction").joinpath("defaults.yaml").read_text()
+
+
+def load_rules(rules_file: str = "") -> RedactionRules:
+    """Reads `rules_file`, or the embedded defaults when it is empty; raises ValueError if invalid."""
+    if rules_file:
+        try:
+            text = read_text_limited(Path(rules_file))
+        except ValueError as exc:
+            raise ValueError(f"redaction rules file {exc}") from None
+        except OSError as exc:
+            raise ValueError(f"cannot read redaction rules file {rules_file}: {exc.strerror}") from exc
+        source = rules_file
+    else:
+        text, source = default_rules_text(), "embedded default redaction rules"
+    try:
+        raw = load_yaml(text)
+    except YamlError as exc:
+        raise ValueError(f"{source} is not valid YAML: {exc}") from None
+    try:
+        return parse_rules(raw or {})
+    except ValueError as exc:
+        raise ValueError(clip(f"{source}: {exc}")) from None
+
+
+def parse_rules(raw: object) -> RedactionRules:
+    if not isinstance(raw, dict):
+        raise ValueError("redaction rules must be a mapping")
+    unknown = sorted(set(raw) - _TOP_FIELDS, key=str)
+    if unknown:
+        raise ValueError(f"unknown redaction setting {shown(unknown[0])} (known: {', '.join(sorted(_TOP_FIELDS))})")
+    summary = str(raw.get("summary", "debug"))
+    if summary not in SUMMARY_LEVELS:
+        raise ValueError(f"summary must be one of {', '.join(SUMMARY_LEVELS)}, not {shown(summary)}")
+    allowed = _string_list(raw.get("allowed_keys", []), "allowed_keys")
+    ignored = _string_list(raw.get("ignored_keys", []), "ignored_keys")
+    # A message's role or finish reason is structure: key rules on the message mask its content.
+    structure = _string_list(raw.get("structure_keys", []), "structure_keys")
+    ignored_patterns = _string_list(raw.get("ignored_key_patterns", []), "ignored_key_patterns")
+    for pattern in ignored_patterns:
+        check_regex(pattern, "ignored_key_patterns")
+    allowed_values = _string_list(raw.get("allowed_values", []), "allowed_values")
+    for pattern in allowed_values:
+        check_regex(pattern, "allowed_values")
+    allowed_regex = r"\A(?:" + "|".join(f"(?:{p})" for p in allowed_values) + r")\z" if allowed_values else None
+    default_mask = raw.get("default_mask")
+    if default_mask is not None and not isinstance(default_mask, str):
+        raise ValueError("default_mask must be a string")
+    hash_function = str(raw.get("hash_function", "hmac-sha256"))
+    if hash_function not in HASH_FUNCTIONS:
+        raise ValueError(f"hash_function must be one of {', '.join(HASH_FUNCTIONS)}, not {shown(hash_function)}")
+    rules_raw = raw.get("rules", [])
+    if not isinstance(rules_raw, list):
+        raise ValueError("rules must be a list")
+    key_rules: list[KeyRule] = []
+    value_rules: list[ValueRule] = []
+    seen: set[str] = set()
+    for index, rule_raw in enumerate(rules_raw):
+        rule = _parse_rule(rule_raw, index, default_mask, allowed_regex)
+        if rule.name == RESERVED_RULE_NAME:
+            raise ValueError(f"rule {shown(rule.name)}: the name is reserved for allow-list drops")
+        if rule.name in seen:
+            raise ValueError(f"rule {shown(rule.name)}: the name is used twice")
+        seen.add(rule.name)
+        if isinstance(rule, KeyRule):
+            key_rules.append(rule)
+        else:
+            value_rules.append(rule)
+    return RedactionRules(
+        allow_all_keys=bool(raw.get("allow_all_keys", True)),
+        allowed_key_regex=_keys_regex(allowed, []) if allowed else None,
+        protected_key_regex=_keys_regex([*PROTECTED_KEYS, *ignored], ignored_patterns),
+        values_only_key_regex=_keys_regex([*VALUES_ONLY_KEYS, *structure], []),
+        key_rules=tuple(key_rules),
+        value_rules=tuple(value_rules),
+        summary=summary,
+        redact_all_types=bool(raw.get("redact_all_types", False)),
+        hash_prefix=str(raw.get("hash_prefix", f"{hash_function}:")),
+        hash_digest=HASH_FUNCTIONS[hash_function],
+    )
+
+
+def _parse_rule(raw: object, index: int, default_mask: str | None, allowed: str | None) -> KeyRule | ValueRule:
+    if not isinstance(raw, dict) or not raw.get("name"):
+        raise ValueError(f"rule #{index + 1} must be a mapping with a name")
+    name = str(raw["name"])
+    where = f"rule {shown(name)}"
+    unknown = sorted(set(raw) - _RULE_FIELDS, key=str)
+    if unknown:
+        raise ValueError(f"{where}: unknown field {shown(unknown[0])} (known: {', '.join(sorted(_RULE_FIELDS))})")
+    keys = _string_list(raw.get("keys", []), f"{where}: keys")
+    key_patterns = _string_list(raw.get("key_patterns", []), f"{where}: key_patterns")
+    detector, pattern = raw.get("detector"), raw.get("pattern")
+    kinds = sum(1 for present in (keys or key_patterns, detector, pattern) if present)
+    if kinds != 1:
+        raise ValueError(f"{where}: give exactly one of keys/key_patterns, detector or pattern")
+    action = _parse_action(raw, name, where, default_mask)
+    if keys or key_patterns:
+        for key_pattern in key_patterns:
+            check_regex(key_pattern, where)
+        return KeyRule(name, _keys_regex(keys, key_patterns), action)
+    if action.kind == "truncate":
+        raise ValueError(f"{where}: truncate applies to key rules only (a match inside a value is masked or hashed)")
+    if detector is not None:
+        found = BUILTIN_DETECTORS.get(str(detector))
+        if found is None:
+            raise ValueError(f"{where}: unknown detector {shown(detector)} (known: {', '.join(BUILTIN_DETECTORS)})")
+        return ValueRule(name, found.pattern, _allowing(found.check, allowed), action)
+    check_regex(str(pattern), where)
+    if pl.Series([""], dtype=pl.String).str.contains(str(pattern))[0]:
+        # It would insert the mask between every pair of characters.
+        raise ValueError(f"{where}: pattern {shown(pattern)} matches the empty string")
+    return ValueRule(name, str(pattern), _allowing(None, allowed), action)
+
+
+def _allowing(check: Check | None, allowed: str | None) -> Check | None:
+    return check if allowed is None else AllowedValues(check, allowed)
+
+
+def _parse_action(raw: dict, name: str, where: str, default_mask: str | None) -> Action:
+    kind = str(raw.get("action", "mask"))
+    if kind not in ACTIONS:
+        raise ValueError(f"{where}: unknown action {shown(kind)} (known: {', '.join(ACTIONS)})")
+    if kind == "truncate":
+        length = raw.get("length")
+        if isinstance(length, bool) or not isinstance(length, int) or length < 0:
+            raise ValueError(f"{where}: truncate needs a non-negative integer length")
+        return Action(kind, length=length)
+    if "length" in raw:
+        raise ValueError(f"{where}: length only applies to truncate")
+    mask = raw.get("mask", f"[REDACTED:{name}]" if default_mask is None else default_mask)
+    if not isinstance(mask, str):
+        raise ValueError(f"{where}: mask must be a string")
+    return Action(kind, mask=mask)
+
+
+def check_regex(pattern: str, where: str) -> None:
+    reason = regex_problem(pattern)
+    if reason is not None:
+        raise ValueError(f"{where}: invalid regex {shown(pattern)}: {reason}")
+
+
+def glob_to_regex(glob: str) -> str:
+    """`gen_ai.prompt.*` → any key starting with `gen_ai.prompt.`; `*` is the only wildcard."""
+    return ".*".join(re.escape(part) for part in glob.split("*"))
+
+
+def _keys_regex(globs: list[str], patterns: list[str]) -> str:
+    parts = [glob_to_regex(g) for g in globs] + [f"(?:{p})" for p in patterns]
+    return "^(?:" + "|".join(parts) + ")$"
+
+
+def _string_list(value: object, where: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{where} must be a list of strings")
+    return list(value)

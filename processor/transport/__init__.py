@@ -1,0 +1,1 @@
+"""OTLP/gRPC in and out, worker processes, the HTTP port and admission control."""
