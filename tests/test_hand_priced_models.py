@@ -111,6 +111,8 @@ PUBLISHED = [
     ("together_ai", "meta-llama/Llama-3.3-70B-Instruct-Turbo", 0.88, 0.88, None, None),
     ("fireworks_ai", "accounts/fireworks/models/llama-v3p1-8b-instruct", 0.2, 0.2, None, None),
 ]
+
+
 def span_of(provider: str, model: str, cache_read: float | None, cache_write: float | None) -> dict[str, object]:
     attributes: dict[str, object] = {
         "gen_ai.provider.name": provider,

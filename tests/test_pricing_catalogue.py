@@ -84,7 +84,11 @@ LITELLM = {
         "input_cost_per_token_flex": 5e-07,
         "output_cost_per_token_flex": 4e-06,
     },
-    "gemini/gemini-9-flash": {"litellm_provider": "gemini", "input_cost_per_token": 1e-07, "output_cost_per_token": 4e-07},
+    "gemini/gemini-9-flash": {
+        "litellm_provider": "gemini",
+        "input_cost_per_token": 1e-07,
+        "output_cost_per_token": 4e-07,
+    },
     "gemini-9-flash": {
         "litellm_provider": "vertex_ai-language-models",
         "input_cost_per_token": 1.5e-07,

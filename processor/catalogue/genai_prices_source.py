@@ -252,7 +252,8 @@ def _prices(
     billing: dict[str, object] = {}
     write_1h, write = price.get(_CACHE_WRITE_1H), prices["cache_write"]
     if write_1h is not None and write:
-        billing[CACHE_WRITE_1H_FACTOR] = round(float(write_1h["base"] if isinstance(write_1h, dict) else write_1h) / write, 6)
+        hour = float(write_1h["base"] if isinstance(write_1h, dict) else write_1h)
+        billing[CACHE_WRITE_1H_FACTOR] = round(hour / write, 6)
     elif write_1h is not None:
         dropped[_CACHE_WRITE_1H] = dropped.get(_CACHE_WRITE_1H, 0) + 1
     text = {"audio_output": prices["output"]}
