@@ -20,7 +20,7 @@ import blake3
 import polars as pl
 from prometheus_client import CollectorRegistry
 
-from processor import awu, budgets, policies
+from processor import awu, budgets, log_charges, policies
 from processor.attribution import DIMENSIONS, Attribution, text
 from processor.budget_api import BudgetStatusReader
 from processor.budget_forecast import FORECAST_TAG, forecast_column, level_forecasts, now_utc
@@ -28,6 +28,7 @@ from processor.budget_policy_file import Budget, PolicyFile, PolicySource, load_
 from processor.budget_state import BudgetStore, open_store
 from processor.config import PolicyConfig
 from processor.decode import (
+    LOGS,
     RESOURCE_PREFIX,
     ROW,
     START_TIME,
@@ -57,7 +58,9 @@ FINGERPRINT = "policy.fingerprint"
 
 class PolicyStage:
     name = "policy"
-    signals = frozenset({TRACES})
+    # GenAI calls reported only as log records are charged too (processor/log_charges.py: a record
+    # naming a span is that span's call, charged once, by the span).
+    signals = frozenset({TRACES, LOGS})
 
     def __init__(
         self,
@@ -92,6 +95,8 @@ class PolicyStage:
     def prepare(self, batch: TelemetryBatch) -> None:
         """Reads ahead what does not come from the redaction stage (all but its PII count) and
         fingerprints the request, while the redaction stage's thread runs."""
+        if batch.signal == LOGS:
+            return  # rare and small: all done at its turn
         fingerprint(batch)
         check_batch(batch)
         plan = self._plan_for(self.source.current())
@@ -99,6 +104,8 @@ class PolicyStage:
             plan.native.prepare(batch)
 
     def process(self, batch: TelemetryBatch) -> BatchChanges:
+        if batch.signal == LOGS:
+            return self._process_logs(batch)
         # A bad cost or time is ignored for its own span: both paths below read clean columns.
         check_batch(batch)
         self._invalid.record(batch)
@@ -113,6 +120,18 @@ class PolicyStage:
         if changes is None:
             changes = self._process_polars(batch, plan, store).with_engine(ENGINE_POLARS)
         return _with_forecast(awu.add_awu_changes(batch, changes, self.attribution), plan.budget_names)
+
+    def _process_logs(self, batch: TelemetryBatch) -> BatchChanges:
+        """The records that are GenAI calls naming no span, charged as spans are (polars path; no
+        ledger, no span events: see processor/log_charges.py)."""
+        if not log_charges.reports_usage(batch):
+            return BatchChanges()
+        log_charges.mark_records(batch)
+        check_batch(batch)
+        self._invalid.record(batch)
+        plan = self._plan_for(self.source.current())
+        changes = self._process_polars(batch, plan, self.store).with_engine(ENGINE_POLARS)
+        return _with_forecast(dataclasses.replace(changes, events=[]), plan.budget_names)
 
     def _process_polars(self, batch: TelemetryBatch, plan: _Plan, store: BudgetStore) -> BatchChanges:
         frame = batch.frame
@@ -256,6 +275,7 @@ class _Plan:
             ERROR_TYPE,
             STATUS_CODE,
             budgets.END_TIME,
+            log_charges.IN_SPAN,
         )
 
     def span_layers(self, schema: pl.Schema) -> list[list[pl.Expr]]:
@@ -310,6 +330,8 @@ class _Plan:
             pl.col("_tokens_output").is_not_null(),
             pl.col("_cost_status").is_not_null(),
         )
+        if log_charges.IN_SPAN in schema:  # a log record naming a span: the span is charged
+            evaluated &= pl.col(log_charges.IN_SPAN).not_()
         rest = [
             *(pl.col("_" + name).alias(name) for name in ("model", "provider", TOKENS_INPUT, TOKENS_OUTPUT)),
             latency,
