@@ -42,6 +42,17 @@ GENAI_PRICES = """\
         - prices: {input_mtok: 3, output_mtok: 3}
         - constraint: {start_time: "00:00:00Z", end_time: "08:00:00Z"}
           prices: {input_mtok: 1, output_mtok: 1}
+- id: google
+  models:
+    - id: gemini-8-flash
+      match:
+        or:
+          - ends_with: gemini-8-flash
+          - starts_with: gemini-8-flash-0
+      prices: {input_mtok: 0.1, output_mtok: 0.4}
+    - id: claude-w
+      match: {starts_with: claude-w@}
+      prices: {input_mtok: 3, output_mtok: 15}
 - id: anthropic
   models:
     - id: claude-z
@@ -219,6 +230,11 @@ def test_build_keeps_the_gemini_api_and_vertex_ai_apart(tmp_path, sources):
     # Vertex's stable versions are snapshots of the model LiteLLM names.
     assert table.entry(table.resolve("gcp.vertex_ai", "gemini-9-flash-001")).prices["input"] == pytest.approx(0.15)
     assert table.resolve("gcp.gemini", "gemini-9-flash-001") is None
+    # genai-prices' one `google` provider: its `ends_with` a model name is that name (the Gemini
+    # API's price); its Claude models are the ones Vertex AI serves.
+    assert table.entry(table.resolve("gcp.gemini", "gemini-8-flash")).prices["input"] == pytest.approx(0.1)
+    assert table.entry(table.resolve("gcp.vertex_ai", "claude-w@20310101")).provider == "google.vertex_ai"
+    assert table.resolve("gcp.gemini", "claude-w@20310101") is None
 
 
 def test_build_is_reproducible(tmp_path, sources):
