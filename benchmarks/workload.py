@@ -43,7 +43,7 @@ MODELS: tuple[Model, ...] = (
     Model("anthropic", "claude-opus-4-20250514", "claude-opus-4-20250514", 15.0, 75.0),
     Model("gcp.gemini", "gemini-1.5-pro", "gemini-1.5-pro-002", 1.25, 5.0),
     Model("gcp.gemini", "gemini-1.5-flash", "gemini-1.5-flash-002", 0.075, 0.3),
-    Model("gcp.vertex_ai", "gemini-2.0-flash", "gemini-2.0-flash-001", 0.1, 0.4),
+    Model("gcp.vertex_ai", "gemini-2.0-flash", "gemini-2.0-flash-001", 0.15, 0.6),
     Model("gcp.vertex_ai", "gemini-2.5-pro", "gemini-2.5-pro", 1.25, 10.0),
     Model(
         "aws.bedrock", "anthropic.claude-3-sonnet-20240229-v1:0", "anthropic.claude-3-sonnet-20240229-v1:0", 3.0, 15.0

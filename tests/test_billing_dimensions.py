@@ -85,18 +85,23 @@ def test_service_tiers_scale_the_token_prices(stage, attributes, total, tier):
 
 
 def test_a_tier_without_a_price_is_billed_standard_and_says_so_without_echoing_the_tier(stage):
-    _, (priority, odd) = process(
+    _, (priority, odd, listed) = process(
         stage,
         [
-            openai("gpt-4o", 10_000, 1_000, **{"openai.response.service_tier": "priority"}),
+            # No priority price in the sources for chatgpt-4o-latest.
+            openai("chatgpt-4o-latest", 10_000, 1_000, **{"openai.response.service_tier": "priority"}),
             openai("gpt-4o", 10_000, 1_000, **{"openai.response.service_tier": "sk-live-1234567890abcdef"}),
+            # gpt-4o's is imported from LiteLLM's price map: $4.25/$17, 1.7x the standard $2.50/$10.
+            openai("gpt-4o", 10_000, 1_000, **{"openai.response.service_tier": "priority"}),
         ],
     )
-    for written in (priority, odd):
-        assert written["genops.cost.total"] == pytest.approx(0.035)  # $2.50/$10
+    for written, standard in ((priority, 0.065), (odd, 0.035)):  # $5/$15, $2.50/$10
+        assert written["genops.cost.total"] == pytest.approx(standard)
         assert written["genops.cost.assumed"] == "service_tier=standard"
         assert "genops.cost.service_tier" not in written
     assert "sk-live" not in str(odd)
+    assert listed["genops.cost.total"] == pytest.approx(0.0425 + 0.017)
+    assert listed["genops.cost.service_tier"] == "priority"
 
 
 def test_one_hour_cache_writes_cost_more_than_five_minute_ones(stage):

@@ -71,7 +71,7 @@ def normalized(*attribute_sets: dict[str, object]) -> list[dict]:
         ),
         pytest.param(
             {"llm.usage.prompt_tokens": 10, "llm.usage.completion_tokens": 2, "gen_ai.system": "gcp.vertex_ai"},
-            (None, "google", 10, 2, None, None, None),
+            (None, "google.vertex_ai", 10, 2, None, None, None),
             id="old-openllmetry-llm-usage",
         ),
     ],

@@ -129,9 +129,11 @@ REAL_MODELS = [
             "genops.tokens.output": 100,
         },
         "2025-10-09",
-        (0.0016, 0.0, 0.0, 0.0, 0.0004),  # the eu. profile's own entry; $0.80 / $4
+        # $0.80 / $4: for this model the eu. profile costs what the model does, so the catalogue
+        # keeps no entry of its own for it (the model's, without profile and vendor, prices it)
+        (0.0016, 0.0, 0.0, 0.0, 0.0004),
         0.002,
-        "eu.anthropic.claude-3-5-haiku-20241022-v1:0",
+        "claude-3-5-haiku-20241022",
         id="bedrock-genops-cross-region",
     ),
     pytest.param(

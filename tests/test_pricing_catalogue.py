@@ -27,7 +27,7 @@ GENAI_PRICES = """\
       prices:
         - prices: {input_mtok: 2, cache_read_mtok: 0.2, output_mtok: 8}
         - constraint: {start_date: 2031-06-01}
-          prices: {input_mtok: 1, cache_read_mtok: 0.1, output_mtok: 4, input_audio_mtok: 40}
+          prices: {input_mtok: 1, cache_read_mtok: 0.1, output_mtok: 4, input_audio_mtok: 40, output_image_mtok: 30}
     - id: gpt-9-mini
       match: {starts_with: gpt-9-mini}
       prices:
@@ -42,6 +42,17 @@ GENAI_PRICES = """\
         - prices: {input_mtok: 3, output_mtok: 3}
         - constraint: {start_time: "00:00:00Z", end_time: "08:00:00Z"}
           prices: {input_mtok: 1, output_mtok: 1}
+- id: google
+  models:
+    - id: gemini-8-flash
+      match:
+        or:
+          - ends_with: gemini-8-flash
+          - starts_with: gemini-8-flash-0
+      prices: {input_mtok: 0.1, output_mtok: 0.4}
+    - id: claude-w
+      match: {starts_with: claude-w@}
+      prices: {input_mtok: 3, output_mtok: 15}
 - id: anthropic
   models:
     - id: claude-z
@@ -51,13 +62,49 @@ GENAI_PRICES = """\
 
 LITELLM = {
     "sample_spec": {"input_cost_per_token": 0},
-    "gpt-9": {"litellm_provider": "openai", "input_cost_per_token": 1e-06, "output_cost_per_token": 4e-06},
+    "gpt-9": {
+        "litellm_provider": "openai",
+        "input_cost_per_token": 1e-06,
+        "output_cost_per_token": 4e-06,
+        "input_cost_per_token_priority": 2e-06,
+        "output_cost_per_token_priority": 8e-06,
+    },
     "gpt-9-mini-2031-02-02": {
         "litellm_provider": "openai",
         "input_cost_per_token": 5e-07,
         "output_cost_per_token": 2e-06,
     },
-    "openai/gpt-9-nano": {"litellm_provider": "openai", "input_cost_per_token": 1e-07, "output_cost_per_token": 4e-07},
+    "openai/gpt-9-nano": {
+        "litellm_provider": "openai",
+        "input_cost_per_token": 1e-07,
+        "output_cost_per_token": 4e-07,
+        "input_cost_per_token_batches": 5e-08,
+        "output_cost_per_token_batches": 2e-07,
+        "input_cost_per_token_priority": 2e-07,
+        "output_cost_per_token_priority": 8e-07,
+        "cache_read_input_token_cost_priority": 1e-07,
+        "input_cost_per_audio_token": 4e-06,
+        "output_cost_per_audio_token": 8e-06,
+    },
+    "claude-y": {
+        "litellm_provider": "anthropic",
+        "input_cost_per_token": 1e-06,
+        "output_cost_per_token": 5e-06,
+        "cache_creation_input_token_cost": 1.25e-06,
+        "cache_creation_input_token_cost_above_1hr": 2e-06,
+        "input_cost_per_token_flex": 5e-07,
+        "output_cost_per_token_flex": 4e-06,
+    },
+    "gemini/gemini-9-flash": {
+        "litellm_provider": "gemini",
+        "input_cost_per_token": 1e-07,
+        "output_cost_per_token": 4e-07,
+    },
+    "gemini-9-flash": {
+        "litellm_provider": "vertex_ai-language-models",
+        "input_cost_per_token": 1.5e-07,
+        "output_cost_per_token": 6e-07,
+    },
     "claude-z": {"litellm_provider": "anthropic", "input_cost_per_token": 4e-06, "output_cost_per_token": 1.5e-05},
     "dall-e-9": {"litellm_provider": "openai", "output_cost_per_image": 0.04},
     "bedrock/us-east-1/anthropic.claude-z-v1:0": {
@@ -152,7 +199,42 @@ def test_build_reports_what_it_cannot_convert(tmp_path, sources):
     assert "litellm aws.bedrock `bedrock/us-east-1/anthropic.claude-z-v1:0`: region or deployment path" in report
     assert "genai-prices openai `gpt-9-anything`: match clause ['ends_with'] not expressible" in report
     assert "genai-prices openai `gpt-9-night`: time-of-day price not modelled" in report
-    assert "genai-prices: `input_audio_mtok`: 1" in report
+    assert "genai-prices: `output_image_mtok`: 1" in report
+    assert "input_audio_mtok" not in report  # carried as a modality price
+    assert "litellm anthropic `claude-y`: flex prices are not one factor of the standard prices" in report
+
+
+def test_build_imports_service_tiers_1h_cache_writes_and_modality_prices(tmp_path, sources):
+    assert build(tmp_path, *sources) == 0
+    table = load_table(tmp_path / "tables")
+    # LiteLLM's per-tier prices as factors, over the provider's rule (OpenAI batch/flex 0.5).
+    nano = table.entry(table.resolve("openai", "gpt-9-nano"))
+    assert nano.service_tiers == {"batch": 0.5, "flex": 0.5, "priority": 2}
+    assert nano.modality_prices == {"audio_input": 4, "audio_output": 8}
+    # genai-prices' gpt-9 (kept) gets LiteLLM's priority factor for today's prices only, and its
+    # own audio price.
+    gpt9 = [e for e in table.entries if e.model == "gpt-9"]
+    assert [e.service_tiers.get("priority") for e in gpt9] == [None, 2]
+    assert [e.modality_prices for e in gpt9] == [{}, {"audio_input": 40}]
+    claude = table.entry(table.resolve("anthropic", "claude-y"))
+    assert claude.cache_write_1h_factor == 1.6
+    assert claude.service_tiers == {"batch": 0.5}  # the inconsistent flex prices are not taken
+
+
+def test_build_keeps_the_gemini_api_and_vertex_ai_apart(tmp_path, sources):
+    assert build(tmp_path, *sources) == 0
+    table = load_table(tmp_path / "tables")
+    for spelling, price in [("gcp.gemini", 0.1), ("gemini", 0.1), ("gcp.vertex_ai", 0.15), ("vertex_ai", 0.15)]:
+        entry = table.entry(table.resolve(spelling, "gemini-9-flash"))
+        assert entry.prices["input"] == pytest.approx(price), spelling
+    # Vertex's stable versions are snapshots of the model LiteLLM names.
+    assert table.entry(table.resolve("gcp.vertex_ai", "gemini-9-flash-001")).prices["input"] == pytest.approx(0.15)
+    assert table.resolve("gcp.gemini", "gemini-9-flash-001") is None
+    # genai-prices' one `google` provider: its `ends_with` a model name is that name (the Gemini
+    # API's price); its Claude models are the ones Vertex AI serves.
+    assert table.entry(table.resolve("gcp.gemini", "gemini-8-flash")).prices["input"] == pytest.approx(0.1)
+    assert table.entry(table.resolve("gcp.vertex_ai", "claude-w@20310101")).provider == "google.vertex_ai"
+    assert table.resolve("gcp.gemini", "claude-w@20310101") is None
 
 
 def test_build_is_reproducible(tmp_path, sources):
@@ -278,3 +360,42 @@ def test_every_shipped_file_fits_a_configmap():
     # The overrides are a table the sidecar loads: each says what it corrects and where.
     overrides = yaml.safe_load((default_table_path() / "overrides.yaml").read_text())
     assert all(m.get("note") and str(m.get("source", "")).startswith("https://") for m in overrides["models"])
+
+
+# The command pricing_tables/README.md gives for the shipped files (genai-prices 0.2.5 is a test
+# dependency; the LiteLLM price map it was built from is kept in pricing_tables/sources/).
+LITELLM_VERSION = "1.110.2"
+BUILT_ON = "2026-12-07"
+
+
+def test_the_shipped_catalogue_is_what_the_build_makes_of_its_sources(tmp_path):
+    shipped_dir = default_table_path()
+    out = tmp_path / "tables"
+    code = run(
+        "pricing",
+        "build",
+        "--genai-prices",
+        "installed",
+        "--litellm",
+        str(shipped_dir / "sources" / f"litellm-{LITELLM_VERSION}-model_prices_and_context_window_backup.json.gz"),
+        "--litellm-version",
+        LITELLM_VERSION,
+        "--overrides",
+        str(shipped_dir / "overrides.yaml"),
+        "-o",
+        str(out),
+        "--report",
+        str(out / "reports" / "build-report.md"),
+        "--source-names",
+        str(out / "reports" / "source-names.json.gz"),
+        "--as-of",
+        BUILT_ON,
+    )
+    assert code == 0
+    generated = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert "google-vertex_ai.yaml" in generated
+    # Every file the build writes is shipped byte for byte (no hand edit survives a rebuild), and
+    # every shipped table file is one the build writes.
+    different = [name for name in generated if (shipped_dir / name).read_bytes() != (out / name).read_bytes()]
+    assert different == []
+    assert {p.name for p in shipped_dir.glob("*.yaml")} == {name for name in generated if name.endswith(".yaml")}

@@ -138,15 +138,19 @@ GENAI_KEYS = WantedKeys(
 PROVIDER_ALIASES: dict[str, str] = {
     "openai": "openai",
     "anthropic": "anthropic",
+    # Google bills the Gemini API (ai.google.dev) and Vertex AI (cloud.google.com) from price
+    # lists of their own (gemini-2.0-flash: $0.10/$0.40 there, $0.15/$0.60 on Vertex): two parties.
+    # `gcp.gen_ai` ("any Google GenAI endpoint") cannot tell; it gets the Gemini API's prices.
     "google": "google",
     "gemini": "google",
-    "vertexai": "google",
-    "vertex_ai": "google",
-    "vertex": "google",
     "gcp.gemini": "google",
-    "gcp.vertex_ai": "google",
     "gcp.gen_ai": "google",
     "google_genai": "google",
+    "google.vertex_ai": "google.vertex_ai",
+    "vertexai": "google.vertex_ai",
+    "vertex_ai": "google.vertex_ai",
+    "vertex": "google.vertex_ai",
+    "gcp.vertex_ai": "google.vertex_ai",
     "aws.bedrock": "aws.bedrock",
     "aws_bedrock": "aws.bedrock",
     "bedrock": "aws.bedrock",

@@ -24,6 +24,7 @@ from processor.config import PolicyConfig
 from processor.core.attribution import DIMENSIONS, Attribution, text
 from processor.core.contract import ENGINE_NATIVE, ENGINE_POLARS, BatchChanges
 from processor.core.decode import (
+    LOGS,
     RESOURCE_PREFIX,
     ROW,
     START_TIME,
@@ -36,7 +37,7 @@ from processor.core.decode import (
 from processor.core.genai_attributes import GENAI_KEYS, MODEL, PROVIDER, TOKENS_INPUT, TOKENS_OUTPUT, normalized
 from processor.core.outbound import NO_REDACTION, OutboundRedaction
 from processor.core.span_values import InvalidValueMetrics, check_batch
-from processor.stages.policy import awu, budgets
+from processor.stages.policy import awu, budgets, log_charges
 from processor.stages.policy import rules as policies
 from processor.stages.policy.budget_api import BudgetStatusReader
 from processor.stages.policy.budget_forecast import FORECAST_TAG, forecast_column, level_forecasts, now_utc
@@ -59,7 +60,9 @@ FINGERPRINT = "policy.fingerprint"
 
 class PolicyStage:
     name = "policy"
-    signals = frozenset({TRACES})
+    # GenAI calls reported only as log records are charged too (processor/stages/policy/log_charges.py: a record
+    # naming a span is that span's call, charged once, by the span).
+    signals = frozenset({TRACES, LOGS})
 
     def __init__(
         self,
@@ -94,6 +97,8 @@ class PolicyStage:
     def prepare(self, batch: TelemetryBatch) -> None:
         """Reads ahead what does not come from the redaction stage (all but its PII count) and
         fingerprints the request, while the redaction stage's thread runs."""
+        if batch.signal == LOGS:
+            return  # rare and small: all done at its turn
         fingerprint(batch)
         check_batch(batch)
         plan = self._plan_for(self.source.current())
@@ -101,6 +106,8 @@ class PolicyStage:
             plan.native.prepare(batch)
 
     def process(self, batch: TelemetryBatch) -> BatchChanges:
+        if batch.signal == LOGS:
+            return self._process_logs(batch)
         # A bad cost or time is ignored for its own span: both paths below read clean columns.
         check_batch(batch)
         self._invalid.record(batch)
@@ -115,6 +122,18 @@ class PolicyStage:
         if changes is None:
             changes = self._process_polars(batch, plan, store).with_engine(ENGINE_POLARS)
         return _with_forecast(awu.add_awu_changes(batch, changes, self.attribution), plan.budget_names)
+
+    def _process_logs(self, batch: TelemetryBatch) -> BatchChanges:
+        """The records that are GenAI calls naming no span, charged as spans are (polars path; no
+        ledger, no span events: see processor/stages/policy/log_charges.py)."""
+        if not log_charges.reports_usage(batch):
+            return BatchChanges()
+        log_charges.mark_records(batch)
+        check_batch(batch)
+        self._invalid.record(batch)
+        plan = self._plan_for(self.source.current())
+        changes = self._process_polars(batch, plan, self.store).with_engine(ENGINE_POLARS)
+        return _with_forecast(dataclasses.replace(changes, events=[]), plan.budget_names)
 
     def _process_polars(self, batch: TelemetryBatch, plan: _Plan, store: BudgetStore) -> BatchChanges:
         frame = batch.frame
@@ -258,6 +277,7 @@ class _Plan:
             ERROR_TYPE,
             STATUS_CODE,
             budgets.END_TIME,
+            log_charges.IN_SPAN,
         )
 
     def span_layers(self, schema: pl.Schema) -> list[list[pl.Expr]]:
@@ -312,6 +332,8 @@ class _Plan:
             pl.col("_tokens_output").is_not_null(),
             pl.col("_cost_status").is_not_null(),
         )
+        if log_charges.IN_SPAN in schema:  # a log record naming a span: the span is charged
+            evaluated &= pl.col(log_charges.IN_SPAN).not_()
         rest = [
             *(pl.col("_" + name).alias(name) for name in ("model", "provider", TOKENS_INPUT, TOKENS_OUTPUT)),
             latency,

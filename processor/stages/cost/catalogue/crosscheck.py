@@ -31,6 +31,7 @@ def merge(primary: SourceData, secondary: SourceData, tolerance: float = TOLERAN
     table, by_group = table_of(kept)
     entries = list(kept)
     disagreements: list[Disagreement] = []
+    billing: dict[int, dict[str, object]] = {}  # by id() of the current genai-prices entry
     compared = 0
     for entry in secondary.entries:
         found = table.match(entry.provider, entry.model)
@@ -38,6 +39,10 @@ def merge(primary: SourceData, secondary: SourceData, tolerance: float = TOLERAN
             entries.append(entry)
             continue
         current = by_group[found.group]
+        if entry.billing and entry.model.lower() in {n.lower() for n in current.names}:
+            # genai-prices has no service tiers and fewer modality prices: LiteLLM's, for the same
+            # model name, complete the current entry (genai-prices' own values win).
+            billing[id(current)] = _completed(current.billing, entry.billing)
         compared += 1
         for name in COMPARED:
             # Given prices only: a default (cache = input) is no claim of the source's.
@@ -47,7 +52,19 @@ def merge(primary: SourceData, secondary: SourceData, tolerance: float = TOLERAN
             disagreement = Disagreement(entry.provider, entry.model, name, theirs, ours, f"{current.origin} kept")
             if disagreement.relative > tolerance:
                 disagreements.append(disagreement)
+    entries = [replace(e, billing=billing[id(e)]) if id(e) in billing else e for e in entries]
     return Merged(tuple(entries), tuple(disagreements), tuple(duplicates), compared)
+
+
+def _completed(ours: dict[str, object], theirs: dict[str, object]) -> dict[str, object]:
+    out = dict(ours)
+    for name, value in theirs.items():
+        held = out.get(name)
+        if isinstance(held, dict) and isinstance(value, dict):
+            out[name] = {**value, **held}
+        elif held is None:
+            out[name] = value
+    return out
 
 
 def deduplicate(entries: tuple[CatalogueEntry, ...]) -> tuple[list[CatalogueEntry], list[Unconvertible]]:

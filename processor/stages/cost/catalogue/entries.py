@@ -31,6 +31,9 @@ class CatalogueEntry:
     source: str = ""
     as_of: dt.date | None = None
     note: str = ""
+    # Billing dimensions in the table's schema (pricing_table.SERVICE_TIERS, CACHE_WRITE_1H_FACTOR,
+    # MODALITY_PRICES): service tier factors, the 1-hour cache write factor, audio/image/video prices.
+    billing: dict[str, object] = field(default_factory=dict)
 
     @property
     def names(self) -> tuple[str, ...]:

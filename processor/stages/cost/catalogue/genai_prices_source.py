@@ -6,11 +6,14 @@ them) is read as well. Both are first made plain mappings, then converted by one
 
 - match clauses: `equals` → exact names (the model id first when it is one), `starts_with` and
   `contains` → prefix entries (matched version-safely, processor/stages/cost/model_versions.py), `regex` →
-  regex entries; `ends_with` and `and` clauses cannot be expressed and are reported;
+  regex entries; `ends_with` a whole model name → that exact name (longer names ending with it are
+  it behind a route, which the lookup strips); other `ends_with` and `and` clauses cannot be
+  expressed and are reported;
 - prices: a list of conditional prices with start dates → a price history; time-of-day prices are
   reported and the unconstrained price kept; tiered prices → tiers; `requests_kcount` → per-request
-  fee; dimensions our format does not carry (audio, images, web searches, 1h cache writes, service
-  tier variants) are counted in the report.
+  fee; audio/image/video token prices → modality prices; 1-hour cache writes → a factor of the
+  cache write price; dimensions our format does not carry (audio hours, web searches, image
+  output...) are counted in the report.
 """
 
 from __future__ import annotations
@@ -34,10 +37,18 @@ from processor.stages.cost.catalogue.entries import (
     Unconvertible,
     empty_prices,
 )
-from processor.stages.cost.catalogue.providers import genai_prices_provider
-from processor.stages.cost.pricing_table import Tier, without_region
+from processor.stages.cost.catalogue.providers import genai_prices_model_provider, genai_prices_provider
+from processor.stages.cost.pricing_table import (
+    CACHE_WRITE_1H_FACTOR,
+    MODALITY_KINDS,
+    MODALITY_PRICES,
+    Tier,
+    without_region,
+)
 
 INSTALLED = "installed"
+# An `ends_with` text that is a model name of its own (not a suffix such as `-turbo`).
+_MODEL_NAME = re.compile(r"^[a-z][a-z0-9.]*-[a-z0-9.-]*[a-z0-9]$", re.IGNORECASE)
 _TOKEN_FIELDS = {
     "input_mtok": "input",
     "output_mtok": "output",
@@ -45,6 +56,16 @@ _TOKEN_FIELDS = {
     "cache_write_mtok": "cache_write",
     "output_reasoning_mtok": "reasoning",
 }
+
+# Per-modality token prices (USD per million tokens) → MODALITY_KINDS; the 1-hour cache write
+# price → a factor of the (5-minute) cache write price.
+_MODALITY_FIELDS = {
+    "input_audio_mtok": "audio_input",
+    "output_audio_mtok": "audio_output",
+    "input_image_mtok": "image_input",
+    "input_video_mtok": "video_input",
+}
+_CACHE_WRITE_1H = "cache_write_1h_mtok"
 
 
 class SourceError(ValueError):
@@ -99,9 +120,10 @@ def _convert(providers: list[dict], label: str, source: str, as_of: dt.date) -> 
         for model in provider_doc["models"]:
             if not isinstance(model, dict) or "id" not in model:
                 continue
-            found, problems = _model_entries(model, provider, source, as_of, dropped)
+            owner = genai_prices_model_provider(provider, str(model["id"]))
+            found, problems = _model_entries(model, owner, source, as_of, dropped)
             entries.extend(found)
-            unconvertible.extend(Unconvertible(GENAI_PRICES, provider, str(model["id"]), p) for p in problems)
+            unconvertible.extend(Unconvertible(GENAI_PRICES, owner, str(model["id"]), p) for p in problems)
     return SourceData(GENAI_PRICES, label, tuple(entries), tuple(unconvertible), dropped)
 
 
@@ -130,7 +152,7 @@ def _model_entries(
         if converted is None:
             problems.append("no per-token or per-request price")
             return [], problems
-        prices, request, tiers = converted
+        prices, request, tiers, billing = converted
         for kind, name, aliases in matches:
             entries.append(
                 CatalogueEntry(
@@ -146,6 +168,7 @@ def _model_entries(
                     origin=GENAI_PRICES,
                     source=source,
                     as_of=as_of,
+                    billing=billing,
                 )
             )
     return entries, problems
@@ -163,6 +186,10 @@ def _clauses(clause: dict, problems: list[str]) -> list[tuple[str, str]]:
         return [found for sub in clause["or"] for found in _clauses(sub, problems)]
     if "equals" in clause:
         return [("exact", str(clause["equals"]))]
+    if "ends_with" in clause and _MODEL_NAME.match(str(clause["ends_with"])):
+        # A whole model name: the names ending with it are that name behind a route or path
+        # (`google/gemini-2.0-flash`, `models/...`), which the lookup strips; so it is that name.
+        return [("exact", str(clause["ends_with"]))]
     if "starts_with" in clause:
         return [("prefix", str(clause["starts_with"]))]
     if "contains" in clause:
@@ -206,13 +233,18 @@ def _periods(prices: Any) -> tuple[list[tuple[dt.date | None, dt.date | None, di
 
 def _prices(
     price: dict, dropped: dict[str, int]
-) -> tuple[dict[str, float | None], float | None, tuple[Tier, ...]] | None:
+) -> tuple[dict[str, float | None], float | None, tuple[Tier, ...], dict[str, object]] | None:
     prices = empty_prices()
     tiers: dict[int, dict[str, float | None]] = {}
+    modality: dict[str, float] = {}
     for theirs, value in price.items():
         ours = _TOKEN_FIELDS.get(theirs)
+        kind = _MODALITY_FIELDS.get(theirs)
+        if kind is not None and value is not None:
+            modality[kind] = float(value["base"] if isinstance(value, dict) else value)
+            continue
         if ours is None:
-            if theirs != "requests_kcount":
+            if theirs not in ("requests_kcount", _CACHE_WRITE_1H):
                 dropped[theirs] = dropped.get(theirs, 0) + 1
             continue
         if isinstance(value, dict):
@@ -229,4 +261,16 @@ def _prices(
     if prices["input"] is None:
         prices["input"] = 0.0  # an empty price list is a free model (`:free` routes)
     tier_list = tuple(Tier(size, {**empty_prices(), **values}) for size, values in sorted(tiers.items()))
-    return prices, request, tier_list
+    billing: dict[str, object] = {}
+    write_1h, write = price.get(_CACHE_WRITE_1H), prices["cache_write"]
+    if write_1h is not None and write:
+        hour = float(write_1h["base"] if isinstance(write_1h, dict) else write_1h)
+        billing[CACHE_WRITE_1H_FACTOR] = round(hour / write, 6)
+    elif write_1h is not None:
+        dropped[_CACHE_WRITE_1H] = dropped.get(_CACHE_WRITE_1H, 0) + 1
+    text = {"audio_output": prices["output"]}
+    # A modality price equal to the text price bills the same: not written.
+    modality = {k: v for k, v in modality.items() if v != text.get(k, prices["input"])}
+    if modality:
+        billing[MODALITY_PRICES] = {kind: modality[kind] for kind in MODALITY_KINDS if kind in modality}
+    return prices, request, tier_list, billing

@@ -10,14 +10,15 @@ per-token input cost (images, audio seconds...) and unknown providers are report
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import json
 import re
 from pathlib import Path
 
 from processor.stages.cost.catalogue.entries import LITELLM, CatalogueEntry, SourceData, Unconvertible, empty_prices
 from processor.stages.cost.catalogue.genai_prices_source import SourceError
-from processor.stages.cost.catalogue.providers import LITELLM_PROVIDERS, litellm_provider
-from processor.stages.cost.pricing_table import Tier
+from processor.stages.cost.catalogue.providers import LITELLM_PROVIDERS, VERTEX_AI, litellm_provider
+from processor.stages.cost.pricing_table import CACHE_WRITE_1H_FACTOR, MODALITY_PRICES, SERVICE_TIERS, Tier
 
 _FIELDS = {
     "input_cost_per_token": "input",
@@ -36,14 +37,28 @@ _TIER_FIELD = {
     "cache_read_input": "cache_read",
     "cache_creation_input": "cache_write",
 }
+# Service tiers: LiteLLM gives each tier's prices (`input_cost_per_token_priority`); ours is one
+# factor of the standard prices per tier, taken when input and output agree on it.
+_SERVICE_TIERS = {"batches": "batch", "priority": "priority", "flex": "flex"}
+_TIER_PRICED = ("input_cost_per_token", "output_cost_per_token")
+_CACHE_WRITE_1H = "cache_creation_input_token_cost_above_1hr"
+# Per-modality token prices (USD per token) → MODALITY_KINDS.
+_MODALITY = {
+    "input_cost_per_audio_token": "audio_input",
+    "output_cost_per_audio_token": "audio_output",
+    "input_cost_per_image_token": "image_input",
+    "input_cost_per_video_token": "video_input",
+}
 # Cost fields that are billing dimensions our format does not carry (reported as counts).
 _COST_FIELD = re.compile(r"cost")
 
 
 def read_litellm(path: str, version: str, as_of: dt.date) -> SourceData:
     try:
-        document = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raw = Path(path).read_bytes()
+        # The copy the repository keeps of the file it was built from is gzipped (pricing_tables/sources/).
+        document = json.loads(gzip.decompress(raw) if path.endswith(".gz") else raw)
+    except (OSError, UnicodeDecodeError, ValueError, EOFError) as exc:
         raise SourceError(f"cannot read {path}: {exc}") from exc
     if not isinstance(document, dict):
         raise SourceError(f"{path}: expected a JSON object keyed by model name")
@@ -70,7 +85,9 @@ def read_litellm(path: str, version: str, as_of: dt.date) -> SourceData:
         if (provider, model.lower()) in seen:
             continue
         seen.add((provider, model.lower()))
-        entries.append(_entry(provider, model, spec, source, as_of, dropped))
+        problems: list[str] = []
+        entries.append(_entry(provider, model, spec, source, as_of, dropped, problems))
+        unconvertible.extend(Unconvertible(LITELLM, provider, key, problem) for problem in problems)
     return SourceData(LITELLM, f"litellm {version}", tuple(entries), tuple(unconvertible), dropped)
 
 
@@ -87,7 +104,7 @@ def _model_name(key: str, route: str) -> str | None:
 
 
 def _entry(
-    provider: str, model: str, spec: dict, source: str, as_of: dt.date, dropped: dict[str, int]
+    provider: str, model: str, spec: dict, source: str, as_of: dt.date, dropped: dict[str, int], problems: list[str]
 ) -> CatalogueEntry:
     prices = empty_prices()
     for theirs, ours in _FIELDS.items():
@@ -95,17 +112,20 @@ def _entry(
     if prices["output"] is None:
         prices["output"] = 0.0
     tiers: dict[int, dict[str, float | None]] = {}
+    billing, carried = _billing(spec, problems)
     for name, value in spec.items():
         found = _TIER.match(name)
         if found and value is not None:
             tiers.setdefault(int(found.group(2)) * 1000, {})[_TIER_FIELD[found.group(1)]] = _per_million(value)
-        elif _COST_FIELD.search(name) and name not in _FIELDS and value is not None:
+        elif _COST_FIELD.search(name) and name not in _FIELDS and name not in carried and value is not None:
             dropped[name] = dropped.get(name, 0) + 1
     request = spec.get("input_cost_per_request")
     return CatalogueEntry(
         provider=provider,
         model=model,
-        match="exact",
+        # Vertex AI serves a model under its stable versions (`gemini-2.0-flash-001`, `@001`),
+        # which LiteLLM lists by the model's name only: the name and its snapshots.
+        match="prefix" if provider == VERTEX_AI else "exact",
         aliases=(),
         prices=prices,
         request=None if request is None else float(request),
@@ -113,7 +133,57 @@ def _entry(
         origin=LITELLM,
         source=source,
         as_of=as_of,
+        billing=billing,
     )
+
+
+def _billing(spec: dict, problems: list[str]) -> tuple[dict[str, object], set[str]]:
+    """The entry's service tier factors, 1-hour cache write factor and modality prices, and the
+    LiteLLM fields they carry (the others are counted as dropped)."""
+    billing: dict[str, object] = {}
+    carried: set[str] = set()
+    factors: dict[str, float] = {}
+    for suffix, tier in _SERVICE_TIERS.items():
+        given = {
+            name: _ratio(spec.get(f"{name}_{suffix}"), spec.get(name))
+            for name in _TIER_PRICED
+            if spec.get(f"{name}_{suffix}") is not None
+        }
+        if not given:
+            continue
+        found = {round(f, 6) for f in given.values() if f is not None}
+        if len(found) == 1:
+            factors[tier] = found.pop()
+            # The tier's cache read price follows from the factor (the format scales every part).
+            carried.update(f"{name}_{suffix}" for name in (*given, "cache_read_input_token_cost"))
+        else:
+            problems.append(f"{tier} prices are not one factor of the standard prices: standard prices kept")
+    if factors:
+        billing[SERVICE_TIERS] = factors
+    factor = _ratio(spec.get(_CACHE_WRITE_1H), spec.get("cache_creation_input_token_cost"))
+    if factor is not None:
+        billing[CACHE_WRITE_1H_FACTOR] = round(factor, 6)
+        carried.add(_CACHE_WRITE_1H)
+    text = {"audio_input": "input", "image_input": "input", "video_input": "input", "audio_output": "output"}
+    modality: dict[str, float] = {}
+    for name, kind in _MODALITY.items():
+        price = _per_million(spec.get(name))
+        if price is None:
+            continue
+        carried.add(name)
+        # A price equal to the text price bills the same: not written.
+        if price != _per_million(spec.get(f"{text[kind]}_cost_per_token")):
+            modality[kind] = price
+    if modality:
+        billing[MODALITY_PRICES] = modality
+    return billing, carried
+
+
+def _ratio(price: object, base: object) -> float | None:
+    tier, standard = _per_million(price), _per_million(base)
+    if tier is None or not standard:
+        return None
+    return tier / standard
 
 
 def _per_million(value: object) -> float | None:

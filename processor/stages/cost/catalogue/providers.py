@@ -13,22 +13,24 @@ GENAI_PRICES_PROVIDERS = {
     "moonshotai": "moonshot",
     "zhipuai": "zai",
 }
-# LiteLLM's `litellm_provider` values whose name differs from ours.
+VERTEX_AI = "google.vertex_ai"
+# LiteLLM's `litellm_provider` values whose name differs from ours. LiteLLM keeps the Gemini API
+# (`gemini`) and Vertex AI (`vertex_ai-*`) apart, as Google's price lists do.
 LITELLM_PROVIDERS = {
     "text-completion-openai": "openai",
     "gemini": "google",
-    "vertex_ai-language-models": "google",
-    "vertex_ai-anthropic_models": "google",
-    "vertex_ai-mistral_models": "google",
-    "vertex_ai-llama_models": "google",
-    "vertex_ai-deepseek_models": "google",
-    "vertex_ai-qwen_models": "google",
-    "vertex_ai-openai_models": "google",
-    "vertex_ai-ai21_models": "google",
-    "vertex_ai-moonshot_models": "google",
-    "vertex_ai-minimax_models": "google",
-    "vertex_ai-zai_models": "google",
-    "vertex_ai": "google",
+    "vertex_ai-language-models": VERTEX_AI,
+    "vertex_ai-anthropic_models": VERTEX_AI,
+    "vertex_ai-mistral_models": VERTEX_AI,
+    "vertex_ai-llama_models": VERTEX_AI,
+    "vertex_ai-deepseek_models": VERTEX_AI,
+    "vertex_ai-qwen_models": VERTEX_AI,
+    "vertex_ai-openai_models": VERTEX_AI,
+    "vertex_ai-ai21_models": VERTEX_AI,
+    "vertex_ai-moonshot_models": VERTEX_AI,
+    "vertex_ai-minimax_models": VERTEX_AI,
+    "vertex_ai-zai_models": VERTEX_AI,
+    "vertex_ai": VERTEX_AI,
     "bedrock": "aws.bedrock",
     "bedrock_converse": "aws.bedrock",
     "azure": "azure.openai",
@@ -52,6 +54,14 @@ def genai_prices_provider(provider_id: str) -> str:
     return GENAI_PRICES_PROVIDERS.get(provider_id) or normalize_provider(provider_id) or provider_id
 
 
+def genai_prices_model_provider(provider: str, model_id: str) -> str:
+    """genai-prices' `google` provider holds the Gemini API's prices and the Claude models that
+    only Vertex AI serves (the Gemini API has no Claude): those are Vertex AI's."""
+    if provider == "google" and model_id.lower().startswith("claude"):
+        return VERTEX_AI
+    return provider
+
+
 def litellm_provider(route: str) -> str | None:
     if not route:
         return None
@@ -70,4 +80,7 @@ PROVIDER_BILLING: dict[str, dict[str, object]] = {
     "openai": {"service_tiers": {"batch": 0.5, "flex": 0.5}},
     "anthropic": {"service_tiers": {"batch": 0.5}, "cache_write_1h_factor": 1.6},
     "google": {"service_tiers": {"batch": 0.5}},
+    # Vertex AI batch prediction: half the online price
+    # (https://cloud.google.com/vertex-ai/generative-ai/pricing).
+    VERTEX_AI: {"service_tiers": {"batch": 0.5}},
 }

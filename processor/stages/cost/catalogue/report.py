@@ -19,6 +19,8 @@ class BuildFacts:
     unconvertible: tuple[Unconvertible, ...]
     replaced: tuple[CatalogueEntry, ...]
     compared: int
+    # (provider, model, tier, the entry's factor, the provider's rule) where they differ, to review.
+    tier_exceptions: tuple[tuple[str, str, str, float, float], ...] = ()
 
 
 def render(facts: BuildFacts) -> str:
@@ -56,6 +58,10 @@ def render(facts: BuildFacts) -> str:
     lines += ["", "## Replaced by overrides", ""]
     for entry in sorted(facts.replaced, key=lambda e: (e.provider, e.model)):
         lines.append(f"- {entry.provider} {entry.model} ({entry.origin}, from {entry.effective_from or 'open'})")
+    lines += ["", "## Service tier factors other than the provider's rule (source prices; review)", ""]
+    lines += [_row(["provider", "model", "tier", "factor", "provider rule"]), _row(["---"] * 5)]
+    for provider, model, tier, factor, rule in sorted(facts.tier_exceptions):
+        lines.append(_row([provider, model, tier, f"{factor:g}", f"{rule:g}"]))
     lines += ["", "## Billing dimensions the table format does not carry (count of source prices)", ""]
     for source in facts.sources:
         for name, count in sorted(source.dropped_fields.items()):

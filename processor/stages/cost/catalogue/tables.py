@@ -9,7 +9,16 @@ import yaml
 
 from processor.stages.cost.catalogue.entries import CatalogueEntry
 from processor.stages.cost.catalogue.providers import PROVIDER_BILLING
-from processor.stages.cost.pricing_table import PRICE_FIELDS, PricingError, PricingTable, parse_document
+from processor.stages.cost.pricing_table import (
+    CACHE_WRITE_1H_FACTOR,
+    MODALITY_KINDS,
+    MODALITY_PRICES,
+    PRICE_FIELDS,
+    SERVICE_TIERS,
+    PricingError,
+    PricingTable,
+    parse_document,
+)
 
 
 def provider_file(provider: str) -> str:
@@ -31,6 +40,7 @@ def entry_mapping(entry: CatalogueEntry, defaults: dict[str, object]) -> dict[st
             out[name] = _number(value or 0.0)
     if entry.request:
         out["request"] = _number(entry.request)
+    out.update(_billing(entry.billing, defaults))
     if entry.tiers:
         out["tiers"] = [{"above_input_tokens": t.above_input_tokens, **_given(t.prices)} for t in entry.tiers]
     if entry.effective_from:
@@ -46,6 +56,25 @@ def entry_mapping(entry: CatalogueEntry, defaults: dict[str, object]) -> dict[st
     return out
 
 
+def _billing(billing: dict[str, object], defaults: dict[str, object]) -> dict[str, object]:
+    """The entry's billing dimensions that differ from its file's provider rule. Service tier
+    factors add to the rule's (a source listing only priority keeps the provider's batch factor)."""
+    out: dict[str, object] = {}
+    tiers = billing.get(SERVICE_TIERS)
+    if isinstance(tiers, dict) and tiers:
+        rule = defaults.get(SERVICE_TIERS)
+        merged = {**(rule if isinstance(rule, dict) else {}), **tiers}
+        if merged != rule:
+            out[SERVICE_TIERS] = {name: _number(merged[name]) for name in sorted(merged)}
+    factor = billing.get(CACHE_WRITE_1H_FACTOR)
+    if isinstance(factor, float | int) and factor != defaults.get(CACHE_WRITE_1H_FACTOR):
+        out[CACHE_WRITE_1H_FACTOR] = _number(float(factor))
+    modality = billing.get(MODALITY_PRICES)
+    if isinstance(modality, dict) and modality:
+        out[MODALITY_PRICES] = {kind: _number(modality[kind]) for kind in MODALITY_KINDS if kind in modality}
+    return out
+
+
 def _given(prices: dict[str, float | None]) -> dict[str, float | int]:
     return {name: _number(value) for name, value in prices.items() if value is not None}
 
@@ -57,12 +86,13 @@ def _number(value: float) -> float | int:
 
 def document_of(provider: str, entries: list[CatalogueEntry], version: str, source: str, as_of: dt.date) -> dict:
     defaults: dict[str, object] = {"source": source, "as_of": as_of.isoformat()}
+    rule = PROVIDER_BILLING.get(provider, {})
     return {
         "version": version,
         "provider": provider,
         **defaults,
-        **PROVIDER_BILLING.get(provider, {}),
-        "models": [entry_mapping(e, defaults) for e in entries],
+        **rule,
+        "models": [entry_mapping(e, {**defaults, **rule}) for e in entries],
     }
 
 
