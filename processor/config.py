@@ -35,7 +35,7 @@ NON_SETTING_ENV = frozenset(
         "GENOPS_SIDECAR_ENDPOINT",
         "GENOPS_BACKEND_ENDPOINT",
         "GENOPS_BACKEND_INSECURE",
-        # tests/test_fuzz_otlp.py: the fuzz run's seed and length (a CI job's environment).
+        # tests/e2e/test_fuzz_otlp.py: the fuzz run's seed and length (a CI job's environment).
         "GENOPS_FUZZ_SEED",
         "GENOPS_FUZZ_SECONDS",
         # k8s/image/make-bases.sh and build.sh: the local Debian bases and the image tag (a CI job's environment).

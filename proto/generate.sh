@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerates the committed Python modules from the .proto files in this folder.
-# tests/test_lean_proto.py fails when the committed modules drift from the sources.
+# tests/core/test_lean_proto.py fails when the committed modules drift from the sources.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 out="${1:-$here/../processor/protos}"

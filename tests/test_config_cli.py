@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from processor.config import NON_SETTING_ENV, SidecarConfig, load_config, setting_env_names, unknown_environment
-from tests.collector_harness import free_port
-from tests.test_serve_process import terminate, wait_ready
+from tests.support.collector_harness import free_port
+from tests.support.serve import terminate, wait_ready
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[1]
 TOKEN = "0123456789abcdef0123456789abcdef"
 
 

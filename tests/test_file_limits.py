@@ -22,7 +22,7 @@ from processor.stages.cost.polars_path import CostStage
 from processor.stages.cost.pricing_table import PricingError, load_table
 from processor.stages.policy.policy_file import PolicyFileError, load_policy_file
 from processor.stages.redaction.rules import load_rules
-from tests.cost_helpers import SMALL_TABLE
+from tests.support.cost_helpers import SMALL_TABLE
 
 # 787 bytes that stand for 9^9 strings once expanded.
 ALIAS_BOMB = "\n".join(

@@ -18,12 +18,12 @@ from processor.config import CostConfig
 from processor.stages.cost.polars_path import COST_MODEL, COST_TOTAL, CostStage
 from processor.stages.cost.pricing_table import TABLE_SUFFIXES
 from processor.stages.redaction.stage import COUNT_KEY
-from tests.collector_harness import free_port
-from tests.cost_helpers import process
-from tests.otlp_builders import span, trace_request
-from tests.otlp_sink import OtlpSink
-from tests.test_receive_forward import export_traces
-from tests.test_serve_process import terminate, wait_ready
+from tests.support.collector_harness import free_port
+from tests.support.cost_helpers import process
+from tests.support.otlp_builders import span, trace_request
+from tests.support.otlp_export import export_traces
+from tests.support.otlp_sink import OtlpSink
+from tests.support.serve import terminate, wait_ready
 
 REPO = Path(__file__).resolve().parents[1]
 GEN_AI = {

@@ -4,12 +4,12 @@
 //! the protobuf wire format once and returns, as Arrow buffers (arrow.rs), only what the stages
 //! asked for; `rewrite` splices the stages' changes into the request bytes, copying untouched items.
 //! Both mirror the pure-Python paths in processor/core/decode.py and processor/core/encode.py, which remain
-//! the fallback; tests/test_native_decode.py and tests/test_native_encode.py check they agree.
+//! the fallback; tests/core/test_native_decode.py and tests/core/test_native_encode.py check they agree.
 //! `Redactor` (redact.rs, detect.rs) runs the redaction stage's rules over a batch in one call;
-//! processor/stages/redaction/stage.py keeps the polars path, tests/test_redaction_native.py checks they agree.
+//! processor/stages/redaction/stage.py keeps the polars path, tests/stages/redaction/test_redaction_native.py checks they agree.
 //! `PolicyPlan` (policy.rs) and the cost kernel (cost.rs) run the policy and cost stages' per-batch
 //! work; processor/stages/policy/native.py and processor/stages/cost/stage.py call them, the polars paths stay
-//! the fallback, tests/test_policy_native.py and tests/test_cost_native.py check they agree.
+//! the fallback, tests/stages/policy/test_policy_native.py and tests/stages/cost/test_cost_native.py check they agree.
 
 mod fasthash;
 mod otlp;

@@ -6,7 +6,7 @@ Python keeps what is per table or per day, not per span: resolving (provider, mo
 native side has not seen against the pricing table, and laying out the price rows of each
 PriceSlots once. The polars path in processor/stages/cost/polars_path.py stays the fallback (extension not built,
 GENOPS_NATIVE_DECODE=0, a layout or price row this path does not take) and the reference
-tests/test_cost_native.py checks this one against.
+tests/stages/cost/test_cost_native.py checks this one against.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ The call reads the frame's columns as Arrow buffers, finds the GenAI spans, attr
 the rule checks, charges the budget windows (the store is a callback, so a batch is still applied
 in one atomic step), and returns the verdict and budget tag columns, the threshold events and the
 small tables the metrics need. The polars path stays the fallback and the reference:
-tests/test_policy_native.py checks both give the same changes, events, metrics and stored totals.
+tests/stages/policy/test_policy_native.py checks both give the same changes, events, metrics and stored totals.
 """
 
 from __future__ import annotations

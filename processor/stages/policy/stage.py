@@ -6,7 +6,7 @@ Runs last (cost → redaction → policy), so it sees `genops.cost.*` written by
 With the native extension built, a batch runs in one Rust call (processor/stages/policy/native.py); the
 polars queries below stay the fallback (GENOPS_NATIVE_DECODE=0, a policy with more checks than the
 verdict table takes, a column type the native side does not read, a non-finite cost) and the
-reference tests/test_policy_native.py checks the native path against.
+reference tests/stages/policy/test_policy_native.py checks the native path against.
 """
 
 from __future__ import annotations

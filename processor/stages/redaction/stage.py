@@ -17,7 +17,7 @@ In a pipeline the decoder's scan hands every value straight to the redactor's ow
 runs the rules with the GIL released while the stages before this one (cost) run; the stage takes
 the result at its turn (`values_consumer`, `finish`). Called on its own, `process` hands the
 values over as Arrow buffers instead. The polars path below stays the fallback and the reference
-the native one is tested against (tests/test_redaction_native.py).
+the native one is tested against (tests/stages/redaction/test_redaction_native.py).
 """
 
 from __future__ import annotations

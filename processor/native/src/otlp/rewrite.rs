@@ -4,7 +4,7 @@
 //! item is re-emitted field by field with its attribute values replaced, dropped or appended; only
 //! the length prefixes of its enclosing messages are recomputed. The result is semantically the
 //! same request the Python encoder (processor/core/encode.py) produces through the lean protobuf view;
-//! tests/test_native_encode.py checks both agree.
+//! tests/core/test_native_encode.py checks both agree.
 
 use std::ops::Range;
 

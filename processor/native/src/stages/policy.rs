@@ -4,7 +4,7 @@
 //! per-label operation sums the metrics read.
 //!
 //! Mirrors the polars queries of processor/stages/policy/stage.py, budgets.py and policies.py, which stay
-//! the fallback; tests/test_policy_native.py checks both give the same changes, events, metrics and
+//! the fallback; tests/stages/policy/test_policy_native.py checks both give the same changes, events, metrics and
 //! stored totals. Inputs are the frame's columns as Arrow buffers read in place (arrow.rs), outputs
 //! go back as Arrow buffers over the whole batch and small tables for the metrics.
 //!

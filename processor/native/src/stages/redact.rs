@@ -2,7 +2,7 @@
 //!
 //! `Redactor` mirrors the pure-polars path in processor/stages/redaction/stage.py step by step (which values each
 //! rule sees, first-rule-wins, candidate checks on distinct substrings, leftmost-longest
-//! replacement); tests/test_redaction_native.py checks both give the same changes. It reads the
+//! replacement); tests/stages/redaction/test_redaction_native.py checks both give the same changes. It reads the
 //! columns of `TelemetryBatch.string_values()` as Arrow buffers (no Python object per value) and
 //! returns only what changed, as Arrow buffers again, plus the per-item summary.
 //!

@@ -35,7 +35,7 @@ class BuildOptions:
     version: str
     litellm_version: str
     # Where to write every model name the sources give, per shipped provider (gzip JSON), for the
-    # catalogue lint (tests/test_pricing_catalogue.py); None: not written.
+    # catalogue lint (tests/stages/cost/test_pricing_catalogue.py); None: not written.
     source_names: Path | None = None
 
 

@@ -1,0 +1,249 @@
+"""The native redactor and the polars path make the same changes and count the same redactions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from polars.testing import assert_frame_equal, assert_series_equal
+from prometheus_client import CollectorRegistry
+
+from processor.core.contract import BatchChanges
+from processor.core.decode import TelemetryBatch, WantedKeys, decode_logs, decode_traces, native_module
+from processor.stages.redaction.rules import load_rules, parse_rules
+from processor.stages.redaction.stage import RedactionStage
+from tests.support.otlp_builders import log_request, span, trace_request
+
+pytestmark = pytest.mark.skipif(getattr(native_module(), "Redactor", None) is None, reason="native redactor not built")
+
+CORPUS = Path(__file__).parent / "redaction_corpus"
+CORPUS_TEXTS = sorted(
+    {
+        str(text)
+        for path in CORPUS.glob("*.yaml")
+        for texts in yaml.safe_load(path.read_text()).values()
+        for text in texts
+    }
+)
+
+# Exercises every action and the corner cases of their order: masks with '$', a rule that matches
+# what earlier rules wrote, value rules that overlap each other, the allow list and ignored keys.
+CUSTOM_RULES = {
+    "allow_all_keys": False,
+    "allowed_keys": ["http.*", "note", "detail", "tags", "enduser.id", "db.query.text", "user.password", "n"],
+    "ignored_keys": ["debug.raw"],
+    "redact_all_types": True,
+    "hash_prefix": "h:",
+    "rules": [
+        {"name": "ids", "keys": ["enduser.id"], "action": "hash"},
+        {"name": "query", "keys": ["db.query.text"], "action": "truncate", "length": 5},
+        {"name": "cookie", "keys": ["http.request.header.cookie"], "action": "drop"},
+        {"name": "secrets", "key_patterns": ["(?i).*password.*"], "mask": "$1 $$"},
+        {"name": "ticket", "pattern": "TICKET-[0-9]{3}", "mask": "$0-T$"},
+        {"name": "email", "detector": "email", "action": "hash"},
+        {"name": "cards", "detector": "credit_card", "action": "drop"},
+        {"name": "phone", "detector": "phone", "mask": "<$phone>"},
+        {"name": "again", "pattern": "RED[A-Z]+|h:[0-9a-f]{3}|T\\$", "mask": "[X]"},
+        {"name": "ip4", "detector": "ipv4"},
+        {"name": "ip6", "detector": "ipv6", "action": "hash"},
+        {"name": "iban", "detector": "iban"},
+        {"name": "ssn", "detector": "us_ssn", "action": "drop"},
+        {"name": "bearer", "detector": "bearer_token"},
+        {"name": "digits", "pattern": "[0-9]{2}", "mask": "#"},
+    ],
+}
+INFO_RULES = {"summary": "info", "rules": [{"name": "e", "detector": "email"}, {"name": "w", "pattern": "é+"}]}
+RULE_SETS = {
+    "default": load_rules(),
+    "custom": parse_rules(CUSTOM_RULES),
+    # Value rules read text only here: numbers outside the allow list are still dropped.
+    "custom_text_only": parse_rules({**CUSTOM_RULES, "redact_all_types": False}),
+    "info": parse_rules(INFO_RULES),
+    # The Collector-style options: allowed values win over every value rule (checked or not).
+    "collector_options": parse_rules(
+        {
+            **CUSTOM_RULES,
+            "allowed_values": ["TICKET-1[0-9]{2}", ".*@example\\.com", "10\\..*"],
+            "ignored_key_patterns": ["other\\..*"],
+            "hash_function": "hmac-sha512",
+            "default_mask": "****",
+        }
+    ),
+}
+
+KEYS = [
+    "note",
+    "detail",
+    "tags",
+    "n",
+    "enduser.id",
+    "db.query.text",
+    "user.password",
+    "http.request.header.cookie",
+    "http.route",
+    "gen_ai.prompt",
+    "gen_ai.usage.input_tokens",
+    "genops.team",
+    "debug.raw",
+    "other.key",
+]
+
+# Look-alikes for the candidate checks (Luhn and card schemes, SSN ranges, phone digit counts,
+# dotted quads, IBAN mod-97, bearer tokens), which run in Rust on the native path.
+_digits = st.text("0123456789", min_size=1, max_size=4)
+look_alike = st.one_of(
+    st.lists(_digits, min_size=3, max_size=6).flatmap(
+        lambda g: st.sampled_from([" ", "-", ""]).map(lambda s: s.join(g))
+    ),
+    st.lists(st.integers(0, 300).map(str) | _digits, min_size=3, max_size=5).map(".".join),
+    st.builds(lambda a, g, n: f"{a}-{g}-{n}", st.text("0123456789", min_size=3, max_size=3), _digits, _digits),
+    st.builds(lambda d: "+" + d, st.text("0123456789 .-()", min_size=6, max_size=20)),
+    st.builds(
+        lambda c, d, rest: c + d + rest,
+        st.sampled_from(["DE", "GB", "FR", "NL"]),
+        st.text("0123456789", min_size=2, max_size=2),
+        st.text("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ ", min_size=12, max_size=30),
+    ),
+    st.builds(
+        lambda t: "Bearer " + t,
+        st.text("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~+/", min_size=14, max_size=24),
+    ),
+)
+piece = st.one_of(
+    look_alike,
+    st.sampled_from(CORPUS_TEXTS),
+    st.sampled_from(["TICKET-123", "[REDACTED:email]", "Bearer abcDEF1234567890xyz", "h:0a1b", "T$", "ééé"]),
+    st.text(max_size=8),
+)
+text = st.lists(st.tuples(piece, st.sampled_from(["", " ", "-", ":", ".", "@", "\n", "é"])), max_size=4).map(
+    lambda parts: "".join(p + sep for p, sep in parts)
+)
+scalar = st.one_of(text, text, st.integers(-(2**63), 2**63 - 1), st.booleans(), st.floats(allow_nan=False))
+value = st.one_of(
+    scalar, scalar, st.lists(scalar, max_size=3), st.dictionaries(st.sampled_from("ab"), scalar, max_size=2)
+)
+attributes = st.dictionaries(st.sampled_from(KEYS), value, max_size=5)
+
+
+class PairedStages:
+    """One stage per path, each kept across examples so the native caches carry over as in use."""
+
+    def __init__(self, rules) -> None:
+        self.native = RedactionStage(rules, b"paired-key", CollectorRegistry())
+        self.started = RedactionStage(rules, b"paired-key", CollectorRegistry())
+        self.polars = RedactionStage(rules, b"paired-key", CollectorRegistry())
+
+    def check(self, batch: TelemetryBatch, monkeypatch) -> BatchChanges:
+        monkeypatch.setenv("GENOPS_NATIVE_DECODE", "1")
+        native = self.native.process(batch)
+        # The same request, its values handed by the scan to the redactor's own thread.
+        decode = decode_traces if batch.signal == "traces" else decode_logs
+        handed = decode(batch.raw, WantedKeys(), values_to=self.started.values_consumer())
+        assert handed.values_job is not None
+        started = self.started.finish(handed, handed.values_job)
+        monkeypatch.setenv("GENOPS_NATIVE_DECODE", "0")
+        reference = self.polars.process(batch)
+        assert_same_changes(native, reference)
+        assert_same_changes(started, reference)
+        assert counts(self.native) == counts(self.started) == counts(self.polars)
+        return native
+
+
+def assert_same_changes(native: BatchChanges, reference: BatchChanges) -> None:
+    assert native.set_attributes.keys() == reference.set_attributes.keys()
+    for key, series in reference.set_attributes.items():
+        assert_series_equal(native.set_attributes[key], series)
+    assert (native.rewrites is None) == (reference.rewrites is None)
+    if reference.rewrites is not None:
+        order = ["scope", "owner", "position"]
+        assert_frame_equal(native.rewrites.sort(order), reference.rewrites.sort(order))
+    assert native.events == reference.events == []
+
+
+def counts(stage: RedactionStage) -> dict[tuple, float]:
+    return {
+        tuple(sorted(sample.labels.items())): sample.value
+        for metric in stage.redactions.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+    }
+
+
+@pytest.fixture(scope="module")
+def paired() -> dict[str, PairedStages]:
+    return {name: PairedStages(rules) for name, rules in RULE_SETS.items()}
+
+
+def traces_batch(resources: list[tuple[dict, list[tuple[dict, list[dict]]]]]) -> TelemetryBatch:
+    request = trace_request([])
+    del request.resource_spans[:]
+    for resource, spans in resources:
+        built = [span(attributes=a, events=[(f"e{i}", e) for i, e in enumerate(events)]) for a, events in spans]
+        request.resource_spans.extend(trace_request(built, resource=resource or {"service.name": "svc"}).resource_spans)
+    return decode_traces(request.SerializeToString(), WantedKeys(values=True))
+
+
+@pytest.mark.parametrize("rule_set", sorted(RULE_SETS))
+def test_every_corpus_text_is_redacted_the_same(paired, rule_set, monkeypatch):
+    spans = [(dict.fromkeys(KEYS, text), [{"detail": f"see {text} here"}]) for text in CORPUS_TEXTS]
+    batch = traces_batch([({"service.name": "svc", "note": CORPUS_TEXTS[0]}, spans)])
+    changes = paired[rule_set].check(batch, monkeypatch)
+    assert changes.rewrites is not None and changes.rewrites.height > 0
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    rule_set=st.sampled_from(sorted(RULE_SETS)),
+    resources=st.lists(
+        st.tuples(attributes, st.lists(st.tuples(attributes, st.lists(attributes, max_size=2)), max_size=4)),
+        min_size=1,
+        max_size=3,
+    ),
+)
+def test_random_traces_are_redacted_the_same(paired, monkeypatch, rule_set, resources):
+    paired[rule_set].check(traces_batch(resources), monkeypatch)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    rule_set=st.sampled_from(sorted(RULE_SETS)),
+    bodies=st.lists(value, min_size=1, max_size=4),
+    record_attributes=attributes,
+    resource=attributes,
+)
+def test_random_logs_are_redacted_the_same(paired, monkeypatch, rule_set, bodies, record_attributes, resource):
+    request = log_request(bodies, attributes=record_attributes, resource=resource or None)
+    paired[rule_set].check(decode_logs(request.SerializeToString(), WantedKeys(values=True)), monkeypatch)
+
+
+def test_the_native_path_keeps_the_polars_paths_errors(monkeypatch):
+    """A hash rule without a key fails the batch on both paths (the stage's error, not a crash)."""
+    rules = parse_rules({"rules": [{"name": "ids", "keys": ["enduser.id"], "action": "hash"}]})
+    batch = traces_batch([({}, [({"enduser.id": "u1"}, [])])])
+    for switch in ("1", "0"):
+        monkeypatch.setenv("GENOPS_NATIVE_DECODE", switch)
+        with pytest.raises(RuntimeError, match="a hash rule needs a hash key"):
+            RedactionStage(rules, None, CollectorRegistry()).process(batch)
+
+
+def test_value_columns_of_other_types_are_read_the_same(paired, monkeypatch):
+    batch = traces_batch([({"owner.mail": "x@example.com"}, [({"note": "mail jane.roe@example.com"}, [])])])
+    values = batch.string_values()
+    retyped = values.with_columns(pl.col("scope").cast(pl.Categorical), pl.col("owner").cast(pl.Int16))
+    other = TelemetryBatch(batch.signal, batch.frame, batch.raw, _string_values=retyped)
+    changes = paired["default"].check(other, monkeypatch)
+    assert changes.rewrites is not None and changes.rewrites.height == 2
+
+
+def test_values_of_every_type_outside_the_allow_list_are_dropped_on_every_path(paired, monkeypatch):
+    """The scan lists for the redactor only the values its rules can change: a number outside the
+    allow list is one of them even when the value rules read text only."""
+    attributes = {"other.key": 7, "other.flag": True, "other.ratio": 0.5, "n": 3, "genops.team": 5, "note": "x"}
+    batch = traces_batch([({"service.name": "svc"}, [(attributes, [dict(attributes)])])])
+    changes = paired["custom_text_only"].check(batch, monkeypatch)
+    dropped = changes.rewrites.filter(pl.col("new_value").is_null())
+    assert sorted(dropped["scope"].to_list()) == ["attribute"] * 3 + ["event"] * 3
