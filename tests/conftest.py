@@ -1,4 +1,4 @@
-"""Suite-wide rules. Under CI (CI set to 1/true, as .ci/run does) a skipped test fails instead: each
+"""Suite-wide rules and fixtures. Under CI (CI set to 1/true, as .ci/run does) a skipped test fails instead: each
 test that needs a tool (kustomize, promtool, redis-server, valgrind, the Collector, the native
 extension) skips on a developer's machine without it, but CI installs all of them, so a skip there
 means .ci/run lost an install step and the test silently stopped running."""
@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 
 import pytest
+
+from tests.support.otlp_sink import OtlpSink
 
 REQUIRE_TOOLS_ENV = "CI"
 
@@ -39,3 +41,11 @@ def pytest_make_collect_report(collector):
 
 
 pytest_plugins = ["pytester"]
+
+
+@pytest.fixture
+def sink():
+    """A real OTLP/gRPC receiver on 127.0.0.1 standing in for the Collector the sidecar forwards to."""
+    sink = OtlpSink().start()
+    yield sink
+    sink.stop()

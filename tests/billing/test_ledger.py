@@ -17,10 +17,10 @@ from processor.stages.policy.stage import build_policy_stage
 from processor.stages.redaction.stage import build_outbound
 from tests.core.test_outbound_redaction import EMAIL
 from tests.stages.policy.test_budgets_policies import redis_url, run_pipeline  # noqa: F401 (fixture)
+from tests.support.cli import base_env
 from tests.support.otlp_builders import span, trace_request
 from tests.support.otlp_export import export_traces
 from tests.support.serve import start_sidecar, terminate, wait_ready
-from tests.test_config_cli import base_env
 from tests.transport.test_http_port import get
 
 DAY = "2026-12-01"
@@ -177,7 +177,7 @@ def test_get_v1_ledger_from_a_running_sidecar_answers_redacted_rows(tmp_path, wo
         sink.stop()
     assert EMAIL not in stderr
     # The command reads the same file, redacted the same way.
-    from tests.test_config_cli import run_cli
+    from tests.support.cli import run_cli
 
     result = run_cli({**env, "GENOPS_SERVER_WORKERS": "1"}, "ledger", "--format", "csv")
     assert result.returncode == 0, result.stderr
@@ -186,7 +186,7 @@ def test_get_v1_ledger_from_a_running_sidecar_answers_redacted_rows(tmp_path, wo
 
 
 def test_ledger_keys_outside_the_attribution_dimensions_are_a_config_error(tmp_path):
-    from tests.test_config_cli import run_cli
+    from tests.support.cli import run_cli
 
     env = base_env(tmp_path)
     env.update({"GENOPS_POLICY_LEDGER_ENABLED": "true", "GENOPS_POLICY_LEDGER_KEYS": "team,colour"})

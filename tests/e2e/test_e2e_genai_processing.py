@@ -33,13 +33,6 @@ SECRETS = (EMAIL, CARD, OPENAI_KEY, AWS_KEY)
 N_SPANS = 40
 
 
-@pytest.fixture
-def sink():
-    sink = OtlpSink().start()
-    yield sink
-    sink.stop()
-
-
 def send_chat_spans(endpoint: str) -> set[str]:
     resource = {"service.name": "support-bot", "genops.team": "support", "deployment.environment.name": "production"}
     provider = TracerProvider(resource=Resource.create(resource))

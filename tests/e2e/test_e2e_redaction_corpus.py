@@ -24,13 +24,6 @@ LOGS = "opentelemetry.proto.collector.logs.v1.LogsService"
 FALSE_POSITIVE_RATE = 0.01
 
 
-@pytest.fixture
-def sink():
-    sink = OtlpSink().start()
-    yield sink
-    sink.stop()
-
-
 def secret_parts(name: str, secret: str) -> list[str]:
     """What must not arrive: the secret, and for URL credentials the user:password in it."""
     if name == "url_credentials":

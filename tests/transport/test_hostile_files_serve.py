@@ -41,13 +41,6 @@ def big_valid_table(size: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-@pytest.fixture
-def sink():
-    sink = OtlpSink().start()
-    yield sink
-    sink.stop()
-
-
 def sidecar_env(sink: OtlpSink, pricing: Path, tmp_path: Path) -> tuple[dict[str, str], str, str]:
     grpc_listen, http = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     env = {

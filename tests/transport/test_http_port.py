@@ -15,8 +15,8 @@ import pytest
 
 from processor.protos import budget_pb2
 from processor.stages.policy.budget_api import SERVICE
+from tests.support.cli import base_env
 from tests.support.serve import start_sidecar, terminate, wait_ready
-from tests.test_config_cli import base_env
 
 TOKEN = "4f1c2a9be07d45c3a8e2f61b9d0c7e35"
 POLICY = """

@@ -15,7 +15,6 @@ from processor.transport.poison import PoisonRequests, RequestDigest
 from tests.support.collector_harness import free_port, wait_until
 from tests.support.otlp_builders import span, trace_request
 from tests.support.otlp_export import export_traces
-from tests.support.otlp_sink import OtlpSink
 from tests.support.serve import child_pids, http_get, sample, start_sidecar, terminate, wait_ready
 
 
@@ -65,13 +64,6 @@ def kill_the_worker_holding(process, channel, request) -> grpc.StatusCode | None
             return None
         except grpc.RpcError as error:
             return error.code()
-
-
-@pytest.fixture
-def sink():
-    sink = OtlpSink().start()
-    yield sink
-    sink.stop()
 
 
 def test_a_request_that_killed_two_workers_is_refused_as_invalid_argument(sink):

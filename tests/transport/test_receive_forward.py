@@ -19,15 +19,7 @@ from processor.core.decode import LOGS, TRACES, TelemetryBatch, WantedKeys
 from tests.support.collector_harness import free_port, wait_until
 from tests.support.otlp_builders import log_request, span, trace_request
 from tests.support.otlp_export import TRACE_METHOD, export_traces
-from tests.support.otlp_sink import OtlpSink
 from tests.support.sidecar_runner import RunningSidecar
-
-
-@pytest.fixture
-def sink():
-    sink = OtlpSink().start()
-    yield sink
-    sink.stop()
 
 
 @pytest.fixture

@@ -12,20 +12,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
-import pytest
 
 from tests.support.collector_harness import free_port
 from tests.support.otlp_builders import span, trace_request
 from tests.support.otlp_export import export_traces
-from tests.support.otlp_sink import OtlpSink
 from tests.support.serve import child_pids, http_get, sample, start_sidecar, terminate, wait_ready
-
-
-@pytest.fixture
-def sink():
-    sink = OtlpSink().start()
-    yield sink
-    sink.stop()
 
 
 def test_two_workers_share_the_requests_of_one_connection_and_metrics_add_up(sink):

@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import subprocess
 import time
 
-import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from processor.config import PolicyConfig
@@ -20,32 +17,10 @@ from processor.stages.policy.budget_state import MemoryStore
 from processor.stages.policy.stage import build_policy_stage
 from tests.support.collector_harness import free_port
 from tests.support.otlp_builders import span, trace_request
+from tests.support.redis_server import start_redis
 
 POLICY = {"budgets": [{"name": "all", "limit_usd": 1000.0, "period": "daily", "mode": "enforced"}]}
 START_NS = int(time.time()) * 10**9
-
-
-def start_redis(port: int, workdir) -> subprocess.Popen:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed")
-    # appendfsync always: a killed server comes back with every write it acknowledged.
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"]
-    process = subprocess.Popen(
-        [*argv, "--appendfsync", "always", "--dir", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    import redis
-
-    client = redis.Redis(host="127.0.0.1", port=port)
-    for _ in range(200):
-        try:
-            client.ping()
-            client.close()
-            return process
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    process.kill()
-    raise RuntimeError("redis-server did not start")
 
 
 def stage_with(tmp_path, **store):

@@ -19,11 +19,12 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 
-from tests.stages.policy.test_budget_store_faults import START_NS, start_redis
+from tests.stages.policy.test_budget_store_faults import START_NS
 from tests.support.collector_harness import free_port
 from tests.support.otlp_builders import span, trace_request
 from tests.support.otlp_export import export_traces
 from tests.support.otlp_sink import OtlpSink
+from tests.support.redis_server import start_redis
 from tests.support.serve import http_get, terminate, wait_ready
 from tests.transport.test_poison_requests import workers_of
 
@@ -32,13 +33,6 @@ POLICY = {"budgets": [{"name": "all", "limit_usd": 1_000_000.0, "period": "daily
 COLLECTOR_TIMEOUT_SECONDS = 10.0
 # Binary fractions: any order of additions gives the exact same total.
 COSTS = (0.25, 0.125, 0.5, 0.0625)
-
-
-@pytest.fixture
-def sink():
-    sink = OtlpSink().start()
-    yield sink
-    sink.stop()
 
 
 class Traffic:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import shutil
-import subprocess
 import threading
 import time
 
@@ -29,7 +27,8 @@ from processor.stages.policy.stage import build_policy_stage, check_policy_confi
 from tests.support.collector_harness import free_port, running_sidecar
 from tests.support.otlp_builders import span, trace_request
 from tests.support.otlp_export import export_traces
-from tests.support.otlp_sink import OtlpSink, attributes_to_dict
+from tests.support.otlp_sink import attributes_to_dict
+from tests.support.redis_server import start_redis
 from tests.support.sidecar_runner import RunningSidecar
 
 ML_BUDGET = """
@@ -62,39 +61,10 @@ def policy_file(tmp_path):
     return path
 
 
-@pytest.fixture
-def sink():
-    sink = OtlpSink().start()
-    yield sink
-    sink.stop()
-
-
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory):
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
     port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    import redis
-
-    client = redis.Redis(host="127.0.0.1", port=port)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                raise RuntimeError("redis-server did not start") from None
-            time.sleep(0.05)
-    client.close()
+    process = start_redis(port, tmp_path_factory.mktemp("redis"))
     yield f"redis://127.0.0.1:{port}/0"
     process.terminate()
     process.wait(10)

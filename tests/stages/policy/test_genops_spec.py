@@ -38,13 +38,6 @@ def genai_span(operation: str | None = "chat", model: str = "gpt-4o-mini", **att
     return span(name=f"{operation} {model}", attributes=attrs)
 
 
-@pytest.fixture
-def sink():
-    sink = OtlpSink().start()
-    yield sink
-    sink.stop()
-
-
 def export_through_sidecar(sink: OtlpSink, tmp_path, request) -> None:
     """`request` through a real `genops-sidecar serve` process on its defaults, into `sink`."""
     env = {"GENOPS_POLICY_STATE_BACKEND": "memory", "GENOPS_POLICY_STATE_PATH": str(tmp_path / "unused.sqlite")}
