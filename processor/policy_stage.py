@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import blake3
@@ -24,7 +25,7 @@ from processor import awu, budgets, policies
 from processor.attribution import DIMENSIONS, Attribution, text
 from processor.budget_api import BudgetStatusReader
 from processor.budget_forecast import FORECAST_TAG, forecast_column, level_forecasts, now_utc
-from processor.budget_policy_file import Budget, PolicyFile, PolicySource, load_policy_file
+from processor.budget_policy_file import Budget, PolicyFile, PolicySource, budget_attributes, load_policy_file
 from processor.budget_state import BudgetStore, open_store
 from processor.config import PolicyConfig
 from processor.decode import (
@@ -44,6 +45,7 @@ from processor.outbound import NO_REDACTION, OutboundRedaction
 from processor.pipeline import ENGINE_NATIVE, ENGINE_POLARS, BatchChanges
 from processor.policy_native import NativePolicy
 from processor.span_values import InvalidValueMetrics, check_batch
+from processor.store_caps import OVERFLOW, StoreCap
 
 if TYPE_CHECKING:
     from polars._typing import PolarsDataType
@@ -68,8 +70,12 @@ class PolicyStage:
         outbound: OutboundRedaction = NO_REDACTION,
         invalid: InvalidValueMetrics | None = None,
         ledger: LedgerPlan | None = None,
+        budget_attributes: frozenset[str] = frozenset(),
     ) -> None:
         self.source = source
+        # Span attributes budgets key on (budget_policy_file.Budget.attribute), decoded.
+        self.budget_attributes = budget_attributes
+        self._outbound = outbound
         self.store = store
         self.ledger = ledger
         self.attribution = attribution
@@ -87,7 +93,8 @@ class PolicyStage:
     def wanted_keys(self) -> WantedKeys:
         ledger = self.ledger.wanted_keys() if self.ledger is not None else ()
         own = WantedKeys(item=frozenset((*COST_KEYS, *ledger, policies.PII_COUNT, ERROR_TYPE)))
-        return WantedKeys.union((GENAI_KEYS, self.attribution.wanted_keys(), own, awu.wanted_keys()))
+        attributes = WantedKeys(item=self.budget_attributes, resource=self.budget_attributes)
+        return WantedKeys.union((GENAI_KEYS, self.attribution.wanted_keys(), own, awu.wanted_keys(), attributes))
 
     def prepare(self, batch: TelemetryBatch) -> None:
         """Reads ahead what does not come from the redaction stage (all but its PII count) and
@@ -126,6 +133,8 @@ class PolicyStage:
         spans = _layered(evaluated_spans, layers).collect(engine=budgets.ENGINE, optimizations=budgets.OPTIMIZATIONS)
         if spans.height == 0:
             return BatchChanges()
+        if plan.caps:
+            spans = plan.budgets.capped(spans, self._subjects(plan, store))
         windows = plan.budgets.windows(spans)
         applied = store.apply(fingerprint(batch), windows.increments, windows.expires_at)
         charging = _layered(
@@ -162,6 +171,19 @@ class PolicyStage:
             forecasts = level_forecasts(plan.budget_names, levels, now_utc())
             self.metrics.record_budgets(levels, plan.budgets.exceeded_counts(charged), forecasts)
         return BatchChanges(set_attributes=changes, events=events)
+
+    def _subjects(self, plan: _Plan, store: BudgetStore) -> Callable[[int, str, set[str], int], dict[str, str]]:
+        """How budgets.BudgetPlan.capped maps an attribute budget's subjects: redacted as the
+        attribute is, then admitted to the window's max_subjects in the store, else OVERFLOW."""
+
+        def resolve(index: int, label: str, subjects: set[str], expires_at: int) -> dict[str, str]:
+            budget = plan.policy.budgets[index]
+            published = {s: self._outbound.label(budget.attribute or "", s) for s in subjects}
+            family = f"budget|{budget.name}|{label}"
+            admitted = plan.caps[index].admitted(store, family, set(published.values()), expires_at)
+            return {s: p if p in admitted else OVERFLOW for s, p in published.items()}
+
+        return resolve
 
     def _plan_for(self, policy: PolicyFile) -> _Plan:
         plan = self._plan
@@ -223,10 +245,16 @@ class _Plan:
             (c, budgets.column(i, "exceeded")) for i, c in enumerate(budget_checks)
         ]
         checks = [*rule_checks, *budget_checks]
+        # Attribute budgets' subjects, capped in the store (the native plan has no such budgets).
+        self.caps = {
+            i: StoreCap(b.max_subjects, f"budget {b.name} max_subjects")
+            for i, b in enumerate(policy.budgets)
+            if b.attribute is not None
+        }
         # The whole stage in one native call, where the extension is built and the policy fits it.
         self.native = (
             NativePolicy(policy, attribution, labels, checks, [c for c, _ in self.counted])
-            if NativePolicy.supports(checks)
+            if NativePolicy.supports(checks) and not self.caps
             else None
         )
         warned, evaluated = self.budgets.warned(), pl.col(EVALUATED)
@@ -248,6 +276,8 @@ class _Plan:
         # The frame columns whose presence and type shape the span expressions.
         # (Deduplicated: two dimensions may fall back to one key.)
         sources = list(dict.fromkeys(key for dim in DIMENSIONS for key in attribution.sources(dim)))
+        self._attributes = sorted(budget_attributes(policy))
+        sources += [key for key in self._attributes if key not in sources]
         self._read_keys = (
             *sources,
             *(RESOURCE_PREFIX + key for key in sources),
@@ -314,6 +344,10 @@ class _Plan:
             *(pl.col("_" + name).alias(name) for name in ("model", "provider", TOKENS_INPUT, TOKENS_OUTPUT)),
             latency,
             *self.attribution.columns(schema),
+            *(
+                pl.coalesce(text(schema, key), text(schema, RESOURCE_PREFIX + key)).alias(budgets.attribute_column(key))
+                for key in self._attributes
+            ),
             _number(schema, policies.PII_COUNT, pl.Int64).alias(policies.PII_COUNT),
             _error(schema).alias("error"),
             *budgets.start_columns(has_end),
@@ -391,15 +425,21 @@ def build_policy_stage(
         if config.ledger.enabled
         else None
     )
+    source = PolicySource(config.policy_file, config.reload_interval_seconds, registry)
     return PolicyStage(
-        source=PolicySource(config.policy_file, config.reload_interval_seconds, registry),
+        source=source,
         store=open_store(config.state_backend, config.state_path, config.redis_url, registry),
         attribution=attribution,
         metrics=GovernanceMetrics(registry, labels, config.metrics_max_label_values, outbound),
         outbound=outbound,
         invalid=InvalidValueMetrics.of(registry),
         ledger=ledger,
+        budget_attributes=source.readable(configured_attributes(config)),
     )
+
+
+def configured_attributes(config: PolicyConfig) -> frozenset[str]:
+    return frozenset(key.strip() for key in config.budget_attributes.split(",") if key.strip())
 
 
 def check_policy_config(config: PolicyConfig) -> None:

@@ -86,3 +86,104 @@ def test_a_store_that_does_not_answer_leaves_the_cap_to_the_process():
     store = Down()
     assert cap.admitted(store, "f", {"c", "a", "b"}, 2**40) == {"a", "b"}
     assert cap.admitted(store, "f", {"a", "d"}, 2**40) == {"a"}
+
+
+CONVERSATION_POLICY = """
+budgets:
+  - name: per-conversation
+    attribute: gen_ai.conversation.id
+    limit_usd: 1.0
+    period: daily
+    warn_at: [0.5]
+    max_subjects: 2
+    mode: enforced
+"""
+
+
+def _attribute_stage(backend: str, tmp_path, redis: str, name: str, policy: str = CONVERSATION_POLICY):
+    from processor.redact import build_outbound
+    from processor.config import load_config
+
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(policy)
+    if backend == "redis":
+        config = PolicyConfig(
+            policy_file=str(policy_file),
+            state_backend="redis",
+            redis_url=redis,
+            state_path=str(tmp_path / name / "s"),
+        )
+    else:
+        config = PolicyConfig(
+            policy_file=str(policy_file), state_backend="sqlite", state_path=str(tmp_path / "state.sqlite")
+        )
+    return build_policy_stage(config, CollectorRegistry(), build_outbound(load_config().redaction))
+
+
+def conversation(conversation_id: str, cost: float, **extra):
+    return priced("ml", cost, **{"gen_ai.conversation.id": conversation_id, **extra})
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_a_budget_per_conversation_is_charged_once_and_capped_in_the_store(tmp_path, redis_url, backend):  # noqa: F811
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+    first = _attribute_stage(backend, tmp_path, redis_url, "a")
+    second = _attribute_stage(backend, tmp_path, redis_url, "b")
+    try:
+        one = run_pipeline(first, trace_request([conversation("c1", 0.25), conversation("c2", 0.75)]))
+        request = trace_request([conversation("c1", 0.5), conversation("c3", 0.25), conversation("c4", 0.5)])
+        two = run_pipeline(second, request)
+        # A Collector retry, on the other process: the same tags, charged once.
+        again = run_pipeline(first, request)
+        window = "per-conversation|{}|2026-12-01"
+        stored = first.store.read([window.format(s) for s in ("c1", "c2", "c3", "c4", OVERFLOW)])
+    finally:
+        first.close()
+        second.close()
+    consumed = "genops.budget.consumed"
+    assert [s[consumed] for s in one] == [0.25, 0.75]
+    # c1: 0.25 + 0.5; c3 and c4 came past the cap of two conversations: one overflow window.
+    assert [s[consumed] for s in two] == [0.75, 0.25, 0.75]
+    assert [s[consumed] for s in again] == [s[consumed] for s in two]
+    assert stored == {
+        window.format("c1"): 0.75,
+        window.format("c2"): 0.75,
+        window.format("c3"): 0.0,
+        window.format("c4"): 0.0,
+        window.format(OVERFLOW): 0.75,
+    }
+    # c1 crossed its 0.5 warn level on its second span; c2 on its first.
+    alerts = [
+        (e[1]["genops.budget.subject"], e[1]["genops.budget.threshold"])
+        for s in one + two
+        for e in s["_events"]
+        if e[0] == "genops.budget.alert"
+    ]
+    assert sorted(alerts) == [("__overflow__", 0.5), ("c1", 0.5), ("c2", 0.5)]
+
+
+def test_attribute_budget_subjects_are_redacted_before_they_are_keys(tmp_path, redis_url):  # noqa: F811
+    from tests.test_outbound_redaction import EMAIL
+
+    policy = CONVERSATION_POLICY.replace("gen_ai.conversation.id", "user.id")
+    stage = _attribute_stage("sqlite", tmp_path, redis_url, "a", policy)
+    try:
+        written = run_pipeline(stage, trace_request([priced("ml", 0.75, **{"user.id": EMAIL})]))
+        keys = list(stage.store.scan("per-conversation|"))
+    finally:
+        stage.close()
+    assert written[0]["genops.budget.consumed"] == 0.75
+    assert len(keys) == 1 and EMAIL not in keys[0] and "@" not in keys[0]
+
+
+def test_a_reload_naming_an_attribute_the_decoder_does_not_read_is_refused(tmp_path):
+    from processor.budget_policy_file import PolicyFileError, PolicySource, checked_attributes, parse_policy_file
+
+    source = PolicySource("")
+    assert source.readable(frozenset({"session.id"})) == frozenset({"session.id"})
+    with pytest.raises(PolicyFileError, match="policy.budget_attributes"):
+        checked_attributes(parse_policy_file(CONVERSATION_POLICY), source.readable(frozenset()), "policy.yaml")
+    with pytest.raises(PolicyFileError, match="not both"):
+        parse_policy_file(CONVERSATION_POLICY.replace("    max_subjects: 2", "    dimension: team"))
