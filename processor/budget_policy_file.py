@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import structlog
 from prometheus_client import CollectorRegistry
 
 from processor.attribution import DIMENSIONS
@@ -22,6 +23,8 @@ from processor.file_limits import read_text_limited
 from processor.linear_regex import regex_problem
 from processor.reload import ReloadMetrics, Watcher
 from processor.safe_yaml import YamlError, load_yaml
+
+log = structlog.get_logger(__name__)
 
 PERIODS = ("daily", "weekly", "monthly")
 MODES = ("enforced", "advisory", "audit_only")
@@ -328,23 +331,23 @@ class PolicySource:
         self.attributes = attributes
         if path:
             metrics = ReloadMetrics("genops_policy", "policy file", registry) if registry is not None else None
-            self.watcher = Watcher(path, self._load, self._use, interval, metrics, name="policy").start()
+            self.watcher = Watcher(path, load_policy_file, self._use, interval, metrics, name="policy").start()
 
-    def _load(self, path: str) -> PolicyFile:
-        policy = load_policy_file(path)
-        if self.attributes is None:
-            # The first file loaded: its attributes are read from now on.
-            return policy
-        return checked_attributes(policy, self.attributes, str(path))
+    def _use(self, policy: PolicyFile) -> None:
+        if self.attributes is not None:
+            # (Checked here, not in the loader: reloads are parsed in a child process.)
+            try:
+                checked_attributes(policy, self.attributes, "policy file")
+            except PolicyFileError as exc:
+                log.error("policy file not used; keeping the previous one", reason=str(exc))
+                return
+        self._current = policy
 
     def readable(self, configured: frozenset[str]) -> frozenset[str]:
         """The attributes to decode: `configured` plus those of the file in use, fixed from now on."""
         if self.attributes is None:
             self.attributes = configured | budget_attributes(self._current)
         return self.attributes
-
-    def _use(self, policy: PolicyFile) -> None:
-        self._current = policy
 
     def current(self) -> PolicyFile:
         return self._current

@@ -33,6 +33,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from processor import billing_dimensions
+from processor.cache_savings import with_cache_savings
 from processor import genai_attributes as ga
 from processor.config import CostConfig
 from processor.cost_native import NativeCost, native_cost_available
@@ -411,6 +412,7 @@ class CostStage:
         priced = billing_dimensions.apply_dimensions(
             batch, priced, table, self._group_of(table), providers if isinstance(providers, set) else None
         )
+        priced = with_cache_savings(batch, priced, table, self._group_of(table))
         sdk = batch.derived.get(SDK_COSTS)
         ours = None if self.config.override_sdk_costs else self._ours_beside_sdk(batch, table, sdk)
         return _with_sdk_costs(priced, sdk, ours)

@@ -178,12 +178,22 @@ def test_attribute_budget_subjects_are_redacted_before_they_are_keys(tmp_path, r
     assert len(keys) == 1 and EMAIL not in keys[0] and "@" not in keys[0]
 
 
-def test_a_reload_naming_an_attribute_the_decoder_does_not_read_is_refused(tmp_path):
-    from processor.budget_policy_file import PolicyFileError, PolicySource, checked_attributes, parse_policy_file
+def test_a_reload_naming_an_attribute_the_decoder_does_not_read_keeps_the_previous_file(tmp_path):
+    from processor.budget_policy_file import PolicyFileError, PolicySource, parse_policy_file
 
-    source = PolicySource("")
-    assert source.readable(frozenset({"session.id"})) == frozenset({"session.id"})
-    with pytest.raises(PolicyFileError, match="policy.budget_attributes"):
-        checked_attributes(parse_policy_file(CONVERSATION_POLICY), source.readable(frozenset()), "policy.yaml")
+    path = tmp_path / "policy.yaml"
+    path.write_text("budgets: [{name: all, limit_usd: 5, period: daily}]\n")
+    source = PolicySource(str(path), interval=0)
+    try:
+        assert source.readable(frozenset({"session.id"})) == frozenset({"session.id"})
+        path.write_text(CONVERSATION_POLICY)
+        assert source.watcher is not None and source.watcher.check() is True
+        # gen_ai.conversation.id is not decoded: its budget would never be charged.
+        assert [b.name for b in source.current().budgets] == ["all"]
+        path.write_text(CONVERSATION_POLICY.replace("gen_ai.conversation.id", "session.id"))
+        assert source.watcher.check() is True
+        assert [b.attribute for b in source.current().budgets] == ["session.id"]
+    finally:
+        source.close()
     with pytest.raises(PolicyFileError, match="not both"):
         parse_policy_file(CONVERSATION_POLICY.replace("    max_subjects: 2", "    dimension: team"))
