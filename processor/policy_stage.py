@@ -19,14 +19,16 @@ from typing import TYPE_CHECKING
 
 import blake3
 import polars as pl
+import structlog
 from prometheus_client import CollectorRegistry
 
-from processor import awu, budgets, policies
+from processor import awu, budgets, cache_metrics, policies
 from processor.attribution import DIMENSIONS, Attribution, text
 from processor.budget_api import BudgetStatusReader
 from processor.budget_forecast import FORECAST_TAG, forecast_column, level_forecasts, now_utc
 from processor.budget_policy_file import Budget, PolicyFile, PolicySource, budget_attributes, load_policy_file
 from processor.budget_state import BudgetStore, open_store
+from processor.cache_metrics import CacheMetrics
 from processor.config import PolicyConfig
 from processor.decode import (
     RESOURCE_PREFIX,
@@ -50,6 +52,8 @@ from processor.store_caps import OVERFLOW, StoreCap
 if TYPE_CHECKING:
     from polars._typing import PolarsDataType
 
+log = structlog.get_logger(__name__)
+
 COST_KEYS = ("genops.cost.total", "genops.cost.model", "genops.cost.provider", "genops.cost.status")
 # OTel semconv: set on a GenAI span when the operation ended in an error.
 ERROR_TYPE = "error.type"
@@ -71,7 +75,9 @@ class PolicyStage:
         invalid: InvalidValueMetrics | None = None,
         ledger: LedgerPlan | None = None,
         budget_attributes: frozenset[str] = frozenset(),
+        cache: CacheMetrics | None = None,
     ) -> None:
+        self.cache = cache
         self.source = source
         # Span attributes budgets key on (budget_policy_file.Budget.attribute), decoded.
         self.budget_attributes = budget_attributes
@@ -92,7 +98,8 @@ class PolicyStage:
 
     def wanted_keys(self) -> WantedKeys:
         ledger = self.ledger.wanted_keys() if self.ledger is not None else ()
-        own = WantedKeys(item=frozenset((*COST_KEYS, *ledger, policies.PII_COUNT, ERROR_TYPE)))
+        cache = cache_metrics.WANTED if self.cache is not None else ()
+        own = WantedKeys(item=frozenset((*COST_KEYS, *ledger, *cache, policies.PII_COUNT, ERROR_TYPE)))
         attributes = WantedKeys(item=self.budget_attributes, resource=self.budget_attributes)
         return WantedKeys.union((GENAI_KEYS, self.attribution.wanted_keys(), own, awu.wanted_keys(), attributes))
 
@@ -112,6 +119,8 @@ class PolicyStage:
         plan = self._plan_for(self.source.current())
         # The ledger's charge goes into the batch's one store call (retried batches charge it once).
         store = self.store if self.ledger is None else self.ledger.charging(self.store, batch, time.time_ns())
+        watched = None if self.cache is None else self.cache.watching(store)
+        store = store if watched is None else watched
         changes = None
         if plan.native is not None and native_available():
             changes = plan.native.process(batch, store, self.metrics, fingerprint)
@@ -119,6 +128,12 @@ class PolicyStage:
                 changes = changes.with_engine(ENGINE_NATIVE)
         if changes is None:
             changes = self._process_polars(batch, plan, store).with_engine(ENGINE_POLARS)
+        if self.cache is not None and watched is not None and not watched.repeated:
+            try:
+                self.cache.record(batch)
+            except Exception as exc:
+                # The batch's tags stand; only the cache metrics miss it.
+                log.error("cache metrics failed", error=type(exc).__name__, exc_info=True)
         return _with_forecast(awu.add_awu_changes(batch, changes, self.attribution), plan.budget_names)
 
     def _process_polars(self, batch: TelemetryBatch, plan: _Plan, store: BudgetStore) -> BatchChanges:
@@ -426,15 +441,17 @@ def build_policy_stage(
         else None
     )
     source = PolicySource(config.policy_file, config.reload_interval_seconds, registry)
+    metrics = GovernanceMetrics(registry, labels, config.metrics_max_label_values, outbound)
     return PolicyStage(
         source=source,
         store=open_store(config.state_backend, config.state_path, config.redis_url, registry),
         attribution=attribution,
-        metrics=GovernanceMetrics(registry, labels, config.metrics_max_label_values, outbound),
+        metrics=metrics,
         outbound=outbound,
         invalid=InvalidValueMetrics.of(registry),
         ledger=ledger,
         budget_attributes=source.readable(configured_attributes(config)),
+        cache=CacheMetrics(registry, metrics.cap, attribution),
     )
 
 
