@@ -29,6 +29,7 @@ from processor.budget_forecast import FORECAST_TAG, forecast_column, level_forec
 from processor.budget_policy_file import Budget, PolicyFile, PolicySource, budget_attributes, load_policy_file
 from processor.budget_state import BudgetStore, open_store
 from processor.cache_metrics import CacheMetrics
+from processor.reconcile_metrics import DriftGauge
 from processor.config import PolicyConfig
 from processor.decode import (
     RESOURCE_PREFIX,
@@ -76,8 +77,10 @@ class PolicyStage:
         ledger: LedgerPlan | None = None,
         budget_attributes: frozenset[str] = frozenset(),
         cache: CacheMetrics | None = None,
+        drift: DriftGauge | None = None,
     ) -> None:
         self.cache = cache
+        self.drift = drift
         self.source = source
         # Span attributes budgets key on (budget_policy_file.Budget.attribute), decoded.
         self.budget_attributes = budget_attributes
@@ -92,6 +95,8 @@ class PolicyStage:
         self._plan: _Plan | None = None
 
     def close(self) -> None:
+        if self.drift is not None:
+            self.drift.close()
         self.source.close()
         self.store.close()
         self.metrics.close()
@@ -442,9 +447,10 @@ def build_policy_stage(
     )
     source = PolicySource(config.policy_file, config.reload_interval_seconds, registry)
     metrics = GovernanceMetrics(registry, labels, config.metrics_max_label_values, outbound)
+    store = open_store(config.state_backend, config.state_path, config.redis_url, registry)
     return PolicyStage(
         source=source,
-        store=open_store(config.state_backend, config.state_path, config.redis_url, registry),
+        store=store,
         attribution=attribution,
         metrics=metrics,
         outbound=outbound,
@@ -452,6 +458,8 @@ def build_policy_stage(
         ledger=ledger,
         budget_attributes=source.readable(configured_attributes(config)),
         cache=CacheMetrics(registry, metrics.cap, attribution),
+        # What `genops-sidecar reconcile` recorded last (the memory store has no such runs).
+        drift=DriftGauge(store, registry) if config.state_backend != "memory" else None,
     )
 
 

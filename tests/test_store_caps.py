@@ -197,3 +197,63 @@ def test_a_reload_naming_an_attribute_the_decoder_does_not_read_keeps_the_previo
         source.close()
     with pytest.raises(PolicyFileError, match="not both"):
         parse_policy_file(CONVERSATION_POLICY.replace("    max_subjects: 2", "    dimension: team"))
+
+
+def test_the_drift_of_the_last_reconciled_day_shows_on_the_sidecars_metrics(tmp_path):
+    import datetime as dt
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from prometheus_client import generate_latest
+
+    state = tmp_path / "state.sqlite"
+    config = PolicyConfig(state_backend="sqlite", state_path=str(state), ledger=LedgerConfig(enabled=True))
+    stage = build_policy_stage(config, CollectorRegistry())
+    try:
+        # What the sidecar charged on 2026-12-01: gpt-4o 0.25 + 0.5.
+        run_pipeline(stage, trace_request([priced("ml", 0.25), priced("ads", 0.5)]))
+    finally:
+        stage.close()
+    start = int(dt.datetime(2026, 12, 1, tzinfo=dt.UTC).timestamp())
+    result = {"object": "organization.costs.result", "amount": {"value": 1.0, "currency": "usd"}}
+    bucket = {"object": "bucket", "start_time": start, "end_time": start + 86400, "results": [
+        {**result, "line_item": "gpt-4o-2024-08-06, input", "project_id": "p"}
+    ]}  # fmt: skip
+    report = tmp_path / "openai.json"
+    report.write_text(json.dumps({"object": "page", "data": [bucket], "has_more": False}))
+    sidecar_config = tmp_path / "sidecar.yaml"
+    sidecar_config.write_text(
+        f"policy:\n  state_backend: sqlite\n  state_path: {state}\n  ledger: {{enabled: true}}\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "processor", "reconcile", "--openai-costs", str(report), "--config", str(sidecar_config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ),
+    )
+    assert run.returncode == 0, run.stderr
+    # A sidecar started on that state (as after the CronJob ran): billed 1.0, attributed 0.75.
+    registry = CollectorRegistry()
+    stage = build_policy_stage(config, registry)
+    try:
+        assert stage.drift is not None
+        stage.drift.refresh()
+        exposed = generate_latest(registry).decode()
+    finally:
+        stage.close()
+    assert registry.get_sample_value("genops_reconciliation_drift_ratio") == 0.25
+    assert registry.get_sample_value("genops_reconciliation_day_timestamp_seconds") == start
+    assert "genops_reconciliation_drift_ratio 0.25" in exposed
+
+
+def test_no_reconciliation_recorded_shows_no_drift():
+    registry = CollectorRegistry()
+    from processor.reconcile_metrics import DriftGauge
+
+    gauge = DriftGauge(MemoryStore(), registry, refresh_seconds=0)
+    assert gauge.refresh() is None
+    # Not a drift of 0: no figure at all until a run is recorded.
+    assert registry.get_sample_value("genops_reconciliation_drift_ratio") is None
