@@ -179,9 +179,7 @@ class BudgetPlan:
             subjects.append(pl.when(applies).then(subject.cast(pl.String)).alias(column(index, "subject")))
         return [labels + subjects]
 
-    def capped(
-        self, spans: pl.DataFrame, resolve: Callable[[int, str, set[str], int], dict[str, str]]
-    ) -> pl.DataFrame:
+    def capped(self, spans: pl.DataFrame, resolve: Callable[[int, str, set[str], int], dict[str, str]]) -> pl.DataFrame:
         """`spans` with the subjects of attribute budgets as `resolve(budget index, window label,
         subjects, expires_at)` maps them: published (redacted), or OVERFLOW past the budget's
         max_subjects (see processor/store_caps.py)."""

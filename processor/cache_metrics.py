@@ -65,14 +65,16 @@ class CacheMetrics:
         self.attribution = attribution
         self.savings = Gauge(
             SAVINGS_METRIC,
-            "USD prompt-cache reads saved: cached input at the input price minus its cache read price (only increases).",
+            "USD saved by prompt-cache reads: cached input at the input price minus its cache read price"
+            " (only increases).",
             ["team", "model"],
             registry=registry,
             multiprocess_mode="sum",
         )
         self.unread = Gauge(
             UNREAD_METRIC,
-            "USD of prompt-cache writes no later span of the conversation read before the cache expired (only increases).",
+            "USD of prompt-cache writes no later span of the conversation read before the cache expired"
+            " (only increases).",
             ["model"],
             registry=registry,
             multiprocess_mode="sum",

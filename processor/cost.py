@@ -33,8 +33,8 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from processor import billing_dimensions
-from processor.cache_savings import with_cache_savings
 from processor import genai_attributes as ga
+from processor.cache_savings import with_cache_savings
 from processor.config import CostConfig
 from processor.cost_native import NativeCost, native_cost_available
 from processor.decode import LOGS, START_TIME, TRACES, TelemetryBatch, WantedKeys

@@ -29,7 +29,6 @@ from processor.budget_forecast import FORECAST_TAG, forecast_column, level_forec
 from processor.budget_policy_file import Budget, PolicyFile, PolicySource, budget_attributes, load_policy_file
 from processor.budget_state import BudgetStore, open_store
 from processor.cache_metrics import CacheMetrics
-from processor.reconcile_metrics import DriftGauge
 from processor.config import PolicyConfig
 from processor.decode import (
     RESOURCE_PREFIX,
@@ -47,6 +46,7 @@ from processor.ledger import LedgerPlan, LedgerSettings
 from processor.outbound import NO_REDACTION, OutboundRedaction
 from processor.pipeline import ENGINE_NATIVE, ENGINE_POLARS, BatchChanges
 from processor.policy_native import NativePolicy
+from processor.reconcile_metrics import DriftGauge
 from processor.span_values import InvalidValueMetrics, check_batch
 from processor.store_caps import OVERFLOW, StoreCap
 

@@ -69,8 +69,10 @@ def _record(store, result) -> None:
         record_last_day(store, result)
     except Exception as exc:
         # The report stands without it; only the sidecars' gauge keeps its previous figures.
-        print(f"genops-sidecar reconcile: the drift was not recorded in the state store: {type(exc).__name__}",
-              file=sys.stderr)
+        print(
+            f"genops-sidecar reconcile: the drift was not recorded in the state store: {type(exc).__name__}",
+            file=sys.stderr,
+        )
 
 
 def add_reconcile_command(commands, parents) -> None:
@@ -89,6 +91,6 @@ def add_reconcile_command(commands, parents) -> None:
     command.add_argument(
         "--no-record",
         action="store_true",
-        help="do not record the last day's drift in the state store (the sidecars' /metrics show the last one recorded)",
+        help="do not record the last day's drift in the state store (sidecars' /metrics show the last recorded)",
     )
     command.set_defaults(handler=_reconcile)

@@ -11,9 +11,9 @@ from processor.config import LedgerConfig, PolicyConfig
 from processor.ledger import OVERFLOW, read_rows
 from processor.policy_stage import build_policy_stage
 from processor.store_caps import StoreCap
+from tests.otlp_builders import trace_request
 from tests.test_budgets_policies import redis_url, run_pipeline  # noqa: F401 (fixture)
 from tests.test_ledger import priced
-from tests.otlp_builders import trace_request
 
 
 def _config(backend: str, tmp_path, redis: str, name: str) -> PolicyConfig:
@@ -101,8 +101,8 @@ budgets:
 
 
 def _attribute_stage(backend: str, tmp_path, redis: str, name: str, policy: str = CONVERSATION_POLICY):
-    from processor.redact import build_outbound
     from processor.config import load_config
+    from processor.redact import build_outbound
 
     policy_file = tmp_path / "policy.yaml"
     policy_file.write_text(policy)
@@ -224,11 +224,18 @@ def test_the_drift_of_the_last_reconciled_day_shows_on_the_sidecars_metrics(tmp_
     report = tmp_path / "openai.json"
     report.write_text(json.dumps({"object": "page", "data": [bucket], "has_more": False}))
     sidecar_config = tmp_path / "sidecar.yaml"
-    sidecar_config.write_text(
-        f"policy:\n  state_backend: sqlite\n  state_path: {state}\n  ledger: {{enabled: true}}\n"
-    )
+    sidecar_config.write_text(f"policy:\n  state_backend: sqlite\n  state_path: {state}\n  ledger: {{enabled: true}}\n")
     run = subprocess.run(
-        [sys.executable, "-m", "processor", "reconcile", "--openai-costs", str(report), "--config", str(sidecar_config)],
+        [
+            sys.executable,
+            "-m",
+            "processor",
+            "reconcile",
+            "--openai-costs",
+            str(report),
+            "--config",
+            str(sidecar_config),
+        ],
         capture_output=True,
         text=True,
         timeout=120,
