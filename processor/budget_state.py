@@ -219,7 +219,8 @@ class SqliteStore:
                     " ON CONFLICT(family, member) DO UPDATE SET expires_at = excluded.expires_at",
                     [(family, member, expires_at) for member in added],
                 )
-                if added:
+                self._admits = getattr(self, "_admits", 0) + 1
+                if self._admits % 1000 == 1:  # as `apply` forgets old rows: not on every call
                     self._db.execute("DELETE FROM admitted WHERE expires_at < ?", (now,))
                 self._db.execute("COMMIT")
             except BaseException:

@@ -199,20 +199,19 @@ def test_a_reload_naming_an_attribute_the_decoder_does_not_read_keeps_the_previo
         parse_policy_file(CONVERSATION_POLICY.replace("    max_subjects: 2", "    dimension: team"))
 
 
-def test_the_drift_of_the_last_reconciled_day_shows_on_the_sidecars_metrics(tmp_path):
+def _reconciled(tmp_path) -> tuple[PolicyConfig, int]:
+    """A state file whose ledger holds 0.75 USD of gpt-4o on 2026-12-01, reconciled by the
+    command against an OpenAI costs report billing 1.0 USD that day."""
     import datetime as dt
     import json
     import os
     import subprocess
     import sys
 
-    from prometheus_client import generate_latest
-
     state = tmp_path / "state.sqlite"
     config = PolicyConfig(state_backend="sqlite", state_path=str(state), ledger=LedgerConfig(enabled=True))
     stage = build_policy_stage(config, CollectorRegistry())
     try:
-        # What the sidecar charged on 2026-12-01: gpt-4o 0.25 + 0.5.
         run_pipeline(stage, trace_request([priced("ml", 0.25), priced("ads", 0.5)]))
     finally:
         stage.close()
@@ -225,24 +224,19 @@ def test_the_drift_of_the_last_reconciled_day_shows_on_the_sidecars_metrics(tmp_
     report.write_text(json.dumps({"object": "page", "data": [bucket], "has_more": False}))
     sidecar_config = tmp_path / "sidecar.yaml"
     sidecar_config.write_text(f"policy:\n  state_backend: sqlite\n  state_path: {state}\n  ledger: {{enabled: true}}\n")
+    command = [sys.executable, "-m", "processor", "reconcile", "--openai-costs", str(report)]
     run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "processor",
-            "reconcile",
-            "--openai-costs",
-            str(report),
-            "--config",
-            str(sidecar_config),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=dict(os.environ),
+        [*command, "--config", str(sidecar_config)], capture_output=True, text=True, timeout=120, env=dict(os.environ)
     )
     assert run.returncode == 0, run.stderr
-    # A sidecar started on that state (as after the CronJob ran): billed 1.0, attributed 0.75.
+    return config, start
+
+
+def test_the_drift_of_the_last_reconciled_day_shows_on_the_sidecars_metrics(tmp_path):
+    from prometheus_client import generate_latest
+
+    config, start = _reconciled(tmp_path)
+    # A sidecar on that state (as after the CronJob ran): billed 1.0, attributed 0.75.
     registry = CollectorRegistry()
     stage = build_policy_stage(config, registry)
     try:
@@ -254,6 +248,41 @@ def test_the_drift_of_the_last_reconciled_day_shows_on_the_sidecars_metrics(tmp_
     assert registry.get_sample_value("genops_reconciliation_drift_ratio") == 0.25
     assert registry.get_sample_value("genops_reconciliation_day_timestamp_seconds") == start
     assert "genops_reconciliation_drift_ratio 0.25" in exposed
+
+
+def test_a_serving_sidecar_with_workers_shows_the_recorded_drift(tmp_path):
+    import time
+
+    from tests.test_config_cli import base_env
+    from tests.test_http_port import get
+    from tests.test_serve_process import start_sidecar, terminate, wait_ready
+
+    config, start = _reconciled(tmp_path)
+    env = base_env(tmp_path)
+    env.update(
+        {
+            "GENOPS_SERVER_WORKERS": "2",
+            "GENOPS_POLICY_STATE_BACKEND": "sqlite",
+            "GENOPS_POLICY_STATE_PATH": config.state_path,
+        }
+    )
+    process = start_sidecar(env)
+    try:
+        wait_ready(process, env["GENOPS_HTTP_LISTEN"], timeout=60)
+        # Each worker reads the store when it starts: poll until one of them has.
+        deadline = time.monotonic() + 30
+        while True:
+            body = get(f"http://{env['GENOPS_HTTP_LISTEN']}/metrics")[2].decode()
+            if "genops_reconciliation_drift_ratio" in body or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    finally:
+        terminate(process)
+    lines = {line.split()[0]: float(line.split()[1]) for line in body.splitlines() if line.startswith("genops_recon")}
+    assert lines == {
+        "genops_reconciliation_drift_ratio": 0.25,
+        "genops_reconciliation_day_timestamp_seconds": float(start),
+    }
 
 
 def test_no_reconciliation_recorded_shows_no_drift():
