@@ -143,6 +143,7 @@ class SqliteStore:
         # answer after the Collector's 10 s export timeout.
         self._db.execute(f"PRAGMA busy_timeout={int(APPLY_BUSY_SECONDS * 1000)}")
         self._applies = 0
+        self._admits = 0
         self._stop = threading.Event()
         self._checkpointer = threading.Thread(
             target=_checkpoint_every, args=(path, checkpoint_seconds, self._stop), name="budget-checkpoint", daemon=True
@@ -219,7 +220,7 @@ class SqliteStore:
                     " ON CONFLICT(family, member) DO UPDATE SET expires_at = excluded.expires_at",
                     [(family, member, expires_at) for member in added],
                 )
-                self._admits = getattr(self, "_admits", 0) + 1
+                self._admits += 1
                 if self._admits % 1000 == 1:  # as `apply` forgets old rows: not on every call
                     self._db.execute("DELETE FROM admitted WHERE expires_at < ?", (now,))
                 self._db.execute("COMMIT")
