@@ -293,3 +293,25 @@ def test_no_reconciliation_recorded_shows_no_drift():
     assert gauge.refresh() is None
     # Not a drift of 0: no figure at all until a run is recorded.
     assert registry.get_sample_value("genops_reconciliation_drift_ratio") is None
+
+
+def test_the_budget_status_api_answers_for_an_attribute_budget(tmp_path, redis_url):  # noqa: F811
+    import datetime as dt
+    import json
+
+    from processor.budget_api import http_budget_status
+
+    stage = _attribute_stage("sqlite", tmp_path, redis_url, "a")
+    day = dt.datetime(2026, 12, 1, 18, tzinfo=dt.UTC)
+    try:
+        run_pipeline(stage, trace_request([conversation("c1", 0.75), conversation("c1", 0.5)]))
+        (status,) = stage.budget_status.status({"gen_ai.conversation.id": "c1"}, now=day)
+        # No conversation named: no per-conversation window applies (before: a global one, at 0).
+        assert stage.budget_status.status({}, now=day) == []
+        code, body, _ = http_budget_status(stage.budget_status, "/v1/budgets?gen_ai.conversation.id=c9")
+        assert code == 200 and json.loads(body)["budgets"][0]["consumed_usd"] == 0.0
+        assert http_budget_status(stage.budget_status, "/v1/budgets?user.id=u")[0] == 400
+    finally:
+        stage.close()
+    assert (status.dimension, status.subject, status.consumed_usd) == ("gen_ai.conversation.id", "c1", 1.25)
+    assert status.exceeded and status.blocking
