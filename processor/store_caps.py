@@ -77,7 +77,8 @@ class StoreCap:
                     if len(known.refused) > 4 * self.cap:
                         known.refused.clear()
                     known.refused |= unknown - found
-        return members & known.admitted
+        with self._lock:
+            return members & known.admitted
 
     def _ask(self, store: object, family: str, members: set[str], expires_at: int) -> set[str] | None:
         if not isinstance(store, AdmittingStore):
