@@ -19,6 +19,7 @@ sidecar, e.g. the Collector's loadbalancing exporter by trace id, to avoid it).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -81,6 +82,7 @@ class CacheMetrics:
         )
         # (conversation, model) -> the unread writes, oldest first.
         self._followed: OrderedDict[tuple[str, str], _Unread] = OrderedDict()
+        self._lock = threading.Lock()
 
     def watching(self, store: BudgetStore) -> RetryAware:
         return RetryAware(store)
@@ -94,7 +96,8 @@ class CacheMetrics:
         if has_savings:
             self._record_savings(batch, schema)
         if has_writes or self._followed:
-            self._follow(batch, schema, now_ns, has_writes)
+            with self._lock:
+                self._follow(batch, schema, now_ns, has_writes)
 
     def _record_savings(self, batch: TelemetryBatch, schema: dict) -> None:
         team = self.attribution.columns(schema)[DIMENSIONS.index("team")]
