@@ -121,8 +121,8 @@ class CacheMetrics:
             self.savings.labels(team_value, model).inc(usd)
 
     def _follow(self, batch: TelemetryBatch, schema: dict, now_ns: int, has_writes: bool) -> None:
-        genai = normalized(batch)
         if CONVERSATION in schema and schema[CONVERSATION] != pl.Null:
+            genai = normalized(batch)
             reads = genai.get_column(TOKENS_CACHE_READ) if TOKENS_CACHE_READ in genai.columns else None
             spans = batch.frame.select(
                 text(schema, CONVERSATION).alias("conversation"),
