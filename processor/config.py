@@ -185,6 +185,9 @@ class PolicyConfig:
     metrics_label_deny: str = "customer_id"
     metrics_max_label_values: int = setting(200, min=1, max=100_000)
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
+    # Span attributes budgets may key on besides those the policy file names at start-up
+    # (comma-separated): the decoder reads only the keys it was given when the sidecar started.
+    budget_attributes: str = ""
 
 
 @dataclass(frozen=True)

@@ -42,12 +42,14 @@ def _reconcile(args: argparse.Namespace) -> int:
         return 2
     try:
         rows = read_rows(store)
+        result = reconcile(lines, rows, build_outbound(config.redaction))
+        if not args.no_record:
+            _record(store, result)
     except Exception as exc:
         print(f"genops-sidecar reconcile: cannot read the state store: {type(exc).__name__}", file=sys.stderr)
         return 1
     finally:
         store.close()
-    result = reconcile(lines, rows, build_outbound(config.redaction))
     render = {"table": as_table, "csv": as_csv, "html": as_html}[args.format]
     output = render(result)
     if args.output:
@@ -57,6 +59,20 @@ def _reconcile(args: argparse.Namespace) -> int:
     if args.metrics_file:
         Path(args.metrics_file).write_text(as_prometheus(result), encoding="utf-8")
     return 0
+
+
+def _record(store, result) -> None:
+    """The last day's figures into the store, for the sidecars' /metrics (stages/policy/reconcile_metrics.py)."""
+    from processor.stages.policy.reconcile_metrics import record_last_day
+
+    try:
+        record_last_day(store, result.last_day)
+    except Exception as exc:
+        # The report stands without it; only the sidecars' gauge keeps its previous figures.
+        print(
+            f"genops-sidecar reconcile: the drift was not recorded in the state store: {type(exc).__name__}",
+            file=sys.stderr,
+        )
 
 
 def add_reconcile_command(commands, parents) -> None:
@@ -71,5 +87,10 @@ def add_reconcile_command(commands, parents) -> None:
     command.add_argument("--output", help="write the report here instead of standard output")
     command.add_argument(
         "--metrics-file", help=f"also write {'genops_reconciliation_drift_ratio'} in Prometheus text format here"
+    )
+    command.add_argument(
+        "--no-record",
+        action="store_true",
+        help="do not record the last day's drift in the state store (sidecars' /metrics show the last recorded)",
     )
     command.set_defaults(handler=_reconcile)

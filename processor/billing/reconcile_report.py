@@ -13,9 +13,8 @@ import io
 
 from processor.billing.ledger_cli import text_table
 from processor.billing.reconcile import BILLED_ONLY, SEEN_ONLY, ReconciledRow, Reconciliation
+from processor.stages.policy.reconcile_metrics import DAY_METRIC, DRIFT_METRIC
 
-DRIFT_METRIC = "genops_reconciliation_drift_ratio"
-DAY_METRIC = "genops_reconciliation_day_timestamp_seconds"
 BILLED_COLOUR = "#1f5fbf"
 OURS_COLOUR = "#e8740c"
 HEADER = ["day", "provider", "model", "billed_usd", "ours_usd", "difference_usd", "share", "status"]

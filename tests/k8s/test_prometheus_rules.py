@@ -41,6 +41,7 @@ DOCUMENTED_METRICS = frozenset(
         "genops_pricing_table_age_seconds",
         "genops_cost_estimated_spans_total",
         "genops_budget_forecast_exhaustion_seconds",
+        "genops_reconciliation_drift_ratio",
     }
 )
 HISTOGRAMS = frozenset({"genops_operation_latency_seconds", "genops_sidecar_request_seconds"})
@@ -55,6 +56,7 @@ REQUIRED_ALERTS = frozenset(
         "GenopsPricingReloadFailing",
         "GenopsPricingTableStale",
         "GenopsBudgetExhaustionForecast",
+        "GenopsReconciliationDrift",
     }
 )
 

@@ -40,6 +40,7 @@ from processor.core.outbound import NO_REDACTION, OutboundRedaction
 from processor.core.span_values import SDK_COST_KEYS, SDK_COSTS, CostCheck, InvalidValueMetrics, check_batch
 from processor.files.reload import ReloadMetrics, Watcher
 from processor.stages.cost import billing_dimensions
+from processor.stages.cost.cache_savings import with_cache_savings
 from processor.stages.cost.pricing_table import (
     ANY_PROVIDER,
     INT64_MAX,
@@ -411,6 +412,7 @@ class CostStage:
         priced = billing_dimensions.apply_dimensions(
             batch, priced, table, self._group_of(table), providers if isinstance(providers, set) else None
         )
+        priced = with_cache_savings(batch, priced, table, self._group_of(table))
         sdk = batch.derived.get(SDK_COSTS)
         ours = None if self.config.override_sdk_costs else self._ours_beside_sdk(batch, table, sdk)
         return _with_sdk_costs(priced, sdk, ours)

@@ -27,7 +27,7 @@ from processor.protos import budget_pb2
 from processor.stages.policy.budget_state import BudgetStore
 from processor.stages.policy.budget_store_guard import UNAVAILABLE, open_store
 from processor.stages.policy.budgets import TAGS
-from processor.stages.policy.policy_file import PolicySource
+from processor.stages.policy.policy_file import PolicySource, budget_attributes
 
 log = structlog.get_logger(__name__)
 
@@ -117,12 +117,15 @@ class BudgetStatusReader:
         for budget in self.source.current().budgets:
             if budget_name and budget.name != budget_name:
                 continue
-            if budget.dimension is None:
+            if budget.per_value is None:
                 subject = "*"
             else:
-                subject = attribution.get(budget.dimension, "")
+                subject = attribution.get(budget.per_value, "")
                 if not subject or (budget.value is not None and subject != budget.value):
                     continue
+                if budget.attribute is not None:
+                    # Keyed as the stage keys it: redacted as the attribute is.
+                    subject = self.outbound.label(budget.attribute, subject)
             label, start, end = budget.window(now)
             found.append((budget, subject, label, start, end, f"{budget.name}|{subject}|{label}"))
         consumed = self.store.read([item[-1] for item in found])
@@ -133,8 +136,10 @@ class BudgetStatusReader:
             out.append(
                 BudgetStatus(
                     name=self.outbound.label(TAGS["name"], budget.name),
-                    dimension=budget.dimension or "",
-                    subject=self.outbound.label(f"genops.{budget.dimension or 'budget'}", subject),
+                    dimension=budget.per_value or "",
+                    subject=subject
+                    if budget.attribute is not None
+                    else self.outbound.label(f"genops.{budget.dimension or 'budget'}", subject),
                     period=budget.period,
                     window=label,
                     window_start=start.isoformat(),
@@ -151,14 +156,19 @@ class BudgetStatusReader:
             )
         return out
 
+    def keys(self) -> frozenset[str]:
+        """What a status request may name: the dimensions and the current budgets' attributes."""
+        return frozenset((*DIMENSIONS, *budget_attributes(self.source.current())))
+
 
 def http_budget_status(reader: BudgetStatusReader, path: str) -> tuple[int, bytes, str]:
     """Answers `GET /v1/budgets?<dimension>=<value>&budget=<name>`: (status, body, content type)."""
     query = parse_qs(urlsplit(path).query)
-    unknown = sorted(set(query) - {*DIMENSIONS, "budget"})
+    known = reader.keys()
+    unknown = sorted(set(query) - {*known, "budget"})
     if unknown:
-        return _json(400, {"error": f"unknown parameter {unknown[0]!r}; use {', '.join(DIMENSIONS)} or budget"})
-    attribution = {key: values[-1] for key, values in query.items() if key in DIMENSIONS}
+        return _json(400, {"error": f"unknown parameter {unknown[0]!r}; use {', '.join(sorted(known))} or budget"})
+    attribution = {key: values[-1] for key, values in query.items() if key in known}
     try:
         budgets = reader.status(attribution, query.get("budget", [""])[-1])
     except Exception as exc:  # the store (Redis) may be down; the gateway decides what that means
@@ -203,7 +213,7 @@ class BudgetService:
         authorization = next((str(value) for key, value in metadata if key == AUTHORIZATION), "")
         if not self.access.allows(authorization):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "budget API: missing or wrong bearer token")
-        unknown = sorted(set(request.attribution) - set(DIMENSIONS))
+        unknown = sorted(set(request.attribution) - self.reader.keys())
         if unknown:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown dimension {unknown[0]!r}")
         try:

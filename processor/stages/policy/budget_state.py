@@ -74,6 +74,8 @@ class MemoryStore:
         self._lock = threading.Lock()
         self._consumed: dict[str, float] = {}
         self._applied: dict[str, tuple[float, dict[str, float]]] = {}
+        # family -> (expires at, members admitted): see `admit`.
+        self._admitted: dict[str, tuple[int, set[str]]] = {}
 
     def apply(self, fingerprint: str, increments: dict[str, float], expires_at: dict[str, int]) -> Applied:
         with self._lock:
@@ -95,6 +97,15 @@ class MemoryStore:
     def scan(self, prefix: str) -> dict[str, float]:
         with self._lock:
             return {key: usd for key, usd in self._consumed.items() if key.startswith(prefix)}
+
+    def admit(self, family: str, members: list[str], cap: int, expires_at: int) -> set[str]:
+        with self._lock:
+            now = int(time.time())
+            self._admitted = {f: held for f, held in self._admitted.items() if held[0] >= now}
+            held = self._admitted.get(family, (expires_at, set()))[1]
+            admitted = admitted_of(held, members, cap)
+            self._admitted[family] = (expires_at, held)
+            return admitted
 
     def close(self) -> None:
         pass
@@ -130,6 +141,7 @@ class SqliteStore:
         # answer after the Collector's 10 s export timeout.
         self._db.execute(f"PRAGMA busy_timeout={int(APPLY_BUSY_SECONDS * 1000)}")
         self._applies = 0
+        self._admits = 0
         self._stop = threading.Event()
         self._checkpointer = threading.Thread(
             target=_checkpoint_every, args=(path, checkpoint_seconds, self._stop), name="budget-checkpoint", daemon=True
@@ -182,6 +194,39 @@ class SqliteStore:
                 "SELECT key, usd FROM consumed WHERE key >= ? AND key < ?", (prefix, prefix + "\U0010ffff")
             ).fetchall()
         return {key: float(usd) for key, usd in rows}
+
+    def admit(self, family: str, members: list[str], cap: int, expires_at: int) -> set[str]:
+        """See `admission.AdmittingStore.admit`: one transaction, so the workers of a pod share the cap."""
+        now = int(time.time())
+        with self._lock:
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS admitted (family TEXT NOT NULL, member TEXT NOT NULL,"
+                " expires_at INTEGER NOT NULL, PRIMARY KEY (family, member))"
+            )
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                held = {
+                    row[0]
+                    for row in self._db.execute(
+                        "SELECT member FROM admitted WHERE family = ? AND expires_at >= ?", (family, now)
+                    )
+                }
+                added: list[str] = []
+                admitted = admitted_of(held, members, cap, added)
+                self._db.executemany(
+                    "INSERT INTO admitted (family, member, expires_at) VALUES (?, ?, ?)"
+                    " ON CONFLICT(family, member) DO UPDATE SET expires_at = excluded.expires_at",
+                    [(family, member, expires_at) for member in added],
+                )
+                self._admits += 1
+                if self._admits % 1000 == 1:  # as `apply` forgets old rows: not on every call
+                    self._db.execute("DELETE FROM admitted WHERE expires_at < ?", (now,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+            return admitted
 
     def file_replaced(self) -> bool:
         """Whether the path no longer names the file this store writes (deleted or replaced)."""
@@ -313,6 +358,26 @@ return {0, encoded}
 """
 
 
+# KEYS[1]: the family's set. ARGV[1]: the cap, ARGV[2]: expire-at, then the members asked about.
+# Returns those admitted: already in the set, or added while it held fewer than the cap.
+_ADMIT_SCRIPT = """
+local held = redis.call('SCARD', KEYS[1])
+local cap = tonumber(ARGV[1])
+local admitted = {}
+for i = 3, #ARGV do
+  if redis.call('SISMEMBER', KEYS[1], ARGV[i]) == 1 then
+    admitted[#admitted + 1] = ARGV[i]
+  elseif held < cap then
+    redis.call('SADD', KEYS[1], ARGV[i])
+    held = held + 1
+    admitted[#admitted + 1] = ARGV[i]
+  end
+end
+if held > 0 then redis.call('EXPIREAT', KEYS[1], ARGV[2]) end
+return admitted
+"""
+
+
 class RedisStore:
     """Shared by every pod pointing at the same Redis: cluster-wide budgets for a DaemonSet."""
 
@@ -320,6 +385,13 @@ class RedisStore:
 
         self._redis = redis_client(url)
         self._apply = self._redis.register_script(_APPLY_SCRIPT)
+        self._admit = self._redis.register_script(_ADMIT_SCRIPT)
+
+    def admit(self, family: str, members: list[str], cap: int, expires_at: int) -> set[str]:
+        # Asked smallest first, as the other stores admit them.
+        ordered = sorted(set(members))
+        found = self._admit(keys=[REDIS_PREFIX + "admit:" + family], args=[cap, expires_at, *ordered])
+        return {m.decode() if isinstance(m, bytes) else m for m in found}
 
     def apply(self, fingerprint: str, increments: dict[str, float], expires_at: dict[str, int]) -> Applied:
         keys = list(increments)
@@ -355,6 +427,21 @@ class RedisStore:
 
     def close(self) -> None:
         self._redis.close()
+
+
+def admitted_of(held: set[str], members: list[str], cap: int, added: list[str] | None = None) -> set[str]:
+    """Of `members`, those in `held` or added to it (smallest first) while it holds fewer than
+    `cap`; the added ones also go to `added`. The rule every store's `admit` follows."""
+    admitted = set()
+    for member in sorted(set(members)):
+        if member in held:
+            admitted.add(member)
+        elif len(held) < cap:
+            held.add(member)
+            admitted.add(member)
+            if added is not None:
+                added.append(member)
+    return admitted
 
 
 def _glob_escaped(text: str) -> str:

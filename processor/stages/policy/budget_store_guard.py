@@ -40,6 +40,7 @@ from processor.stages.policy.budget_state import (
     default_state_path,
     redacted_url,
 )
+from processor.stages.policy.store_caps import AdmittingStore
 
 log = structlog.get_logger(__name__)
 
@@ -195,6 +196,18 @@ class GuardedStore:
                     return {key: value + self._kept_sum(key) for key, value in found.items()}
         with self._lock:
             return self._estimates(keys)
+
+    def admit(self, family: str, members: list[str], cap: int, expires_at: int) -> set[str]:
+        """The store's answer (processor/stages/policy/store_caps.py); StoreUnavailable while it is down (the
+        caller then counts the cap in its own process)."""
+        backend = self._backend if self.problem is None else None
+        if not isinstance(backend, AdmittingStore):
+            raise StoreUnavailable()
+        try:
+            return backend.admit(family, members, cap, expires_at)
+        except Exception as exc:
+            self._down(exc)
+            raise StoreUnavailable() from None
 
     def scan(self, prefix: str) -> dict[str, float]:
         """The ledger's rows as stored, with the charges kept for the store added (for rows it has)."""

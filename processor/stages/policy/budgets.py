@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -115,6 +115,16 @@ def start_columns(has_end_time: bool) -> list[pl.Expr]:
     return [start.alias(START), pl.coalesce(end, start).alias(EVENT_TIME)]
 
 
+def subject_source(budget: Budget) -> str:
+    """The span frame column a per-value budget's subjects come from."""
+    return budget.dimension if budget.dimension is not None else attribute_column(budget.attribute or "")
+
+
+def attribute_column(key: str) -> str:
+    """The span frame column of a budget attribute (apart from the raw columns of the same key)."""
+    return "_attribute:" + key
+
+
 def column(index: int, what: str) -> str:
     """The name of budget `index`'s column `what` in the span frame."""
     return f"_b{index}_{what}"
@@ -162,12 +172,40 @@ class BudgetPlan:
         ]
         subjects = []
         for index, budget in enumerate(self.budgets):
-            subject = pl.lit("*") if budget.dimension is None else pl.col(budget.dimension)
+            subject = pl.lit("*") if budget.per_value is None else pl.col(subject_source(budget))
             applies = pl.col(PRICED) & subject.is_not_null()
             if budget.value is not None:
                 applies &= subject == budget.value
             subjects.append(pl.when(applies).then(subject.cast(pl.String)).alias(column(index, "subject")))
         return [labels + subjects]
+
+    def capped(self, spans: pl.DataFrame, resolve: Callable[[int, str, set[str], int], dict[str, str]]) -> pl.DataFrame:
+        """`spans` with the subjects of attribute budgets as `resolve(budget index, window label,
+        subjects, expires_at)` maps them: published (redacted), or OVERFLOW past the budget's
+        max_subjects (see processor/stages/policy/store_caps.py)."""
+        replaced = []
+        for index, budget in enumerate(self.budgets):
+            if budget.attribute is None:
+                continue
+            name = column(index, "subject")
+            subjects = spans.get_column(name).to_list()
+            labels = spans.get_column(self._label(budget)).to_list()
+            starts = spans.get_column(START).to_list()
+            asked: dict[str, tuple[set[str], int]] = {}
+            for subject, label, start in zip(subjects, labels, starts, strict=True):
+                if subject is not None:
+                    found = asked.get(label)
+                    if found is None:
+                        closes = max(self._window_end(budget, label, start), int(time.time()))
+                        found = asked[label] = (set(), closes + KEEP_CLOSED_WINDOW_SECONDS)
+                    found[0].add(subject)
+            mapping = {label: resolve(index, label, members, expires) for label, (members, expires) in asked.items()}
+            mapped = [
+                None if subject is None else mapping[label][subject]
+                for subject, label in zip(subjects, labels, strict=True)
+            ]
+            replaced.append(pl.Series(name, mapped, dtype=pl.String))
+        return spans.with_columns(replaced) if replaced else spans
 
     def windows(self, spans: pl.DataFrame) -> Windows:
         """The windows charged by `spans` (the frame with `span_columns`), with each span's key

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -29,6 +28,7 @@ from processor.core.genai_attributes import MODEL, PROVIDER, TOKEN_COLUMNS, norm
 from processor.core.outbound import NO_REDACTION, OutboundRedaction
 from processor.stages.cost.polars_path import COST_PARTS, COST_TOTAL
 from processor.stages.policy.budget_state import Applied, BudgetStore
+from processor.stages.policy.store_caps import OVERFLOW, AdmittingStore, StoreCap
 
 if TYPE_CHECKING:
     from polars._typing import PolarsDataType
@@ -43,15 +43,12 @@ PROVIDER_KEY = "gen_ai.provider.name"
 MODEL_KEY = "gen_ai.request.model"
 # Stand-ins: a span without the value, and the row of spans past the cardinality cap.
 UNKNOWN = "unknown"
-OVERFLOW = "__overflow__"
 # Measures of a row, each one consumed key: USD total and per part, tokens per kind, spans.
 USD = "usd"
 TOKENS = "tokens"
 SPANS = "spans"
 OVERFLOW_METRIC = "genops_ledger_overflow_spans_total"
 DAY = 86400
-# Days whose row identities a process remembers for the cap (late spans of older days start over).
-_DAYS_REMEMBERED = 3
 
 
 def cost_attribute(part: str) -> str:
@@ -86,6 +83,10 @@ class RowId:
 
     def key(self, what: str) -> str:
         return PREFIX + json.dumps([self.day, self.provider, self.model, dict(self.keys), what], separators=(",", ":"))
+
+    def member(self) -> str:
+        """The row within its day, as the day's cardinality cap counts it."""
+        return json.dumps([self.provider, self.model, dict(self.keys)], separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -175,8 +176,7 @@ class LedgerPlan:
         self.settings = settings
         self.attribution = attribution
         self.outbound = outbound
-        self._lock = threading.Lock()
-        self._seen: dict[str, set[RowId]] = {}
+        self._cap = StoreCap(settings.max_rows_per_day, "policy.ledger.max_rows_per_day")
         self.overflow = Counter(
             OVERFLOW_METRIC,
             "GenAI spans charged to a day's ledger overflow row (past policy.ledger.max_rows_per_day).",
@@ -190,7 +190,9 @@ class LedgerPlan:
         """`store` whose `apply` adds this batch's ledger charge to what it is given."""
         return _ChargingStore(store, self, batch, now_ns)
 
-    def charge(self, batch: TelemetryBatch, now_ns: int) -> LedgerCharge:
+    def charge(self, batch: TelemetryBatch, now_ns: int, store: object = None) -> LedgerCharge:
+        """The batch's ledger increments; rows past the day's cap (counted in `store`, shared by
+        every process using it) go to the overflow row."""
         grouped = self._grouped(batch, now_ns)
         increments: dict[str, float] = {}
         expires: dict[str, int] = {}
@@ -202,19 +204,22 @@ class LedgerPlan:
             (SPANS, "_spans"),
         ]
         columns = {name: grouped.get_column(name).to_list() for name in grouped.columns}
-        for i in range(grouped.height):
-            row = self._admitted(
-                RowId(
-                    columns["_day"][i],
-                    self._redacted(PROVIDER_KEY, columns["_provider"][i], UNKNOWN),
-                    self._redacted(MODEL_KEY, columns["_model"][i], UNKNOWN),
-                    tuple((k, self._redacted(dimension_key(k), columns["_k_" + k][i], "")) for k in self.settings.keys),
-                ),
-                int(columns["_spans"][i]),
+        rows = [
+            RowId(
+                columns["_day"][i],
+                self._redacted(PROVIDER_KEY, columns["_provider"][i], UNKNOWN),
+                self._redacted(MODEL_KEY, columns["_model"][i], UNKNOWN),
+                tuple((k, self._redacted(dimension_key(k), columns["_k_" + k][i], "")) for k in self.settings.keys),
             )
-            day_end = int(dt.datetime.fromisoformat(row.day).replace(tzinfo=dt.UTC).timestamp()) + DAY
-            # A late span's day may be past retention already: kept a day from now, then dropped.
-            expiry = max(day_end + self.settings.retention_days * DAY, now_s + DAY)
+            for i in range(grouped.height)
+        ]
+        admitted = self._admitted(store, rows, now_s)
+        for i, found in enumerate(rows):
+            row = found
+            if found not in admitted:
+                self.overflow.inc(int(columns["_spans"][i]))
+                row = RowId(found.day, OVERFLOW, OVERFLOW, tuple((k, OVERFLOW) for k, _ in found.keys))
+            expiry = self._expiry(row.day, now_s)
             for what, name in measures:
                 value = columns[name][i]
                 if value:
@@ -223,24 +228,24 @@ class LedgerPlan:
                     expires[key] = expiry
         return LedgerCharge(increments, expires)
 
+    def _expiry(self, day: str, now_s: int) -> int:
+        day_end = int(dt.datetime.fromisoformat(day).replace(tzinfo=dt.UTC).timestamp()) + DAY
+        # A late span's day may be past retention already: kept a day from now, then dropped.
+        return max(day_end + self.settings.retention_days * DAY, now_s + DAY)
+
     def _redacted(self, key: str, value: str | None, missing: str) -> str:
         return missing if value is None else self.outbound.label(key, value)
 
-    def _admitted(self, row: RowId, spans: int) -> RowId:
-        """`row`, or its overflow row once the day has max_rows_per_day distinct rows."""
-        with self._lock:
-            seen = self._seen.get(row.day)
-            if seen is None:
-                if len(self._seen) >= _DAYS_REMEMBERED:
-                    del self._seen[min(self._seen)]
-                seen = self._seen[row.day] = set()
-            if row in seen:
-                return row
-            if len(seen) < self.settings.max_rows_per_day:
-                seen.add(row)
-                return row
-        self.overflow.inc(spans)
-        return RowId(row.day, OVERFLOW, OVERFLOW, tuple((k, OVERFLOW) for k, _ in row.keys))
+    def _admitted(self, store: object, rows: list[RowId], now_s: int) -> set[RowId]:
+        """The rows within their day's max_rows_per_day distinct rows, counted in the store."""
+        by_day: dict[str, dict[str, RowId]] = {}
+        for row in rows:
+            by_day.setdefault(row.day, {})[row.member()] = row
+        admitted: set[RowId] = set()
+        for day, members in by_day.items():
+            found = self._cap.admitted(store, PREFIX + day, set(members), self._expiry(day, now_s))
+            admitted.update(members[m] for m in found)
+        return admitted
 
     def _grouped(self, batch: TelemetryBatch, now_ns: int) -> pl.DataFrame:
         frame = batch.frame
@@ -305,7 +310,7 @@ class _ChargingStore:
 
     def apply(self, fingerprint: str, increments: dict[str, float], expires_at: dict[str, int]) -> Applied:
         try:
-            charge = self._plan.charge(self._batch, self._now_ns)
+            charge = self._plan.charge(self._batch, self._now_ns, self._store)
         except Exception as exc:
             # The batch and its budgets go on; only its ledger charge is lost.
             log.error("ledger charge failed; batch forwarded without it", error=type(exc).__name__, exc_info=True)
@@ -319,6 +324,11 @@ class _ChargingStore:
 
     def read(self, keys: list[str]) -> dict[str, float]:
         return self._store.read(keys)
+
+    def admit(self, family: str, members: list[str], cap: int, expires_at: int) -> set[str]:
+        if not isinstance(self._store, AdmittingStore):
+            raise TypeError("the store keeps no cardinality caps")
+        return self._store.admit(family, members, cap, expires_at)
 
     def scan(self, prefix: str) -> dict[str, float]:
         return self._store.scan(prefix)

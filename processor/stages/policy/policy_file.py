@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import structlog
 from prometheus_client import CollectorRegistry
 
 from processor.core.attribution import DIMENSIONS
@@ -22,6 +23,8 @@ from processor.files.file_limits import read_text_limited
 from processor.files.linear_regex import glob_regex, regex_problem
 from processor.files.reload import ReloadMetrics, Watcher
 from processor.files.safe_yaml import YamlError, load_yaml
+
+log = structlog.get_logger(__name__)
 
 PERIODS = ("daily", "weekly", "monthly")
 MODES = ("enforced", "advisory", "audit_only")
@@ -52,6 +55,16 @@ class Budget:
     # None: one budget over all spend. With a dimension and no value: one budget per value seen.
     dimension: str | None = None
     value: str | None = None
+    # Instead of a dimension: any span attribute (span first, then resource), e.g.
+    # gen_ai.conversation.id. Its distinct values per window are capped at max_subjects (counted
+    # in the state store); spend of values past the cap is charged to the OVERFLOW subject.
+    attribute: str | None = None
+    max_subjects: int = 10_000
+
+    @property
+    def per_value(self) -> str | None:
+        """The key the budget's subjects come from: a dimension or an attribute (None: one budget)."""
+        return self.dimension or self.attribute
 
     def thresholds(self) -> tuple[float, ...]:
         """Utilisation levels that get a span event when crossed; 1.0 is "exceeded"."""
@@ -190,16 +203,24 @@ def _strings(value: object, where: str) -> tuple[str, ...]:
 def _budget(raw: object, default_tz: str, where: str) -> Budget:
     if not isinstance(raw, dict):
         raise PolicyFileError(f"{where} must be a mapping")
-    _known(raw, {"name", "limit_usd", "period", "timezone", "warn_at", "mode", "dimension", "value"}, where)
+    _known(raw, set(_BUDGET_FIELDS), where)
     name = _name(raw, where)
     where = f"{where} ({name})"
     warn_at = tuple(sorted(float(t) for t in _strings(raw.get("warn_at", [0.8, 0.95]), f"{where}: warn_at")))
     if any(not 0 < t < 1 for t in warn_at):
         raise PolicyFileError(f"{where}: warn_at thresholds must be between 0 and 1 (1.0 is 'exceeded')")
     dimension = raw.get("dimension")
+    attribute = raw.get("attribute")
     value = raw.get("value")
-    if dimension is None and value is not None:
-        raise PolicyFileError(f"{where}: value needs a dimension")
+    if dimension is not None and attribute is not None:
+        raise PolicyFileError(f"{where}: give a dimension or an attribute, not both")
+    if attribute is not None and (not isinstance(attribute, str) or not attribute.strip()):
+        raise PolicyFileError(f"{where}: attribute must be an attribute key, not {shown(attribute)}")
+    if dimension is None and attribute is None and value is not None:
+        raise PolicyFileError(f"{where}: value needs a dimension or an attribute")
+    max_subjects = _number(raw, "max_subjects", where, integer=True) if "max_subjects" in raw else 10_000
+    if max_subjects < 1:
+        raise PolicyFileError(f"{where}: max_subjects must be at least 1")
     limit = _number(raw, "limit_usd", where)
     if limit <= 0:
         raise PolicyFileError(f"{where}: limit_usd must be positive (deny a team its models with model_access)")
@@ -212,7 +233,32 @@ def _budget(raw: object, default_tz: str, where: str) -> Budget:
         mode=_choice(raw, "mode", MODES, "advisory", where),
         dimension=None if dimension is None else _dimension(dimension, f"{where}: dimension"),
         value=None if value in (None, "*") else str(value),
+        attribute=None if attribute is None else attribute.strip(),
+        max_subjects=int(max_subjects),
     )
+
+
+_BUDGET_FIELDS = (
+    *("name", "limit_usd", "period", "timezone", "warn_at", "mode"),
+    *("dimension", "value", "attribute", "max_subjects"),
+)
+
+
+def budget_attributes(policy: PolicyFile) -> frozenset[str]:
+    """The span attributes the file's budgets key on (the decoder must read them)."""
+    return frozenset(b.attribute for b in policy.budgets if b.attribute is not None)
+
+
+def checked_attributes(policy: PolicyFile, readable: frozenset[str], where: str) -> PolicyFile:
+    """`policy`, or PolicyFileError when a budget keys on an attribute the running decoder does
+    not read (it reads those of policy.budget_attributes and of the file at start-up)."""
+    missing = sorted(budget_attributes(policy) - readable)
+    if missing:
+        raise PolicyFileError(
+            f"{where}: budget attribute {shown(missing[0])} is not read by this sidecar:"
+            " list it in policy.budget_attributes, or restart it with this file"
+        )
+    return policy
 
 
 _RULE_FIELDS = {
@@ -271,15 +317,36 @@ class PolicySource:
     """The current policy file, hot reloaded by processor.files.reload.Watcher (a broken edit keeps the
     last good file; `genops_policy_reload_success` drops to 0). No path: no budgets, no rules."""
 
-    def __init__(self, path: str, interval: float = 5.0, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        path: str,
+        interval: float = 5.0,
+        registry: CollectorRegistry | None = None,
+        attributes: frozenset[str] | None = None,
+    ) -> None:
         self._current = EMPTY
         self.watcher: Watcher[PolicyFile] | None = None
+        # The budget attributes read (None: any, the file at start-up decides; see `readable`).
+        self.attributes = attributes
         if path:
             metrics = ReloadMetrics("genops_policy", "policy file", registry) if registry is not None else None
             self.watcher = Watcher(path, load_policy_file, self._use, interval, metrics, name="policy").start()
 
     def _use(self, policy: PolicyFile) -> None:
+        if self.attributes is not None:
+            # (Checked here, not in the loader: reloads are parsed in a child process.)
+            try:
+                checked_attributes(policy, self.attributes, "policy file")
+            except PolicyFileError as exc:
+                log.error("policy file not used; keeping the previous one", reason=str(exc))
+                return
         self._current = policy
+
+    def readable(self, configured: frozenset[str]) -> frozenset[str]:
+        """The attributes to decode: `configured` plus those of the file in use, fixed from now on."""
+        if self.attributes is None:
+            self.attributes = configured | budget_attributes(self._current)
+        return self.attributes
 
     def current(self) -> PolicyFile:
         return self._current

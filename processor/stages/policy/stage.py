@@ -14,10 +14,12 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import blake3
 import polars as pl
+import structlog
 from prometheus_client import CollectorRegistry
 
 from processor.config import PolicyConfig
@@ -37,6 +39,8 @@ from processor.core.decode import (
 from processor.core.genai_attributes import GENAI_KEYS, MODEL, PROVIDER, TOKENS_INPUT, TOKENS_OUTPUT, normalized
 from processor.core.outbound import NO_REDACTION, OutboundRedaction
 from processor.core.span_values import InvalidValueMetrics, check_batch
+from processor.stages.cost import cache_metrics
+from processor.stages.cost.cache_metrics import CacheMetrics
 from processor.stages.policy import awu, budgets, log_charges
 from processor.stages.policy import rules as policies
 from processor.stages.policy.budget_api import BudgetStatusReader
@@ -46,10 +50,14 @@ from processor.stages.policy.budget_store_guard import open_store
 from processor.stages.policy.ledger import LedgerPlan, LedgerSettings
 from processor.stages.policy.metrics import GovernanceMetrics, parse_labels
 from processor.stages.policy.native import NativePolicy
-from processor.stages.policy.policy_file import Budget, PolicyFile, PolicySource, load_policy_file
+from processor.stages.policy.policy_file import Budget, PolicyFile, PolicySource, budget_attributes, load_policy_file
+from processor.stages.policy.reconcile_metrics import DriftGauge
+from processor.stages.policy.store_caps import OVERFLOW, StoreCap
 
 if TYPE_CHECKING:
     from polars._typing import PolarsDataType
+
+log = structlog.get_logger(__name__)
 
 COST_KEYS = ("genops.cost.total", "genops.cost.model", "genops.cost.provider", "genops.cost.status")
 # OTel semconv: set on a GenAI span when the operation ended in an error.
@@ -73,8 +81,16 @@ class PolicyStage:
         outbound: OutboundRedaction = NO_REDACTION,
         invalid: InvalidValueMetrics | None = None,
         ledger: LedgerPlan | None = None,
+        budget_attributes: frozenset[str] = frozenset(),
+        cache: CacheMetrics | None = None,
+        drift: DriftGauge | None = None,
     ) -> None:
+        self.cache = cache
+        self.drift = drift
         self.source = source
+        # Span attributes budgets key on (budget_policy_file.Budget.attribute), decoded.
+        self.budget_attributes = budget_attributes
+        self._outbound = outbound
         self.store = store
         self.ledger = ledger
         self.attribution = attribution
@@ -85,14 +101,18 @@ class PolicyStage:
         self._plan: _Plan | None = None
 
     def close(self) -> None:
+        if self.drift is not None:
+            self.drift.close()
         self.source.close()
         self.store.close()
         self.metrics.close()
 
     def wanted_keys(self) -> WantedKeys:
         ledger = self.ledger.wanted_keys() if self.ledger is not None else ()
-        own = WantedKeys(item=frozenset((*COST_KEYS, *ledger, policies.PII_COUNT, ERROR_TYPE)))
-        return WantedKeys.union((GENAI_KEYS, self.attribution.wanted_keys(), own, awu.wanted_keys()))
+        cache = cache_metrics.WANTED if self.cache is not None else ()
+        own = WantedKeys(item=frozenset((*COST_KEYS, *ledger, *cache, policies.PII_COUNT, ERROR_TYPE)))
+        attributes = WantedKeys(item=self.budget_attributes, resource=self.budget_attributes)
+        return WantedKeys.union((GENAI_KEYS, self.attribution.wanted_keys(), own, awu.wanted_keys(), attributes))
 
     def prepare(self, batch: TelemetryBatch) -> None:
         """Reads ahead what does not come from the redaction stage (all but its PII count) and
@@ -114,6 +134,8 @@ class PolicyStage:
         plan = self._plan_for(self.source.current())
         # The ledger's charge goes into the batch's one store call (retried batches charge it once).
         store = self.store if self.ledger is None else self.ledger.charging(self.store, batch, time.time_ns())
+        watched = None if self.cache is None else self.cache.watching(store)
+        store = store if watched is None else watched
         changes = None
         if plan.native is not None and native_available():
             changes = plan.native.process(batch, store, self.metrics, fingerprint)
@@ -121,6 +143,12 @@ class PolicyStage:
                 changes = changes.with_engine(ENGINE_NATIVE)
         if changes is None:
             changes = self._process_polars(batch, plan, store).with_engine(ENGINE_POLARS)
+        if self.cache is not None and watched is not None and not watched.repeated:
+            try:
+                self.cache.record(batch)
+            except Exception as exc:
+                # The batch's tags stand; only the cache metrics miss it.
+                log.error("cache metrics failed", error=type(exc).__name__, exc_info=True)
         return _with_forecast(awu.add_awu_changes(batch, changes, self.attribution), plan.budget_names)
 
     def _process_logs(self, batch: TelemetryBatch) -> BatchChanges:
@@ -147,6 +175,8 @@ class PolicyStage:
         spans = _layered(evaluated_spans, layers).collect(engine=budgets.ENGINE, optimizations=budgets.OPTIMIZATIONS)
         if spans.height == 0:
             return BatchChanges()
+        if plan.caps:
+            spans = plan.budgets.capped(spans, self._subjects(plan, store))
         windows = plan.budgets.windows(spans)
         applied = store.apply(fingerprint(batch), windows.increments, windows.expires_at)
         charging = _layered(
@@ -183,6 +213,19 @@ class PolicyStage:
             forecasts = level_forecasts(plan.budget_names, levels, now_utc())
             self.metrics.record_budgets(levels, plan.budgets.exceeded_counts(charged), forecasts)
         return BatchChanges(set_attributes=changes, events=events)
+
+    def _subjects(self, plan: _Plan, store: BudgetStore) -> Callable[[int, str, set[str], int], dict[str, str]]:
+        """How budgets.BudgetPlan.capped maps an attribute budget's subjects: redacted as the
+        attribute is, then admitted to the window's max_subjects in the store, else OVERFLOW."""
+
+        def resolve(index: int, label: str, subjects: set[str], expires_at: int) -> dict[str, str]:
+            budget = plan.policy.budgets[index]
+            published = {s: self._outbound.label(budget.attribute or "", s) for s in subjects}
+            family = f"budget|{budget.name}|{label}"
+            admitted = plan.caps[index].admitted(store, family, set(published.values()), expires_at)
+            return {s: p if p in admitted else OVERFLOW for s, p in published.items()}
+
+        return resolve
 
     def _plan_for(self, policy: PolicyFile) -> _Plan:
         plan = self._plan
@@ -244,10 +287,16 @@ class _Plan:
             (c, budgets.column(i, "exceeded")) for i, c in enumerate(budget_checks)
         ]
         checks = [*rule_checks, *budget_checks]
+        # Attribute budgets' subjects, capped in the store (the native plan has no such budgets).
+        self.caps = {
+            i: StoreCap(b.max_subjects, f"budget {b.name} max_subjects")
+            for i, b in enumerate(policy.budgets)
+            if b.attribute is not None
+        }
         # The whole stage in one native call, where the extension is built and the policy fits it.
         self.native = (
             NativePolicy(policy, attribution, labels, checks, [c for c, _ in self.counted])
-            if NativePolicy.supports(checks)
+            if NativePolicy.supports(checks) and not self.caps
             else None
         )
         warned, evaluated = self.budgets.warned(), pl.col(EVALUATED)
@@ -269,6 +318,8 @@ class _Plan:
         # The frame columns whose presence and type shape the span expressions.
         # (Deduplicated: two dimensions may fall back to one key.)
         sources = list(dict.fromkeys(key for dim in DIMENSIONS for key in attribution.sources(dim)))
+        self._attributes = sorted(budget_attributes(policy))
+        sources += [key for key in self._attributes if key not in sources]
         self._read_keys = (
             *sources,
             *(RESOURCE_PREFIX + key for key in sources),
@@ -338,6 +389,10 @@ class _Plan:
             *(pl.col("_" + name).alias(name) for name in ("model", "provider", TOKENS_INPUT, TOKENS_OUTPUT)),
             latency,
             *self.attribution.columns(schema),
+            *(
+                pl.coalesce(text(schema, key), text(schema, RESOURCE_PREFIX + key)).alias(budgets.attribute_column(key))
+                for key in self._attributes
+            ),
             _number(schema, policies.PII_COUNT, pl.Int64).alias(policies.PII_COUNT),
             _error(schema).alias("error"),
             *budgets.start_columns(has_end),
@@ -415,15 +470,26 @@ def build_policy_stage(
         if config.ledger.enabled
         else None
     )
+    source = PolicySource(config.policy_file, config.reload_interval_seconds, registry)
+    metrics = GovernanceMetrics(registry, labels, config.metrics_max_label_values, outbound)
+    store = open_store(config.state_backend, config.state_path, config.redis_url, registry)
     return PolicyStage(
-        source=PolicySource(config.policy_file, config.reload_interval_seconds, registry),
-        store=open_store(config.state_backend, config.state_path, config.redis_url, registry),
+        source=source,
+        store=store,
         attribution=attribution,
-        metrics=GovernanceMetrics(registry, labels, config.metrics_max_label_values, outbound),
+        metrics=metrics,
         outbound=outbound,
         invalid=InvalidValueMetrics.of(registry),
         ledger=ledger,
+        budget_attributes=source.readable(configured_attributes(config)),
+        cache=CacheMetrics(registry, metrics.cap, attribution),
+        # What `genops-sidecar reconcile` recorded last (the memory store has no such runs).
+        drift=DriftGauge(store, registry) if config.state_backend != "memory" else None,
     )
+
+
+def configured_attributes(config: PolicyConfig) -> frozenset[str]:
+    return frozenset(key.strip() for key in config.budget_attributes.split(",") if key.strip())
 
 
 def check_policy_config(config: PolicyConfig) -> None:
