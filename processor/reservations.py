@@ -1,0 +1,1028 @@
+"""Reservation before execution (GenOps spec §3): `Reserve`/`Release` for gateways, and the
+reconciliation the policy stage does when the reserved span arrives.
+
+A gateway reserves the estimated cost of a model call under the AI Workload Unit identity it will
+put on the call's span: (trace id, span id). The decision (ALLOWED, or BLOCKED with
+BUDGET_EXCEEDED / BUDGET_RESERVATION_FAILED) and the hold it places are one atomic step in the
+budget store: one SQLite transaction, one Redis Lua script. A hold counts against every budget the
+attribution falls under, in the current window, until:
+- its span reaches the policy stage: the span's actual cost is charged by the stage's own
+  retry-safe charge first, then the hold is released and the reservation marked reconciled (in
+  that order, so for a moment both count: never less than the truth, so never an over-commit).
+  The span gets genops.accounting.reserved/.actual/.reconciliation_delta and the
+  genops.budget.reservation and genops.budget.reconciliation events. A reconciled reservation is
+  remembered for a day, so a retried batch gets the same attributes and changes nothing;
+- its time to live passes: released by the next store operation (or the sweeper thread) and
+  counted in genops_budget_reservations_expired_total. A span that comes later is charged as any
+  span is and its reconciliation flagged incomplete (§3.5: the record is kept, not discarded);
+- the gateway calls Release (it did not make the call).
+
+Answers are deterministic for a given store state (§3.5); a Reserve repeated with the same ids
+returns the first answer and holds nothing twice (a gateway may retry a lost answer). A blocked
+reservation holds nothing and is not recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import math
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import grpc
+import polars as pl
+import structlog
+from prometheus_client import CollectorRegistry, Counter
+
+from processor import genops_semconv as gs
+from processor.attribution import DIMENSIONS
+from processor.budget_state import (
+    FINGERPRINT_TTL_SECONDS,
+    OPEN_TIMEOUT_SECONDS,
+    REDIS_PREFIX,
+    BudgetStore,
+    default_state_path,
+    redis_client,
+)
+from processor.budget_store_guard import UNAVAILABLE
+from processor.decode import END_TIME, TelemetryBatch
+from processor.pipeline import BatchChanges, SpanEventToAdd
+from processor.protos import budget_pb2
+
+if TYPE_CHECKING:
+    from processor.budget_api import BudgetAccess, BudgetStatusReader
+    from processor.config import SidecarConfig
+    from processor.pricing_table import PricingTable
+
+log = structlog.get_logger(__name__)
+
+RESERVATIONS_PATH = "/v1/reservations"
+RELEASE_PATH = "/v1/reservations/release"
+SERVICE = "genops.budget.v1.BudgetService"
+DEFAULT_TTL_SECONDS = 300.0
+MAX_TTL_SECONDS = 86_400.0
+# How long a reconciled or expired reservation is remembered: a retried batch (the Collector's
+# queue) or a late span finds it. The same horizon as a batch fingerprint.
+REMEMBER_SECONDS = FINGERPRINT_TTL_SECONDS
+SWEEP_SECONDS = 1.0
+# Why a reconciliation is flagged incomplete (§3.5).
+INCOMPLETE_EXPIRED = "reservation_expired"
+INCOMPLETE_NO_ACTUAL = "actual_unavailable"
+
+_HEX = {"trace_id": re.compile(r"[0-9a-f]{32}"), "span_id": re.compile(r"[0-9a-f]{16}")}
+_ZERO = {"trace_id": "0" * 32, "span_id": "0" * 16}
+
+
+class ReservationError(ValueError):
+    """A request the caller must fix (INVALID_ARGUMENT / HTTP 400)."""
+
+
+@dataclass(frozen=True)
+class ReservationRequest:
+    trace_id: str
+    span_id: str
+    attribution: dict[str, str] = field(default_factory=dict)
+    model: str = ""
+    provider: str = ""
+    estimated_usd: float = 0.0
+    estimated_input_tokens: int = 0
+    estimated_output_tokens: int = 0
+    ttl_seconds: float = 0.0
+
+    @property
+    def awu(self) -> str:
+        return awu_id(self.trace_id, self.span_id)
+
+    def checked(self) -> ReservationRequest:
+        for name in ("trace_id", "span_id"):
+            value = getattr(self, name)
+            if not _HEX[name].fullmatch(value) or value == _ZERO[name]:
+                raise ReservationError(f"{name} must be {len(_ZERO[name])} lowercase hex digits, not all zero")
+        unknown = sorted(set(self.attribution) - set(DIMENSIONS))
+        if unknown:
+            raise ReservationError(f"unknown dimension {unknown[0]!r}")
+        if not math.isfinite(self.estimated_usd) or self.estimated_usd < 0:
+            raise ReservationError("estimated_usd must be a finite amount >= 0")
+        if self.estimated_input_tokens < 0 or self.estimated_output_tokens < 0:
+            raise ReservationError("estimated tokens must be >= 0")
+        if not math.isfinite(self.ttl_seconds) or not 0 <= self.ttl_seconds <= MAX_TTL_SECONDS:
+            raise ReservationError(f"ttl_seconds must be between 0 (the default) and {MAX_TTL_SECONDS:g}")
+        return self
+
+
+def awu_id(trace_id: str, span_id: str) -> str:
+    return f"{trace_id}:{span_id}"
+
+
+@dataclass(frozen=True)
+class Hold:
+    """One budget window a reservation counts against: the budget store's consumed key."""
+
+    key: str
+    budget: str
+    limit_usd: float
+    enforced: bool
+
+
+@dataclass(frozen=True)
+class Decision:
+    result: str
+    reason_code: str
+    reserved: float
+    budget_name: str
+    remaining: float | None
+    expires_at: float
+    repeated: bool = False
+    unit: str = gs.ACCOUNTING_UNIT_USD
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "result": self.result,
+            "reason_code": self.reason_code,
+            "reserved": self.reserved,
+            "unit": self.unit,
+            "budget_name": self.budget_name,
+            "remaining": self.remaining,
+            "expires_at": _rfc3339(self.expires_at),
+            "repeated": self.repeated,
+        }
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    """A reserved span's accounting, as written on it (the same for a retried batch)."""
+
+    reserved: float
+    actual: float | None
+    budget_name: str
+    remaining: float | None
+    incomplete: str  # "" when complete, else INCOMPLETE_*
+    reserved_at: float
+    # Reconciled by this call (not a retried batch finding it done): counted once.
+    first: bool = False
+
+    @property
+    def delta(self) -> float | None:
+        return None if self.actual is None else self.actual - self.reserved
+
+
+def decide(amount: float, holds: list[Hold], used: Mapping[str, float], now: float, expires_at: float) -> Decision:
+    """The reservation answer from each budget window's use (consumed plus live holds): the
+    SQLite and memory books call it inside their transaction; the Redis script mirrors it."""
+    tightest: tuple[float, str] | None = None
+    for hold in holds:
+        if not hold.enforced:
+            continue
+        spent = used.get(hold.key, 0.0)
+        if spent >= hold.limit_usd:
+            return Decision(gs.BLOCKED, gs.BUDGET_EXCEEDED, 0.0, hold.budget, 0.0, now)
+        if spent + amount > hold.limit_usd:
+            return Decision(gs.BLOCKED, gs.BUDGET_RESERVATION_FAILED, 0.0, hold.budget, hold.limit_usd - spent, now)
+        room = hold.limit_usd - spent - amount
+        if tightest is None or room < tightest[0]:
+            tightest = (room, hold.budget)
+    if tightest is None:
+        return Decision(gs.ALLOWED, "", amount, "", None, expires_at)
+    return Decision(gs.ALLOWED, "", amount, tightest[1], tightest[0], expires_at)
+
+
+class ReservationStore(Protocol):
+    def reserve(self, awu: str, amount: float, holds: list[Hold], now: float, expires_at: float) -> Decision: ...
+
+    def release(self, awu: str, now: float) -> bool: ...
+
+    def reconcile(self, actuals: dict[str, float | None], now: float) -> dict[str, Reconciled]:
+        """For each AWU of `actuals` that was reserved: releases its hold (once) and returns its
+        accounting; AWUs never reserved are left out."""
+        ...
+
+    def sweep(self, now: float) -> int:
+        """Releases the holds whose time to live passed; returns how many."""
+        ...
+
+    def any_recent(self) -> bool:
+        """Whether a reservation may be remembered at all (lets a batch skip reading its ids)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def _decision_record(decision: Decision, keys: list[str], now: float) -> str:
+    return json.dumps(
+        {
+            "at": now,
+            "reserved": decision.reserved,
+            "budget": decision.budget_name,
+            "remaining": decision.remaining,
+            "expires_at": decision.expires_at,
+            "keys": keys,
+        }
+    )
+
+
+def _recorded_decision(record: str) -> Decision:
+    found = json.loads(record)
+    return Decision(gs.ALLOWED, "", found["reserved"], found["budget"], found["remaining"], found["expires_at"], True)
+
+
+def _incomplete(state: str, actual: float | None) -> str:
+    """Why a first reconciliation is incomplete, "" when it is not (the Redis script's rule too)."""
+    if state == "expired":
+        return INCOMPLETE_EXPIRED
+    return "" if actual is not None else INCOMPLETE_NO_ACTUAL
+
+
+def _reconciled(record: str, actual: float | None, incomplete: str, first: bool) -> Reconciled:
+    found = json.loads(record)
+    return Reconciled(found["reserved"], actual, found["budget"], found["remaining"], incomplete, found["at"], first)
+
+
+class MemoryReservations:
+    """With the memory budget store (one process): holds beside it, decided under one lock."""
+
+    def __init__(self, store: BudgetStore) -> None:
+        self.store = store
+        self._lock = threading.Lock()
+        # awu -> [state, record, keys, expires_at, actual, incomplete]
+        self._rows: dict[str, list[Any]] = {}
+
+    def reserve(self, awu: str, amount: float, holds: list[Hold], now: float, expires_at: float) -> Decision:
+        with self._lock:
+            self._sweep(now)
+            if awu in self._rows:
+                return _recorded_decision(self._rows[awu][1])
+            keys = [hold.key for hold in holds]
+            consumed = self.store.read(keys)
+            used = {key: consumed[key] + self._held(key) for key in keys}
+            decision = decide(amount, holds, used, now, expires_at)
+            if decision.result == gs.ALLOWED:
+                self._rows[awu] = ["held", _decision_record(decision, keys, now), keys, expires_at, None, ""]
+            return decision
+
+    def _held(self, key: str) -> float:
+        return sum(json.loads(row[1])["reserved"] for row in self._rows.values() if row[0] == "held" and key in row[2])
+
+    def release(self, awu: str, now: float) -> bool:
+        with self._lock:
+            self._sweep(now)
+            row = self._rows.get(awu)
+            if row is None or row[0] != "held":
+                return False
+            row[0] = "released"
+            return True
+
+    def reconcile(self, actuals: dict[str, float | None], now: float) -> dict[str, Reconciled]:
+        with self._lock:
+            self._sweep(now)
+            out = {}
+            for awu, actual in actuals.items():
+                row = self._rows.get(awu)
+                if row is None or row[0] == "released":
+                    continue
+                first = row[0] != "reconciled"
+                if first:
+                    row[5] = _incomplete(row[0], actual)
+                    row[0], row[4] = "reconciled", actual
+                out[awu] = _reconciled(row[1], row[4], row[5], first)
+            return out
+
+    def sweep(self, now: float) -> int:
+        with self._lock:
+            return self._sweep(now)
+
+    def _sweep(self, now: float) -> int:
+        expired = [row for row in self._rows.values() if row[0] == "held" and row[3] <= now]
+        for row in expired:
+            row[0] = "expired"
+        return len(expired)
+
+    def any_recent(self) -> bool:
+        return bool(self._rows)
+
+    def close(self) -> None:
+        pass
+
+
+class SqliteReservations:
+    """Tables beside the budget state's own in its SQLite file; BEGIN IMMEDIATE makes the read of
+    consumed and held amounts and the new hold one step against every process writing the file."""
+
+    def __init__(self, path: str) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, timeout=OPEN_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA busy_timeout=2000")
+        deadline = time.monotonic() + OPEN_TIMEOUT_SECONDS
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute(
+                    "CREATE TABLE IF NOT EXISTS consumed"
+                    " (key TEXT PRIMARY KEY, usd REAL NOT NULL, expires_at INTEGER NOT NULL)"
+                )
+                self._db.execute(
+                    "CREATE TABLE IF NOT EXISTS reservations (awu TEXT PRIMARY KEY, state TEXT NOT NULL,"
+                    " record TEXT NOT NULL, expires_at REAL NOT NULL, forget_at REAL NOT NULL,"
+                    " actual REAL, incomplete TEXT NOT NULL DEFAULT '')"
+                )
+                self._db.execute(
+                    "CREATE TABLE IF NOT EXISTS holds (key TEXT NOT NULL, awu TEXT NOT NULL, usd REAL NOT NULL,"
+                    " expires_at REAL NOT NULL, PRIMARY KEY (key, awu))"
+                )
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+
+    def _transaction(self, work):
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                result = work()
+                self._db.execute("COMMIT")
+                return result
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+
+    def _sweep(self, now: float) -> int:
+        expired = self._db.execute(
+            "UPDATE reservations SET state = 'expired' WHERE state = 'held' AND expires_at <= ?", (now,)
+        ).rowcount
+        if expired:
+            self._db.execute("DELETE FROM holds WHERE expires_at <= ?", (now,))
+        self._db.execute("DELETE FROM reservations WHERE forget_at <= ?", (now,))
+        return expired
+
+    def reserve(self, awu: str, amount: float, holds: list[Hold], now: float, expires_at: float) -> Decision:
+        def work() -> tuple[Decision, int]:
+            expired = self._sweep(now)
+            row = self._db.execute("SELECT record FROM reservations WHERE awu = ?", (awu,)).fetchone()
+            if row is not None:
+                return _recorded_decision(row[0]), expired
+            used = {}
+            for hold in holds:
+                (consumed,) = self._db.execute(
+                    "SELECT coalesce((SELECT usd FROM consumed WHERE key = ?), 0.0)", (hold.key,)
+                ).fetchone()
+                (held,) = self._db.execute(
+                    "SELECT coalesce(sum(usd), 0.0) FROM holds WHERE key = ?", (hold.key,)
+                ).fetchone()
+                used[hold.key] = consumed + held
+            decision = decide(amount, holds, used, now, expires_at)
+            if decision.result == gs.ALLOWED:
+                keys = [hold.key for hold in holds]
+                self._db.execute(
+                    "INSERT INTO reservations (awu, state, record, expires_at, forget_at) VALUES (?, 'held', ?, ?, ?)",
+                    (awu, _decision_record(decision, keys, now), expires_at, expires_at + REMEMBER_SECONDS),
+                )
+                self._db.executemany(
+                    "INSERT INTO holds (key, awu, usd, expires_at) VALUES (?, ?, ?, ?)",
+                    [(key, awu, amount, expires_at) for key in keys],
+                )
+            return decision, expired
+
+        decision, self.expired = self._transaction(work)
+        return decision
+
+    # How many holds the last call found expired (read by the book right after the call).
+    expired = 0
+
+    def release(self, awu: str, now: float) -> bool:
+        def work() -> bool:
+            self.expired = self._sweep(now)
+            released = self._db.execute(
+                "UPDATE reservations SET state = 'released' WHERE awu = ? AND state = 'held'", (awu,)
+            ).rowcount
+            self._db.execute("DELETE FROM holds WHERE awu = ?", (awu,))
+            return released > 0
+
+        return self._transaction(work)
+
+    def reconcile(self, actuals: dict[str, float | None], now: float) -> dict[str, Reconciled]:
+        def work() -> dict[str, Reconciled]:
+            self.expired = self._sweep(now)
+            out = {}
+            for awu, actual in actuals.items():
+                row = self._db.execute(
+                    "SELECT state, record, actual, incomplete FROM reservations WHERE awu = ?", (awu,)
+                ).fetchone()
+                if row is None or row[0] == "released":
+                    continue
+                state, record, recorded_actual, incomplete = row
+                first = state != "reconciled"
+                if first:
+                    incomplete = _incomplete(state, actual)
+                    self._db.execute(
+                        "UPDATE reservations SET state = 'reconciled', actual = ?, incomplete = ?, forget_at = ?"
+                        " WHERE awu = ?",
+                        (actual, incomplete, now + REMEMBER_SECONDS, awu),
+                    )
+                    self._db.execute("DELETE FROM holds WHERE awu = ?", (awu,))
+                    recorded_actual = actual
+                out[awu] = _reconciled(record, recorded_actual, incomplete, first)
+            return out
+
+        return self._transaction(work)
+
+    def sweep(self, now: float) -> int:
+        return self._transaction(lambda: self._sweep(now))
+
+    def any_recent(self) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM reservations LIMIT 1").fetchone() is not None
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+# Every key under the budget store's one hash tag (one cluster slot). Reservation records are
+# hashes (state, record, expires_at, actual, incomplete); each consumed key's live holds are a hash
+# awu -> USD; the live index is a sorted set by expiry, so expired holds are found without a scan.
+_R = REDIS_PREFIX + "reservation:"
+_HOLDS = REDIS_PREFIX + "holds:"
+_LIVE = REDIS_PREFIX + "reservations:live"
+_RECENT = REDIS_PREFIX + "reservations:recent"
+
+# Released holds of expired reservations; ARGV[1] is now. Shared head of every script below.
+_SWEEP = """
+local function sweep(now)
+  local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+  for _, awu in ipairs(gone) do
+    local record = KEYS[2] .. awu
+    local found = redis.call('HGET', record, 'record')
+    if found then
+      for _, key in ipairs(cjson.decode(found)['keys']) do
+        redis.call('HDEL', KEYS[3] .. key, awu)
+      end
+      redis.call('HSET', record, 'state', 'expired')
+    end
+    redis.call('ZREM', KEYS[1], awu)
+  end
+  return #gone
+end
+"""
+
+# KEYS: live index, record prefix, holds prefix, consumed prefix, recent marker.
+# ARGV: now, awu, amount, expires_at, forget_at, then per budget window: key, limit, enforced, name.
+# Mirrors `decide`: the first enforced window with no room blocks; otherwise every window gets
+# the hold. Returns {expired swept, repeated, result, reason, budget, remaining or '', record}.
+_RESERVE = (
+    _SWEEP
+    + """
+local now, awu, amount = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local expired = sweep(now)
+local record_key = KEYS[2] .. awu
+local found = redis.call('HGET', record_key, 'record')
+if found then return {expired, 1, 'ALLOWED', '', '', '', found} end
+local keys, tight_room, tight_name = {}, nil, ''
+for i = 6, #ARGV, 4 do
+  local key, limit, enforced, name = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2] == '1', ARGV[i + 3]
+  table.insert(keys, key)
+  if enforced then
+    local used = tonumber(redis.call('GET', KEYS[4] .. key) or '0')
+    for _, held in ipairs(redis.call('HVALS', KEYS[3] .. key)) do used = used + tonumber(held) end
+    if used >= limit then return {expired, 0, 'BLOCKED', 'BUDGET_EXCEEDED', name, '0', ''} end
+    if used + amount > limit then
+      return {expired, 0, 'BLOCKED', 'BUDGET_RESERVATION_FAILED', name, tostring(limit - used), ''}
+    end
+    local room = limit - used - amount
+    if tight_room == nil or room < tight_room then tight_room, tight_name = room, name end
+  end
+end
+local record = cjson.encode({at = now, reserved = amount, budget = tight_name,
+  remaining = tight_room == nil and cjson.null or tight_room, expires_at = tonumber(ARGV[4]), keys = keys})
+if #keys == 0 then record = string.gsub(record, '"keys":{}', '"keys":[]') end
+redis.call('HSET', record_key, 'state', 'held', 'record', record)
+redis.call('EXPIREAT', record_key, ARGV[5])
+for _, key in ipairs(keys) do redis.call('HSET', KEYS[3] .. key, awu, ARGV[3]) end
+redis.call('ZADD', KEYS[1], ARGV[4], awu)
+redis.call('SET', KEYS[5], '1')
+redis.call('EXPIREAT', KEYS[5], ARGV[5])
+return {expired, 0, 'ALLOWED', '', tight_name, tight_room == nil and '' or tostring(tight_room), record}
+"""
+)
+
+# KEYS: live index, record prefix, holds prefix. ARGV: now, forget_at, then (awu, actual or '').
+# Returns {expired swept, then per AWU: awu, record, actual or '', incomplete, first} for reserved ones.
+_RECONCILE = (
+    _SWEEP
+    + """
+local expired = sweep(tonumber(ARGV[1]))
+local out = {expired}
+for i = 3, #ARGV, 2 do
+  local awu, actual = ARGV[i], ARGV[i + 1]
+  local record_key = KEYS[2] .. awu
+  local row = redis.call('HMGET', record_key, 'state', 'record', 'actual', 'incomplete')
+  local state, record = row[1], row[2]
+  if state and state ~= 'released' then
+    local first = 0
+    if state ~= 'reconciled' then
+      first = 1
+      local incomplete = ''
+      if state == 'expired' then incomplete = 'reservation_expired'
+      elseif actual == '' then incomplete = 'actual_unavailable' end
+      for _, key in ipairs(cjson.decode(record)['keys']) do redis.call('HDEL', KEYS[3] .. key, awu) end
+      redis.call('ZREM', KEYS[1], awu)
+      redis.call('HSET', record_key, 'state', 'reconciled', 'actual', actual, 'incomplete', incomplete)
+      redis.call('EXPIREAT', record_key, ARGV[2])
+      row[3], row[4] = actual, incomplete
+    end
+    table.insert(out, awu)
+    table.insert(out, record)
+    table.insert(out, row[3] or '')
+    table.insert(out, row[4] or '')
+    table.insert(out, first)
+  end
+end
+return out
+"""
+)
+
+# KEYS: live index, record prefix, holds prefix. ARGV: now, awu. Returns {expired, released}.
+_RELEASE = (
+    _SWEEP
+    + """
+local expired = sweep(tonumber(ARGV[1]))
+local record_key = KEYS[2] .. ARGV[2]
+local row = redis.call('HMGET', record_key, 'state', 'record')
+if row[1] ~= 'held' then return {expired, 0} end
+for _, key in ipairs(cjson.decode(row[2])['keys']) do redis.call('HDEL', KEYS[3] .. key, ARGV[2]) end
+redis.call('ZREM', KEYS[1], ARGV[2])
+redis.call('HSET', record_key, 'state', 'released')
+return {expired, 1}
+"""
+)
+
+_SWEEP_ONLY = _SWEEP + "\nreturn sweep(tonumber(ARGV[1]))\n"
+
+
+class RedisReservations:
+    """Shared by every sidecar on the same Redis: two sidecars' reservations are decided one
+    after the other inside Redis, against the same consumed totals the policy stages charge."""
+
+    _KEYS = (_LIVE, _R, _HOLDS)
+
+    def __init__(self, url: str) -> None:
+        self._redis = redis_client(url)
+        self._reserve = self._redis.register_script(_RESERVE)
+        self._reconcile = self._redis.register_script(_RECONCILE)
+        self._release = self._redis.register_script(_RELEASE)
+        self._sweep = self._redis.register_script(_SWEEP_ONLY)
+        self.expired = 0
+
+    def reserve(self, awu: str, amount: float, holds: list[Hold], now: float, expires_at: float) -> Decision:
+        args: list[object] = [repr(now), awu, repr(amount), repr(expires_at), int(expires_at + REMEMBER_SECONDS)]
+        for hold in holds:
+            args += [hold.key, repr(hold.limit_usd), "1" if hold.enforced else "0", hold.budget]
+        expired, repeated, result, reason, budget, remaining, record = self._reserve(
+            keys=[*self._KEYS, REDIS_PREFIX, _RECENT], args=args
+        )
+        self.expired = int(expired)
+        if repeated:
+            return _recorded_decision(_text(record))
+        room = _text(remaining)
+        return Decision(
+            _text(result),
+            _text(reason),
+            amount if _text(result) == gs.ALLOWED else 0.0,
+            _text(budget),
+            float(room) if room else None,
+            expires_at if _text(result) == gs.ALLOWED else now,
+        )
+
+    def release(self, awu: str, now: float) -> bool:
+        expired, released = self._release(keys=list(self._KEYS), args=[repr(now), awu])
+        self.expired = int(expired)
+        return bool(released)
+
+    def reconcile(self, actuals: dict[str, float | None], now: float) -> dict[str, Reconciled]:
+        args: list[object] = [repr(now), int(now + REMEMBER_SECONDS)]
+        for awu, amount in actuals.items():
+            args += [awu, "" if amount is None else repr(amount)]
+        found = self._reconcile(keys=list(self._KEYS), args=args)
+        self.expired = int(found[0])
+        out = {}
+        for at in range(1, len(found), 5):
+            awu, record, actual, incomplete, first = (_text(item) for item in found[at : at + 5])
+            out[awu] = _reconciled(record, float(actual) if actual else None, incomplete, first == "1")
+        return out
+
+    def sweep(self, now: float) -> int:
+        return int(self._sweep(keys=list(self._KEYS), args=[repr(now)]))
+
+    def any_recent(self) -> bool:
+        return bool(self._redis.exists(_RECENT))
+
+    def close(self) -> None:
+        self._redis.close()
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _rfc3339(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat()
+
+
+@dataclass
+class ReservationMetrics:
+    reservations: Counter
+    expired: Counter
+    reconciliations: Counter
+
+    @staticmethod
+    def of(registry: CollectorRegistry) -> ReservationMetrics:
+        found = _METRICS.get(id(registry))
+        if found is None:
+            found = _METRICS[id(registry)] = ReservationMetrics(
+                Counter(
+                    "genops_budget_reservations",
+                    "Reserve answers (GenOps §3), by result and reason code.",
+                    ["result", "reason_code"],
+                    registry=registry,
+                ),
+                Counter(
+                    "genops_budget_reservations_expired",
+                    "Holds released because their span did not come within their time to live.",
+                    registry=registry,
+                ),
+                Counter(
+                    "genops_budget_reconciliations",
+                    "Reserved spans reconciled (first time only), by whether the record is complete.",
+                    ["status"],
+                    registry=registry,
+                ),
+            )
+        return found
+
+
+_METRICS: dict[int, ReservationMetrics] = {}
+
+
+def open_reservations(backend: str, state_path: str, redis_url: str, store: BudgetStore) -> ReservationStore:
+    """The reservation store beside the budget store of the same settings (`store` is that
+    store, whose consumed totals the memory backend reads)."""
+    if backend == "redis":
+        return RedisReservations(redis_url)
+    if backend == "sqlite":
+        return SqliteReservations(state_path or str(default_state_path()))
+    found = _MEMORY.get(id(store))
+    if found is None:
+        found = _MEMORY[id(store)] = MemoryReservations(store)
+    return found
+
+
+# One memory book per memory budget store: the stage and the API of one process share it.
+_MEMORY: dict[int, MemoryReservations] = {}
+
+
+class ReservationBook:
+    """The API side: requests to budget windows and USD, the store call, the metrics."""
+
+    def __init__(
+        self,
+        reader: BudgetStatusReader,
+        store: ReservationStore,
+        metrics: ReservationMetrics,
+        pricing_file: str = "",
+        sweep_seconds: float | None = SWEEP_SECONDS,
+    ) -> None:
+        self.reader = reader
+        self.store = store
+        self.metrics = metrics
+        self._pricing_file = pricing_file
+        self._pricing: PricingTable | None = None
+        self._stop = threading.Event()
+        self._sweeper = None
+        if sweep_seconds is not None:
+            self._sweeper = threading.Thread(target=self._sweep_every, args=(sweep_seconds,), daemon=True)
+            self._sweeper.start()
+
+    @staticmethod
+    def from_config(config: SidecarConfig, reader: BudgetStatusReader, registry: CollectorRegistry) -> ReservationBook:
+        policy = config.policy
+        store = open_reservations(policy.state_backend, policy.state_path, policy.redis_url, reader.store)
+        return ReservationBook(reader, store, ReservationMetrics.of(registry), config.cost.pricing_file)
+
+    def holds(self, attribution: Mapping[str, str], now: float) -> list[Hold]:
+        at = dt.datetime.fromtimestamp(now, dt.UTC)
+        out = []
+        for budget in self.reader.source.current().budgets:
+            if budget.dimension is None:
+                subject = "*"
+            else:
+                subject = attribution.get(budget.dimension, "")
+                if not subject or (budget.value is not None and subject != budget.value):
+                    continue
+            label, _, _ = budget.window(at)
+            key = f"{budget.name}|{subject}|{label}"  # the policy stage's consumed key
+            out.append(Hold(key, budget.name, budget.limit_usd, budget.mode == "enforced"))
+        return out
+
+    def estimate(self, request: ReservationRequest) -> float:
+        if request.estimated_usd > 0 or not (request.estimated_input_tokens or request.estimated_output_tokens):
+            return request.estimated_usd
+        if self._pricing is None:
+            from processor.pricing_table import default_table_path, load_table
+
+            self._pricing = load_table(self._pricing_file or default_table_path())
+        group = self._pricing.resolve(request.provider or None, request.model or None)
+        if group is None:
+            raise ReservationError(f"no price for model {request.model!r}; send estimated_usd instead")
+        prices = self._pricing.entry(group).prices
+        per_million = request.estimated_input_tokens * (
+            prices.get("input") or 0.0
+        ) + request.estimated_output_tokens * (prices.get("output") or 0.0)
+        return per_million / 1_000_000 + self._pricing.entry(group).request
+
+    def reserve(self, request: ReservationRequest, now: float | None = None) -> Decision:
+        request = request.checked()
+        now = time.time() if now is None else now
+        amount = self.estimate(request)
+        ttl = request.ttl_seconds or DEFAULT_TTL_SECONDS
+        decision = self.store.reserve(request.awu, amount, self.holds(request.attribution, now), now, now + ttl)
+        self._count_expired(getattr(self.store, "expired", 0))
+        if not decision.repeated:
+            self.metrics.reservations.labels(decision.result, decision.reason_code or "none").inc()
+        return decision
+
+    def release(self, trace_id: str, span_id: str, now: float | None = None) -> bool:
+        ReservationRequest(trace_id, span_id).checked()
+        released = self.store.release(awu_id(trace_id, span_id), time.time() if now is None else now)
+        self._count_expired(getattr(self.store, "expired", 0))
+        return released
+
+    def _count_expired(self, count: int) -> None:
+        if count:
+            self.metrics.expired.inc(count)
+            log.info("budget reservations expired without their span", count=count)
+
+    def _sweep_every(self, seconds: float) -> None:
+        while not self._stop.wait(seconds):
+            try:
+                self._count_expired(self.store.sweep(time.time()))
+            except Exception as exc:  # the store may be down; the next sweep tries again
+                log.warning("budget reservation sweep failed", error_type=type(exc).__name__)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._sweeper is not None:
+            self._sweeper.join()
+        self.store.close()
+
+
+# The books of this process, one per budget status reader: the gRPC and HTTP APIs share one.
+_BOOKS: dict[int, ReservationBook] = {}
+_BOOKS_LOCK = threading.Lock()
+
+
+def book_for(config: SidecarConfig, reader: BudgetStatusReader, registry: CollectorRegistry) -> ReservationBook:
+    with _BOOKS_LOCK:
+        book = _BOOKS.get(id(reader))
+        if book is None:
+            book = _BOOKS[id(reader)] = ReservationBook.from_config(config, reader, registry)
+        return book
+
+
+# --- the APIs -------------------------------------------------------------------------------
+
+
+def _request_from_json(body: bytes) -> ReservationRequest:
+    try:
+        found = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise ReservationError("the body is not JSON") from None
+    if not isinstance(found, dict):
+        raise ReservationError("the body is a JSON object")
+    names = {f for f in ReservationRequest.__dataclass_fields__}
+    unknown = sorted(set(found) - names)
+    if unknown:
+        raise ReservationError(f"unknown field {unknown[0]!r}")
+    types: dict[str, type | tuple[type, ...]] = {"attribution": dict, "estimated_usd": (int, float)}
+    types |= {"ttl_seconds": (int, float), "estimated_input_tokens": int, "estimated_output_tokens": int}
+    for name, value in found.items():
+        wanted = types.get(name, str)
+        if isinstance(value, bool) or not isinstance(value, wanted):
+            raise ReservationError(f"{name} has the wrong type")
+    attribution = found.get("attribution", {})
+    if not all(isinstance(value, str) for value in attribution.values()):
+        raise ReservationError("attribution values are strings")
+    return ReservationRequest(**{**found, "estimated_usd": float(found.get("estimated_usd", 0.0))})
+
+
+def http_reserve(book: ReservationBook, body: bytes) -> tuple[int, bytes, str]:
+    """`POST /v1/reservations` with a JSON ReserveRequest; answers a JSON ReserveResponse."""
+    try:
+        decision = book.reserve(_request_from_json(body))
+    except ReservationError as exc:
+        return _json(400, {"error": str(exc)})
+    except Exception as exc:
+        log.warning("budget reservation failed", error_type=type(exc).__name__)
+        return _json(503, {"error": UNAVAILABLE})
+    return _json(200, decision.to_json())
+
+
+def http_release(book: ReservationBook, body: bytes) -> tuple[int, bytes, str]:
+    """`POST /v1/reservations/release` with {"trace_id", "span_id"}."""
+    try:
+        request = _request_from_json(body)
+        released = book.release(request.trace_id, request.span_id)
+    except ReservationError as exc:
+        return _json(400, {"error": str(exc)})
+    except Exception as exc:
+        log.warning("budget reservation release failed", error_type=type(exc).__name__)
+        return _json(503, {"error": UNAVAILABLE})
+    return _json(200, {"released": released})
+
+
+def _json(status: int, body: dict) -> tuple[int, bytes, str]:
+    from processor.budget_api import _json as as_json
+
+    return as_json(status, body)
+
+
+class ReservationService:
+    """Reserve and Release of genops.budget.v1.BudgetService; the store call runs in a thread."""
+
+    def __init__(self, book: ReservationBook, access: BudgetAccess) -> None:
+        self.book = book
+        self.access = access
+
+    async def _check(self, context: grpc.aio.ServicerContext) -> None:
+        from processor.budget_api import AUTHORIZATION
+
+        metadata = context.invocation_metadata() or ()
+        authorization = next((str(value) for key, value in metadata if key == AUTHORIZATION), "")
+        if not self.access.allows(authorization):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "budget API: missing or wrong bearer token")
+
+    async def Reserve(
+        self, request: budget_pb2.ReserveRequest, context: grpc.aio.ServicerContext
+    ) -> budget_pb2.ReserveResponse:
+        await self._check(context)
+        asked = ReservationRequest(
+            request.trace_id,
+            request.span_id,
+            dict(request.attribution),
+            request.model,
+            request.provider,
+            request.estimated_usd,
+            request.estimated_input_tokens,
+            request.estimated_output_tokens,
+            request.ttl_seconds,
+        )
+        try:
+            decision = await asyncio.to_thread(self.book.reserve, asked)
+        except ReservationError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except Exception as exc:
+            log.warning("budget reservation failed", error_type=type(exc).__name__)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, UNAVAILABLE)
+        answer = decision.to_json()
+        return budget_pb2.ReserveResponse(**answer)  # type: ignore[arg-type]
+
+    async def Release(
+        self, request: budget_pb2.ReleaseRequest, context: grpc.aio.ServicerContext
+    ) -> budget_pb2.ReleaseResponse:
+        await self._check(context)
+        try:
+            released = await asyncio.to_thread(self.book.release, request.trace_id, request.span_id)
+        except ReservationError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except Exception as exc:
+            log.warning("budget reservation release failed", error_type=type(exc).__name__)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, UNAVAILABLE)
+        return budget_pb2.ReleaseResponse(released=released)
+
+
+def add_reservation_service(server: grpc.aio.Server, book: ReservationBook, access: BudgetAccess) -> None:
+    """Reserve and Release next to GetBudgetStatus (the server tries each handler of the service)."""
+    service = ReservationService(book, access)
+    handlers = {
+        "Reserve": grpc.unary_unary_rpc_method_handler(
+            service.Reserve,
+            request_deserializer=budget_pb2.ReserveRequest.FromString,
+            response_serializer=budget_pb2.ReserveResponse.SerializeToString,
+        ),
+        "Release": grpc.unary_unary_rpc_method_handler(
+            service.Release,
+            request_deserializer=budget_pb2.ReleaseRequest.FromString,
+            response_serializer=budget_pb2.ReleaseResponse.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, handlers)])
+
+
+# --- reconciliation in the policy stage ---------------------------------------------------------
+
+
+class Reconciliation:
+    """The policy stage's side: a batch's reserved spans get their accounting attributes and
+    events, and their holds are released."""
+
+    def __init__(self, store: ReservationStore, metrics: ReservationMetrics) -> None:
+        self.store = store
+        self.metrics = metrics
+
+    def add_changes(self, batch: TelemetryBatch, changes: BatchChanges, now: float | None = None) -> BatchChanges:
+        """Called after the stage's charge (so the actual cost is in before the hold goes)."""
+        result = changes.set_attributes.get(gs.POLICY_RESULT)
+        if result is None or result.null_count() == len(result) or not self.store.any_recent():
+            return changes
+        ids = span_ids(batch)
+        if len(ids) != len(result):
+            return changes
+        actual = changes.set_attributes.get(gs.ACCOUNTING_ACTUAL)
+        actuals = actual.to_list() if actual is not None else [None] * len(result)
+        rows = {awu_id(*ids[row]): row for row, decided in enumerate(result.to_list()) if decided is not None}
+        now = time.time() if now is None else now
+        found = self.store.reconcile({awu: actuals[row] for awu, row in rows.items()}, now)
+        if getattr(self.store, "expired", 0):
+            self.metrics.expired.inc(self.store.expired)  # type: ignore[attr-defined]
+        if not found:
+            return changes
+        for done in found.values():
+            if done.first:
+                self.metrics.reconciliations.labels("incomplete" if done.incomplete else "complete").inc()
+        return _with_accounting(batch, changes, {rows[awu]: done for awu, done in found.items()})
+
+
+def span_ids(batch: TelemetryBatch) -> list[tuple[str, str]]:
+    """(trace id, span id) in hex per batch row (rows are the request's spans in order)."""
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+    request = trace_service_pb2.ExportTraceServiceRequest.FromString(batch.raw or batch.request.SerializeToString())
+    return [
+        (span.trace_id.hex(), span.span_id.hex())
+        for resource in request.resource_spans
+        for scope in resource.scope_spans
+        for span in scope.spans
+    ]
+
+
+def _with_accounting(batch: TelemetryBatch, changes: BatchChanges, found: dict[int, Reconciled]) -> BatchChanges:
+    rows = len(batch)
+    reserved: list[float | None] = [None] * rows
+    actual: list[float | None] = [None] * rows
+    delta: list[float | None] = [None] * rows
+    unit: list[str | None] = [None] * rows
+    incomplete: list[bool | None] = [None] * rows
+    ends = _times(batch, END_TIME, rows)
+    for row, done in found.items():
+        reserved[row], actual[row], delta[row] = done.reserved, done.actual, done.delta
+        unit[row] = gs.ACCOUNTING_UNIT_USD
+        if done.incomplete:
+            incomplete[row] = True
+        # When the gateway reserved: before execution (§3.3 condition 1).
+        booked: dict[str, object] = {gs.ACCOUNTING_RESERVED: done.reserved, gs.ACCOUNTING_UNIT: gs.ACCOUNTING_UNIT_USD}
+        if done.budget_name:
+            booked[gs.BUDGET_NAME] = done.budget_name
+        if done.remaining is not None:
+            booked[gs.BUDGET_REMAINING] = done.remaining
+        changes.events.append(SpanEventToAdd(row, gs.EVENT_BUDGET_RESERVATION, int(done.reserved_at * 1e9), booked))
+        settled: dict[str, object] = {gs.ACCOUNTING_RESERVED: done.reserved, gs.ACCOUNTING_UNIT: gs.ACCOUNTING_UNIT_USD}
+        if done.actual is not None:
+            settled[gs.ACCOUNTING_ACTUAL] = done.actual
+            settled[gs.ACCOUNTING_RECONCILIATION_DELTA] = done.delta
+        if done.budget_name:
+            settled[gs.BUDGET_NAME] = done.budget_name
+        if done.incomplete:
+            settled[gs.ACCOUNTING_INCOMPLETE] = True
+            settled[gs.ACCOUNTING_INCOMPLETE_REASON] = done.incomplete
+        changes.events.append(SpanEventToAdd(row, gs.EVENT_BUDGET_RECONCILIATION, ends[row], settled))
+    written = changes.set_attributes
+    written[gs.ACCOUNTING_RESERVED] = pl.Series(gs.ACCOUNTING_RESERVED, reserved, dtype=pl.Float64)
+    if any(value is not None for value in actual):
+        # The stage's own actual stays where this one has none (a span that was not reserved).
+        own = written.get(gs.ACCOUNTING_ACTUAL)
+        merged = pl.Series(gs.ACCOUNTING_ACTUAL, actual, dtype=pl.Float64)
+        written[gs.ACCOUNTING_ACTUAL] = merged if own is None else merged.fill_null(own.cast(pl.Float64))
+        written[gs.ACCOUNTING_RECONCILIATION_DELTA] = pl.Series(
+            gs.ACCOUNTING_RECONCILIATION_DELTA, delta, dtype=pl.Float64
+        )
+    own_unit = written.get(gs.ACCOUNTING_UNIT)
+    units = pl.Series(gs.ACCOUNTING_UNIT, unit, dtype=pl.String)
+    written[gs.ACCOUNTING_UNIT] = units if own_unit is None else units.fill_null(own_unit.cast(pl.String))
+    if any(incomplete):
+        written[gs.ACCOUNTING_INCOMPLETE] = pl.Series(gs.ACCOUNTING_INCOMPLETE, incomplete, dtype=pl.Boolean)
+    return changes
+
+
+def _times(batch: TelemetryBatch, name: str, rows: int) -> list[int]:
+    column = batch.column_series(name)
+    if column is None:
+        return [0] * rows
+    return [int(value or 0) for value in column.to_list()]
