@@ -43,6 +43,7 @@ from processor.ledger import LedgerPlan, LedgerSettings
 from processor.outbound import NO_REDACTION, OutboundRedaction
 from processor.pipeline import ENGINE_NATIVE, ENGINE_POLARS, BatchChanges
 from processor.policy_native import NativePolicy
+from processor.reservations import Reconciliation, ReservationMetrics, StoreSettings, open_reservations
 from processor.span_values import InvalidValueMetrics, check_batch
 
 if TYPE_CHECKING:
@@ -68,8 +69,11 @@ class PolicyStage:
         outbound: OutboundRedaction = NO_REDACTION,
         invalid: InvalidValueMetrics | None = None,
         ledger: LedgerPlan | None = None,
+        reconciliation: Reconciliation | None = None,
     ) -> None:
         self.source = source
+        # Reserved spans (processor/reservations.py), reconciled after the batch's charge.
+        self.reconciliation = reconciliation
         self.store = store
         self.ledger = ledger
         self.attribution = attribution
@@ -77,11 +81,15 @@ class PolicyStage:
         self._invalid = invalid or InvalidValueMetrics.of(CollectorRegistry())
         # For the budget status API (HTTP and gRPC) in the process that runs this stage.
         self.budget_status = BudgetStatusReader(source, store, outbound)
+        if reconciliation is not None:
+            reconciliation.pair(self.budget_status)
         self._plan: _Plan | None = None
 
     def close(self) -> None:
         self.source.close()
         self.store.close()
+        if self.reconciliation is not None:
+            self.reconciliation.store.close()
         self.metrics.close()
 
     def wanted_keys(self) -> WantedKeys:
@@ -112,7 +120,10 @@ class PolicyStage:
                 changes = changes.with_engine(ENGINE_NATIVE)
         if changes is None:
             changes = self._process_polars(batch, plan, store).with_engine(ENGINE_POLARS)
-        return _with_forecast(awu.add_awu_changes(batch, changes, self.attribution), plan.budget_names)
+        changes = awu.add_awu_changes(batch, changes, self.attribution)
+        if self.reconciliation is not None:
+            changes = self.reconciliation.add_changes(batch, changes)
+        return _with_forecast(changes, plan.budget_names)
 
     def _process_polars(self, batch: TelemetryBatch, plan: _Plan, store: BudgetStore) -> BatchChanges:
         frame = batch.frame
@@ -391,14 +402,21 @@ def build_policy_stage(
         if config.ledger.enabled
         else None
     )
+    store = open_store(config.state_backend, config.state_path, config.redis_url, registry)
+    reservations = open_reservations(config.state_backend, config.state_path, config.redis_url, store)
     return PolicyStage(
         source=PolicySource(config.policy_file, config.reload_interval_seconds, registry),
-        store=open_store(config.state_backend, config.state_path, config.redis_url, registry),
+        store=store,
         attribution=attribution,
         metrics=GovernanceMetrics(registry, labels, config.metrics_max_label_values, outbound),
         outbound=outbound,
         invalid=InvalidValueMetrics.of(registry),
         ledger=ledger,
+        reconciliation=Reconciliation(
+            reservations,
+            ReservationMetrics.of(registry),
+            StoreSettings(config.state_backend, config.state_path, config.redis_url),
+        ),
     )
 
 

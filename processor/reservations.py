@@ -32,6 +32,7 @@ import re
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -645,9 +646,9 @@ class ReservationMetrics:
 
     @staticmethod
     def of(registry: CollectorRegistry) -> ReservationMetrics:
-        found = _METRICS.get(id(registry))
+        found = _METRICS.get(registry)
         if found is None:
-            found = _METRICS[id(registry)] = ReservationMetrics(
+            found = _METRICS[registry] = ReservationMetrics(
                 Counter(
                     "genops_budget_reservations",
                     "Reserve answers (GenOps §3), by result and reason code.",
@@ -669,7 +670,22 @@ class ReservationMetrics:
         return found
 
 
-_METRICS: dict[int, ReservationMetrics] = {}
+# One set per registry: the stage and the API of one process may share a registry.
+_METRICS: weakref.WeakKeyDictionary[CollectorRegistry, ReservationMetrics] = weakref.WeakKeyDictionary()
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """policy.state_backend, .state_path and .redis_url of the budget store reserved against."""
+
+    backend: str
+    state_path: str
+    redis_url: str
+
+
+# The store settings of a policy stage's budget status reader (see Reconciliation.pair): the
+# stage may have been built with other settings than the process's configuration (tests).
+_SETTINGS: weakref.WeakKeyDictionary[BudgetStatusReader, StoreSettings] = weakref.WeakKeyDictionary()
 
 
 def open_reservations(backend: str, state_path: str, redis_url: str, store: BudgetStore) -> ReservationStore:
@@ -679,14 +695,14 @@ def open_reservations(backend: str, state_path: str, redis_url: str, store: Budg
         return RedisReservations(redis_url)
     if backend == "sqlite":
         return SqliteReservations(state_path or str(default_state_path()))
-    found = _MEMORY.get(id(store))
+    found = _MEMORY.get(store)
     if found is None:
-        found = _MEMORY[id(store)] = MemoryReservations(store)
+        found = _MEMORY[store] = MemoryReservations(store)
     return found
 
 
 # One memory book per memory budget store: the stage and the API of one process share it.
-_MEMORY: dict[int, MemoryReservations] = {}
+_MEMORY: weakref.WeakKeyDictionary[BudgetStore, MemoryReservations] = weakref.WeakKeyDictionary()
 
 
 class ReservationBook:
@@ -714,7 +730,8 @@ class ReservationBook:
     @staticmethod
     def from_config(config: SidecarConfig, reader: BudgetStatusReader, registry: CollectorRegistry) -> ReservationBook:
         policy = config.policy
-        store = open_reservations(policy.state_backend, policy.state_path, policy.redis_url, reader.store)
+        settings = _SETTINGS.get(reader) or StoreSettings(policy.state_backend, policy.state_path, policy.redis_url)
+        store = open_reservations(settings.backend, settings.state_path, settings.redis_url, reader.store)
         return ReservationBook(reader, store, ReservationMetrics.of(registry), config.cost.pricing_file)
 
     def holds(self, attribution: Mapping[str, str], now: float) -> list[Hold]:
@@ -785,16 +802,24 @@ class ReservationBook:
 
 
 # The books of this process, one per budget status reader: the gRPC and HTTP APIs share one.
-_BOOKS: dict[int, ReservationBook] = {}
+_BOOKS: weakref.WeakKeyDictionary[BudgetStatusReader, ReservationBook] = weakref.WeakKeyDictionary()
 _BOOKS_LOCK = threading.Lock()
 
 
 def book_for(config: SidecarConfig, reader: BudgetStatusReader, registry: CollectorRegistry) -> ReservationBook:
     with _BOOKS_LOCK:
-        book = _BOOKS.get(id(reader))
+        book = _BOOKS.get(reader)
         if book is None:
-            book = _BOOKS[id(reader)] = ReservationBook.from_config(config, reader, registry)
+            book = _BOOKS[reader] = ReservationBook.from_config(config, reader, registry)
         return book
+
+
+def forget_book(book: ReservationBook) -> None:
+    """Closes a book of `book_for` (its server stopped)."""
+    with _BOOKS_LOCK:
+        for key in [key for key, found in _BOOKS.items() if found is book]:
+            del _BOOKS[key]
+    book.close()
 
 
 # --- the APIs -------------------------------------------------------------------------------
@@ -933,9 +958,17 @@ class Reconciliation:
     """The policy stage's side: a batch's reserved spans get their accounting attributes and
     events, and their holds are released."""
 
-    def __init__(self, store: ReservationStore, metrics: ReservationMetrics) -> None:
+    def __init__(
+        self, store: ReservationStore, metrics: ReservationMetrics, settings: StoreSettings | None = None
+    ) -> None:
         self.store = store
         self.metrics = metrics
+        self.settings = settings
+
+    def pair(self, reader: BudgetStatusReader) -> None:
+        """The API answering from `reader` (the stage's) reserves in this stage's store."""
+        if self.settings is not None:
+            _SETTINGS[reader] = self.settings
 
     def add_changes(self, batch: TelemetryBatch, changes: BatchChanges, now: float | None = None) -> BatchChanges:
         """Called after the stage's charge (so the actual cost is in before the hold goes)."""
@@ -949,7 +982,14 @@ class Reconciliation:
         actuals = actual.to_list() if actual is not None else [None] * len(result)
         rows = {awu_id(*ids[row]): row for row, decided in enumerate(result.to_list()) if decided is not None}
         now = time.time() if now is None else now
-        found = self.store.reconcile({awu: actuals[row] for awu, row in rows.items()}, now)
+        try:
+            found = self.store.reconcile({awu: actuals[row] for awu, row in rows.items()}, now)
+        except Exception as exc:
+            # The store is down: the charge is kept by the guarded budget store; the holds stay
+            # until their time to live (counting against the budget: no over-commit) and the
+            # batch keeps the stage's other changes.
+            log.warning("budget reservation reconciliation failed", error_type=type(exc).__name__)
+            return changes
         if getattr(self.store, "expired", 0):
             self.metrics.expired.inc(self.store.expired)  # type: ignore[attr-defined]
         if not found:

@@ -225,7 +225,7 @@ def run(config: SidecarConfig) -> int:
     from prometheus_client.multiprocess import MultiProcessCollector
 
     from processor.observability import PipelineMetrics, SidecarMetrics
-    from processor.server import ProbeServer, Readiness, budget_routes, build_stages, serve_forever
+    from processor.server import ProbeServer, Readiness, budget_routes, build_stages, reservation_routes, serve_forever
 
     readiness = Readiness(ready=False, reasons=["starting"])
     metrics_dir = None
@@ -248,7 +248,8 @@ def run(config: SidecarConfig) -> int:
         metrics = SidecarMetrics.create(registry, with_pipeline=False)
         processing = PoolProcessing(config, metrics_dir)
     routes = budget_routes(processing, config.budget_api)
-    probes = ProbeServer(config.http, lambda: metrics.registry, readiness, routes).start()
+    post_routes = reservation_routes(processing, config, metrics.registry)
+    probes = ProbeServer(config.http, lambda: metrics.registry, readiness, routes, post_routes).start()
     log.info("probes and /metrics on HTTP", listen=config.http.listen, workers=config.server.workers)
 
     async def main() -> None:
