@@ -476,7 +476,9 @@ end
 """
 
 # KEYS: live index, record prefix, holds prefix, consumed prefix, recent marker.
-# ARGV: now, awu, amount, expires_at, forget_at, then per budget window: key, limit, enforced, name.
+# ARGV: now, awu, amount, expires_at, forget_at, the window keys as JSON, then per budget window:
+# key, limit, enforced, name. The record is put together from the arguments' own text, not by
+# cjson, which keeps only 14 significant digits of a number.
 # Mirrors `decide`: the first enforced window with no room blocks; otherwise every window gets
 # the hold. Returns {expired swept, repeated, result, reason, budget, remaining or '', record}.
 _RESERVE = (
@@ -488,7 +490,7 @@ local record_key = KEYS[2] .. awu
 local found = redis.call('HGET', record_key, 'record')
 if found then return {expired, 1, 'ALLOWED', '', '', '', found} end
 local keys, tight_room, tight_name = {}, nil, ''
-for i = 6, #ARGV, 4 do
+for i = 7, #ARGV, 4 do
   local key, limit, enforced, name = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2] == '1', ARGV[i + 3]
   table.insert(keys, key)
   if enforced then
@@ -496,22 +498,23 @@ for i = 6, #ARGV, 4 do
     for _, held in ipairs(redis.call('HVALS', KEYS[3] .. key)) do used = used + tonumber(held) end
     if used >= limit then return {expired, 0, 'BLOCKED', 'BUDGET_EXCEEDED', name, '0', ''} end
     if used + amount > limit then
-      return {expired, 0, 'BLOCKED', 'BUDGET_RESERVATION_FAILED', name, tostring(limit - used), ''}
+      return {expired, 0, 'BLOCKED', 'BUDGET_RESERVATION_FAILED', name, string.format('%.17g', limit - used), ''}
     end
     local room = limit - used - amount
     if tight_room == nil or room < tight_room then tight_room, tight_name = room, name end
   end
 end
-local record = cjson.encode({at = now, reserved = amount, budget = tight_name,
-  remaining = tight_room == nil and cjson.null or tight_room, expires_at = tonumber(ARGV[4]), keys = keys})
-if #keys == 0 then record = string.gsub(record, '"keys":{}', '"keys":[]') end
+local remaining = tight_room == nil and '' or string.format('%.17g', tight_room)
+local record = '{"at":' .. ARGV[1] .. ',"reserved":' .. ARGV[3] .. ',"budget":' .. cjson.encode(tight_name)
+  .. ',"remaining":' .. (remaining == '' and 'null' or remaining) .. ',"expires_at":' .. ARGV[4]
+  .. ',"keys":' .. ARGV[6] .. '}'
 redis.call('HSET', record_key, 'state', 'held', 'record', record)
 redis.call('EXPIREAT', record_key, ARGV[5])
 for _, key in ipairs(keys) do redis.call('HSET', KEYS[3] .. key, awu, ARGV[3]) end
 redis.call('ZADD', KEYS[1], ARGV[4], awu)
 redis.call('SET', KEYS[5], '1')
 redis.call('EXPIREAT', KEYS[5], ARGV[5])
-return {expired, 0, 'ALLOWED', '', tight_name, tight_room == nil and '' or tostring(tight_room), record}
+return {expired, 0, 'ALLOWED', '', tight_name, remaining, record}
 """
 )
 
@@ -585,6 +588,7 @@ class RedisReservations:
 
     def reserve(self, awu: str, amount: float, holds: list[Hold], now: float, expires_at: float) -> Decision:
         args: list[object] = [repr(now), awu, repr(amount), repr(expires_at), int(expires_at + REMEMBER_SECONDS)]
+        args.append(json.dumps([hold.key for hold in holds]))
         for hold in holds:
             args += [hold.key, repr(hold.limit_usd), "1" if hold.enforced else "0", hold.budget]
         expired, repeated, result, reason, budget, remaining, record = self._reserve(

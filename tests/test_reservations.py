@@ -1,0 +1,222 @@
+"""Reservation before execution (GenOps spec §3, processor/reservations.py) against the real
+stores: a SQLite file and a real redis-server. Times are passed in, not waited for."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from processor import genops_semconv as gs
+from processor.config import PolicyConfig, SidecarConfig
+from processor.decode import decode_traces
+from processor.policy_stage import build_policy_stage
+from processor.reservations import (
+    INCOMPLETE_EXPIRED,
+    ReservationBook,
+    ReservationError,
+    ReservationRequest,
+)
+from tests.collector_harness import free_port
+from tests.otlp_builders import span, trace_request
+from tests.test_budget_store_faults import start_redis
+
+LIMIT = 1.0
+POLICY = {
+    "budgets": [
+        {"name": "ml-daily", "limit_usd": LIMIT, "period": "daily", "mode": "enforced", "dimension": "team"},
+        {"name": "all-advisory", "limit_usd": 0.01, "period": "daily", "mode": "advisory"},
+    ]
+}
+ATTRIBUTED = {"genops.team": "ml", "genops.project": "chat", "genops.environment": "production"}
+ATTRIBUTION = {"team": "ml", "project": "chat", "environment": "production"}
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store_settings(request, tmp_path):
+    if request.param == "sqlite":
+        yield {"state_backend": "sqlite", "state_path": str(tmp_path / "state" / "budgets.sqlite")}
+        return
+    port = free_port()
+    redis_dir = tmp_path / "redis"
+    redis_dir.mkdir()
+    process = start_redis(port, redis_dir)
+    try:
+        yield {
+            "state_backend": "redis",
+            "redis_url": f"redis://127.0.0.1:{port}/0",
+            "state_path": str(tmp_path / "state" / "budgets.sqlite"),
+        }
+    finally:
+        process.kill()
+        process.wait()
+
+
+class Sidecar:
+    """A policy stage and a reservation book over one store, as in one `serve` process."""
+
+    def __init__(self, tmp_path, settings: dict[str, str]) -> None:
+        policy_file = tmp_path / "policy.json"
+        policy_file.write_text(json.dumps(POLICY))
+        self.registry = CollectorRegistry()
+        config = PolicyConfig(enabled=True, policy_file=str(policy_file), **settings)
+        self.stage = build_policy_stage(config, self.registry)
+        self.book = ReservationBook.from_config(SidecarConfig(policy=config), self.stage.budget_status, self.registry)
+        # The sweeper thread off: these tests pass their own clock.
+        self.book._stop.set()
+
+    def reserve(self, ids: tuple[str, str], usd: float, now: float, ttl: float = 60.0):
+        return self.book.reserve(ReservationRequest(*ids, ATTRIBUTION, "gpt-4o", "openai", usd, ttl_seconds=ttl), now)
+
+    def send(self, spans, now: float):
+        batch = decode_traces(trace_request(spans).SerializeToString(), self.stage.wanted_keys())
+        reconciliation = self.stage.reconciliation
+        original = reconciliation.add_changes
+        reconciliation.add_changes = lambda b, c: original(b, c, now)  # the test's clock
+        try:
+            return self.stage.process(batch)
+        finally:
+            reconciliation.add_changes = original
+
+    def consumed(self) -> float:
+        return next(s.consumed_usd for s in self.stage.budget_status.status({"team": "ml"}) if s.name == "ml-daily")
+
+    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
+        return self.registry.get_sample_value(name, labels or {}) or 0.0
+
+    def close(self) -> None:
+        self.book.close()
+        self.stage.close()
+
+
+@pytest.fixture
+def sidecar(tmp_path, store_settings):
+    sidecar = Sidecar(tmp_path, store_settings)
+    yield sidecar
+    sidecar.close()
+
+
+def ids(n: int) -> tuple[str, str]:
+    return (f"{n + 1:032x}", f"{n + 1:016x}")
+
+
+def llm_span(awu: tuple[str, str], cost: float | None, start_ns: int):
+    attributes: dict[str, object] = {**ATTRIBUTED, "gen_ai.request.model": "gpt-4o", "gen_ai.operation.name": "chat"}
+    if cost is not None:
+        attributes["genops.cost.total"] = cost
+    found = span(attributes=attributes, start_time_unix_nano=start_ns)
+    found.trace_id, found.span_id = bytes.fromhex(awu[0]), bytes.fromhex(awu[1])
+    found.end_time_unix_nano = start_ns + 10**9
+    return found
+
+
+def test_holds_count_until_the_budget_has_no_room(sidecar):
+    now = time.time()
+    first = sidecar.reserve(ids(0), 0.4, now)
+    assert (first.result, first.reason_code, first.budget_name) == (gs.ALLOWED, "", "ml-daily")
+    assert first.remaining == pytest.approx(0.6)
+    assert sidecar.reserve(ids(1), 0.4, now).result == gs.ALLOWED
+    # 0.8 held: 0.4 more does not fit (the advisory budget, held past its limit, never blocks).
+    third = sidecar.reserve(ids(2), 0.4, now)
+    assert (third.result, third.reason_code, third.budget_name) == (
+        gs.BLOCKED,
+        gs.BUDGET_RESERVATION_FAILED,
+        "ml-daily",
+    )
+    assert sidecar.reserve(ids(3), 0.2, now).result == gs.ALLOWED
+    # Held to the limit: no capacity at all.
+    assert sidecar.reserve(ids(4), 0.01, now).reason_code == gs.BUDGET_EXCEEDED
+    # A repeated Reserve (a gateway retrying a lost answer) gets the first answer, holds nothing more.
+    again = sidecar.reserve(ids(0), 0.4, now)
+    assert again.repeated and again.result == gs.ALLOWED and again.reserved == 0.4
+    assert sidecar.metric("genops_budget_reservations_total", {"result": "ALLOWED", "reason_code": "none"}) == 3
+    assert sidecar.consumed() == 0.0  # holds are not spend
+
+
+def test_release_gives_the_room_back_once(sidecar):
+    now = time.time()
+    assert sidecar.reserve(ids(0), 0.9, now).result == gs.ALLOWED
+    assert sidecar.reserve(ids(1), 0.2, now).result == gs.BLOCKED
+    assert sidecar.book.release(*ids(0), now=now) is True
+    assert sidecar.book.release(*ids(0), now=now) is False
+    assert sidecar.reserve(ids(1), 0.2, now).result == gs.ALLOWED
+
+
+def test_expired_holds_are_released_and_counted(sidecar):
+    now = time.time()
+    assert sidecar.reserve(ids(0), 0.9, now, ttl=10).result == gs.ALLOWED
+    assert sidecar.reserve(ids(1), 0.5, now + 9).result == gs.BLOCKED
+    assert sidecar.metric("genops_budget_reservations_expired_total") == 0
+    assert sidecar.reserve(ids(1), 0.5, now + 11).result == gs.ALLOWED
+    assert sidecar.metric("genops_budget_reservations_expired_total") == 1
+
+
+def test_the_span_reconciles_its_reservation_once(sidecar):
+    now = time.time()
+    start_ns = int(now * 1e9)
+    assert sidecar.reserve(ids(0), 0.5, now).result == gs.ALLOWED
+    assert sidecar.reserve(ids(1), 0.25, now).result == gs.ALLOWED
+    spans = [llm_span(ids(0), 0.3, start_ns), llm_span(ids(1), 0.25, start_ns), llm_span(ids(9), 0.125, start_ns)]
+    first = sidecar.send(spans, now + 1)
+    attrs = first.set_attributes
+    assert attrs[gs.ACCOUNTING_RESERVED].to_list() == [0.5, 0.25, None]
+    assert attrs[gs.ACCOUNTING_ACTUAL].to_list() == [0.3, 0.25, 0.125]
+    assert attrs[gs.ACCOUNTING_RECONCILIATION_DELTA].to_list() == [pytest.approx(-0.2), 0.0, None]
+    assert attrs[gs.ACCOUNTING_UNIT].to_list() == ["USD"] * 3
+    assert gs.ACCOUNTING_INCOMPLETE not in attrs
+    events = {(e.row, e.name): e for e in first.events}
+    booked = events[(0, gs.EVENT_BUDGET_RESERVATION)]
+    assert booked.attributes == {
+        gs.ACCOUNTING_RESERVED: 0.5,
+        gs.ACCOUNTING_UNIT: "USD",
+        gs.BUDGET_NAME: "ml-daily",
+        gs.BUDGET_REMAINING: pytest.approx(0.5),
+    }
+    assert booked.time_unix_nano == int(now * 1e9)
+    settled = events[(0, gs.EVENT_BUDGET_RECONCILIATION)]
+    assert settled.attributes[gs.ACCOUNTING_ACTUAL] == 0.3
+    assert settled.attributes[gs.ACCOUNTING_RECONCILIATION_DELTA] == pytest.approx(-0.2)
+    assert settled.time_unix_nano == start_ns + 10**9
+    assert (2, gs.EVENT_BUDGET_RESERVATION) not in events
+    # Holds released, actual charged: 0.3 + 0.25 + 0.125 spent, the rest of the budget free.
+    assert sidecar.consumed() == pytest.approx(0.675)
+    assert sidecar.reserve(ids(2), 0.325, now + 1).result == gs.ALLOWED
+    assert sidecar.book.release(*ids(2), now=now + 1)
+    # The Collector retries the batch: the same attributes and events, nothing charged or released.
+    again = sidecar.send(spans, now + 2)
+    assert again.set_attributes[gs.ACCOUNTING_RESERVED].to_list() == [0.5, 0.25, None]
+    assert sorted((e.row, e.name) for e in again.events) == sorted((e.row, e.name) for e in first.events)
+    assert sidecar.consumed() == pytest.approx(0.675)
+    assert sidecar.metric("genops_budget_reconciliations_total", {"status": "complete"}) == 2
+
+
+def test_a_span_after_expiry_is_charged_and_flagged_incomplete(sidecar):
+    now = time.time()
+    assert sidecar.reserve(ids(0), 0.5, now, ttl=5).result == gs.ALLOWED
+    changes = sidecar.send([llm_span(ids(0), 0.375, int(now * 1e9))], now + 6)
+    assert changes.set_attributes[gs.ACCOUNTING_INCOMPLETE].to_list() == [True]
+    assert changes.set_attributes[gs.ACCOUNTING_RESERVED].to_list() == [0.5]
+    settled = next(e for e in changes.events if e.name == gs.EVENT_BUDGET_RECONCILIATION)
+    assert settled.attributes[gs.ACCOUNTING_INCOMPLETE_REASON] == INCOMPLETE_EXPIRED
+    assert settled.attributes[gs.ACCOUNTING_ACTUAL] == 0.375
+    assert sidecar.consumed() == pytest.approx(0.375)
+    assert sidecar.metric("genops_budget_reservations_expired_total") == 1
+    assert sidecar.metric("genops_budget_reconciliations_total", {"status": "incomplete"}) == 1
+
+
+def test_tokens_are_priced_and_bad_requests_refused(sidecar):
+    now = time.time()
+    request = ReservationRequest(*ids(0), ATTRIBUTION, "gpt-4o", "openai", estimated_input_tokens=1000)
+    decision = sidecar.book.reserve(request, now)
+    assert decision.result == gs.ALLOWED and 0 < decision.reserved < 0.1
+    for bad in (
+        ReservationRequest("xyz", ids(1)[1], ATTRIBUTION, estimated_usd=0.1),
+        ReservationRequest("0" * 32, ids(1)[1], ATTRIBUTION, estimated_usd=0.1),
+        ReservationRequest(*ids(1), {"squad": "ml"}, estimated_usd=0.1),
+        ReservationRequest(*ids(1), ATTRIBUTION, estimated_usd=float("nan")),
+        ReservationRequest(*ids(1), ATTRIBUTION, "no-such-model", estimated_input_tokens=10),
+    ):
+        with pytest.raises(ReservationError):
+            sidecar.book.reserve(bad, now)
