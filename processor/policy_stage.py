@@ -43,7 +43,7 @@ from processor.ledger import LedgerPlan, LedgerSettings
 from processor.outbound import NO_REDACTION, OutboundRedaction
 from processor.pipeline import ENGINE_NATIVE, ENGINE_POLARS, BatchChanges
 from processor.policy_native import NativePolicy
-from processor.reservations import Reconciliation, ReservationMetrics, StoreSettings, open_reservations
+from processor.reservations import Reconciliation, StoreSettings, open_reservations, reconciliation_counter
 from processor.span_values import InvalidValueMetrics, check_batch
 
 if TYPE_CHECKING:
@@ -414,7 +414,7 @@ def build_policy_stage(
         ledger=ledger,
         reconciliation=Reconciliation(
             reservations,
-            ReservationMetrics.of(registry),
+            reconciliation_counter(registry),
             StoreSettings(config.state_backend, config.state_path, config.redis_url),
         ),
     )

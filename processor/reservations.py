@@ -12,9 +12,12 @@ attribution falls under, in the current window, until:
   The span gets genops.accounting.reserved/.actual/.reconciliation_delta and the
   genops.budget.reservation and genops.budget.reconciliation events. A reconciled reservation is
   remembered for a day, so a retried batch gets the same attributes and changes nothing;
-- its time to live passes: released by the next store operation (or the sweeper thread) and
-  counted in genops_budget_reservations_expired_total. A span that comes later is charged as any
-  span is and its reconciliation flagged incomplete (§3.5: the record is kept, not discarded);
+- its time to live passes: released by the API process's sweeper (every second) or its next
+  Reserve/Release, and counted in genops_budget_reservations_expired_total there (only there:
+  a pod's /metrics adds its worker processes' metrics, and one name from two places would be a
+  duplicate family). A span that comes after the release is charged as any span is and its
+  reconciliation flagged incomplete (§3.5: the record is kept, not discarded); one that comes
+  before it, a little past the time to live, still finds its hold and reconciles it;
 - the gateway calls Release (it did not make the call).
 
 Answers are deterministic for a given store state (§3.5); a Reserve repeated with the same ids
@@ -282,7 +285,6 @@ class MemoryReservations:
 
     def reconcile(self, actuals: dict[str, float | None], now: float) -> dict[str, Reconciled]:
         with self._lock:
-            self._sweep(now)
             out = {}
             for awu, actual in actuals.items():
                 row = self._rows.get(awu)
@@ -412,7 +414,6 @@ class SqliteReservations:
 
     def reconcile(self, actuals: dict[str, float | None], now: float) -> dict[str, Reconciled]:
         def work() -> dict[str, Reconciled]:
-            self.expired = self._sweep(now)
             out = {}
             for awu, actual in actuals.items():
                 row = self._db.execute(
@@ -519,12 +520,10 @@ return {expired, 0, 'ALLOWED', '', tight_name, remaining, record}
 )
 
 # KEYS: live index, record prefix, holds prefix. ARGV: now, forget_at, then (awu, actual or '').
-# Returns {expired swept, then per AWU: awu, record, actual or '', incomplete, first} for reserved ones.
-_RECONCILE = (
-    _SWEEP
-    + """
-local expired = sweep(tonumber(ARGV[1]))
-local out = {expired}
+# Returns per AWU reserved: awu, record, actual or '', incomplete, first. Sweeps nothing: expiry is
+# the API process's to count.
+_RECONCILE = """
+local out = {}
 for i = 3, #ARGV, 2 do
   local awu, actual = ARGV[i], ARGV[i + 1]
   local record_key = KEYS[2] .. awu
@@ -552,7 +551,6 @@ for i = 3, #ARGV, 2 do
 end
 return out
 """
-)
 
 # KEYS: live index, record prefix, holds prefix. ARGV: now, awu. Returns {expired, released}.
 _RELEASE = (
@@ -617,9 +615,8 @@ class RedisReservations:
         for awu, amount in actuals.items():
             args += [awu, "" if amount is None else repr(amount)]
         found = self._reconcile(keys=list(self._KEYS), args=args)
-        self.expired = int(found[0])
         out = {}
-        for at in range(1, len(found), 5):
+        for at in range(0, len(found), 5):
             awu, record, actual, incomplete, first = (_text(item) for item in found[at : at + 5])
             out[awu] = _reconciled(record, float(actual) if actual else None, incomplete, first == "1")
         return out
@@ -644,9 +641,10 @@ def _rfc3339(epoch: float) -> str:
 
 @dataclass
 class ReservationMetrics:
+    """The API process's: Reserve answers and expired holds."""
+
     reservations: Counter
     expired: Counter
-    reconciliations: Counter
 
     @staticmethod
     def of(registry: CollectorRegistry) -> ReservationMetrics:
@@ -664,18 +662,26 @@ class ReservationMetrics:
                     "Holds released because their span did not come within their time to live.",
                     registry=registry,
                 ),
-                Counter(
-                    "genops_budget_reconciliations",
-                    "Reserved spans reconciled (first time only), by whether the record is complete.",
-                    ["status"],
-                    registry=registry,
-                ),
             )
         return found
 
 
+def reconciliation_counter(registry: CollectorRegistry) -> Counter:
+    """The policy stage's (worker processes'): reserved spans reconciled."""
+    found = _RECONCILIATIONS.get(registry)
+    if found is None:
+        found = _RECONCILIATIONS[registry] = Counter(
+            "genops_budget_reconciliations",
+            "Reserved spans reconciled (the first time only), by whether the record is complete.",
+            ["status"],
+            registry=registry,
+        )
+    return found
+
+
 # One set per registry: the stage and the API of one process may share a registry.
 _METRICS: weakref.WeakKeyDictionary[CollectorRegistry, ReservationMetrics] = weakref.WeakKeyDictionary()
+_RECONCILIATIONS: weakref.WeakKeyDictionary[CollectorRegistry, Counter] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -786,6 +792,12 @@ class ReservationBook:
         self._count_expired(getattr(self.store, "expired", 0))
         return released
 
+    def sweep(self, now: float | None = None) -> int:
+        """Releases the expired holds now (the sweeper thread does every second); returns how many."""
+        count = self.store.sweep(time.time() if now is None else now)
+        self._count_expired(count)
+        return count
+
     def _count_expired(self, count: int) -> None:
         if count:
             self.metrics.expired.inc(count)
@@ -794,7 +806,7 @@ class ReservationBook:
     def _sweep_every(self, seconds: float) -> None:
         while not self._stop.wait(seconds):
             try:
-                self._count_expired(self.store.sweep(time.time()))
+                self.sweep()
             except Exception as exc:  # the store may be down; the next sweep tries again
                 log.warning("budget reservation sweep failed", error_type=type(exc).__name__)
 
@@ -962,11 +974,9 @@ class Reconciliation:
     """The policy stage's side: a batch's reserved spans get their accounting attributes and
     events, and their holds are released."""
 
-    def __init__(
-        self, store: ReservationStore, metrics: ReservationMetrics, settings: StoreSettings | None = None
-    ) -> None:
+    def __init__(self, store: ReservationStore, reconciled: Counter, settings: StoreSettings | None = None) -> None:
         self.store = store
-        self.metrics = metrics
+        self.reconciled = reconciled
         self.settings = settings
 
     def pair(self, reader: BudgetStatusReader) -> None:
@@ -977,7 +987,13 @@ class Reconciliation:
     def add_changes(self, batch: TelemetryBatch, changes: BatchChanges, now: float | None = None) -> BatchChanges:
         """Called after the stage's charge (so the actual cost is in before the hold goes)."""
         result = changes.set_attributes.get(gs.POLICY_RESULT)
-        if result is None or result.null_count() == len(result) or not self.store.any_recent():
+        if result is None or result.null_count() == len(result):
+            return changes
+        try:
+            if not self.store.any_recent():
+                return changes
+        except Exception as exc:
+            log.warning("budget reservation lookup failed", error_type=type(exc).__name__)
             return changes
         ids = span_ids(batch)
         if len(ids) != len(result):
@@ -994,13 +1010,11 @@ class Reconciliation:
             # batch keeps the stage's other changes.
             log.warning("budget reservation reconciliation failed", error_type=type(exc).__name__)
             return changes
-        if getattr(self.store, "expired", 0):
-            self.metrics.expired.inc(self.store.expired)  # type: ignore[attr-defined]
         if not found:
             return changes
         for done in found.values():
             if done.first:
-                self.metrics.reconciliations.labels("incomplete" if done.incomplete else "complete").inc()
+                self.reconciled.labels("incomplete" if done.incomplete else "complete").inc()
         return _with_accounting(batch, changes, {rows[awu]: done for awu, done in found.items()})
 
 

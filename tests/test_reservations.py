@@ -195,6 +195,8 @@ def test_the_span_reconciles_its_reservation_once(sidecar):
 def test_a_span_after_expiry_is_charged_and_flagged_incomplete(sidecar):
     now = time.time()
     assert sidecar.reserve(ids(0), 0.5, now, ttl=5).result == gs.ALLOWED
+    assert sidecar.book.sweep(now + 4) == 0
+    assert sidecar.book.sweep(now + 5) == 1
     changes = sidecar.send([llm_span(ids(0), 0.375, int(now * 1e9))], now + 6)
     assert changes.set_attributes[gs.ACCOUNTING_INCOMPLETE].to_list() == [True]
     assert changes.set_attributes[gs.ACCOUNTING_RESERVED].to_list() == [0.5]
