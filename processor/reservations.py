@@ -804,11 +804,15 @@ class ReservationBook:
             log.info("budget reservations expired without their span", count=count)
 
     def _sweep_every(self, seconds: float) -> None:
+        failing = False
         while not self._stop.wait(seconds):
             try:
                 self.sweep()
+                failing = False
             except Exception as exc:  # the store may be down; the next sweep tries again
-                log.warning("budget reservation sweep failed", error_type=type(exc).__name__)
+                if not failing:  # once per outage, not every second of it
+                    log.warning("budget reservation sweep failed; retried every second", error_type=type(exc).__name__)
+                failing = True
 
     def close(self) -> None:
         self._stop.set()

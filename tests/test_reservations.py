@@ -18,6 +18,8 @@ from processor.reservations import (
     ReservationBook,
     ReservationError,
     ReservationRequest,
+    book_for,
+    forget_book,
 )
 from tests.collector_harness import free_port
 from tests.otlp_builders import span, trace_request
@@ -222,3 +224,48 @@ def test_tokens_are_priced_and_bad_requests_refused(sidecar):
     ):
         with pytest.raises(ReservationError):
             sidecar.book.reserve(bad, now)
+
+
+class _Processing:
+    def __init__(self, reader) -> None:
+        self.reader = reader
+
+    def budget_reader(self):
+        return self.reader
+
+
+def test_http_reservations_are_posts_with_a_json_body(sidecar):
+    import urllib.error
+    import urllib.request
+
+    from processor.config import HttpConfig
+    from processor.http_server import MAX_BODY_BYTES
+    from processor.server import ProbeServer, Readiness, reservation_routes
+
+    config = SidecarConfig(http=HttpConfig(listen="127.0.0.1:0"))
+    routes = reservation_routes(_Processing(sidecar.stage.budget_status), config, sidecar.registry)
+    probes = ProbeServer(config.http, lambda: sidecar.registry, Readiness(True), {}, routes).start()
+
+    def call(path: str, body: bytes | None) -> tuple[int, bytes]:
+        request = urllib.request.Request(f"http://127.0.0.1:{probes.port}{path}", data=body)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    try:
+        trace_id, span_id = ids(0)
+        asked = {"trace_id": trace_id, "span_id": span_id, "attribution": ATTRIBUTION, "estimated_usd": 0.5}
+        status, body = call("/v1/reservations", json.dumps(asked).encode())
+        assert status == 200 and json.loads(body)["result"] == gs.ALLOWED, body
+        assert call("/v1/reservations", None)[0] == 405  # GET
+        assert call("/metrics", b"{}")[0] == 405  # POST where only GET is served
+        assert call("/v1/reservations", b"not json")[0] == 400
+        assert call("/v1/reservations", json.dumps({**asked, "extra": 1}).encode())[0] == 400
+        assert call("/v1/reservations", b" " * (MAX_BODY_BYTES + 1))[0] == 413
+        status, body = call("/v1/reservations/release", json.dumps({"trace_id": trace_id, "span_id": span_id}).encode())
+        assert (status, json.loads(body)) == (200, {"released": True})
+    finally:
+        probes.stop()
+        forget_book(book_for(config, sidecar.stage.budget_status, sidecar.registry))
