@@ -416,6 +416,7 @@ def build_policy_stage(
             reservations,
             reconciliation_counter(registry),
             StoreSettings(config.state_backend, config.state_path, config.redis_url),
+            store,
         ),
     )
 

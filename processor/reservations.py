@@ -172,6 +172,8 @@ class Reconciled:
     reserved_at: float
     # Reconciled by this call (not a retried batch finding it done): counted once.
     first: bool = False
+    # The budget windows held (charged the reservation when the actual is unavailable).
+    keys: tuple[str, ...] = ()
 
     @property
     def delta(self) -> float | None:
@@ -246,7 +248,8 @@ def _incomplete(state: str, actual: float | None) -> str:
 
 def _reconciled(record: str, actual: float | None, incomplete: str, first: bool) -> Reconciled:
     found = json.loads(record)
-    return Reconciled(found["reserved"], actual, found["budget"], found["remaining"], incomplete, found["at"], first)
+    budget, keys = found["budget"], tuple(found["keys"])
+    return Reconciled(found["reserved"], actual, budget, found["remaining"], incomplete, found["at"], first, keys)
 
 
 class MemoryReservations:
@@ -978,10 +981,26 @@ class Reconciliation:
     """The policy stage's side: a batch's reserved spans get their accounting attributes and
     events, and their holds are released."""
 
-    def __init__(self, store: ReservationStore, reconciled: Counter, settings: StoreSettings | None = None) -> None:
+    def __init__(
+        self,
+        store: ReservationStore,
+        reconciled: Counter,
+        settings: StoreSettings | None = None,
+        budget_store: BudgetStore | None = None,
+    ) -> None:
         self.store = store
         self.reconciled = reconciled
+        # Where a reserved span without an actual cost is charged its reservation instead.
+        self.budget_store = budget_store
         self.settings = settings
+
+    def _charge_unpriced(self, found: dict[str, Reconciled]) -> None:
+        """The best available figure (§3.5) for a span the pricing table cannot price: its
+        reservation, charged under a fingerprint of its own, so once however often it comes."""
+        if self.budget_store is None:
+            return
+        for awu, increments in _unpriced_charge(found).items():
+            self.budget_store.apply(f"reservation:{awu}", increments, {})
 
     def pair(self, reader: BudgetStatusReader) -> None:
         """The API answering from `reader` (the stage's) reserves in this stage's store."""
@@ -1016,10 +1035,20 @@ class Reconciliation:
             return changes
         if not found:
             return changes
+        self._charge_unpriced(found)
         for done in found.values():
             if done.first:
                 self.reconciled.labels("incomplete" if done.incomplete else "complete").inc()
         return _with_accounting(batch, changes, {rows[awu]: done for awu, done in found.items()})
+
+
+def _unpriced_charge(found: dict[str, Reconciled]) -> dict[str, dict[str, float]]:
+    """AWU -> budget window -> USD: the reservation, for spans whose actual cost is unknown."""
+    return {
+        awu: {key: done.reserved for key in done.keys}
+        for awu, done in found.items()
+        if done.incomplete == INCOMPLETE_NO_ACTUAL and done.reserved > 0 and done.keys
+    }
 
 
 def span_ids(batch: TelemetryBatch) -> list[tuple[str, str]]:

@@ -15,6 +15,7 @@ from processor.decode import decode_traces
 from processor.policy_stage import build_policy_stage
 from processor.reservations import (
     INCOMPLETE_EXPIRED,
+    INCOMPLETE_NO_ACTUAL,
     ReservationBook,
     ReservationError,
     ReservationRequest,
@@ -269,3 +270,16 @@ def test_http_reservations_are_posts_with_a_json_body(sidecar):
     finally:
         probes.stop()
         forget_book(book_for(config, sidecar.stage.budget_status, sidecar.registry))
+
+
+def test_a_reserved_span_without_a_cost_is_charged_its_reservation_once(sidecar):
+    now = time.time()
+    assert sidecar.reserve(ids(0), 0.5, now).result == gs.ALLOWED
+    spans = [llm_span(ids(0), None, int(now * 1e9))]
+    for _ in range(2):  # and the Collector's retry
+        changes = sidecar.send(spans, now + 1)
+        assert changes.set_attributes[gs.ACCOUNTING_INCOMPLETE].to_list() == [True]
+        settled = next(e for e in changes.events if e.name == gs.EVENT_BUDGET_RECONCILIATION)
+        assert settled.attributes[gs.ACCOUNTING_INCOMPLETE_REASON] == INCOMPLETE_NO_ACTUAL
+        assert gs.ACCOUNTING_ACTUAL not in settled.attributes
+        assert sidecar.consumed() == pytest.approx(0.5)
