@@ -77,6 +77,8 @@ MAX_TTL_SECONDS = 86_400.0
 # queue) or a late span finds it. The same horizon as a batch fingerprint.
 REMEMBER_SECONDS = FINGERPRINT_TTL_SECONDS
 SWEEP_SECONDS = 1.0
+# After a failed store call the policy stage leaves reservations alone this long.
+RETRY_SECONDS = 5.0
 # Why a reconciliation is flagged incomplete (§3.5).
 INCOMPLETE_EXPIRED = "reservation_expired"
 INCOMPLETE_NO_ACTUAL = "actual_unavailable"
@@ -992,7 +994,22 @@ class Reconciliation:
         self.reconciled = reconciled
         # Where a reserved span without an actual cost is charged its reservation instead.
         self.budget_store = budget_store
+        self._failing_until: float | None = None
         self.settings = settings
+
+    def _store_up(self) -> bool:
+        """While the store is down (the guarded budget store says so, or a call here failed in
+        the last few seconds) batches skip reservations, so a hung Redis costs no batch a wait:
+        the charge is kept by the guarded store, and the holds of spans that pass meanwhile stay
+        until their time to live (counting against the budget: no over-commit)."""
+        if not getattr(self.budget_store, "up", True):
+            return False
+        return self._failing_until is None or time.monotonic() >= self._failing_until
+
+    def _failed(self, exc: Exception) -> None:
+        if self._failing_until is None:  # once per outage
+            log.warning("budget reservations unavailable; spans pass unreconciled", error_type=type(exc).__name__)
+        self._failing_until = time.monotonic() + RETRY_SECONDS
 
     def _charge_unpriced(self, found: dict[str, Reconciled]) -> None:
         """The best available figure (§3.5) for a span the pricing table cannot price: its
@@ -1010,13 +1027,15 @@ class Reconciliation:
     def add_changes(self, batch: TelemetryBatch, changes: BatchChanges, now: float | None = None) -> BatchChanges:
         """Called after the stage's charge (so the actual cost is in before the hold goes)."""
         result = changes.set_attributes.get(gs.POLICY_RESULT)
-        if result is None or result.null_count() == len(result):
+        if result is None or result.null_count() == len(result) or not self._store_up():
             return changes
         try:
-            if not self.store.any_recent():
-                return changes
+            recent = self.store.any_recent()
         except Exception as exc:
-            log.warning("budget reservation lookup failed", error_type=type(exc).__name__)
+            self._failed(exc)
+            return changes
+        self._failing_until = None
+        if not recent:
             return changes
         ids = span_ids(batch)
         if len(ids) != len(result):
@@ -1028,10 +1047,7 @@ class Reconciliation:
         try:
             found = self.store.reconcile({awu: actuals[row] for awu, row in rows.items()}, now)
         except Exception as exc:
-            # The store is down: the charge is kept by the guarded budget store; the holds stay
-            # until their time to live (counting against the budget: no over-commit) and the
-            # batch keeps the stage's other changes.
-            log.warning("budget reservation reconciliation failed", error_type=type(exc).__name__)
+            self._failed(exc)
             return changes
         if not found:
             return changes

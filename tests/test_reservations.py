@@ -283,3 +283,23 @@ def test_a_reserved_span_without_a_cost_is_charged_its_reservation_once(sidecar)
         assert settled.attributes[gs.ACCOUNTING_INCOMPLETE_REASON] == INCOMPLETE_NO_ACTUAL
         assert gs.ACCOUNTING_ACTUAL not in settled.attributes
         assert sidecar.consumed() == pytest.approx(0.5)
+
+
+def test_two_stores_on_one_state_never_over_commit(tmp_path, store_settings):
+    """Two sidecars' books (their own connections) and 8 threads reserving at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    first, second = Sidecar(tmp_path, store_settings), Sidecar(tmp_path, store_settings)
+    try:
+        now = time.time()
+
+        def gateway(client: int) -> int:
+            book = (first, second)[client % 2]
+            return sum(book.reserve(ids(client * 100 + n), 0.0625, now).result == gs.ALLOWED for n in range(5))
+
+        with ThreadPoolExecutor(8) as pool:
+            allowed = sum(pool.map(gateway, range(8)))
+        assert allowed == int(LIMIT / 0.0625)  # 16 of 40: exactly full
+    finally:
+        first.close()
+        second.close()
