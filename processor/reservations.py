@@ -28,9 +28,11 @@ reservation holds nothing and is not recorded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import math
+import os
 import re
 import sqlite3
 import threading
@@ -324,77 +326,89 @@ class SqliteReservations:
     consumed and held amounts and the new hold one step against every process writing the file."""
 
     def __init__(self, path: str) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, timeout=OPEN_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA busy_timeout=2000")
-        deadline = time.monotonic() + OPEN_TIMEOUT_SECONDS
-        while True:
-            try:
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.execute(
-                    "CREATE TABLE IF NOT EXISTS consumed"
-                    " (key TEXT PRIMARY KEY, usd REAL NOT NULL, expires_at INTEGER NOT NULL)"
-                )
-                self._db.execute(
-                    "CREATE TABLE IF NOT EXISTS reservations (awu TEXT PRIMARY KEY, state TEXT NOT NULL,"
-                    " record TEXT NOT NULL, expires_at REAL NOT NULL, forget_at REAL NOT NULL,"
-                    " actual REAL, incomplete TEXT NOT NULL DEFAULT '')"
-                )
-                self._db.execute(
-                    "CREATE TABLE IF NOT EXISTS holds (key TEXT NOT NULL, awu TEXT NOT NULL, usd REAL NOT NULL,"
-                    " expires_at REAL NOT NULL, PRIMARY KEY (key, awu))"
-                )
-                break
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.01)
+        self._db: sqlite3.Connection | None = None
+        self._inode: int | None = None
+        # Opened on first use and again when the path names another file (deleted, replaced,
+        # moved away when corrupt, as the guarded budget store asks): a corrupt file makes the
+        # calls fail (the API answers UNAVAILABLE, the stage passes spans unreconciled), and the
+        # sidecar starts all the same.
+        with contextlib.suppress(sqlite3.Error, OSError):
+            self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            inode: int | None = os.stat(self.path).st_ino
+        except FileNotFoundError:
+            inode = None
+        if self._db is not None and inode == self._inode:
+            return self._db
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, timeout=OPEN_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False)
+        try:
+            _create_tables(db)
+            self._inode = os.stat(self.path).st_ino
+        except BaseException:
+            db.close()
+            raise
+        self._db = db
+        return db
+
+    @property
+    def _tx(self) -> sqlite3.Connection:
+        """The connection, inside `_transaction` (which opened it)."""
+        assert self._db is not None
+        return self._db
 
     def _transaction(self, work):
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            db = self._open()
+            db.execute("BEGIN IMMEDIATE")
             try:
                 result = work()
-                self._db.execute("COMMIT")
+                db.execute("COMMIT")
                 return result
             except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
                 raise
 
     def _sweep(self, now: float) -> int:
-        expired = self._db.execute(
+        expired = self._tx.execute(
             "UPDATE reservations SET state = 'expired' WHERE state = 'held' AND expires_at <= ?", (now,)
         ).rowcount
         if expired:
-            self._db.execute("DELETE FROM holds WHERE expires_at <= ?", (now,))
-        self._db.execute("DELETE FROM reservations WHERE forget_at <= ?", (now,))
+            self._tx.execute("DELETE FROM holds WHERE expires_at <= ?", (now,))
+        self._tx.execute("DELETE FROM reservations WHERE forget_at <= ?", (now,))
         return expired
 
     def reserve(self, awu: str, amount: float, holds: list[Hold], now: float, expires_at: float) -> Decision:
         def work() -> tuple[Decision, int]:
             expired = self._sweep(now)
-            row = self._db.execute("SELECT record FROM reservations WHERE awu = ?", (awu,)).fetchone()
+            row = self._tx.execute("SELECT record FROM reservations WHERE awu = ?", (awu,)).fetchone()
             if row is not None:
                 return _recorded_decision(row[0]), expired
             used = {}
             for hold in holds:
-                (consumed,) = self._db.execute(
+                (consumed,) = self._tx.execute(
                     "SELECT coalesce((SELECT usd FROM consumed WHERE key = ?), 0.0)", (hold.key,)
                 ).fetchone()
-                (held,) = self._db.execute(
+                (held,) = self._tx.execute(
                     "SELECT coalesce(sum(usd), 0.0) FROM holds WHERE key = ?", (hold.key,)
                 ).fetchone()
                 used[hold.key] = consumed + held
             decision = decide(amount, holds, used, now, expires_at)
             if decision.result == gs.ALLOWED:
                 keys = [hold.key for hold in holds]
-                self._db.execute(
+                self._tx.execute(
                     "INSERT INTO reservations (awu, state, record, expires_at, forget_at) VALUES (?, 'held', ?, ?, ?)",
                     (awu, _decision_record(decision, keys, now), expires_at, expires_at + REMEMBER_SECONDS),
                 )
-                self._db.executemany(
+                self._tx.executemany(
                     "INSERT INTO holds (key, awu, usd, expires_at) VALUES (?, ?, ?, ?)",
                     [(key, awu, amount, expires_at) for key in keys],
                 )
@@ -409,10 +423,10 @@ class SqliteReservations:
     def release(self, awu: str, now: float) -> bool:
         def work() -> bool:
             self.expired = self._sweep(now)
-            released = self._db.execute(
+            released = self._tx.execute(
                 "UPDATE reservations SET state = 'released' WHERE awu = ? AND state = 'held'", (awu,)
             ).rowcount
-            self._db.execute("DELETE FROM holds WHERE awu = ?", (awu,))
+            self._tx.execute("DELETE FROM holds WHERE awu = ?", (awu,))
             return released > 0
 
         return self._transaction(work)
@@ -421,7 +435,7 @@ class SqliteReservations:
         def work() -> dict[str, Reconciled]:
             out = {}
             for awu, actual in actuals.items():
-                row = self._db.execute(
+                row = self._tx.execute(
                     "SELECT state, record, actual, incomplete FROM reservations WHERE awu = ?", (awu,)
                 ).fetchone()
                 if row is None or row[0] == "released":
@@ -430,12 +444,12 @@ class SqliteReservations:
                 first = state != "reconciled"
                 if first:
                     incomplete = _incomplete(state, actual)
-                    self._db.execute(
+                    self._tx.execute(
                         "UPDATE reservations SET state = 'reconciled', actual = ?, incomplete = ?, forget_at = ?"
                         " WHERE awu = ?",
                         (actual, incomplete, now + REMEMBER_SECONDS, awu),
                     )
-                    self._db.execute("DELETE FROM holds WHERE awu = ?", (awu,))
+                    self._tx.execute("DELETE FROM holds WHERE awu = ?", (awu,))
                     recorded_actual = actual
                 out[awu] = _reconciled(record, recorded_actual, incomplete, first)
             return out
@@ -447,11 +461,41 @@ class SqliteReservations:
 
     def any_recent(self) -> bool:
         with self._lock:
-            return self._db.execute("SELECT 1 FROM reservations LIMIT 1").fetchone() is not None
+            return self._open().execute("SELECT 1 FROM reservations LIMIT 1").fetchone() is not None
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+
+def _create_tables(db: sqlite3.Connection) -> None:
+    """The budget store's consumed table (if this opens the file first) and the reservation
+    tables, retried while another process of the pod sets up the same file."""
+    db.execute("PRAGMA busy_timeout=2000")
+    deadline = time.monotonic() + OPEN_TIMEOUT_SECONDS
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS consumed"
+                " (key TEXT PRIMARY KEY, usd REAL NOT NULL, expires_at INTEGER NOT NULL)"
+            )
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS reservations (awu TEXT PRIMARY KEY, state TEXT NOT NULL,"
+                " record TEXT NOT NULL, expires_at REAL NOT NULL, forget_at REAL NOT NULL,"
+                " actual REAL, incomplete TEXT NOT NULL DEFAULT '')"
+            )
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS holds (key TEXT NOT NULL, awu TEXT NOT NULL, usd REAL NOT NULL,"
+                " expires_at REAL NOT NULL, PRIMARY KEY (key, awu))"
+            )
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 # Every key under the budget store's one hash tag (one cluster slot). Reservation records are

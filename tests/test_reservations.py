@@ -303,3 +303,23 @@ def test_two_stores_on_one_state_never_over_commit(tmp_path, store_settings):
     finally:
         first.close()
         second.close()
+
+
+def test_a_corrupt_state_file_answers_unavailable_until_moved_away(tmp_path):
+    from processor.reservations import SqliteReservations, http_reserve
+
+    path = tmp_path / "budgets.sqlite"
+    path.write_bytes(b"this is not a database" * 100)
+    sidecar = Sidecar(tmp_path, {"state_backend": "sqlite", "state_path": str(path)})
+    try:
+        assert isinstance(sidecar.book.store, SqliteReservations)
+        trace_id, span_id = ids(0)
+        body = json.dumps({"trace_id": trace_id, "span_id": span_id, "estimated_usd": 0.1}).encode()
+        assert http_reserve(sidecar.book, body)[0] == 503
+        # The stage passes the batch, unreconciled.
+        assert sidecar.send([llm_span(ids(0), 0.1, time.time_ns())], time.time()).set_attributes
+        path.rename(tmp_path / "budgets.sqlite.corrupt")
+        status, answer, _ = http_reserve(sidecar.book, body)
+        assert status == 200 and json.loads(answer)["result"] == gs.ALLOWED
+    finally:
+        sidecar.close()
