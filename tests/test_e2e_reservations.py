@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 
+from processor import conformance
 from processor import genops_semconv as gs
 from processor.protos import budget_pb2, budget_pb2_grpc
 from tests.collector_harness import free_port
@@ -240,6 +241,16 @@ def test_two_sidecars_sharing_redis_never_over_commit_and_reconcile_each_span_on
     assert late.attributes[gs.ACCOUNTING_INCOMPLETE] is True
     assert late.attributes[gs.ACCOUNTING_RESERVED] == 1.0
     assert consumed(redis_port) == 15 * ACTUAL
+
+    # The reserved units, each once (a retried span is one unit), are GenOps v0.1 compliant at the
+    # full level (§9.1): reservation and reconciliation included.
+    unique = {}
+    for received in sink.spans():
+        unique.setdefault(received.span.span_id, received)
+    report = conformance.check(
+        [trace_request([r.span for r in unique.values()], resource={"service.name": "chat"})], conformance.FULL
+    )
+    assert report.units == 15 and not report.violations, [v.line() for v in report.violations]
     for sidecar in sidecars:
         stderr = sidecar.stop()
         assert "Traceback" not in stderr, stderr[-3000:]

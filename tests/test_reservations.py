@@ -323,3 +323,52 @@ def test_a_corrupt_state_file_answers_unavailable_until_moved_away(tmp_path):
         assert status == 200 and json.loads(answer)["result"] == gs.ALLOWED
     finally:
         sidecar.close()
+
+
+def test_grpc_reserve_and_release_in_one_process_with_the_memory_store(tmp_path):
+    import grpc
+
+    from processor.protos import budget_pb2, budget_pb2_grpc
+    from tests.otlp_sink import OtlpSink
+    from tests.sidecar_runner import RunningSidecar
+    from tests.test_receive_forward import export_traces
+
+    policy_file = tmp_path / "policy.json"
+    policy_file.write_text(json.dumps(POLICY))
+    config = PolicyConfig(enabled=True, policy_file=str(policy_file), state_backend="memory")
+    stage = build_policy_stage(config, CollectorRegistry())
+    sink = OtlpSink().start()
+    sidecar = RunningSidecar(sink.endpoint, [stage]).start()
+    channel = sidecar.channel()
+    try:
+        budgets = budget_pb2_grpc.BudgetServiceStub(channel)
+
+        def reserve(awu: tuple[str, str], usd: float) -> budget_pb2.ReserveResponse:
+            request = budget_pb2.ReserveRequest(
+                trace_id=awu[0], span_id=awu[1], attribution=ATTRIBUTION, estimated_usd=usd
+            )
+            return budgets.Reserve(request, timeout=10)
+
+        with pytest.raises(grpc.RpcError) as refused:
+            reserve(("nothex", ids(0)[1]), 0.5)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert reserve(ids(0), 0.5).result == gs.ALLOWED
+        blocked = reserve(ids(1), 0.6)
+        assert (blocked.result, blocked.reason_code, blocked.remaining) == (
+            gs.BLOCKED,
+            gs.BUDGET_RESERVATION_FAILED,
+            0.5,
+        )
+        released = budgets.Release(budget_pb2.ReleaseRequest(trace_id=ids(0)[0], span_id=ids(0)[1]), timeout=10)
+        assert released.released
+        assert reserve(ids(1), 0.6).result == gs.ALLOWED
+        export_traces(channel, trace_request([llm_span(ids(1), 0.25, time.time_ns())]))
+        (received,) = sink.spans()
+        assert received.attributes[gs.ACCOUNTING_RESERVED] == 0.6
+        assert received.attributes[gs.ACCOUNTING_ACTUAL] == 0.25
+        # The hold is gone, the actual spent: 0.75 left.
+        assert reserve(ids(2), 0.75).result == gs.ALLOWED
+    finally:
+        channel.close()
+        sidecar.stop()
+        sink.stop()
