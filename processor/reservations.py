@@ -160,7 +160,8 @@ class Decision:
             "unit": self.unit,
             "budget_name": self.budget_name,
             "remaining": self.remaining,
-            "expires_at": _rfc3339(self.expires_at),
+            # A blocked reservation holds nothing, so nothing expires.
+            "expires_at": _rfc3339(self.expires_at) if self.result == gs.ALLOWED else "",
             "repeated": self.repeated,
         }
 
@@ -932,7 +933,11 @@ def _request_from_json(body: bytes) -> ReservationRequest:
     attribution = found.get("attribution", {})
     if not all(isinstance(value, str) for value in attribution.values()):
         raise ReservationError("attribution values are strings")
-    return ReservationRequest(**{**found, "estimated_usd": float(found.get("estimated_usd", 0.0))})
+    missing = [name for name in ("trace_id", "span_id") if name not in found]
+    if missing:
+        raise ReservationError(f"{missing[0]} is required")
+    numbers = {name: float(found[name]) for name in ("estimated_usd", "ttl_seconds") if name in found}
+    return ReservationRequest(**{**found, **numbers})
 
 
 def http_reserve(book: ReservationBook, body: bytes) -> tuple[int, bytes, str]:

@@ -264,6 +264,8 @@ def test_http_reservations_are_posts_with_a_json_body(sidecar):
         assert call("/metrics", b"{}")[0] == 405  # POST where only GET is served
         assert call("/v1/reservations", b"not json")[0] == 400
         assert call("/v1/reservations", json.dumps({**asked, "extra": 1}).encode())[0] == 400
+        assert call("/v1/reservations/release", json.dumps({"trace_id": trace_id}).encode())[0] == 400
+        assert call("/v1/reservations", json.dumps({**asked, "ttl_seconds": True}).encode())[0] == 400
         assert call("/v1/reservations", b" " * (MAX_BODY_BYTES + 1))[0] == 413
         status, body = call("/v1/reservations/release", json.dumps({"trace_id": trace_id, "span_id": span_id}).encode())
         assert (status, json.loads(body)) == (200, {"released": True})
