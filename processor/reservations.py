@@ -39,7 +39,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -332,12 +332,12 @@ class SqliteReservations:
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         self._inode: int | None = None
-        # Opened on first use and again when the path names another file (deleted, replaced,
-        # moved away when corrupt, as the guarded budget store asks): a corrupt file makes the
-        # calls fail (the API answers UNAVAILABLE, the stage passes spans unreconciled), and the
-        # sidecar starts all the same.
-        with contextlib.suppress(sqlite3.Error, OSError):
-            self._open()
+        # Opened on first use, again when the path names another file (deleted, replaced, moved
+        # away when corrupt, as the guarded budget store asks) and after any failed call: a
+        # connection opened while the file was read-only stays read-only, and one kept open on a
+        # broken file would keep the guarded store from recovering it. A corrupt or read-only
+        # file makes the calls fail (the API answers UNAVAILABLE, the stage passes spans
+        # unreconciled); the sidecar starts all the same.
 
     def _open(self) -> sqlite3.Connection:
         try:
@@ -366,9 +366,19 @@ class SqliteReservations:
         assert self._db is not None
         return self._db
 
-    def _transaction(self, work):
+    @contextlib.contextmanager
+    def _using(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            db = self._open()
+            try:
+                yield self._open()
+            except sqlite3.Error:
+                if self._db is not None:
+                    self._db.close()
+                    self._db = None
+                raise
+
+    def _transaction(self, work):
+        with self._using() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
                 result = work()
@@ -436,8 +446,7 @@ class SqliteReservations:
     def reconcile(self, actuals: dict[str, float | None], now: float) -> dict[str, Reconciled]:
         # Which of the batch's spans were reserved at all, read without the write lock: most are
         # not, and most batches have none.
-        with self._lock:
-            db = self._open()
+        with self._using() as db:
             wanted = list(actuals)
             reserved = set()
             for at in range(0, len(wanted), 500):
@@ -479,8 +488,8 @@ class SqliteReservations:
         return self._transaction(lambda: self._sweep(now))
 
     def any_recent(self) -> bool:
-        with self._lock:
-            return self._open().execute("SELECT 1 FROM reservations LIMIT 1").fetchone() is not None
+        with self._using() as db:
+            return db.execute("SELECT 1 FROM reservations LIMIT 1").fetchone() is not None
 
     def close(self) -> None:
         with self._lock:
