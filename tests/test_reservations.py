@@ -374,3 +374,41 @@ def test_grpc_reserve_and_release_in_one_process_with_the_memory_store(tmp_path)
         channel.close()
         sidecar.stop()
         sink.stop()
+
+
+def test_redis_down_answers_unavailable_and_spans_pass_then_reconcile_when_it_is_back(tmp_path):
+    from processor.reservations import http_reserve
+
+    port = free_port()
+    (tmp_path / "redis").mkdir()
+    process = start_redis(port, tmp_path / "redis")
+    settings = {"state_backend": "redis", "redis_url": f"redis://127.0.0.1:{port}/0"}
+    sidecar = Sidecar(tmp_path, {**settings, "state_path": str(tmp_path / "state" / "budgets.sqlite")})
+    try:
+        now = time.time()
+        assert sidecar.reserve(ids(0), 0.5, now).result == gs.ALLOWED
+        process.kill()
+        process.wait()
+        trace_id, span_id = ids(1)
+        body = json.dumps({"trace_id": trace_id, "span_id": span_id, "estimated_usd": 0.1}).encode()
+        assert http_reserve(sidecar.book, body)[0] == 503
+        spans = [llm_span(ids(0), 0.25, int(now * 1e9))]
+        # The batch passes at once with the stage's other changes (its charge kept for later).
+        changes = sidecar.send(spans, now + 1)
+        assert changes.set_attributes[gs.POLICY_RESULT].to_list() == [gs.WARNING]  # the advisory budget
+        assert gs.ACCOUNTING_RESERVED not in changes.set_attributes
+        process = start_redis(port, tmp_path / "redis")  # appendonly: the hold is still there
+        reconciliation = sidecar.stage.reconciliation
+        reconciliation._failing_until = time.monotonic()  # the retry pause (5 s) over
+        # The guarded store notices the server is back in its own time; then the Collector's
+        # retry of the batch reconciles it.
+        deadline = time.monotonic() + 20
+        while not sidecar.stage.store.up:
+            assert time.monotonic() < deadline, "the store never came back"
+            time.sleep(0.1)
+        again = sidecar.send(spans, now + 2)
+        assert again.set_attributes[gs.ACCOUNTING_RESERVED].to_list() == [0.5]
+    finally:
+        sidecar.close()
+        process.kill()
+        process.wait()
