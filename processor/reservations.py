@@ -207,9 +207,13 @@ def decide(amount: float, holds: list[Hold], used: Mapping[str, float], now: flo
 
 
 class ReservationStore(Protocol):
-    def reserve(self, awu: str, amount: float, holds: list[Hold], now: float, expires_at: float) -> Decision: ...
+    """`reserve` and `release` sweep first (like `sweep`) and return how many holds that released."""
 
-    def release(self, awu: str, now: float) -> bool: ...
+    def reserve(
+        self, awu: str, amount: float, holds: list[Hold], now: float, expires_at: float
+    ) -> tuple[Decision, int]: ...
+
+    def release(self, awu: str, now: float) -> tuple[bool, int]: ...
 
     def reconcile(self, actuals: dict[str, float | None], now: float) -> dict[str, Reconciled]:
         """For each AWU of `actuals` that was reserved: releases its hold (once) and returns its
@@ -258,52 +262,66 @@ def _reconciled(record: str, actual: float | None, incomplete: str, first: bool)
     return Reconciled(found["reserved"], actual, budget, found["remaining"], incomplete, found["at"], first, keys)
 
 
+@dataclass
+class _MemoryRow:
+    state: str  # held, released, expired, reconciled
+    record: str
+    reserved: float
+    keys: list[str]
+    expires_at: float
+    forget_at: float
+    actual: float | None = None
+    incomplete: str = ""
+
+
 class MemoryReservations:
     """With the memory budget store (one process): holds beside it, decided under one lock."""
 
     def __init__(self, store: BudgetStore) -> None:
         self.store = store
         self._lock = threading.Lock()
-        # awu -> [state, record, keys, expires_at, actual, incomplete]
-        self._rows: dict[str, list[Any]] = {}
+        self._rows: dict[str, _MemoryRow] = {}
 
-    def reserve(self, awu: str, amount: float, holds: list[Hold], now: float, expires_at: float) -> Decision:
+    def reserve(
+        self, awu: str, amount: float, holds: list[Hold], now: float, expires_at: float
+    ) -> tuple[Decision, int]:
         with self._lock:
-            self._sweep(now)
+            expired = self._sweep(now)
             if awu in self._rows:
-                return _recorded_decision(self._rows[awu][1])
+                return _recorded_decision(self._rows[awu].record), expired
             keys = [hold.key for hold in holds]
             consumed = self.store.read(keys)
             used = {key: consumed[key] + self._held(key) for key in keys}
             decision = decide(amount, holds, used, now, expires_at)
             if decision.result == gs.ALLOWED:
-                self._rows[awu] = ["held", _decision_record(decision, keys, now), keys, expires_at, None, ""]
-            return decision
+                record = _decision_record(decision, keys, now)
+                self._rows[awu] = _MemoryRow("held", record, amount, keys, expires_at, expires_at + REMEMBER_SECONDS)
+            return decision, expired
 
     def _held(self, key: str) -> float:
-        return sum(json.loads(row[1])["reserved"] for row in self._rows.values() if row[0] == "held" and key in row[2])
+        return sum(row.reserved for row in self._rows.values() if row.state == "held" and key in row.keys)
 
-    def release(self, awu: str, now: float) -> bool:
+    def release(self, awu: str, now: float) -> tuple[bool, int]:
         with self._lock:
-            self._sweep(now)
+            expired = self._sweep(now)
             row = self._rows.get(awu)
-            if row is None or row[0] != "held":
-                return False
-            row[0] = "released"
-            return True
+            if row is None or row.state != "held":
+                return False, expired
+            row.state = "released"
+            return True, expired
 
     def reconcile(self, actuals: dict[str, float | None], now: float) -> dict[str, Reconciled]:
         with self._lock:
             out = {}
             for awu, actual in actuals.items():
                 row = self._rows.get(awu)
-                if row is None or row[0] == "released":
+                if row is None or row.state == "released":
                     continue
-                first = row[0] != "reconciled"
+                first = row.state != "reconciled"
                 if first:
-                    row[5] = _incomplete(row[0], actual)
-                    row[0], row[4] = "reconciled", actual
-                out[awu] = _reconciled(row[1], row[4], row[5], first)
+                    row.incomplete = _incomplete(row.state, actual)
+                    row.state, row.actual, row.forget_at = "reconciled", actual, now + REMEMBER_SECONDS
+                out[awu] = _reconciled(row.record, row.actual, row.incomplete, first)
             return out
 
     def sweep(self, now: float) -> int:
@@ -311,9 +329,10 @@ class MemoryReservations:
             return self._sweep(now)
 
     def _sweep(self, now: float) -> int:
-        expired = [row for row in self._rows.values() if row[0] == "held" and row[3] <= now]
+        expired = [row for row in self._rows.values() if row.state == "held" and row.expires_at <= now]
         for row in expired:
-            row[0] = "expired"
+            row.state = "expired"
+        self._rows = {awu: row for awu, row in self._rows.items() if row.forget_at > now}
         return len(expired)
 
     def any_recent(self) -> bool:
@@ -398,7 +417,9 @@ class SqliteReservations:
         self._tx.execute("DELETE FROM reservations WHERE forget_at <= ?", (now,))
         return expired
 
-    def reserve(self, awu: str, amount: float, holds: list[Hold], now: float, expires_at: float) -> Decision:
+    def reserve(
+        self, awu: str, amount: float, holds: list[Hold], now: float, expires_at: float
+    ) -> tuple[Decision, int]:
         def work() -> tuple[Decision, int]:
             expired = self._sweep(now)
             row = self._tx.execute("SELECT record FROM reservations WHERE awu = ?", (awu,)).fetchone()
@@ -426,20 +447,16 @@ class SqliteReservations:
                 )
             return decision, expired
 
-        decision, self.expired = self._transaction(work)
-        return decision
+        return self._transaction(work)
 
-    # How many holds the last call found expired (read by the book right after the call).
-    expired = 0
-
-    def release(self, awu: str, now: float) -> bool:
-        def work() -> bool:
-            self.expired = self._sweep(now)
+    def release(self, awu: str, now: float) -> tuple[bool, int]:
+        def work() -> tuple[bool, int]:
+            expired = self._sweep(now)
             released = self._tx.execute(
                 "UPDATE reservations SET state = 'released' WHERE awu = ? AND state = 'held'", (awu,)
             ).rowcount
             self._tx.execute("DELETE FROM holds WHERE awu = ?", (awu,))
-            return released > 0
+            return released > 0, expired
 
         return self._transaction(work)
 
@@ -659,9 +676,10 @@ class RedisReservations:
         self._reconcile = self._redis.register_script(_RECONCILE)
         self._release = self._redis.register_script(_RELEASE)
         self._sweep = self._redis.register_script(_SWEEP_ONLY)
-        self.expired = 0
 
-    def reserve(self, awu: str, amount: float, holds: list[Hold], now: float, expires_at: float) -> Decision:
+    def reserve(
+        self, awu: str, amount: float, holds: list[Hold], now: float, expires_at: float
+    ) -> tuple[Decision, int]:
         args: list[object] = [repr(now), awu, repr(amount), repr(expires_at), int(expires_at + REMEMBER_SECONDS)]
         args.append(json.dumps([hold.key for hold in holds]))
         for hold in holds:
@@ -669,23 +687,23 @@ class RedisReservations:
         expired, repeated, result, reason, budget, remaining, record = self._reserve(
             keys=[*self._KEYS, REDIS_PREFIX, _RECENT], args=args
         )
-        self.expired = int(expired)
         if repeated:
-            return _recorded_decision(_text(record))
+            return _recorded_decision(_text(record)), int(expired)
         room = _text(remaining)
-        return Decision(
+        allowed = _text(result) == gs.ALLOWED
+        decision = Decision(
             _text(result),
             _text(reason),
-            amount if _text(result) == gs.ALLOWED else 0.0,
+            amount if allowed else 0.0,
             _text(budget),
             float(room) if room else None,
-            expires_at if _text(result) == gs.ALLOWED else now,
+            expires_at if allowed else now,
         )
+        return decision, int(expired)
 
-    def release(self, awu: str, now: float) -> bool:
+    def release(self, awu: str, now: float) -> tuple[bool, int]:
         expired, released = self._release(keys=list(self._KEYS), args=[repr(now), awu])
-        self.expired = int(expired)
-        return bool(released)
+        return bool(released), int(expired)
 
     def reconcile(self, actuals: dict[str, float | None], now: float) -> dict[str, Reconciled]:
         args: list[object] = [repr(now), int(now + REMEMBER_SECONDS)]
@@ -857,16 +875,17 @@ class ReservationBook:
         now = time.time() if now is None else now
         amount = self.estimate(request)
         ttl = request.ttl_seconds or DEFAULT_TTL_SECONDS
-        decision = self.store.reserve(request.awu, amount, self.holds(request.attribution, now), now, now + ttl)
-        self._count_expired(getattr(self.store, "expired", 0))
+        holds = self.holds(request.attribution, now)
+        decision, expired = self.store.reserve(request.awu, amount, holds, now, now + ttl)
+        self._count_expired(expired)
         if not decision.repeated:
             self.metrics.reservations.labels(decision.result, decision.reason_code or "none").inc()
         return decision
 
     def release(self, trace_id: str, span_id: str, now: float | None = None) -> bool:
         ReservationRequest(trace_id, span_id).checked()
-        released = self.store.release(awu_id(trace_id, span_id), time.time() if now is None else now)
-        self._count_expired(getattr(self.store, "expired", 0))
+        released, expired = self.store.release(awu_id(trace_id, span_id), time.time() if now is None else now)
+        self._count_expired(expired)
         return released
 
     def sweep(self, now: float | None = None) -> int:
