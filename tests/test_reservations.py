@@ -3,8 +3,10 @@ stores: a SQLite file and a real redis-server. Times are passed in, not waited f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -37,12 +39,12 @@ ATTRIBUTED = {"genops.team": "ml", "genops.project": "chat", "genops.environment
 ATTRIBUTION = {"team": "ml", "project": "chat", "environment": "production"}
 
 
-@pytest.fixture(params=["sqlite", "redis", "memory"])
-def store_settings(request, tmp_path):
-    if request.param == "memory":
+@contextlib.contextmanager
+def settings_of(kind: str, tmp_path) -> Iterator[dict[str, str]]:
+    if kind == "memory":
         yield {"state_backend": "memory"}
         return
-    if request.param == "sqlite":
+    if kind == "sqlite":
         yield {"state_backend": "sqlite", "state_path": str(tmp_path / "state" / "budgets.sqlite")}
         return
     port = free_port()
@@ -58,6 +60,19 @@ def store_settings(request, tmp_path):
     finally:
         process.kill()
         process.wait()
+
+
+@pytest.fixture(params=["sqlite", "redis", "memory"])
+def store_settings(request, tmp_path):
+    with settings_of(request.param, tmp_path) as settings:
+        yield settings
+
+
+# The stores several processes share.
+@pytest.fixture(params=["sqlite", "redis"])
+def shared_store_settings(request, tmp_path):
+    with settings_of(request.param, tmp_path) as settings:
+        yield settings
 
 
 class Sidecar:
@@ -290,14 +305,11 @@ def test_a_reserved_span_without_a_cost_is_charged_its_reservation_once(sidecar)
         assert sidecar.consumed() == pytest.approx(0.5)
 
 
-def test_two_stores_on_one_state_never_over_commit(tmp_path, store_settings):
+def test_two_stores_on_one_state_never_over_commit(tmp_path, shared_store_settings):
     """Two sidecars' books (their own connections) and 8 threads reserving at once."""
     from concurrent.futures import ThreadPoolExecutor
 
-    if store_settings["state_backend"] == "memory":
-        pytest.skip("a memory store is one process's own")
-
-    first, second = Sidecar(tmp_path, store_settings), Sidecar(tmp_path, store_settings)
+    first, second = Sidecar(tmp_path, shared_store_settings), Sidecar(tmp_path, shared_store_settings)
     try:
         now = time.time()
 
