@@ -43,7 +43,8 @@ from processor.ledger import LedgerPlan, LedgerSettings
 from processor.outbound import NO_REDACTION, OutboundRedaction
 from processor.pipeline import ENGINE_NATIVE, ENGINE_POLARS, BatchChanges
 from processor.policy_native import NativePolicy
-from processor.reservations import Reconciliation, StoreSettings, open_reservations, reconciliation_counter
+from processor.reservation_store import StoreSettings, open_reservations
+from processor.reservations import Reconciliation, reconciliation_counter
 from processor.span_values import InvalidValueMetrics, check_batch
 
 if TYPE_CHECKING:

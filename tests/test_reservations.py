@@ -15,9 +15,8 @@ from processor import genops_semconv as gs
 from processor.config import PolicyConfig, SidecarConfig
 from processor.decode import decode_traces
 from processor.policy_stage import build_policy_stage
+from processor.reservation_store import INCOMPLETE_EXPIRED, INCOMPLETE_NO_ACTUAL
 from processor.reservations import (
-    INCOMPLETE_EXPIRED,
-    INCOMPLETE_NO_ACTUAL,
     ReservationBook,
     ReservationError,
     ReservationRequest,
@@ -326,7 +325,8 @@ def test_two_stores_on_one_state_never_over_commit(tmp_path, shared_store_settin
 
 
 def test_a_corrupt_state_file_answers_unavailable_until_moved_away(tmp_path):
-    from processor.reservations import SqliteReservations, http_reserve
+    from processor.reservation_store import SqliteReservations
+    from processor.reservations import http_reserve
 
     path = tmp_path / "budgets.sqlite"
     path.write_bytes(b"this is not a database" * 100)
