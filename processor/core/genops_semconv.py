@@ -14,7 +14,13 @@ SPEC_VERSION_VALUE = "0.1.0"
 OPERATION_NAME = "genops.operation.name"
 OPERATION_TYPE = "genops.operation.type"
 
+ACCOUNTING_RESERVED = "genops.accounting.reserved"
 ACCOUNTING_ACTUAL = "genops.accounting.actual"
+ACCOUNTING_RECONCILIATION_DELTA = "genops.accounting.reconciliation_delta"
+# Not in the spec, which asks (§3.5) that a reconciliation without its full data be flagged
+# incomplete: true on the span and the reconciliation event, with the why on the event.
+ACCOUNTING_INCOMPLETE = "genops.accounting.incomplete"
+ACCOUNTING_INCOMPLETE_REASON = "genops.accounting.incomplete_reason"
 ACCOUNTING_UNIT = "genops.accounting.unit"
 # Costs come from a USD pricing table: the accounting unit is the currency.
 ACCOUNTING_UNIT_USD = "USD"

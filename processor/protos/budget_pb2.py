@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0c\x62udget.proto\x12\x10genops.budget.v1\"\xb1\x01\n\x16GetBudgetStatusRequest\x12N\n\x0b\x61ttribution\x18\x01 \x03(\x0b\x32\x39.genops.budget.v1.GetBudgetStatusRequest.AttributionEntry\x12\x13\n\x0b\x62udget_name\x18\x02 \x01(\t\x1a\x32\n\x10\x41ttributionEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa2\x02\n\x0c\x42udgetStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tdimension\x18\x02 \x01(\t\x12\x0f\n\x07subject\x18\x03 \x01(\t\x12\x0e\n\x06period\x18\x04 \x01(\t\x12\x0e\n\x06window\x18\x05 \x01(\t\x12\x14\n\x0cwindow_start\x18\x06 \x01(\t\x12\x12\n\nwindow_end\x18\x07 \x01(\t\x12\x11\n\tlimit_usd\x18\x08 \x01(\x01\x12\x14\n\x0c\x63onsumed_usd\x18\t \x01(\x01\x12\x15\n\rremaining_usd\x18\n \x01(\x01\x12\x13\n\x0butilization\x18\x0b \x01(\x01\x12\x10\n\x08\x65xceeded\x18\x0c \x01(\x08\x12\x0c\n\x04mode\x18\r \x01(\t\x12\x0f\n\x07warn_at\x18\x0e \x03(\x01\x12\x10\n\x08\x62locking\x18\x0f \x01(\x08\"[\n\x17GetBudgetStatusResponse\x12/\n\x07\x62udgets\x18\x01 \x03(\x0b\x32\x1e.genops.budget.v1.BudgetStatus\x12\x0f\n\x07\x62locked\x18\x02 \x01(\x08\x32w\n\rBudgetService\x12\x66\n\x0fGetBudgetStatus\x12(.genops.budget.v1.GetBudgetStatusRequest\x1a).genops.budget.v1.GetBudgetStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0c\x62udget.proto\x12\x10genops.budget.v1\"\xb1\x01\n\x16GetBudgetStatusRequest\x12N\n\x0b\x61ttribution\x18\x01 \x03(\x0b\x32\x39.genops.budget.v1.GetBudgetStatusRequest.AttributionEntry\x12\x13\n\x0b\x62udget_name\x18\x02 \x01(\t\x1a\x32\n\x10\x41ttributionEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa2\x02\n\x0c\x42udgetStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tdimension\x18\x02 \x01(\t\x12\x0f\n\x07subject\x18\x03 \x01(\t\x12\x0e\n\x06period\x18\x04 \x01(\t\x12\x0e\n\x06window\x18\x05 \x01(\t\x12\x14\n\x0cwindow_start\x18\x06 \x01(\t\x12\x12\n\nwindow_end\x18\x07 \x01(\t\x12\x11\n\tlimit_usd\x18\x08 \x01(\x01\x12\x14\n\x0c\x63onsumed_usd\x18\t \x01(\x01\x12\x15\n\rremaining_usd\x18\n \x01(\x01\x12\x13\n\x0butilization\x18\x0b \x01(\x01\x12\x10\n\x08\x65xceeded\x18\x0c \x01(\x08\x12\x0c\n\x04mode\x18\r \x01(\t\x12\x0f\n\x07warn_at\x18\x0e \x03(\x01\x12\x10\n\x08\x62locking\x18\x0f \x01(\x08\"[\n\x17GetBudgetStatusResponse\x12/\n\x07\x62udgets\x18\x01 \x03(\x0b\x32\x1e.genops.budget.v1.BudgetStatus\x12\x0f\n\x07\x62locked\x18\x02 \x01(\x08\"\xbd\x02\n\x0eReserveRequest\x12\x10\n\x08trace_id\x18\x01 \x01(\t\x12\x0f\n\x07span_id\x18\x02 \x01(\t\x12\x46\n\x0b\x61ttribution\x18\x03 \x03(\x0b\x32\x31.genops.budget.v1.ReserveRequest.AttributionEntry\x12\r\n\x05model\x18\x04 \x01(\t\x12\x10\n\x08provider\x18\x05 \x01(\t\x12\x15\n\restimated_usd\x18\x06 \x01(\x01\x12\x1e\n\x16\x65stimated_input_tokens\x18\x07 \x01(\x03\x12\x1f\n\x17\x65stimated_output_tokens\x18\x08 \x01(\x03\x12\x13\n\x0bttl_seconds\x18\t \x01(\x01\x1a\x32\n\x10\x41ttributionEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb7\x01\n\x0fReserveResponse\x12\x0e\n\x06result\x18\x01 \x01(\t\x12\x13\n\x0breason_code\x18\x02 \x01(\t\x12\x10\n\x08reserved\x18\x03 \x01(\x01\x12\x0c\n\x04unit\x18\x04 \x01(\t\x12\x13\n\x0b\x62udget_name\x18\x05 \x01(\t\x12\x16\n\tremaining\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\nexpires_at\x18\x07 \x01(\t\x12\x10\n\x08repeated\x18\x08 \x01(\x08\x42\x0c\n\n_remaining\"3\n\x0eReleaseRequest\x12\x10\n\x08trace_id\x18\x01 \x01(\t\x12\x0f\n\x07span_id\x18\x02 \x01(\t\"#\n\x0fReleaseResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\x32\x97\x02\n\rBudgetService\x12\x66\n\x0fGetBudgetStatus\x12(.genops.budget.v1.GetBudgetStatusRequest\x1a).genops.budget.v1.GetBudgetStatusResponse\x12N\n\x07Reserve\x12 .genops.budget.v1.ReserveRequest\x1a!.genops.budget.v1.ReserveResponse\x12N\n\x07Release\x12 .genops.budget.v1.ReleaseRequest\x1a!.genops.budget.v1.ReleaseResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,6 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GETBUDGETSTATUSREQUEST_ATTRIBUTIONENTRY']._loaded_options = None
   _globals['_GETBUDGETSTATUSREQUEST_ATTRIBUTIONENTRY']._serialized_options = b'8\001'
+  _globals['_RESERVEREQUEST_ATTRIBUTIONENTRY']._loaded_options = None
+  _globals['_RESERVEREQUEST_ATTRIBUTIONENTRY']._serialized_options = b'8\001'
   _globals['_GETBUDGETSTATUSREQUEST']._serialized_start=35
   _globals['_GETBUDGETSTATUSREQUEST']._serialized_end=212
   _globals['_GETBUDGETSTATUSREQUEST_ATTRIBUTIONENTRY']._serialized_start=162
@@ -41,6 +43,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BUDGETSTATUS']._serialized_end=505
   _globals['_GETBUDGETSTATUSRESPONSE']._serialized_start=507
   _globals['_GETBUDGETSTATUSRESPONSE']._serialized_end=598
-  _globals['_BUDGETSERVICE']._serialized_start=600
-  _globals['_BUDGETSERVICE']._serialized_end=719
+  _globals['_RESERVEREQUEST']._serialized_start=601
+  _globals['_RESERVEREQUEST']._serialized_end=918
+  _globals['_RESERVEREQUEST_ATTRIBUTIONENTRY']._serialized_start=162
+  _globals['_RESERVEREQUEST_ATTRIBUTIONENTRY']._serialized_end=212
+  _globals['_RESERVERESPONSE']._serialized_start=921
+  _globals['_RESERVERESPONSE']._serialized_end=1104
+  _globals['_RELEASEREQUEST']._serialized_start=1106
+  _globals['_RELEASEREQUEST']._serialized_end=1157
+  _globals['_RELEASERESPONSE']._serialized_start=1159
+  _globals['_RELEASERESPONSE']._serialized_end=1194
+  _globals['_BUDGETSERVICE']._serialized_start=1197
+  _globals['_BUDGETSERVICE']._serialized_end=1476
 # @@protoc_insertion_point(module_scope)

@@ -62,3 +62,66 @@ class GetBudgetStatusResponse(_message.Message):
     budgets: _containers.RepeatedCompositeFieldContainer[BudgetStatus]
     blocked: bool
     def __init__(self, budgets: _Optional[_Iterable[_Union[BudgetStatus, _Mapping]]] = ..., blocked: _Optional[bool] = ...) -> None: ...
+
+class ReserveRequest(_message.Message):
+    __slots__ = ("trace_id", "span_id", "attribution", "model", "provider", "estimated_usd", "estimated_input_tokens", "estimated_output_tokens", "ttl_seconds")
+    class AttributionEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    SPAN_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_USD_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    trace_id: str
+    span_id: str
+    attribution: _containers.ScalarMap[str, str]
+    model: str
+    provider: str
+    estimated_usd: float
+    estimated_input_tokens: int
+    estimated_output_tokens: int
+    ttl_seconds: float
+    def __init__(self, trace_id: _Optional[str] = ..., span_id: _Optional[str] = ..., attribution: _Optional[_Mapping[str, str]] = ..., model: _Optional[str] = ..., provider: _Optional[str] = ..., estimated_usd: _Optional[float] = ..., estimated_input_tokens: _Optional[int] = ..., estimated_output_tokens: _Optional[int] = ..., ttl_seconds: _Optional[float] = ...) -> None: ...
+
+class ReserveResponse(_message.Message):
+    __slots__ = ("result", "reason_code", "reserved", "unit", "budget_name", "remaining", "expires_at", "repeated")
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    REASON_CODE_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_NAME_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    REPEATED_FIELD_NUMBER: _ClassVar[int]
+    result: str
+    reason_code: str
+    reserved: float
+    unit: str
+    budget_name: str
+    remaining: float
+    expires_at: str
+    repeated: bool
+    def __init__(self, result: _Optional[str] = ..., reason_code: _Optional[str] = ..., reserved: _Optional[float] = ..., unit: _Optional[str] = ..., budget_name: _Optional[str] = ..., remaining: _Optional[float] = ..., expires_at: _Optional[str] = ..., repeated: _Optional[bool] = ...) -> None: ...
+
+class ReleaseRequest(_message.Message):
+    __slots__ = ("trace_id", "span_id")
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    SPAN_ID_FIELD_NUMBER: _ClassVar[int]
+    trace_id: str
+    span_id: str
+    def __init__(self, trace_id: _Optional[str] = ..., span_id: _Optional[str] = ...) -> None: ...
+
+class ReleaseResponse(_message.Message):
+    __slots__ = ("released",)
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    released: bool
+    def __init__(self, released: _Optional[bool] = ...) -> None: ...

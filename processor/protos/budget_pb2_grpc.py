@@ -39,6 +39,16 @@ class BudgetServiceStub:
                 request_serializer=budget__pb2.GetBudgetStatusRequest.SerializeToString,
                 response_deserializer=budget__pb2.GetBudgetStatusResponse.FromString,
                 _registered_method=True)
+        self.Reserve = channel.unary_unary(
+                '/genops.budget.v1.BudgetService/Reserve',
+                request_serializer=budget__pb2.ReserveRequest.SerializeToString,
+                response_deserializer=budget__pb2.ReserveResponse.FromString,
+                _registered_method=True)
+        self.Release = channel.unary_unary(
+                '/genops.budget.v1.BudgetService/Release',
+                request_serializer=budget__pb2.ReleaseRequest.SerializeToString,
+                response_deserializer=budget__pb2.ReleaseResponse.FromString,
+                _registered_method=True)
 
 
 class BudgetServiceServicer:
@@ -50,6 +60,19 @@ class BudgetServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Reserve(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Release(self, request, context):
+        """Gives the hold back without a span (the gateway did not make the call).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BudgetServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -57,6 +80,16 @@ def add_BudgetServiceServicer_to_server(servicer, server):
                     servicer.GetBudgetStatus,
                     request_deserializer=budget__pb2.GetBudgetStatusRequest.FromString,
                     response_serializer=budget__pb2.GetBudgetStatusResponse.SerializeToString,
+            ),
+            'Reserve': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reserve,
+                    request_deserializer=budget__pb2.ReserveRequest.FromString,
+                    response_serializer=budget__pb2.ReserveResponse.SerializeToString,
+            ),
+            'Release': grpc.unary_unary_rpc_method_handler(
+                    servicer.Release,
+                    request_deserializer=budget__pb2.ReleaseRequest.FromString,
+                    response_serializer=budget__pb2.ReleaseResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +119,60 @@ class BudgetService:
             '/genops.budget.v1.BudgetService/GetBudgetStatus',
             budget__pb2.GetBudgetStatusRequest.SerializeToString,
             budget__pb2.GetBudgetStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reserve(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/genops.budget.v1.BudgetService/Reserve',
+            budget__pb2.ReserveRequest.SerializeToString,
+            budget__pb2.ReserveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Release(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/genops.budget.v1.BudgetService/Release',
+            budget__pb2.ReleaseRequest.SerializeToString,
+            budget__pb2.ReleaseResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -24,6 +24,12 @@ from processor.config import HttpConfig
 class HttpRequest:
     path: str  # with the query string, as sent
     authorization: str = ""
+    method: str = "GET"
+    body: bytes = b""
+
+
+# A POST body larger than this is refused unread (the reservation API's bodies are < 1 kB).
+MAX_BODY_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -37,7 +43,7 @@ class HttpResponse:
 Handler = Callable[[HttpRequest], HttpResponse]
 
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed"}
-_REASONS |= {500: "Internal Server Error", 503: "Service Unavailable"}
+_REASONS |= {413: "Content Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
 
 
 class _EvictingServer(TcpWSGIServer):
@@ -52,7 +58,7 @@ class _EvictingServer(TcpWSGIServer):
 
 
 class BoundedHttpServer:
-    """Serves `handler` for GET requests on `config.listen` from a background thread."""
+    """Serves `handler` for GET (and POST) requests on `config.listen` from a background thread."""
 
     def __init__(self, config: HttpConfig, handler: Handler) -> None:
         host, _, port = config.listen.rpartition(":")
@@ -96,12 +102,19 @@ class BoundedHttpServer:
 
 def _wsgi(handler: Handler):
     def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
-        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
-            response = HttpResponse(405, b"method not allowed\n", headers=(("Allow", "GET"),))
+        method = environ.get("REQUEST_METHOD")
+        length = environ.get("CONTENT_LENGTH") or "0"
+        if method not in ("GET", "HEAD", "POST"):
+            response = HttpResponse(405, b"method not allowed\n", headers=(("Allow", "GET, POST"),))
+        elif method == "POST" and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            response = HttpResponse(413, b"request body too large\n")
         else:
             query = environ.get("QUERY_STRING", "")
             path = environ.get("PATH_INFO", "") + (f"?{query}" if query else "")
-            response = handler(HttpRequest(path, environ.get("HTTP_AUTHORIZATION", "")))
+            body = environ["wsgi.input"].read(int(length)) if method == "POST" else b""
+            authorization = environ.get("HTTP_AUTHORIZATION", "")
+            asked = HttpRequest(path, authorization, "POST" if method == "POST" else "GET", body)
+            response = handler(asked)
         reason = _REASONS.get(response.status, "")
         headers = [("Content-Type", response.content_type), ("Content-Length", str(len(response.body)))]
         start_response(f"{response.status} {reason}", [*headers, *response.headers])

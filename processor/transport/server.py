@@ -25,6 +25,7 @@ from processor.transport.receive import ExportService
 
 if TYPE_CHECKING:
     from processor.stages.policy.budget_api import BudgetStatusReader
+    from processor.stages.policy.reservations import ReservationBook
 
 log = structlog.get_logger(__name__)
 
@@ -95,6 +96,36 @@ def budget_routes(processing: Processing, budget_api: BudgetApiConfig) -> dict[s
     return {BUDGETS_PATH: budgets, LEDGER_PATH: ledger}
 
 
+def reservation_routes(processing: Processing, config: SidecarConfig, registry: CollectorRegistry) -> dict[str, Route]:
+    """POST /v1/reservations and /v1/reservations/release (processor/stages/policy/reservations.py), behind
+    the budget API's bearer token."""
+    from processor.stages.policy.budget_api import BudgetAccess
+    from processor.stages.policy.reservations import (
+        RELEASE_PATH,
+        RESERVATIONS_PATH,
+        book_for,
+        http_release,
+        http_reserve,
+    )
+
+    reader = processing.budget_reader()
+    if reader is None:
+        return {}
+    access = BudgetAccess.from_config(config.budget_api)
+    book = book_for(config, reader, registry)
+
+    def guarded(answer: Callable[[object, bytes], tuple[int, bytes, str]]) -> Route:
+        def route(request: HttpRequest) -> HttpResponse:
+            if not access.allows(request.authorization):
+                body = b'{"error": "missing or wrong bearer token"}\n'
+                return HttpResponse(401, body, "application/json", (("WWW-Authenticate", 'Bearer realm="genops"'),))
+            return HttpResponse(*answer(book, request.body))
+
+        return route
+
+    return {RESERVATIONS_PATH: guarded(http_reserve), RELEASE_PATH: guarded(http_release)}  # type: ignore[arg-type]
+
+
 class ProbeServer:
     """/healthz, /readyz and /metrics (always open: the kubelet and Prometheus carry no token) and
     the extra routes, on the plain HTTP port (processor/transport/http_server.py)."""
@@ -105,15 +136,22 @@ class ProbeServer:
         registry_source: Callable[[], CollectorRegistry],
         readiness: Readiness,
         routes: dict[str, Route] | None = None,
+        post_routes: dict[str, Route] | None = None,
     ):
         self.registry_source = registry_source
         self.readiness = readiness
         self.routes = dict(routes or {})
+        self.post_routes = dict(post_routes or {})
         self.server = BoundedHttpServer(http, self.handle)
         self.port = self.server.port
 
     def handle(self, request: HttpRequest) -> HttpResponse:
         path = request.path.split("?", 1)[0]
+        if request.method == "POST" or path in self.post_routes:
+            if request.method == "POST" and path in self.post_routes:
+                return self.post_routes[path](request)
+            allow = "POST" if path in self.post_routes else "GET"
+            return HttpResponse(405, b"method not allowed\n", headers=(("Allow", allow),))
         if path == "/healthz":
             return HttpResponse(200, b"ok\n")
         if path == "/readyz":
@@ -170,6 +208,7 @@ class Worker:
         self.service = ExportService(processing.process, self.forwarder, metrics, budget)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         self.server: aio.Server | None = None
+        self.book: ReservationBook | None = None
         self.port = 0
         self._stopping = asyncio.Event()
 
@@ -190,6 +229,10 @@ class Worker:
                     token_env=self.config.budget_api.token_env,
                 )
             add_budget_service(server, reader, access)
+            from processor.stages.policy.reservations import add_reservation_service, book_for
+
+            self.book = book_for(self.config, reader, self.metrics.registry)
+            add_reservation_service(server, self.book, access)
         listen = self.config.server.listen
         _check_port_free(listen)
         try:
@@ -230,6 +273,10 @@ class Worker:
         log.info("shutting down: refusing new requests, finishing in-flight ones", grace_seconds=grace)
         await self.server.stop(grace)
         await self.forwarder.close()
+        if self.book is not None:
+            from processor.stages.policy.reservations import forget_book
+
+            forget_book(self.book)
         self.processing.close()
         self.server = None
 

@@ -209,7 +209,7 @@ def run(config: SidecarConfig) -> int:
 
     from processor.observability import PipelineMetrics, SidecarMetrics
     from processor.stages.assembly import build_stages
-    from processor.transport.server import ProbeServer, Readiness, budget_routes, serve_forever
+    from processor.transport.server import ProbeServer, Readiness, budget_routes, reservation_routes, serve_forever
 
     readiness = Readiness(ready=False, reasons=["starting"])
     metrics_dir = None
@@ -232,7 +232,8 @@ def run(config: SidecarConfig) -> int:
         metrics = SidecarMetrics.create(registry, with_pipeline=False)
         processing = PoolProcessing(config, metrics_dir)
     routes = budget_routes(processing, config.budget_api)
-    probes = ProbeServer(config.http, lambda: metrics.registry, readiness, routes).start()
+    post_routes = reservation_routes(processing, config, metrics.registry)
+    probes = ProbeServer(config.http, lambda: metrics.registry, readiness, routes, post_routes).start()
     log.info("probes and /metrics on HTTP", listen=config.http.listen, workers=config.server.workers)
 
     async def main() -> None:

@@ -52,6 +52,8 @@ from processor.stages.policy.metrics import GovernanceMetrics, parse_labels
 from processor.stages.policy.native import NativePolicy
 from processor.stages.policy.policy_file import Budget, PolicyFile, PolicySource, budget_attributes, load_policy_file
 from processor.stages.policy.reconcile_metrics import DriftGauge
+from processor.stages.policy.reservation_store import StoreSettings, open_reservations
+from processor.stages.policy.reservations import Reconciliation, reconciliation_counter
 from processor.stages.policy.store_caps import OVERFLOW, StoreCap
 
 if TYPE_CHECKING:
@@ -84,6 +86,7 @@ class PolicyStage:
         budget_attributes: frozenset[str] = frozenset(),
         cache: CacheMetrics | None = None,
         drift: DriftGauge | None = None,
+        reconciliation: Reconciliation | None = None,
     ) -> None:
         self.cache = cache
         self.drift = drift
@@ -91,6 +94,8 @@ class PolicyStage:
         # Span attributes budgets key on (budget_policy_file.Budget.attribute), decoded.
         self.budget_attributes = budget_attributes
         self._outbound = outbound
+        # Reserved spans (processor/stages/policy/reservations.py), reconciled after the batch's charge.
+        self.reconciliation = reconciliation
         self.store = store
         self.ledger = ledger
         self.attribution = attribution
@@ -98,6 +103,8 @@ class PolicyStage:
         self._invalid = invalid or InvalidValueMetrics.of(CollectorRegistry())
         # For the budget status API (HTTP and gRPC) in the process that runs this stage.
         self.budget_status = BudgetStatusReader(source, store, outbound)
+        if reconciliation is not None:
+            reconciliation.pair(self.budget_status)
         self._plan: _Plan | None = None
 
     def close(self) -> None:
@@ -105,6 +112,8 @@ class PolicyStage:
             self.drift.close()
         self.source.close()
         self.store.close()
+        if self.reconciliation is not None:
+            self.reconciliation.store.close()
         self.metrics.close()
 
     def wanted_keys(self) -> WantedKeys:
@@ -149,7 +158,10 @@ class PolicyStage:
             except Exception as exc:
                 # The batch's tags stand; only the cache metrics miss it.
                 log.error("cache metrics failed", error=type(exc).__name__, exc_info=True)
-        return _with_forecast(awu.add_awu_changes(batch, changes, self.attribution), plan.budget_names)
+        changes = awu.add_awu_changes(batch, changes, self.attribution)
+        if self.reconciliation is not None:
+            changes = self.reconciliation.add_changes(batch, changes)
+        return _with_forecast(changes, plan.budget_names)
 
     def _process_logs(self, batch: TelemetryBatch) -> BatchChanges:
         """The records that are GenAI calls naming no span, charged as spans are (polars path; no
@@ -473,6 +485,7 @@ def build_policy_stage(
     source = PolicySource(config.policy_file, config.reload_interval_seconds, registry)
     metrics = GovernanceMetrics(registry, labels, config.metrics_max_label_values, outbound)
     store = open_store(config.state_backend, config.state_path, config.redis_url, registry)
+    reservations = open_reservations(config.state_backend, config.state_path, config.redis_url, store)
     return PolicyStage(
         source=source,
         store=store,
@@ -485,6 +498,12 @@ def build_policy_stage(
         cache=CacheMetrics(registry, metrics.cap, attribution),
         # What `genops-sidecar reconcile` recorded last (the memory store has no such runs).
         drift=DriftGauge(store, registry) if config.state_backend != "memory" else None,
+        reconciliation=Reconciliation(
+            reservations,
+            reconciliation_counter(registry),
+            StoreSettings(config.state_backend, config.state_path, config.redis_url),
+            store,
+        ),
     )
 
 
