@@ -1,0 +1,121 @@
+"""`genops-sidecar conformance --listen`: a real sidecar forwarding into the conformance sink."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+import grpc
+
+from processor.stages.policy import conformance
+from tests.collector_harness import REPO_ROOT, running_sidecar
+from tests.otlp_builders import span, trace_request
+from tests.test_genops_spec import RESOURCE, genai_span
+from tests.test_receive_forward import export_traces
+
+
+def start_listener(*options: str) -> tuple[subprocess.Popen, str]:
+    """`conformance --listen 127.0.0.1:0 ...` running, and the endpoint it announced."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "processor", "conformance", "--listen", "127.0.0.1:0", *options],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    line = process.stderr.readline()
+    assert line.startswith("conformance: listening on "), line + process.stderr.read()
+    return process, line.rsplit(" ", 1)[-1].strip()
+
+
+def finished(process: subprocess.Popen) -> tuple[int, list[str], str]:
+    out, err = process.communicate(timeout=60)
+    return process.returncode, out.splitlines(), err
+
+
+def test_the_listener_passes_the_sidecar_output_after_count_requests(tmp_path):
+    listener, endpoint = start_listener("--count", "2", "--level", "auto")
+    try:
+        env = {"GENOPS_POLICY_STATE_BACKEND": "memory", "GENOPS_POLICY_STATE_PATH": str(tmp_path / "unused.sqlite")}
+        with running_sidecar(endpoint, extra_env=env) as sidecar, grpc.insecure_channel(sidecar.listen_endpoint) as ch:
+            export_traces(ch, trace_request([genai_span("chat"), genai_span("embeddings")], resource=RESOURCE))
+            export_traces(ch, trace_request([genai_span("chat", model="gpt-4o")], resource=RESOURCE))
+        code, lines, err = finished(listener)
+    finally:
+        listener.kill()
+    assert code == 0, "\n".join(lines) + err
+    # No gateway reserved for these calls: each AWU is held to §9.2 (partial).
+    assert lines == [
+        "GenOps v0.1 — full for 0 AWUs, partial for 3: conformant: 3 AWUs, 0 with violations, 0 violations"
+    ]
+
+
+def test_the_listener_reports_violations_per_awu_on_sigterm():
+    listener, endpoint = start_listener("--level", "full")
+    try:
+        # What the sidecar wrote before issue 21, sent straight to the sink.
+        before = span(
+            name="chat gpt-4o",
+            attributes={
+                "gen_ai.request.model": "gpt-4o",
+                "genops.team": "ml",
+                "genops.policy.result": "warning",
+            },
+        )
+        with grpc.insecure_channel(endpoint) as channel:
+            export_traces(channel, trace_request([before]))
+        listener.send_signal(signal.SIGTERM)
+        code, lines, err = finished(listener)
+    finally:
+        listener.kill()
+    assert code == 1, err
+    awu = lines[0].split(" ", 1)[0]
+    assert all(line.startswith(awu + " ('chat gpt-4o'): §") for line in lines[:-1])
+    problems = {line.split(": ", 2)[-1] for line in lines[:-1]}
+    assert "genops.policy.result 'warning' is not one of ALLOWED, BLOCKED, WARNING, RATE_LIMITED" in problems
+    assert f"required event {'genops.budget.reservation'} missing" in problems  # full level: §9.1.3
+    assert lines[-1].startswith("GenOps v0.1 — full: NOT conformant: 1 AWUs, 1 with violations")
+
+
+def test_the_listener_with_nothing_received_reports_no_units_and_a_bad_address_is_exit_2():
+    listener, _ = start_listener()
+    listener.send_signal(signal.SIGINT)
+    code, lines, _ = finished(listener)
+    assert code == 1
+    assert lines[0].startswith("no AI Workload Units found")
+
+    both = subprocess.run(
+        [sys.executable, "-m", "processor", "conformance", "x.jsonl", "--listen", "127.0.0.1:0"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert both.returncode == 2 and "one of them" in both.stderr
+
+
+def test_the_auto_level_holds_a_unit_whose_runtime_reserved_to_full_compliance():
+    common = {
+        "gen_ai.operation.name": "chat",
+        "genops.spec.version": "0.1.0",
+        "genops.team": "ml",
+        "genops.project": "chat-api",
+        "genops.environment": "production",
+        "genops.operation.name": "chat",
+        "genops.operation.type": "inference",
+        "genops.policy.result": "ALLOWED",
+        "genops.accounting.actual": 0.01,
+        "genops.accounting.unit": "USD",
+    }
+    partial = span(name="partial", attributes=common)
+    reserved = span(name="reserved", attributes={**common, "genops.accounting.reserved": 0.02})
+    report = conformance.check([trace_request([partial, reserved])], conformance.AUTO)
+    assert (report.units, report.full_units) == (2, 1)
+    assert {(v.span_name, v.problem) for v in report.violations} == {
+        ("reserved", "required event genops.policy.evaluated missing"),
+        ("reserved", "required event genops.budget.reservation missing"),
+        ("reserved", "required event genops.budget.reconciliation missing"),
+    }
+    assert conformance.render(report)[-1].startswith("GenOps v0.1 — full for 1 AWUs, partial for 1: NOT conformant")
