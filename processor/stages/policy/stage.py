@@ -73,8 +73,10 @@ class PolicyStage:
         outbound: OutboundRedaction = NO_REDACTION,
         invalid: InvalidValueMetrics | None = None,
         ledger: LedgerPlan | None = None,
+        spec_attribution_check: bool = True,
     ) -> None:
         self.source = source
+        self.spec_attribution_check = spec_attribution_check
         self.store = store
         self.ledger = ledger
         self.attribution = attribution
@@ -187,7 +189,7 @@ class PolicyStage:
     def _plan_for(self, policy: PolicyFile) -> _Plan:
         plan = self._plan
         if plan is None or plan.source is not policy:
-            plan = self._plan = _Plan(policy, self.attribution, self.metrics.labels)
+            plan = self._plan = _Plan(policy, self.attribution, self.metrics.labels, self.spec_attribution_check)
         return plan
 
 
@@ -228,9 +230,15 @@ class _Plan:
     """One policy file's expressions: built once, not per batch (building them costs as much as
     running them on a 1k-span batch)."""
 
-    def __init__(self, source: PolicyFile, attribution: Attribution, labels: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        source: PolicyFile,
+        attribution: Attribution,
+        labels: tuple[str, ...] = (),
+        spec_attribution_check: bool = True,
+    ) -> None:
         self.source = source
-        policy = self.policy = policies.with_spec_checks(source)
+        policy = self.policy = policies.with_spec_checks(source, spec_attribution_check)
         self.attribution = attribution
         self.budgets = budgets.BudgetPlan(policy.budgets)
         self.budget_names = {b.name: b for b in policy.budgets}
@@ -423,6 +431,7 @@ def build_policy_stage(
         outbound=outbound,
         invalid=InvalidValueMetrics.of(registry),
         ledger=ledger,
+        spec_attribution_check=config.spec_attribution_check,
     )
 
 
