@@ -21,6 +21,7 @@ import polars as pl
 from prometheus_client import CollectorRegistry
 
 from processor.config import PolicyConfig
+from processor.core import genops_semconv as gs
 from processor.core.attribution import DIMENSIONS, Attribution, text
 from processor.core.contract import ENGINE_NATIVE, ENGINE_POLARS, BatchChanges
 from processor.core.decode import (
@@ -37,7 +38,7 @@ from processor.core.decode import (
 from processor.core.genai_attributes import GENAI_KEYS, MODEL, PROVIDER, TOKENS_INPUT, TOKENS_OUTPUT, normalized
 from processor.core.outbound import NO_REDACTION, OutboundRedaction
 from processor.core.span_values import InvalidValueMetrics, check_batch
-from processor.stages.policy import awu, budgets, log_charges
+from processor.stages.policy import awu, budgets, log_charges, seed_metrics
 from processor.stages.policy import rules as policies
 from processor.stages.policy.budget_api import BudgetStatusReader
 from processor.stages.policy.budget_forecast import FORECAST_TAG, forecast_column, level_forecasts, now_utc
@@ -94,7 +95,9 @@ class PolicyStage:
     def wanted_keys(self) -> WantedKeys:
         ledger = self.ledger.wanted_keys() if self.ledger is not None else ()
         own = WantedKeys(item=frozenset((*COST_KEYS, *ledger, policies.PII_COUNT, ERROR_TYPE)))
-        return WantedKeys.union((GENAI_KEYS, self.attribution.wanted_keys(), own, awu.wanted_keys()))
+        return WantedKeys.union(
+            (GENAI_KEYS, self.attribution.wanted_keys(), own, awu.wanted_keys(), seed_metrics.wanted_keys())
+        )
 
     def prepare(self, batch: TelemetryBatch) -> None:
         """Reads ahead what does not come from the redaction stage (all but its PII count) and
@@ -110,6 +113,8 @@ class PolicyStage:
     def process(self, batch: TelemetryBatch) -> BatchChanges:
         if batch.signal == LOGS:
             return self._process_logs(batch)
+        self.metrics.seed.record_evaluations(batch, fingerprint)
+        self.metrics.begin_batch()
         # A bad cost or time is ignored for its own span: both paths below read clean columns.
         check_batch(batch)
         self._invalid.record(batch)
@@ -123,11 +128,16 @@ class PolicyStage:
                 changes = changes.with_engine(ENGINE_NATIVE)
         if changes is None:
             changes = self._process_polars(batch, plan, store).with_engine(ENGINE_POLARS)
-        return _with_forecast(awu.add_awu_changes(batch, changes, self.attribution), plan.budget_names)
+        changes = awu.add_awu_changes(batch, changes, self.attribution)
+        if self.metrics.batch_counted():  # not a retried batch
+            written = changes.set_attributes
+            self.metrics.seed.record_operation_costs(written.get(gs.OPERATION_TYPE), written.get(gs.ACCOUNTING_ACTUAL))
+        return _with_forecast(changes, plan.budget_names)
 
     def _process_logs(self, batch: TelemetryBatch) -> BatchChanges:
         """The records that are GenAI calls naming no span, charged as spans are (polars path; no
         ledger, no span events: see processor/stages/policy/log_charges.py)."""
+        self.metrics.seed.record_evaluations(batch, fingerprint)
         if not log_charges.reports_usage(batch):
             return BatchChanges()
         log_charges.mark_records(batch)
