@@ -22,6 +22,7 @@ import collections
 import math
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import polars as pl
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -33,8 +34,10 @@ from processor.core.genai_attributes import EVALUATION_NAME, EVALUATION_RESULT_E
 # (type, score) attribute pairs, first found wins.
 _EVALUATION_SOURCES = ((gs.EVAL_METRIC, gs.EVAL_SCORE), (EVALUATION_NAME, EVALUATION_SCORE_VALUE))
 _EVALUATION_EVENTS = (EVALUATION_RESULT_EVENT, gs.EVENT_EVALUATION_COMPLETE)
-# Span events are walked only when the request bytes name one of these (a substring test).
-_EVENT_NAMES_BYTES = tuple(name.encode() for name in _EVALUATION_EVENTS)
+# Span events are walked only when the request bytes hold this (in both event names): one substring
+# scan, itself skipped when the native scan found no span events at all.
+_EVENT_NAMES_PART = b".evaluation."
+assert all(_EVENT_NAMES_PART in name.encode() for name in _EVALUATION_EVENTS)
 SERVICE_NAME = "service.name"
 # Scores are mostly 0-1 (judges, similarity), sometimes 1-5 or 1-10 scales.
 SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 2.0, 3.0, 4.0, 5.0, 10.0)
@@ -44,6 +47,7 @@ COMPLIANT = "compliant"
 VIOLATED = "violated"
 # Request fingerprints remembered so a retried request does not score its evaluations twice.
 _RECENT_REQUESTS = 4096
+MAX_CHILDREN = 10_000
 
 
 def wanted_keys() -> WantedKeys:
@@ -77,6 +81,17 @@ class SeedMetrics:
         )
         self._recent: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._lock = threading.Lock()
+        # metric.labels(...) remembered (it validates and locks on every call).
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def _child(self, metric: Any, values: tuple[str, ...]) -> Any:
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            if len(self._children) >= MAX_CHILDREN:
+                self._children.clear()
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     def _labels(self, label: str, key: str, values: Sequence[str | None]) -> list[str]:
         """Label values standing for attribute `key`: redacted, capped in length and in number."""
@@ -89,39 +104,34 @@ class SeedMetrics:
         """`checks`: (published policy name, policy type, spans violating it) of `evaluated` spans."""
         for name, kind, violated in checks:
             if violated:
-                self.policy_checks.labels(name, kind, VIOLATED).inc(violated)
+                self._child(self.policy_checks, (name, kind, VIOLATED)).inc(violated)
             if evaluated - violated > 0:
-                self.policy_checks.labels(name, kind, COMPLIANT).inc(evaluated - violated)
+                self._child(self.policy_checks, (name, kind, COMPLIANT)).inc(evaluated - violated)
 
-    def record_operation_costs(self, operation_types: pl.Series | None, costs: pl.Series | None) -> None:
-        """Per AWU row: its genops.operation.type and genops.accounting.actual (null: no cost)."""
-        if costs is None or costs.null_count() == len(costs):
+    def record_operation_costs(self, operation_types: list[str | None], costs: list[float | None]) -> None:
+        """Per decided AWU: its genops.operation.type and genops.accounting.actual (None: no cost).
+        (Python lists: the AWU step has them already, and a few hundred rows into a few types is
+        cheaper summed here than through a polars or Arrow group-by.)"""
+        sums: dict[str | None, float] = {}
+        for kind, cost in zip(operation_types, costs, strict=True):
+            if cost is not None:
+                sums[kind] = sums.get(kind, 0.0) + cost
+        if not sums:
             return
-        if operation_types is None:
-            operation_types = pl.Series("type", [None] * len(costs), dtype=pl.String)
-        sums = (
-            pl.DataFrame({"type": operation_types.cast(pl.String), "cost": costs.cast(pl.Float64)})
-            .filter(pl.col("cost").is_not_null())
-            .group_by("type")
-            .agg(pl.col("cost").sum())
-        )
-        types = sums.get_column("type").to_list()
-        for label, spent in zip(
-            self._labels("operation_type", gs.OPERATION_TYPE, types), sums.get_column("cost").to_list(), strict=True
-        ):
-            self.cost_by_operation.labels(label).inc(spent)
+        labels = self._labels("operation_type", gs.OPERATION_TYPE, list(sums))
+        for label, spent in zip(labels, sums.values(), strict=True):
+            self._child(self.cost_by_operation, (label,)).inc(spent)
 
     def record_evaluations(self, batch: TelemetryBatch, fingerprint: Callable[[TelemetryBatch], str]) -> None:
         found = _attribute_scores(batch)
-        raw = batch.raw
-        if batch.signal == TRACES and raw and any(name in raw for name in _EVENT_NAMES_BYTES):
+        if batch.signal == TRACES and _may_have_evaluation_events(batch):
             found += _event_scores(batch)
         if not found or self._seen(fingerprint(batch)):
             return
         types = self._labels("evaluation_type", gs.EVAL_METRIC, [kind for kind, _, _ in found])
         evaluators = self._labels("evaluator", gs.EVAL_EVALUATOR, [who for _, who, _ in found])
         for kind, who, (_, _, score) in zip(types, evaluators, found, strict=True):
-            self.evaluation_score.labels(kind, who).observe(score)
+            self._child(self.evaluation_score, (kind, who)).observe(score)
 
     def _seen(self, fingerprint: str) -> bool:
         with self._lock:
@@ -152,7 +162,15 @@ def _attribute_scores(batch: TelemetryBatch) -> list[Score]:
         .filter(pl.col("kind").is_not_null() & pl.col("score").is_finite())
         .collect()
     )
-    return list(rows.iter_rows())  # type: ignore[arg-type]
+    return list(rows.iter_rows())
+
+
+def _may_have_evaluation_events(batch: TelemetryBatch) -> bool:
+    # (The native scan gives the event rows for free; the Python path would walk the request for them.)
+    known = batch._event_rows
+    if known is not None and not known:
+        return False
+    return bool(batch.raw) and _EVENT_NAMES_PART in batch.raw
 
 
 def _event_scores(batch: TelemetryBatch) -> list[Score]:

@@ -21,7 +21,6 @@ import polars as pl
 from prometheus_client import CollectorRegistry
 
 from processor.config import PolicyConfig
-from processor.core import genops_semconv as gs
 from processor.core.attribution import DIMENSIONS, Attribution, text
 from processor.core.contract import ENGINE_NATIVE, ENGINE_POLARS, BatchChanges
 from processor.core.decode import (
@@ -128,11 +127,9 @@ class PolicyStage:
                 changes = changes.with_engine(ENGINE_NATIVE)
         if changes is None:
             changes = self._process_polars(batch, plan, store).with_engine(ENGINE_POLARS)
-        changes = awu.add_awu_changes(batch, changes, self.attribution)
-        if self.metrics.batch_counted():  # not a retried batch
-            written = changes.set_attributes
-            self.metrics.seed.record_operation_costs(written.get(gs.OPERATION_TYPE), written.get(gs.ACCOUNTING_ACTUAL))
-        return _with_forecast(changes, plan.budget_names)
+        # Cost per operation type from the AWU columns, unless a retried batch (counted once).
+        costs = self.metrics.seed.record_operation_costs if self.metrics.batch_counted() else None
+        return _with_forecast(awu.add_awu_changes(batch, changes, self.attribution, costs), plan.budget_names)
 
     def _process_logs(self, batch: TelemetryBatch) -> BatchChanges:
         """The records that are GenAI calls naming no span, charged as spans are (polars path; no
