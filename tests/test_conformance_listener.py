@@ -7,9 +7,19 @@ import subprocess
 import sys
 
 import grpc
+import pytest
 
 from processor.stages.policy import conformance
-from tests.collector_harness import REPO_ROOT, running_sidecar
+from tests.collector_harness import (
+    FAST_RETRY_ENV,
+    REPO_ROOT,
+    SHIPPED_COLLECTOR_CONFIG,
+    CollectorPorts,
+    free_port,
+    loop_collector_env,
+    running_collector,
+    running_sidecar,
+)
 from tests.otlp_builders import span, trace_request
 from tests.test_genops_spec import RESOURCE, genai_span
 from tests.test_receive_forward import export_traces
@@ -119,3 +129,28 @@ def test_the_auto_level_holds_a_unit_whose_runtime_reserved_to_full_compliance()
         ("reserved", "required event genops.budget.reconciliation missing"),
     }
     assert conformance.render(report)[-1].startswith("GenOps v0.1 — full for 1 AWUs, partial for 1: NOT conformant")
+
+
+@pytest.mark.e2e
+def test_the_listener_as_the_backend_of_the_real_collector_loop_passes_the_sidecar_output(tmp_path):
+    """apps -> Collector (shipped config) -> sidecar -> Collector -> conformance sink."""
+    listener, endpoint = start_listener("--count", "1", "--level", "auto")
+    try:
+        ports, sidecar_port = CollectorPorts(), free_port()
+        env = loop_collector_env(ports, f"127.0.0.1:{sidecar_port}", endpoint, **FAST_RETRY_ENV)
+        sidecar_env = {"GENOPS_POLICY_STATE_BACKEND": "memory", "GENOPS_POLICY_STATE_PATH": str(tmp_path / "x.sqlite")}
+        with (
+            running_collector(SHIPPED_COLLECTOR_CONFIG, env, ports.health),
+            running_sidecar(ports.return_grpc_endpoint, listen_port=sidecar_port, extra_env=sidecar_env),
+            grpc.insecure_channel(ports.apps_grpc_endpoint) as channel,
+        ):
+            spans = [genai_span("chat"), genai_span("embeddings"), span(name="GET /", attributes={"http.route": "/"})]
+            export_traces(channel, trace_request(spans, resource=RESOURCE))
+            # (Three spans are one batch: the Collector sends them on as one request.)
+            code, lines, err = finished(listener)
+    finally:
+        listener.kill()
+    assert code == 0, "\n".join(lines) + err
+    assert lines == [
+        "GenOps v0.1 — full for 0 AWUs, partial for 2: conformant: 2 AWUs, 0 with violations, 0 violations"
+    ]
