@@ -65,14 +65,26 @@ def _validate_config(args: argparse.Namespace) -> int:
 
 
 def _conformance(args: argparse.Namespace) -> int:
-    """Exit 0: every AWU conforms; 1: violations (one line each); 2: the file cannot be read."""
+    """Exit 0: every AWU conforms; 1: violations (one line each); 2: the input cannot be read (or,
+    with --listen, the address cannot be bound)."""
     from pathlib import Path
 
     from processor.stages.policy import conformance
 
+    if (args.file is None) == (args.listen is None):
+        print("genops-sidecar: conformance: give a FILE or --listen HOST:PORT (one of them)", file=sys.stderr)
+        return 2
+    if args.count and args.listen is None:
+        print("genops-sidecar: conformance: --count goes with --listen", file=sys.stderr)
+        return 2
     try:
-        requests = conformance.read_requests(Path(args.file))
-    except (ValueError, OSError) as exc:
+        if args.listen is not None:
+            from processor.transport.conformance_sink import listen_and_collect
+
+            requests = listen_and_collect(args.listen, args.count)
+        else:
+            requests = conformance.read_requests(Path(args.file))
+    except (ValueError, OSError, RuntimeError) as exc:
         print(f"genops-sidecar: conformance: {one_line(exc)}", file=sys.stderr)
         return 2
     report = conformance.check(requests, args.level)
@@ -104,9 +116,22 @@ def build_parser() -> argparse.ArgumentParser:
         "conformance",
         help="report GenOps v0.1 violations per AI Workload Unit in OTLP trace output",
     )
-    conformance.add_argument("file", help="OTLP trace requests: JSON lines (Collector file exporter) or one protobuf")
     conformance.add_argument(
-        "--level", choices=("full", "partial"), default="partial", help="§9.1 full or §9.2 partial compliance"
+        "file", nargs="?", help="OTLP trace requests: JSON lines (Collector file exporter) or one protobuf"
+    )
+    conformance.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help="instead of a file: be an OTLP/gRPC trace sink there, report on SIGTERM/SIGINT or after --count",
+    )
+    conformance.add_argument(
+        "--count", type=int, default=0, metavar="N", help="with --listen: report after N export requests"
+    )
+    conformance.add_argument(
+        "--level",
+        choices=("full", "partial", "auto"),
+        default="partial",
+        help="§9.1 full or §9.2 partial compliance; auto: full for AWUs whose runtime reserved, partial otherwise",
     )
     conformance.set_defaults(handler=_conformance)
     from processor.stages.cost.pricing_cli import add_pricing_commands

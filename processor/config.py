@@ -184,6 +184,9 @@ class PolicyConfig:
     metrics_labels: str = "team,project,cost_center,feature,environment,model,provider"
     metrics_label_deny: str = "customer_id"
     metrics_max_label_values: int = setting(200, min=1, max=100_000)
+    # The built-in check `genops-spec-attribution` (WARNING, x_attribution_missing, on a GenAI span
+    # missing team, project or environment). Off: such spans stay ALLOWED, and fail §9.1.1 instead.
+    spec_attribution_check: bool = True
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
     # Span attributes budgets may key on besides those the policy file names at start-up
     # (comma-separated): the decoder reads only the keys it was given when the sidecar started.

@@ -344,3 +344,10 @@ def normalized(batch: TelemetryBatch) -> pl.DataFrame:
     if cached is None:
         cached = batch.derived["genai"] = normalize(batch.frame)
     return cached  # type: ignore[return-value]
+
+
+# OTel GenAI evaluation results (event `gen_ai.evaluation.result`, a log record or a span event,
+# parented to the GenAI operation it evaluates).
+EVALUATION_RESULT_EVENT = "gen_ai.evaluation.result"
+EVALUATION_NAME = "gen_ai.evaluation.name"
+EVALUATION_SCORE_VALUE = "gen_ai.evaluation.score.value"

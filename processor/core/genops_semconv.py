@@ -108,3 +108,10 @@ OPERATION_TYPES = {
 }
 # Where the operation name is read from, first found wins.
 OPERATION_SOURCES = ("gen_ai.operation.name", "llm.request.type")
+
+# §7.3 Evaluation attributes, and the §8.4 event carrying them.
+EVAL_METRIC = "genops.eval.metric"
+EVAL_SCORE = "genops.eval.score"
+# Not in the spec: who scored (a judge model, a human review tool); read for the evaluator label.
+EVAL_EVALUATOR = "genops.eval.evaluator"
+EVENT_EVALUATION_COMPLETE = "genops.evaluation.complete"

@@ -73,3 +73,14 @@ def test_panels_fit_the_grid_without_overlapping(dashboard):
             or pb["y"] + pb["h"] <= pa["y"]
         )
         assert apart, f"{a!r} overlaps {b!r}"
+
+
+def test_the_genops_seed_metrics_each_have_a_panel(dashboard):
+    by_metric: dict[str, set[str]] = {}
+    for title, expr in queries(dashboard):
+        for name in selected_metrics(expr):
+            by_metric.setdefault(documented_family(name) or name, set()).add(title)
+    assert by_metric["genops_evaluation_score"] == {"Mean evaluation score"}
+    assert by_metric["genops_cost_by_operation_usd"] == {"Cost by operation type (USD/hour)"}
+    assert by_metric["genops_policy_checks_total"] == {"Policy compliance rate"}
+    assert "Tokens per USD by model" in by_metric["genops_cost_total_usd"]

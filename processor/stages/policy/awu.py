@@ -16,6 +16,7 @@ from policies.SPEC_ATTRIBUTION_RULE instead of a placeholder, and one whose cost
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import polars as pl
@@ -44,8 +45,14 @@ class _Decided:
     models: list[str | None]
 
 
-def add_awu_changes(batch: TelemetryBatch, changes: BatchChanges, attribution: Attribution) -> BatchChanges:
-    """`changes` (the policy stage's) with the spec's AWU attributes and events added."""
+def add_awu_changes(
+    batch: TelemetryBatch,
+    changes: BatchChanges,
+    attribution: Attribution,
+    operation_costs: Callable[[list[str | None], list[float | None]], None] | None = None,
+) -> BatchChanges:
+    """`changes` (the policy stage's) with the spec's AWU attributes and events added;
+    `operation_costs` (when given) is called with the decided spans' operation types and costs."""
     result = changes.set_attributes.get(gs.POLICY_RESULT)
     if result is None or result.null_count() == len(result):
         return changes
@@ -84,8 +91,10 @@ def add_awu_changes(batch: TelemetryBatch, changes: BatchChanges, attribution: A
     for column in laid.get_columns():
         if column.null_count() < len(column):  # an all-null column writes nothing
             changes.set_attributes[column.name] = column
-    inputs = decided.select(pl.exclude(_POSITION, *names))
-    changes.events.extend(_events(_Decided(*(column.to_list() for column in inputs.get_columns()))))
+    inputs = _Decided(*(column.to_list() for column in decided.select(pl.exclude(_POSITION, *names)).get_columns()))
+    if operation_costs is not None:
+        operation_costs(decided.get_column(gs.OPERATION_TYPE).to_list(), inputs.costs)
+    changes.events.extend(_events(inputs))
     return changes
 
 

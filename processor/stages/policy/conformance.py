@@ -34,7 +34,11 @@ from processor.files.error_text import clip, shown
 
 FULL = "full"
 PARTIAL = "partial"
-LEVELS = (FULL, PARTIAL)
+# Per AWU: full where its runtime reserved before execution (a genops.budget.reservation event or
+# genops.accounting.reserved on it), partial otherwise: the level a gateway-fronted deployment of
+# the sidecar claims (README, "GenOps specification").
+AUTO = "auto"
+LEVELS = (FULL, PARTIAL, AUTO)
 
 ATTRIBUTION = tuple(dimension_key(dim) for dim in gs.REQUIRED_DIMENSIONS)
 _REQUIRED_ALWAYS = (
@@ -72,6 +76,8 @@ class Report:
     level: str
     units: int
     violations: tuple[Violation, ...]
+    # Units checked at the full level (all of them at FULL, none at PARTIAL, the reserved ones at AUTO).
+    full_units: int = 0
 
     @property
     def compliant(self) -> bool:
@@ -112,10 +118,12 @@ def check(requests: Iterable[trace_pb.ExportTraceServiceRequest], level: str = P
         raise ValueError(f"level must be one of {', '.join(LEVELS)}, not {level!r}")
     violations: list[Violation] = []
     seen: dict[tuple[str, str], dict[str, object]] = {}
-    units = 0
+    units = full_units = 0
     for unit in _units(requests):
         units += 1
-        found = list(_unit_problems(unit, level))
+        unit_level = level if level != AUTO else FULL if _reserved(unit) else PARTIAL
+        full_units += unit_level == FULL
+        found = list(_unit_problems(unit, unit_level))
         identity = (unit.trace_id, unit.span_id)
         earlier = seen.get(identity)
         if earlier is not None:
@@ -126,7 +134,11 @@ def check(requests: Iterable[trace_pb.ExportTraceServiceRequest], level: str = P
         else:
             seen[identity] = unit.attributes
         violations += [Violation(unit.trace_id, unit.span_id, unit.name, req, problem) for req, problem in found]
-    return Report(level, units, tuple(violations))
+    return Report(level, units, tuple(violations), full_units)
+
+
+def _reserved(unit: _Unit) -> bool:
+    return ACCOUNTING_RESERVED in unit.attributes or gs.EVENT_BUDGET_RESERVATION in unit.events
 
 
 def _units(requests: Iterable[trace_pb.ExportTraceServiceRequest]) -> Iterator[_Unit]:
@@ -231,8 +243,11 @@ def render(report: Report) -> list[str]:
     if report.units == 0:
         lines.append("no AI Workload Units found (spans with gen_ai.*, llm.* or genops.* attributes)")
     verdict = "conformant" if report.compliant else "NOT conformant"
+    level = report.level
+    if level == AUTO:
+        level = f"full for {report.full_units} AWUs, partial for {report.units - report.full_units}"
     lines.append(
-        f"GenOps v0.1 — {report.level}: {verdict}: {report.units} AWUs, {failing} with violations, "
+        f"GenOps v0.1 — {level}: {verdict}: {report.units} AWUs, {failing} with violations, "
         f"{len(report.violations)} violations"
     )
     return lines

@@ -27,12 +27,16 @@ from processor.core.outbound import NO_REDACTION, OutboundRedaction
 from processor.stages.policy.budget_forecast import FORECAST_METRIC
 from processor.stages.policy.budgets import ENGINE, OPTIMIZATIONS
 from processor.stages.policy.operation_totals import operation_totals
+from processor.stages.policy.rules import REASON_CODES
+from processor.stages.policy.seed_metrics import SeedMetrics
 
 LABEL_CHOICES = (*DIMENSIONS, "model", "provider")
 OTHER = "other"
 UNKNOWN = "unknown"
 # Most label combinations of the per-operation metrics kept as separate series.
 MAX_SERIES = 10_000
+# A check's policy_type label from its reason code (one code per check type).
+POLICY_TYPES = {code: kind for kind, code in REASON_CODES.items()}
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 
 
@@ -196,6 +200,17 @@ class GovernanceMetrics:
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         # The aggregations of `operation_sums`, per cost column name (built once).
         self._sums_of: dict[str, list[pl.Expr]] = {}
+        self.seed = SeedMetrics(registry, self.cap)
+        # Whether the batch this thread is on was counted (record_verdicts: not a retried batch).
+        self._batch = threading.local()
+
+    def begin_batch(self) -> None:
+        self._batch.counted = False
+
+    def batch_counted(self) -> bool:
+        """Whether `record_verdicts` ran since `begin_batch` on this thread: the batch is counted
+        (a retried one is not, on either path)."""
+        return getattr(self._batch, "counted", False)
 
     def close(self) -> None:
         """Writes out what the totals store still holds back (multiprocess mode)."""
@@ -394,14 +409,19 @@ class GovernanceMetrics:
             series.latency_sum.inc(latency_total)
 
     def record_verdicts(self, results: dict[str, int], violations: Sequence[tuple[str, str, str, int]]) -> None:
-        """`results`: verdict -> evaluated spans; `violations`: (policy, reason code, mode, spans)."""
+        """`results`: verdict -> evaluated spans; `violations`: (policy, reason code, mode, spans),
+        every check of the policy (also those no span violated)."""
+        self._batch.counted = True
         for result, count in results.items():
             if count:
                 self._labelled(self.evaluations, (result,)).inc(count)
+        checks = []
         for policy, reason_code, mode, count in violations:
+            (policy,) = self.cap.published("policy", [policy])
+            checks.append((policy, POLICY_TYPES.get(reason_code, reason_code), count))
             if count:
-                (policy,) = self.cap.published("policy", [policy])
                 self._labelled(self.violations, (policy, reason_code, mode)).inc(count)
+        self.seed.record_policy_checks(sum(results.values()), checks)
 
     def record_budgets(
         self,

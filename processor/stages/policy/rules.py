@@ -53,8 +53,11 @@ SPEC_ATTRIBUTION_RULE = PolicyRule(
 )
 
 
-def with_spec_checks(policy: PolicyFile) -> PolicyFile:
-    """`policy` with the checks the GenOps specification asks of every span added after its rules."""
+def with_spec_checks(policy: PolicyFile, attribution_check: bool = True) -> PolicyFile:
+    """`policy` with the checks the GenOps specification asks of every span added after its rules
+    (none when `attribution_check` is off: `policy.spec_attribution_check`)."""
+    if not attribution_check:
+        return policy
     return dataclasses.replace(policy, rules=(*policy.rules, SPEC_ATTRIBUTION_RULE))
 
 

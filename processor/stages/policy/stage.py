@@ -41,7 +41,7 @@ from processor.core.outbound import NO_REDACTION, OutboundRedaction
 from processor.core.span_values import InvalidValueMetrics, check_batch
 from processor.stages.cost import cache_metrics
 from processor.stages.cost.cache_metrics import CacheMetrics
-from processor.stages.policy import awu, budgets, log_charges
+from processor.stages.policy import awu, budgets, log_charges, seed_metrics
 from processor.stages.policy import rules as policies
 from processor.stages.policy.budget_api import BudgetStatusReader
 from processor.stages.policy.budget_forecast import FORECAST_TAG, forecast_column, level_forecasts, now_utc
@@ -87,6 +87,7 @@ class PolicyStage:
         cache: CacheMetrics | None = None,
         drift: DriftGauge | None = None,
         reconciliation: Reconciliation | None = None,
+        spec_attribution_check: bool = True,
     ) -> None:
         self.cache = cache
         self.drift = drift
@@ -96,6 +97,7 @@ class PolicyStage:
         self._outbound = outbound
         # Reserved spans (processor/stages/policy/reservations.py), reconciled after the batch's charge.
         self.reconciliation = reconciliation
+        self.spec_attribution_check = spec_attribution_check
         self.store = store
         self.ledger = ledger
         self.attribution = attribution
@@ -121,7 +123,9 @@ class PolicyStage:
         cache = cache_metrics.WANTED if self.cache is not None else ()
         own = WantedKeys(item=frozenset((*COST_KEYS, *ledger, *cache, policies.PII_COUNT, ERROR_TYPE)))
         attributes = WantedKeys(item=self.budget_attributes, resource=self.budget_attributes)
-        return WantedKeys.union((GENAI_KEYS, self.attribution.wanted_keys(), own, awu.wanted_keys(), attributes))
+        return WantedKeys.union(
+            (GENAI_KEYS, self.attribution.wanted_keys(), own, awu.wanted_keys(), attributes, seed_metrics.wanted_keys())
+        )
 
     def prepare(self, batch: TelemetryBatch) -> None:
         """Reads ahead what does not come from the redaction stage (all but its PII count) and
@@ -137,6 +141,8 @@ class PolicyStage:
     def process(self, batch: TelemetryBatch) -> BatchChanges:
         if batch.signal == LOGS:
             return self._process_logs(batch)
+        self.metrics.seed.record_evaluations(batch, fingerprint)
+        self.metrics.begin_batch()
         # A bad cost or time is ignored for its own span: both paths below read clean columns.
         check_batch(batch)
         self._invalid.record(batch)
@@ -158,7 +164,9 @@ class PolicyStage:
             except Exception as exc:
                 # The batch's tags stand; only the cache metrics miss it.
                 log.error("cache metrics failed", error=type(exc).__name__, exc_info=True)
-        changes = awu.add_awu_changes(batch, changes, self.attribution)
+        # Cost per operation type from the AWU columns, unless a retried batch (counted once).
+        costs = self.metrics.seed.record_operation_costs if self.metrics.batch_counted() else None
+        changes = awu.add_awu_changes(batch, changes, self.attribution, costs)
         if self.reconciliation is not None:
             changes = self.reconciliation.add_changes(batch, changes)
         return _with_forecast(changes, plan.budget_names)
@@ -166,6 +174,7 @@ class PolicyStage:
     def _process_logs(self, batch: TelemetryBatch) -> BatchChanges:
         """The records that are GenAI calls naming no span, charged as spans are (polars path; no
         ledger, no span events: see processor/stages/policy/log_charges.py)."""
+        self.metrics.seed.record_evaluations(batch, fingerprint)
         if not log_charges.reports_usage(batch):
             return BatchChanges()
         log_charges.mark_records(batch)
@@ -242,7 +251,7 @@ class PolicyStage:
     def _plan_for(self, policy: PolicyFile) -> _Plan:
         plan = self._plan
         if plan is None or plan.source is not policy:
-            plan = self._plan = _Plan(policy, self.attribution, self.metrics.labels)
+            plan = self._plan = _Plan(policy, self.attribution, self.metrics.labels, self.spec_attribution_check)
         return plan
 
 
@@ -283,9 +292,15 @@ class _Plan:
     """One policy file's expressions: built once, not per batch (building them costs as much as
     running them on a 1k-span batch)."""
 
-    def __init__(self, source: PolicyFile, attribution: Attribution, labels: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        source: PolicyFile,
+        attribution: Attribution,
+        labels: tuple[str, ...] = (),
+        spec_attribution_check: bool = True,
+    ) -> None:
         self.source = source
-        policy = self.policy = policies.with_spec_checks(source)
+        policy = self.policy = policies.with_spec_checks(source, spec_attribution_check)
         self.attribution = attribution
         self.budgets = budgets.BudgetPlan(policy.budgets)
         self.budget_names = {b.name: b for b in policy.budgets}
@@ -504,6 +519,7 @@ def build_policy_stage(
             StoreSettings(config.state_backend, config.state_path, config.redis_url),
             store,
         ),
+        spec_attribution_check=config.spec_attribution_check,
     )
 
 
