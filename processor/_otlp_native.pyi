@@ -101,7 +101,9 @@ class PolicyPlan:
         budgets: Sequence[tuple[str, str, int | None, str | None, int, float, float, Sequence[float], bool]],
         zones: int,
         labels: Sequence[int],
-        verdicts: Sequence[tuple[Sequence[str] | None, str, str | None]],
+        checks: Sequence[tuple[str, int, str]],
+        order: Sequence[int],
+        words: tuple[str, str, str, str],
     ) -> None: ...
     def run(
         self,

@@ -3,50 +3,38 @@
 Runs last (cost → redaction → policy), so it sees `genops.cost.*` written by the cost stage and
 `genops.redaction.count` written by redaction, as frame columns.
 
-With the native extension built, a batch runs in one Rust call (processor/policy_native.py); the
-polars queries below stay the fallback (GENOPS_NATIVE_DECODE=0, a policy with more checks than the
-verdict table takes, a column type the native side does not read, a non-finite cost) and the
-reference tests/test_policy_native.py checks the native path against.
+A batch runs in one Rust call (processor/policy_native.py), the stage's one engine, whatever the
+policy file holds. The polars queries it was written against are the differential oracle in
+tests/oracle/policy.py, which tests/test_policy_native.py checks the native path against.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections import Counter
-from typing import TYPE_CHECKING
 
 import blake3
-import polars as pl
 from prometheus_client import CollectorRegistry
 
 from processor import awu, budgets, policies
-from processor.attribution import DIMENSIONS, Attribution, text
+from processor.attribution import Attribution
 from processor.budget_api import BudgetStatusReader
-from processor.budget_forecast import FORECAST_TAG, forecast_column, level_forecasts, now_utc
+from processor.budget_forecast import FORECAST_TAG, forecast_column, now_utc
 from processor.budget_policy_file import Budget, PolicyFile, PolicySource, load_policy_file
 from processor.budget_state import BudgetStore, open_store
 from processor.config import PolicyConfig
 from processor.decode import (
-    RESOURCE_PREFIX,
-    ROW,
-    START_TIME,
-    STATUS_CODE,
     TRACES,
     TelemetryBatch,
     WantedKeys,
-    native_available,
 )
-from processor.genai_attributes import GENAI_KEYS, MODEL, PROVIDER, TOKENS_INPUT, TOKENS_OUTPUT, normalized
+from processor.genai_attributes import GENAI_KEYS
 from processor.governance_metrics import GovernanceMetrics, parse_labels
 from processor.ledger import LedgerPlan, LedgerSettings
 from processor.outbound import NO_REDACTION, OutboundRedaction
-from processor.pipeline import ENGINE_NATIVE, ENGINE_POLARS, BatchChanges
+from processor.pipeline import ENGINE_NATIVE, BatchChanges
 from processor.policy_native import NativePolicy
 from processor.span_values import InvalidValueMetrics, check_batch
-
-if TYPE_CHECKING:
-    from polars._typing import PolarsDataType
 
 COST_KEYS = ("genops.cost.total", "genops.cost.model", "genops.cost.provider", "genops.cost.status")
 # OTel semconv: set on a GenAI span when the operation ended in an error.
@@ -94,9 +82,7 @@ class PolicyStage:
         fingerprints the request, while the redaction stage's thread runs."""
         fingerprint(batch)
         check_batch(batch)
-        plan = self._plan_for(self.source.current())
-        if plan.native is not None and native_available():
-            plan.native.prepare(batch)
+        self._plan_for(self.source.current()).native.prepare(batch)
 
     def process(self, batch: TelemetryBatch) -> BatchChanges:
         # A bad cost or time is ignored for its own span: both paths below read clean columns.
@@ -105,63 +91,13 @@ class PolicyStage:
         plan = self._plan_for(self.source.current())
         # The ledger's charge goes into the batch's one store call (retried batches charge it once).
         store = self.store if self.ledger is None else self.ledger.charging(self.store, batch, time.time_ns())
-        changes = None
-        if plan.native is not None and native_available():
-            changes = plan.native.process(batch, store, self.metrics, fingerprint)
-            if changes is not None:
-                changes = changes.with_engine(ENGINE_NATIVE)
-        if changes is None:
-            changes = self._process_polars(batch, plan, store).with_engine(ENGINE_POLARS)
+        changes = self._process(batch, plan, store)
         return _with_forecast(awu.add_awu_changes(batch, changes, self.attribution), plan.budget_names)
 
-    def _process_polars(self, batch: TelemetryBatch, plan: _Plan, store: BudgetStore) -> BatchChanges:
-        frame = batch.frame
-        genai = [column.alias(GENAI_PREFIX + column.name) for column in normalized(batch).get_columns()]
-        query = frame.hstack(genai).lazy().with_columns(pl.lit(time.time_ns(), dtype=pl.Int64).alias(budgets.NOW))
-        head, evaluated, *layers = plan.span_layers(frame.schema)
-        # Only GenAI spans are evaluated (~40% of a batch): the rest are left out until the
-        # output columns are laid back over the whole batch.
-        # (A column, not its name: polars resolves a name against the whole frame schema.)
-        evaluated_spans = query.select(head).with_columns(evaluated).filter(pl.col(EVALUATED))
-        spans = _layered(evaluated_spans, layers).collect(engine=budgets.ENGINE, optimizations=budgets.OPTIMIZATIONS)
-        if spans.height == 0:
-            return BatchChanges()
-        windows = plan.budgets.windows(spans)
-        applied = store.apply(fingerprint(batch), windows.increments, windows.expires_at)
-        charging = _layered(
-            spans.lazy().with_columns(plan.budgets.consumed_columns(windows, applied.totals)),
-            plan.charge_layers(windows.charged),
-        )
-        if applied.repeated:
-            # A retried batch: same tags and events as the first time, but counted once.
-            charged = charging.collect(engine=budgets.ENGINE, optimizations=budgets.OPTIMIZATIONS)
-        else:
-            charged, sums = pl.collect_all(
-                [charging, self.metrics.operation_sums(spans.lazy(), budgets.COST)],
-                engine=budgets.ENGINE,
-                optimizations=budgets.OPTIMIZATIONS,
-            )
-        # Laid back over the batch (null for the spans not evaluated): just the output columns (the
-        # events and metrics read the evaluated spans). A gather by row index, cheaper in polars
-        # than a join on the row position; indexing a frame by a Series plans no query.
-        outputs = plan.outputs(windows.charged)
-        laid = charged[outputs][_gather_index(spans, frame.height)]
-        changes = {name: laid.get_column(name) for name in outputs}
-        events = plan.budgets.events(charged) if windows.charged else []
-        if applied.repeated:
-            return BatchChanges(set_attributes=changes, events=events)
-        self.metrics.record_operations(sums, spans.lazy(), budgets.COST)
-        results = Counter(charged.get_column(policies.RESULT).to_list())
-        results.pop(None, None)
-        self.metrics.record_verdicts(
-            results,
-            [(c.name, c.reason_code, c.mode, int(charged.get_column(column).sum())) for c, column in plan.counted],
-        )
-        if windows.charged:
-            levels = plan.budgets.levels(charged)
-            forecasts = level_forecasts(plan.budget_names, levels, now_utc())
-            self.metrics.record_budgets(levels, plan.budgets.exceeded_counts(charged), forecasts)
-        return BatchChanges(set_attributes=changes, events=events)
+    def _process(self, batch: TelemetryBatch, plan: _Plan, store: BudgetStore) -> BatchChanges:
+        """The batch's changes, by the native plan (the one engine; tests/oracle/policy.py holds
+        the polars reference it is tested against)."""
+        return plan.native.process(batch, store, self.metrics, fingerprint).with_engine(ENGINE_NATIVE)
 
     def _plan_for(self, policy: PolicyFile) -> _Plan:
         plan = self._plan
@@ -170,167 +106,34 @@ class PolicyStage:
         return plan
 
 
-EVALUATED = "evaluated"
-POSITION = "_position"
-# The batch's normalised GenAI columns join the frame under this prefix (no attribute clash).
-GENAI_PREFIX = "_genai:"
-# Span frame schemas remembered with their expressions; batches mostly repeat a few shapes.
-_MAX_SCHEMAS = 64
-
-
-def _gather_index(spans: pl.DataFrame, rows: int) -> pl.Series:
-    """Per batch row, the index of its row in `spans` (the evaluated spans), or null."""
-    # In Python: a list of a thousand is built faster than polars answers three calls.
-    index: list[int | None] = [None] * rows
-    for at, position in enumerate(spans.get_column(POSITION).to_list()):
-        index[position] = at
-    return pl.Series(index, dtype=pl.UInt32)
-
-
-def _layered(query: pl.LazyFrame, layers: list[list[pl.Expr]]) -> pl.LazyFrame:
-    for layer in layers:
-        query = query.with_columns(layer)
-    return query
-
-
-def _merged(*parts: list[list[pl.Expr]]) -> list[list[pl.Expr]]:
-    """Layer i of the result holds layer i of each part (parts whose layers are independent)."""
-    depth = max(len(part) for part in parts)
-    return [[expr for part in parts if i < len(part) for expr in part[i]] for i in range(depth)]
-
-
-def _rule_column(index: int) -> str:
-    return f"_rule{index}"
-
-
 class _Plan:
-    """One policy file's expressions: built once, not per batch (building them costs as much as
-    running them on a 1k-span batch)."""
+    """One policy file's checks and native plan: built once, not per batch."""
 
     def __init__(self, source: PolicyFile, attribution: Attribution, labels: tuple[str, ...] = ()) -> None:
         self.source = source
         policy = self.policy = policies.with_spec_checks(source)
-        self.attribution = attribution
-        self.budgets = budgets.BudgetPlan(policy.budgets)
         self.budget_names = {b.name: b for b in policy.budgets}
-        rule_checks = policies.rule_checks(policy.rules, _rule_column)
-        budget_checks = [
-            policies.Check(f"budget:{b.name}", policies.REASON_CODES["budget"], b.mode, self.budgets.exceeded(i))
-            for i, b in enumerate(policy.budgets)
-        ]
-        # (check, column whose sum is its violation count) for the metrics.
-        self.counted = [(c, _rule_column(i)) for i, c in enumerate(rule_checks)] + [
-            (c, budgets.column(i, "exceeded")) for i, c in enumerate(budget_checks)
-        ]
-        checks = [*rule_checks, *budget_checks]
-        # The whole stage in one native call, where the extension is built and the policy fits it.
-        self.native = (
-            NativePolicy(policy, attribution, labels, checks, [c for c, _ in self.counted])
-            if NativePolicy.supports(checks)
-            else None
-        )
-        warned, evaluated = self.budgets.warned(), pl.col(EVALUATED)
-        if policies.VerdictTable.fits(checks):
-            table = policies.VerdictTable(checks)
-            # The verdicts are computed over the evaluated spans only.
-            verdict = [[table.code(warned, None).alias("_verdict")], table.columns("_verdict")]
-        else:
-            verdict = [policies.verdict(checks, warned, evaluated)]
-        charge = self.budgets.charge_columns()
-        # Tags only when some span was charged (which takes a budget).
-        tags = self.budgets.tag_columns() if policy.budgets else []
-        self._charge_layers = {True: [*charge, *_merged(verdict, tags)], False: [*charge, *verdict]}
-        self._outputs = {
-            True: [policies.VIOLATIONS, policies.RESULT, policies.REASON_CODE, *budgets.TAGS.values()],
-            False: [policies.VIOLATIONS, policies.RESULT, policies.REASON_CODE],
-        }
-        self._span_layers: dict[tuple, list[list[pl.Expr]]] = {}
-        # The frame columns whose presence and type shape the span expressions.
-        # (Deduplicated: two dimensions may fall back to one key.)
-        sources = list(dict.fromkeys(key for dim in DIMENSIONS for key in attribution.sources(dim)))
-        self._read_keys = (
-            *sources,
-            *(RESOURCE_PREFIX + key for key in sources),
-            *COST_KEYS,
-            policies.PII_COUNT,
-            ERROR_TYPE,
-            STATUS_CODE,
-            budgets.END_TIME,
-        )
+        checks, counted = policy_checks(policy)
+        self.native = NativePolicy(policy, attribution, labels, checks, counted)
 
-    def span_layers(self, schema: pl.Schema) -> list[list[pl.Expr]]:
-        key = tuple((name, schema.get(name)) for name in self._read_keys)
-        layers = self._span_layers.get(key)
-        if layers is None:
-            if len(self._span_layers) >= _MAX_SCHEMAS:
-                self._span_layers.clear()
-            layers = self._span_layers[key] = self._build_span_layers(dict(schema))
-        return layers
 
-    def _build_span_layers(self, schema: dict[str, pl.DataType]) -> list[list[pl.Expr]]:
-        """Per span: dimensions, model, provider, tokens, cost, PII count, error, latency, whether
-        it is a GenAI span (evaluated), the rule checks and the budget charges."""
-        end = budgets.END_TIME
-        has_end = end in schema
-        latency = (
-            pl.when((pl.col(end) >= pl.col(START_TIME)) & (pl.col(START_TIME) > 0))
-            .then((pl.col(end).cast(pl.Int64) - pl.col(START_TIME).cast(pl.Int64)) / 1e9)
-            .alias("latency")
-            if has_end
-            else pl.lit(None, dtype=pl.Float64).alias("latency")
-        )
-        genai = {name: pl.col(GENAI_PREFIX + name) for name in (MODEL, PROVIDER, TOKENS_INPUT, TOKENS_OUTPUT)}
-        # What tells a GenAI span, plus the raw columns the rest is computed from after the filter.
-        # (Null and binary columns read as null: not worth carrying.)
-        raw = [
-            name
-            for name in self._read_keys
-            if name in schema
-            and name not in (*COST_KEYS, START_TIME)
-            and (name in (STATUS_CODE, budgets.END_TIME) or schema[name] not in (pl.Null, pl.Binary))
-        ]
-        head = [
-            pl.col(ROW),
-            pl.int_range(pl.len(), dtype=pl.UInt32).alias(POSITION),
-            *(pl.col(name) for name in (START_TIME, budgets.NOW, *raw)),
-            _number(schema, budgets.COST, pl.Float64).alias(budgets.COST),
-            # Named apart from the raw columns (an attribution fallback key may be "model"), until
-            # the raw columns are read.
-            pl.coalesce(genai[MODEL], text(schema, "genops.cost.model")).alias("_model"),
-            pl.coalesce(genai[PROVIDER], text(schema, "genops.cost.provider")).alias("_provider"),
-            genai[TOKENS_INPUT].alias("_tokens_input"),
-            genai[TOKENS_OUTPUT].alias("_tokens_output"),
-            text(schema, "genops.cost.status").alias("_cost_status"),
-        ]
-        cost = pl.col(budgets.COST)
-        evaluated = pl.any_horizontal(
-            pl.col("_model").is_not_null(),
-            cost.is_not_null(),
-            pl.col("_tokens_input").is_not_null(),
-            pl.col("_tokens_output").is_not_null(),
-            pl.col("_cost_status").is_not_null(),
-        )
-        rest = [
-            *(pl.col("_" + name).alias(name) for name in ("model", "provider", TOKENS_INPUT, TOKENS_OUTPUT)),
-            latency,
-            *self.attribution.columns(schema),
-            _number(schema, policies.PII_COUNT, pl.Int64).alias(policies.PII_COUNT),
-            _error(schema).alias("error"),
-            *budgets.start_columns(has_end),
-        ]
-        flags = [
-            (cost.is_not_null() & (cost > 0)).alias(budgets.PRICED),
-            *(policies.rule_check(rule).alias(_rule_column(i)) for i, rule in enumerate(self.policy.rules)),
-        ]
-        # The first layer is selected from the batch frame, the second tells the spans kept, the
-        # others are added to those.
-        return [head, [evaluated.alias(EVALUATED)], rest, flags, *self.budgets.span_columns()]
+def policy_checks(policy: PolicyFile) -> tuple[list[policies.Check], list[policies.Check]]:
+    """(every check of `policy`: its rules', then its budgets'; the checks the metrics count).
+    `policy` already has the spec's checks (`policies.with_spec_checks`)."""
+    budget_plan = budgets.BudgetPlan(policy.budgets)
+    rule_checks = policies.rule_checks(policy.rules, rule_column)
+    budget_checks = [
+        policies.Check(f"budget:{b.name}", policies.REASON_CODES["budget"], b.mode, budget_plan.exceeded(i))
+        for i, b in enumerate(policy.budgets)
+    ]
+    checks = [*rule_checks, *budget_checks]
+    return checks, checks
 
-    def charge_layers(self, charged: bool) -> list[list[pl.Expr]]:
-        return self._charge_layers[charged]
 
-    def outputs(self, charged: bool) -> list[str]:
-        return self._outputs[charged]
+def rule_column(index: int) -> str:
+    """The column of rule `index`'s flag (read by the checks' expressions; only the polars
+    oracle under tests/oracle/ evaluates them)."""
+    return f"_rule{index}"
 
 
 def _with_forecast(changes: BatchChanges, listed: dict[str, Budget]) -> BatchChanges:
@@ -348,13 +151,6 @@ def _with_forecast(changes: BatchChanges, listed: dict[str, Budget]) -> BatchCha
     return dataclasses.replace(changes, set_attributes={**tags, FORECAST_TAG: forecast})
 
 
-def _error(schema: dict[str, pl.DataType]) -> pl.Expr:
-    failed = text(schema, ERROR_TYPE).is_not_null()
-    if STATUS_CODE in schema:  # 2 = STATUS_CODE_ERROR
-        failed |= pl.col(STATUS_CODE).cast(pl.Int64, strict=False).fill_null(0) == 2
-    return failed
-
-
 def fingerprint(batch: TelemetryBatch) -> str:
     """Identifies an export request, so the Collector retrying it is recognised.
 
@@ -368,15 +164,6 @@ def fingerprint(batch: TelemetryBatch) -> str:
         raw = batch.raw or batch.request.SerializeToString()
         done = batch.derived[FINGERPRINT] = blake3.blake3(raw).hexdigest(length=16)
     return done  # type: ignore[return-value]
-
-
-def _number(schema: dict[str, pl.DataType], key: str, dtype: PolarsDataType) -> pl.Expr:
-    if schema.get(key, pl.Null) in (pl.Null, pl.Binary):
-        return pl.lit(None, dtype=dtype)
-    column = pl.col(key)
-    if schema[key] == pl.String:
-        column = column.str.strip_chars().cast(pl.Float64, strict=False)
-    return column.cast(dtype, strict=False)
 
 
 def build_policy_stage(

@@ -1,0 +1,268 @@
+"""The policy stage's polars queries: the differential oracle of the native plan
+(processor/policy_native.py, processor/native/src/policy.rs), moved here from
+processor/policy_stage.py when the native plan became the stage's one engine (issue 19).
+
+`OraclePolicyStage` is a PolicyStage whose batches go through these queries instead: built like
+the product's stage (its store, metrics and ledger), it is what tests/test_policy_native.py
+compares the native stage with, changes, events, metrics and stored totals alike.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import TYPE_CHECKING
+
+import polars as pl
+
+from processor import budgets, policies
+from processor.attribution import DIMENSIONS, Attribution, text
+from processor.budget_forecast import level_forecasts, now_utc
+from processor.budget_policy_file import PolicyFile
+from processor.budget_state import BudgetStore
+from processor.decode import RESOURCE_PREFIX, ROW, START_TIME, STATUS_CODE, TelemetryBatch
+from processor.genai_attributes import MODEL, PROVIDER, TOKENS_INPUT, TOKENS_OUTPUT, normalized
+from processor.pipeline import ENGINE_POLARS, BatchChanges
+from processor.policy_stage import COST_KEYS, ERROR_TYPE, PolicyStage, _Plan, fingerprint, rule_column
+
+if TYPE_CHECKING:
+    from polars._typing import PolarsDataType
+
+
+class OraclePolicyStage(PolicyStage):
+    """The policy stage with its batches run by the polars queries below."""
+
+    _oracle: OraclePlan | None = None
+
+    def _process(self, batch: TelemetryBatch, plan: _Plan, store: BudgetStore) -> BatchChanges:
+        oracle = self._oracle
+        if oracle is None or oracle.source is not plan.source:
+            oracle = self._oracle = OraclePlan(plan.source, self.attribution)
+        return polars_changes(self, batch, oracle, store).with_engine(ENGINE_POLARS)
+
+
+def oracle_of(stage: PolicyStage) -> OraclePolicyStage:
+    """A stage built as `stage` was (same settings, its own store and metrics are the caller's
+    business): `stage` itself, its class switched to the oracle."""
+    stage.__class__ = OraclePolicyStage
+    return stage  # type: ignore[return-value]
+
+
+def polars_changes(stage: PolicyStage, batch: TelemetryBatch, plan: OraclePlan, store: BudgetStore) -> BatchChanges:
+    """The batch's changes by the polars queries (PolicyStage._process_polars before issue 19)."""
+    frame = batch.frame
+    genai = [column.alias(GENAI_PREFIX + column.name) for column in normalized(batch).get_columns()]
+    query = frame.hstack(genai).lazy().with_columns(pl.lit(time.time_ns(), dtype=pl.Int64).alias(budgets.NOW))
+    head, evaluated, *layers = plan.span_layers(frame.schema)
+    # Only GenAI spans are evaluated (~40% of a batch): the rest are left out until the
+    # output columns are laid back over the whole batch.
+    # (A column, not its name: polars resolves a name against the whole frame schema.)
+    evaluated_spans = query.select(head).with_columns(evaluated).filter(pl.col(EVALUATED))
+    spans = _layered(evaluated_spans, layers).collect(engine=budgets.ENGINE, optimizations=budgets.OPTIMIZATIONS)
+    if spans.height == 0:
+        return BatchChanges()
+    windows = plan.budgets.windows(spans)
+    applied = store.apply(fingerprint(batch), windows.increments, windows.expires_at)
+    charging = _layered(
+        spans.lazy().with_columns(plan.budgets.consumed_columns(windows, applied.totals)),
+        plan.charge_layers(windows.charged),
+    )
+    if applied.repeated:
+        # A retried batch: same tags and events as the first time, but counted once.
+        charged = charging.collect(engine=budgets.ENGINE, optimizations=budgets.OPTIMIZATIONS)
+    else:
+        charged, sums = pl.collect_all(
+            [charging, stage.metrics.operation_sums(spans.lazy(), budgets.COST)],
+            engine=budgets.ENGINE,
+            optimizations=budgets.OPTIMIZATIONS,
+        )
+    # Laid back over the batch (null for the spans not evaluated): just the output columns (the
+    # events and metrics read the evaluated spans). A gather by row index, cheaper in polars
+    # than a join on the row position; indexing a frame by a Series plans no query.
+    outputs = plan.outputs(windows.charged)
+    laid = charged[outputs][_gather_index(spans, frame.height)]
+    changes = {name: laid.get_column(name) for name in outputs}
+    events = plan.budgets.events(charged) if windows.charged else []
+    if applied.repeated:
+        return BatchChanges(set_attributes=changes, events=events)
+    stage.metrics.record_operations(sums, spans.lazy(), budgets.COST)
+    results = Counter(charged.get_column(policies.RESULT).to_list())
+    results.pop(None, None)
+    stage.metrics.record_verdicts(
+        results,
+        [(c.name, c.reason_code, c.mode, int(charged.get_column(column).sum())) for c, column in plan.counted],
+    )
+    if windows.charged:
+        levels = plan.budgets.levels(charged)
+        forecasts = level_forecasts(plan.budget_names, levels, now_utc())
+        stage.metrics.record_budgets(levels, plan.budgets.exceeded_counts(charged), forecasts)
+    return BatchChanges(set_attributes=changes, events=events)
+
+
+EVALUATED = "evaluated"
+POSITION = "_position"
+# The batch's normalised GenAI columns join the frame under this prefix (no attribute clash).
+GENAI_PREFIX = "_genai:"
+# Span frame schemas remembered with their expressions; batches mostly repeat a few shapes.
+_MAX_SCHEMAS = 64
+
+
+def _gather_index(spans: pl.DataFrame, rows: int) -> pl.Series:
+    """Per batch row, the index of its row in `spans` (the evaluated spans), or null."""
+    # In Python: a list of a thousand is built faster than polars answers three calls.
+    index: list[int | None] = [None] * rows
+    for at, position in enumerate(spans.get_column(POSITION).to_list()):
+        index[position] = at
+    return pl.Series(index, dtype=pl.UInt32)
+
+
+def _layered(query: pl.LazyFrame, layers: list[list[pl.Expr]]) -> pl.LazyFrame:
+    for layer in layers:
+        query = query.with_columns(layer)
+    return query
+
+
+def _merged(*parts: list[list[pl.Expr]]) -> list[list[pl.Expr]]:
+    """Layer i of the result holds layer i of each part (parts whose layers are independent)."""
+    depth = max(len(part) for part in parts)
+    return [[expr for part in parts if i < len(part) for expr in part[i]] for i in range(depth)]
+
+
+class OraclePlan:
+    """One policy file's expressions: built once, not per batch (building them costs as much as
+    running them on a 1k-span batch)."""
+
+    def __init__(self, source: PolicyFile, attribution: Attribution) -> None:
+        self.source = source
+        policy = self.policy = policies.with_spec_checks(source)
+        self.attribution = attribution
+        self.budgets = budgets.BudgetPlan(policy.budgets)
+        self.budget_names = {b.name: b for b in policy.budgets}
+        rule_checks = policies.rule_checks(policy.rules, rule_column)
+        budget_checks = [
+            policies.Check(f"budget:{b.name}", policies.REASON_CODES["budget"], b.mode, self.budgets.exceeded(i))
+            for i, b in enumerate(policy.budgets)
+        ]
+        # (check, column whose sum is its violation count) for the metrics.
+        self.counted = [(c, rule_column(i)) for i, c in enumerate(rule_checks)] + [
+            (c, budgets.column(i, "exceeded")) for i, c in enumerate(budget_checks)
+        ]
+        checks = [*rule_checks, *budget_checks]
+        warned, evaluated = self.budgets.warned(), pl.col(EVALUATED)
+        if policies.VerdictTable.fits(checks):
+            table = policies.VerdictTable(checks)
+            # The verdicts are computed over the evaluated spans only.
+            verdict = [[table.code(warned, None).alias("_verdict")], table.columns("_verdict")]
+        else:
+            verdict = [policies.verdict(checks, warned, evaluated)]
+        charge = self.budgets.charge_columns()
+        # Tags only when some span was charged (which takes a budget).
+        tags = self.budgets.tag_columns() if policy.budgets else []
+        self._charge_layers = {True: [*charge, *_merged(verdict, tags)], False: [*charge, *verdict]}
+        self._outputs = {
+            True: [policies.VIOLATIONS, policies.RESULT, policies.REASON_CODE, *budgets.TAGS.values()],
+            False: [policies.VIOLATIONS, policies.RESULT, policies.REASON_CODE],
+        }
+        self._span_layers: dict[tuple, list[list[pl.Expr]]] = {}
+        # The frame columns whose presence and type shape the span expressions.
+        # (Deduplicated: two dimensions may fall back to one key.)
+        sources = list(dict.fromkeys(key for dim in DIMENSIONS for key in attribution.sources(dim)))
+        self._read_keys = (
+            *sources,
+            *(RESOURCE_PREFIX + key for key in sources),
+            *COST_KEYS,
+            policies.PII_COUNT,
+            ERROR_TYPE,
+            STATUS_CODE,
+            budgets.END_TIME,
+        )
+
+    def span_layers(self, schema: pl.Schema) -> list[list[pl.Expr]]:
+        key = tuple((name, schema.get(name)) for name in self._read_keys)
+        layers = self._span_layers.get(key)
+        if layers is None:
+            if len(self._span_layers) >= _MAX_SCHEMAS:
+                self._span_layers.clear()
+            layers = self._span_layers[key] = self._build_span_layers(dict(schema))
+        return layers
+
+    def _build_span_layers(self, schema: dict[str, pl.DataType]) -> list[list[pl.Expr]]:
+        """Per span: dimensions, model, provider, tokens, cost, PII count, error, latency, whether
+        it is a GenAI span (evaluated), the rule checks and the budget charges."""
+        end = budgets.END_TIME
+        has_end = end in schema
+        latency = (
+            pl.when((pl.col(end) >= pl.col(START_TIME)) & (pl.col(START_TIME) > 0))
+            .then((pl.col(end).cast(pl.Int64) - pl.col(START_TIME).cast(pl.Int64)) / 1e9)
+            .alias("latency")
+            if has_end
+            else pl.lit(None, dtype=pl.Float64).alias("latency")
+        )
+        genai = {name: pl.col(GENAI_PREFIX + name) for name in (MODEL, PROVIDER, TOKENS_INPUT, TOKENS_OUTPUT)}
+        # What tells a GenAI span, plus the raw columns the rest is computed from after the filter.
+        # (Null and binary columns read as null: not worth carrying.)
+        raw = [
+            name
+            for name in self._read_keys
+            if name in schema
+            and name not in (*COST_KEYS, START_TIME)
+            and (name in (STATUS_CODE, budgets.END_TIME) or schema[name] not in (pl.Null, pl.Binary))
+        ]
+        head = [
+            pl.col(ROW),
+            pl.int_range(pl.len(), dtype=pl.UInt32).alias(POSITION),
+            *(pl.col(name) for name in (START_TIME, budgets.NOW, *raw)),
+            _number(schema, budgets.COST, pl.Float64).alias(budgets.COST),
+            # Named apart from the raw columns (an attribution fallback key may be "model"), until
+            # the raw columns are read.
+            pl.coalesce(genai[MODEL], text(schema, "genops.cost.model")).alias("_model"),
+            pl.coalesce(genai[PROVIDER], text(schema, "genops.cost.provider")).alias("_provider"),
+            genai[TOKENS_INPUT].alias("_tokens_input"),
+            genai[TOKENS_OUTPUT].alias("_tokens_output"),
+            text(schema, "genops.cost.status").alias("_cost_status"),
+        ]
+        cost = pl.col(budgets.COST)
+        evaluated = pl.any_horizontal(
+            pl.col("_model").is_not_null(),
+            cost.is_not_null(),
+            pl.col("_tokens_input").is_not_null(),
+            pl.col("_tokens_output").is_not_null(),
+            pl.col("_cost_status").is_not_null(),
+        )
+        rest = [
+            *(pl.col("_" + name).alias(name) for name in ("model", "provider", TOKENS_INPUT, TOKENS_OUTPUT)),
+            latency,
+            *self.attribution.columns(schema),
+            _number(schema, policies.PII_COUNT, pl.Int64).alias(policies.PII_COUNT),
+            _error(schema).alias("error"),
+            *budgets.start_columns(has_end),
+        ]
+        flags = [
+            (cost.is_not_null() & (cost > 0)).alias(budgets.PRICED),
+            *(policies.rule_check(rule).alias(rule_column(i)) for i, rule in enumerate(self.policy.rules)),
+        ]
+        # The first layer is selected from the batch frame, the second tells the spans kept, the
+        # others are added to those.
+        return [head, [evaluated.alias(EVALUATED)], rest, flags, *self.budgets.span_columns()]
+
+    def charge_layers(self, charged: bool) -> list[list[pl.Expr]]:
+        return self._charge_layers[charged]
+
+    def outputs(self, charged: bool) -> list[str]:
+        return self._outputs[charged]
+
+
+def _number(schema: dict[str, pl.DataType], key: str, dtype: PolarsDataType) -> pl.Expr:
+    if schema.get(key, pl.Null) in (pl.Null, pl.Binary):
+        return pl.lit(None, dtype=dtype)
+    column = pl.col(key)
+    if schema[key] == pl.String:
+        column = column.str.strip_chars().cast(pl.Float64, strict=False)
+    return column.cast(dtype, strict=False)
+
+
+def _error(schema: dict[str, pl.DataType]) -> pl.Expr:
+    failed = text(schema, ERROR_TYPE).is_not_null()
+    if STATUS_CODE in schema:  # 2 = STATUS_CODE_ERROR
+        failed |= pl.col(STATUS_CODE).cast(pl.Int64, strict=False).fill_null(0) == 2
+    return failed
