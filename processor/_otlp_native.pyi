@@ -57,6 +57,9 @@ class PriceRows:
         dated: bool,
     ) -> None: ...
 
+# redact.rs: (index of the first value pattern at fault, why) when the redactor cannot run them.
+def value_patterns_problem(patterns: Sequence[str]) -> tuple[int, str] | None: ...
+
 # redact.rs: the redaction stage's rules over a batch in one call.
 class Redactor:
     def __init__(

@@ -29,6 +29,7 @@ fn _otlp_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(scan::scan, m)?)?;
     m.add_function(wrap_pyfunction!(rewrite::rewrite, m)?)?;
     m.add_class::<redact::Redactor>()?;
+    m.add_function(wrap_pyfunction!(redact::value_patterns_problem, m)?)?;
     m.add_class::<redact::RedactionJob>()?;
     m.add_class::<policy::PolicyPlan>()?;
     m.add_class::<operation_totals::OperationTotals>()?;
