@@ -155,9 +155,15 @@ class RedactionStage:
         counted in genops_redaction_total under `signal`, no per-item summary."""
         if values.height == 0:
             return pl.DataFrame(schema={name: _REWRITE_SCHEMA[name] for name in _WRITTEN})
+        text, index = _TEXT, _INDEX
         found = self._native.redact(
-            *(_arrow(values, name, _TEXT) for name in ("scope", "key", "value", "kind")),
-            *(_arrow(values, name, _INDEX) for name in ("owner", "position", "row")),
+            _arrow(values, "scope", text),
+            _arrow(values, "key", text),
+            _arrow(values, "value", text),
+            _arrow(values, "kind", text),
+            _arrow(values, "owner", index),
+            _arrow(values, "position", index),
+            _arrow(values, "row", index),
             pa.array([], pa.int64()),
             _SUMMARY_LEVELS["silent"],
         )
@@ -169,9 +175,9 @@ class RedactionStage:
     def redact_one(self, key: str, value: str) -> str | None:
         """`value` as these rules leave a span attribute `key` (None: dropped). Not counted in
         `genops_redaction_total`: used for what the sidecar makes from values, not for telemetry."""
-        strings = [pa.array([text], pa.large_string()) for text in (SCOPE_ITEM, key, value)]
-        ints = [pa.array([0], pa.int64()) for _ in range(3)]
-        found = self._native.redact(*strings, None, *ints, pa.array([0], pa.int64()), 0)
+        scope, key_array, value_array = (pa.array([text], pa.large_string()) for text in (SCOPE_ITEM, key, value))
+        zero = pa.array([0], pa.int64())
+        found = self._native.redact(scope, key_array, value_array, None, zero, zero, zero, zero, 0)
         if found is None:
             return value
         (_, _, _, new_values), _, _ = found
@@ -179,9 +185,13 @@ class RedactionStage:
 
     def _process_native(self, batch: TelemetryBatch, values: dict[str, pa.Array]) -> BatchChanges:
         found = self._native.redact(
-            *(values[name] for name in ("scope", "key", "value")),
+            values["scope"],
+            values["key"],
+            values["value"],
             values.get("kind"),
-            *(values[name] for name in ("owner", "position", "row")),
+            values["owner"],
+            values["position"],
+            values["row"],
             _resource_index(batch),
             _SUMMARY_LEVELS[self.rules.summary],
         )

@@ -15,7 +15,7 @@ from tests.otlp_sink import attributes_to_dict
 from tests.test_redaction import custom_stage, run_traces, spans_of
 
 
-@pytest.fixture(params=["1", "0"], ids=["native", "polars"])
+@pytest.fixture(params=["1", "0"], ids=["native-decoder", "python-decoder"])
 def engine(request, monkeypatch):
     monkeypatch.setenv("GENOPS_NATIVE_DECODE", request.param)
     return request.param
