@@ -498,7 +498,9 @@ impl RuleMask {
     }
 
     fn has(&self, rule: usize) -> bool {
-        self.0.get(rule / 64).is_some_and(|w| w >> (rule % 64) & 1 == 1)
+        self.0
+            .get(rule / 64)
+            .is_some_and(|w| w >> (rule % 64) & 1 == 1)
     }
 
     fn is_empty(&self) -> bool {
