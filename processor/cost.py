@@ -4,8 +4,8 @@ Cost is a join, not a loop over spans: the distinct (provider, model) pairs of a
 resolved against the table (cached per table), joined to the table's price rows, the right row
 picked per span by start date and prompt size (tiers), and the cost computed: in one Rust call
 per batch (processor/cost_native.py), the stage's one engine. The polars query it was written
-against is the differential oracle in tests/oracle/cost.py; `cost_frame` below still prices the
-spans an SDK priced (genops.cost.computed_total) with the polars steps.
+against is the differential oracle in tests/oracle/cost.py (with the known pairs, the price
+steps and `cost_frame`).
 
 Billing rules (tokens as normalized by genai_attributes, where input includes cached tokens and
 output includes reasoning tokens):
@@ -25,7 +25,7 @@ import datetime as dt
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import polars as pl
 import pyarrow as pa
@@ -41,8 +41,6 @@ from processor.decode import LOGS, START_TIME, TRACES, TelemetryBatch, WantedKey
 from processor.outbound import NO_REDACTION, OutboundRedaction
 from processor.pipeline import ENGINE_NATIVE, BatchChanges
 from processor.pricing_table import (
-    INT64_MAX,
-    INT64_MIN,
     PriceSlots,
     PricingTable,
     default_table_path,
@@ -87,207 +85,11 @@ WRITTEN = (
 )
 
 
-# Internal columns of the cost query (the normalized GenAI columns come first, then these).
-_START = "_cost_start"
-_TODO = "_cost_todo"
-_KEY = "_cost_pair"
-_GROUP = "_cost_group"
-_ROW = "_cost_row"
-_START_LO = "_cost_start_lo"
-_PROMPT = "_cost_prompt"
-_PRICED = "_cost_priced"
-_PRICES = "_cost_prices"
-_AT = "_cost_at"
-_START_HI = "_cost_start_hi"
-_UNKNOWN = "_cost_unknown"
-_UNPRICED = "_cost_unpriced"
-_ESTIMATED = "_cost_estimated"
-_ESTIMATED_KEY = "_cost_estimated_pair"
 # Known (provider, model) pairs are kept per table up to this many; past it the set restarts from
 # the batch at hand, so a client sending random model names costs time, never unbounded memory.
 MAX_KNOWN_PAIRS = 4096
 # batch.derived key: the providers (as written to genops.cost.provider) that priced spans of the batch.
 PRICED_PROVIDERS = "cost.priced_providers"
-
-
-def pair_key(provider: pl.Expr, model: pl.Expr) -> pl.Expr:
-    """One string per (provider, model), nulls included, that pair_of reads back: the provider is
-    length-prefixed, so no choice of names can make two pairs share a key."""
-    provider_part = pl.coalesce(
-        pl.concat_str(provider.str.len_chars().cast(pl.String), pl.lit(":"), provider), pl.lit("~")
-    )
-    model_part = pl.coalesce(pl.concat_str(pl.lit("="), model), pl.lit("~"))
-    return pl.concat_str(provider_part, model_part)
-
-
-_PAIR_KEY = pair_key(pl.col(ga.PROVIDER), pl.col(ga.MODEL))
-
-
-def pair_of(key: str) -> tuple[str | None, str | None]:
-    if key.startswith("~"):
-        provider, rest = None, key[1:]
-    else:
-        length, _, rest = key.partition(":")
-        provider, rest = rest[: int(length)], rest[int(length) :]
-    return provider, (None if rest == "~" else rest[1:])
-
-
-@dataclass(frozen=True)
-class KnownPairs:
-    """The (provider, model) pairs already resolved against one table, sorted by key, so a batch maps
-    its spans to price groups with a binary search and a gather (no join, no Python per span).
-    Immutable: a batch adding pairs swaps in a new one, so concurrent batches never see it change."""
-
-    table: PricingTable
-    keys: pl.Series  # String, sorted
-    groups: pl.Series  # UInt32, the price group of each key (null: no entry matches)
-    estimated: pl.Series  # Boolean, per key: the group is a family the model is only near
-    pairs: dict[str, tuple[str | None, str | None]]
-    estimate_near: bool
-    # The stage's query steps for these pairs, per slots (built once: building costs as much as running).
-    queries: dict[int, tuple[PriceSlots, list[list[pl.Expr]]]] = field(default_factory=dict, compare=False)
-
-    @classmethod
-    def of(cls, table: PricingTable, keys: Iterable[str] = (), estimate_near: bool = True) -> KnownPairs:
-        ordered = pl.Series(_KEY, sorted(set(keys)), dtype=pl.String).sort()
-        pairs = {key: pair_of(key) for key in ordered.to_list()}
-        matches = [priced_match(table, *pair, estimate_near=estimate_near) for pair in pairs.values()]
-        groups = pl.Series(_GROUP, [None if m is None else m.group for m in matches], dtype=pl.UInt32)
-        estimated = pl.Series(_ESTIMATED, [m is not None and m.near for m in matches], dtype=pl.Boolean)
-        return cls(table, ordered, groups, estimated, pairs, estimate_near)
-
-    def adding(self, keys: list[str]) -> KnownPairs:
-        """These pairs (a batch's) known too; past MAX_KNOWN_PAIRS, only these."""
-        if len(self.pairs.keys() | set(keys)) > MAX_KNOWN_PAIRS:
-            return KnownPairs.of(self.table, keys, self.estimate_near)
-        return KnownPairs.of(self.table, [*self.pairs, *keys], self.estimate_near)
-
-    def steps(self) -> list[list[pl.Expr]]:
-        """_GROUP per span (null when unpriced), _ESTIMATED (its group is a family the model is only
-        near) and _UNKNOWN (a span whose pair is not known yet)."""
-        key = pl.col(_KEY)
-        if self.keys.is_empty():
-            return [
-                [
-                    pl.lit(None, dtype=pl.UInt32).alias(_GROUP),
-                    pl.lit(False).alias(_ESTIMATED),
-                    key.is_not_null().alias(_UNKNOWN),
-                ]
-            ]
-        at = pl.col(_AT)
-        known = pl.lit(self.keys).gather(at) == key
-        return [
-            [pl.lit(self.keys).search_sorted(key).clip(upper_bound=self.keys.len() - 1).alias(_AT)],
-            [
-                pl.when(known).then(pl.lit(self.groups).gather(at)).alias(_GROUP),
-                (known & pl.lit(self.estimated).gather(at)).fill_null(False).alias(_ESTIMATED),
-                (key.is_not_null() & ~known).alias(_UNKNOWN),
-            ],
-        ]
-
-
-def _priceable() -> pl.Expr:
-    return pl.any_horizontal(pl.col(c).is_not_null() for c in ga.TOKEN_COLUMNS)
-
-
-def _work_columns(todo: pl.Expr) -> list[pl.Expr]:
-    return [pl.col(START_TIME).cast(pl.Int64, strict=False).alias(_START), todo.alias(_TODO)]
-
-
-# _START and _TODO: spans with token counts, less those the SDK priced unless told to override
-# (ours for those is computed apart, uncounted: see _ours_beside_sdk).
-_WORK = _work_columns(_priceable())
-_WORK_SDK_PRICED = _work_columns(_priceable() & pl.col(COST_TOTAL).is_null())
-
-
-def _cost_steps(slots: PriceSlots) -> list[list[pl.Expr]]:
-    """_PRICED, the genops.cost.<part> columns, entry_provider and genops.cost.model of the price row
-    _ROW (nulls when none), in steps so that no expression nests another's (see row_steps)."""
-    row = pl.col(_ROW)
-    fetch = [
-        pl.lit(slots.prices).gather(row).alias(_PRICES),
-        row.is_not_null().alias(_PRICED),
-        pl.col(ga.TOKENS_INPUT).fill_null(0).alias("_cost_input"),
-        pl.col(ga.TOKENS_CACHE_READ).fill_null(0).alias("_cost_cache_read"),
-        pl.col(ga.TOKENS_CACHE_WRITE).fill_null(0).alias("_cost_cache_write"),
-        pl.col(ga.TOKENS_REASONING).fill_null(0).alias("_cost_reasoning"),
-        pl.coalesce(ga.TOKENS_OUTPUT, ga.TOKENS_REASONING, pl.lit(0)).alias("_cost_output"),
-    ]
-
-    def price(name: str) -> pl.Expr:
-        return pl.col(_PRICES).struct.field(f"p_{name}")
-
-    cache_read, cache_write = pl.col("_cost_cache_read"), pl.col("_cost_cache_write")
-    reasoning = pl.col("_cost_reasoning")
-    uncached = (pl.col("_cost_input") - cache_read - cache_write).clip(lower_bound=0)
-    output = (pl.col("_cost_output") - reasoning).clip(lower_bound=0)
-    parts = [
-        (uncached * price("input") / MILLION).alias(_part("input")),
-        (cache_read * price("cache_read") / MILLION).alias(_part("cache_read")),
-        (cache_write * price("cache_write") / MILLION).alias(_part("cache_write")),
-        (reasoning * price("reasoning") / MILLION).alias(_part("reasoning")),
-        (output * price("output") / MILLION).alias(_part("output")),
-        price("request").alias("_cost_p_request"),
-        pl.col(_PRICES).struct.field("entry_provider").alias("entry_provider"),
-        pl.col(_PRICES).struct.field("entry_model").alias(COST_MODEL),
-    ]
-    return [fetch, parts]
-
-
-def _part(name: str) -> str:
-    return f"genops.cost.{name}"
-
-
-# The parts and the per-request fee, once the parts are computed (sum_horizontal skips nulls).
-_TOTAL = pl.when(pl.col(_PRICED)).then(pl.sum_horizontal(*map(_part, COST_PARTS), "_cost_p_request"))
-
-
-def price_steps(known: KnownPairs, slots: PriceSlots) -> list[list[pl.Expr]]:
-    """Steps adding _GROUP, _UNKNOWN, _ROW and the cost columns to the columns normalize makes plus
-    _START and _KEY."""
-    start = pl.col(_START)
-    *before, last = known.steps()
-    last = [*last, pl.col(ga.TOKENS_INPUT).fill_null(0).alias(_PROMPT)]
-    if slots.dated:
-        last += [start.fill_null(INT64_MIN).alias(_START_LO), start.fill_null(INT64_MAX).alias(_START_HI)]
-    return [*before, last, *slots.row_steps(_GROUP, _START_LO, _START_HI, _PROMPT, _ROW), *_cost_steps(slots)]
-
-
-def _run(query: pl.LazyFrame, steps: list[list[pl.Expr]]) -> pl.LazyFrame:
-    for step in steps:
-        query = query.with_columns(step)
-    return query
-
-
-def cost_frame(normalized: pl.DataFrame, start_ns: pl.Series, table: PricingTable) -> pl.DataFrame:
-    """Per row of `normalized` (genai_attributes.normalize output): the cost parts, or nulls.
-
-    Returns columns priceable (Boolean: the row has token counts), priced (Boolean: a price was
-    found), estimated (Boolean: that price is a near family's), cost_<part>, cost_total (Float64),
-    entry_provider, entry_model (String); same rows, same order.
-    """
-    work = normalized.lazy().with_columns(
-        start_ns.cast(pl.Int64, strict=False).alias(_START),
-        _priceable().alias("priceable"),
-    )
-    work = work.with_columns(
-        pl.when(pl.col("priceable")).then(pair_key(pl.col(ga.PROVIDER), pl.col(ga.MODEL))).alias(_KEY)
-    )
-    keys = ga.collect(work.select(pl.col(_KEY).drop_nulls().unique())).to_series().to_list()
-    return ga.collect(
-        _run(work, price_steps(KnownPairs.of(table, keys), table.slots)).select(
-            "priceable",
-            "entry_provider",
-            pl.col(COST_MODEL).alias("entry_model"),
-            *(
-                pl.col(_part(p)).alias(f"cost_{p}")
-                for p in ("input", "cache_read", "cache_write", "reasoning", "output")
-            ),
-            _TOTAL.alias("cost_total"),
-            pl.col(_PRICED).alias("priced"),
-            (pl.col(_PRICED) & pl.col(_ESTIMATED)).alias("estimated"),
-        )
-    )
 
 
 @dataclass
@@ -416,21 +218,21 @@ class CostStage:
 
     def _ours_beside_sdk(self, batch: TelemetryBatch, table: PricingTable, sdk: object) -> pl.Series | None:
         """Our cost of the spans whose SDK cost stands (null elsewhere): computed apart from the
-        batch query, which leaves them out, and not counted in the priced/unpriced metrics."""
+        batch's pricing, which leaves them out, and not counted in the priced/unpriced metrics."""
         genai = batch.derived.get("genai")
         if not isinstance(sdk, CostCheck) or not isinstance(genai, pl.DataFrame):
             return None
         rows = sdk.usable.is_not_null().arg_true()
         if rows.is_empty():
             return None
-        starts = batch.column_series(START_TIME)
-        start = pl.Series([None] * len(rows), dtype=pl.Int64) if starts is None else starts.gather(rows)
-        found = cost_frame(genai[rows], start, table)
-        total = found.get_column("cost_total")
-        if not self._estimate_near:
-            total = found.select(pl.when(~pl.col("estimated")).then(pl.col("cost_total"))).to_series()
+        first, last = _first_and_last(batch.column_array(START_TIME))
+        costs = self._native.run(batch, genai, table, table.slots_for(first, last), sdk_column=None)
+        if costs is None:
+            raise ValueError("cost stage: a batch or price rows the native engine cannot read")
         ours = pl.Series(COST_COMPUTED, [None] * sdk.usable.len(), dtype=pl.Float64)
-        return ours.scatter(rows, total)
+        if costs.written is None:
+            return ours
+        return ours.scatter(rows, costs.written[COST_TOTAL].gather(rows))
 
     def _group_of(self, table: PricingTable) -> Callable[[str | None, str | None], int | None]:
         def group_of(provider: str | None, model: str | None) -> int | None:

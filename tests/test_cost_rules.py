@@ -18,11 +18,12 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from processor.config import CostConfig
-from processor.cost import COST_PARTS, MAX_KNOWN_PAIRS, CostStage, pair_key, pair_of
+from processor.cost import COST_PARTS, MAX_KNOWN_PAIRS, CostStage
 from processor.decode import decode_traces
 from processor.genai_attributes import normalize_provider, normalized
 from processor.pricing_table import PricingTable, _filled
 from tests.cost_helpers import process
+from tests.oracle.cost import pair_key, pair_of
 from tests.otlp_builders import span, trace_request
 
 DAYS = [dt.date(2025, 3, 1) + dt.timedelta(days=n) for n in range(6)]
