@@ -174,7 +174,8 @@ def verdict(checks: Sequence[Check], warned: pl.Expr, evaluated: pl.Expr) -> lis
     ]
 
 
-# Policies with at most this many checks get their verdicts from a table (2^(checks+1) rows).
+# The polars oracle (tests/oracle/policy.py) tabulates the verdicts of policies with at most this
+# many checks (2^(checks+1) rows); the native plan computes each distinct verdict of a batch instead.
 MAX_TABLE_CHECKS = 12
 
 

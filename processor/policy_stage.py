@@ -191,8 +191,9 @@ def build_policy_stage(
 
 def check_policy_config(config: PolicyConfig) -> None:
     """For `validate-config`: raises ValueError naming the first problem, without opening the store."""
-    parse_labels(config.metrics_labels, config.metrics_label_deny)
-    Attribution.from_config(config.attribution_fallbacks)
+    labels = parse_labels(config.metrics_labels, config.metrics_label_deny)
+    attribution = Attribution.from_config(config.attribution_fallbacks)
     LedgerSettings.from_config(config.ledger)
     if config.policy_file:
-        load_policy_file(config.policy_file)
+        # The native plan too, as serve builds it: what it refuses is refused here, not at run time.
+        _Plan(load_policy_file(config.policy_file), attribution, labels)

@@ -5,6 +5,7 @@ of engine) logs one `stage engine` line. There is one engine at run time, the na
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,12 @@ def test_no_product_module_chooses_the_polars_engine():
         if "ENGINE_POLARS" in path.read_text() and path.name != "pipeline.py"
     )
     assert naming == []
+
+
+def test_the_native_extension_is_required_by_the_build():
+    """A failed build of the extension fails the install (setuptools-rust's `optional` would
+    install a package without its engine)."""
+    pyproject = tomllib.loads((Path(processor.__file__).parent.parent / "pyproject.toml").read_text())
+    (extension,) = pyproject["tool"]["setuptools-rust"]["ext-modules"]
+    assert extension["target"] == "processor._otlp_native"
+    assert extension.get("optional", False) is False

@@ -119,21 +119,34 @@ type CheckSpec = (String, u8, String);
 /// The verdict words: BLOCKED, WARNING, ALLOWED and the budget warning's reason code.
 type VerdictWords = (String, String, String, String);
 
-/// A set of check indices, any number of them (a policy has no limit on its checks).
+/// A set of check indices, any number of them (a policy has no limit on its checks). The first 64
+/// live inline, so the usual policy allocates nothing per span; the rest in `more`.
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
-struct Bits(Vec<u64>);
+struct Bits {
+    first: u64,
+    more: Vec<u64>,
+}
 
 impl Bits {
     fn with_capacity(bits: usize) -> Self {
-        Bits(vec![0; bits.div_ceil(64)])
+        Bits {
+            first: 0,
+            more: vec![0; bits.saturating_sub(64).div_ceil(64)],
+        }
     }
 
     fn set(&mut self, bit: usize) {
-        self.0[bit / 64] |= 1 << (bit % 64);
+        match bit.checked_sub(64) {
+            None => self.first |= 1 << bit,
+            Some(rest) => self.more[rest / 64] |= 1 << (rest % 64),
+        }
     }
 
     fn get(&self, bit: usize) -> bool {
-        self.0[bit / 64] >> (bit % 64) & 1 == 1
+        match bit.checked_sub(64) {
+            None => self.first >> bit & 1 == 1,
+            Some(rest) => self.more[rest / 64] >> (rest % 64) & 1 == 1,
+        }
     }
 }
 
