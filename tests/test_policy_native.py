@@ -3,9 +3,10 @@ the polars oracle (tests/oracle/policy.py) give the same changes, events, metric
 totals.
 
 Each example runs one random policy file over a few random batches (some retried) through two
-stages with their own in-memory budget stores: the product's and the oracle. Everything must agree exactly, floats to the last bit:
-both paths do the same IEEE operations in the same order (the metric cost sums are compensated
-sums in span order, as polars sums a group of fewer than 128 spans).
+stages with their own in-memory budget stores: the product's and the oracle. Everything must
+agree exactly, floats to the last bit: both paths do the same IEEE operations in the same order
+(the metric cost sums are compensated sums in span order, as polars sums a group of fewer than
+128 spans).
 """
 
 from __future__ import annotations
