@@ -1228,3 +1228,7 @@ impl OperationGroups {
         Ok(listed)
     }
 }
+
+#[cfg(test)]
+#[path = "tests/policy_tests.rs"]
+mod policy_tests;

@@ -1413,3 +1413,7 @@ fn summarise(
         .into_any()
         .unbind())
 }
+
+#[cfg(test)]
+#[path = "tests/redact_tests.rs"]
+mod redact_tests;
