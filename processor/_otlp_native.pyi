@@ -57,6 +57,9 @@ class PriceRows:
         dated: bool,
     ) -> None: ...
 
+# redact.rs: (index of the first value pattern at fault, why) when the redactor cannot run them.
+def value_patterns_problem(patterns: Sequence[str]) -> tuple[int, str] | None: ...
+
 # redact.rs: the redaction stage's rules over a batch in one call.
 class Redactor:
     def __init__(
@@ -101,7 +104,9 @@ class PolicyPlan:
         budgets: Sequence[tuple[str, str, int | None, str | None, int, float, float, Sequence[float], bool]],
         zones: int,
         labels: Sequence[int],
-        verdicts: Sequence[tuple[Sequence[str] | None, str, str | None]],
+        checks: Sequence[tuple[str, int, str]],
+        order: Sequence[int],
+        words: tuple[str, str, str, str],
     ) -> None: ...
     def run(
         self,

@@ -30,7 +30,7 @@ MAX_MESSAGE_SIZE_MIB = 2047
 NON_SETTING_ENV = frozenset(
     {
         CONFIG_ENV,
-        "GENOPS_NATIVE_DECODE",  # processor/core/decode.py: 0 forces the pure-Python path
+        "GENOPS_NATIVE_DECODE",  # processor/core/decode.py: 0 decodes and encodes in pure Python (stages stay native)
         "GENOPS_MALLOC_SETTINGS",  # processor/transport/allocator.py: marks our own GLIBC_TUNABLES
         "GENOPS_SIDECAR_ENDPOINT",
         "GENOPS_BACKEND_ENDPOINT",

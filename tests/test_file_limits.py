@@ -18,8 +18,8 @@ from processor.config import ConfigError, CostConfig, load_config
 from processor.files.file_limits import MAX_DIRECTORY_BYTES, MAX_FILE_BYTES
 from processor.files.isolated_load import LoadFailed, LoadStopped, load_isolated
 from processor.files.safe_yaml import MAX_DEPTH, YamlError, load_yaml
-from processor.stages.cost.polars_path import CostStage
 from processor.stages.cost.pricing_table import PricingError, load_table
+from processor.stages.cost.stage import CostStage
 from processor.stages.policy.policy_file import PolicyFileError, load_policy_file
 from processor.stages.redaction.rules import load_rules
 from tests.support.cost_helpers import SMALL_TABLE

@@ -15,8 +15,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from processor.config import CostConfig
-from processor.stages.cost.polars_path import COST_MODEL, COST_TOTAL, CostStage
 from processor.stages.cost.pricing_table import TABLE_SUFFIXES
+from processor.stages.cost.stage import COST_MODEL, COST_TOTAL, CostStage
 from processor.stages.redaction.stage import COUNT_KEY
 from tests.support.collector_harness import free_port
 from tests.support.cost_helpers import process

@@ -22,7 +22,7 @@ import structlog
 from processor.config import ConfigError, PolicyConfig
 from processor.core.attribution import dimension_key
 from processor.core.outbound import OutboundRedaction
-from processor.stages.cost.polars_path import COST_PARTS
+from processor.stages.cost.stage import COST_PARTS
 from processor.stages.policy.budget_state import BudgetStore, RedisStore, SqliteStore, default_state_path
 from processor.stages.policy.budget_store_guard import UNAVAILABLE
 from processor.stages.policy.ledger import MODEL_KEY, PROVIDER_KEY, LedgerRow, ledger_keys, read_rows

@@ -21,7 +21,7 @@ def regex_problem(pattern: str) -> str | None:
     try:
         pl.select(pl.lit("").str.contains(pattern))
     except pl.exceptions.PolarsError as exc:
-        return _reason(str(exc))
+        return regex_reason(str(exc))
     return None
 
 
@@ -38,7 +38,7 @@ def first_fullmatch(patterns: Sequence[str], text: str) -> int | None:
     return next((i for i, hit in enumerate(row) if hit), None)
 
 
-def _reason(message: str) -> str:
+def regex_reason(message: str) -> str:
     """The engine's own words, without the pattern echoed back (it may be huge)."""
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     for line in lines:

@@ -24,7 +24,7 @@ def build_stages(config: SidecarConfig, metrics_registry: CollectorRegistry) -> 
     """
     from processor.core.outbound import NO_REDACTION
     from processor.observability import redact_logs_with
-    from processor.stages.cost.polars_path import build_cost_stage
+    from processor.stages.cost.stage import build_cost_stage
     from processor.stages.policy.stage import build_policy_stage
     from processor.stages.redaction.stage import build_redaction_stage
 
@@ -46,7 +46,7 @@ def build_stages(config: SidecarConfig, metrics_registry: CollectorRegistry) -> 
 def check_stages(config: SidecarConfig) -> None:
     """Loads and validates every file the stages would use, without starting threads or opening
     state stores; raises ValueError (or OSError) naming the problem."""
-    from processor.stages.cost.polars_path import build_cost_stage
+    from processor.stages.cost.stage import build_cost_stage
     from processor.stages.policy.stage import check_policy_config
     from processor.stages.redaction.stage import build_redaction_stage
 

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from processor.config import CostConfig, PolicyConfig
 from processor.core.decode import decode_traces
-from processor.stages.cost.polars_path import CostStage
+from processor.stages.cost.stage import CostStage
 from processor.stages.policy.stage import build_policy_stage
 from tests.support.cost_helpers import process, write_small_table
 from tests.support.otlp_builders import span, trace_request

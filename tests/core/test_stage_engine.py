@@ -1,19 +1,22 @@
 """Which engine ran a stage is never silent: each batch counts its stage's engine in
 genops_sidecar_stage_engine{stage, signal, engine}, and the first batch on an engine (or a switch
-of engine) logs one `stage engine` line. The polars path taking over a stage (native path off, or a
-policy file with more checks than the native verdict table takes) shows there."""
+of engine) logs one `stage engine` line. There is one engine at run time, the native one (issue
+19): the polars per-span implementations are the differential oracles under tests/oracle/."""
 
 from __future__ import annotations
+
+import tomllib
+from pathlib import Path
 
 import pytest
 import structlog
 from prometheus_client import CollectorRegistry
 
+import processor
 from processor.config import PolicyConfig, SidecarConfig
 from processor.core.pipeline import Pipeline
 from processor.observability import SidecarMetrics
 from processor.stages.assembly import build_stages, close_stages
-from processor.stages.policy.rules import MAX_TABLE_CHECKS
 from tests.support.otlp_builders import span, trace_request
 
 LLM = {
@@ -57,22 +60,45 @@ def batches_on(registry: CollectorRegistry, stage: str, engine: str) -> float:
     return registry.get_sample_value("genops_sidecar_stage_engine_total", labels) or 0.0
 
 
-@pytest.mark.parametrize(("native", "engine"), [("1", "native"), ("0", "polars")])
-def test_each_batch_counts_the_engine_of_each_stage_and_the_first_logs_it(tmp_path, monkeypatch, native, engine):
-    monkeypatch.setenv("GENOPS_NATIVE_DECODE", native)
+@pytest.mark.parametrize("decoder", ["1", "0"])
+def test_every_stage_runs_on_the_native_engine_whatever_the_decoder(tmp_path, monkeypatch, decoder):
+    """One engine at run time: GENOPS_NATIVE_DECODE=0 switches the decoder and encoder to pure
+    Python (their oracle), never a stage to polars."""
+    monkeypatch.setenv("GENOPS_NATIVE_DECODE", decoder)
     registry, lines = run(tmp_path, checks=1, batches=3)
     for stage in ("cost", "redaction", "policy"):
-        assert batches_on(registry, stage, engine) == 3, stage
-        assert batches_on(registry, stage, "polars" if engine == "native" else "native") == 0, stage
+        assert batches_on(registry, stage, "native") == 3, stage
+        assert batches_on(registry, stage, "polars") == 0, stage
     # One line per stage: the first batch; the same engine again is not news.
     logged = sorted((line["stage"], line["engine"]) for line in lines)
-    assert logged == [("cost", engine), ("policy", engine), ("redaction", engine)]
+    assert logged == [("cost", "native"), ("policy", "native"), ("redaction", "native")]
 
 
-def test_a_policy_file_too_large_for_the_native_table_shows_as_polars_policy_batches(tmp_path, monkeypatch):
+def test_a_policy_file_of_many_checks_stays_on_the_native_engine(tmp_path, monkeypatch):
+    # More checks than the native verdict table once took (the polars path then ran the stage).
     monkeypatch.setenv("GENOPS_NATIVE_DECODE", "1")
-    registry, lines = run(tmp_path, checks=MAX_TABLE_CHECKS + 1)
-    assert batches_on(registry, "policy", "polars") == 2
-    assert batches_on(registry, "policy", "native") == 0
-    assert batches_on(registry, "cost", "native") == 2
-    assert ("policy", "polars") in {(line["stage"], line["engine"]) for line in lines}
+    registry, lines = run(tmp_path, checks=200)
+    assert batches_on(registry, "policy", "native") == 2
+    assert batches_on(registry, "policy", "polars") == 0
+    assert {line["engine"] for line in lines} == {"native"}
+
+
+def test_no_product_module_chooses_the_polars_engine():
+    """The polars per-span implementations live under tests/oracle/ only: no module of the
+    package but the one defining the label names it."""
+    package = Path(processor.__file__).parent
+    naming = sorted(
+        path.name
+        for path in package.rglob("*.py")
+        if "ENGINE_POLARS" in path.read_text() and path.name != "pipeline.py"
+    )
+    assert naming == []
+
+
+def test_the_native_extension_is_required_by_the_build():
+    """A failed build of the extension fails the install (setuptools-rust's `optional` would
+    install a package without its engine)."""
+    pyproject = tomllib.loads((Path(processor.__file__).parent.parent / "pyproject.toml").read_text())
+    (extension,) = pyproject["tool"]["setuptools-rust"]["ext-modules"]
+    assert extension["target"] == "processor._otlp_native"
+    assert extension.get("optional", False) is False

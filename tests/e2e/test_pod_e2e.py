@@ -27,7 +27,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from prometheus_client import CollectorRegistry
 
 from processor.config import CostConfig
-from processor.stages.cost.polars_path import COST_TOTAL, COST_VERSION, CostStage
+from processor.stages.cost.stage import COST_TOTAL, COST_VERSION, CostStage
 from processor.stages.redaction.stage import COUNT_KEY
 from tests.k8s.test_k8s_manifests import COLLECTOR, DEFAULT, RETURN_COLLECTOR, SIDECAR, render
 from tests.support.collector_harness import free_port

@@ -8,7 +8,7 @@
 //! `Redactor` (redact.rs, detect.rs) runs the redaction stage's rules over a batch in one call;
 //! processor/stages/redaction/stage.py keeps the polars path, tests/stages/redaction/test_redaction_native.py checks they agree.
 //! `PolicyPlan` (policy.rs) and the cost kernel (cost.rs) run the policy and cost stages' per-batch
-//! work; processor/stages/policy/native.py and processor/stages/cost/stage.py call them, the polars paths stay
+//! work; processor/stages/policy/native.py and processor/stages/cost/native.py call them, the polars paths stay
 //! the fallback, tests/stages/policy/test_policy_native.py and tests/stages/cost/test_cost_native.py check they agree.
 
 mod fasthash;
@@ -58,6 +58,7 @@ fn _otlp_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(scan, m)?)?;
     m.add_function(wrap_pyfunction!(otlp::rewrite::rewrite, m)?)?;
     m.add_class::<stages::redact::Redactor>()?;
+    m.add_function(wrap_pyfunction!(stages::redact::value_patterns_problem, m)?)?;
     m.add_class::<stages::redact::RedactionJob>()?;
     m.add_class::<stages::policy::PolicyPlan>()?;
     m.add_class::<stages::operation_totals::OperationTotals>()?;

@@ -11,24 +11,37 @@ import re
 import sys
 from pathlib import Path
 
-import polars as pl
 import yaml
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+from opentelemetry.proto.common.v1 import common_pb2
+from opentelemetry.proto.trace.v1 import trace_pb2
+from prometheus_client import CollectorRegistry
 
+from processor.config import CostConfig
 from processor.core import genai_attributes as ga
+from processor.core.decode import decode_traces
 from processor.files.safe_yaml import dump_yaml
 from processor.stages.cost import billing_dimensions as bd
 from processor.stages.cost.catalogue.build import BuildOptions, build
 from processor.stages.cost.catalogue.genai_prices_source import SourceError
-from processor.stages.cost.polars_path import COST_PARTS, cost_frame
 from processor.stages.cost.pricing_diff import diff_tables
 from processor.stages.cost.pricing_diff import render as render_diff
 from processor.stages.cost.pricing_table import (
     PRICE_FIELDS,
     PricingError,
-    PricingTable,
     default_table_path,
     load_table,
     parse_document,
+)
+from processor.stages.cost.stage import (
+    COST_MODEL,
+    COST_PARTS,
+    COST_PROVIDER,
+    COST_STATUS,
+    COST_TOTAL,
+    ESTIMATED,
+    PRICED,
+    CostStage,
 )
 
 PRICING_ENV = "GENOPS_COST_PRICING_FILE"
@@ -193,13 +206,16 @@ def run_diff(args: argparse.Namespace) -> int:
 
 
 def run_quote(args: argparse.Namespace) -> int:
+    """Prices one request as the sidecar does: a span with these attributes through the cost stage
+    itself (its native engine, billing dimensions and all), on the table given."""
     path = args.pricing or os.environ.get(PRICING_ENV) or default_table_path()
     try:
-        table = load_table(path)
         day = dt.date.fromisoformat(args.at) if args.at else dt.datetime.now(dt.UTC).date()
+        stage = CostStage(CostConfig(pricing_file=str(path)), CollectorRegistry(), watch=False)
     except (PricingError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    modality = {"audio_input": args.audio_input, "audio_output": args.audio_output}
     attributes = {
         "gen_ai.request.model": args.model,
         "gen_ai.provider.name": args.provider,
@@ -208,46 +224,65 @@ def run_quote(args: argparse.Namespace) -> int:
         "gen_ai.usage.cache_read.input_tokens": args.cache_read,
         "gen_ai.usage.cache_write.input_tokens": args.cache_write,
         "gen_ai.usage.reasoning.output_tokens": args.reasoning,
+        bd.SERVICE_TIER_SOURCES[-1]: args.service_tier,
+        bd.CACHE_WRITE_1H_SOURCES[0]: args.cache_write_1h,
+        bd.SEARCH_CONTEXT_SOURCES[0]: args.search_context_size,
+        **{bd.MODALITY_SOURCES[kind][0]: count for kind, count in modality.items()},
     }
-    frame = pl.DataFrame({k: [v] for k, v in attributes.items()}, strict=False)
-    start = pl.Series([(day - dt.date(1970, 1, 1)).days * 86_400 * 10**9], dtype=pl.Int64)
-    normalized = ga.normalize(frame)
-    (row,) = cost_frame(normalized, start, table).to_dicts()
-    if not row["priced"]:
+    start_ns = (day - dt.date(1970, 1, 1)).days * bd.NS_PER_DAY
+    try:
+        written = _priced_span(stage, attributes, start_ns)
+    finally:
+        stage.close()
+    table = stage.table
+    if written.get(COST_STATUS) not in (PRICED, ESTIMATED):
         print(f"no price for {args.model!r} (provider {args.provider or 'any'}) on {day} in {path}", file=sys.stderr)
         return 1
-    repriced = _with_dimensions(args, table, normalized, row, start[0])
-    print(f"model: {row['entry_model']} ({row['entry_provider']}), pricing version {table.version}, {day}")
-    if row["estimated"]:
-        print(f"  estimated: {args.model!r} is not {row['entry_model']} nor one of its snapshots, only near it")
-    if repriced.service_tier:
-        print(f"  service tier: {repriced.service_tier}")
-    if repriced.assumed:
-        print(f"  assumed: {repriced.assumed}")
-    costs = dict(zip(bd.PART_NAMES, repriced.cost.parts, strict=True))
+    print(f"model: {written[COST_MODEL]} ({written[COST_PROVIDER]}), pricing version {table.version}, {day}")
+    if written[COST_STATUS] == ESTIMATED:
+        print(f"  estimated: {args.model!r} is not {written[COST_MODEL]} nor one of its snapshots, only near it")
+    if written.get(bd.COST_SERVICE_TIER):
+        print(f"  service tier: {written[bd.COST_SERVICE_TIER]}")
+    if written.get(bd.COST_ASSUMED):
+        print(f"  assumed: {written[bd.COST_ASSUMED]}")
     for part in COST_PARTS:
-        print(f"  {part:<12} ${costs[part]:.6f}")
-    print(f"  {'total':<12} ${repriced.cost.total:.6f}")
+        print(f"  {part:<12} ${written.get(f'genops.cost.{part}') or 0.0:.6f}")
+    print(f"  {'total':<12} ${written[COST_TOTAL]:.6f}")
     return 0
 
 
-def _with_dimensions(
-    args: argparse.Namespace, table: PricingTable, normalized: pl.DataFrame, row: dict, start_ns: int
-) -> bd.Repriced:
-    """The quote with the billing dimensions given on the command line (processor/stages/cost/billing_dimensions.py)."""
-    parts = tuple(row[f"cost_{name}"] or 0.0 for name in bd.PART_NAMES)
-    cost = bd.SpanCost(parts, row["cost_total"] - sum(parts))  # type: ignore[arg-type]
-    found = table.match(args.provider, args.model)
-    assert found is not None  # priced above
-    modality = {"audio_input": args.audio_input, "audio_output": args.audio_output}
-    dims = bd.SpanDimensions(
-        service_tier=args.service_tier.strip().lower() if args.service_tier else None,
-        cache_write_1h_tokens=args.cache_write_1h,
-        search_context_size=args.search_context_size.strip().lower() if args.search_context_size else None,
-        modality_tokens={kind: n for kind, n in modality.items() if n is not None},
+def _priced_span(stage: CostStage, attributes: dict[str, object], start_ns: int) -> dict[str, object]:
+    """What the cost stage writes on one span with `attributes` (None values left out)."""
+    values = []
+    for key, value in attributes.items():
+        if value is None:
+            continue
+        any_value = (
+            common_pb2.AnyValue(int_value=value)
+            if isinstance(value, int)
+            else common_pb2.AnyValue(string_value=str(value))
+        )
+        values.append(common_pb2.KeyValue(key=key, value=any_value))
+    request = trace_service_pb2.ExportTraceServiceRequest(
+        resource_spans=[
+            trace_pb2.ResourceSpans(
+                scope_spans=[
+                    trace_pb2.ScopeSpans(
+                        spans=[
+                            trace_pb2.Span(
+                                name="pricing quote",
+                                start_time_unix_nano=start_ns,
+                                end_time_unix_nano=start_ns,
+                                attributes=values,
+                            )
+                        ]
+                    )
+                ]
+            )
+        ]
     )
-    counts = {name: normalized.get_column(name).to_list() for name in ga.TOKEN_COLUMNS}
-    return bd.reprice(bd.entry_at(table, found.group, start_ns), cost, bd.tokens_of(counts, 0), dims)
+    changes = stage.process(decode_traces(request.SerializeToString(), stage.wanted_keys()))
+    return {name: column[0] for name, column in changes.set_attributes.items()}
 
 
 def run_import(args: argparse.Namespace) -> int:

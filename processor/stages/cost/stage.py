@@ -1,241 +1,394 @@
-"""The cost stage's native path: its whole per-batch query (GenAI normalisation, price lookup,
-cost arithmetic, the written columns and the metric counts) in one Rust call per batch
-(`cost_batch` in processor/native/src/stages/cost.rs), on the frame's Arrow buffers.
+"""The cost stage: USD cost of GenAI spans from their token counts and a pricing table.
 
-Python keeps what is per table or per day, not per span: resolving (provider, model) pairs the
-native side has not seen against the pricing table, and laying out the price rows of each
-PriceSlots once. The polars path in processor/stages/cost/polars_path.py stays the fallback (extension not built,
-GENOPS_NATIVE_DECODE=0, a layout or price row this path does not take) and the reference
-tests/stages/cost/test_cost_native.py checks this one against.
+Cost is a join, not a loop over spans: the distinct (provider, model) pairs of a batch are
+resolved against the table (cached per table), joined to the table's price rows, the right row
+picked per span by start date and prompt size (tiers), and the cost computed: in one Rust call
+per batch (processor/stages/cost/native.py), the stage's one engine. The polars query it was written
+against is the differential oracle in tests/oracle/cost.py (with the known pairs, the price
+steps and `cost_frame`).
+
+Billing rules (tokens as normalized by genai_attributes, where input includes cached tokens and
+output includes reasoning tokens):
+- input       = (input - cache_read - cache_write) * input price
+- cache_read  = cache_read * cache_read price (default: input price)
+- cache_write = cache_write * cache_write price (default: input price)
+- reasoning   = reasoning * reasoning price (default: output price)
+- output      = (output - reasoning) * output price; reasoning is billed once, in its own part
+- total       = the five parts + the per-request fee
+Tiers ("cliff" pricing, as Gemini and Claude long context bill): when the prompt (all input tokens)
+exceeds a tier's size, that tier's prices apply to every token of the request.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from processor.config import CostConfig
 from processor.core import genai_attributes as ga
-from processor.core.batch_columns import array_parts, arrow_series
-from processor.core.decode import START_TIME, TelemetryBatch, native_available, native_module
-from processor.stages.cost.pricing_table import PRICE_FIELDS, PriceSlots, PricingTable, priced_match
+from processor.core.contract import ENGINE_NATIVE, BatchChanges
+from processor.core.decode import LOGS, START_TIME, TRACES, TelemetryBatch, WantedKeys
+from processor.core.outbound import NO_REDACTION, OutboundRedaction
+from processor.core.span_values import SDK_COST_KEYS, SDK_COSTS, CostCheck, InvalidValueMetrics, check_batch
+from processor.files.reload import ReloadMetrics, Watcher
+from processor.stages.cost import billing_dimensions
+from processor.stages.cost.cache_savings import with_cache_savings
+from processor.stages.cost.native import NativeCost
+from processor.stages.cost.pricing_table import (
+    PriceSlots,
+    PricingTable,
+    default_table_path,
+    load_table,
+    priced_match,
+)
 
-_NEWEST = pl.CompatLevel.newest()
-# How the native side reads a source column, by dtype; other numeric sources are cast to Int64
-# first, as the polars path casts them.
-_KINDS = {pl.String: "string", pl.Int64: "i64", pl.Float64: "f64"}
-_TEXT_COLUMNS = (ga.MODEL, ga.PROVIDER)
-_PRICE_COLUMNS = [*(f"p_{name}" for name in PRICE_FIELDS), "p_request"]
+log = structlog.get_logger(__name__)
+
+COST_TOTAL = "genops.cost.total"
+COST_PARTS = ("input", "output", "cache_read", "cache_write", "reasoning")
+COST_CURRENCY = "genops.cost.currency"
+COST_PROVIDER = "genops.cost.provider"
+COST_MODEL = "genops.cost.model"
+COST_VERSION = "genops.cost.pricing_version"
+COST_STATUS = "genops.cost.status"
+PRICED = "priced"
+UNPRICED = "unpriced"
+# An SDK cost that is not a finite amount at or above zero, on a span the table could not price.
+INVALID_SDK_COST = "invalid_sdk_cost"
+# Priced with the prices of a family the model is only near (processor/stages/cost/model_versions.py).
+ESTIMATED = "estimated"
+# Ours, on a span that came with an SDK cost, and the SDK's minus ours.
+COST_COMPUTED = "genops.cost.computed_total"
+COST_SDK_DIFFERENCE = "genops.cost.sdk_difference"
+# Unpriced-span metric labels: beyond this many distinct (provider, model) pairs, new ones are
+# counted as "other" so a client sending random model names cannot blow up the metric series.
+MAX_UNPRICED_LABELS = 200
+MAX_LABEL_LENGTH = 64
+MILLION = 1_000_000.0
+# What the stage writes, in this order.
+WRITTEN = (
+    COST_TOTAL,
+    *(f"genops.cost.{part}" for part in COST_PARTS),
+    COST_CURRENCY,
+    COST_PROVIDER,
+    COST_MODEL,
+    COST_VERSION,
+    COST_STATUS,
+)
 
 
-@dataclass(frozen=True)
-class NativeCosts:
-    """One batch's results: the canonical GenAI columns, the stage's columns (None: nothing to
-    price), and the metric counts: priced (provider, spans), unpriced and estimated (provider,
-    model, spans)."""
-
-    genai: pl.DataFrame
-    written: dict[str, pl.Series] | None
-    # The written columns as the Arrow arrays the Series were made from.
-    written_arrow: dict[str, pa.Array]
-    priced: list[tuple[str, int]]
-    unpriced: list[tuple[str | None, str | None, int]]
-    estimated: list[tuple[str | None, str | None, int]]
+# Known (provider, model) pairs are kept per table up to this many; past it the set restarts from
+# the batch at hand, so a client sending random model names costs time, never unbounded memory.
+MAX_KNOWN_PAIRS = 4096
+# batch.derived key: the providers (as written to genops.cost.provider) that priced spans of the batch.
+PRICED_PROVIDERS = "cost.priced_providers"
 
 
-def native_cost_available() -> bool:
-    return native_available() and hasattr(native_module(), "cost_batch")
+@dataclass
+class CostMetrics:
+    unpriced: Counter
+    priced: Counter
+    estimated: Counter
+    table_info: Gauge
+    table_age: Gauge
+    reload: ReloadMetrics
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> CostMetrics:
+        return cls(
+            unpriced=Counter(
+                "genops_cost_unpriced_spans",
+                "GenAI spans with token counts whose model has no price in the table.",
+                ["provider", "model"],
+                registry=registry,
+            ),
+            priced=Counter("genops_cost_priced_spans", "GenAI spans priced.", ["provider"], registry=registry),
+            estimated=Counter(
+                "genops_cost_estimated_spans",
+                "GenAI spans whose model is only near a priced family, priced with the family's prices.",
+                ["provider", "model"],
+                registry=registry,
+            ),
+            table_info=Gauge(
+                "genops_pricing_table_info",
+                "The pricing table in use (value 1), by version and model count.",
+                ["version", "models"],
+                registry=registry,
+                multiprocess_mode="livemax",
+            ),
+            table_age=Gauge(
+                "genops_pricing_table_age_seconds",
+                "Seconds since the newest as_of date of the pricing table in use (when its prices were "
+                "last checked); updated on every load and batch.",
+                registry=registry,
+                multiprocess_mode="livemax",
+            ),
+            reload=ReloadMetrics("genops_pricing", "pricing table", registry),
+        )
 
 
-class NativeCost:
-    """Runs batches through cost_batch, with the per-table pairs and per-slots price rows it needs."""
+class CostStage:
+    name = "cost"
+    # GenAI events sent as logs (gen_ai.client.inference.operation.details) carry model and usage
+    # as spans do: any log record with token counts is priced like a span, by its time.
+    signals = frozenset({TRACES, LOGS})
 
-    def __init__(self, written: tuple[str, ...], max_pairs: int, estimate_near: bool = True) -> None:
-        self._module = native_module()
-        self._estimate_near = estimate_near
-        self._written = written
-        self._max_pairs = max_pairs
-        self._pairs: tuple[PricingTable, Any] | None = None
-        self._rows: dict[int, tuple[PriceSlots, Any]] = {}
-        self._lock = threading.Lock()
-        # polars' sum_horizontal adds in an order that depends on its thread pool: matched natively.
-        self._threaded = pl.thread_pool_size() > 1
-        self._written_arrow = _written_arrow(len(written))
-
-    def run(
+    def __init__(
         self,
-        batch: TelemetryBatch,
-        genai: pl.DataFrame | None,
-        table: PricingTable,
-        slots: PriceSlots,
-        sdk_column: str | None,
-    ) -> NativeCosts | None:
-        """The batch's costs; None when this path does not take it (the polars path then runs).
-        `sdk_column`: the column whose non-null values mark spans the SDK priced (None: price all)."""
-        rows = self._price_rows(slots)
-        if rows is None:
+        config: CostConfig,
+        registry: CollectorRegistry,
+        watch: bool = True,
+        outbound: OutboundRedaction = NO_REDACTION,
+    ) -> None:
+        self.config = config
+        self.outbound = outbound
+        self.metrics = CostMetrics.create(registry)
+        self._invalid = InvalidValueMetrics.of(registry)
+        self._table: PricingTable | None = None
+        self._checked_at: float | None = None
+        self._priced: dict[str, Counter] = {}
+        self._labels: set[tuple[str, str]] = set()
+        self._labels_lock = threading.Lock()
+        # The stage's one engine (cost_native.py).
+        self._estimate_near = config.near_matches != "unpriced"
+        self._native = NativeCost(WRITTEN, MAX_KNOWN_PAIRS, self._estimate_near)
+        path = config.pricing_file or default_table_path()
+        # Loads (and validates) now: a broken table raises here, so serve refuses to start.
+        self.watcher = Watcher(
+            path, load_table, self._use, config.reload_interval_seconds, self.metrics.reload, name="pricing"
+        )
+        if watch:
+            self.watcher.start()
+
+    @property
+    def table(self) -> PricingTable:
+        assert self._table is not None
+        return self._table
+
+    def _use(self, table: PricingTable) -> None:
+        previous = self._table
+        self._table = table  # one reference swap: a batch in flight keeps the table it started with
+        if previous is not None:
+            self.metrics.table_info.remove(previous.version, str(previous.model_count))
+        self.metrics.table_info.labels(table.version, str(table.model_count)).set(1)
+        self._checked_at = _midnight(table.checked_on)
+        self._refresh_age()
+        log.info("pricing table in use", version=table.version, models=table.model_count, path=str(self.watcher_path))
+
+    @property
+    def watcher_path(self) -> str:
+        return self.config.pricing_file or str(default_table_path())
+
+    def close(self) -> None:
+        self.watcher.stop()
+
+    def wanted_keys(self) -> WantedKeys:
+        return WantedKeys(item=ga.GENAI_KEYS.item | {*SDK_COST_KEYS, *billing_dimensions.SOURCES})
+
+    def _refresh_age(self) -> None:
+        if self._checked_at is not None:
+            self.metrics.table_age.set(max(time.time() - self._checked_at, 0.0))
+
+    def process(self, batch: TelemetryBatch) -> BatchChanges:
+        # Bad SDK costs and times are taken out of the batch's columns first: such a span is
+        # priced from its tokens (or left unpriced), and the others never see them.
+        if batch.signal == LOGS:
+            if not any(batch.column_type(key) is not None for keys in ga.TOKEN_SOURCES.values() for key in keys):
+                return BatchChanges()  # no record reports usage: nothing to price
+            _with_record_times(batch)
+        check_batch(batch)
+        self._invalid.record(batch)
+        table = self.table
+        priced = self._priced_changes(batch, table)
+        providers = batch.derived.get(PRICED_PROVIDERS)
+        priced = billing_dimensions.apply_dimensions(
+            batch, priced, table, self._group_of(table), providers if isinstance(providers, set) else None
+        )
+        priced = with_cache_savings(batch, priced, table, self._group_of(table))
+        sdk = batch.derived.get(SDK_COSTS)
+        ours = None if self.config.override_sdk_costs else self._ours_beside_sdk(batch, table, sdk)
+        return _with_sdk_costs(priced, sdk, ours)
+
+    def _ours_beside_sdk(self, batch: TelemetryBatch, table: PricingTable, sdk: object) -> pl.Series | None:
+        """Our cost of the spans whose SDK cost stands (null elsewhere): computed apart from the
+        batch's pricing, which leaves them out, and not counted in the priced/unpriced metrics."""
+        genai = batch.derived.get("genai")
+        if not isinstance(sdk, CostCheck) or not isinstance(genai, pl.DataFrame):
             return None
-        columns = self._columns(batch, genai)
-        if columns is None:
+        rows = sdk.usable.is_not_null().arg_true()
+        if rows.is_empty():
             return None
-        texts, counts = columns
-        start = batch.column_array(START_TIME)
-        if start is None:
-            return None
-        unsigned = start.type == pa.uint64()
-        if not unsigned and start.type != pa.int64():
-            start = batch.column_series(START_TIME).cast(pl.Int64, strict=False).to_arrow()  # type: ignore[union-attr]  # present: its array was just read
-        sdk_priced = None
-        sdk = None if sdk_column is None else batch.column_array(sdk_column)
-        if sdk is not None and sdk.null_count < len(sdk):
-            sdk_priced = array_parts(pc.is_valid(sdk))
-        pairs = self._pairs_for(table)
-        args = (texts, counts, genai is not None, array_parts(start), unsigned, sdk_priced, pairs)
-        for attempt in range(3):
-            found = self._module.cost_batch(*args, rows, table.version, self._threaded)
-            if found[0] == "done":
-                break
-            missing = found[1]
-            # Past the bound the known pairs restart from this batch's: random model names cost
-            # time, never unbounded memory.
-            if attempt == 0 and len(pairs) + len(missing) > self._max_pairs:
-                pairs.clear()
-            pairs.add([self._pair(table, provider, model) for provider, model in missing])
-        else:
-            return None
-        _, genai_buffers, written_buffers, priced, unpriced, estimated = found
-        n = len(batch)
-        if genai is None:
-            genai = pl.DataFrame(_series_of(ga.COLUMNS, _arrays_of(n, genai_buffers, _GENAI_ARROW)))
-        written = None
-        written_arrow = {}
-        if written_buffers is not None:
-            arrays = _arrays_of(n, written_buffers, self._written_arrow)
-            written = dict(zip(self._written, _series_of(self._written, arrays), strict=True))
-            written_arrow = dict(zip(self._written, arrays, strict=True))
-        return NativeCosts(genai, written, written_arrow, priced, unpriced, estimated)
+        first, last = _first_and_last(batch.column_array(START_TIME))
+        costs = self._native.run(batch, genai, table, table.slots_for(first, last), sdk_column=None)
+        if costs is None:
+            raise ValueError("cost stage: a batch or price rows the native engine cannot read")
+        ours = pl.Series(COST_COMPUTED, [None] * sdk.usable.len(), dtype=pl.Float64)
+        if costs.written is None:
+            return ours
+        return ours.scatter(rows, costs.written[COST_TOTAL].gather(rows))
 
-    def _pair(self, table: PricingTable, provider: str | None, model: str | None) -> tuple:
-        """(provider, model, price group or None, estimated) as PairGroups.add takes it."""
-        found = priced_match(table, provider, model, estimate_near=self._estimate_near)
-        return (provider, model, None if found is None else found.group, found is not None and found.near)
+    def _group_of(self, table: PricingTable) -> Callable[[str | None, str | None], int | None]:
+        def group_of(provider: str | None, model: str | None) -> int | None:
+            found = priced_match(table, provider, model, estimate_near=self._estimate_near)
+            return None if found is None else found.group
 
-    def _pairs_for(self, table: PricingTable) -> Any:
-        current = self._pairs
-        if current is None or current[0] is not table:
-            with self._lock:
-                current = self._pairs
-                if current is None or current[0] is not table:
-                    current = self._pairs = (table, self._module.PairGroups(_aliases()))
-        return current[1]
+        return group_of
 
-    def _price_rows(self, slots: PriceSlots) -> Any:
-        cached = self._rows.get(id(slots))
-        if cached is not None and cached[0] is slots:
-            return cached[1]
-        rows = _native_rows(self._module, slots)
-        if len(self._rows) >= 64:
-            self._rows.clear()
-        self._rows[id(slots)] = (slots, rows)
-        return rows
+    def _priced_changes(self, batch: TelemetryBatch, table: PricingTable) -> BatchChanges:
+        # One native call per batch (cost_native.py, the stage's one engine; the polars query it
+        # was written against is the differential oracle in tests/oracle/cost.py).
+        self._refresh_age()
+        # Spans that all start on one day (nearly every batch) need no date checks: see slots_for.
+        first, last = _first_and_last(batch.column_array(START_TIME))
+        return self._process_native(batch, table, table.slots_for(first, last)).with_engine(ENGINE_NATIVE)
 
-    def _columns(self, batch: TelemetryBatch, genai: pl.DataFrame | None) -> tuple[list, list] | None:
-        """(text sources, count sources) as Arrow parts, or None for a layout this path cannot read."""
-        if genai is not None:
-            if any(genai.schema.get(c) != dtype for c, dtype in zip(ga.COLUMNS, _GENAI_TYPES, strict=True)):
-                return None
-            texts: list[list[tuple | None]] = [[_parts(genai.get_column(c), "string")] for c in _TEXT_COLUMNS]
-            counts: list[list[tuple | None]] = [[_parts(genai.get_column(c), "i64")] for c in ga.TOKEN_COLUMNS]
-            return texts, counts
-        texts = [_sources(batch, keys, pl.String()) for keys in (ga.MODEL_SOURCES, ga.PROVIDER_SOURCES)]
-        counts = [_sources(batch, ga.TOKEN_SOURCES[c], pl.Int64()) for c in ga.TOKEN_COLUMNS]
-        return texts, counts
+    def _process_native(self, batch: TelemetryBatch, table: PricingTable, slots: PriceSlots) -> BatchChanges:
+        """The batch through the native path (cost_native.py); raises for a batch it cannot read."""
+        costs = self._native.run(
+            batch,
+            batch.derived.get("genai"),  # type: ignore[arg-type]
+            table,
+            slots,
+            sdk_column=None if self.config.override_sdk_costs else COST_TOTAL,
+        )
+        if costs is None:
+            # A genai frame of other types from an earlier stage, or price rows with a null price:
+            # neither is made by the decoder or the table loader, so this is a stage error.
+            raise ValueError("cost stage: a batch or price rows the native engine cannot read")
+        if "genai" not in batch.derived:
+            batch.derived["genai"] = costs.genai
+        if costs.written is None:  # nothing to price: not even an unpriced status
+            return BatchChanges()
+        self._count_priced(costs.priced)
+        batch.derived[PRICED_PROVIDERS] = {provider for provider, _ in costs.priced}
+        for provider, model, count in costs.unpriced:
+            self.metrics.unpriced.labels(*self._label(provider, model)).inc(count)
+        for provider, model, count in costs.estimated:
+            self.metrics.estimated.labels(*self._label(provider, model)).inc(count)
+        return BatchChanges(set_attributes=costs.written, arrow=costs.written_arrow)
 
+    def _count_priced(self, counts: Iterable[tuple[str | None, int]]) -> None:
+        for provider, count in counts:
+            if provider is not None:
+                counter = self._priced.get(provider)
+                if counter is None:  # labels() takes a lock and builds a key: once per provider
+                    if len(self._priced) >= MAX_UNPRICED_LABELS:
+                        self._priced.clear()
+                    published = self.outbound.label(ga.GENOPS_PROVIDER, provider)[:MAX_LABEL_LENGTH]
+                    counter = self._priced[provider] = self.metrics.priced.labels(provider=published)
+                counter.inc(count)
 
-def _sources(batch: TelemetryBatch, keys: tuple[str, ...], dtype: pl.DataType) -> list[tuple | None]:
-    """The columns normalize reads for one canonical column (see genai_attributes._steps), in its
-    order: those of a type it can use, other numbers cast to Int64 as the polars path casts them."""
-    found: list[tuple | None] = []
-    for key in keys:
-        arrow_type = batch.column_type(key)
-        if arrow_type is None:
-            continue
-        source_type = _POLARS_TYPES.get(arrow_type)
-        if source_type is None:
-            source_type = batch.column_series(key).dtype  # type: ignore[union-attr]
-        if not ga._usable(source_type, dtype):
-            continue
-        kind = _KINDS.get(type(source_type))
-        if kind is None:
-            found.append(_parts(batch.column_series(key).cast(pl.Int64, strict=False), "i64"))  # type: ignore[union-attr]
-        else:
-            found.append(batch.column_parts(key))
-    return found
+    def _label(self, provider: str | None, model: str | None) -> tuple[str, str]:
+        # The span's own provider and model, so redacted as those attributes are (an API key sent
+        # as the model name is masked in the trace and must not come out as a label).
+        label = (
+            self.outbound.label(ga.GENOPS_PROVIDER, provider or "unknown")[:MAX_LABEL_LENGTH],
+            self.outbound.label(ga.GENOPS_MODEL, model or "unknown")[:MAX_LABEL_LENGTH],
+        )
+        with self._labels_lock:
+            if label in self._labels:
+                return label
+            if len(self._labels) < MAX_UNPRICED_LABELS:
+                self._labels.add(label)
+                return label
+        return ("other", "other")
 
 
-# The Arrow types of the columns the native scan makes, as polars names them.
-_POLARS_TYPES = {
-    pa.string_view(): pl.String(),
-    pa.binary_view(): pl.Binary(),
-    pa.int64(): pl.Int64(),
-    pa.float64(): pl.Float64(),
-    pa.bool_(): pl.Boolean(),
-}
+def _with_sdk_costs(changes: BatchChanges, sdk: object, ours_beside: pl.Series | None) -> BatchChanges:
+    """The stage's changes and the SDK's costs together.
 
-
-def _native_rows(module: Any, slots: PriceSlots) -> Any:
-    """The price rows of `slots` for the native side; None for rows it does not take (a null price)."""
-    rows = slots.rows
-    prices = rows.select(_PRICE_COLUMNS)
-    if any(prices.null_count().row(0)) or rows["entry_provider"].has_nulls() or rows["entry_model"].has_nulls():
-        return None
-    return module.PriceRows(
-        rows["threshold"].to_list(),
-        rows["lo"].to_list(),
-        rows["hi"].to_list(),
-        prices.rows(),
-        rows["entry_provider"].to_list(),
-        rows["entry_model"].to_list(),
-        [list(members) for members in slots.members],
-        slots.dated,
+    A span with a usable SDK cost keeps it as genops.cost.total unless `override_sdk_costs` (then
+    the stage priced it and ours is the total); either way, where we price it too, ours is written
+    as genops.cost.computed_total and the SDK's minus ours as genops.cost.sdk_difference, so price
+    drift shows. `ours_beside`: ours for the spans whose SDK cost stands (None: overriding, or
+    none). An SDK cost that came as text or under another key is written as the number in
+    genops.cost.total; a span whose SDK cost was unusable and that the table could not price gets
+    the `invalid_sdk_cost` status."""
+    if not isinstance(sdk, CostCheck):
+        return changes
+    has_sdk = sdk.usable.is_not_null()
+    if not has_sdk.any() and not sdk.ignored.any():
+        return changes
+    written = dict(changes.set_attributes)
+    arrow = dict(changes.arrow)
+    rows = sdk.usable.len()
+    rewrite = sdk.rewrite if sdk.rewrite is not None else pl.Series([sdk.was_text] * rows, dtype=pl.Boolean)
+    total = written.get(COST_TOTAL, pl.Series(COST_TOTAL, [None] * rows, dtype=pl.Float64))
+    status = written.get(COST_STATUS, pl.Series(COST_STATUS, [None] * rows, dtype=pl.String))
+    ours = total if ours_beside is None else ours_beside
+    frame = pl.DataFrame(
+        {
+            "total": total,
+            "ours": ours,
+            "status": status,
+            "sdk": sdk.usable,
+            "has": has_sdk,
+            "ignored": sdk.ignored,
+            "rewrite": rewrite,
+        }
     )
+    both = pl.col("has") & pl.col("ours").is_not_null()
+    # Ours where we priced it (always, overriding), else the SDK's number where it needs writing.
+    new_total = pl.coalesce("total", pl.when(pl.col("rewrite")).then(pl.col("sdk")))
+    out = frame.select(
+        new_total.alias(COST_TOTAL),
+        pl.when(pl.col("ignored") & new_total.is_null())
+        .then(pl.lit(INVALID_SDK_COST))
+        .otherwise("status")
+        .alias(COST_STATUS),
+        pl.when(both).then("ours").alias(COST_COMPUTED),
+        pl.when(both).then(pl.col("sdk") - pl.col("ours")).alias(COST_SDK_DIFFERENCE),
+    )
+    for name in (COST_TOTAL, COST_STATUS, COST_COMPUTED, COST_SDK_DIFFERENCE):
+        column = out.get_column(name)
+        arrow.pop(name, None)  # the Series is the value now: the writer converts it
+        if column.null_count() < rows:
+            written[name] = column
+        else:
+            written.pop(name, None)
+    return BatchChanges(set_attributes=written, rewrites=changes.rewrites, events=changes.events, arrow=arrow)
 
 
-def _aliases() -> list[tuple[str, str]]:
-    # Identity aliases change nothing, as the polars path's sorted alias lookup leaves them out.
-    return [(name, alias) for name, alias in ga.PROVIDER_ALIASES.items() if name != alias]
+def _with_record_times(batch: TelemetryBatch) -> None:
+    """A log batch's record times (the observed time when a record has none) as the start times
+    spans are priced by."""
+    if batch.column_array(START_TIME) is not None:
+        return
+    times = [record.time_unix_nano or record.observed_time_unix_nano for record in batch.items]
+    batch.set_column(START_TIME, pl.Series(START_TIME, times, dtype=pl.UInt64))
 
 
-def _parts(series: pl.Series, kind: str) -> tuple:
-    """(kind, length, offset, buffers, child) as arrow.rs reads an array, in place."""
-    array = series.to_arrow(compat_level=_NEWEST)
-    return (kind, len(array), array.offset, array.buffers(), None)
+def _midnight(day: dt.date | None) -> float | None:
+    """The day's start, UTC, in Unix seconds."""
+    return None if day is None else dt.datetime.combine(day, dt.time(), dt.UTC).timestamp()
 
 
-_GENAI_TYPES = (pl.String(), pl.String(), *(pl.Int64() for _ in ga.TOKEN_COLUMNS))
-_GENAI_ARROW = (pa.string_view(), pa.string_view(), *(pa.int64() for _ in ga.TOKEN_COLUMNS))
+def _first_and_last(starts: pa.Array | None) -> tuple[int | None, int | None]:
+    """The earliest and latest span start; (None, None) when a start is missing."""
+    if starts is None or starts.null_count or not len(starts):
+        return None, None
+    found = pc.min_max(starts)
+    return found["min"].as_py(), found["max"].as_py()
 
 
-def _written_arrow(count: int) -> tuple[pa.DataType, ...]:
-    # WRITTEN: the total and five parts (Float64), then five strings.
-    return (*(pa.float64() for _ in range(6)), *(pa.string_view() for _ in range(count - 6)))
+def build_cost_stage(
+    config: CostConfig,
+    registry: CollectorRegistry,
+    *,
+    watch: bool = True,
+    outbound: OutboundRedaction = NO_REDACTION,
+) -> CostStage:
+    """The cost stage, its pricing table loaded and validated (PricingError if it is broken).
 
-
-def _arrays_of(n: int, buffers: list, types: tuple[pa.DataType, ...]) -> list[pa.Array]:
-    arrays = []
-    for parts, arrow_type in zip(buffers, types, strict=True):
-        validity, *data = parts
-        arrays.append(pa.Array.from_buffers(arrow_type, n, [_buffer(validity), *map(pa.py_buffer, data)]))
-    return arrays
-
-
-def _series_of(names: tuple[str, ...], arrays: list[pa.Array]) -> list[pl.Series]:
-    return [arrow_series(name, array) for name, array in zip(names, arrays, strict=True)]
-
-
-def _buffer(data: bytes | None) -> pa.Buffer | None:
-    return None if data is None else pa.py_buffer(data)
+    watch=False skips the reload thread (validate-config only needs the table checked).
+    """
+    return CostStage(config, registry, watch=watch, outbound=outbound)

@@ -26,7 +26,7 @@ from processor.core.attribution import DIMENSIONS, Attribution, dimension_key, t
 from processor.core.decode import START_TIME, TelemetryBatch
 from processor.core.genai_attributes import MODEL, PROVIDER, TOKEN_COLUMNS, normalized
 from processor.core.outbound import NO_REDACTION, OutboundRedaction
-from processor.stages.cost.polars_path import COST_PARTS, COST_TOTAL
+from processor.stages.cost.stage import COST_PARTS, COST_TOTAL
 from processor.stages.policy.budget_state import Applied, BudgetStore
 from processor.stages.policy.store_caps import OVERFLOW, AdmittingStore, StoreCap
 

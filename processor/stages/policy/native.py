@@ -1,11 +1,12 @@
 """The policy stage's native path: one Rust call per batch (`PolicyPlan` in
-processor/native/src/stages/policy.rs) instead of the polars queries of policy_stage.py.
+processor/native/src/stages/policy.rs), the stage's one engine.
 
 The call reads the frame's columns as Arrow buffers, finds the GenAI spans, attributes them, runs
 the rule checks, charges the budget windows (the store is a callback, so a batch is still applied
 in one atomic step), and returns the verdict and budget tag columns, the threshold events and the
-small tables the metrics need. The polars path stays the fallback and the reference:
-tests/stages/policy/test_policy_native.py checks both give the same changes, events, metrics and stored totals.
+small tables the metrics need. The polars queries it was written against are the differential
+oracle in tests/oracle/policy.py: tests/stages/policy/test_policy_native.py checks both give the same changes,
+events, metrics and stored totals.
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ ERROR_TYPE = "error.type"
 _LABEL_SOURCES = {name: i for i, name in enumerate((*DIMENSIONS, "model", "provider"))}
 
 
-class Unsupported(Exception):
-    """A column type the native path does not read: the polars path takes the batch."""
+class Unsupported(ValueError):
+    """A column type the native path does not read (the decoder makes none such): the stage
+    fails on the batch, which goes on without its changes (counted as a stage error)."""
 
 
 # batch.derived key of the inputs `NativePolicy.prepare` read, and where the PII count sits in them.
@@ -107,8 +109,6 @@ class NativePolicy:
             )
             for b in policy.budgets
         ]
-        table = policies.VerdictTable(checks)
-        self._results = [result for _, result, _ in table.entries]
         self.plan = native_module().PolicyPlan(
             dims,
             cost_texts,
@@ -116,14 +116,11 @@ class NativePolicy:
             budget_specs,
             len(zones),
             [_LABEL_SOURCES[name] for name in labels],
-            list(table.entries),
+            [(c.name, policies.MODE_ORDER.index(c.mode), c.reason_code) for c in checks],
+            policies.severity_order(checks),
+            policies.VERDICT_WORDS,
         )
         self._counted = counted
-
-    @staticmethod
-    def supports(checks: list[policies.Check]) -> bool:
-        module = native_module()
-        return module is not None and hasattr(module, "PolicyPlan") and policies.VerdictTable.fits(checks)
 
     def prepare(self, batch: TelemetryBatch) -> None:
         """Reads the plan's inputs ahead, but for the PII count (the redaction stage's output,
@@ -136,8 +133,8 @@ class NativePolicy:
 
     def process(
         self, batch: TelemetryBatch, store: BudgetStore, metrics: GovernanceMetrics, fingerprint: Callable
-    ) -> BatchChanges | None:
-        """The batch's changes, or None when the polars path must take it (nothing applied then)."""
+    ) -> BatchChanges:
+        """The batch's changes; raises on a batch the plan cannot read (nothing applied then)."""
         # batch.derived is untyped (issue 19 replaces it with typed hand-offs): prepare() put it there.
         prepared: Any = batch.derived.pop(_PREPARED, None)
         try:
@@ -147,8 +144,8 @@ class NativePolicy:
             else:
                 texts = [_text(batch, name) for name in self.texts]
                 numbers = _numbers(batch, normalized(batch))
-        except Unsupported:
-            return None
+        except Unsupported as e:
+            raise Unsupported(f"policy stage: a column of type {e} cannot be read") from None
         rows = len(batch)
 
         def apply(increments: dict[str, float], expires_at: dict[str, int]) -> tuple[dict[str, float], bool]:
@@ -166,10 +163,11 @@ class NativePolicy:
             metrics.operation_labels,
         )
         if found is None:
-            return None
+            # A non-finite cost or a time past i64: span_values.check_batch clears those first.
+            raise ValueError("policy stage: a cost or time the plan cannot charge")
         if not found:
             return BatchChanges()
-        (violations, result, reason), tags, events, levels, check_counts, code_counts, groups = found
+        (violations, result, reason), tags, events, levels, check_counts, result_counts, groups = found
         arrays = {
             policies.VIOLATIONS: _lists(rows, violations),
             policies.RESULT: _string_views(rows, result),
@@ -197,9 +195,7 @@ class NativePolicy:
             # No metric labels: one group, its cost summed by polars as the polars path does.
             groups.set_cost(0, pl.Series(_array(pa.float64(), len(costs[1]) // 8, costs)).sum() or 0.0)
         metrics.record_operation_groups(groups)
-        results: Counter[str] = Counter()
-        for code_value, count in code_counts:
-            results[self._results[code_value]] += count
+        results: Counter[str] = Counter(dict(result_counts))
         metrics.record_verdicts(
             results,
             [(c.name, c.reason_code, c.mode, count) for c, count in zip(self._counted, check_counts, strict=True)],

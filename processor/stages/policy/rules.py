@@ -91,6 +91,16 @@ def _severity(check: Check) -> tuple[int, int]:
     return MODE_ORDER.index(check.mode), check.rank
 
 
+def severity_order(checks: Sequence[Check]) -> list[int]:
+    """Check indices, the most severe first (the first listed on a tie): the reason code of a
+    span's verdict is that of its first violated check in this order."""
+    return sorted(range(len(checks)), key=lambda k: _severity(checks[k]))
+
+
+# The native plan's verdict words: BLOCKED, WARNING, ALLOWED and the budget warning's reason code.
+VERDICT_WORDS = (gs.BLOCKED, gs.WARNING, gs.ALLOWED, BUDGET_WARNING)
+
+
 def _applies(rule: PolicyRule) -> pl.Expr:
     applies = pl.lit(True)
     for dimension, values in rule.match.items():
@@ -149,7 +159,8 @@ def verdict(checks: Sequence[Check], warned: pl.Expr, evaluated: pl.Expr) -> lis
     ]
 
 
-# Policies with at most this many checks get their verdicts from a table (2^(checks+1) rows).
+# The polars oracle (tests/oracle/policy.py) tabulates the verdicts of policies with at most this
+# many checks (2^(checks+1) rows); the native plan computes each distinct verdict of a batch instead.
 MAX_TABLE_CHECKS = 12
 
 
@@ -162,7 +173,7 @@ class VerdictTable:
 
     def __init__(self, checks: Sequence[Check]) -> None:
         self.checks = tuple(checks)
-        ordered = sorted(range(len(checks)), key=lambda k: _severity(checks[k]))
+        ordered = severity_order(checks)
         violations, results, reasons = [], [], []
         # Per code: (violated check names or None, result, reason code or None).
         self.entries: tuple[tuple[list[str] | None, str, str | None], ...]

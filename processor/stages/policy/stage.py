@@ -3,10 +3,11 @@
 Runs last (cost → redaction → policy), so it sees `genops.cost.*` written by the cost stage and
 `genops.redaction.count` written by redaction, as frame columns.
 
-With the native extension built, a batch runs in one Rust call (processor/stages/policy/native.py); the
-polars queries below stay the fallback (GENOPS_NATIVE_DECODE=0, a policy with more checks than the
-verdict table takes, a column type the native side does not read, a non-finite cost) and the
-reference tests/stages/policy/test_policy_native.py checks the native path against.
+A span batch runs in one Rust call (processor/stages/policy/native.py), whatever number of checks
+the policy file holds. Two cases still run the polars queries below, counted as engine `polars`:
+a policy file with budgets keyed on span attributes (their subjects are capped in the store, which
+the native plan does not do yet) and GenAI calls seen only as log records (log_charges.py). The
+same queries are the differential oracle (tests/oracle/policy.py) the native path is checked against.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from processor.core.decode import (
     TRACES,
     TelemetryBatch,
     WantedKeys,
-    native_available,
 )
 from processor.core.genai_attributes import GENAI_KEYS, MODEL, PROVIDER, TOKENS_INPUT, TOKENS_OUTPUT, normalized
 from processor.core.outbound import NO_REDACTION, OutboundRedaction
@@ -135,7 +135,7 @@ class PolicyStage:
         fingerprint(batch)
         check_batch(batch)
         plan = self._plan_for(self.source.current())
-        if plan.native is not None and native_available():
+        if plan.native is not None:
             plan.native.prepare(batch)
 
     def process(self, batch: TelemetryBatch) -> BatchChanges:
@@ -151,13 +151,7 @@ class PolicyStage:
         store = self.store if self.ledger is None else self.ledger.charging(self.store, batch, time.time_ns())
         watched = None if self.cache is None else self.cache.watching(store)
         store = store if watched is None else watched
-        changes = None
-        if plan.native is not None and native_available():
-            changes = plan.native.process(batch, store, self.metrics, fingerprint)
-            if changes is not None:
-                changes = changes.with_engine(ENGINE_NATIVE)
-        if changes is None:
-            changes = self._process_polars(batch, plan, store).with_engine(ENGINE_POLARS)
+        changes = self._process(batch, plan, store)
         if self.cache is not None and watched is not None and not watched.repeated:
             try:
                 self.cache.record(batch)
@@ -183,6 +177,12 @@ class PolicyStage:
         plan = self._plan_for(self.source.current())
         changes = self._process_polars(batch, plan, self.store).with_engine(ENGINE_POLARS)
         return _with_forecast(dataclasses.replace(changes, events=[]), plan.budget_names)
+
+    def _process(self, batch: TelemetryBatch, plan: _Plan, store: BudgetStore) -> BatchChanges:
+        """The batch's changes: by the native plan, unless the policy has attribute budgets."""
+        if plan.native is not None:
+            return plan.native.process(batch, store, self.metrics, fingerprint).with_engine(ENGINE_NATIVE)
+        return self._process_polars(batch, plan, store).with_engine(ENGINE_POLARS)
 
     def _process_polars(self, batch: TelemetryBatch, plan: _Plan, store: BudgetStore) -> BatchChanges:
         frame = batch.frame
@@ -320,11 +320,9 @@ class _Plan:
             for i, b in enumerate(policy.budgets)
             if b.attribute is not None
         }
-        # The whole stage in one native call, where the extension is built and the policy fits it.
+        # The whole stage in one native call, unless attribute budgets need the polars queries.
         self.native = (
-            NativePolicy(policy, attribution, labels, checks, [c for c, _ in self.counted])
-            if NativePolicy.supports(checks) and not self.caps
-            else None
+            NativePolicy(policy, attribution, labels, checks, [c for c, _ in self.counted]) if not self.caps else None
         )
         warned, evaluated = self.budgets.warned(), pl.col(EVALUATED)
         if policies.VerdictTable.fits(checks):
@@ -529,8 +527,9 @@ def configured_attributes(config: PolicyConfig) -> frozenset[str]:
 
 def check_policy_config(config: PolicyConfig) -> None:
     """For `validate-config`: raises ValueError naming the first problem, without opening the store."""
-    parse_labels(config.metrics_labels, config.metrics_label_deny)
-    Attribution.from_config(config.attribution_fallbacks)
+    labels = parse_labels(config.metrics_labels, config.metrics_label_deny)
+    attribution = Attribution.from_config(config.attribution_fallbacks)
     LedgerSettings.from_config(config.ledger)
     if config.policy_file:
-        load_policy_file(config.policy_file)
+        # The native plan too, as serve builds it: what it refuses is refused here, not at run time.
+        _Plan(load_policy_file(config.policy_file), attribution, labels, config.spec_attribution_check)

@@ -1,7 +1,8 @@
 """Redaction rules: the YAML format, its validation, and the compiled form the stage runs.
 
-Every regex is compiled by polars (Rust `regex`) at load time, so a pattern the stage could not
-run fails here, with the rule's name, instead of failing each batch at run time.
+Every regex is compiled at load time, by polars (Rust `regex`) and by the redaction engine itself
+(all value patterns as its one set too), so a pattern the stage could not run fails here, with
+the rule's name, instead of failing each batch at run time.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from pathlib import Path
 
 import polars as pl
 
+from processor import _otlp_native
 from processor.files.error_text import clip, shown
 from processor.files.file_limits import read_text_limited
-from processor.files.linear_regex import regex_problem
+from processor.files.linear_regex import regex_problem, regex_reason
 from processor.files.safe_yaml import YamlError, load_yaml
 from processor.stages.redaction.detectors import BUILTIN_DETECTORS, Check
 
@@ -181,6 +183,7 @@ def parse_rules(raw: object) -> RedactionRules:
             key_rules.append(rule)
         else:
             value_rules.append(rule)
+    _check_native_patterns(value_rules)
     return RedactionRules(
         allow_all_keys=bool(raw.get("allow_all_keys", True)),
         allowed_key_regex=_keys_regex(allowed, []) if allowed else None,
@@ -247,6 +250,21 @@ def _parse_action(raw: dict, name: str, where: str, default_mask: str | None) ->
     if not isinstance(mask, str):
         raise ValueError(f"{where}: mask must be a string")
     return Action(kind, mask=mask)
+
+
+def _check_native_patterns(rules: list[ValueRule]) -> None:
+    """The redaction engine (processor/native/src/stages/redact.rs) must run every value pattern, alone
+    and in the one set it scans values with: a pattern it cannot run is an error of its rule here,
+    at load (serve, reload and validate-config), not something another engine takes over."""
+    problem = _otlp_native.value_patterns_problem([rule.pattern for rule in rules])
+    if problem is not None:
+        index, reason = problem
+        rule = rules[index]
+        raise ValueError(
+            f"rule {shown(rule.name)}: pattern {shown(rule.pattern)} cannot be run by the redaction engine: "
+            f"{regex_reason(reason)}"
+            + (" (with the value patterns of the rules before it)" if "size limit" in reason else "")
+        )
 
 
 def check_regex(pattern: str, where: str) -> None:

@@ -7,8 +7,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from processor.config import CostConfig
-from processor.stages.cost.polars_path import CostStage
 from processor.stages.cost.pricing_table import PricingError, load_table
+from processor.stages.cost.stage import CostStage
 from tests.support.cost_helpers import process
 
 

@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 from processor.config import CostConfig, PolicyConfig, load_config
 from processor.core.pipeline import Pipeline
 from processor.observability import SidecarMetrics
-from processor.stages.cost.polars_path import build_cost_stage
+from processor.stages.cost.stage import build_cost_stage
 from processor.stages.policy.stage import build_policy_stage
 from processor.stages.redaction.stage import build_outbound
 from tests.billing.test_ledger import NOON_NS

@@ -17,8 +17,9 @@ from prometheus_client import CollectorRegistry
 from processor.config import CostConfig
 from processor.core import genai_attributes as ga
 from processor.core.decode import decode_traces
-from processor.stages.cost.polars_path import MAX_UNPRICED_LABELS, CostStage
-from processor.stages.cost.stage import native_cost_available
+from processor.stages.cost.native import native_cost_available
+from processor.stages.cost.stage import MAX_UNPRICED_LABELS, CostStage
+from tests.oracle.cost import OracleCostStage
 from tests.support.cost_helpers import start_ns
 from tests.support.otlp_builders import span, trace_request
 
@@ -160,10 +161,10 @@ def table_path(tmp_path_factory) -> Path:
 
 def stage_pair(path: str, override: bool) -> tuple[tuple[CostStage, CollectorRegistry], ...]:
     made = []
-    for _ in range(2):
+    for stage in (CostStage, OracleCostStage):
         registry = CollectorRegistry()
         config = CostConfig(pricing_file=path, override_sdk_costs=override, reload_interval_seconds=0)
-        made.append((CostStage(config, registry, watch=False), registry))
+        made.append((stage(config, registry, watch=False), registry))
     return tuple(made)
 
 
@@ -277,8 +278,8 @@ def test_native_and_polars_paths_agree(stages, drawn, table, override, shared_ge
         event(f"some {status}: {statuses is not None and status in statuses.to_list()}")
 
 
-def test_same_results_without_the_extension_switch(table_path):
-    """GENOPS_NATIVE_DECODE=0 turns the native cost path off too: the polars path prices alone."""
+def test_same_results_with_the_python_decoder(table_path):
+    """GENOPS_NATIVE_DECODE=0 switches the decoder only: the native cost path prices either way."""
     (stage, _), _ = stage_pair(str(table_path), override=False)
     attributes = {
         "gen_ai.provider.name": "OpenAI",
@@ -292,6 +293,8 @@ def test_same_results_without_the_extension_switch(table_path):
     for enabled in (True, False):
         with native(enabled):
             batch = decode_traces(request.SerializeToString(), stage.wanted_keys())
-            totals.append(stage.process(batch).set_attributes["genops.cost.total"].to_list())
+            changes = stage.process(batch)
+            assert changes.engine == "native"
+            totals.append(changes.set_attributes["genops.cost.total"].to_list())
     # 1000 in x $15/M + 300 out x $60/M + 200 reasoning x $70.3/M + $0.0123 per request
     assert totals[0] == totals[1] == [pytest.approx(0.015 + 0.018 + 0.01406 + 0.0123)]

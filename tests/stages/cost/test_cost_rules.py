@@ -20,8 +20,9 @@ from prometheus_client import CollectorRegistry
 from processor.config import CostConfig
 from processor.core.decode import decode_traces
 from processor.core.genai_attributes import normalize_provider, normalized
-from processor.stages.cost.polars_path import COST_PARTS, MAX_KNOWN_PAIRS, CostStage, pair_key, pair_of
 from processor.stages.cost.pricing_table import PricingTable, _filled
+from processor.stages.cost.stage import COST_PARTS, MAX_KNOWN_PAIRS, CostStage
+from tests.oracle.cost import pair_key, pair_of
 from tests.support.cost_helpers import process
 from tests.support.otlp_builders import span, trace_request
 
@@ -120,7 +121,7 @@ def spans(draw) -> tuple[dict, int]:
 
 
 def expected(table: PricingTable, attributes: dict, start: int) -> dict[str, object]:
-    """What the stage writes on one span, by the rules in processor/stages/cost/polars_path.py's docstring."""
+    """What the stage writes on one span, by the rules in processor/stages/cost/stage.py's docstring."""
     if "genops.cost.total" in attributes:
         # The SDK's cost stands; ours and the difference are written beside it when we price it.
         ours = expected(table, {k: v for k, v in attributes.items() if k != "genops.cost.total"}, start)

@@ -6,7 +6,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from processor.config import CostConfig
-from processor.stages.cost.polars_path import MAX_UNPRICED_LABELS, CostStage
+from processor.stages.cost.stage import MAX_UNPRICED_LABELS, CostStage
 from tests.support.cost_helpers import process, write_small_table
 
 

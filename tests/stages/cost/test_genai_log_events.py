@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from processor.config import CostConfig
 from processor.core.pipeline import Pipeline
 from processor.observability import SidecarMetrics
-from processor.stages.cost.polars_path import CostStage
+from processor.stages.cost.stage import CostStage
 from tests.support.otlp_builders import any_value, key_values
 
 EVENT = {"event.name": "gen_ai.client.inference.operation.details"}

@@ -8,8 +8,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from processor.config import CostConfig
-from processor.stages.cost.polars_path import CostStage
-from processor.stages.cost.stage import native_cost_available
+from processor.stages.cost.native import native_cost_available
+from processor.stages.cost.stage import CostStage
 from tests.stages.cost.test_cost_native import native
 from tests.support.cost_helpers import process
 

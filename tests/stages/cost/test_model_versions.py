@@ -9,9 +9,9 @@ from prometheus_client import CollectorRegistry
 
 from processor.config import ConfigError, CostConfig, load_config
 from processor.stages.cost.model_versions import is_snapshot_of
-from processor.stages.cost.polars_path import CostStage
+from processor.stages.cost.native import native_cost_available
 from processor.stages.cost.pricing_table import load_table
-from processor.stages.cost.stage import native_cost_available
+from processor.stages.cost.stage import CostStage
 from tests.stages.cost.test_cost_native import native
 from tests.support.cost_helpers import process
 

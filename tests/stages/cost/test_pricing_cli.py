@@ -167,3 +167,22 @@ def test_quote_takes_the_billing_dimensions(capsys):
     realtime = ("pricing", "quote", "gpt-realtime", "--input", "10000", "--output", "2000")
     assert run(*realtime, "--audio-input", "6000", "--audio-output", "1500", *day) == 0
     assert "total        $0.312000" in capsys.readouterr().out
+
+
+def test_quote_runs_the_sidecars_cost_stage(monkeypatch, capsys):
+    """`pricing quote` prices through the cost stage the sidecar runs (its native engine), not a
+    polars query of its own: what it prints is what a span with those attributes is written."""
+    from processor.stages.cost.stage import CostStage
+
+    engines: list[str | None] = []
+    process = CostStage.process
+
+    def recording(self, batch):
+        changes = process(self, batch)
+        engines.append(changes.engine)
+        return changes
+
+    monkeypatch.setattr(CostStage, "process", recording)
+    assert run("pricing", "quote", "o3", "--input", "10000", "--output", "500", "--at", "2025-05-01") == 0
+    assert engines == ["native"]
+    assert "model: o3 (openai)" in capsys.readouterr().out

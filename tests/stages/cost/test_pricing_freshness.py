@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from processor.config import CostConfig
-from processor.stages.cost.polars_path import CostStage
+from processor.stages.cost.stage import CostStage
 from tests.stages.cost.test_pricing_cli import run
 from tests.support.cost_helpers import process
 

@@ -10,8 +10,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from processor.config import CostConfig
-from processor.stages.cost.polars_path import CostStage
 from processor.stages.cost.pricing_table import PricingError
+from processor.stages.cost.stage import CostStage
 from tests.support.cost_helpers import SMALL_TABLE, process
 from tests.support.otlp_builders import span, trace_request
 from tests.support.otlp_export import export_traces

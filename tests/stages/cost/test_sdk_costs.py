@@ -7,7 +7,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from processor.config import CostConfig
-from processor.stages.cost.polars_path import CostStage
+from processor.stages.cost.stage import CostStage
 from tests.support.cost_helpers import process, write_small_table
 
 # gpt-4o at $2.50/M input in the small table: 1M input tokens cost $2.50 by our prices.

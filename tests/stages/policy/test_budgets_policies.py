@@ -469,7 +469,7 @@ def test_spans_with_error_status_or_error_type_count_as_operation_errors(policy_
 
 def test_spend_counts_sdk_costs_sent_as_strings_next_to_costs_the_sidecar_computed(policy_file):
     from processor.config import CostConfig
-    from processor.stages.cost.polars_path import build_cost_stage
+    from processor.stages.cost.stage import build_cost_stage
 
     registry = CollectorRegistry()
     cost = build_cost_stage(CostConfig(), registry, watch=False)

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from processor.config import CostConfig
 from processor.core.pipeline import Pipeline
 from processor.observability import SidecarMetrics
-from processor.stages.cost.polars_path import CostStage
+from processor.stages.cost.stage import CostStage
 from processor.stages.policy.stage import build_policy_stage
 from tests.stages.policy.test_budgets_policies import ML_BUDGET, llm_span, stage_config
 from tests.support.otlp_builders import any_value, key_values, trace_request

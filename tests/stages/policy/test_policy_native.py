@@ -1,11 +1,12 @@
 """The policy stage's native path (processor/stages/policy/native.py, processor/native/src/stages/policy.rs) and
-its polars path give the same changes, events, metrics and stored budget totals.
+the polars oracle (tests/oracle/policy.py) give the same changes, events, metrics and stored budget
+totals.
 
 Each example runs one random policy file over a few random batches (some retried) through two
-stages with their own in-memory budget stores: one with the native extension, one with it
-switched off (GENOPS_NATIVE_DECODE=0). Everything must agree exactly, floats to the last bit:
-both paths do the same IEEE operations in the same order (the metric cost sums are compensated
-sums in span order, as polars sums a group of fewer than 128 spans).
+stages with their own in-memory budget stores: the product's and the oracle. Everything must
+agree exactly, floats to the last bit: both paths do the same IEEE operations in the same order
+(the metric cost sums are compensated sums in span order, as polars sums a group of fewer than
+128 spans).
 """
 
 from __future__ import annotations
@@ -22,11 +23,10 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from processor.config import PolicyConfig
-from processor.core.decode import WantedKeys, decode_traces, native_available
+from processor.core.decode import WantedKeys, decode_traces
 from processor.stages.policy.stage import build_policy_stage
+from tests.oracle.policy import oracle_of
 from tests.support.otlp_builders import span, trace_request
-
-pytestmark = pytest.mark.skipif(not native_available(), reason="native extension not built")
 
 HOUR_NS = 3_600 * 10**9
 DAY_NS = 24 * HOUR_NS
@@ -161,7 +161,7 @@ def metric_samples(registry: CollectorRegistry) -> dict[tuple, float]:
     }
 
 
-def build(path, metrics_labels: str, max_values: int) -> tuple:
+def build(path, metrics_labels: str, max_values: int, oracle: bool = False) -> tuple:
     registry = CollectorRegistry()
     config = PolicyConfig(
         enabled=True,
@@ -171,7 +171,8 @@ def build(path, metrics_labels: str, max_values: int) -> tuple:
         metrics_max_label_values=max_values,
         attribution_fallbacks={"project": "service.name", "team": "genops.project"},
     )
-    return build_policy_stage(config, registry), registry
+    stage = build_policy_stage(config, registry)
+    return (oracle_of(stage) if oracle else stage), registry
 
 
 def stored(stage) -> dict[str, float]:
@@ -193,8 +194,7 @@ def test_native_and_polars_paths_agree(tmp_path_factory, monkeypatch, policy, ba
     path = tmp_path_factory.mktemp("policy") / "policy.yaml"
     path.write_text(policy_text(*policy))
     (native, native_registry) = build(path, metrics_labels, max_values)
-    (fallback, fallback_registry) = build(path, metrics_labels, max_values)
-    assert native._plan_for(native.source.current()).native is not None
+    (fallback, fallback_registry) = build(path, metrics_labels, max_values, oracle=True)
     for spans, resource_attributes, retried in batches:
         built = []
         for attributes, start, duration, status in spans:
@@ -208,12 +208,10 @@ def test_native_and_polars_paths_agree(tmp_path_factory, monkeypatch, policy, ba
         raw = trace_request(built, resource_attributes or None).SerializeToString()
         wanted = WantedKeys.union((native.wanted_keys(), fallback.wanted_keys()))
         for _ in range(2 if retried else 1):
-            monkeypatch.setenv("GENOPS_NATIVE_DECODE", "1")
             batch = decode_traces(raw, wanted)
             got = native.process(batch)
-            monkeypatch.setenv("GENOPS_NATIVE_DECODE", "0")
             want = fallback.process(batch)
-            monkeypatch.setenv("GENOPS_NATIVE_DECODE", "1")
+            assert got.engine == "native" and want.engine == "polars"
             assert list(got.set_attributes) == list(want.set_attributes)
             for key, series in want.set_attributes.items():
                 assert got.set_attributes[key].dtype == series.dtype, key
@@ -234,9 +232,8 @@ def test_native_and_polars_paths_agree(tmp_path_factory, monkeypatch, policy, ba
 ATTRIBUTED = {"genops.team": "ml", "genops.project": "chat", "genops.environment": "production"}
 
 
-def test_native_path_tags_and_verdicts_a_crossing_span(tmp_path, monkeypatch):
+def test_native_path_tags_and_verdicts_a_crossing_span(tmp_path):
     """A known case for the native path alone: the span reaching the warn level and the one past the limit."""
-    monkeypatch.setenv("GENOPS_NATIVE_DECODE", "1")
     path = tmp_path / "policy.yaml"
     path.write_text(policy_text([{"limit_usd": 1.0, "period": "daily", "warn_at": [0.5], "mode": "enforced"}], []))
     stage, _ = build(path, "team,model", 100)
@@ -253,32 +250,14 @@ def test_native_path_tags_and_verdicts_a_crossing_span(tmp_path, monkeypatch):
     stage.close()
 
 
-def test_a_policy_with_more_checks_than_the_verdict_table_takes_the_polars_path(tmp_path):
-    path = tmp_path / "policy.yaml"
-    # 12 rules and the spec's attribution check.
-    rules = [{"type": "pii_detected", "mode": "audit_only"} for _ in range(12)]
-    path.write_text(policy_text([], rules))
-    stage, _ = build(path, "team", 100)
-    assert stage._plan_for(stage.source.current()).native is None
-    batch = decode_traces(
-        trace_request(
-            [span(attributes={**ATTRIBUTED, "gen_ai.request.model": "gpt-4o", "genops.redaction.detected": 1})]
-        ).SerializeToString(),
-        stage.wanted_keys(),
-    )
-    assert stage.process(batch).set_attributes["genops.policy.violations"].to_list() == [[f"r{i}" for i in range(12)]]
-    stage.close()
-
-
-@pytest.mark.parametrize("native", ["1", "0"])
-def test_budgets_tied_on_utilization_tag_the_first_budget_listed(tmp_path, monkeypatch, native):
+@pytest.mark.parametrize("oracle", [False, True])
+def test_budgets_tied_on_utilization_tag_the_first_budget_listed(tmp_path, oracle):
     """2.033393344266797 / 2.5 and 2.033393344266797 * (1 / 2.5) differ in the last bit: however a
     path divides, two budgets at the same spend and limit stay tied, and the first listed wins."""
-    monkeypatch.setenv("GENOPS_NATIVE_DECODE", native)
     path = tmp_path / "policy.yaml"
     weekly = {"limit_usd": 2.5, "period": "weekly", "mode": "advisory"}
     path.write_text(policy_text([{**weekly, "dimension": "environment"}, weekly], []))
-    stage, _ = build(path, "team", 100)
+    stage, _ = build(path, "team", 100, oracle)
     call = {"gen_ai.request.model": "gpt-4o"}
     spans = [
         span(attributes={**call, "genops.cost.total": 2.033393344266797, "genops.environment": "prod"}),

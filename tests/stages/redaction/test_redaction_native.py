@@ -1,4 +1,5 @@
-"""The native redactor and the polars path make the same changes and count the same redactions."""
+"""The native redactor and the polars oracle (tests/oracle/redaction.py) make the same changes
+and count the same redactions."""
 
 from __future__ import annotations
 
@@ -13,12 +14,11 @@ from polars.testing import assert_frame_equal, assert_series_equal
 from prometheus_client import CollectorRegistry
 
 from processor.core.contract import BatchChanges
-from processor.core.decode import TelemetryBatch, WantedKeys, decode_logs, decode_traces, native_module
+from processor.core.decode import TelemetryBatch, WantedKeys, decode_logs, decode_traces
 from processor.stages.redaction.rules import load_rules, parse_rules
 from processor.stages.redaction.stage import RedactionStage
+from tests.oracle.redaction import OracleRedactionStage
 from tests.support.otlp_builders import log_request, span, trace_request
-
-pytestmark = pytest.mark.skipif(getattr(native_module(), "Redactor", None) is None, reason="native redactor not built")
 
 CORPUS = Path(__file__).parent / "redaction_corpus"
 CORPUS_TEXTS = sorted(
@@ -135,7 +135,7 @@ class PairedStages:
     def __init__(self, rules) -> None:
         self.native = RedactionStage(rules, b"paired-key", CollectorRegistry())
         self.started = RedactionStage(rules, b"paired-key", CollectorRegistry())
-        self.polars = RedactionStage(rules, b"paired-key", CollectorRegistry())
+        self.polars = OracleRedactionStage(rules, b"paired-key", CollectorRegistry())
 
     def check(self, batch: TelemetryBatch, monkeypatch) -> BatchChanges:
         monkeypatch.setenv("GENOPS_NATIVE_DECODE", "1")
@@ -145,8 +145,8 @@ class PairedStages:
         handed = decode(batch.raw, WantedKeys(), values_to=self.started.values_consumer())
         assert handed.values_job is not None
         started = self.started.finish(handed, handed.values_job)
-        monkeypatch.setenv("GENOPS_NATIVE_DECODE", "0")
         reference = self.polars.process(batch)
+        assert (native.engine, reference.engine) == ("native", "polars")
         assert_same_changes(native, reference)
         assert_same_changes(started, reference)
         assert counts(self.native) == counts(self.started) == counts(self.polars)
@@ -224,10 +224,9 @@ def test_the_native_path_keeps_the_polars_paths_errors(monkeypatch):
     """A hash rule without a key fails the batch on both paths (the stage's error, not a crash)."""
     rules = parse_rules({"rules": [{"name": "ids", "keys": ["enduser.id"], "action": "hash"}]})
     batch = traces_batch([({}, [({"enduser.id": "u1"}, [])])])
-    for switch in ("1", "0"):
-        monkeypatch.setenv("GENOPS_NATIVE_DECODE", switch)
+    for stage in (RedactionStage, OracleRedactionStage):
         with pytest.raises(RuntimeError, match="a hash rule needs a hash key"):
-            RedactionStage(rules, None, CollectorRegistry()).process(batch)
+            stage(rules, None, CollectorRegistry()).process(batch)
 
 
 def test_value_columns_of_other_types_are_read_the_same(paired, monkeypatch):

@@ -15,7 +15,7 @@ from tests.support.otlp_builders import span, trace_request
 from tests.support.otlp_sink import attributes_to_dict
 
 
-@pytest.fixture(params=["1", "0"], ids=["native", "polars"])
+@pytest.fixture(params=["1", "0"], ids=["native-decoder", "python-decoder"])
 def engine(request, monkeypatch):
     monkeypatch.setenv("GENOPS_NATIVE_DECODE", request.param)
     return request.param

@@ -15,7 +15,7 @@ CHROME = (
 )
 
 
-@pytest.fixture(params=["1", "0"], ids=["native", "polars"])
+@pytest.fixture(params=["1", "0"], ids=["native-decoder", "python-decoder"])
 def engine(request, monkeypatch):
     monkeypatch.setenv("GENOPS_NATIVE_DECODE", request.param)
     return request.param

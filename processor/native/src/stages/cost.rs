@@ -3,7 +3,7 @@
 //! arithmetic, reading the frame's columns as Arrow buffers and returning the normalised and the
 //! written columns as Arrow buffers, plus the metric counts.
 //!
-//! It mirrors processor/core/genai_attributes.py (normalize) and processor/stages/cost/polars_path.py (the polars query,
+//! It mirrors processor/core/genai_attributes.py (normalize) and processor/stages/cost/stage.py (the polars query,
 //! which stays the fallback); tests/stages/cost/test_cost_native.py checks both agree to the last bit. Each
 //! step keeps the polars path's operation order, as the float results depend on it.
 //! Resolving a new (provider, model) pair against the pricing table stays in Python: a batch with

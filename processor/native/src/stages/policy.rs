@@ -109,13 +109,105 @@ pub struct PolicyPlan {
     budgets: Vec<Budget>,
     /// Label sources of the operation metrics (dimension index, LABEL_MODEL or LABEL_PROVIDER).
     labels: Vec<usize>,
-    /// Per verdict code (policies.VerdictTable): violations, result, reason code.
-    verdicts: Vec<Verdict>,
+    /// The checks a verdict is made of: the rules', then the budgets' (policies.VerdictTable).
+    verdicts: Verdicts,
     windows: Mutex<Vec<Vec<Window>>>,
 }
 
-/// (violated check names or None, result, reason code or None).
-type Verdict = (Option<Vec<String>>, String, Option<String>);
+/// (name, mode: 0 enforced, 1 advisory, 2 audit only, reason code) of a check.
+type CheckSpec = (String, u8, String);
+/// The verdict words: BLOCKED, WARNING, ALLOWED and the budget warning's reason code.
+type VerdictWords = (String, String, String, String);
+
+/// A set of check indices, any number of them (a policy has no limit on its checks). The first 64
+/// live inline, so the usual policy allocates nothing per span; the rest in `more`.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+struct Bits {
+    first: u64,
+    more: Vec<u64>,
+}
+
+impl Bits {
+    fn with_capacity(bits: usize) -> Self {
+        Bits {
+            first: 0,
+            more: vec![0; bits.saturating_sub(64).div_ceil(64)],
+        }
+    }
+
+    fn set(&mut self, bit: usize) {
+        match bit.checked_sub(64) {
+            None => self.first |= 1 << bit,
+            Some(rest) => self.more[rest / 64] |= 1 << (rest % 64),
+        }
+    }
+
+    fn get(&self, bit: usize) -> bool {
+        match bit.checked_sub(64) {
+            None => self.first >> bit & 1 == 1,
+            Some(rest) => self.more[rest / 64] >> (rest % 64) & 1 == 1,
+        }
+    }
+}
+
+/// How a verdict is made of the checks a span violated (bit 0 of its code "warned", bit k + 1
+/// check k), as policies.VerdictTable lays its entries out; computed once per distinct code of a
+/// batch instead of tabulated for every code (2^checks of them).
+struct Verdicts {
+    checks: Vec<CheckSpec>,
+    /// Check indices, most severe first (mode, then rank; then as listed).
+    order: Vec<usize>,
+    words: VerdictWords,
+}
+
+/// One verdict: the violated checks (indices, as listed), the result word (0 BLOCKED, 1 WARNING,
+/// 2 ALLOWED) and the reason code (a check index, or None with `budget_warning`), None when ALLOWED.
+struct Verdict {
+    violated: Vec<usize>,
+    result: usize,
+    reason: Option<Option<usize>>,
+}
+
+impl Verdicts {
+    fn verdict(&self, code: &Bits) -> Verdict {
+        let warned = code.get(0);
+        let violated: Vec<usize> = (0..self.checks.len()).filter(|k| code.get(k + 1)).collect();
+        let has = |mode: u8| violated.iter().any(|k| self.checks[*k].1 == mode);
+        let result = if has(0) {
+            0
+        } else if has(1) || warned {
+            1
+        } else {
+            2
+        };
+        let first = self.order.iter().copied().find(|k| code.get(k + 1));
+        let reason = match (result, first) {
+            (2, _) => None,
+            (_, Some(k)) => Some(Some(k)),
+            (_, None) => warned.then_some(None),
+        };
+        Verdict {
+            violated,
+            result,
+            reason,
+        }
+    }
+
+    fn result(&self, verdict: &Verdict) -> &str {
+        match verdict.result {
+            0 => &self.words.0,
+            1 => &self.words.1,
+            _ => &self.words.2,
+        }
+    }
+
+    fn reason(&self, verdict: &Verdict) -> Option<&str> {
+        verdict.reason.map(|reason| match reason {
+            Some(k) => self.checks[k].2.as_str(),
+            None => self.words.3.as_str(),
+        })
+    }
+}
 
 /// The frame's columns for one batch, read in place.
 struct Columns {
@@ -192,7 +284,7 @@ struct Span<'a> {
     start: i64,
     event_time: i64,
     /// Bit k: rule k violated.
-    rules: u32,
+    rules: Bits,
 }
 
 impl Rule {
@@ -420,11 +512,13 @@ impl PolicyPlan {
                 latency,
                 start,
                 event_time: raw_end.unwrap_or(start),
-                rules: 0,
+                rules: Bits::with_capacity(self.rules.len()),
             };
             let pii = int(&columns.pii, row);
             for (k, rule) in self.rules.iter().enumerate() {
-                span.rules |= u32::from(rule.violated(&span, pii)) << k;
+                if rule.violated(&span, pii) {
+                    span.rules.set(k);
+                }
             }
             spans.push(span);
         }
@@ -488,10 +582,16 @@ impl PolicyPlan {
         budgets: Vec<BudgetSpec>,
         zones: usize,
         labels: Vec<usize>,
-        verdicts: Vec<Verdict>,
+        checks: Vec<CheckSpec>,
+        order: Vec<usize>,
+        words: VerdictWords,
     ) -> PyResult<Self> {
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
         if dimensions.len() != DIMENSIONS
-            || verdicts.len() != 1 << (rules.len() + budgets.len() + 1)
+            || checks.len() != rules.len() + budgets.len()
+            || sorted != (0..checks.len()).collect::<Vec<_>>()
+            || checks.iter().any(|(_, mode, _)| *mode > 2)
         {
             return Err(PyValueError::new_err("unsupported policy plan"));
         }
@@ -559,7 +659,11 @@ impl PolicyPlan {
             rules,
             budgets,
             labels,
-            verdicts,
+            verdicts: Verdicts {
+                checks,
+                order,
+                words,
+            },
             windows: Mutex::new((0..zones).map(|_| Vec::new()).collect()),
         })
     }
@@ -700,8 +804,12 @@ impl PolicyPlan {
 
         // Charge, verdict codes, tags.
         let rule_count = self.rules.len();
-        let mut code: Vec<Option<u32>> = vec![None; rows];
-        let mut code_counts: FxHashMap<u32, u64> = FxHashMap::default();
+        let width = rule_count + budgets.len() + 1;
+        // Per row, its verdict: an index into `verdicts`, one per distinct code of the batch.
+        let mut code: Vec<Option<usize>> = vec![None; rows];
+        let mut code_index: FxHashMap<Bits, usize> = FxHashMap::default();
+        let mut verdicts: Vec<Verdict> = Vec::new();
+        let mut code_counts: Vec<u64> = Vec::new();
         let mut check_counts = vec![0u64; rule_count + budgets.len()];
         let mut tag_best = vec![None; rows];
         let mut tag_consumed = vec![None; rows];
@@ -715,7 +823,12 @@ impl PolicyPlan {
         // (budget, span index, threshold, consumed).
         let mut crossings: Vec<(usize, usize, f64, f64)> = Vec::new();
         for (i, span) in spans.iter().enumerate() {
-            let mut bits = span.rules << 1;
+            let mut bits = Bits::with_capacity(width);
+            for k in 0..rule_count {
+                if span.rules.get(k) {
+                    bits.set(k + 1);
+                }
+            }
             let mut warned = false;
             let mut top: Option<(usize, f64, f64, bool)> = None;
             for (b, budget) in budgets.iter().enumerate() {
@@ -726,7 +839,7 @@ impl PolicyPlan {
                 let utilization = consumed / budget.limit;
                 let exceeded = consumed > budget.limit;
                 if exceeded {
-                    bits |= 1 << (rule_count + b + 1);
+                    bits.set(rule_count + b + 1);
                     check_counts[rule_count + b] += 1;
                 }
                 warned |= budget.counts_warned && utilization >= budget.warn_min;
@@ -754,12 +867,22 @@ impl PolicyPlan {
                     }
                 }
             }
-            bits |= u32::from(warned);
-            for (k, count) in check_counts[..rule_count].iter_mut().enumerate() {
-                *count += u64::from(span.rules >> k & 1);
+            if warned {
+                bits.set(0);
             }
-            code[span.position] = Some(bits);
-            *code_counts.entry(bits).or_insert(0) += 1;
+            for (k, count) in check_counts[..rule_count].iter_mut().enumerate() {
+                *count += u64::from(span.rules.get(k));
+            }
+            let index = match code_index.entry(bits) {
+                Entry::Occupied(entry) => *entry.get(),
+                Entry::Vacant(entry) => {
+                    verdicts.push(self.verdicts.verdict(entry.key()));
+                    code_counts.push(0);
+                    *entry.insert(verdicts.len() - 1)
+                }
+            };
+            code[span.position] = Some(index);
+            code_counts[index] += 1;
             if let Some((b, utilization, consumed, exceeded)) = top {
                 let limit = budgets[b].limit;
                 tag_best[span.position] = Some(b as u32);
@@ -792,8 +915,15 @@ impl PolicyPlan {
                 levels_out.append((b, subject, *consumed))?;
             }
         }
-        let mut code_counts: Vec<(u32, u64)> = code_counts.into_iter().collect();
-        code_counts.sort_unstable();
+        // Spans per verdict result (the metrics count results, not codes).
+        let mut result_counts: Vec<(&str, u64)> = Vec::new();
+        for (verdict, count) in verdicts.iter().zip(&code_counts) {
+            let result = self.verdicts.result(verdict);
+            match result_counts.iter_mut().find(|(r, _)| *r == result) {
+                Some((_, total)) => *total += count,
+                None => result_counts.push((result, *count)),
+            }
+        }
         let tags = if is_charged {
             let mut names = Views::with_capacity(rows);
             let mut periods = Views::with_capacity(rows);
@@ -834,12 +964,12 @@ impl PolicyPlan {
             Some(Bound::new(py, self.groups(py, &spans, &relabel)?)?)
         };
         let result = (
-            self.verdict_columns(py, &code)?,
+            self.verdict_columns(py, &verdicts, &code)?,
             tags,
             events,
             levels_out,
             check_counts,
-            code_counts,
+            result_counts,
             groups,
         );
         Ok(Some(result.into_pyobject(py)?.into_any()))
@@ -851,7 +981,8 @@ impl PolicyPlan {
     fn verdict_columns<'py>(
         &self,
         py: Python<'py>,
-        code: &[Option<u32>],
+        verdicts: &[Verdict],
+        code: &[Option<usize>],
     ) -> PyResult<Bound<'py, PyTuple>> {
         let rows = code.len();
         let mut offsets: Vec<i64> = Vec::with_capacity(rows + 1);
@@ -861,23 +992,23 @@ impl PolicyPlan {
         let mut results = Views::with_capacity(rows);
         let mut reasons = Views::with_capacity(rows);
         let mut count: i64 = 0;
-        for bits in code {
-            let verdict = bits.map(|b| &self.verdicts[b as usize]);
-            match verdict.and_then(|v| v.0.as_ref()) {
-                Some(violated) => {
-                    for name in violated {
-                        names.push(name.as_bytes());
+        for index in code {
+            let verdict = index.map(|i| &verdicts[i]);
+            match verdict.filter(|v| !v.violated.is_empty()) {
+                Some(verdict) => {
+                    for k in &verdict.violated {
+                        names.push(self.verdicts.checks[*k].0.as_bytes());
                     }
-                    count += violated.len() as i64;
+                    count += verdict.violated.len() as i64;
                     listed.push(true);
                 }
                 None => listed.push(false),
             }
             offsets.push(count);
             match verdict {
-                Some((_, result, reason)) => {
-                    results.push(result.as_bytes());
-                    match reason {
+                Some(verdict) => {
+                    results.push(self.verdicts.result(verdict).as_bytes());
+                    match self.verdicts.reason(verdict) {
                         Some(reason) => reasons.push(reason.as_bytes()),
                         None => reasons.push_null(),
                     }
@@ -1097,3 +1228,7 @@ impl OperationGroups {
         Ok(listed)
     }
 }
+
+#[cfg(test)]
+#[path = "tests/policy_tests.rs"]
+mod policy_tests;

@@ -482,10 +482,40 @@ fn short_key(text: &[u8]) -> Option<u128> {
     Some(u128::from_le_bytes(bytes))
 }
 
-/// Which value rules match a value, one bit per rule (rule sets have at most 64 value rules; a
-/// value with no bit set is not scanned further).
-type RuleMask = u64;
-const MAX_VALUE_RULES: usize = 64;
+/// Which value rules match a value, one bit per rule, any number of rules (a value with no bit
+/// set is not scanned further). Empty, it holds no words: most values match no rule, and those
+/// cost no allocation.
+#[derive(Clone, Default)]
+struct RuleMask(Vec<u64>);
+
+impl RuleMask {
+    fn set(&mut self, rule: usize) {
+        let word = rule / 64;
+        if self.0.len() <= word {
+            self.0.resize(word + 1, 0);
+        }
+        self.0[word] |= 1 << (rule % 64);
+    }
+
+    fn has(&self, rule: usize) -> bool {
+        self.0
+            .get(rule / 64)
+            .is_some_and(|w| w >> (rule % 64) & 1 == 1)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.iter().all(|w| *w == 0)
+    }
+
+    fn add(&mut self, other: &RuleMask) {
+        if self.0.len() < other.0.len() {
+            self.0.resize(other.0.len(), 0);
+        }
+        for (mine, theirs) in self.0.iter_mut().zip(&other.0) {
+            *mine |= theirs;
+        }
+    }
+}
 
 /// A value the value rules may change, as the rules see it in turn.
 struct Hit {
@@ -500,7 +530,7 @@ struct Hit {
 impl Hit {
     fn matches(&self, rule: &ValueRule, index: usize) -> bool {
         if self.fired.is_empty() {
-            self.received & (1 << index) != 0
+            self.received.has(index)
         } else {
             rule.regex.is_match(&self.current)
         }
@@ -524,6 +554,24 @@ pub struct Redactor {
     caches: Mutex<Caches>,
     /// The thread `start` hands requests to, started on first use.
     worker: Mutex<Option<mpsc::Sender<Work>>>,
+}
+
+/// Why the redactor cannot run these value patterns, as (index of the first pattern at fault,
+/// the engine's words), or None: each is compiled as a rule is, then all of them as the one set
+/// the redactor scans values with, which has a size limit of its own (so a pattern may compile
+/// alone and still not fit beside the ones before it). For the rules' load (redaction_rules.py).
+#[pyfunction]
+pub fn value_patterns_problem(patterns: Vec<String>) -> Option<(usize, String)> {
+    for (index, pattern) in patterns.iter().enumerate() {
+        if let Err(e) = Regex::new(pattern) {
+            return Some((index, e.to_string()));
+        }
+    }
+    let error = RegexSet::new(&patterns).err()?;
+    let first = (0..patterns.len())
+        .find(|&end| RegexSet::new(&patterns[..=end]).is_err())
+        .unwrap_or(patterns.len().saturating_sub(1));
+    Some((first, error.to_string()))
 }
 
 fn compile(pattern: &str) -> PyResult<Regex> {
@@ -588,23 +636,24 @@ impl Redactor {
     }
 
     fn rule_mask(&self, text: &[u8]) -> RuleMask {
-        self.value_set
-            .matches(text)
-            .iter()
-            .fold(0, |mask, rule| mask | (1 << rule))
+        let mut mask = RuleMask::default();
+        for rule in self.value_set.matches(text).iter() {
+            mask.set(rule);
+        }
+        mask
     }
 
-    /// The value rules matching `text`; 0 for most values, which is decided without a set scan.
+    /// The value rules matching `text`; none for most values, which is decided without a set scan.
     fn value_rules_matching(&self, caches: &mut Caches, text: &[u8]) -> RuleMask {
         let tiny = short_key(text);
         if let Some(tiny) = tiny {
             if caches.clean_short.contains(&tiny) {
-                return 0;
+                return RuleMask::default();
             }
         }
         let short = text.len() <= CLEAN_MAX_LEN;
         if tiny.is_none() && short && caches.clean.contains(text) {
-            return 0;
+            return RuleMask::default();
         }
         if self.value_set.is_match(text) {
             return self.rule_mask(text);
@@ -616,7 +665,7 @@ impl Redactor {
             bounded_set(&mut caches.clean, CLEAN_LIMIT);
             caches.clean.insert(text.into());
         }
-        0
+        RuleMask::default()
     }
 
     // The Python callables (hash, checks without a Rust version) take the GIL themselves: the
@@ -658,9 +707,12 @@ impl Redactor {
     fn scan_values(&self, caches: &mut Caches, hits: &mut [Hit]) -> PyResult<()> {
         // A rule that matches none of the values as received is skipped for the whole batch, as
         // the polars path does: then it cannot touch what an earlier rule wrote either.
-        let possible = hits.iter().fold(0, |mask, hit| mask | hit.received);
+        let mut possible = RuleMask::default();
+        for hit in hits.iter() {
+            possible.add(&hit.received);
+        }
         for (index, rule) in self.value_rules.iter().enumerate() {
-            if possible & (1 << index) == 0 {
+            if !possible.has(index) {
                 continue;
             }
             let matched: Vec<usize> = (0..hits.len())
@@ -808,11 +860,6 @@ impl Redactor {
         redact_all_types: bool,
         hasher: Py<PyAny>,
     ) -> PyResult<Self> {
-        if value_rules.len() > MAX_VALUE_RULES {
-            return Err(PyValueError::new_err(format!(
-                "more than {MAX_VALUE_RULES} value rules"
-            )));
-        }
         let key_rules = key_rules
             .into_iter()
             .map(|(regex, kind, mask, length)| {
@@ -1215,7 +1262,7 @@ impl Redactor {
                 continue;
             }
             let received = self.value_rules_matching(caches, text);
-            if received != 0 {
+            if !received.is_empty() {
                 let current = to_str(text)?.to_owned();
                 hits.push(Hit {
                     row: i,
@@ -1363,3 +1410,7 @@ fn summarise(
         .into_any()
         .unbind())
 }
+
+#[cfg(test)]
+#[path = "tests/redact_tests.rs"]
+mod redact_tests;

@@ -1,0 +1,348 @@
+"""The redaction stage's polars implementation: the differential oracle of the native redactor
+(processor/stages/redaction/stage.py's `Redactor`, processor/native/src/stages/redact.rs), moved here from
+processor/stages/redaction/stage.py when the native redactor became the stage's one engine (issue 19).
+
+`OracleRedactionStage` is a RedactionStage whose batches go through the polars path instead (the
+same rules, hash key and counters); `OracleValueRedactor` scans a Series of strings with the value
+rules alone (the corpus tests).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+from prometheus_client import CollectorRegistry
+
+from processor.core.contract import ENGINE_POLARS, BatchChanges
+from processor.core.decode import (
+    KEYLESS_SCOPES,
+    RESOURCE_INDEX,
+    SCOPE_EVENT,
+    SCOPE_ITEM,
+    SCOPE_LINK,
+    SCOPE_RESOURCE,
+    TelemetryBatch,
+)
+from processor.stages.redaction.rules import Action, KeyRule, RedactionRules, ValueRule
+from processor.stages.redaction.stage import (
+    _REWRITE_SCHEMA,
+    _WRITTEN,
+    COUNT_KEY,
+    DETECTED_KEY,
+    KEYS_KEY,
+    NOT_ALLOWED,
+    RedactionStage,
+    ValueRedactor,
+)
+
+_ADDRESS = ("scope", "owner", "position", "row", "label")
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """Values a scan changed: `index` into the scanned series, the new value (null: drop), and the
+    names of the rules that changed it."""
+
+    index: pl.Series
+    new_value: pl.Series
+    rules: pl.Series  # list[str]
+
+
+class OracleValueRedactor(ValueRedactor):
+    """Runs the value rules over a Series of strings with polars."""
+
+    def __init__(
+        self, rules: tuple[ValueRule, ...], hash_key: bytes | None, hash_prefix: str, digest: str = "sha256"
+    ) -> None:
+        super().__init__(rules, hash_key, hash_prefix, digest)
+        self._prefilter = "|".join(f"(?:{rule.pattern})" for rule in rules) if rules else None
+
+    def scan(self, values: pl.Series) -> ScanResult:
+        empty = ScanResult(
+            pl.Series("index", [], dtype=pl.UInt32),
+            pl.Series("new_value", [], dtype=pl.String),
+            pl.Series("rules", [], dtype=pl.List(pl.String)),
+        )
+        if self._prefilter is None or values.len() == 0:
+            return empty
+        values = values.cast(pl.String)
+        hit = values.str.contains(self._prefilter).fill_null(False)
+        if not hit.any():
+            return empty
+        index = hit.arg_true()
+        current = values.filter(hit)
+        # Which rules match any value as received, in one pass: most rules match nothing in a batch,
+        # and each polars call has a fixed cost. (What an earlier rule wrote, a mask or a hash, is
+        # not something a later rule should redact again.)
+        possible = (
+            current.to_frame("v")
+            .select(pl.col("v").str.contains(rule.pattern).any().alias(str(i)) for i, rule in enumerate(self.rules))
+            .row(0)
+        )
+        dropped = _falses(current.len())
+        fired: list[pl.Series] = []
+        for rule, may_match in zip(self.rules, possible, strict=True):
+            if not may_match:
+                continue
+            matched = current.str.contains(rule.pattern).fill_null(False) & ~dropped
+            if not matched.any():
+                continue
+            changed, current, now_dropped = self._apply(rule, current, matched)
+            dropped = dropped | now_dropped
+            fired.append(_names_where(changed, rule.name))
+        if not fired:
+            return empty
+        names = pl.DataFrame({f"r{i}": column for i, column in enumerate(fired)}).select(
+            pl.concat_list(pl.all()).list.drop_nulls().alias("rules")
+        )["rules"]
+        any_change = names.list.len() > 0
+        new_value = pl.select(pl.when(pl.lit(dropped)).then(None).otherwise(pl.lit(current)))[:, 0]
+        return ScanResult(index.filter(any_change), new_value.filter(any_change), names.filter(any_change))
+
+    def _apply(self, rule: ValueRule, current: pl.Series, matched: pl.Series) -> tuple[pl.Series, pl.Series, pl.Series]:
+        """Returns (changed, new values, dropped) for one rule over the prefiltered values."""
+        no_drop = _falses(current.len())
+        action = rule.action
+        if rule.check is None and action.kind == "mask":
+            replaced = current.str.replace_all(rule.pattern, action.mask.replace("$", "$$"))
+            new = pl.select(pl.when(pl.lit(matched)).then(pl.lit(replaced)).otherwise(pl.lit(current)))[:, 0]
+            return matched & (new != current), new, no_drop
+        candidates = current.filter(matched).str.extract_all(rule.pattern).explode().drop_nulls().unique().to_list()
+        accepted: dict[str, str] = {}
+        for candidate in candidates:
+            part = rule.check(candidate) if rule.check is not None else candidate
+            if part:
+                accepted[part] = self.hash(part) if action.kind == "hash" else action.mask
+        if not accepted:
+            return no_drop, current, no_drop
+        patterns = sorted(accepted, key=len, reverse=True)
+        contains = matched & current.str.contains_any(patterns).fill_null(False)
+        if action.kind == "drop":
+            return contains, current, contains
+        # Longest first with leftmost matching, so a candidate is never cut by a shorter one.
+        replaced = current.str.replace_many(patterns, [accepted[p] for p in patterns], leftmost=True)
+        new = pl.select(pl.when(pl.lit(contains)).then(pl.lit(replaced)).otherwise(pl.lit(current)))[:, 0]
+        return contains & (new != current), new, no_drop
+
+
+def _falses(length: int) -> pl.Series:
+    return pl.repeat(False, length, eager=True, dtype=pl.Boolean)
+
+
+def _names_where(changed: pl.Series, name: str) -> pl.Series:
+    return pl.select(pl.when(pl.lit(changed)).then(pl.lit(name)).otherwise(None))[:, 0]
+
+
+class OracleRedactionStage(RedactionStage):
+    """The redaction stage with its batches, metric values and single values run by polars."""
+
+    def __init__(self, rules: RedactionRules, hash_key: bytes | None, registry: CollectorRegistry) -> None:
+        super().__init__(rules, hash_key, registry)
+        self.values = OracleValueRedactor(rules.value_rules, hash_key, rules.hash_prefix, rules.hash_digest)
+        every_rule: tuple[KeyRule | ValueRule, ...] = (*rules.key_rules, *rules.value_rules)
+        self._actions = {rule.name: rule.action for rule in every_rule}
+        self._actions[NOT_ALLOWED] = Action("drop")
+        self._value_rule_names = [rule.name for rule in rules.value_rules]
+
+    def values_consumer(self) -> None:
+        return None
+
+    def process(self, batch: TelemetryBatch) -> BatchChanges:
+        values = batch.string_values()
+        if values.height == 0:
+            return BatchChanges()
+        rewrites = self._python_rewrites(values)
+        if rewrites is None:
+            return BatchChanges(engine=ENGINE_POLARS)
+        self._count(rewrites, batch.signal)
+        return BatchChanges(
+            engine=ENGINE_POLARS,
+            set_attributes=self._summary(batch, rewrites),
+            # Several value rules may have changed one value: each is counted, it is written once.
+            rewrites=rewrites.unique(["scope", "owner", "position"]).select("scope", "owner", "position", "new_value"),
+        )
+
+    def redact_values(self, values: pl.DataFrame, signal: str) -> pl.DataFrame:
+        if values.height == 0:
+            return pl.DataFrame(schema={name: _REWRITE_SCHEMA[name] for name in _WRITTEN})
+        rewrites = self._python_rewrites(values)
+        if rewrites is None:
+            return pl.DataFrame(schema={name: _REWRITE_SCHEMA[name] for name in _WRITTEN})
+        self._count(rewrites, signal)
+        return rewrites.unique(["scope", "owner", "position"]).select(*_WRITTEN)
+
+    def redact_one(self, key: str, value: str) -> str | None:
+        values = pl.DataFrame({"key": [key], "value": [value]})
+        classes = self._classify(values["key"]).row(0, named=True)
+        if classes["protected"]:
+            return value
+        if not classes["allowed"]:
+            return None
+        rule = next((r for r in self.rules.key_rules if r.name == classes["key_rule"]), None)
+        if rule is not None:
+            rows = values.with_columns(
+                scope=pl.lit(SCOPE_ITEM),
+                owner=0,
+                position=0,
+                row=0,
+                label=pl.lit(key),
+                is_string=True,
+                key_rule=pl.lit(rule.name),
+            )
+            rewrites = self._key_rewrites(rows)
+            return rewrites[0]["new_value"][0] if rewrites else value
+        assert isinstance(self.values, OracleValueRedactor)
+        found = self.values.scan(values["value"])
+        return found.new_value[0] if found.index.len() else value
+
+    def _python_rewrites(self, values: pl.DataFrame) -> pl.DataFrame | None:
+        """Every (value, rule) that changes a value of a `string_values()` frame."""
+        if "is_string" not in values.columns:
+            values = values.with_columns(is_string=pl.lit(True), kind=pl.lit("string_value"))
+        values = values.join(self._classify(values["key"]), on="key", how="left")
+        # The allow-list is for attributes of one span or record; resource and scope attributes
+        # are shared by many, and text places have no key.
+        attribute_scope = pl.col("scope").is_in([SCOPE_ITEM, SCOPE_EVENT, SCOPE_LINK])
+        keyless = pl.col("scope").is_in(KEYLESS_SCOPES)
+        not_allowed = ~pl.col("protected") & attribute_scope & ~pl.col("allowed")
+        by_key = ~pl.col("protected") & ~not_allowed & pl.col("key_rule").is_not_null() & ~keyless
+        scan_kinds = (
+            pl.lit(True)
+            if self.rules.redact_all_types
+            else pl.col("kind").is_in(["string_value", "array_value", "kvlist_value"])
+        )
+        by_value = ~pl.col("protected") & ~not_allowed & ~by_key & scan_kinds
+        values = values.with_columns(
+            label=pl.when(pl.col("scope") == SCOPE_ITEM)
+            .then(pl.col("key"))
+            .when(keyless)
+            .then(pl.col("scope"))
+            .otherwise(pl.col("scope") + pl.lit(":") + pl.col("key")),
+        )
+        parts = [
+            values.filter(not_allowed).select(
+                *_ADDRESS, rule=pl.lit(NOT_ALLOWED), action=pl.lit("drop"), new_value=pl.lit(None, pl.String)
+            ),
+            *self._key_rewrites(values.filter(by_key)),
+            self._value_rewrites(values.filter(by_value)),
+        ]
+        parts = [part.cast(_REWRITE_SCHEMA) for part in parts if part.height]  # type: ignore[arg-type]
+        if not parts:
+            return None
+        return pl.concat(parts, how="vertical")
+
+    def _classify(self, keys: pl.Series) -> pl.DataFrame:
+        """One row per distinct key: protected, allowed, and the first key rule that matches."""
+        distinct = keys.unique()
+        key = pl.col("key")
+        rule_index = pl.lit(None, pl.String)
+        for rule in reversed(self.rules.key_rules):
+            rule_index = pl.when(key.str.contains(rule.key_regex)).then(pl.lit(rule.name)).otherwise(rule_index)
+        allowed = (
+            pl.lit(True)
+            if self.rules.allow_all_keys
+            else key.str.contains(self.rules.allowed_key_regex)
+            if self.rules.allowed_key_regex
+            else pl.lit(False)
+        )
+        protected = key.str.contains(self.rules.protected_key_regex)
+        # See VALUES_ONLY_KEYS: allowed, no key rule, the value rules still run.
+        values_only = ~protected & key.str.contains(self.rules.values_only_key_regex)
+        return pl.DataFrame({"key": distinct}).with_columns(
+            protected=protected,
+            allowed=allowed | values_only,
+            key_rule=pl.when(values_only).then(pl.lit(None, pl.String)).otherwise(rule_index),
+        )
+
+    def _key_rewrites(self, rows: pl.DataFrame) -> list[pl.DataFrame]:
+        out = []
+        for rule in self.rules.key_rules:
+            matched = rows.filter(pl.col("key_rule") == rule.name)
+            if matched.height == 0:
+                continue
+            action = rule.action
+            if action.kind == "mask":
+                new_value = pl.lit(action.mask)
+                matched = matched.filter((pl.col("value") != action.mask) | ~pl.col("is_string"))
+            elif action.kind == "drop":
+                new_value = pl.lit(None, pl.String)
+            elif action.kind == "truncate":
+                matched = matched.filter(pl.col("value").str.len_chars() > action.length)
+                new_value = pl.col("value").str.slice(0, action.length)
+            else:
+                distinct = matched["value"].unique().to_list()
+                hashes = {value: self.values.hash(value) for value in distinct}
+                new_value = pl.col("value").replace_strict(hashes, return_dtype=pl.String)
+            out.append(
+                matched.select(*_ADDRESS, rule=pl.lit(rule.name), action=pl.lit(action.kind), new_value=new_value)
+            )
+        return out
+
+    def _value_rewrites(self, rows: pl.DataFrame) -> pl.DataFrame:
+        if rows.height == 0:
+            return pl.DataFrame(schema=_REWRITE_SCHEMA)
+        found = self.values.scan(rows["value"])
+        if found.index.len() == 0:
+            return pl.DataFrame(schema=_REWRITE_SCHEMA)
+        changed = rows[found.index].with_columns(new_value=found.new_value, rules=found.rules)
+        # One row per (value, rule) so every rule that fired is counted; the rewrite is the same.
+        return changed.explode("rules").select(
+            *_ADDRESS,
+            rule=pl.col("rules"),
+            action=pl.col("rules").replace_strict(
+                {name: action.kind for name, action in self._actions.items()}, return_dtype=pl.String
+            ),
+            new_value=pl.col("new_value"),
+        )
+
+    def _count(self, rewrites: pl.DataFrame, signal: str) -> None:
+        counts = rewrites.group_by("rule", "action").len()
+        for rule, action, count in counts.iter_rows():
+            self.redactions.labels(detector=rule, action=action, signal=signal).inc(count)
+
+    def _summary(self, batch: TelemetryBatch, rewrites: pl.DataFrame) -> dict[str, pl.Series]:
+        if self.rules.summary == "silent":
+            return {}
+        # A value a value rule changed is a finding (`genops.redaction.detected`, what the
+        # pii_detected policy reads); a key rule masking a prompt by its key finds nothing.
+        values = rewrites.group_by(["scope", "owner", "position"], maintain_order=True).agg(
+            pl.col("row").first(),
+            pl.col("label").first(),
+            pl.col("rule").is_in(self._value_rule_names).any().alias("detected"),
+        )
+        # A resource attribute is shared by every item under that resource: count it on each.
+        item_resource = pl.DataFrame(
+            {
+                "owner": batch.frame.get_column(RESOURCE_INDEX).cast(pl.Int64),
+                "item": pl.int_range(len(batch), eager=True),
+            }
+        )
+        shared = values.filter(pl.col("scope") == SCOPE_RESOURCE).join(item_resource, on="owner")
+        per_item = pl.concat(
+            [
+                values.filter(pl.col("scope") != SCOPE_RESOURCE).select(
+                    item=pl.col("row"), label="label", detected="detected"
+                ),
+                shared.select(item=pl.col("item").cast(pl.Int64), label="label", detected="detected"),
+            ]
+        )
+        found = pl.col("detected").sum().cast(pl.Int64)
+        summary = per_item.group_by("item").agg(
+            count=pl.len().cast(pl.Int64),
+            keys=pl.col("label").unique().sort(),
+            detected=pl.when(found > 0).then(found),
+        )
+        full = pl.DataFrame({"item": pl.int_range(len(batch), eager=True).cast(pl.Int64)}).join(
+            summary, on="item", how="left", maintain_order="left"
+        )
+        out = {COUNT_KEY: full["count"].alias(COUNT_KEY)}
+        if self.rules.summary == "debug":
+            out[KEYS_KEY] = full["keys"].alias(KEYS_KEY)
+        out[DETECTED_KEY] = full["detected"].alias(DETECTED_KEY)
+        return out
+
+
+def oracle_of(stage: RedactionStage) -> OracleRedactionStage:
+    """An oracle stage with `stage`'s rules and hash key (its own counters)."""
+    return OracleRedactionStage(stage.rules, stage.values.hash_key, CollectorRegistry())
