@@ -45,6 +45,8 @@ DOCUMENTED_METRICS = frozenset(
         "genops_evaluation_score",
         "genops_cost_by_operation_usd",
         "genops_policy_checks_total",
+        "genops_cost_cache_savings_usd",
+        "genops_cost_cache_write_unread_usd",
     }
 )
 HISTOGRAMS = frozenset(

@@ -167,7 +167,18 @@ def expected(table: PricingTable, attributes: dict, start: int) -> dict[str, obj
         "reasoning": reasoning * prices["reasoning"] / 1e6,
         "output": max(output - reasoning, 0) * prices["output"] / 1e6,
     }
+    # Cached input's saving against the uncached input price (processor/stages/cost/cache_savings.py).
+    savings = (
+        {
+            "genops.cost.cache_savings": pytest.approx(
+                cache_read * (prices["input"] - prices["cache_read"]) / 1e6, rel=1e-9, abs=1e-15
+            )
+        }
+        if cache_read
+        else {}
+    )
     return {
+        **savings,
         "genops.cost.status": "estimated" if found.near else "priced",
         "genops.cost.total": pytest.approx(sum(parts[p] for p in COST_PARTS) + chosen.request, rel=1e-12),
         **{f"genops.cost.{p}": pytest.approx(v, rel=1e-12) for p, v in parts.items()},
