@@ -31,6 +31,7 @@ from processor.decode import (
 )
 from processor.observability import PipelineMetrics
 from processor.outbound import NO_REDACTION, OutboundRedaction
+from processor.span_event_columns import SpanEventColumns
 
 if TYPE_CHECKING:
     from processor._otlp_native import RedactionJob, Redactor
@@ -62,6 +63,8 @@ class BatchChanges:
     rewrites: rows (scope, owner, position, new_value) addressing values found through
         `TelemetryBatch.string_values()`; a null new_value drops the attribute.
     events: span events to append.
+    event_columns: more span events to append, after `events`, given as columns (one group per
+        event name; see processor/span_event_columns.py).
     arrow: some of the set_attributes columns as the Arrow arrays their Series were made from,
         which a native stage has at hand: the writer and later stages read them instead of
         converting the Series back (the same values, never different ones).
@@ -72,6 +75,7 @@ class BatchChanges:
     set_attributes: dict[str, pl.Series] = field(default_factory=dict)
     rewrites: pl.DataFrame | None = None
     events: list[SpanEventToAdd] = field(default_factory=list)
+    event_columns: list[SpanEventColumns] = field(default_factory=list)
     arrow: dict[str, pa.Array] = field(default_factory=dict)
     engine: str | None = None
 
@@ -80,7 +84,19 @@ class BatchChanges:
         return self
 
     def is_empty(self) -> bool:
-        return not self.set_attributes and (self.rewrites is None or self.rewrites.height == 0) and not self.events
+        rewrites = self.rewrites is not None and self.rewrites.height > 0
+        return not (self.set_attributes or rewrites or self.events or any(map(len, self.event_columns)))
+
+    def all_events(self) -> list[SpanEventToAdd]:
+        """`events`, then `event_columns` one event at a time, in the order they are written."""
+        return [
+            *self.events,
+            *(
+                SpanEventToAdd(row, group.name, time, attributes)
+                for group in self.event_columns
+                for row, time, attributes in group.expanded()
+            ),
+        ]
 
 
 class Stage(Protocol):
@@ -330,6 +346,13 @@ def _redact_written(changes: BatchChanges, outbound: OutboundRedaction) -> None:
         for key, value in event.attributes.items():
             if isinstance(value, str):
                 event.attributes[key] = outbound.value(key, value)
+    # Per distinct value of each text column (the written values repeat across spans).
+    for at, group in enumerate(changes.event_columns):
+        for key, column in group.attributes.items():
+            redacted = outbound.strings(key, column)
+            if redacted is not None:
+                group = group.with_attribute(key, redacted)
+        changes.event_columns[at] = group
 
 
 def _error_tags(rows: int, message: str) -> BatchChanges:

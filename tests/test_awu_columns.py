@@ -1,0 +1,125 @@
+"""The AWU events built and written as columns (processor/awu.py, processor/span_event_columns.py,
+rewrite.rs `event_group`) give the bytes the one-object-per-event path gave: a differential test
+against that path (tests/awu_oracle.py), batch by batch through the whole pipeline."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import polars as pl
+import pytest
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
+from prometheus_client import CollectorRegistry
+
+from benchmarks.micro import stage_config
+from benchmarks.workload import build_requests
+from processor import awu, encode
+from processor.decode import TelemetryBatch, native_available
+from processor.observability import SidecarMetrics
+from processor.pipeline import BatchChanges, Pipeline, SpanEventToAdd, _redact_written
+from processor.server import build_stages
+from processor.span_event_columns import SpanEventColumns
+from tests import awu_oracle
+from tests.otlp_builders import span, trace_request
+
+pytestmark = pytest.mark.skipif(not native_available(), reason="the native rewriter is what is compared")
+
+GENAI = {"gen_ai.usage.input_tokens": 1200, "gen_ai.usage.output_tokens": 30, "gen_ai.provider.name": "openai"}
+
+
+def _edge_cases() -> trace_pb.ExportTraceServiceRequest:
+    """Spans the workload has few of: unknown models (no cost), no attribution, no end time, an SDK
+    cost as text, operation names in other cases, a model name holding an e-mail address."""
+    spans = [
+        span(attributes={**GENAI, "gen_ai.request.model": "gpt-4o-mini", "gen_ai.operation.name": "Chat"}),
+        span(attributes={**GENAI, "gen_ai.request.model": "no-such-model-9", "gen_ai.operation.name": "chat"}),
+        span(attributes={**GENAI, "gen_ai.request.model": "gpt-4o", "llm.request.type": "embeddings"}),
+        span(attributes={**GENAI, "gen_ai.request.model": "gpt-4o", "genops.cost.total": " 0.25 "}),
+        span(attributes={**GENAI, "gen_ai.request.model": "mail bob@example.com", "genops.team": "search"}),
+        span(name="GET /health"),
+        span(attributes={"gen_ai.request.model": "gpt-4o", "gen_ai.operation.name": "execute_tool"}),
+    ]
+    spans[2].end_time_unix_nano = 0
+    return trace_request(spans, resource={"service.name": "chat-api", "k8s.namespace.name": "ml"})
+
+
+def _copy(changes: BatchChanges) -> BatchChanges:
+    events = [dataclasses.replace(e, attributes=dict(e.attributes)) for e in changes.events]
+    return dataclasses.replace(
+        changes,
+        set_attributes=dict(changes.set_attributes),
+        events=events,
+        event_columns=list(changes.event_columns),
+        arrow=dict(changes.arrow),
+    )
+
+
+def _per_row(events: list[SpanEventToAdd]) -> dict[int, list[tuple]]:
+    """Each span's events in order, values with their types (1.0 is not 1)."""
+    rows: dict[int, list[tuple]] = {}
+    for e in events:
+        attributes = [(k, type(v).__name__, v) for k, v in e.attributes.items()]
+        rows.setdefault(e.row, []).append((e.name, e.time_unix_nano, attributes))
+    return rows
+
+
+def test_awu_columns_write_the_bytes_the_event_objects_wrote(tmp_path, monkeypatch):
+    stages = build_stages(stage_config(True, tmp_path), CollectorRegistry())
+    pipeline = Pipeline(stages, SidecarMetrics.create())
+    assert pipeline.outbound.enabled
+    new = awu.add_awu_changes
+    compared: list[int] = []
+
+    def both(batch: TelemetryBatch, changes: BatchChanges, attribution) -> BatchChanges:
+        want = awu_oracle.add_awu_changes(batch, _copy(changes), attribution)
+        got = new(batch, changes, attribution)
+        # As the pipeline leaves them before writing (on copies: it redacts `got` itself later).
+        written_want, written_got = _copy(want), _copy(got)
+        _redact_written(written_want, pipeline.outbound)
+        _redact_written(written_got, pipeline.outbound)
+        assert list(written_got.set_attributes) == list(written_want.set_attributes)
+        for key, column in written_want.set_attributes.items():
+            assert written_got.set_attributes[key].dtype == column.dtype, key
+            assert written_got.set_attributes[key].to_list() == column.to_list(), key
+        assert written_got.event_columns and not written_want.event_columns
+        # The protobuf path writes each span's events in this order; the rewriter writes these bytes.
+        assert _per_row(written_got.all_events()) == _per_row(written_want.events)
+        assert encode.apply_and_serialize(batch, [written_got]) == encode.apply_and_serialize(batch, [written_want])
+        compared.append(sum(map(len, got.event_columns)))
+        return got
+
+    monkeypatch.setattr(awu, "add_awu_changes", both)
+    requests = [*build_requests(count=4, spans=300, genai_share=0.6, seed=3), _edge_cases()]
+    for request in requests:
+        out = pipeline.process_traces(request.SerializeToString())
+        assert out.failed_stages == ()
+    assert len(compared) == len(requests) and all(compared)
+    # The edge cases: 6 decided spans, 4 of them with a cost (the unknown model and the tool call without tokens have none).
+    assert compared[-1] > 6
+
+
+def test_an_event_group_is_written_as_its_events_one_by_one():
+    """Nulls leave an attribute out; a zero time and an empty name are left out as proto3 does;
+    times past 2**63 (held as negative i64) and every column type the rewriter writes."""
+    group = SpanEventColumns(
+        "",
+        pl.Series([0, 2, 0], dtype=pl.Int64),
+        pl.Series([0, -1, 1_760_000_000_000_000_001], dtype=pl.Int64),
+        {
+            "text": pl.Series(["a", None, "ü" * 20]),
+            "number": pl.Series([None, 1.5, -0.0]),
+            "count": pl.Series([3, -4, None], dtype=pl.Int64),
+            "flag": pl.Series([True, False, None]),
+            "nothing": pl.Series([None, None, None]),
+        },
+    )
+    raw = trace_request([span(), span(), span()]).SerializeToString()
+    from processor.decode import WantedKeys, decode_traces
+
+    batch = decode_traces(raw, WantedKeys())
+    as_columns = encode.apply_and_serialize(batch, [BatchChanges(event_columns=[group])])
+    one_by_one = encode.apply_and_serialize(batch, [BatchChanges(events=BatchChanges(event_columns=[group]).all_events())])
+    assert as_columns == one_by_one
+    sent = trace_pb.ExportTraceServiceRequest.FromString(as_columns).resource_spans[0].scope_spans[0].spans
+    assert [len(s.events) for s in sent] == [2, 0, 1]
+    assert sent[2].events[0].time_unix_nano == 2**64 - 1
