@@ -123,3 +123,40 @@ def test_an_event_group_is_written_as_its_events_one_by_one():
     sent = trace_pb.ExportTraceServiceRequest.FromString(as_columns).resource_spans[0].scope_spans[0].spans
     assert [len(s.events) for s in sent] == [2, 0, 1]
     assert sent[2].events[0].time_unix_nano == 2**64 - 1
+
+
+@pytest.mark.parametrize(
+    ("starts", "ends"),
+    [
+        ([5, 7, 2**63 - 1], [6, 7, 2**63 - 1]),
+        ([5, 7, 9], None),
+        ([5, None, 9], [6, 8, None]),
+        ([0, 7, 9], [6, 8, 10]),
+        ([5, 7, 2**63], [6, 8, 10]),
+        ([5, 7, 9], [4, 8, 10]),
+        ([5, 7, 9], [6, 0, 2**64 - 1]),
+    ],
+)
+def test_clean_times_skips_its_queries_only_where_they_change_nothing(starts, ends):
+    """The unsigned columns of a usual batch go back as they came; any invalid value takes the
+    full path, whose answer is what the skipped one would have been for valid columns."""
+    from processor import span_values
+    from processor.decode import END_TIME, START_TIME
+
+    start = pl.Series(START_TIME, starts, dtype=pl.UInt64)
+    end = None if ends is None else pl.Series(END_TIME, ends, dtype=pl.UInt64)
+    fast = span_values.clean_times(start, end)
+    valid = span_values._all_valid(start, end)
+    span_values_all_valid = span_values._all_valid
+    try:
+        span_values._all_valid = lambda *_: False  # type: ignore[assignment]
+        full = span_values.clean_times(start, end)
+    finally:
+        span_values._all_valid = span_values_all_valid  # type: ignore[assignment]
+    # A missing start is not counted but reads as 0: not valid for the shortcut, yet nothing counted.
+    assert valid == (full[2] == [] and None not in starts)
+    for got, want in zip(fast[:2], full[:2], strict=True):
+        assert (got is None) == (want is None)
+        if got is not None and want is not None:
+            assert (got.name, got.dtype, got.to_list()) == (want.name, want.dtype, want.to_list())
+    assert fast[2] == full[2]

@@ -127,10 +127,12 @@ fn event_group(group: &Bound<'_, PyTuple>, edits: &mut Edits<'_>) -> PyResult<()
         ));
     }
     let mut any_value = Vec::new();
+    // The events of a group are about the same size: each starts with room for the last one.
+    let mut last_size = 0;
     for index in 0..rows.len {
         let row = usize::try_from(rows.i64_at(index))
             .map_err(|_| PyValueError::new_err("an event row is not negative"))?;
-        let mut event = Vec::new();
+        let mut event = Vec::with_capacity(last_size + 16);
         let time = times.i64_at(index) as u64;
         if time != 0 {
             put_tag(&mut event, 1, I64);
@@ -146,6 +148,7 @@ fn event_group(group: &Bound<'_, PyTuple>, edits: &mut Edits<'_>) -> PyResult<()
                 put_key_value(&mut event, 3, key, &any_value);
             }
         }
+        last_size = event.len();
         edits.new_events.entry(row).or_default().push(event);
         edits.touch_row(row);
     }
