@@ -160,3 +160,33 @@ def test_clean_times_skips_its_queries_only_where_they_change_nothing(starts, en
         if got is not None and want is not None:
             assert (got.name, got.dtype, got.to_list()) == (want.name, want.dtype, want.to_list())
     assert fast[2] == full[2]
+
+
+def test_forecast_rows_give_the_column_of_the_forecast_query():
+    """budget_forecast: the row-by-row forecast against the polars query it stands in for, on
+    spans of known and unknown budgets, below, at and past their limits, with missing amounts."""
+    import datetime as dt
+    import random
+
+    from processor import budget_forecast as bf
+
+    rng = random.Random(5)
+    now = dt.datetime(2026, 12, 8, 0, 10, 7, 123456, tzinfo=dt.UTC)
+    elapsed = {"daily": 607.123456, "monthly": 605407.5, "tiny": 1.0}
+    left = {"daily": 85792.9, "monthly": 2072992.8, "tiny": 3.0}
+    rows = 2000
+    names = pl.Series([rng.choice([None, "daily", "monthly", "tiny", "unknown"]) for _ in range(rows)], dtype=pl.String)
+
+    def amount() -> float | None:
+        return rng.choice([None, 0.0, -1.0, rng.uniform(0, 2), rng.uniform(0, 0.001), 1.0, rng.uniform(0, 1e6)])
+
+    consumed = pl.Series([amount() for _ in range(rows)], dtype=pl.Float64)
+    limits = pl.Series([rng.choice([1.0, 2.5, 1e6, amount()]) for _ in range(rows)], dtype=pl.Float64)
+    got = bf._forecast_rows(names, consumed, limits, elapsed, left, now)
+    want = bf._forecast_query(names, consumed, limits, elapsed, left, now)
+    assert got is not None
+    assert (got.name, got.dtype) == (want.name, want.dtype)
+    assert got.to_list() == want.to_list()
+    assert 100 < got.null_count() < rows - 100
+    infinite = pl.Series([float("inf")] * rows, dtype=pl.Float64)
+    assert bf._forecast_rows(names, infinite, limits, elapsed, left, now) is None
