@@ -1,5 +1,6 @@
 """The AWU attributes and events as processor/awu.py made them before they were built column-wise
 (2026-12-07, main at 79af840): the oracle of tests/test_awu_columns.py, kept as it was."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

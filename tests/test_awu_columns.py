@@ -94,7 +94,7 @@ def test_awu_columns_write_the_bytes_the_event_objects_wrote(tmp_path, monkeypat
         out = pipeline.process_traces(request.SerializeToString())
         assert out.failed_stages == ()
     assert len(compared) == len(requests) and all(compared)
-    # The edge cases: 6 decided spans, 4 of them with a cost (the unknown model and the tool call without tokens have none).
+    # The edge cases: an evaluated event per decided span (6) and a calculated one where a cost is known.
     assert compared[-1] > 6
 
 
@@ -118,7 +118,9 @@ def test_an_event_group_is_written_as_its_events_one_by_one():
 
     batch = decode_traces(raw, WantedKeys())
     as_columns = encode.apply_and_serialize(batch, [BatchChanges(event_columns=[group])])
-    one_by_one = encode.apply_and_serialize(batch, [BatchChanges(events=BatchChanges(event_columns=[group]).all_events())])
+    one_by_one = encode.apply_and_serialize(
+        batch, [BatchChanges(events=BatchChanges(event_columns=[group]).all_events())]
+    )
     assert as_columns == one_by_one
     sent = trace_pb.ExportTraceServiceRequest.FromString(as_columns).resource_spans[0].scope_spans[0].spans
     assert [len(s.events) for s in sent] == [2, 0, 1]

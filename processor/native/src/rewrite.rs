@@ -103,17 +103,20 @@ fn encode_arrow(column: &ArrowIn, row: usize, out: &mut Vec<u8>) -> PyResult<()>
     Ok(())
 }
 
+/// (name, rows, times, [(key, values)]) as the Python side passes a group of events.
+type EventGroup<'py> = (
+    String,
+    Bound<'py, PyAny>,
+    Bound<'py, PyAny>,
+    Vec<(String, Bound<'py, PyAny>)>,
+);
+
 /// Appends a group of events given as columns, (name, rows, times, [(key, values)]): event i goes
 /// to span `rows[i]` at `times[i]` (an i64 holding the u64 bits) with an attribute per column
 /// valid at i, in column order. Written as `encode._event_bytes` writes a Span.Event (proto3
 /// leaves out a zero time and an empty name), so the bytes are the same.
 fn event_group(group: &Bound<'_, PyTuple>, edits: &mut Edits<'_>) -> PyResult<()> {
-    let (name, rows, times, attributes): (
-        String,
-        Bound<'_, PyAny>,
-        Bound<'_, PyAny>,
-        Vec<(String, Bound<'_, PyAny>)>,
-    ) = group.extract()?;
+    let (name, rows, times, attributes): EventGroup<'_> = group.extract()?;
     let rows = ArrowIn::extract(&rows)?;
     let times = ArrowIn::extract(&times)?;
     let attributes = attributes
