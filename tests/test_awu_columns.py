@@ -139,7 +139,7 @@ def test_an_event_group_is_written_as_its_events_one_by_one():
         ([5, 7, 9], [6, 0, 2**64 - 1]),
     ],
 )
-def test_clean_times_skips_its_queries_only_where_they_change_nothing(starts, ends):
+def test_clean_times_skips_its_queries_only_where_they_change_nothing(starts, ends, monkeypatch):
     """The unsigned columns of a usual batch go back as they came; any invalid value takes the
     full path, whose answer is what the skipped one would have been for valid columns."""
     from processor import span_values
@@ -149,12 +149,8 @@ def test_clean_times_skips_its_queries_only_where_they_change_nothing(starts, en
     end = None if ends is None else pl.Series(END_TIME, ends, dtype=pl.UInt64)
     fast = span_values.clean_times(start, end)
     valid = span_values._all_valid(start, end)
-    span_values_all_valid = span_values._all_valid
-    try:
-        span_values._all_valid = lambda *_: False  # type: ignore[assignment]
-        full = span_values.clean_times(start, end)
-    finally:
-        span_values._all_valid = span_values_all_valid  # type: ignore[assignment]
+    monkeypatch.setattr(span_values, "_all_valid", lambda *_: False)
+    full = span_values.clean_times(start, end)
     # A missing start is not counted but reads as 0: not valid for the shortcut, yet nothing counted.
     assert valid == (full[2] == [] and None not in starts)
     for got, want in zip(fast[:2], full[:2], strict=True):
