@@ -20,7 +20,8 @@ def rewrite(
     columns: Sequence[tuple[str, Any]],
     rewrites: Sequence[Any],
     event_rows: Sequence[int],
-    events: Sequence[tuple[int, bytes]] = ...,
+    # (row, serialised Span.Event) or (name, rows, times, [(key, values)]): events as columns.
+    events: Sequence[tuple[Any, ...]] = ...,
     logs: bool = False,
 ) -> bytes: ...
 

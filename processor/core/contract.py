@@ -14,6 +14,7 @@ import polars as pl
 import pyarrow as pa
 
 from processor.core.decode import TelemetryBatch, WantedKeys
+from processor.core.span_event_columns import SpanEventColumns
 
 if TYPE_CHECKING:
     from processor._otlp_native import RedactionJob, Redactor
@@ -44,6 +45,8 @@ class BatchChanges:
     rewrites: rows (scope, owner, position, new_value) addressing values found through
         `TelemetryBatch.string_values()`; a null new_value drops the attribute.
     events: span events to append.
+    event_columns: more span events to append, after `events`, given as columns (one group per
+        event name; see processor/core/span_event_columns.py).
     arrow: some of the set_attributes columns as the Arrow arrays their Series were made from,
         which a native stage has at hand: the writer and later stages read them instead of
         converting the Series back (the same values, never different ones).
@@ -54,6 +57,7 @@ class BatchChanges:
     set_attributes: dict[str, pl.Series] = field(default_factory=dict)
     rewrites: pl.DataFrame | None = None
     events: list[SpanEventToAdd] = field(default_factory=list)
+    event_columns: list[SpanEventColumns] = field(default_factory=list)
     arrow: dict[str, pa.Array] = field(default_factory=dict)
     engine: str | None = None
 
@@ -62,7 +66,19 @@ class BatchChanges:
         return self
 
     def is_empty(self) -> bool:
-        return not self.set_attributes and (self.rewrites is None or self.rewrites.height == 0) and not self.events
+        rewrites = self.rewrites is not None and self.rewrites.height > 0
+        return not (self.set_attributes or rewrites or self.events or any(map(len, self.event_columns)))
+
+    def all_events(self) -> list[SpanEventToAdd]:
+        """`events`, then `event_columns` one event at a time, in the order they are written."""
+        return [
+            *self.events,
+            *(
+                SpanEventToAdd(row, group.name, time, attributes)
+                for group in self.event_columns
+                for row, time, attributes in group.expanded()
+            ),
+        ]
 
 
 class Stage(Protocol):

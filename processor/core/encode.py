@@ -36,6 +36,7 @@ from processor.protos import otlp_lean_pb2 as lean
 
 if TYPE_CHECKING:
     from processor.core.contract import BatchChanges, SpanEventToAdd
+    from processor.core.span_event_columns import SpanEventColumns
 
 
 def apply_and_serialize(batch: TelemetryBatch, all_changes: Sequence[BatchChanges]) -> bytes:
@@ -52,7 +53,7 @@ def apply_and_serialize(batch: TelemetryBatch, all_changes: Sequence[BatchChange
     for changes in all_changes:
         for key, column in changes.set_attributes.items():
             _apply_column(batch, key, column)
-        for event in changes.events:
+        for event in changes.all_events():
             added = batch.items[event.row].events.add()
             added.name = event.name
             added.time_unix_nano = event.time_unix_nano
@@ -88,7 +89,10 @@ def _native_rewrite(batch: TelemetryBatch, all_changes: Sequence[BatchChanges]) 
         for changes in all_changes
         if changes.rewrites is not None and changes.rewrites.height
     ]
-    events = [(event.row, _event_bytes(event)) for changes in all_changes for event in changes.events]
+    events: list[tuple] = []
+    for changes in all_changes:
+        events.extend((event.row, _event_bytes(event)) for event in changes.events)
+        events.extend(_event_group(group) for group in changes.event_columns if len(group))
     return native_module().rewrite(
         batch.raw,
         columns,
@@ -100,6 +104,22 @@ def _native_rewrite(batch: TelemetryBatch, all_changes: Sequence[BatchChanges]) 
 
 
 _NEWEST = pl.CompatLevel.newest()
+
+
+def _event_group(group: SpanEventColumns) -> tuple:
+    """(name, rows, times, [(key, values)]) as the rewriter reads a group of events."""
+    # A Null column has no value to write (a group whose events all lack that attribute).
+    attributes = [
+        (key, _native_event_values(column)) for key, column in group.attributes.items() if column.dtype != pl.Null
+    ]
+    return (group.name, _native_event_values(group.rows), _native_event_values(group.times), attributes)
+
+
+def _native_event_values(column: pl.Series) -> tuple:
+    array = column.to_arrow(compat_level=_NEWEST)
+    if array.type not in _ARROW_TYPE_KINDS:
+        raise TypeError(f"event column {column.name!r} of type {column.dtype} cannot be written")
+    return _arrow_parts(array)
 
 
 def _native_values(column: pl.Series, array: pa.Array | None = None) -> tuple | list:

@@ -261,6 +261,13 @@ def _redact_written(changes: BatchChanges, outbound: OutboundRedaction) -> None:
         for key, value in event.attributes.items():
             if isinstance(value, str):
                 event.attributes[key] = outbound.value(key, value)
+    # Per distinct value of each text column (the written values repeat across spans).
+    for at, group in enumerate(changes.event_columns):
+        for key, column in group.attributes.items():
+            redacted = outbound.strings(key, column)
+            if redacted is not None:
+                group = group.with_attribute(key, redacted)
+        changes.event_columns[at] = group
 
 
 def _error_tags(rows: int, message: str) -> BatchChanges:

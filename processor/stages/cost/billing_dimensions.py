@@ -239,7 +239,13 @@ def apply_dimensions(
     for key, values in ((COST_SERVICE_TIER, tiers), (COST_ASSUMED, assumed)):
         if any(v is not None for v in values):
             written[key] = pl.Series(key, values, dtype=pl.String)
-    return BatchChanges(set_attributes=written, rewrites=changes.rewrites, events=changes.events, arrow=arrow)
+    return BatchChanges(
+        set_attributes=written,
+        rewrites=changes.rewrites,
+        events=changes.events,
+        event_columns=changes.event_columns,
+        arrow=arrow,
+    )
 
 
 def _dimension_columns(batch: TelemetryBatch) -> dict[tuple[str, ...], pl.Series | None]:

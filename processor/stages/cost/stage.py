@@ -355,7 +355,13 @@ def _with_sdk_costs(changes: BatchChanges, sdk: object, ours_beside: pl.Series |
             written[name] = column
         else:
             written.pop(name, None)
-    return BatchChanges(set_attributes=written, rewrites=changes.rewrites, events=changes.events, arrow=arrow)
+    return BatchChanges(
+        set_attributes=written,
+        rewrites=changes.rewrites,
+        events=changes.events,
+        event_columns=changes.event_columns,
+        arrow=arrow,
+    )
 
 
 def _with_record_times(batch: TelemetryBatch) -> None:

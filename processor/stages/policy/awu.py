@@ -17,32 +17,19 @@ from policies.SPEC_ATTRIBUTION_RULE instead of a placeholder, and one whose cost
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import polars as pl
 
 from processor.core import genops_semconv as gs
 from processor.core.attribution import DIMENSIONS, Attribution, dimension_key, text
-from processor.core.contract import BatchChanges, SpanEventToAdd
+from processor.core.contract import BatchChanges
 from processor.core.decode import END_TIME, RESOURCE_PREFIX, ROW, START_TIME, TelemetryBatch, WantedKeys
+from processor.core.span_event_columns import SpanEventColumns
+from processor.stages.policy import budgets
 
 
 def wanted_keys() -> WantedKeys:
     return WantedKeys(item=frozenset(gs.OPERATION_SOURCES))
-
-
-@dataclass(frozen=True)
-class _Decided:
-    """The decided spans' columns the events are made from, as Python lists."""
-
-    rows: list[int]
-    results: list[str]
-    reasons: list[str | None]
-    starts: list[int]
-    ends: list[int]
-    costs: list[float | None]
-    providers: list[str | None]
-    models: list[str | None]
 
 
 def add_awu_changes(
@@ -57,7 +44,44 @@ def add_awu_changes(
     if result is None or result.null_count() == len(result):
         return changes
     frame = _inputs(batch, attribution)
-    schema = dict(frame.schema)
+    decided = (
+        frame.lazy()
+        .with_columns(
+            result.alias(gs.POLICY_RESULT),
+            _reasons(changes, len(result)).alias(gs.POLICY_REASON_CODE),
+            pl.int_range(pl.len(), dtype=pl.UInt32).alias(_POSITION),
+        )
+        .filter(pl.col(gs.POLICY_RESULT).is_not_null())
+        .select(_outputs(frame.schema, attribution))
+        # Written in the shape it runs in: the optimiser's passes cost more than they save here.
+        .collect(engine=budgets.ENGINE, optimizations=budgets.OPTIMIZATIONS)
+    )
+    names = [gs.SPEC_VERSION, *(dimension_key(dim) for dim in DIMENSIONS), *_WRITTEN]
+    laid = decided.select(names)[_lay_back(decided.get_column(_POSITION), len(result))]
+    for column in laid.get_columns():
+        if column.null_count() < len(column):  # an all-null column writes nothing
+            changes.set_attributes[column.name] = column
+    if operation_costs is not None:
+        operation_costs(
+            decided.get_column(gs.OPERATION_TYPE).to_list(), decided.get_column(gs.ACCOUNTING_ACTUAL).to_list()
+        )
+    changes.event_columns.extend(_events(decided))
+    return changes
+
+
+# (frame schema, attribution) -> the output expressions: batches mostly repeat a few shapes, and
+# building the expressions costs more than the query over a batch's decided spans.
+_OUTPUTS: dict[tuple, list[pl.Expr]] = {}
+_MAX_SCHEMAS = 64
+
+
+def _outputs(frame_schema: pl.Schema, attribution: Attribution) -> list[pl.Expr]:
+    """What the query selects from the decided spans: position, written columns, event inputs."""
+    schema = dict(frame_schema)
+    shape = (tuple(schema.items()), tuple(attribution.fallbacks.items()))
+    found = _OUTPUTS.get(shape)
+    if found is not None:
+        return found
     cost = _cost(schema)
     operation = pl.coalesce([text(schema, key) for key in gs.OPERATION_SOURCES])
     dimensions = zip(DIMENSIONS, attribution.columns(schema), strict=True)
@@ -74,28 +98,11 @@ def add_awu_changes(
         cost.alias(gs.ACCOUNTING_ACTUAL),
         pl.when(cost.is_not_null()).then(pl.lit(gs.ACCOUNTING_UNIT_USD)).alias(gs.ACCOUNTING_UNIT),
     ]
-    # Only the decided spans (~40% of a batch) are computed, then laid back over the batch.
-    decided = (
-        frame.lazy()
-        .with_columns(
-            result.alias(gs.POLICY_RESULT),
-            _reasons(changes, len(result)).alias(gs.POLICY_REASON_CODE),
-            pl.int_range(pl.len(), dtype=pl.UInt32).alias(_POSITION),
-        )
-        .filter(pl.col(gs.POLICY_RESULT).is_not_null())
-        .select(pl.col(_POSITION), *written, *_event_inputs(schema, cost))
-        .collect()
-    )
-    names = [gs.SPEC_VERSION, *(dimension_key(dim) for dim in DIMENSIONS), *_WRITTEN]
-    laid = decided.select(names)[_lay_back(decided.get_column(_POSITION), len(result))]
-    for column in laid.get_columns():
-        if column.null_count() < len(column):  # an all-null column writes nothing
-            changes.set_attributes[column.name] = column
-    inputs = _Decided(*(column.to_list() for column in decided.select(pl.exclude(_POSITION, *names)).get_columns()))
-    if operation_costs is not None:
-        operation_costs(decided.get_column(gs.OPERATION_TYPE).to_list(), inputs.costs)
-    changes.events.extend(_events(inputs))
-    return changes
+    outputs = [pl.col(_POSITION), *written, *_event_inputs(schema)]
+    if len(_OUTPUTS) >= _MAX_SCHEMAS:
+        _OUTPUTS.clear()
+    _OUTPUTS[shape] = outputs
+    return outputs
 
 
 _POSITION = "_awu_position"
@@ -144,8 +151,8 @@ def _cost(schema: dict[str, pl.DataType]) -> pl.Expr:
     return pl.when(number.is_finite() & (number >= 0)).then(number)
 
 
-def _event_inputs(schema: dict[str, pl.DataType], cost: pl.Expr) -> list[pl.Expr]:
-    """The columns of `_Decided`, in its order."""
+def _event_inputs(schema: dict[str, pl.DataType]) -> list[pl.Expr]:
+    """The columns the events read besides the written ones (`_EVENT_INPUTS`)."""
 
     def number(name: str) -> pl.Expr:
         return pl.col(name).cast(pl.Int64) if name in schema else pl.lit(0, dtype=pl.Int64)
@@ -153,39 +160,41 @@ def _event_inputs(schema: dict[str, pl.DataType], cost: pl.Expr) -> list[pl.Expr
     start = number(START_TIME)
     end = number(END_TIME)
     return [
-        pl.col(ROW),
+        pl.col(ROW).cast(pl.Int64).alias(_EVENT_ROW),
         pl.col(gs.POLICY_RESULT).cast(pl.String),
         pl.col(gs.POLICY_REASON_CODE).cast(pl.String),
-        start.alias("start"),
-        pl.when(end > 0).then(end).otherwise(start).alias("end"),
-        cost.alias("cost"),
-        text(schema, gs.COST_PROVIDER).alias("provider"),
-        text(schema, gs.COST_MODEL).alias("model"),
+        start.alias(_EVENT_START),
+        pl.when(end > 0).then(end).otherwise(start).alias(_EVENT_END),
+        text(schema, gs.COST_PROVIDER).alias(gs.COST_PROVIDER),
+        text(schema, gs.COST_MODEL).alias(gs.COST_MODEL),
     ]
 
 
-def _events(decided: _Decided) -> list[SpanEventToAdd]:
-    events = []
-    for row, result, reason, start, end, cost, provider, model in zip(
-        decided.rows,
-        decided.results,
-        decided.reasons,
-        decided.starts,
-        decided.ends,
-        decided.costs,
-        decided.providers,
-        decided.models,
-        strict=True,
-    ):
-        evaluated: dict[str, object] = {gs.POLICY_RESULT: result}
-        if reason is not None:
-            evaluated[gs.POLICY_REASON_CODE] = reason
-        events.append(SpanEventToAdd(row, gs.EVENT_POLICY_EVALUATED, start, evaluated))
-        if cost is not None:
-            calculated: dict[str, object] = {gs.COST_TOTAL: cost, gs.COST_CURRENCY: gs.ACCOUNTING_UNIT_USD}
-            if provider is not None:
-                calculated[gs.COST_PROVIDER] = provider
-            if model is not None:
-                calculated[gs.COST_MODEL] = model
-            events.append(SpanEventToAdd(row, gs.EVENT_COST_CALCULATED, end, calculated))
-    return events
+_EVENT_ROW = "_awu_row"
+_EVENT_START = "_awu_start"
+_EVENT_END = "_awu_end"
+
+
+def _events(decided: pl.DataFrame) -> list[SpanEventColumns]:
+    """genops.policy.evaluated on every decided span, then genops.cost.calculated on those with a
+    cost: as columns, so each span gets its evaluated event before its calculated one."""
+    evaluated = SpanEventColumns(
+        gs.EVENT_POLICY_EVALUATED,
+        decided.get_column(_EVENT_ROW),
+        decided.get_column(_EVENT_START),
+        {key: decided.get_column(key) for key in (gs.POLICY_RESULT, gs.POLICY_REASON_CODE)},
+    )
+    costed = decided.filter(pl.col(gs.ACCOUNTING_ACTUAL).is_not_null())
+    calculated = SpanEventColumns(
+        gs.EVENT_COST_CALCULATED,
+        costed.get_column(_EVENT_ROW),
+        costed.get_column(_EVENT_END),
+        {
+            gs.COST_TOTAL: costed.get_column(gs.ACCOUNTING_ACTUAL),
+            # USD wherever there is a cost, as genops.accounting.unit.
+            gs.COST_CURRENCY: costed.get_column(gs.ACCOUNTING_UNIT),
+            gs.COST_PROVIDER: costed.get_column(gs.COST_PROVIDER),
+            gs.COST_MODEL: costed.get_column(gs.COST_MODEL),
+        },
+    )
+    return [evaluated, calculated] if len(calculated) else [evaluated]

@@ -218,8 +218,8 @@ def test_native_and_polars_paths_agree(tmp_path_factory, monkeypatch, policy, ba
                 assert got.set_attributes[key].name == series.name, key
                 same(got.set_attributes[key].to_list(), series.to_list(), key)
             same(
-                [(e.row, e.name, e.time_unix_nano, e.attributes) for e in got.events],
-                [(e.row, e.name, e.time_unix_nano, e.attributes) for e in want.events],
+                [(e.row, e.name, e.time_unix_nano, e.attributes) for e in got.all_events()],
+                [(e.row, e.name, e.time_unix_nano, e.attributes) for e in want.all_events()],
                 "events",
             )
     same(metric_samples(native_registry), metric_samples(fallback_registry), "metrics")

@@ -103,6 +103,61 @@ fn encode_arrow(column: &ArrowIn, row: usize, out: &mut Vec<u8>) -> PyResult<()>
     Ok(())
 }
 
+/// (name, rows, times, [(key, values)]) as the Python side passes a group of events.
+type EventGroup<'py> = (
+    String,
+    Bound<'py, PyAny>,
+    Bound<'py, PyAny>,
+    Vec<(String, Bound<'py, PyAny>)>,
+);
+
+/// Appends a group of events given as columns, (name, rows, times, [(key, values)]): event i goes
+/// to span `rows[i]` at `times[i]` (an i64 holding the u64 bits) with an attribute per column
+/// valid at i, in column order. Written as `encode._event_bytes` writes a Span.Event (proto3
+/// leaves out a zero time and an empty name), so the bytes are the same.
+fn event_group(group: &Bound<'_, PyTuple>, edits: &mut Edits<'_>) -> PyResult<()> {
+    let (name, rows, times, attributes): EventGroup<'_> = group.extract()?;
+    let rows = ArrowIn::extract(&rows)?;
+    let times = ArrowIn::extract(&times)?;
+    let attributes = attributes
+        .iter()
+        .map(|(key, values)| Ok((key.as_bytes(), ArrowIn::extract(values)?)))
+        .collect::<PyResult<Vec<_>>>()?;
+    let short = times.len < rows.len || attributes.iter().any(|(_, column)| column.len < rows.len);
+    if rows.kind != Kind::I64 || times.kind != Kind::I64 || short {
+        return Err(PyValueError::new_err(
+            "an event group has i64 rows and times and a value per event in every column",
+        ));
+    }
+    let mut any_value = Vec::new();
+    // The events of a group are about the same size: each starts with room for the last one.
+    let mut last_size = 0;
+    for index in 0..rows.len {
+        let row = usize::try_from(rows.i64_at(index))
+            .map_err(|_| PyValueError::new_err("an event row is not negative"))?;
+        let mut event = Vec::with_capacity(last_size + 16);
+        let time = times.i64_at(index) as u64;
+        if time != 0 {
+            put_tag(&mut event, 1, I64);
+            event.extend_from_slice(&time.to_le_bytes());
+        }
+        if !name.is_empty() {
+            put_len(&mut event, 2, name.as_bytes());
+        }
+        for (key, column) in &attributes {
+            if column.is_valid(index) {
+                any_value.clear();
+                encode_arrow(column, index, &mut any_value)?;
+                put_key_value(&mut event, 3, key, &any_value);
+            }
+        }
+        last_size = event.len();
+        edits.new_events.entry(row).or_default().push(event);
+        edits.touch_row(row);
+    }
+    Ok(())
+}
+
 /// A KeyValue field: key and AnyValue content, written without a temporary message.
 fn put_key_value(out: &mut Vec<u8>, field: u32, key: &[u8], any_value: &[u8]) {
     put_tag(out, field, LEN);
@@ -919,8 +974,10 @@ fn strip(raw: &[u8], ranges: &mut Vec<Range<usize>>) -> WireResult<Vec<u8>> {
 /// values as decode.string_values() does (scope attribute/event/resource/body/link/scope, the
 /// text places span_name/status/event_name/log_event, whose null new_value clears the text, and unknown,
 /// whose field is dropped whatever the new value; a null new_value drops an attribute).
-/// event_rows: the span row of each event, for event rewrites and event names. events:
-/// (row, serialised Span.Event) to append to spans.
+/// event_rows: the span row of each event, for event rewrites and event names. events: to append
+/// to spans, in order, each either (row, serialised Span.Event) or a group of events of one name
+/// as columns, (name, rows, times, [(key, values)]) with Arrow i64 rows and times (see
+/// `event_group`).
 #[pyfunction]
 #[pyo3(signature = (raw, columns, rewrites, event_rows, events=Vec::new(), logs=false))]
 pub fn rewrite<'py>(
@@ -929,16 +986,21 @@ pub fn rewrite<'py>(
     columns: Vec<(String, Bound<'py, PyAny>)>,
     rewrites: Vec<Bound<'py, PyAny>>,
     event_rows: Vec<usize>,
-    events: Vec<(usize, Vec<u8>)>,
+    events: Vec<Bound<'py, PyTuple>>,
     logs: bool,
 ) -> PyResult<Bound<'py, PyBytes>> {
     let mut edits = Edits::default();
     if logs && !events.is_empty() {
         return Err(PyValueError::new_err("log records have no events"));
     }
-    for (row, event) in events {
-        edits.new_events.entry(row).or_default().push(event);
-        edits.touch_row(row);
+    for event in events {
+        if event.len() == 2 {
+            let (row, event): (usize, Vec<u8>) = event.extract()?;
+            edits.new_events.entry(row).or_default().push(event);
+            edits.touch_row(row);
+        } else {
+            event_group(&event, &mut edits)?;
+        }
     }
     enum Source<'a, 'py> {
         List(&'a Bound<'py, PyList>),
