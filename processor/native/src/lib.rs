@@ -19,6 +19,7 @@ mod operation_totals;
 mod policy;
 mod redact;
 mod rewrite;
+mod sanitize;
 mod scan;
 mod wire;
 
@@ -28,6 +29,7 @@ use pyo3::prelude::*;
 fn _otlp_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(scan::scan, m)?)?;
     m.add_function(wrap_pyfunction!(rewrite::rewrite, m)?)?;
+    m.add_function(wrap_pyfunction!(sanitize::sanitize, m)?)?;
     m.add_class::<redact::Redactor>()?;
     m.add_class::<redact::RedactionJob>()?;
     m.add_class::<policy::PolicyPlan>()?;
