@@ -136,7 +136,11 @@ class ValueRedactor:
         possible = (
             current.to_frame("v")
             .select(
-                (pl.col("v").str.contains(rule.pattern) & ~pl.lit(off[i]) if i in off else pl.col("v").str.contains(rule.pattern))
+                (
+                    pl.col("v").str.contains(rule.pattern) & ~pl.lit(off[i])
+                    if i in off
+                    else pl.col("v").str.contains(rule.pattern)
+                )
                 .any()
                 .alias(str(i))
                 for i, rule in enumerate(self.rules)
@@ -275,7 +279,8 @@ class RedactionStage:
         if values.height == 0:
             return pl.DataFrame(schema={name: _REWRITE_SCHEMA[name] for name in _WRITTEN})
         # Each "item" is a resource: item i lies under resource i.
-        resources = pl.int_range(int(values["row"].max() or 0) + 1, eager=True, dtype=pl.Int64)
+        last = values.get_column("row").cast(pl.Int64).max()
+        resources = pl.Series("resource", range(int(last) + 1 if isinstance(last, int) else 0), dtype=pl.Int64)
         if self._native is not None and native_available():
             found = self._native.redact(
                 *(_arrow(values, name, _TEXT) for name in ("scope", "key", "value", "kind")),
@@ -445,7 +450,9 @@ class RedactionStage:
                 extra[f"_vskip{i}"] = ~_allows_key(rule.conditions)
         sanitizer = pl.lit(None, pl.Int64)
         for at in reversed(range(len(self.rules.sanitizers))):
-            sanitizer = pl.when(key.str.contains(self.rules.sanitizers[at].key_regex)).then(pl.lit(at)).otherwise(sanitizer)
+            sanitizer = (
+                pl.when(key.str.contains(self.rules.sanitizers[at].key_regex)).then(pl.lit(at)).otherwise(sanitizer)
+            )
         extra["_sanitizer"] = sanitizer
         allowed = (
             pl.lit(True)
@@ -502,7 +509,10 @@ class RedactionStage:
             values.select(pl.col("row").cast(pl.Int64), "scope", pl.col("owner").cast(pl.Int64))
             .join(lookup, on="row", how="left", maintain_order="left")
             .select(
-                pl.when(row >= 0).then(pl.col("_item_resource")).when(pl.col("scope") == SCOPE_RESOURCE).then(pl.col("owner"))
+                pl.when(row >= 0)
+                .then(pl.col("_item_resource"))
+                .when(pl.col("scope") == SCOPE_RESOURCE)
+                .then(pl.col("owner"))
             )
             .to_series()
         )
@@ -543,7 +553,11 @@ class RedactionStage:
         and the rows it changed (with `_sanitizer`, its index)."""
         if not self.rules.sanitizers or rows.height == 0:
             return rows, rows.clear()
-        targets = pl.col("_sanitizer").is_not_null() & (pl.col("kind") == "string_value") & ~pl.col("scope").is_in(KEYLESS_SCOPES)
+        targets = (
+            pl.col("_sanitizer").is_not_null()
+            & (pl.col("kind") == "string_value")
+            & ~pl.col("scope").is_in(KEYLESS_SCOPES)
+        )
         pairs = rows.filter(targets).select("_sanitizer", "value").unique()
         if pairs.height == 0:
             return rows, rows.clear()
@@ -555,7 +569,9 @@ class RedactionStage:
         rows = rows.join(mapping, on=["_sanitizer", "value"], how="left", maintain_order="left").with_columns(
             _changed=targets & pl.col("_sanitized").is_not_null() & (pl.col("_sanitized") != pl.col("value"))
         )
-        rows = rows.with_columns(value=pl.when(pl.col("_changed")).then(pl.col("_sanitized")).otherwise(pl.col("value")))
+        rows = rows.with_columns(
+            value=pl.when(pl.col("_changed")).then(pl.col("_sanitized")).otherwise(pl.col("value"))
+        )
         return rows.drop("_sanitized"), rows.filter(pl.col("_changed")).drop("_sanitized")
 
     def _sanitized_rewrites(self, sanitized: pl.DataFrame, value_part: pl.DataFrame) -> list[pl.DataFrame]:
@@ -690,6 +706,7 @@ def _native_redactor(rules: RedactionRules, values: ValueRedactor):
     factory = getattr(native_module(), "Redactor", None)
     if factory is None:
         return None
+    every_rule: tuple[KeyRule | ValueRule, ...] = (*rules.key_rules, *rules.value_rules)
     try:
         return factory(
             rules.protected_key_regex,
@@ -703,7 +720,7 @@ def _native_redactor(rules: RedactionRules, values: ValueRedactor):
             ],
             rules.redact_all_types,
             values.hash,
-            [_native_conditions(rule.conditions) for rule in (*rules.key_rules, *rules.value_rules)],
+            [_native_conditions(rule.conditions) for rule in every_rule],
             [(sanitizer.kind, sanitizer.key_regex, sanitizer.mask) for sanitizer in rules.sanitizers],
         )
     except ValueError:

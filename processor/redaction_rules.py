@@ -277,7 +277,7 @@ def _section(value: object, where: str, fields: set[str]) -> dict:
 def _parse_conditions(raw: dict, where: str) -> RuleConditions | None:
     if "when" not in raw and "skip" not in raw:
         return None
-    parts = {}
+    parts: dict[str, tuple[str | None, tuple[tuple[str, tuple[str, ...]], ...]]] = {}
     for field in ("when", "skip"):
         section = raw.get(field)
         if section is None:
@@ -289,7 +289,10 @@ def _parse_conditions(raw: dict, where: str) -> RuleConditions | None:
         if unknown:
             raise ValueError(f"{where}: {field}: unknown field {shown(unknown[0])} (known: keys, resource)")
         keys = _string_list(section.get("keys"), f"{where}: {field}: keys")
-        parts[field] = (_keys_regex(keys, []) if keys else None, _resource_condition(section.get("resource"), where, field))
+        parts[field] = (
+            _keys_regex(keys, []) if keys else None,
+            _resource_condition(section.get("resource"), where, field),
+        )
     return RuleConditions(
         when_keys=parts["when"][0],
         skip_keys=parts["skip"][0],

@@ -80,7 +80,7 @@ def _first_of(text: str, chars: str) -> int:
 def _ident(c: str) -> bool:
     # ASCII letters, digits, `_`, `$`, and every non-ASCII character (identifiers may hold them);
     # the Rust twin decides by byte, which is the same for UTF-8.
-    return c.isascii() and (c.isalnum() or c in "_$") or not c.isascii()
+    return (c.isascii() and (c.isalnum() or c in "_$")) or not c.isascii()
 
 
 def _digit(c: str) -> bool:
@@ -111,7 +111,7 @@ def _lex(text: str, i: int, end: int, comments: bool, out: list[str]) -> None:
         if c == "'":
             out.append(SQL_PLACEHOLDER)
             i = _string_end(text, i + 1, end)
-        elif c in "\"`":
+        elif c in '"`':
             j = _quoted_end(text, i + 1, end, c)
             out.append(text[i:j])
             i = j
@@ -191,12 +191,12 @@ def _quoted_end(text: str, i: int, end: int, quote: str) -> int:
 def _number_end(text: str, i: int, end: int) -> int:
     # Digits, a fraction, an exponent, a hex form: everything up to the next character that is not
     # a letter, digit or `.`, so a malformed number (`1e`, `12abc`) goes whole.
+    hex_form = text.startswith(("0x", "0X"), i, end)
     j = i
     while j < end:
         c = text[j]
-        if c.isascii() and (c.isalnum() or c in "._"):
-            j += 1
-        elif c in "+-" and j > i and text[j - 1] in "eE" and not text[i:j].lower().startswith("0x"):
+        exponent_sign = c in "+-" and j > i and text[j - 1] in "eE" and not hex_form
+        if exponent_sign or (c.isascii() and (c.isalnum() or c in "._")):
             j += 1
         else:
             break

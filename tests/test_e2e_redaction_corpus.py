@@ -63,14 +63,14 @@ def metrics_request(cases: dict[str, str]) -> metrics_pb.ExportMetricsServiceReq
 
 def received_points(sink: OtlpSink) -> dict[str, tuple[str, bytes]]:
     """Per case: the `note` that arrived and the data point's bytes."""
-    out = {}
+    out: dict[str, tuple[str, bytes]] = {}
     for request in sink.metric_requests():
         for rm in request.resource_metrics:
             for sm in rm.scope_metrics:
                 for metric in sm.metrics:
                     for point in metric.gauge.data_points:
                         attributes = attributes_to_dict(point.attributes)
-                        out[attributes["case"]] = (attributes.get("note"), point.SerializeToString())
+                        out[str(attributes["case"])] = (str(attributes.get("note")), point.SerializeToString())
     return out
 
 

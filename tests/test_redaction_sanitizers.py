@@ -107,7 +107,10 @@ SQL_CASES = [
     ('SELECT "Card Number", `pin`, t2.c1 FROM "T" WHERE c = :1 AND d = @p1', None),
     ("SELECT ? , %s, %(name)s FROM orders LIMIT 20 OFFSET .5", "SELECT ? , %s, %(name)s FROM orders LIMIT ? OFFSET ?"),
     ("SELECT $$secret body$$, $tag$ also 'secret' $tag$ FROM x", "SELECT ?, ? FROM x"),
-    ("SELECT a -- where b = 'x'\nFROM t /* id=7 */ WHERE c = 'o\\'brien'", "SELECT a -- where b = ?\nFROM t /* id=? */ WHERE c = ?"),
+    (
+        "SELECT a -- where b = 'x'\nFROM t /* id=7 */ WHERE c = 'o\\'brien'",
+        "SELECT a -- where b = ?\nFROM t /* id=? */ WHERE c = ?",
+    ),
     ("UPDATE u SET pw = 'hunter2", "UPDATE u SET pw = ?"),
     ("SELECT 1 /* never closed 'token' ", "SELECT ? /* never closed ? "),
     ("SELECT 'ünïcödé' AS naïve FROM café WHERE x = E'\\x41'", "SELECT ? AS naïve FROM café WHERE x = ?"),
@@ -179,10 +182,19 @@ CONDITIONAL = {
 
 def test_rules_act_only_where_their_conditions_let_them(engine):
     stage = custom_stage(CONDITIONAL)
-    attributes = {"user.id": "u-1", "internal.owner": "ops@corp.io", "note": "ops@corp.io TICKET-7", "other": "TICKET-8"}
+    attributes = {
+        "user.id": "u-1",
+        "internal.owner": "ops@corp.io",
+        "note": "ops@corp.io TICKET-7",
+        "other": "TICKET-8",
+    }
     checkout, web, batch = traced(
         stage,
-        {"checkout": [span(attributes=attributes)], "web": [span(attributes=attributes)], "batch": [span(attributes=attributes)]},
+        {
+            "checkout": [span(attributes=attributes)],
+            "web": [span(attributes=attributes)],
+            "batch": [span(attributes=attributes)],
+        },
     )
     assert checkout == {
         "user.id": "[REDACTED:user_ids]",
@@ -197,7 +209,10 @@ def test_rules_act_only_where_their_conditions_let_them(engine):
 
 
 def test_resource_conditions_apply_to_metric_data_points(engine):
-    rules = {"summary": "silent", "rules": [{"name": "email", "detector": "email", "skip": {"resource": {"service.name": "ops"}}}]}
+    rules = {
+        "summary": "silent",
+        "rules": [{"name": "email", "detector": "email", "skip": {"resource": {"service.name": "ops"}}}],
+    }
     stage = custom_stage(rules)
 
     def resource_metrics(service: str) -> metrics_pb2.ResourceMetrics:
@@ -205,11 +220,15 @@ def test_resource_conditions_apply_to_metric_data_points(engine):
         return metrics_pb2.ResourceMetrics(
             resource=resource_pb2.Resource(attributes=key_values({"service.name": service})),
             scope_metrics=[
-                metrics_pb2.ScopeMetrics(metrics=[metrics_pb2.Metric(name="m", gauge=metrics_pb2.Gauge(data_points=[point]))])
+                metrics_pb2.ScopeMetrics(
+                    metrics=[metrics_pb2.Metric(name="m", gauge=metrics_pb2.Gauge(data_points=[point]))]
+                )
             ],
         )
 
-    request = metrics_pb.ExportMetricsServiceRequest(resource_metrics=[resource_metrics("ops"), resource_metrics("web")])
+    request = metrics_pb.ExportMetricsServiceRequest(
+        resource_metrics=[resource_metrics("ops"), resource_metrics("web")]
+    )
     out = Pipeline([stage], SidecarMetrics.create().pipeline).process_metrics(request.SerializeToString())
     sent = metrics_pb.ExportMetricsServiceRequest.FromString(out.payload)
     users = [
@@ -230,9 +249,18 @@ def test_resource_conditions_apply_to_metric_data_points(engine):
         ({"url_sanitizer": {"enabled": True, "keys": ["a"]}}, "url_sanitizer: unknown field 'keys'"),
         ({"url_sanitizer": {"enabled": True, "mask": 1}}, "url_sanitizer: mask must be a string"),
         ({"db_sanitizer": {"mysql": {}}}, "db_sanitizer: unknown field 'mysql'"),
-        ({"db_sanitizer": {"sql": {"enabled": True, "attributes": "db.statement"}}}, "db_sanitizer: sql: attributes must be a list"),
-        ({"rules": [{"name": "e", "detector": "email", "when": {"service": "x"}}]}, "rule 'e': when: unknown field 'service'"),
-        ({"rules": [{"name": "e", "detector": "email", "skip": {"resource": {"service.name": []}}}]}, "needs at least one value"),
+        (
+            {"db_sanitizer": {"sql": {"enabled": True, "attributes": "db.statement"}}},
+            "db_sanitizer: sql: attributes must be a list",
+        ),
+        (
+            {"rules": [{"name": "e", "detector": "email", "when": {"service": "x"}}]},
+            "rule 'e': when: unknown field 'service'",
+        ),
+        (
+            {"rules": [{"name": "e", "detector": "email", "skip": {"resource": {"service.name": []}}}]},
+            "needs at least one value",
+        ),
         ({"rules": [{"name": "e", "detector": "email", "skip": []}]}, "rule 'e': skip must be a mapping"),
         ({"rules": [{"name": "db_sanitizer", "detector": "email"}]}, "the name is reserved"),
     ],

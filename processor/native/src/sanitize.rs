@@ -182,9 +182,8 @@ fn number_end(b: &[u8], i: usize, end: usize) -> usize {
     let mut j = i;
     while j < end {
         let c = b[j];
-        if c.is_ascii_alphanumeric() || c == b'.' || c == b'_' {
-            j += 1;
-        } else if (c == b'+' || c == b'-') && j > i && (b[j - 1] | 0x20) == b'e' && !hex {
+        let exponent_sign = (c == b'+' || c == b'-') && j > i && (b[j - 1] | 0x20) == b'e' && !hex;
+        if exponent_sign || c.is_ascii_alphanumeric() || c == b'.' || c == b'_' {
             j += 1;
         } else {
             break;
