@@ -360,8 +360,9 @@ class RedactionStage:
         `genops_redaction_total`: used for what the sidecar makes from values, not for telemetry."""
         if self._native is not None and native_available():
             strings = [pa.array([text], pa.large_string()) for text in (SCOPE_ITEM, key, value)]
-            ints = [pa.array([0], pa.int64()) for _ in range(3)]
-            found = self._native.redact(*strings, None, *ints, pa.array([0], pa.int64()), 0)
+            # Row -1: the value belongs to no resource, so no resource condition keeps a rule off it.
+            ints = [pa.array([n], pa.int64()) for n in (0, 0, -1)]
+            found = self._native.redact(*strings, None, *ints, pa.array([], pa.int64()), 0)
             if found is None:
                 return value
             (_, _, _, new_values), _, _ = found
@@ -385,7 +386,12 @@ class RedactionStage:
             )
             rewrites = self._key_rewrites(rows)
             return rewrites[0]["new_value"][0] if rewrites else value
-        found = self.values.scan(values["value"])
+        excluded = {
+            i: pl.Series([bool(classes[f"_vskip{i}"])])
+            for i in range(len(self.rules.value_rules))
+            if f"_vskip{i}" in classes
+        }
+        found = self.values.scan(values["value"], excluded)
         return found.new_value[0] if found.index.len() else value
 
     def _process_native(self, batch: TelemetryBatch, values: dict[str, pa.Array]) -> BatchChanges:

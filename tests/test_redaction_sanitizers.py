@@ -286,3 +286,17 @@ def test_validate_config_reports_a_bad_option_in_one_line(tmp_path):
 def test_the_defaults_enable_both_sanitisers():
     kinds = [s.kind for s in load_rules().sanitizers]
     assert kinds == ["url_query", "sql"]
+
+
+def test_what_the_sidecar_writes_meets_conditional_rules_as_an_attribute_of_no_resource(engine):
+    # A metric label made from an email: a `when` on a resource cannot be decided, so the rule acts;
+    # a `when` on keys is decided by the label's key, as for an attribute.
+    rules = {
+        "summary": "silent",
+        "rules": [
+            {"name": "email", "detector": "email", "when": {"resource": {"service.name": "checkout"}}},
+            {"name": "ticket", "pattern": "TICKET-[0-9]+", "when": {"keys": ["note"]}},
+        ],
+    }
+    stage = custom_stage(rules)
+    assert stage.redact_one("genops.team", "pat@example.com TICKET-1") == "[REDACTED:email] TICKET-1"
