@@ -58,6 +58,9 @@ class PriceRows:
     ) -> None: ...
 
 # redact.rs: the redaction stage's rules over a batch in one call.
+# processor/sanitizers.py's sanitisers in Rust (kind "url_query" | "sql"; mask for URLs).
+def sanitize(kind: str, text: str, mask: str) -> str: ...
+
 class Redactor:
     def __init__(
         self,
@@ -69,6 +72,15 @@ class Redactor:
         value_rules: Sequence[tuple[str, Any | None, str | None, str, str]],
         redact_all_types: bool,
         hasher: Any,
+        # Per rule (key rules, then value rules): None or (when keys, skip keys, when resource,
+        # skip resource), as processor/redaction_rules.py RuleConditions.
+        conditions: Sequence[
+            tuple[str | None, str | None, Sequence[tuple[str, Sequence[str]]], Sequence[tuple[str, Sequence[str]]]]
+            | None
+        ]
+        | None = None,
+        # (kind "url_query" | "sql", anchored key regex, mask), in order.
+        sanitizers: Sequence[tuple[str, str, str]] | None = None,
     ) -> None: ...
     def redact(
         self,
