@@ -62,6 +62,8 @@ _TOP_FIELDS = {
     "hash_prefix",
     "url_sanitizer",
     "db_sanitizer",
+    "when",
+    "skip",
     "rules",
 }
 
@@ -209,6 +211,8 @@ def parse_rules(raw: object) -> RedactionRules:
     hash_function = str(raw.get("hash_function", "hmac-sha256"))
     if hash_function not in HASH_FUNCTIONS:
         raise ValueError(f"hash_function must be one of {', '.join(HASH_FUNCTIONS)}, not {shown(hash_function)}")
+    # `when` / `skip` of the whole rule set: each rule's own keys or resource condition wins.
+    set_conditions = _parse_conditions(raw, "rule set")
     rules_raw = raw.get("rules", [])
     if not isinstance(rules_raw, list):
         raise ValueError("rules must be a list")
@@ -216,7 +220,7 @@ def parse_rules(raw: object) -> RedactionRules:
     value_rules: list[ValueRule] = []
     seen: set[str] = set()
     for index, rule_raw in enumerate(rules_raw):
-        rule = _parse_rule(rule_raw, index, default_mask, allowed_regex)
+        rule = _parse_rule(rule_raw, index, default_mask, allowed_regex, set_conditions)
         if rule.name in _RESERVED_NAMES:
             raise ValueError(f"rule {shown(rule.name)}: the name is reserved (allow-list drops and sanitisers)")
         if rule.name in seen:
@@ -301,6 +305,24 @@ def _parse_conditions(raw: dict, where: str) -> RuleConditions | None:
     )
 
 
+def _inherit(own: RuleConditions | None, inherited: RuleConditions | None, raw: dict) -> RuleConditions | None:
+    """A rule's conditions, each part it does not give taken from the rule set's."""
+    if inherited is None:
+        return own
+    given = {(field, part) for field in ("when", "skip") if isinstance(raw.get(field), dict) for part in raw[field]}
+    mine = own or RuleConditions()
+
+    def pick(field: str, part: str, ours: object, theirs: object):
+        return ours if (field, part) in given else theirs
+
+    return RuleConditions(
+        when_keys=pick("when", "keys", mine.when_keys, inherited.when_keys),
+        skip_keys=pick("skip", "keys", mine.skip_keys, inherited.skip_keys),
+        when_resource=pick("when", "resource", mine.when_resource, inherited.when_resource),
+        skip_resource=pick("skip", "resource", mine.skip_resource, inherited.skip_resource),
+    )
+
+
 def _resource_condition(value: object, where: str, field: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
     if value is None:
         return ()
@@ -319,7 +341,9 @@ def _resource_condition(value: object, where: str, field: str) -> tuple[tuple[st
     return tuple(out)
 
 
-def _parse_rule(raw: object, index: int, default_mask: str | None, allowed: str | None) -> KeyRule | ValueRule:
+def _parse_rule(
+    raw: object, index: int, default_mask: str | None, allowed: str | None, inherited: RuleConditions | None = None
+) -> KeyRule | ValueRule:
     if not isinstance(raw, dict) or not raw.get("name"):
         raise ValueError(f"rule #{index + 1} must be a mapping with a name")
     name = str(raw["name"])
@@ -334,7 +358,7 @@ def _parse_rule(raw: object, index: int, default_mask: str | None, allowed: str 
     if kinds != 1:
         raise ValueError(f"{where}: give exactly one of keys/key_patterns, detector or pattern")
     action = _parse_action(raw, name, where, default_mask)
-    conditions = _parse_conditions(raw, where)
+    conditions = _inherit(_parse_conditions(raw, where), inherited, raw)
     if keys or key_patterns:
         for key_pattern in key_patterns:
             check_regex(key_pattern, where)

@@ -9,6 +9,7 @@ import random
 import pytest
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as metrics_pb
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
+from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.metrics.v1 import metrics_pb2
 from opentelemetry.proto.resource.v1 import resource_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
@@ -300,3 +301,45 @@ def test_what_the_sidecar_writes_meets_conditional_rules_as_an_attribute_of_no_r
     }
     stage = custom_stage(rules)
     assert stage.redact_one("genops.team", "pat@example.com TICKET-1") == "[REDACTED:email] TICKET-1"
+
+
+def test_when_and_skip_of_the_rule_set_apply_to_every_rule_that_gives_none_of_its_own(engine):
+    rules = {
+        "summary": "silent",
+        "skip": {"resource": {"service.name": "load-test"}, "keys": ["debug.*"]},
+        "rules": [
+            {"name": "email", "detector": "email"},
+            # Its own skip.resource wins over the set's; the set's skip.keys still holds.
+            {"name": "ticket", "pattern": "TICKET-[0-9]+", "skip": {"resource": {"service.name": "web"}}},
+        ],
+    }
+    attributes = {"note": "a@b.io TICKET-1", "debug.note": "a@b.io TICKET-2"}
+    load, web = traced(
+        custom_stage(rules), {"load-test": [span(attributes=attributes)], "web": [span(attributes=attributes)]}
+    )
+    assert load == {"note": "a@b.io [REDACTED:ticket]", "debug.note": "a@b.io TICKET-2"}
+    assert web == {"note": "[REDACTED:email] TICKET-1", "debug.note": "a@b.io TICKET-2"}
+
+
+def test_resource_conditions_never_keep_a_rule_off_scope_attributes(engine):
+    rules = {
+        "summary": "silent",
+        "rules": [{"name": "email", "detector": "email", "skip": {"resource": {"service.name": "web"}}}],
+    }
+    request = trace_pb.ExportTraceServiceRequest(
+        resource_spans=[
+            trace_pb2.ResourceSpans(
+                resource=resource_pb2.Resource(attributes=key_values({"service.name": "web"})),
+                scope_spans=[
+                    trace_pb2.ScopeSpans(
+                        scope=common_pb2.InstrumentationScope(name="s", attributes=key_values({"owner": "a@b.io"})),
+                        spans=[span(attributes={"note": "a@b.io"})],
+                    )
+                ],
+            )
+        ]
+    )
+    sent = run_traces(custom_stage(rules), request)
+    scope_spans = sent.resource_spans[0].scope_spans[0]
+    assert attributes_to_dict(scope_spans.scope.attributes) == {"owner": "[REDACTED:email]"}
+    assert attributes_to_dict(scope_spans.spans[0].attributes) == {"note": "a@b.io"}
