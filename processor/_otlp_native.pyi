@@ -61,7 +61,12 @@ class PriceRows:
 # redact.rs: (index of the first value pattern at fault, why) when the redactor cannot run them.
 def value_patterns_problem(patterns: Sequence[str]) -> tuple[int, str] | None: ...
 
+# sanitize.rs: processor/stages/redaction/sanitizers.py's sanitisers in Rust (kind "url_query" | "sql";
+# mask for URLs).
+def sanitize(kind: str, text: str, mask: str) -> str: ...
+
 # redact.rs: the redaction stage's rules over a batch in one call.
+
 class Redactor:
     def __init__(
         self,
@@ -73,6 +78,15 @@ class Redactor:
         value_rules: Sequence[tuple[str, Any | None, str | None, str, str]],
         redact_all_types: bool,
         hasher: Any,
+        # Per rule (key rules, then value rules): None or (when keys, skip keys, when resource,
+        # skip resource), as processor/stages/redaction/rules.py RuleConditions.
+        conditions: Sequence[
+            tuple[str | None, str | None, Sequence[tuple[str, Sequence[str]]], Sequence[tuple[str, Sequence[str]]]]
+            | None
+        ]
+        | None = None,
+        # (kind "url_query" | "sql", anchored key regex, mask), in order.
+        sanitizers: Sequence[tuple[str, str, str]] | None = None,
     ) -> None: ...
     def redact(
         self,

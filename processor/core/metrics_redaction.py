@@ -42,17 +42,18 @@ def redact_metrics(raw: bytes, stage) -> RedactedMetrics:
         request = metrics_service_pb2.ExportMetricsServiceRequest.FromString(raw)
     except DecodeError as exc:
         raise MalformedRequest(f"cannot parse the metrics export request: {exc}") from exc
-    lists: list[tuple[str, Any]] = []
+    # (scope, attribute list, the ordinal of its resource: what rule conditions on resources read)
+    lists: list[tuple[str, Any, int]] = []
     points = 0
-    for resource_metrics in request.resource_metrics:
-        lists.append((SCOPE_RESOURCE, resource_metrics.resource.attributes))
+    for resource, resource_metrics in enumerate(request.resource_metrics):
+        lists.append((SCOPE_RESOURCE, resource_metrics.resource.attributes, resource))
         for scope_metrics in resource_metrics.scope_metrics:
-            lists.append((SCOPE_SCOPE, scope_metrics.scope.attributes))
+            lists.append((SCOPE_SCOPE, scope_metrics.scope.attributes, resource))
             for metric in scope_metrics.metrics:
-                lists.append((SCOPE_ITEM, metric.metadata))
+                lists.append((SCOPE_ITEM, metric.metadata, resource))
                 for point_lists in _data_point_attributes(metric):
                     points += 1
-                    lists.extend((SCOPE_ITEM, attributes) for attributes in point_lists)
+                    lists.extend((SCOPE_ITEM, attributes, resource) for attributes in point_lists)
     values = _values(lists)
     if values.height == 0:
         return RedactedMetrics(raw, points)
@@ -84,15 +85,17 @@ def _data_point_attributes(metric) -> Iterator[list]:
         yield [point.attributes, *(exemplar.filtered_attributes for exemplar in exemplars)]
 
 
-def _values(lists: list[tuple[str, Any]]) -> pl.DataFrame:
-    """The attributes as `TelemetryBatch.string_values()` rows: owner indexes `lists`."""
+def _values(lists: list[tuple[str, Any, int]]) -> pl.DataFrame:
+    """The attributes as `TelemetryBatch.string_values()` rows: owner indexes `lists`, row is the
+    resource's ordinal (see `RedactionStage.redact_values`)."""
     scopes: list[str] = []
     owners: list[int] = []
     positions: list[int] = []
+    rows: list[int] = []
     keys: list[str] = []
     texts: list[str] = []
     kinds: list[str] = []
-    for owner, (scope, attributes) in enumerate(lists):
+    for owner, (scope, attributes, resource) in enumerate(lists):
         for position, kv in enumerate(attributes):
             kind = kv.value.WhichOneof("value")
             if kind is None:
@@ -100,6 +103,7 @@ def _values(lists: list[tuple[str, Any]]) -> pl.DataFrame:
             scopes.append(scope)
             owners.append(owner)
             positions.append(position)
+            rows.append(resource)
             keys.append(kv.key)
             kinds.append(kind)
             texts.append(_render(kv.value, kind))
@@ -109,7 +113,7 @@ def _values(lists: list[tuple[str, Any]]) -> pl.DataFrame:
             "scope": pl.Series(scopes, dtype=pl.String),
             "owner": pl.Series(owners, dtype=pl.Int64),
             "position": pl.Series(positions, dtype=pl.Int64),
-            "row": pl.Series([-1] * len(owners), dtype=pl.Int64),
+            "row": pl.Series(rows, dtype=pl.Int64),
             "key": pl.Series(keys, dtype=pl.String),
             "value": pl.Series(texts, dtype=pl.String),
             "is_string": kind_column == "string_value",

@@ -24,7 +24,7 @@ from processor.core.decode import (
     SCOPE_RESOURCE,
     TelemetryBatch,
 )
-from processor.stages.redaction.rules import Action, KeyRule, RedactionRules, ValueRule
+from processor.stages.redaction.rules import Action, KeyRule, RedactionRules, RuleConditions, ValueRule
 from processor.stages.redaction.stage import (
     _REWRITE_SCHEMA,
     _WRITTEN,
@@ -34,6 +34,7 @@ from processor.stages.redaction.stage import (
     NOT_ALLOWED,
     RedactionStage,
     ValueRedactor,
+    _resources_of,
 )
 
 _ADDRESS = ("scope", "owner", "position", "row", "label")
@@ -58,7 +59,8 @@ class OracleValueRedactor(ValueRedactor):
         super().__init__(rules, hash_key, hash_prefix, digest)
         self._prefilter = "|".join(f"(?:{rule.pattern})" for rule in rules) if rules else None
 
-    def scan(self, values: pl.Series) -> ScanResult:
+    def scan(self, values: pl.Series, excluded: dict[int, pl.Series] | None = None) -> ScanResult:
+        """`excluded`: per value rule (by index), the values its conditions keep it off."""
         empty = ScanResult(
             pl.Series("index", [], dtype=pl.UInt32),
             pl.Series("new_value", [], dtype=pl.String),
@@ -72,20 +74,32 @@ class OracleValueRedactor(ValueRedactor):
             return empty
         index = hit.arg_true()
         current = values.filter(hit)
+        off = {i: mask.filter(hit) for i, mask in (excluded or {}).items()}
         # Which rules match any value as received, in one pass: most rules match nothing in a batch,
         # and each polars call has a fixed cost. (What an earlier rule wrote, a mask or a hash, is
         # not something a later rule should redact again.)
         possible = (
             current.to_frame("v")
-            .select(pl.col("v").str.contains(rule.pattern).any().alias(str(i)) for i, rule in enumerate(self.rules))
+            .select(
+                (
+                    pl.col("v").str.contains(rule.pattern) & ~pl.lit(off[i])
+                    if i in off
+                    else pl.col("v").str.contains(rule.pattern)
+                )
+                .any()
+                .alias(str(i))
+                for i, rule in enumerate(self.rules)
+            )
             .row(0)
         )
         dropped = _falses(current.len())
         fired: list[pl.Series] = []
-        for rule, may_match in zip(self.rules, possible, strict=True):
+        for i, (rule, may_match) in enumerate(zip(self.rules, possible, strict=True)):
             if not may_match:
                 continue
             matched = current.str.contains(rule.pattern).fill_null(False) & ~dropped
+            if i in off:
+                matched = matched & ~off[i]
             if not matched.any():
                 continue
             changed, current, now_dropped = self._apply(rule, current, matched)
@@ -152,7 +166,7 @@ class OracleRedactionStage(RedactionStage):
         values = batch.string_values()
         if values.height == 0:
             return BatchChanges()
-        rewrites = self._python_rewrites(values)
+        rewrites = self._python_rewrites(values, batch.frame.get_column(RESOURCE_INDEX).cast(pl.Int64))
         if rewrites is None:
             return BatchChanges(engine=ENGINE_POLARS)
         self._count(rewrites, batch.signal)
@@ -166,7 +180,8 @@ class OracleRedactionStage(RedactionStage):
     def redact_values(self, values: pl.DataFrame, signal: str) -> pl.DataFrame:
         if values.height == 0:
             return pl.DataFrame(schema={name: _REWRITE_SCHEMA[name] for name in _WRITTEN})
-        rewrites = self._python_rewrites(values)
+        # Each "item" is a resource: item i lies under resource i.
+        rewrites = self._python_rewrites(values, _resources_of(values))
         if rewrites is None:
             return pl.DataFrame(schema={name: _REWRITE_SCHEMA[name] for name in _WRITTEN})
         self._count(rewrites, signal)
@@ -193,14 +208,27 @@ class OracleRedactionStage(RedactionStage):
             rewrites = self._key_rewrites(rows)
             return rewrites[0]["new_value"][0] if rewrites else value
         assert isinstance(self.values, OracleValueRedactor)
-        found = self.values.scan(values["value"])
+        excluded = {
+            i: pl.Series([bool(classes[f"_vskip{i}"])])
+            for i in range(len(self.rules.value_rules))
+            if f"_vskip{i}" in classes
+        }
+        found = self.values.scan(values["value"], excluded)
         return found.new_value[0] if found.index.len() else value
 
-    def _python_rewrites(self, values: pl.DataFrame) -> pl.DataFrame | None:
-        """Every (value, rule) that changes a value of a `string_values()` frame."""
+    def _python_rewrites(self, values: pl.DataFrame, item_resource: pl.Series | None = None) -> pl.DataFrame | None:
+        """Every (value, rule) that changes a value of a `string_values()` frame.
+        `item_resource`: each item's resource (what rule conditions on resources read)."""
         if "is_string" not in values.columns:
             values = values.with_columns(is_string=pl.lit(True), kind=pl.lit("string_value"))
-        values = values.join(self._classify(values["key"]), on="key", how="left")
+        values = values.join(self._classify(values["key"]), on="key", how="left", maintain_order="left")
+        skipped = self._resource_skips(values, item_resource)
+        key_slots = len(self.rules.key_rules)
+        if any(slot < key_slots for slot in skipped):
+            # A key rule a resource skips leaves the value to the next key rule that matches.
+            values = values.with_columns(
+                key_rule=pl.when(pl.col("key_rule").is_null()).then(None).otherwise(self._key_rule_expr(skipped))
+            )
         # The allow-list is for attributes of one span or record; resource and scope attributes
         # are shared by many, and text places have no key.
         attribute_scope = pl.col("scope").is_in([SCOPE_ITEM, SCOPE_EVENT, SCOPE_LINK])
@@ -220,12 +248,25 @@ class OracleRedactionStage(RedactionStage):
             .then(pl.col("scope"))
             .otherwise(pl.col("scope") + pl.lit(":") + pl.col("key")),
         )
+        # Per value rule, the values its conditions keep it off (by key, by resource).
+        excluded = {
+            i: pl.col(f"_vskip{i}").fill_null(False) if f"_vskip{i}" in values.columns else pl.lit(False)
+            for i in range(len(self.rules.value_rules))
+            if f"_vskip{i}" in values.columns or key_slots + i in skipped
+        }
+        for i in excluded:
+            if key_slots + i in skipped:
+                excluded[i] = excluded[i] | pl.lit(skipped[key_slots + i])
+        values = values.with_columns(**{f"_excluded{i}": expr for i, expr in excluded.items()})
+        value_rows, sanitized = self._sanitize(values.filter(by_value))
+        value_part = self._value_rewrites(value_rows, {i: value_rows[f"_excluded{i}"] for i in excluded})
         parts = [
             values.filter(not_allowed).select(
                 *_ADDRESS, rule=pl.lit(NOT_ALLOWED), action=pl.lit("drop"), new_value=pl.lit(None, pl.String)
             ),
             *self._key_rewrites(values.filter(by_key)),
-            self._value_rewrites(values.filter(by_value)),
+            value_part,
+            *self._sanitized_rewrites(sanitized, value_part),
         ]
         parts = [part.cast(_REWRITE_SCHEMA) for part in parts if part.height]  # type: ignore[arg-type]
         if not parts:
@@ -236,9 +277,17 @@ class OracleRedactionStage(RedactionStage):
         """One row per distinct key: protected, allowed, and the first key rule that matches."""
         distinct = keys.unique()
         key = pl.col("key")
-        rule_index = pl.lit(None, pl.String)
-        for rule in reversed(self.rules.key_rules):
-            rule_index = pl.when(key.str.contains(rule.key_regex)).then(pl.lit(rule.name)).otherwise(rule_index)
+        rule_index = self._key_rule_expr({})
+        extra: dict[str, pl.Expr] = {}
+        for i, rule in enumerate(self.rules.value_rules):
+            if rule.conditions is not None and (rule.conditions.when_keys or rule.conditions.skip_keys):
+                extra[f"_vskip{i}"] = ~_allows_key(rule.conditions)
+        sanitizer = pl.lit(None, pl.Int64)
+        for at in reversed(range(len(self.rules.sanitizers))):
+            sanitizer = (
+                pl.when(key.str.contains(self.rules.sanitizers[at].key_regex)).then(pl.lit(at)).otherwise(sanitizer)
+            )
+        extra["_sanitizer"] = sanitizer
         allowed = (
             pl.lit(True)
             if self.rules.allow_all_keys
@@ -253,6 +302,7 @@ class OracleRedactionStage(RedactionStage):
             protected=protected,
             allowed=allowed | values_only,
             key_rule=pl.when(values_only).then(pl.lit(None, pl.String)).otherwise(rule_index),
+            **extra,
         )
 
     def _key_rewrites(self, rows: pl.DataFrame) -> list[pl.DataFrame]:
@@ -279,10 +329,108 @@ class OracleRedactionStage(RedactionStage):
             )
         return out
 
-    def _value_rewrites(self, rows: pl.DataFrame) -> pl.DataFrame:
+    def _resource_skips(self, values: pl.DataFrame, item_resource: pl.Series | None) -> dict[int, pl.Series]:
+        """Per rule slot (key rules, then value rules) with resource conditions: which values of
+        `values` (in order) the conditions of their resource skip. A value whose resource is not
+        known (instrumentation scope attributes) is skipped by none."""
+        keys = self.rules.condition_keys
+        if not keys:
+            return {}
+        row = pl.col("row")
+        items = pl.Series("_item_resource", [] if item_resource is None else item_resource, dtype=pl.Int64)
+        lookup = pl.DataFrame({"row": pl.int_range(items.len(), eager=True, dtype=pl.Int64), "_item_resource": items})
+        resource = (
+            values.select(pl.col("row").cast(pl.Int64), "scope", pl.col("owner").cast(pl.Int64))
+            .join(lookup, on="row", how="left", maintain_order="left")
+            .select(
+                pl.when(row >= 0)
+                .then(pl.col("_item_resource"))
+                .when(pl.col("scope") == SCOPE_RESOURCE)
+                .then(pl.col("owner"))
+            )
+            .to_series()
+        )
+        found: dict[int, dict[str, set[str]]] = {}
+        condition_rows = values.with_columns(_resource=resource).filter(
+            (pl.col("scope") == SCOPE_RESOURCE) & pl.col("key").is_in(list(keys))
+        )
+        for owner, key, value in condition_rows.select("_resource", "key", "value").iter_rows():
+            found.setdefault(owner, {}).setdefault(key, set()).add(value)
+        distinct = resource.drop_nulls().unique().to_list()
+        out: dict[int, pl.Series] = {}
+        every: tuple[KeyRule | ValueRule, ...] = (*self.rules.key_rules, *self.rules.value_rules)
+        for slot, rule in enumerate(every):
+            conditions = rule.conditions
+            if conditions is None or not conditions.resource_keys:
+                continue
+            skipping = [r for r in distinct if _skips_resource(conditions, found.get(r, {}))]
+            out[slot] = resource.is_in(skipping).fill_null(False)
+        return out
+
+    def _key_rule_expr(self, skipped: dict[int, pl.Series]) -> pl.Expr:
+        """The first key rule that matches `key` and its conditions let act (`skipped`: per slot,
+        the values a resource keeps it off)."""
+        key = pl.col("key")
+        rule_name = pl.lit(None, pl.String)
+        for slot in reversed(range(len(self.rules.key_rules))):
+            rule = self.rules.key_rules[slot]
+            applies = key.str.contains(rule.key_regex)
+            if rule.conditions is not None:
+                applies = applies & _allows_key(rule.conditions)
+            if slot in skipped:
+                applies = applies & ~pl.lit(skipped[slot])
+            rule_name = pl.when(applies).then(pl.lit(rule.name)).otherwise(rule_name)
+        return rule_name
+
+    def _sanitize(self, rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """`rows` with each sanitiser's string values as it leaves them (once per distinct value),
+        and the rows it changed (with `_sanitizer`, its index)."""
+        if not self.rules.sanitizers or rows.height == 0:
+            return rows, rows.clear()
+        targets = (
+            pl.col("_sanitizer").is_not_null()
+            & (pl.col("kind") == "string_value")
+            & ~pl.col("scope").is_in(KEYLESS_SCOPES)
+        )
+        pairs = rows.filter(targets).select("_sanitizer", "value").unique()
+        if pairs.height == 0:
+            return rows, rows.clear()
+        mapping = pairs.with_columns(
+            _sanitized=pl.Series(
+                [self.rules.sanitizers[at].apply(value) for at, value in pairs.iter_rows()], dtype=pl.String
+            )
+        )
+        rows = rows.join(mapping, on=["_sanitizer", "value"], how="left", maintain_order="left").with_columns(
+            _changed=targets & pl.col("_sanitized").is_not_null() & (pl.col("_sanitized") != pl.col("value"))
+        )
+        rows = rows.with_columns(
+            value=pl.when(pl.col("_changed")).then(pl.col("_sanitized")).otherwise(pl.col("value"))
+        )
+        return rows.drop("_sanitized"), rows.filter(pl.col("_changed")).drop("_sanitized")
+
+    def _sanitized_rewrites(self, sanitized: pl.DataFrame, value_part: pl.DataFrame) -> list[pl.DataFrame]:
+        """One rewrite per value a sanitiser changed, counted under the sanitiser: the value rules'
+        result when they changed it too, else what the sanitiser left."""
+        if sanitized.height == 0:
+            return []
+        address = ["scope", "owner", "position"]
+        after = value_part.select(*address, _after=pl.col("new_value"), _hit=pl.lit(True)).unique(address)
+        names = {i: s.name for i, s in enumerate(self.rules.sanitizers)}
+        joined = sanitized.join(after, on=address, how="left", maintain_order="left")
+        return [
+            joined.select(
+                *_ADDRESS,
+                rule=pl.col("_sanitizer").replace_strict(names, return_dtype=pl.String),
+                action=pl.lit("mask"),
+                new_value=pl.when(pl.col("_hit").fill_null(False)).then(pl.col("_after")).otherwise(pl.col("value")),
+            )
+        ]
+
+    def _value_rewrites(self, rows: pl.DataFrame, excluded: dict[int, pl.Series] | None = None) -> pl.DataFrame:
         if rows.height == 0:
             return pl.DataFrame(schema=_REWRITE_SCHEMA)
-        found = self.values.scan(rows["value"])
+        assert isinstance(self.values, OracleValueRedactor)
+        found = self.values.scan(rows["value"], excluded)
         if found.index.len() == 0:
             return pl.DataFrame(schema=_REWRITE_SCHEMA)
         changed = rows[found.index].with_columns(new_value=found.new_value, rules=found.rules)
@@ -341,6 +489,22 @@ class OracleRedactionStage(RedactionStage):
             out[KEYS_KEY] = full["keys"].alias(KEYS_KEY)
         out[DETECTED_KEY] = full["detected"].alias(DETECTED_KEY)
         return out
+
+
+def _allows_key(conditions: RuleConditions) -> pl.Expr:
+    key = pl.col("key")
+    allows = key.str.contains(conditions.when_keys) if conditions.when_keys else pl.lit(True)
+    if conditions.skip_keys:
+        allows = allows & ~key.str.contains(conditions.skip_keys)
+    return allows
+
+
+def _skips_resource(conditions: RuleConditions, found: dict[str, set[str]]) -> bool:
+    def holds(condition: tuple[str, tuple[str, ...]]) -> bool:
+        key, accepted = condition
+        return any(value in accepted for value in found.get(key, ()))
+
+    return not all(holds(c) for c in conditions.when_resource) or any(holds(c) for c in conditions.skip_resource)
 
 
 def oracle_of(stage: RedactionStage) -> OracleRedactionStage:

@@ -57,6 +57,7 @@ fn scan<'py>(
 fn _otlp_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(scan, m)?)?;
     m.add_function(wrap_pyfunction!(otlp::rewrite::rewrite, m)?)?;
+    m.add_function(wrap_pyfunction!(stages::sanitize::sanitize, m)?)?;
     m.add_class::<stages::redact::Redactor>()?;
     m.add_function(wrap_pyfunction!(stages::redact::value_patterns_problem, m)?)?;
     m.add_class::<stages::redact::RedactionJob>()?;

@@ -20,6 +20,7 @@ from processor.files.file_limits import read_text_limited
 from processor.files.linear_regex import regex_problem, regex_reason
 from processor.files.safe_yaml import YamlError, load_yaml
 from processor.stages.redaction.detectors import BUILTIN_DETECTORS, Check
+from processor.stages.redaction.sanitizers import SQL, SQL_SANITIZER_NAME, URL_QUERY, URL_SANITIZER_NAME, Sanitizer
 
 ACTIONS = ("mask", "hash", "drop", "truncate")
 # The HMACs a hash action can use (the Collector redaction processor's names).
@@ -36,7 +37,19 @@ PROTECTED_KEYS = ("gen_ai.usage.*", "llm.token_count.*", "llm.usage.*", "genops.
 # or `genops.project`, so a detector still finds an email or a card number there.
 VALUES_ONLY_KEYS = ("genops.*",)
 
-_RULE_FIELDS = {"name", "keys", "key_patterns", "detector", "pattern", "action", "mask", "length"}
+_RULE_FIELDS = {"name", "keys", "key_patterns", "detector", "pattern", "action", "mask", "length", "when", "skip"}
+_CONDITION_FIELDS = {"keys", "resource"}
+# Names of rewrites that are not rules': counted in genops_redaction_total like rules.
+_RESERVED_NAMES = (RESERVED_RULE_NAME, URL_SANITIZER_NAME, SQL_SANITIZER_NAME)
+# The sanitisers' defaults when enabled without `attributes` (the Collector's option names; the
+# OpenTelemetry semantic conventions' keys, current and deprecated).
+URL_ATTRIBUTES = ("url.full", "url.query", "http.url")
+SQL_ATTRIBUTES = ("db.query.text", "db.statement")
+# What a query parameter's value becomes: the semantic conventions' text for a redacted value,
+# which keeps the URL a valid one.
+URL_MASK = "REDACTED"
+_URL_FIELDS = {"enabled", "attributes", "mask"}
+_SQL_FIELDS = {"enabled", "attributes"}
 _TOP_FIELDS = {
     "allow_all_keys",
     "allowed_keys",
@@ -49,8 +62,31 @@ _TOP_FIELDS = {
     "summary",
     "redact_all_types",
     "hash_prefix",
+    "url_sanitizer",
+    "db_sanitizer",
+    "when",
+    "skip",
     "rules",
 }
+
+
+@dataclass(frozen=True)
+class RuleConditions:
+    """Where a rule acts (`when`) and where it does not (`skip`): attribute keys (anchored regexes,
+    None: no condition) and resource attributes (key, accepted values). A rule acts on a value when
+    its key matches `when_keys`, every `when_resource` attribute of the value's resource has one of
+    its values, the key does not match `skip_keys` and no `skip_resource` attribute has one of its
+    values. A value whose resource is not known (instrumentation scope attributes) meets the rule
+    whatever the resource conditions say: a condition never lets a value out unredacted by doubt."""
+
+    when_keys: str | None = None
+    skip_keys: str | None = None
+    when_resource: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    skip_resource: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    @property
+    def resource_keys(self) -> tuple[str, ...]:
+        return tuple(key for key, _ in (*self.when_resource, *self.skip_resource))
 
 
 @dataclass(frozen=True)
@@ -67,6 +103,7 @@ class KeyRule:
     name: str
     key_regex: str
     action: Action
+    conditions: RuleConditions | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +114,7 @@ class ValueRule:
     pattern: str
     check: Check | None
     action: Action
+    conditions: RuleConditions | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +145,15 @@ class RedactionRules:
     redact_all_types: bool
     hash_prefix: str
     hash_digest: str = "sha256"  # hashlib name of the HMAC's digest
+    # URL query and SQL literal sanitisers, in this order (a key read by both gets the URL one).
+    sanitizers: tuple[Sanitizer, ...] = ()
+
+    @property
+    def condition_keys(self) -> tuple[str, ...]:
+        """The resource attributes some rule's conditions read."""
+        rules: tuple[KeyRule | ValueRule, ...] = (*self.key_rules, *self.value_rules)
+        keys = (key for rule in rules if rule.conditions is not None for key in rule.conditions.resource_keys)
+        return tuple(dict.fromkeys(keys))
 
     @property
     def uses_hash(self) -> bool:
@@ -166,6 +213,8 @@ def parse_rules(raw: object) -> RedactionRules:
     hash_function = str(raw.get("hash_function", "hmac-sha256"))
     if hash_function not in HASH_FUNCTIONS:
         raise ValueError(f"hash_function must be one of {', '.join(HASH_FUNCTIONS)}, not {shown(hash_function)}")
+    # `when` / `skip` of the whole rule set: each rule's own keys or resource condition wins.
+    set_conditions = _parse_conditions(raw, "rule set")
     rules_raw = raw.get("rules", [])
     if not isinstance(rules_raw, list):
         raise ValueError("rules must be a list")
@@ -173,9 +222,9 @@ def parse_rules(raw: object) -> RedactionRules:
     value_rules: list[ValueRule] = []
     seen: set[str] = set()
     for index, rule_raw in enumerate(rules_raw):
-        rule = _parse_rule(rule_raw, index, default_mask, allowed_regex)
-        if rule.name == RESERVED_RULE_NAME:
-            raise ValueError(f"rule {shown(rule.name)}: the name is reserved for allow-list drops")
+        rule = _parse_rule(rule_raw, index, default_mask, allowed_regex, set_conditions)
+        if rule.name in _RESERVED_NAMES:
+            raise ValueError(f"rule {shown(rule.name)}: the name is reserved (allow-list drops and sanitisers)")
         if rule.name in seen:
             raise ValueError(f"rule {shown(rule.name)}: the name is used twice")
         seen.add(rule.name)
@@ -195,10 +244,109 @@ def parse_rules(raw: object) -> RedactionRules:
         redact_all_types=bool(raw.get("redact_all_types", False)),
         hash_prefix=str(raw.get("hash_prefix", f"{hash_function}:")),
         hash_digest=HASH_FUNCTIONS[hash_function],
+        sanitizers=_parse_sanitizers(raw),
     )
 
 
-def _parse_rule(raw: object, index: int, default_mask: str | None, allowed: str | None) -> KeyRule | ValueRule:
+def _parse_sanitizers(raw: dict) -> tuple[Sanitizer, ...]:
+    out: list[Sanitizer] = []
+    url = _section(raw.get("url_sanitizer"), "url_sanitizer", _URL_FIELDS)
+    if url.get("enabled", False) is True:
+        attributes = _string_list(url.get("attributes", list(URL_ATTRIBUTES)), "url_sanitizer: attributes")
+        mask = url.get("mask", URL_MASK)
+        if not isinstance(mask, str):
+            raise ValueError("url_sanitizer: mask must be a string")
+        if attributes:
+            out.append(Sanitizer(URL_QUERY, _keys_regex(attributes, []), mask))
+    db = _section(raw.get("db_sanitizer"), "db_sanitizer", {"sql"})
+    sql = _section(db.get("sql"), "db_sanitizer: sql", _SQL_FIELDS)
+    if sql.get("enabled", False) is True:
+        attributes = _string_list(sql.get("attributes", list(SQL_ATTRIBUTES)), "db_sanitizer: sql: attributes")
+        if attributes:
+            out.append(Sanitizer(SQL, _keys_regex(attributes, [])))
+    return tuple(out)
+
+
+def _section(value: object, where: str, fields: set[str]) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{where} must be a mapping")
+    unknown = sorted(set(value) - fields, key=str)
+    if unknown:
+        raise ValueError(f"{where}: unknown field {shown(unknown[0])} (known: {', '.join(sorted(fields))})")
+    enabled = value.get("enabled", False)
+    if not isinstance(enabled, bool):
+        raise ValueError(f"{where}: enabled must be true or false")
+    return value
+
+
+def _parse_conditions(raw: dict, where: str) -> RuleConditions | None:
+    if "when" not in raw and "skip" not in raw:
+        return None
+    parts: dict[str, tuple[str | None, tuple[tuple[str, tuple[str, ...]], ...]]] = {}
+    for field in ("when", "skip"):
+        section = raw.get(field)
+        if section is None:
+            parts[field] = (None, ())
+            continue
+        if not isinstance(section, dict) or not section:
+            raise ValueError(f"{where}: {field} must be a mapping with keys and/or resource")
+        unknown = sorted(set(section) - _CONDITION_FIELDS, key=str)
+        if unknown:
+            raise ValueError(f"{where}: {field}: unknown field {shown(unknown[0])} (known: keys, resource)")
+        keys = _string_list(section.get("keys"), f"{where}: {field}: keys")
+        parts[field] = (
+            _keys_regex(keys, []) if keys else None,
+            _resource_condition(section.get("resource"), where, field),
+        )
+    return RuleConditions(
+        when_keys=parts["when"][0],
+        skip_keys=parts["skip"][0],
+        when_resource=parts["when"][1],
+        skip_resource=parts["skip"][1],
+    )
+
+
+def _inherit(own: RuleConditions | None, inherited: RuleConditions | None, raw: dict) -> RuleConditions | None:
+    """A rule's conditions, each part it does not give taken from the rule set's."""
+    if inherited is None:
+        return own
+    given = {(field, part) for field in ("when", "skip") if isinstance(raw.get(field), dict) for part in raw[field]}
+    mine = own or RuleConditions()
+
+    def pick(field: str, part: str, ours: object, theirs: object):
+        return ours if (field, part) in given else theirs
+
+    return RuleConditions(
+        when_keys=pick("when", "keys", mine.when_keys, inherited.when_keys),
+        skip_keys=pick("skip", "keys", mine.skip_keys, inherited.skip_keys),
+        when_resource=pick("when", "resource", mine.when_resource, inherited.when_resource),
+        skip_resource=pick("skip", "resource", mine.skip_resource, inherited.skip_resource),
+    )
+
+
+def _resource_condition(value: object, where: str, field: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, dict) or not value:
+        raise ValueError(f"{where}: {field}: resource must map attribute keys to values")
+    out = []
+    for key, accepted in value.items():
+        if isinstance(accepted, str):
+            accepted = [accepted]
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"{where}: {field}: resource keys must be strings")
+        values = _string_list(accepted, f"{where}: {field}: resource: {key}")
+        if not values:
+            raise ValueError(f"{where}: {field}: resource: {key} needs at least one value")
+        out.append((key, tuple(values)))
+    return tuple(out)
+
+
+def _parse_rule(
+    raw: object, index: int, default_mask: str | None, allowed: str | None, inherited: RuleConditions | None = None
+) -> KeyRule | ValueRule:
     if not isinstance(raw, dict) or not raw.get("name"):
         raise ValueError(f"rule #{index + 1} must be a mapping with a name")
     name = str(raw["name"])
@@ -213,22 +361,23 @@ def _parse_rule(raw: object, index: int, default_mask: str | None, allowed: str 
     if kinds != 1:
         raise ValueError(f"{where}: give exactly one of keys/key_patterns, detector or pattern")
     action = _parse_action(raw, name, where, default_mask)
+    conditions = _inherit(_parse_conditions(raw, where), inherited, raw)
     if keys or key_patterns:
         for key_pattern in key_patterns:
             check_regex(key_pattern, where)
-        return KeyRule(name, _keys_regex(keys, key_patterns), action)
+        return KeyRule(name, _keys_regex(keys, key_patterns), action, conditions)
     if action.kind == "truncate":
         raise ValueError(f"{where}: truncate applies to key rules only (a match inside a value is masked or hashed)")
     if detector is not None:
         found = BUILTIN_DETECTORS.get(str(detector))
         if found is None:
             raise ValueError(f"{where}: unknown detector {shown(detector)} (known: {', '.join(BUILTIN_DETECTORS)})")
-        return ValueRule(name, found.pattern, _allowing(found.check, allowed), action)
+        return ValueRule(name, found.pattern, _allowing(found.check, allowed), action, conditions)
     check_regex(str(pattern), where)
     if pl.Series([""], dtype=pl.String).str.contains(str(pattern))[0]:
         # It would insert the mask between every pair of characters.
         raise ValueError(f"{where}: pattern {shown(pattern)} matches the empty string")
-    return ValueRule(name, str(pattern), _allowing(None, allowed), action)
+    return ValueRule(name, str(pattern), _allowing(None, allowed), action, conditions)
 
 
 def _allowing(check: Check | None, allowed: str | None) -> Check | None:

@@ -57,7 +57,14 @@ from processor.stages.redaction.detectors import (
     check_ssn,
     check_url_userinfo,
 )
-from processor.stages.redaction.rules import RESERVED_RULE_NAME, KeyRule, RedactionRules, ValueRule, load_rules
+from processor.stages.redaction.rules import (
+    RESERVED_RULE_NAME,
+    KeyRule,
+    RedactionRules,
+    RuleConditions,
+    ValueRule,
+    load_rules,
+)
 
 if TYPE_CHECKING:
     from processor._otlp_native import Redactor
@@ -112,8 +119,10 @@ class RedactionStage:
         )
         every_rule: tuple[KeyRule | ValueRule, ...] = (*rules.key_rules, *rules.value_rules)
         self._native = _native_redactor(rules, self.values)
-        # The native redactor counts rewrites per rule slot: key rules, value rules, allow-list drop.
+        # The native redactor counts rewrites per rule slot: key rules, value rules, allow-list drop,
+        # then the sanitisers.
         self._slots = [(rule.name, rule.action.kind) for rule in every_rule] + [(NOT_ALLOWED, "drop")]
+        self._slots += [(sanitizer.name, "mask") for sanitizer in rules.sanitizers]
         self._slot_counters: dict[tuple[int, str], Counter] = {}
         # These rules for what the sidecar sends out besides the request's own values.
         self.outbound = OutboundRedaction(self.redact_one)
@@ -152,9 +161,12 @@ class RedactionStage:
     def redact_values(self, values: pl.DataFrame, signal: str) -> pl.DataFrame:
         """The rewrites (scope, owner, position, new_value; null: drop) of a frame shaped like
         `TelemetryBatch.string_values()` that belongs to no span or record (metric data points):
-        counted in genops_redaction_total under `signal`, no per-item summary."""
+        counted in genops_redaction_total under `signal`, no per-item summary. `row` is the
+        ordinal of the value's resource (or -1), which is what resource conditions read."""
         if values.height == 0:
             return pl.DataFrame(schema={name: _REWRITE_SCHEMA[name] for name in _WRITTEN})
+        # Each "item" is a resource: item i lies under resource i.
+        resources = _resources_of(values)
         text, index = _TEXT, _INDEX
         found = self._native.redact(
             _arrow(values, "scope", text),
@@ -164,7 +176,7 @@ class RedactionStage:
             _arrow(values, "owner", index),
             _arrow(values, "position", index),
             _arrow(values, "row", index),
-            pa.array([], pa.int64()),
+            resources.to_arrow(),
             _SUMMARY_LEVELS["silent"],
         )
         changes = self._native_changes(found, signal)
@@ -176,8 +188,11 @@ class RedactionStage:
         """`value` as these rules leave a span attribute `key` (None: dropped). Not counted in
         `genops_redaction_total`: used for what the sidecar makes from values, not for telemetry."""
         scope, key_array, value_array = (pa.array([text], pa.large_string()) for text in (SCOPE_ITEM, key, value))
-        zero = pa.array([0], pa.int64())
-        found = self._native.redact(scope, key_array, value_array, None, zero, zero, zero, zero, 0)
+        # Row -1: the value belongs to no resource, so no resource condition keeps a rule off it.
+        owner, position, row = (pa.array([n], pa.int64()) for n in (0, 0, -1))
+        found = self._native.redact(
+            scope, key_array, value_array, None, owner, position, row, pa.array([], pa.int64()), 0
+        )
         if found is None:
             return value
         (_, _, _, new_values), _, _ = found
@@ -266,9 +281,17 @@ _INDEX = (pl.Int64(), pl.UInt32(), pl.Int32())
 _INDEX_ARROW = (pa.int64(), pa.uint32(), pa.int32())
 
 
+def _resources_of(values: pl.DataFrame) -> pl.Series:
+    """For a frame of values that belong to no item (`redact_values`): one "item" per resource,
+    item i under resource i, as many as the largest `row` asks for."""
+    last = values.get_column("row").cast(pl.Int64).max()
+    return pl.Series("resource", range(int(last) + 1 if isinstance(last, int) else 0), dtype=pl.Int64)
+
+
 def _native_redactor(rules: RedactionRules, values: ValueRedactor) -> Redactor:
     """The Rust redactor for these rules, the stage's one engine (redaction_rules.py has already
     refused, naming the rule, any pattern it cannot run)."""
+    every_rule: tuple[KeyRule | ValueRule, ...] = (*rules.key_rules, *rules.value_rules)
     try:
         return native_module().Redactor(
             rules.protected_key_regex,
@@ -282,9 +305,23 @@ def _native_redactor(rules: RedactionRules, values: ValueRedactor) -> Redactor:
             ],
             rules.redact_all_types,
             values.hash,
+            [_native_conditions(rule.conditions) for rule in every_rule],
+            [(sanitizer.kind, sanitizer.key_regex, sanitizer.mask) for sanitizer in rules.sanitizers],
         )
     except ValueError as e:
         raise ValueError(f"redaction rules the redaction engine cannot run: {str(e).splitlines()[0]}") from None
+
+
+def _native_conditions(conditions: RuleConditions | None) -> tuple | None:
+    """A rule's `when`/`skip` as the native redactor takes them."""
+    if conditions is None:
+        return None
+    return (
+        conditions.when_keys,
+        conditions.skip_keys,
+        [(key, list(values)) for key, values in conditions.when_resource],
+        [(key, list(values)) for key, values in conditions.skip_resource],
+    )
 
 
 def _buffer(data: bytes | None) -> pa.Buffer | None:

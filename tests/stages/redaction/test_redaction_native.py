@@ -63,6 +63,23 @@ RULE_SETS = {
     # Value rules read text only here: numbers outside the allow list are still dropped.
     "custom_text_only": parse_rules({**CUSTOM_RULES, "redact_all_types": False}),
     "info": parse_rules(INFO_RULES),
+    # Rule conditions (`when` / `skip`, on keys and on the resource) and both sanitisers.
+    "conditions": parse_rules(
+        {
+            **CUSTOM_RULES,
+            "url_sanitizer": {"enabled": True, "attributes": ["http.route", "note"]},
+            "db_sanitizer": {"sql": {"enabled": True, "attributes": ["detail", "tags"]}},
+            "skip": {"resource": {"service.name": "skipped"}},
+            "rules": [
+                {**rule, "when": {"keys": ["note", "detail", "n"]}}
+                if i % 3 == 0
+                else {**rule, "skip": {"keys": ["tags"], "resource": {"service.name": "svc"}}}
+                if i % 3 == 1
+                else rule
+                for i, rule in enumerate(CUSTOM_RULES["rules"])
+            ],
+        }
+    ),
     # The Collector-style options: allowed values win over every value rule (checked or not).
     "collector_options": parse_rules(
         {
@@ -246,3 +263,32 @@ def test_values_of_every_type_outside_the_allow_list_are_dropped_on_every_path(p
     changes = paired["custom_text_only"].check(batch, monkeypatch)
     dropped = changes.rewrites.filter(pl.col("new_value").is_null())
     assert sorted(dropped["scope"].to_list()) == ["attribute"] * 3 + ["event"] * 3
+
+
+def test_rule_conditions_past_64_value_rules_are_kept_the_same(monkeypatch):
+    # The native masks of the rules a condition keeps off a value grow past one 64-bit word.
+    rules = [{"name": f"p{i}", "pattern": f"W{i:02d}X", "mask": f"<{i}>"} for i in range(70)]
+    rules[66]["skip"] = {"keys": ["note"]}
+    rules[67]["when"] = {"keys": ["note"]}
+    rules[68]["skip"] = {"resource": {"service.name": "svc"}}
+    rules[69]["when"] = {"resource": {"service.name": "other"}}
+    stages = PairedStages(parse_rules({"summary": "info", "rules": rules}))
+    text = " ".join(f"W{i:02d}X" for i in (1, 63, 64, 65, 66, 67, 68, 69))
+    batch = traces_batch(
+        [
+            ({"service.name": "svc"}, [({"note": text, "detail": text}, [])]),
+            ({"service.name": "other"}, [({"note": text, "detail": text}, [])]),
+        ]
+    )
+    changes = stages.check(batch, monkeypatch)
+    assert changes.rewrites is not None
+    rows = changes.rewrites.select("owner", "position", "new_value").iter_rows()
+    new = {(owner, position): value for owner, position, value in rows}
+    base = "<1> <63> <64> <65>"
+    # Span 0 under svc, span 1 under other; position 0 is note, 1 is detail.
+    assert new == {
+        (0, 0): f"{base} W66X <67> W68X W69X",
+        (0, 1): f"{base} <66> W67X W68X W69X",
+        (1, 0): f"{base} W66X <67> <68> <69>",
+        (1, 1): f"{base} <66> W67X <68> <69>",
+    }

@@ -6,3 +6,4 @@ pub mod detect;
 pub mod operation_totals;
 pub mod policy;
 pub mod redact;
+pub mod sanitize;

@@ -25,6 +25,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use crate::otlp::arrow::View;
 use crate::otlp::scan::{FlatValues, Needed, ScannedValues, ValuesFilter};
 use crate::stages::detect::Check;
+use crate::stages::sanitize::{self, Kind as SanitizerKind};
 
 /// Entries kept per cache between batches; past it the cache starts over (keys and candidates
 /// repeat from batch to batch, an unbounded stream of new ones must not grow memory).
@@ -73,12 +74,69 @@ struct ValueRule {
 
 /// (pattern, check callable or None, name of its Rust version or None, action, mask).
 type ValueRuleSpec = (String, Option<Py<PyAny>>, Option<String>, String, String);
+/// A resource condition: (attribute key, accepted values).
+type ResourceSpec = Vec<(String, Vec<String>)>;
+/// A rule's `when`/`skip` (processor/stages/redaction/rules.py `RuleConditions`): when keys, skip
+/// keys (anchored regexes or None), when resource, skip resource.
+type ConditionSpec = (Option<String>, Option<String>, ResourceSpec, ResourceSpec);
 
-#[derive(Clone, Copy)]
+/// Where a rule acts; resource conditions name attributes by their index in `condition_keys`.
+struct Conditions {
+    when_keys: Option<Regex>,
+    skip_keys: Option<Regex>,
+    when_resource: Vec<(usize, Vec<String>)>,
+    skip_resource: Vec<(usize, Vec<String>)>,
+}
+
+impl Conditions {
+    fn allows_key(&self, key: &str) -> bool {
+        self.when_keys.as_ref().is_none_or(|r| r.is_match(key))
+            && !self.skip_keys.as_ref().is_some_and(|r| r.is_match(key))
+    }
+
+    /// Whether a resource with these condition attribute values (by condition key) skips the rule.
+    fn skips_resource(&self, found: &[Vec<&[u8]>]) -> bool {
+        let holds = |(key, accepted): &(usize, Vec<String>)| {
+            found[*key]
+                .iter()
+                .any(|value| accepted.iter().any(|a| a.as_bytes() == *value))
+        };
+        !self.when_resource.iter().all(holds) || self.skip_resource.iter().any(holds)
+    }
+}
+
+/// The rules a resource's conditions skip: per rule slot, and as a mask of value rules.
+struct ResourceSkip {
+    slots: Vec<bool>,
+    values: RuleMask,
+}
+
+struct SanitizerRule {
+    keys: Regex,
+    kind: SanitizerKind,
+    mask: String,
+}
+
+impl SanitizerRule {
+    fn run(&self, text: &str) -> String {
+        match self.kind {
+            SanitizerKind::UrlQuery => sanitize::url_query(text, &self.mask),
+            SanitizerKind::Sql => sanitize::sql(text),
+        }
+    }
+}
+
+/// Not `Copy`: `value_skip` is a growable mask (empty, as for most keys, it holds no allocation,
+/// so a clone costs nothing).
+#[derive(Clone)]
 struct KeyClass {
     protected: bool,
     allowed: bool,
     key_rule: Option<usize>,
+    /// Value rules whose key conditions leave this key alone.
+    value_skip: RuleMask,
+    /// The sanitiser that reads this key's string values (index into `sanitizers`).
+    sanitizer: Option<usize>,
 }
 
 #[derive(Default)]
@@ -515,6 +573,30 @@ impl RuleMask {
             *mine |= theirs;
         }
     }
+
+    /// Clears every rule `other` has.
+    fn and_not(&mut self, other: &RuleMask) {
+        for (mine, theirs) in self.0.iter_mut().zip(&other.0) {
+            *mine &= !theirs;
+        }
+    }
+
+    /// The union of two masks, neither changed.
+    fn union(&self, other: &RuleMask) -> RuleMask {
+        let mut out = self.clone();
+        out.add(other);
+        out
+    }
+}
+
+impl FromIterator<usize> for RuleMask {
+    fn from_iter<I: IntoIterator<Item = usize>>(rules: I) -> Self {
+        let mut mask = RuleMask::default();
+        for rule in rules {
+            mask.set(rule);
+        }
+        mask
+    }
 }
 
 /// A value the value rules may change, as the rules see it in turn.
@@ -525,6 +607,10 @@ struct Hit {
     current: String,
     dropped: bool,
     fired: Vec<usize>,
+    /// Value rules the rule conditions keep off this value.
+    excluded: RuleMask,
+    /// The sanitiser that changed `current` before the value rules (index into `sanitizers`).
+    sanitized: Option<usize>,
 }
 
 impl Hit {
@@ -532,7 +618,7 @@ impl Hit {
         if self.fired.is_empty() {
             self.received.has(index)
         } else {
-            rule.regex.is_match(&self.current)
+            !self.excluded.has(index) && rule.regex.is_match(&self.current)
         }
     }
 }
@@ -551,6 +637,11 @@ pub struct Redactor {
     value_set: RegexSet,
     redact_all_types: bool,
     hasher: Py<PyAny>,
+    /// Per rule slot (key rules, then value rules): its `when`/`skip`, if any.
+    conditions: Vec<Option<Conditions>>,
+    /// The resource attributes resource conditions read.
+    condition_keys: Vec<String>,
+    sanitizers: Vec<SanitizerRule>,
     caches: Mutex<Caches>,
     /// The thread `start` hands requests to, started on first use.
     worker: Mutex<Option<mpsc::Sender<Work>>>,
@@ -591,48 +682,112 @@ impl Redactor {
     /// a key outside the allow list acts on any value; otherwise only the value rules, which read
     /// text (unless `redact_all_types`).
     pub(crate) fn values_needed(&self, key: &[u8]) -> Needed {
-        let cached = self.caches.lock().unwrap().keys.get(key).copied();
+        let cached = self.caches.lock().unwrap().keys.get(key).cloned();
         let class = match cached {
             Some(class) => class,
             None => match self.classify(key) {
                 Ok(class) => {
                     let mut caches = self.caches.lock().unwrap();
                     bounded(&mut caches.keys, CACHE_LIMIT);
-                    caches.keys.insert(key.into(), class);
+                    caches.keys.insert(key.into(), class.clone());
                     class
                 }
                 // Not UTF-8: `changes` reports it; every value goes there.
                 Err(_) => return Needed::Every,
             },
         };
+        // Resource attributes the rule conditions read reach `changes` whatever the rules do.
+        let condition = !self.condition_keys.is_empty()
+            && self.condition_keys.iter().any(|k| k.as_bytes() == key);
         if class.protected {
-            Needed::None
+            if condition {
+                Needed::Text
+            } else {
+                Needed::None
+            }
         } else if class.key_rule.is_some() || !class.allowed || self.redact_all_types {
             Needed::Every
-        } else if self.value_rules.is_empty() {
+        } else if self.value_rules.is_empty() && class.sanitizer.is_none() && !condition {
             Needed::None
         } else {
             Needed::Text
         }
     }
 
+    fn key_allows(&self, slot: usize, key: &str) -> bool {
+        self.conditions[slot]
+            .as_ref()
+            .is_none_or(|c| c.allows_key(key))
+    }
+
+    /// The first key rule at or after `from` that matches `key` and that neither its key
+    /// conditions nor `skip` (a resource's, by slot) keep off it.
+    fn key_rule_from(&self, key: &str, from: usize, skip: Option<&[bool]>) -> Option<usize> {
+        (from..self.key_rules.len()).find(|&i| {
+            !skip.is_some_and(|s| s[i])
+                && self.key_rules[i].regex.is_match(key)
+                && self.key_allows(i, key)
+        })
+    }
+
     fn classify(&self, key: &[u8]) -> PyResult<KeyClass> {
         let key = to_str(key)?;
+        let key_slots = self.key_rules.len();
+        let value_skip: RuleMask = (0..self.value_rules.len())
+            .filter(|&i| !self.key_allows(key_slots + i, key))
+            .collect();
+        let sanitizer = self.sanitizers.iter().position(|s| s.keys.is_match(key));
         if !self.protected.is_match(key) && self.values_only.is_match(key) {
             return Ok(KeyClass {
                 protected: false,
                 allowed: true,
                 key_rule: None,
+                value_skip,
+                sanitizer,
             });
         }
         Ok(KeyClass {
             protected: self.protected.is_match(key),
             allowed: self.allow_all || self.allowed.as_ref().is_some_and(|r| r.is_match(key)),
-            key_rule: self
-                .key_rules
-                .iter()
-                .position(|rule| rule.regex.is_match(key)),
+            key_rule: self.key_rule_from(key, 0, None),
+            value_skip,
+            sanitizer,
         })
+    }
+
+    /// Per resource of the batch that has any, the values of the condition attributes, by
+    /// condition key (resource attributes are listed with the resource as owner).
+    fn condition_values<'v>(&self, values: &Values<'v>) -> FxHashMap<i64, Vec<Vec<&'v [u8]>>> {
+        let mut found: FxHashMap<i64, Vec<Vec<&'v [u8]>>> = FxHashMap::default();
+        for i in 0..values.value.len {
+            if values.scope.get(i) != b"resource" {
+                continue;
+            }
+            let key = values.key.get(i);
+            if let Some(at) = self.condition_keys.iter().position(|k| k.as_bytes() == key) {
+                let resource = value_resource(values, i).unwrap_or(-1);
+                found
+                    .entry(resource)
+                    .or_insert_with(|| vec![Vec::new(); self.condition_keys.len()])[at]
+                    .push(values.value.get(i));
+            }
+        }
+        found
+    }
+
+    fn resource_skip(&self, found: Option<&Vec<Vec<&[u8]>>>) -> ResourceSkip {
+        let none = vec![Vec::new(); self.condition_keys.len()];
+        let found = found.unwrap_or(&none);
+        let slots: Vec<bool> = self
+            .conditions
+            .iter()
+            .map(|c| c.as_ref().is_some_and(|c| c.skips_resource(found)))
+            .collect();
+        let key_slots = self.key_rules.len();
+        let values: RuleMask = (0..self.value_rules.len())
+            .filter(|&i| slots[key_slots + i])
+            .collect();
+        ResourceSkip { slots, values }
     }
 
     fn rule_mask(&self, text: &[u8]) -> RuleMask {
@@ -846,9 +1001,11 @@ struct Values<'a> {
 impl Redactor {
     /// key_rules: [(anchored key regex, action, mask, length)]; value_rules: [(pattern, check
     /// callable or None, name of its Rust version (detect.rs) or None, action, mask)]; allowed: None matches no key (unless allow_all);
-    /// hasher: value -> keyed hash, called for hash rules only.
+    /// hasher: value -> keyed hash, called for hash rules only; conditions: per rule (key rules,
+    /// then value rules) None or (when keys, skip keys, when resource, skip resource);
+    /// sanitizers: [(kind "url_query" | "sql", anchored key regex, mask)], in order.
     #[new]
-    #[pyo3(signature = (protected, values_only, allowed, allow_all, key_rules, value_rules, redact_all_types, hasher))]
+    #[pyo3(signature = (protected, values_only, allowed, allow_all, key_rules, value_rules, redact_all_types, hasher, conditions=None, sanitizers=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         protected: &str,
@@ -859,7 +1016,53 @@ impl Redactor {
         value_rules: Vec<ValueRuleSpec>,
         redact_all_types: bool,
         hasher: Py<PyAny>,
+        conditions: Option<Vec<Option<ConditionSpec>>>,
+        sanitizers: Option<Vec<(String, String, String)>>,
     ) -> PyResult<Self> {
+        let slots = key_rules.len() + value_rules.len();
+        let mut condition_keys: Vec<String> = Vec::new();
+        let mut key_index = |key: String| match condition_keys.iter().position(|k| *k == key) {
+            Some(at) => at,
+            None => {
+                condition_keys.push(key);
+                condition_keys.len() - 1
+            }
+        };
+        let mut compiled_conditions: Vec<Option<Conditions>> = Vec::with_capacity(slots);
+        for spec in conditions.unwrap_or_default() {
+            compiled_conditions.push(match spec {
+                None => None,
+                Some((when_keys, skip_keys, when_resource, skip_resource)) => Some(Conditions {
+                    when_keys: when_keys.as_deref().map(compile).transpose()?,
+                    skip_keys: skip_keys.as_deref().map(compile).transpose()?,
+                    when_resource: when_resource
+                        .into_iter()
+                        .map(|(key, accepted)| (key_index(key), accepted))
+                        .collect(),
+                    skip_resource: skip_resource
+                        .into_iter()
+                        .map(|(key, accepted)| (key_index(key), accepted))
+                        .collect(),
+                }),
+            });
+        }
+        if compiled_conditions.len() > slots {
+            return Err(PyValueError::new_err("more conditions than rules"));
+        }
+        compiled_conditions.resize_with(slots, || None);
+        let sanitizers = sanitizers
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(kind, keys, mask)| {
+                Ok(SanitizerRule {
+                    kind: SanitizerKind::from_name(&kind).ok_or_else(|| {
+                        PyValueError::new_err(format!("unknown sanitizer {kind:?}"))
+                    })?,
+                    keys: compile(&keys)?,
+                    mask,
+                })
+            })
+            .collect::<PyResult<Vec<_>>>()?;
         let key_rules = key_rules
             .into_iter()
             .map(|(regex, kind, mask, length)| {
@@ -899,6 +1102,9 @@ impl Redactor {
             value_set,
             redact_all_types,
             hasher,
+            conditions: compiled_conditions,
+            condition_keys,
+            sanitizers,
             caches: Mutex::new(Caches::default()),
             worker: Mutex::new(None),
         })
@@ -1180,12 +1386,21 @@ impl Redactor {
     fn changes(&self, caches: &mut Caches, values: &Values<'_>) -> PyResult<Changes> {
         let key_slots = self.key_rules.len();
         let not_allowed_slot = key_slots + self.value_rules.len();
+        let sanitizer_slot = not_allowed_slot + 1;
         let mut changes = Changes {
             rows: Vec::new(),
             new_values: StringsOut::default(),
-            counts: vec![0; not_allowed_slot + 1],
+            counts: vec![0; sanitizer_slot + self.sanitizers.len()],
             detected_from: 0,
         };
+        // Rule conditions on resource attributes: what each resource of the batch skips, found
+        // on first use (no work at all without such conditions).
+        let found = if self.condition_keys.is_empty() {
+            None
+        } else {
+            Some(self.condition_values(values))
+        };
+        let mut resource_skips: FxHashMap<i64, ResourceSkip> = FxHashMap::default();
         let mut hits: Vec<Hit> = Vec::new();
         // A batch's keys repeat (the scan stores each once): classes found by view for the batch.
         let mut batch_keys: FxHashMap<u128, KeyClass> = FxHashMap::default();
@@ -1196,22 +1411,22 @@ impl Redactor {
             // a few values ahead of the lookups that wait for them.
             values.value.prefetch(i + 8);
             let view = values.key.view(i);
-            let known = view.and_then(|view| batch_keys.get(&view).copied());
+            let known = view.and_then(|view| batch_keys.get(&view).cloned());
             let class = match known {
                 Some(class) => class,
                 None => {
                     let key = values.key.get(i);
                     let class = match caches.keys.get(key) {
-                        Some(class) => *class,
+                        Some(class) => class.clone(),
                         None => {
                             let class = self.classify(key)?;
                             bounded(&mut caches.keys, CACHE_LIMIT);
-                            caches.keys.insert(key.into(), class);
+                            caches.keys.insert(key.into(), class.clone());
                             class
                         }
                     };
                     if let Some(view) = view {
-                        batch_keys.insert(view, class);
+                        batch_keys.insert(view, class.clone());
                     }
                     class
                 }
@@ -1219,6 +1434,14 @@ impl Redactor {
             if class.protected {
                 continue;
             }
+            let skip = match &found {
+                None => None,
+                Some(found) => value_resource(values, i).map(|resource| {
+                    &*resource_skips
+                        .entry(resource)
+                        .or_insert_with(|| self.resource_skip(found.get(&resource)))
+                }),
+            };
             let scope = values.scope.get(i);
             let scope_view = values.scope.view(i);
             let item_scope = if scope_view == attribute || scope_view == event {
@@ -1232,7 +1455,13 @@ impl Redactor {
             }
             let text = values.value.get(i);
             let kind: &[u8] = values.kind.as_ref().map_or(b"string_value", |k| k.get(i));
-            match class.key_rule {
+            let key_rule = match (class.key_rule, skip) {
+                (Some(rule), Some(skip)) if skip.slots[rule] => {
+                    self.key_rule_from(to_str(values.key.get(i))?, rule + 1, Some(&skip.slots))
+                }
+                (rule, _) => rule,
+            };
+            match key_rule {
                 Some(rule) if !keyless(scope) => {
                     match &self.key_rules[rule].action {
                         Action::Mask(mask) => {
@@ -1255,31 +1484,63 @@ impl Redactor {
                 }
                 _ => {}
             }
+            // A sanitiser reads its keys' strings first; the value rules then see what it left.
+            let sanitized = match class.sanitizer {
+                Some(at) if kind == b"string_value" && !keyless(scope) => {
+                    let original = to_str(text)?;
+                    let out = self.sanitizers[at].run(original);
+                    (out != original).then_some((at, out))
+                }
+                _ => None,
+            };
             if self.value_rules.is_empty()
                 || !(self.redact_all_types
                     || matches!(kind, b"string_value" | b"array_value" | b"kvlist_value"))
             {
+                if let Some((at, out)) = sanitized {
+                    changes.push(i, Some(out.as_bytes()), sanitizer_slot + at);
+                }
                 continue;
             }
-            let received = self.value_rules_matching(caches, text);
-            if !received.is_empty() {
-                let current = to_str(text)?.to_owned();
+            let excluded = match skip {
+                Some(skip) => class.value_skip.union(&skip.values),
+                None => class.value_skip,
+            };
+            let scanned = sanitized.as_ref().map_or(text, |(_, out)| out.as_bytes());
+            let mut received = self.value_rules_matching(caches, scanned);
+            received.and_not(&excluded);
+            if !received.is_empty() || sanitized.is_some() {
+                let (sanitized, current) = match sanitized {
+                    Some((at, out)) => (Some(at), out),
+                    None => (None, to_str(text)?.to_owned()),
+                };
                 hits.push(Hit {
                     row: i,
                     received,
                     current,
                     dropped: false,
                     fired: Vec::new(),
+                    excluded,
+                    sanitized,
                 });
             }
         }
         if !hits.is_empty() {
             self.scan_values(caches, &mut hits)?;
         }
+        // Values only a sanitiser changed: rewritten, not findings (no detector found anything).
+        for hit in &hits {
+            if let (true, Some(at)) = (hit.fired.is_empty(), hit.sanitized) {
+                changes.push(hit.row, Some(hit.current.as_bytes()), sanitizer_slot + at);
+            }
+        }
         changes.detected_from = changes.rows.len();
         for hit in &hits {
             if hit.fired.is_empty() {
                 continue;
+            }
+            if let Some(at) = hit.sanitized {
+                changes.counts[sanitizer_slot + at] += 1;
             }
             // One rewrite per value; every rule that changed it is counted.
             let new_value = if hit.dropped {
@@ -1294,6 +1555,20 @@ impl Redactor {
             }
         }
         Ok(changes)
+    }
+}
+
+/// The resource a value belongs to: its item's, or its own for a resource attribute; None for
+/// instrumentation scope attributes (shared by the items of a scope, which the columns do not map
+/// to a resource).
+fn value_resource(values: &Values<'_>, i: usize) -> Option<i64> {
+    let row = values.row.get(i);
+    if row >= 0 && (row as usize) < values.item_resource.len() {
+        Some(values.item_resource.get(row as usize))
+    } else if values.scope.get(i) == b"resource" {
+        Some(values.owner.get(i))
+    } else {
+        None
     }
 }
 
