@@ -289,7 +289,7 @@ def _resources_of(values: pl.DataFrame) -> pl.Series:
 
 
 def _native_redactor(rules: RedactionRules, values: ValueRedactor) -> Redactor:
-    """The Rust redactor for these rules, the stage's one engine (redaction_rules.py has already
+    """The Rust redactor for these rules, the stage's one engine (rules.py has already
     refused, naming the rule, any pattern it cannot run)."""
     every_rule: tuple[KeyRule | ValueRule, ...] = (*rules.key_rules, *rules.value_rules)
     try:
