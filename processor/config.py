@@ -42,6 +42,8 @@ NON_SETTING_ENV = frozenset(
         "GENOPS_BASE_SUITE",
         "GENOPS_DEBIAN_MIRROR",
         "GENOPS_SIDECAR_IMAGE",
+        # The README gateway example (a client of the budget API, not a sidecar setting).
+        "GENOPS_BUDGET_URL",
     }
 )
 NON_SETTING_ENV_PREFIXES = ("GENOPS_OTELCOL_",)
