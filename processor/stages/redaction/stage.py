@@ -134,8 +134,8 @@ class RedactionStage:
 
     def values_consumer(self) -> object | None:
         """The native redactor, which the decoder's scan hands every value to: the rules then run
-                on its own thread, the GIL released, while the stages before this one run; `finish` takes
-                the result at this stage's turn. None with the pure-Python decoder (GENOPS_NATIVE_DECODE=0),
+        on its own thread, the GIL released, while the stages before this one run; `finish` takes
+        the result at this stage's turn. None with the pure-Python decoder (GENOPS_NATIVE_DECODE=0),
         which hands no values over (`process` runs)."""
         return self._native if native_available() else None
 
