@@ -50,3 +50,16 @@ def sink():
     sink = OtlpSink().start()
     yield sink
     sink.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    """A real redis-server on a free loopback port, one per test module."""
+    from tests.support.collector_harness import free_port
+    from tests.support.redis_server import start_redis
+
+    port = free_port()
+    process = start_redis(port, tmp_path_factory.mktemp("redis"))
+    yield f"redis://127.0.0.1:{port}/0"
+    process.terminate()
+    process.wait(10)

@@ -6,7 +6,6 @@ the message names the setting, so the operator knows what to fix.
 
 from __future__ import annotations
 
-import json
 import re
 import socket
 import subprocess
@@ -16,35 +15,11 @@ from pathlib import Path
 import pytest
 
 from processor.config import SidecarConfig, load_config, setting_env_names, unknown_environment
-from tests.support.cli import base_env, run_cli
+from tests.support.cli import assert_one_clear_line, base_env, run_cli
 from tests.support.serve import terminate, wait_ready
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "0123456789abcdef0123456789abcdef"
-
-
-def problem_lines(stderr: str) -> list[str]:
-    """stderr without the structured info/warning log records of a normal start."""
-    lines = []
-    for line in stderr.splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            record = None
-        if isinstance(record, dict) and record.get("level") in ("debug", "info", "warning"):
-            continue
-        if line.strip():
-            lines.append(line)
-    return lines
-
-
-def assert_one_clear_line(result: subprocess.CompletedProcess, setting: str) -> None:
-    assert result.returncode != 0, result.stderr[-2000:]
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    lines = problem_lines(result.stderr)
-    assert len(lines) == 1, lines
-    assert setting in lines[0], lines[0]
-    assert len(lines[0]) <= 600, lines[0]
 
 
 def nested_groups(depth: int) -> str:

@@ -22,26 +22,10 @@ from processor.stages.cost.pricing_table import PricingError, load_table
 from processor.stages.cost.stage import CostStage
 from processor.stages.policy.policy_file import PolicyFileError, load_policy_file
 from processor.stages.redaction.rules import load_rules
-from tests.support.cost_helpers import SMALL_TABLE
+from tests.support.cost_helpers import valid_table
+from tests.support.hostile_files import ALIAS_BOMB, sparse
 
-# 787 bytes that stand for 9^9 strings once expanded.
-ALIAS_BOMB = "\n".join(
-    ['version: "1"', "provider: openai", "a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
-    + [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
-    + ["models: [{model: gpt-4o, input: *a8}]", ""]
-)
 LONG_ERROR = 2000
-
-
-def valid_table(version: str = "v1", price: float = 2.5) -> str:
-    return SMALL_TABLE.format(version=version, gpt4o_input=price)
-
-
-def sparse(path: Path, size: int) -> Path:
-    """A file of `size` bytes that takes no disk space (the size check must not read it)."""
-    with open(path, "wb") as handle:
-        handle.truncate(size)
-    return path
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import time
@@ -15,33 +14,17 @@ from processor.config import LedgerConfig, PolicyConfig, load_config
 from processor.stages.policy.ledger import OVERFLOW, read_rows
 from processor.stages.policy.stage import build_policy_stage
 from processor.stages.redaction.stage import build_outbound
-from tests.core.test_outbound_redaction import EMAIL
-from tests.stages.policy.test_budgets_policies import redis_url, run_pipeline  # noqa: F401 (fixture)
 from tests.support.cli import base_env
-from tests.support.otlp_builders import span, trace_request
+from tests.support.clock import DAY_START
+from tests.support.genai_spans import priced
+from tests.support.http_sidecar import TOKEN, Sidecar, get
+from tests.support.otlp_builders import trace_request
 from tests.support.otlp_export import export_traces
+from tests.support.pipeline_runs import run_pipeline
+from tests.support.sample_values import EMAIL
 from tests.support.serve import start_sidecar, terminate, wait_ready
-from tests.transport.test_http_port import get
 
 DAY = "2026-12-01"
-DAY_START = int(dt.datetime(2026, 12, 1, tzinfo=dt.UTC).timestamp())
-NOON_NS = (DAY_START + 12 * 3600) * 10**9
-
-
-def priced(team: str, cost: float, model: str = "gpt-4o", **extra: object):
-    """A span an SDK priced itself (the cost stage leaves it alone): total and parts."""
-    attributes = {
-        "gen_ai.provider.name": "openai",
-        "gen_ai.request.model": model,
-        "gen_ai.usage.input_tokens": 1000,
-        "gen_ai.usage.output_tokens": 10,
-        "genops.team": team,
-        "genops.cost.total": cost,
-        "genops.cost.input": cost * 0.75,
-        "genops.cost.output": cost * 0.25,
-        **extra,
-    }
-    return span(attributes=attributes, start_time_unix_nano=NOON_NS)
 
 
 def ledger_stage(registry=None, **ledger):
@@ -93,7 +76,7 @@ def test_a_bad_cost_part_on_one_span_changes_no_other_spans_row(monkeypatch, nat
     assert rows["web"].usd_parts == {"input": 0.1875}
 
 
-def test_ledger_in_redis_is_charged_once_per_batch_and_kept_for_the_retention_days(tmp_path, redis_url):  # noqa: F811
+def test_ledger_in_redis_is_charged_once_per_batch_and_kept_for_the_retention_days(tmp_path, redis_url):
     import redis
 
     ledger = LedgerConfig(enabled=True, keys="team", retention_days=3)
@@ -196,7 +179,6 @@ def test_ledger_keys_outside_the_attribution_dimensions_are_a_config_error(tmp_p
 
 
 def test_get_v1_ledger_takes_the_budget_api_token(tmp_path):
-    from tests.transport.test_http_port import TOKEN, Sidecar
 
     with Sidecar(
         tmp_path, GENOPS_BUDGET_API_TOKEN=TOKEN, **POLICY_LEDGER_ENV | {"GENOPS_POLICY_STATE_BACKEND": "memory"}

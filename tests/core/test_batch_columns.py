@@ -14,7 +14,7 @@ from processor.core import batch_columns, decode
 from processor.core.contract import BatchChanges
 from processor.core.decode import END_TIME, RESOURCE_INDEX, ROW, START_TIME, STATUS_CODE, decode_traces
 from processor.core.pipeline import _expose_to_later_stages
-from tests.core.test_native_decode import WANTED, attributes
+from tests.support.attribute_strategies import WANTED, attributes
 from tests.support.otlp_builders import span, trace_request
 
 pytestmark = pytest.mark.skipif(decode._native is None, reason="native scanner not built")

@@ -14,14 +14,13 @@ from processor.config import CostConfig, PolicyConfig
 from processor.core.decode import decode_traces
 from processor.stages.cost.stage import CostStage
 from processor.stages.policy.stage import build_policy_stage
+from tests.support.clock import BASE_NS
 from tests.support.cost_helpers import process, write_small_table
 from tests.support.otlp_builders import span, trace_request
+from tests.support.policy_stages import (
+    TEAM_BUDGET_AND_CAP,
+)
 
-BASE_NS = 1_760_000_000_000_000_000
-POLICY = {
-    "budgets": [{"name": "team", "dimension": "team", "limit_usd": 1.0, "period": "daily", "mode": "enforced"}],
-    "policies": [{"name": "big", "type": "max_cost_per_operation", "max_usd": 0.6, "mode": "enforced"}],
-}
 OUTPUTS = ("genops.budget.consumed", "genops.policy.result", "genops.policy.violations", "genops.budget.exceeded")
 
 good_span = st.fixed_dictionaries(
@@ -62,7 +61,7 @@ bad_span = st.one_of(
 
 def build(tmp_path):
     path = tmp_path / "policy.json"
-    path.write_text(json.dumps(POLICY))
+    path.write_text(json.dumps(TEAM_BUDGET_AND_CAP))
     config = PolicyConfig(enabled=True, policy_file=str(path), state_backend="memory")
     registry = CollectorRegistry()
     return build_policy_stage(config, registry), registry

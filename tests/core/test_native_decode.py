@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -11,25 +9,11 @@ from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
 from processor.core import decode
-from processor.core.decode import MalformedRequest, WantedKeys, decode_logs, decode_traces
+from processor.core.decode import MalformedRequest, decode_logs, decode_traces
+from tests.support.attribute_strategies import KEYS, WANTED, attributes, values
 from tests.support.otlp_builders import log_request, span, trace_request
 
 pytestmark = pytest.mark.skipif(decode._native is None, reason="native scanner not built")
-
-KEYS = ["gen_ai.request.model", "gen_ai.usage.input_tokens", "genops.team", "user.email", "n", "nested"]
-WANTED = WantedKeys(
-    item=frozenset([*KEYS[:4], "absent.key"]), resource=frozenset({"service.name", "genops.team"}), values=True
-)
-
-scalars = st.one_of(
-    st.text(max_size=12),
-    st.integers(min_value=-(2**63), max_value=2**63 - 1),
-    st.floats(allow_nan=False) | st.sampled_from([math.inf, -math.inf, 1e16, 1e-5, 0.0001, -0.0, 123456789.0]),
-    st.booleans(),
-    st.binary(max_size=6),
-)
-values = st.one_of(scalars, st.lists(scalars, max_size=3), st.dictionaries(st.sampled_from("abc"), scalars, max_size=2))
-attributes = st.dictionaries(st.sampled_from(KEYS), values, max_size=6)
 
 
 def both(decoder, raw: bytes, monkeypatch) -> tuple[decode.TelemetryBatch, decode.TelemetryBatch]:

@@ -23,8 +23,8 @@ from processor.stages.assembly import build_stages, close_stages
 from processor.stages.policy.budget_api import http_budget_status
 from tests.support.otlp_builders import span, trace_request
 from tests.support.otlp_sink import attributes_to_dict
+from tests.support.sample_values import EMAIL
 
-EMAIL = "ada.lovelace@example.com"
 CARD = "4111111111111111"
 OPENAI_KEY = "sk-proj-" + "Ab3dE5gH7jK9mN1pQ3sT5vX7zA9cE1gI3kM5oQ7sU9wY1aC3eG5"
 

@@ -7,25 +7,18 @@ OtlpSink, a real gRPC server.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import grpc
 import pytest
 
 from tests.support.collector_harness import (
-    FAST_RETRY_ENV,
-    SHIPPED_COLLECTOR_CONFIG,
-    CollectorPorts,
-    RunningCollector,
-    RunningSidecar,
     free_port,
-    loop_collector_env,
-    running_collector,
+    running_collector_for,
     running_sidecar,
+    sidecar_loop,
 )
 from tests.support.otel_traffic import (
     received_log_bodies,
@@ -45,36 +38,6 @@ N_SPANS = 200
 DELIVERY_TIMEOUT_S = 60.0
 # Long enough for the Collector to fail and retry several times with FAST_RETRY_ENV's intervals.
 OUTAGE_S = 3.0
-
-
-@dataclass
-class Loop:
-    ports: CollectorPorts
-    collector: RunningCollector
-    sidecar: RunningSidecar
-
-    @property
-    def apps_endpoint(self) -> str:
-        return self.ports.apps_grpc_endpoint
-
-
-@contextlib.contextmanager
-def running_collector_for(sink: OtlpSink, sidecar_port: int) -> Iterator[tuple[CollectorPorts, RunningCollector]]:
-    ports = CollectorPorts()
-    env = loop_collector_env(ports, f"127.0.0.1:{sidecar_port}", sink.endpoint, **FAST_RETRY_ENV)
-    with running_collector(SHIPPED_COLLECTOR_CONFIG, env, ports.health) as collector:
-        yield ports, collector
-
-
-@contextlib.contextmanager
-def sidecar_loop(sink: OtlpSink) -> Iterator[Loop]:
-    # The Collector starts first: the sidecar's downstream (the return receiver) then exists when it starts.
-    sidecar_port = free_port()
-    with (
-        running_collector_for(sink, sidecar_port) as (ports, collector),
-        running_sidecar(downstream_endpoint=ports.return_grpc_endpoint, listen_port=sidecar_port) as sidecar,
-    ):
-        yield Loop(ports=ports, collector=collector, sidecar=sidecar)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from processor.stages.policy import conformance
-from tests.e2e.test_e2e_collector import sidecar_loop
+from tests.support.collector_harness import sidecar_loop
 from tests.support.otel_traffic import received_log_bodies, wait_for_items
 from tests.support.otlp_builders import log_request
 from tests.support.otlp_sink import OtlpSink

@@ -15,11 +15,11 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
 from opentelemetry.proto.metrics.v1 import metrics_pb2
 from opentelemetry.proto.resource.v1 import resource_pb2
 
-from tests.e2e.test_e2e_collector import sidecar_loop
-from tests.stages.redaction.test_redaction_corpus import corpus
+from tests.support.collector_harness import sidecar_loop
 from tests.support.otel_traffic import received_log_bodies, wait_for_items
 from tests.support.otlp_builders import key_values, log_request, span, trace_request
 from tests.support.otlp_sink import OtlpSink, attributes_to_dict
+from tests.support.redaction_corpus import corpus
 
 pytestmark = pytest.mark.e2e
 

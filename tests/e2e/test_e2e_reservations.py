@@ -21,13 +21,12 @@ import pytest
 from processor.core import genops_semconv as gs
 from processor.protos import budget_pb2, budget_pb2_grpc
 from processor.stages.policy import conformance
-from tests.stages.policy.test_budget_store_serve import sample_plain
 from tests.support.collector_harness import free_port
 from tests.support.otlp_builders import span, trace_request
 from tests.support.otlp_export import export_traces
 from tests.support.otlp_sink import OtlpSink
 from tests.support.redis_server import start_redis
-from tests.support.serve import http_get, terminate, wait_ready
+from tests.support.serve import http_get, sample_plain, terminate, wait_ready
 
 TOKEN = "reservation-e2e-token-0123456789"
 LIMIT = 2.0

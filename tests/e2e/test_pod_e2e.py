@@ -29,10 +29,10 @@ from prometheus_client import CollectorRegistry
 from processor.config import CostConfig
 from processor.stages.cost.stage import COST_TOTAL, COST_VERSION, CostStage
 from processor.stages.redaction.stage import COUNT_KEY
-from tests.k8s.test_k8s_manifests import COLLECTOR, DEFAULT, RETURN_COLLECTOR, SIDECAR, render
 from tests.support.collector_harness import free_port
 from tests.support.cost_helpers import process
 from tests.support.kube_pod import REPO, KubePod, write_configmap_dir
+from tests.support.kustomize import COLLECTOR, DEFAULT, RETURN_COLLECTOR, SIDECAR, render
 from tests.support.otlp_sink import OtlpSink
 
 pytestmark = pytest.mark.pod

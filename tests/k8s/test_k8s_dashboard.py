@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.k8s.test_prometheus_rules import DOCUMENTED_METRICS, documented_family, selected_metrics
+from tests.support.documented_metrics import DOCUMENTED_METRICS, documented_family, selected_metrics
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "k8s" / "dashboards" / "genops-cost.json"
 GRAFANA_BUILTINS = {"__rate_interval", "__interval", "__range"}

@@ -9,7 +9,6 @@ schemas do not cover, structurally.
 from __future__ import annotations
 
 import copy
-import functools
 import os
 import re
 import shutil
@@ -24,43 +23,14 @@ from kubernetes_validate.utils import ValidationError
 
 from processor.config import load_config
 from processor.stages.policy.policy_file import load_policy_file
+from tests.support.kustomize import COLLECTOR, DEFAULT, K8S, RETURN_COLLECTOR, SIDECAR, render
 
 REPO = Path(__file__).resolve().parents[2]
-K8S = REPO / "k8s"
 # The oldest release the manifests support (native sidecars are on by default from 1.29) and the newest
 # one kubernetes-validate ships schemas for.
 KUBERNETES_VERSIONS = ("1.29.0", "1.37.0")
 OPERATOR_API = "monitoring.coreos.com/v1"
-DEFAULT = "."
 CLUSTER_BUDGETS = "overlays/cluster-budgets"
-SIDECAR = "genops-sidecar"
-COLLECTOR = "otelcol"
-# The Collector running the return leg (sidecar -> backend), a native sidecar stopped last.
-RETURN_COLLECTOR = "otelcol-return"
-
-
-@functools.cache
-def render(kustomization: str | Path) -> tuple[dict, ...]:
-    # kustomize itself (.ci/run installs it from the Go module proxy); `kubectl kustomize` embeds
-    # the same library, a fallback on a developer's machine.
-    if kustomize := shutil.which("kustomize") or _go_bin("kustomize"):
-        command = [kustomize, "build"]
-    elif kubectl := shutil.which("kubectl"):
-        command = [kubectl, "kustomize"]
-    else:
-        pytest.skip("kustomize is not installed: go install sigs.k8s.io/kustomize/kustomize/v5@v5.8.3")
-    result = subprocess.run([*command, str(K8S / kustomization)], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
-
-
-def _go_bin(name: str) -> str | None:
-    """`go install` puts binaries in $GOBIN or $GOPATH/bin (default ~/go/bin), often not on PATH."""
-    for folder in (os.environ.get("GOBIN"), os.environ.get("GOPATH") and os.path.join(os.environ["GOPATH"], "bin")):
-        if folder and os.access(os.path.join(folder, name), os.X_OK):
-            return os.path.join(folder, name)
-    default = Path.home() / "go" / "bin" / name
-    return str(default) if os.access(default, os.X_OK) else None
 
 
 def find(objects: tuple[dict, ...], kind: str, name: str | None = None) -> dict:

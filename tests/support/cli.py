@@ -1,7 +1,10 @@
-"""Running `genops-sidecar` commands as real processes, with an environment of the test's own."""
+"""Running `genops-sidecar` commands: as real processes, with an environment of the test's own, or the
+pricing commands parsed and run in this process; and what an operator reads when one refuses."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import signal
 import subprocess
@@ -11,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from processor.config import NON_SETTING_ENV
+from processor.stages.cost.pricing_cli import add_pricing_commands
 from tests.support.collector_harness import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,3 +48,35 @@ def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
         stdout, stderr = process.communicate()
         pytest.fail(f"{args} did not exit: the wrong setting was accepted\n{stderr[-2000:]}")
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def run_in_process(*argv: str) -> int:
+    """`genops-sidecar pricing ...` parsed and run here, its exit code returned."""
+    parser = argparse.ArgumentParser(prog="genops-sidecar")
+    add_pricing_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(list(argv))
+    return args.handler(args)
+
+
+def problem_lines(stderr: str) -> list[str]:
+    """stderr without the structured info/warning log records of a normal start."""
+    lines = []
+    for line in stderr.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict) and record.get("level") in ("debug", "info", "warning"):
+            continue
+        if line.strip():
+            lines.append(line)
+    return lines
+
+
+def assert_one_clear_line(result: subprocess.CompletedProcess, setting: str) -> None:
+    assert result.returncode != 0, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    lines = problem_lines(result.stderr)
+    assert len(lines) == 1, lines
+    assert setting in lines[0], lines[0]
+    assert len(lines[0]) <= 600, lines[0]

@@ -24,9 +24,12 @@ import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from prometheus_client.parser import text_string_to_metric_families
+
+if TYPE_CHECKING:
+    from tests.support.otlp_sink import OtlpSink
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COLLECTOR_CONFIG_DIR = REPO_ROOT / "collector-config"
@@ -382,3 +385,35 @@ def running_rotel(
             alive=process.alive,
         )
         yield RunningRotel(process=process, grpc_endpoint=f"127.0.0.1:{grpc_port}")
+
+
+@dataclass
+class Loop:
+    """The whole round: apps -> Collector -> sidecar -> Collector (return receiver) -> sink."""
+
+    ports: CollectorPorts
+    collector: RunningCollector
+    sidecar: RunningSidecar
+
+    @property
+    def apps_endpoint(self) -> str:
+        return self.ports.apps_grpc_endpoint
+
+
+@contextlib.contextmanager
+def running_collector_for(sink: OtlpSink, sidecar_port: int) -> Iterator[tuple[CollectorPorts, RunningCollector]]:
+    ports = CollectorPorts()
+    env = loop_collector_env(ports, f"127.0.0.1:{sidecar_port}", sink.endpoint, **FAST_RETRY_ENV)
+    with running_collector(SHIPPED_COLLECTOR_CONFIG, env, ports.health) as collector:
+        yield ports, collector
+
+
+@contextlib.contextmanager
+def sidecar_loop(sink: OtlpSink) -> Iterator[Loop]:
+    # The Collector starts first: the sidecar's downstream (the return receiver) then exists when it starts.
+    sidecar_port = free_port()
+    with (
+        running_collector_for(sink, sidecar_port) as (ports, collector),
+        running_sidecar(downstream_endpoint=ports.return_grpc_endpoint, listen_port=sidecar_port) as sidecar,
+    ):
+        yield Loop(ports=ports, collector=collector, sidecar=sidecar)

@@ -39,3 +39,8 @@ models:
 def write_small_table(path: Path, version: str = "v1", gpt4o_input: float = 2.5) -> Path:
     path.write_text(SMALL_TABLE.format(version=version, gpt4o_input=gpt4o_input))
     return path
+
+
+def valid_table(version: str = "v1", price: float = 2.5) -> str:
+    """SMALL_TABLE with its version and gpt-4o input price set."""
+    return SMALL_TABLE.format(version=version, gpt4o_input=price)

@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 
 def http_get(url: str) -> tuple[int, str]:
@@ -68,6 +69,14 @@ def sample(metrics_text: str, name: str, *labels: str) -> float:
     raise AssertionError(f"no {name} sample with {labels}")
 
 
+def sample_plain(metrics_text: str, name: str) -> float:
+    """The value of an unlabelled sample (or of the first labelled one) of `name`."""
+    for line in metrics_text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {name} sample")
+
+
 def child_pids(pid: int) -> list[int]:
     children = []
     for entry in os.listdir("/proc"):
@@ -80,3 +89,8 @@ def child_pids(pid: int) -> list[int]:
             if int(fields[1]) == pid:
                 children.append(int(entry))
     return children
+
+
+def workers_of(pid: int) -> list[int]:
+    """The sidecar's worker processes (multiprocessing spawn children)."""
+    return [p for p in child_pids(pid) if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text()]

@@ -17,7 +17,7 @@ from tests.support.otlp_builders import span, trace_request
 from tests.support.otlp_export import export_traces
 from tests.support.otlp_sink import OtlpSink
 from tests.support.sidecar_runner import RunningSidecar
-from tests.transport.test_receive_forward import TagStage
+from tests.support.stand_in_stages import TagStage
 
 MIB = 1024 * 1024
 

@@ -14,13 +14,14 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.stages.cost.test_pricing_reload import ConfigMapVolume
 from tests.support.collector_harness import free_port
+from tests.support.configmap_volume import ConfigMapVolume
+from tests.support.cost_helpers import valid_table
+from tests.support.hostile_files import ALIAS_BOMB, sparse
 from tests.support.otlp_builders import span, trace_request
 from tests.support.otlp_export import export_traces
 from tests.support.otlp_sink import OtlpSink
 from tests.support.serve import child_pids, http_get, sample, start_sidecar, terminate, wait_ready
-from tests.test_file_limits import ALIAS_BOMB, sparse, valid_table
 
 GRACE_SECONDS = 3
 MAX_PEAK_RSS_KIB = 600 * 1024

@@ -6,7 +6,6 @@ import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import grpc
 import pytest
@@ -15,11 +14,14 @@ from processor.transport.poison import PoisonRequests, RequestDigest
 from tests.support.collector_harness import free_port, wait_until
 from tests.support.otlp_builders import span, trace_request
 from tests.support.otlp_export import export_traces
-from tests.support.serve import child_pids, http_get, sample, start_sidecar, terminate, wait_ready
-
-
-def workers_of(pid: int) -> list[int]:
-    return [p for p in child_pids(pid) if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text()]
+from tests.support.serve import (
+    http_get,
+    sample,
+    start_sidecar,
+    terminate,
+    wait_ready,
+    workers_of,
+)
 
 
 def inflight(http: str) -> float:

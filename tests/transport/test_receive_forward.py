@@ -15,11 +15,12 @@ from opentelemetry.proto.metrics.v1 import metrics_pb2
 
 from processor.config import ServerConfig
 from processor.core.contract import PROCESSING_ERROR_KEY, BatchChanges
-from processor.core.decode import LOGS, TRACES, TelemetryBatch, WantedKeys
+from processor.core.decode import TelemetryBatch
 from tests.support.collector_harness import free_port, wait_until
 from tests.support.otlp_builders import log_request, span, trace_request
 from tests.support.otlp_export import TRACE_METHOD, export_traces
 from tests.support.sidecar_runner import RunningSidecar
+from tests.support.stand_in_stages import TagStage
 
 
 @pytest.fixture
@@ -34,25 +35,6 @@ def make_sidecar(sink):
     yield make
     for sidecar in started:
         sidecar.stop()
-
-
-class TagStage:
-    """Writes one attribute on every span; stands in for a real processing stage."""
-
-    signals = frozenset({TRACES, LOGS})
-
-    def __init__(self, name: str = "tag", key: str = "genops.test.tag", fail: bool = False) -> None:
-        self.name = name
-        self.key = key
-        self.fail = fail
-
-    def wanted_keys(self) -> WantedKeys:
-        return WantedKeys(item=frozenset({"gen_ai.request.model"}))
-
-    def process(self, batch: TelemetryBatch) -> BatchChanges:
-        if self.fail:
-            raise RuntimeError("pricing table exploded")
-        return BatchChanges(set_attributes={self.key: pl.Series([f"seen-{i}" for i in range(len(batch))])})
 
 
 def test_spans_arrive_downstream_with_every_field_intact(sink, make_sidecar):

@@ -13,7 +13,7 @@ from processor.observability import SidecarMetrics
 from processor.stages.cost.stage import build_cost_stage
 from processor.stages.policy.stage import build_policy_stage
 from processor.stages.redaction.stage import build_outbound
-from tests.billing.test_ledger import NOON_NS
+from tests.support.clock import NOON_NS
 from tests.support.otlp_builders import span, trace_request
 from tests.support.otlp_sink import attributes_to_dict
 

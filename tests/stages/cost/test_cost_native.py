@@ -3,8 +3,6 @@ the same normalised GenAI columns with the policy stage, and count the same metr
 
 from __future__ import annotations
 
-import contextlib
-import os
 from pathlib import Path
 
 import polars as pl
@@ -21,6 +19,7 @@ from processor.stages.cost.native import native_cost_available
 from processor.stages.cost.stage import MAX_UNPRICED_LABELS, CostStage
 from tests.oracle.cost import OracleCostStage
 from tests.support.cost_helpers import start_ns
+from tests.support.native_switch import native
 from tests.support.otlp_builders import span, trace_request
 
 pytestmark = pytest.mark.skipif(not native_cost_available(), reason="native cost path not built")
@@ -137,19 +136,6 @@ def batches(draw) -> list[tuple[dict[str, object], int]]:
         day = start_ns(draw(st.sampled_from(DAYS)))
         drawn = [(attributes, day + i) for i, (attributes, _) in enumerate(drawn)]
     return drawn
-
-
-@contextlib.contextmanager
-def native(enabled: bool):
-    before = os.environ.get("GENOPS_NATIVE_DECODE")
-    os.environ["GENOPS_NATIVE_DECODE"] = "1" if enabled else "0"
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["GENOPS_NATIVE_DECODE"]
-        else:
-            os.environ["GENOPS_NATIVE_DECODE"] = before
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ from prometheus_client import CollectorRegistry
 from processor.config import CostConfig
 from processor.stages.cost.native import native_cost_available
 from processor.stages.cost.stage import CostStage
-from tests.stages.cost.test_cost_native import native
 from tests.support.cost_helpers import process
+from tests.support.native_switch import native
 
 DAY = "2025-10-15"
 # Every span: 100k input tokens (20k of them cache reads and 10k cache writes where the model has

@@ -12,8 +12,8 @@ from processor.stages.cost.model_versions import is_snapshot_of
 from processor.stages.cost.native import native_cost_available
 from processor.stages.cost.pricing_table import load_table
 from processor.stages.cost.stage import CostStage
-from tests.stages.cost.test_cost_native import native
 from tests.support.cost_helpers import process
+from tests.support.native_switch import native
 
 FAMILIES = """\
 version: "versions-1"

@@ -13,7 +13,7 @@ import yaml
 
 from processor.stages.cost.model_versions import is_snapshot_of
 from processor.stages.cost.pricing_table import default_table_path, load_table, lookup_names
-from tests.stages.cost.test_pricing_cli import run
+from tests.support.cli import run_in_process
 
 GENAI_PRICES = """\
 - id: openai
@@ -138,7 +138,7 @@ def sources(tmp_path):
 
 
 def build(tmp_path, genai, litellm, overrides, *extra: str) -> int:
-    return run(
+    return run_in_process(
         "pricing",
         "build",
         "--genai-prices",
@@ -371,7 +371,7 @@ BUILT_ON = "2026-12-07"
 def test_the_shipped_catalogue_is_what_the_build_makes_of_its_sources(tmp_path):
     shipped_dir = default_table_path()
     out = tmp_path / "tables"
-    code = run(
+    code = run_in_process(
         "pricing",
         "build",
         "--genai-prices",

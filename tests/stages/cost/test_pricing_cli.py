@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
 import yaml
 
-from processor.stages.cost.pricing_cli import add_pricing_commands
 from processor.stages.cost.pricing_table import load_table
+from tests.support.cli import run_in_process
 from tests.support.cost_helpers import write_small_table
 
 
-def run(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="genops-sidecar")
-    add_pricing_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(list(argv))
-    return args.handler(args)
-
-
 def test_check_reports_a_valid_table(tmp_path, capsys):
-    assert run("pricing", "check", str(write_small_table(tmp_path / "p.yaml", version="2026-05-01"))) == 0
+    assert run_in_process("pricing", "check", str(write_small_table(tmp_path / "p.yaml", version="2026-05-01"))) == 0
     out = capsys.readouterr().out
     assert "version: 2026-05-01" in out
     assert "models: 1" in out
@@ -32,7 +24,7 @@ def test_check_lists_every_problem_and_fails(tmp_path, capsys):
     bad.write_text(
         'version: "1"\nmodels:\n  - {provider: openai, model: a}\n  - {provider: openai, model: b, input: x}\n'
     )
-    assert run("pricing", "check", str(bad)) == 1
+    assert run_in_process("pricing", "check", str(bad)) == 1
     err = capsys.readouterr().err
     assert "models[0] (a): input price is required" in err
     assert "models[1] (b): input must be a number" in err
@@ -41,7 +33,7 @@ def test_check_lists_every_problem_and_fails(tmp_path, capsys):
 def test_quote_prices_a_request_with_cache_and_date(capsys):
     # o3 on 2025-05-01 (before the price drop): 6000 uncached x $10 + 4000 cached x $2.50 + 500 x $40
     assert (
-        run(
+        run_in_process(
             "pricing",
             "quote",
             "o3",
@@ -64,7 +56,7 @@ def test_quote_prices_a_request_with_cache_and_date(capsys):
 
 
 def test_quote_of_an_unknown_model_fails(capsys):
-    assert run("pricing", "quote", "no-such-model", "--input", "1") == 1
+    assert run_in_process("pricing", "quote", "no-such-model", "--input", "1") == 1
     assert "no price" in capsys.readouterr().err
 
 
@@ -116,7 +108,9 @@ def test_import_from_litellm(tmp_path, capsys):
     source = tmp_path / "litellm.json"
     source.write_text(json.dumps(LITELLM))
     out = tmp_path / "ours.yaml"
-    assert run("pricing", "import", "--from", "litellm", str(source), "-o", str(out), "--version", "imp-1") == 0
+    assert (
+        run_in_process("pricing", "import", "--from", "litellm", str(source), "-o", str(out), "--version", "imp-1") == 0
+    )
     table = load_table(out)
     assert table.version == "imp-1"
     gpt = table.entry(table.resolve("openai", "gpt-4o"))
@@ -132,7 +126,7 @@ def test_import_from_genai_prices_keeps_dated_prices_and_tiers(tmp_path):
     source = tmp_path / "deepseek.yml"
     source.write_text(GENAI_PRICES)
     out = tmp_path / "ours.yaml"
-    assert run("pricing", "import", "--from", "genai-prices", str(source), "-o", str(out)) == 0
+    assert run_in_process("pricing", "import", "--from", "genai-prices", str(source), "-o", str(out)) == 0
     document = yaml.safe_load(out.read_text())
     chat = [m for m in document["models"] if m["model"] == "deepseek-chat"]
     assert [(m.get("effective_from"), m.get("effective_to"), m["input"]) for m in chat] == [
@@ -148,24 +142,30 @@ def test_import_from_genai_prices_keeps_dated_prices_and_tiers(tmp_path):
 def test_import_of_something_else_fails_cleanly(tmp_path, capsys):
     source = tmp_path / "x.yaml"
     source.write_text("- 1\n- 2\n")
-    assert run("pricing", "import", "--from", "genai-prices", str(source)) == 2
+    assert run_in_process("pricing", "import", "--from", "genai-prices", str(source)) == 2
     assert "is not a genai-prices file" in capsys.readouterr().err
 
 
 def test_quote_takes_the_billing_dimensions(capsys):
     day = ["--at", "2025-10-15"]
     assert (
-        run("pricing", "quote", "sonar", "--provider", "perplexity", "--input", "1000", "--output", "1000", *day) == 0
+        run_in_process(
+            "pricing", "quote", "sonar", "--provider", "perplexity", "--input", "1000", "--output", "1000", *day
+        )
+        == 0
     )
     assumed = capsys.readouterr().out
     assert "assumed: search_context_size=low" in assumed and "total        $0.007000" in assumed
     argv = ("pricing", "quote", "sonar", "--provider", "perplexity", "--input", "1000", "--output", "1000")
-    assert run(*argv, "--search-context-size", "high", *day) == 0
+    assert run_in_process(*argv, "--search-context-size", "high", *day) == 0
     assert "total        $0.014000" in capsys.readouterr().out
-    assert run("pricing", "quote", "o3", "--input", "10000", "--output", "1000", "--service-tier", "flex", *day) == 0
+    assert (
+        run_in_process("pricing", "quote", "o3", "--input", "10000", "--output", "1000", "--service-tier", "flex", *day)
+        == 0
+    )
     assert "total        $0.014000" in capsys.readouterr().out  # $1/$4 instead of $2/$8
     realtime = ("pricing", "quote", "gpt-realtime", "--input", "10000", "--output", "2000")
-    assert run(*realtime, "--audio-input", "6000", "--audio-output", "1500", *day) == 0
+    assert run_in_process(*realtime, "--audio-input", "6000", "--audio-output", "1500", *day) == 0
     assert "total        $0.312000" in capsys.readouterr().out
 
 
@@ -183,6 +183,6 @@ def test_quote_runs_the_sidecars_cost_stage(monkeypatch, capsys):
         return changes
 
     monkeypatch.setattr(CostStage, "process", recording)
-    assert run("pricing", "quote", "o3", "--input", "10000", "--output", "500", "--at", "2025-05-01") == 0
+    assert run_in_process("pricing", "quote", "o3", "--input", "10000", "--output", "500", "--at", "2025-05-01") == 0
     assert engines == ["native"]
     assert "model: o3 (openai)" in capsys.readouterr().out

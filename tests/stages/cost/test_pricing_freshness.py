@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from processor.config import CostConfig
 from processor.stages.cost.stage import CostStage
-from tests.stages.cost.test_pricing_cli import run
+from tests.support.cli import run_in_process
 from tests.support.cost_helpers import process
 
 OLD = """\
@@ -39,7 +39,7 @@ models:
 def test_diff_prints_added_removed_and_changed_prices(tmp_path, capsys):
     (tmp_path / "old.yaml").write_text(OLD)
     (tmp_path / "new.yaml").write_text(NEW)
-    assert run("pricing", "diff", str(tmp_path / "old.yaml"), str(tmp_path / "new.yaml")) == 1
+    assert run_in_process("pricing", "diff", str(tmp_path / "old.yaml"), str(tmp_path / "new.yaml")) == 1
     captured = capsys.readouterr()
     assert captured.out.splitlines() == [
         "+ openai gpt-c from 2026-02-01: input 1.5, output 6",
@@ -52,10 +52,10 @@ def test_diff_prints_added_removed_and_changed_prices(tmp_path, capsys):
 
 def test_diff_of_a_table_with_itself_is_empty_and_a_broken_table_is_one_error(tmp_path, capsys):
     (tmp_path / "old.yaml").write_text(OLD)
-    assert run("pricing", "diff", str(tmp_path / "old.yaml"), str(tmp_path / "old.yaml")) == 0
+    assert run_in_process("pricing", "diff", str(tmp_path / "old.yaml"), str(tmp_path / "old.yaml")) == 0
     assert capsys.readouterr().out == ""
     (tmp_path / "bad.yaml").write_text("version: x\nmodels: [{model: m}]\n")
-    assert run("pricing", "diff", str(tmp_path / "old.yaml"), str(tmp_path / "bad.yaml")) == 2
+    assert run_in_process("pricing", "diff", str(tmp_path / "old.yaml"), str(tmp_path / "bad.yaml")) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "input price is required" in err
 
@@ -75,9 +75,9 @@ def test_quote_says_when_a_price_is_only_an_estimate(tmp_path, capsys):
         'version: "q1"\nprovider: openai\nmodels:\n  - {model: gpt-q, match: prefix, input: 1, output: 2}\n'
     )
     args = ("--input", "1000000", "--provider", "openai", "--pricing", str(tmp_path / "t.yaml"))
-    assert run("pricing", "quote", "gpt-q-2031-01-01", *args) == 0
+    assert run_in_process("pricing", "quote", "gpt-q-2031-01-01", *args) == 0
     assert "estimated" not in capsys.readouterr().out
-    assert run("pricing", "quote", "gpt-q.5", *args) == 0
+    assert run_in_process("pricing", "quote", "gpt-q.5", *args) == 0
     out = capsys.readouterr().out
     assert "model: gpt-q (openai)" in out and "estimated: 'gpt-q.5' is not gpt-q" in out
 
@@ -91,7 +91,7 @@ def test_diff_shows_billing_dimension_changes(tmp_path, capsys):
         head.format(n=2, tiers="{batch: 0.5, flex: 0.5}")
         + "  - {model: gpt-a, input: 1, output: 4, modality_prices: {audio_input: 40}}\n"
     )
-    assert run("pricing", "diff", str(tmp_path / "old.yaml"), str(tmp_path / "new.yaml")) == 1
+    assert run_in_process("pricing", "diff", str(tmp_path / "old.yaml"), str(tmp_path / "new.yaml")) == 1
     assert capsys.readouterr().out.splitlines() == [
         "~ openai gpt-a: service_tiers {batch: 0.5} -> {batch: 0.5, flex: 0.5}; "
         "modality_prices none -> {audio_input: 40}"

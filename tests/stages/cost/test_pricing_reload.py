@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -12,6 +11,7 @@ from prometheus_client import CollectorRegistry
 from processor.config import CostConfig
 from processor.stages.cost.pricing_table import PricingError
 from processor.stages.cost.stage import CostStage
+from tests.support.configmap_volume import ConfigMapVolume
 from tests.support.cost_helpers import SMALL_TABLE, process
 from tests.support.otlp_builders import span, trace_request
 from tests.support.otlp_export import export_traces
@@ -19,30 +19,6 @@ from tests.support.otlp_sink import OtlpSink
 from tests.support.sidecar_runner import RunningSidecar
 
 GPT4O_SPAN = {"gen_ai.system": "openai", "gen_ai.request.model": "gpt-4o", "gen_ai.usage.input_tokens": 1_000_000}
-
-
-class ConfigMapVolume:
-    """What the kubelet does: files live in a timestamped dir, `..data` points at it, and the
-    visible names are symlinks through `..data`. An update writes a new dir and swaps `..data`
-    atomically (rename of a temporary symlink)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.generation = 0
-
-    def publish(self, files: dict[str, str]) -> None:
-        self.generation += 1
-        target = self.root / f"..2026_11_22_10_00_{self.generation:02d}.000000001"
-        target.mkdir()
-        for name, text in files.items():
-            (target / name).write_text(text)
-        temporary = self.root / "..data_tmp"
-        os.symlink(target.name, temporary)
-        os.replace(temporary, self.root / "..data")
-        for name in files:
-            visible = self.root / name
-            if not visible.is_symlink():
-                os.symlink(f"..data/{name}", visible)
 
 
 def table_text(version: str, price: float) -> str:

@@ -104,11 +104,11 @@ def test_a_budget_is_charged_the_sdk_cost_reported_under_another_convention(tmp_
     from processor.core.pipeline import Pipeline
     from processor.observability import SidecarMetrics
     from processor.stages.policy.stage import build_policy_stage
-    from tests.core.test_invalid_span_values import POLICY
     from tests.support.otlp_builders import span, trace_request
+    from tests.support.policy_stages import TEAM_BUDGET_AND_CAP
 
     policy_file = tmp_path / "policy.json"
-    policy_file.write_text(json.dumps(POLICY))
+    policy_file.write_text(json.dumps(TEAM_BUDGET_AND_CAP))
     cost, _ = stage_for(tmp_path)
     policy = build_policy_stage(
         PolicyConfig(enabled=True, policy_file=str(policy_file), state_backend="memory"), CollectorRegistry()

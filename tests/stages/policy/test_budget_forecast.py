@@ -11,8 +11,12 @@ from prometheus_client import CollectorRegistry
 
 from processor.stages.policy.budget_forecast import exhaustion_seconds
 from processor.stages.policy.stage import build_policy_stage
-from tests.stages.policy.test_budgets_policies import llm_span, run_pipeline, stage_config
+from tests.support.genai_spans import llm_span
 from tests.support.otlp_builders import trace_request
+from tests.support.pipeline_runs import run_pipeline
+from tests.support.policy_stages import (
+    stage_config,
+)
 
 BUDGETS = """
 budgets:

@@ -15,12 +15,12 @@ from processor.config import PolicyConfig
 from processor.core.decode import decode_traces
 from processor.stages.policy.budget_state import MemoryStore
 from processor.stages.policy.stage import build_policy_stage
+from tests.support.clock import START_NS
 from tests.support.collector_harness import free_port
 from tests.support.otlp_builders import span, trace_request
 from tests.support.redis_server import start_redis
 
 POLICY = {"budgets": [{"name": "all", "limit_usd": 1000.0, "period": "daily", "mode": "enforced"}]}
-START_NS = int(time.time()) * 10**9
 
 
 def stage_with(tmp_path, **store):

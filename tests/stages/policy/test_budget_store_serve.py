@@ -19,14 +19,13 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 
-from tests.stages.policy.test_budget_store_faults import START_NS
+from tests.support.clock import START_NS
 from tests.support.collector_harness import free_port
 from tests.support.otlp_builders import span, trace_request
 from tests.support.otlp_export import export_traces
 from tests.support.otlp_sink import OtlpSink
 from tests.support.redis_server import start_redis
-from tests.support.serve import http_get, terminate, wait_ready
-from tests.transport.test_poison_requests import workers_of
+from tests.support.serve import http_get, sample_plain, terminate, wait_ready, workers_of
 
 POLICY = {"budgets": [{"name": "all", "limit_usd": 1_000_000.0, "period": "daily", "mode": "enforced"}]}
 # The Collector's export timeout: an answer later than this is a failed export, retried.
@@ -131,13 +130,6 @@ def wait_for(condition, seconds: float = 30.0, what: str = "condition") -> None:
 
 def store_up(http: str) -> float:
     return sample_plain(http_get(f"http://{http}/metrics")[1], "genops_budget_store_up")
-
-
-def sample_plain(metrics_text: str, name: str) -> float:
-    for line in metrics_text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"no {name} sample")
 
 
 def serve(tmp_path, sink: OtlpSink, wrapper: list[str] | None = None, **policy: str) -> tuple[object, int, str]:

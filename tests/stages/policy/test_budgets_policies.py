@@ -24,34 +24,17 @@ from processor.protos import budget_pb2
 from processor.stages.policy.budget_api import BUDGETS_PATH, BudgetStatusReader, add_budget_service, http_budget_status
 from processor.stages.policy.policy_file import PolicyFileError, parse_policy_file
 from processor.stages.policy.stage import build_policy_stage, check_policy_config
-from tests.support.collector_harness import free_port, running_sidecar
+from tests.support.collector_harness import running_sidecar
+from tests.support.genai_spans import ATTRIBUTED, llm_span
 from tests.support.otlp_builders import span, trace_request
 from tests.support.otlp_export import export_traces
 from tests.support.otlp_sink import attributes_to_dict
-from tests.support.redis_server import start_redis
+from tests.support.pipeline_runs import run_pipeline
+from tests.support.policy_stages import (
+    ML_BUDGET,
+    stage_config,
+)
 from tests.support.sidecar_runner import RunningSidecar
-
-ML_BUDGET = """
-budgets:
-  - name: ml-daily
-    dimension: team
-    value: ml
-    limit_usd: 1.0
-    period: daily
-    warn_at: [0.5]
-    mode: enforced
-"""
-
-
-# The attribution the GenOps spec requires of every GenAI span (a span without it gets a WARNING).
-# (The project comes from the resource's service.name.)
-ATTRIBUTED = {"genops.team": "ml", "genops.environment": "production"}
-
-
-def llm_span(cost: float = 0.25, start_time_unix_nano: int = 1_760_000_000_000_000_000, **attributes: object):
-    attrs: dict[str, object] = {**ATTRIBUTED, "gen_ai.request.model": "gpt-4o-mini", "genops.cost.total": cost}
-    attrs.update(attributes)
-    return span(attributes=attrs, start_time_unix_nano=start_time_unix_nano)
 
 
 @pytest.fixture
@@ -59,34 +42,6 @@ def policy_file(tmp_path):
     path = tmp_path / "policy.yaml"
     path.write_text(ML_BUDGET)
     return path
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory):
-    port = free_port()
-    process = start_redis(port, tmp_path_factory.mktemp("redis"))
-    yield f"redis://127.0.0.1:{port}/0"
-    process.terminate()
-    process.wait(10)
-
-
-def stage_config(policy_file, **overrides) -> PolicyConfig:
-    values = {"enabled": True, "policy_file": str(policy_file), "state_backend": "memory"}
-    values.update(overrides)
-    return PolicyConfig(**values)
-
-
-def run_pipeline(stage, request) -> list[dict[str, object]]:
-    """Processes one request through a real pipeline; the spans' attributes and events as written."""
-    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
-
-    out = Pipeline([stage], SidecarMetrics.create()).process_traces(request.SerializeToString())
-    assert out.failed_stages == ()
-    sent = trace_pb.ExportTraceServiceRequest.FromString(out.payload)
-    return [
-        {**attributes_to_dict(s.attributes), "_events": [(e.name, attributes_to_dict(e.attributes)) for e in s.events]}
-        for s in sent.resource_spans[0].scope_spans[0].spans
-    ]
 
 
 def test_two_sidecar_processes_sharing_redis_tag_the_exact_span_that_crosses_the_budget(sink, policy_file, redis_url):

@@ -10,7 +10,6 @@ import grpc
 import pytest
 
 from processor.stages.policy import conformance
-from tests.stages.policy.test_genops_spec import RESOURCE, genai_span
 from tests.support.collector_harness import (
     FAST_RETRY_ENV,
     REPO_ROOT,
@@ -21,6 +20,7 @@ from tests.support.collector_harness import (
     running_collector,
     running_sidecar,
 )
+from tests.support.genai_spans import RESOURCE, genai_span
 from tests.support.otlp_builders import span, trace_request
 from tests.support.otlp_export import export_traces
 

@@ -11,31 +11,18 @@ import pytest
 from google.protobuf import json_format
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
 from prometheus_client import CollectorRegistry
 
 from processor.config import PolicyConfig, SidecarConfig
-from processor.core.pipeline import Pipeline
-from processor.observability import SidecarMetrics
 from processor.stages.assembly import build_stages
 from processor.stages.policy import conformance
 from processor.stages.policy.stage import build_policy_stage
 from tests.support.collector_harness import running_sidecar
+from tests.support.genai_spans import RESOURCE, genai_span
 from tests.support.otlp_builders import span, trace_request
 from tests.support.otlp_export import export_traces
-from tests.support.otlp_sink import OtlpSink, attributes_to_dict
-
-# Attribution as a Kubernetes deployment gives it: from the resource, through the default fallbacks.
-RESOURCE = {"service.name": "chat-api", "k8s.namespace.name": "ml", "deployment.environment.name": "production"}
-TOKENS = {"gen_ai.usage.input_tokens": 1_000_000, "gen_ai.usage.output_tokens": 0, "gen_ai.provider.name": "openai"}
-
-
-def genai_span(operation: str | None = "chat", model: str = "gpt-4o-mini", **attributes: object):
-    attrs: dict[str, object] = {"gen_ai.request.model": model, **TOKENS}
-    if operation is not None:
-        attrs["gen_ai.operation.name"] = operation
-    attrs.update(attributes)
-    return span(name=f"{operation} {model}", attributes=attrs)
+from tests.support.otlp_sink import OtlpSink
+from tests.support.pipeline_runs import request_of, written_spans
 
 
 def export_through_sidecar(sink: OtlpSink, tmp_path, request) -> None:
@@ -143,18 +130,6 @@ def _conformance_command(path) -> subprocess.CompletedProcess:
     )
 
 
-def run(stages, request) -> list[dict[str, object]]:
-    out = Pipeline(stages, SidecarMetrics.create()).process_traces(request.SerializeToString())
-    assert out.failed_stages == ()
-    sent = trace_pb.ExportTraceServiceRequest.FromString(out.payload)
-    return [
-        {**attributes_to_dict(s.attributes), "_events": [(e.name, attributes_to_dict(e.attributes)) for e in s.events]}
-        for rs in sent.resource_spans
-        for ss in rs.scope_spans
-        for s in ss.spans
-    ]
-
-
 def policy_stage(tmp_path, text: str = ""):
     path = tmp_path / "policy.yaml"
     path.write_text(text)
@@ -177,12 +152,14 @@ def policy_stage(tmp_path, text: str = ""):
     ],
 )
 def test_operation_type_follows_the_gen_ai_operation_name(tmp_path, operation, expected):
-    (got,) = run([policy_stage(tmp_path)], trace_request([genai_span(operation, **{"genops.cost.total": 0.1})]))
+    (got,) = written_spans(
+        [policy_stage(tmp_path)], trace_request([genai_span(operation, **{"genops.cost.total": 0.1})])
+    )
     assert (got["genops.operation.name"], got["genops.operation.type"]) == (operation, expected)
 
 
 def test_a_span_without_attribution_gets_a_warning_and_no_placeholder(tmp_path):
-    spans = run(
+    spans = written_spans(
         [policy_stage(tmp_path)],
         trace_request(
             [
@@ -203,7 +180,7 @@ def test_a_span_without_attribution_gets_a_warning_and_no_placeholder(tmp_path):
     assert "genops.team" not in spans[0]
     assert spans[1]["genops.team"] == "search"
     assert [s["genops.project"] for s in spans] == ["chat-api", "chat-api"]
-    report = conformance.check([_request_of(spans)], conformance.PARTIAL)
+    report = conformance.check([request_of(spans)], conformance.PARTIAL)
     assert {(v.span_id, v.problem) for v in report.violations} == {
         ("00", "required attribute genops.team missing"),
         ("00", "required attribute genops.environment missing"),
@@ -213,27 +190,6 @@ def test_a_span_without_attribution_gets_a_warning_and_no_placeholder(tmp_path):
 
 def _reason(code: str) -> dict[str, str]:
     return {"genops.policy.reason_code": code}
-
-
-def _request_of(spans: list[dict[str, object]]) -> trace_pb.ExportTraceServiceRequest:
-    """The spans' attributes as a request the conformance check reads, span ids 0, 1, ... (hex)."""
-    from opentelemetry.proto.trace.v1 import trace_pb2
-
-    from tests.support.otlp_builders import key_values
-
-    built = []
-    for index, attributes in enumerate(spans):
-        events = attributes.pop("_events")
-        built.append(
-            trace_pb2.Span(
-                trace_id=b"\x01" * 16,
-                span_id=bytes([index]),
-                name="s",
-                attributes=key_values(attributes),
-                events=[trace_pb2.Span.Event(name=n, attributes=key_values(a)) for n, a in events],
-            )
-        )
-    return trace_request(built)
 
 
 POLICY = """
@@ -248,7 +204,7 @@ policies:
 
 def test_decisions_use_the_spec_states_and_reason_codes_with_an_evaluated_event_each(tmp_path):
     attributed = {"genops.team": "ml", "genops.environment": "production"}
-    spans = run(
+    spans = written_spans(
         [policy_stage(tmp_path, POLICY)],
         trace_request(
             [
@@ -286,7 +242,7 @@ def test_a_span_whose_cost_is_unknown_gets_no_accounting_values(tmp_path):
     config = SidecarConfig()
     stages = build_stages(config, CollectorRegistry())
     stages[-1] = policy_stage(tmp_path)
-    (got,) = run(
+    (got,) = written_spans(
         stages,
         trace_request([genai_span("chat", model="no-such-model-9")], resource=RESOURCE),
     )
@@ -300,7 +256,7 @@ def test_attribution_copied_onto_the_span_passes_outbound_redaction(tmp_path):
     stages[-1] = policy_stage(tmp_path)
     assert [s.name for s in stages] == ["cost", "redaction", "policy"]
     resource = {**RESOURCE, "k8s.namespace.name": "team of alice@example.com"}
-    (got,) = run(stages, trace_request([genai_span("chat")], resource=resource))
+    (got,) = written_spans(stages, trace_request([genai_span("chat")], resource=resource))
     assert "genops.team" in got
     assert "alice@example.com" not in got["genops.team"]
     assert got["genops.project"] == "chat-api"

@@ -18,9 +18,13 @@ from processor.core.pipeline import Pipeline
 from processor.observability import SidecarMetrics
 from processor.stages.cost.stage import CostStage
 from processor.stages.policy.stage import build_policy_stage
-from tests.stages.policy.test_budgets_policies import ML_BUDGET, llm_span, stage_config
+from tests.support.genai_spans import llm_span
 from tests.support.otlp_builders import any_value, key_values, trace_request
 from tests.support.otlp_sink import attributes_to_dict
+from tests.support.policy_stages import (
+    ML_BUDGET,
+    stage_config,
+)
 
 DAY = int(dt.datetime(2025, 10, 1, 12, tzinfo=dt.UTC).timestamp()) * 10**9
 # o3 at $2/$8 since 2025-06-10: 10k input and 1k output tokens cost $0.028.

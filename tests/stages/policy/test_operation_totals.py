@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -20,16 +19,14 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from processor.config import PolicyConfig
 from processor.core.decode import decode_traces, native_available
 from processor.stages.policy import metrics as governance_metrics
 from processor.stages.policy.operation_totals import HolderTotals, NativeTotals
-from processor.stages.policy.stage import build_policy_stage
+from tests.support.operation_traffic import operation_requests, operation_stage
 from tests.support.otlp_builders import span, trace_request
 
 pytestmark = pytest.mark.skipif(not native_available(), reason="native extension not built")
 
-BASE_NS = 1_760_000_000_000_000_000
 MAX_SERIES = governance_metrics.MAX_SERIES
 OPERATION_FAMILIES = (
     "genops_cost_total_usd",
@@ -46,51 +43,6 @@ POLICY = json.dumps(
         "policies": [{"name": "cheap", "type": "max_cost_per_operation", "max_usd": 0.5, "mode": "audit_only"}],
     }
 )
-# Latencies on, between and past the histogram's bounds; negative and missing ones are not observed.
-DURATIONS_NS = [None, -10, 0, 50_000_000, 100_000_000, 250_000_001, 2 * 10**9, 300 * 10**9, 400 * 10**9]
-
-
-def requests(seed: int = 7, batches: int = 4, spans: int = 250) -> list[bytes]:
-    """Batches with more teams and projects than the label cap, unlabelled spans, errors and
-    costs whose sums round differently in another order."""
-    rng = random.Random(seed)
-    out = []
-    for _ in range(batches):
-        built = []
-        for _ in range(spans):
-            attributes = {
-                "gen_ai.request.model": rng.choice(["gpt-4o", "gpt-4o-mini", "claude-3-haiku"]),
-                "gen_ai.provider.name": rng.choice(["openai", "anthropic"]),
-                "genops.cost.total": rng.choice([rng.uniform(0, 1), 0.1, 1e-9, 0.0]),
-                "gen_ai.usage.input_tokens": rng.randrange(0, 5000),
-                "gen_ai.usage.output_tokens": rng.randrange(0, 900),
-                "genops.project": f"p-{rng.randrange(40)}",
-            }
-            if rng.random() < 0.9:
-                attributes["genops.team"] = rng.choice(
-                    ["ml", "search", "chat", "unknown"] + [f"t{i}" for i in range(9)]
-                )
-            if rng.random() < 0.1:
-                attributes["error.type"] = "timeout"
-            start = BASE_NS + rng.randrange(10**12)
-            one = span(attributes=attributes, start_time_unix_nano=start)
-            duration = rng.choice(DURATIONS_NS)
-            one.end_time_unix_nano = 0 if duration is None else max(start + duration, 0)
-            built.append(one)
-        out.append(trace_request(built).SerializeToString())
-    return out
-
-
-def build(path, labels: str = "team,project,model,provider", max_values: int = 8):
-    registry = CollectorRegistry()
-    config = PolicyConfig(
-        enabled=True,
-        policy_file=str(path),
-        state_backend="memory",
-        metrics_labels=labels,
-        metrics_max_label_values=max_values,
-    )
-    return build_policy_stage(config, registry), registry
 
 
 def run(stage, native: bool, monkeypatch, raws: list[bytes]) -> None:
@@ -124,12 +76,12 @@ def test_each_store_and_path_exposes_the_same_text(tmp_path, monkeypatch, max_se
     monkeypatch.setattr(governance_metrics, "MAX_SERIES", max_series)
     path = tmp_path / "policy.yaml"
     path.write_text(POLICY)
-    raws = requests()
+    raws = operation_requests()
     texts = {}
     for store in ("native", "holders"):
         for native_path in (True, False):
             monkeypatch.setenv("GENOPS_NATIVE_DECODE", "1" if store == "native" else "0")
-            stage, registry = build(path)
+            stage, registry = operation_stage(path)
             expected = NativeTotals if store == "native" else HolderTotals
             assert isinstance(stage.metrics._totals, expected)
             run(stage, native_path, monkeypatch, raws)
@@ -153,7 +105,7 @@ def test_each_store_and_path_exposes_the_same_text(tmp_path, monkeypatch, max_se
 def test_series_values_read_the_native_store_through_prometheus_client(tmp_path, monkeypatch):
     path = tmp_path / "policy.yaml"
     path.write_text(POLICY)
-    stage, registry = build(path, labels="team", max_values=100)
+    stage, registry = operation_stage(path, labels="team", max_values=100)
     assert isinstance(stage.metrics._totals, NativeTotals)
     batch = decode_traces(
         trace_request(
@@ -184,11 +136,11 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 from processor.stages.policy import operation_totals
 from processor.core.decode import decode_traces
-from tests.stages.policy.test_operation_totals import build, requests
+from tests.support.operation_traffic import operation_requests, operation_stage
 
 operation_totals.FLUSH_SECONDS = float(sys.argv[3])
-stage, _ = build(sys.argv[1])
-for raw in requests():
+stage, _ = operation_stage(sys.argv[1])
+for raw in operation_requests():
     stage.process(decode_traces(raw, stage.wanted_keys()))
 if sys.argv[2] == "close":
     stage.close()
@@ -219,8 +171,8 @@ def operation_samples(text: str) -> dict[tuple, float]:
 def test_multiprocess_mode_adds_up_to_the_same_values(tmp_path, monkeypatch, ending, flush_seconds):
     path = tmp_path / "policy.yaml"
     path.write_text(POLICY)
-    stage, registry = build(path)
-    run(stage, True, monkeypatch, requests())
+    stage, registry = operation_stage(path)
+    run(stage, True, monkeypatch, operation_requests())
     metrics_dir = tmp_path / "multiprocess"
     metrics_dir.mkdir()
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "GENOPS_NATIVE_DECODE": "1"}

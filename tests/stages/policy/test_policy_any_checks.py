@@ -11,8 +11,14 @@ import time
 import pytest
 
 from processor.core.decode import WantedKeys, decode_traces
-from tests.stages.policy.test_policy_native import BASE_NS, HOUR_NS, build, metric_samples, policy_text, same, stored
+from tests.support.clock import BASE_NS, HOUR_NS
+from tests.support.differential import metric_samples, same
 from tests.support.otlp_builders import span, trace_request
+from tests.support.policy_stages import (
+    labelled_stage,
+    policy_text,
+    stored,
+)
 
 MODES = ("enforced", "advisory", "audit_only")
 DIMENSIONS = ("team", "project", "customer_id", "environment")
@@ -67,8 +73,8 @@ def test_a_policy_of_any_number_of_checks_runs_natively_as_the_oracle_does(tmp_p
     ]
     path = tmp_path / "policy.yaml"
     path.write_text(policy_text(budgets, rules(checks - 2, seed=checks)))
-    native, native_registry = build(path, "team,model", 100)
-    oracle, oracle_registry = build(path, "team,model", 100, oracle=True)
+    native, native_registry = labelled_stage(path, "team,model", 100)
+    oracle, oracle_registry = labelled_stage(path, "team,model", 100, oracle=True)
     for seed in range(3):
         raw = trace_request(spans(seed)).SerializeToString()
         wanted = WantedKeys.union((native.wanted_keys(), oracle.wanted_keys()))

@@ -11,26 +11,24 @@ agree exactly, floats to the last bit: both paths do the same IEEE operations in
 
 from __future__ import annotations
 
-import json
 import time
 
 import polars as pl
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
-from processor.config import PolicyConfig
 from processor.core.decode import WantedKeys, decode_traces
-from processor.stages.policy.stage import build_policy_stage
-from tests.oracle.policy import oracle_of
+from tests.support.clock import BASE_NS, HOUR_NS
+from tests.support.differential import metric_samples, same
 from tests.support.otlp_builders import span, trace_request
+from tests.support.policy_stages import (
+    labelled_stage,
+    policy_text,
+    stored,
+)
 
-HOUR_NS = 3_600 * 10**9
 DAY_NS = 24 * HOUR_NS
-BASE_NS = 1_760_000_000_000_000_000
 # 2026-03-08 07:00 UTC: 02:00 in New York, where clocks went forward that night.
 DST_NS = 1_772_953_200 * 10**9
 
@@ -129,57 +127,6 @@ batches = st.lists(
 labels = st.sampled_from(["team,model", "team,project,cost_center,feature,environment,model,provider", ""])
 
 
-def policy_text(budgets: list[dict], rules: list[dict]) -> str:
-    named_budgets = [{"name": f"b{i}", **b} for i, b in enumerate(budgets)]
-    named_rules = [{"name": f"r{i}", **r} for i, r in enumerate(rules)]
-    return json.dumps({"budgets": named_budgets, "policies": named_rules})
-
-
-def same(native: object, fallback: object, where: str) -> None:
-    """Equal values of equal types (floats to the last bit, so 0.0 is not -0.0)."""
-    if isinstance(native, list | tuple) and isinstance(fallback, list | tuple):
-        assert len(native) == len(fallback), where
-        for a, b in zip(native, fallback, strict=True):
-            same(a, b, where)
-    elif isinstance(native, dict) and isinstance(fallback, dict):
-        assert native.keys() == fallback.keys(), where
-        for key in native:
-            same(native[key], fallback[key], f"{where}.{key}")
-    elif isinstance(native, float) and isinstance(fallback, float):
-        assert native.hex() == fallback.hex(), f"{where}: {native!r} != {fallback!r}"
-    else:
-        assert native == fallback and type(native) is type(fallback), f"{where}: {native!r} != {fallback!r}"
-
-
-def metric_samples(registry: CollectorRegistry) -> dict[tuple, float]:
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(generate_latest(registry).decode())
-        for sample in family.samples
-        # When a series was created differs between the two registries by construction.
-        if not sample.name.endswith("_created")
-    }
-
-
-def build(path, metrics_labels: str, max_values: int, oracle: bool = False) -> tuple:
-    registry = CollectorRegistry()
-    config = PolicyConfig(
-        enabled=True,
-        policy_file=str(path),
-        state_backend="memory",
-        metrics_labels=metrics_labels,
-        metrics_max_label_values=max_values,
-        attribution_fallbacks={"project": "service.name", "team": "genops.project"},
-    )
-    stage = build_policy_stage(config, registry)
-    return (oracle_of(stage) if oracle else stage), registry
-
-
-def stored(stage) -> dict[str, float]:
-    keys = list(stage.store._consumed)  # the memory store's windows, read through its API
-    return stage.store.read(keys)
-
-
 # No shrinking: an example runs a dozen stage calls, and shrinking one took minutes.
 @settings(
     max_examples=150,
@@ -193,8 +140,8 @@ def test_native_and_polars_paths_agree(tmp_path_factory, monkeypatch, policy, ba
     monkeypatch.setattr(time, "time_ns", lambda: BASE_NS + 7 * HOUR_NS)
     path = tmp_path_factory.mktemp("policy") / "policy.yaml"
     path.write_text(policy_text(*policy))
-    (native, native_registry) = build(path, metrics_labels, max_values)
-    (fallback, fallback_registry) = build(path, metrics_labels, max_values, oracle=True)
+    (native, native_registry) = labelled_stage(path, metrics_labels, max_values)
+    (fallback, fallback_registry) = labelled_stage(path, metrics_labels, max_values, oracle=True)
     for spans, resource_attributes, retried in batches:
         built = []
         for attributes, start, duration, status in spans:
@@ -236,7 +183,7 @@ def test_native_path_tags_and_verdicts_a_crossing_span(tmp_path):
     """A known case for the native path alone: the span reaching the warn level and the one past the limit."""
     path = tmp_path / "policy.yaml"
     path.write_text(policy_text([{"limit_usd": 1.0, "period": "daily", "warn_at": [0.5], "mode": "enforced"}], []))
-    stage, _ = build(path, "team,model", 100)
+    stage, _ = labelled_stage(path, "team,model", 100)
     attributes = {"gen_ai.request.model": "gpt-4o", "genops.cost.total": 0.5}
     batch = decode_traces(trace_request([span(attributes=attributes)] * 3).SerializeToString(), stage.wanted_keys())
     changes = stage.process(batch)
@@ -257,7 +204,7 @@ def test_budgets_tied_on_utilization_tag_the_first_budget_listed(tmp_path, oracl
     path = tmp_path / "policy.yaml"
     weekly = {"limit_usd": 2.5, "period": "weekly", "mode": "advisory"}
     path.write_text(policy_text([{**weekly, "dimension": "environment"}, weekly], []))
-    stage, _ = build(path, "team", 100, oracle)
+    stage, _ = labelled_stage(path, "team", 100, oracle)
     call = {"gen_ai.request.model": "gpt-4o"}
     spans = [
         span(attributes={**call, "genops.cost.total": 2.033393344266797, "genops.environment": "prod"}),

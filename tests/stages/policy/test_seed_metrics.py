@@ -13,8 +13,8 @@ from processor.core.pipeline import Pipeline
 from processor.observability import SidecarMetrics
 from processor.stages.assembly import build_stages, close_stages
 from tests.support.otlp_builders import log_request, span, trace_request
+from tests.support.sample_values import EMAIL
 
-EMAIL = "ada.lovelace@example.com"
 SCORE_VALUE = "gen_ai.evaluation.score.value"
 POLICY = """
 policies:

@@ -8,8 +8,9 @@ from prometheus_client import CollectorRegistry
 from processor.config import load_config
 from processor.stages.policy import conformance
 from processor.stages.policy.stage import build_policy_stage
-from tests.stages.policy.test_genops_spec import _request_of, genai_span, run
+from tests.support.genai_spans import genai_span
 from tests.support.otlp_builders import trace_request
+from tests.support.pipeline_runs import request_of, written_spans
 
 MISSING = {"genops.cost.total": 0.1}
 
@@ -31,7 +32,7 @@ def engine(request, monkeypatch):
 
 
 def test_switched_off_a_span_without_attribution_stays_allowed(tmp_path, engine):
-    (got,) = run(
+    (got,) = written_spans(
         [stage(tmp_path, {"GENOPS_POLICY_SPEC_ATTRIBUTION_CHECK": "false"})],
         trace_request([genai_span("chat", **MISSING)]),
     )
@@ -39,14 +40,14 @@ def test_switched_off_a_span_without_attribution_stays_allowed(tmp_path, engine)
     assert "genops.policy.reason_code" not in got and "genops.policy.violations" not in got
     assert ("genops.policy.evaluated", {"genops.policy.result": "ALLOWED"}) in got["_events"]
     # The spec still asks for the attribution: the conformance check reports what is missing.
-    report = conformance.check([_request_of([got])], conformance.PARTIAL)
+    report = conformance.check([request_of([got])], conformance.PARTIAL)
     assert {v.problem for v in report.violations} == {
         f"required attribute genops.{dimension} missing" for dimension in ("team", "environment")
     }
 
 
 def test_on_by_default_and_a_policy_s_own_attribution_rule_still_applies_when_off(tmp_path, engine):
-    (default,) = run([stage(tmp_path, {})], trace_request([genai_span("chat", **MISSING)]))
+    (default,) = written_spans([stage(tmp_path, {})], trace_request([genai_span("chat", **MISSING)]))
     assert (default["genops.policy.result"], default["genops.policy.reason_code"]) == (
         "WARNING",
         "x_attribution_missing",
@@ -58,7 +59,7 @@ policies:
     mode: enforced
     dimensions: [team]
 """
-    (got,) = run(
+    (got,) = written_spans(
         [stage(tmp_path, {"GENOPS_POLICY_SPEC_ATTRIBUTION_CHECK": "false"}, own)],
         trace_request([genai_span("chat", **MISSING)]),
     )

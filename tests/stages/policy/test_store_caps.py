@@ -11,9 +11,11 @@ from processor.stages.policy.budget_state import MemoryStore, SqliteStore
 from processor.stages.policy.ledger import OVERFLOW, read_rows
 from processor.stages.policy.stage import build_policy_stage
 from processor.stages.policy.store_caps import StoreCap
-from tests.billing.test_ledger import priced
-from tests.stages.policy.test_budgets_policies import redis_url, run_pipeline  # noqa: F401 (fixture)
+from tests.support.genai_spans import priced
+from tests.support.http_sidecar import get
 from tests.support.otlp_builders import trace_request
+from tests.support.pipeline_runs import run_pipeline
+from tests.support.sample_values import EMAIL
 
 
 def _config(backend: str, tmp_path, redis: str, name: str) -> PolicyConfig:
@@ -26,7 +28,7 @@ def _config(backend: str, tmp_path, redis: str, name: str) -> PolicyConfig:
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
-def test_the_ledger_row_cap_holds_across_processes_and_restarts(tmp_path, redis_url, backend):  # noqa: F811
+def test_the_ledger_row_cap_holds_across_processes_and_restarts(tmp_path, redis_url, backend):
     import redis
 
     redis.Redis.from_url(redis_url).flushdb()
@@ -56,7 +58,7 @@ def test_the_ledger_row_cap_holds_across_processes_and_restarts(tmp_path, redis_
     assert (rows[(OVERFLOW, OVERFLOW)].usd_total, rows[(OVERFLOW, OVERFLOW)].spans) == (1.75, 3)
 
 
-def test_every_store_admits_the_same_members(tmp_path, redis_url):  # noqa: F811
+def test_every_store_admits_the_same_members(tmp_path, redis_url):
     import redis
 
     from processor.stages.policy.budget_state import RedisStore
@@ -125,7 +127,7 @@ def conversation(conversation_id: str, cost: float, **extra):
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
-def test_a_budget_per_conversation_is_charged_once_and_capped_in_the_store(tmp_path, redis_url, backend):  # noqa: F811
+def test_a_budget_per_conversation_is_charged_once_and_capped_in_the_store(tmp_path, redis_url, backend):
     import redis
 
     redis.Redis.from_url(redis_url).flushdb()
@@ -164,8 +166,7 @@ def test_a_budget_per_conversation_is_charged_once_and_capped_in_the_store(tmp_p
     assert sorted(alerts) == [("__overflow__", 0.5), ("c1", 0.5), ("c2", 0.5)]
 
 
-def test_attribute_budget_subjects_are_redacted_before_they_are_keys(tmp_path, redis_url):  # noqa: F811
-    from tests.core.test_outbound_redaction import EMAIL
+def test_attribute_budget_subjects_are_redacted_before_they_are_keys(tmp_path, redis_url):
 
     policy = CONVERSATION_POLICY.replace("gen_ai.conversation.id", "user.id")
     stage = _attribute_stage("sqlite", tmp_path, redis_url, "a", policy)
@@ -255,7 +256,6 @@ def test_a_serving_sidecar_with_workers_shows_the_recorded_drift(tmp_path):
 
     from tests.support.cli import base_env
     from tests.support.serve import start_sidecar, terminate, wait_ready
-    from tests.transport.test_http_port import get
 
     config, start = _reconciled(tmp_path)
     env = base_env(tmp_path)
@@ -295,7 +295,7 @@ def test_no_reconciliation_recorded_shows_no_drift():
     assert registry.get_sample_value("genops_reconciliation_drift_ratio") is None
 
 
-def test_the_budget_status_api_answers_for_an_attribute_budget(tmp_path, redis_url):  # noqa: F811
+def test_the_budget_status_api_answers_for_an_attribute_budget(tmp_path, redis_url):
     import datetime as dt
     import json
 

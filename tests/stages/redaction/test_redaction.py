@@ -10,51 +10,24 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as logs_pb
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
 from prometheus_client import CollectorRegistry
 
 from processor.config import RedactionConfig
-from processor.core.pipeline import Pipeline
-from processor.observability import SidecarMetrics
 from processor.stages.redaction.detectors import luhn_valid
-from processor.stages.redaction.rules import load_rules, parse_rules
+from processor.stages.redaction.rules import parse_rules
 from processor.stages.redaction.stage import COUNT_KEY, DETECTED_KEY, KEYS_KEY, RedactionStage, build_redaction_stage
 from tests.oracle.redaction import OracleValueRedactor
 from tests.support.otlp_builders import log_request, span, trace_request
 from tests.support.otlp_export import export_traces
 from tests.support.otlp_sink import OtlpSink, attributes_to_dict
+from tests.support.pipeline_runs import run_logs, run_traces, spans_of
+from tests.support.redaction_stages import custom_stage, default_stage
 from tests.support.sidecar_runner import RunningSidecar
 
 TRACES_SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 LOGS_SERVICE = "opentelemetry.proto.collector.logs.v1.LogsService"
 EMAIL = "jane.roe@example.com"
 CARD = "4111 1111 1111 1111"
-
-
-def default_stage(registry: CollectorRegistry | None = None, hash_key: bytes | None = None) -> RedactionStage:
-    return RedactionStage(load_rules(), hash_key, registry or CollectorRegistry())
-
-
-def custom_stage(rules: dict, hash_key: bytes | None = b"test-key") -> RedactionStage:
-    return RedactionStage(parse_rules(rules), hash_key, CollectorRegistry())
-
-
-def run_traces(
-    stage: RedactionStage, request: trace_pb.ExportTraceServiceRequest
-) -> trace_pb.ExportTraceServiceRequest:
-    out = Pipeline([stage], SidecarMetrics.create()).process_traces(request.SerializeToString())
-    assert out.failed_stages == ()
-    return trace_pb.ExportTraceServiceRequest.FromString(out.payload)
-
-
-def run_logs(stage: RedactionStage, request: logs_pb.ExportLogsServiceRequest) -> logs_pb.ExportLogsServiceRequest:
-    out = Pipeline([stage], SidecarMetrics.create()).process_logs(request.SerializeToString())
-    assert out.failed_stages == ()
-    return logs_pb.ExportLogsServiceRequest.FromString(out.payload)
-
-
-def spans_of(request: trace_pb.ExportTraceServiceRequest) -> list:
-    return [s for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans]
 
 
 def export_logs(channel, request: logs_pb.ExportLogsServiceRequest) -> None:

@@ -10,9 +10,9 @@ from prometheus_client import CollectorRegistry
 from processor.stages.redaction.rules import load_rules, parse_rules
 from processor.stages.redaction.stage import RedactionStage
 from tests.oracle.redaction import OracleRedactionStage
-from tests.stages.redaction.test_redaction_native import assert_same_changes, counts, traces_batch
-from tests.support.cli import base_env, run_cli
-from tests.test_config_cli import assert_one_clear_line
+from tests.support.cli import assert_one_clear_line, base_env, run_cli
+from tests.support.differential import assert_same_changes
+from tests.support.redaction_stages import counts, traces_batch
 
 ACTIONS = ({"action": "mask", "mask": "[T]"}, {"action": "hash"}, {"action": "drop"}, {"action": "mask"})
 

@@ -16,24 +16,15 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-import yaml
 
 from processor.stages.redaction.detectors import BUILTIN_DETECTORS
 from processor.stages.redaction.rules import load_rules
 from tests.oracle.redaction import OracleValueRedactor as ValueRedactor
+from tests.support.redaction_corpus import corpus
 
-CORPUS = Path(__file__).parent / "redaction_corpus"
 README = Path(__file__).resolve().parents[3] / "README.md"
 # Measured false positives allowed on the near-miss corpus.
 FALSE_POSITIVE_BOUND = 0
-
-
-def corpus() -> dict[str, dict[str, list[str]]]:
-    out = {}
-    for path in sorted(CORPUS.glob("*.yaml")):
-        data = yaml.safe_load(path.read_text())
-        out[path.stem] = {k: [str(v) for v in data.get(k, [])] for k in ("positives", "near_misses")}
-    return out
 
 
 @pytest.fixture(scope="module")

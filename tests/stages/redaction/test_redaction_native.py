@@ -3,14 +3,10 @@ and count the same redactions."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import polars as pl
 import pytest
-import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from polars.testing import assert_frame_equal, assert_series_equal
 from prometheus_client import CollectorRegistry
 
 from processor.core.contract import BatchChanges
@@ -18,17 +14,12 @@ from processor.core.decode import TelemetryBatch, WantedKeys, decode_logs, decod
 from processor.stages.redaction.rules import load_rules, parse_rules
 from processor.stages.redaction.stage import RedactionStage
 from tests.oracle.redaction import OracleRedactionStage
-from tests.support.otlp_builders import log_request, span, trace_request
+from tests.support.differential import assert_same_changes
+from tests.support.otlp_builders import log_request
+from tests.support.redaction_corpus import corpus_texts
+from tests.support.redaction_stages import counts, traces_batch
 
-CORPUS = Path(__file__).parent / "redaction_corpus"
-CORPUS_TEXTS = sorted(
-    {
-        str(text)
-        for path in CORPUS.glob("*.yaml")
-        for texts in yaml.safe_load(path.read_text()).values()
-        for text in texts
-    }
-)
+CORPUS_TEXTS = corpus_texts()
 
 # Exercises every action and the corner cases of their order: masks with '$', a rule that matches
 # what earlier rules wrote, value rules that overlap each other, the allow list and ignored keys.
@@ -170,38 +161,9 @@ class PairedStages:
         return native
 
 
-def assert_same_changes(native: BatchChanges, reference: BatchChanges) -> None:
-    assert native.set_attributes.keys() == reference.set_attributes.keys()
-    for key, series in reference.set_attributes.items():
-        assert_series_equal(native.set_attributes[key], series)
-    assert (native.rewrites is None) == (reference.rewrites is None)
-    if reference.rewrites is not None:
-        order = ["scope", "owner", "position"]
-        assert_frame_equal(native.rewrites.sort(order), reference.rewrites.sort(order))
-    assert native.events == reference.events == []
-
-
-def counts(stage: RedactionStage) -> dict[tuple, float]:
-    return {
-        tuple(sorted(sample.labels.items())): sample.value
-        for metric in stage.redactions.collect()
-        for sample in metric.samples
-        if sample.name.endswith("_total")
-    }
-
-
 @pytest.fixture(scope="module")
 def paired() -> dict[str, PairedStages]:
     return {name: PairedStages(rules) for name, rules in RULE_SETS.items()}
-
-
-def traces_batch(resources: list[tuple[dict, list[tuple[dict, list[dict]]]]]) -> TelemetryBatch:
-    request = trace_request([])
-    del request.resource_spans[:]
-    for resource, spans in resources:
-        built = [span(attributes=a, events=[(f"e{i}", e) for i, e in enumerate(events)]) for a, events in spans]
-        request.resource_spans.extend(trace_request(built, resource=resource or {"service.name": "svc"}).resource_spans)
-    return decode_traces(request.SerializeToString(), WantedKeys(values=True))
 
 
 @pytest.mark.parametrize("rule_set", sorted(RULE_SETS))

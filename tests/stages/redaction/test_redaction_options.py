@@ -10,9 +10,10 @@ import hmac
 import pytest
 
 from processor.stages.redaction.rules import parse_rules
-from tests.stages.redaction.test_redaction import custom_stage, run_traces, spans_of
 from tests.support.otlp_builders import span, trace_request
 from tests.support.otlp_sink import attributes_to_dict
+from tests.support.pipeline_runs import run_traces, spans_of
+from tests.support.redaction_stages import custom_stage
 
 
 @pytest.fixture(params=["1", "0"], ids=["native-decoder", "python-decoder"])

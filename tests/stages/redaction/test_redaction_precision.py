@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 
 from processor.stages.redaction.stage import COUNT_KEY, DETECTED_KEY
-from tests.stages.redaction.test_redaction import default_stage, run_traces, spans_of
 from tests.support.otlp_builders import span, trace_request
 from tests.support.otlp_sink import attributes_to_dict
+from tests.support.pipeline_runs import run_traces, spans_of
+from tests.support.redaction_stages import default_stage
 
 CHROME = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/142.0.0.0 Safari/537.36"

@@ -20,9 +20,10 @@ from processor.observability import SidecarMetrics
 from processor.stages.redaction.rules import load_rules, parse_rules
 from processor.stages.redaction.sanitizers import sanitize_sql, sanitize_url_query
 from processor.stages.redaction.stage import COUNT_KEY, DETECTED_KEY
-from tests.stages.redaction.test_redaction import custom_stage, default_stage, run_traces, spans_of
 from tests.support.otlp_builders import key_values, span
 from tests.support.otlp_sink import attributes_to_dict
+from tests.support.pipeline_runs import run_traces, spans_of
+from tests.support.redaction_stages import custom_stage, default_stage
 
 
 # The redactor is native either way (the polars path is the oracle, test_redaction_native.py): the
