@@ -63,3 +63,10 @@ def redis_url(tmp_path_factory):
     yield f"redis://127.0.0.1:{port}/0"
     process.terminate()
     process.wait(10)
+
+
+@pytest.fixture(params=["1", "0"], ids=["native", "python"])
+def engine(request, monkeypatch):
+    """The test once with the native decoder and once with the pure-Python one (GENOPS_NATIVE_DECODE)."""
+    monkeypatch.setenv("GENOPS_NATIVE_DECODE", request.param)
+    return request.param

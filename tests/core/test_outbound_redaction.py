@@ -42,12 +42,6 @@ budgets:
 """
 
 
-@pytest.fixture(params=["1", "0"], ids=["native", "python"])
-def engine(request, monkeypatch):
-    monkeypatch.setenv("GENOPS_NATIVE_DECODE", request.param)
-    return request.param
-
-
 @pytest.fixture
 def sidecar(tmp_path, engine):
     """The stages `serve` runs on its defaults, with a per-team budget; yields (pipeline, registry)."""

@@ -25,8 +25,8 @@ from tests.support.collector_harness import free_port
 from tests.support.otlp_builders import span, trace_request
 from tests.support.otlp_export import export_traces
 from tests.support.otlp_sink import OtlpSink
-from tests.support.redis_server import start_redis
-from tests.support.serve import http_get, sample_plain, terminate, wait_ready
+from tests.support.redis_server import redis_sum, start_redis
+from tests.support.serve import http_get, sample_plain, terminate, wait_for, wait_ready
 
 TOKEN = "reservation-e2e-token-0123456789"
 LIMIT = 2.0
@@ -144,21 +144,7 @@ def reserved_span(trace_id: str, span_id: str):
 
 
 def consumed(redis_port: int) -> float:
-    import redis
-
-    client = redis.Redis(host="127.0.0.1", port=redis_port)
-    try:
-        keys = [key for key in client.keys("genops:{budget}:ml|ml|*")]
-        return sum(float(value) for value in client.mget(keys)) if keys else 0.0
-    finally:
-        client.close()
-
-
-def wait_for(condition, seconds: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} not met in time"
-        time.sleep(0.1)
+    return redis_sum(redis_port, "genops:{budget}:ml|ml|*")
 
 
 def test_two_sidecars_sharing_redis_never_over_commit_and_reconcile_each_span_once(setup):

@@ -31,3 +31,16 @@ def start_redis(port: int, workdir) -> subprocess.Popen:
             time.sleep(0.05)
     process.kill()
     raise RuntimeError("redis-server did not start")
+
+
+def redis_sum(port: int, pattern: str, leave_out: bytes | None = None) -> float:
+    """The sum of the values at the keys matching `pattern` (keys containing `leave_out` not counted):
+    the spend the sidecar charged to Redis."""
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=port)
+    try:
+        keys = [key for key in client.keys(pattern) if leave_out is None or leave_out not in key]
+        return sum(float(value) for value in client.mget(keys)) if keys else 0.0
+    finally:
+        client.close()

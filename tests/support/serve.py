@@ -62,6 +62,14 @@ def wait_ready(process: subprocess.Popen, http: str, timeout: float = 30) -> Non
     raise AssertionError("sidecar never became ready")
 
 
+def wait_for(condition, seconds: float = 30.0, what: str = "condition") -> None:
+    """Polls `condition` every 0.1 s; fails the test when it is still false after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} not met in time"
+        time.sleep(0.1)
+
+
 def sample(metrics_text: str, name: str, *labels: str) -> float:
     for line in metrics_text.splitlines():
         if line.startswith(name + "{") and all(label in line for label in labels):

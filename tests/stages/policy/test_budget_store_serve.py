@@ -15,6 +15,8 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import pytest
@@ -24,8 +26,8 @@ from tests.support.collector_harness import free_port
 from tests.support.otlp_builders import span, trace_request
 from tests.support.otlp_export import export_traces
 from tests.support.otlp_sink import OtlpSink
-from tests.support.redis_server import start_redis
-from tests.support.serve import http_get, sample_plain, terminate, wait_ready, workers_of
+from tests.support.redis_server import redis_sum, start_redis
+from tests.support.serve import http_get, sample_plain, terminate, wait_for, wait_ready, workers_of
 
 POLICY = {"budgets": [{"name": "all", "limit_usd": 1_000_000.0, "period": "daily", "mode": "enforced"}]}
 # The Collector's export timeout: an answer later than this is a failed export, retried.
@@ -111,21 +113,8 @@ class Traffic:
 
 
 def redis_total(port: int) -> float:
-    import redis
-
-    client = redis.Redis(host="127.0.0.1", port=port)
-    try:
-        keys = [key for key in client.keys("genops:*") if b":batch:" not in key]
-        return sum(float(value) for value in client.mget(keys)) if keys else 0.0
-    finally:
-        client.close()
-
-
-def wait_for(condition, seconds: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} not met in time"
-        time.sleep(0.1)
+    # Batch markers (kept so a retried batch is not charged twice) are not spend.
+    return redis_sum(port, "genops:*", leave_out=b":batch:")
 
 
 def store_up(http: str) -> float:
@@ -157,15 +146,34 @@ def serve(tmp_path, sink: OtlpSink, wrapper: list[str] | None = None, **policy: 
     return process, grpc_port, http
 
 
-def error_lines(stderr: str, needle: str) -> list[str]:
-    return [line for line in stderr.splitlines() if needle in line and '"error"' in line]
+@dataclass
+class RedisBackedSidecar:
+    """A redis-server and a `serve` keeping its budgets there (in sqlite while Redis is away)."""
+
+    redis_port: int
+    redis_dir: Path
+    redis: subprocess.Popen
+    process: subprocess.Popen
+    grpc_port: int
+    http: str
+
+    def restart_redis(self) -> None:
+        self.redis = start_redis(self.redis_port, self.redis_dir)
+
+    def stop(self) -> tuple[str, float]:
+        """Stops the sidecar, then Redis; the sidecar's stderr and the spend Redis held at the end."""
+        stderr = terminate(self.process)
+        totals = redis_total(self.redis_port)
+        self.redis.kill()
+        self.redis.wait()
+        return stderr, totals
 
 
-def test_redis_killed_then_hung_under_traffic_charges_every_cent_exactly_once(tmp_path, sink):
+def serve_on_redis(tmp_path: Path, sink: OtlpSink) -> RedisBackedSidecar:
     redis_port = free_port()
     redis_dir = tmp_path / "redis"
     redis_dir.mkdir()
-    redis_process = start_redis(redis_port, redis_dir)
+    redis = start_redis(redis_port, redis_dir)
     process, grpc_port, http = serve(
         tmp_path,
         sink,
@@ -173,27 +181,37 @@ def test_redis_killed_then_hung_under_traffic_charges_every_cent_exactly_once(tm
         redis_url=f"redis://127.0.0.1:{redis_port}/0",
         state_path=str(tmp_path / "state" / "budgets.sqlite"),
     )
-    traffic = Traffic(grpc_port)
+    return RedisBackedSidecar(redis_port, redis_dir, redis, process, grpc_port, http)
+
+
+def error_lines(stderr: str, needle: str) -> list[str]:
+    return [line for line in stderr.splitlines() if needle in line and '"error"' in line]
+
+
+def test_redis_killed_then_hung_under_traffic_charges_every_cent_exactly_once(tmp_path, sink):
+    sidecar = serve_on_redis(tmp_path, sink)
+    redis_port, http, process = sidecar.redis_port, sidecar.http, sidecar.process
+    traffic = Traffic(sidecar.grpc_port)
     try:
         traffic.wait_batches(10)
-        os.kill(redis_process.pid, signal.SIGKILL)
-        redis_process.wait()
+        os.kill(sidecar.redis.pid, signal.SIGKILL)
+        sidecar.redis.wait()
         traffic.wait_batches(40)
         assert store_up(http) == 0
         status, body = http_get(f"http://{http}/readyz")
         assert status == 200 and "degraded: budget store unavailable" in body, body
         assert str(redis_port) not in body
 
-        redis_process = start_redis(redis_port, redis_dir)
+        sidecar.restart_redis()
         wait_for(lambda: store_up(http) == 1, what="store back after the kill")
         traffic.wait_batches(10)
 
-        os.kill(redis_process.pid, signal.SIGSTOP)
+        os.kill(sidecar.redis.pid, signal.SIGSTOP)
         try:
             traffic.wait_batches(40)
             assert store_up(http) == 0
         finally:
-            os.kill(redis_process.pid, signal.SIGCONT)
+            os.kill(sidecar.redis.pid, signal.SIGCONT)
         wait_for(lambda: store_up(http) == 1, what="store back after the hang")
         traffic.wait_batches(10)
     finally:
@@ -202,10 +220,7 @@ def test_redis_killed_then_hung_under_traffic_charges_every_cent_exactly_once(tm
         try:
             wait_for(lambda: store_up(http) == 1 and "degraded" not in http_get(f"http://{http}/readyz")[1])
         finally:
-            stderr_before_stop = terminate(process)
-            totals = redis_total(redis_port)
-            redis_process.kill()
-            redis_process.wait()
+            stderr_before_stop, totals = sidecar.stop()
 
     assert process.returncode == 0, stderr_before_stop
     assert traffic.failures == []
@@ -380,29 +395,20 @@ def test_a_sqlite_file_made_read_only_in_use_is_named_at_once_and_charges_go_on(
 
 
 def test_a_worker_killed_while_redis_is_down_loses_none_of_the_charges_it_kept(tmp_path, sink):
-    redis_port = free_port()
-    redis_dir = tmp_path / "redis"
-    redis_dir.mkdir()
-    redis_process = start_redis(redis_port, redis_dir)
-    process, grpc_port, http = serve(
-        tmp_path,
-        sink,
-        state_backend="redis",
-        redis_url=f"redis://127.0.0.1:{redis_port}/0",
-        state_path=str(tmp_path / "state" / "budgets.sqlite"),
-    )
-    traffic = Traffic(grpc_port)
+    sidecar = serve_on_redis(tmp_path, sink)
+    http, process = sidecar.http, sidecar.process
+    traffic = Traffic(sidecar.grpc_port)
     try:
         traffic.wait_batches(10)
-        os.kill(redis_process.pid, signal.SIGKILL)
-        redis_process.wait()
+        os.kill(sidecar.redis.pid, signal.SIGKILL)
+        sidecar.redis.wait()
         traffic.wait_batches(30)
         workers = workers_of(process.pid)
         assert len(workers) == 2
         os.kill(workers[0], signal.SIGKILL)  # out of memory, a poison request
         wait_for(lambda: len(workers_of(process.pid)) == 2 and workers[0] not in workers_of(process.pid))
         traffic.wait_batches(30)
-        redis_process = start_redis(redis_port, redis_dir)
+        sidecar.restart_redis()
         wait_for(lambda: store_up(http) == 1, what="store back")
         traffic.wait_batches(10)
     finally:
@@ -410,9 +416,6 @@ def test_a_worker_killed_while_redis_is_down_loses_none_of_the_charges_it_kept(t
         try:
             wait_for(lambda: "degraded" not in http_get(f"http://{http}/readyz")[1])
         finally:
-            stderr = terminate(process)
-            totals = redis_total(redis_port)
-            redis_process.kill()
-            redis_process.wait()
+            stderr, totals = sidecar.stop()
     assert process.returncode == 0, stderr
     assert totals == traffic.sent_usd, (totals, traffic.sent_usd)

@@ -26,12 +26,6 @@ policies:
 RESOURCE = {"service.name": "chat-api", "k8s.namespace.name": "ml", "deployment.environment.name": "prod"}
 
 
-@pytest.fixture(params=["1", "0"], ids=["native", "python"])
-def engine(request, monkeypatch):
-    monkeypatch.setenv("GENOPS_NATIVE_DECODE", request.param)
-    return request.param
-
-
 @pytest.fixture
 def sidecar(tmp_path, engine):
     policy = tmp_path / "policy.yaml"

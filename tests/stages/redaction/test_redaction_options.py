@@ -16,12 +16,6 @@ from tests.support.pipeline_runs import run_traces, spans_of
 from tests.support.redaction_stages import custom_stage
 
 
-@pytest.fixture(params=["1", "0"], ids=["native-decoder", "python-decoder"])
-def engine(request, monkeypatch):
-    monkeypatch.setenv("GENOPS_NATIVE_DECODE", request.param)
-    return request.param
-
-
 def redacted(rules: dict, attributes: dict, hash_key: bytes | None = b"test-key") -> dict:
     (out,) = spans_of(run_traces(custom_stage(rules, hash_key), trace_request([span(attributes=attributes)])))
     return attributes_to_dict(out.attributes)

@@ -16,12 +16,6 @@ CHROME = (
 )
 
 
-@pytest.fixture(params=["1", "0"], ids=["native-decoder", "python-decoder"])
-def engine(request, monkeypatch):
-    monkeypatch.setenv("GENOPS_NATIVE_DECODE", request.param)
-    return request.param
-
-
 def redacted(attributes: dict, resource: dict | None = None) -> dict:
     request = trace_request([span(attributes=attributes)], resource=resource or {"service.name": "svc"})
     (out,) = spans_of(run_traces(default_stage(), request))
