@@ -26,7 +26,7 @@ from processor.stages.policy.budget_subjects import number
 from processor.stages.policy.policy_file import PolicyFile, budget_attributes
 from processor.stages.policy.stage import COST_KEYS, ERROR_TYPE, PolicyStage, _Plan, fingerprint
 from processor.stages.policy.store_caps import OVERFLOW, StoreCap
-from tests.oracle import policy_budgets
+from tests.oracle import policy_budgets, policy_metrics, policy_rules
 
 
 class OraclePolicyStage(PolicyStage):
@@ -66,7 +66,7 @@ class OraclePolicyStage(PolicyStage):
             charged = charging.collect(engine=budgets.ENGINE, optimizations=budgets.OPTIMIZATIONS)
         else:
             charged, sums = pl.collect_all(
-                [charging, self.metrics.operation_sums(spans.lazy(), budgets.COST)],
+                [charging, policy_metrics.operation_sums(self.metrics, spans.lazy(), budgets.COST)],
                 engine=budgets.ENGINE,
                 optimizations=budgets.OPTIMIZATIONS,
             )
@@ -79,7 +79,7 @@ class OraclePolicyStage(PolicyStage):
         events = plan.budgets.events(charged) if windows.charged else []
         if applied.repeated:
             return BatchChanges(set_attributes=changes, events=events)
-        self.metrics.record_operations(sums, spans.lazy(), budgets.COST)
+        policy_metrics.record_operations(self.metrics, sums, spans.lazy(), budgets.COST)
         results = Counter(charged.get_column(policies.RESULT).to_list())
         results.pop(None, None)
         self.metrics.record_verdicts(
@@ -162,12 +162,12 @@ class OraclePlan(_Plan):
             if b.attribute is not None
         }
         warned, evaluated = self.budgets.warned(), pl.col(EVALUATED)
-        if policies.VerdictTable.fits(checks):
-            table = policies.VerdictTable(checks)
+        if policy_rules.VerdictTable.fits(checks):
+            table = policy_rules.VerdictTable(checks)
             # The verdicts are computed over the evaluated spans only.
             verdict = [[table.code(warned, None).alias("_verdict")], table.columns("_verdict")]
         else:
-            verdict = [policies.verdict(checks, warned, evaluated)]
+            verdict = [policy_rules.verdict(checks, warned, evaluated)]
         charge = self.budgets.charge_columns()
         # Tags only when some span was charged (which takes a budget).
         tags = self.budgets.tag_columns() if policy.budgets else []
@@ -263,7 +263,7 @@ class OraclePlan(_Plan):
         ]
         flags = [
             (cost.is_not_null() & (cost > 0)).alias(policy_budgets.PRICED),
-            *(policies.rule_check(rule).alias(_rule_column(i)) for i, rule in enumerate(self.policy.rules)),
+            *(policy_rules.rule_check(rule).alias(_rule_column(i)) for i, rule in enumerate(self.policy.rules)),
         ]
         # The first layer is selected from the batch frame, the second tells the spans kept, the
         # others are added to those.

@@ -19,6 +19,7 @@ import bisect
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import polars as pl
 
@@ -30,6 +31,9 @@ from processor.stages.policy.budgets import COST, KEEP_CLOSED_WINDOW_SECONDS
 from processor.stages.policy.log_charges import IN_SPAN
 from processor.stages.policy.policy_file import Budget
 from processor.stages.policy.store_caps import OVERFLOW, StoreCap
+
+if TYPE_CHECKING:
+    from polars._typing import PolarsDataType
 
 # Windows remembered per budget; a bound, since late spans keep bringing old ones.
 _MAX_WINDOWS = 4096
@@ -159,7 +163,7 @@ def _inputs(batch: TelemetryBatch, keys: list[str], now_ns: int) -> pl.DataFrame
     )
 
 
-def number(schema: dict[str, pl.DataType], key: str, dtype: pl.DataType = pl.Float64) -> pl.Expr:
+def number(schema: dict[str, pl.DataType], key: str, dtype: PolarsDataType = pl.Float64) -> pl.Expr:
     """A numeric attribute column as `dtype` (strings trimmed first), null when absent or binary."""
     if schema.get(key, pl.Null) in (pl.Null, pl.Binary):
         return pl.lit(None, dtype=dtype)
