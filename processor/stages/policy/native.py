@@ -4,7 +4,9 @@ processor/native/src/stages/policy.rs), the stage's one engine.
 The call reads the frame's columns as Arrow buffers, finds the GenAI spans, attributes them, runs
 the rule checks, charges the budget windows (the store is a callback, so a batch is still applied
 in one atomic step), and returns the verdict and budget tag columns, the threshold events and the
-small tables the metrics need. The polars queries it was written against are the differential
+small tables the metrics need. Log batches run the same call (records naming a span are that
+span's call: not evaluated), and budgets keyed on span attributes key on the subject columns
+budget_subjects.py resolves first. The polars queries it was written against are the differential
 oracle in tests/oracle/policy.py: tests/stages/policy/test_policy_native.py checks both give the same changes,
 events, metrics and stored totals.
 """
@@ -55,7 +57,7 @@ _PII_AT = 5
 
 
 class NativePolicy:
-    """One policy file's native plan (built once per policy file, like policy_stage._Plan)."""
+    """One policy file's native plan (built once per policy file, by stage._Plan)."""
 
     def __init__(
         self,
