@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import structlog
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as logs_pb
+from opentelemetry.proto.logs.v1 import logs_pb2
 from prometheus_client import CollectorRegistry
 
 import processor
@@ -17,7 +19,8 @@ from processor.config import PolicyConfig, SidecarConfig
 from processor.core.pipeline import Pipeline
 from processor.observability import SidecarMetrics
 from processor.stages.assembly import build_stages, close_stages
-from tests.support.otlp_builders import span, trace_request
+from tests.support.otlp_builders import key_values, span, trace_request
+from tests.support.otlp_sink import attributes_to_dict
 
 LLM = {
     "gen_ai.provider.name": "openai",
@@ -83,16 +86,60 @@ def test_a_policy_file_of_many_checks_stays_on_the_native_engine(tmp_path, monke
     assert {line["engine"] for line in lines} == {"native"}
 
 
-def test_only_the_policy_stage_still_chooses_the_polars_engine():
-    """The cost and redaction polars per-span implementations live under tests/oracle/ only. The
-    policy stage keeps its polars queries for the two cases its native plan does not take yet
-    (budgets keyed on span attributes, GenAI calls seen only as log records); no other module of
-    the package but the one defining the label names it."""
+def test_no_stage_runs_polars():
+    """The cost, redaction and policy polars per-span implementations live under tests/oracle/
+    only: no module of the package but the one defining the label names it."""
     package = Path(processor.__file__).parent
     naming = sorted(
         str(path.relative_to(package)) for path in package.rglob("*.py") if "ENGINE_POLARS" in path.read_text()
     )
-    assert naming == ["core/contract.py", "stages/policy/stage.py"]
+    assert naming == ["core/contract.py"]
+
+
+ATTRIBUTE_BUDGET = """
+budgets:
+  - name: per-conversation
+    attribute: gen_ai.conversation.id
+    max_subjects: 1
+    limit_usd: 1.0
+    period: daily
+    mode: advisory
+"""
+
+
+def test_attribute_budgets_and_log_only_calls_run_on_the_native_engine(tmp_path, monkeypatch):
+    """The two cases the policy stage once ran on its polars queries: a budget keyed on a span
+    attribute (subjects capped in the store) and GenAI calls seen only as log records."""
+    monkeypatch.setenv("GENOPS_NATIVE_DECODE", "1")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(ATTRIBUTE_BUDGET)
+    config = SidecarConfig(
+        policy=PolicyConfig(policy_file=str(policy), state_backend="memory", budget_attributes="gen_ai.conversation.id")
+    )
+    registry = CollectorRegistry()
+    stages = build_stages(config, registry)
+    pipeline = Pipeline(stages, SidecarMetrics.create(registry).pipeline)
+    try:
+        calls = [span(attributes={**LLM, "gen_ai.conversation.id": f"c-{i}"}) for i in range(2)]
+        assert pipeline.process_traces(trace_request(calls).SerializeToString()).failed_stages == ()
+        record = logs_pb2.LogRecord(
+            time_unix_nano=1_760_000_000_000_000_000,
+            attributes=key_values({**LLM, "gen_ai.conversation.id": "c-0"}),
+        )
+        raw = logs_pb.ExportLogsServiceRequest(
+            resource_logs=[logs_pb2.ResourceLogs(scope_logs=[logs_pb2.ScopeLogs(log_records=[record])])]
+        ).SerializeToString()
+        out = pipeline.process_logs(raw)
+        assert out.failed_stages == ()
+        (charged,) = logs_pb.ExportLogsServiceRequest.FromString(out.payload).resource_logs[0].scope_logs[0].log_records
+        assert attributes_to_dict(charged.attributes)["genops.budget.name"] == "per-conversation"
+    finally:
+        close_stages(stages)
+    for signal in ("traces", "logs"):
+        labels = {"stage": "policy", "signal": signal, "engine": "native"}
+        assert registry.get_sample_value("genops_sidecar_stage_engine_total", labels) == 1.0, signal
+        labels["engine"] = "polars"
+        assert registry.get_sample_value("genops_sidecar_stage_engine_total", labels) is None, signal
 
 
 def test_the_native_extension_is_required_by_the_build():

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 from prometheus_client import CollectorRegistry
 
-from processor.config import PolicyConfig
+from processor.config import PolicyConfig, load_config
+from processor.core.outbound import OutboundRedaction
 from processor.stages.policy.stage import build_policy_stage
+from processor.stages.redaction.stage import build_outbound
 from tests.oracle.policy import oracle_of
 
 ML_BUDGET = """
@@ -41,6 +44,12 @@ def policy_text(budgets: list[dict], rules: list[dict]) -> str:
     return json.dumps({"budgets": named_budgets, "policies": named_rules})
 
 
+@functools.cache
+def default_outbound() -> OutboundRedaction:
+    """The default redaction rules, as the sidecar publishes attribute budget subjects."""
+    return build_outbound(load_config().redaction)
+
+
 def labelled_stage(path, metrics_labels: str, max_values: int, oracle: bool = False) -> tuple:
     """The native stage (or its oracle) with metric labels and attribution fallbacks; and its registry."""
     registry = CollectorRegistry()
@@ -52,7 +61,7 @@ def labelled_stage(path, metrics_labels: str, max_values: int, oracle: bool = Fa
         metrics_max_label_values=max_values,
         attribution_fallbacks={"project": "service.name", "team": "genops.project"},
     )
-    stage = build_policy_stage(config, registry)
+    stage = build_policy_stage(config, registry, default_outbound())
     return (oracle_of(stage) if oracle else stage), registry
 
 

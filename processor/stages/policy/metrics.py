@@ -11,21 +11,16 @@ mode it is summed over the worker processes, like a counter.
 
 from __future__ import annotations
 
-import bisect
-import collections
-import functools
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import polars as pl
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from processor.core.attribution import DIMENSIONS
 from processor.core.outbound import NO_REDACTION, OutboundRedaction
 from processor.stages.policy.budget_forecast import FORECAST_METRIC
-from processor.stages.policy.budgets import ENGINE, OPTIMIZATIONS
 from processor.stages.policy.operation_totals import operation_totals
 from processor.stages.policy.rules import REASON_CODES
 from processor.stages.policy.seed_metrics import SeedMetrics
@@ -198,8 +193,6 @@ class GovernanceMetrics:
         self._update_lock = threading.Lock()
         # The children of the per-verdict, per-policy and per-budget metrics, likewise.
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
-        # The aggregations of `operation_sums`, per cost column name (built once).
-        self._sums_of: dict[str, list[pl.Expr]] = {}
         self.seed = SeedMetrics(registry, self.cap)
         # Whether the batch this thread is on was counted (record_verdicts: not a retried batch).
         self._batch = threading.local()
@@ -266,96 +259,15 @@ class GovernanceMetrics:
                     self._series[values] = series
         return series
 
-    def operation_sums(
-        self, spans: pl.LazyFrame, cost: str, renamed: dict[str, dict[str, str]] | None = None
-    ) -> pl.LazyFrame:
-        """Per label combination, sums over `spans` (the evaluated spans).
-
-        `spans`: label columns, `cost`, tokens_input/output, error, latency. With `renamed` None
-        the label values are grouped as they are (null is a group of its own: `record_operations`
-        reads it as "unknown"), which is what a batch mostly needs and costs a fraction of
-        preparing the keys. Otherwise null is "unknown" and the values in `renamed` take the label
-        they are published as (redacted, or "other" past the cap) before grouping.
-        """
-        if renamed is None:
-            return spans.group_by(self._label_columns).agg(self._sums(cost))
-        keys = []
-        for name in self.labels:
-            key = pl.col(name).cast(pl.String).fill_null(UNKNOWN)
-            if renamed.get(name):
-                key = key.replace(renamed[name])
-            keys.append(key.alias(name))
-        return spans.group_by(keys or self._label_columns).agg(self._sums(cost))
-
-    @functools.cached_property
-    def _label_columns(self) -> list[pl.Expr]:
-        return [pl.col(name) for name in self.labels] or [pl.lit(0).alias("_all")]
-
-    def _sums(self, cost: str) -> list[pl.Expr]:
-        found = self._sums_of.get(cost)
-        if found is not None:
-            return found
-        latency = pl.col("latency")
-        found = self._sums_of[cost] = [
-            pl.col(cost).sum().alias("_cost"),
-            pl.col("tokens_input").sum(),
-            pl.col("tokens_output").sum(),
-            pl.len().alias("_count"),
-            pl.col("error").sum().alias("_errors"),
-            # (A null latency compares as null: filtered out too.)
-            latency.filter(latency >= 0).alias("_latency"),
-        ]
-        return found
-
-    def record_operations(self, sums: pl.DataFrame, spans: pl.LazyFrame, cost: str) -> None:
-        """`sums`: `operation_sums(spans, cost)` of one batch."""
-        if sums.height == 0:
-            return
-        labels = []
-        # A value "unknown" beside unlabelled spans: grouped apart, they must be one series.
-        merged = False
-        for name in self.labels:
-            column = sums.get_column(name)
-            values = column.to_list()
-            if column.null_count():
-                merged = merged or UNKNOWN in values
-                values = [UNKNOWN if value is None else value for value in values]
-            labels.append(values)
-        renamed = {}
-        for name, values in zip(self.labels, labels, strict=True):
-            published = dict(zip(values, self.cap.published(name, values), strict=True))
-            refused = self.cap.refused(name, set(published.values()))
-            final = {value: OTHER if label in refused else label for value, label in published.items()}
-            renamed[name] = {value: label for value, label in final.items() if value != label}
-        if any(renamed.values()) or merged:
-            # Some values are published otherwise ("other", redacted, or "unknown"): their spans are
-            # summed together, as one series.
-            sums = self.operation_sums(spans, cost, renamed).collect(engine=ENGINE, optimizations=OPTIMIZATIONS)
-            labels = [sums.get_column(name).to_list() for name in self.labels]
-        columns = [
-            sums.get_column(name).to_list()
-            for name in ("_cost", "tokens_input", "tokens_output", "_count", "_errors", "_latency")
-        ]
-        keys = zip(*labels, strict=True) if labels else [()] * sums.height
-        bucket, bounds = bisect.bisect_left, LATENCY_BUCKETS
-        rows = []
-        for values, spent, tokens_in, tokens_out, count, errors, latencies in zip(keys, *columns, strict=True):
-            hits = None
-            if latencies:
-                # The bucket whose upper bound is the first >= the value, as observe() picks it.
-                hits = sorted(collections.Counter(bucket(bounds, latency) for latency in latencies).items())
-            rows.append((values, spent, tokens_in, tokens_out, count, errors, hits, sum(latencies or ()), latencies))
-        with self._update_lock:
-            self._add_groups(rows)
-
     def operation_labels(self, distinct: list[list[str | None]]) -> list[list[str]]:
         """Per label (in `self.labels` order), its distinct values in a batch as series labels:
-        null as "unknown", values past the cap as "other", as `record_operations` labels its
-        groups. Label combinations that become equal are one series (summed together)."""
+        null as "unknown", values past the cap as "other" (as the polars oracle's
+        tests/oracle/policy_metrics.py labels its groups). Label combinations that become equal
+        are one series (summed together)."""
         return [self.cap.map(name, values) for name, values in zip(self.labels, distinct, strict=True)]
 
     def record_operation_groups(self, groups: Any) -> None:
-        """The native policy path's `record_operations`: `groups` (OperationGroups, see
+        """The per-operation metrics of a batch: `groups` (OperationGroups, see
         processor/native/src/stages/policy.rs) adds itself to the series already in the native totals
         (see processor/stages/policy/operation_totals.py), and leaves the others, per series: (labels from
         `operation_labels`, cost, tokens input, tokens output, operations, errors,

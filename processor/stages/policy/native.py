@@ -4,7 +4,9 @@ processor/native/src/stages/policy.rs), the stage's one engine.
 The call reads the frame's columns as Arrow buffers, finds the GenAI spans, attributes them, runs
 the rule checks, charges the budget windows (the store is a callback, so a batch is still applied
 in one atomic step), and returns the verdict and budget tag columns, the threshold events and the
-small tables the metrics need. The polars queries it was written against are the differential
+small tables the metrics need. Log batches run the same call (records naming a span are that
+span's call: not evaluated), and budgets keyed on span attributes key on the subject columns
+budget_subjects.py resolves first. The polars queries it was written against are the differential
 oracle in tests/oracle/policy.py: tests/stages/policy/test_policy_native.py checks both give the same changes,
 events, metrics and stored totals.
 """
@@ -25,11 +27,14 @@ from processor.core.batch_columns import array_parts, arrow_series, series_array
 from processor.core.contract import BatchChanges, SpanEventToAdd
 from processor.core.decode import RESOURCE_PREFIX, ROW, START_TIME, STATUS_CODE, TelemetryBatch, native_module
 from processor.core.genai_attributes import MODEL, PROVIDER, TOKENS_INPUT, TOKENS_OUTPUT, normalized
+from processor.core.outbound import NO_REDACTION, OutboundRedaction
 from processor.files.linear_regex import glob_regex
 from processor.stages.policy import budgets
 from processor.stages.policy import rules as policies
 from processor.stages.policy.budget_forecast import level_forecasts, now_utc
 from processor.stages.policy.budget_state import BudgetStore
+from processor.stages.policy.budget_subjects import AttributeSubjects
+from processor.stages.policy.log_charges import IN_SPAN
 from processor.stages.policy.metrics import GovernanceMetrics
 from processor.stages.policy.policy_file import Budget, PolicyFile
 
@@ -52,7 +57,7 @@ _PII_AT = 5
 
 
 class NativePolicy:
-    """One policy file's native plan (built once per policy file, like policy_stage._Plan)."""
+    """One policy file's native plan (built once per policy file, by stage._Plan)."""
 
     def __init__(
         self,
@@ -61,8 +66,11 @@ class NativePolicy:
         labels: tuple[str, ...],
         checks: list[policies.Check],
         counted: list[policies.Check],
+        outbound: OutboundRedaction = NO_REDACTION,
     ) -> None:
         self.policy = policy
+        # Budgets keyed on span attributes charge the subjects this resolves per batch.
+        self.subjects = AttributeSubjects(policy.budgets, outbound)
         texts: list[str] = []
 
         def text_index(name: str) -> int:
@@ -147,6 +155,8 @@ class NativePolicy:
         except Unsupported as e:
             raise Unsupported(f"policy stage: a column of type {e} cannot be read") from None
         rows = len(batch)
+        now_ns, now_s = time.time_ns(), int(time.time())
+        subjects = self.subjects.columns(batch, store, now_ns, now_s)
 
         def apply(increments: dict[str, float], expires_at: dict[str, int]) -> tuple[dict[str, float], bool]:
             applied = store.apply(fingerprint(batch), increments, expires_at)
@@ -156,11 +166,14 @@ class NativePolicy:
             rows,
             texts,
             numbers,
-            time.time_ns(),
-            int(time.time()),
+            now_ns,
+            now_s,
             apply,
             self._window,
             metrics.operation_labels,
+            subjects,
+            # A log record naming a span is that span's call (log_charges.py): not evaluated.
+            batch.column_parts(IN_SPAN),
         )
         if found is None:
             # A non-finite cost or a time past i64: span_values.check_batch clears those first.

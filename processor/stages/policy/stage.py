@@ -3,20 +3,17 @@
 Runs last (cost → redaction → policy), so it sees `genops.cost.*` written by the cost stage and
 `genops.redaction.count` written by redaction, as frame columns.
 
-A span batch runs in one Rust call (processor/stages/policy/native.py), whatever number of checks
-the policy file holds. Two cases still run the polars queries below, counted as engine `polars`:
-a policy file with budgets keyed on span attributes (their subjects are capped in the store, which
-the native plan does not do yet) and GenAI calls seen only as log records (log_charges.py). The
-same queries are the differential oracle (tests/oracle/policy.py) the native path is checked against.
+A batch runs in one Rust call (processor/stages/policy/native.py), whatever number of checks the
+policy file holds: span batches, log records that are GenAI calls of their own (log_charges.py),
+and budgets keyed on span attributes (their subjects resolved against the store's caps first:
+budget_subjects.py). The polars queries the native plan was written against are its differential
+oracle (tests/oracle/policy.py), never run by the product.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections import Counter
-from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import blake3
 import polars as pl
@@ -24,19 +21,10 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from processor.config import PolicyConfig
-from processor.core.attribution import DIMENSIONS, Attribution, text
-from processor.core.contract import ENGINE_NATIVE, ENGINE_POLARS, BatchChanges
-from processor.core.decode import (
-    LOGS,
-    RESOURCE_PREFIX,
-    ROW,
-    START_TIME,
-    STATUS_CODE,
-    TRACES,
-    TelemetryBatch,
-    WantedKeys,
-)
-from processor.core.genai_attributes import GENAI_KEYS, MODEL, PROVIDER, TOKENS_INPUT, TOKENS_OUTPUT, normalized
+from processor.core.attribution import Attribution
+from processor.core.contract import ENGINE_NATIVE, BatchChanges
+from processor.core.decode import LOGS, TRACES, TelemetryBatch, WantedKeys
+from processor.core.genai_attributes import GENAI_KEYS
 from processor.core.outbound import NO_REDACTION, OutboundRedaction
 from processor.core.span_values import InvalidValueMetrics, check_batch
 from processor.stages.cost import cache_metrics
@@ -44,20 +32,16 @@ from processor.stages.cost.cache_metrics import CacheMetrics
 from processor.stages.policy import awu, budgets, log_charges, seed_metrics
 from processor.stages.policy import rules as policies
 from processor.stages.policy.budget_api import BudgetStatusReader
-from processor.stages.policy.budget_forecast import FORECAST_TAG, forecast_column, level_forecasts, now_utc
+from processor.stages.policy.budget_forecast import FORECAST_TAG, forecast_column, now_utc
 from processor.stages.policy.budget_state import BudgetStore
 from processor.stages.policy.budget_store_guard import open_store
 from processor.stages.policy.ledger import LedgerPlan, LedgerSettings
 from processor.stages.policy.metrics import GovernanceMetrics, parse_labels
 from processor.stages.policy.native import NativePolicy
-from processor.stages.policy.policy_file import Budget, PolicyFile, PolicySource, budget_attributes, load_policy_file
+from processor.stages.policy.policy_file import Budget, PolicyFile, PolicySource, load_policy_file
 from processor.stages.policy.reconcile_metrics import DriftGauge
 from processor.stages.policy.reservation_store import StoreSettings, open_reservations
 from processor.stages.policy.reservations import Reconciliation, reconciliation_counter
-from processor.stages.policy.store_caps import OVERFLOW, StoreCap
-
-if TYPE_CHECKING:
-    from polars._typing import PolarsDataType
 
 log = structlog.get_logger(__name__)
 
@@ -166,8 +150,8 @@ class PolicyStage:
         return _with_forecast(changes, plan.budget_names)
 
     def _process_logs(self, batch: TelemetryBatch) -> BatchChanges:
-        """The records that are GenAI calls naming no span, charged as spans are (polars path; no
-        ledger, no span events: see processor/stages/policy/log_charges.py)."""
+        """The records that are GenAI calls naming no span, charged as spans are (no ledger, no
+        span events: see processor/stages/policy/log_charges.py)."""
         self.metrics.seed.record_evaluations(batch, fingerprint)
         if not log_charges.reports_usage(batch):
             return BatchChanges()
@@ -175,122 +159,30 @@ class PolicyStage:
         check_batch(batch)
         self._invalid.record(batch)
         plan = self._plan_for(self.source.current())
-        changes = self._process_polars(batch, plan, self.store).with_engine(ENGINE_POLARS)
+        changes = self._process(batch, plan, self.store)
         return _with_forecast(dataclasses.replace(changes, events=[]), plan.budget_names)
 
     def _process(self, batch: TelemetryBatch, plan: _Plan, store: BudgetStore) -> BatchChanges:
-        """The batch's changes: by the native plan, unless the policy has attribute budgets."""
-        if plan.native is not None:
-            return plan.native.process(batch, store, self.metrics, fingerprint).with_engine(ENGINE_NATIVE)
-        return self._process_polars(batch, plan, store).with_engine(ENGINE_POLARS)
-
-    def _process_polars(self, batch: TelemetryBatch, plan: _Plan, store: BudgetStore) -> BatchChanges:
-        frame = batch.frame
-        genai = [column.alias(GENAI_PREFIX + column.name) for column in normalized(batch).get_columns()]
-        query = frame.hstack(genai).lazy().with_columns(pl.lit(time.time_ns(), dtype=pl.Int64).alias(budgets.NOW))
-        head, evaluated, *layers = plan.span_layers(frame.schema)
-        # Only GenAI spans are evaluated (~40% of a batch): the rest are left out until the
-        # output columns are laid back over the whole batch.
-        # (A column, not its name: polars resolves a name against the whole frame schema.)
-        evaluated_spans = query.select(head).with_columns(evaluated).filter(pl.col(EVALUATED))
-        spans = _layered(evaluated_spans, layers).collect(engine=budgets.ENGINE, optimizations=budgets.OPTIMIZATIONS)
-        if spans.height == 0:
-            return BatchChanges()
-        if plan.caps:
-            spans = plan.budgets.capped(spans, self._subjects(plan, store))
-        windows = plan.budgets.windows(spans)
-        applied = store.apply(fingerprint(batch), windows.increments, windows.expires_at)
-        charging = _layered(
-            spans.lazy().with_columns(plan.budgets.consumed_columns(windows, applied.totals)),
-            plan.charge_layers(windows.charged),
-        )
-        if applied.repeated:
-            # A retried batch: same tags and events as the first time, but counted once.
-            charged = charging.collect(engine=budgets.ENGINE, optimizations=budgets.OPTIMIZATIONS)
-        else:
-            charged, sums = pl.collect_all(
-                [charging, self.metrics.operation_sums(spans.lazy(), budgets.COST)],
-                engine=budgets.ENGINE,
-                optimizations=budgets.OPTIMIZATIONS,
-            )
-        # Laid back over the batch (null for the spans not evaluated): just the output columns (the
-        # events and metrics read the evaluated spans). A gather by row index, cheaper in polars
-        # than a join on the row position; indexing a frame by a Series plans no query.
-        outputs = plan.outputs(windows.charged)
-        laid = charged[outputs][_gather_index(spans, frame.height)]
-        changes = {name: laid.get_column(name) for name in outputs}
-        events = plan.budgets.events(charged) if windows.charged else []
-        if applied.repeated:
-            return BatchChanges(set_attributes=changes, events=events)
-        self.metrics.record_operations(sums, spans.lazy(), budgets.COST)
-        results = Counter(charged.get_column(policies.RESULT).to_list())
-        results.pop(None, None)
-        self.metrics.record_verdicts(
-            results,
-            [(c.name, c.reason_code, c.mode, int(charged.get_column(column).sum())) for c, column in plan.counted],
-        )
-        if windows.charged:
-            levels = plan.budgets.levels(charged)
-            forecasts = level_forecasts(plan.budget_names, levels, now_utc())
-            self.metrics.record_budgets(levels, plan.budgets.exceeded_counts(charged), forecasts)
-        return BatchChanges(set_attributes=changes, events=events)
-
-    def _subjects(self, plan: _Plan, store: BudgetStore) -> Callable[[int, str, set[str], int], dict[str, str]]:
-        """How budgets.BudgetPlan.capped maps an attribute budget's subjects: redacted as the
-        attribute is, then admitted to the window's max_subjects in the store, else OVERFLOW."""
-
-        def resolve(index: int, label: str, subjects: set[str], expires_at: int) -> dict[str, str]:
-            budget = plan.policy.budgets[index]
-            published = {s: self._outbound.label(budget.attribute or "", s) for s in subjects}
-            family = f"budget|{budget.name}|{label}"
-            admitted = plan.caps[index].admitted(store, family, set(published.values()), expires_at)
-            return {s: p if p in admitted else OVERFLOW for s, p in published.items()}
-
-        return resolve
+        """The batch's changes, by the native plan (tests/oracle/policy.py runs the polars queries here)."""
+        return plan.native.process(batch, store, self.metrics, fingerprint).with_engine(ENGINE_NATIVE)
 
     def _plan_for(self, policy: PolicyFile) -> _Plan:
         plan = self._plan
         if plan is None or plan.source is not policy:
-            plan = self._plan = _Plan(policy, self.attribution, self.metrics.labels, self.spec_attribution_check)
+            plan = self._plan = self._new_plan(policy)
         return plan
 
-
-EVALUATED = "evaluated"
-POSITION = "_position"
-# The batch's normalised GenAI columns join the frame under this prefix (no attribute clash).
-GENAI_PREFIX = "_genai:"
-# Span frame schemas remembered with their expressions; batches mostly repeat a few shapes.
-_MAX_SCHEMAS = 64
-
-
-def _gather_index(spans: pl.DataFrame, rows: int) -> pl.Series:
-    """Per batch row, the index of its row in `spans` (the evaluated spans), or null."""
-    # In Python: a list of a thousand is built faster than polars answers three calls.
-    index: list[int | None] = [None] * rows
-    for at, position in enumerate(spans.get_column(POSITION).to_list()):
-        index[position] = at
-    return pl.Series(index, dtype=pl.UInt32)
-
-
-def _layered(query: pl.LazyFrame, layers: list[list[pl.Expr]]) -> pl.LazyFrame:
-    for layer in layers:
-        query = query.with_columns(layer)
-    return query
-
-
-def _merged(*parts: list[list[pl.Expr]]) -> list[list[pl.Expr]]:
-    """Layer i of the result holds layer i of each part (parts whose layers are independent)."""
-    depth = max(len(part) for part in parts)
-    return [[expr for part in parts if i < len(part) for expr in part[i]] for i in range(depth)]
+    def _new_plan(self, policy: PolicyFile) -> _Plan:
+        return _Plan(policy, self.attribution, self.metrics.labels, self.spec_attribution_check, self._outbound)
 
 
 def _rule_column(index: int) -> str:
+    """The name of rule `index`'s violation flag (what its check reads in the polars oracle)."""
     return f"_rule{index}"
 
 
 class _Plan:
-    """One policy file's expressions: built once, not per batch (building them costs as much as
-    running them on a 1k-span batch)."""
+    """One policy file's checks and native plan: built once, not per batch."""
 
     def __init__(
         self,
@@ -298,143 +190,29 @@ class _Plan:
         attribution: Attribution,
         labels: tuple[str, ...] = (),
         spec_attribution_check: bool = True,
+        outbound: OutboundRedaction = NO_REDACTION,
     ) -> None:
         self.source = source
         policy = self.policy = policies.with_spec_checks(source, spec_attribution_check)
         self.attribution = attribution
-        self.budgets = budgets.BudgetPlan(policy.budgets)
         self.budget_names = {b.name: b for b in policy.budgets}
         rule_checks = policies.rule_checks(policy.rules, _rule_column)
         budget_checks = [
-            policies.Check(f"budget:{b.name}", policies.REASON_CODES["budget"], b.mode, self.budgets.exceeded(i))
+            policies.Check(
+                f"budget:{b.name}",
+                policies.REASON_CODES["budget"],
+                b.mode,
+                pl.col(budgets.column(i, "exceeded")).fill_null(False),
+            )
             for i, b in enumerate(policy.budgets)
         ]
-        # (check, column whose sum is its violation count) for the metrics.
+        # (check, column whose sum is its violation count in the polars oracle).
         self.counted = [(c, _rule_column(i)) for i, c in enumerate(rule_checks)] + [
             (c, budgets.column(i, "exceeded")) for i, c in enumerate(budget_checks)
         ]
-        checks = [*rule_checks, *budget_checks]
-        # Attribute budgets' subjects, capped in the store (the native plan has no such budgets).
-        self.caps = {
-            i: StoreCap(b.max_subjects, f"budget {b.name} max_subjects")
-            for i, b in enumerate(policy.budgets)
-            if b.attribute is not None
-        }
-        # The whole stage in one native call, unless attribute budgets need the polars queries.
-        self.native = (
-            NativePolicy(policy, attribution, labels, checks, [c for c, _ in self.counted]) if not self.caps else None
-        )
-        warned, evaluated = self.budgets.warned(), pl.col(EVALUATED)
-        if policies.VerdictTable.fits(checks):
-            table = policies.VerdictTable(checks)
-            # The verdicts are computed over the evaluated spans only.
-            verdict = [[table.code(warned, None).alias("_verdict")], table.columns("_verdict")]
-        else:
-            verdict = [policies.verdict(checks, warned, evaluated)]
-        charge = self.budgets.charge_columns()
-        # Tags only when some span was charged (which takes a budget).
-        tags = self.budgets.tag_columns() if policy.budgets else []
-        self._charge_layers = {True: [*charge, *_merged(verdict, tags)], False: [*charge, *verdict]}
-        self._outputs = {
-            True: [policies.VIOLATIONS, policies.RESULT, policies.REASON_CODE, *budgets.TAGS.values()],
-            False: [policies.VIOLATIONS, policies.RESULT, policies.REASON_CODE],
-        }
-        self._span_layers: dict[tuple, list[list[pl.Expr]]] = {}
-        # The frame columns whose presence and type shape the span expressions.
-        # (Deduplicated: two dimensions may fall back to one key.)
-        sources = list(dict.fromkeys(key for dim in DIMENSIONS for key in attribution.sources(dim)))
-        self._attributes = sorted(budget_attributes(policy))
-        sources += [key for key in self._attributes if key not in sources]
-        self._read_keys = (
-            *sources,
-            *(RESOURCE_PREFIX + key for key in sources),
-            *COST_KEYS,
-            policies.PII_COUNT,
-            ERROR_TYPE,
-            STATUS_CODE,
-            budgets.END_TIME,
-            log_charges.IN_SPAN,
-        )
-
-    def span_layers(self, schema: pl.Schema) -> list[list[pl.Expr]]:
-        key = tuple((name, schema.get(name)) for name in self._read_keys)
-        layers = self._span_layers.get(key)
-        if layers is None:
-            if len(self._span_layers) >= _MAX_SCHEMAS:
-                self._span_layers.clear()
-            layers = self._span_layers[key] = self._build_span_layers(dict(schema))
-        return layers
-
-    def _build_span_layers(self, schema: dict[str, pl.DataType]) -> list[list[pl.Expr]]:
-        """Per span: dimensions, model, provider, tokens, cost, PII count, error, latency, whether
-        it is a GenAI span (evaluated), the rule checks and the budget charges."""
-        end = budgets.END_TIME
-        has_end = end in schema
-        latency = (
-            pl.when((pl.col(end) >= pl.col(START_TIME)) & (pl.col(START_TIME) > 0))
-            .then((pl.col(end).cast(pl.Int64) - pl.col(START_TIME).cast(pl.Int64)) / 1e9)
-            .alias("latency")
-            if has_end
-            else pl.lit(None, dtype=pl.Float64).alias("latency")
-        )
-        genai = {name: pl.col(GENAI_PREFIX + name) for name in (MODEL, PROVIDER, TOKENS_INPUT, TOKENS_OUTPUT)}
-        # What tells a GenAI span, plus the raw columns the rest is computed from after the filter.
-        # (Null and binary columns read as null: not worth carrying.)
-        raw = [
-            name
-            for name in self._read_keys
-            if name in schema
-            and name not in (*COST_KEYS, START_TIME)
-            and (name in (STATUS_CODE, budgets.END_TIME) or schema[name] not in (pl.Null, pl.Binary))
-        ]
-        head = [
-            pl.col(ROW),
-            pl.int_range(pl.len(), dtype=pl.UInt32).alias(POSITION),
-            *(pl.col(name) for name in (START_TIME, budgets.NOW, *raw)),
-            _number(schema, budgets.COST, pl.Float64).alias(budgets.COST),
-            # Named apart from the raw columns (an attribution fallback key may be "model"), until
-            # the raw columns are read.
-            pl.coalesce(genai[MODEL], text(schema, "genops.cost.model")).alias("_model"),
-            pl.coalesce(genai[PROVIDER], text(schema, "genops.cost.provider")).alias("_provider"),
-            genai[TOKENS_INPUT].alias("_tokens_input"),
-            genai[TOKENS_OUTPUT].alias("_tokens_output"),
-            text(schema, "genops.cost.status").alias("_cost_status"),
-        ]
-        cost = pl.col(budgets.COST)
-        evaluated = pl.any_horizontal(
-            pl.col("_model").is_not_null(),
-            cost.is_not_null(),
-            pl.col("_tokens_input").is_not_null(),
-            pl.col("_tokens_output").is_not_null(),
-            pl.col("_cost_status").is_not_null(),
-        )
-        if log_charges.IN_SPAN in schema:  # a log record naming a span: the span is charged
-            evaluated &= pl.col(log_charges.IN_SPAN).not_()
-        rest = [
-            *(pl.col("_" + name).alias(name) for name in ("model", "provider", TOKENS_INPUT, TOKENS_OUTPUT)),
-            latency,
-            *self.attribution.columns(schema),
-            *(
-                pl.coalesce(text(schema, key), text(schema, RESOURCE_PREFIX + key)).alias(budgets.attribute_column(key))
-                for key in self._attributes
-            ),
-            _number(schema, policies.PII_COUNT, pl.Int64).alias(policies.PII_COUNT),
-            _error(schema).alias("error"),
-            *budgets.start_columns(has_end),
-        ]
-        flags = [
-            (cost.is_not_null() & (cost > 0)).alias(budgets.PRICED),
-            *(policies.rule_check(rule).alias(_rule_column(i)) for i, rule in enumerate(self.policy.rules)),
-        ]
-        # The first layer is selected from the batch frame, the second tells the spans kept, the
-        # others are added to those.
-        return [head, [evaluated.alias(EVALUATED)], rest, flags, *self.budgets.span_columns()]
-
-    def charge_layers(self, charged: bool) -> list[list[pl.Expr]]:
-        return self._charge_layers[charged]
-
-    def outputs(self, charged: bool) -> list[str]:
-        return self._outputs[charged]
+        self.checks = [*rule_checks, *budget_checks]
+        # The whole stage in one native call, attribute budgets and log records included.
+        self.native = NativePolicy(policy, attribution, labels, self.checks, [c for c, _ in self.counted], outbound)
 
 
 def _with_forecast(changes: BatchChanges, listed: dict[str, Budget]) -> BatchChanges:
@@ -452,13 +230,6 @@ def _with_forecast(changes: BatchChanges, listed: dict[str, Budget]) -> BatchCha
     return dataclasses.replace(changes, set_attributes={**tags, FORECAST_TAG: forecast})
 
 
-def _error(schema: dict[str, pl.DataType]) -> pl.Expr:
-    failed = text(schema, ERROR_TYPE).is_not_null()
-    if STATUS_CODE in schema:  # 2 = STATUS_CODE_ERROR
-        failed |= pl.col(STATUS_CODE).cast(pl.Int64, strict=False).fill_null(0) == 2
-    return failed
-
-
 def fingerprint(batch: TelemetryBatch) -> str:
     """Identifies an export request, so the Collector retrying it is recognised.
 
@@ -472,15 +243,6 @@ def fingerprint(batch: TelemetryBatch) -> str:
         raw = batch.raw or batch.request.SerializeToString()
         done = batch.derived[FINGERPRINT] = blake3.blake3(raw).hexdigest(length=16)
     return done  # type: ignore[return-value]
-
-
-def _number(schema: dict[str, pl.DataType], key: str, dtype: PolarsDataType) -> pl.Expr:
-    if schema.get(key, pl.Null) in (pl.Null, pl.Binary):
-        return pl.lit(None, dtype=dtype)
-    column = pl.col(key)
-    if schema[key] == pl.String:
-        column = column.str.strip_chars().cast(pl.Float64, strict=False)
-    return column.cast(dtype, strict=False)
 
 
 def build_policy_stage(

@@ -18,10 +18,14 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from processor.core.decode import WantedKeys, decode_traces
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as logs_pb
+from opentelemetry.proto.logs.v1 import logs_pb2
+from opentelemetry.proto.resource.v1 import resource_pb2
+
+from processor.core.decode import WantedKeys, decode_logs, decode_traces
 from tests.support.clock import BASE_NS, HOUR_NS
 from tests.support.differential import metric_samples, same
-from tests.support.otlp_builders import span, trace_request
+from tests.support.otlp_builders import key_values, span, trace_request
 from tests.support.policy_stages import (
     labelled_stage,
     policy_text,
@@ -36,16 +40,27 @@ mode = st.sampled_from(["enforced", "advisory", "audit_only"])
 dimension = st.sampled_from(["team", "project", "customer_id", "environment"])
 subject_value = st.sampled_from(["ml", "search", "chat", "7"])
 
-budget = st.fixed_dictionaries(
-    {
-        "limit_usd": st.sampled_from([0.3, 0.5, 1.0, 2.5]),
-        "period": st.sampled_from(["daily", "weekly", "monthly"]),
-        "timezone": st.sampled_from(["UTC", "America/New_York", "Asia/Kolkata", "Pacific/Chatham"]),
-        "warn_at": st.lists(st.sampled_from([0.25, 0.5, 0.8, 0.95]), unique=True, max_size=3),
-        "mode": mode,
-    },
-    optional={"dimension": dimension, "value": subject_value},
-).filter(lambda b: "value" not in b or "dimension" in b)
+budget_fields = {
+    "limit_usd": st.sampled_from([0.3, 0.5, 1.0, 2.5]),
+    "period": st.sampled_from(["daily", "weekly", "monthly"]),
+    "timezone": st.sampled_from(["UTC", "America/New_York", "Asia/Kolkata", "Pacific/Chatham"]),
+    "warn_at": st.lists(st.sampled_from([0.25, 0.5, 0.8, 0.95]), unique=True, max_size=3),
+    "mode": mode,
+}
+# A budget keyed on a span attribute: its subjects redacted, capped in the store, else OVERFLOW.
+CONVERSATION = "gen_ai.conversation.id"
+EMAIL = "ada.lovelace@example.com"
+conversation = st.sampled_from(["c-1", "c-2", "c-3", " c-1 ", "", EMAIL])
+attribute_budget = st.fixed_dictionaries(
+    {**budget_fields, "attribute": st.just(CONVERSATION), "max_subjects": st.sampled_from([1, 2, 100])},
+    optional={"value": st.sampled_from(["c-1", "c-2", EMAIL])},
+)
+budget = st.one_of(
+    st.fixed_dictionaries(budget_fields, optional={"dimension": dimension, "value": subject_value}).filter(
+        lambda b: "value" not in b or "dimension" in b
+    ),
+    attribute_budget,
+)
 
 match = st.dictionaries(dimension, st.lists(subject_value, min_size=1), max_size=2)
 rule = st.one_of(
@@ -104,6 +119,7 @@ genai_attributes = st.fixed_dictionaries(
         "gen_ai.usage.output_tokens": st.integers(0, 300),
         "genops.redaction.detected": st.one_of(st.integers(0, 2), st.sampled_from(["1", " 2 ", "x"])),
         "error.type": st.sampled_from(["timeout", " "]),
+        CONVERSATION: st.one_of(conversation, st.integers(6, 7)),
     },
 )
 start_time = st.one_of(
@@ -118,7 +134,12 @@ one_span = st.tuples(
     st.sampled_from([0, 1, 2]),  # status code
 )
 resource = st.fixed_dictionaries(
-    {}, optional={"service.name": st.sampled_from(["chat-api", "search-api"]), "genops.team": text_value}
+    {},
+    optional={
+        "service.name": st.sampled_from(["chat-api", "search-api"]),
+        "genops.team": text_value,
+        CONVERSATION: conversation,
+    },
 )
 # Batches, their resource and whether each is sent a second time (a Collector retry).
 batches = st.lists(
@@ -155,20 +176,84 @@ def test_native_and_polars_paths_agree(tmp_path_factory, monkeypatch, policy, ba
         raw = trace_request(built, resource_attributes or None).SerializeToString()
         wanted = WantedKeys.union((native.wanted_keys(), fallback.wanted_keys()))
         for _ in range(2 if retried else 1):
-            batch = decode_traces(raw, wanted)
-            got = native.process(batch)
-            want = fallback.process(batch)
-            assert got.engine == "native" and want.engine == "polars"
-            assert list(got.set_attributes) == list(want.set_attributes)
-            for key, series in want.set_attributes.items():
-                assert got.set_attributes[key].dtype == series.dtype, key
-                assert got.set_attributes[key].name == series.name, key
-                same(got.set_attributes[key].to_list(), series.to_list(), key)
-            same(
-                [(e.row, e.name, e.time_unix_nano, e.attributes) for e in got.all_events()],
-                [(e.row, e.name, e.time_unix_nano, e.attributes) for e in want.all_events()],
-                "events",
+            compare(native, fallback, decode_traces(raw, wanted))
+    same(metric_samples(native_registry), metric_samples(fallback_registry), "metrics")
+    same(stored(native), stored(fallback), "stored totals")
+    native.close()
+    fallback.close()
+
+
+def compare(native, fallback, batch) -> None:
+    """Both stages on `batch`: the same changes and events."""
+    got = native.process(batch)
+    want = fallback.process(batch)
+    # (No engine: a log batch without GenAI usage, left as it is.)
+    assert (got.engine, want.engine) in {("native", "polars"), (None, None)}
+    assert list(got.set_attributes) == list(want.set_attributes)
+    for key, series in want.set_attributes.items():
+        assert got.set_attributes[key].dtype == series.dtype, key
+        assert got.set_attributes[key].name == series.name, key
+        same(got.set_attributes[key].to_list(), series.to_list(), key)
+    same(
+        [(e.row, e.name, e.time_unix_nano, e.attributes) for e in got.all_events()],
+        [(e.row, e.name, e.time_unix_nano, e.attributes) for e in want.all_events()],
+        "events",
+    )
+
+
+# A log record: its attributes, span id (empty or all zero: it names no span, so it is a call of
+# its own), time and observed time (its time when it has none).
+log_record = st.tuples(
+    genai_attributes, st.sampled_from([b"", b"\0" * 8, b"\x01" * 8]), start_time, st.sampled_from([0, BASE_NS])
+)
+log_batches = st.lists(
+    st.tuples(st.lists(log_record, min_size=1, max_size=12), resource, st.booleans()), min_size=1, max_size=3
+)
+
+
+def log_request(records: list, resource_attributes: dict) -> bytes:
+    built = [
+        logs_pb2.LogRecord(
+            time_unix_nano=at,
+            observed_time_unix_nano=observed,
+            span_id=span_id,
+            trace_id=b"\x02" * 16 if span_id else b"",
+            attributes=key_values(attributes),
+        )
+        for attributes, span_id, at, observed in records
+    ]
+    return logs_pb.ExportLogsServiceRequest(
+        resource_logs=[
+            logs_pb2.ResourceLogs(
+                resource=resource_pb2.Resource(attributes=key_values(resource_attributes)),
+                scope_logs=[logs_pb2.ScopeLogs(log_records=built)],
             )
+        ]
+    ).SerializeToString()
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+    phases=[Phase.explicit, Phase.generate],
+)
+@given(policy=policy, batches=log_batches, metrics_labels=labels, max_values=st.sampled_from([1, 100]))
+def test_native_and_polars_paths_agree_on_log_only_calls(
+    tmp_path_factory, monkeypatch, policy, batches, metrics_labels, max_values
+):
+    """Log records that are GenAI calls of their own (log_charges.py) are charged alike, records
+    naming a span are left to the span, and no event is added to a log record."""
+    monkeypatch.setattr(time, "time_ns", lambda: BASE_NS + 7 * HOUR_NS)
+    path = tmp_path_factory.mktemp("policy") / "policy.yaml"
+    path.write_text(policy_text(*policy))
+    (native, native_registry) = labelled_stage(path, metrics_labels, max_values)
+    (fallback, fallback_registry) = labelled_stage(path, metrics_labels, max_values, oracle=True)
+    wanted = WantedKeys.union((native.wanted_keys(), fallback.wanted_keys()))
+    for records, resource_attributes, retried in batches:
+        raw = log_request(records, resource_attributes)
+        for _ in range(2 if retried else 1):
+            compare(native, fallback, decode_logs(raw, wanted))
     same(metric_samples(native_registry), metric_samples(fallback_registry), "metrics")
     same(stored(native), stored(fallback), "stored totals")
     native.close()

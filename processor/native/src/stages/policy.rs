@@ -3,8 +3,8 @@
 //! (consumed, utilization, exceeded, warned, crossings), verdict codes, budget tags and the
 //! per-label operation sums the metrics read.
 //!
-//! Mirrors the polars queries of processor/stages/policy/stage.py, budgets.py and policies.py, which stay
-//! the fallback; tests/stages/policy/test_policy_native.py checks both give the same changes, events, metrics and
+//! Mirrors the polars queries of the differential oracle (tests/oracle/policy.py);
+//! tests/stages/policy/test_policy_native.py checks both give the same changes, events, metrics and
 //! stored totals. Inputs are the frame's columns as Arrow buffers read in place (arrow.rs), outputs
 //! go back as Arrow buffers over the whole batch and small tables for the metrics.
 //!
@@ -465,7 +465,7 @@ impl PolicyPlan {
                 continue;
             }
             if cost.is_some_and(|c| !c.is_finite()) {
-                // Polars orders NaN its own way: the polars path decides such batches.
+                // Polars orders NaN its own way: such a batch is refused (check_batch clears it first).
                 return Ok(None);
             }
             let provider = match raw_text(&columns.provider, row)? {
@@ -488,7 +488,7 @@ impl PolicyPlan {
                 .filter(|c| c.is_valid(row))
                 .map(|c| c.i64_at(row));
             if raw_start < 0 || raw_end.is_some_and(|end| end < 0) {
-                // Past i64 as unsigned: the polars path fails the stage on the cast.
+                // Past i64 as unsigned: refused, as the polars oracle fails on the cast.
                 return Ok(None);
             }
             let start = if raw_start > 0 { raw_start } else { now };
@@ -673,10 +673,16 @@ impl PolicyPlan {
     /// `apply(increments, expires_at)` -> (totals, repeated) is the store; `window_of` see
     /// `label`; `relabel(label tuples)` -> the metric label tuples (null as "unknown", capped).
     ///
-    /// Returns None when the polars path must decide the batch (NaN or infinite cost), () when no
+    /// `subjects`: the subject columns of the budgets keyed on a span attribute (see
+    /// `SubjectColumn`).
+    ///
+    /// Returns None when the batch cannot be charged (NaN or infinite cost), () when no
     /// span is a GenAI span, else (code, tags or None, events, levels, check counts, code counts,
     /// groups or None for a repeated batch).
     #[allow(clippy::too_many_arguments)]
+    /// `in_span`: a bool column of the rows that are no call of their own (log records naming a
+    /// span: log_charges.py), never evaluated.
+    #[pyo3(signature = (rows, texts, numbers, now_ns, now_s, apply, window_of, relabel, subjects=Vec::new(), in_span=None))]
     fn run<'py>(
         &self,
         py: Python<'py>,
@@ -688,7 +694,10 @@ impl PolicyPlan {
         apply: Bound<'py, PyAny>,
         window_of: Bound<'py, PyAny>,
         relabel: Bound<'py, PyAny>,
+        subjects: Vec<SubjectColumn<'py>>,
+        in_span: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let keyed = self.keyed_subjects(rows, &subjects)?;
         use Kind::{String as Str, F64, I64};
         let get = |i: usize| numbers.get(i).and_then(|v| v.as_ref());
         let columns = Columns {
@@ -707,9 +716,12 @@ impl PolicyPlan {
                 .ok_or_else(|| PyValueError::new_err("start times are required"))?,
             end: optional(get(8), &[I64])?,
         };
-        let Some(spans) = self.read(&columns, rows, now_ns)? else {
+        let Some(mut spans) = self.read(&columns, rows, now_ns)? else {
             return Ok(None);
         };
+        if let Some(in_span) = optional(in_span.as_ref(), &[Kind::Bool])? {
+            spans.retain(|s| !(in_span.is_valid(s.position) && in_span.bool_at(s.position)));
+        }
         if spans.is_empty() {
             return Ok(Some(PyTuple::empty(py).into_any()));
         }
@@ -738,19 +750,9 @@ impl PolicyPlan {
                             continue;
                         }
                     };
-                    let subject = match budget.dimension {
-                        None => "*",
-                        Some(d) => match span.dims[d] {
-                            Some(subject)
-                                if budget.value.as_deref().is_none_or(|v| v == subject) =>
-                            {
-                                subject
-                            }
-                            _ => {
-                                column.push(None);
-                                continue;
-                            }
-                        },
+                    let Some(subject) = budget_subject(budget, &keyed[b], span)? else {
+                        column.push(None);
+                        continue;
                     };
                     let seconds = span.start.div_euclid(1_000_000_000);
                     let window = match &last[budget.zone] {
@@ -976,7 +978,60 @@ impl PolicyPlan {
     }
 }
 
+/// The subjects of a budget keyed on a span attribute over one batch (native.py
+/// `SubjectColumn`): per row, the subject as published (redacted, or the overflow subject past
+/// the budget's max_subjects), null where the budget charges nothing. The Python side resolves
+/// them against the store's cardinality cap; the budget keys on them as it would on a dimension.
+#[derive(FromPyObject)]
+pub struct SubjectColumn<'py> {
+    #[pyo3(attribute)]
+    budget: usize,
+    #[pyo3(attribute)]
+    subjects: Bound<'py, PyAny>,
+}
+
+/// The subject `budget` charges `span` to (None: not charged): from its subject column when it
+/// has one (taken as given: the value filter ran on the raw values), else from its dimension.
+fn budget_subject<'a>(
+    budget: &Budget,
+    keyed: &'a Option<ArrowIn>,
+    span: &Span<'a>,
+) -> PyResult<Option<&'a str>> {
+    if keyed.is_some() {
+        return raw_text(keyed, span.position);
+    }
+    Ok(match budget.dimension {
+        None => Some("*"),
+        Some(d) => {
+            span.dims[d].filter(|subject| budget.value.as_deref().is_none_or(|v| v == *subject))
+        }
+    })
+}
+
 impl PolicyPlan {
+    /// Per budget, its subject column (None: keyed on a dimension or global).
+    fn keyed_subjects(
+        &self,
+        rows: usize,
+        subjects: &[SubjectColumn<'_>],
+    ) -> PyResult<Vec<Option<ArrowIn>>> {
+        let mut keyed: Vec<Option<ArrowIn>> = self.budgets.iter().map(|_| None).collect();
+        for column in subjects {
+            let array = optional(Some(&column.subjects), &[Kind::String])?;
+            match keyed.get_mut(column.budget) {
+                Some(slot) if slot.is_none() && array.as_ref().is_some_and(|a| a.len == rows) => {
+                    *slot = array;
+                }
+                _ => {
+                    return Err(PyValueError::new_err(
+                        "subject column of no budget or of another batch",
+                    ))
+                }
+            }
+        }
+        Ok(keyed)
+    }
+
     /// VIOLATIONS (list offsets, validity, names), RESULT and REASON_CODE per row of the batch.
     fn verdict_columns<'py>(
         &self,
