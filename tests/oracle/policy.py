@@ -15,8 +15,9 @@ from processor.stages.policy.stage import PolicyStage, _Plan
 class OraclePolicyStage(PolicyStage):
     """The policy stage with every batch run by the polars queries."""
 
-    def _process(self, batch: TelemetryBatch, plan: _Plan, store: BudgetStore) -> BatchChanges:
-        return self._process_polars(batch, plan, store).with_engine(ENGINE_POLARS)
+    def _process(self, batch: TelemetryBatch, plan: _Plan, store: BudgetStore) -> tuple[BatchChanges, None]:
+        # No native AWU columns either: awu.py's query computes them.
+        return self._process_polars(batch, plan, store).with_engine(ENGINE_POLARS), None
 
 
 def oracle_of(stage: PolicyStage) -> OraclePolicyStage:

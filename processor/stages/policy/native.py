@@ -20,14 +20,17 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 import pyarrow as pa
 
-from processor.core.attribution import DIMENSIONS, Attribution
+from processor.core import genops_semconv as gs
+from processor.core.attribution import DIMENSIONS, Attribution, dimension_key
 from processor.core.batch_columns import array_parts, arrow_series, series_array
 from processor.core.contract import BatchChanges, SpanEventToAdd
 from processor.core.decode import RESOURCE_PREFIX, ROW, START_TIME, STATUS_CODE, TelemetryBatch, native_module
 from processor.core.genai_attributes import MODEL, PROVIDER, TOKENS_INPUT, TOKENS_OUTPUT, normalized
+from processor.core.span_event_columns import SpanEventColumns
 from processor.files.linear_regex import glob_regex
 from processor.stages.policy import budgets
 from processor.stages.policy import rules as policies
+from processor.stages.policy.awu import WRITTEN_KEYS, NativeAwu
 from processor.stages.policy.budget_forecast import level_forecasts, now_utc
 from processor.stages.policy.budget_state import BudgetStore
 from processor.stages.policy.metrics import GovernanceMetrics
@@ -75,7 +78,15 @@ class NativePolicy:
             for dim in DIMENSIONS
         ]
         cost_texts = tuple(
-            text_index(name) for name in ("genops.cost.model", "genops.cost.provider", "genops.cost.status", ERROR_TYPE)
+            text_index(name) for name in (gs.COST_MODEL, gs.COST_PROVIDER, "genops.cost.status", ERROR_TYPE)
+        )
+        # The AWU columns (awu.py): the operation name's sources and each dimension's own key.
+        awu = (
+            [text_index(name) for name in gs.OPERATION_SOURCES],
+            [text_index(dimension_key(dim)) for dim in DIMENSIONS],
+            list(gs.OPERATION_TYPES.items()),
+            gs.SPEC_VERSION_VALUE,
+            gs.ACCOUNTING_UNIT_USD,
         )
         self.texts = tuple(texts)
         dimension = {dim: i for i, dim in enumerate(DIMENSIONS)}
@@ -119,6 +130,7 @@ class NativePolicy:
             [(c.name, policies.MODE_ORDER.index(c.mode), c.reason_code) for c in checks],
             policies.severity_order(checks),
             policies.VERDICT_WORDS,
+            awu,
         )
         self._counted = counted
 
@@ -133,8 +145,9 @@ class NativePolicy:
 
     def process(
         self, batch: TelemetryBatch, store: BudgetStore, metrics: GovernanceMetrics, fingerprint: Callable
-    ) -> BatchChanges:
-        """The batch's changes; raises on a batch the plan cannot read (nothing applied then)."""
+    ) -> tuple[BatchChanges, NativeAwu | None]:
+        """The batch's changes and its AWU columns (None: awu.py's query computes them); raises
+        on a batch the plan cannot read (nothing applied then)."""
         # batch.derived is untyped (issue 19 replaces it with typed hand-offs): prepare() put it there.
         prepared: Any = batch.derived.pop(_PREPARED, None)
         try:
@@ -144,6 +157,7 @@ class NativePolicy:
             else:
                 texts = [_text(batch, name) for name in self.texts]
                 numbers = _numbers(batch, normalized(batch))
+            numbers.append(_time_column(batch, ROW))
         except Unsupported as e:
             raise Unsupported(f"policy stage: a column of type {e} cannot be read") from None
         rows = len(batch)
@@ -166,8 +180,8 @@ class NativePolicy:
             # A non-finite cost or a time past i64: span_values.check_batch clears those first.
             raise ValueError("policy stage: a cost or time the plan cannot charge")
         if not found:
-            return BatchChanges()
-        (violations, result, reason), tags, events, levels, check_counts, result_counts, groups = found
+            return BatchChanges(), None
+        (violations, result, reason), tags, events, levels, check_counts, result_counts, groups, awu = found
         arrays = {
             policies.VIOLATIONS: _lists(rows, violations),
             policies.RESULT: _string_views(rows, result),
@@ -188,8 +202,9 @@ class NativePolicy:
             arrays[budgets.TAGS["exceeded"]] = _array(pa.bool_(), rows, exceeded)
         changes = {name: arrow_series(name, array) for name, array in arrays.items()}
         span_events = self._events(batch, events)
+        native_awu = None if awu is None else _native_awu(rows, awu)
         if groups is None:  # a retried batch: same tags and events as the first time, counted once
-            return BatchChanges(set_attributes=changes, events=span_events, arrow=arrays)
+            return BatchChanges(set_attributes=changes, events=span_events, arrow=arrays), native_awu
         costs = groups.costs()
         if costs is not None:
             # No metric labels: one group, its cost summed by polars as the polars path does.
@@ -209,7 +224,7 @@ class NativePolicy:
                 [(b.name, b.mode, count) for b, count in zip(listed, exceeded, strict=True) if count],
                 level_forecasts({b.name: b for b in listed}, found_levels, now_utc()),
             )
-        return BatchChanges(set_attributes=changes, events=span_events, arrow=arrays)
+        return BatchChanges(set_attributes=changes, events=span_events, arrow=arrays), native_awu
 
     def _window(self, zone: int, seconds: int) -> tuple[int, int, str]:
         """(start, end, label) of the window of a (time zone, period) holding `seconds`."""
@@ -228,6 +243,49 @@ class NativePolicy:
                 budgets.alert_event(rows[position].as_py(), event_time, budget, subject, label, threshold, consumed)
             )
         return events
+
+
+def _native_awu(rows: int, found: tuple) -> NativeAwu:
+    """policy.rs `awu`'s buffers as the arrays and event columns awu.add_awu_changes writes."""
+    written, (event_rows, starts, results, reasons), calculated, sums = found
+    columns: dict[str, pa.Array] = {}
+    for key, buffers in zip(WRITTEN_KEYS, written, strict=True):
+        if buffers is not None:
+            numeric = key == gs.ACCOUNTING_ACTUAL
+            columns[key] = _array(pa.float64(), rows, buffers) if numeric else _string_views(rows, buffers)
+    decided = len(event_rows) // 8
+    events = [
+        SpanEventColumns(
+            gs.EVENT_POLICY_EVALUATED,
+            _int64s(decided, event_rows),
+            _int64s(decided, starts),
+            {
+                gs.POLICY_RESULT: arrow_series(gs.POLICY_RESULT, _string_views(decided, results)),
+                gs.POLICY_REASON_CODE: arrow_series(gs.POLICY_REASON_CODE, _string_views(decided, reasons)),
+            },
+        )
+    ]
+    if calculated is not None:
+        cost_rows, ends, costs, currencies, providers, models = calculated
+        costed = len(cost_rows) // 8
+        events.append(
+            SpanEventColumns(
+                gs.EVENT_COST_CALCULATED,
+                _int64s(costed, cost_rows),
+                _int64s(costed, ends),
+                {
+                    gs.COST_TOTAL: arrow_series(gs.COST_TOTAL, _array(pa.float64(), costed, costs)),
+                    gs.COST_CURRENCY: arrow_series(gs.COST_CURRENCY, _string_views(costed, currencies)),
+                    gs.COST_PROVIDER: arrow_series(gs.COST_PROVIDER, _string_views(costed, providers)),
+                    gs.COST_MODEL: arrow_series(gs.COST_MODEL, _string_views(costed, models)),
+                },
+            )
+        )
+    return NativeAwu(columns, events, [(kind, float(spent)) for kind, spent in sums])
+
+
+def _int64s(length: int, data: bytes) -> pl.Series:
+    return arrow_series("", _array(pa.int64(), length, (None, data)))
 
 
 def _array(arrow_type: pa.DataType, rows: int, buffers: tuple) -> pa.Array:
@@ -317,22 +375,13 @@ def _numbers(batch: TelemetryBatch, genai: pl.DataFrame) -> list[tuple | None]:
         column = genai.get_column(name)
         return _parts(column if found == dtype else column.cast(dtype))
 
-    def time_column(name: str) -> tuple | None:
-        arrow_type = batch.column_type(name)
-        if arrow_type is None:
-            # An all-null column reads as nulls, an absent one as absent (as on the polars path).
-            return _parts(pl.Series(name, [None] * len(batch), dtype=pl.Int64)) if batch.has_column(name) else None
-        if arrow_type in (pa.uint64(), pa.int64()):
-            return batch.column_parts(name)
-        return _parts(batch.column_series(name).cast(pl.Int64))  # type: ignore[union-attr]
-
     status = None
     status_type = batch.column_type(STATUS_CODE)
     if status_type == pa.int32():  # as the decoders type it: widened without a polars round trip
         status = array_parts(batch.column_array(STATUS_CODE).cast(pa.int64()))  # type: ignore[union-attr]
     elif status_type is not None and status_type != pa.binary_view():
         status = _parts(batch.column_series(STATUS_CODE).cast(pl.Int64, strict=False))  # type: ignore[union-attr]
-    start = time_column(START_TIME)
+    start = _time_column(batch, START_TIME)
     if start is None:
         raise Unsupported("no start times")
     return [
@@ -344,5 +393,16 @@ def _numbers(batch: TelemetryBatch, genai: pl.DataFrame) -> list[tuple | None]:
         _pii_count(batch),
         status,
         start,
-        time_column(budgets.END_TIME),
+        _time_column(batch, budgets.END_TIME),
     ]
+
+
+def _time_column(batch: TelemetryBatch, name: str) -> tuple | None:
+    """An integer column (times, batch rows) as Int64 parts (u64 read as i64 bits)."""
+    arrow_type = batch.column_type(name)
+    if arrow_type is None:
+        # An all-null column reads as nulls, an absent one as absent (as on the polars path).
+        return _parts(pl.Series(name, [None] * len(batch), dtype=pl.Int64)) if batch.has_column(name) else None
+    if arrow_type in (pa.uint64(), pa.int64()):
+        return batch.column_parts(name)
+    return _parts(batch.column_series(name).cast(pl.Int64))  # type: ignore[union-attr]

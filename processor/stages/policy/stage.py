@@ -151,7 +151,7 @@ class PolicyStage:
         store = self.store if self.ledger is None else self.ledger.charging(self.store, batch, time.time_ns())
         watched = None if self.cache is None else self.cache.watching(store)
         store = store if watched is None else watched
-        changes = self._process(batch, plan, store)
+        changes, native_awu = self._process(batch, plan, store)
         if self.cache is not None and watched is not None and not watched.repeated:
             try:
                 self.cache.record(batch)
@@ -160,7 +160,7 @@ class PolicyStage:
                 log.error("cache metrics failed", error=type(exc).__name__, exc_info=True)
         # Cost per operation type from the AWU columns, unless a retried batch (counted once).
         costs = self.metrics.seed.record_operation_costs if self.metrics.batch_counted() else None
-        changes = awu.add_awu_changes(batch, changes, self.attribution, costs)
+        changes = awu.add_awu_changes(batch, changes, self.attribution, costs, native_awu)
         if self.reconciliation is not None:
             changes = self.reconciliation.add_changes(batch, changes)
         return _with_forecast(changes, plan.budget_names)
@@ -178,11 +178,15 @@ class PolicyStage:
         changes = self._process_polars(batch, plan, self.store).with_engine(ENGINE_POLARS)
         return _with_forecast(dataclasses.replace(changes, events=[]), plan.budget_names)
 
-    def _process(self, batch: TelemetryBatch, plan: _Plan, store: BudgetStore) -> BatchChanges:
-        """The batch's changes: by the native plan, unless the policy has attribute budgets."""
+    def _process(
+        self, batch: TelemetryBatch, plan: _Plan, store: BudgetStore
+    ) -> tuple[BatchChanges, awu.NativeAwu | None]:
+        """The batch's changes, by the native plan unless the policy has attribute budgets, and
+        the AWU columns when the native plan computed them (else awu.py's query does)."""
         if plan.native is not None:
-            return plan.native.process(batch, store, self.metrics, fingerprint).with_engine(ENGINE_NATIVE)
-        return self._process_polars(batch, plan, store).with_engine(ENGINE_POLARS)
+            changes, native_awu = plan.native.process(batch, store, self.metrics, fingerprint)
+            return changes.with_engine(ENGINE_NATIVE), native_awu
+        return self._process_polars(batch, plan, store).with_engine(ENGINE_POLARS), None
 
     def _process_polars(self, batch: TelemetryBatch, plan: _Plan, store: BudgetStore) -> BatchChanges:
         frame = batch.frame
