@@ -217,3 +217,25 @@ def test_forecast_rows_give_the_column_of_the_forecast_query():
     assert 100 < got.null_count() < rows - 100
     infinite = pl.Series([float("inf")] * rows, dtype=pl.Float64)
     assert bf._forecast_rows(names, infinite, limits, elapsed, left, now) is None
+
+
+def test_attribution_columns_are_remembered_per_column_types():
+    """Attribution.columns builds its expressions once per shape of the columns it reads: the
+    same expressions for the same types, the ones a fresh build gives for other types."""
+    from processor.core.attribution import Attribution
+    from processor.core.decode import RESOURCE_PREFIX
+
+    service = RESOURCE_PREFIX + "service.name"
+    attribution = Attribution.from_config({"project": "service.name"})
+    text = pl.Schema({"genops.team": pl.String, service: pl.String, "other": pl.Int64})
+    number = pl.Schema({"genops.team": pl.Int64, service: pl.String})
+    first = attribution.columns(text)
+    first.append(pl.lit(1))  # a caller's list, not the remembered one
+    for schema in (text, number, pl.Schema({"other": pl.Int64})):
+        got = attribution.columns(schema)
+        want = attribution._build_columns(schema)
+        assert len(got) == len(want) == 6
+        assert all(g.meta.eq(w) for g, w in zip(got, want, strict=True))
+    assert len(attribution._columns) == 3
+    frame = pl.DataFrame({"genops.team": [" a ", None], service: ["svc", ""]})
+    assert frame.select(attribution.columns(frame.schema)[:2]).rows() == [("a", "svc"), (None, None)]
