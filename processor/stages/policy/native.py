@@ -157,7 +157,7 @@ class NativePolicy:
             else:
                 texts = [_text(batch, name) for name in self.texts]
                 numbers = _numbers(batch, normalized(batch))
-            numbers.append(_time_column(batch, ROW))
+            numbers.append(_rows(batch))
         except Unsupported as e:
             raise Unsupported(f"policy stage: a column of type {e} cannot be read") from None
         rows = len(batch)
@@ -395,6 +395,13 @@ def _numbers(batch: TelemetryBatch, genai: pl.DataFrame) -> list[tuple | None]:
         start,
         _time_column(batch, budgets.END_TIME),
     ]
+
+
+def _rows(batch: TelemetryBatch) -> tuple | None:
+    """The batch row of each frame row as Int64 parts (the AWU events name it)."""
+    if batch.column_type(ROW) == pa.uint32():  # as the decoders type it: widened without polars
+        return array_parts(batch.column_array(ROW).cast(pa.int64()))  # type: ignore[union-attr]
+    return _time_column(batch, ROW)
 
 
 def _time_column(batch: TelemetryBatch, name: str) -> tuple | None:
