@@ -9,15 +9,16 @@ from __future__ import annotations
 from processor.core.contract import ENGINE_POLARS, BatchChanges
 from processor.core.decode import TelemetryBatch
 from processor.stages.policy.budget_state import BudgetStore
+from processor.stages.policy.native import NO_EXTRAS, NativeExtras
 from processor.stages.policy.stage import PolicyStage, _Plan
 
 
 class OraclePolicyStage(PolicyStage):
     """The policy stage with every batch run by the polars queries."""
 
-    def _process(self, batch: TelemetryBatch, plan: _Plan, store: BudgetStore) -> tuple[BatchChanges, None]:
-        # No native AWU columns either: awu.py's query computes them.
-        return self._process_polars(batch, plan, store).with_engine(ENGINE_POLARS), None
+    def _process(self, batch: TelemetryBatch, plan: _Plan, store: BudgetStore) -> tuple[BatchChanges, NativeExtras]:
+        # Nor the native AWU columns and forecast: awu.py and budget_forecast.py compute them.
+        return self._process_polars(batch, plan, store).with_engine(ENGINE_POLARS), NO_EXTRAS
 
 
 def oracle_of(stage: PolicyStage) -> OraclePolicyStage:

@@ -81,10 +81,14 @@ def _windows(
     for name in names.drop_nulls().unique().to_list():
         budget = budgets.get(name)
         if budget is not None:
-            _, start, end = budget.window(now)
-            elapsed[name] = max((now - start).total_seconds(), MIN_ELAPSED_SECONDS)
-            left[name] = (end - now).total_seconds()
+            elapsed[name], left[name] = window_times(budget, now)
     return elapsed, left
+
+
+def window_times(budget: Budget, now: dt.datetime) -> tuple[float, float]:
+    """(seconds since `budget`'s window holding `now` opened, at least MIN_ELAPSED_SECONDS; seconds left in it)."""
+    _, start, end = budget.window(now)
+    return max((now - start).total_seconds(), MIN_ELAPSED_SECONDS), (end - now).total_seconds()
 
 
 def _forecast_rows(

@@ -15,6 +15,7 @@ import datetime as dt
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
@@ -31,7 +32,7 @@ from processor.files.linear_regex import glob_regex
 from processor.stages.policy import budgets
 from processor.stages.policy import rules as policies
 from processor.stages.policy.awu import WRITTEN_KEYS, NativeAwu
-from processor.stages.policy.budget_forecast import level_forecasts, now_utc
+from processor.stages.policy.budget_forecast import level_forecasts, now_utc, window_times
 from processor.stages.policy.budget_state import BudgetStore
 from processor.stages.policy.metrics import GovernanceMetrics
 from processor.stages.policy.policy_file import Budget, PolicyFile
@@ -52,6 +53,21 @@ class Unsupported(ValueError):
 # batch.derived key of the inputs `NativePolicy.prepare` read, and where the PII count sits in them.
 _PREPARED = "policy.native_inputs"
 _PII_AT = 5
+
+
+@dataclass(frozen=True)
+class NativeExtras:
+    """What the kernel computed for the stage's later steps, None where they compute it themselves.
+
+    awu: the AWU attributes and events (awu.add_awu_changes).
+    forecast: budget_forecast.FORECAST_TAG over the batch (the stage's `_with_forecast`).
+    """
+
+    awu: NativeAwu | None
+    forecast: pa.Array | None
+
+
+NO_EXTRAS = NativeExtras(None, None)
 
 
 class NativePolicy:
@@ -145,9 +161,9 @@ class NativePolicy:
 
     def process(
         self, batch: TelemetryBatch, store: BudgetStore, metrics: GovernanceMetrics, fingerprint: Callable
-    ) -> tuple[BatchChanges, NativeAwu | None]:
-        """The batch's changes and its AWU columns (None: awu.py's query computes them); raises
-        on a batch the plan cannot read (nothing applied then)."""
+    ) -> tuple[BatchChanges, NativeExtras]:
+        """The batch's changes and what the stage writes after them; raises on a batch the plan
+        cannot read (nothing applied then)."""
         # batch.derived is untyped (issue 19 replaces it with typed hand-offs): prepare() put it there.
         prepared: Any = batch.derived.pop(_PREPARED, None)
         try:
@@ -175,20 +191,23 @@ class NativePolicy:
             apply,
             self._window,
             metrics.operation_labels,
+            self._forecast_windows(),
         )
         if found is None:
             # A non-finite cost or a time past i64: span_values.check_batch clears those first.
             raise ValueError("policy stage: a cost or time the plan cannot charge")
         if not found:
-            return BatchChanges(), None
+            return BatchChanges(), NO_EXTRAS
         (violations, result, reason), tags, events, levels, check_counts, result_counts, groups, awu = found
         arrays = {
             policies.VIOLATIONS: _lists(rows, violations),
             policies.RESULT: _string_views(rows, result),
             policies.REASON_CODE: _string_views(rows, reason),
         }
+        forecast = None
         if tags is not None:
-            name, period, limit, consumed, remaining, utilization, exceeded = tags
+            name, period, limit, consumed, remaining, utilization, exceeded, forecasts = tags
+            forecast = None if forecasts is None else _string_views(rows, forecasts)
             arrays[budgets.TAGS["name"]] = _string_views(rows, name)
             arrays[budgets.TAGS["period"]] = _string_views(rows, period)
             for what, column in (
@@ -202,9 +221,9 @@ class NativePolicy:
             arrays[budgets.TAGS["exceeded"]] = _array(pa.bool_(), rows, exceeded)
         changes = {name: arrow_series(name, array) for name, array in arrays.items()}
         span_events = self._events(batch, events)
-        native_awu = None if awu is None else _native_awu(rows, awu)
+        extras = NativeExtras(None if awu is None else _native_awu(rows, awu), forecast)
         if groups is None:  # a retried batch: same tags and events as the first time, counted once
-            return BatchChanges(set_attributes=changes, events=span_events, arrow=arrays), native_awu
+            return BatchChanges(set_attributes=changes, events=span_events, arrow=arrays), extras
         costs = groups.costs()
         if costs is not None:
             # No metric labels: one group, its cost summed by polars as the polars path does.
@@ -224,7 +243,15 @@ class NativePolicy:
                 [(b.name, b.mode, count) for b, count in zip(listed, exceeded, strict=True) if count],
                 level_forecasts({b.name: b for b in listed}, found_levels, now_utc()),
             )
-        return BatchChanges(set_attributes=changes, events=span_events, arrow=arrays), native_awu
+        return BatchChanges(set_attributes=changes, events=span_events, arrow=arrays), extras
+
+    def _forecast_windows(self) -> tuple[int, list[tuple[float, float]]] | None:
+        """(now in ns, per budget (seconds since its window opened, seconds left in it)) for the
+        forecast tag, as budget_forecast.forecast_column reads them; None without budgets."""
+        if not self.policy.budgets:
+            return None
+        now = now_utc()
+        return int(now.timestamp() * 1e9), [window_times(budget, now) for budget in self.policy.budgets]
 
     def _window(self, zone: int, seconds: int) -> tuple[int, int, str]:
         """(start, end, label) of the window of a (time zone, period) holding `seconds`."""

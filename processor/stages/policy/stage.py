@@ -20,11 +20,13 @@ from typing import TYPE_CHECKING
 
 import blake3
 import polars as pl
+import pyarrow as pa
 import structlog
 from prometheus_client import CollectorRegistry
 
 from processor.config import PolicyConfig
 from processor.core.attribution import DIMENSIONS, Attribution, text
+from processor.core.batch_columns import arrow_series
 from processor.core.contract import ENGINE_NATIVE, ENGINE_POLARS, BatchChanges
 from processor.core.decode import (
     LOGS,
@@ -49,7 +51,7 @@ from processor.stages.policy.budget_state import BudgetStore
 from processor.stages.policy.budget_store_guard import open_store
 from processor.stages.policy.ledger import LedgerPlan, LedgerSettings
 from processor.stages.policy.metrics import GovernanceMetrics, parse_labels
-from processor.stages.policy.native import NativePolicy
+from processor.stages.policy.native import NO_EXTRAS, NativeExtras, NativePolicy
 from processor.stages.policy.policy_file import Budget, PolicyFile, PolicySource, budget_attributes, load_policy_file
 from processor.stages.policy.reconcile_metrics import DriftGauge
 from processor.stages.policy.reservation_store import StoreSettings, open_reservations
@@ -151,7 +153,7 @@ class PolicyStage:
         store = self.store if self.ledger is None else self.ledger.charging(self.store, batch, time.time_ns())
         watched = None if self.cache is None else self.cache.watching(store)
         store = store if watched is None else watched
-        changes, native_awu = self._process(batch, plan, store)
+        changes, extras = self._process(batch, plan, store)
         if self.cache is not None and watched is not None and not watched.repeated:
             try:
                 self.cache.record(batch)
@@ -160,10 +162,10 @@ class PolicyStage:
                 log.error("cache metrics failed", error=type(exc).__name__, exc_info=True)
         # Cost per operation type from the AWU columns, unless a retried batch (counted once).
         costs = self.metrics.seed.record_operation_costs if self.metrics.batch_counted() else None
-        changes = awu.add_awu_changes(batch, changes, self.attribution, costs, native_awu)
+        changes = awu.add_awu_changes(batch, changes, self.attribution, costs, extras.awu)
         if self.reconciliation is not None:
             changes = self.reconciliation.add_changes(batch, changes)
-        return _with_forecast(changes, plan.budget_names)
+        return _with_forecast(changes, plan.budget_names, extras.forecast)
 
     def _process_logs(self, batch: TelemetryBatch) -> BatchChanges:
         """The records that are GenAI calls naming no span, charged as spans are (polars path; no
@@ -178,15 +180,14 @@ class PolicyStage:
         changes = self._process_polars(batch, plan, self.store).with_engine(ENGINE_POLARS)
         return _with_forecast(dataclasses.replace(changes, events=[]), plan.budget_names)
 
-    def _process(
-        self, batch: TelemetryBatch, plan: _Plan, store: BudgetStore
-    ) -> tuple[BatchChanges, awu.NativeAwu | None]:
+    def _process(self, batch: TelemetryBatch, plan: _Plan, store: BudgetStore) -> tuple[BatchChanges, NativeExtras]:
         """The batch's changes, by the native plan unless the policy has attribute budgets, and
-        the AWU columns when the native plan computed them (else awu.py's query does)."""
+        what the native plan computed of the AWU columns and forecast tag (the rest is computed
+        after, from the changes)."""
         if plan.native is not None:
-            changes, native_awu = plan.native.process(batch, store, self.metrics, fingerprint)
-            return changes.with_engine(ENGINE_NATIVE), native_awu
-        return self._process_polars(batch, plan, store).with_engine(ENGINE_POLARS), None
+            changes, extras = plan.native.process(batch, store, self.metrics, fingerprint)
+            return changes.with_engine(ENGINE_NATIVE), extras
+        return self._process_polars(batch, plan, store).with_engine(ENGINE_POLARS), NO_EXTRAS
 
     def _process_polars(self, batch: TelemetryBatch, plan: _Plan, store: BudgetStore) -> BatchChanges:
         frame = batch.frame
@@ -441,11 +442,15 @@ class _Plan:
         return self._outputs[charged]
 
 
-def _with_forecast(changes: BatchChanges, listed: dict[str, Budget]) -> BatchChanges:
-    """`changes` plus genops.budget.forecast beside the budget tags (both paths write those)."""
+def _with_forecast(changes: BatchChanges, listed: dict[str, Budget], native: pa.Array | None = None) -> BatchChanges:
+    """`changes` plus genops.budget.forecast beside the budget tags (both paths write those),
+    the `native` kernel's column when it computed one."""
     tags = changes.set_attributes
     if budgets.TAGS["name"] not in tags:
         return changes
+    if native is not None:
+        changes.arrow[FORECAST_TAG] = native
+        return dataclasses.replace(changes, set_attributes={**tags, FORECAST_TAG: arrow_series(FORECAST_TAG, native)})
     forecast = forecast_column(
         tags[budgets.TAGS["name"]],
         tags[budgets.TAGS["consumed"]],

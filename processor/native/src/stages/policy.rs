@@ -711,7 +711,9 @@ impl PolicyPlan {
     /// model, provider, tokens input, tokens output, cost, PII count, status code, start, end,
     /// batch row.
     /// `apply(increments, expires_at)` -> (totals, repeated) is the store; `window_of` see
-    /// `label`; `relabel(label tuples)` -> the metric label tuples (null as "unknown", capped).
+    /// `label`; `relabel(label tuples)` -> the metric label tuples (null as "unknown", capped);
+    /// `forecast`: (now in ns, per budget (seconds since its window opened, seconds left in it)),
+    /// for the forecast tag (see `forecast_column`).
     ///
     /// Returns None when the polars path must decide the batch (NaN or infinite cost), () when no
     /// span is a GenAI span, else (code, tags or None, events, levels, check counts, code counts,
@@ -728,6 +730,7 @@ impl PolicyPlan {
         apply: Bound<'py, PyAny>,
         window_of: Bound<'py, PyAny>,
         relabel: Bound<'py, PyAny>,
+        forecast: Option<ForecastSpec>,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
         use Kind::{String as Str, F64, I64};
         let get = |i: usize| numbers.get(i).and_then(|v| v.as_ref());
@@ -984,16 +987,26 @@ impl PolicyPlan {
                     }
                 }
             }
+            let forecasts = match &forecast {
+                Some((now, windows)) => {
+                    forecast_column(budgets, &tag_best, &tag_consumed, *now, windows)
+                }
+                None => None,
+            };
             Some(PyTuple::new(
                 py,
                 [
-                    names.to_py(py)?.into_pyobject(py)?,
-                    periods.to_py(py)?.into_pyobject(py)?,
-                    f64_column(py, &limits)?,
-                    f64_column(py, &tag_consumed)?,
-                    f64_column(py, &tag_remaining)?,
-                    f64_column(py, &tag_utilization)?,
-                    bool_column(py, &tag_exceeded)?,
+                    names.to_py(py)?.into_pyobject(py)?.into_any(),
+                    periods.to_py(py)?.into_pyobject(py)?.into_any(),
+                    f64_column(py, &limits)?.into_any(),
+                    f64_column(py, &tag_consumed)?.into_any(),
+                    f64_column(py, &tag_remaining)?.into_any(),
+                    f64_column(py, &tag_utilization)?.into_any(),
+                    bool_column(py, &tag_exceeded)?.into_any(),
+                    match forecasts {
+                        Some(views) => views.to_py(py)?.into_pyobject(py)?.into_any(),
+                        None => py.None().into_bound(py),
+                    },
                 ],
             )?)
         } else {
@@ -1017,6 +1030,84 @@ impl PolicyPlan {
         );
         Ok(Some(result.into_pyobject(py)?.into_any()))
     }
+}
+
+/// (now in ns, per budget (seconds since its window opened, at least the minimum, seconds left)).
+type ForecastSpec = (i64, Vec<Option<(f64, f64)>>);
+
+/// budget_forecast._forecast_rows over the tagged rows: per row, when the budget its tags name
+/// runs out at its window's rate (ISO 8601 UTC, to the second), null when not in this window.
+/// The same float operations in the same order, from the tags' (rounded) consumed amount; None
+/// when an amount is not finite (that module decides then).
+fn forecast_column(
+    budgets: &[Budget],
+    best: &[Option<u32>],
+    consumed: &[Option<f64>],
+    now_ns: i64,
+    windows: &[Option<(f64, f64)>],
+) -> Option<Views> {
+    let mut out = Views::with_capacity(best.len());
+    // Forecasts repeat to the second across spans of a budget.
+    let mut last: Option<(i64, String)> = None;
+    for (b, c) in best.iter().zip(consumed) {
+        let (Some(b), Some(c)) = (b, c) else {
+            out.push_null();
+            continue;
+        };
+        let limit = budgets[*b as usize].limit;
+        let Some(Some((elapsed, left))) = windows.get(*b as usize) else {
+            out.push_null();
+            continue;
+        };
+        if !(c.is_finite() && limit.is_finite()) {
+            return None;
+        }
+        let seconds = if *c >= limit {
+            0.0
+        } else if *c > 0.0 {
+            (limit - c) * elapsed / c
+        } else {
+            out.push_null();
+            continue;
+        };
+        // Past the window's end the window resets first: no exhaustion to forecast.
+        if !(seconds <= *left) {
+            out.push_null();
+            continue;
+        }
+        // Nanoseconds truncated toward zero, then the time floored to its second.
+        let second = (now_ns + (seconds * 1e9) as i64).div_euclid(1_000_000_000);
+        match &last {
+            Some((at, text)) if *at == second => out.push(text.as_bytes()),
+            _ => {
+                let text = utc_text(second);
+                out.push(text.as_bytes());
+                last = Some((second, text));
+            }
+        }
+    }
+    Some(out)
+}
+
+/// `second` (epoch seconds) as time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second)).
+fn utc_text(second: i64) -> String {
+    let (days, rest) = (second.div_euclid(86_400), second.rem_euclid(86_400));
+    // The proleptic Gregorian date of a day number (H. Hinnant's civil_from_days).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3_600,
+        rest % 3_600 / 60,
+        rest % 60
+    )
 }
 
 /// A string column's buffers, None when no value is set (an all-null column writes nothing).
