@@ -1071,7 +1071,7 @@ fn forecast_column(
             continue;
         };
         // Past the window's end the window resets first: no exhaustion to forecast.
-        if !(seconds <= *left) {
+        if seconds.is_nan() || left.is_nan() || seconds > *left {
             out.push_null();
             continue;
         }
