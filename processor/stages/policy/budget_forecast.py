@@ -43,13 +43,18 @@ def level_forecasts(
 ) -> list[float]:
     """Per (budget, subject, consumed, limit) level, seconds to exhaustion in the current window."""
     out = []
+    # A budget has a level per subject, all in the one window holding `now`.
+    windows: dict[str, tuple[dt.datetime, dt.datetime]] = {}
     for name, _, consumed, limit in levels:
         budget = budgets.get(name)
         if budget is None:
             out.append(math.inf)
             continue
-        _, start, end = budget.window(now)
-        out.append(exhaustion_seconds(consumed, limit, start, end, now))
+        window = windows.get(name)
+        if window is None:
+            _, start, end = budget.window(now)
+            window = windows[name] = (start, end)
+        out.append(exhaustion_seconds(consumed, limit, *window, now))
     return out
 
 
