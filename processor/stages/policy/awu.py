@@ -9,6 +9,10 @@ Added to the policy stage's changes, from its decision and the columns of the ba
 - events: genops.policy.evaluated on every decision (at the span's start: the decision is
   about the unit before it ran), genops.cost.calculated where a cost is known (at its end).
 
+On the native path the policy kernel computes them with its verdicts (policy.rs `awu`, handed
+over as `NativeAwu`); the polars query below computes them for the polars path, and
+tests/core/test_awu_columns.py checks both against the one-object-per-event oracle.
+
 Nothing is written that the span has no value for: a span without attribution gets a WARNING
 from policies.SPEC_ATTRIBUTION_RULE instead of a placeholder, and one whose cost is unknown
 (a model missing from the pricing table) gets no genops.accounting.* at all.

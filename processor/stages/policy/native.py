@@ -4,9 +4,11 @@ processor/native/src/stages/policy.rs), the stage's one engine.
 The call reads the frame's columns as Arrow buffers, finds the GenAI spans, attributes them, runs
 the rule checks, charges the budget windows (the store is a callback, so a batch is still applied
 in one atomic step), and returns the verdict and budget tag columns, the threshold events and the
-small tables the metrics need. The polars queries it was written against are the differential
-oracle in tests/oracle/policy.py: tests/stages/policy/test_policy_native.py checks both give the same changes,
-events, metrics and stored totals.
+small tables the metrics need; also the GenOps AWU columns and events (awu.py) and the budget
+forecast tag (budget_forecast.py), which the stage writes after its own (`NativeExtras`). The
+polars queries it was written against are the differential oracle in tests/oracle/policy.py:
+tests/stages/policy/test_policy_native.py checks both give the same changes, events, metrics and
+stored totals.
 """
 
 from __future__ import annotations
