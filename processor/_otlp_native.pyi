@@ -122,6 +122,7 @@ class PolicyPlan:
         checks: Sequence[tuple[str, int, str]],
         order: Sequence[int],
         words: tuple[str, str, str, str],
+        awu: tuple[Sequence[int], Sequence[int], Sequence[tuple[str, str]], str, str],
     ) -> None: ...
     def run(
         self,

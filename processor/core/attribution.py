@@ -8,13 +8,15 @@ resources so one shared gateway process can attribute calls to many teams.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import polars as pl
 
 from processor.core.decode import RESOURCE_PREFIX, WantedKeys
 
 DIMENSIONS = ("team", "project", "customer_id", "cost_center", "feature", "environment")
+# Column types remembered with their expressions; batches mostly repeat a few shapes.
+_MAX_SCHEMAS = 64
 
 
 def dimension_key(dimension: str) -> str:
@@ -25,6 +27,9 @@ def dimension_key(dimension: str) -> str:
 class Attribution:
     # dimension -> attribute keys tried in order, after genops.<dimension>.
     fallbacks: Mapping[str, tuple[str, ...]]
+    # (types of the read columns) -> `columns`: building the expressions costs more than running
+    # them on a batch, and the stages ask for them on every batch.
+    _columns: dict[tuple, list[pl.Expr]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @staticmethod
     def from_config(fallbacks: Mapping[str, str]) -> Attribution:
@@ -44,6 +49,20 @@ class Attribution:
 
     def columns(self, schema: Mapping[str, pl.DataType]) -> list[pl.Expr]:
         """One String column per dimension (null: unattributed), for a frame of this `schema`."""
+        shape = tuple(schema.get(name) for name in self._read())
+        found = self._columns.get(shape)
+        if found is None:
+            if len(self._columns) >= _MAX_SCHEMAS:
+                self._columns.clear()
+            found = self._columns[shape] = self._build_columns(schema)
+        # A copy: callers may extend the list; the expressions themselves are immutable.
+        return list(found)
+
+    def _read(self) -> tuple[str, ...]:
+        """The columns `columns` reads, whose types shape its expressions."""
+        return tuple(name for dim in DIMENSIONS for key in self.sources(dim) for name in (key, RESOURCE_PREFIX + key))
+
+    def _build_columns(self, schema: Mapping[str, pl.DataType]) -> list[pl.Expr]:
         return [
             pl.coalesce([text(schema, name) for key in self.sources(dim) for name in (key, RESOURCE_PREFIX + key)])
             .cast(pl.String)

@@ -65,28 +65,55 @@ def _per_row(events: list[SpanEventToAdd]) -> dict[int, list[tuple]]:
     return rows
 
 
+def _operation_sums(calls: list[tuple[list, list]]) -> dict[str | None, float]:
+    """What SeedMetrics.record_operation_costs sums from the calls it was given."""
+    sums: dict[str | None, float] = {}
+    for kinds, costs in calls:
+        for kind, cost in zip(kinds, costs, strict=True):
+            if cost is not None:
+                sums[kind] = sums.get(kind, 0.0) + cost
+    return sums
+
+
+def _assert_same_writes(pipeline: Pipeline, batch: TelemetryBatch, got: BatchChanges, want: BatchChanges) -> None:
+    # As the pipeline leaves them before writing (on copies: it redacts `got` itself later).
+    written_want, written_got = _copy(want), _copy(got)
+    _redact_written(written_want, pipeline.outbound)
+    _redact_written(written_got, pipeline.outbound)
+    assert list(written_got.set_attributes) == list(written_want.set_attributes)
+    for key, column in written_want.set_attributes.items():
+        assert written_got.set_attributes[key].dtype == column.dtype, key
+        assert written_got.set_attributes[key].to_list() == column.to_list(), key
+    # The protobuf path writes each span's events in this order; the rewriter writes these bytes.
+    assert _per_row(written_got.all_events()) == _per_row(written_want.all_events())
+    assert encode.apply_and_serialize(batch, [written_got]) == encode.apply_and_serialize(batch, [written_want])
+
+
 def test_awu_columns_write_the_bytes_the_event_objects_wrote(tmp_path, monkeypatch):
+    """The kernel's AWU columns (policy.rs `awu`) and awu.py's query both against the oracle: the
+    same attributes, events, bytes and cost per operation type."""
     stages = build_stages(stage_config(True, tmp_path), CollectorRegistry())
     pipeline = Pipeline(stages, SidecarMetrics.create())
     assert pipeline.outbound.enabled
     new = awu.add_awu_changes
     compared: list[int] = []
 
-    def both(batch: TelemetryBatch, changes: BatchChanges, attribution, operation_costs=None) -> BatchChanges:
+    def both(
+        batch: TelemetryBatch, changes: BatchChanges, attribution, operation_costs=None, native=None
+    ) -> BatchChanges:
+        assert native is not None  # the stage's native plan computed them
         want = awu_oracle.add_awu_changes(batch, _copy(changes), attribution)
-        got = new(batch, changes, attribution, operation_costs)
-        # As the pipeline leaves them before writing (on copies: it redacts `got` itself later).
-        written_want, written_got = _copy(want), _copy(got)
-        _redact_written(written_want, pipeline.outbound)
-        _redact_written(written_got, pipeline.outbound)
-        assert list(written_got.set_attributes) == list(written_want.set_attributes)
-        for key, column in written_want.set_attributes.items():
-            assert written_got.set_attributes[key].dtype == column.dtype, key
-            assert written_got.set_attributes[key].to_list() == column.to_list(), key
-        assert written_got.event_columns and not written_want.event_columns
-        # The protobuf path writes each span's events in this order; the rewriter writes these bytes.
-        assert _per_row(written_got.all_events()) == _per_row(written_want.events)
-        assert encode.apply_and_serialize(batch, [written_got]) == encode.apply_and_serialize(batch, [written_want])
+        queried_costs: list[tuple[list, list]] = []
+        queried = new(batch, _copy(changes), attribution, lambda *call: queried_costs.append(call))
+        native_costs: list[tuple[list, list]] = []
+        got = new(batch, changes, attribution, lambda *call: native_costs.append(call), native)
+        assert got.event_columns and not want.event_columns
+        _assert_same_writes(pipeline, batch, got, want)
+        _assert_same_writes(pipeline, batch, queried, want)
+        assert _operation_sums(native_costs) == _operation_sums(queried_costs)
+        if operation_costs is not None:
+            for call in native_costs:
+                operation_costs(*call)
         compared.append(sum(map(len, got.event_columns)))
         return got
 
@@ -190,3 +217,25 @@ def test_forecast_rows_give_the_column_of_the_forecast_query():
     assert 100 < got.null_count() < rows - 100
     infinite = pl.Series([float("inf")] * rows, dtype=pl.Float64)
     assert bf._forecast_rows(names, infinite, limits, elapsed, left, now) is None
+
+
+def test_attribution_columns_are_remembered_per_column_types():
+    """Attribution.columns builds its expressions once per shape of the columns it reads: the
+    same expressions for the same types, the ones a fresh build gives for other types."""
+    from processor.core.attribution import Attribution
+    from processor.core.decode import RESOURCE_PREFIX
+
+    service = RESOURCE_PREFIX + "service.name"
+    attribution = Attribution.from_config({"project": "service.name"})
+    text = pl.Schema({"genops.team": pl.String, service: pl.String, "other": pl.Int64})
+    number = pl.Schema({"genops.team": pl.Int64, service: pl.String})
+    first = attribution.columns(text)
+    first.append(pl.lit(1))  # a caller's list, not the remembered one
+    for schema in (text, number, pl.Schema({"other": pl.Int64})):
+        got = attribution.columns(schema)
+        want = attribution._build_columns(schema)
+        assert len(got) == len(want) == 6
+        assert all(g.meta.eq(w) for g, w in zip(got, want, strict=True))
+    assert len(attribution._columns) == 3
+    frame = pl.DataFrame({"genops.team": [" a ", None], service: ["svc", ""]})
+    assert frame.select(attribution.columns(frame.schema)[:2]).rows() == [("a", "svc"), (None, None)]

@@ -23,6 +23,7 @@ from processor.stages.policy import rules as policies
 from processor.stages.policy.budget_forecast import level_forecasts, now_utc
 from processor.stages.policy.budget_state import BudgetStore
 from processor.stages.policy.budget_subjects import number
+from processor.stages.policy.native import NO_EXTRAS, NativeExtras
 from processor.stages.policy.policy_file import PolicyFile, budget_attributes
 from processor.stages.policy.stage import COST_KEYS, ERROR_TYPE, PolicyStage, _Plan, fingerprint
 from processor.stages.policy.store_caps import OVERFLOW, StoreCap
@@ -32,9 +33,10 @@ from tests.oracle import policy_budgets, policy_metrics, policy_rules
 class OraclePolicyStage(PolicyStage):
     """The policy stage with every batch run by the polars queries."""
 
-    def _process(self, batch: TelemetryBatch, plan: _Plan, store: BudgetStore) -> BatchChanges:
+    def _process(self, batch: TelemetryBatch, plan: _Plan, store: BudgetStore) -> tuple[BatchChanges, NativeExtras]:
+        # Nor the native AWU columns and forecast: awu.py and budget_forecast.py compute them.
         assert isinstance(plan, OraclePlan)
-        return self._process_polars(batch, plan, store).with_engine(ENGINE_POLARS)
+        return self._process_polars(batch, plan, store).with_engine(ENGINE_POLARS), NO_EXTRAS
 
     def _new_plan(self, policy: PolicyFile) -> OraclePlan:
         return OraclePlan(policy, self.attribution, self.metrics.labels, self.spec_attribution_check, self._outbound)

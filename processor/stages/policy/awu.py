@@ -9,6 +9,10 @@ Added to the policy stage's changes, from its decision and the columns of the ba
 - events: genops.policy.evaluated on every decision (at the span's start: the decision is
   about the unit before it ran), genops.cost.calculated where a cost is known (at its end).
 
+On the native path the policy kernel computes them with its verdicts (policy.rs `awu`, handed
+over as `NativeAwu`); the polars query below computes them for the polars path, and
+tests/core/test_awu_columns.py checks both against the one-object-per-event oracle.
+
 Nothing is written that the span has no value for: a span without attribution gets a WARNING
 from policies.SPEC_ATTRIBUTION_RULE instead of a placeholder, and one whose cost is unknown
 (a model missing from the pricing table) gets no genops.accounting.* at all.
@@ -17,11 +21,14 @@ from policies.SPEC_ATTRIBUTION_RULE instead of a placeholder, and one whose cost
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import polars as pl
+import pyarrow as pa
 
 from processor.core import genops_semconv as gs
 from processor.core.attribution import DIMENSIONS, Attribution, dimension_key, text
+from processor.core.batch_columns import arrow_series
 from processor.core.contract import BatchChanges
 from processor.core.decode import END_TIME, RESOURCE_PREFIX, ROW, START_TIME, TelemetryBatch, WantedKeys
 from processor.core.span_event_columns import SpanEventColumns
@@ -32,17 +39,42 @@ def wanted_keys() -> WantedKeys:
     return WantedKeys(item=frozenset(gs.OPERATION_SOURCES))
 
 
+_WRITTEN = (gs.OPERATION_NAME, gs.OPERATION_TYPE, gs.ACCOUNTING_ACTUAL, gs.ACCOUNTING_UNIT)
+# The attributes written on the decided spans, in the order they are written.
+WRITTEN_KEYS = (gs.SPEC_VERSION, *(dimension_key(dim) for dim in DIMENSIONS), *_WRITTEN)
+
+
+@dataclass(frozen=True)
+class NativeAwu:
+    """The AWU attributes and events as the native policy kernel computed them (policy.rs `awu`),
+    the same values the query below gives for the spans the kernel decided.
+
+    written: key -> its column over the whole batch, in WRITTEN_KEYS order, all-null ones left out.
+    events: genops.policy.evaluated, then genops.cost.calculated when some span has a cost.
+    operation_costs: (operation type, summed cost) per type of the costed spans, in order of
+    first appearance.
+    """
+
+    written: dict[str, pa.Array]
+    events: list[SpanEventColumns]
+    operation_costs: list[tuple[str | None, float]]
+
+
 def add_awu_changes(
     batch: TelemetryBatch,
     changes: BatchChanges,
     attribution: Attribution,
     operation_costs: Callable[[list[str | None], list[float | None]], None] | None = None,
+    native: NativeAwu | None = None,
 ) -> BatchChanges:
-    """`changes` (the policy stage's) with the spec's AWU attributes and events added;
-    `operation_costs` (when given) is called with the decided spans' operation types and costs."""
+    """`changes` (the policy stage's) with the spec's AWU attributes and events added, from
+    `native` when the kernel computed them, else by a query over the batch; `operation_costs`
+    (when given) is called with the decided spans' operation types and costs."""
     result = changes.set_attributes.get(gs.POLICY_RESULT)
     if result is None or result.null_count() == len(result):
         return changes
+    if native is not None:
+        return _add_native(changes, native, operation_costs)
     frame = _inputs(batch, attribution)
     decided = (
         frame.lazy()
@@ -56,8 +88,7 @@ def add_awu_changes(
         # Written in the shape it runs in: the optimiser's passes cost more than they save here.
         .collect(engine=budgets.ENGINE, optimizations=budgets.OPTIMIZATIONS)
     )
-    names = [gs.SPEC_VERSION, *(dimension_key(dim) for dim in DIMENSIONS), *_WRITTEN]
-    laid = decided.select(names)[_lay_back(decided.get_column(_POSITION), len(result))]
+    laid = decided.select(WRITTEN_KEYS)[_lay_back(decided.get_column(_POSITION), len(result))]
     for column in laid.get_columns():
         if column.null_count() < len(column):  # an all-null column writes nothing
             changes.set_attributes[column.name] = column
@@ -106,7 +137,23 @@ def _outputs(frame_schema: pl.Schema, attribution: Attribution) -> list[pl.Expr]
 
 
 _POSITION = "_awu_position"
-_WRITTEN = (gs.OPERATION_NAME, gs.OPERATION_TYPE, gs.ACCOUNTING_ACTUAL, gs.ACCOUNTING_UNIT)
+
+
+def _add_native(
+    changes: BatchChanges,
+    native: NativeAwu,
+    operation_costs: Callable[[list[str | None], list[float | None]], None] | None,
+) -> BatchChanges:
+    for key, array in native.written.items():
+        changes.set_attributes[key] = arrow_series(key, array)
+        changes.arrow[key] = array
+    if operation_costs is not None and native.operation_costs:
+        # One entry per type, already summed in span order: summing them again adds each to 0.0,
+        # which leaves the same floats (the kernel's sums start from 0.0 too).
+        kinds, costs = zip(*native.operation_costs, strict=True)
+        operation_costs(list(kinds), list(costs))
+    changes.event_columns.extend(native.events)
+    return changes
 
 
 def _lay_back(positions: pl.Series, rows: int) -> pl.Series:

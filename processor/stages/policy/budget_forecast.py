@@ -43,13 +43,18 @@ def level_forecasts(
 ) -> list[float]:
     """Per (budget, subject, consumed, limit) level, seconds to exhaustion in the current window."""
     out = []
+    # A budget has a level per subject, all in the one window holding `now`.
+    windows: dict[str, tuple[dt.datetime, dt.datetime]] = {}
     for name, _, consumed, limit in levels:
         budget = budgets.get(name)
         if budget is None:
             out.append(math.inf)
             continue
-        _, start, end = budget.window(now)
-        out.append(exhaustion_seconds(consumed, limit, start, end, now))
+        window = windows.get(name)
+        if window is None:
+            _, start, end = budget.window(now)
+            window = windows[name] = (start, end)
+        out.append(exhaustion_seconds(consumed, limit, *window, now))
     return out
 
 
@@ -81,10 +86,14 @@ def _windows(
     for name in names.drop_nulls().unique().to_list():
         budget = budgets.get(name)
         if budget is not None:
-            _, start, end = budget.window(now)
-            elapsed[name] = max((now - start).total_seconds(), MIN_ELAPSED_SECONDS)
-            left[name] = (end - now).total_seconds()
+            elapsed[name], left[name] = window_times(budget, now)
     return elapsed, left
+
+
+def window_times(budget: Budget, now: dt.datetime) -> tuple[float, float]:
+    """(seconds since `budget`'s window holding `now` opened, at least MIN_ELAPSED_SECONDS; seconds left in it)."""
+    _, start, end = budget.window(now)
+    return max((now - start).total_seconds(), MIN_ELAPSED_SECONDS), (end - now).total_seconds()
 
 
 def _forecast_rows(

@@ -17,11 +17,13 @@ import time
 
 import blake3
 import polars as pl
+import pyarrow as pa
 import structlog
 from prometheus_client import CollectorRegistry
 
 from processor.config import PolicyConfig
 from processor.core.attribution import Attribution
+from processor.core.batch_columns import arrow_series
 from processor.core.contract import ENGINE_NATIVE, BatchChanges
 from processor.core.decode import LOGS, TRACES, TelemetryBatch, WantedKeys
 from processor.core.genai_attributes import GENAI_KEYS
@@ -37,7 +39,7 @@ from processor.stages.policy.budget_state import BudgetStore
 from processor.stages.policy.budget_store_guard import open_store
 from processor.stages.policy.ledger import LedgerPlan, LedgerSettings
 from processor.stages.policy.metrics import GovernanceMetrics, parse_labels
-from processor.stages.policy.native import NativePolicy
+from processor.stages.policy.native import NativeExtras, NativePolicy
 from processor.stages.policy.policy_file import Budget, PolicyFile, PolicySource, load_policy_file
 from processor.stages.policy.reconcile_metrics import DriftGauge
 from processor.stages.policy.reservation_store import StoreSettings, open_reservations
@@ -135,7 +137,7 @@ class PolicyStage:
         store = self.store if self.ledger is None else self.ledger.charging(self.store, batch, time.time_ns())
         watched = None if self.cache is None else self.cache.watching(store)
         store = store if watched is None else watched
-        changes = self._process(batch, plan, store)
+        changes, extras = self._process(batch, plan, store)
         if self.cache is not None and watched is not None and not watched.repeated:
             try:
                 self.cache.record(batch)
@@ -144,10 +146,10 @@ class PolicyStage:
                 log.error("cache metrics failed", error=type(exc).__name__, exc_info=True)
         # Cost per operation type from the AWU columns, unless a retried batch (counted once).
         costs = self.metrics.seed.record_operation_costs if self.metrics.batch_counted() else None
-        changes = awu.add_awu_changes(batch, changes, self.attribution, costs)
+        changes = awu.add_awu_changes(batch, changes, self.attribution, costs, extras.awu)
         if self.reconciliation is not None:
             changes = self.reconciliation.add_changes(batch, changes)
-        return _with_forecast(changes, plan.budget_names)
+        return _with_forecast(changes, plan.budget_names, extras.forecast)
 
     def _process_logs(self, batch: TelemetryBatch) -> BatchChanges:
         """The records that are GenAI calls naming no span, charged as spans are (no ledger, no
@@ -159,12 +161,16 @@ class PolicyStage:
         check_batch(batch)
         self._invalid.record(batch)
         plan = self._plan_for(self.source.current())
-        changes = self._process(batch, plan, self.store)
+        # The AWU columns are the spans' (log records get none); the forecast tag is computed here.
+        changes, _ = self._process(batch, plan, self.store)
         return _with_forecast(dataclasses.replace(changes, events=[]), plan.budget_names)
 
-    def _process(self, batch: TelemetryBatch, plan: _Plan, store: BudgetStore) -> BatchChanges:
-        """The batch's changes, by the native plan (tests/oracle/policy.py runs the polars queries here)."""
-        return plan.native.process(batch, store, self.metrics, fingerprint).with_engine(ENGINE_NATIVE)
+    def _process(self, batch: TelemetryBatch, plan: _Plan, store: BudgetStore) -> tuple[BatchChanges, NativeExtras]:
+        """The batch's changes by the native plan (tests/oracle/policy.py runs the polars queries
+        here), and what the plan computed of the AWU columns and forecast tag (the rest is
+        computed after, from the changes)."""
+        changes, extras = plan.native.process(batch, store, self.metrics, fingerprint)
+        return changes.with_engine(ENGINE_NATIVE), extras
 
     def _plan_for(self, policy: PolicyFile) -> _Plan:
         plan = self._plan
@@ -215,11 +221,15 @@ class _Plan:
         self.native = NativePolicy(policy, attribution, labels, self.checks, [c for c, _ in self.counted], outbound)
 
 
-def _with_forecast(changes: BatchChanges, listed: dict[str, Budget]) -> BatchChanges:
-    """`changes` plus genops.budget.forecast beside the budget tags (both paths write those)."""
+def _with_forecast(changes: BatchChanges, listed: dict[str, Budget], native: pa.Array | None = None) -> BatchChanges:
+    """`changes` plus genops.budget.forecast beside the budget tags (both paths write those),
+    the `native` kernel's column when it computed one."""
     tags = changes.set_attributes
     if budgets.TAGS["name"] not in tags:
         return changes
+    if native is not None:
+        changes.arrow[FORECAST_TAG] = native
+        return dataclasses.replace(changes, set_attributes={**tags, FORECAST_TAG: arrow_series(FORECAST_TAG, native)})
     forecast = forecast_column(
         tags[budgets.TAGS["name"]],
         tags[budgets.TAGS["consumed"]],

@@ -85,3 +85,55 @@ def test_the_stage_publishes_each_budgets_forecast_and_tags_spans_with_when_it_r
         ("ml-daily", "2026-12-03T00:00:00Z"),
         ("ads-daily", "2026-12-02T12:00:00Z"),
     ]
+
+
+def test_the_kernels_forecast_tag_is_the_one_budget_forecast_computes(tmp_path, monkeypatch):
+    """Differential: the native plan's forecast column (policy.rs `forecast_column`) against
+    budget_forecast.forecast_column over the same tags at the same instant, batch by batch, as
+    the budgets fill up from below their limits to past them."""
+    from benchmarks import micro
+    from benchmarks.workload import build_requests
+    from processor.core.pipeline import Pipeline
+    from processor.observability import SidecarMetrics
+    from processor.stages.assembly import build_stages
+    from processor.stages.policy import budgets
+    from processor.stages.policy import stage as policy_stage
+    from processor.stages.policy.budget_forecast import forecast_column, now_utc
+
+    limits = (0.05, 0.5, 5.0, 50.0, 500.0)
+    monkeypatch.setattr(
+        micro,
+        "POLICY_FILE",
+        {
+            "budgets": [
+                *({"name": f"all-{limit}", "limit_usd": limit, "period": "daily"} for limit in limits),
+                *(
+                    {"name": f"team-{limit}", "limit_usd": limit, "period": "weekly", "dimension": "team"}
+                    for limit in limits
+                ),
+            ]
+        },
+    )
+    clock = [NOW_NS]
+    monkeypatch.setattr(time, "time_ns", lambda: clock[0])
+    pipeline = Pipeline(build_stages(micro.stage_config(True, tmp_path), CollectorRegistry()), SidecarMetrics.create())
+    original = policy_stage._with_forecast
+    seen: list[list[str | None]] = []
+
+    def both(changes, listed, native=None):
+        assert native is not None
+        tags = changes.set_attributes
+        want = forecast_column(
+            tags[budgets.TAGS["name"]], tags[budgets.TAGS["consumed"]], tags[budgets.TAGS["limit"]], listed, now_utc()
+        )
+        got = original(changes, listed, native).set_attributes[want.name]
+        assert (got.dtype, got.to_list()) == (want.dtype, want.to_list())
+        seen.append(got.to_list())
+        return original(changes, listed)
+
+    monkeypatch.setattr(policy_stage, "_with_forecast", both)
+    for request in build_requests(count=12, spans=400, genai_share=0.6, seed=11):
+        clock[0] += 7 * 60 * 10**9 + 123_456_789  # a window's rate changes with the time gone by
+        assert pipeline.process_traces(request.SerializeToString()).failed_stages == ()
+    values = [value for column in seen for value in column]
+    assert len(seen) == 12 and len({v for v in values if v is not None}) > 3 and None in values

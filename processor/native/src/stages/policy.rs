@@ -112,7 +112,29 @@ pub struct PolicyPlan {
     /// The checks a verdict is made of: the rules', then the budgets' (policies.VerdictTable).
     verdicts: Verdicts,
     windows: Mutex<Vec<Vec<Window>>>,
+    awu: Awu,
 }
+
+/// What the GenOps AWU columns and events are made of (processor/stages/policy/awu.py).
+struct Awu {
+    /// Text columns the operation name is read from, first found wins.
+    operations: Vec<usize>,
+    /// Per dimension, the text column of the span's own genops.<dimension>.
+    own: Vec<usize>,
+    /// Lowercased operation name -> its operation type (a name not listed is its own type).
+    types: FxHashMap<String, String>,
+    version: String,
+    unit: String,
+}
+
+/// (operation name columns, own dimension columns, operation types, spec version, unit).
+type AwuSpec = (
+    Vec<usize>,
+    Vec<usize>,
+    Vec<(String, String)>,
+    String,
+    String,
+);
 
 /// (name, mode: 0 enforced, 1 advisory, 2 audit only, reason code) of a check.
 type CheckSpec = (String, u8, String);
@@ -221,6 +243,8 @@ struct Columns {
     status: Option<ArrowIn>,
     start: ArrowIn,
     end: Option<ArrowIn>,
+    /// The batch row of each frame row (the AWU events name it).
+    row: Option<ArrowIn>,
 }
 
 fn optional(value: Option<&Bound<'_, PyAny>>, kinds: &[Kind]) -> PyResult<Option<ArrowIn>> {
@@ -283,6 +307,9 @@ struct Span<'a> {
     latency: Option<f64>,
     start: i64,
     event_time: i64,
+    /// The start time as sent (0 when not) and the end time when sent.
+    raw_start: i64,
+    raw_end: Option<i64>,
     /// Bit k: rule k violated.
     rules: Bits,
 }
@@ -512,6 +539,8 @@ impl PolicyPlan {
                 latency,
                 start,
                 event_time: raw_end.unwrap_or(start),
+                raw_start,
+                raw_end,
                 rules: Bits::with_capacity(self.rules.len()),
             };
             let pii = int(&columns.pii, row);
@@ -585,10 +614,13 @@ impl PolicyPlan {
         checks: Vec<CheckSpec>,
         order: Vec<usize>,
         words: VerdictWords,
+        awu: AwuSpec,
     ) -> PyResult<Self> {
         let mut sorted = order.clone();
         sorted.sort_unstable();
+        let (operations, own, types, version, unit) = awu;
         if dimensions.len() != DIMENSIONS
+            || own.len() != DIMENSIONS
             || checks.len() != rules.len() + budgets.len()
             || sorted != (0..checks.len()).collect::<Vec<_>>()
             || checks.iter().any(|(_, mode, _)| *mode > 2)
@@ -665,24 +697,34 @@ impl PolicyPlan {
                 words,
             },
             windows: Mutex::new((0..zones).map(|_| Vec::new()).collect()),
+            awu: Awu {
+                operations,
+                own,
+                types: types.into_iter().collect(),
+                version,
+                unit,
+            },
         })
     }
 
     /// One batch. `texts`: the text columns the plan indexes (None: absent); `numbers`: genai
-    /// model, provider, tokens input, tokens output, cost, PII count, status code, start, end.
+    /// model, provider, tokens input, tokens output, cost, PII count, status code, start, end,
+    /// batch row.
     /// `apply(increments, expires_at)` -> (totals, repeated) is the store; `window_of` see
-    /// `label`; `relabel(label tuples)` -> the metric label tuples (null as "unknown", capped).
+    /// `label`; `relabel(label tuples)` -> the metric label tuples (null as "unknown", capped);
+    /// `forecast`: (now in ns, per budget (seconds since its window opened, seconds left in it)),
+    /// for the forecast tag (see `forecast_column`).
     ///
     /// `subjects`: the subject columns of the budgets keyed on a span attribute (see
     /// `SubjectColumn`).
     ///
     /// Returns None when the batch cannot be charged (NaN or infinite cost), () when no
     /// span is a GenAI span, else (code, tags or None, events, levels, check counts, code counts,
-    /// groups or None for a repeated batch).
+    /// groups or None for a repeated batch, AWU columns or None: see `awu`).
     #[allow(clippy::too_many_arguments)]
     /// `in_span`: a bool column of the rows that are no call of their own (log records naming a
     /// span: log_charges.py), never evaluated.
-    #[pyo3(signature = (rows, texts, numbers, now_ns, now_s, apply, window_of, relabel, subjects=Vec::new(), in_span=None))]
+    #[pyo3(signature = (rows, texts, numbers, now_ns, now_s, apply, window_of, relabel, subjects=Vec::new(), in_span=None, forecast=None))]
     fn run<'py>(
         &self,
         py: Python<'py>,
@@ -696,6 +738,7 @@ impl PolicyPlan {
         relabel: Bound<'py, PyAny>,
         subjects: Vec<SubjectColumn<'py>>,
         in_span: Option<Bound<'py, PyAny>>,
+        forecast: Option<ForecastSpec>,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
         let keyed = self.keyed_subjects(rows, &subjects)?;
         use Kind::{String as Str, F64, I64};
@@ -715,6 +758,7 @@ impl PolicyPlan {
             start: optional(get(7), &[I64])?
                 .ok_or_else(|| PyValueError::new_err("start times are required"))?,
             end: optional(get(8), &[I64])?,
+            row: optional(get(9), &[I64])?,
         };
         let Some(mut spans) = self.read(&columns, rows, now_ns)? else {
             return Ok(None);
@@ -945,16 +989,26 @@ impl PolicyPlan {
                     }
                 }
             }
+            let forecasts = match &forecast {
+                Some((now, windows)) => {
+                    forecast_column(budgets, &tag_best, &tag_consumed, *now, windows)
+                }
+                None => None,
+            };
             Some(PyTuple::new(
                 py,
                 [
-                    names.to_py(py)?.into_pyobject(py)?,
-                    periods.to_py(py)?.into_pyobject(py)?,
-                    f64_column(py, &limits)?,
-                    f64_column(py, &tag_consumed)?,
-                    f64_column(py, &tag_remaining)?,
-                    f64_column(py, &tag_utilization)?,
-                    bool_column(py, &tag_exceeded)?,
+                    names.to_py(py)?.into_pyobject(py)?.into_any(),
+                    periods.to_py(py)?.into_pyobject(py)?.into_any(),
+                    f64_column(py, &limits)?.into_any(),
+                    f64_column(py, &tag_consumed)?.into_any(),
+                    f64_column(py, &tag_remaining)?.into_any(),
+                    f64_column(py, &tag_utilization)?.into_any(),
+                    bool_column(py, &tag_exceeded)?.into_any(),
+                    match forecasts {
+                        Some(views) => views.to_py(py)?.into_pyobject(py)?.into_any(),
+                        None => py.None().into_bound(py),
+                    },
                 ],
             )?)
         } else {
@@ -965,6 +1019,7 @@ impl PolicyPlan {
         } else {
             Some(Bound::new(py, self.groups(py, &spans, &relabel)?)?)
         };
+        let awu = self.awu(py, &columns, &spans, &verdicts, &code)?;
         let result = (
             self.verdict_columns(py, &verdicts, &code)?,
             tags,
@@ -973,6 +1028,7 @@ impl PolicyPlan {
             check_counts,
             result_counts,
             groups,
+            awu,
         );
         Ok(Some(result.into_pyobject(py)?.into_any()))
     }
@@ -1030,6 +1086,283 @@ impl PolicyPlan {
             }
         }
         Ok(keyed)
+    }
+}
+
+/// (now in ns, per budget (seconds since its window opened, at least the minimum, seconds left)).
+type ForecastSpec = (i64, Vec<Option<(f64, f64)>>);
+
+/// budget_forecast._forecast_rows over the tagged rows: per row, when the budget its tags name
+/// runs out at its window's rate (ISO 8601 UTC, to the second), null when not in this window.
+/// The same float operations in the same order, from the tags' (rounded) consumed amount; None
+/// when an amount is not finite (that module decides then).
+fn forecast_column(
+    budgets: &[Budget],
+    best: &[Option<u32>],
+    consumed: &[Option<f64>],
+    now_ns: i64,
+    windows: &[Option<(f64, f64)>],
+) -> Option<Views> {
+    let mut out = Views::with_capacity(best.len());
+    // Forecasts repeat to the second across spans of a budget.
+    let mut last: Option<(i64, String)> = None;
+    for (b, c) in best.iter().zip(consumed) {
+        let (Some(b), Some(c)) = (b, c) else {
+            out.push_null();
+            continue;
+        };
+        let limit = budgets[*b as usize].limit;
+        let Some(Some((elapsed, left))) = windows.get(*b as usize) else {
+            out.push_null();
+            continue;
+        };
+        if !(c.is_finite() && limit.is_finite()) {
+            return None;
+        }
+        let seconds = if *c >= limit {
+            0.0
+        } else if *c > 0.0 {
+            (limit - c) * elapsed / c
+        } else {
+            out.push_null();
+            continue;
+        };
+        // Past the window's end the window resets first: no exhaustion to forecast.
+        if seconds.is_nan() || left.is_nan() || seconds > *left {
+            out.push_null();
+            continue;
+        }
+        // Nanoseconds truncated toward zero, then the time floored to its second.
+        let second = (now_ns + (seconds * 1e9) as i64).div_euclid(1_000_000_000);
+        match &last {
+            Some((at, text)) if *at == second => out.push(text.as_bytes()),
+            _ => {
+                let text = utc_text(second);
+                out.push(text.as_bytes());
+                last = Some((second, text));
+            }
+        }
+    }
+    Some(out)
+}
+
+/// `second` (epoch seconds) as time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second)).
+fn utc_text(second: i64) -> String {
+    let (days, rest) = (second.div_euclid(86_400), second.rem_euclid(86_400));
+    // The proleptic Gregorian date of a day number (H. Hinnant's civil_from_days).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3_600,
+        rest % 3_600 / 60,
+        rest % 60
+    )
+}
+
+/// A string column's buffers, None when no value is set (an all-null column writes nothing).
+fn views_or_none<'py>(py: Python<'py>, views: &Views, set: usize) -> PyResult<Bound<'py, PyAny>> {
+    if set == 0 {
+        return Ok(py.None().into_bound(py));
+    }
+    Ok(views.to_py(py)?.into_pyobject(py)?.into_any())
+}
+
+impl PolicyPlan {
+    /// The GenOps AWU attributes and events of the decided (evaluated) spans, as
+    /// processor/stages/policy/awu.py's polars query computes them: (columns over the batch: spec
+    /// version, the six dimensions, operation name, operation type, accounting actual, accounting
+    /// unit, each None when all null; genops.policy.evaluated as (rows, times, results, reasons);
+    /// genops.cost.calculated as (rows, times, costs, currencies, providers, models) or None when
+    /// no span has a cost; [(operation type, summed cost)] in order of first appearance). None
+    /// when a decided span has no batch row or start time (that query decides then).
+    fn awu<'py>(
+        &self,
+        py: Python<'py>,
+        columns: &Columns,
+        spans: &[Span<'_>],
+        verdicts: &[Verdict],
+        code: &[Option<usize>],
+    ) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        let awu = &self.awu;
+        let rows = code.len();
+        let Some(row_column) = columns.row.as_ref() else {
+            return Ok(None);
+        };
+        if spans
+            .iter()
+            .any(|s| !row_column.is_valid(s.position) || !columns.start.is_valid(s.position))
+        {
+            return Ok(None);
+        }
+        // Per decided span, in batch order: the written values.
+        let mut decided: Vec<Option<usize>> = vec![None; rows];
+        let mut names: Vec<Option<&str>> = Vec::with_capacity(spans.len());
+        let mut types: Vec<Option<String>> = Vec::with_capacity(spans.len());
+        let mut dims: Vec<[Option<&str>; DIMENSIONS]> = Vec::with_capacity(spans.len());
+        let mut actual: Vec<Option<f64>> = Vec::with_capacity(spans.len());
+        for (i, span) in spans.iter().enumerate() {
+            decided[span.position] = Some(i);
+            let mut name = None;
+            for source in &awu.operations {
+                if let Some(value) = text(&columns.texts[*source], span.position)? {
+                    name = Some(value);
+                    break;
+                }
+            }
+            names.push(name);
+            types.push(name.map(|n| {
+                let lower = n.to_lowercase();
+                match awu.types.get(&lower) {
+                    Some(kind) => kind.clone(),
+                    None => lower,
+                }
+            }));
+            // A span's own value is left as it came (spec §2.3); else its resource's or fallback's.
+            let mut written = [None; DIMENSIONS];
+            for (d, own) in awu.own.iter().enumerate() {
+                if text(&columns.texts[*own], span.position)?.is_none() {
+                    written[d] = span.dims[d];
+                }
+            }
+            dims.push(written);
+            actual.push(span.cost.filter(|c| c.is_finite() && *c >= 0.0));
+        }
+
+        let mut version = Views::with_capacity(rows);
+        let mut dim_columns: Vec<(Views, usize)> = (0..DIMENSIONS)
+            .map(|_| (Views::with_capacity(rows), 0))
+            .collect();
+        let mut name_column = (Views::with_capacity(rows), 0);
+        let mut type_column = (Views::with_capacity(rows), 0);
+        let mut actual_column: Vec<Option<f64>> = Vec::with_capacity(rows);
+        let mut unit_column = (Views::with_capacity(rows), 0);
+        let push = |column: &mut (Views, usize), value: Option<&str>| match value {
+            Some(value) => {
+                column.0.push(value.as_bytes());
+                column.1 += 1;
+            }
+            None => column.0.push_null(),
+        };
+        for at in &decided {
+            match at {
+                Some(i) => {
+                    version.push(awu.version.as_bytes());
+                    for (d, column) in dim_columns.iter_mut().enumerate() {
+                        push(column, dims[*i][d]);
+                    }
+                    push(&mut name_column, names[*i]);
+                    push(&mut type_column, types[*i].as_deref());
+                    actual_column.push(actual[*i]);
+                    push(&mut unit_column, actual[*i].map(|_| awu.unit.as_str()));
+                }
+                None => {
+                    version.push_null();
+                    for column in dim_columns.iter_mut() {
+                        column.0.push_null();
+                    }
+                    name_column.0.push_null();
+                    type_column.0.push_null();
+                    actual_column.push(None);
+                    unit_column.0.push_null();
+                }
+            }
+        }
+        let costed = actual.iter().filter(|c| c.is_some()).count();
+        let mut written: Vec<Bound<'py, PyAny>> = Vec::with_capacity(DIMENSIONS + 5);
+        written.push(views_or_none(py, &version, spans.len())?);
+        for (views, set) in &dim_columns {
+            written.push(views_or_none(py, views, *set)?);
+        }
+        written.push(views_or_none(py, &name_column.0, name_column.1)?);
+        written.push(views_or_none(py, &type_column.0, type_column.1)?);
+        written.push(if costed == 0 {
+            py.None().into_bound(py)
+        } else {
+            f64_column(py, &actual_column)?.into_any()
+        });
+        written.push(views_or_none(py, &unit_column.0, unit_column.1)?);
+
+        // genops.policy.evaluated at the span's start (the decision is about the unit before it
+        // ran), genops.cost.calculated at its end (its start when it has none).
+        let event_row = |span: &Span<'_>| row_column.i64_at(span.position);
+        let mut results = Views::with_capacity(spans.len());
+        let mut reasons = Views::with_capacity(spans.len());
+        for span in spans {
+            let verdict = &verdicts[code[span.position].expect("a decided span has a verdict")];
+            results.push(self.verdicts.result(verdict).as_bytes());
+            match self.verdicts.reason(verdict) {
+                Some(reason) => reasons.push(reason.as_bytes()),
+                None => reasons.push_null(),
+            }
+        }
+        let evaluated = (
+            le_bytes(py, &spans.iter().map(event_row).collect::<Vec<_>>())?,
+            le_bytes(py, &spans.iter().map(|s| s.raw_start).collect::<Vec<_>>())?,
+            results.to_py(py)?,
+            reasons.to_py(py)?,
+        )
+            .into_pyobject(py)?
+            .into_any();
+        let calculated = if costed == 0 {
+            py.None().into_bound(py)
+        } else {
+            let mut event_rows = Vec::with_capacity(costed);
+            let mut times = Vec::with_capacity(costed);
+            let mut costs = Vec::with_capacity(costed);
+            let mut currencies = Views::with_capacity(costed);
+            let mut providers = Views::with_capacity(costed);
+            let mut models = Views::with_capacity(costed);
+            for (span, cost) in spans.iter().zip(&actual) {
+                let Some(cost) = cost else { continue };
+                event_rows.push(event_row(span));
+                times.push(
+                    span.raw_end
+                        .filter(|end| *end > 0)
+                        .unwrap_or(span.raw_start),
+                );
+                costs.push(Some(*cost));
+                currencies.push(awu.unit.as_bytes());
+                for (views, column) in [
+                    (&mut providers, self.cost_provider),
+                    (&mut models, self.cost_model),
+                ] {
+                    match text(&columns.texts[column], span.position)? {
+                        Some(value) => views.push(value.as_bytes()),
+                        None => views.push_null(),
+                    }
+                }
+            }
+            (
+                le_bytes(py, &event_rows)?,
+                le_bytes(py, &times)?,
+                f64_column(py, &costs)?,
+                currencies.to_py(py)?,
+                providers.to_py(py)?,
+                models.to_py(py)?,
+            )
+                .into_pyobject(py)?
+                .into_any()
+        };
+        // Cost per operation type, summed in span order from 0.0 (as seed_metrics sums them).
+        let mut sums: Vec<(Option<&str>, f64)> = Vec::new();
+        for (kind, cost) in types.iter().zip(&actual) {
+            let Some(cost) = cost else { continue };
+            let kind = kind.as_deref();
+            match sums.iter_mut().find(|(k, _)| *k == kind) {
+                Some((_, sum)) => *sum += cost,
+                None => sums.push((kind, 0.0 + cost)),
+            }
+        }
+        let out = (PyTuple::new(py, written)?, evaluated, calculated, sums);
+        Ok(Some(out.into_pyobject(py)?))
     }
 
     /// VIOLATIONS (list offsets, validity, names), RESULT and REASON_CODE per row of the batch.

@@ -82,3 +82,18 @@ fn an_allowed_verdict_has_no_reason_and_a_warned_one_the_budget_warning() {
         ("WARNING", Some("warned"))
     );
 }
+
+#[test]
+fn utc_text_is_gmtime_formatted() {
+    // Expected values from Python's time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(s)).
+    for (second, text) in [
+        (0, "1970-01-01T00:00:00Z"),
+        (951_782_400, "2000-02-29T00:00:00Z"),
+        (951_868_799, "2000-02-29T23:59:59Z"),
+        (4_107_542_400, "2100-03-01T00:00:00Z"),
+        (1_796_688_007, "2026-12-08T00:00:07Z"),
+        (1_765_238_399, "2025-12-08T23:59:59Z"),
+    ] {
+        assert_eq!(utc_text(second), text);
+    }
+}
