@@ -26,7 +26,14 @@ from processor.core.decode import (
     SCOPE_SPAN_NAME,
     TelemetryBatch,
 )
-from processor.stages.redaction.rules import Action, AttributeCondition, KeyRule, RedactionRules, RuleConditions, ValueRule
+from processor.stages.redaction.rules import (
+    Action,
+    AttributeCondition,
+    KeyRule,
+    RedactionRules,
+    RuleConditions,
+    ValueRule,
+)
 from processor.stages.redaction.sanitizers import DB_QUERY_KEYS, DB_SYSTEM_KEYS, SQL, reads_double_quoted_strings
 from processor.stages.redaction.stage import (
     _REWRITE_SCHEMA,
@@ -447,11 +454,7 @@ class OracleRedactionStage(RedactionStage):
             elif scope == SCOPE_SPAN_NAME:
                 database = any(facts.get(k) for k in (*DB_SYSTEM_KEYS, *DB_QUERY_KEYS))
                 at = next(
-                    (
-                        i
-                        for i, s in enumerate(self.rules.sanitizers)
-                        if s.span_names and (s.kind == SQL) == database
-                    ),
+                    (i for i, s in enumerate(self.rules.sanitizers) if s.span_names and (s.kind == SQL) == database),
                     None,
                 )
                 if at is not None:
@@ -580,14 +583,14 @@ def _skips_found(when: AttributeCondition, skip: AttributeCondition, found) -> b
 def _value_item() -> pl.Expr:
     """The item a value belongs to (redact.rs `value_item`): an attribute's owner, the row of a
     span's name, status, events and links or a record's body, none for resource and scope
-    attributes."""
+    attributes and for a value of no item (row -1)."""
+    row = pl.col("row").cast(pl.Int64)
     return (
-        pl.when(pl.col("scope") == SCOPE_ITEM)
-        .then(pl.col("owner").cast(pl.Int64))
-        .when(pl.col("scope").is_in([SCOPE_RESOURCE, SCOPE_SCOPE]))
+        pl.when((row < 0) | pl.col("scope").is_in([SCOPE_RESOURCE, SCOPE_SCOPE]))
         .then(None)
-        .when(pl.col("row").cast(pl.Int64) >= 0)
-        .then(pl.col("row").cast(pl.Int64))
+        .when(pl.col("scope") == SCOPE_ITEM)
+        .then(pl.col("owner").cast(pl.Int64))
+        .otherwise(row)
     )
 
 

@@ -270,21 +270,21 @@ def parse_rules(raw: object) -> RedactionRules:
 def _parse_sanitizers(raw: dict) -> tuple[Sanitizer, ...]:
     out: list[Sanitizer] = []
     url = _section(raw.get("url_sanitizer"), "url_sanitizer", _URL_FIELDS)
+    url_span_names = _flag(url, "sanitize_span_name", "url_sanitizer")
     if url.get("enabled", False) is True:
         attributes = _string_list(url.get("attributes", list(URL_ATTRIBUTES)), "url_sanitizer: attributes")
         mask = url.get("mask", URL_MASK)
         if not isinstance(mask, str):
             raise ValueError("url_sanitizer: mask must be a string")
-        span_names = _flag(url, "sanitize_span_name", "url_sanitizer")
-        if attributes or span_names:
-            out.append(Sanitizer(URL_QUERY, _keys_regex(attributes, []), mask, span_names))
+        if attributes or url_span_names:
+            out.append(Sanitizer(URL_QUERY, _keys_regex(attributes, []), mask, url_span_names))
     db = _section(raw.get("db_sanitizer"), "db_sanitizer", {"sql"})
     sql = _section(db.get("sql"), "db_sanitizer: sql", _SQL_FIELDS)
+    sql_span_names = _flag(sql, "sanitize_span_name", "db_sanitizer: sql")
     if sql.get("enabled", False) is True:
         attributes = _string_list(sql.get("attributes", list(SQL_ATTRIBUTES)), "db_sanitizer: sql: attributes")
-        span_names = _flag(sql, "sanitize_span_name", "db_sanitizer: sql")
-        if attributes or span_names:
-            out.append(Sanitizer(SQL, _keys_regex(attributes, []), span_names=span_names))
+        if attributes or sql_span_names:
+            out.append(Sanitizer(SQL, _keys_regex(attributes, []), span_names=sql_span_names))
     return tuple(out)
 
 

@@ -1065,15 +1065,17 @@ impl ItemKeys {
 
 /// The item a value belongs to, for item conditions and the sanitisers: an attribute's owner (its
 /// span, record or data point), the item of a span's name, status, events and links, or a log
-/// record's body; None for resource and instrumentation scope attributes, shared by many items.
+/// record's body; None for resource and instrumentation scope attributes, shared by many items,
+/// and for a value of no item.
 fn value_item(values: &Values<'_>, i: usize) -> Option<i64> {
     let scope = values.scope.get(i);
-    if scope == b"attribute" {
-        Some(values.owner.get(i))
-    } else if scope == b"resource" || scope == b"scope" {
+    // Row -1: a value of no item (what the sidecar writes itself, `redact_one`).
+    if values.row.get(i) < 0 || scope == b"resource" || scope == b"scope" {
         None
+    } else if scope == b"attribute" {
+        Some(values.owner.get(i))
     } else {
-        Some(values.row.get(i)).filter(|row| *row >= 0)
+        Some(values.row.get(i))
     }
 }
 
@@ -1089,7 +1091,11 @@ impl Redactor {
             if values.scope.view(i) != attribute {
                 continue;
             }
-            if values.kind.as_ref().is_some_and(|k| k.get(i) != b"string_value") {
+            if values
+                .kind
+                .as_ref()
+                .is_some_and(|k| k.get(i) != b"string_value")
+            {
                 continue;
             }
             if let Some(at) = self.item_keys.position(values.key.get(i)) {
@@ -1118,7 +1124,11 @@ impl Redactor {
         let double_quoted = item.is_some_and(|f| self.item_keys.double_quoted_strings(f));
         if scope == b"span_name" {
             let database = item.is_some_and(|f| self.item_keys.is_database(f));
-            let wanted = if database { SanitizerKind::Sql } else { SanitizerKind::UrlQuery };
+            let wanted = if database {
+                SanitizerKind::Sql
+            } else {
+                SanitizerKind::UrlQuery
+            };
             let Some(at) = self
                 .sanitizers
                 .iter()
@@ -1212,7 +1222,14 @@ impl Redactor {
         for spec in conditions.unwrap_or_default() {
             compiled_conditions.push(match spec {
                 None => None,
-                Some((when_keys, skip_keys, when_resource, skip_resource, when_item, skip_item)) => Some(Conditions {
+                Some((
+                    when_keys,
+                    skip_keys,
+                    when_resource,
+                    skip_resource,
+                    when_item,
+                    skip_item,
+                )) => Some(Conditions {
                     when_item: item_keys.indexed(when_item),
                     skip_item: item_keys.indexed(skip_item),
                     when_keys: when_keys.as_deref().map(compile).transpose()?,

@@ -125,7 +125,14 @@ pub fn sql(text: &str, double_quoted: bool) -> String {
     out
 }
 
-fn lex(text: &str, mut i: usize, end: usize, comments: bool, double_quoted: bool, out: &mut String) {
+fn lex(
+    text: &str,
+    mut i: usize,
+    end: usize,
+    comments: bool,
+    double_quoted: bool,
+    out: &mut String,
+) {
     let b = text.as_bytes();
     while i < end {
         let c = b[i];
