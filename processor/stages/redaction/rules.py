@@ -49,7 +49,9 @@ SQL_ATTRIBUTES = ("db.query.text", "db.statement")
 # which keeps the URL a valid one.
 URL_MASK = "REDACTED"
 _URL_FIELDS = {"enabled", "attributes", "mask", "sanitize_span_name"}
-_SQL_FIELDS = {"enabled", "attributes", "sanitize_span_name"}
+_SQL_FIELDS = {"enabled", "attributes"}
+# The Collector's place for it: the database sanitisers' section, not one dialect's.
+_DB_FIELDS = {"sql", "sanitize_span_name"}
 _TOP_FIELDS = {
     "allow_all_keys",
     "allowed_keys",
@@ -278,9 +280,9 @@ def _parse_sanitizers(raw: dict) -> tuple[Sanitizer, ...]:
             raise ValueError("url_sanitizer: mask must be a string")
         if attributes or url_span_names:
             out.append(Sanitizer(URL_QUERY, _keys_regex(attributes, []), mask, url_span_names))
-    db = _section(raw.get("db_sanitizer"), "db_sanitizer", {"sql"})
+    db = _section(raw.get("db_sanitizer"), "db_sanitizer", _DB_FIELDS)
     sql = _section(db.get("sql"), "db_sanitizer: sql", _SQL_FIELDS)
-    sql_span_names = _flag(sql, "sanitize_span_name", "db_sanitizer: sql")
+    sql_span_names = _flag(db, "sanitize_span_name", "db_sanitizer")
     if sql.get("enabled", False) is True:
         attributes = _string_list(sql.get("attributes", list(SQL_ATTRIBUTES)), "db_sanitizer: sql: attributes")
         if attributes or sql_span_names:

@@ -110,7 +110,7 @@ def test_the_value_rules_still_run_on_a_sanitised_span_name(engine):
 def test_sanitize_span_name_false_leaves_span_names_to_the_value_rules(engine):
     rules = {
         "url_sanitizer": {"enabled": True, "sanitize_span_name": False},
-        "db_sanitizer": {"sql": {"enabled": True, "sanitize_span_name": False}},
+        "db_sanitizer": {"sanitize_span_name": False, "sql": {"enabled": True}},
         "rules": [{"name": "email", "detector": "email"}],
     }
     stage = custom_stage(rules)
@@ -145,6 +145,11 @@ def test_span_name_rewrites_are_counted_under_their_sanitiser(engine):
         if sample.name.endswith("_total")
     }
     assert counted == {"db_sanitizer": 1.0, "url_sanitizer": 1.0}
+
+
+def test_the_span_name_option_of_sql_sits_where_the_collector_has_it():
+    with pytest.raises(ValueError, match="db_sanitizer: sql: unknown field 'sanitize_span_name'"):
+        parse_rules({"db_sanitizer": {"sql": {"enabled": True, "sanitize_span_name": False}}})
 
 
 def test_the_defaults_sanitise_span_names():
@@ -351,7 +356,7 @@ def test_item_conditions_of_the_rule_set_are_inherited_part_by_part(engine):
         ({"when": {"attributes": {"tier": 1}}}, "when: attributes: tier must be a list of strings"),
         ({"when": {"span": {"a": "b"}}}, "when: unknown field 'span' (known: attributes, keys, resource)"),
         ({"url_sanitizer": {"sanitize_span_name": "yes"}}, "url_sanitizer: sanitize_span_name must be true or false"),
-        ({"db_sanitizer": {"sql": {"sanitize_span_name": 1}}}, "db_sanitizer: sql: sanitize_span_name must be true"),
+        ({"db_sanitizer": {"sanitize_span_name": 1}}, "db_sanitizer: sanitize_span_name must be true or false"),
     ],
 )
 def test_invalid_item_conditions_and_span_name_options_are_one_clear_error(raw, message):
