@@ -1063,6 +1063,15 @@ impl ItemKeys {
     }
 }
 
+/// The first 8 bytes of a string's Arrow view (its length, then its first 4 bytes, zero-padded).
+fn view_head(text: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    bytes[..4].copy_from_slice(&(text.len() as u32).to_le_bytes());
+    let prefix = text.len().min(4);
+    bytes[4..4 + prefix].copy_from_slice(&text[..prefix]);
+    u64::from_le_bytes(bytes)
+}
+
 /// The item a value belongs to, for item conditions and the sanitisers: an attribute's owner (its
 /// span, record or data point), the item of a span's name, status, events and links, or a log
 /// record's body; None for resource and instrumentation scope attributes, shared by many items,
@@ -1086,19 +1095,36 @@ impl Redactor {
             return None;
         }
         let attribute = short_key(b"attribute");
+        // A view's first 8 bytes are the length and the first 4 bytes: most keys differ there
+        // from every item key, which rules them out without reading their bytes.
+        let heads: Vec<u64> = self
+            .item_keys
+            .keys
+            .iter()
+            .map(|k| view_head(k.as_bytes()))
+            .collect();
         let mut found: FxHashMap<i64, Vec<Vec<&'v [u8]>>> = FxHashMap::default();
         for i in 0..values.value.len {
-            if values.scope.view(i) != attribute {
-                continue;
-            }
-            if values
-                .kind
-                .as_ref()
-                .is_some_and(|k| k.get(i) != b"string_value")
+            let is_attribute = match values.scope.view(i) {
+                Some(view) => Some(view) == attribute,
+                None => values.scope.get(i) == b"attribute",
+            };
+            if !is_attribute
+                || values
+                    .key
+                    .view(i)
+                    .is_some_and(|view| !heads.contains(&(view as u64)))
             {
                 continue;
             }
-            if let Some(at) = self.item_keys.position(values.key.get(i)) {
+            let Some(at) = self.item_keys.position(values.key.get(i)) else {
+                continue;
+            };
+            if values
+                .kind
+                .as_ref()
+                .is_none_or(|k| k.get(i) == b"string_value")
+            {
                 found
                     .entry(values.owner.get(i))
                     .or_insert_with(|| vec![Vec::new(); self.item_keys.keys.len()])[at]
@@ -1118,12 +1144,17 @@ impl Redactor {
         text: &[u8],
         item: Option<&Vec<Vec<&[u8]>>>,
     ) -> PyResult<Option<(usize, String)>> {
-        if kind != b"string_value" {
+        let span_name = scope == b"span_name";
+        if (class.sanitizer.is_none() && !span_name) || kind != b"string_value" {
             return Ok(None);
         }
-        let double_quoted = item.is_some_and(|f| self.item_keys.double_quoted_strings(f));
-        if scope == b"span_name" {
+        let double_quoted = || item.is_some_and(|f| self.item_keys.double_quoted_strings(f));
+        if span_name {
             let database = item.is_some_and(|f| self.item_keys.is_database(f));
+            // Most names hold no query at all: no copy made to find that out.
+            if !database && memchr::memchr2(b'?', b'#', text).is_none() {
+                return Ok(None);
+            }
             let wanted = if database {
                 SanitizerKind::Sql
             } else {
@@ -1139,7 +1170,7 @@ impl Redactor {
             let original = to_str(text)?;
             let rule = &self.sanitizers[at];
             let out = match rule.kind {
-                SanitizerKind::Sql => sanitize::sql(original, double_quoted),
+                SanitizerKind::Sql => sanitize::sql(original, double_quoted()),
                 SanitizerKind::UrlQuery => sanitize::urls_in_text(original, &rule.mask),
             };
             return Ok((out != original).then_some((at, out)));
@@ -1147,7 +1178,8 @@ impl Redactor {
         match class.sanitizer {
             Some(at) if !keyless(scope) => {
                 let original = to_str(text)?;
-                let out = self.sanitizers[at].run(original, double_quoted);
+                let rule = &self.sanitizers[at];
+                let out = rule.run(original, rule.kind == SanitizerKind::Sql && double_quoted());
                 Ok((out != original).then_some((at, out)))
             }
             _ => Ok(None),
@@ -1612,6 +1644,7 @@ impl Redactor {
         let mut batch_keys: FxHashMap<u128, KeyClass> = FxHashMap::default();
         let attribute = short_key(b"attribute");
         let event = short_key(b"event");
+        let span_name = short_key(b"span_name");
         for i in 0..values.value.len {
             // Values sit in the request bytes, last read by the scan: their loads are started
             // a few values ahead of the lookups that wait for them.
@@ -1640,7 +1673,14 @@ impl Redactor {
             if class.protected {
                 continue;
             }
-            let item = items.as_ref().and_then(|_| value_item(values, i));
+            // The item's attributes only where something reads them: item conditions, a sanitiser.
+            let scope_view = values.scope.view(i);
+            let reads_item =
+                self.item_keys.conditions || class.sanitizer.is_some() || scope_view == span_name;
+            let item = items
+                .as_ref()
+                .filter(|_| reads_item)
+                .and_then(|_| value_item(values, i));
             let item_found = item.and_then(|item| items.as_ref().and_then(|m| m.get(&item)));
             let skip = if found.is_none() && !self.item_keys.conditions {
                 None
@@ -1655,7 +1695,6 @@ impl Redactor {
                 })
             };
             let scope = values.scope.get(i);
-            let scope_view = values.scope.view(i);
             let item_scope = if scope_view == attribute || scope_view == event {
                 true
             } else {
