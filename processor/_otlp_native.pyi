@@ -62,8 +62,8 @@ class PriceRows:
 def value_patterns_problem(patterns: Sequence[str]) -> tuple[int, str] | None: ...
 
 # sanitize.rs: processor/stages/redaction/sanitizers.py's sanitisers in Rust (kind "url_query" | "sql";
-# mask for URLs).
-def sanitize(kind: str, text: str, mask: str) -> str: ...
+# mask for URLs; double_quoted: "..." is a SQL string (MySQL); span_name: a span name's URLs).
+def sanitize(kind: str, text: str, mask: str, double_quoted: bool = False, span_name: bool = False) -> str: ...
 
 # redact.rs: the redaction stage's rules over a batch in one call.
 
@@ -79,14 +79,22 @@ class Redactor:
         redact_all_types: bool,
         hasher: Any,
         # Per rule (key rules, then value rules): None or (when keys, skip keys, when resource,
-        # skip resource), as processor/stages/redaction/rules.py RuleConditions.
+        # skip resource, when attributes, skip attributes), as processor/stages/redaction/rules.py
+        # RuleConditions.
         conditions: Sequence[
-            tuple[str | None, str | None, Sequence[tuple[str, Sequence[str]]], Sequence[tuple[str, Sequence[str]]]]
+            tuple[
+                str | None,
+                str | None,
+                Sequence[tuple[str, Sequence[str]]],
+                Sequence[tuple[str, Sequence[str]]],
+                Sequence[tuple[str, Sequence[str]]],
+                Sequence[tuple[str, Sequence[str]]],
+            ]
             | None
         ]
         | None = None,
-        # (kind "url_query" | "sql", anchored key regex, mask), in order.
-        sanitizers: Sequence[tuple[str, str, str]] | None = None,
+        # (kind "url_query" | "sql", anchored key regex, mask, sanitise span names), in order.
+        sanitizers: Sequence[tuple[str, str, str, bool]] | None = None,
     ) -> None: ...
     def redact(
         self,

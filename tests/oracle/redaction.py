@@ -22,9 +22,19 @@ from processor.core.decode import (
     SCOPE_ITEM,
     SCOPE_LINK,
     SCOPE_RESOURCE,
+    SCOPE_SCOPE,
+    SCOPE_SPAN_NAME,
     TelemetryBatch,
 )
-from processor.stages.redaction.rules import Action, KeyRule, RedactionRules, RuleConditions, ValueRule
+from processor.stages.redaction.rules import (
+    Action,
+    AttributeCondition,
+    KeyRule,
+    RedactionRules,
+    RuleConditions,
+    ValueRule,
+)
+from processor.stages.redaction.sanitizers import DB_QUERY_KEYS, DB_SYSTEM_KEYS, SQL, reads_double_quoted_strings
 from processor.stages.redaction.stage import (
     _REWRITE_SCHEMA,
     _WRITTEN,
@@ -222,7 +232,11 @@ class OracleRedactionStage(RedactionStage):
         if "is_string" not in values.columns:
             values = values.with_columns(is_string=pl.lit(True), kind=pl.lit("string_value"))
         values = values.join(self._classify(values["key"]), on="key", how="left", maintain_order="left")
+        values = values.with_columns(_item=_value_item())
+        items = self._item_values(values)
         skipped = self._resource_skips(values, item_resource)
+        for slot, mask in self._item_skips(values, items).items():
+            skipped[slot] = skipped[slot] | mask if slot in skipped else mask
         key_slots = len(self.rules.key_rules)
         if any(slot < key_slots for slot in skipped):
             # A key rule a resource skips leaves the value to the next key rule that matches.
@@ -258,7 +272,7 @@ class OracleRedactionStage(RedactionStage):
             if key_slots + i in skipped:
                 excluded[i] = excluded[i] | pl.lit(skipped[key_slots + i])
         values = values.with_columns(**{f"_excluded{i}": expr for i, expr in excluded.items()})
-        value_rows, sanitized = self._sanitize(values.filter(by_value))
+        value_rows, sanitized = self._sanitize(values.filter(by_value), items)
         value_part = self._value_rewrites(value_rows, {i: value_rows[f"_excluded{i}"] for i in excluded})
         parts = [
             values.filter(not_allowed).select(
@@ -382,26 +396,81 @@ class OracleRedactionStage(RedactionStage):
             rule_name = pl.when(applies).then(pl.lit(rule.name)).otherwise(rule_name)
         return rule_name
 
-    def _sanitize(self, rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-        """`rows` with each sanitiser's string values as it leaves them (once per distinct value),
-        and the rows it changed (with `_sanitizer`, its index)."""
+    def _item_keys(self) -> tuple[str, ...]:
+        """The item attributes read besides the values redacted: item conditions', then, with a
+        sanitiser, the database ones (span names, dialect)."""
+        keys = self.rules.attribute_condition_keys
+        if self.rules.sanitizers:
+            keys = (*keys, *DB_SYSTEM_KEYS, *DB_QUERY_KEYS)
+        return tuple(dict.fromkeys(keys))
+
+    def _item_values(self, values: pl.DataFrame) -> dict[int, dict[str, list[str]]]:
+        """Per item, the string values of the item keys, by key (in the order met)."""
+        keys = self._item_keys()
+        found: dict[int, dict[str, list[str]]] = {}
+        if not keys:
+            return found
+        rows = values.filter(
+            (pl.col("scope") == SCOPE_ITEM) & (pl.col("kind") == "string_value") & pl.col("key").is_in(list(keys))
+        )
+        for owner, key, value in rows.select(pl.col("owner").cast(pl.Int64), "key", "value").iter_rows():
+            found.setdefault(owner, {}).setdefault(key, []).append(value)
+        return found
+
+    def _item_skips(self, values: pl.DataFrame, items: dict[int, dict[str, list[str]]]) -> dict[int, pl.Series]:
+        """Per rule slot with item conditions: which values their item's attributes skip (a value
+        of no item, a resource or scope attribute, is skipped by none)."""
+        out: dict[int, pl.Series] = {}
+        every: tuple[KeyRule | ValueRule, ...] = (*self.rules.key_rules, *self.rules.value_rules)
+        item = values.get_column("_item")
+        for slot, rule in enumerate(every):
+            conditions = rule.conditions
+            if conditions is None or not conditions.attribute_keys:
+                continue
+            skipping = [
+                i
+                for i in item.drop_nulls().unique().to_list()
+                if _skips_found(conditions.when_attributes, conditions.skip_attributes, items.get(i, {}))
+            ]
+            out[slot] = item.is_in(skipping).fill_null(False)
+        return out
+
+    def _sanitize(
+        self, rows: pl.DataFrame, items: dict[int, dict[str, list[str]]]
+    ) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """`rows` with each sanitiser's string values as it leaves them, and the rows it changed
+        (with `_sanitizer`, its index): an attribute's by its key, a span name by its span (SQL for a
+        database span's, else URLs); SQL in the dialect of the item's database system."""
         if not self.rules.sanitizers or rows.height == 0:
             return rows, rows.clear()
-        targets = (
-            pl.col("_sanitizer").is_not_null()
-            & (pl.col("kind") == "string_value")
-            & ~pl.col("scope").is_in(KEYLESS_SCOPES)
-        )
-        pairs = rows.filter(targets).select("_sanitizer", "value").unique()
-        if pairs.height == 0:
-            return rows, rows.clear()
-        mapping = pairs.with_columns(
-            _sanitized=pl.Series(
-                [self.rules.sanitizers[at].apply(value) for at, value in pairs.iter_rows()], dtype=pl.String
-            )
-        )
-        rows = rows.join(mapping, on=["_sanitizer", "value"], how="left", maintain_order="left").with_columns(
-            _changed=targets & pl.col("_sanitized").is_not_null() & (pl.col("_sanitized") != pl.col("value"))
+        chosen: list[int | None] = []
+        sanitized: list[str | None] = []
+        for scope, kind, at, item, value in rows.select("scope", "kind", "_sanitizer", "_item", "value").iter_rows():
+            facts = items.get(item, {}) if item is not None else {}
+            system = next((facts[k][0] for k in DB_SYSTEM_KEYS if facts.get(k)), None)
+            double_quoted = reads_double_quoted_strings(system)
+            if kind != "string_value" or value is None:
+                at = None
+            elif scope == SCOPE_SPAN_NAME:
+                database = any(facts.get(k) for k in (*DB_SYSTEM_KEYS, *DB_QUERY_KEYS))
+                at = next(
+                    (i for i, s in enumerate(self.rules.sanitizers) if s.span_names and (s.kind == SQL) == database),
+                    None,
+                )
+                if at is not None:
+                    out = self.rules.sanitizers[at].apply_to_span_name(value, double_quoted)
+                    at, value = (at, out) if out != value else (None, value)
+            elif at is not None and scope not in KEYLESS_SCOPES:
+                out = self.rules.sanitizers[at].apply(value, double_quoted)
+                at, value = (at, out) if out != value else (None, value)
+            else:
+                at = None
+            chosen.append(at)
+            sanitized.append(value)
+        rows = rows.with_columns(
+            _changed=pl.Series(chosen, dtype=pl.Int64).is_not_null(),
+            _sanitized=pl.Series(sanitized, dtype=pl.String),
+            _sanitizer=pl.Series(chosen, dtype=pl.Int64),
         )
         rows = rows.with_columns(
             value=pl.when(pl.col("_changed")).then(pl.col("_sanitized")).otherwise(pl.col("value"))
@@ -500,11 +569,29 @@ def _allows_key(conditions: RuleConditions) -> pl.Expr:
 
 
 def _skips_resource(conditions: RuleConditions, found: dict[str, set[str]]) -> bool:
+    return _skips_found(conditions.when_resource, conditions.skip_resource, found)
+
+
+def _skips_found(when: AttributeCondition, skip: AttributeCondition, found) -> bool:
     def holds(condition: tuple[str, tuple[str, ...]]) -> bool:
         key, accepted = condition
         return any(value in accepted for value in found.get(key, ()))
 
-    return not all(holds(c) for c in conditions.when_resource) or any(holds(c) for c in conditions.skip_resource)
+    return not all(holds(c) for c in when) or any(holds(c) for c in skip)
+
+
+def _value_item() -> pl.Expr:
+    """The item a value belongs to (redact.rs `value_item`): an attribute's owner, the row of a
+    span's name, status, events and links or a record's body, none for resource and scope
+    attributes and for a value of no item (row -1)."""
+    row = pl.col("row").cast(pl.Int64)
+    return (
+        pl.when((row < 0) | pl.col("scope").is_in([SCOPE_RESOURCE, SCOPE_SCOPE]))
+        .then(None)
+        .when(pl.col("scope") == SCOPE_ITEM)
+        .then(pl.col("owner").cast(pl.Int64))
+        .otherwise(row)
+    )
 
 
 def oracle_of(stage: RedactionStage) -> OracleRedactionStage:

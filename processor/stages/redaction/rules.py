@@ -38,7 +38,7 @@ PROTECTED_KEYS = ("gen_ai.usage.*", "llm.token_count.*", "llm.usage.*", "genops.
 VALUES_ONLY_KEYS = ("genops.*",)
 
 _RULE_FIELDS = {"name", "keys", "key_patterns", "detector", "pattern", "action", "mask", "length", "when", "skip"}
-_CONDITION_FIELDS = {"keys", "resource"}
+_CONDITION_FIELDS = {"keys", "resource", "attributes"}
 # Names of rewrites that are not rules': counted in genops_redaction_total like rules.
 _RESERVED_NAMES = (RESERVED_RULE_NAME, URL_SANITIZER_NAME, SQL_SANITIZER_NAME)
 # The sanitisers' defaults when enabled without `attributes` (the Collector's option names; the
@@ -48,8 +48,10 @@ SQL_ATTRIBUTES = ("db.query.text", "db.statement")
 # What a query parameter's value becomes: the semantic conventions' text for a redacted value,
 # which keeps the URL a valid one.
 URL_MASK = "REDACTED"
-_URL_FIELDS = {"enabled", "attributes", "mask"}
+_URL_FIELDS = {"enabled", "attributes", "mask", "sanitize_span_name"}
 _SQL_FIELDS = {"enabled", "attributes"}
+# The Collector's place for it: the database sanitisers' section, not one dialect's.
+_DB_FIELDS = {"sql", "sanitize_span_name"}
 _TOP_FIELDS = {
     "allow_all_keys",
     "allowed_keys",
@@ -70,23 +72,35 @@ _TOP_FIELDS = {
 }
 
 
+AttributeCondition = tuple[tuple[str, tuple[str, ...]], ...]
+
+
 @dataclass(frozen=True)
 class RuleConditions:
     """Where a rule acts (`when`) and where it does not (`skip`): attribute keys (anchored regexes,
-    None: no condition) and resource attributes (key, accepted values). A rule acts on a value when
-    its key matches `when_keys`, every `when_resource` attribute of the value's resource has one of
-    its values, the key does not match `skip_keys` and no `skip_resource` attribute has one of its
-    values. A value whose resource is not known (instrumentation scope attributes) meets the rule
-    whatever the resource conditions say: a condition never lets a value out unredacted by doubt."""
+    None: no condition), resource attributes and item attributes (key, accepted values). A rule
+    acts on a value when its key matches `when_keys`, every `when_resource` attribute of the value's
+    resource and every `when_attributes` attribute of its item (the span, log record or data point
+    it belongs to) has one of its values, the key does not match `skip_keys` and no `skip_resource`
+    or `skip_attributes` attribute has one of its values. A value whose resource is not known
+    (instrumentation scope attributes) meets the rule whatever the resource conditions say, and one
+    that belongs to no item (resource and scope attributes) whatever the item conditions say: a
+    condition never lets a value out unredacted by doubt."""
 
     when_keys: str | None = None
     skip_keys: str | None = None
-    when_resource: tuple[tuple[str, tuple[str, ...]], ...] = ()
-    skip_resource: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    when_resource: AttributeCondition = ()
+    skip_resource: AttributeCondition = ()
+    when_attributes: AttributeCondition = ()
+    skip_attributes: AttributeCondition = ()
 
     @property
     def resource_keys(self) -> tuple[str, ...]:
         return tuple(key for key, _ in (*self.when_resource, *self.skip_resource))
+
+    @property
+    def attribute_keys(self) -> tuple[str, ...]:
+        return tuple(key for key, _ in (*self.when_attributes, *self.skip_attributes))
 
 
 @dataclass(frozen=True)
@@ -153,6 +167,13 @@ class RedactionRules:
         """The resource attributes some rule's conditions read."""
         rules: tuple[KeyRule | ValueRule, ...] = (*self.key_rules, *self.value_rules)
         keys = (key for rule in rules if rule.conditions is not None for key in rule.conditions.resource_keys)
+        return tuple(dict.fromkeys(keys))
+
+    @property
+    def attribute_condition_keys(self) -> tuple[str, ...]:
+        """The item attributes some rule's conditions read."""
+        rules: tuple[KeyRule | ValueRule, ...] = (*self.key_rules, *self.value_rules)
+        keys = (key for rule in rules if rule.conditions is not None for key in rule.conditions.attribute_keys)
         return tuple(dict.fromkeys(keys))
 
     @property
@@ -251,20 +272,30 @@ def parse_rules(raw: object) -> RedactionRules:
 def _parse_sanitizers(raw: dict) -> tuple[Sanitizer, ...]:
     out: list[Sanitizer] = []
     url = _section(raw.get("url_sanitizer"), "url_sanitizer", _URL_FIELDS)
+    url_span_names = _flag(url, "sanitize_span_name", "url_sanitizer")
     if url.get("enabled", False) is True:
         attributes = _string_list(url.get("attributes", list(URL_ATTRIBUTES)), "url_sanitizer: attributes")
         mask = url.get("mask", URL_MASK)
         if not isinstance(mask, str):
             raise ValueError("url_sanitizer: mask must be a string")
-        if attributes:
-            out.append(Sanitizer(URL_QUERY, _keys_regex(attributes, []), mask))
-    db = _section(raw.get("db_sanitizer"), "db_sanitizer", {"sql"})
+        if attributes or url_span_names:
+            out.append(Sanitizer(URL_QUERY, _keys_regex(attributes, []), mask, url_span_names))
+    db = _section(raw.get("db_sanitizer"), "db_sanitizer", _DB_FIELDS)
     sql = _section(db.get("sql"), "db_sanitizer: sql", _SQL_FIELDS)
+    sql_span_names = _flag(db, "sanitize_span_name", "db_sanitizer")
     if sql.get("enabled", False) is True:
         attributes = _string_list(sql.get("attributes", list(SQL_ATTRIBUTES)), "db_sanitizer: sql: attributes")
-        if attributes:
-            out.append(Sanitizer(SQL, _keys_regex(attributes, [])))
+        if attributes or sql_span_names:
+            out.append(Sanitizer(SQL, _keys_regex(attributes, []), span_names=sql_span_names))
     return tuple(out)
+
+
+def _flag(section: dict, name: str, where: str) -> bool:
+    # On unless turned off: a span named by its statement or URL leaks what the attribute would.
+    value = section.get(name, True)
+    if not isinstance(value, bool):
+        raise ValueError(f"{where}: {name} must be true or false")
+    return value
 
 
 def _section(value: object, where: str, fields: set[str]) -> dict:
@@ -284,27 +315,32 @@ def _section(value: object, where: str, fields: set[str]) -> dict:
 def _parse_conditions(raw: dict, where: str) -> RuleConditions | None:
     if "when" not in raw and "skip" not in raw:
         return None
-    parts: dict[str, tuple[str | None, tuple[tuple[str, tuple[str, ...]], ...]]] = {}
+    parts: dict[str, tuple[str | None, AttributeCondition, AttributeCondition]] = {}
     for field in ("when", "skip"):
         section = raw.get(field)
         if section is None:
-            parts[field] = (None, ())
+            parts[field] = (None, (), ())
             continue
         if not isinstance(section, dict) or not section:
-            raise ValueError(f"{where}: {field} must be a mapping with keys and/or resource")
+            raise ValueError(f"{where}: {field} must be a mapping with keys, resource and/or attributes")
         unknown = sorted(set(section) - _CONDITION_FIELDS, key=str)
         if unknown:
-            raise ValueError(f"{where}: {field}: unknown field {shown(unknown[0])} (known: keys, resource)")
+            raise ValueError(
+                f"{where}: {field}: unknown field {shown(unknown[0])} (known: {', '.join(sorted(_CONDITION_FIELDS))})"
+            )
         keys = _string_list(section.get("keys"), f"{where}: {field}: keys")
         parts[field] = (
             _keys_regex(keys, []) if keys else None,
-            _resource_condition(section.get("resource"), where, field),
+            _attribute_condition(section.get("resource"), where, field, "resource"),
+            _attribute_condition(section.get("attributes"), where, field, "attributes"),
         )
     return RuleConditions(
         when_keys=parts["when"][0],
         skip_keys=parts["skip"][0],
         when_resource=parts["when"][1],
         skip_resource=parts["skip"][1],
+        when_attributes=parts["when"][2],
+        skip_attributes=parts["skip"][2],
     )
 
 
@@ -323,23 +359,27 @@ def _inherit(own: RuleConditions | None, inherited: RuleConditions | None, raw: 
         skip_keys=pick("skip", "keys", mine.skip_keys, inherited.skip_keys),
         when_resource=pick("when", "resource", mine.when_resource, inherited.when_resource),
         skip_resource=pick("skip", "resource", mine.skip_resource, inherited.skip_resource),
+        when_attributes=pick("when", "attributes", mine.when_attributes, inherited.when_attributes),
+        skip_attributes=pick("skip", "attributes", mine.skip_attributes, inherited.skip_attributes),
     )
 
 
-def _resource_condition(value: object, where: str, field: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+def _attribute_condition(value: object, where: str, field: str, part: str) -> AttributeCondition:
+    """`resource` or `attributes` of a `when`/`skip`: attribute keys mapped to one value or a list
+    (exact string values; a key holds when its value is one of them)."""
     if value is None:
         return ()
     if not isinstance(value, dict) or not value:
-        raise ValueError(f"{where}: {field}: resource must map attribute keys to values")
+        raise ValueError(f"{where}: {field}: {part} must map attribute keys to values")
     out = []
     for key, accepted in value.items():
         if isinstance(accepted, str):
             accepted = [accepted]
         if not isinstance(key, str) or not key:
-            raise ValueError(f"{where}: {field}: resource keys must be strings")
-        values = _string_list(accepted, f"{where}: {field}: resource: {key}")
+            raise ValueError(f"{where}: {field}: {part} keys must be strings")
+        values = _string_list(accepted, f"{where}: {field}: {part}: {key}")
         if not values:
-            raise ValueError(f"{where}: {field}: resource: {key} needs at least one value")
+            raise ValueError(f"{where}: {field}: {part}: {key} needs at least one value")
         out.append((key, tuple(values)))
     return tuple(out)
 
@@ -429,7 +469,8 @@ def glob_to_regex(glob: str) -> str:
 
 def _keys_regex(globs: list[str], patterns: list[str]) -> str:
     parts = [glob_to_regex(g) for g in globs] + [f"(?:{p})" for p in patterns]
-    return "^(?:" + "|".join(parts) + ")$"
+    # No globs: a class that holds no character, so not even the empty key (a span name's) matches.
+    return "^(?:" + "|".join(parts) + ")$" if parts else r"^[^\s\S]$"
 
 
 def _string_list(value: object, where: str) -> list[str]:

@@ -19,6 +19,13 @@ URL_SANITIZER_NAME = "url_sanitizer"
 SQL_SANITIZER_NAME = "db_sanitizer"
 # What a literal becomes: the placeholder SQL itself uses for a bound value.
 SQL_PLACEHOLDER = "?"
+# The span attributes that make a span a database client's (semantic conventions, current and
+# deprecated): its name is then sanitised as SQL. The first system key that is present decides the
+# dialect.
+DB_SYSTEM_KEYS = ("db.system.name", "db.system")
+DB_QUERY_KEYS = ("db.query.text", "db.statement")
+# Systems that read "..." as a string literal (MySQL and MariaDB without ANSI_QUOTES, their default).
+DOUBLE_QUOTED_STRING_SYSTEMS = frozenset({"mysql", "mariadb"})
 
 
 @dataclass(frozen=True)
@@ -29,13 +36,28 @@ class Sanitizer:
     kind: str  # URL_QUERY | SQL
     key_regex: str
     mask: str = ""
+    # Also span names: a database span's as SQL, a URL with a query inside any other span's name.
+    span_names: bool = True
 
     @property
     def name(self) -> str:
         return URL_SANITIZER_NAME if self.kind == URL_QUERY else SQL_SANITIZER_NAME
 
-    def apply(self, text: str) -> str:
-        return sanitize_url_query(text, self.mask) if self.kind == URL_QUERY else sanitize_sql(text)
+    def apply(self, text: str, double_quoted_strings: bool = False) -> str:
+        if self.kind == URL_QUERY:
+            return sanitize_url_query(text, self.mask)
+        return sanitize_sql(text, double_quoted_strings)
+
+    def apply_to_span_name(self, name: str, double_quoted_strings: bool = False) -> str:
+        if self.kind == URL_QUERY:
+            return sanitize_urls_in_text(name, self.mask)
+        return sanitize_sql(name, double_quoted_strings)
+
+
+def reads_double_quoted_strings(system: str | None) -> bool:
+    """Whether a database system of this name reads "..." as a string literal. ASCII case is
+    ignored (the conventions' values are lower case; a differently cased one masks more)."""
+    return system is not None and system.encode().lower().decode() in DOUBLE_QUOTED_STRING_SYSTEMS
 
 
 # Separators of query-string parameters. `?` and `#` are separators too: after the first one the
@@ -72,6 +94,34 @@ def sanitize_url_query(text: str, mask: str) -> str:
     return "".join(out)
 
 
+# What separates the words of a span name (`GET https://a.io/s?q=1 HTTP/1.1`): ASCII whitespace,
+# as the Rust twin reads it byte by byte.
+_WORD_SEPARATORS = frozenset(" \t\n\r\x0b\x0c")
+
+
+def sanitize_urls_in_text(text: str, mask: str) -> str:
+    """`text` (a span name) with the query of every word that is a URL with one sanitised as
+    `sanitize_url_query` does; the other words, the URL's path and the separators stay, so the span
+    stays findable. A word is a URL when it has `://` before its first `?`/`#` or starts with `/`
+    (a bare `a=b` word is not: outside a URL attribute it is prose)."""
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        j = i
+        while j < n and text[j] not in _WORD_SEPARATORS:
+            j += 1
+        word = text[i:j]
+        query = _first_of(word, "?#")
+        if query > 0 and (word.startswith("/") or "://" in word[:query]):
+            word = sanitize_url_query(word, mask)
+        out.append(word)
+        while j < n and text[j] in _WORD_SEPARATORS:
+            out.append(text[j])
+            j += 1
+        i = j
+    return "".join(out)
+
+
 def _first_of(text: str, chars: str) -> int:
     found = [i for i in (text.find(c) for c in chars) if i >= 0]
     return min(found) if found else -1
@@ -91,26 +141,27 @@ def _digit(c: str) -> bool:
 _STRING_PREFIXES = frozenset("NnEeXxBbRr")
 
 
-def sanitize_sql(text: str) -> str:
+def sanitize_sql(text: str, double_quoted_strings: bool = False) -> str:
     """`text` with every string literal ('...', with '' and backslash escapes, prefixed N'...',
     dollar-quoted $$...$$ / $tag$...$tag$) and numeric literal replaced by `?`. Identifiers
     (also "quoted" and `quoted` ones), keywords, placeholders ($1, ?, :name, :1, @p1, %s) and
     comments stay; literals inside comments are replaced too. A literal without its end runs to
-    the end of the value (or of its comment): it is replaced whole, never left half."""
+    the end of the value (or of its comment): it is replaced whole, never left half. With
+    `double_quoted_strings` (MySQL, MariaDB) "..." is a string literal as well."""
     out: list[str] = []
-    _lex(text, 0, len(text), True, out)
+    _lex(text, 0, len(text), True, double_quoted_strings, out)
     return "".join(out)
 
 
-def _lex(text: str, i: int, end: int, comments: bool, out: list[str]) -> None:
+def _lex(text: str, i: int, end: int, comments: bool, double_quoted: bool, out: list[str]) -> None:
     """Sanitises text[i:end] into `out`. Comment bodies are lexed once more with `comments`
     off, so nesting never recurses deeper than that."""
     while i < end:
         c = text[i]
         nxt = text[i + 1] if i + 1 < end else ""
-        if c == "'":
+        if c == "'" or (c == '"' and double_quoted):
             out.append(SQL_PLACEHOLDER)
-            i = _string_end(text, i + 1, end)
+            i = _string_end(text, i + 1, end, c)
         elif c in '"`':
             j = _quoted_end(text, i + 1, end, c)
             out.append(text[i:j])
@@ -119,13 +170,13 @@ def _lex(text: str, i: int, end: int, comments: bool, out: list[str]) -> None:
             j = text.find("\n", i + 2, end)
             j = end if j < 0 else j
             out.append("--")
-            _lex(text, i + 2, j, False, out)
+            _lex(text, i + 2, j, False, double_quoted, out)
             i = j
         elif comments and c == "/" and nxt == "*":
             j = text.find("*/", i + 2, end)
             body_end = end if j < 0 else j
             out.append("/*")
-            _lex(text, i + 2, body_end, False, out)
+            _lex(text, i + 2, body_end, False, double_quoted, out)
             if j >= 0:
                 out.append("*/")
                 i = j + 2
@@ -149,7 +200,7 @@ def _lex(text: str, i: int, end: int, comments: bool, out: list[str]) -> None:
                 j += 1
             if j == i + 1 and c in _STRING_PREFIXES and j < end and text[j] == "'":
                 out.append(SQL_PLACEHOLDER)
-                i = _string_end(text, j + 1, end)
+                i = _string_end(text, j + 1, end, "'")
             else:
                 out.append(text[i:j])
                 i = j
@@ -158,16 +209,16 @@ def _lex(text: str, i: int, end: int, comments: bool, out: list[str]) -> None:
             i += 1
 
 
-def _string_end(text: str, i: int, end: int) -> int:
-    """Just past the quote that closes a string literal whose body starts at `i` (`end` if none):
-    `''` is a quote inside it, and so is `\\'` (backslash escapes, as MySQL reads them; reading
-    one where a dialect would not masks more, never less)."""
+def _string_end(text: str, i: int, end: int, quote: str) -> int:
+    """Just past the `quote` that closes a string literal whose body starts at `i` (`end` if none):
+    a doubled quote is a quote inside it, and so is a backslash-escaped one (as MySQL reads them;
+    reading one where a dialect would not masks more, never less)."""
     while i < end:
         c = text[i]
         if c == "\\":
             i += 2
-        elif c == "'":
-            if i + 1 < end and text[i + 1] == "'":
+        elif c == quote:
+            if i + 1 < end and text[i + 1] == quote:
                 i += 2
             else:
                 return i + 1

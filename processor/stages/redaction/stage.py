@@ -306,7 +306,7 @@ def _native_redactor(rules: RedactionRules, values: ValueRedactor) -> Redactor:
             rules.redact_all_types,
             values.hash,
             [_native_conditions(rule.conditions) for rule in every_rule],
-            [(sanitizer.kind, sanitizer.key_regex, sanitizer.mask) for sanitizer in rules.sanitizers],
+            [(s.kind, s.key_regex, s.mask, s.span_names) for s in rules.sanitizers],
         )
     except ValueError as e:
         raise ValueError(f"redaction rules the redaction engine cannot run: {str(e).splitlines()[0]}") from None
@@ -321,6 +321,8 @@ def _native_conditions(conditions: RuleConditions | None) -> tuple | None:
         conditions.skip_keys,
         [(key, list(values)) for key, values in conditions.when_resource],
         [(key, list(values)) for key, values in conditions.skip_resource],
+        [(key, list(values)) for key, values in conditions.when_attributes],
+        [(key, list(values)) for key, values in conditions.skip_attributes],
     )
 
 

@@ -77,15 +77,26 @@ type ValueRuleSpec = (String, Option<Py<PyAny>>, Option<String>, String, String)
 /// A resource condition: (attribute key, accepted values).
 type ResourceSpec = Vec<(String, Vec<String>)>;
 /// A rule's `when`/`skip` (processor/stages/redaction/rules.py `RuleConditions`): when keys, skip
-/// keys (anchored regexes or None), when resource, skip resource.
-type ConditionSpec = (Option<String>, Option<String>, ResourceSpec, ResourceSpec);
+/// keys (anchored regexes or None), when resource, skip resource, when attributes, skip attributes
+/// (of the item a value belongs to).
+type ConditionSpec = (
+    Option<String>,
+    Option<String>,
+    ResourceSpec,
+    ResourceSpec,
+    ResourceSpec,
+    ResourceSpec,
+);
 
-/// Where a rule acts; resource conditions name attributes by their index in `condition_keys`.
+/// Where a rule acts; resource conditions name attributes by their index in `condition_keys`,
+/// item (span, log record, data point) conditions by their index in `item_keys`.
 struct Conditions {
     when_keys: Option<Regex>,
     skip_keys: Option<Regex>,
     when_resource: Vec<(usize, Vec<String>)>,
     skip_resource: Vec<(usize, Vec<String>)>,
+    when_item: Vec<(usize, Vec<String>)>,
+    skip_item: Vec<(usize, Vec<String>)>,
 }
 
 impl Conditions {
@@ -103,6 +114,16 @@ impl Conditions {
         };
         !self.when_resource.iter().all(holds) || self.skip_resource.iter().any(holds)
     }
+
+    /// Whether an item with these attribute values (by item key) skips the rule.
+    fn skips_item(&self, found: &[Vec<&[u8]>]) -> bool {
+        let holds = |(key, accepted): &(usize, Vec<String>)| {
+            found[*key]
+                .iter()
+                .any(|value| accepted.iter().any(|a| a.as_bytes() == *value))
+        };
+        !self.when_item.iter().all(holds) || self.skip_item.iter().any(holds)
+    }
 }
 
 /// The rules a resource's conditions skip: per rule slot, and as a mask of value rules.
@@ -115,13 +136,15 @@ struct SanitizerRule {
     keys: Regex,
     kind: SanitizerKind,
     mask: String,
+    /// Also span names (a database span's as SQL, URLs inside any other's).
+    span_names: bool,
 }
 
 impl SanitizerRule {
-    fn run(&self, text: &str) -> String {
+    fn run(&self, text: &str, double_quoted: bool) -> String {
         match self.kind {
             SanitizerKind::UrlQuery => sanitize::url_query(text, &self.mask),
-            SanitizerKind::Sql => sanitize::sql(text),
+            SanitizerKind::Sql => sanitize::sql(text, double_quoted),
         }
     }
 }
@@ -641,6 +664,8 @@ pub struct Redactor {
     conditions: Vec<Option<Conditions>>,
     /// The resource attributes resource conditions read.
     condition_keys: Vec<String>,
+    /// The item attributes item conditions and the sanitisers read (see `ItemKeys`).
+    item_keys: ItemKeys,
     sanitizers: Vec<SanitizerRule>,
     caches: Mutex<Caches>,
     /// The thread `start` hands requests to, started on first use.
@@ -697,8 +722,9 @@ impl Redactor {
             },
         };
         // Resource attributes the rule conditions read reach `changes` whatever the rules do.
-        let condition = !self.condition_keys.is_empty()
-            && self.condition_keys.iter().any(|k| k.as_bytes() == key);
+        let condition = (!self.condition_keys.is_empty()
+            && self.condition_keys.iter().any(|k| k.as_bytes() == key))
+            || self.item_keys.position(key).is_some();
         if class.protected {
             if condition {
                 Needed::Text
@@ -775,13 +801,25 @@ impl Redactor {
         found
     }
 
-    fn resource_skip(&self, found: Option<&Vec<Vec<&[u8]>>>) -> ResourceSkip {
-        let none = vec![Vec::new(); self.condition_keys.len()];
-        let found = found.unwrap_or(&none);
+    /// The rules a value's resource and item conditions skip. Each is None when the value has no
+    /// known resource (or item): conditions of that kind then keep no rule off it; Some(None) is a
+    /// known one without any of the attributes they read.
+    fn value_skip(
+        &self,
+        resource: Option<Option<&Vec<Vec<&[u8]>>>>,
+        item: Option<Option<&Vec<Vec<&[u8]>>>>,
+    ) -> ResourceSkip {
+        let no_resource = vec![Vec::new(); self.condition_keys.len()];
+        let no_item = vec![Vec::new(); self.item_keys.keys.len()];
         let slots: Vec<bool> = self
             .conditions
             .iter()
-            .map(|c| c.as_ref().is_some_and(|c| c.skips_resource(found)))
+            .map(|c| {
+                c.as_ref().is_some_and(|c| {
+                    resource.is_some_and(|r| c.skips_resource(r.unwrap_or(&no_resource)))
+                        || item.is_some_and(|i| c.skips_item(i.unwrap_or(&no_item)))
+                })
+            })
             .collect();
         let key_slots = self.key_rules.len();
         let values: RuleMask = (0..self.value_rules.len())
@@ -966,6 +1004,189 @@ impl Redactor {
     }
 }
 
+/// The item (span, log record, data point) attributes the redactor reads besides the values it
+/// redacts: those of item conditions, then, with a sanitiser, the database ones (a database span's
+/// name is sanitised as SQL, in its system's dialect).
+#[derive(Default)]
+struct ItemKeys {
+    keys: Vec<String>,
+    /// Some rule has item conditions.
+    conditions: bool,
+    /// Indexes of `DB_SYSTEM_KEYS` (in their order: the first present decides) and `DB_QUERY_KEYS`.
+    systems: Vec<usize>,
+    queries: Vec<usize>,
+}
+
+/// processor/stages/redaction/sanitizers.py spells the same keys.
+const DB_SYSTEM_KEYS: [&str; 2] = ["db.system.name", "db.system"];
+const DB_QUERY_KEYS: [&str; 2] = ["db.query.text", "db.statement"];
+
+impl ItemKeys {
+    fn index(&mut self, key: String) -> usize {
+        match self.keys.iter().position(|k| *k == key) {
+            Some(at) => at,
+            None => {
+                self.keys.push(key);
+                self.keys.len() - 1
+            }
+        }
+    }
+
+    fn indexed(&mut self, spec: ResourceSpec) -> Vec<(usize, Vec<String>)> {
+        self.conditions |= !spec.is_empty();
+        spec.into_iter()
+            .map(|(key, accepted)| (self.index(key), accepted))
+            .collect()
+    }
+
+    fn read_databases(&mut self) {
+        self.systems = DB_SYSTEM_KEYS.map(|k| self.index(k.to_owned())).to_vec();
+        self.queries = DB_QUERY_KEYS.map(|k| self.index(k.to_owned())).to_vec();
+    }
+
+    fn position(&self, key: &[u8]) -> Option<usize> {
+        self.keys.iter().position(|k| k.as_bytes() == key)
+    }
+
+    fn is_database(&self, found: &[Vec<&[u8]>]) -> bool {
+        self.systems
+            .iter()
+            .chain(&self.queries)
+            .any(|at| !found[*at].is_empty())
+    }
+
+    fn double_quoted_strings(&self, found: &[Vec<&[u8]>]) -> bool {
+        self.systems
+            .iter()
+            .find_map(|at| found[*at].first())
+            .is_some_and(|system| sanitize::reads_double_quoted_strings(system))
+    }
+}
+
+/// The first 8 bytes of a string's Arrow view (its length, then its first 4 bytes, zero-padded).
+fn view_head(text: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    bytes[..4].copy_from_slice(&(text.len() as u32).to_le_bytes());
+    let prefix = text.len().min(4);
+    bytes[4..4 + prefix].copy_from_slice(&text[..prefix]);
+    u64::from_le_bytes(bytes)
+}
+
+/// The item a value belongs to, for item conditions and the sanitisers: an attribute's owner (its
+/// span, record or data point), the item of a span's name, status, events and links, or a log
+/// record's body; None for resource and instrumentation scope attributes, shared by many items,
+/// and for a value of no item.
+fn value_item(values: &Values<'_>, i: usize) -> Option<i64> {
+    let scope = values.scope.get(i);
+    // Row -1: a value of no item (what the sidecar writes itself, `redact_one`).
+    if values.row.get(i) < 0 || scope == b"resource" || scope == b"scope" {
+        None
+    } else if scope == b"attribute" {
+        Some(values.owner.get(i))
+    } else {
+        Some(values.row.get(i))
+    }
+}
+
+impl Redactor {
+    /// Per item that has any, the string values of the item keys, by item key; None without item keys.
+    fn item_values<'v>(&self, values: &Values<'v>) -> Option<FxHashMap<i64, Vec<Vec<&'v [u8]>>>> {
+        if self.item_keys.keys.is_empty() {
+            return None;
+        }
+        let attribute = short_key(b"attribute");
+        // A view's first 8 bytes are the length and the first 4 bytes: most keys differ there
+        // from every item key, which rules them out without reading their bytes.
+        let heads: Vec<u64> = self
+            .item_keys
+            .keys
+            .iter()
+            .map(|k| view_head(k.as_bytes()))
+            .collect();
+        let mut found: FxHashMap<i64, Vec<Vec<&'v [u8]>>> = FxHashMap::default();
+        for i in 0..values.value.len {
+            let is_attribute = match values.scope.view(i) {
+                Some(view) => Some(view) == attribute,
+                None => values.scope.get(i) == b"attribute",
+            };
+            if !is_attribute
+                || values
+                    .key
+                    .view(i)
+                    .is_some_and(|view| !heads.contains(&(view as u64)))
+            {
+                continue;
+            }
+            let Some(at) = self.item_keys.position(values.key.get(i)) else {
+                continue;
+            };
+            if values
+                .kind
+                .as_ref()
+                .is_none_or(|k| k.get(i) == b"string_value")
+            {
+                found
+                    .entry(values.owner.get(i))
+                    .or_insert_with(|| vec![Vec::new(); self.item_keys.keys.len()])[at]
+                    .push(values.value.get(i));
+            }
+        }
+        Some(found)
+    }
+
+    /// What a sanitiser makes of a value, when it changes it: its key's sanitiser for an
+    /// attribute; for a span name the SQL one on a database span, else the URL one.
+    fn sanitized(
+        &self,
+        class: &KeyClass,
+        scope: &[u8],
+        kind: &[u8],
+        text: &[u8],
+        item: Option<&Vec<Vec<&[u8]>>>,
+    ) -> PyResult<Option<(usize, String)>> {
+        let span_name = scope == b"span_name";
+        if (class.sanitizer.is_none() && !span_name) || kind != b"string_value" {
+            return Ok(None);
+        }
+        let double_quoted = || item.is_some_and(|f| self.item_keys.double_quoted_strings(f));
+        if span_name {
+            let database = item.is_some_and(|f| self.item_keys.is_database(f));
+            // Most names hold no query at all: no copy made to find that out.
+            if !database && memchr::memchr2(b'?', b'#', text).is_none() {
+                return Ok(None);
+            }
+            let wanted = if database {
+                SanitizerKind::Sql
+            } else {
+                SanitizerKind::UrlQuery
+            };
+            let Some(at) = self
+                .sanitizers
+                .iter()
+                .position(|s| s.span_names && s.kind == wanted)
+            else {
+                return Ok(None);
+            };
+            let original = to_str(text)?;
+            let rule = &self.sanitizers[at];
+            let out = match rule.kind {
+                SanitizerKind::Sql => sanitize::sql(original, double_quoted()),
+                SanitizerKind::UrlQuery => sanitize::urls_in_text(original, &rule.mask),
+            };
+            return Ok((out != original).then_some((at, out)));
+        }
+        match class.sanitizer {
+            Some(at) if !keyless(scope) => {
+                let original = to_str(text)?;
+                let rule = &self.sanitizers[at];
+                let out = rule.run(original, rule.kind == SanitizerKind::Sql && double_quoted());
+                Ok((out != original).then_some((at, out)))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
 /// Where a changed value's rewrite and summary come from.
 struct Changes {
     rows: Vec<usize>,
@@ -1017,7 +1238,7 @@ impl Redactor {
         redact_all_types: bool,
         hasher: Py<PyAny>,
         conditions: Option<Vec<Option<ConditionSpec>>>,
-        sanitizers: Option<Vec<(String, String, String)>>,
+        sanitizers: Option<Vec<(String, String, String, bool)>>,
     ) -> PyResult<Self> {
         let slots = key_rules.len() + value_rules.len();
         let mut condition_keys: Vec<String> = Vec::new();
@@ -1028,11 +1249,21 @@ impl Redactor {
                 condition_keys.len() - 1
             }
         };
+        let mut item_keys = ItemKeys::default();
         let mut compiled_conditions: Vec<Option<Conditions>> = Vec::with_capacity(slots);
         for spec in conditions.unwrap_or_default() {
             compiled_conditions.push(match spec {
                 None => None,
-                Some((when_keys, skip_keys, when_resource, skip_resource)) => Some(Conditions {
+                Some((
+                    when_keys,
+                    skip_keys,
+                    when_resource,
+                    skip_resource,
+                    when_item,
+                    skip_item,
+                )) => Some(Conditions {
+                    when_item: item_keys.indexed(when_item),
+                    skip_item: item_keys.indexed(skip_item),
                     when_keys: when_keys.as_deref().map(compile).transpose()?,
                     skip_keys: skip_keys.as_deref().map(compile).transpose()?,
                     when_resource: when_resource
@@ -1053,16 +1284,20 @@ impl Redactor {
         let sanitizers = sanitizers
             .unwrap_or_default()
             .into_iter()
-            .map(|(kind, keys, mask)| {
+            .map(|(kind, keys, mask, span_names)| {
                 Ok(SanitizerRule {
                     kind: SanitizerKind::from_name(&kind).ok_or_else(|| {
                         PyValueError::new_err(format!("unknown sanitizer {kind:?}"))
                     })?,
                     keys: compile(&keys)?,
                     mask,
+                    span_names,
                 })
             })
             .collect::<PyResult<Vec<_>>>()?;
+        if !sanitizers.is_empty() {
+            item_keys.read_databases();
+        }
         let key_rules = key_rules
             .into_iter()
             .map(|(regex, kind, mask, length)| {
@@ -1104,6 +1339,7 @@ impl Redactor {
             hasher,
             conditions: compiled_conditions,
             condition_keys,
+            item_keys,
             sanitizers,
             caches: Mutex::new(Caches::default()),
             worker: Mutex::new(None),
@@ -1400,12 +1636,15 @@ impl Redactor {
         } else {
             Some(self.condition_values(values))
         };
-        let mut resource_skips: FxHashMap<i64, ResourceSkip> = FxHashMap::default();
+        let items = self.item_values(values);
+        let mut resource_skips: FxHashMap<(Option<i64>, Option<i64>), ResourceSkip> =
+            FxHashMap::default();
         let mut hits: Vec<Hit> = Vec::new();
         // A batch's keys repeat (the scan stores each once): classes found by view for the batch.
         let mut batch_keys: FxHashMap<u128, KeyClass> = FxHashMap::default();
         let attribute = short_key(b"attribute");
         let event = short_key(b"event");
+        let span_name = short_key(b"span_name");
         for i in 0..values.value.len {
             // Values sit in the request bytes, last read by the scan: their loads are started
             // a few values ahead of the lookups that wait for them.
@@ -1434,16 +1673,28 @@ impl Redactor {
             if class.protected {
                 continue;
             }
-            let skip = match &found {
-                None => None,
-                Some(found) => value_resource(values, i).map(|resource| {
-                    &*resource_skips
-                        .entry(resource)
-                        .or_insert_with(|| self.resource_skip(found.get(&resource)))
-                }),
+            // The item's attributes only where something reads them: item conditions, a sanitiser.
+            let scope_view = values.scope.view(i);
+            let reads_item =
+                self.item_keys.conditions || class.sanitizer.is_some() || scope_view == span_name;
+            let item = items
+                .as_ref()
+                .filter(|_| reads_item)
+                .and_then(|_| value_item(values, i));
+            let item_found = item.and_then(|item| items.as_ref().and_then(|m| m.get(&item)));
+            let skip = if found.is_none() && !self.item_keys.conditions {
+                None
+            } else {
+                let resource = found.as_ref().and_then(|_| value_resource(values, i));
+                let item = item.filter(|_| self.item_keys.conditions);
+                (resource.is_some() || item.is_some()).then(|| {
+                    &*resource_skips.entry((resource, item)).or_insert_with(|| {
+                        let on_resource = resource.map(|r| found.as_ref().and_then(|f| f.get(&r)));
+                        self.value_skip(on_resource, item.map(|_| item_found))
+                    })
+                })
             };
             let scope = values.scope.get(i);
-            let scope_view = values.scope.view(i);
             let item_scope = if scope_view == attribute || scope_view == event {
                 true
             } else {
@@ -1485,14 +1736,7 @@ impl Redactor {
                 _ => {}
             }
             // A sanitiser reads its keys' strings first; the value rules then see what it left.
-            let sanitized = match class.sanitizer {
-                Some(at) if kind == b"string_value" && !keyless(scope) => {
-                    let original = to_str(text)?;
-                    let out = self.sanitizers[at].run(original);
-                    (out != original).then_some((at, out))
-                }
-                _ => None,
-            };
+            let sanitized = self.sanitized(&class, scope, kind, text, item_found)?;
             if self.value_rules.is_empty()
                 || !(self.redact_all_types
                     || matches!(kind, b"string_value" | b"array_value" | b"kvlist_value"))

@@ -68,6 +68,44 @@ pub fn url_query(text: &str, mask: &str) -> String {
     out
 }
 
+/// See processor/stages/redaction/sanitizers.py `sanitize_urls_in_text` (span names).
+pub fn urls_in_text(text: &str, mask: &str) -> String {
+    let b = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < b.len() {
+        let mut j = i;
+        while j < b.len() && !is_word_separator(b[j]) {
+            j += 1;
+        }
+        let word = &text[i..j];
+        let query = word.bytes().position(|c| c == b'?' || c == b'#');
+        match query {
+            Some(at) if at > 0 && (word.starts_with('/') || word[..at].contains("://")) => {
+                out.push_str(&url_query(word, mask));
+            }
+            _ => out.push_str(word),
+        }
+        while j < b.len() && is_word_separator(b[j]) {
+            out.push(b[j] as char);
+            j += 1;
+        }
+        i = j;
+    }
+    out
+}
+
+/// Python's `" \t\n\r\x0b\x0c"` (ASCII whitespace, vertical tab included).
+fn is_word_separator(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
+}
+
+/// Whether a database system of this name reads "..." as a string literal (MySQL and MariaDB
+/// without ANSI_QUOTES); see sanitizers.py `reads_double_quoted_strings`.
+pub fn reads_double_quoted_strings(system: &[u8]) -> bool {
+    system.eq_ignore_ascii_case(b"mysql") || system.eq_ignore_ascii_case(b"mariadb")
+}
+
 fn ident(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
 }
@@ -79,21 +117,29 @@ fn find(b: &[u8], from: usize, end: usize, needle: &[u8]) -> Option<usize> {
     memchr::memmem::find(&b[from..end], needle).map(|at| from + at)
 }
 
-/// See processor/stages/redaction/sanitizers.py `sanitize_sql`.
-pub fn sql(text: &str) -> String {
+/// See processor/stages/redaction/sanitizers.py `sanitize_sql`; `double_quoted`: "..." is a
+/// string literal (MySQL, MariaDB).
+pub fn sql(text: &str, double_quoted: bool) -> String {
     let mut out = String::with_capacity(text.len());
-    lex(text, 0, text.len(), true, &mut out);
+    lex(text, 0, text.len(), true, double_quoted, &mut out);
     out
 }
 
-fn lex(text: &str, mut i: usize, end: usize, comments: bool, out: &mut String) {
+fn lex(
+    text: &str,
+    mut i: usize,
+    end: usize,
+    comments: bool,
+    double_quoted: bool,
+    out: &mut String,
+) {
     let b = text.as_bytes();
     while i < end {
         let c = b[i];
         let next = if i + 1 < end { b[i + 1] } else { 0 };
-        if c == b'\'' {
+        if c == b'\'' || (c == b'"' && double_quoted) {
             out.push_str(PLACEHOLDER);
-            i = string_end(b, i + 1, end);
+            i = string_end(b, i + 1, end, c);
         } else if c == b'"' || c == b'`' {
             let j = quoted_end(b, i + 1, end, c);
             out.push_str(&text[i..j]);
@@ -101,12 +147,12 @@ fn lex(text: &str, mut i: usize, end: usize, comments: bool, out: &mut String) {
         } else if comments && c == b'-' && next == b'-' {
             let j = memchr::memchr(b'\n', &b[i + 2..end]).map_or(end, |at| i + 2 + at);
             out.push_str("--");
-            lex(text, i + 2, j, false, out);
+            lex(text, i + 2, j, false, double_quoted, out);
             i = j;
         } else if comments && c == b'/' && next == b'*' {
             let close = find(b, i + 2, end, b"*/");
             out.push_str("/*");
-            lex(text, i + 2, close.unwrap_or(end), false, out);
+            lex(text, i + 2, close.unwrap_or(end), false, double_quoted, out);
             match close {
                 Some(j) => {
                     out.push_str("*/");
@@ -133,7 +179,7 @@ fn lex(text: &str, mut i: usize, end: usize, comments: bool, out: &mut String) {
             }
             if j == i + 1 && b"NnEeXxBbRr".contains(&c) && j < end && b[j] == b'\'' {
                 out.push_str(PLACEHOLDER);
-                i = string_end(b, j + 1, end);
+                i = string_end(b, j + 1, end, b'\'');
             } else {
                 out.push_str(&text[i..j]);
                 i = j;
@@ -145,18 +191,18 @@ fn lex(text: &str, mut i: usize, end: usize, comments: bool, out: &mut String) {
     }
 }
 
-fn string_end(b: &[u8], mut i: usize, end: usize) -> usize {
+fn string_end(b: &[u8], mut i: usize, end: usize, quote: u8) -> usize {
     while i < end {
-        match b[i] {
-            b'\\' => i += 2,
-            b'\'' => {
-                if i + 1 < end && b[i + 1] == b'\'' {
-                    i += 2;
-                } else {
-                    return i + 1;
-                }
+        if b[i] == b'\\' {
+            i += 2;
+        } else if b[i] == quote {
+            if i + 1 < end && b[i + 1] == quote {
+                i += 2;
+            } else {
+                return i + 1;
             }
-            _ => i += 1,
+        } else {
+            i += 1;
         }
     }
     end
@@ -214,12 +260,21 @@ fn dollar(text: &str, i: usize, end: usize, out: &mut String) -> usize {
     j
 }
 
-/// `sanitize(kind, text, mask)`: the native sanitiser's output, for the differential tests.
+/// `sanitize(kind, text, mask, double_quoted=False, span_name=False)`: the native sanitiser's
+/// output (of an attribute value, or of a span name), for the differential tests.
 #[pyfunction]
-pub fn sanitize(kind: &str, text: &str, mask: &str) -> PyResult<String> {
+#[pyo3(signature = (kind, text, mask, double_quoted=false, span_name=false))]
+pub fn sanitize(
+    kind: &str,
+    text: &str,
+    mask: &str,
+    double_quoted: bool,
+    span_name: bool,
+) -> PyResult<String> {
     match Kind::from_name(kind) {
+        Some(Kind::UrlQuery) if span_name => Ok(urls_in_text(text, mask)),
         Some(Kind::UrlQuery) => Ok(url_query(text, mask)),
-        Some(Kind::Sql) => Ok(sql(text)),
+        Some(Kind::Sql) => Ok(sql(text, double_quoted)),
         None => Err(pyo3::exceptions::PyValueError::new_err(format!(
             "unknown sanitizer {kind:?}"
         ))),
