@@ -341,6 +341,13 @@ type ArrowParts<'py> = (
 );
 
 impl ArrowIn {
+    /// Bytes of all its buffers (and its child's): a bound on what its values encode to, less
+    /// the few header bytes each, for sizing an output buffer once.
+    pub fn buffer_bytes(&self) -> usize {
+        let own: usize = self.slices.iter().map(|(_, len)| len).sum();
+        own + self.child.as_ref().map_or(0, |child| child.buffer_bytes())
+    }
+
     pub fn extract(value: &Bound<'_, PyAny>) -> PyResult<Self> {
         let (kind, len, offset, buffers, child): ArrowParts<'_> = value.extract()?;
         let buffers = buffers
