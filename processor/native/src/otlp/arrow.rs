@@ -133,6 +133,21 @@ impl Views {
         self.validity.push(true);
     }
 
+    /// A text as `push_text` writes it: valid UTF-8 (nearly all of it) goes straight into its
+    /// view, a short one inline, instead of being written to `data` and moved back out.
+    pub fn push_text(&mut self, raw: &[u8]) {
+        if is_utf8(raw) {
+            self.push(raw);
+        } else {
+            self.push_with(|out| push_text(out, raw));
+        }
+    }
+
+    /// Room for `bytes` more of long values, so `data` is not regrown (and copied) on the way.
+    pub fn reserve_data(&mut self, bytes: usize) {
+        self.data.reserve(bytes);
+    }
+
     pub fn push_null(&mut self) {
         self.views.push([0u8; 16]);
         self.validity.push(false);
