@@ -133,6 +133,21 @@ impl Views {
         self.validity.push(true);
     }
 
+    /// A text as `push_text` writes it: valid UTF-8 (nearly all of it) goes straight into its
+    /// view, a short one inline, instead of being written to `data` and moved back out.
+    pub fn push_text(&mut self, raw: &[u8]) {
+        if is_utf8(raw) {
+            self.push(raw);
+        } else {
+            self.push_with(|out| push_text(out, raw));
+        }
+    }
+
+    /// Room for `bytes` more of long values, so `data` is not regrown (and copied) on the way.
+    pub fn reserve_data(&mut self, bytes: usize) {
+        self.data.reserve(bytes);
+    }
+
     pub fn push_null(&mut self) {
         self.views.push([0u8; 16]);
         self.validity.push(false);
@@ -341,6 +356,13 @@ type ArrowParts<'py> = (
 );
 
 impl ArrowIn {
+    /// Bytes of all its buffers (and its child's): a bound on what its values encode to, less
+    /// the few header bytes each, for sizing an output buffer once.
+    pub fn buffer_bytes(&self) -> usize {
+        let own: usize = self.slices.iter().map(|(_, len)| len).sum();
+        own + self.child.as_ref().map_or(0, |child| child.buffer_bytes())
+    }
+
     pub fn extract(value: &Bound<'_, PyAny>) -> PyResult<Self> {
         let (kind, len, offset, buffers, child): ArrowParts<'_> = value.extract()?;
         let buffers = buffers

@@ -152,6 +152,7 @@ fn event_group(group: &Bound<'_, PyTuple>, edits: &mut Edits<'_>) -> PyResult<()
             }
         }
         last_size = event.len();
+        edits.added += event.len() + 6;
         edits.new_events.entry(row).or_default().push(event);
         edits.touch_row(row);
     }
@@ -166,6 +167,18 @@ fn put_key_value(out: &mut Vec<u8>, field: u32, key: &[u8], any_value: &[u8]) {
         (len_field_size(1, key.len()) + len_field_size(2, any_value.len())) as u64,
     );
     put_len(out, 1, key);
+    put_len(out, 2, any_value);
+}
+
+/// `put_key_value` with the key given as its whole key field (`put_len(_, 1, key)`), which a set
+/// column writes once for all its values; the output grows at most once per KeyValue.
+#[inline]
+fn put_key_field_value(out: &mut Vec<u8>, field: u32, key_field: &[u8], any_value: &[u8]) {
+    let body = key_field.len() + len_field_size(2, any_value.len());
+    out.reserve(len_field_size(field, body));
+    put_tag(out, field, LEN);
+    put_varint(out, body as u64);
+    out.extend_from_slice(key_field);
     put_len(out, 2, any_value);
 }
 
@@ -274,6 +287,11 @@ struct Edits<'k> {
     touched_scopes: FastSet<usize>,
     /// Byte ranges of unknown fields to drop from the request before anything else is written.
     unknown: Vec<Range<usize>>,
+    /// Bytes the edits can add to the request beyond `values_data` (keys and headers of set
+    /// values, new events, rewritten texts): `built` is sized once from it instead of regrown.
+    added: usize,
+    /// Per set column: its KeyValue key field (tag, length, key), written once and copied.
+    key_fields: Vec<Vec<u8>>,
 }
 
 impl<'k> Edits<'k> {
@@ -301,6 +319,9 @@ impl<'k> Edits<'k> {
             if !self.key_index.contains_key(&KeyBytes(key)) {
                 self.key_index.insert(KeyBytes(key), self.keys.len());
                 self.keys.push(key);
+                let mut key_field = Vec::with_capacity(key.len() + 6);
+                put_len(&mut key_field, 1, key);
+                self.key_fields.push(key_field);
                 let signature = Self::key_signature(key);
                 self.key_filter[signature / 64] |= 1 << (signature % 64);
             }
@@ -331,9 +352,12 @@ impl<'k> Edits<'k> {
             .key_index
             .get(&KeyBytes(key.as_bytes()))
             .expect("keys are registered first");
+        // A KeyValue around each value: its key field, two tags and two lengths of at most 5 bytes.
+        let per_value = self.key_fields[column].len() + 12;
         for row in 0..rows {
             let start = self.values_data.len();
             if encode(row, &mut self.values_data)? {
+                self.added += per_value;
                 let end = u32::try_from(self.values_data.len())
                     .map_err(|_| PyValueError::new_err("set_attributes values over 4 GiB"))?;
                 self.values[row * self.columns + column] = (start as u32, end);
@@ -398,11 +422,11 @@ impl<'k> Edits<'k> {
                     }
                     let value = self.value(column, row)?;
                     done[column] = true;
-                    Some(value)
+                    Some((column, value))
                 });
-                if let Some(value) = set {
+                if let Some((column, value)) = set {
                     out.extend_from_slice(&buf[run..start]);
-                    put_key_value(out, attribute_field, key, value);
+                    put_key_field_value(out, attribute_field, &self.key_fields[column], value);
                     run = reader.pos;
                     continue;
                 }
@@ -490,7 +514,7 @@ impl<'k> Edits<'k> {
         for (column, &(start, end)) in row_values.iter().enumerate() {
             if start != end && !done[column] {
                 let value = &self.values_data[start as usize..end as usize];
-                put_key_value(out, attribute_field, self.keys[column], value);
+                put_key_field_value(out, attribute_field, &self.key_fields[column], value);
             }
         }
         if let Some(events) = self.new_events.get(&row) {
@@ -650,6 +674,8 @@ impl<'k> Edits<'k> {
             let owner = usize::try_from(owners.i64_at(i))
                 .map_err(|_| PyValueError::new_err("negative rewrite owner"))?;
             let position = positions.i64_at(i).max(0) as usize;
+            // The new KeyValue or text field: its text, the key it replaces and a few headers.
+            self.added += 24;
             let replacement = if new_values.is_valid(i) {
                 let start = self.texts.len();
                 self.texts.extend_from_slice(new_values.view_at(i)?);
@@ -996,6 +1022,7 @@ pub fn rewrite<'py>(
     for event in events {
         if event.len() == 2 {
             let (row, event): (usize, Vec<u8>) = event.extract()?;
+            edits.added += event.len() + 6;
             edits.new_events.entry(row).or_default().push(event);
             edits.touch_row(row);
         } else {
@@ -1035,6 +1062,9 @@ pub fn rewrite<'py>(
                 Ok(true)
             })?,
             Source::Arrow(column) => edits.set_column(key, rows, |row, out| {
+                if row == 0 {
+                    out.reserve(column.buffer_bytes() + 4 * rows);
+                }
                 if !column.is_valid(row) {
                     return Ok(false);
                 }
@@ -1071,10 +1101,11 @@ pub fn rewrite<'py>(
         &stripped[..]
     };
     let measure = || -> WireResult<(Layout, usize)> {
-        // Changed items are rebuilt into one buffer: sized for most of the request up front
-        // rather than grown (and copied) by doubling.
+        // Changed items are rebuilt into one buffer, sized up front for all of them (at most the
+        // whole request, plus what the edits add) rather than grown and copied by doubling.
+        let bound = raw.len() + edits.values_data.len() + edits.texts.len() + edits.added;
         let mut layout = Layout {
-            built: Vec::with_capacity(raw.len() + raw.len() / 4),
+            built: Vec::with_capacity(bound),
             ..Layout::default()
         };
         let total = edits.measure(raw, logs, &mut layout)?;

@@ -30,6 +30,10 @@ pub(crate) enum Needed {
 /// the wire format does not depend on the stages that read it.
 pub(crate) trait ValuesFilter: Sync {
     fn values_needed(&self, key: &[u8]) -> Needed;
+    /// Whether any rule can change a text that has no key: a span name, a status message, an
+    /// event name, a log body or event name, an unknown field. When none can, the scan lists
+    /// none of them.
+    fn keyless_needed(&self) -> bool;
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -597,10 +601,21 @@ fn column_to_py<'py>(py: Python<'py>, values: &[Scalar<'_>]) -> PyResult<Bound<'
     };
     if mixed || kind == 1 || kind == 7 {
         let mut views = Views::with_capacity(n);
+        if !mixed {
+            // The long values' bytes (short ones sit in their views), before any is copied.
+            let long: usize = values
+                .iter()
+                .map(|value| match value {
+                    Scalar::Str(raw) | Scalar::Bytes(raw) if raw.len() > INLINE => raw.len(),
+                    _ => 0,
+                })
+                .sum();
+            views.reserve_data(long);
+        }
         for value in values {
             match value {
                 _ if value.column_kind().is_none() => views.push_null(),
-                Scalar::Str(s) if !mixed => views.push_with(|out| push_text(out, s)),
+                Scalar::Str(s) if !mixed => views.push_text(s),
                 Scalar::Bytes(b) if !mixed => views.push(b),
                 other => views.push_with(|out| other.python_str(out)),
             }
@@ -757,6 +772,8 @@ impl StringValues {
             Scalar::Str(text) if text.len() > INLINE && is_utf8(text) => {
                 view_in(text, 1, text.as_ptr() as usize - self.request)
             }
+            // A short text is its view: nothing to write.
+            Scalar::Str(text) if is_utf8(text) => view_of(text, &mut self.value_data),
             _ => view_written(&mut self.value_data, |out| rendered = value.render(out)),
         };
         let part = &mut self.parts[part];
@@ -1109,6 +1126,8 @@ struct Scan<'a> {
     strings: StringValues,
     /// No wanted key and no value frame (pass-through): attributes are skipped unread.
     wants_nothing: bool,
+    /// The texts without a key (`ValuesFilter::keyless_needed`) are listed.
+    want_keyless: bool,
     /// Every distinct attribute key of the request: one lookup per attribute finds all it needs.
     keys: FastMap<KeyBytes<'a>, KnownKey>,
     /// The redactor the values go to: only the values its rules can change are listed.
@@ -1158,7 +1177,7 @@ impl<'a> Scan<'a> {
             return Ok(());
         }
         let (key, raw_value) = key_value(kv)?;
-        if self.want_strings && !plain_scalar_kv(kv) {
+        if self.want_keyless && !plain_scalar_kv(kv) {
             self.unknown_in_value(kv, Schema::KeyValue, row)?;
         }
         let known = match self.keys.get(&KeyBytes(key)) {
@@ -1228,7 +1247,7 @@ impl<'a> Scan<'a> {
         row: i64,
     ) -> WireResult<()> {
         reader.skip(wire)?;
-        if self.want_strings && holds_bytes(wire) && !schema.declares(field, wire) {
+        if self.want_keyless && holds_bytes(wire) && !schema.declares(field, wire) {
             self.unknown(&buf[start..reader.pos], row);
         }
         Ok(())
@@ -1262,7 +1281,7 @@ impl<'a> Scan<'a> {
     /// A place holding one text (a span name, a status message, an event name): listed with no
     /// key, so only the value rules apply to it.
     fn text_place(&mut self, part: usize, scope: u8, owner: i64, row: i64, text: &'a [u8]) {
-        if !self.want_strings || text.is_empty() {
+        if !self.want_keyless || text.is_empty() {
             return;
         }
         let address = Address {
@@ -1416,7 +1435,7 @@ impl<'a> Scan<'a> {
                 )?,
             }
         }
-        self.names.push_with(|out| push_text(out, name));
+        self.names.push_text(name);
         self.starts.push(start);
         self.ends.push(end);
         self.statuses.push(status);
@@ -1452,7 +1471,7 @@ impl<'a> Scan<'a> {
                 )?,
             }
         }
-        if self.want_strings && !body.is_empty() {
+        if self.want_keyless && !body.is_empty() {
             for chunk in &body {
                 if single_value(chunk).is_none() {
                     self.unknown_in_value(chunk, Schema::AnyValue, row)?;
@@ -1620,32 +1639,67 @@ pub(crate) fn scan_request<'py>(
     logs: bool,
     values_for: Option<&dyn ValuesFilter>,
 ) -> PyResult<(Bound<'py, PyDict>, Option<ScannedValues>)> {
-    let want_strings = want_strings || values_for.is_some();
-    // A rough guess from the request size; only to avoid most regrowth.
-    let guess = raw.len() / 600 + 16;
-    let strings_guess = if want_strings { guess * 10 } else { 0 };
-    let mut state = Scan {
+    let mut state = Scan::new(
+        raw,
+        item_keys,
+        resource_keys,
         want_strings,
-        items: Columns::new(item_keys),
-        resources: Columns::new(resource_keys),
-        item_resource: Vec::with_capacity(guess),
-        names: Views::with_capacity(if logs { 0 } else { guess }),
-        starts: Vec::with_capacity(guess),
-        ends: Vec::with_capacity(guess),
-        statuses: Vec::with_capacity(guess),
-        event_rows: Vec::new(),
-        strings: StringValues::with_capacity(
-            strings_guess,
-            if want_strings { raw.len() / 8 } else { 0 },
-            raw,
-        ),
-        keys: FastMap::default(),
-        wants_nothing: item_keys.is_empty() && resource_keys.is_empty() && !want_strings,
+        logs,
         values_for,
-        scopes: 0,
-    };
+    );
     py.detach(|| walk(&mut state, raw, logs))
         .map_err(PyValueError::new_err)?;
+    scanned_to_py(py, state, raw, item_keys, resource_keys, logs)
+}
+
+impl<'a> Scan<'a> {
+    fn new(
+        raw: &'a [u8],
+        item_keys: &[String],
+        resource_keys: &[String],
+        want_strings: bool,
+        logs: bool,
+        values_for: Option<&'a dyn ValuesFilter>,
+    ) -> Self {
+        let want_strings = want_strings || values_for.is_some();
+        // A rough guess from the request size; only to avoid most regrowth.
+        let guess = raw.len() / 600 + 16;
+        let strings_guess = if want_strings { guess * 10 } else { 0 };
+        Scan {
+            want_strings,
+            items: Columns::new(item_keys),
+            resources: Columns::new(resource_keys),
+            item_resource: Vec::with_capacity(guess),
+            names: Views::with_capacity(if logs { 0 } else { guess }),
+            starts: Vec::with_capacity(guess),
+            ends: Vec::with_capacity(guess),
+            statuses: Vec::with_capacity(guess),
+            event_rows: Vec::new(),
+            strings: StringValues::with_capacity(
+                strings_guess,
+                if want_strings { raw.len() / 8 } else { 0 },
+                raw,
+            ),
+            keys: FastMap::default(),
+            wants_nothing: item_keys.is_empty() && resource_keys.is_empty() && !want_strings,
+            want_keyless: want_strings && values_for.is_none_or(|filter| filter.keyless_needed()),
+            values_for,
+            scopes: 0,
+        }
+    }
+}
+
+/// The dict `scan_request` returns, and the values for the redactor when it has one.
+fn scanned_to_py<'py>(
+    py: Python<'py>,
+    mut state: Scan<'_>,
+    raw: &[u8],
+    item_keys: &[String],
+    resource_keys: &[String],
+    logs: bool,
+) -> PyResult<(Bound<'py, PyDict>, Option<ScannedValues>)> {
+    let values_for = state.values_for;
+    let want_strings = state.want_strings;
     let out = PyDict::new(py);
     out.set_item("rows", state.item_resource.len())?;
     out.set_item("item_resource", le_bytes(py, &state.item_resource)?)?;

@@ -483,6 +483,15 @@ struct StringsOut {
 }
 
 impl StringsOut {
+    /// Room for `values` values of `bytes` bytes in all.
+    fn with_capacity(values: usize, bytes: usize) -> Self {
+        StringsOut {
+            offsets: Vec::with_capacity(values + 1),
+            data: Vec::with_capacity(bytes),
+            valid: Vec::with_capacity(values),
+        }
+    }
+
     fn push(&mut self, value: Option<&[u8]>) {
         if self.offsets.is_empty() {
             self.offsets.push(0);
@@ -698,6 +707,12 @@ fn compile(pattern: &str) -> PyResult<Regex> {
 impl ValuesFilter for Redactor {
     fn values_needed(&self, key: &[u8]) -> Needed {
         Redactor::values_needed(self, key)
+    }
+
+    /// Only the value rules read a text without a key (`changes` gives such places neither key
+    /// rules, the allow list nor sanitisers).
+    fn keyless_needed(&self) -> bool {
+        !self.value_rules.is_empty()
     }
 }
 
@@ -1570,7 +1585,8 @@ fn found_to_py(
     if changes.rows.is_empty() {
         return Ok(None);
     }
-    let mut scopes = StringsOut::default();
+    // Scope names are at most 12 bytes.
+    let mut scopes = StringsOut::with_capacity(changes.rows.len(), 12 * changes.rows.len());
     let mut owners = Vec::with_capacity(changes.rows.len());
     let mut positions = Vec::with_capacity(changes.rows.len());
     for &i in &changes.rows {
@@ -1840,9 +1856,17 @@ fn summarise(
     // Labels repeat (one per key and scope): each distinct one gets a number in sorted order, so
     // an item's labels sort and deduplicate as numbers.
     let mut label_ids: FxHashMap<(&[u8], &[u8]), usize> = FxHashMap::default();
+    // The same (scope, key) comes with the same views (the scan stores a key once): those are
+    // looked up as two numbers first, the bytes hashed only once per distinct pair of views.
+    let mut view_ids: FxHashMap<(u128, u128), usize> = FxHashMap::default();
     let mut labels: Vec<Vec<u8>> = Vec::new();
     let mut change_label: Vec<usize> = Vec::with_capacity(rows.len());
     for &i in rows {
+        let views = values.scope.view(i).zip(values.key.view(i));
+        if let Some(id) = views.and_then(|views| view_ids.get(&views)) {
+            change_label.push(*id);
+            continue;
+        }
         let (scope, key) = (values.scope.get(i), values.key.get(i));
         let id = *label_ids.entry((scope, key)).or_insert_with(|| {
             labels.push(match scope {
@@ -1853,6 +1877,9 @@ fn summarise(
             });
             labels.len() - 1
         });
+        if let Some(views) = views {
+            view_ids.insert(views, id);
+        }
         change_label.push(id);
     }
     let mut order: Vec<usize> = (0..labels.len()).collect();
@@ -1891,7 +1918,28 @@ fn summarise(
             }
         }
     }
-    pairs.sort_unstable();
+    // In (item, label) order: items are 0..items, so each pair is counted into its item's place
+    // and only an item's few labels are sorted (a sort of all pairs cost more than the rest).
+    let mut starts = vec![0usize; items + 1];
+    for (item, _) in &pairs {
+        starts[item + 1] += 1;
+    }
+    for item in 0..items {
+        starts[item + 1] += starts[item];
+    }
+    let mut next = starts.clone();
+    let mut sorted = vec![(0, 0); pairs.len()];
+    for &(item, label) in &pairs {
+        sorted[next[item]] = (item, label);
+        next[item] += 1;
+    }
+    for item in 0..items {
+        let labels = &mut sorted[starts[item]..starts[item + 1]];
+        if labels.len() > 1 {
+            labels.sort_unstable();
+        }
+    }
+    let mut pairs = sorted;
     let mut counts = vec![0i64; items];
     for (item, _) in &pairs {
         counts[*item] += 1;
@@ -1905,7 +1953,11 @@ fn summarise(
     let key_lists = if keys {
         pairs.dedup();
         let mut offsets: Vec<i64> = vec![0; items + 1];
-        let mut names = StringsOut::default();
+        let bytes = pairs
+            .iter()
+            .map(|(_, label)| labels[order[*label]].len())
+            .sum();
+        let mut names = StringsOut::with_capacity(pairs.len(), bytes);
         for (item, label) in &pairs {
             offsets[item + 1] += 1;
             names.push(Some(&labels[order[*label]]));

@@ -214,3 +214,73 @@ fn nesting_a_few_levels_deep_renders_each_level() {
         format!("{}0{}", "[".repeat(9), "]".repeat(9))
     );
 }
+
+/// A redactor's view for the scan: every value of every key, and keyless texts as `keyless` says.
+struct Rules {
+    keyless: bool,
+}
+
+impl ValuesFilter for Rules {
+    fn values_needed(&self, _key: &[u8]) -> Needed {
+        Needed::Every
+    }
+
+    fn keyless_needed(&self) -> bool {
+        self.keyless
+    }
+}
+
+/// A request of one span named "checkout" with a status message, an event named "retry" and an
+/// unknown length-delimited field (number 100), and one attribute.
+fn request_with_keyless_texts() -> Vec<u8> {
+    let mut span = Vec::new();
+    put_len(&mut span, 5, b"checkout");
+    put_len(&mut span, 9, &kv_message("user", &any_string("ann")));
+    let mut event = Vec::new();
+    put_len(&mut event, 2, b"retry");
+    put_len(&mut span, 11, &event);
+    let mut status = Vec::new();
+    put_len(&mut status, 2, b"timed out");
+    put_len(&mut span, 15, &status);
+    put_len(&mut span, 100, b"hidden");
+    let mut scope = Vec::new();
+    put_len(&mut scope, 2, &span);
+    let mut group = Vec::new();
+    put_len(&mut group, 2, &scope);
+    let mut request = Vec::new();
+    put_len(&mut request, 1, &group);
+    request
+}
+
+fn listed_scopes(rules: &Rules) -> Vec<u8> {
+    let raw = request_with_keyless_texts();
+    let mut state = Scan::new(&raw, &[], &[], false, false, Some(rules));
+    walk(&mut state, &raw, false).unwrap();
+    let mut scopes: Vec<u8> = state
+        .strings
+        .parts
+        .iter()
+        .flat_map(|p| p.scope.clone())
+        .collect();
+    scopes.sort_unstable();
+    scopes
+}
+
+#[test]
+fn texts_without_a_key_are_listed_only_when_a_rule_can_change_them() {
+    let every = listed_scopes(&Rules { keyless: true });
+    let expected = [
+        SCOPE_ATTRIBUTE,
+        SCOPE_SPAN_NAME,
+        SCOPE_STATUS,
+        SCOPE_EVENT_NAME,
+        SCOPE_UNKNOWN,
+    ];
+    let mut expected = expected.to_vec();
+    expected.sort_unstable();
+    assert_eq!(every, expected);
+    assert_eq!(
+        listed_scopes(&Rules { keyless: false }),
+        vec![SCOPE_ATTRIBUTE]
+    );
+}
