@@ -348,11 +348,14 @@ class OracleCostStage(CostStage):
         rows = sdk.usable.is_not_null().arg_true()
         if rows.is_empty():
             return None
+        # Over the whole batch, then those rows, as the stage prices them: polars divides by a
+        # million element by element in a one-row frame and by its reciprocal otherwise, so a
+        # frame of the SDK rows alone would differ in the last bit when there is one.
         starts = batch.column_series(START_TIME)
-        start = pl.Series([None] * len(rows), dtype=pl.Int64) if starts is None else starts.gather(rows)
-        found = cost_frame(genai[rows], start, table)
+        start = pl.Series([None] * genai.height, dtype=pl.Int64) if starts is None else starts
+        found = cost_frame(genai, start, table)
         total = found.get_column("cost_total")
         if not self._estimate_near:
             total = found.select(pl.when(~pl.col("estimated")).then(pl.col("cost_total"))).to_series()
         ours = pl.Series(COST_COMPUTED, [None] * sdk.usable.len(), dtype=pl.Float64)
-        return ours.scatter(rows, total)
+        return ours.scatter(rows, total.gather(rows))

@@ -25,11 +25,13 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
 import structlog
 from prometheus_client import CollectorRegistry, Gauge
 
-from processor.core.attribution import DIMENSIONS, Attribution, text
-from processor.core.decode import START_TIME, TelemetryBatch
+from processor.core.attribution import Attribution, text
+from processor.core.decode import RESOURCE_PREFIX, START_TIME, TelemetryBatch
 from processor.core.genai_attributes import TOKENS_CACHE_READ, normalized
 from processor.stages.cost.cache_savings import CACHE_SAVINGS
 from processor.stages.policy.budget_state import Applied, BudgetStore
@@ -49,6 +51,11 @@ CACHE_TTL_SECONDS = 300
 CACHE_TTL_1H_SECONDS = 3600
 # Spans arrive after they end (SDK and Collector batching): a read may be seen a little late.
 GRACE_SECONDS = 60
+# What polars' strip_chars() trims (Rust's char::is_whitespace, Unicode White_Space): not Python's
+# str.strip() set, which also trims U+001C..U+001F.
+WHITESPACE = "".join(
+    ("\t\n\x0b\x0c\r \x85\xa0\u1680", *map(chr, range(0x2000, 0x200B)), "\u2028\u2029\u202f\u205f\u3000")
+)
 # Conversations with an unread write followed at once (the oldest are dropped past it).
 MAX_FOLLOWED = 100_000
 
@@ -90,38 +97,26 @@ class CacheMetrics:
     def record(self, batch: TelemetryBatch, now_ns: int | None = None) -> None:
         """Adds the batch's savings and follows its cache writes (call once per batch, not for a retry)."""
         now_ns = time.time_ns() if now_ns is None else now_ns
-        schema = dict(batch.frame.schema)
-        has_savings = schema.get(CACHE_SAVINGS, pl.Null) != pl.Null
-        has_writes = schema.get(COST_CACHE_WRITE, pl.Null) != pl.Null
-        if has_savings:
-            self._record_savings(batch, schema)
+        # Column by column, never batch.frame: building the whole frame costs more than all of this.
+        has_writes = batch.has_values(COST_CACHE_WRITE)
+        if batch.has_values(CACHE_SAVINGS):
+            self._record_savings(batch)
         if has_writes or self._followed:
             with self._lock:
-                self._follow(batch, schema, now_ns, has_writes)
+                self._follow(batch, now_ns, has_writes)
 
-    def _record_savings(self, batch: TelemetryBatch, schema: dict) -> None:
-        team = self.attribution.columns(schema)[DIMENSIONS.index("team")]
-        sums = (
-            batch.frame.lazy()
-            .select(
-                team.alias("team"),
-                text(schema, COST_MODEL).alias("model"),
-                _amount(schema, CACHE_SAVINGS).alias("usd"),
-            )
-            .filter(pl.col("usd") > 0)
-            .group_by("team", "model", maintain_order=True)
-            .agg(pl.col("usd").sum())
-            .collect()
-        )
-        if sums.height == 0:
+    def _record_savings(self, batch: TelemetryBatch) -> None:
+        sums = savings_by_team_and_model(batch, self.attribution)
+        if not sums:
             return
-        teams = self.cap.map("team", sums.get_column("team").to_list())
-        models = self.cap.map("model", sums.get_column("model").to_list())
-        for team_value, model, usd in zip(teams, models, sums.get_column("usd").to_list(), strict=True):
-            self.savings.labels(team_value, model).inc(usd)
+        teams = self.cap.map("team", [team for team, _ in sums])
+        models = self.cap.map("model", [model for _, model in sums])
+        for team_value, model, total in zip(teams, models, sums.values(), strict=True):
+            self.savings.labels(team_value, model).inc(total)
 
-    def _follow(self, batch: TelemetryBatch, schema: dict, now_ns: int, has_writes: bool) -> None:
-        if CONVERSATION in schema and schema[CONVERSATION] != pl.Null:
+    def _follow(self, batch: TelemetryBatch, now_ns: int, has_writes: bool) -> None:
+        if batch.has_values(CONVERSATION) and self._may_change(batch, has_writes):
+            schema = dict(batch.frame.schema)
             genai = normalized(batch)
             reads = genai.get_column(TOKENS_CACHE_READ) if TOKENS_CACHE_READ in genai.columns else None
             spans = batch.frame.select(
@@ -145,6 +140,18 @@ class CacheMetrics:
                     self._followed[key] = _Unread(model, usd, (start or now_ns) + ttl * NS)
         self._sweep(now_ns)
 
+    def _may_change(self, batch: TelemetryBatch, has_writes: bool) -> bool:
+        """Whether a span of the batch writes to the cache, or reads while writes are followed:
+        else the per-span query would leave the followed writes as they are."""
+        if has_writes and _positive(batch.column_array(COST_CACHE_WRITE)) is not None:
+            return True
+        if not self._followed:
+            return False
+        genai = normalized(batch)
+        if TOKENS_CACHE_READ not in genai.columns:
+            return False
+        return bool((genai.get_column(TOKENS_CACHE_READ).cast(pl.Int64, strict=False) > 0).any())
+
     def _sweep(self, now_ns: int) -> None:
         """Counts the writes that expired unread (oldest first; stops at the first still live)."""
         unread: dict[str, float] = {}
@@ -160,6 +167,65 @@ class CacheMetrics:
             models = self.cap.map("model", list(unread))
             for model, usd in zip(models, unread.values(), strict=True):
                 self.unread.labels(model).inc(usd)
+
+
+def savings_by_team_and_model(
+    batch: TelemetryBatch, attribution: Attribution
+) -> dict[tuple[str | None, str | None], float]:
+    """Per (team, model), in order of first appearance, the sum of the spans' savings above zero
+    (tests/oracle/cache_metrics.py is the polars group_by it replaced)."""
+    found = _positive(batch.column_array(CACHE_SAVINGS))
+    if found is None:
+        return {}
+    rows, amounts = found
+    team_sources = [name for key in attribution.sources("team") for name in (key, RESOURCE_PREFIX + key)]
+    keys = zip(_texts_at(batch, team_sources, rows), _texts_at(batch, [COST_MODEL], rows), strict=True)
+    # Added one after the other in row order. polars' group_by, which this replaced, adds a
+    # group's floats in an order that varies from run to run (even on one thread): the last bit
+    # of the old sums was never reproducible, these are.
+    sums: dict[tuple[str | None, str | None], float] = {}
+    for key, amount in zip(keys, amounts, strict=True):
+        held = sums.get(key)
+        sums[key] = amount if held is None else held + amount
+    return sums
+
+
+def _positive(array: pa.Array | None) -> tuple[pa.Array, list[float]] | None:
+    """The rows whose amount (as _amount reads it) is above zero, and those amounts; None when
+    there is none. pyarrow compute, not polars Series methods: each of those is a query."""
+    if array is None or pa.types.is_binary(array.type) or pa.types.is_binary_view(array.type):
+        return None
+    if not pa.types.is_floating(array.type):
+        series = pl.Series(array)
+        if not (series.dtype.is_numeric() or series.dtype == pl.String):
+            return None
+        array = series.cast(pl.Float64, strict=False).to_arrow()
+    rows = pc.indices_nonzero(pc.and_(pc.is_finite(array), pc.greater(array, 0.0)))  # nulls: not above zero
+    if not len(rows):
+        return None
+    return rows, array.take(rows).to_pylist()
+
+
+def _texts_at(batch: TelemetryBatch, names: list[str], rows: pa.Array) -> list[str | None]:
+    """At `rows`, the first of the columns `names` (coalesced) as `text` reads them."""
+    found: list[str | None] | None = None
+    for name in names:
+        array = batch.column_array(name)
+        if array is None or pa.types.is_binary(array.type) or pa.types.is_binary_view(array.type):
+            continue
+        if pa.types.is_string_view(array.type):
+            array = array.cast(pa.string())  # this pyarrow takes no views
+        values = _text_values(array.take(rows))
+        found = values if found is None else [a if a is not None else b for a, b in zip(found, values, strict=True)]
+    return found if found is not None else [None] * len(rows)
+
+
+def _text_values(array: pa.Array) -> list[str | None]:
+    """Trimmed text, blanks as null, as `text` (polars' strip_chars and replace) makes it."""
+    if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
+        return [None if value is None else value.strip(WHITESPACE) or None for value in array.to_pylist()]
+    # Numbers, booleans: as polars casts them to text.
+    return pl.Series(array).cast(pl.String, strict=False).str.strip_chars().replace("", None).to_list()
 
 
 def _amount(schema: dict, key: str) -> pl.Expr:

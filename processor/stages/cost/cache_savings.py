@@ -10,8 +10,12 @@ applied), so where the row has a cache read price the saving is that cost scaled
 prices' ratio: no factor is worked out a second time. A row whose cache reads are free (price 0)
 saves the input price of the tokens (at standard service prices: nothing to scale by).
 
-Only spans with cache reads are looked at (one Python step per such span, per-pair lookups
-cached); a batch without any comes back unchanged. Cache writes are not savings (a write costs
+The native cost kernel (processor/native/src/stages/cost.rs) works the saving out as it prices a
+span, with the prices it picked (`KernelSavings`); Python redoes, one step per span, only the spans
+whose cache read cost a billing dimension changed afterwards (a service tier) and those the kernel
+leaves to it (no start time: `entry_at` picks the group's first entry), and the whole batch when
+there is no kernel result (the polars oracle stage of the tests). A batch without a priced span
+that reads cached tokens comes back unchanged. Cache writes are not savings (a write costs
 more than uncached input and pays back only when read): writes never read again are counted as
 waste by processor/stages/cost/cache_metrics.py.
 """
@@ -20,8 +24,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import polars as pl
+import pyarrow as pa
 
 from processor.core import genai_attributes as ga
 from processor.core.contract import BatchChanges
@@ -50,14 +56,61 @@ def row_prices(entry: PriceEntry, prompt_tokens: int) -> tuple[float, float]:
     return input_price, input_price if cache_read is None else cache_read
 
 
+@dataclass(frozen=True)
+class KernelSavings:
+    """genops.cost.cache_savings as the native cost kernel worked it out from the costs it wrote
+    (before billing dimensions), and the rows it left to Python; column and array None when no
+    priced span of the batch read cached tokens."""
+
+    column: pl.Series | None
+    array: pa.Array | None
+    left: list[int]
+
+
+NO_SAVINGS = KernelSavings(None, None, [])
+
+
 def with_cache_savings(
     batch: TelemetryBatch,
     changes: BatchChanges,
     table: PricingTable,
     group_of: Callable[[str | None, str | None], int | None],
+    kernel: KernelSavings | None = None,
+    kernel_cache_read: pl.Series | None = None,
 ) -> BatchChanges:
     """`changes` (the cost stage's, billing dimensions applied) plus genops.cost.cache_savings on
-    the priced spans that read cached tokens."""
+    the priced spans that read cached tokens.
+
+    `kernel`: the native kernel's savings (None: no kernel ran, every span is worked out here);
+    `kernel_cache_read`: the cache read costs the kernel wrote, which `changes` holds unless a
+    billing dimension changed some."""
+    if kernel is None:
+        return _all_in_python(batch, changes, table, group_of)
+    cost = changes.set_attributes.get(COST_CACHE_READ)
+    if kernel.column is None or kernel.array is None or cost is None:
+        return changes
+    rows = list(kernel.left)
+    if cost is not kernel_cache_read and kernel_cache_read is not None:
+        # Where a dimension rescaled the cost after the kernel's saving was made.
+        changed = (cost != kernel_cache_read).fill_null(True) & kernel.column.is_not_null()
+        rows.extend(changed.arg_true().to_list())
+    column, array = kernel.column, kernel.array
+    if rows:
+        rows.sort()
+        saved = _savings_at(batch, cost, table, group_of, rows)
+        column = column.scatter(rows, pl.Series(saved, dtype=pl.Float64))
+        written = {**changes.set_attributes, CACHE_SAVINGS: column}
+        return dataclasses.replace(changes, set_attributes=written)
+    written = {**changes.set_attributes, CACHE_SAVINGS: column}
+    return dataclasses.replace(changes, set_attributes=written, arrow={**changes.arrow, CACHE_SAVINGS: array})
+
+
+def _all_in_python(
+    batch: TelemetryBatch,
+    changes: BatchChanges,
+    table: PricingTable,
+    group_of: Callable[[str | None, str | None], int | None],
+) -> BatchChanges:
     cost = changes.set_attributes.get(COST_CACHE_READ)
     genai = batch.derived.get("genai")
     if cost is None or not isinstance(genai, pl.DataFrame) or ga.TOKENS_CACHE_READ not in genai.columns:
@@ -68,23 +121,40 @@ def with_cache_savings(
     rows = ((cached.cast(pl.Int64, strict=False) > 0) & cost.is_not_null()).fill_null(False).arg_true().to_list()
     if not rows:
         return changes
+    savings: list[float | None] = [None] * cost.len()
+    for row, saved in zip(rows, _savings_at(batch, cost, table, group_of, rows), strict=True):
+        savings[row] = saved
+    column = pl.Series(CACHE_SAVINGS, savings, dtype=pl.Float64)
+    return dataclasses.replace(changes, set_attributes={**changes.set_attributes, CACHE_SAVINGS: column})
+
+
+def _savings_at(
+    batch: TelemetryBatch,
+    cost: pl.Series,
+    table: PricingTable,
+    group_of: Callable[[str | None, str | None], int | None],
+    rows: list[int],
+) -> list[float | None]:
+    """The savings of these rows (priced spans with cached tokens), one Python step each."""
+    genai: pl.DataFrame = batch.derived["genai"]  # type: ignore[assignment]
+    cached = genai.get_column(ga.TOKENS_CACHE_READ)
     providers, models = genai.get_column(ga.PROVIDER), genai.get_column(ga.MODEL)
     prompts = genai.get_column(ga.TOKENS_INPUT)
     starts = batch.column_series(START_TIME)
-    savings: list[float | None] = [None] * cost.len()
     groups: dict[tuple[str | None, str | None], int | None] = {}
+    out: list[float | None] = []
     for row in rows:
         pair = (providers[row], models[row])
         if pair not in groups:
             groups[pair] = group_of(*pair)
         group = groups[pair]
         if group is None:
+            out.append(None)
             continue
         entry = entry_at(table, group, None if starts is None else starts[row])
         input_price, cache_price = row_prices(entry, prompts[row] or 0)
         if cache_price > 0:
-            savings[row] = cost[row] * (input_price - cache_price) / cache_price
+            out.append(cost[row] * (input_price - cache_price) / cache_price)
         else:
-            savings[row] = cached[row] * input_price / MILLION
-    column = pl.Series(CACHE_SAVINGS, savings, dtype=pl.Float64)
-    return dataclasses.replace(changes, set_attributes={**changes.set_attributes, CACHE_SAVINGS: column})
+            out.append(cached[row] * input_price / MILLION)
+    return out

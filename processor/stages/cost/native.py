@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 from processor.core import genai_attributes as ga
 from processor.core.batch_columns import array_parts, arrow_series
 from processor.core.decode import START_TIME, TelemetryBatch, native_module
+from processor.stages.cost.cache_savings import CACHE_SAVINGS, NO_SAVINGS, KernelSavings
 from processor.stages.cost.pricing_table import PRICE_FIELDS, PriceSlots, PricingTable, priced_match
 
 _NEWEST = pl.CompatLevel.newest()
@@ -44,6 +45,7 @@ class NativeCosts:
     priced: list[tuple[str, int]]
     unpriced: list[tuple[str | None, str | None, int]]
     estimated: list[tuple[str | None, str | None, int]]
+    savings: KernelSavings = NO_SAVINGS
 
 
 def native_cost_available() -> bool:
@@ -107,7 +109,7 @@ class NativeCost:
             pairs.add([self._pair(table, provider, model) for provider, model in missing])
         else:
             return None
-        _, genai_buffers, written_buffers, priced, unpriced, estimated = found
+        _, genai_buffers, written_buffers, priced, unpriced, estimated, savings_buffers = found
         n = len(batch)
         if genai is None:
             genai = pl.DataFrame(_series_of(ga.COLUMNS, _arrays_of(n, genai_buffers, _GENAI_ARROW)))
@@ -117,7 +119,12 @@ class NativeCost:
             arrays = _arrays_of(n, written_buffers, self._written_arrow)
             written = dict(zip(self._written, _series_of(self._written, arrays), strict=True))
             written_arrow = dict(zip(self._written, arrays, strict=True))
-        return NativeCosts(genai, written, written_arrow, priced, unpriced, estimated)
+        savings = NO_SAVINGS
+        if savings_buffers is not None:
+            parts, left = savings_buffers
+            (array,) = _arrays_of(n, [parts], (pa.float64(),))
+            savings = KernelSavings(arrow_series(CACHE_SAVINGS, array), array, left)
+        return NativeCosts(genai, written, written_arrow, priced, unpriced, estimated, savings)
 
     def _pair(self, table: PricingTable, provider: str | None, model: str | None) -> tuple:
         """(provider, model, price group or None, estimated) as PairGroups.add takes it."""

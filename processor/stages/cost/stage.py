@@ -41,7 +41,7 @@ from processor.core.outbound import NO_REDACTION, OutboundRedaction
 from processor.core.span_values import SDK_COST_KEYS, SDK_COSTS, CostCheck, InvalidValueMetrics, check_batch
 from processor.files.reload import ReloadMetrics, Watcher
 from processor.stages.cost import billing_dimensions
-from processor.stages.cost.cache_savings import with_cache_savings
+from processor.stages.cost.cache_savings import COST_CACHE_READ, KernelSavings, with_cache_savings
 from processor.stages.cost.native import NativeCost
 from processor.stages.cost.pricing_table import (
     PriceSlots,
@@ -91,6 +91,8 @@ WRITTEN = (
 MAX_KNOWN_PAIRS = 4096
 # batch.derived key: the providers (as written to genops.cost.provider) that priced spans of the batch.
 PRICED_PROVIDERS = "cost.priced_providers"
+# batch.derived key: the native kernel's cache savings of the batch (cache_savings.KernelSavings).
+KERNEL_SAVINGS = "cost.kernel_savings"
 
 
 @dataclass
@@ -209,11 +211,14 @@ class CostStage:
         self._invalid.record(batch)
         table = self.table
         priced = self._priced_changes(batch, table)
+        kernel_cache_read = priced.set_attributes.get(COST_CACHE_READ)
         providers = batch.derived.get(PRICED_PROVIDERS)
         priced = billing_dimensions.apply_dimensions(
             batch, priced, table, self._group_of(table), providers if isinstance(providers, set) else None
         )
-        priced = with_cache_savings(batch, priced, table, self._group_of(table))
+        kernel = batch.derived.get(KERNEL_SAVINGS)
+        kernel = kernel if isinstance(kernel, KernelSavings) else None
+        priced = with_cache_savings(batch, priced, table, self._group_of(table), kernel, kernel_cache_read)
         sdk = batch.derived.get(SDK_COSTS)
         ours = None if self.config.override_sdk_costs else self._ours_beside_sdk(batch, table, sdk)
         return _with_sdk_costs(priced, sdk, ours)
@@ -266,6 +271,7 @@ class CostStage:
             raise ValueError("cost stage: a batch or price rows the native engine cannot read")
         if "genai" not in batch.derived:
             batch.derived["genai"] = costs.genai
+        batch.derived[KERNEL_SAVINGS] = costs.savings
         if costs.written is None:  # nothing to price: not even an unpriced status
             return BatchChanges()
         self._count_priced(costs.priced)

@@ -3,6 +3,8 @@ read; every figure computed by hand from the table below."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
 from prometheus_client import CollectorRegistry
@@ -133,3 +135,29 @@ def test_cache_writes_no_later_span_of_the_conversation_read_are_counted_unread(
     # The spans started days ago: their caches expired long before this batch was swept.
     unread = registry.get_sample_value("genops_cost_cache_write_unread_usd", {"model": "claude-x"})
     assert unread == pytest.approx(0.0075)
+
+
+@pytest.mark.parametrize("pipeline", ["1"], indirect=True)
+def test_a_write_is_followed_across_batches_until_a_later_batch_reads_it(pipeline):
+    pipeline, registry = pipeline
+    cache = pipeline.stages[1].cache
+    conversation = "gen_ai.conversation.id"
+    now = (time.time_ns() - NOON_NS) // 10**9  # spans that start now: their caches are live
+
+    def send(at: int, conversation_id: str, **tokens) -> None:
+        _written(
+            pipeline,
+            trace_request([call("ml", "claude-x", 3_000, at=now + at, **tokens, **{conversation: conversation_id})]),
+        )
+
+    send(0, "c4", cache_write=2_000)
+    assert list(cache._followed) == [("c4", "claude-x")]
+    # Neither writes nor reads: the followed write stands.
+    send(1, "c4")
+    assert list(cache._followed) == [("c4", "claude-x")]
+    # A read in another conversation leaves it too; one in its own takes it off.
+    send(2, "c9", cache_read=10)
+    assert list(cache._followed) == [("c4", "claude-x")]
+    send(3, "c4", cache_read=10)
+    assert not cache._followed
+    assert registry.get_sample_value("genops_cost_cache_write_unread_usd", {"model": "claude-x"}) is None

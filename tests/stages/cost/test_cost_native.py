@@ -24,11 +24,14 @@ from tests.support.otlp_builders import span, trace_request
 
 pytestmark = pytest.mark.skipif(not native_cost_available(), reason="native cost path not built")
 
-# Histories, tiers, every price kind, a fee, prefix/regex/any-provider entries, an alias.
+# Histories, tiers, every price kind, a fee, prefix/regex/any-provider entries, an alias, free
+# cache reads, a service tier (a dimension that rescales the cache read cost after the kernel).
 TABLE = """\
 version: "native-test-2026"
 provider: openai
+service_tiers: {batch: 0.5}
 models:
+  - {model: gpt-4o-mini, input: 0.15, output: 0.6, cache_read: 0}
   - {model: gpt-4o, input: 2.5, output: 10, cache_read: 1.25, aliases: [gpt-4o-2024-08-06], effective_from: 2024-08-06}
   - {model: gpt-4o, input: 5, output: 15, effective_to: 2024-08-06}
   - {model: o1, input: 15, output: 60, reasoning: 70.3, request: 0.0123}
@@ -71,6 +74,7 @@ TOKEN_KEYS = (
 )
 MODELS = [
     "gpt-4o",
+    "gpt-4o-mini",
     " GPT-4o ",
     "gpt-4o-2024-08-06",
     "o1",
@@ -117,6 +121,8 @@ def spans(draw) -> tuple[dict[str, object], int]:
         attributes[key] = draw(providers)
     for key in draw(st.lists(st.sampled_from(TOKEN_KEYS), max_size=5, unique=True)):
         attributes[key] = draw(counts)
+    if draw(st.integers(0, 4)) == 0:
+        attributes["genops.service_tier"] = draw(st.sampled_from(["batch", "flex", " Batch "]))
     if draw(st.integers(0, 5)) == 0:
         attributes["genops.cost.total"] = draw(st.one_of(st.floats(0, 1), st.just("0.5")))
     start = draw(

@@ -441,9 +441,10 @@ fn extract_columns(columns: &Bound<'_, PyList>) -> PyResult<Vec<Vec<ArrowIn>>> {
 /// the SDK priced (not to be priced again), or None.
 ///
 /// Returns ("unknown", [(provider, model)]) when pairs are missing from `pairs`; else ("done",
-/// genai, written, priced counts, unpriced counts, estimated counts) with genai the seven canonical columns and
+/// genai, written, priced counts, unpriced counts, estimated counts, savings) with genai the seven canonical columns and
 /// written the stage's columns (genops.cost.* in WRITTEN order), None when no span had anything
-/// to price. `threaded`: polars runs with more than one thread (see total_of).
+/// to price; savings (None: no priced span read cached tokens) the cache savings column and the
+/// rows of it left to Python. `threaded`: polars runs with more than one thread (see total_of).
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
 #[pyo3(signature = (texts, counts, verbatim, start, start_unsigned, sdk_priced, pairs, prices, version, threaded))]
@@ -528,6 +529,7 @@ pub fn cost_batch<'py>(
             PyList::empty(py),
             PyList::empty(py),
             PyList::empty(py),
+            py.None(),
         )
             .into_pyobject(py)
             .map(Bound::into_any);
@@ -543,6 +545,11 @@ pub fn cost_batch<'py>(
     let mut priced_counts: FxHashMap<&str, u64> = FxHashMap::default();
     let mut unpriced_counts: FxHashMap<(Option<&str>, Option<&str>), u64> = FxHashMap::default();
     let mut estimated_counts: FxHashMap<(Option<&str>, Option<&str>), u64> = FxHashMap::default();
+    // genops.cost.cache_savings (processor/stages/cost/cache_savings.py) of the priced spans that
+    // read cached tokens, and those of them left to Python: a span without a start (or at 0),
+    // whose entry cache_savings.entry_at picks otherwise than the dates here.
+    let mut savings = Numbers::<f64>::new(n);
+    let mut savings_left: Vec<usize> = Vec::new();
     let one_row = n == 1;
     for row in (0..n).filter(|&row| todo[row]) {
         let span = &spans[row];
@@ -573,6 +580,14 @@ pub fn cost_batch<'py>(
         // cost.py's parts, in its order: (tokens * price) / MILLION, as polars computes it.
         let input_cost = per_million(uncached as f64 * price[0], one_row);
         let cache_read_cost = per_million(cache_read as f64 * price[2], one_row);
+        if cache_read > 0 {
+            match start {
+                Some(at) if at != 0 => {
+                    savings.set(row, cache_savings(cache_read, cache_read_cost, price))
+                }
+                _ => savings_left.push(row),
+            }
+        }
         let cache_write_cost = per_million(cache_write as f64 * price[3], one_row);
         let reasoning_cost = per_million(reasoning as f64 * price[4], one_row);
         let output_cost = per_million(output as f64 * price[1], one_row);
@@ -641,9 +656,36 @@ pub fn cost_batch<'py>(
     for ((provider, model), count) in estimated_counts {
         estimated.append((provider, model, count))?;
     }
-    ("done", genai, written, priced, unpriced, estimated)
+    let savings_out = if savings.valid.set > 0 || !savings_left.is_empty() {
+        (savings.to_py(py)?, savings_left)
+            .into_pyobject(py)?
+            .into_any()
+    } else {
+        py.None().into_bound(py)
+    };
+    (
+        "done",
+        genai,
+        written,
+        priced,
+        unpriced,
+        estimated,
+        savings_out,
+    )
         .into_pyobject(py)
         .map(Bound::into_any)
+}
+
+/// What the cached tokens saved, as cache_savings.py works it out (same operations, same order):
+/// their cost scaled by the (input - cache read) / cache read price ratio, or, where cache reads
+/// are free, the tokens at the input price.
+#[inline]
+fn cache_savings(cache_read: i64, cache_read_cost: f64, price: &[f64; 6]) -> f64 {
+    if price[2] > 0.0 {
+        cache_read_cost * (price[0] - price[2]) / price[2]
+    } else {
+        cache_read as f64 * price[0] / MILLION
+    }
 }
 
 /// The seven canonical columns: model and provider views, then the five token counts.
