@@ -298,9 +298,10 @@ class OracleCostStage(CostStage):
         if second.get_column(_UNKNOWN).any():
             known = self._oracle_known = known.adding(second.get_column(_KEY).drop_nulls().unique().to_list())
             second = ga.collect(_run(work, self._steps(known, slots)))
-        rows = request_fallback.repriced_rows(fallback, second.get_column(COST_STATUS), UNPRICED)
-        if not rows.any():
+        spans = request_fallback.repriced(fallback, second.get_column(COST_STATUS), UNPRICED)
+        if not spans:
             return out
+        rows = pl.Series([False] * out.height).scatter([span.row for span in spans], True)
         first = {name: out.get_column(name) for name in WRITTEN}
         again = {name: second.get_column(name) for name in WRITTEN}
         written = request_fallback.merged(first, again, rows, COST_STATUS, ESTIMATED)

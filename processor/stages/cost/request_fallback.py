@@ -25,6 +25,8 @@ request model in place of the span's and no tokens on the other spans.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import polars as pl
@@ -40,12 +42,26 @@ REQUEST_MODEL_SOURCES = tuple(key for key in ga.MODEL_SOURCES if key in ("gen_ai
 
 
 @dataclass(frozen=True)
-class Fallback:
-    """The spans a batch prices by their request model: `rows` (Boolean, one per span) and
-    `models`, the request model on those rows and null elsewhere."""
+class Span:
+    """A span the fallback reprices: its row, its own provider and model, and its first status."""
 
-    rows: pl.Series
+    row: int
+    provider: str | None
+    model: str | None
+    status: str
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """The spans a batch prices by their request model: `spans`, and `models`, the request model
+    on their rows and null elsewhere (one per span of the batch)."""
+
+    spans: tuple[Span, ...]
     models: pl.Series
+
+    @property
+    def rows(self) -> pl.Series:
+        return _mask(self.models.len(), [span.row for span in self.spans])
 
 
 def request_models(batch: TelemetryBatch) -> pl.Series | None:
@@ -61,37 +77,53 @@ def request_models(batch: TelemetryBatch) -> pl.Series | None:
     return found[0] if len(found) == 1 else pl.select(pl.coalesce(found)).to_series()
 
 
-def plan(table: PricingTable, genai: pl.DataFrame, status: pl.Series, requests: pl.Series | None) -> Fallback | None:
+def plan(
+    table: PricingTable,
+    genai: pl.DataFrame,
+    status: pl.Series,
+    requests: pl.Series | None,
+    pairs: Iterable[tuple[str | None, str | None]] | None = None,
+) -> Fallback | None:
     """The spans to price by their request model: those given a status (they have token counts
     and no SDK cost that stands) whose own model has no entry of its own while their request model
-    has one. None when there are none."""
+    has one. `pairs`: the (provider, model) pairs the first pass left unpriced or estimated, when
+    the engine counted them (the spans to look at are theirs); else every pair with a status.
+    None when there are none."""
     if requests is None or requests.len() != genai.height:
         return None
-    frame = pl.DataFrame(
-        {
-            "provider": genai.get_column(ga.PROVIDER),
-            "model": genai.get_column(ga.MODEL),
-            "request": requests,
-            "status": status,
-        }
-    ).with_row_index("row")
-    todo = frame.filter(pl.col("status").is_not_null() & pl.col("request").is_not_null())
-    if todo.is_empty():
+    frame = pl.DataFrame([genai.get_column(ga.PROVIDER), genai.get_column(ga.MODEL), requests, status])
+    frame.columns = ["provider", "model", "request", "status"]
+    todo = pl.col("status").is_not_null() & pl.col("request").is_not_null()
+    if pairs is None:
+        pairs = frame.filter(todo).select("provider", "model").unique().iter_rows()
+    # Only a model without an entry of its own falls back (one that has an entry but no price at
+    # the span's start stays unpriced: its own price history says so).
+    unknown = {(provider, model) for provider, model in pairs if table.resolve(provider, model) is None}
+    if not unknown:
         return None
-    triples = todo.select("provider", "model", "request").unique()
-    chosen = [
-        (provider, model, request)
-        for provider, model, request in triples.iter_rows()
-        if table.resolve(provider, model) is None and table.resolve(provider, request) is not None
-    ]
-    if not chosen:
+    # (A span with a request model has a model: the request model is one of its sources.)
+    named = [model for _, model in unknown if model is not None]
+    candidates = frame.with_row_index("row").filter(todo & pl.col("model").is_in(named))
+    resolved: dict[tuple[str | None, str], bool] = {}
+    spans = []
+    for row, provider, model, request, first in candidates.iter_rows():
+        if (provider, model) not in unknown:
+            continue
+        key = (provider, request)
+        found = resolved.get(key)
+        if found is None:
+            found = resolved[key] = table.resolve(provider, request) is not None
+        if found:
+            spans.append(Span(row, provider, model, first))
+    if not spans:
         return None
-    keys = pl.DataFrame(chosen, schema=triples.schema, orient="row").with_columns(pl.lit(True).alias("chosen"))
-    # Null providers and models are pairs too (a span with no provider is matched against all).
-    joined = todo.join(keys, on=["provider", "model", "request"], how="inner", nulls_equal=True)
-    rows = pl.Series("rows", [False] * genai.height).scatter(joined.get_column("row"), True)
-    models = pl.select(pl.when(rows).then(requests)).to_series().alias(ga.MODEL)
-    return Fallback(rows, models)
+    rows = [span.row for span in spans]
+    models = pl.Series(ga.MODEL, [None] * genai.height, dtype=pl.String).scatter(rows, requests.gather(rows))
+    return Fallback(tuple(spans), models)
+
+
+def _mask(height: int, rows: list[int]) -> pl.Series:
+    return pl.Series("rows", [False] * height).scatter(rows, True)
 
 
 def repriced_genai(genai: pl.DataFrame, fallback: Fallback) -> pl.DataFrame:
@@ -104,38 +136,31 @@ def repriced_genai(genai: pl.DataFrame, fallback: Fallback) -> pl.DataFrame:
     )
 
 
-def repriced_rows(fallback: Fallback, second_status: pl.Series, unpriced: str) -> pl.Series:
-    """The fallback's rows the second pass priced (a request model's price history may not cover
+def repriced(fallback: Fallback, second_status: pl.Series, unpriced: str) -> tuple[Span, ...]:
+    """The fallback's spans the second pass priced (a request model's price history may not cover
     the span's start: such a span stays as the first pass left it)."""
-    return fallback.rows & second_status.is_not_null() & (second_status != unpriced).fill_null(False)
+    statuses = second_status.gather([span.row for span in fallback.spans]).to_list()
+    return tuple(
+        span for span, status in zip(fallback.spans, statuses, strict=True) if status is not None and status != unpriced
+    )
 
 
 def merged(
     first: dict[str, pl.Series], second: dict[str, pl.Series], rows: pl.Series, status_key: str, estimated: str
 ) -> dict[str, pl.Series]:
-    """`first`'s columns with `second`'s on `rows` (see repriced_rows), and those rows' status
+    """`first`'s columns with `second`'s on `rows` (the repriced spans), those rows' status
     `estimated`."""
     out = {}
     for key, column in first.items():
-        if key == status_key:
-            out[key] = pl.select(pl.when(rows).then(pl.lit(estimated)).otherwise(column)).to_series().alias(key)
-        else:
-            out[key] = second[key].zip_with(rows, column).alias(key)
+        other = pl.repeat(estimated, rows.len(), eager=True) if key == status_key else second[key]
+        out[key] = other.zip_with(rows, column).alias(key)
     return out
 
 
-def moved_counts(
-    genai: pl.DataFrame, rows: pl.Series, status: pl.Series, unpriced: str
-) -> dict[tuple[str | None, str | None], int]:
-    """Per (provider, model), how many of `rows` the first pass had left `unpriced`: counted as
-    estimated instead (rows the first pass estimated stay counted as they were)."""
-    counts = (
-        pl.DataFrame({"provider": genai.get_column(ga.PROVIDER), "model": genai.get_column(ga.MODEL)})
-        .filter(rows & (status == unpriced))
-        .group_by("provider", "model")
-        .len()
-    )
-    return {(provider, model): count for provider, model, count in counts.iter_rows()}
+def moved_counts(spans: Iterable[Span], unpriced: str) -> Counter[tuple[str | None, str | None]]:
+    """Per (provider, model), how many of the repriced `spans` the first pass had left `unpriced`:
+    counted as estimated instead (those it estimated stay counted as they were)."""
+    return Counter((span.provider, span.model) for span in spans if span.status == unpriced)
 
 
 @dataclass(frozen=True)
@@ -161,18 +186,19 @@ def with_native_fallback(
     with nothing unpriced or estimated (nearly all of them) costs one check."""
     if costs is None or costs.written is None or not (costs.unpriced or costs.estimated):
         return costs
-    status = costs.written[statuses.key]
-    fallback = plan(table, costs.genai, status, request_models(batch))
+    pairs = [(provider, model) for provider, model, _ in (*costs.unpriced, *costs.estimated)]
+    fallback = plan(table, costs.genai, costs.written[statuses.key], request_models(batch), pairs)
     if fallback is None:
         return costs
     second = native.run(batch, repriced_genai(costs.genai, fallback), table, slots, sdk_column)
     if second is None or second.written is None:
         return costs
-    rows = repriced_rows(fallback, second.written[statuses.key], statuses.unpriced)
-    if not rows.any():
+    spans = repriced(fallback, second.written[statuses.key], statuses.unpriced)
+    if not spans:
         return costs
+    rows = _mask(len(batch), [span.row for span in spans])
     written = merged(costs.written, second.written, rows, statuses.key, statuses.estimated)
-    moved = moved_counts(costs.genai, rows, status, statuses.unpriced)
+    moved = moved_counts(spans, statuses.unpriced)
     unpriced = [
         (provider, model, left)
         for provider, model, count in costs.unpriced
