@@ -285,12 +285,13 @@ class OracleCostStage(CostStage):
         )
         if fallback is None:
             return out
+        # The fallback's spans alone, with their request model: as the native engine's second pass.
         work = (
-            out.select(_START, _TODO)
-            .hstack(request_fallback.repriced_genai(genai, fallback).get_columns())
+            request_fallback.repriced_genai(genai, fallback)
+            .hstack([out.get_column(_START)[fallback.rows]])
             .lazy()
-            .with_columns((pl.col(_TODO) & fallback.rows).alias(_TODO))
-            .with_columns(pl.when(pl.col(_TODO)).then(_PAIR_KEY).alias(_KEY))
+            .with_columns(pl.lit(True).alias(_TODO))
+            .with_columns(_PAIR_KEY.alias(_KEY))
         )
         known = self._oracle_known
         assert known is not None
@@ -298,13 +299,13 @@ class OracleCostStage(CostStage):
         if second.get_column(_UNKNOWN).any():
             known = self._oracle_known = known.adding(second.get_column(_KEY).drop_nulls().unique().to_list())
             second = ga.collect(_run(work, self._steps(known, slots)))
-        spans = request_fallback.repriced(fallback, second.get_column(COST_STATUS), UNPRICED)
-        if not spans:
+        kept = request_fallback.repriced(fallback, second.get_column(COST_STATUS), UNPRICED)
+        if not kept:
             return out
-        rows = pl.Series([False] * out.height).scatter([span.row for span in spans], True)
         first = {name: out.get_column(name) for name in WRITTEN}
         again = {name: second.get_column(name) for name in WRITTEN}
-        written = request_fallback.merged(first, again, rows, COST_STATUS, ESTIMATED)
+        written = request_fallback.merged(first, again, fallback, kept, COST_STATUS, ESTIMATED)
+        rows = pl.Series([False] * out.height).scatter([fallback.spans[i].row for i in kept], True)
         return out.with_columns(
             *written.values(),
             pl.when(~rows).then(pl.col(_UNPRICED)).alias(_UNPRICED),

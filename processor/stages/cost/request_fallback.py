@@ -28,8 +28,10 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import cast
 
 import polars as pl
+import pyarrow as pa
 
 from processor.core import genai_attributes as ga
 from processor.core.decode import TelemetryBatch
@@ -43,25 +45,25 @@ REQUEST_MODEL_SOURCES = tuple(key for key in ga.MODEL_SOURCES if key in ("gen_ai
 
 @dataclass(frozen=True)
 class Span:
-    """A span the fallback reprices: its row, its own provider and model, and its first status."""
+    """A span the fallback reprices: its row, its own provider and model, its first status, and
+    the request model it is repriced with."""
 
     row: int
     provider: str | None
     model: str | None
     status: str
+    request: str
 
 
 @dataclass(frozen=True)
 class Fallback:
-    """The spans a batch prices by their request model: `spans`, and `models`, the request model
-    on their rows and null elsewhere (one per span of the batch)."""
+    """The spans a batch prices by their request model, in row order."""
 
     spans: tuple[Span, ...]
-    models: pl.Series
 
     @property
-    def rows(self) -> pl.Series:
-        return _mask(self.models.len(), [span.row for span in self.spans])
+    def rows(self) -> list[int]:
+        return [span.row for span in self.spans]
 
 
 def request_models(batch: TelemetryBatch) -> pl.Series | None:
@@ -114,46 +116,43 @@ def plan(
         if found is None:
             found = resolved[key] = table.resolve(provider, request) is not None
         if found:
-            spans.append(Span(row, provider, model, first))
-    if not spans:
-        return None
-    rows = [span.row for span in spans]
-    models = pl.Series(ga.MODEL, [None] * genai.height, dtype=pl.String).scatter(rows, requests.gather(rows))
-    return Fallback(tuple(spans), models)
-
-
-def _mask(height: int, rows: list[int]) -> pl.Series:
-    return pl.Series("rows", [False] * height).scatter(rows, True)
+            spans.append(Span(row, provider, model, first, request))
+    return Fallback(tuple(spans)) if spans else None
 
 
 def repriced_genai(genai: pl.DataFrame, fallback: Fallback) -> pl.DataFrame:
-    """The GenAI columns a second pass prices: the request model on the fallback's rows, and no
-    model or tokens on the others, which that pass therefore leaves alone."""
-    rows = fallback.rows
-    return genai.with_columns(
-        fallback.models,
-        *(pl.when(rows).then(pl.col(column)).alias(column) for column in ga.COLUMNS if column != ga.MODEL),
-    )
+    """The GenAI columns of the fallback's spans alone, with their request model as the model:
+    what a second pass prices (one row per span, in the fallback's order)."""
+    subset = genai[fallback.rows]
+    requests = pl.Series(ga.MODEL, [span.request for span in fallback.spans], dtype=pl.String)
+    return subset.replace_column(subset.get_column_index(ga.MODEL), requests)
 
 
-def repriced(fallback: Fallback, second_status: pl.Series, unpriced: str) -> tuple[Span, ...]:
-    """The fallback's spans the second pass priced (a request model's price history may not cover
-    the span's start: such a span stays as the first pass left it)."""
-    statuses = second_status.gather([span.row for span in fallback.spans]).to_list()
-    return tuple(
-        span for span, status in zip(fallback.spans, statuses, strict=True) if status is not None and status != unpriced
-    )
+def repriced(fallback: Fallback, second_status: pl.Series, unpriced: str) -> list[int]:
+    """The positions (in the fallback's spans, as in the second pass's rows) of the spans the second
+    pass priced: a request model's price history may not cover a span's start, and such a span
+    stays as the first pass left it."""
+    return [i for i, status in enumerate(second_status.to_list()) if status is not None and status != unpriced]
 
 
 def merged(
-    first: dict[str, pl.Series], second: dict[str, pl.Series], rows: pl.Series, status_key: str, estimated: str
+    first: dict[str, pl.Series],
+    second: dict[str, pl.Series],
+    fallback: Fallback,
+    kept: list[int],
+    status_key: str,
+    estimated: str,
 ) -> dict[str, pl.Series]:
-    """`first`'s columns with `second`'s on `rows` (the repriced spans), those rows' status
-    `estimated`."""
+    """`first`'s columns (one per span of the batch) with the second pass's values on the kept
+    spans' rows, and those spans' status `estimated`."""
+    rows = [fallback.spans[i].row for i in kept]
     out = {}
     for key, column in first.items():
-        other = pl.repeat(estimated, rows.len(), eager=True) if key == status_key else second[key]
-        out[key] = other.zip_with(rows, column).alias(key)
+        if key == status_key:
+            values = pl.Series(key, [estimated] * len(rows), dtype=pl.String)
+        else:
+            values = second[key].gather(kept)
+        out[key] = column.clone().scatter(rows, values)
     return out
 
 
@@ -190,14 +189,16 @@ def with_native_fallback(
     fallback = plan(table, costs.genai, costs.written[statuses.key], request_models(batch), pairs)
     if fallback is None:
         return costs
-    second = native.run(batch, repriced_genai(costs.genai, fallback), table, slots, sdk_column)
+    rows = fallback.rows
+    subset = cast(TelemetryBatch, _Rows(batch, rows))
+    second = native.run(subset, repriced_genai(costs.genai, fallback), table, slots, sdk_column)
     if second is None or second.written is None:
         return costs
-    spans = repriced(fallback, second.written[statuses.key], statuses.unpriced)
-    if not spans:
+    kept = repriced(fallback, second.written[statuses.key], statuses.unpriced)
+    if not kept:
         return costs
-    rows = _mask(len(batch), [span.row for span in spans])
-    written = merged(costs.written, second.written, rows, statuses.key, statuses.estimated)
+    written = merged(costs.written, second.written, fallback, kept, statuses.key, statuses.estimated)
+    spans = [fallback.spans[i] for i in kept]
     moved = moved_counts(spans, statuses.unpriced)
     unpriced = [
         (provider, model, left)
@@ -207,3 +208,24 @@ def with_native_fallback(
     estimated = [*costs.estimated, *((provider, model, count) for (provider, model), count in moved.items())]
     # The merged columns are new Series: the writer converts them (no Arrow arrays to reuse).
     return NativeCosts(costs.genai, written, {}, costs.priced, unpriced, estimated)
+
+
+class _Rows:
+    """What NativeCost.run reads of a batch besides the GenAI columns (span starts, SDK costs, its
+    length), on some of its rows: the second pass prices the fallback's spans alone."""
+
+    def __init__(self, batch: TelemetryBatch, rows: list[int]) -> None:
+        self._batch = batch
+        self._rows = rows
+        self._indices = pa.array(rows, type=pa.int64())
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def column_array(self, name: str) -> pa.Array | None:
+        array = self._batch.column_array(name)
+        return None if array is None else array.take(self._indices)
+
+    def column_series(self, name: str) -> pl.Series | None:
+        series = self._batch.column_series(name)
+        return None if series is None else series.gather(self._rows)

@@ -164,3 +164,39 @@ def test_an_sdk_cost_stands_and_priced_spans_beside_a_fallback_are_untouched(tmp
     assert no_tokens == {}
     assert registry.get_sample_value(ESTIMATED, {"provider": "openai", "model": "gpt-4o-custom"}) == 1
     assert registry.get_sample_value(PRICED, {"provider": "openai"}) == 1
+
+
+# The native engine against the polars oracle (tests/oracle/cost.py) on batches with fallback spans:
+# bit for bit, metrics included (the hypothesis test in test_cost_native.py draws such spans too).
+FALLBACK_BATCHES = [
+    [call("openai", "gpt-4o", "gpt-4o-custom")],  # one span: the second pass prices one row
+    [
+        call("openai", "gpt-4o", "gpt-4o-custom", **{"gen_ai.usage.cache_read.input_tokens": 1234}),
+        call("openai", "gpt-5.2", "gpt-5.2-2099-13-01"),
+        call("openai", "gpt-4o", None),
+        call("openai", "unknown", "unknown-2"),
+        call("mistral", "old-alias", "old-alias-2409"),
+        call("openai", "gpt-4o", "gpt-4o-custom", **{"gen_ai.usage.cost": 0.25}),
+        {"gen_ai.request.model": "gpt-4o", "gen_ai.response.model": "gpt-4o-custom"},
+        call("", "gpt-4o", "gpt-4o-custom"),
+    ],
+]
+
+
+@pytest.mark.parametrize("override", [False, True])
+@pytest.mark.parametrize("attributes", FALLBACK_BATCHES)
+def test_the_native_fallback_matches_the_polars_oracle(tmp_path, attributes, override):
+    from tests.stages.cost.test_cost_native import assert_same_bits, run_both, stage_pair
+    from tests.support.cost_helpers import start_ns
+
+    path = tmp_path / "table.yaml"
+    path.write_text(TABLE)
+    drawn = [(a, start_ns("2025-10-09")) for a in attributes]
+    (native, _, native_metrics), (oracle, _, oracle_metrics) = run_both(
+        stage_pair(str(path), override), drawn, shared_genai=False
+    )
+    assert list(native.set_attributes) == list(oracle.set_attributes)
+    for name, column in oracle.set_attributes.items():
+        assert_same_bits(native.set_attributes[name], column)
+    assert native_metrics == oracle_metrics
+    assert "estimated" in oracle.set_attributes["genops.cost.status"].to_list()
