@@ -18,6 +18,7 @@ from processor.core import genai_attributes as ga
 from processor.core.contract import ENGINE_POLARS, BatchChanges
 from processor.core.decode import START_TIME, TelemetryBatch
 from processor.core.span_values import CostCheck
+from processor.stages.cost import request_fallback
 from processor.stages.cost.pricing_table import (
     ANY_PROVIDER,
     INT64_MAX,
@@ -268,9 +269,48 @@ class OracleCostStage(CostStage):
             batch.derived["genai"] = pl.DataFrame([out.get_column(c) for c in ga.COLUMNS])
         if out.get_column(_KEY).null_count() == out.height:  # nothing to price: not even an unpriced status
             return BatchChanges(engine=ENGINE_POLARS)
+        if self._estimate_near:
+            out = self._with_request_fallback(batch, out, slots)
         self._count(out, known)
         batch.derived[PRICED_PROVIDERS] = set(out.get_column(COST_PROVIDER).drop_nulls().unique().to_list())
         return BatchChanges(set_attributes={name: out.get_column(name) for name in WRITTEN}, engine=ENGINE_POLARS)
+
+    def _with_request_fallback(self, batch: TelemetryBatch, out: pl.DataFrame, slots: PriceSlots) -> pl.DataFrame:
+        """`out` with the spans request_fallback.plan picks priced by their request model in a
+        second query (counted as estimated by their own pair, never as unpriced)."""
+        table = self.table
+        genai = out.select(ga.COLUMNS)
+        fallback = request_fallback.plan(
+            table, genai, out.get_column(COST_STATUS), request_fallback.request_models(batch)
+        )
+        if fallback is None:
+            return out
+        # The fallback's spans alone, with their request model: as the native engine's second pass.
+        work = (
+            request_fallback.repriced_genai(genai, fallback)
+            .hstack([out.get_column(_START)[fallback.rows]])
+            .lazy()
+            .with_columns(pl.lit(True).alias(_TODO))
+            .with_columns(_PAIR_KEY.alias(_KEY))
+        )
+        known = self._oracle_known
+        assert known is not None
+        second = ga.collect(_run(work, self._steps(known, slots)))
+        if second.get_column(_UNKNOWN).any():
+            known = self._oracle_known = known.adding(second.get_column(_KEY).drop_nulls().unique().to_list())
+            second = ga.collect(_run(work, self._steps(known, slots)))
+        kept = request_fallback.repriced(fallback, second.get_column(COST_STATUS), UNPRICED)
+        if not kept:
+            return out
+        first = {name: out.get_column(name) for name in WRITTEN}
+        again = {name: second.get_column(name) for name in WRITTEN}
+        written = request_fallback.merged(first, again, fallback, kept, COST_STATUS, ESTIMATED)
+        rows = pl.Series([False] * out.height).scatter([fallback.spans[i].row for i in kept], True)
+        return out.with_columns(
+            *written.values(),
+            pl.when(~rows).then(pl.col(_UNPRICED)).alias(_UNPRICED),
+            pl.when(rows).then(pl.col(_KEY)).otherwise(pl.col(_ESTIMATED_KEY)).alias(_ESTIMATED_KEY),
+        )
 
     def _steps(self, known: KnownPairs, slots: PriceSlots) -> list[list[pl.Expr]]:
         cached = known.queries.get(id(slots))

@@ -40,7 +40,7 @@ from processor.core.decode import LOGS, START_TIME, TRACES, TelemetryBatch, Want
 from processor.core.outbound import NO_REDACTION, OutboundRedaction
 from processor.core.span_values import SDK_COST_KEYS, SDK_COSTS, CostCheck, InvalidValueMetrics, check_batch
 from processor.files.reload import ReloadMetrics, Watcher
-from processor.stages.cost import billing_dimensions
+from processor.stages.cost import billing_dimensions, request_fallback
 from processor.stages.cost.cache_savings import COST_CACHE_READ, KernelSavings, with_cache_savings
 from processor.stages.cost.native import NativeCost
 from processor.stages.cost.pricing_table import (
@@ -69,6 +69,7 @@ ESTIMATED = "estimated"
 # Ours, on a span that came with an SDK cost, and the SDK's minus ours.
 COST_COMPUTED = "genops.cost.computed_total"
 COST_SDK_DIFFERENCE = "genops.cost.sdk_difference"
+_STATUSES = request_fallback.Statuses(COST_STATUS, UNPRICED, ESTIMATED)
 # Unpriced-span metric labels: beyond this many distinct (provider, model) pairs, new ones are
 # counted as "other" so a client sending random model names cannot blow up the metric series.
 MAX_UNPRICED_LABELS = 200
@@ -265,6 +266,13 @@ class CostStage:
             slots,
             sdk_column=None if self.config.override_sdk_costs else COST_TOTAL,
         )
+        if self._estimate_near:
+            # An unknown response model priced by its request model's entry, as an estimate
+            # (request_fallback.py): a second pass, only for batches with such spans.
+            sdk_column = None if self.config.override_sdk_costs else COST_TOTAL
+            costs = request_fallback.with_native_fallback(
+                self._native, batch, table, slots, costs, sdk_column, _STATUSES
+            )
         if costs is None:
             # A genai frame of other types from an earlier stage, or price rows with a null price:
             # neither is made by the decoder or the table loader, so this is a stage error.

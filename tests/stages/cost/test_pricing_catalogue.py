@@ -11,6 +11,8 @@ import json
 import pytest
 import yaml
 
+from processor.stages.cost.catalogue.crosscheck import deduplicate
+from processor.stages.cost.catalogue.entries import CatalogueEntry
 from processor.stages.cost.model_versions import is_snapshot_of
 from processor.stages.cost.pricing_table import default_table_path, load_table, lookup_names
 from tests.support.cli import run_in_process
@@ -317,18 +319,41 @@ def own(entry, name: str) -> bool:
 def test_catalogue_lint_no_source_name_is_priced_by_a_sibling(shipped):
     names = json.loads(gzip.decompress(SOURCE_NAMES.read_bytes()))
     assert set(names) == {"genai-prices", "litellm"}
-    checked, siblings = 0, []
+    checked, siblings, unpriced = 0, [], []
     for origin, pairs in names.items():
         for provider, name in pairs:
             found = shipped.match(provider, name)
             checked += 1
-            if found is None or found.near:
-                continue  # unpriced or estimated: never silently priced
+            if found is None:
+                unpriced.append((origin, provider, name))  # a name a source prices, lost by the build
+                continue
+            if found.near:
+                continue  # estimated: never silently priced
             entry = shipped.entry(found.group)
             if entry.provider != provider or not own(entry, name.lower()):
                 siblings.append((origin, provider, name, entry.model))
     assert checked >= 3000
     assert siblings == []
+    # Every name a source prices is priced by its own entry or estimated, none left unpriced (the
+    # dated GLM-5.1-20260406 only genai-prices' zhipuai list names was, before the build kept a
+    # duplicate's snapshot names).
+    assert unpriced == []
+
+
+def test_a_dropped_duplicates_snapshot_names_join_the_entry_that_won():
+    def entry(model, aliases, input_price):
+        return CatalogueEntry("zai", model, "exact", aliases, {"input": input_price})
+
+    kept, dropped = deduplicate(
+        (
+            entry("GLM-5.1", ("glm-5.1",), 1.4),
+            entry("GLM-5.1", ("glm-5.1", "GLM-5.1-20260406", "glm-5.1-20260406", "glm-5.1-air"), 0.8),
+        )
+    )
+    winner = [(e.model, e.aliases, e.prices["input"]) for e in kept]
+    assert winner == [("GLM-5.1", ("glm-5.1", "GLM-5.1-20260406"), 1.4)]
+    # Not a snapshot (another model): it stays the dropped entry's, reported with it.
+    assert [d.model for d in dropped] == ["GLM-5.1"]
 
 
 def test_the_issues_known_errors_are_corrected(shipped):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 
 from processor.stages.cost.catalogue.entries import CatalogueEntry, Disagreement, SourceData, Unconvertible
 from processor.stages.cost.catalogue.tables import table_of
+from processor.stages.cost.model_versions import is_snapshot_of
 
 COMPARED = ("input", "output", "cache_read", "cache_write")
 TOLERANCE = 0.01
@@ -68,8 +69,13 @@ def _completed(ours: dict[str, object], theirs: dict[str, object]) -> dict[str, 
 
 
 def deduplicate(entries: tuple[CatalogueEntry, ...]) -> tuple[list[CatalogueEntry], list[Unconvertible]]:
-    """First one wins: one entry per (provider, match, model, start), one owner per exact name."""
-    seen: set[tuple] = set()
+    """First one wins: one entry per (provider, match, model, start), one owner per exact name.
+
+    A dropped duplicate's aliases that are snapshots of the winner's name (a dated name, by the
+    matcher's rule in model_versions.py) become the winner's aliases when no entry owns them: two
+    source providers mapped onto one (genai-prices' `zai` and `zhipuai`) may name one model's
+    snapshots on one side only, and the catalogue lint wants every source name priced."""
+    seen: dict[tuple, int] = {}
     owners: dict[tuple[str, str], str] = {}
     kept: list[CatalogueEntry] = []
     dropped: list[Unconvertible] = []
@@ -77,6 +83,8 @@ def deduplicate(entries: tuple[CatalogueEntry, ...]) -> tuple[list[CatalogueEntr
         key = (entry.provider, entry.match, entry.model.lower(), entry.effective_from)
         if key in seen:
             dropped.append(Unconvertible(entry.origin, entry.provider, entry.model, "priced by an earlier model"))
+            if entry.match == "exact":
+                kept[seen[key]] = _with_snapshot_aliases(kept[seen[key]], entry, owners)
             continue
         if entry.match == "exact":
             owner = owners.get((entry.provider, entry.model.lower()))
@@ -94,6 +102,23 @@ def deduplicate(entries: tuple[CatalogueEntry, ...]) -> tuple[list[CatalogueEntr
             owners.setdefault((entry.provider, entry.model.lower()), entry.model.lower())
             if len(aliases) != len(entry.aliases):
                 entry = replace(entry, aliases=tuple(aliases))
-        seen.add(key)
+        seen[key] = len(kept)
         kept.append(entry)
     return kept, dropped
+
+
+def _with_snapshot_aliases(
+    winner: CatalogueEntry, duplicate: CatalogueEntry, owners: dict[tuple[str, str], str]
+) -> CatalogueEntry:
+    """`winner` with the duplicate's unowned aliases that are snapshots of its name."""
+    name = winner.model.lower()
+    added = []
+    for alias in duplicate.aliases:
+        lowered = alias.lower()
+        if lowered == name or not is_snapshot_of(lowered, name):
+            continue
+        if owners.setdefault((winner.provider, lowered), name) == name and lowered not in {
+            a.lower() for a in (*winner.aliases, *added)
+        }:
+            added.append(alias)
+    return replace(winner, aliases=(*winner.aliases, *added)) if added else winner
