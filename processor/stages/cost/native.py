@@ -45,7 +45,8 @@ class NativeCosts:
     priced: list[tuple[str, int]]
     unpriced: list[tuple[str | None, str | None, int]]
     estimated: list[tuple[str | None, str | None, int]]
-    savings: KernelSavings = NO_SAVINGS
+    # None: the cache savings are worked out in Python for every span (cache_savings.py).
+    savings: KernelSavings | None = NO_SAVINGS
 
 
 def native_cost_available() -> bool:

@@ -207,8 +207,9 @@ def with_native_fallback(
     ]
     estimated = [*costs.estimated, *((provider, model, count) for (provider, model), count in moved.items())]
     # The merged columns are new Series: the writer converts them (no Arrow arrays to reuse). The
-    # first pass's cache savings stand: the repriced spans had no cost there, so none of their own.
-    return NativeCosts(costs.genai, written, {}, costs.priced, unpriced, estimated, costs.savings)
+    # first pass saw no cost on the repriced spans, so its cache savings miss theirs: such a batch
+    # (rare) has them all worked out in Python.
+    return NativeCosts(costs.genai, written, {}, costs.priced, unpriced, estimated, savings=None)
 
 
 class _Rows:

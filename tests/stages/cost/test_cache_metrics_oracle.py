@@ -24,7 +24,7 @@ from processor.stages.cost.stage import build_cost_stage
 from processor.stages.policy.stage import build_policy_stage
 from processor.stages.redaction.stage import build_outbound
 from tests.oracle.cache_metrics import savings_sums
-from tests.stages.cost.test_cache_savings import TABLE, call
+from tests.support.cache_pricing import TABLE, call
 from tests.support.otlp_builders import trace_request
 
 # Blank, padded (with what polars trims and what it does not), numeric and absent teams.

@@ -15,47 +15,10 @@ from processor.observability import SidecarMetrics
 from processor.stages.cost.stage import build_cost_stage
 from processor.stages.policy.stage import build_policy_stage
 from processor.stages.redaction.stage import build_outbound
+from tests.support.cache_pricing import TABLE, call
 from tests.support.clock import NOON_NS
-from tests.support.otlp_builders import span, trace_request
+from tests.support.otlp_builders import trace_request
 from tests.support.otlp_sink import attributes_to_dict
-
-TABLE = """\
-version: "cache-test"
-provider: anthropic
-source: https://www.anthropic.com/pricing
-as_of: 2026-11-20
-service_tiers: {batch: 0.5}
-models:
-  - model: claude-x
-    input: 3
-    output: 15
-    cache_read: 0.3
-    cache_write: 3.75
-    tiers:
-      - above_input_tokens: 200000
-        input: 6
-        output: 22.5
-        cache_read: 0.6
-        cache_write: 7.5
-  - model: free-cache
-    input: 2
-    output: 8
-    cache_read: 0
-"""
-
-
-def call(team: str, model: str, tokens_in: int, cache_read: int = 0, cache_write: int = 0, at: int = 0, **extra):
-    attributes = {
-        "gen_ai.provider.name": "anthropic",
-        "gen_ai.request.model": model,
-        "gen_ai.usage.input_tokens": tokens_in,
-        "gen_ai.usage.output_tokens": 0,
-        "genops.team": team,
-        **({"gen_ai.usage.cache_read.input_tokens": cache_read} if cache_read else {}),
-        **({"gen_ai.usage.cache_write.input_tokens": cache_write} if cache_write else {}),
-        **extra,
-    }
-    return span(attributes=attributes, start_time_unix_nano=NOON_NS + at * 10**9)
 
 
 @pytest.fixture

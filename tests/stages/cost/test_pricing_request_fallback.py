@@ -9,7 +9,8 @@ from prometheus_client import CollectorRegistry
 
 from processor.config import CostConfig
 from processor.stages.cost.stage import CostStage
-from tests.support.cost_helpers import process
+from tests.support.cost_differential import assert_same_bits, run_both, stage_pair
+from tests.support.cost_helpers import process, start_ns
 
 TABLE = """\
 version: "fallback-1"
@@ -186,9 +187,6 @@ FALLBACK_BATCHES = [
 @pytest.mark.parametrize("override", [False, True])
 @pytest.mark.parametrize("attributes", FALLBACK_BATCHES)
 def test_the_native_fallback_matches_the_polars_oracle(tmp_path, attributes, override):
-    from tests.stages.cost.test_cost_native import assert_same_bits, run_both, stage_pair
-    from tests.support.cost_helpers import start_ns
-
     path = tmp_path / "table.yaml"
     path.write_text(TABLE)
     drawn = [(a, start_ns("2025-10-09")) for a in attributes]
@@ -200,3 +198,14 @@ def test_the_native_fallback_matches_the_polars_oracle(tmp_path, attributes, ove
         assert_same_bits(native.set_attributes[name], column)
     assert native_metrics == oracle_metrics
     assert "estimated" in oracle.set_attributes["genops.cost.status"].to_list()
+
+
+def test_a_fallback_span_in_the_batch_leaves_the_other_spans_cache_savings_standing(tmp_path):
+    # gpt-4o: $2.50 input, cache reads at half the input price by the table's default (none given).
+    cost, _ = stage(tmp_path)
+    cached = call("openai", "gpt-4o", "gpt-4o", **{"gen_ai.usage.cache_read.input_tokens": 400_000})
+    _, alone = process(cost, [cached])
+    _, beside = process(cost, [cached, call("openai", "gpt-4o", "gpt-4o-mystery-2099")])
+    assert alone[0].get("genops.cost.cache_savings") is not None
+    assert beside[0].get("genops.cost.cache_savings") == alone[0].get("genops.cost.cache_savings")
+    assert beside[1].get("genops.cost.status") == "estimated"

@@ -9,15 +9,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from processor.core.contract import BatchChanges
-from processor.core.decode import TelemetryBatch, WantedKeys, decode_logs, decode_traces
+from processor.core.decode import TelemetryBatch, WantedKeys, decode_logs
 from processor.stages.redaction.rules import load_rules, parse_rules
 from processor.stages.redaction.stage import RedactionStage
 from tests.oracle.redaction import OracleRedactionStage
-from tests.support.differential import assert_same_changes
 from tests.support.otlp_builders import log_request
 from tests.support.redaction_corpus import corpus_texts
-from tests.support.redaction_stages import counts, traces_batch
+from tests.support.redaction_stages import PairedStages, traces_batch
 
 CORPUS_TEXTS = corpus_texts()
 
@@ -135,30 +133,6 @@ value = st.one_of(
     scalar, scalar, st.lists(scalar, max_size=3), st.dictionaries(st.sampled_from("ab"), scalar, max_size=2)
 )
 attributes = st.dictionaries(st.sampled_from(KEYS), value, max_size=5)
-
-
-class PairedStages:
-    """One stage per path, each kept across examples so the native caches carry over as in use."""
-
-    def __init__(self, rules) -> None:
-        self.native = RedactionStage(rules, b"paired-key", CollectorRegistry())
-        self.started = RedactionStage(rules, b"paired-key", CollectorRegistry())
-        self.polars = OracleRedactionStage(rules, b"paired-key", CollectorRegistry())
-
-    def check(self, batch: TelemetryBatch, monkeypatch) -> BatchChanges:
-        monkeypatch.setenv("GENOPS_NATIVE_DECODE", "1")
-        native = self.native.process(batch)
-        # The same request, its values handed by the scan to the redactor's own thread.
-        decode = decode_traces if batch.signal == "traces" else decode_logs
-        handed = decode(batch.raw, WantedKeys(), values_to=self.started.values_consumer())
-        assert handed.values_job is not None
-        started = self.started.finish(handed, handed.values_job)
-        reference = self.polars.process(batch)
-        assert (native.engine, reference.engine) == ("native", "polars")
-        assert_same_changes(native, reference)
-        assert_same_changes(started, reference)
-        assert counts(self.native) == counts(self.started) == counts(self.polars)
-        return native
 
 
 @pytest.fixture(scope="module")

@@ -24,10 +24,10 @@ from processor.observability import SidecarMetrics
 from processor.stages.redaction.rules import load_rules, parse_rules
 from processor.stages.redaction.sanitizers import sanitize_sql, sanitize_urls_in_text
 from processor.stages.redaction.stage import COUNT_KEY, DETECTED_KEY, KEYS_KEY
-from tests.stages.redaction.test_redaction import custom_stage, default_stage, run_logs, run_traces, spans_of
-from tests.stages.redaction.test_redaction_native import PairedStages
 from tests.support.otlp_builders import key_values, log_request, span
 from tests.support.otlp_sink import attributes_to_dict
+from tests.support.pipeline_runs import run_logs, run_traces, spans_of
+from tests.support.redaction_stages import PairedStages, custom_stage, default_stage
 
 
 @pytest.fixture(params=["1", "0"], ids=["native-decoder", "python-decoder"])

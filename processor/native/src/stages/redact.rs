@@ -709,10 +709,10 @@ impl ValuesFilter for Redactor {
         Redactor::values_needed(self, key)
     }
 
-    /// Only the value rules read a text without a key (`changes` gives such places neither key
-    /// rules, the allow list nor sanitisers).
+    /// The value rules read a text without a key, and the sanitisers that take span names read
+    /// those (`changes` gives such places neither key rules nor the allow list).
     fn keyless_needed(&self) -> bool {
-        !self.value_rules.is_empty()
+        !self.value_rules.is_empty() || self.sanitizers.iter().any(|s| s.span_names)
     }
 }
 
