@@ -112,7 +112,7 @@ def _with_snapshot_aliases(
 ) -> CatalogueEntry:
     """`winner` with the duplicate's unowned aliases that are snapshots of its name."""
     name = winner.model.lower()
-    added = []
+    added: list[str] = []
     for alias in duplicate.aliases:
         lowered = alias.lower()
         if lowered == name or not is_snapshot_of(lowered, name):
