@@ -142,6 +142,9 @@ class PolicyPlan:
         apply: Any,
         window_of: Any,
         relabel: Any,
+        subjects: Sequence[Any] = ...,
+        in_span: Any | None = None,
+        forecast: tuple[int, Sequence[tuple[float, float] | None]] | None = None,
     ) -> Any | None: ...
 
 # Not exported by the module (no constructor): the type of what PolicyPlan.run hands back.
