@@ -87,7 +87,8 @@ def with_cache_savings(
     if kernel is None:
         return _all_in_python(batch, changes, table, group_of)
     cost = changes.set_attributes.get(COST_CACHE_READ)
-    if kernel.column is None or kernel.array is None or cost is None:
+    # (An array None: the column is not the kernel's as it stands, rows are left to work out.)
+    if kernel.column is None or cost is None or (kernel.array is None and not kernel.left):
         return changes
     rows = list(kernel.left)
     if cost is not kernel_cache_read and kernel_cache_read is not None:
