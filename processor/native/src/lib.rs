@@ -3,13 +3,14 @@
 //! Iterating attributes as Python protobuf objects costs about a microsecond each. `otlp::scan` walks
 //! the protobuf wire format once and returns, as Arrow buffers (arrow.rs), only what the stages
 //! asked for; `rewrite` splices the stages' changes into the request bytes, copying untouched items.
-//! Both mirror the pure-Python paths in processor/core/decode.py and processor/core/encode.py, which remain
-//! the fallback; tests/core/test_native_decode.py and tests/core/test_native_encode.py check they agree.
+//! Both mirror the pure-Python paths in processor/core/decode.py and processor/core/encode.py (the wire
+//! oracle, GENOPS_NATIVE_DECODE=0); tests/core/test_native_decode.py and test_native_encode.py check they agree.
 //! `Redactor` (redact.rs, detect.rs) runs the redaction stage's rules over a batch in one call;
-//! processor/stages/redaction/stage.py keeps the polars path, tests/stages/redaction/test_redaction_native.py checks they agree.
+//! its polars oracle is tests/oracle/redaction.py (tests/stages/redaction/test_redaction_native.py).
 //! `PolicyPlan` (policy.rs) and the cost kernel (cost.rs) run the policy and cost stages' per-batch
-//! work; processor/stages/policy/native.py and processor/stages/cost/native.py call them, the polars paths stay
-//! the fallback, tests/stages/policy/test_policy_native.py and tests/stages/cost/test_cost_native.py check they agree.
+//! work, called by processor/stages/policy/native.py and processor/stages/cost/native.py: the one engine
+//! at run time. Their polars oracles live under tests/oracle/ (tests/stages/policy/test_policy_native.py,
+//! tests/stages/cost/test_cost_native.py).
 
 mod fasthash;
 mod otlp;
